@@ -1,0 +1,17 @@
+//! Shared pieces of gpusim, the simulated CUDA / CUPTI / NCCL stack.
+//!
+//! - [`clock`]: CLOCK_MONOTONIC nanoseconds, the one time base of every record, and real waiting.
+//! - [`record`]: [`record::SimRecord`], the `#[repr(C)]` record that the fake `libcuda.so.1`
+//!   keeps for every simulated device op and host interval; `libcupti` and `libnccl` reach it
+//!   through the private `gpusim_*` symbols described in [`abi`].
+//! - [`accounting`]: turns records into the DESIGN.md §1 categories (the ground truth).
+//! - [`ffi`]: the panic guard every exported C entry point runs inside.
+//!
+//! Each cdylib links its own copy of this crate, so nothing here holds global state: the one
+//! simulated device lives in libcuda, as the real driver owns the real one.
+
+pub mod abi;
+pub mod accounting;
+pub mod clock;
+pub mod ffi;
+pub mod record;
