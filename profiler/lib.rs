@@ -1,1 +1,13 @@
-//! placeholder
+//! ghostprof: a GPU-native eBPF + CUPTI profiler that measures how far a GPU's busy time
+//! diverges from its useful time, and where the difference went.
+//!
+//! Map of the crate (docs/architecture.md tells how the parts fit):
+//! - [`trace`]: the event model and the compressed, chunked trace file (writer and reader);
+//! - [`record`]: the recording pipeline from collectors to the writer thread;
+//! - [`collect`]: collectors (eBPF skeletons and their loaders);
+//! - [`cli`]: the command line (the only module that knows clap).
+
+pub mod cli;
+pub mod collect;
+pub mod record;
+pub mod trace;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `ghostprof` binary: everything lives in the library; see `ghostprof --help`.
+
+fn main() -> std::process::ExitCode {
+    ghostprof::cli::main()
+}

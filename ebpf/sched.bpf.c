@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Off-CPU intervals of the target's threads from sched_switch, with the syscall in progress
+ * (raw_syscalls/sys_enter) to tell futex, I/O, sleep and poll waits apart. The first brick of
+ * the host-stall collector: counters per CPU, one record per completed interval.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "ghostprof.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set through rodata before load: the process (tgid) to follow; 0 follows every process. */
+const volatile __u32 target_tgid = 0;
+/* ghostprof's own pid, never traced (its drain loop would feed back on itself). */
+const volatile __u32 self_tgid = 0;
+
+/* Dummy instance so the record type lands in BTF and in the skeleton's types. */
+struct gp_offcpu_event _gp_offcpu_event = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GP_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct switch_out {
+	__u64 ts_ns;
+	__u64 state;
+	__s32 syscall_nr;
+	__u32 pad;
+};
+
+/* tid -> when it left the CPU */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct switch_out);
+} off_since SEC(".maps");
+
+/* tid -> syscall in progress */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __s32);
+} in_syscall SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline bool is_target(__u32 tgid)
+{
+	if (tgid == 0 || tgid == self_tgid)
+		return false;
+	return target_tgid == 0 || tgid == target_tgid;
+}
+
+/* Syscall numbers are x86_64's; the reason is refined in user space for other arches. */
+static __always_inline __u32 classify(__u64 state, __s32 nr)
+{
+	if (state == 0)
+		return GP_STALL_PREEMPTED;
+	switch (nr) {
+	case 202: /* futex */
+	case 449: /* futex_waitv */
+		return GP_STALL_FUTEX;
+	case 0: case 1: case 17: case 18: case 19: case 20: /* read write pread pwrite readv writev */
+	case 74: case 75: /* fsync fdatasync */
+	case 277: /* sync_file_range */
+		return GP_STALL_IO;
+	case 35: case 230: /* nanosleep clock_nanosleep */
+		return GP_STALL_SLEEP;
+	case 7: case 23: case 232: case 281: case 270: case 271: /* poll select epoll_wait epoll_pwait pselect ppoll */
+		return GP_STALL_POLL;
+	default:
+		return GP_STALL_OTHER;
+	}
+}
+
+SEC("tracepoint/raw_syscalls/sys_enter")
+int gp_sys_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	__s32 nr = (__s32)ctx->id;
+	bpf_map_update_elem(&in_syscall, &tid, &nr, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/raw_syscalls/sys_exit")
+int gp_sys_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_target(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	bpf_map_delete_elem(&in_syscall, &tid);
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(gp_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u32 prev_tgid = BPF_CORE_READ(prev, tgid);
+	__u32 next_tgid = BPF_CORE_READ(next, tgid);
+
+	if (is_target(prev_tgid)) {
+		__u32 tid = BPF_CORE_READ(prev, pid);
+		struct switch_out out = {};
+		__s32 *nr = bpf_map_lookup_elem(&in_syscall, &tid);
+		out.ts_ns = now;
+		out.state = BPF_CORE_READ(prev, __state);
+		out.syscall_nr = nr ? *nr : -1;
+		bpf_map_update_elem(&off_since, &tid, &out, BPF_ANY);
+		count(GP_CNT_SWITCHES);
+	}
+
+	if (is_target(next_tgid)) {
+		__u32 tid = BPF_CORE_READ(next, pid);
+		struct switch_out *out = bpf_map_lookup_elem(&off_since, &tid);
+		if (!out)
+			return 0;
+		struct gp_offcpu_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (!e) {
+			count(GP_CNT_RB_DROPS);
+			bpf_map_delete_elem(&off_since, &tid);
+			return 0;
+		}
+		e->hdr.kind = GP_EV_OFFCPU;
+		e->hdr.size = sizeof(*e);
+		e->hdr.cpu = bpf_get_smp_processor_id();
+		e->hdr.ts_ns = now;
+		e->pid = next_tgid;
+		e->tid = tid;
+		e->start_ns = out->ts_ns;
+		e->end_ns = now;
+		e->prev_state = out->state;
+		e->syscall_nr = out->syscall_nr;
+		e->reason = classify(out->state, out->syscall_nr);
+		bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+		bpf_map_delete_elem(&off_since, &tid);
+		count(GP_CNT_OFFCPU);
+	}
+	return 0;
+}

@@ -1,0 +1,108 @@
+//! `ghostprof info`: prints a trace's summary as text or one JSON object.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::trace::summary::{summarize, TraceSummary};
+use crate::trace::TraceReader;
+
+pub struct InfoConfig {
+    pub path: PathBuf,
+    pub json: bool,
+}
+
+pub fn run(cfg: &InfoConfig) -> anyhow::Result<ExitCode> {
+    let reader = TraceReader::open(&cfg.path)?;
+    let summary = summarize(&reader)?;
+    for w in &summary.warnings {
+        eprintln!("ghostprof: warning: {w}");
+    }
+    if cfg.json {
+        println!("{}", serde_json::to_string_pretty(&summary).context("serializing the summary")?);
+    } else {
+        print!("{}", render(&summary));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn grouped(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn render(s: &TraceSummary) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "file        {} ({}, {})",
+        s.path,
+        human_bytes(s.compressed_bytes),
+        if s.finalized { "finalized" } else { "NOT finalized: recording was interrupted" }
+    );
+    let _ = writeln!(
+        o,
+        "format      {} (written by ghostprof {} on {})",
+        s.format_version,
+        s.ghostprof_version.as_deref().unwrap_or("?"),
+        s.hostname.as_deref().unwrap_or("?")
+    );
+    if !s.command.is_empty() {
+        let _ = writeln!(o, "command     {}", s.command.join(" "));
+    }
+    let _ = writeln!(
+        o,
+        "span        {} .. {} ns (CLOCK_MONOTONIC), {:.3} s",
+        s.start_ns,
+        s.end_ns,
+        s.duration_ns as f64 / 1e9
+    );
+    let _ = writeln!(o, "chunks      {}", s.chunks);
+    let _ = writeln!(o, "records     {}", grouped(s.total_records));
+    for (k, n) in &s.records {
+        if *n > 0 {
+            let _ = writeln!(o, "  {k:<12}{:>16}", grouped(*n));
+        }
+    }
+    if s.drops_detail.is_empty() {
+        let _ = writeln!(o, "drops       none");
+    } else {
+        let _ = writeln!(o, "drops       {} records lost", grouped(s.drops.values().sum()));
+        for d in &s.drops_detail {
+            let _ = writeln!(o, "  {:<12}{:>16}  ({})", d.source, grouped(d.count), d.cause);
+        }
+    }
+    let _ = writeln!(
+        o,
+        "size        raw {} as fixed rows, {} decoded columns, {} on disk ({:.2} bytes/record)",
+        human_bytes(s.raw_bytes),
+        human_bytes(s.decoded_bytes),
+        human_bytes(s.compressed_bytes),
+        s.bytes_per_record
+    );
+    o
+}

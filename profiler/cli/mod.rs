@@ -1,0 +1,133 @@
+//! The command line: the only module that knows clap. Each subcommand's arguments become a
+//! plain config struct before anything else runs.
+
+mod info;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+EXAMPLES:
+    ghostprof demo                                 simulated multi-rank job, report and HTML (no GPU needed)
+    sudo ghostprof record -o run.gptrace -- torchrun --nproc-per-node 8 train.py
+    sudo ghostprof attach --pid 4242 --duration 60s -o live.gptrace
+    ghostprof report run.gptrace                   where the busy-vs-useful gap went
+    ghostprof info --json run.gptrace              header, counts, drops and sizes of a trace
+    ghostprof export --format chrome run.gptrace -o run.json";
+
+/// ghostprof: how far your GPUs' busy time diverges from useful time, and where it went.
+#[derive(Parser, Debug)]
+#[command(name = "ghostprof", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Launch a command under the profiler and record it to a trace file.
+    #[command(
+        after_help = "EXAMPLES:\n    sudo ghostprof record -o run.gptrace -- torchrun --nproc-per-node 8 train.py\n    sudo ghostprof record --duration 30s -- python train.py"
+    )]
+    Record {
+        /// Output trace file.
+        #[arg(short, long, default_value = "ghostprof.gptrace")]
+        output: PathBuf,
+        /// Stop after this long (e.g. 30s, 5m); default: until the command exits.
+        #[arg(long)]
+        duration: Option<String>,
+        /// Overwrite an existing output file.
+        #[arg(long)]
+        force: bool,
+        /// The command to run, after `--`.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Attach to a running job (its processes and threads) and record it.
+    #[command(after_help = "EXAMPLES:\n    sudo ghostprof attach --pid 4242 --duration 60s -o live.gptrace")]
+    Attach {
+        /// Process id of the job (or of its launcher, e.g. torchrun).
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        duration: Option<String>,
+        #[arg(short, long, default_value = "ghostprof.gptrace")]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Analyze trace files: busy vs useful (MFU) and the breakdown of the difference.
+    #[command(
+        after_help = "EXAMPLES:\n    ghostprof report run.gptrace\n    ghostprof report --json rank0.gptrace rank1.gptrace"
+    )]
+    Report {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also write a self-contained HTML report here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// Convert a trace to another format (Chrome trace JSON for Perfetto and HTA).
+    #[command(after_help = "EXAMPLES:\n    ghostprof export --format chrome run.gptrace -o run.json")]
+    Export {
+        file: PathBuf,
+        #[arg(long, default_value = "chrome")]
+        format: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Show a trace file's header, time span, record counts, drops and sizes.
+    #[command(
+        after_help = "EXAMPLES:\n    ghostprof info run.gptrace\n    ghostprof info --json run.gptrace | jq .records"
+    )]
+    Info {
+        file: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a simulated multi-rank training job with a straggler under the profiler (no GPU needed).
+    Demo {
+        /// Where to put the trace and the HTML report.
+        #[arg(long, default_value = "ghostprof-demo")]
+        dir: PathBuf,
+    },
+}
+
+/// Parses the command line, runs the subcommand and turns errors into a message and exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info { file, json } => info::run(&info::InfoConfig { path: file, json }),
+        Command::Record { .. } => not_yet("record", 7),
+        Command::Attach { .. } => not_yet("attach", 7),
+        Command::Report { .. } => not_yet("report", 6),
+        Command::Export { .. } => not_yet("export", 6),
+        Command::Demo { dir } => demo_plan(&dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ghostprof: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn not_yet(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
+    eprintln!("ghostprof {what}: not implemented yet (tracked in issue {issue})");
+    Ok(ExitCode::from(2))
+}
+
+fn demo_plan(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    println!("ghostprof demo: not implemented yet (tracked in issue 7). When it lands it will:");
+    println!("  1. run gpusim-train's 2-rank `straggler` scenario (simulated CUDA, CUPTI and NCCL) under `ghostprof record`;");
+    println!("  2. print the report: busy vs MFU per GPU and where the divergence went;");
+    println!("  3. write the trace and an HTML report into {}.", dir.display());
+    Ok(ExitCode::from(2))
+}

@@ -1,0 +1,7 @@
+//! Generated libbpf-rs skeletons, one module per `ebpf/*.bpf.c` (see build.rs), and the
+//! compile-time checks that the C records and their Rust mirrors agree in size.
+
+include!(concat!(env!("OUT_DIR"), "/skeletons.rs"));
+
+const _: () = assert!(std::mem::size_of::<sched::types::gp_offcpu_event>() == 56);
+const _: () = assert!(std::mem::size_of::<sched::types::gp_event_hdr>() == 16);

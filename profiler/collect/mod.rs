@@ -1,0 +1,5 @@
+//! Collectors: the sources of records. `bpf` holds the generated eBPF skeletons; `sched` turns
+//! the sched program's off-CPU intervals into host-stall records.
+
+pub mod bpf;
+pub mod sched;

@@ -1,0 +1,6 @@
+//! Recording: the pipeline that carries records from collectors to the trace writer. Sessions
+//! (record / attach) are built on it.
+
+pub mod pipeline;
+
+pub use pipeline::{Pipeline, PipelineOptions, PipelineStats, Producer};

@@ -1,0 +1,343 @@
+//! Collectors → bounded lock-free queues → one writer thread → trace file.
+//!
+//! Each producer owns a queue (crossbeam `ArrayQueue`) of record batches. Pushing never blocks:
+//! when the queue is full the batch is dropped and counted against its source. The writer thread
+//! drains every queue, cuts chunks, and writes the drop counters into the trace as `Drops`
+//! records whenever they change, so the trace says what it is missing.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::trace::{
+    DropCause, Drops, Interner, Record, Source, TraceError, TraceInfo, TraceWriter, WriteSummary, WriterOptions,
+};
+
+/// Number of drop causes tracked per queue (DropCause values are 1..=6).
+const CAUSES: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Batches each producer's queue holds before it drops.
+    pub queue_batches: usize,
+    /// Records per batch.
+    pub batch_records: usize,
+    /// Pending records are written as a chunk at least this often (bounds what a crash loses).
+    pub flush_interval: Duration,
+    pub writer: WriterOptions,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            queue_batches: 256,
+            batch_records: 1024,
+            flush_interval: Duration::from_millis(500),
+            writer: WriterOptions::default(),
+        }
+    }
+}
+
+struct SourceQueue {
+    source: Source,
+    queue: ArrayQueue<Vec<Record>>,
+    /// Emptied batches handed back to the producer, so steady state allocates nothing.
+    free: ArrayQueue<Vec<Record>>,
+    /// Cumulative drops by cause; QueueFull is counted here, the others are reported by the
+    /// collector (e.g. BPF ring buffer losses it read from a map).
+    drops: [AtomicU64; CAUSES],
+}
+
+struct Shared {
+    queues: Mutex<Vec<Arc<SourceQueue>>>,
+    stop: AtomicBool,
+    interner: Arc<Interner>,
+    records_written: AtomicU64,
+    bytes_written: AtomicU64,
+    writer_error: Mutex<Option<String>>,
+    writer_thread: Mutex<Option<std::thread::Thread>>,
+}
+
+/// Live figures for a status line.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineStats {
+    pub records_written: u64,
+    pub bytes_written: u64,
+    /// (source, cause, cumulative count), only non-zero entries
+    pub drops: Vec<(Source, DropCause, u64)>,
+    pub writer_error: Option<String>,
+}
+
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    options: PipelineOptions,
+    thread: Option<JoinHandle<Result<WriteSummary, TraceError>>>,
+}
+
+/// A collector's handle: buffers records and hands them over in batches.
+pub struct Producer {
+    queue: Arc<SourceQueue>,
+    shared: Arc<Shared>,
+    buf: Vec<Record>,
+    batch: usize,
+}
+
+impl Pipeline {
+    /// Creates the trace file and starts the writer thread.
+    pub fn create(
+        path: &Path,
+        overwrite: bool,
+        info: &TraceInfo,
+        options: PipelineOptions,
+    ) -> Result<Self, TraceError> {
+        let interner = Arc::new(Interner::new());
+        let writer = TraceWriter::create(path, overwrite, info, interner.clone(), options.writer.clone())?;
+        Ok(Self::start(writer, interner, options))
+    }
+
+    /// Starts the writer thread on an existing writer whose strings come from `interner`.
+    pub fn start(writer: TraceWriter, interner: Arc<Interner>, options: PipelineOptions) -> Self {
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            interner,
+            records_written: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(writer.bytes_written()),
+            writer_error: Mutex::new(None),
+            writer_thread: Mutex::new(None),
+        });
+        let s = shared.clone();
+        let flush_interval = options.flush_interval;
+        let thread = std::thread::Builder::new()
+            .name("ghostprof-writer".into())
+            .spawn(move || writer_loop(writer, s, flush_interval))
+            .expect("spawning the writer thread");
+        *lock(&shared.writer_thread) = Some(thread.thread().clone());
+        Pipeline { shared, options, thread: Some(thread) }
+    }
+
+    pub fn interner(&self) -> Arc<Interner> {
+        self.shared.interner.clone()
+    }
+
+    /// A new producer for `source`, with its own queue.
+    pub fn producer(&self, source: Source) -> Producer {
+        let queue = Arc::new(SourceQueue {
+            source,
+            queue: ArrayQueue::new(self.options.queue_batches.max(1)),
+            free: ArrayQueue::new(self.options.queue_batches.max(1)),
+            drops: Default::default(),
+        });
+        lock(&self.shared.queues).push(queue.clone());
+        Producer {
+            queue,
+            shared: self.shared.clone(),
+            buf: Vec::with_capacity(self.options.batch_records),
+            batch: self.options.batch_records.max(1),
+        }
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        stats(&self.shared)
+    }
+
+    /// Stops the writer after it has drained every queue, and finalizes the file. Producers
+    /// should be flushed (or dropped) first; records pushed later are counted as dropped.
+    pub fn finish(mut self) -> Result<(WriteSummary, PipelineStats), TraceError> {
+        self.shared.stop.store(true, Ordering::Release);
+        let thread = self.thread.take().expect("finish runs once");
+        thread.thread().unpark();
+        let result = thread.join().map_err(|_| TraceError::Writer { what: "writer thread panicked".into() })?;
+        Ok((result?, stats(&self.shared)))
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.shared.stop.store(true, Ordering::Release);
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Producer {
+    #[inline]
+    pub fn push(&mut self, rec: impl Into<Record>) {
+        self.buf.push(rec.into());
+        if self.buf.len() >= self.batch {
+            self.flush();
+        }
+    }
+
+    /// Hands the buffered records to the writer (collectors call this on their drain timer).
+    pub fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if self.shared.stop.load(Ordering::Acquire) {
+            self.count_drop(DropCause::WriterStopped, self.buf.len() as u64);
+            self.buf.clear();
+            return;
+        }
+        let next = self.queue.free.pop().unwrap_or_else(|| Vec::with_capacity(self.batch));
+        let full = std::mem::replace(&mut self.buf, next);
+        if let Err(mut full) = self.queue.queue.push(full) {
+            self.count_drop(DropCause::QueueFull, full.len() as u64);
+            full.clear();
+            let spare = std::mem::replace(&mut self.buf, full);
+            let _ = self.queue.free.push(spare);
+        } else if self.queue.queue.len() * 2 >= self.queue.queue.capacity() {
+            // Wake the writer early when the queue is half full.
+            if let Some(t) = lock(&self.shared.writer_thread).as_ref() {
+                t.unpark();
+            }
+        }
+    }
+
+    pub fn intern(&self, s: &str) -> u32 {
+        self.shared.interner.intern(s)
+    }
+
+    /// Records that the collector lost `count` more records to `cause`.
+    pub fn count_drop(&self, cause: DropCause, count: u64) {
+        self.queue.drops[cause as usize % CAUSES].fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Sets the collector's cumulative loss for `cause` (for counters read from the kernel).
+    pub fn set_drops(&self, cause: DropCause, cumulative: u64) {
+        self.queue.drops[cause as usize % CAUSES].fetch_max(cumulative, Ordering::Relaxed);
+    }
+
+    /// Records pushed but not yet handed over.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn stats(shared: &Shared) -> PipelineStats {
+    PipelineStats {
+        records_written: shared.records_written.load(Ordering::Relaxed),
+        bytes_written: shared.bytes_written.load(Ordering::Relaxed),
+        drops: drop_totals(&lock(&shared.queues)).into_iter().filter(|(_, _, n)| *n > 0).collect(),
+        writer_error: lock(&shared.writer_error).clone(),
+    }
+}
+
+/// Cumulative drops summed over the queues of each source.
+fn drop_totals(queues: &[Arc<SourceQueue>]) -> Vec<(Source, DropCause, u64)> {
+    let mut out: Vec<(Source, DropCause, u64)> = Vec::new();
+    for q in queues {
+        for cause in DropCause::ALL {
+            let n = q.drops[*cause as usize % CAUSES].load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            match out.iter_mut().find(|(s, c, _)| *s == q.source && c == cause) {
+                Some(e) => e.2 += n,
+                None => out.push((q.source, *cause, n)),
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn writer_loop(
+    mut writer: TraceWriter,
+    shared: Arc<Shared>,
+    flush_interval: Duration,
+) -> Result<WriteSummary, TraceError> {
+    let mut failed: Option<TraceError> = None;
+    let mut last_flush = Instant::now();
+    let mut written_drops: Vec<(Source, DropCause, u64)> = Vec::new();
+    let mut queues: Vec<Arc<SourceQueue>> = Vec::new();
+    loop {
+        let stopping = shared.stop.load(Ordering::Acquire);
+        {
+            let q = lock(&shared.queues);
+            if q.len() != queues.len() {
+                queues = q.clone();
+            }
+        }
+        let mut got = 0usize;
+        for q in &queues {
+            while let Some(mut batch) = q.queue.pop() {
+                got += batch.len();
+                if failed.is_none() {
+                    for rec in batch.drain(..) {
+                        if let Err(e) = writer.append(rec) {
+                            *lock(&shared.writer_error) = Some(e.to_string());
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    q.drops[DropCause::WriterStopped as usize].fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    batch.clear();
+                }
+                let _ = q.free.push(batch);
+            }
+        }
+        let drained = stopping && got == 0;
+        if failed.is_none() && (drained || last_flush.elapsed() >= flush_interval) {
+            let totals = drop_totals(&queues);
+            if totals != written_drops {
+                let t = now_ns();
+                for (source, cause, count) in &totals {
+                    let rec = Drops { time_ns: t, count: *count, source: *source as u32, cause: *cause as u32 };
+                    if let Err(e) = writer.append(Record::Drops(rec)) {
+                        *lock(&shared.writer_error) = Some(e.to_string());
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                written_drops = totals;
+            }
+            if failed.is_none() {
+                if let Err(e) = writer.flush_chunk() {
+                    *lock(&shared.writer_error) = Some(e.to_string());
+                    failed = Some(e);
+                }
+            }
+            last_flush = Instant::now();
+        }
+        shared.records_written.store(writer.records_written(), Ordering::Relaxed);
+        shared.bytes_written.store(writer.bytes_written(), Ordering::Relaxed);
+        if drained {
+            break;
+        }
+        if got == 0 {
+            std::thread::park_timeout(Duration::from_millis(2));
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let summary = writer.finish()?;
+    shared.bytes_written.store(summary.compressed_bytes, Ordering::Relaxed);
+    Ok(summary)
+}

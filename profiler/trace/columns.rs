@@ -1,0 +1,257 @@
+//! Column codecs: every record field is stored as a column of LEB128 varints, each value
+//! optionally predicted from the previous row or from another field of the same row, so that
+//! timestamps become small gaps and durations. zstd then squeezes the repetitive columns.
+
+use super::error::DecodeError;
+
+/// How a column's values are predicted before varint coding (written into the file header so
+/// the format describes itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// The value itself.
+    Raw,
+    /// Zigzag difference from the same field of the previous row.
+    Delta,
+    /// Zigzag difference from another (earlier) field of the same row, e.g. end − start.
+    From(&'static str),
+    /// Zigzag difference from another (earlier) field of the previous row, e.g. start − prev end.
+    Prev(&'static str),
+    /// XOR with the same field of the previous row (floating-point bit patterns).
+    Xor,
+}
+
+impl Encoding {
+    /// The name written into the file header's schema.
+    pub fn describe(&self) -> String {
+        match self {
+            Encoding::Raw => "raw".into(),
+            Encoding::Delta => "delta".into(),
+            Encoding::From(f) => format!("from:{f}"),
+            Encoding::Prev(f) => format!("prev:{f}"),
+            Encoding::Xor => "xor".into(),
+        }
+    }
+}
+
+/// One column of a record kind's schema.
+#[derive(Clone, Copy, Debug)]
+pub struct ColumnDesc {
+    pub name: &'static str,
+    pub ty: &'static str,
+    pub encoding: Encoding,
+}
+
+/// A field type that can be carried in a column: widened to u64 losslessly and narrowed back
+/// with a check, so a corrupt value is an error and not a silent truncation.
+pub trait Column: Copy {
+    fn to_u64(self) -> u64;
+    fn from_u64(v: u64) -> Option<Self>;
+}
+
+macro_rules! unsigned_column {
+    ($($t:ty),*) => {$(
+        impl Column for $t {
+            #[inline(always)]
+            fn to_u64(self) -> u64 { self as u64 }
+            #[inline(always)]
+            fn from_u64(v: u64) -> Option<Self> { <$t>::try_from(v).ok() }
+        }
+    )*};
+}
+unsigned_column!(u8, u16, u32, u64);
+
+impl Column for i32 {
+    #[inline(always)]
+    fn to_u64(self) -> u64 {
+        self as i64 as u64
+    }
+    #[inline(always)]
+    fn from_u64(v: u64) -> Option<Self> {
+        i32::try_from(v as i64).ok()
+    }
+}
+
+impl Column for i64 {
+    #[inline(always)]
+    fn to_u64(self) -> u64 {
+        self as u64
+    }
+    #[inline(always)]
+    fn from_u64(v: u64) -> Option<Self> {
+        Some(v as i64)
+    }
+}
+
+impl Column for f64 {
+    #[inline(always)]
+    fn to_u64(self) -> u64 {
+        self.to_bits()
+    }
+    #[inline(always)]
+    fn from_u64(v: u64) -> Option<Self> {
+        Some(f64::from_bits(v))
+    }
+}
+
+#[inline(always)]
+pub fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+#[inline(always)]
+pub fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Predicted value → stored value.
+#[inline(always)]
+pub fn encode_value(enc_is_xor: bool, enc_is_raw: bool, value: u64, base: u64) -> u64 {
+    if enc_is_raw {
+        value
+    } else if enc_is_xor {
+        value ^ base
+    } else {
+        zigzag(value.wrapping_sub(base) as i64)
+    }
+}
+
+/// Stored value → field value (inverse of [`encode_value`]).
+#[inline(always)]
+pub fn decode_value(enc_is_xor: bool, enc_is_raw: bool, stored: u64, base: u64) -> u64 {
+    if enc_is_raw {
+        stored
+    } else if enc_is_xor {
+        stored ^ base
+    } else {
+        base.wrapping_add(unzigzag(stored) as u64)
+    }
+}
+
+#[inline(always)]
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A bounds-checked cursor over a section's bytes. `base_offset` is where the section starts
+/// in the decompressed chunk, so errors can name the byte.
+pub struct Cursor<'a> {
+    pub buf: &'a [u8],
+    pub pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    #[inline(always)]
+    pub fn varint(&mut self) -> Result<u64, DecodeError> {
+        // Fast path: one byte.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(b as u64);
+            }
+        }
+        let mut v: u64 = 0;
+        let mut shift = 0u32;
+        loop {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(DecodeError::new(self.pos, "varint runs past the end of its section"));
+            };
+            self.pos += 1;
+            if shift == 63 && b > 1 {
+                return Err(DecodeError::new(self.pos - 1, "varint overflows 64 bits"));
+            }
+            v |= ((b & 0x7f) as u64) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(DecodeError::new(self.pos - 1, "varint longer than 10 bytes"));
+            }
+        }
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| DecodeError::new(self.pos, "length runs past the end of its section"))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    pub fn u16_le(&mut self) -> Result<u16, DecodeError> {
+        let b = self.bytes(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    pub fn u32_le(&mut self) -> Result<u32, DecodeError> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub fn u64_le(&mut self) -> Result<u64, DecodeError> {
+        let b = self.bytes(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_round_trips_edges() {
+        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            let mut c = Cursor::new(&out);
+            assert_eq!(c.varint().unwrap(), v);
+            assert_eq!(c.remaining(), 0);
+        }
+    }
+
+    #[test]
+    fn varint_rejects_overlong_and_truncated() {
+        let overlong = [0xffu8; 11];
+        assert!(Cursor::new(&overlong).varint().is_err());
+        let truncated = [0x80u8, 0x80];
+        let err = Cursor::new(&truncated).varint().unwrap_err();
+        assert_eq!(err.offset, 2);
+    }
+
+    #[test]
+    fn zigzag_and_predictions_invert() {
+        for (v, b) in [(5u64, 3u64), (3, 5), (0, u64::MAX), (u64::MAX, 0), (1 << 40, (1 << 40) + 7)] {
+            for (xor, raw) in [(false, false), (true, false), (false, true)] {
+                let s = encode_value(xor, raw, v, b);
+                assert_eq!(decode_value(xor, raw, s, b), v);
+            }
+        }
+        assert_eq!(zigzag(-1), 1);
+        assert_eq!(zigzag(1), 2);
+        assert_eq!(unzigzag(zigzag(i64::MIN)), i64::MIN);
+    }
+
+    #[test]
+    fn narrowing_is_checked() {
+        assert_eq!(<u32 as Column>::from_u64(1 << 33), None);
+        assert_eq!(<i32 as Column>::from_u64((-1i32).to_u64()), Some(-1));
+        assert_eq!(<i32 as Column>::from_u64(1 << 40), None);
+    }
+}

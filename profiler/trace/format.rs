@@ -1,0 +1,311 @@
+//! The on-disk layout (spec: docs/trace-format.md). A trace is a zstd *seekable* file:
+//!
+//! ```text
+//! [header frame][chunk frame]...[chunk frame][index frame][seek-table skippable frame]
+//! ```
+//!
+//! Every frame is an ordinary zstd frame (content size and checksum included), so `zstd -d`
+//! decompresses the whole file; the seek table lets seekable readers jump to any frame. The
+//! index frame and the seek table are written last: a file cut short has neither, and the
+//! reader then finds the chunks by walking zstd block headers.
+
+use super::columns::{put_varint, Cursor};
+use super::error::DecodeError;
+use super::records::{Kind, RecordBatch};
+
+pub const FORMAT_MAJOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 0;
+
+pub const HEADER_MAGIC: &[u8; 8] = b"GHSTPROF";
+pub const CHUNK_MAGIC: &[u8; 8] = b"GPCHUNK1";
+pub const INDEX_MAGIC: &[u8; 8] = b"GPINDEX1";
+
+pub const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+pub const SKIPPABLE_MAGIC_MIN: u32 = 0x184D_2A50;
+pub const SKIPPABLE_MAGIC_MAX: u32 = 0x184D_2A5F;
+pub const SEEK_TABLE_SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
+pub const SEEKABLE_FOOTER_MAGIC: u32 = 0x8F92_EAB1;
+pub const SEEK_FOOTER_BYTES: u64 = 9;
+
+/// Largest decompressed frame a reader accepts; the writer stays far below.
+pub const MAX_FRAME_BYTES: u64 = 16 << 20;
+/// Largest header JSON accepted.
+pub const MAX_HEADER_JSON: usize = 1 << 20;
+/// Section header: kind u16, column count u16, rows u32, byte length u32.
+pub const SECTION_HEADER_BYTES: usize = 12;
+/// Chunk header: magic, seq u32, section count u32, min ts u64, max ts u64.
+pub const CHUNK_HEADER_BYTES: usize = 32;
+/// Section kind id of the string table.
+pub const STRINGS_SECTION: u16 = 0;
+
+/// A decoded chunk: its records and the strings they refer to.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Chunk {
+    pub seq: u32,
+    pub min_ts: u64,
+    pub max_ts: u64,
+    pub strings: Vec<(u32, String)>,
+    pub records: RecordBatch,
+}
+
+/// Where a chunk is and what it holds (from the index, or from a scan).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkMeta {
+    pub seq: u32,
+    /// file offset of the chunk's zstd frame
+    pub offset: u64,
+    pub compressed_len: u64,
+    pub raw_len: u64,
+    pub min_ts: u64,
+    pub max_ts: u64,
+    /// rows per kind, in [`Kind::ALL`] order
+    pub counts: Vec<u64>,
+}
+
+/// Encodes a chunk body (decompressed bytes) into `out`.
+pub fn encode_chunk(seq: u32, batch: &RecordBatch, strings: &[(u32, &str)], out: &mut Vec<u8>) {
+    let (min_ts, max_ts) = batch.time_range().unwrap_or((0, 0));
+    out.clear();
+    out.extend_from_slice(CHUNK_MAGIC);
+    out.extend_from_slice(&seq.to_le_bytes());
+    let count_at = out.len();
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&min_ts.to_le_bytes());
+    out.extend_from_slice(&max_ts.to_le_bytes());
+    let mut sections = 0u32;
+    if !strings.is_empty() {
+        let at = begin_section(out, STRINGS_SECTION, 0, strings.len());
+        for (id, s) in strings {
+            put_varint(out, *id as u64);
+            put_varint(out, s.len() as u64);
+            out.extend_from_slice(s.as_bytes());
+        }
+        end_section(out, at);
+        sections += 1;
+    }
+    batch.encode_sections(|kind, rows, encode| {
+        let at = begin_section(out, kind as u16, kind.columns().len(), rows);
+        encode(out);
+        end_section(out, at);
+        sections += 1;
+    });
+    out[count_at..count_at + 4].copy_from_slice(&sections.to_le_bytes());
+}
+
+fn begin_section(out: &mut Vec<u8>, kind: u16, columns: usize, rows: usize) -> usize {
+    out.extend_from_slice(&kind.to_le_bytes());
+    out.extend_from_slice(&(columns as u16).to_le_bytes());
+    out.extend_from_slice(&(rows as u32).to_le_bytes());
+    let at = out.len();
+    out.extend_from_slice(&0u32.to_le_bytes());
+    at
+}
+
+fn end_section(out: &mut [u8], len_at: usize) {
+    let len = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Reads a chunk body. Unknown record kinds (from a newer minor version) are skipped.
+pub fn decode_chunk(buf: &[u8]) -> Result<Chunk, DecodeError> {
+    let mut cur = Cursor::new(buf);
+    let magic = cur.bytes(8)?;
+    if magic != CHUNK_MAGIC {
+        return Err(DecodeError::new(0, "chunk magic missing"));
+    }
+    let seq = cur.u32_le()?;
+    let sections = cur.u32_le()?;
+    let min_ts = cur.u64_le()?;
+    let max_ts = cur.u64_le()?;
+    let mut chunk = Chunk { seq, min_ts, max_ts, ..Default::default() };
+    for _ in 0..sections {
+        let at = cur.pos;
+        let kind_id = cur.u16_le()?;
+        let columns = cur.u16_le()? as usize;
+        let rows = cur.u32_le()? as usize;
+        let len = cur.u32_le()? as usize;
+        let body_at = cur.pos;
+        let body = cur.bytes(len).map_err(|_| {
+            DecodeError::new(at, format!("section of kind {kind_id} claims {len} bytes, past the end of the chunk"))
+        })?;
+        let rebase = |e: DecodeError| DecodeError::new(body_at + e.offset, e.what);
+        if kind_id == STRINGS_SECTION {
+            decode_strings(body, rows, &mut chunk.strings).map_err(rebase)?;
+            continue;
+        }
+        let Some(kind) = Kind::from_id(kind_id) else {
+            continue; // a kind from a newer writer: skip it, its length is known
+        };
+        if columns != kind.columns().len() {
+            return Err(DecodeError::new(
+                at,
+                format!("section {} has {columns} columns, expected {}", kind.key(), kind.columns().len()),
+            ));
+        }
+        // Each row takes at least one byte per column: this bounds the allocation by the
+        // section's real size, whatever the row count claims.
+        if rows.saturating_mul(columns) > len {
+            return Err(DecodeError::new(at, format!("section {} claims {rows} rows in {len} bytes", kind.key())));
+        }
+        let mut sub = Cursor::new(body);
+        chunk.records.decode_section(kind, &mut sub, rows).map_err(rebase)?;
+        if sub.remaining() != 0 {
+            return Err(DecodeError::new(
+                body_at + sub.pos,
+                format!("{} trailing bytes after section {}", sub.remaining(), kind.key()),
+            ));
+        }
+    }
+    if cur.remaining() != 0 {
+        return Err(DecodeError::new(cur.pos, "trailing bytes after the last section"));
+    }
+    Ok(chunk)
+}
+
+fn decode_strings(body: &[u8], n: usize, out: &mut Vec<(u32, String)>) -> Result<(), DecodeError> {
+    if n > body.len() / 2 {
+        return Err(DecodeError::new(0, format!("string table claims {n} strings in {} bytes", body.len())));
+    }
+    let mut cur = Cursor::new(body);
+    out.reserve(n);
+    for _ in 0..n {
+        let id = cur.varint()?;
+        let id = u32::try_from(id).map_err(|_| DecodeError::new(cur.pos, "string id exceeds u32"))?;
+        let len = cur.varint()? as usize;
+        let at = cur.pos;
+        let bytes = cur.bytes(len)?;
+        let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::new(at, "string is not UTF-8"))?;
+        out.push((id, s.to_string()));
+    }
+    if cur.remaining() != 0 {
+        return Err(DecodeError::new(cur.pos, "trailing bytes after the string table"));
+    }
+    Ok(())
+}
+
+/// Final totals stored in the index frame.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexSummary {
+    pub chunks: Vec<ChunkMeta>,
+    /// (source, cause) → cumulative records lost
+    pub drops: Vec<(u32, u32, u64)>,
+}
+
+pub fn encode_index(summary: &IndexSummary, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(INDEX_MAGIC);
+    out.extend_from_slice(&(summary.chunks.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(Kind::ALL.len() as u32).to_le_bytes());
+    for k in Kind::ALL {
+        out.extend_from_slice(&(*k as u16).to_le_bytes());
+    }
+    for c in &summary.chunks {
+        for v in [c.offset, c.compressed_len, c.raw_len, c.min_ts, c.max_ts] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&c.seq.to_le_bytes());
+        for v in &c.counts {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&(summary.drops.len() as u32).to_le_bytes());
+    for (s, c, n) in &summary.drops {
+        out.extend_from_slice(&s.to_le_bytes());
+        out.extend_from_slice(&c.to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+/// Reads an index frame. Counts of kinds this build doesn't know are dropped.
+pub fn decode_index(buf: &[u8]) -> Result<IndexSummary, DecodeError> {
+    let mut cur = Cursor::new(buf);
+    if cur.bytes(8)? != INDEX_MAGIC {
+        return Err(DecodeError::new(0, "index magic missing"));
+    }
+    let n_chunks = cur.u32_le()? as usize;
+    let n_kinds = cur.u32_le()? as usize;
+    let entry = 5 * 8 + 4 + n_kinds.saturating_mul(8);
+    if n_kinds > 1024 || n_chunks.saturating_mul(entry) > cur.remaining() {
+        return Err(DecodeError::new(
+            8,
+            format!("index claims {n_chunks} chunks of {n_kinds} kinds, more than it holds"),
+        ));
+    }
+    let mut slots = Vec::with_capacity(n_kinds);
+    for _ in 0..n_kinds {
+        let id = cur.u16_le()?;
+        slots.push(Kind::from_id(id).and_then(|k| Kind::ALL.iter().position(|x| *x == k)));
+    }
+    let mut chunks = Vec::with_capacity(n_chunks);
+    for _ in 0..n_chunks {
+        let offset = cur.u64_le()?;
+        let compressed_len = cur.u64_le()?;
+        let raw_len = cur.u64_le()?;
+        let min_ts = cur.u64_le()?;
+        let max_ts = cur.u64_le()?;
+        let seq = cur.u32_le()?;
+        let mut counts = vec![0u64; Kind::ALL.len()];
+        for slot in &slots {
+            let v = cur.u64_le()?;
+            if let Some(i) = slot {
+                counts[*i] = v;
+            }
+        }
+        chunks.push(ChunkMeta { seq, offset, compressed_len, raw_len, min_ts, max_ts, counts });
+    }
+    let n_drops = cur.u32_le()? as usize;
+    if n_drops.saturating_mul(16) > cur.remaining() {
+        return Err(DecodeError::new(cur.pos, "index claims more drop counters than it holds"));
+    }
+    let mut drops = Vec::with_capacity(n_drops);
+    for _ in 0..n_drops {
+        drops.push((cur.u32_le()?, cur.u32_le()?, cur.u64_le()?));
+    }
+    if cur.remaining() != 0 {
+        return Err(DecodeError::new(cur.pos, "trailing bytes after the index"));
+    }
+    Ok(IndexSummary { chunks, drops })
+}
+
+/// Header body: magic, version, then JSON metadata (tool version, host, command, schema).
+pub fn encode_header(json: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(HEADER_MAGIC);
+    out.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
+    out.extend_from_slice(&FORMAT_MINOR.to_le_bytes());
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(json.as_bytes());
+}
+
+/// The schema every header carries, so a file describes its own columns.
+pub fn schema_json() -> serde_json::Value {
+    let mut kinds = serde_json::Map::new();
+    for k in Kind::ALL {
+        let cols: Vec<serde_json::Value> = k
+            .columns()
+            .iter()
+            .map(|c| serde_json::json!({"name": c.name, "type": c.ty, "encoding": c.encoding.describe()}))
+            .collect();
+        kinds.insert(
+            k.key().to_string(),
+            serde_json::json!({"id": *k as u16, "record_bytes": k.record_size(), "columns": cols}),
+        );
+    }
+    serde_json::Value::Object(kinds)
+}
+
+/// The seek table frame of the zstd seekable format: one entry (compressed size,
+/// decompressed size) per frame, no checksums.
+pub fn encode_seek_table(frames: &[(u32, u32)], out: &mut Vec<u8>) {
+    out.clear();
+    let size = (frames.len() * 8) as u32 + SEEK_FOOTER_BYTES as u32;
+    out.extend_from_slice(&SEEK_TABLE_SKIPPABLE_MAGIC.to_le_bytes());
+    out.extend_from_slice(&size.to_le_bytes());
+    for (c, d) in frames {
+        out.extend_from_slice(&c.to_le_bytes());
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    out.push(0); // descriptor: no checksums
+    out.extend_from_slice(&SEEKABLE_FOOTER_MAGIC.to_le_bytes());
+}

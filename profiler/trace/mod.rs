@@ -1,0 +1,20 @@
+//! The trace file: the event model ([`records`]), its column codecs ([`columns`]), the on-disk
+//! layout ([`format`], spec in docs/trace-format.md), and the [`writer`] and [`reader`]. One
+//! decoder serves live recording and offline review.
+
+pub mod columns;
+pub mod error;
+pub mod format;
+pub mod frames;
+pub mod reader;
+pub mod records;
+pub mod strings;
+pub mod summary;
+pub mod writer;
+
+pub use error::{DecodeError, TraceError};
+pub use format::{Chunk, ChunkMeta};
+pub use reader::{TraceHeader, TraceReader};
+pub use records::*;
+pub use strings::Interner;
+pub use writer::{TraceInfo, TraceWriter, WriteSummary, WriterOptions};

@@ -1,0 +1,410 @@
+//! The trace reader. The file is untrusted input: every length is checked against the file and
+//! the format's limits before anything is allocated, every problem is an error naming the byte
+//! offset, and a file cut short reads back every whole chunk before the cut, with a warning.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::columns::Cursor;
+use super::error::{DecodeError, TraceError};
+use super::format::{
+    self, Chunk, ChunkMeta, IndexSummary, CHUNK_HEADER_BYTES, CHUNK_MAGIC, FORMAT_MAJOR, HEADER_MAGIC, INDEX_MAGIC,
+    MAX_FRAME_BYTES, MAX_HEADER_JSON, SEEKABLE_FOOTER_MAGIC, SEEK_FOOTER_BYTES, SEEK_TABLE_SKIPPABLE_MAGIC,
+    STRINGS_SECTION,
+};
+use super::frames::{frame_at, FrameAt};
+use super::records::{Kind, RecordBatch};
+
+/// Largest compressed frame accepted (zstd's bound on a MAX_FRAME_BYTES input, rounded up).
+const MAX_COMPRESSED_FRAME: u64 = MAX_FRAME_BYTES + (1 << 20);
+
+/// The decoded file header.
+#[derive(Debug, Clone)]
+pub struct TraceHeader {
+    pub major: u16,
+    pub minor: u16,
+    /// Metadata JSON: tool version, host, command, schema.
+    pub meta: serde_json::Value,
+}
+
+pub struct TraceReader {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    header: TraceHeader,
+    chunks: Vec<ChunkMeta>,
+    /// Present when the file was finalized (index frame found).
+    index_drops: Option<Vec<(u32, u32, u64)>>,
+    warnings: Vec<String>,
+}
+
+impl TraceReader {
+    pub fn open(path: &Path) -> Result<Self, TraceError> {
+        let file = File::open(path).map_err(|e| TraceError::io(path, e))?;
+        let len = file.metadata().map_err(|e| TraceError::io(path, e))?.len();
+        if len == 0 {
+            return Err(TraceError::Empty { path: path.to_path_buf() });
+        }
+        let mut r = TraceReader {
+            file,
+            path: path.to_path_buf(),
+            len,
+            header: TraceHeader { major: 0, minor: 0, meta: serde_json::Value::Null },
+            chunks: Vec::new(),
+            index_drops: None,
+            warnings: Vec::new(),
+        };
+        let header_len = match frame_at(&r.file, 0, len).map_err(|e| TraceError::io(path, e))? {
+            FrameAt::Zstd(n) => n,
+            FrameAt::Truncated => {
+                return Err(TraceError::NotATrace {
+                    path: r.path.clone(),
+                    why: format!("the file ({len} bytes) ends inside its header frame"),
+                })
+            }
+            FrameAt::Skippable { .. } | FrameAt::Garbage { .. } => {
+                return Err(TraceError::NotATrace {
+                    path: r.path.clone(),
+                    why: "it does not start with a zstd frame".into(),
+                })
+            }
+        };
+        let body = r.frame(0, header_len)?;
+        r.header = parse_header(&body).map_err(|e| r.header_error(e))?;
+        if r.header.major != FORMAT_MAJOR {
+            return Err(TraceError::Version {
+                path: r.path.clone(),
+                found_major: r.header.major,
+                found_minor: r.header.minor,
+                supported_major: FORMAT_MAJOR,
+            });
+        }
+        match r.try_seek_table(header_len) {
+            Ok(Some(summary)) => {
+                r.chunks = summary.chunks;
+                r.index_drops = Some(summary.drops);
+            }
+            Ok(None) => {
+                r.scan(header_len)?;
+            }
+            Err(why) => {
+                r.warnings.push(format!("seek table or index is damaged ({why}); reading the chunks one by one"));
+                r.scan(header_len)?;
+            }
+        }
+        Ok(r)
+    }
+
+    fn header_error(&self, e: HeaderError) -> TraceError {
+        match e {
+            HeaderError::NotATrace(why) => TraceError::NotATrace { path: self.path.clone(), why },
+            HeaderError::Corrupt(d) => self.corrupt(d.offset as u64, d.what),
+        }
+    }
+
+    fn corrupt(&self, offset: u64, what: impl Into<String>) -> TraceError {
+        TraceError::Corrupt { path: self.path.clone(), offset, what: what.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn header(&self) -> &TraceHeader {
+        &self.header
+    }
+
+    /// Size of the file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn chunks(&self) -> &[ChunkMeta] {
+        &self.chunks
+    }
+
+    /// True when the file has its index and seek table (the recording ended cleanly).
+    pub fn is_finalized(&self) -> bool {
+        self.index_drops.is_some()
+    }
+
+    /// Problems that did not stop reading (a file cut short, a damaged index).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Indexes of the chunks whose records may fall in [t0, t1].
+    pub fn chunks_overlapping(&self, t0: u64, t1: u64) -> impl Iterator<Item = usize> + '_ {
+        self.chunks.iter().enumerate().filter(move |(_, c)| c.max_ts >= t0 && c.min_ts <= t1).map(|(i, _)| i)
+    }
+
+    /// Decodes chunk `i`.
+    pub fn read_chunk(&self, i: usize) -> Result<Chunk, TraceError> {
+        let meta =
+            self.chunks.get(i).ok_or_else(|| TraceError::Writer { what: format!("chunk {i} does not exist") })?;
+        let body = self.frame(meta.offset, meta.compressed_len)?;
+        let chunk = format::decode_chunk(&body).map_err(|e| {
+            self.corrupt(meta.offset, format!("in chunk {} at decompressed byte {}: {}", meta.seq, e.offset, e.what))
+        })?;
+        let counts: Vec<u64> = Kind::ALL.iter().map(|k| chunk.records.count(*k) as u64).collect();
+        if counts != meta.counts || chunk.seq != meta.seq {
+            return Err(self.corrupt(meta.offset, format!("chunk {} does not match its index entry", meta.seq)));
+        }
+        Ok(chunk)
+    }
+
+    /// Decodes every chunk in order, handing each to `f`.
+    pub fn for_each_chunk(&self, mut f: impl FnMut(Chunk)) -> Result<(), TraceError> {
+        for i in 0..self.chunks.len() {
+            f(self.read_chunk(i)?);
+        }
+        Ok(())
+    }
+
+    /// Every record of the file in one batch (tests and small files; analysis streams chunks).
+    pub fn read_all(&self) -> Result<RecordBatch, TraceError> {
+        let mut all = RecordBatch::default();
+        self.for_each_chunk(|c| all.append(c.records))?;
+        Ok(all)
+    }
+
+    /// Total records per kind, in [`Kind::ALL`] order.
+    pub fn counts(&self) -> Vec<u64> {
+        let mut total = vec![0u64; Kind::ALL.len()];
+        for c in &self.chunks {
+            for (t, n) in total.iter_mut().zip(&c.counts) {
+                *t += n;
+            }
+        }
+        total
+    }
+
+    /// Final drop counters (source, cause, count): from the index of a finalized file, else
+    /// the largest cumulative count seen in the chunks.
+    pub fn drops(&self) -> Result<Vec<(u32, u32, u64)>, TraceError> {
+        if let Some(d) = &self.index_drops {
+            return Ok(d.clone());
+        }
+        let mut map = std::collections::BTreeMap::new();
+        let drops_slot = Kind::ALL.iter().position(|k| *k == Kind::Drops).unwrap_or(0);
+        for i in 0..self.chunks.len() {
+            if self.chunks[i].counts.get(drops_slot).copied().unwrap_or(0) == 0 {
+                continue;
+            }
+            for d in self.read_chunk(i)?.records.drops {
+                let e = map.entry((d.source, d.cause)).or_insert(0u64);
+                *e = (*e).max(d.count);
+            }
+        }
+        Ok(map.into_iter().map(|((s, c), n)| (s, c, n)).collect())
+    }
+
+    /// Reads and decompresses the frame at `offset`.
+    fn frame(&self, offset: u64, compressed_len: u64) -> Result<Vec<u8>, TraceError> {
+        if compressed_len > MAX_COMPRESSED_FRAME || offset.checked_add(compressed_len).is_none_or(|end| end > self.len)
+        {
+            return Err(self.corrupt(
+                offset,
+                format!(
+                    "frame of {compressed_len} bytes does not fit the file ({} bytes) or the format's limit",
+                    self.len
+                ),
+            ));
+        }
+        let mut src = vec![0u8; compressed_len as usize];
+        self.file.read_exact_at(&mut src, offset).map_err(|e| TraceError::io(&self.path, e))?;
+        let size = match zstd::zstd_safe::get_frame_content_size(&src) {
+            Ok(Some(n)) if n <= MAX_FRAME_BYTES => n as usize,
+            Ok(Some(n)) => {
+                return Err(self.corrupt(
+                    offset,
+                    format!("frame declares {n} decompressed bytes, over the {MAX_FRAME_BYTES}-byte limit"),
+                ))
+            }
+            _ => return Err(self.corrupt(offset, "zstd frame without a readable content size")),
+        };
+        let mut out = Vec::with_capacity(size);
+        let n = zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(&src, &mut out))
+            .map_err(|e| self.corrupt(offset, format!("zstd frame does not decompress: {e}")))?;
+        if n != size {
+            return Err(self.corrupt(offset, format!("frame decompressed to {n} bytes, declared {size}")));
+        }
+        Ok(out)
+    }
+
+    /// Reads the seek table and index of a finalized file. `Ok(None)`: the file has no seek
+    /// table (not finalized). `Err`: it has one, but it is inconsistent.
+    fn try_seek_table(&self, header_len: u64) -> Result<Option<IndexSummary>, String> {
+        if self.len < header_len + SEEK_FOOTER_BYTES + 8 {
+            return Ok(None);
+        }
+        let mut footer = [0u8; SEEK_FOOTER_BYTES as usize];
+        self.file.read_exact_at(&mut footer, self.len - SEEK_FOOTER_BYTES).map_err(|e| e.to_string())?;
+        if u32::from_le_bytes([footer[5], footer[6], footer[7], footer[8]]) != SEEKABLE_FOOTER_MAGIC {
+            return Ok(None);
+        }
+        let frames = u32::from_le_bytes([footer[0], footer[1], footer[2], footer[3]]) as u64;
+        let entry = if footer[4] & 0x80 != 0 { 12 } else { 8 };
+        let table_len = frames
+            .checked_mul(entry)
+            .and_then(|n| n.checked_add(SEEK_FOOTER_BYTES))
+            .ok_or("seek table size overflows")?;
+        let table_at = self.len.checked_sub(table_len + 8).ok_or("seek table larger than the file")?;
+        let mut table = vec![0u8; (table_len + 8) as usize];
+        self.file.read_exact_at(&mut table, table_at).map_err(|e| e.to_string())?;
+        let mut cur = Cursor::new(&table);
+        let (magic, size) = (cur.u32_le().map_err(|e| e.what)?, cur.u32_le().map_err(|e| e.what)?);
+        if magic != SEEK_TABLE_SKIPPABLE_MAGIC || size as u64 != table_len {
+            return Err(format!("seek table frame at byte {table_at} is malformed"));
+        }
+        let mut offset = 0u64;
+        let mut entries = Vec::with_capacity(frames as usize);
+        for _ in 0..frames {
+            let c = cur.u32_le().map_err(|e| e.what)? as u64;
+            let d = cur.u32_le().map_err(|e| e.what)? as u64;
+            if entry == 12 {
+                cur.u32_le().map_err(|e| e.what)?;
+            }
+            entries.push((offset, c, d));
+            offset += c;
+        }
+        if offset != table_at || frames < 2 || entries[0].1 != header_len {
+            return Err(format!("seek table frames add up to {offset} bytes, but the table starts at {table_at}"));
+        }
+        let (index_at, index_len, _) = entries[entries.len() - 1];
+        let body = self.frame(index_at, index_len).map_err(|e| e.to_string())?;
+        let summary = format::decode_index(&body)
+            .map_err(|e| format!("index at byte {index_at}: {} (decompressed byte {})", e.what, e.offset))?;
+        let chunk_frames = &entries[1..entries.len() - 1];
+        let consistent = summary.chunks.len() == chunk_frames.len()
+            && summary
+                .chunks
+                .iter()
+                .zip(chunk_frames)
+                .all(|(c, (o, l, d))| c.offset == *o && c.compressed_len == *l && c.raw_len == *d);
+        if !consistent {
+            return Err("index and seek table disagree".into());
+        }
+        Ok(Some(summary))
+    }
+
+    /// Walks the frames after the header of a file with no (usable) seek table.
+    fn scan(&mut self, header_len: u64) -> Result<(), TraceError> {
+        let mut offset = header_len;
+        let mut seq = 0u32;
+        self.chunks.clear();
+        let mut finalized = false;
+        while offset < self.len {
+            match frame_at(&self.file, offset, self.len).map_err(|e| TraceError::io(&self.path, e))? {
+                FrameAt::Zstd(n) => {
+                    let body = match self.frame(offset, n) {
+                        Ok(b) => b,
+                        // A bad last frame looks like a write that was cut off; keep what came before.
+                        Err(e) if offset + n == self.len => {
+                            self.warnings.push(format!(
+                                "last frame at byte {offset} is damaged ({e}); read {} whole chunks before it",
+                                self.chunks.len()
+                            ));
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if body.starts_with(INDEX_MAGIC) {
+                        finalized = true;
+                        offset += n;
+                        continue;
+                    }
+                    let meta = peek_chunk(&body, offset, n).map_err(|e| {
+                        self.corrupt(offset, format!("in chunk at decompressed byte {}: {}", e.offset, e.what))
+                    })?;
+                    if meta.seq != seq {
+                        return Err(self.corrupt(offset, format!("chunk number {} where {seq} was expected", meta.seq)));
+                    }
+                    seq += 1;
+                    self.chunks.push(meta);
+                    offset += n;
+                }
+                FrameAt::Skippable { magic, len } => {
+                    if magic == SEEK_TABLE_SKIPPABLE_MAGIC && offset + len == self.len {
+                        break;
+                    }
+                    offset += len;
+                }
+                FrameAt::Truncated => {
+                    self.warnings.push(format!(
+                        "file ends inside a frame at byte {offset} ({} bytes cut off there): the recording was interrupted; read {} whole chunks before it",
+                        self.len - offset,
+                        self.chunks.len()
+                    ));
+                    return Ok(());
+                }
+                FrameAt::Garbage { at, what } => return Err(self.corrupt(at, what)),
+            }
+        }
+        if !finalized {
+            self.warnings.push(format!(
+                "file has no index (recording did not finish cleanly); read {} whole chunks",
+                self.chunks.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+enum HeaderError {
+    NotATrace(String),
+    Corrupt(DecodeError),
+}
+
+fn parse_header(body: &[u8]) -> Result<TraceHeader, HeaderError> {
+    if !body.starts_with(HEADER_MAGIC) {
+        return Err(HeaderError::NotATrace("header magic GHSTPROF missing".into()));
+    }
+    let mut cur = Cursor::new(body);
+    cur.bytes(8).map_err(HeaderError::Corrupt)?;
+    let major = cur.u16_le().map_err(HeaderError::Corrupt)?;
+    let minor = cur.u16_le().map_err(HeaderError::Corrupt)?;
+    if major != FORMAT_MAJOR {
+        // The rest may be laid out differently: report the version only.
+        return Ok(TraceHeader { major, minor, meta: serde_json::Value::Null });
+    }
+    let n = cur.u32_le().map_err(HeaderError::Corrupt)? as usize;
+    if n > MAX_HEADER_JSON {
+        return Err(HeaderError::Corrupt(DecodeError::new(cur.pos, format!("header JSON claims {n} bytes"))));
+    }
+    let at = cur.pos;
+    let json = cur.bytes(n).map_err(HeaderError::Corrupt)?;
+    let meta = serde_json::from_slice(json)
+        .map_err(|e| HeaderError::Corrupt(DecodeError::new(at, format!("header JSON: {e}"))))?;
+    Ok(TraceHeader { major, minor, meta })
+}
+
+/// Chunk metadata from a decompressed chunk: header and section row counts only.
+fn peek_chunk(body: &[u8], offset: u64, compressed_len: u64) -> Result<ChunkMeta, DecodeError> {
+    if body.len() < CHUNK_HEADER_BYTES || !body.starts_with(CHUNK_MAGIC) {
+        return Err(DecodeError::new(0, "not a chunk (magic GPCHUNK1 missing)"));
+    }
+    let mut cur = Cursor::new(body);
+    cur.bytes(8)?;
+    let seq = cur.u32_le()?;
+    let sections = cur.u32_le()?;
+    let min_ts = cur.u64_le()?;
+    let max_ts = cur.u64_le()?;
+    let mut counts = vec![0u64; Kind::ALL.len()];
+    for _ in 0..sections {
+        let kind = cur.u16_le()?;
+        cur.u16_le()?;
+        let rows = cur.u32_le()? as u64;
+        let len = cur.u32_le()? as usize;
+        cur.bytes(len)?;
+        if kind == STRINGS_SECTION {
+            continue;
+        }
+        if let Some(i) = Kind::from_id(kind).and_then(|k| Kind::ALL.iter().position(|x| *x == k)) {
+            counts[i] += rows;
+        }
+    }
+    Ok(ChunkMeta { seq, offset, compressed_len, raw_len: body.len() as u64, min_ts, max_ts, counts })
+}

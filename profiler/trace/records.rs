@@ -1,0 +1,717 @@
+//! The event model: every record a collector produces, as a fixed-layout `Pod` struct with a
+//! compile-time size assert, plus the column schema each kind is stored with. One macro
+//! invocation below is the single definition of a kind: its struct, its id, its columns, its
+//! encoder and decoder, and its slot in [`Record`] and [`RecordBatch`].
+//!
+//! Times are CLOCK_MONOTONIC nanoseconds. Names are ids into the trace's interned strings.
+//! Enum-valued fields are stored as `u32` (see the enums at the end) so a record stays `Pod`
+//! and an unknown value from a newer writer is still readable.
+
+use super::columns::{put_varint, unzigzag, zigzag, Column, ColumnDesc, Cursor, Encoding};
+use super::error::DecodeError;
+
+/// What every record kind provides to the chunk codec.
+pub trait RecordKind: bytemuck::Pod + Default {
+    const KIND: Kind;
+    const COLUMNS: &'static [ColumnDesc];
+    /// The time the record is indexed under (its start).
+    fn time_ns(&self) -> u64;
+    /// When the record's interval ends (its start for point events).
+    fn end_ns(&self) -> u64;
+    /// Ids of interned strings the record refers to.
+    fn string_refs(&self, _f: &mut dyn FnMut(u32)) {}
+    /// Appends `rows` column by column.
+    fn encode(rows: &[Self], out: &mut Vec<u8>);
+    /// Reads `n` rows written by [`RecordKind::encode`].
+    fn decode(cur: &mut Cursor<'_>, n: usize) -> Result<Vec<Self>, DecodeError>;
+}
+
+macro_rules! enc_desc {
+    (Raw) => {
+        Encoding::Raw
+    };
+    (Delta) => {
+        Encoding::Delta
+    };
+    (Xor) => {
+        Encoding::Xor
+    };
+    (From($o:ident)) => {
+        Encoding::From(stringify!($o))
+    };
+    (Prev($o:ident)) => {
+        Encoding::Prev(stringify!($o))
+    };
+}
+
+macro_rules! encode_col {
+    ($rows:ident, $out:ident, $f:ident, Raw) => {
+        for r in $rows {
+            put_varint($out, Column::to_u64(r.$f));
+        }
+    };
+    ($rows:ident, $out:ident, $f:ident, Delta) => {{
+        let mut prev = 0u64;
+        for r in $rows {
+            let v = Column::to_u64(r.$f);
+            put_varint($out, zigzag(v.wrapping_sub(prev) as i64));
+            prev = v;
+        }
+    }};
+    ($rows:ident, $out:ident, $f:ident, Xor) => {{
+        let mut prev = 0u64;
+        for r in $rows {
+            let v = Column::to_u64(r.$f);
+            put_varint($out, v ^ prev);
+            prev = v;
+        }
+    }};
+    ($rows:ident, $out:ident, $f:ident, From($o:ident)) => {
+        for r in $rows {
+            let v = Column::to_u64(r.$f);
+            put_varint($out, zigzag(v.wrapping_sub(Column::to_u64(r.$o)) as i64));
+        }
+    };
+    ($rows:ident, $out:ident, $f:ident, Prev($o:ident)) => {{
+        let mut prev = 0u64;
+        for r in $rows {
+            let v = Column::to_u64(r.$f);
+            put_varint($out, zigzag(v.wrapping_sub(prev) as i64));
+            prev = Column::to_u64(r.$o);
+        }
+    }};
+}
+
+macro_rules! narrow {
+    ($cur:ident, $v:expr, $kind:ident, $f:ident) => {
+        Column::from_u64($v).ok_or_else(|| {
+            DecodeError::new($cur.pos, concat!("value out of range for ", stringify!($kind), ".", stringify!($f)))
+        })?
+    };
+}
+
+macro_rules! decode_col {
+    ($cur:ident, $rows:ident, $kind:ident, $f:ident, Raw) => {
+        for r in $rows.iter_mut() {
+            let s = $cur.varint()?;
+            r.$f = narrow!($cur, s, $kind, $f);
+        }
+    };
+    ($cur:ident, $rows:ident, $kind:ident, $f:ident, Delta) => {{
+        let mut prev = 0u64;
+        for r in $rows.iter_mut() {
+            let v = prev.wrapping_add(unzigzag($cur.varint()?) as u64);
+            r.$f = narrow!($cur, v, $kind, $f);
+            prev = v;
+        }
+    }};
+    ($cur:ident, $rows:ident, $kind:ident, $f:ident, Xor) => {{
+        let mut prev = 0u64;
+        for r in $rows.iter_mut() {
+            let v = $cur.varint()? ^ prev;
+            r.$f = narrow!($cur, v, $kind, $f);
+            prev = v;
+        }
+    }};
+    ($cur:ident, $rows:ident, $kind:ident, $f:ident, From($o:ident)) => {
+        for r in $rows.iter_mut() {
+            let v = Column::to_u64(r.$o).wrapping_add(unzigzag($cur.varint()?) as u64);
+            r.$f = narrow!($cur, v, $kind, $f);
+        }
+    };
+    ($cur:ident, $rows:ident, $kind:ident, $f:ident, Prev($o:ident)) => {{
+        let mut prev = 0u64;
+        for r in $rows.iter_mut() {
+            let v = prev.wrapping_add(unzigzag($cur.varint()?) as u64);
+            r.$f = narrow!($cur, v, $kind, $f);
+            prev = Column::to_u64(r.$o);
+        }
+    }};
+}
+
+macro_rules! record_kinds {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident = $id:literal, $key:literal, $vec:ident, size $size:literal, time $time:ident, end $endf:ident,
+        strings [$($sref:ident),*] {
+            $( $(#[$fdoc:meta])* $field:ident : $ty:ty => $enc:ident $(($arg:ident))? ),* $(,)?
+        }
+    )*) => {
+        $(
+            $(#[$doc])*
+            #[repr(C)]
+            #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+            pub struct $name {
+                $( $(#[$fdoc])* pub $field: $ty, )*
+            }
+            const _: () = assert!(std::mem::size_of::<$name>() == $size);
+
+            impl RecordKind for $name {
+                const KIND: Kind = Kind::$name;
+                const COLUMNS: &'static [ColumnDesc] = &[
+                    $( ColumnDesc { name: stringify!($field), ty: stringify!($ty), encoding: enc_desc!($enc $(($arg))?) } ),*
+                ];
+                #[inline]
+                fn time_ns(&self) -> u64 {
+                    self.$time
+                }
+                #[inline]
+                fn end_ns(&self) -> u64 {
+                    self.$endf.max(self.$time)
+                }
+                #[allow(unused_variables)]
+                fn string_refs(&self, f: &mut dyn FnMut(u32)) {
+                    $( f(self.$sref); )*
+                }
+                fn encode(rows: &[Self], out: &mut Vec<u8>) {
+                    $( encode_col!(rows, out, $field, $enc $(($arg))?); )*
+                }
+                fn decode(cur: &mut Cursor<'_>, n: usize) -> Result<Vec<Self>, DecodeError> {
+                    let mut rows = vec![Self::default(); n];
+                    $( decode_col!(cur, rows, $name, $field, $enc $(($arg))?); )*
+                    Ok(rows)
+                }
+            }
+
+            impl From<$name> for Record {
+                fn from(r: $name) -> Record {
+                    Record::$name(r)
+                }
+            }
+        )*
+
+        /// Record kind ids as stored in chunk section headers. Id 0 is the string table.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u16)]
+        pub enum Kind {
+            $( $name = $id, )*
+        }
+
+        impl Kind {
+            /// Every kind this build knows, in id order.
+            pub const ALL: &'static [Kind] = &[ $( Kind::$name, )* ];
+
+            pub fn from_id(id: u16) -> Option<Kind> {
+                match id {
+                    $( $id => Some(Kind::$name), )*
+                    _ => None,
+                }
+            }
+
+            /// Stable lowercase name used in `info` output and the JSON schema.
+            pub fn key(self) -> &'static str {
+                match self {
+                    $( Kind::$name => $key, )*
+                }
+            }
+
+            /// In-memory size of one record (the "raw" size `info` reports).
+            pub fn record_size(self) -> usize {
+                match self {
+                    $( Kind::$name => $size, )*
+                }
+            }
+
+            pub fn columns(self) -> &'static [ColumnDesc] {
+                match self {
+                    $( Kind::$name => <$name as RecordKind>::COLUMNS, )*
+                }
+            }
+        }
+
+        /// Any one record, as collectors hand them to the pipeline.
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        pub enum Record {
+            $( $name($name), )*
+        }
+
+        impl Record {
+            pub fn kind(&self) -> Kind {
+                match self {
+                    $( Record::$name(_) => Kind::$name, )*
+                }
+            }
+
+            pub fn time_ns(&self) -> u64 {
+                match self {
+                    $( Record::$name(r) => r.time_ns(), )*
+                }
+            }
+
+            pub fn string_refs(&self, f: &mut dyn FnMut(u32)) {
+                match self {
+                    $( Record::$name(r) => r.string_refs(f), )*
+                }
+            }
+        }
+
+        /// Records grouped by kind: what a chunk holds, column-friendly.
+        #[derive(Clone, Debug, Default, PartialEq)]
+        pub struct RecordBatch {
+            $( pub $vec: Vec<$name>, )*
+        }
+
+        impl RecordBatch {
+            pub fn push(&mut self, rec: Record) {
+                match rec {
+                    $( Record::$name(r) => self.$vec.push(r), )*
+                }
+            }
+
+            /// Total records of every kind.
+            pub fn len(&self) -> usize {
+                0 $( + self.$vec.len() )*
+            }
+
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
+
+            pub fn count(&self, kind: Kind) -> usize {
+                match kind {
+                    $( Kind::$name => self.$vec.len(), )*
+                }
+            }
+
+            /// Bytes the records take in memory as fixed rows.
+            pub fn raw_bytes(&self) -> usize {
+                0 $( + self.$vec.len() * $size )*
+            }
+
+            pub fn clear(&mut self) {
+                $( self.$vec.clear(); )*
+            }
+
+            /// Moves every record of `other` into this batch.
+            pub fn append(&mut self, mut other: RecordBatch) {
+                $( if self.$vec.is_empty() { self.$vec = std::mem::take(&mut other.$vec); } else { self.$vec.append(&mut other.$vec); } )*
+            }
+
+            /// Moves the second half of every kind's rows into a new batch.
+            pub fn split_half(&mut self) -> RecordBatch {
+                RecordBatch { $( $vec: { let at = self.$vec.len() / 2; self.$vec.split_off(at) }, )* }
+            }
+
+            /// Earliest record start and latest record end, or None when empty.
+            pub fn time_range(&self) -> Option<(u64, u64)> {
+                let mut lo = u64::MAX;
+                let mut hi = 0u64;
+                $( for r in &self.$vec {
+                    lo = lo.min(r.time_ns());
+                    hi = hi.max(r.end_ns());
+                } )*
+                (lo <= hi).then_some((lo, hi))
+            }
+
+            pub fn for_each_string_ref(&self, f: &mut dyn FnMut(u32)) {
+                $( for r in &self.$vec { r.string_refs(f); } )*
+            }
+
+            /// Calls `f(kind, rows, encoder)` for each non-empty kind, in id order.
+            pub(crate) fn encode_sections(&self, mut f: impl FnMut(Kind, usize, &dyn Fn(&mut Vec<u8>))) {
+                $( if !self.$vec.is_empty() {
+                    let rows = &self.$vec;
+                    f(Kind::$name, rows.len(), &|out: &mut Vec<u8>| <$name as RecordKind>::encode(rows, out));
+                } )*
+            }
+
+            /// Decodes one section of `kind` with `n` rows and appends it.
+            pub(crate) fn decode_section(&mut self, kind: Kind, cur: &mut Cursor<'_>, n: usize) -> Result<(), DecodeError> {
+                match kind {
+                    $( Kind::$name => {
+                        let rows = <$name as RecordKind>::decode(cur, n)?;
+                        if self.$vec.is_empty() { self.$vec = rows; } else { self.$vec.extend_from_slice(&rows); }
+                    } )*
+                }
+                Ok(())
+            }
+
+            /// Iterates every record as a [`Record`], kind by kind.
+            pub fn iter(&self) -> impl Iterator<Item = Record> + '_ {
+                std::iter::empty()
+                    $( .chain(self.$vec.iter().map(|r| Record::$name(*r))) )*
+            }
+        }
+    };
+}
+
+record_kinds! {
+    /// A kernel execution on a device (CUPTI CONCURRENT_KERNEL).
+    KernelExec = 1, "kernel", kernels, size 80, time start_ns, end end_ns, strings [name_id] {
+        start_ns: u64 => Prev(end_ns),
+        end_ns: u64 => From(start_ns),
+        stream: u64 => Delta,
+        correlation_id: u32 => Delta,
+        device: u32 => Raw,
+        name_id: u32 => Raw,
+        grid_x: u32 => Raw,
+        grid_y: u32 => Raw,
+        grid_z: u32 => Raw,
+        block_x: u32 => Raw,
+        block_y: u32 => Raw,
+        block_z: u32 => Raw,
+        registers_per_thread: u32 => Raw,
+        /// static + dynamic shared memory per block
+        shared_mem_bytes: u32 => Raw,
+        /// CUDA graph id, 0 when not launched from a graph
+        graph_id: u32 => Raw,
+        pid: u32 => Raw,
+        /// [`KERNEL_COOPERATIVE`] and friends
+        flags: u32 => Raw,
+    }
+
+    /// A memcpy or memset on a device; `kind` is a [`MemOpKind`].
+    MemOp = 2, "memop", memops, size 48, time start_ns, end end_ns, strings [] {
+        start_ns: u64 => Delta,
+        end_ns: u64 => From(start_ns),
+        bytes: u64 => Raw,
+        stream: u64 => Delta,
+        correlation_id: u32 => Delta,
+        device: u32 => Raw,
+        kind: u32 => Raw,
+        pid: u32 => Raw,
+    }
+
+    /// A host API call (CUDA driver/runtime or a probed library); `domain` is an [`ApiDomain`],
+    /// `call_id` the function within it.
+    ApiCall = 3, "api", api_calls, size 48, time start_ns, end end_ns, strings [] {
+        start_ns: u64 => Delta,
+        end_ns: u64 => From(start_ns),
+        stream: u64 => Delta,
+        pid: u32 => Raw,
+        tid: u32 => Raw,
+        correlation_id: u32 => Delta,
+        call_id: u32 => Raw,
+        domain: u32 => Raw,
+        /// return code of the call (CUresult / ncclResult_t), 0 = success
+        status: i32 => Raw,
+    }
+
+    /// An NCCL collective: the host call (`phase` = Host) or its device kernel (`phase` = Device).
+    NcclColl = 4, "nccl", nccl, size 88, time start_ns, end end_ns, strings [] {
+        start_ns: u64 => Delta,
+        end_ns: u64 => From(start_ns),
+        comm: u64 => Raw,
+        /// per-communicator sequence number, matches instances across ranks
+        seq: u64 => Delta,
+        count: u64 => Raw,
+        bytes: u64 => Raw,
+        stream: u64 => Delta,
+        pid: u32 => Raw,
+        tid: u32 => Raw,
+        rank: u32 => Raw,
+        nranks: u32 => Raw,
+        op: u32 => Raw,
+        dtype: u32 => Raw,
+        phase: u32 => Raw,
+        device: u32 => Raw,
+    }
+
+    /// A host thread off-CPU for [start_ns, end_ns); `reason` is a [`StallReason`].
+    HostStall = 5, "stall", stalls, size 32, time start_ns, end end_ns, strings [] {
+        start_ns: u64 => Delta,
+        end_ns: u64 => From(start_ns),
+        pid: u32 => Raw,
+        tid: u32 => Raw,
+        reason: u32 => Raw,
+        /// syscall number in progress when the thread left the CPU, -1 if none
+        syscall: i32 => Raw,
+    }
+
+    /// One device sample (NVML, GPM or CUPTI PM sampling); `metric` is a [`Metric`].
+    DeviceSample = 6, "sample", samples, size 24, time time_ns, end time_ns, strings [] {
+        time_ns: u64 => Delta,
+        value: f64 => Xor,
+        device: u32 => Raw,
+        metric: u32 => Raw,
+    }
+
+    /// A training step (NVTX range, kernel-name regex or detected period); `source` is a [`StepSource`].
+    StepMarker = 7, "step", steps, size 40, time start_ns, end end_ns, strings [name_id] {
+        start_ns: u64 => Delta,
+        end_ns: u64 => From(start_ns),
+        step: u64 => Delta,
+        pid: u32 => Raw,
+        name_id: u32 => Raw,
+        source: u32 => Raw,
+        device: u32 => Raw,
+    }
+
+    /// A process seen during the recording.
+    ProcessInfo = 8, "process", processes, size 24, time time_ns, end time_ns, strings [name_id, cmdline_id] {
+        time_ns: u64 => Delta,
+        pid: u32 => Raw,
+        ppid: u32 => Raw,
+        name_id: u32 => Raw,
+        cmdline_id: u32 => Raw,
+    }
+
+    /// A thread seen during the recording.
+    ThreadInfo = 9, "thread", threads, size 24, time time_ns, end time_ns, strings [name_id] {
+        time_ns: u64 => Delta,
+        pid: u32 => Raw,
+        tid: u32 => Raw,
+        name_id: u32 => Raw,
+        reserved: u32 => Raw,
+    }
+
+    /// A library mapped into a traced process; `lib` is a [`LibKind`].
+    LibraryInfo = 10, "library", libraries, size 32, time time_ns, end time_ns, strings [path_id] {
+        time_ns: u64 => Delta,
+        base: u64 => Raw,
+        pid: u32 => Raw,
+        path_id: u32 => Raw,
+        lib: u32 => Raw,
+        reserved: u32 => Raw,
+    }
+
+    /// A pair of simultaneous readings of CLOCK_MONOTONIC and another clock (`domain`: a
+    /// [`ClockDomain`]), used to map device timestamps onto the host clock.
+    ClockSync = 11, "clock_sync", clock_syncs, size 32, time monotonic_ns, end monotonic_ns, strings [] {
+        monotonic_ns: u64 => Delta,
+        other_ns: u64 => Delta,
+        /// half the round trip of the two readings: the pair's error bound
+        uncertainty_ns: u64 => Raw,
+        domain: u32 => Raw,
+        device: u32 => Raw,
+    }
+
+    /// Cumulative count of records lost at one place (`source`: [`Source`], `cause`: [`DropCause`]).
+    Drops = 12, "drops", drops, size 24, time time_ns, end time_ns, strings [] {
+        time_ns: u64 => Delta,
+        count: u64 => Raw,
+        source: u32 => Raw,
+        cause: u32 => Raw,
+    }
+}
+
+/// `KernelExec::flags`: launched with cuLaunchCooperativeKernel.
+pub const KERNEL_COOPERATIVE: u32 = 1;
+/// `KernelExec::flags`: replayed work (a step re-run after a restart): ghost compute.
+pub const KERNEL_REPLAYED: u32 = 2;
+
+macro_rules! u32_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $v:ident = $n:literal => $s:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u32)]
+        pub enum $name { $($(#[$vdoc])* $v = $n),* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$v),*];
+
+            pub fn from_u32(v: u32) -> Option<Self> {
+                match v { $($n => Some($name::$v),)* _ => None }
+            }
+
+            pub fn name(self) -> &'static str {
+                match self { $($name::$v => $s,)* }
+            }
+
+            /// The name of a stored value, or `unknown(N)` for a value this build doesn't know.
+            pub fn name_of(v: u32) -> String {
+                Self::from_u32(v).map(|e| e.name().to_string()).unwrap_or_else(|| format!("unknown({v})"))
+            }
+        }
+    };
+}
+
+u32_enum! {
+    /// Why a host thread was off-CPU.
+    StallReason {
+        Other = 0 => "other",
+        Futex = 1 => "futex",
+        Io = 2 => "io",
+        PageFault = 3 => "page_fault",
+        Preempted = 4 => "preempted",
+        Sleep = 5 => "sleep",
+        Poll = 6 => "poll",
+        RunQueue = 7 => "run_queue",
+    }
+}
+
+u32_enum! {
+    /// Memory operation kinds.
+    MemOpKind {
+        Unknown = 0 => "unknown",
+        HtoD = 1 => "htod",
+        DtoH = 2 => "dtoh",
+        DtoD = 3 => "dtod",
+        HtoH = 4 => "htoh",
+        PtoP = 5 => "ptop",
+        Memset = 8 => "memset",
+    }
+}
+
+u32_enum! {
+    /// Which API an [`ApiCall`] belongs to.
+    ApiDomain {
+        CudaDriver = 1 => "cuda_driver",
+        CudaRuntime = 2 => "cuda_runtime",
+        Nccl = 3 => "nccl",
+        Nvtx = 4 => "nvtx",
+    }
+}
+
+u32_enum! {
+    /// NCCL collective operations.
+    CollOp {
+        AllReduce = 0 => "all_reduce",
+        AllGather = 1 => "all_gather",
+        ReduceScatter = 2 => "reduce_scatter",
+        Broadcast = 3 => "broadcast",
+        Reduce = 4 => "reduce",
+        Send = 5 => "send",
+        Recv = 6 => "recv",
+        AllToAll = 7 => "all_to_all",
+    }
+}
+
+u32_enum! {
+    /// Whether an [`NcclColl`] is the host call or the device kernel.
+    NcclPhase {
+        Host = 0 => "host",
+        Device = 1 => "device",
+    }
+}
+
+u32_enum! {
+    /// NCCL data types (values of `ncclDataType_t`).
+    NcclDtype {
+        Int8 = 0 => "int8",
+        Uint8 = 1 => "uint8",
+        Int32 = 2 => "int32",
+        Uint32 = 3 => "uint32",
+        Int64 = 4 => "int64",
+        Uint64 = 5 => "uint64",
+        Float16 = 6 => "float16",
+        Float32 = 7 => "float32",
+        Float64 = 8 => "float64",
+        Bfloat16 = 9 => "bfloat16",
+        Float8e4m3 = 10 => "float8_e4m3",
+        Float8e5m2 = 11 => "float8_e5m2",
+    }
+}
+
+impl NcclDtype {
+    /// Bytes per element.
+    pub fn size_bytes(self) -> u64 {
+        match self {
+            NcclDtype::Int8 | NcclDtype::Uint8 | NcclDtype::Float8e4m3 | NcclDtype::Float8e5m2 => 1,
+            NcclDtype::Float16 | NcclDtype::Bfloat16 => 2,
+            NcclDtype::Int32 | NcclDtype::Uint32 | NcclDtype::Float32 => 4,
+            NcclDtype::Int64 | NcclDtype::Uint64 | NcclDtype::Float64 => 8,
+        }
+    }
+}
+
+u32_enum! {
+    /// Device sample metrics.
+    Metric {
+        GpuUtilPercent = 1 => "gpu_util_percent",
+        MemUtilPercent = 2 => "mem_util_percent",
+        MemUsedBytes = 3 => "mem_used_bytes",
+        SmClockMhz = 4 => "sm_clock_mhz",
+        PowerWatts = 5 => "power_watts",
+        SmActive = 6 => "sm_active",
+        SmOccupancy = 7 => "sm_occupancy",
+        TensorActive = 8 => "tensor_active",
+        DramBandwidth = 9 => "dram_bandwidth",
+        FmaActive = 10 => "fma_active",
+    }
+}
+
+u32_enum! {
+    /// Where a step boundary came from.
+    StepSource {
+        Nvtx = 1 => "nvtx",
+        KernelRegex = 2 => "kernel_regex",
+        Periodicity = 3 => "periodicity",
+        User = 4 => "user",
+    }
+}
+
+u32_enum! {
+    /// Which library a [`LibraryInfo`] is.
+    LibKind {
+        Other = 0 => "other",
+        Cuda = 1 => "libcuda",
+        CudaRuntime = 2 => "libcudart",
+        Nccl = 3 => "libnccl",
+        Cupti = 4 => "libcupti",
+        Cublas = 5 => "libcublas",
+    }
+}
+
+u32_enum! {
+    /// Clock domains mapped onto CLOCK_MONOTONIC.
+    ClockDomain {
+        Cupti = 1 => "cupti",
+        Realtime = 2 => "realtime",
+    }
+}
+
+u32_enum! {
+    /// Producers of records; drops are counted per source.
+    Source {
+        Ebpf = 1 => "ebpf",
+        Cupti = 2 => "cupti",
+        Nvml = 3 => "nvml",
+        PmSampling = 4 => "pm_sampling",
+        Procfs = 5 => "procfs",
+        Synthetic = 6 => "synthetic",
+    }
+}
+
+u32_enum! {
+    /// Where a record was lost.
+    DropCause {
+        /// the pipeline queue from a collector to the writer was full
+        QueueFull = 1 => "queue_full",
+        /// a BPF ring buffer reservation failed
+        RingbufFull = 2 => "ringbuf_full",
+        /// the shared-memory ring from the injection library was full
+        ShmRingFull = 3 => "shm_ring_full",
+        /// CUPTI reported dropped activity records
+        CuptiBuffer = 4 => "cupti_buffer",
+        /// the writer stopped (I/O error) before the record could be written
+        WriterStopped = 5 => "writer_stopped",
+        /// a record failed validation (malformed input from a collector)
+        Malformed = 6 => "malformed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicted_columns_refer_to_earlier_columns() {
+        for kind in Kind::ALL {
+            let cols = kind.columns();
+            for (i, c) in cols.iter().enumerate() {
+                if let Encoding::From(o) | Encoding::Prev(o) = c.encoding {
+                    let j = cols.iter().position(|x| x.name == o);
+                    assert!(
+                        matches!(j, Some(j) if j < i),
+                        "{:?}.{} predicts from {o}, which must come earlier",
+                        kind,
+                        c.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kinds_have_unique_ids_and_keys() {
+        let mut ids: Vec<u16> = Kind::ALL.iter().map(|k| *k as u16).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), Kind::ALL.len());
+        assert!(!ids.contains(&0), "id 0 is the string table");
+        let mut keys: Vec<&str> = Kind::ALL.iter().map(|k| k.key()).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), Kind::ALL.len());
+    }
+}

@@ -1,0 +1,96 @@
+//! What `ghostprof info` shows: a trace's header, time span, counts, drops and sizes, computed
+//! from the index (or from a scan of a file that was cut short).
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+use super::error::TraceError;
+use super::reader::TraceReader;
+use super::records::{DropCause, Kind, Source};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DropEntry {
+    pub source: String,
+    pub cause: String,
+    pub count: u64,
+}
+
+/// The facts about one trace file.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceSummary {
+    pub path: String,
+    pub format_version: String,
+    pub ghostprof_version: Option<String>,
+    pub hostname: Option<String>,
+    pub command: Vec<String>,
+    /// the file has its index and seek table (recording ended cleanly)
+    pub finalized: bool,
+    /// earliest record start, CLOCK_MONOTONIC ns (0 when there are no records)
+    pub start_ns: u64,
+    /// latest record end
+    pub end_ns: u64,
+    pub duration_ns: u64,
+    pub chunks: usize,
+    /// kind → records
+    pub records: BTreeMap<String, u64>,
+    pub total_records: u64,
+    /// source → records lost (all causes)
+    pub drops: BTreeMap<String, u64>,
+    pub drops_detail: Vec<DropEntry>,
+    /// records as fixed in-memory rows
+    pub raw_bytes: u64,
+    /// decompressed chunk bytes (columnar, delta-coded)
+    pub decoded_bytes: u64,
+    /// size of the file
+    pub compressed_bytes: u64,
+    pub bytes_per_record: f64,
+    pub warnings: Vec<String>,
+}
+
+pub fn summarize(reader: &TraceReader) -> Result<TraceSummary, TraceError> {
+    let meta = &reader.header().meta;
+    let counts = reader.counts();
+    let mut records = BTreeMap::new();
+    let mut raw_bytes = 0u64;
+    for (k, n) in Kind::ALL.iter().zip(&counts) {
+        records.insert(k.key().to_string(), *n);
+        raw_bytes += n * k.record_size() as u64;
+    }
+    let total_records: u64 = counts.iter().sum();
+    let with_records = || reader.chunks().iter().filter(|c| c.counts.iter().any(|n| *n > 0));
+    let start_ns = with_records().map(|c| c.min_ts).min().unwrap_or(0);
+    let end_ns = with_records().map(|c| c.max_ts).max().unwrap_or(0);
+    let mut drops = BTreeMap::new();
+    let mut drops_detail = Vec::new();
+    for (s, c, n) in reader.drops()? {
+        let source = Source::name_of(s);
+        *drops.entry(source.clone()).or_insert(0) += n;
+        drops_detail.push(DropEntry { source, cause: DropCause::name_of(c), count: n });
+    }
+    let compressed_bytes = reader.file_len();
+    Ok(TraceSummary {
+        path: reader.path().display().to_string(),
+        format_version: format!("{}.{}", reader.header().major, reader.header().minor),
+        ghostprof_version: meta.get("ghostprof_version").and_then(|v| v.as_str()).map(String::from),
+        hostname: meta.get("hostname").and_then(|v| v.as_str()).map(String::from),
+        command: meta
+            .get("command")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .unwrap_or_default(),
+        finalized: reader.is_finalized(),
+        start_ns,
+        end_ns,
+        duration_ns: end_ns.saturating_sub(start_ns),
+        chunks: reader.chunks().len(),
+        records,
+        total_records,
+        drops,
+        drops_detail,
+        raw_bytes,
+        decoded_bytes: reader.chunks().iter().map(|c| c.raw_len).sum(),
+        compressed_bytes,
+        bytes_per_record: if total_records > 0 { compressed_bytes as f64 / total_records as f64 } else { 0.0 },
+        warnings: reader.warnings().to_vec(),
+    })
+}

@@ -1,0 +1,321 @@
+//! The trace writer: groups records into chunks, encodes each chunk columnar and delta-coded,
+//! compresses it as one zstd frame and appends it to the file *while recording*. A chunk on
+//! disk is final; `finish` adds the index frame and the seek table.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::error::TraceError;
+use super::format::{self, ChunkMeta, IndexSummary, MAX_FRAME_BYTES};
+use super::records::{Kind, Record, RecordBatch};
+use super::strings::Interner;
+
+/// Tuning of the writer.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// zstd level (1 is fast and, on delta-coded columns, as small as 3).
+    pub level: i32,
+    /// A chunk is cut when it holds this many records.
+    pub chunk_records: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions { level: 1, chunk_records: 128 * 1024 }
+    }
+}
+
+/// What the recording was: goes into the header JSON next to the schema.
+#[derive(Debug, Clone, Default)]
+pub struct TraceInfo {
+    pub command: Vec<String>,
+    pub target_pids: Vec<u32>,
+    /// Anything else worth keeping (collector versions, flags), merged into the header.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Totals of a finished (or failed) write.
+#[derive(Debug, Clone, Default)]
+pub struct WriteSummary {
+    pub records: u64,
+    pub chunks: usize,
+    pub raw_bytes: u64,
+    pub compressed_bytes: u64,
+}
+
+pub struct TraceWriter {
+    file: File,
+    path: PathBuf,
+    offset: u64,
+    options: WriterOptions,
+    strings: Arc<Interner>,
+    /// id → 1 + seq of the last chunk that carried it
+    string_mark: Vec<u32>,
+    pending: RecordBatch,
+    seq: u32,
+    frames: Vec<(u32, u32)>,
+    chunks: Vec<ChunkMeta>,
+    drops: BTreeMap<(u32, u32), u64>,
+    compressor: zstd::bulk::Compressor<'static>,
+    raw_buf: Vec<u8>,
+    comp_buf: Vec<u8>,
+    records: u64,
+    raw_bytes: u64,
+    failed: bool,
+}
+
+impl TraceWriter {
+    /// Creates `path` with mode 0600, refusing to follow a symlink there, and refusing an
+    /// existing file unless `overwrite`.
+    pub fn create(
+        path: &Path,
+        overwrite: bool,
+        info: &TraceInfo,
+        strings: Arc<Interner>,
+        options: WriterOptions,
+    ) -> Result<Self, TraceError> {
+        let mut open = OpenOptions::new();
+        open.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        if overwrite {
+            open.create(true).truncate(true);
+        } else {
+            open.create_new(true);
+        }
+        let file = open.open(path).map_err(|e| {
+            let hint = match e.raw_os_error() {
+                Some(libc::EEXIST) => " (the output exists: choose another path or pass --force)",
+                Some(libc::ELOOP) => " (the output path is a symlink: refusing to write through it)",
+                _ => "",
+            };
+            TraceError::Io { path: path.to_path_buf(), source: std::io::Error::new(e.kind(), format!("{e}{hint}")) }
+        })?;
+        Self::from_file(file, path, info, strings, options)
+    }
+
+    /// Starts a trace in an already opened, empty file.
+    pub fn from_file(
+        file: File,
+        path: &Path,
+        info: &TraceInfo,
+        strings: Arc<Interner>,
+        options: WriterOptions,
+    ) -> Result<Self, TraceError> {
+        let mut compressor = zstd::bulk::Compressor::new(options.level)
+            .map_err(|e| TraceError::Writer { what: format!("zstd: {e}") })?;
+        compressor
+            .include_checksum(true)
+            .and_then(|_| compressor.include_contentsize(true))
+            .map_err(|e| TraceError::Writer { what: format!("zstd: {e}") })?;
+        let mut w = TraceWriter {
+            file,
+            path: path.to_path_buf(),
+            offset: 0,
+            options,
+            strings,
+            string_mark: Vec::new(),
+            pending: RecordBatch::default(),
+            seq: 0,
+            frames: Vec::new(),
+            chunks: Vec::new(),
+            drops: BTreeMap::new(),
+            compressor,
+            raw_buf: Vec::with_capacity(4 << 20),
+            comp_buf: Vec::new(),
+            records: 0,
+            raw_bytes: 0,
+            failed: false,
+        };
+        let json = header_json(info).to_string();
+        format::encode_header(&json, &mut w.raw_buf);
+        w.write_frame()?;
+        Ok(w)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn records_written(&self) -> u64 {
+        self.records
+    }
+
+    /// Queues one record; cuts a chunk when the chunk is full.
+    pub fn append(&mut self, rec: Record) -> Result<(), TraceError> {
+        if let Record::Drops(d) = rec {
+            let e = self.drops.entry((d.source, d.cause)).or_insert(0);
+            *e = (*e).max(d.count);
+        }
+        self.pending.push(rec);
+        if self.pending.len() >= self.options.chunk_records {
+            self.flush_chunk()?;
+        }
+        Ok(())
+    }
+
+    pub fn append_all(&mut self, recs: impl IntoIterator<Item = Record>) -> Result<(), TraceError> {
+        for r in recs {
+            self.append(r)?;
+        }
+        Ok(())
+    }
+
+    pub fn pending_records(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Writes the pending records as one chunk (or more, if one would exceed the frame limit).
+    pub fn flush_chunk(&mut self) -> Result<(), TraceError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.write_batch(batch)
+    }
+
+    fn write_batch(&mut self, mut batch: RecordBatch) -> Result<(), TraceError> {
+        let seq = self.seq;
+        let strings = self.chunk_strings(&batch, seq);
+        let refs: Vec<(u32, &str)> = strings.iter().map(|(i, s)| (*i, &**s)).collect();
+        format::encode_chunk(seq, &batch, &refs, &mut self.raw_buf);
+        if self.raw_buf.len() as u64 > MAX_FRAME_BYTES && batch.len() > 1 {
+            // Rare (huge names or values): split and let each half carry its own strings.
+            let second = batch.split_half();
+            self.forget_strings(&strings, seq);
+            self.write_batch(batch)?;
+            return self.write_batch(second);
+        }
+        let (min_ts, max_ts) = batch.time_range().unwrap_or((0, 0));
+        let offset = self.offset;
+        let raw_len = self.raw_buf.len() as u64;
+        let compressed_len = self.write_frame()?;
+        self.chunks.push(ChunkMeta {
+            seq,
+            offset,
+            compressed_len,
+            raw_len,
+            min_ts,
+            max_ts,
+            counts: Kind::ALL.iter().map(|k| batch.count(*k) as u64).collect(),
+        });
+        self.seq += 1;
+        self.records += batch.len() as u64;
+        self.raw_bytes += batch.raw_bytes() as u64;
+        Ok(())
+    }
+
+    /// Strings referred to by `batch` that this chunk must carry.
+    fn chunk_strings(&mut self, batch: &RecordBatch, seq: u32) -> Vec<(u32, Arc<str>)> {
+        let mark = seq + 1;
+        let mut ids = Vec::new();
+        let marks = &mut self.string_mark;
+        batch.for_each_string_ref(&mut |id| {
+            if id == 0 {
+                return;
+            }
+            let i = id as usize;
+            if i >= marks.len() {
+                marks.resize(i + 1, 0);
+            }
+            if marks[i] != mark {
+                marks[i] = mark;
+                ids.push(id);
+            }
+        });
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| self.strings.get(id).map(|s| (id, s))).collect()
+    }
+
+    fn forget_strings(&mut self, strings: &[(u32, Arc<str>)], seq: u32) {
+        for (id, _) in strings {
+            if self.string_mark.get(*id as usize) == Some(&(seq + 1)) {
+                self.string_mark[*id as usize] = 0;
+            }
+        }
+    }
+
+    /// Compresses `raw_buf` into one frame and appends it. Returns the compressed length.
+    fn write_frame(&mut self) -> Result<u64, TraceError> {
+        if self.failed {
+            return Err(TraceError::Writer {
+                what: format!("{}: an earlier write failed; the file holds every chunk before it", self.path.display()),
+            });
+        }
+        let bound = zstd::zstd_safe::compress_bound(self.raw_buf.len());
+        self.comp_buf.clear();
+        self.comp_buf.reserve(bound);
+        self.compressor
+            .compress_to_buffer(&self.raw_buf, &mut self.comp_buf)
+            .map_err(|e| TraceError::Writer { what: format!("zstd compression: {e}") })?;
+        self.write_raw_comp()?;
+        self.frames.push((self.comp_buf.len() as u32, self.raw_buf.len() as u32));
+        Ok(self.comp_buf.len() as u64)
+    }
+
+    fn write_raw_comp(&mut self) -> Result<(), TraceError> {
+        if let Err(e) = self.file.write_all(&self.comp_buf) {
+            self.failed = true;
+            let hint = if e.raw_os_error() == Some(libc::ENOSPC) {
+                " (disk full: the file is readable up to its last whole chunk)"
+            } else {
+                ""
+            };
+            return Err(TraceError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::new(e.kind(), format!("{e}{hint}")),
+            });
+        }
+        self.offset += self.comp_buf.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes the last chunk, writes the index and the seek table and syncs the file.
+    pub fn finish(mut self) -> Result<WriteSummary, TraceError> {
+        self.flush_chunk()?;
+        let summary = IndexSummary {
+            chunks: std::mem::take(&mut self.chunks),
+            drops: self.drops.iter().map(|((s, c), n)| (*s, *c, *n)).collect(),
+        };
+        format::encode_index(&summary, &mut self.raw_buf);
+        self.write_frame()?;
+        format::encode_seek_table(&self.frames, &mut self.comp_buf);
+        self.write_raw_comp()?;
+        self.file.sync_data().map_err(|e| TraceError::io(&self.path, e))?;
+        Ok(WriteSummary {
+            records: self.records,
+            chunks: summary.chunks.len(),
+            raw_bytes: self.raw_bytes,
+            compressed_bytes: self.offset,
+        })
+    }
+}
+
+fn header_json(info: &TraceInfo) -> serde_json::Value {
+    let created_unix_ns =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let mut m = serde_json::Map::new();
+    m.insert("ghostprof_version".into(), env!("CARGO_PKG_VERSION").into());
+    m.insert("format".into(), format!("{}.{}", format::FORMAT_MAJOR, format::FORMAT_MINOR).into());
+    m.insert("created_unix_ns".into(), created_unix_ns.into());
+    m.insert("clock".into(), "CLOCK_MONOTONIC".into());
+    m.insert("hostname".into(), hostname().into());
+    m.insert("command".into(), info.command.clone().into());
+    m.insert("target_pids".into(), info.target_pids.clone().into());
+    for (k, v) in &info.extra {
+        m.insert(k.clone(), v.clone());
+    }
+    m.insert("schema".into(), format::schema_json());
+    serde_json::Value::Object(m)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
