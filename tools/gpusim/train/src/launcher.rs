@@ -1,0 +1,83 @@
+//! Start one process per rank, the way `torchrun` does: the same executable in `worker` mode,
+//! with `LD_LIBRARY_PATH` pointing at the staged libraries and the rank's `GPUSIM_*` knobs in
+//! its environment (libcuda and libnccl read them like real drivers read theirs).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use crate::scenario::Scenario;
+
+/// A run of all ranks.
+pub struct Launch<'a> {
+    /// The scenario argument as given (name or path), passed to workers.
+    pub scenario_arg: &'a str,
+    /// Parsed scenario.
+    pub scenario: &'a Scenario,
+    /// Ranks.
+    pub ranks: u32,
+    /// Steps.
+    pub steps: u32,
+    /// Output/run directory.
+    pub out_dir: &'a Path,
+    /// Staged library directory.
+    pub lib_dir: &'a Path,
+}
+
+/// Ground-truth path of `rank` in `out_dir`.
+pub fn truth_path(out_dir: &Path, rank: u32) -> PathBuf {
+    out_dir.join(format!("truth-rank{rank}.json"))
+}
+
+/// Environment of one rank's process.
+pub fn rank_env(s: &Scenario, rank: u32, lib_dir: &Path) -> Vec<(String, String)> {
+    let mut path = lib_dir.display().to_string();
+    if let Ok(old) = std::env::var("LD_LIBRARY_PATH") {
+        if !old.is_empty() {
+            path = format!("{path}:{old}");
+        }
+    }
+    vec![
+        ("LD_LIBRARY_PATH".into(), path),
+        ("GPUSIM_LAUNCH_CPU_NS".into(), s.launch_cpu_ns.to_string()),
+        ("GPUSIM_LAUNCH_LATENCY_NS".into(), s.launch_latency_ns.to_string()),
+        ("GPUSIM_SLOWDOWN".into(), s.slowdown_of(rank).to_string()),
+        ("GPUSIM_NCCL_BUS_BYTES_PER_S".into(), s.bus_bytes_per_s.to_string()),
+        ("RANK".into(), rank.to_string()),
+        ("LOCAL_RANK".into(), rank.to_string()),
+    ]
+}
+
+/// Spawn all ranks and wait; an error names every rank that failed.
+pub fn run(launch: &Launch) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    // A stale id from an earlier run in the same directory would pair ranks with dead peers.
+    let _ = std::fs::remove_file(launch.out_dir.join("nccl-unique-id"));
+    let mut children: Vec<(u32, Child)> = Vec::new();
+    for rank in 0..launch.ranks {
+        let child = Command::new(&exe)
+            .arg("worker")
+            .args(["--scenario", launch.scenario_arg])
+            .args(["--rank", &rank.to_string()])
+            .args(["--ranks", &launch.ranks.to_string()])
+            .args(["--steps", &launch.steps.to_string()])
+            .arg("--out")
+            .arg(launch.out_dir)
+            .envs(rank_env(launch.scenario, rank, launch.lib_dir))
+            .spawn()
+            .map_err(|e| format!("cannot start rank {rank} ({}): {e}", exe.display()))?;
+        children.push((rank, child));
+    }
+    let mut failures = Vec::new();
+    for (rank, mut child) in children {
+        match child.wait() {
+            Ok(status) if status.success() => {}
+            Ok(status) => failures.push(format!("rank {rank} exited with {status}")),
+            Err(e) => failures.push(format!("rank {rank}: {e}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}

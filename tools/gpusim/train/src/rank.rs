@@ -1,0 +1,290 @@
+//! One rank of the workload: a process that initializes CUDA and NCCL through the staged
+//! libraries and runs the scenario's steps. Host-side waits it causes itself (data loader,
+//! checkpoint I/O) are measured with the real clock and logged as host-stall records, so the
+//! ground truth contains what really happened, scheduling noise included.
+
+use std::ffi::{c_void, CString};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gpusim_core::clock::{now_ns, spin_for};
+use gpusim_core::record::{RecordKind, SimRecord};
+
+use crate::driver::{check, Cuda, Nccl, UniqueId};
+use crate::scenario::{KernelSpec, Scenario};
+use crate::truth::{self, RunInfo};
+
+/// What a rank needs to know.
+pub struct RankConfig {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// This rank.
+    pub rank: u32,
+    /// All ranks.
+    pub ranks: u32,
+    /// Steps to run.
+    pub steps: u32,
+    /// Run directory: NCCL id exchange, checkpoints, scratch input.
+    pub run_dir: PathBuf,
+    /// Where the ground truth goes.
+    pub truth_path: PathBuf,
+}
+
+/// `ncclDataType_t` bf16 and `ncclRedOp_t` sum.
+const NCCL_BF16: i32 = 9;
+const NCCL_SUM: i32 = 0;
+
+type Handle = *mut c_void;
+
+struct Kernel {
+    function: Handle,
+    spec: KernelSpec,
+}
+
+/// Log a host interval of `kind` through libcuda.
+fn push_host(cuda: &Cuda, kind: RecordKind, name: &str, start_ns: u64, end_ns: u64) {
+    let mut rec = SimRecord::new(kind);
+    rec.set_name(name);
+    rec.start_ns = start_ns;
+    rec.transfer_start_ns = start_ns;
+    rec.enqueue_ns = start_ns;
+    rec.end_ns = end_ns;
+    // SAFETY: valid entry point and record.
+    unsafe { (cuda.push_host)(&rec) };
+}
+
+/// Exchange the NCCL unique id through a file in the run directory (a FileStore): rank 0
+/// creates it, the others wait for it.
+fn unique_id(nccl: &Nccl, rank: u32, run_dir: &Path) -> Result<UniqueId, String> {
+    let path = run_dir.join("nccl-unique-id");
+    let mut id = UniqueId { internal: [0; 128] };
+    if rank == 0 {
+        // SAFETY: valid entry point and out-pointer.
+        check("ncclGetUniqueId", unsafe { (nccl.get_unique_id)(&mut id) })?;
+        let tmp = run_dir.join("nccl-unique-id.tmp");
+        std::fs::write(&tmp, id.internal)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        return Ok(id);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.len() == 128 {
+                id.internal.copy_from_slice(&bytes);
+                return Ok(id);
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("rank {rank}: rank 0 never wrote {}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Deterministic xorshift for the loader jitter.
+fn next_random(state: &mut u64) -> f64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Run the rank to completion and write its ground truth.
+pub fn run(cfg: &RankConfig) -> Result<(), String> {
+    let s = &cfg.scenario;
+    let cuda = Cuda::load()?;
+    // SAFETY (all unsafe blocks below): calls into the loaded libraries with pointers to live
+    // locals, following the signatures of cuda.h / nccl.h.
+    unsafe {
+        check("cuInit", (cuda.init)(0))?;
+        let mut device = 0;
+        check("cuDeviceGet", (cuda.device_get)(&mut device, 0))?;
+        let mut ctx: Handle = std::ptr::null_mut();
+        check("cuDevicePrimaryCtxRetain", (cuda.primary_ctx_retain)(&mut ctx, device))?;
+        check("cuCtxSetCurrent", (cuda.ctx_set_current)(ctx))?;
+    }
+    let image = CString::new(s.module_image()).map_err(|e| e.to_string())?;
+    let mut module: Handle = std::ptr::null_mut();
+    // SAFETY: see above.
+    unsafe { check("cuModuleLoadData", (cuda.module_load_data)(&mut module, image.as_ptr() as *const c_void))? };
+    let resolve = |specs: &[KernelSpec]| -> Result<Vec<Kernel>, String> {
+        specs
+            .iter()
+            .map(|spec| {
+                let name = CString::new(spec.name.as_str()).map_err(|e| e.to_string())?;
+                let mut function: Handle = std::ptr::null_mut();
+                // SAFETY: see above.
+                unsafe {
+                    check(
+                        &format!("cuModuleGetFunction({})", spec.name),
+                        (cuda.module_get_function)(&mut function, module, name.as_ptr()),
+                    )?
+                };
+                Ok(Kernel { function, spec: spec.clone() })
+            })
+            .collect()
+    };
+    let forward = resolve(&s.forward)?;
+    let backward = resolve(&s.backward)?;
+    let optimizer = resolve(&s.optimizer)?;
+    let mut stream: Handle = std::ptr::null_mut();
+    let mut input_ptr = 0u64;
+    let mut grads_ptr = 0u64;
+    // SAFETY: see above.
+    unsafe {
+        check("cuStreamCreate", (cuda.stream_create)(&mut stream, 0))?;
+        check("cuMemAlloc", (cuda.mem_alloc)(&mut input_ptr, s.h2d_bytes.max(1) as usize))?;
+        check("cuMemAlloc", (cuda.mem_alloc)(&mut grads_ptr, s.allreduce_bytes.max(1) as usize))?;
+    }
+
+    let mut nccl_comm: Option<(Nccl, Handle)> = None;
+    if s.allreduce_bytes > 0 && cfg.ranks > 0 {
+        let nccl = Nccl::load()?;
+        let id = unique_id(&nccl, cfg.rank, &cfg.run_dir)?;
+        let mut comm: Handle = std::ptr::null_mut();
+        // SAFETY: see above.
+        unsafe {
+            check(
+                "ncclCommInitRank",
+                (nccl.comm_init_rank)(&mut comm, cfg.ranks as i32, id, cfg.rank as i32),
+            )?
+        };
+        nccl_comm = Some((nccl, comm));
+    }
+
+    let input_file = prepare_input(cfg)?;
+    let host_batch = vec![0u8; s.h2d_bytes as usize];
+    let mut random_state = s.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (cfg.rank as u64 + 1);
+    let mut checkpoint_bytes = 0u64;
+    // Pinned-host-buffer analogue: allocated and touched before the window, as frameworks do,
+    // so that a checkpoint's cost is the copy and the I/O, not page faults.
+    let mut checkpoint_buffer = vec![1u8; s.checkpoint.as_ref().map_or(0, |c| c.bytes as usize)];
+    let window_start_ns = now_ns();
+
+    for step in 0..cfg.steps {
+        let step_start = now_ns();
+        // Data loader: a real blocking wait (and real reads), measured.
+        let loader = &s.data_loader;
+        if loader.sleep_ms > 0.0 || loader.read_bytes > 0 {
+            let jitter = 1.0 + loader.jitter * (2.0 * next_random(&mut random_state) - 1.0);
+            let t0 = now_ns();
+            if loader.sleep_ms > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(loader.sleep_ms * jitter / 1e3));
+            }
+            if let Some(path) = &input_file {
+                read_input(path, loader.read_bytes)?;
+            }
+            push_host(&cuda, RecordKind::HostStall, "data_loader", t0, now_ns());
+        }
+        // SAFETY: see above.
+        unsafe {
+            if s.h2d_bytes > 0 {
+                let rc = (cuda.memcpy_htod_async)(input_ptr, host_batch.as_ptr() as *const c_void, host_batch.len(), stream);
+                check("cuMemcpyHtoDAsync", rc)?;
+            }
+        }
+        launch_all(&cuda, s, &forward, stream)?;
+        launch_all(&cuda, s, &backward, stream)?;
+        if let Some((nccl, comm)) = &nccl_comm {
+            let count = (s.allreduce_bytes / 2) as usize; // bf16 elements
+            // SAFETY: see above.
+            let rc = unsafe {
+                (nccl.all_reduce)(grads_ptr as *const c_void, grads_ptr as *mut c_void, count, NCCL_BF16, NCCL_SUM, *comm, stream)
+            };
+            check("ncclAllReduce", rc)?;
+        }
+        launch_all(&cuda, s, &optimizer, stream)?;
+        // loss.item(): the host waits for the step (a real block in libcuda).
+        // SAFETY: see above.
+        unsafe { check("cuStreamSynchronize", (cuda.stream_synchronize)(stream))? };
+        if let Some(ckpt) = &s.checkpoint {
+            if (step + 1) % ckpt.every_steps.max(1) == 0 {
+                checkpoint_bytes += write_checkpoint(&cuda, cfg, grads_ptr, &mut checkpoint_buffer, step)?;
+            }
+        }
+        if s.step_markers {
+            push_host(&cuda, RecordKind::Marker, &format!("step {step}"), step_start, now_ns());
+        }
+    }
+    // SAFETY: see above.
+    unsafe { check("cuCtxSynchronize", (cuda.ctx_synchronize)())? };
+    let window_end_ns = now_ns();
+    let records = cuda.records();
+    let info = RunInfo {
+        scenario: s,
+        rank: cfg.rank,
+        ranks: cfg.ranks,
+        steps: cfg.steps,
+        window_start_ns,
+        window_end_ns,
+        checkpoint_bytes,
+    };
+    truth::write(&cfg.truth_path, &truth::build(&info, &records))?;
+    if let Some((nccl, comm)) = nccl_comm {
+        // SAFETY: see above.
+        unsafe { check("ncclCommDestroy", (nccl.comm_destroy)(comm))? };
+    }
+    Ok(())
+}
+
+/// Launch every kernel of a phase, with the framework's on-CPU dispatch gap before each.
+fn launch_all(cuda: &Cuda, s: &Scenario, kernels: &[Kernel], stream: Handle) -> Result<(), String> {
+    for kernel in kernels {
+        for _ in 0..kernel.spec.count {
+            spin_for(s.host_gap_ns);
+            // SAFETY: valid entry point; a null kernelParams is allowed for kernels without
+            // parameters.
+            let rc = unsafe {
+                (cuda.launch_kernel)(
+                    kernel.function, 132, 1, 1, 256, 1, 1, 0, stream,
+                    std::ptr::null_mut(), std::ptr::null_mut(),
+                )
+            };
+            check("cuLaunchKernel", rc)?;
+        }
+    }
+    Ok(())
+}
+
+/// Create the loader's scratch input file when the scenario reads one.
+fn prepare_input(cfg: &RankConfig) -> Result<Option<PathBuf>, String> {
+    let bytes = cfg.scenario.data_loader.read_bytes;
+    if bytes == 0 {
+        return Ok(None);
+    }
+    let path = cfg.run_dir.join(format!("input-rank{}.bin", cfg.rank));
+    std::fs::write(&path, vec![7u8; bytes as usize])
+        .map_err(|e| format!("cannot create loader input {}: {e}", path.display()))?;
+    Ok(Some(path))
+}
+
+fn read_input(path: &Path, bytes: u64) -> Result<(), String> {
+    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = bytes as usize;
+    while left > 0 {
+        let n = file.read(&mut buf[..left.min(1 << 20)]).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Copy the weights to the host (synchronous DtoH) and write them with fsync; the file I/O is
+/// a measured host stall. Returns the bytes written.
+fn write_checkpoint(cuda: &Cuda, cfg: &RankConfig, src: u64, host: &mut [u8], step: u32) -> Result<u64, String> {
+    // SAFETY: valid entry point; `host` has `bytes` bytes.
+    unsafe { check("cuMemcpyDtoH", (cuda.memcpy_dtoh)(host.as_mut_ptr() as *mut c_void, src, host.len()))? };
+    host.iter_mut().step_by(4096).for_each(|b| *b = step as u8);
+    let t0 = now_ns();
+    let path = cfg.run_dir.join(format!("checkpoint-rank{}.bin", cfg.rank));
+    let mut file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(host).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.sync_all().map_err(|e| format!("fsync {}: {e}", path.display()))?;
+    push_host(cuda, RecordKind::HostStall, "checkpoint_write", t0, now_ns());
+    Ok(host.len() as u64)
+}

@@ -1,0 +1,56 @@
+//! Lay the cargo-built libraries out under their real names, the way a CUDA install does:
+//! `libcuda.so.1`, `libnccl.so.2`, `libcupti.so.12` plus the `libcuda.so`, `libnccl.so`,
+//! `libcupti.so` development symlinks. Files are replaced by write-then-rename, so a process
+//! that still maps the old copy is not disturbed.
+
+use std::path::{Path, PathBuf};
+
+/// (cargo output, real name, dev symlink)
+const LIBRARIES: [(&str, &str, &str); 3] = [
+    ("libgpusim_cuda.so", "libcuda.so.1", "libcuda.so"),
+    ("libgpusim_nccl.so", "libnccl.so.2", "libnccl.so"),
+    ("libgpusim_cupti.so", "libcupti.so.12", "libcupti.so"),
+];
+
+/// Directory holding the cargo-built libraries: `GPUSIM_BUILD_DIR`, else this executable's
+/// directory (`target/<profile>/`, where cargo puts cdylibs next to binaries).
+pub fn build_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("GPUSIM_BUILD_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("{} has no parent directory", exe.display()))
+}
+
+/// Default staging directory: `<build dir>/gpusim-lib`.
+pub fn default_lib_dir() -> Result<PathBuf, String> {
+    Ok(build_dir()?.join("gpusim-lib"))
+}
+
+/// Copy the libraries from `from` into `to` under their real names.
+pub fn stage(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    for (built, real, dev_link) in LIBRARIES {
+        let src = from.join(built);
+        if !src.exists() {
+            return Err(format!(
+                "{} is missing: build it first with `cargo build -p gpusim-cuda -p gpusim-nccl -p gpusim-cupti` (same profile as gpusim-train)",
+                src.display()
+            ));
+        }
+        let dst = to.join(real);
+        let tmp = to.join(format!(".{real}.tmp{}", std::process::id()));
+        std::fs::copy(&src, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &dst))
+            .map_err(|e| format!("cannot stage {} as {}: {e}", src.display(), dst.display()))?;
+        let link = to.join(dev_link);
+        if std::fs::read_link(&link).ok().as_deref() != Some(Path::new(real)) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(real, &link)
+                .map_err(|e| format!("cannot link {} -> {real}: {e}", link.display()))?;
+        }
+    }
+    Ok(())
+}

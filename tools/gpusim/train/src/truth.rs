@@ -1,0 +1,195 @@
+//! The ground truth a rank writes at exit (schema `gpusim.ground_truth.v1`, documented in
+//! docs/gpusim.md): per device, the ns of each DESIGN.md §1 category over the rank's window as
+//! the simulator executed it, plus totals. Categories sum to the window exactly.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use gpusim_core::abi::cbid;
+use gpusim_core::accounting::{categorize, CATEGORIES};
+use gpusim_core::record::{RecordKind, SimRecord};
+use serde::Serialize;
+
+use crate::scenario::Scenario;
+
+/// Facts about the run that the records do not hold.
+pub struct RunInfo<'a> {
+    /// The scenario.
+    pub scenario: &'a Scenario,
+    /// This rank.
+    pub rank: u32,
+    /// All ranks.
+    pub ranks: u32,
+    /// Steps run.
+    pub steps: u32,
+    /// Window start (CLOCK_MONOTONIC ns).
+    pub window_start_ns: u64,
+    /// Window end.
+    pub window_end_ns: u64,
+    /// Checkpoint bytes written.
+    pub checkpoint_bytes: u64,
+}
+
+/// The window.
+#[derive(Serialize)]
+pub struct Window {
+    /// Start, CLOCK_MONOTONIC ns.
+    pub start_ns: u64,
+    /// End, CLOCK_MONOTONIC ns.
+    pub end_ns: u64,
+    /// end − start.
+    pub duration_ns: u64,
+}
+
+/// One device's accounting.
+#[derive(Serialize)]
+pub struct DeviceTruth {
+    /// Device ordinal in the rank's process.
+    pub device: u32,
+    /// ns per category (keys: `compute.useful`, …).
+    pub categories: BTreeMap<&'static str, u64>,
+    /// Union of device-op intervals in the window (what "GPU busy" dashboards show).
+    pub busy_ns: u64,
+}
+
+/// Totals over the run.
+#[derive(Serialize, Default)]
+pub struct Totals {
+    /// Kernels executed (compute kernels plus collective kernels).
+    pub kernels: u64,
+    /// Kernel launch API calls (all launch entry points).
+    pub launches: u64,
+    /// Launch calls per entry point (`cuLaunchKernel`, …).
+    pub launches_by_api: BTreeMap<String, u64>,
+    /// Synchronization calls (stream/context/event synchronize).
+    pub syncs: u64,
+    /// Collectives.
+    pub collectives: u64,
+    /// Bytes moved: memcpy + memset + collective payloads.
+    pub bytes: u64,
+    /// FLOPs of all kernels.
+    pub flops: u64,
+    /// Checkpoint bytes written to disk.
+    pub checkpoint_bytes: u64,
+    /// Memcpy operations.
+    pub memcpys: u64,
+}
+
+/// The whole file.
+#[derive(Serialize)]
+pub struct GroundTruth {
+    /// `gpusim.ground_truth.v1`.
+    pub schema: &'static str,
+    /// Scenario name.
+    pub scenario: String,
+    /// Rank.
+    pub rank: u32,
+    /// Ranks.
+    pub ranks: u32,
+    /// Process id of the rank.
+    pub pid: u32,
+    /// Steps run.
+    pub steps: u32,
+    /// Seed.
+    pub seed: u64,
+    /// Kernel-time multiplier of this rank (1.25 = 25% slower).
+    pub slowdown: f64,
+    /// Peak FLOP/s used for `compute.useful`.
+    pub peak_flops_per_s: f64,
+    /// Time base.
+    pub clock: &'static str,
+    /// The window.
+    pub window: Window,
+    /// Per device.
+    pub devices: Vec<DeviceTruth>,
+    /// Totals.
+    pub totals: Totals,
+}
+
+fn busy_ns(records: &[SimRecord], start_ns: u64, end_ns: u64) -> u64 {
+    let mut spans: Vec<(u64, u64)> = records
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.kind(),
+                Some(RecordKind::Kernel | RecordKind::Memcpy | RecordKind::Memset | RecordKind::Collective)
+            )
+        })
+        .map(|r| (r.start_ns.clamp(start_ns, end_ns), r.end_ns.clamp(start_ns, end_ns)))
+        .filter(|(a, b)| b > a)
+        .collect();
+    spans.sort_unstable();
+    let (mut total, mut cursor) = (0, start_ns);
+    for (a, b) in spans {
+        let a = a.max(cursor);
+        if b > a {
+            total += b - a;
+            cursor = b;
+        }
+    }
+    total
+}
+
+/// Build the ground truth from the device's records.
+pub fn build(info: &RunInfo, records: &[SimRecord]) -> GroundTruth {
+    let s = info.scenario;
+    let times = categorize(records, 0, s.peak_flops_per_s, info.window_start_ns, info.window_end_ns);
+    let categories = CATEGORIES.iter().zip(times.ns).map(|(c, ns)| (*c, ns)).collect();
+    let mut totals = Totals {
+        checkpoint_bytes: info.checkpoint_bytes,
+        ..Totals::default()
+    };
+    for rec in records {
+        match rec.kind() {
+            Some(RecordKind::Kernel) => {
+                totals.kernels += 1;
+                totals.flops += rec.flops;
+            }
+            Some(RecordKind::Collective) => {
+                totals.kernels += 1;
+                totals.collectives += 1;
+                totals.bytes += rec.bytes;
+            }
+            Some(RecordKind::Memcpy) => {
+                totals.memcpys += 1;
+                totals.bytes += rec.bytes;
+            }
+            Some(RecordKind::Memset) => totals.bytes += rec.bytes,
+            Some(RecordKind::SyncWait) => totals.syncs += 1,
+            Some(RecordKind::Api) if cbid::is_launch(rec.cbid) => {
+                totals.launches += 1;
+                *totals.launches_by_api.entry(rec.name().to_string()).or_insert(0) += 1;
+            }
+            _ => {}
+        }
+    }
+    GroundTruth {
+        schema: "gpusim.ground_truth.v1",
+        scenario: s.name.clone(),
+        rank: info.rank,
+        ranks: info.ranks,
+        pid: std::process::id(),
+        steps: info.steps,
+        seed: s.seed,
+        slowdown: s.slowdown_of(info.rank),
+        peak_flops_per_s: s.peak_flops_per_s,
+        clock: "CLOCK_MONOTONIC",
+        window: Window {
+            start_ns: info.window_start_ns,
+            end_ns: info.window_end_ns,
+            duration_ns: info.window_end_ns - info.window_start_ns,
+        },
+        devices: vec![DeviceTruth {
+            device: 0,
+            categories,
+            busy_ns: busy_ns(records, info.window_start_ns, info.window_end_ns),
+        }],
+        totals,
+    }
+}
+
+/// Write the ground truth as pretty JSON.
+pub fn write(path: &Path, truth: &GroundTruth) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(truth).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write ground truth {}: {e}", path.display()))
+}
