@@ -18,6 +18,12 @@ pub enum Encoding {
     Prev(&'static str),
     /// XOR with the same field of the previous row (floating-point bit patterns).
     Xor,
+    /// An interval start stored as the gap from the previous row's end, interleaved with the
+    /// named end field's duration (end − start): kernels on a stream run back to back, so both
+    /// numbers are small. The end field is then `Paired` and stores nothing of its own.
+    GapFrom(&'static str),
+    /// Stored inside another column (see `GapFrom`).
+    Paired,
 }
 
 impl Encoding {
@@ -29,7 +35,14 @@ impl Encoding {
             Encoding::From(f) => format!("from:{f}"),
             Encoding::Prev(f) => format!("prev:{f}"),
             Encoding::Xor => "xor".into(),
+            Encoding::GapFrom(f) => format!("gap_from:{f}"),
+            Encoding::Paired => "paired".into(),
         }
+    }
+
+    /// Whether the column has bytes of its own in a section.
+    pub fn is_stored(&self) -> bool {
+        !matches!(self, Encoding::Paired)
     }
 }
 
@@ -141,31 +154,64 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 pub struct Cursor<'a> {
     pub buf: &'a [u8],
     pub pos: usize,
+    /// Offset of `buf` within the enclosing buffer, added to error offsets.
+    pub base: usize,
 }
 
 impl<'a> Cursor<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Cursor { buf, pos: 0 }
+        Cursor { buf, pos: 0, base: 0 }
+    }
+
+    pub fn with_base(buf: &'a [u8], base: usize) -> Self {
+        Cursor { buf, pos: 0, base }
+    }
+
+    /// Current position in the enclosing buffer.
+    pub fn offset(&self) -> usize {
+        self.base + self.pos
     }
 
     #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, DecodeError> {
-        // Fast path: one byte.
+        // Fast path: one byte (most columns).
         if let Some(&b) = self.buf.get(self.pos) {
             if b < 0x80 {
                 self.pos += 1;
                 return Ok(b as u64);
             }
         }
+        self.varint_long()
+    }
+
+    /// Multi-byte values: up to 8 bytes from one unaligned load, else byte by byte.
+    #[inline(never)]
+    fn varint_long(&mut self) -> Result<u64, DecodeError> {
+        if let Some(chunk) = self.buf.get(self.pos..self.pos + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            let stops = !word & 0x8080_8080_8080_8080;
+            if stops != 0 {
+                let len = (stops.trailing_zeros() / 8 + 1) as usize;
+                // Gather the 7-bit groups of the first `len` bytes.
+                let keep = if len == 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
+                let w = word & keep & 0x7f7f_7f7f_7f7f_7f7f;
+                let mut v = 0u64;
+                for i in 0..len {
+                    v |= ((w >> (8 * i)) & 0x7f) << (7 * i);
+                }
+                self.pos += len;
+                return Ok(v);
+            }
+        }
         let mut v: u64 = 0;
         let mut shift = 0u32;
         loop {
             let Some(&b) = self.buf.get(self.pos) else {
-                return Err(DecodeError::new(self.pos, "varint runs past the end of its section"));
+                return Err(DecodeError::new(self.offset(), "varint runs past the end of its section"));
             };
             self.pos += 1;
             if shift == 63 && b > 1 {
-                return Err(DecodeError::new(self.pos - 1, "varint overflows 64 bits"));
+                return Err(DecodeError::new(self.offset() - 1, "varint overflows 64 bits"));
             }
             v |= ((b & 0x7f) as u64) << shift;
             if b < 0x80 {
@@ -173,7 +219,7 @@ impl<'a> Cursor<'a> {
             }
             shift += 7;
             if shift > 63 {
-                return Err(DecodeError::new(self.pos - 1, "varint longer than 10 bytes"));
+                return Err(DecodeError::new(self.offset() - 1, "varint longer than 10 bytes"));
             }
         }
     }
@@ -183,7 +229,7 @@ impl<'a> Cursor<'a> {
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| DecodeError::new(self.pos, "length runs past the end of its section"))?;
+            .ok_or_else(|| DecodeError::new(self.offset(), "length runs past the end of its section"))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)

@@ -62,8 +62,14 @@ pub struct ChunkMeta {
     pub counts: Vec<u64>,
 }
 
-/// Encodes a chunk body (decompressed bytes) into `out`.
-pub fn encode_chunk(seq: u32, batch: &RecordBatch, strings: &[(u32, &str)], out: &mut Vec<u8>) {
+/// Encodes a chunk body (decompressed bytes) into `out`; `scratch` holds reusable column buffers.
+pub fn encode_chunk(
+    seq: u32,
+    batch: &RecordBatch,
+    strings: &[(u32, &str)],
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<Vec<u8>>,
+) {
     let (min_ts, max_ts) = batch.time_range().unwrap_or((0, 0));
     out.clear();
     out.extend_from_slice(CHUNK_MAGIC);
@@ -84,8 +90,20 @@ pub fn encode_chunk(seq: u32, batch: &RecordBatch, strings: &[(u32, &str)], out:
         sections += 1;
     }
     batch.encode_sections(|kind, rows, encode| {
-        let at = begin_section(out, kind as u16, kind.columns().len(), rows);
-        encode(out);
+        let ncols = kind.columns().len();
+        if scratch.len() < ncols {
+            scratch.resize_with(ncols, Vec::new);
+        }
+        let cols = &mut scratch[..ncols];
+        cols.iter_mut().for_each(Vec::clear);
+        encode(cols);
+        let at = begin_section(out, kind as u16, ncols, rows);
+        for c in cols.iter() {
+            out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        }
+        for c in cols.iter() {
+            out.extend_from_slice(c);
+        }
         end_section(out, at);
         sections += 1;
     });
@@ -108,6 +126,15 @@ fn end_section(out: &mut [u8], len_at: usize) {
 
 /// Reads a chunk body. Unknown record kinds (from a newer minor version) are skipped.
 pub fn decode_chunk(buf: &[u8]) -> Result<Chunk, DecodeError> {
+    let mut chunk = Chunk::default();
+    decode_chunk_into(buf, &mut chunk)?;
+    Ok(chunk)
+}
+
+/// Like [`decode_chunk`], reusing `chunk`'s allocations (its contents are replaced).
+pub fn decode_chunk_into(buf: &[u8], chunk: &mut Chunk) -> Result<(), DecodeError> {
+    chunk.strings.clear();
+    chunk.records.clear();
     let mut cur = Cursor::new(buf);
     let magic = cur.bytes(8)?;
     if magic != CHUNK_MAGIC {
@@ -117,7 +144,7 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Chunk, DecodeError> {
     let sections = cur.u32_le()?;
     let min_ts = cur.u64_le()?;
     let max_ts = cur.u64_le()?;
-    let mut chunk = Chunk { seq, min_ts, max_ts, ..Default::default() };
+    (chunk.seq, chunk.min_ts, chunk.max_ts) = (seq, min_ts, max_ts);
     for _ in 0..sections {
         let at = cur.pos;
         let kind_id = cur.u16_le()?;
@@ -136,6 +163,7 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Chunk, DecodeError> {
         let Some(kind) = Kind::from_id(kind_id) else {
             continue; // a kind from a newer writer: skip it, its length is known
         };
+        let stored = kind.columns().iter().filter(|c| c.encoding.is_stored()).count();
         if columns != kind.columns().len() {
             return Err(DecodeError::new(
                 at,
@@ -144,22 +172,44 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Chunk, DecodeError> {
         }
         // Each row takes at least one byte per column: this bounds the allocation by the
         // section's real size, whatever the row count claims.
-        if rows.saturating_mul(columns) > len {
+        if rows.saturating_mul(stored) > len {
             return Err(DecodeError::new(at, format!("section {} claims {rows} rows in {len} bytes", kind.key())));
         }
-        let mut sub = Cursor::new(body);
-        chunk.records.decode_section(kind, &mut sub, rows).map_err(rebase)?;
-        if sub.remaining() != 0 {
-            return Err(DecodeError::new(
-                body_at + sub.pos,
-                format!("{} trailing bytes after section {}", sub.remaining(), kind.key()),
-            ));
+        let mut cursors = column_cursors(body, body_at, columns).map_err(rebase)?;
+        chunk.records.decode_section(kind, &mut cursors, rows)?;
+        for c in &cursors {
+            if c.remaining() != 0 {
+                return Err(DecodeError::new(
+                    c.offset(),
+                    format!("{} unread bytes in a column of {}", c.remaining(), kind.key()),
+                ));
+            }
         }
     }
     if cur.remaining() != 0 {
         return Err(DecodeError::new(cur.pos, "trailing bytes after the last section"));
     }
-    Ok(chunk)
+    Ok(())
+}
+
+/// Splits a section body into one cursor per column using its directory of column lengths.
+fn column_cursors(body: &[u8], body_at: usize, columns: usize) -> Result<Vec<Cursor<'_>>, DecodeError> {
+    let mut dir = Cursor::new(body);
+    let mut lens = Vec::with_capacity(columns);
+    for _ in 0..columns {
+        lens.push(dir.u32_le()? as usize);
+    }
+    let mut cursors = Vec::with_capacity(columns);
+    for len in lens {
+        let at = dir.pos;
+        let bytes =
+            dir.bytes(len).map_err(|_| DecodeError::new(at, format!("column of {len} bytes runs past its section")))?;
+        cursors.push(Cursor::with_base(bytes, body_at + at));
+    }
+    if dir.remaining() != 0 {
+        return Err(DecodeError::new(dir.pos, "section has bytes after its last column"));
+    }
+    Ok(cursors)
 }
 
 fn decode_strings(body: &[u8], n: usize, out: &mut Vec<(u32, String)>) -> Result<(), DecodeError> {

@@ -10,11 +10,12 @@ pub mod reader;
 pub mod records;
 pub mod strings;
 pub mod summary;
+pub mod synth;
 pub mod writer;
 
 pub use error::{DecodeError, TraceError};
 pub use format::{Chunk, ChunkMeta};
-pub use reader::{TraceHeader, TraceReader};
+pub use reader::{Scratch, TraceHeader, TraceReader};
 pub use records::*;
 pub use strings::Interner;
 pub use writer::{TraceInfo, TraceWriter, WriteSummary, WriterOptions};

@@ -19,6 +19,14 @@ use super::records::{Kind, RecordBatch};
 /// Largest compressed frame accepted (zstd's bound on a MAX_FRAME_BYTES input, rounded up).
 const MAX_COMPRESSED_FRAME: u64 = MAX_FRAME_BYTES + (1 << 20);
 
+/// Buffers reused from one chunk to the next.
+#[derive(Default)]
+pub struct Scratch {
+    compressed: Vec<u8>,
+    body: Vec<u8>,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+}
+
 /// The decoded file header.
 #[derive(Debug, Clone)]
 pub struct TraceHeader {
@@ -141,23 +149,34 @@ impl TraceReader {
 
     /// Decodes chunk `i`.
     pub fn read_chunk(&self, i: usize) -> Result<Chunk, TraceError> {
-        let meta =
-            self.chunks.get(i).ok_or_else(|| TraceError::Writer { what: format!("chunk {i} does not exist") })?;
-        let body = self.frame(meta.offset, meta.compressed_len)?;
-        let chunk = format::decode_chunk(&body).map_err(|e| {
-            self.corrupt(meta.offset, format!("in chunk {} at decompressed byte {}: {}", meta.seq, e.offset, e.what))
-        })?;
-        let counts: Vec<u64> = Kind::ALL.iter().map(|k| chunk.records.count(*k) as u64).collect();
-        if counts != meta.counts || chunk.seq != meta.seq {
-            return Err(self.corrupt(meta.offset, format!("chunk {} does not match its index entry", meta.seq)));
-        }
+        let mut chunk = Chunk::default();
+        self.read_chunk_into(i, &mut Scratch::default(), &mut chunk)?;
         Ok(chunk)
     }
 
-    /// Decodes every chunk in order, handing each to `f`.
-    pub fn for_each_chunk(&self, mut f: impl FnMut(Chunk)) -> Result<(), TraceError> {
+    /// Decodes chunk `i` into `chunk`, reusing its allocations and `scratch`'s buffers.
+    pub fn read_chunk_into(&self, i: usize, scratch: &mut Scratch, chunk: &mut Chunk) -> Result<(), TraceError> {
+        let meta =
+            self.chunks.get(i).ok_or_else(|| TraceError::Writer { what: format!("chunk {i} does not exist") })?;
+        self.frame_into(meta.offset, meta.compressed_len, scratch)?;
+        format::decode_chunk_into(&scratch.body, chunk).map_err(|e| {
+            self.corrupt(meta.offset, format!("in chunk {} at decompressed byte {}: {}", meta.seq, e.offset, e.what))
+        })?;
+        let matches = chunk.seq == meta.seq
+            && Kind::ALL.iter().zip(&meta.counts).all(|(k, n)| chunk.records.count(*k) as u64 == *n);
+        if !matches {
+            return Err(self.corrupt(meta.offset, format!("chunk {} does not match its index entry", meta.seq)));
+        }
+        Ok(())
+    }
+
+    /// Decodes every chunk in order, handing each to `f` (one buffer is reused throughout).
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&Chunk)) -> Result<(), TraceError> {
+        let mut scratch = Scratch::default();
+        let mut chunk = Chunk::default();
         for i in 0..self.chunks.len() {
-            f(self.read_chunk(i)?);
+            self.read_chunk_into(i, &mut scratch, &mut chunk)?;
+            f(&chunk);
         }
         Ok(())
     }
@@ -165,7 +184,7 @@ impl TraceReader {
     /// Every record of the file in one batch (tests and small files; analysis streams chunks).
     pub fn read_all(&self) -> Result<RecordBatch, TraceError> {
         let mut all = RecordBatch::default();
-        self.for_each_chunk(|c| all.append(c.records))?;
+        self.for_each_chunk(|c| all.append(c.records.clone()))?;
         Ok(all)
     }
 
@@ -202,6 +221,13 @@ impl TraceReader {
 
     /// Reads and decompresses the frame at `offset`.
     fn frame(&self, offset: u64, compressed_len: u64) -> Result<Vec<u8>, TraceError> {
+        let mut scratch = Scratch::default();
+        self.frame_into(offset, compressed_len, &mut scratch)?;
+        Ok(scratch.body)
+    }
+
+    /// Reads and decompresses the frame at `offset` into `scratch.body`.
+    fn frame_into(&self, offset: u64, compressed_len: u64, scratch: &mut Scratch) -> Result<(), TraceError> {
         if compressed_len > MAX_COMPRESSED_FRAME || offset.checked_add(compressed_len).is_none_or(|end| end > self.len)
         {
             return Err(self.corrupt(
@@ -212,9 +238,10 @@ impl TraceReader {
                 ),
             ));
         }
-        let mut src = vec![0u8; compressed_len as usize];
-        self.file.read_exact_at(&mut src, offset).map_err(|e| TraceError::io(&self.path, e))?;
-        let size = match zstd::zstd_safe::get_frame_content_size(&src) {
+        let src = &mut scratch.compressed;
+        src.resize(compressed_len as usize, 0);
+        self.file.read_exact_at(src, offset).map_err(|e| TraceError::io(&self.path, e))?;
+        let size = match zstd::zstd_safe::get_frame_content_size(src) {
             Ok(Some(n)) if n <= MAX_FRAME_BYTES => n as usize,
             Ok(Some(n)) => {
                 return Err(self.corrupt(
@@ -224,14 +251,21 @@ impl TraceReader {
             }
             _ => return Err(self.corrupt(offset, "zstd frame without a readable content size")),
         };
-        let mut out = Vec::with_capacity(size);
-        let n = zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress_to_buffer(&src, &mut out))
+        let out = &mut scratch.body;
+        out.clear();
+        out.reserve(size);
+        if scratch.decompressor.is_none() {
+            scratch.decompressor =
+                Some(zstd::bulk::Decompressor::new().map_err(|e| self.corrupt(offset, format!("zstd context: {e}")))?);
+        }
+        let d = scratch.decompressor.as_mut().expect("set above");
+        let n = d
+            .decompress_to_buffer(src.as_slice(), out)
             .map_err(|e| self.corrupt(offset, format!("zstd frame does not decompress: {e}")))?;
         if n != size {
             return Err(self.corrupt(offset, format!("frame decompressed to {n} bytes, declared {size}")));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Reads the seek table and index of a finalized file. `Ok(None)`: the file has no seek

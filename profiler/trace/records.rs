@@ -20,13 +20,19 @@ pub trait RecordKind: bytemuck::Pod + Default {
     fn end_ns(&self) -> u64;
     /// Ids of interned strings the record refers to.
     fn string_refs(&self, _f: &mut dyn FnMut(u32)) {}
-    /// Appends `rows` column by column.
-    fn encode(rows: &[Self], out: &mut Vec<u8>);
-    /// Reads `n` rows written by [`RecordKind::encode`].
-    fn decode(cur: &mut Cursor<'_>, n: usize) -> Result<Vec<Self>, DecodeError>;
+    /// Appends `rows` to one buffer per column (`cols.len()` == `COLUMNS.len()`).
+    fn encode(rows: &[Self], cols: &mut [Vec<u8>]);
+    /// Appends `n` rows read from one cursor per column (written by [`RecordKind::encode`]).
+    fn decode_into(cols: &mut [Cursor<'_>], n: usize, out: &mut Vec<Self>) -> Result<(), DecodeError>;
 }
 
 macro_rules! enc_desc {
+    (GapFrom($o:ident)) => {
+        Encoding::GapFrom(stringify!($o))
+    };
+    (Paired) => {
+        Encoding::Paired
+    };
     (Raw) => {
         Encoding::Raw
     };
@@ -44,90 +50,109 @@ macro_rules! enc_desc {
     };
 }
 
+/// Encodes one column of a block of rows into `$out`; `$st` carries the column's prediction
+/// state from one block to the next.
 macro_rules! encode_col {
-    ($rows:ident, $out:ident, $f:ident, Raw) => {
+    ($rows:ident, $out:ident, $st:ident, $f:ident, Raw) => {
         for r in $rows {
             put_varint($out, Column::to_u64(r.$f));
         }
     };
-    ($rows:ident, $out:ident, $f:ident, Delta) => {{
-        let mut prev = 0u64;
+    ($rows:ident, $out:ident, $st:ident, $f:ident, Delta) => {
         for r in $rows {
             let v = Column::to_u64(r.$f);
-            put_varint($out, zigzag(v.wrapping_sub(prev) as i64));
-            prev = v;
+            put_varint($out, zigzag(v.wrapping_sub(*$st) as i64));
+            *$st = v;
         }
-    }};
-    ($rows:ident, $out:ident, $f:ident, Xor) => {{
-        let mut prev = 0u64;
+    };
+    ($rows:ident, $out:ident, $st:ident, $f:ident, Xor) => {
         for r in $rows {
             let v = Column::to_u64(r.$f);
-            put_varint($out, v ^ prev);
-            prev = v;
+            put_varint($out, v ^ *$st);
+            *$st = v;
         }
-    }};
-    ($rows:ident, $out:ident, $f:ident, From($o:ident)) => {
+    };
+    ($rows:ident, $out:ident, $st:ident, $f:ident, From($o:ident)) => {
         for r in $rows {
             let v = Column::to_u64(r.$f);
             put_varint($out, zigzag(v.wrapping_sub(Column::to_u64(r.$o)) as i64));
         }
     };
-    ($rows:ident, $out:ident, $f:ident, Prev($o:ident)) => {{
-        let mut prev = 0u64;
+    ($rows:ident, $out:ident, $st:ident, $f:ident, Prev($o:ident)) => {
         for r in $rows {
             let v = Column::to_u64(r.$f);
-            put_varint($out, zigzag(v.wrapping_sub(prev) as i64));
-            prev = Column::to_u64(r.$o);
+            put_varint($out, zigzag(v.wrapping_sub(*$st) as i64));
+            *$st = Column::to_u64(r.$o);
         }
-    }};
+    };
+    ($rows:ident, $out:ident, $st:ident, $f:ident, GapFrom($e:ident)) => {
+        for r in $rows {
+            let (s, e) = (Column::to_u64(r.$f), Column::to_u64(r.$e));
+            put_varint($out, zigzag(s.wrapping_sub(*$st) as i64));
+            put_varint($out, zigzag(e.wrapping_sub(s) as i64));
+            *$st = e;
+        }
+    };
+    ($rows:ident, $out:ident, $st:ident, $f:ident, Paired) => {};
 }
 
 macro_rules! narrow {
     ($cur:ident, $v:expr, $kind:ident, $f:ident) => {
         Column::from_u64($v).ok_or_else(|| {
-            DecodeError::new($cur.pos, concat!("value out of range for ", stringify!($kind), ".", stringify!($f)))
+            DecodeError::new($cur.offset(), concat!("value out of range for ", stringify!($kind), ".", stringify!($f)))
         })?
     };
 }
 
+/// Decodes one column of a block of rows (the inverse of `encode_col`).
 macro_rules! decode_col {
-    ($cur:ident, $rows:ident, $kind:ident, $f:ident, Raw) => {
+    ($cur:ident, $rows:ident, $st:ident, $kind:ident, $f:ident, Raw) => {
         for r in $rows.iter_mut() {
             let s = $cur.varint()?;
             r.$f = narrow!($cur, s, $kind, $f);
         }
     };
-    ($cur:ident, $rows:ident, $kind:ident, $f:ident, Delta) => {{
-        let mut prev = 0u64;
+    ($cur:ident, $rows:ident, $st:ident, $kind:ident, $f:ident, Delta) => {
         for r in $rows.iter_mut() {
-            let v = prev.wrapping_add(unzigzag($cur.varint()?) as u64);
+            let v = $st.wrapping_add(unzigzag($cur.varint()?) as u64);
             r.$f = narrow!($cur, v, $kind, $f);
-            prev = v;
+            *$st = v;
         }
-    }};
-    ($cur:ident, $rows:ident, $kind:ident, $f:ident, Xor) => {{
-        let mut prev = 0u64;
+    };
+    ($cur:ident, $rows:ident, $st:ident, $kind:ident, $f:ident, Xor) => {
         for r in $rows.iter_mut() {
-            let v = $cur.varint()? ^ prev;
+            let v = $cur.varint()? ^ *$st;
             r.$f = narrow!($cur, v, $kind, $f);
-            prev = v;
+            *$st = v;
         }
-    }};
-    ($cur:ident, $rows:ident, $kind:ident, $f:ident, From($o:ident)) => {
+    };
+    ($cur:ident, $rows:ident, $st:ident, $kind:ident, $f:ident, From($o:ident)) => {
         for r in $rows.iter_mut() {
             let v = Column::to_u64(r.$o).wrapping_add(unzigzag($cur.varint()?) as u64);
             r.$f = narrow!($cur, v, $kind, $f);
         }
     };
-    ($cur:ident, $rows:ident, $kind:ident, $f:ident, Prev($o:ident)) => {{
-        let mut prev = 0u64;
+    ($cur:ident, $rows:ident, $st:ident, $kind:ident, $f:ident, Prev($o:ident)) => {
         for r in $rows.iter_mut() {
-            let v = prev.wrapping_add(unzigzag($cur.varint()?) as u64);
+            let v = $st.wrapping_add(unzigzag($cur.varint()?) as u64);
             r.$f = narrow!($cur, v, $kind, $f);
-            prev = Column::to_u64(r.$o);
+            *$st = Column::to_u64(r.$o);
         }
-    }};
+    };
+    ($cur:ident, $rows:ident, $st:ident, $kind:ident, $f:ident, GapFrom($e:ident)) => {
+        for r in $rows.iter_mut() {
+            let s = $st.wrapping_add(unzigzag($cur.varint()?) as u64);
+            let e = s.wrapping_add(unzigzag($cur.varint()?) as u64);
+            r.$f = narrow!($cur, s, $kind, $f);
+            r.$e = narrow!($cur, e, $kind, $e);
+            *$st = e;
+        }
+    };
+    ($cur:ident, $rows:ident, $st:ident, $kind:ident, $f:ident, Paired) => {};
 }
+
+/// Rows per block: columns are coded block by block so the rows being worked on stay in cache.
+pub const BLOCK_ROWS: usize = 256;
 
 macro_rules! record_kinds {
     ($(
@@ -163,13 +188,34 @@ macro_rules! record_kinds {
                 fn string_refs(&self, f: &mut dyn FnMut(u32)) {
                     $( f(self.$sref); )*
                 }
-                fn encode(rows: &[Self], out: &mut Vec<u8>) {
-                    $( encode_col!(rows, out, $field, $enc $(($arg))?); )*
+                fn encode(rows: &[Self], cols: &mut [Vec<u8>]) {
+                    let mut state = [0u64; <Self as RecordKind>::COLUMNS.len()];
+                    for block in rows.chunks(BLOCK_ROWS) {
+                        let mut ci = 0usize;
+                        $( {
+                            #[allow(unused_variables)]
+                            let (out, st) = (&mut cols[ci], &mut state[ci]);
+                            encode_col!(block, out, st, $field, $enc $(($arg))?);
+                            ci += 1;
+                        } )*
+                        let _ = ci;
+                    }
                 }
-                fn decode(cur: &mut Cursor<'_>, n: usize) -> Result<Vec<Self>, DecodeError> {
-                    let mut rows = vec![Self::default(); n];
-                    $( decode_col!(cur, rows, $name, $field, $enc $(($arg))?); )*
-                    Ok(rows)
+                fn decode_into(cols: &mut [Cursor<'_>], n: usize, out: &mut Vec<Self>) -> Result<(), DecodeError> {
+                    let mut state = [0u64; <Self as RecordKind>::COLUMNS.len()];
+                    let start = out.len();
+                    out.resize(start + n, Self::default());
+                    for block in out[start..].chunks_mut(BLOCK_ROWS) {
+                        let mut ci = 0usize;
+                        $( {
+                            #[allow(unused_variables)]
+                            let (cur, st) = (&mut cols[ci], &mut state[ci]);
+                            decode_col!(cur, block, st, $name, $field, $enc $(($arg))?);
+                            ci += 1;
+                        } )*
+                        let _ = ci;
+                    }
+                    Ok(())
                 }
             }
 
@@ -307,21 +353,19 @@ macro_rules! record_kinds {
                 $( for r in &self.$vec { r.string_refs(f); } )*
             }
 
-            /// Calls `f(kind, rows, encoder)` for each non-empty kind, in id order.
-            pub(crate) fn encode_sections(&self, mut f: impl FnMut(Kind, usize, &dyn Fn(&mut Vec<u8>))) {
+            /// Calls `f(kind, rows, encoder)` for each non-empty kind, in id order; the encoder
+            /// fills one buffer per column.
+            pub(crate) fn encode_sections(&self, mut f: impl FnMut(Kind, usize, &dyn Fn(&mut [Vec<u8>]))) {
                 $( if !self.$vec.is_empty() {
                     let rows = &self.$vec;
-                    f(Kind::$name, rows.len(), &|out: &mut Vec<u8>| <$name as RecordKind>::encode(rows, out));
+                    f(Kind::$name, rows.len(), &|cols: &mut [Vec<u8>]| <$name as RecordKind>::encode(rows, cols));
                 } )*
             }
 
-            /// Decodes one section of `kind` with `n` rows and appends it.
-            pub(crate) fn decode_section(&mut self, kind: Kind, cur: &mut Cursor<'_>, n: usize) -> Result<(), DecodeError> {
+            /// Decodes one section of `kind` with `n` rows (one cursor per column) and appends it.
+            pub(crate) fn decode_section(&mut self, kind: Kind, cols: &mut [Cursor<'_>], n: usize) -> Result<(), DecodeError> {
                 match kind {
-                    $( Kind::$name => {
-                        let rows = <$name as RecordKind>::decode(cur, n)?;
-                        if self.$vec.is_empty() { self.$vec = rows; } else { self.$vec.extend_from_slice(&rows); }
-                    } )*
+                    $( Kind::$name => <$name as RecordKind>::decode_into(cols, n, &mut self.$vec)?, )*
                 }
                 Ok(())
             }
@@ -338,8 +382,8 @@ macro_rules! record_kinds {
 record_kinds! {
     /// A kernel execution on a device (CUPTI CONCURRENT_KERNEL).
     KernelExec = 1, "kernel", kernels, size 80, time start_ns, end end_ns, strings [name_id] {
-        start_ns: u64 => Prev(end_ns),
-        end_ns: u64 => From(start_ns),
+        start_ns: u64 => GapFrom(end_ns),
+        end_ns: u64 => Paired,
         stream: u64 => Delta,
         correlation_id: u32 => Delta,
         device: u32 => Raw,

@@ -63,6 +63,7 @@ pub struct TraceWriter {
     compressor: zstd::bulk::Compressor<'static>,
     raw_buf: Vec<u8>,
     comp_buf: Vec<u8>,
+    column_bufs: Vec<Vec<u8>>,
     records: u64,
     raw_bytes: u64,
     failed: bool,
@@ -125,6 +126,7 @@ impl TraceWriter {
             compressor,
             raw_buf: Vec::with_capacity(4 << 20),
             comp_buf: Vec::new(),
+            column_bufs: Vec::new(),
             records: 0,
             raw_bytes: 0,
             failed: false,
@@ -185,7 +187,7 @@ impl TraceWriter {
         let seq = self.seq;
         let strings = self.chunk_strings(&batch, seq);
         let refs: Vec<(u32, &str)> = strings.iter().map(|(i, s)| (*i, &**s)).collect();
-        format::encode_chunk(seq, &batch, &refs, &mut self.raw_buf);
+        format::encode_chunk(seq, &batch, &refs, &mut self.raw_buf, &mut self.column_bufs);
         if self.raw_buf.len() as u64 > MAX_FRAME_BYTES && batch.len() > 1 {
             // Rare (huge names or values): split and let each half carry its own strings.
             let second = batch.split_half();

@@ -1,1 +1,202 @@
-fn main() {}
+//! Benchmarks behind `tools/bench`. Each prints human-readable lines and, as its last line,
+//! one JSON object with its figures; baselines run in the same invocation.
+//!
+//! - `trace [--events N] [--dir D]`: a realistic training-step stream through the real
+//!   pipeline into a trace file and back, against plain zstd -1 over raw rows.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use ghostprof::record::{Pipeline, PipelineOptions};
+use ghostprof::trace::synth::TrainingStream;
+use ghostprof::trace::{Interner, Kind, Record, Source, TraceInfo, TraceReader, TraceWriter, WriterOptions};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("trace") => bench_trace(&args[1..]),
+        Some("read") => bench_read(&args[1..]),
+        _ => bail!("usage: bench trace [--events N] [--dir DIR]"),
+    }
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc_timespec::default();
+    // SAFETY: clock_gettime fills the struct; CLOCK_THREAD_CPUTIME_ID exists on Linux.
+    unsafe { clock_gettime(3, &mut ts) };
+    ts.sec as f64 + ts.nsec as f64 / 1e9
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct libc_timespec {
+    sec: i64,
+    nsec: i64,
+}
+
+extern "C" {
+    fn clock_gettime(clk: i32, ts: *mut libc_timespec) -> i32;
+}
+
+fn bench_trace(args: &[String]) -> Result<()> {
+    let events: usize =
+        flag(args, "--events").map(|s| s.parse()).transpose().context("--events")?.unwrap_or(10_000_000);
+    let dir = PathBuf::from(flag(args, "--dir").unwrap_or_else(|| std::env::temp_dir().display().to_string()));
+    std::fs::create_dir_all(&dir)?;
+    let pipeline_path = dir.join("bench-pipeline.gptrace");
+    let direct_path = dir.join("bench-direct.gptrace");
+
+    eprintln!("generating {events} records of a training-step stream ...");
+    let interner_for_gen = Interner::new();
+    let records: Vec<Record> = TrainingStream::new(42, &interner_for_gen).take(events).collect();
+    let names: Vec<String> =
+        (1..interner_for_gen.len() as u32).filter_map(|i| interner_for_gen.get(i).map(|s| s.to_string())).collect();
+    let mut written_counts = vec![0u64; Kind::ALL.len()];
+    for r in &records {
+        written_counts[Kind::ALL.iter().position(|k| *k == r.kind()).unwrap_or(0)] += 1;
+    }
+    let info = TraceInfo { command: vec!["tools/bench".into(), "trace".into()], ..Default::default() };
+
+    // 1. Through the real pipeline: a producer thread (this one) and the writer thread.
+    let _ = std::fs::remove_file(&pipeline_path);
+    let t = Instant::now();
+    // Queues deep enough for the whole run: the producer here pushes far faster than any
+    // collector, and the figure wanted is the writer's sustained rate, not a drop count.
+    let options = PipelineOptions { queue_batches: events / 1024 + 2, ..PipelineOptions::default() };
+    let pipeline = Pipeline::create(&pipeline_path, true, &info, options)?;
+    for n in &names {
+        pipeline.interner().intern(n);
+    }
+    let mut producer = pipeline.producer(Source::Synthetic);
+    for r in &records {
+        producer.push(*r);
+    }
+    drop(producer);
+    let (summary, stats) = pipeline.finish()?;
+    let pipeline_s = t.elapsed().as_secs_f64();
+    let dropped: u64 = stats.drops.iter().map(|d| d.2).sum();
+
+    // 2. The writer alone on this thread: encode + compress + write, one core.
+    let _ = std::fs::remove_file(&direct_path);
+    let interner = std::sync::Arc::new(Interner::new());
+    for n in &names {
+        interner.intern(n);
+    }
+    let cpu0 = thread_cpu_s();
+    let t = Instant::now();
+    let mut writer = TraceWriter::create(&direct_path, true, &info, interner, WriterOptions::default())?;
+    writer.append_all(records.iter().copied())?;
+    writer.finish()?;
+    let direct_s = t.elapsed().as_secs_f64();
+    let direct_cpu_s = thread_cpu_s() - cpu0;
+
+    // 3. Read back: decode every chunk.
+    let cpu0 = thread_cpu_s();
+    let t = Instant::now();
+    let reader = TraceReader::open(&pipeline_path)?;
+    let mut read_counts = vec![0u64; Kind::ALL.len()];
+    reader.for_each_chunk(|c: &ghostprof::trace::Chunk| {
+        for (i, k) in Kind::ALL.iter().enumerate() {
+            read_counts[i] += c.records.count(*k) as u64;
+        }
+    })?;
+    let read_s = t.elapsed().as_secs_f64();
+    let read_cpu_s = thread_cpu_s() - cpu0;
+    if read_counts != written_counts {
+        bail!("read back {read_counts:?}, wrote {written_counts:?}");
+    }
+
+    // 4. Baseline: the same records as raw rows (kind tag + struct bytes), zstd level 1, in
+    // chunks of the same record count.
+    let t = Instant::now();
+    let mut baseline_bytes = 0u64;
+    let mut raw = Vec::with_capacity(16 << 20);
+    for chunk in records.chunks(WriterOptions::default().chunk_records) {
+        raw.clear();
+        for r in chunk {
+            raw.extend_from_slice(&(r.kind() as u16).to_le_bytes());
+            raw.extend_from_slice(record_bytes(r));
+        }
+        baseline_bytes += zstd::bulk::compress(&raw, 1)?.len() as u64;
+    }
+    let baseline_s = t.elapsed().as_secs_f64();
+
+    let file_bytes = std::fs::metadata(&pipeline_path)?.len();
+    let n = events as f64;
+    let bytes_per_event = file_bytes as f64 / n;
+    let zstd1 = baseline_bytes as f64 / n;
+    let mut counts = serde_json::Map::new();
+    for (k, c) in Kind::ALL.iter().zip(&written_counts) {
+        if *c > 0 {
+            counts.insert(k.key().into(), (*c).into());
+        }
+    }
+    eprintln!("pipeline: {events} records in {pipeline_s:.3} s ({:.2} M/s), {dropped} dropped", n / pipeline_s / 1e6);
+    eprintln!(
+        "writer alone (one core): {direct_s:.3} s wall, {direct_cpu_s:.3} s CPU ({:.2} M/s)",
+        n / direct_cpu_s.max(1e-9) / 1e6
+    );
+    eprintln!("reader: {read_s:.3} s wall, {read_cpu_s:.3} s CPU ({:.2} M/s)", n / read_s / 1e6);
+    eprintln!(
+        "size: {bytes_per_event:.2} B/event vs zstd -1 raw rows {zstd1:.2} B/event ({:.2}x smaller); baseline took {baseline_s:.3} s",
+        zstd1 / bytes_per_event
+    );
+    let json = serde_json::json!({
+        "bench": "trace",
+        "events": events,
+        "chunks": summary.chunks,
+        "file_bytes": file_bytes,
+        "records": counts,
+        "dropped": dropped,
+        "write_events_per_s": (n / pipeline_s).round(),
+        "writer_core_events_per_s": (n / direct_cpu_s.max(1e-9)).round(),
+        "read_events_per_s": (n / read_s).round(),
+        "bytes_per_event": (bytes_per_event * 1000.0).round() / 1000.0,
+        "zstd1_raw_bytes_per_event": (zstd1 * 1000.0).round() / 1000.0,
+        "size_ratio_vs_zstd1": (zstd1 / bytes_per_event * 100.0).round() / 100.0,
+        "trace_file": pipeline_path.display().to_string(),
+    });
+    println!("{json}");
+    let _ = std::fs::remove_file(&direct_path);
+    Ok(())
+}
+
+/// `read FILE`: decode every chunk of an existing trace (for profiling the reader alone).
+fn bench_read(args: &[String]) -> Result<()> {
+    let path = PathBuf::from(args.first().context("usage: bench read FILE")?);
+    let mut s = f64::MAX;
+    let mut n = 0u64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let reader = TraceReader::open(&path)?;
+        n = 0;
+        reader.for_each_chunk(|c: &ghostprof::trace::Chunk| n += c.records.len() as u64)?;
+        s = s.min(t.elapsed().as_secs_f64());
+    }
+    eprintln!("read {n} records in {s:.3} s");
+    println!("{}", serde_json::json!({"bench": "read", "events": n, "read_events_per_s": (n as f64 / s).round()}));
+    Ok(())
+}
+
+fn record_bytes(r: &Record) -> &[u8] {
+    use bytemuck::bytes_of;
+    match r {
+        Record::KernelExec(x) => bytes_of(x),
+        Record::MemOp(x) => bytes_of(x),
+        Record::ApiCall(x) => bytes_of(x),
+        Record::NcclColl(x) => bytes_of(x),
+        Record::HostStall(x) => bytes_of(x),
+        Record::DeviceSample(x) => bytes_of(x),
+        Record::StepMarker(x) => bytes_of(x),
+        Record::ProcessInfo(x) => bytes_of(x),
+        Record::ThreadInfo(x) => bytes_of(x),
+        Record::LibraryInfo(x) => bytes_of(x),
+        Record::ClockSync(x) => bytes_of(x),
+        Record::Drops(x) => bytes_of(x),
+    }
+}
