@@ -1,1 +1,16 @@
-//! stub
+//! gpusim's `libcupti.so.12`: the CUPTI activity-API subset a collector uses, emitting records
+//! with the real CUPTI 12.x layouts from the simulated device's timeline.
+//!
+//! - [`layout`]: the record structs, mirrored once from `cupti_activity.h` (CUDA 12.9) with
+//!   offsets checked at compile time against values printed by a C program built on the real
+//!   header.
+//! - [`activity`]: enabled kinds, buffer callbacks, and the flush that converts libcuda's
+//!   records (read through `gpusim_read_records`) into CUPTI records in client buffers.
+//! - [`api`]: the exported `cupti*` entry points.
+//!
+//! Timestamps are CLOCK_MONOTONIC ns, and `cuptiGetTimestamp` reads the same clock, so a
+//! collector that aligns clocks by sampling both finds an offset of zero.
+
+pub mod activity;
+pub mod api;
+pub mod layout;

@@ -1,16 +1,161 @@
-//! A minimal `CUDA_INJECTION64_PATH` library for gpusim's injection test: `InitializeInjection`
-//! counts its calls, and `gpusim_testinject_calls` reports the count, so a test can check that
-//! gpusim's `cuInit` calls it exactly once per process however often `cuInit` runs.
+//! A minimal `CUDA_INJECTION64_PATH` library for gpusim's tests.
+//!
+//! `InitializeInjection` counts its calls (`gpusim_testinject_calls` reports the count), so a
+//! test can check that gpusim's `cuInit` calls it exactly once per process. With
+//! `GPUSIM_TESTINJECT_OUT=<file>` it also acts as a tiny CUPTI collector: it loads
+//! `libcupti.so.12` by soname, enables kernel, memcpy, driver-API, synchronization and marker
+//! records, flushes at exit and writes per-kind counts. It reads the records by the byte offsets
+//! of the real `cupti_activity.h`, independently of gpusim's own layout structs.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 static CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Counters of the records seen.
+#[derive(Default)]
+struct Seen {
+    kernels: u64,
+    kernel_ns: u64,
+    kernels_without_name: u64,
+    memcpys: u64,
+    launch_api_calls: u64,
+    api_calls: u64,
+    syncs: u64,
+    marker_starts: u64,
+    marker_ends: u64,
+    bad_intervals: u64,
+}
+
+fn seen() -> &'static Mutex<Seen> {
+    static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
+    SEEN.get_or_init(Mutex::default)
+}
+
+static BUFFERS: AtomicU64 = AtomicU64::new(0);
+
+type GetNextRecord = unsafe extern "C" fn(*mut u8, usize, *mut *mut u8) -> i32;
+static NEXT_RECORD: OnceLock<usize> = OnceLock::new();
+static FLUSH_ALL: OnceLock<usize> = OnceLock::new();
+
+const BUFFER_BYTES: usize = 1 << 20;
+
+unsafe extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize, max_records: *mut usize) {
+    let layout = std::alloc::Layout::from_size_align(BUFFER_BYTES, 8).expect("layout");
+    // SAFETY: non-zero size layout; the out-pointers come from CUPTI.
+    unsafe {
+        *buffer = std::alloc::alloc(layout);
+        *size = BUFFER_BYTES;
+        *max_records = 0;
+    }
+}
+
+fn read<T: Copy>(record: *const u8, offset: usize) -> T {
+    // SAFETY: offsets within the record of the kind just checked.
+    unsafe { std::ptr::read_unaligned(record.add(offset) as *const T) }
+}
+
+unsafe extern "C" fn buffer_completed(_ctx: *mut c_void, _stream: u32, buffer: *mut u8, _size: usize, valid: usize) {
+    BUFFERS.fetch_add(1, Ordering::SeqCst);
+    let Some(&next) = NEXT_RECORD.get() else { return };
+    // SAFETY: resolved from libcupti with this signature.
+    let next: GetNextRecord = unsafe { std::mem::transmute::<usize, GetNextRecord>(next) };
+    let mut s = seen().lock().unwrap_or_else(|p| p.into_inner());
+    let mut record: *mut u8 = std::ptr::null_mut();
+    // SAFETY: walking the buffer CUPTI handed back.
+    while unsafe { next(buffer, valid, &mut record) } == 0 {
+        let kind: u32 = read(record, 0);
+        match kind {
+            10 => {
+                // CUpti_ActivityKernel9: start @16, end @24, name @104
+                let (start, end): (u64, u64) = (read(record, 16), read(record, 24));
+                let name: usize = read(record, 104);
+                s.kernels += 1;
+                s.kernel_ns += end.saturating_sub(start);
+                s.bad_intervals += u64::from(end <= start);
+                s.kernels_without_name += u64::from(name == 0);
+            }
+            1 => s.memcpys += 1,
+            4 => {
+                // CUpti_ActivityAPI: cbid @4; 307 = cuLaunchKernel
+                let cbid: u32 = read(record, 4);
+                s.api_calls += 1;
+                s.launch_api_calls += u64::from(cbid == 307);
+            }
+            38 => s.syncs += 1,
+            12 => {
+                // CUpti_ActivityMarker2: flags @4 (2 start, 4 end)
+                let flags: u32 = read(record, 4);
+                s.marker_starts += u64::from(flags == 2);
+                s.marker_ends += u64::from(flags == 4);
+            }
+            _ => {}
+        }
+    }
+    let layout = std::alloc::Layout::from_size_align(BUFFER_BYTES, 8).expect("layout");
+    // SAFETY: allocated in buffer_requested with the same layout.
+    unsafe { std::alloc::dealloc(buffer, layout) };
+}
+
+extern "C" fn at_exit() {
+    if let Some(&flush) = FLUSH_ALL.get() {
+        // SAFETY: resolved from libcupti as `CUptiResult cuptiActivityFlushAll(uint32_t)`.
+        let flush: unsafe extern "C" fn(u32) -> i32 = unsafe { std::mem::transmute::<usize, _>(flush) };
+        // SAFETY: plain call.
+        unsafe { flush(1) };
+    }
+    let Some(path) = std::env::var_os("GPUSIM_TESTINJECT_OUT") else { return };
+    let s = seen().lock().unwrap_or_else(|p| p.into_inner());
+    let text = format!(
+        "{{\"kernels\":{},\"kernel_ns\":{},\"kernels_without_name\":{},\"memcpys\":{},\"launch_api_calls\":{},\"api_calls\":{},\"syncs\":{},\"marker_starts\":{},\"marker_ends\":{},\"bad_intervals\":{},\"buffers\":{}}}\n",
+        s.kernels, s.kernel_ns, s.kernels_without_name, s.memcpys, s.launch_api_calls, s.api_calls,
+        s.syncs, s.marker_starts, s.marker_ends, s.bad_intervals, BUFFERS.load(Ordering::SeqCst)
+    );
+    let _ = std::fs::write(path, text);
+}
+
+fn start_cupti() -> Option<()> {
+    // SAFETY: dlopen/dlsym of CUPTI entry points with the signatures of the real headers.
+    unsafe {
+        let lib = libc::dlopen(c"libcupti.so.12".as_ptr(), libc::RTLD_NOW);
+        if lib.is_null() {
+            eprintln!("gpusim-testinject: cannot load libcupti.so.12");
+            return None;
+        }
+        let sym = |name: &std::ffi::CStr| {
+            let p = libc::dlsym(lib, name.as_ptr());
+            (!p.is_null()).then_some(p as usize)
+        };
+        let register: unsafe extern "C" fn(usize, usize) -> i32 =
+            std::mem::transmute::<usize, _>(sym(c"cuptiActivityRegisterCallbacks")?);
+        let enable: unsafe extern "C" fn(u32) -> i32 = std::mem::transmute::<usize, _>(sym(c"cuptiActivityEnable")?);
+        let _ = NEXT_RECORD.set(sym(c"cuptiActivityGetNextRecord")?);
+        let _ = FLUSH_ALL.set(sym(c"cuptiActivityFlushAll")?);
+        if register(buffer_requested as *const () as usize, buffer_completed as *const () as usize) != 0 {
+            return None;
+        }
+        for kind in [10, 1, 4, 38, 12] {
+            if enable(kind) != 0 {
+                eprintln!("gpusim-testinject: cuptiActivityEnable({kind}) failed");
+            }
+        }
+        libc::atexit(at_exit);
+    }
+    Some(())
+}
 
 /// `int InitializeInjection(void)`: the entry point the CUDA driver calls; 1 means success.
 #[no_mangle]
 pub extern "C" fn InitializeInjection() -> i32 {
-    CALLS.fetch_add(1, Ordering::SeqCst);
-    1
+    std::panic::catch_unwind(|| {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        if std::env::var_os("GPUSIM_TESTINJECT_OUT").is_some() {
+            start_cupti();
+        }
+        1
+    })
+    .unwrap_or(0)
 }
 
 /// How many times `InitializeInjection` ran in this process.

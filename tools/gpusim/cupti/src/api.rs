@@ -1,0 +1,238 @@
+//! The exported `cupti*` entry points (signatures from `cupti_activity.h`, `cupti_callbacks.h`,
+//! `cupti_result.h`, CUDA 12.9). The callback API keeps subscriptions (one subscriber, like CUPTI
+//! before 13.3) but gpusim's libcuda does not fire API callbacks; collectors get everything
+//! through activity records.
+
+use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use gpusim_core::clock::now_ns;
+use gpusim_core::ffi::guard;
+
+use crate::activity::{self, CompleteFn, RequestFn};
+
+/// `CUptiResult`.
+pub type CuptiResult = i32;
+const CUPTI_SUCCESS: CuptiResult = 0;
+const CUPTI_ERROR_INVALID_PARAMETER: CuptiResult = 1;
+const CUPTI_ERROR_MAX_LIMIT_REACHED: CuptiResult = 12;
+const CUPTI_ERROR_NOT_INITIALIZED: CuptiResult = 15;
+const CUPTI_ERROR_INVALID_KIND: CuptiResult = 21;
+const CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED: CuptiResult = 39;
+const CUPTI_ERROR_UNKNOWN: CuptiResult = 999;
+
+static SUBSCRIBED: AtomicBool = AtomicBool::new(false);
+
+/// `CUptiResult cuptiGetVersion(uint32_t *version)`: CUPTI_API_VERSION 28 (CUDA 12.9).
+#[no_mangle]
+pub extern "C" fn cuptiGetVersion(version: *mut u32) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        if version.is_null() {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        // SAFETY: non-null out-pointer.
+        unsafe { *version = 28 };
+        CUPTI_SUCCESS
+    })
+}
+
+/// `CUptiResult cuptiGetTimestamp(uint64_t *timestamp)`: CLOCK_MONOTONIC ns, the records' clock.
+#[no_mangle]
+pub extern "C" fn cuptiGetTimestamp(timestamp: *mut u64) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        if timestamp.is_null() {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        // SAFETY: non-null out-pointer.
+        unsafe { *timestamp = now_ns() };
+        CUPTI_SUCCESS
+    })
+}
+
+/// `CUptiResult cuptiActivityRegisterCallbacks(CUpti_BuffersCallbackRequestFunc,
+/// CUpti_BuffersCallbackCompleteFunc)`.
+#[no_mangle]
+pub extern "C" fn cuptiActivityRegisterCallbacks(
+    request: Option<RequestFn>,
+    complete: Option<CompleteFn>,
+) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        if request.is_none() || complete.is_none() {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        let mut st = activity::state();
+        st.request = request;
+        st.complete = complete;
+        CUPTI_SUCCESS
+    })
+}
+
+fn set_kind(kind: u32, on: bool) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        if crate::layout::record_size(kind).is_none() {
+            return CUPTI_ERROR_INVALID_KIND;
+        }
+        activity::state().enabled[kind as usize] = on;
+        if on {
+            activity::ensure_worker();
+        }
+        CUPTI_SUCCESS
+    })
+}
+
+/// `CUptiResult cuptiActivityEnable(CUpti_ActivityKind kind)`: KERNEL, CONCURRENT_KERNEL,
+/// MEMCPY, MEMSET, DRIVER, SYNCHRONIZATION and MARKER are supported.
+#[no_mangle]
+pub extern "C" fn cuptiActivityEnable(kind: u32) -> CuptiResult {
+    set_kind(kind, true)
+}
+
+/// `CUptiResult cuptiActivityDisable(CUpti_ActivityKind kind)`.
+#[no_mangle]
+pub extern "C" fn cuptiActivityDisable(kind: u32) -> CuptiResult {
+    set_kind(kind, false)
+}
+
+/// `CUptiResult cuptiActivityFlushAll(uint32_t flag)`.
+#[no_mangle]
+pub extern "C" fn cuptiActivityFlushAll(_flag: u32) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        if activity::flush() {
+            CUPTI_SUCCESS
+        } else {
+            CUPTI_ERROR_NOT_INITIALIZED
+        }
+    })
+}
+
+/// `CUptiResult cuptiActivityFlushPeriod(uint32_t time)`: ms between periodic flushes.
+#[no_mangle]
+pub extern "C" fn cuptiActivityFlushPeriod(time_ms: u32) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        activity::state().flush_period_ms = time_ms;
+        CUPTI_SUCCESS
+    })
+}
+
+/// `CUptiResult cuptiActivityGetNextRecord(uint8_t *buffer, size_t validBufferSizeBytes,
+/// CUpti_Activity **record)`: CUPTI_ERROR_MAX_LIMIT_REACHED after the last record.
+#[no_mangle]
+pub extern "C" fn cuptiActivityGetNextRecord(
+    buffer: *mut u8,
+    valid_bytes: usize,
+    record: *mut *mut u8,
+) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        if buffer.is_null() || record.is_null() {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        // SAFETY: the client passes back a buffer we filled and its valid size, and `*record`
+        // is null or the record we returned last.
+        match unsafe { activity::next_record(buffer, valid_bytes, *record) } {
+            Some(next) => {
+                // SAFETY: non-null out-pointer.
+                unsafe { *record = next };
+                CUPTI_SUCCESS
+            }
+            None => CUPTI_ERROR_MAX_LIMIT_REACHED,
+        }
+    })
+}
+
+/// `CUptiResult cuptiActivityGetNumDroppedRecords(CUcontext, uint32_t streamId, size_t *dropped)`.
+#[no_mangle]
+pub extern "C" fn cuptiActivityGetNumDroppedRecords(
+    _context: *mut c_void,
+    _stream_id: u32,
+    dropped: *mut usize,
+) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        if dropped.is_null() {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        // SAFETY: non-null out-pointer.
+        unsafe { *dropped = activity::state().dropped as usize };
+        CUPTI_SUCCESS
+    })
+}
+
+/// `CUptiResult cuptiSubscribe(CUpti_SubscriberHandle *subscriber, CUpti_CallbackFunc callback,
+/// void *userdata)`: one subscriber at a time, as CUPTI before 13.3.
+#[no_mangle]
+pub extern "C" fn cuptiSubscribe(
+    subscriber: *mut *mut c_void,
+    _callback: *const c_void,
+    _userdata: *mut c_void,
+) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        if subscriber.is_null() {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        if SUBSCRIBED.swap(true, Ordering::SeqCst) {
+            return CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED;
+        }
+        // SAFETY: non-null out-pointer; the handle is an opaque token.
+        unsafe { *subscriber = 0x5ab5_usize as *mut c_void };
+        CUPTI_SUCCESS
+    })
+}
+
+/// `CUptiResult cuptiUnsubscribe(CUpti_SubscriberHandle subscriber)`.
+#[no_mangle]
+pub extern "C" fn cuptiUnsubscribe(_subscriber: *mut c_void) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        SUBSCRIBED.store(false, Ordering::SeqCst);
+        CUPTI_SUCCESS
+    })
+}
+
+/// `CUptiResult cuptiEnableCallback(uint32_t enable, CUpti_SubscriberHandle,
+/// CUpti_CallbackDomain, CUpti_CallbackId)`: accepted, never fired (see module docs).
+#[no_mangle]
+pub extern "C" fn cuptiEnableCallback(
+    _enable: u32,
+    _subscriber: *mut c_void,
+    _domain: u32,
+    _cbid: u32,
+) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || CUPTI_SUCCESS)
+}
+
+/// `CUptiResult cuptiEnableDomain(uint32_t enable, CUpti_SubscriberHandle, CUpti_CallbackDomain)`.
+#[no_mangle]
+pub extern "C" fn cuptiEnableDomain(_enable: u32, _subscriber: *mut c_void, _domain: u32) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || CUPTI_SUCCESS)
+}
+
+/// `CUptiResult cuptiFinalize(void)`: flush and stop delivering.
+#[no_mangle]
+pub extern "C" fn cuptiFinalize() -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        activity::flush();
+        let mut st = activity::state();
+        st.enabled = [false; 64];
+        CUPTI_SUCCESS
+    })
+}
+
+/// `CUptiResult cuptiGetResultString(CUptiResult result, const char **str)`.
+#[no_mangle]
+pub extern "C" fn cuptiGetResultString(result: CuptiResult, text: *mut *const c_char) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        if text.is_null() {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        let s = match result {
+            CUPTI_SUCCESS => c"CUPTI_SUCCESS",
+            CUPTI_ERROR_INVALID_PARAMETER => c"CUPTI_ERROR_INVALID_PARAMETER",
+            CUPTI_ERROR_MAX_LIMIT_REACHED => c"CUPTI_ERROR_MAX_LIMIT_REACHED",
+            CUPTI_ERROR_NOT_INITIALIZED => c"CUPTI_ERROR_NOT_INITIALIZED",
+            CUPTI_ERROR_INVALID_KIND => c"CUPTI_ERROR_INVALID_KIND",
+            CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED => c"CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED",
+            _ => c"CUPTI_ERROR_UNKNOWN",
+        };
+        // SAFETY: non-null out-pointer; 'static string.
+        unsafe { *text = s.as_ptr() };
+        CUPTI_SUCCESS
+    })
+}
