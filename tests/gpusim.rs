@@ -327,3 +327,60 @@ fn gpusim_cupti_records_match_the_ground_truth() {
         - steps * 337_544;
     assert_eq!(n(&seen, "kernel_ns"), kernel_ns);
 }
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON)"]
+fn root_gpusim_uprobe_counts_exactly_the_ground_truth_launches() {
+    use ghostprof::collect::bpf::launch_count::LaunchCountSkelBuilder;
+    use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+    use libbpf_rs::UprobeOpts;
+
+    let b = built();
+    // A private copy of the libraries: only this run's processes map this libcuda.so.1, so the
+    // probe counts nothing from other tests.
+    let lib_dir = tempfile::tempdir().expect("tempdir");
+    let staged = Command::new(b.build_dir.join("gpusim-train"))
+        .arg("stage")
+        .arg("--lib-dir")
+        .arg(lib_dir.path())
+        .output()
+        .expect("run gpusim-train stage");
+    assert!(staged.status.success(), "{}", String::from_utf8_lossy(&staged.stderr));
+
+    let mut storage = std::mem::MaybeUninit::uninit();
+    let open = LaunchCountSkelBuilder::default().open(&mut storage).expect("open launch_count");
+    let skel = open.load().expect("load launch_count: run as root (CAP_BPF, CAP_PERFMON)");
+    let opts = UprobeOpts {
+        func_name: Some("cuLaunchKernel".into()),
+        ..UprobeOpts::default()
+    };
+    let _link = skel
+        .progs
+        .count_launch
+        .attach_uprobe_with_opts(-1, lib_dir.path().join("libcuda.so.1"), 0, opts)
+        .expect("attach a uprobe to gpusim's cuLaunchKernel");
+
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let steps = 10;
+    let run = Command::new(b.build_dir.join("gpusim-train"))
+        .args(["--scenario", "straggler", "--ranks", "2", "--steps", &steps.to_string()])
+        .arg("--out")
+        .arg(out_dir.path())
+        .arg("--lib-dir")
+        .arg(lib_dir.path())
+        .output()
+        .expect("run gpusim-train");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    let expected: u64 = (0..2)
+        .map(|rank| {
+            let path = out_dir.path().join(format!("truth-rank{rank}.json"));
+            let truth: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("truth")).expect("json");
+            truth["totals"]["launches_by_api"]["cuLaunchKernel"].as_u64().expect("cuLaunchKernel count")
+        })
+        .sum();
+    // straggler: 26 launches per step per rank.
+    assert_eq!(expected, 2 * 26 * steps);
+    let counted = skel.maps.bss_data.as_deref().expect("bss of launch_count").launches;
+    assert_eq!(counted, expected, "uprobe hits vs ground-truth launches");
+}

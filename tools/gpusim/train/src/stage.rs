@@ -1,7 +1,8 @@
 //! Lay the cargo-built libraries out under their real names, the way a CUDA install does:
 //! `libcuda.so.1`, `libnccl.so.2`, `libcupti.so.12` plus the `libcuda.so`, `libnccl.so`,
-//! `libcupti.so` development symlinks. Files are replaced by write-then-rename, so a process
-//! that still maps the old copy is not disturbed.
+//! `libcupti.so` development symlinks. An identical file is left alone, so its inode (what a
+//! uprobe is attached to) survives re-staging; a changed one is replaced by write-then-rename,
+//! so a process that still maps the old copy is not disturbed.
 
 use std::path::{Path, PathBuf};
 
@@ -41,16 +42,34 @@ pub fn stage(from: &Path, to: &Path) -> Result<(), String> {
             ));
         }
         let dst = to.join(real);
+        if same_contents(&src, &dst) {
+            ensure_link(to, real, dev_link)?;
+            continue;
+        }
         let tmp = to.join(format!(".{real}.tmp{}", std::process::id()));
         std::fs::copy(&src, &tmp)
             .and_then(|_| std::fs::rename(&tmp, &dst))
             .map_err(|e| format!("cannot stage {} as {}: {e}", src.display(), dst.display()))?;
-        let link = to.join(dev_link);
-        if std::fs::read_link(&link).ok().as_deref() != Some(Path::new(real)) {
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(real, &link)
-                .map_err(|e| format!("cannot link {} -> {real}: {e}", link.display()))?;
-        }
+        ensure_link(to, real, dev_link)?;
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` exist with the same bytes.
+fn same_contents(a: &Path, b: &Path) -> bool {
+    match (std::fs::read(a), std::fs::read(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Make `to/dev_link` a symlink to `real`.
+fn ensure_link(to: &Path, real: &str, dev_link: &str) -> Result<(), String> {
+    let link = to.join(dev_link);
+    if std::fs::read_link(&link).ok().as_deref() != Some(Path::new(real)) {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(real, &link)
+            .map_err(|e| format!("cannot link {} -> {real}: {e}", link.display()))?;
     }
     Ok(())
 }
