@@ -306,8 +306,9 @@ fn gpusim_cupti_records_match_the_ground_truth() {
         .output()
         .expect("run gpusim-train");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let truth: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("truth-rank0.json")).expect("truth"))
-        .expect("truth json");
+    let truth: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("truth-rank0.json")).expect("truth"))
+            .expect("truth json");
     let seen: Value = serde_json::from_str(&std::fs::read_to_string(&cupti_out).expect("cupti summary")).expect("json");
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"));
     // Every kernel (compute and NCCL) arrives once as a 208-byte Kernel9 record with a name.
@@ -350,10 +351,7 @@ fn root_gpusim_uprobe_counts_exactly_the_ground_truth_launches() {
     let mut storage = std::mem::MaybeUninit::uninit();
     let open = LaunchCountSkelBuilder::default().open(&mut storage).expect("open launch_count");
     let skel = open.load().expect("load launch_count: run as root (CAP_BPF, CAP_PERFMON)");
-    let opts = UprobeOpts {
-        func_name: Some("cuLaunchKernel".into()),
-        ..UprobeOpts::default()
-    };
+    let opts = UprobeOpts { func_name: Some("cuLaunchKernel".into()), ..UprobeOpts::default() };
     let _link = skel
         .progs
         .count_launch

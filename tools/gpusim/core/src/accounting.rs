@@ -43,10 +43,7 @@ pub struct CategoryTimes {
 impl CategoryTimes {
     /// ns of the category called `name` (0 for an unknown name).
     pub fn get(&self, name: &str) -> u64 {
-        CATEGORIES
-            .iter()
-            .position(|c| *c == name)
-            .map_or(0, |i| self.ns[i])
+        CATEGORIES.iter().position(|c| *c == name).map_or(0, |i| self.ns[i])
     }
 
     /// Sum over all categories (equals the window length).
@@ -67,19 +64,13 @@ fn spans(records: &[SimRecord], device_id: u32, peak_flops_per_s: f64) -> Vec<Sp
     let mut out = Vec::new();
     let mut push = |start_ns: u64, end_ns: u64, category: usize| {
         if end_ns > start_ns {
-            out.push(Span {
-                start_ns,
-                end_ns,
-                category,
-            });
+            out.push(Span { start_ns, end_ns, category });
         }
     };
     for rec in records {
         let Some(kind) = rec.kind() else { continue };
-        let device_op = matches!(
-            kind,
-            RecordKind::Kernel | RecordKind::Memcpy | RecordKind::Memset | RecordKind::Collective
-        );
+        let device_op =
+            matches!(kind, RecordKind::Kernel | RecordKind::Memcpy | RecordKind::Memset | RecordKind::Collective);
         if device_op && rec.device_id != device_id {
             continue;
         }
@@ -90,17 +81,13 @@ fn spans(records: &[SimRecord], device_id: u32, peak_flops_per_s: f64) -> Vec<Sp
                 push(rec.start_ns, split, USEFUL);
                 push(split, rec.end_ns, INEFFICIENT);
             }
-            RecordKind::Kernel | RecordKind::Memcpy | RecordKind::Memset => {
-                push(rec.start_ns, rec.end_ns, OTHER_BUSY)
-            }
+            RecordKind::Kernel | RecordKind::Memcpy | RecordKind::Memset => push(rec.start_ns, rec.end_ns, OTHER_BUSY),
             RecordKind::Collective => {
                 let split = rec.transfer_start_ns.clamp(rec.start_ns, rec.end_ns);
                 push(rec.start_ns, split, WAIT);
                 push(split, rec.end_ns, TRANSFER);
             }
-            RecordKind::SyncWait | RecordKind::HostStall => {
-                push(rec.start_ns, rec.end_ns, HOST_STALL)
-            }
+            RecordKind::SyncWait | RecordKind::HostStall => push(rec.start_ns, rec.end_ns, HOST_STALL),
             RecordKind::HostOther => push(rec.start_ns, rec.end_ns, IDLE_OTHER),
             RecordKind::Api | RecordKind::Marker => {}
         }

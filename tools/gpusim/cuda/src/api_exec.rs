@@ -14,9 +14,9 @@ use gpusim_core::clock::{now_ns, spin_for};
 use gpusim_core::record::{RecordKind, SimRecord};
 
 use crate::api_init::checked;
+use crate::config;
 use crate::device::{self, Function};
 use crate::types::*;
-use crate::config;
 
 /// Parse a gpusim module image into its kernels.
 fn parse_module(text: &str) -> Option<Vec<Function>> {
@@ -30,11 +30,7 @@ fn parse_module(text: &str) -> Option<Vec<Function>> {
         let name = CString::new(fields.next()?).ok()?;
         let duration_ns = fields.next()?.parse().ok()?;
         let flops = fields.next().map_or(Some(0), |f| f.parse().ok())?;
-        functions.push(Function {
-            name,
-            duration_ns,
-            flops,
-        });
+        functions.push(Function { name, duration_ns, flops });
     }
     Some(functions)
 }
@@ -67,11 +63,7 @@ pub extern "C" fn cuModuleLoadData(module: *mut Handle, image: *const c_void) ->
 
 /// `CUresult cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name)`.
 #[no_mangle]
-pub extern "C" fn cuModuleGetFunction(
-    hfunc: *mut Handle,
-    hmod: Handle,
-    name: *const c_char,
-) -> CuResult {
+pub extern "C" fn cuModuleGetFunction(hfunc: *mut Handle, hmod: Handle, name: *const c_char) -> CuResult {
     checked(|| {
         // SAFETY: the caller passes a NUL-terminated name or null.
         let Some(wanted) = (unsafe { gpusim_core::ffi::c_str(name) }) else {
@@ -84,9 +76,7 @@ pub extern "C" fn cuModuleGetFunction(
         let Some(indices) = (hmod as usize).checked_sub(1).and_then(|i| dev.modules.get(i)) else {
             return CUDA_ERROR_INVALID_HANDLE;
         };
-        let found = indices
-            .iter()
-            .find(|&&i| dev.functions[i].name.to_bytes() == wanted.as_bytes());
+        let found = indices.iter().find(|&&i| dev.functions[i].name.to_bytes() == wanted.as_bytes());
         match found {
             Some(&index) => {
                 // SAFETY: non-null out-pointer; function handles are 1-based indices.
@@ -132,8 +122,7 @@ fn launch(api: (&str, u32), hfunc: Handle, shape: Shape, stream: Handle) -> CuRe
         let start = now_ns();
         spin_for(config::get().launch_cpu_ns);
         let mut dev = device::lock();
-        let Some(function) = (hfunc as usize).checked_sub(1).and_then(|i| dev.functions.get(i))
-        else {
+        let Some(function) = (hfunc as usize).checked_sub(1).and_then(|i| dev.functions.get(i)) else {
             return CUDA_ERROR_INVALID_HANDLE;
         };
         let mut rec = SimRecord::new(RecordKind::Kernel);
@@ -166,11 +155,7 @@ pub extern "C" fn cuLaunchKernel(
     _kernel_params: *mut *mut c_void,
     _extra: *mut *mut c_void,
 ) -> CuResult {
-    let shape = Shape {
-        grid: [grid_x, grid_y, grid_z],
-        block: [block_x, block_y, block_z],
-        shared_mem_bytes,
-    };
+    let shape = Shape { grid: [grid_x, grid_y, grid_z], block: [block_x, block_y, block_z], shared_mem_bytes };
     launch(("cuLaunchKernel", cbid::CU_LAUNCH_KERNEL), f, shape, stream)
 }
 
@@ -190,11 +175,7 @@ pub extern "C" fn cuLaunchKernel_ptsz(
     _kernel_params: *mut *mut c_void,
     _extra: *mut *mut c_void,
 ) -> CuResult {
-    let shape = Shape {
-        grid: [grid_x, grid_y, grid_z],
-        block: [block_x, block_y, block_z],
-        shared_mem_bytes,
-    };
+    let shape = Shape { grid: [grid_x, grid_y, grid_z], block: [block_x, block_y, block_z], shared_mem_bytes };
     launch(("cuLaunchKernel_ptsz", cbid::CU_LAUNCH_KERNEL_PTSZ), f, shape, stream)
 }
 
@@ -213,11 +194,7 @@ pub extern "C" fn cuLaunchCooperativeKernel(
     stream: Handle,
     _kernel_params: *mut *mut c_void,
 ) -> CuResult {
-    let shape = Shape {
-        grid: [grid_x, grid_y, grid_z],
-        block: [block_x, block_y, block_z],
-        shared_mem_bytes,
-    };
+    let shape = Shape { grid: [grid_x, grid_y, grid_z], block: [block_x, block_y, block_z], shared_mem_bytes };
     let api = ("cuLaunchCooperativeKernel", cbid::CU_LAUNCH_COOPERATIVE_KERNEL);
     launch(api, f, shape, stream)
 }
@@ -430,10 +407,8 @@ fn elapsed(ms: *mut f32, start: Handle, end: Handle) -> CuResult {
             return CUDA_ERROR_INVALID_VALUE;
         }
         let dev = device::lock();
-        let (Some(a), Some(b)) = (
-            dev.events.get(&(start as usize)).copied(),
-            dev.events.get(&(end as usize)).copied(),
-        ) else {
+        let (Some(a), Some(b)) = (dev.events.get(&(start as usize)).copied(), dev.events.get(&(end as usize)).copied())
+        else {
             return CUDA_ERROR_INVALID_HANDLE;
         };
         let (Some(a), Some(b)) = (a, b) else {
@@ -466,8 +441,7 @@ mod tests {
 
     #[test]
     fn module_text_defines_kernels() {
-        let fs = parse_module("gpusim-module v1\n# comment\ngemm 1500 3000000\nrelu 20\n")
-            .expect("valid module");
+        let fs = parse_module("gpusim-module v1\n# comment\ngemm 1500 3000000\nrelu 20\n").expect("valid module");
         assert_eq!(fs.len(), 2);
         assert_eq!((fs[0].duration_ns, fs[0].flops), (1500, 3_000_000));
         assert_eq!((fs[1].duration_ns, fs[1].flops), (20, 0));

@@ -33,13 +33,7 @@ fn valid_device(dev: CuDevice) -> bool {
 
 /// Run `body` if the driver is initialized, else `CUDA_ERROR_NOT_INITIALIZED` (as the real one).
 pub fn checked(body: impl FnOnce() -> CuResult) -> CuResult {
-    guard(CUDA_ERROR_UNKNOWN, || {
-        if initialized() {
-            body()
-        } else {
-            CUDA_ERROR_NOT_INITIALIZED
-        }
-    })
+    guard(CUDA_ERROR_UNKNOWN, || if initialized() { body() } else { CUDA_ERROR_NOT_INITIALIZED })
 }
 
 /// `CUresult cuInit(unsigned int Flags)`.
@@ -132,14 +126,14 @@ pub extern "C" fn cuDeviceGetAttribute(pi: *mut i32, attrib: i32, dev: CuDevice)
             return CUDA_ERROR_INVALID_DEVICE;
         }
         let value = match attrib {
-            1 => 1024,      // MAX_THREADS_PER_BLOCK
-            10 => 32,       // WARP_SIZE
+            1 => 1024,       // MAX_THREADS_PER_BLOCK
+            10 => 32,        // WARP_SIZE
             13 => 1_980_000, // CLOCK_RATE (kHz)
-            16 => 132,      // MULTIPROCESSOR_COUNT
+            16 => 132,       // MULTIPROCESSOR_COUNT
             36 => 2_619_000, // MEMORY_CLOCK_RATE (kHz)
-            37 => 5120,     // GLOBAL_MEMORY_BUS_WIDTH
-            75 => 9,        // COMPUTE_CAPABILITY_MAJOR
-            76 => 0,        // COMPUTE_CAPABILITY_MINOR
+            37 => 5120,      // GLOBAL_MEMORY_BUS_WIDTH
+            75 => 9,         // COMPUTE_CAPABILITY_MAJOR
+            76 => 0,         // COMPUTE_CAPABILITY_MINOR
             _ => 0,
         };
         // SAFETY: non-null out-pointer.
@@ -209,11 +203,7 @@ pub extern "C" fn cuCtxCreate_v2(pctx: *mut Handle, _flags: c_uint, dev: CuDevic
 /// `CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)`.
 #[no_mangle]
 pub extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut Handle, dev: CuDevice) -> CuResult {
-    make_current(
-        pctx,
-        dev,
-        ("cuDevicePrimaryCtxRetain", cbid::CU_DEVICE_PRIMARY_CTX_RETAIN),
-    )
+    make_current(pctx, dev, ("cuDevicePrimaryCtxRetain", cbid::CU_DEVICE_PRIMARY_CTX_RETAIN))
 }
 
 /// `CUresult cuDevicePrimaryCtxRelease(CUdevice dev)`.

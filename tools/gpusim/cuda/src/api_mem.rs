@@ -125,12 +125,7 @@ pub extern "C" fn cuMemcpyDtoH_v2(_dst: *mut c_void, _src: CuDevicePtr, bytes: u
 
 /// `CUresult cuMemcpyHtoDAsync(CUdeviceptr, const void *, size_t, CUstream)`.
 #[no_mangle]
-pub extern "C" fn cuMemcpyHtoDAsync(
-    _dst: CuDevicePtr,
-    _src: *const c_void,
-    bytes: usize,
-    stream: Handle,
-) -> CuResult {
+pub extern "C" fn cuMemcpyHtoDAsync(_dst: CuDevicePtr, _src: *const c_void, bytes: usize, stream: Handle) -> CuResult {
     let api = ("cuMemcpyHtoDAsync", cbid::CU_MEMCPY_HTOD_ASYNC_V2);
     copy(api, RecordKind::Memcpy, COPY_HTOD, bytes, Some(stream))
 }
@@ -149,24 +144,14 @@ pub extern "C" fn cuMemcpyHtoDAsync_v2(
 
 /// `CUresult cuMemcpyDtoHAsync(void *, CUdeviceptr, size_t, CUstream)`.
 #[no_mangle]
-pub extern "C" fn cuMemcpyDtoHAsync(
-    _dst: *mut c_void,
-    _src: CuDevicePtr,
-    bytes: usize,
-    stream: Handle,
-) -> CuResult {
+pub extern "C" fn cuMemcpyDtoHAsync(_dst: *mut c_void, _src: CuDevicePtr, bytes: usize, stream: Handle) -> CuResult {
     let api = ("cuMemcpyDtoHAsync", cbid::CU_MEMCPY_DTOH_ASYNC_V2);
     copy(api, RecordKind::Memcpy, COPY_DTOH, bytes, Some(stream))
 }
 
 /// `cuMemcpyDtoHAsync_v2`, what `cuMemcpyDtoHAsync` compiles to.
 #[no_mangle]
-pub extern "C" fn cuMemcpyDtoHAsync_v2(
-    _dst: *mut c_void,
-    _src: CuDevicePtr,
-    bytes: usize,
-    stream: Handle,
-) -> CuResult {
+pub extern "C" fn cuMemcpyDtoHAsync_v2(_dst: *mut c_void, _src: CuDevicePtr, bytes: usize, stream: Handle) -> CuResult {
     let api = ("cuMemcpyDtoHAsync_v2", cbid::CU_MEMCPY_DTOH_ASYNC_V2);
     copy(api, RecordKind::Memcpy, COPY_DTOH, bytes, Some(stream))
 }

@@ -54,12 +54,7 @@ pub struct Device {
 /// every mutation is a single push or insert).
 pub fn lock() -> MutexGuard<'static, Device> {
     static DEVICE: OnceLock<Mutex<Device>> = OnceLock::new();
-    let mutex = DEVICE.get_or_init(|| {
-        Mutex::new(Device {
-            next_device_ptr: 0x7f00_0000_0000,
-            ..Device::default()
-        })
-    });
+    let mutex = DEVICE.get_or_init(|| Mutex::new(Device { next_device_ptr: 0x7f00_0000_0000, ..Device::default() }));
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

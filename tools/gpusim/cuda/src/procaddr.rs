@@ -45,12 +45,7 @@ fn resolve(symbol: &str, flags: u64) -> Option<*mut c_void> {
     })
 }
 
-fn get_proc_address(
-    symbol: *const c_char,
-    pfn: *mut *mut c_void,
-    flags: u64,
-    status: *mut i32,
-) -> CuResult {
+fn get_proc_address(symbol: *const c_char, pfn: *mut *mut c_void, flags: u64, status: *mut i32) -> CuResult {
     // SAFETY: the caller passes a NUL-terminated name or null.
     let Some(name) = (unsafe { gpusim_core::ffi::c_str(symbol) }) else {
         return CUDA_ERROR_INVALID_VALUE;

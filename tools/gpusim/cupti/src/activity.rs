@@ -77,10 +77,7 @@ impl Drop for ResetOnDrop {
 /// Lock the settings.
 pub fn state() -> MutexGuard<'static, State> {
     static STATE: OnceLock<Mutex<State>> = OnceLock::new();
-    STATE
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    STATE.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn cursor() -> &'static Mutex<Cursor> {
@@ -109,22 +106,20 @@ pub fn ensure_worker() {
     }
     st.worker_started = true;
     drop(st);
-    let _ = std::thread::Builder::new()
-        .name("gpusim-cupti".into())
-        .spawn(|| {
-            let mut last = now_ns();
-            loop {
-                std::thread::sleep(Duration::from_millis(5));
-                let period_ms = match state().flush_period_ms {
-                    0 => 500,
-                    ms => ms as u64,
-                };
-                if now_ns() - last >= period_ms * 1_000_000 {
-                    last = now_ns();
-                    let _ = std::panic::catch_unwind(flush);
-                }
+    let _ = std::thread::Builder::new().name("gpusim-cupti".into()).spawn(|| {
+        let mut last = now_ns();
+        loop {
+            std::thread::sleep(Duration::from_millis(5));
+            let period_ms = match state().flush_period_ms {
+                0 => 500,
+                ms => ms as u64,
+            };
+            if now_ns() - last >= period_ms * 1_000_000 {
+                last = now_ns();
+                let _ = std::panic::catch_unwind(flush);
             }
-        });
+        }
+    });
 }
 
 /// Fill client buffers, completing each when full and the last one at the end.
@@ -246,10 +241,7 @@ fn convert(rec: &SimRecord, enabled: &[bool; 64], marker_id: &mut u32, write: &m
         }
         Some(RecordKind::Marker) if enabled[kind::MARKER as usize] => {
             *marker_id += 1;
-            for (flags, timestamp, name) in [
-                (2, rec.start_ns, intern(rec.name())),
-                (4, rec.end_ns, std::ptr::null()),
-            ] {
+            for (flags, timestamp, name) in [(2, rec.start_ns, intern(rec.name())), (4, rec.end_ns, std::ptr::null())] {
                 let r = layout::ActivityMarker2 {
                     kind: kind::MARKER,
                     flags,
@@ -269,10 +261,7 @@ fn convert(rec: &SimRecord, enabled: &[bool; 64], marker_id: &mut u32, write: &m
 }
 
 fn is_device_op(rec: &SimRecord) -> bool {
-    matches!(
-        rec.kind(),
-        Some(RecordKind::Kernel | RecordKind::Memcpy | RecordKind::Memset | RecordKind::Collective)
-    )
+    matches!(rec.kind(), Some(RecordKind::Kernel | RecordKind::Memcpy | RecordKind::Memset | RecordKind::Collective))
 }
 
 /// Deliver every completed record of an enabled kind to the client. Returns false when no

@@ -96,13 +96,7 @@ pub extern "C" fn cuptiActivityDisable(kind: u32) -> CuptiResult {
 /// `CUptiResult cuptiActivityFlushAll(uint32_t flag)`.
 #[no_mangle]
 pub extern "C" fn cuptiActivityFlushAll(_flag: u32) -> CuptiResult {
-    guard(CUPTI_ERROR_UNKNOWN, || {
-        if activity::flush() {
-            CUPTI_SUCCESS
-        } else {
-            CUPTI_ERROR_NOT_INITIALIZED
-        }
-    })
+    guard(CUPTI_ERROR_UNKNOWN, || if activity::flush() { CUPTI_SUCCESS } else { CUPTI_ERROR_NOT_INITIALIZED })
 }
 
 /// `CUptiResult cuptiActivityFlushPeriod(uint32_t time)`: ms between periodic flushes.
@@ -117,11 +111,7 @@ pub extern "C" fn cuptiActivityFlushPeriod(time_ms: u32) -> CuptiResult {
 /// `CUptiResult cuptiActivityGetNextRecord(uint8_t *buffer, size_t validBufferSizeBytes,
 /// CUpti_Activity **record)`: CUPTI_ERROR_MAX_LIMIT_REACHED after the last record.
 #[no_mangle]
-pub extern "C" fn cuptiActivityGetNextRecord(
-    buffer: *mut u8,
-    valid_bytes: usize,
-    record: *mut *mut u8,
-) -> CuptiResult {
+pub extern "C" fn cuptiActivityGetNextRecord(buffer: *mut u8, valid_bytes: usize, record: *mut *mut u8) -> CuptiResult {
     guard(CUPTI_ERROR_UNKNOWN, || {
         if buffer.is_null() || record.is_null() {
             return CUPTI_ERROR_INVALID_PARAMETER;
@@ -189,12 +179,7 @@ pub extern "C" fn cuptiUnsubscribe(_subscriber: *mut c_void) -> CuptiResult {
 /// `CUptiResult cuptiEnableCallback(uint32_t enable, CUpti_SubscriberHandle,
 /// CUpti_CallbackDomain, CUpti_CallbackId)`: accepted, never fired (see module docs).
 #[no_mangle]
-pub extern "C" fn cuptiEnableCallback(
-    _enable: u32,
-    _subscriber: *mut c_void,
-    _domain: u32,
-    _cbid: u32,
-) -> CuptiResult {
+pub extern "C" fn cuptiEnableCallback(_enable: u32, _subscriber: *mut c_void, _domain: u32, _cbid: u32) -> CuptiResult {
     guard(CUPTI_ERROR_UNKNOWN, || CUPTI_SUCCESS)
 }
 

@@ -11,6 +11,11 @@
 //! Timestamps are CLOCK_MONOTONIC ns, and `cuptiGetTimestamp` reads the same clock, so a
 //! collector that aligns clocks by sampling both finds an offset of zero.
 
+// The exported entry points take raw pointers from C callers under the real header's contract;
+// marking them `unsafe fn` would change nothing for those callers, and every dereference is
+// checked for null and commented where it happens.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
 pub mod activity;
 pub mod api;
 pub mod layout;

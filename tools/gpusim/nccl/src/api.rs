@@ -70,14 +70,8 @@ pub extern "C" fn ncclGetUniqueId(id: *mut NcclUniqueId) -> NcclResult {
         if n != 8 {
             return NCCL_SYSTEM_ERROR;
         }
-        let name = format!(
-            "/gpusim-nccl-{}-{:016x}",
-            std::process::id(),
-            u64::from_le_bytes(random)
-        );
-        let mut out = NcclUniqueId {
-            internal: [0; UNIQUE_ID_BYTES],
-        };
+        let name = format!("/gpusim-nccl-{}-{:016x}", std::process::id(), u64::from_le_bytes(random));
+        let mut out = NcclUniqueId { internal: [0; UNIQUE_ID_BYTES] };
         for (dst, src) in out.internal.iter_mut().zip(name.bytes()) {
             *dst = src as c_char;
         }
@@ -90,19 +84,9 @@ pub extern "C" fn ncclGetUniqueId(id: *mut NcclUniqueId) -> NcclResult {
 /// `ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId commId, int rank)`:
 /// blocks until all ranks joined, like the real one.
 #[no_mangle]
-pub extern "C" fn ncclCommInitRank(
-    comm: *mut *mut Comm,
-    nranks: i32,
-    id: NcclUniqueId,
-    rank: i32,
-) -> NcclResult {
+pub extern "C" fn ncclCommInitRank(comm: *mut *mut Comm, nranks: i32, id: NcclUniqueId, rank: i32) -> NcclResult {
     guard(NCCL_INTERNAL_ERROR, || {
-        if comm.is_null()
-            || nranks < 1
-            || nranks as usize > crate::shm::MAX_RANKS
-            || rank < 0
-            || rank >= nranks
-        {
+        if comm.is_null() || nranks < 1 || nranks as usize > crate::shm::MAX_RANKS || rank < 0 || rank >= nranks {
             return NCCL_INVALID_ARGUMENT;
         }
         let bytes: Vec<u8> = id.internal.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
@@ -114,12 +98,7 @@ pub extern "C" fn ncclCommInitRank(
         }
         match Segment::join(&name, nranks as usize) {
             Ok(segment) => {
-                let boxed = Box::new(Comm {
-                    rank: rank as usize,
-                    nranks: nranks as usize,
-                    sequence: 0,
-                    segment,
-                });
+                let boxed = Box::new(Comm { rank: rank as usize, nranks: nranks as usize, sequence: 0, segment });
                 // SAFETY: non-null out-pointer.
                 unsafe { *comm = Box::into_raw(boxed) };
                 NCCL_SUCCESS
@@ -180,12 +159,7 @@ fn submit(comm: *mut Comm, op: Op, count: usize, datatype: i32, stream: *mut c_v
         let Some(size) = comm::type_size(datatype) else {
             return NCCL_INVALID_ARGUMENT;
         };
-        let pending = Pending {
-            comm,
-            op,
-            bytes: count as u64 * size,
-            stream,
-        };
+        let pending = Pending { comm, op, bytes: count as u64 * size, stream };
         if GROUP_DEPTH.with(|d| *d.borrow()) > 0 {
             GROUP_OPS.with(|ops| ops.borrow_mut().push(pending));
             return NCCL_SUCCESS;

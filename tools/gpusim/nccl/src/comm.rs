@@ -96,7 +96,13 @@ pub enum CollectiveError {
 }
 
 /// Run one collective of `bytes` payload (or a fused group of ops) on `stream`.
-pub fn run(comm: &mut Comm, op: Op, bytes: u64, transfer_bus_bytes: u64, stream: *mut c_void) -> Result<(), CollectiveError> {
+pub fn run(
+    comm: &mut Comm,
+    op: Op,
+    bytes: u64,
+    transfer_bus_bytes: u64,
+    stream: *mut c_void,
+) -> Result<(), CollectiveError> {
     let ready = abi::lookup(abi::STREAM_READY_NS).ok_or(CollectiveError::NoDriver)?;
     let enqueue = abi::lookup(abi::ENQUEUE_DEVICE_OP).ok_or(CollectiveError::NoDriver)?;
     let push_host = abi::lookup(abi::PUSH_HOST).ok_or(CollectiveError::NoDriver)?;
@@ -113,10 +119,7 @@ pub fn run(comm: &mut Comm, op: Op, bytes: u64, transfer_bus_bytes: u64, stream:
     let arrival_ns = unsafe { ready(stream) };
     let sequence = comm.sequence;
     comm.sequence += 1;
-    let last_arrival_ns = comm
-        .segment
-        .arrive(comm.rank, sequence, arrival_ns)
-        .map_err(CollectiveError::Shm)?;
+    let last_arrival_ns = comm.segment.arrive(comm.rank, sequence, arrival_ns).map_err(CollectiveError::Shm)?;
     let waited_until = now_ns();
     // The host blocked for its peers: a real off-CPU interval ghostprof can see.
     if waited_until > enqueue_ns + 50_000 {
@@ -129,8 +132,7 @@ pub fn run(comm: &mut Comm, op: Op, bytes: u64, transfer_bus_bytes: u64, stream:
         // SAFETY: valid function pointer and record.
         unsafe { push_host(&stall) };
     }
-    let transfer_ns =
-        COLLECTIVE_BASE_NS + (transfer_bus_bytes as f64 / bus_bytes_per_s() * 1e9) as u64;
+    let transfer_ns = COLLECTIVE_BASE_NS + (transfer_bus_bytes as f64 / bus_bytes_per_s() * 1e9) as u64;
     let mut rec = SimRecord::new(RecordKind::Collective);
     rec.set_name(op.kernel_name());
     rec.enqueue_ns = enqueue_ns;

@@ -66,25 +66,15 @@ impl Segment {
                 libc::close(fd);
                 return Err(ShmError::Os(err));
             }
-            let ptr = libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            );
+            let ptr =
+                libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
             libc::close(fd);
             if ptr == libc::MAP_FAILED {
                 return Err(ShmError::Os(std::io::Error::last_os_error()));
             }
             ptr as *mut Header
         };
-        let segment = Self {
-            header,
-            name: c_name,
-            nranks,
-        };
+        let segment = Self { header, name: c_name, nranks };
         segment.header().joined.fetch_add(1, Ordering::SeqCst);
         wait_for(|| segment.header().joined.load(Ordering::SeqCst) >= nranks as u64)?;
         Ok(segment)
@@ -102,9 +92,7 @@ impl Segment {
         let index = (sequence % RING as u64) as usize;
         header.slots[rank].arrival_ns[index].store(arrival_ns, Ordering::Relaxed);
         header.slots[rank].published.store(sequence + 1, Ordering::Release);
-        wait_for(|| {
-            (0..self.nranks).all(|r| header.slots[r].published.load(Ordering::Acquire) > sequence)
-        })?;
+        wait_for(|| (0..self.nranks).all(|r| header.slots[r].published.load(Ordering::Acquire) > sequence))?;
         Ok((0..self.nranks)
             .map(|r| header.slots[r].arrival_ns[index].load(Ordering::Relaxed))
             .max()

@@ -145,12 +145,7 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
         let id = unique_id(&nccl, cfg.rank, &cfg.run_dir)?;
         let mut comm: Handle = std::ptr::null_mut();
         // SAFETY: see above.
-        unsafe {
-            check(
-                "ncclCommInitRank",
-                (nccl.comm_init_rank)(&mut comm, cfg.ranks as i32, id, cfg.rank as i32),
-            )?
-        };
+        unsafe { check("ncclCommInitRank", (nccl.comm_init_rank)(&mut comm, cfg.ranks as i32, id, cfg.rank as i32))? };
         nccl_comm = Some((nccl, comm));
     }
 
@@ -181,7 +176,8 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
         // SAFETY: see above.
         unsafe {
             if s.h2d_bytes > 0 {
-                let rc = (cuda.memcpy_htod_async)(input_ptr, host_batch.as_ptr() as *const c_void, host_batch.len(), stream);
+                let rc =
+                    (cuda.memcpy_htod_async)(input_ptr, host_batch.as_ptr() as *const c_void, host_batch.len(), stream);
                 check("cuMemcpyHtoDAsync", rc)?;
             }
         }
@@ -189,9 +185,17 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
         launch_all(&cuda, s, &backward, stream)?;
         if let Some((nccl, comm)) = &nccl_comm {
             let count = (s.allreduce_bytes / 2) as usize; // bf16 elements
-            // SAFETY: see above.
+                                                          // SAFETY: see above.
             let rc = unsafe {
-                (nccl.all_reduce)(grads_ptr as *const c_void, grads_ptr as *mut c_void, count, NCCL_BF16, NCCL_SUM, *comm, stream)
+                (nccl.all_reduce)(
+                    grads_ptr as *const c_void,
+                    grads_ptr as *mut c_void,
+                    count,
+                    NCCL_BF16,
+                    NCCL_SUM,
+                    *comm,
+                    stream,
+                )
             };
             check("ncclAllReduce", rc)?;
         }
@@ -238,8 +242,17 @@ fn launch_all(cuda: &Cuda, s: &Scenario, kernels: &[Kernel], stream: Handle) -> 
             // parameters.
             let rc = unsafe {
                 (cuda.launch_kernel)(
-                    kernel.function, 132, 1, 1, 256, 1, 1, 0, stream,
-                    std::ptr::null_mut(), std::ptr::null_mut(),
+                    kernel.function,
+                    132,
+                    1,
+                    1,
+                    256,
+                    1,
+                    1,
+                    0,
+                    stream,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
                 )
             };
             check("cuLaunchKernel", rc)?;

@@ -177,30 +177,21 @@ impl Scenario {
 
     /// FLOPs of one launch of `kernel`: its useful time at peak.
     pub fn flops_of(&self, kernel: &KernelSpec) -> u64 {
-        (kernel.useful_fraction.clamp(0.0, 1.0) * kernel.duration_us * 1e-6 * self.peak_flops_per_s)
-            as u64
+        (kernel.useful_fraction.clamp(0.0, 1.0) * kernel.duration_us * 1e-6 * self.peak_flops_per_s) as u64
     }
 
     /// Rough wall time of one step of the slowest rank, to turn `--seconds` into steps.
     pub fn estimated_step_ns(&self, ranks: u32) -> u64 {
         let slowest = (0..ranks).map(|r| self.slowdown_of(r)).fold(1.0, f64::max);
         let launches: u64 = self.all_kernels().map(|k| k.count as u64).sum();
-        let kernel_ns: f64 = self
-            .all_kernels()
-            .map(|k| k.duration_us * 1e3 * k.count as f64)
-            .sum::<f64>()
-            * slowest;
+        let kernel_ns: f64 = self.all_kernels().map(|k| k.duration_us * 1e3 * k.count as f64).sum::<f64>() * slowest;
         let host_ns = launches * (self.launch_cpu_ns + self.host_gap_ns);
         let comm_ns = self.allreduce_bytes as f64 * 2.0 / self.bus_bytes_per_s * 1e9;
         let ckpt_ns = self.checkpoint.as_ref().map_or(0.0, |c| {
             // ~1 GB/s buffered write + fsync, amortized over the interval.
             c.bytes as f64 / 1e9 * 1e9 / c.every_steps.max(1) as f64
         });
-        (kernel_ns.max(host_ns as f64)
-            + comm_ns
-            + self.data_loader.sleep_ms * 1e6
-            + ckpt_ns)
-            .max(1e5) as u64
+        (kernel_ns.max(host_ns as f64) + comm_ns + self.data_loader.sleep_ms * 1e6 + ckpt_ns).max(1e5) as u64
     }
 
     /// The gpusim module image defining this scenario's kernels (see libcuda's module format).
@@ -230,12 +221,7 @@ mod tests {
     #[test]
     fn flops_are_useful_time_at_peak() {
         let s = Scenario::load("balanced").expect("balanced");
-        let k = KernelSpec {
-            name: "k".into(),
-            duration_us: 1000.0,
-            useful_fraction: 0.5,
-            count: 1,
-        };
+        let k = KernelSpec { name: "k".into(), duration_us: 1000.0, useful_fraction: 0.5, count: 1 };
         assert_eq!(s.flops_of(&k), (0.5e-3 * s.peak_flops_per_s) as u64);
     }
 }

@@ -20,9 +20,7 @@ pub fn build_dir() -> Result<PathBuf, String> {
         return Ok(PathBuf::from(dir));
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
-    exe.parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| format!("{} has no parent directory", exe.display()))
+    exe.parent().map(Path::to_path_buf).ok_or_else(|| format!("{} has no parent directory", exe.display()))
 }
 
 /// Default staging directory: `<build dir>/gpusim-lib`.

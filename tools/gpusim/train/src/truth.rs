@@ -135,10 +135,7 @@ pub fn build(info: &RunInfo, records: &[SimRecord]) -> GroundTruth {
     let s = info.scenario;
     let times = categorize(records, 0, s.peak_flops_per_s, info.window_start_ns, info.window_end_ns);
     let categories = CATEGORIES.iter().zip(times.ns).map(|(c, ns)| (*c, ns)).collect();
-    let mut totals = Totals {
-        checkpoint_bytes: info.checkpoint_bytes,
-        ..Totals::default()
-    };
+    let mut totals = Totals { checkpoint_bytes: info.checkpoint_bytes, ..Totals::default() };
     for rec in records {
         match rec.kind() {
             Some(RecordKind::Kernel) => {
