@@ -91,20 +91,21 @@ static __always_inline __u32 classify(__u64 state, __s32 nr)
 	}
 }
 
-SEC("tracepoint/raw_syscalls/sys_enter")
-int gp_sys_enter(struct trace_event_raw_sys_enter *ctx)
+/* BTF-typed raw tracepoints: unlike classic tracepoints they need no mounted tracefs. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(gp_sys_enter, struct pt_regs *regs, long syscall_id)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!is_target(id >> 32))
 		return 0;
 	__u32 tid = (__u32)id;
-	__s32 nr = (__s32)ctx->id;
+	__s32 nr = (__s32)syscall_id;
 	bpf_map_update_elem(&in_syscall, &tid, &nr, BPF_ANY);
 	return 0;
 }
 
-SEC("tracepoint/raw_syscalls/sys_exit")
-int gp_sys_exit(struct trace_event_raw_sys_exit *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(gp_sys_exit, struct pt_regs *regs, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!is_target(id >> 32))

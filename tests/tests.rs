@@ -1,1 +1,12 @@
+//! ghostprof's integration tests: one binary, one module per area. Root-tier tests are named
+//! `root_*` and marked `#[ignore = "root tier: ..."]`; `tools/test` runs them when it is root.
 
+mod util; // shared helpers: temp dirs, writing synthetic traces, byte-level comparisons
+
+mod bpf; // root tier: the eBPF build chain loads a real program and sees real off-CPU time
+mod cli; // the ghostprof binary: `info` text and JSON, errors, unimplemented commands
+mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)
+mod pipeline; // collectors → queues → writer: backpressure counts every dropped record
+mod trace_compat; // plain `zstd -d` and the seekable format's seek table; seeking by time
+mod trace_damage; // truncation at every byte, bit flips, bad headers: errors name offsets, no panics
+mod trace_roundtrip; // every record kind and the string table round-trip exactly

@@ -92,7 +92,7 @@ pub fn run_offcpu(
         ro.self_tgid = std::process::id();
     }
     let mut skel = open.load().map_err(bpf_err("loading the sched eBPF program"))?;
-    skel.attach().map_err(bpf_err("attaching sched_switch and raw_syscalls tracepoints"))?;
+    skel.attach().map_err(bpf_err("attaching the sched_switch and sys_enter/sys_exit BTF tracepoints"))?;
 
     let pending: Rc<RefCell<Vec<HostStall>>> = Rc::default();
     let malformed = Rc::new(RefCell::new(0u64));

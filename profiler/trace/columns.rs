@@ -174,11 +174,20 @@ impl<'a> Cursor<'a> {
 
     #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, DecodeError> {
-        // Fast path: one byte (most columns).
-        if let Some(&b) = self.buf.get(self.pos) {
-            if b < 0x80 {
+        // Fast paths: one byte (most columns), then two and three (timestamp gaps, durations).
+        if let Some(b) = self.buf.get(self.pos..self.pos + 3) {
+            let (b0, b1, b2) = (b[0] as u64, b[1] as u64, b[2] as u64);
+            if b0 < 0x80 {
                 self.pos += 1;
-                return Ok(b as u64);
+                return Ok(b0);
+            }
+            if b1 < 0x80 {
+                self.pos += 2;
+                return Ok((b0 & 0x7f) | (b1 << 7));
+            }
+            if b2 < 0x80 {
+                self.pos += 3;
+                return Ok((b0 & 0x7f) | ((b1 & 0x7f) << 7) | (b2 << 14));
             }
         }
         self.varint_long()

@@ -382,6 +382,9 @@ impl TraceReader {
                 "file has no index (recording did not finish cleanly); read {} whole chunks",
                 self.chunks.len()
             ));
+        } else {
+            self.warnings
+                .push(format!("file has its index but no seek table; read {} whole chunks", self.chunks.len()));
         }
         Ok(())
     }

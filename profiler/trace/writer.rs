@@ -218,12 +218,18 @@ impl TraceWriter {
     fn chunk_strings(&mut self, batch: &RecordBatch, seq: u32) -> Vec<(u32, Arc<str>)> {
         let mark = seq + 1;
         let mut ids = Vec::new();
+        // Ids the interner never handed out have no string to carry (and must not size the
+        // mark table: a collector bug could put any u32 there).
+        let known = self.strings.len();
         let marks = &mut self.string_mark;
         batch.for_each_string_ref(&mut |id| {
             if id == 0 {
                 return;
             }
             let i = id as usize;
+            if i >= known {
+                return;
+            }
             if i >= marks.len() {
                 marks.resize(i + 1, 0);
             }

@@ -1,0 +1,108 @@
+//! The `ghostprof` binary as a user meets it: `info` in text and JSON on real files, clear
+//! errors on bad ones, and an honest "not implemented yet" for commands later issues fill.
+
+use std::process::Command;
+
+use ghostprof::trace::Kind;
+
+use crate::util::*;
+
+fn ghostprof() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ghostprof"))
+}
+
+#[test]
+fn info_json_reports_exactly_what_was_written() {
+    let dir = tmpdir();
+    let path = dir.path().join("run.gptrace");
+    let (records, names) = training_records(123_457);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let summary = write_trace(&path, &records, &names, 20_000);
+    let out = ghostprof().args(["info", "--json"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for kind in Kind::ALL {
+        let expected = records.iter().filter(|r| r.kind() == *kind).count() as u64;
+        assert_eq!(v["records"][kind.key()].as_u64(), Some(expected), "{}", kind.key());
+    }
+    assert_eq!(v["total_records"].as_u64(), Some(123_457));
+    assert_eq!(v["chunks"].as_u64(), Some(summary.chunks as u64));
+    assert_eq!(v["compressed_bytes"].as_u64(), Some(std::fs::metadata(&path).unwrap().len()));
+    let raw: u64 = records.iter().map(|r| r.kind().record_size() as u64).sum();
+    assert_eq!(v["raw_bytes"].as_u64(), Some(raw));
+    let start = records.iter().map(|r| r.time_ns()).min().unwrap();
+    assert_eq!(v["start_ns"].as_u64(), Some(start));
+    assert!(v["end_ns"].as_u64().unwrap() > start);
+    assert_eq!(v["drops"], serde_json::json!({}));
+    assert_eq!(v["finalized"], serde_json::json!(true));
+    assert_eq!(v["warnings"], serde_json::json!([]));
+}
+
+#[test]
+fn info_text_names_counts_and_sizes() {
+    let dir = tmpdir();
+    let path = dir.path().join("run.gptrace");
+    let (records, _) = training_records(10_000);
+    write_trace(&path, &records, &[], 4_000);
+    let out = ghostprof().arg("info").arg(&path).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("records     10,000"), "{text}");
+    assert!(text.contains("chunks      3"), "{text}");
+    assert!(text.contains("drops       none"), "{text}");
+    assert!(text.contains("finalized"), "{text}");
+}
+
+#[test]
+fn info_on_a_cut_file_warns_and_still_reports() {
+    let dir = tmpdir();
+    let path = dir.path().join("run.gptrace");
+    let (records, _) = training_records(10_000);
+    write_trace(&path, &records, &[], 4_000);
+    let third = ghostprof::trace::TraceReader::open(&path).unwrap().chunks()[2].offset as usize;
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..third + 5]).unwrap();
+    let out = ghostprof().args(["info", "--json"]).arg(&path).output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning") && stderr.contains("interrupted"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["finalized"], serde_json::json!(false));
+    assert_eq!(v["total_records"].as_u64(), Some(8_000), "two whole chunks of 4,000 survive");
+}
+
+#[test]
+fn bad_files_exit_non_zero_with_a_one_line_reason() {
+    let dir = tmpdir();
+    let empty = dir.path().join("empty.gptrace");
+    std::fs::write(&empty, b"").unwrap();
+    let out = ghostprof().arg("info").arg(&empty).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("ghostprof: error:") && err.contains("empty file"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    let out = ghostprof().args(["info", "/nonexistent/trace.gptrace"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
+}
+
+#[test]
+fn commands_of_later_issues_say_so_and_fail() {
+    for args in [&["report", "x.gptrace"][..], &["export", "x.gptrace", "-o", "x.json"], &["attach", "--pid", "1"]] {
+        let out = ghostprof().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"), "{args:?}");
+    }
+    let out = ghostprof().args(["record", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_shows_every_subcommand_and_examples() {
+    let out = ghostprof().arg("--help").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for sub in ["record", "attach", "report", "export", "info", "demo", "EXAMPLES"] {
+        assert!(text.contains(sub), "--help lacks {sub}");
+    }
+}

@@ -1,0 +1,175 @@
+//! Damaged files: a cut at any byte keeps every whole chunk before it (with a warning), bit
+//! flips never panic and errors name the byte, and hostile headers are refused clearly.
+
+use std::io::Write;
+
+use ghostprof::trace::synth::Rng;
+use ghostprof::trace::*;
+use proptest::prelude::*;
+
+use crate::util::*;
+
+/// A finalized trace of a few small chunks, its bytes, and its chunk table.
+fn small_trace(dir: &std::path::Path) -> (Vec<u8>, Vec<ChunkMeta>, Vec<Record>) {
+    let path = dir.join("small.gptrace");
+    let (records, names) = training_records(3_000);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    write_trace(&path, &records, &names, 600);
+    let chunks = TraceReader::open(&path).unwrap().chunks().to_vec();
+    (std::fs::read(&path).unwrap(), chunks, records)
+}
+
+#[test]
+fn a_cut_at_any_byte_reads_back_every_whole_chunk_before_it() {
+    let dir = tmpdir();
+    let (bytes, chunks, records) = small_trace(dir.path());
+    assert_eq!(chunks.len(), 5);
+    let header_end = chunks[0].offset as usize;
+    let cut_path = dir.path().join("cut.gptrace");
+    for cut in 0..bytes.len() {
+        std::fs::write(&cut_path, &bytes[..cut]).unwrap();
+        let opened = TraceReader::open(&cut_path);
+        if cut < header_end {
+            let err = opened.err().unwrap_or_else(|| panic!("cut at {cut} inside the header must fail"));
+            let msg = err.to_string();
+            assert!(msg.contains("empty") || msg.contains("header"), "cut {cut}: {msg}");
+            continue;
+        }
+        let reader = opened.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let whole = chunks.iter().filter(|c| (c.offset + c.compressed_len) as usize <= cut).count();
+        assert_eq!(reader.chunks().len(), whole, "cut at {cut}");
+        if cut < bytes.len() {
+            assert!(!reader.warnings().is_empty(), "cut at {cut} must warn");
+        }
+        let got = reader.read_all().unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let expected: usize = records.chunks(600).take(whole).map(|c| c.len()).sum();
+        assert_eq!(got.len(), expected, "cut at {cut}");
+    }
+}
+
+#[test]
+fn truncation_inside_a_chunk_warns_with_the_offset() {
+    let dir = tmpdir();
+    let (bytes, chunks, _) = small_trace(dir.path());
+    let cut_at = chunks[3].offset as usize + 10;
+    let path = dir.path().join("cut.gptrace");
+    std::fs::write(&path, &bytes[..cut_at]).unwrap();
+    let reader = TraceReader::open(&path).unwrap();
+    assert_eq!(reader.chunks().len(), 3);
+    let w = reader.warnings().join("\n");
+    assert!(w.contains(&format!("byte {}", chunks[3].offset)), "{w}");
+    assert!(w.contains("3 whole chunks"), "{w}");
+}
+
+#[test]
+fn a_corrupt_chunk_is_an_error_naming_its_offset() {
+    let dir = tmpdir();
+    let (mut bytes, chunks, _) = small_trace(dir.path());
+    // Flip a byte in the middle of chunk 2's compressed data: the frame checksum catches it.
+    let at = (chunks[2].offset + chunks[2].compressed_len / 2) as usize;
+    bytes[at] ^= 0x55;
+    let path = dir.path().join("flip.gptrace");
+    std::fs::write(&path, &bytes).unwrap();
+    let reader = TraceReader::open(&path).unwrap();
+    assert!(reader.read_chunk(0).is_ok() && reader.read_chunk(1).is_ok());
+    let err = reader.read_chunk(2).unwrap_err().to_string();
+    assert!(err.contains(&format!("byte {}", chunks[2].offset)), "{err}");
+}
+
+#[test]
+fn empty_and_foreign_files_are_refused_clearly() {
+    let dir = tmpdir();
+    let empty = dir.path().join("empty.gptrace");
+    std::fs::File::create(&empty).unwrap();
+    let e = TraceReader::open(&empty).err().unwrap().to_string();
+    assert!(e.contains("empty file"), "{e}");
+
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "these are not the bytes you are looking for\n").unwrap();
+    let e = TraceReader::open(&text).err().unwrap().to_string();
+    assert!(e.contains("not a ghostprof trace"), "{e}");
+
+    // A valid zstd file that is not a trace.
+    let other = dir.path().join("other.zst");
+    std::fs::write(&other, zstd::bulk::compress(b"hello world, not a trace at all", 1).unwrap()).unwrap();
+    let e = TraceReader::open(&other).err().unwrap().to_string();
+    assert!(e.contains("not a ghostprof trace") && e.contains("GHSTPROF"), "{e}");
+
+    let missing = dir.path().join("missing.gptrace");
+    let e = TraceReader::open(&missing).err().unwrap().to_string();
+    assert!(e.contains("No such file"), "{e}");
+}
+
+#[test]
+fn a_newer_major_version_is_refused_with_both_versions() {
+    let dir = tmpdir();
+    let path = dir.path().join("v9.gptrace");
+    let mut body = Vec::new();
+    body.extend_from_slice(b"GHSTPROF");
+    body.extend_from_slice(&9u16.to_le_bytes());
+    body.extend_from_slice(&3u16.to_le_bytes());
+    body.extend_from_slice(&2u32.to_le_bytes());
+    body.extend_from_slice(b"{}");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&zstd::bulk::compress(&body, 1).unwrap()).unwrap();
+    drop(f);
+    match TraceReader::open(&path) {
+        Err(TraceError::Version { found_major: 9, found_minor: 3, supported_major: 1, .. }) => {}
+        other => panic!("expected a version error, got {:?}", other.err()),
+    }
+    let msg = TraceReader::open(&path).err().unwrap().to_string();
+    assert!(msg.contains("version 9.3") && msg.contains("reads version 1"), "{msg}");
+}
+
+#[test]
+fn decoding_hostile_chunk_bodies_never_panics_or_overallocates() {
+    // A section claiming 2^32-1 rows in a few bytes must be refused before allocating.
+    let mut body = Vec::new();
+    body.extend_from_slice(b"GPCHUNK1");
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.extend_from_slice(&[0u8; 16]);
+    body.extend_from_slice(&(Kind::KernelExec as u16).to_le_bytes());
+    body.extend_from_slice(&(Kind::KernelExec.columns().len() as u16).to_le_bytes());
+    body.extend_from_slice(&u32::MAX.to_le_bytes());
+    body.extend_from_slice(&8u32.to_le_bytes());
+    body.extend_from_slice(&[0u8; 8]);
+    let err = format::decode_chunk(&body).unwrap_err();
+    assert!(err.what.contains("claims"), "{}", err.what);
+    assert_eq!(err.offset, 32);
+    // Random bodies behind a valid magic.
+    let mut rng = Rng::new(77);
+    for _ in 0..20_000 {
+        let n = rng.below(200) as usize;
+        let mut b = b"GPCHUNK1".to_vec();
+        b.extend((0..n).map(|_| rng.next_u64() as u8));
+        let _ = format::decode_chunk(&b);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bit_flips_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..8), 1..4)) {
+        let dir = tmpdir();
+        let (mut bytes, _, _) = small_trace(dir.path());
+        for (at, bit) in &flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+        }
+        let path = dir.path().join("flipped.gptrace");
+        std::fs::write(&path, &bytes).unwrap();
+        match TraceReader::open(&path) {
+            Ok(r) => {
+                for i in 0..r.chunks().len() {
+                    if let Err(e) = r.read_chunk(i) {
+                        prop_assert!(e.to_string().contains("byte"), "error without an offset: {}", e);
+                    }
+                }
+                let _ = r.drops();
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+}
