@@ -110,6 +110,16 @@ fn bench_trace(args: &[String]) -> Result<()> {
     if read_counts != written_counts {
         bail!("read back {read_counts:?}, wrote {written_counts:?}");
     }
+    // What `ghostprof info --json` reports for this file must be exactly what was written.
+    let info_summary = ghostprof::trace::summary::summarize(&reader)?;
+    let info_counts_match = Kind::ALL
+        .iter()
+        .zip(&written_counts)
+        .all(|(k, n)| info_summary.records.get(k.key()).copied().unwrap_or(0) == *n)
+        && info_summary.total_records == events as u64;
+    if !info_counts_match {
+        bail!("info reports {:?}, wrote {written_counts:?}", info_summary.records);
+    }
 
     // 4. Baseline: the same records as raw rows (kind tag + struct bytes), zstd level 1, in
     // chunks of the same record count.
@@ -153,6 +163,7 @@ fn bench_trace(args: &[String]) -> Result<()> {
         "file_bytes": file_bytes,
         "records": counts,
         "dropped": dropped,
+        "info_counts_match": info_counts_match,
         "write_events_per_s": (n / pipeline_s).round(),
         "writer_core_events_per_s": (n / direct_cpu_s.max(1e-9)).round(),
         "read_events_per_s": (n / read_s).round(),
