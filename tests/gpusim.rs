@@ -290,7 +290,7 @@ fn gpusim_exports_real_sonames_and_no_endbr64_prologues() {
 }
 
 #[test]
-fn gpusim_cupti_records_match_the_ground_truth() {
+fn gpusim_cupti_records_and_pm_samples_match_the_ground_truth() {
     let b = built();
     let dir = tempfile::tempdir().expect("tempdir");
     let cupti_out = dir.path().join("cupti.json");
@@ -327,6 +327,15 @@ fn gpusim_cupti_records_match_the_ground_truth() {
         .sum::<u64>()
         - steps * 337_544;
     assert_eq!(n(&seen, "kernel_ns"), kernel_ns);
+    // PM sampling (1 ms samples): tensor-pipe % × sample time adds up to compute.useful, and
+    // graphics-busy % × sample time to the union of device ops (floating-point rounding only).
+    assert!(n(&seen, "pm_samples") > 0, "{seen}");
+    let pm_tensor_ns = seen["pm_tensor_active_ns"].as_f64().expect("pm_tensor_active_ns");
+    let useful_ns = category(&truth, "compute.useful") as f64;
+    assert!((pm_tensor_ns - useful_ns).abs() < 1e-6 * useful_ns, "PM tensor {pm_tensor_ns} vs useful {useful_ns}");
+    let pm_busy_ns = seen["pm_busy_ns"].as_f64().expect("pm_busy_ns");
+    let busy_ns = truth["devices"][0]["busy_ns"].as_u64().expect("busy_ns") as f64;
+    assert!((pm_busy_ns - busy_ns).abs() < 1.0, "PM busy {pm_busy_ns} vs busy {busy_ns}");
 }
 
 #[test]

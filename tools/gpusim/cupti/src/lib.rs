@@ -6,7 +6,9 @@
 //!   header.
 //! - [`activity`]: enabled kinds, buffer callbacks, and the flush that converts libcuda's
 //!   records (read through `gpusim_read_records`) into CUPTI records in client buffers.
-//! - [`api`]: the exported `cupti*` entry points.
+//! - [`api`]: the exported activity and callback `cupti*` entry points.
+//! - [`pm`], [`pm_metrics`], [`pm_api`]: PM sampling — tensor-pipe activity per sample derived
+//!   from each kernel's FLOPs, the profiler-host metric evaluation, and their entry points.
 //!
 //! Timestamps are CLOCK_MONOTONIC ns, and `cuptiGetTimestamp` reads the same clock, so a
 //! collector that aligns clocks by sampling both finds an offset of zero.
@@ -19,3 +21,6 @@
 pub mod activity;
 pub mod api;
 pub mod layout;
+pub mod pm;
+pub mod pm_api;
+pub mod pm_metrics;

@@ -5,7 +5,11 @@
 //! `GPUSIM_TESTINJECT_OUT=<file>` it also acts as a tiny CUPTI collector: it loads
 //! `libcupti.so.12` by soname, enables kernel, memcpy, driver-API, synchronization and marker
 //! records, flushes at exit and writes per-kind counts. It reads the records by the byte offsets
-//! of the real `cupti_activity.h`, independently of gpusim's own layout structs.
+//! of the real `cupti_activity.h`, independently of gpusim's own layout structs. It also runs
+//! PM sampling (1 ms samples of tensor-pipe and graphics-busy percentages) and reports the
+//! tensor-active and busy time they add up to; see [`pm`].
+
+mod pm;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -106,10 +110,11 @@ extern "C" fn at_exit() {
         unsafe { flush(1) };
     }
     let Some(path) = std::env::var_os("GPUSIM_TESTINJECT_OUT") else { return };
+    let pm = pm::finish();
     let s = seen().lock().unwrap_or_else(|p| p.into_inner());
     let text = format!(
-        "{{\"kernels\":{},\"kernel_ns\":{},\"kernels_without_name\":{},\"memcpys\":{},\"launch_api_calls\":{},\"api_calls\":{},\"syncs\":{},\"marker_starts\":{},\"marker_ends\":{},\"bad_intervals\":{},\"buffers\":{}}}\n",
-        s.kernels, s.kernel_ns, s.kernels_without_name, s.memcpys, s.launch_api_calls, s.api_calls,
+        "{{\"pm_samples\":{},\"pm_tensor_active_ns\":{},\"pm_busy_ns\":{},\"kernels\":{},\"kernel_ns\":{},\"kernels_without_name\":{},\"memcpys\":{},\"launch_api_calls\":{},\"api_calls\":{},\"syncs\":{},\"marker_starts\":{},\"marker_ends\":{},\"bad_intervals\":{},\"buffers\":{}}}\n",
+        pm.samples, pm.tensor_active_ns, pm.busy_ns, s.kernels, s.kernel_ns, s.kernels_without_name, s.memcpys, s.launch_api_calls, s.api_calls,
         s.syncs, s.marker_starts, s.marker_ends, s.bad_intervals, BUFFERS.load(Ordering::SeqCst)
     );
     let _ = std::fs::write(path, text);
@@ -140,6 +145,7 @@ fn start_cupti() -> Option<()> {
                 eprintln!("gpusim-testinject: cuptiActivityEnable({kind}) failed");
             }
         }
+        pm::start(lib);
         libc::atexit(at_exit);
     }
     Some(())

@@ -42,6 +42,7 @@ pub fn rank_env(s: &Scenario, rank: u32, lib_dir: &Path) -> Vec<(String, String)
         ("GPUSIM_LAUNCH_LATENCY_NS".into(), s.launch_latency_ns.to_string()),
         ("GPUSIM_SLOWDOWN".into(), s.slowdown_of(rank).to_string()),
         ("GPUSIM_NCCL_BUS_BYTES_PER_S".into(), s.bus_bytes_per_s.to_string()),
+        ("GPUSIM_PEAK_FLOPS_PER_S".into(), s.peak_flops_per_s.to_string()),
         ("RANK".into(), rank.to_string()),
         ("LOCAL_RANK".into(), rank.to_string()),
     ]
