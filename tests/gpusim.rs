@@ -391,3 +391,34 @@ fn root_gpusim_uprobe_counts_exactly_the_ground_truth_launches() {
     let counted = skel.maps.bss_data.as_deref().expect("bss of launch_count").launches;
     assert_eq!(counted, expected, "uprobe hits vs ground-truth launches");
 }
+
+#[test]
+fn gpusim_every_launch_entry_point_is_counted_through_get_proc_address() {
+    let apis = [
+        "cuLaunchKernel",
+        "cuLaunchKernel_ptsz",
+        "cuLaunchKernelEx",
+        "cuLaunchKernelEx_ptsz",
+        "cuLaunchCooperativeKernel",
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut scenario: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("tools/gpusim/scenarios/balanced.json")).expect("balanced.json"),
+    )
+    .expect("scenario json");
+    scenario["launch_apis"] = serde_json::json!(apis);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mixed.json");
+    std::fs::write(&path, scenario.to_string()).expect("write scenario");
+    let steps = 2;
+    let truth = &run_scenario(path.to_str().expect("utf-8 path"), 1, steps)[0];
+    assert_sums_to_window("mixed launches", truth);
+    // 26 launches per step rotate over the five entry points (resolved with
+    // cuGetProcAddress_v2, `_ptsz` through the per-thread-default-stream flag).
+    let launches = 26 * steps as usize;
+    for (i, api) in apis.iter().enumerate() {
+        let expected = (launches / apis.len() + usize::from(i < launches % apis.len())) as u64;
+        assert_eq!(truth["totals"]["launches_by_api"][api].as_u64(), Some(expected), "{api}: {truth}");
+    }
+    assert_eq!(total(truth, "launches"), launches as u64);
+}

@@ -77,7 +77,7 @@ api_table!(Cuda, "libcuda.so.1", {
     module_get_function: "cuModuleGetFunction" => fn(*mut Handle, Handle, *const c_char) -> i32;
     stream_create: "cuStreamCreate" => fn(*mut Handle, u32) -> i32;
     stream_synchronize: "cuStreamSynchronize" => fn(Handle) -> i32;
-    launch_kernel: "cuLaunchKernel" => fn(Handle, u32, u32, u32, u32, u32, u32, u32, Handle, *mut *mut c_void, *mut *mut c_void) -> i32;
+    get_proc_address: "cuGetProcAddress_v2" => fn(*const c_char, *mut *mut c_void, i32, u64, *mut i32) -> i32;
     mem_alloc: "cuMemAlloc_v2" => fn(*mut u64, usize) -> i32;
     memcpy_htod_async: "cuMemcpyHtoDAsync_v2" => fn(u64, *const c_void, usize, Handle) -> i32;
     memcpy_dtoh: "cuMemcpyDtoH_v2" => fn(*mut c_void, u64, usize) -> i32;

@@ -5,11 +5,13 @@
 //! - [`stage`]: real library names on disk.
 //! - [`launcher`]: one process per rank.
 //! - [`driver`]: dlopen of libcuda.so.1 / libnccl.so.2 by soname.
+//! - [`launch`]: kernel launches through the entry points a scenario names.
 //! - [`rank`]: the training loop of one rank.
 //! - [`truth`]: the ground-truth JSON.
 
 mod args;
 mod driver;
+mod launch;
 mod launcher;
 mod rank;
 mod scenario;

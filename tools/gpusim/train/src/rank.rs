@@ -12,6 +12,7 @@ use gpusim_core::clock::{now_ns, spin_for};
 use gpusim_core::record::{RecordKind, SimRecord};
 
 use crate::driver::{check, Cuda, Nccl, UniqueId};
+use crate::launch::Launchers;
 use crate::scenario::{KernelSpec, Scenario};
 use crate::truth::{self, RunInfo};
 
@@ -129,6 +130,7 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
     let forward = resolve(&s.forward)?;
     let backward = resolve(&s.backward)?;
     let optimizer = resolve(&s.optimizer)?;
+    let mut launchers = Launchers::resolve(&cuda, &s.launch_apis)?;
     let mut stream: Handle = std::ptr::null_mut();
     let mut input_ptr = 0u64;
     let mut grads_ptr = 0u64;
@@ -181,8 +183,8 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
                 check("cuMemcpyHtoDAsync", rc)?;
             }
         }
-        launch_all(&cuda, s, &forward, stream)?;
-        launch_all(&cuda, s, &backward, stream)?;
+        launch_all(s, &mut launchers, &forward, stream)?;
+        launch_all(s, &mut launchers, &backward, stream)?;
         if let Some((nccl, comm)) = &nccl_comm {
             let count = (s.allreduce_bytes / 2) as usize; // bf16 elements
                                                           // SAFETY: see above.
@@ -199,7 +201,7 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
             };
             check("ncclAllReduce", rc)?;
         }
-        launch_all(&cuda, s, &optimizer, stream)?;
+        launch_all(s, &mut launchers, &optimizer, stream)?;
         // loss.item(): the host waits for the step (a real block in libcuda).
         // SAFETY: see above.
         unsafe { check("cuStreamSynchronize", (cuda.stream_synchronize)(stream))? };
@@ -234,28 +236,11 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
 }
 
 /// Launch every kernel of a phase, with the framework's on-CPU dispatch gap before each.
-fn launch_all(cuda: &Cuda, s: &Scenario, kernels: &[Kernel], stream: Handle) -> Result<(), String> {
+fn launch_all(s: &Scenario, launchers: &mut Launchers, kernels: &[Kernel], stream: Handle) -> Result<(), String> {
     for kernel in kernels {
         for _ in 0..kernel.spec.count {
             spin_for(s.host_gap_ns);
-            // SAFETY: valid entry point; a null kernelParams is allowed for kernels without
-            // parameters.
-            let rc = unsafe {
-                (cuda.launch_kernel)(
-                    kernel.function,
-                    132,
-                    1,
-                    1,
-                    256,
-                    1,
-                    1,
-                    0,
-                    stream,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                )
-            };
-            check("cuLaunchKernel", rc)?;
+            launchers.launch(kernel.function, stream)?;
         }
     }
     Ok(())

@@ -116,6 +116,11 @@ pub struct Scenario {
     /// Straggling rank.
     #[serde(default)]
     pub straggler: Option<Straggler>,
+    /// Driver entry points kernels are launched through, in rotation (default
+    /// `["cuLaunchKernel"]`; also `cuLaunchKernel_ptsz`, `cuLaunchKernelEx`,
+    /// `cuLaunchKernelEx_ptsz`, `cuLaunchCooperativeKernel`).
+    #[serde(default)]
+    pub launch_apis: Vec<String>,
     /// Emit a marker range per step (like `nvtx.range("step")`).
     #[serde(default)]
     pub step_markers: bool,
