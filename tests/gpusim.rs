@@ -107,6 +107,11 @@ fn assert_sums_to_window(scenario: &str, truth: &Value) {
     let (start, end) = (truth["window"]["start_ns"].as_u64(), truth["window"]["end_ns"].as_u64());
     assert_eq!(end.zip(start).map(|(e, s)| e - s), Some(window), "{scenario}: window fields");
     assert_eq!(sum, window, "{scenario} rank {}: categories must sum to the window", truth["rank"]);
+    let by_reason = truth["devices"][0]["host_stall_by_reason"].as_object().expect("host_stall_by_reason");
+    let reasons_ns: u64 = by_reason.values().map(|v| v.as_u64().expect("ns")).sum();
+    assert_eq!(reasons_ns, category(truth, "idle.host_stall"), "{scenario}: stall reasons sum to the category");
+    let collectives = truth["devices"][0]["collectives"].as_array().expect("collectives");
+    assert_eq!(collectives.len() as u64, total(truth, "collectives"), "{scenario}");
 }
 
 #[test]
@@ -173,6 +178,14 @@ fn gpusim_straggler_wait_matches_the_configured_slowdown() {
     );
     // Without the noise correction still within 15%.
     assert!((wait_ns - configured_ns).abs() < 0.15 * configured_ns, "wait {wait_ns} vs {configured_ns}");
+    // Cross-rank view: collective k has one last-arrival time on every rank, and rank 1 is the
+    // last to arrive at every one of them.
+    let (fast_c, slow_c) = (&fast["devices"][0]["collectives"], &slow["devices"][0]["collectives"]);
+    for k in 0..steps as usize {
+        assert_eq!(fast_c[k]["sequence"], slow_c[k]["sequence"]);
+        assert_eq!(fast_c[k]["last_arrival_ns"], slow_c[k]["last_arrival_ns"], "collective {k}");
+        assert_eq!(slow_c[k]["arrival_ns"], slow_c[k]["last_arrival_ns"], "rank 1 arrives last at {k}");
+    }
     // The straggler itself never waits long for rank 0 (< 1% of its window).
     assert!(category(slow, "comm.wait") < window_ns(slow) / 100, "{slow}");
 }

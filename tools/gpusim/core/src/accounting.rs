@@ -38,6 +38,10 @@ const LAUNCH_BOUND: usize = 7;
 pub struct CategoryTimes {
     /// ns per category.
     pub ns: [u64; 8],
+    /// `idle.host_stall` split by what the host was blocked in (the host record's name:
+    /// `data_loader`, `checkpoint_write`, `nccl rendezvous`, `cuStreamSynchronize`, …); sums to
+    /// the category. Where several overlap, the earliest-starting reason wins.
+    pub host_stall_by_reason: std::collections::BTreeMap<String, u64>,
 }
 
 impl CategoryTimes {
@@ -57,16 +61,20 @@ struct Span {
     start_ns: u64,
     end_ns: u64,
     category: usize,
+    /// Host-stall reason (host record name), for `idle.host_stall` spans.
+    reason: Option<String>,
+}
+
+/// Append `[start_ns, end_ns)` as `category` unless it is empty.
+fn add(out: &mut Vec<Span>, start_ns: u64, end_ns: u64, category: usize, reason: Option<String>) {
+    if end_ns > start_ns {
+        out.push(Span { start_ns, end_ns, category, reason });
+    }
 }
 
 /// Split records into labelled spans for one device.
 fn spans(records: &[SimRecord], device_id: u32, peak_flops_per_s: f64) -> Vec<Span> {
     let mut out = Vec::new();
-    let mut push = |start_ns: u64, end_ns: u64, category: usize| {
-        if end_ns > start_ns {
-            out.push(Span { start_ns, end_ns, category });
-        }
-    };
     for rec in records {
         let Some(kind) = rec.kind() else { continue };
         let device_op =
@@ -78,17 +86,21 @@ fn spans(records: &[SimRecord], device_id: u32, peak_flops_per_s: f64) -> Vec<Sp
             RecordKind::Kernel if rec.flops > 0 && peak_flops_per_s > 0.0 => {
                 let useful_ns = (rec.flops as f64 / peak_flops_per_s * 1e9).round() as u64;
                 let split = rec.start_ns + useful_ns.min(rec.duration_ns());
-                push(rec.start_ns, split, USEFUL);
-                push(split, rec.end_ns, INEFFICIENT);
+                add(&mut out, rec.start_ns, split, USEFUL, None);
+                add(&mut out, split, rec.end_ns, INEFFICIENT, None);
             }
-            RecordKind::Kernel | RecordKind::Memcpy | RecordKind::Memset => push(rec.start_ns, rec.end_ns, OTHER_BUSY),
+            RecordKind::Kernel | RecordKind::Memcpy | RecordKind::Memset => {
+                add(&mut out, rec.start_ns, rec.end_ns, OTHER_BUSY, None)
+            }
             RecordKind::Collective => {
                 let split = rec.transfer_start_ns.clamp(rec.start_ns, rec.end_ns);
-                push(rec.start_ns, split, WAIT);
-                push(split, rec.end_ns, TRANSFER);
+                add(&mut out, rec.start_ns, split, WAIT, None);
+                add(&mut out, split, rec.end_ns, TRANSFER, None);
             }
-            RecordKind::SyncWait | RecordKind::HostStall => push(rec.start_ns, rec.end_ns, HOST_STALL),
-            RecordKind::HostOther => push(rec.start_ns, rec.end_ns, IDLE_OTHER),
+            RecordKind::SyncWait | RecordKind::HostStall => {
+                add(&mut out, rec.start_ns, rec.end_ns, HOST_STALL, Some(rec.name().to_string()))
+            }
+            RecordKind::HostOther => add(&mut out, rec.start_ns, rec.end_ns, IDLE_OTHER, None),
             RecordKind::Api | RecordKind::Marker => {}
         }
     }
@@ -107,32 +119,57 @@ pub fn categorize(
     if window_end_ns <= window_start_ns {
         return times;
     }
-    // Sweep over boundaries with a count of open spans per category.
-    let mut events: Vec<(u64, usize, i64)> = Vec::new();
-    for span in spans(records, device_id, peak_flops_per_s) {
+    // Sweep over boundaries with a count of open spans per category (and per stall reason).
+    let mut reasons: Vec<String> = Vec::new();
+    let mut events: Vec<(u64, usize, i64, usize)> = Vec::new();
+    let mut spans = spans(records, device_id, peak_flops_per_s);
+    spans.sort_by_key(|s| s.start_ns);
+    for span in spans {
         let start = span.start_ns.clamp(window_start_ns, window_end_ns);
         let end = span.end_ns.clamp(window_start_ns, window_end_ns);
         if end > start {
-            events.push((start, span.category, 1));
-            events.push((end, span.category, -1));
+            let reason = match span.reason {
+                Some(name) => match reasons.iter().position(|r| *r == name) {
+                    Some(i) => i,
+                    None => {
+                        reasons.push(name);
+                        reasons.len() - 1
+                    }
+                },
+                None => usize::MAX,
+            };
+            events.push((start, span.category, 1, reason));
+            events.push((end, span.category, -1, reason));
         }
     }
-    events.sort_unstable_by_key(|&(t, _, _)| t);
+    events.sort_unstable_by_key(|&(t, _, _, _)| t);
     let mut open = [0i64; 8];
+    let mut open_reasons = vec![0i64; reasons.len()];
     let mut cursor = window_start_ns;
     let mut index = 0;
+    let account = |times: &mut CategoryTimes, open: &[i64; 8], open_reasons: &[i64], ns: u64| {
+        let winner = (0..8).find(|&c| open[c] > 0).unwrap_or(LAUNCH_BOUND);
+        times.ns[winner] += ns;
+        if winner == HOST_STALL && ns > 0 {
+            if let Some(r) = open_reasons.iter().position(|&n| n > 0) {
+                *times.host_stall_by_reason.entry(reasons[r].clone()).or_insert(0) += ns;
+            }
+        }
+    };
     while index < events.len() {
         let t = events[index].0;
-        let winner = (0..8).find(|&c| open[c] > 0).unwrap_or(LAUNCH_BOUND);
-        times.ns[winner] += t - cursor;
+        account(&mut times, &open, &open_reasons, t - cursor);
         cursor = t;
         while index < events.len() && events[index].0 == t {
-            open[events[index].1] += events[index].2;
+            let (_, category, delta, reason) = events[index];
+            open[category] += delta;
+            if reason != usize::MAX {
+                open_reasons[reason] += delta;
+            }
             index += 1;
         }
     }
-    let winner = (0..8).find(|&c| open[c] > 0).unwrap_or(LAUNCH_BOUND);
-    times.ns[winner] += window_end_ns - cursor;
+    account(&mut times, &open, &open_reasons, window_end_ns - cursor);
     times
 }
 
@@ -164,6 +201,7 @@ mod tests {
         assert_eq!(t.get("comm.wait"), 1_000);
         assert_eq!(t.get("comm.transfer"), 500);
         assert_eq!(t.get("idle.host_stall"), 600);
+        assert_eq!(t.host_stall_by_reason.values().sum::<u64>(), 600);
         assert_eq!(t.get("idle.launch_bound"), 1_000 + 400);
         assert_eq!(t.total_ns(), 5_000);
     }

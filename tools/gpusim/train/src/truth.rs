@@ -50,6 +50,38 @@ pub struct DeviceTruth {
     pub categories: BTreeMap<&'static str, u64>,
     /// Union of device-op intervals in the window (what "GPU busy" dashboards show).
     pub busy_ns: u64,
+    /// `idle.host_stall` split by reason (host record name); sums to that category.
+    pub host_stall_by_reason: BTreeMap<String, u64>,
+    /// Every collective on this device, for the cross-rank view.
+    pub collectives: Vec<CollectiveTruth>,
+}
+
+/// One collective as this rank executed it.
+#[derive(Serialize)]
+pub struct CollectiveTruth {
+    /// Sequence number on the communicator (matches across ranks).
+    pub sequence: u32,
+    /// Kernel name.
+    pub name: String,
+    /// When this rank's stream reached the collective (its arrival).
+    pub arrival_ns: u64,
+    /// When the last rank arrived (transfer start).
+    pub last_arrival_ns: u64,
+    /// Kernel end.
+    pub end_ns: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+/// One training step (from the step markers).
+#[derive(Serialize)]
+pub struct StepTruth {
+    /// Marker name (`step N`).
+    pub name: String,
+    /// Step start (host), CLOCK_MONOTONIC ns.
+    pub start_ns: u64,
+    /// Step end (host, after the step's synchronize and checkpoint).
+    pub end_ns: u64,
 }
 
 /// Totals over the run.
@@ -102,6 +134,8 @@ pub struct GroundTruth {
     pub window: Window,
     /// Per device.
     pub devices: Vec<DeviceTruth>,
+    /// Step ranges (empty when the scenario has no step markers).
+    pub step_ranges: Vec<StepTruth>,
     /// Totals.
     pub totals: Totals,
 }
@@ -135,6 +169,20 @@ pub fn build(info: &RunInfo, records: &[SimRecord]) -> GroundTruth {
     let s = info.scenario;
     let times = categorize(records, 0, s.peak_flops_per_s, info.window_start_ns, info.window_end_ns);
     let categories = CATEGORIES.iter().zip(times.ns).map(|(c, ns)| (*c, ns)).collect();
+    let of_kind = |kind: RecordKind| records.iter().filter(move |r| r.kind() == Some(kind));
+    let collectives = of_kind(RecordKind::Collective)
+        .map(|r| CollectiveTruth {
+            sequence: r.sequence,
+            name: r.name().to_string(),
+            arrival_ns: r.start_ns,
+            last_arrival_ns: r.transfer_start_ns,
+            end_ns: r.end_ns,
+            bytes: r.bytes,
+        })
+        .collect();
+    let step_ranges = of_kind(RecordKind::Marker)
+        .map(|r| StepTruth { name: r.name().to_string(), start_ns: r.start_ns, end_ns: r.end_ns })
+        .collect();
     let mut totals = Totals { checkpoint_bytes: info.checkpoint_bytes, ..Totals::default() };
     for rec in records {
         match rec.kind() {
@@ -180,7 +228,10 @@ pub fn build(info: &RunInfo, records: &[SimRecord]) -> GroundTruth {
             device: 0,
             categories,
             busy_ns: busy_ns(records, info.window_start_ns, info.window_end_ns),
+            host_stall_by_reason: times.host_stall_by_reason,
+            collectives,
         }],
+        step_ranges,
         totals,
     }
 }
