@@ -55,28 +55,10 @@ fn extreme_values_survive_every_encoding() {
     let mut records = Vec::new();
     for kind in Kind::ALL {
         for pattern in [0x00u8, 0xff, 0x80, 0x7f] {
-            let mut rng = Rng::new(9);
-            let mut r = random_record(*kind, &mut rng);
-            // Overwrite every byte with the pattern.
-            macro_rules! set {
-                ($($v:ident),*) => {
-                    match &mut r { $(Record::$v(x) => bytemuck::bytes_of_mut(x).fill(pattern),)* }
-                };
-            }
-            set!(
-                KernelExec,
-                MemOp,
-                ApiCall,
-                NcclColl,
-                HostStall,
-                DeviceSample,
-                StepMarker,
-                ProcessInfo,
-                ThreadInfo,
-                LibraryInfo,
-                ClockSync,
-                Drops
-            );
+            // Every byte set to the pattern.
+            let mut b = RecordBatch::default();
+            b.push_raw(*kind, &vec![pattern; kind.record_size()]).unwrap();
+            let r = b.iter().next().unwrap();
             records.push(r);
         }
     }

@@ -33,48 +33,17 @@ pub fn training_records(n: usize) -> (Vec<Record>, Vec<String>) {
 
 /// A record of `kind` whose bytes are all random (every bit pattern is a valid record).
 pub fn random_record(kind: Kind, rng: &mut Rng) -> Record {
-    fn fill<T: bytemuck::Pod + Default>(rng: &mut Rng) -> T {
-        let mut v = T::default();
-        for b in bytemuck::bytes_of_mut(&mut v) {
-            *b = rng.next_u64() as u8;
-        }
-        v
-    }
-    match kind {
-        Kind::KernelExec => Record::KernelExec(fill(rng)),
-        Kind::MemOp => Record::MemOp(fill(rng)),
-        Kind::ApiCall => Record::ApiCall(fill(rng)),
-        Kind::NcclColl => Record::NcclColl(fill(rng)),
-        Kind::HostStall => Record::HostStall(fill(rng)),
-        Kind::DeviceSample => Record::DeviceSample(fill(rng)),
-        Kind::StepMarker => Record::StepMarker(fill(rng)),
-        Kind::ProcessInfo => Record::ProcessInfo(fill(rng)),
-        Kind::ThreadInfo => Record::ThreadInfo(fill(rng)),
-        Kind::LibraryInfo => Record::LibraryInfo(fill(rng)),
-        Kind::ClockSync => Record::ClockSync(fill(rng)),
-        Kind::Drops => Record::Drops(fill(rng)),
-    }
+    let mut batch = RecordBatch::default();
+    let raw: Vec<u8> = (0..kind.record_size()).map(|_| rng.next_u64() as u8).collect();
+    batch.push_raw(kind, &raw).expect("a record's worth of bytes");
+    let first = batch.iter().next().expect("one record");
+    first
 }
 
-/// The bytes of a record (compares NaN payloads exactly, unlike `==`).
+/// The kind and bytes of a record (compares NaN payloads exactly, unlike `==`).
 pub fn record_bytes(r: &Record) -> Vec<u8> {
-    use bytemuck::bytes_of;
-    let b: &[u8] = match r {
-        Record::KernelExec(x) => bytes_of(x),
-        Record::MemOp(x) => bytes_of(x),
-        Record::ApiCall(x) => bytes_of(x),
-        Record::NcclColl(x) => bytes_of(x),
-        Record::HostStall(x) => bytes_of(x),
-        Record::DeviceSample(x) => bytes_of(x),
-        Record::StepMarker(x) => bytes_of(x),
-        Record::ProcessInfo(x) => bytes_of(x),
-        Record::ThreadInfo(x) => bytes_of(x),
-        Record::LibraryInfo(x) => bytes_of(x),
-        Record::ClockSync(x) => bytes_of(x),
-        Record::Drops(x) => bytes_of(x),
-    };
     let mut v = vec![r.kind() as u8];
-    v.extend_from_slice(b);
+    v.extend_from_slice(r.as_bytes());
     v
 }
 

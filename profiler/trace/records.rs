@@ -289,6 +289,13 @@ macro_rules! record_kinds {
                     $( Record::$name(r) => r.string_refs(f), )*
                 }
             }
+
+            /// The record's fixed-layout bytes.
+            pub fn as_bytes(&self) -> &[u8] {
+                match self {
+                    $( Record::$name(r) => bytemuck::bytes_of(r), )*
+                }
+            }
         }
 
         /// Records grouped by kind: what a chunk holds, column-friendly.
@@ -302,6 +309,14 @@ macro_rules! record_kinds {
                 match rec {
                     $( Record::$name(r) => self.$vec.push(r), )*
                 }
+            }
+
+            /// Appends a record of `kind` from its fixed-layout bytes (None if the length is wrong).
+            pub fn push_raw(&mut self, kind: Kind, bytes: &[u8]) -> Option<()> {
+                match kind {
+                    $( Kind::$name => self.$vec.push(bytemuck::try_pod_read_unaligned(bytes).ok()?), )*
+                }
+                Some(())
             }
 
             /// Total records of every kind.
@@ -418,10 +433,12 @@ record_kinds! {
 
     /// A host API call (CUDA driver/runtime or a probed library); `domain` is an [`ApiDomain`],
     /// `call_id` the function within it.
-    ApiCall = 3, "api", api_calls, size 48, time start_ns, end end_ns, strings [] {
+    ApiCall = 3, "api", api_calls, size 56, time start_ns, end end_ns, strings [] {
         start_ns: u64 => Delta,
         end_ns: u64 => From(start_ns),
         stream: u64 => Delta,
+        /// call-specific: bytes of a copy, the event of an event sync, 0 otherwise
+        arg: u64 => Raw,
         pid: u32 => Raw,
         tid: u32 => Raw,
         correlation_id: u32 => Delta,
@@ -527,6 +544,33 @@ record_kinds! {
         source: u32 => Raw,
         cause: u32 => Raw,
     }
+
+    /// A kernel or graph launch seen on the host (eBPF uprobe at the call's entry); `api` is a
+    /// [`ProbedApi`]. Its device execution is a [`KernelExec`] (CUPTI) joined by stream and order.
+    KernelLaunch = 13, "launch", launches, size 64, time time_ns, end time_ns, strings [] {
+        time_ns: u64 => Delta,
+        /// CUfunction handle (CUgraphExec for graph launches)
+        func: u64 => Raw,
+        stream: u64 => Delta,
+        pid: u32 => Raw,
+        tid: u32 => Raw,
+        grid_x: u32 => Raw,
+        grid_y: u32 => Raw,
+        grid_z: u32 => Raw,
+        block_x: u32 => Raw,
+        block_y: u32 => Raw,
+        block_z: u32 => Raw,
+        shared_mem_bytes: u32 => Raw,
+        api: u32 => Raw,
+    }
+
+    /// The name of a CUfunction handle in one process (from cuModuleGetFunction / cuFuncGetName).
+    FunctionName = 14, "function", functions, size 24, time time_ns, end time_ns, strings [name_id] {
+        time_ns: u64 => Delta,
+        func: u64 => Raw,
+        pid: u32 => Raw,
+        name_id: u32 => Raw,
+    }
 }
 
 /// `KernelExec::flags`: launched with cuLaunchCooperativeKernel.
@@ -588,12 +632,62 @@ u32_enum! {
 }
 
 u32_enum! {
-    /// Which API an [`ApiCall`] belongs to.
+    /// Which API an [`ApiCall`] belongs to. CUPTI domains use CUPTI callback ids as `call_id`;
+    /// `Probe` uses [`ProbedApi`] (the functions ghostprof's uprobes see).
     ApiDomain {
         CudaDriver = 1 => "cuda_driver",
         CudaRuntime = 2 => "cuda_runtime",
         Nccl = 3 => "nccl",
         Nvtx = 4 => "nvtx",
+        Probe = 5 => "probe",
+    }
+}
+
+u32_enum! {
+    /// Host functions probed by eBPF (mirrors `enum gp_api` in ebpf/ghostprof.h).
+    ProbedApi {
+        LaunchKernel = 1 => "cuLaunchKernel",
+        LaunchKernelPtsz = 2 => "cuLaunchKernel_ptsz",
+        LaunchKernelEx = 3 => "cuLaunchKernelEx",
+        LaunchKernelExPtsz = 4 => "cuLaunchKernelEx_ptsz",
+        LaunchCooperativeKernel = 5 => "cuLaunchCooperativeKernel",
+        GraphLaunch = 6 => "cuGraphLaunch",
+        GraphLaunchPtsz = 7 => "cuGraphLaunch_ptsz",
+        StreamSynchronize = 8 => "cuStreamSynchronize",
+        CtxSynchronize = 9 => "cuCtxSynchronize",
+        EventSynchronize = 10 => "cuEventSynchronize",
+        MemcpyHtoD = 11 => "cuMemcpyHtoD",
+        MemcpyDtoH = 12 => "cuMemcpyDtoH",
+        MemcpyDtoD = 13 => "cuMemcpyDtoD",
+        Memcpy = 14 => "cuMemcpy",
+        ModuleGetFunction = 15 => "cuModuleGetFunction",
+        FuncGetName = 16 => "cuFuncGetName",
+        NcclGroupStart = 17 => "ncclGroupStart",
+        NcclGroupEnd = 18 => "ncclGroupEnd",
+        NcclCommInitRank = 19 => "ncclCommInitRank",
+        NcclAllReduce = 32 => "ncclAllReduce",
+        NcclAllGather = 33 => "ncclAllGather",
+        NcclReduceScatter = 34 => "ncclReduceScatter",
+        NcclBroadcast = 35 => "ncclBroadcast",
+        NcclReduce = 36 => "ncclReduce",
+        NcclSend = 37 => "ncclSend",
+        NcclRecv = 38 => "ncclRecv",
+    }
+}
+
+impl ProbedApi {
+    /// True for the calls that block the host until the device catches up.
+    pub fn is_sync(self) -> bool {
+        matches!(
+            self,
+            ProbedApi::StreamSynchronize
+                | ProbedApi::CtxSynchronize
+                | ProbedApi::EventSynchronize
+                | ProbedApi::MemcpyHtoD
+                | ProbedApi::MemcpyDtoH
+                | ProbedApi::MemcpyDtoD
+                | ProbedApi::Memcpy
+        )
     }
 }
 

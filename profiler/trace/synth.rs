@@ -175,6 +175,7 @@ impl TrainingStream {
             start_ns: self.host_ns,
             end_ns: self.host_ns + launch,
             stream: self.stream,
+            arg: 0,
             pid: self.pid,
             tid: self.tid,
             correlation_id: self.correlation,

@@ -130,7 +130,7 @@ fn bench_trace(args: &[String]) -> Result<()> {
         raw.clear();
         for r in chunk {
             raw.extend_from_slice(&(r.kind() as u16).to_le_bytes());
-            raw.extend_from_slice(record_bytes(r));
+            raw.extend_from_slice(r.as_bytes());
         }
         baseline_bytes += zstd::bulk::compress(&raw, 1)?.len() as u64;
     }
@@ -192,22 +192,4 @@ fn bench_read(args: &[String]) -> Result<()> {
     eprintln!("read {n} records in {s:.3} s");
     println!("{}", serde_json::json!({"bench": "read", "events": n, "read_events_per_s": (n as f64 / s).round()}));
     Ok(())
-}
-
-fn record_bytes(r: &Record) -> &[u8] {
-    use bytemuck::bytes_of;
-    match r {
-        Record::KernelExec(x) => bytes_of(x),
-        Record::MemOp(x) => bytes_of(x),
-        Record::ApiCall(x) => bytes_of(x),
-        Record::NcclColl(x) => bytes_of(x),
-        Record::HostStall(x) => bytes_of(x),
-        Record::DeviceSample(x) => bytes_of(x),
-        Record::StepMarker(x) => bytes_of(x),
-        Record::ProcessInfo(x) => bytes_of(x),
-        Record::ThreadInfo(x) => bytes_of(x),
-        Record::LibraryInfo(x) => bytes_of(x),
-        Record::ClockSync(x) => bytes_of(x),
-        Record::Drops(x) => bytes_of(x),
-    }
 }
