@@ -163,31 +163,38 @@ fn gpusim_straggler_wait_matches_the_configured_slowdown() {
     let (fast, slow) = (&truths[0], &truths[1]);
     assert_eq!(fast["slowdown"].as_f64(), Some(1.0));
     assert_eq!(slow["slowdown"].as_f64(), Some(1.25));
-    // scenarios/straggler.json: kernels per step on a normal rank = 6×800 + 6×40 + 6×1600 +
-    // 6×60 + 2×300 = 15 600 µs, all 25% slower on rank 1, so rank 0 arrives at each all-reduce
-    // 3.9 ms early: configured wait = 40 × 3.9 ms = 156 ms.
-    let configured_ns = steps as f64 * 0.25 * 15_600e3;
-    // Real host noise shifts arrivals too; the ground truth measured it as the ranks' difference
-    // in host-stall idle time, which moves rank 1's arrivals one for one.
-    let host_skew_ns = category(slow, "idle.host_stall") as f64 - category(fast, "idle.host_stall") as f64;
-    let wait_ns = category(fast, "comm.wait") as f64;
-    let tolerance_ns = 0.02 * configured_ns + 2e6;
-    assert!(
-        (wait_ns - (configured_ns + host_skew_ns)).abs() < tolerance_ns,
-        "rank 0 comm.wait {wait_ns} ns vs configured {configured_ns} + host skew {host_skew_ns} (±{tolerance_ns})"
-    );
-    // Without the noise correction still within 15%.
-    assert!((wait_ns - configured_ns).abs() < 0.15 * configured_ns, "wait {wait_ns} vs {configured_ns}");
-    // Cross-rank view: collective k has one last-arrival time on every rank, and rank 1 is the
-    // last to arrive at every one of them.
+    // scenarios/straggler.json: device time per step between two all-reduces on a normal rank =
+    // 6×800 + 6×40 + 6×1600 + 6×60 + 2×300 = 15 600 µs of kernels, all 25% slower on rank 1:
+    // rank 1 reaches each all-reduce 3.9 ms after rank 0, so rank 0 waits 3.9 ms per step.
+    let configured_per_step_ns = 3_900_000u64;
     let (fast_c, slow_c) = (&fast["devices"][0]["collectives"], &slow["devices"][0]["collectives"]);
+    let field = |c: &Value, k: usize, name: &str| c[k][name].as_u64().unwrap_or_else(|| panic!("{name} of {k}"));
+    let mut waits_ns: Vec<u64> = Vec::new();
+    let mut rank1_last = 0;
     for k in 0..steps as usize {
         assert_eq!(fast_c[k]["sequence"], slow_c[k]["sequence"]);
-        assert_eq!(fast_c[k]["last_arrival_ns"], slow_c[k]["last_arrival_ns"], "collective {k}");
-        assert_eq!(slow_c[k]["arrival_ns"], slow_c[k]["last_arrival_ns"], "rank 1 arrives last at {k}");
+        // One last-arrival time per collective, on every rank.
+        assert_eq!(field(fast_c, k, "last_arrival_ns"), field(slow_c, k, "last_arrival_ns"), "collective {k}");
+        waits_ns.push(field(fast_c, k, "last_arrival_ns") - field(fast_c, k, "arrival_ns"));
+        rank1_last += usize::from(field(slow_c, k, "arrival_ns") == field(slow_c, k, "last_arrival_ns"));
+        if k > 0 {
+            // Exact: arrival skew minus the measured host-noise idle skew is the configured
+            // slowdown of the kernels between two collectives, to the nanosecond.
+            let skew = field(slow_c, k, "arrival_ns") as i64 - field(fast_c, k, "arrival_ns") as i64;
+            let idle_skew = field(slow_c, k, "idle_before_ns") as i64 - field(fast_c, k, "idle_before_ns") as i64;
+            assert_eq!(skew - idle_skew, configured_per_step_ns as i64, "collective {k}");
+        }
     }
-    // The straggler itself never waits long for rank 0 (< 1% of its window).
-    assert!(category(slow, "comm.wait") < window_ns(slow) / 100, "{slow}");
+    // The comm.wait category is exactly the sum of per-collective waits.
+    assert_eq!(category(fast, "comm.wait"), waits_ns.iter().sum::<u64>());
+    // Headline number, with real scheduling noise left in: the median wait is the configured
+    // 3.9 ms within 25% (measured: 3.90 ms idle machine, 3.45 ms with two CPU hogs on 2 cores),
+    // and rank 1 is the last to arrive at >= 75% of collectives (measured 90-100%).
+    waits_ns.sort_unstable();
+    let median_ns = waits_ns[waits_ns.len() / 2] as f64;
+    let configured = configured_per_step_ns as f64;
+    assert!((median_ns - configured).abs() < 0.25 * configured, "median wait {median_ns} ns vs {configured}");
+    assert!(rank1_last * 4 >= 3 * steps as usize, "rank 1 last at only {rank1_last}/{steps}");
 }
 
 #[test]

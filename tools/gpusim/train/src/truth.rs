@@ -71,6 +71,9 @@ pub struct CollectiveTruth {
     pub end_ns: u64,
     /// Payload bytes.
     pub bytes: u64,
+    /// Device idle time between the previous collective's end (or the window start) and this
+    /// arrival: host-side noise that shifts arrivals, measured.
+    pub idle_before_ns: u64,
 }
 
 /// One training step (from the step markers).
@@ -170,14 +173,20 @@ pub fn build(info: &RunInfo, records: &[SimRecord]) -> GroundTruth {
     let times = categorize(records, 0, s.peak_flops_per_s, info.window_start_ns, info.window_end_ns);
     let categories = CATEGORIES.iter().zip(times.ns).map(|(c, ns)| (*c, ns)).collect();
     let of_kind = |kind: RecordKind| records.iter().filter(move |r| r.kind() == Some(kind));
+    let mut previous_end_ns = info.window_start_ns;
     let collectives = of_kind(RecordKind::Collective)
-        .map(|r| CollectiveTruth {
-            sequence: r.sequence,
-            name: r.name().to_string(),
-            arrival_ns: r.start_ns,
-            last_arrival_ns: r.transfer_start_ns,
-            end_ns: r.end_ns,
-            bytes: r.bytes,
+        .map(|r| {
+            let from = previous_end_ns.min(r.start_ns);
+            previous_end_ns = r.end_ns;
+            CollectiveTruth {
+                sequence: r.sequence,
+                name: r.name().to_string(),
+                arrival_ns: r.start_ns,
+                last_arrival_ns: r.transfer_start_ns,
+                end_ns: r.end_ns,
+                bytes: r.bytes,
+                idle_before_ns: (r.start_ns - from) - busy_ns(records, from, r.start_ns),
+            }
         })
         .collect();
     let step_ranges = of_kind(RecordKind::Marker)
