@@ -348,7 +348,11 @@ pub extern "C" fn ncclGroupEnd() -> NcclResult {
 /// `const char* ncclGetErrorString(ncclResult_t result)`.
 #[no_mangle]
 pub extern "C" fn ncclGetErrorString(result: NcclResult) -> *const c_char {
-    let text = match result {
+    guard(c"internal error".as_ptr(), || error_text(result).as_ptr())
+}
+
+fn error_text(result: NcclResult) -> &'static std::ffi::CStr {
+    match result {
         NCCL_SUCCESS => c"no error",
         NCCL_UNHANDLED_CUDA_ERROR => c"unhandled cuda error (run with NCCL_DEBUG=INFO for details)",
         NCCL_SYSTEM_ERROR => c"unhandled system error (run with NCCL_DEBUG=INFO for details)",
@@ -356,6 +360,5 @@ pub extern "C" fn ncclGetErrorString(result: NcclResult) -> *const c_char {
         NCCL_INVALID_ARGUMENT => c"invalid argument (run with NCCL_DEBUG=WARN for details)",
         NCCL_INVALID_USAGE => c"invalid usage (run with NCCL_DEBUG=WARN for details)",
         _ => c"unknown result code",
-    };
-    text.as_ptr()
+    }
 }

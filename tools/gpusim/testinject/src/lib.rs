@@ -46,10 +46,11 @@ static FLUSH_ALL: OnceLock<usize> = OnceLock::new();
 const BUFFER_BYTES: usize = 1 << 20;
 
 unsafe extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize, max_records: *mut usize) {
-    let layout = std::alloc::Layout::from_size_align(BUFFER_BYTES, 8).expect("layout");
-    // SAFETY: non-zero size layout; the out-pointers come from CUPTI.
+    // u64 words: CUPTI wants 8-byte aligned buffers.
+    let words: &'static mut [u64] = Box::leak(vec![0u64; BUFFER_BYTES / 8].into_boxed_slice());
+    // SAFETY: the out-pointers come from CUPTI.
     unsafe {
-        *buffer = std::alloc::alloc(layout);
+        *buffer = words.as_mut_ptr() as *mut u8;
         *size = BUFFER_BYTES;
         *max_records = 0;
     }
@@ -60,7 +61,17 @@ fn read<T: Copy>(record: *const u8, offset: usize) -> T {
     unsafe { std::ptr::read_unaligned(record.add(offset) as *const T) }
 }
 
-unsafe extern "C" fn buffer_completed(_ctx: *mut c_void, _stream: u32, buffer: *mut u8, _size: usize, valid: usize) {
+unsafe extern "C" fn buffer_completed(ctx: *mut c_void, stream: u32, buffer: *mut u8, size: usize, valid: usize) {
+    // Never unwind into CUPTI.
+    // SAFETY: forwarding CUPTI's arguments unchanged.
+    let _ = std::panic::catch_unwind(|| unsafe { count_records(ctx, stream, buffer, size, valid) });
+}
+
+/// Count the records of one completed buffer and free it.
+///
+/// # Safety
+/// `buffer` must come from [`buffer_requested`] with `valid` bytes written by CUPTI.
+unsafe fn count_records(_ctx: *mut c_void, _stream: u32, buffer: *mut u8, _size: usize, valid: usize) {
     BUFFERS.fetch_add(1, Ordering::SeqCst);
     let Some(&next) = NEXT_RECORD.get() else { return };
     // SAFETY: resolved from libcupti with this signature.
@@ -97,9 +108,8 @@ unsafe extern "C" fn buffer_completed(_ctx: *mut c_void, _stream: u32, buffer: *
             _ => {}
         }
     }
-    let layout = std::alloc::Layout::from_size_align(BUFFER_BYTES, 8).expect("layout");
-    // SAFETY: allocated in buffer_requested with the same layout.
-    unsafe { std::alloc::dealloc(buffer, layout) };
+    // SAFETY: allocated in buffer_requested as a boxed slice of BUFFER_BYTES / 8 words.
+    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buffer as *mut u64, BUFFER_BYTES / 8)) });
 }
 
 extern "C" fn at_exit() {
