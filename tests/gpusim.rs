@@ -15,14 +15,14 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 /// Built gpusim artifacts.
-struct Built {
+pub(crate) struct Built {
     /// Where cargo put the binaries and cdylibs.
-    build_dir: PathBuf,
+    pub(crate) build_dir: PathBuf,
     /// Where the libraries are staged under real names.
-    lib_dir: PathBuf,
+    pub(crate) lib_dir: PathBuf,
 }
 
-fn built() -> &'static Built {
+pub(crate) fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -310,7 +310,7 @@ fn gpusim_exports_real_sonames_and_no_endbr64_prologues() {
 }
 
 #[test]
-fn gpusim_cupti_records_and_pm_samples_match_the_ground_truth() {
+fn gpusim_cupti_records_callbacks_and_pm_samples_match_the_ground_truth() {
     let b = built();
     let dir = tempfile::tempdir().expect("tempdir");
     let cupti_out = dir.path().join("cupti.json");
@@ -347,6 +347,14 @@ fn gpusim_cupti_records_and_pm_samples_match_the_ground_truth() {
         .sum::<u64>()
         - steps * 337_544;
     assert_eq!(n(&seen, "kernel_ns"), kernel_ns);
+    // Callback API: cuLaunchKernel enter and exit fire once per launch with symbolName,
+    // cuLaunchKernel_params and CUDA_SUCCESS, under the correlation ids of the API records.
+    assert_eq!(
+        (n(&seen, "callback_enters"), n(&seen, "callback_exits")),
+        (total(&truth, "launches"), total(&truth, "launches"))
+    );
+    assert_eq!(n(&seen, "callback_bad"), 0);
+    assert_eq!(n(&seen, "callback_correlation_sum"), n(&seen, "launch_api_correlation_sum"));
     // PM sampling (1 ms samples): tensor-pipe % × sample time adds up to compute.useful, and
     // graphics-busy % × sample time to the union of device ops (floating-point rounding only).
     assert!(n(&seen, "pm_samples") > 0, "{seen}");

@@ -20,6 +20,31 @@ pub const ENQUEUE_DEVICE_OP: &str = "gpusim_enqueue_device_op";
 /// `void gpusim_push_host(const SimRecord *rec)`: append a host interval (stall, marker, other).
 pub const PUSH_HOST: &str = "gpusim_push_host";
 
+/// `void gpusim_set_api_hook(ApiHookFn hook)`: libcupti's way to see driver API calls as they
+/// happen (enter and exit), for the CUPTI callback API. Null removes the hook.
+pub const SET_API_HOOK: &str = "gpusim_set_api_hook";
+
+/// Callback site of [`ApiHookFn`]: `CUPTI_API_ENTER`.
+pub const SITE_ENTER: u32 = 0;
+/// `CUPTI_API_EXIT`.
+pub const SITE_EXIT: u32 = 1;
+
+/// `void hook(u32 site, u32 cbid, const char *function_name, const char *symbol_name,
+/// const void *function_params, void *return_value, u32 correlation_id)`: called by libcuda
+/// without its lock held. `function_params` points at the real `<api>_params` struct of
+/// `generated_cuda_meta.h` for the launch entry points and is null for the others.
+pub type ApiHookFn = unsafe extern "C" fn(
+    u32,
+    u32,
+    *const libc::c_char,
+    *const libc::c_char,
+    *const libc::c_void,
+    *mut libc::c_void,
+    u32,
+);
+/// `gpusim_set_api_hook`.
+pub type SetApiHookFn = unsafe extern "C" fn(Option<ApiHookFn>);
+
 /// `gpusim_record_count`.
 pub type RecordCountFn = unsafe extern "C" fn() -> u64;
 /// `gpusim_read_records`.

@@ -16,6 +16,7 @@ use gpusim_core::record::{RecordKind, SimRecord};
 use crate::api_init::checked;
 use crate::config;
 use crate::device::{self, Function};
+use crate::hook;
 use crate::types::*;
 
 /// Parse a gpusim module image into its kernels.
@@ -114,12 +115,45 @@ struct Shape {
     shared_mem_bytes: u32,
 }
 
-/// The one launch path: burn the configured host CPU, place the kernel on the stream's timeline
-/// and log the API call (named `api`) that enqueued it.
+/// `cuLaunchKernel_params` (generated_cuda_meta.h); also the layout of `cuLaunchKernel_ptsz_params`
+/// and, without `extra`, of `cuLaunchCooperativeKernel_params`. Passed to the callback API.
+#[repr(C)]
+struct LaunchKernelParams {
+    f: Handle,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared_mem_bytes: c_uint,
+    h_stream: Handle,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+}
+
+/// `cuLaunchKernelEx_params` (generated_cuda_meta.h).
+#[repr(C)]
+struct LaunchKernelExParams {
+    config: *const CuLaunchConfig,
+    f: Handle,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+}
+
+/// The one launch path: allocate the correlation id, report the API enter to a CUPTI
+/// subscriber, burn the configured host CPU, place the kernel on the stream's timeline, log the
+/// API call (named `api`) and report the exit. `params` is the entry point's params struct.
 #[inline(never)]
-fn launch(api: (&str, u32), hfunc: Handle, shape: Shape, stream: Handle) -> CuResult {
+fn launch(api: (&str, u32), hfunc: Handle, shape: Shape, stream: Handle, params: *const c_void) -> CuResult {
     checked(|| {
         let start = now_ns();
+        let (correlation_id, symbol) = {
+            let mut dev = device::lock();
+            let symbol = (hfunc as usize).checked_sub(1).and_then(|i| dev.functions.get(i)).map(|f| f.name.as_ptr());
+            (dev.next_correlation_id(), symbol)
+        };
+        let Some(symbol) = symbol else {
+            return CUDA_ERROR_INVALID_HANDLE;
+        };
+        let call = hook::Call { cbid: api.1, name: api.0, symbol, params, correlation_id };
+        hook::enter(&call);
         spin_for(config::get().launch_cpu_ns);
         let mut dev = device::lock();
         let Some(function) = (hfunc as usize).checked_sub(1).and_then(|i| dev.functions.get(i)) else {
@@ -131,11 +165,31 @@ fn launch(api: (&str, u32), hfunc: Handle, shape: Shape, stream: Handle) -> CuRe
         rec.grid = shape.grid;
         rec.block = shape.block;
         rec.shared_mem_bytes = shape.shared_mem_bytes;
+        rec.correlation_id = correlation_id;
         let duration_ns = (function.duration_ns as f64 * config::get().slowdown).round() as u64;
-        let correlation_id = dev.enqueue(rec, stream_id(stream), duration_ns);
+        dev.enqueue(rec, stream_id(stream), duration_ns);
         dev.push_api(api.0, api.1, start, correlation_id);
+        drop(dev);
+        hook::exit(&call, CUDA_SUCCESS);
         CUDA_SUCCESS
     })
+}
+
+/// Launch through a classic-signature entry point, with its params struct for the hook.
+#[allow(clippy::too_many_arguments)]
+fn launch_classic(
+    api: (&str, u32),
+    f: Handle,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared_mem_bytes: c_uint,
+    stream: Handle,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CuResult {
+    let params = LaunchKernelParams { f, grid, block, shared_mem_bytes, h_stream: stream, kernel_params, extra };
+    let shape = Shape { grid, block, shared_mem_bytes };
+    launch(api, f, shape, stream, &params as *const LaunchKernelParams as *const c_void)
 }
 
 /// `CUresult cuLaunchKernel(CUfunction f, unsigned gridDimX..Z, unsigned blockDimX..Z,
@@ -152,11 +206,12 @@ pub extern "C" fn cuLaunchKernel(
     block_z: c_uint,
     shared_mem_bytes: c_uint,
     stream: Handle,
-    _kernel_params: *mut *mut c_void,
-    _extra: *mut *mut c_void,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
 ) -> CuResult {
-    let shape = Shape { grid: [grid_x, grid_y, grid_z], block: [block_x, block_y, block_z], shared_mem_bytes };
-    launch(("cuLaunchKernel", cbid::CU_LAUNCH_KERNEL), f, shape, stream)
+    let api = ("cuLaunchKernel", cbid::CU_LAUNCH_KERNEL);
+    let (grid, block) = ([grid_x, grid_y, grid_z], [block_x, block_y, block_z]);
+    launch_classic(api, f, grid, block, shared_mem_bytes, stream, kernel_params, extra)
 }
 
 /// `cuLaunchKernel_ptsz`: the per-thread-default-stream variant (same signature).
@@ -172,11 +227,12 @@ pub extern "C" fn cuLaunchKernel_ptsz(
     block_z: c_uint,
     shared_mem_bytes: c_uint,
     stream: Handle,
-    _kernel_params: *mut *mut c_void,
-    _extra: *mut *mut c_void,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
 ) -> CuResult {
-    let shape = Shape { grid: [grid_x, grid_y, grid_z], block: [block_x, block_y, block_z], shared_mem_bytes };
-    launch(("cuLaunchKernel_ptsz", cbid::CU_LAUNCH_KERNEL_PTSZ), f, shape, stream)
+    let api = ("cuLaunchKernel_ptsz", cbid::CU_LAUNCH_KERNEL_PTSZ);
+    let (grid, block) = ([grid_x, grid_y, grid_z], [block_x, block_y, block_z]);
+    launch_classic(api, f, grid, block, shared_mem_bytes, stream, kernel_params, extra)
 }
 
 /// `cuLaunchCooperativeKernel`: same signature as `cuLaunchKernel` minus `extra`.
@@ -192,14 +248,20 @@ pub extern "C" fn cuLaunchCooperativeKernel(
     block_z: c_uint,
     shared_mem_bytes: c_uint,
     stream: Handle,
-    _kernel_params: *mut *mut c_void,
+    kernel_params: *mut *mut c_void,
 ) -> CuResult {
-    let shape = Shape { grid: [grid_x, grid_y, grid_z], block: [block_x, block_y, block_z], shared_mem_bytes };
     let api = ("cuLaunchCooperativeKernel", cbid::CU_LAUNCH_COOPERATIVE_KERNEL);
-    launch(api, f, shape, stream)
+    let (grid, block) = ([grid_x, grid_y, grid_z], [block_x, block_y, block_z]);
+    launch_classic(api, f, grid, block, shared_mem_bytes, stream, kernel_params, std::ptr::null_mut())
 }
 
-fn launch_ex(api: (&str, u32), config: *const CuLaunchConfig, f: Handle) -> CuResult {
+fn launch_ex(
+    api: (&str, u32),
+    config: *const CuLaunchConfig,
+    f: Handle,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CuResult {
     if config.is_null() {
         return CUDA_ERROR_INVALID_VALUE;
     }
@@ -210,7 +272,8 @@ fn launch_ex(api: (&str, u32), config: *const CuLaunchConfig, f: Handle) -> CuRe
         block: [c.block_dim_x, c.block_dim_y, c.block_dim_z],
         shared_mem_bytes: c.shared_mem_bytes,
     };
-    launch(api, f, shape, c.h_stream)
+    let params = LaunchKernelExParams { config, f, kernel_params, extra };
+    launch(api, f, shape, c.h_stream, &params as *const LaunchKernelExParams as *const c_void)
 }
 
 /// `CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams,
@@ -219,10 +282,10 @@ fn launch_ex(api: (&str, u32), config: *const CuLaunchConfig, f: Handle) -> CuRe
 pub extern "C" fn cuLaunchKernelEx(
     config: *const CuLaunchConfig,
     f: Handle,
-    _kernel_params: *mut *mut c_void,
-    _extra: *mut *mut c_void,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
 ) -> CuResult {
-    launch_ex(("cuLaunchKernelEx", cbid::CU_LAUNCH_KERNEL_EX), config, f)
+    launch_ex(("cuLaunchKernelEx", cbid::CU_LAUNCH_KERNEL_EX), config, f, kernel_params, extra)
 }
 
 /// `cuLaunchKernelEx_ptsz`.
@@ -230,10 +293,10 @@ pub extern "C" fn cuLaunchKernelEx(
 pub extern "C" fn cuLaunchKernelEx_ptsz(
     config: *const CuLaunchConfig,
     f: Handle,
-    _kernel_params: *mut *mut c_void,
-    _extra: *mut *mut c_void,
+    kernel_params: *mut *mut c_void,
+    extra: *mut *mut c_void,
 ) -> CuResult {
-    launch_ex(("cuLaunchKernelEx_ptsz", cbid::CU_LAUNCH_KERNEL_EX_PTSZ), config, f)
+    launch_ex(("cuLaunchKernelEx_ptsz", cbid::CU_LAUNCH_KERNEL_EX_PTSZ), config, f, kernel_params, extra)
 }
 
 /// `CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)`: any non-null executable

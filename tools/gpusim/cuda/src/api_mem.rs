@@ -10,7 +10,7 @@ use gpusim_core::record::{RecordKind, SimRecord, COPY_DTOH, COPY_HTOD};
 
 use crate::api_init::checked;
 use crate::types::*;
-use crate::{config, device};
+use crate::{config, device, hook};
 
 /// Fixed cost of any copy on top of the bandwidth term (DMA setup).
 const COPY_SETUP_NS: u64 = 2_000;
@@ -70,31 +70,35 @@ pub extern "C" fn cuMemFree_v2(dptr: CuDevicePtr) -> CuResult {
 fn copy(api: (&str, u32), kind: RecordKind, copy_kind: u32, bytes: usize, stream: Option<Handle>) -> CuResult {
     checked(|| {
         let start = now_ns();
+        let correlation_id = device::lock().next_correlation_id();
+        let call =
+            hook::Call { cbid: api.1, name: api.0, symbol: std::ptr::null(), params: std::ptr::null(), correlation_id };
+        hook::enter(&call);
         let mut rec = SimRecord::new(kind);
         rec.set_name(api.0);
         rec.copy_kind = copy_kind;
         rec.bytes = bytes as u64;
+        rec.correlation_id = correlation_id;
         let mut dev = device::lock();
-        let (stream_id, end_ns) = match stream {
+        let end_ns = match stream {
             Some(handle) => {
-                let id = stream_id(handle);
-                let correlation_id = dev.enqueue(rec, id, copy_duration_ns(bytes));
-                dev.push_api(api.0, api.1, start, correlation_id);
-                return CUDA_SUCCESS;
+                dev.enqueue(rec, stream_id(handle), copy_duration_ns(bytes));
+                0
             }
             None => {
                 // Synchronous copies wait for all prior work (legacy default stream).
                 let after = dev.all_streams_free_ns();
                 let free = dev.stream_free_ns.entry(0).or_insert(0);
                 *free = (*free).max(after);
-                let correlation_id = dev.enqueue(rec, 0, copy_duration_ns(bytes));
-                let end_ns = dev.stream_free_ns.get(&0).copied().unwrap_or(0);
-                (correlation_id, end_ns)
+                dev.enqueue(rec, 0, copy_duration_ns(bytes));
+                dev.stream_free_ns.get(&0).copied().unwrap_or(0)
             }
         };
         drop(dev);
+        // Synchronous forms really block until the copy is done (end_ns is 0 for async ones).
         sleep_until(end_ns);
-        device::lock().push_api(api.0, api.1, start, stream_id);
+        device::lock().push_api(api.0, api.1, start, correlation_id);
+        hook::exit(&call, CUDA_SUCCESS);
         CUDA_SUCCESS
     })
 }

@@ -95,9 +95,14 @@ impl Device {
         self.push_device_op(rec)
     }
 
-    /// Log a device op whose times are already set and advance its stream.
+    /// Log a device op whose times are already set and advance its stream. A non-zero
+    /// `rec.correlation_id` is kept; zero gets a fresh id.
     pub fn push_device_op(&mut self, mut rec: SimRecord) -> u32 {
-        let correlation_id = self.next_correlation_id();
+        // A launch allocates its id at API entry (the callback API reports it there).
+        let correlation_id = match rec.correlation_id {
+            0 => self.next_correlation_id(),
+            preset => preset,
+        };
         rec.correlation_id = correlation_id;
         rec.thread_id = thread_id();
         let free = self.stream_free_ns.entry(rec.stream_id).or_insert(0);
@@ -125,9 +130,17 @@ impl Device {
 /// `sync_type` (3 = stream, 4 = context, 1 = event synchronize), tagged with the API's cbid.
 pub fn wait_until(deadline_ns: u64, sync_type: u32, stream_id: u32, api: (&str, u32)) {
     let start_ns = now_ns();
+    let correlation_id = lock().next_correlation_id();
+    let call = crate::hook::Call {
+        cbid: api.1,
+        name: api.0,
+        symbol: std::ptr::null(),
+        params: std::ptr::null(),
+        correlation_id,
+    };
+    crate::hook::enter(&call);
     gpusim_core::clock::sleep_until(deadline_ns);
     let mut dev = lock();
-    let correlation_id = dev.next_correlation_id();
     let mut rec = SimRecord::new(RecordKind::SyncWait);
     rec.set_name(api.0);
     rec.cbid = api.1;
@@ -141,4 +154,6 @@ pub fn wait_until(deadline_ns: u64, sync_type: u32, stream_id: u32, api: (&str, 
     rec.thread_id = thread_id();
     dev.records.push(rec);
     dev.push_api(api.0, api.1, start_ns, correlation_id);
+    drop(dev);
+    crate::hook::exit(&call, 0);
 }

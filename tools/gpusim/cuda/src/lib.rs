@@ -5,6 +5,7 @@
 //!   kernel table loaded from modules, and the record log every other part reads.
 //! - [`config`]: knobs from `GPUSIM_*` environment variables (launch cost, latency, slowdown).
 //! - [`inject`]: `CUDA_INJECTION64_PATH` handling, as the real `cuInit` does it.
+//! - [`hook`]: API enter/exit reports for libcupti's callback API.
 //! - [`api_init`], [`api_exec`], [`api_mem`]: the exported `cu*` entry points.
 //! - [`procaddr`]: `cuGetProcAddress`, how the CUDA runtime finds every other entry point.
 //! - [`private`]: the `gpusim_*` symbols through which libcupti, libnccl and the workload share
@@ -23,6 +24,7 @@ pub mod api_init;
 pub mod api_mem;
 pub mod config;
 pub mod device;
+pub mod hook;
 pub mod inject;
 pub mod private;
 pub mod procaddr;

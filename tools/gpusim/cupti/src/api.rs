@@ -1,15 +1,14 @@
 //! The exported `cupti*` entry points (signatures from `cupti_activity.h`, `cupti_callbacks.h`,
-//! `cupti_result.h`, CUDA 12.9). The callback API keeps subscriptions (one subscriber, like CUPTI
-//! before 13.3) but gpusim's libcuda does not fire API callbacks; collectors get everything
-//! through activity records.
+//! `cupti_result.h`, CUDA 12.9). The callback API serves one subscriber (like CUPTI before
+//! 13.3); driver-domain callbacks fire through libcuda's API hook (see [`crate::callbacks`]).
 
 use std::ffi::{c_char, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use gpusim_core::clock::now_ns;
 use gpusim_core::ffi::guard;
 
 use crate::activity::{self, CompleteFn, RequestFn};
+use crate::callbacks::{self, CallbackFn};
 
 /// `CUptiResult`.
 pub type CuptiResult = i32;
@@ -20,8 +19,6 @@ const CUPTI_ERROR_NOT_INITIALIZED: CuptiResult = 15;
 const CUPTI_ERROR_INVALID_KIND: CuptiResult = 21;
 const CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED: CuptiResult = 39;
 const CUPTI_ERROR_UNKNOWN: CuptiResult = 999;
-
-static SUBSCRIBED: AtomicBool = AtomicBool::new(false);
 
 /// `CUptiResult cuptiGetVersion(uint32_t *version)`: CUPTI_API_VERSION 28 (CUDA 12.9).
 #[no_mangle]
@@ -151,42 +148,91 @@ pub extern "C" fn cuptiActivityGetNumDroppedRecords(
 #[no_mangle]
 pub extern "C" fn cuptiSubscribe(
     subscriber: *mut *mut c_void,
-    _callback: *const c_void,
-    _userdata: *mut c_void,
+    callback: Option<CallbackFn>,
+    userdata: *mut c_void,
 ) -> CuptiResult {
     guard(CUPTI_ERROR_UNKNOWN, || {
+        let Some(callback) = callback else {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        };
         if subscriber.is_null() {
             return CUPTI_ERROR_INVALID_PARAMETER;
         }
-        if SUBSCRIBED.swap(true, Ordering::SeqCst) {
+        let mut slot = callbacks::subscriber();
+        if slot.is_some() {
             return CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED;
         }
+        *slot = Some(callbacks::Subscriber {
+            callback,
+            userdata: userdata as usize,
+            enabled: Default::default(),
+            all_driver: false,
+        });
         // SAFETY: non-null out-pointer; the handle is an opaque token.
-        unsafe { *subscriber = 0x5ab5_usize as *mut c_void };
+        unsafe { *subscriber = SUBSCRIBER_HANDLE as *mut c_void };
         CUPTI_SUCCESS
     })
 }
+
+/// The one subscriber handle.
+const SUBSCRIBER_HANDLE: usize = 0x5ab5;
 
 /// `CUptiResult cuptiUnsubscribe(CUpti_SubscriberHandle subscriber)`.
 #[no_mangle]
-pub extern "C" fn cuptiUnsubscribe(_subscriber: *mut c_void) -> CuptiResult {
+pub extern "C" fn cuptiUnsubscribe(subscriber: *mut c_void) -> CuptiResult {
     guard(CUPTI_ERROR_UNKNOWN, || {
-        SUBSCRIBED.store(false, Ordering::SeqCst);
+        if subscriber as usize != SUBSCRIBER_HANDLE {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        *callbacks::subscriber() = None;
+        callbacks::install_hook(false);
         CUPTI_SUCCESS
     })
 }
 
+/// Apply `change` to the subscriber and (un)install libcuda's hook as needed.
+fn update(subscriber: *mut c_void, domain: u32, change: impl FnOnce(&mut callbacks::Subscriber)) -> CuptiResult {
+    if subscriber as usize != SUBSCRIBER_HANDLE {
+        return CUPTI_ERROR_INVALID_PARAMETER;
+    }
+    if domain != callbacks::DOMAIN_DRIVER_API {
+        // Other domains (runtime, resource, NVTX) are accepted and never fire.
+        return CUPTI_SUCCESS;
+    }
+    let wanted = {
+        let mut slot = callbacks::subscriber();
+        let Some(sub) = slot.as_mut() else {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        };
+        change(sub);
+        sub.all_driver || !sub.enabled.is_empty()
+    };
+    if callbacks::install_hook(wanted) || !wanted {
+        CUPTI_SUCCESS
+    } else {
+        CUPTI_ERROR_NOT_INITIALIZED
+    }
+}
+
 /// `CUptiResult cuptiEnableCallback(uint32_t enable, CUpti_SubscriberHandle,
-/// CUpti_CallbackDomain, CUpti_CallbackId)`: accepted, never fired (see module docs).
+/// CUpti_CallbackDomain, CUpti_CallbackId)`: driver-domain callbacks fire at API enter and exit.
 #[no_mangle]
-pub extern "C" fn cuptiEnableCallback(_enable: u32, _subscriber: *mut c_void, _domain: u32, _cbid: u32) -> CuptiResult {
-    guard(CUPTI_ERROR_UNKNOWN, || CUPTI_SUCCESS)
+pub extern "C" fn cuptiEnableCallback(enable: u32, subscriber: *mut c_void, domain: u32, cbid: u32) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        update(subscriber, domain, |sub| {
+            if enable != 0 {
+                sub.enabled.insert(cbid);
+            } else {
+                sub.enabled.remove(&cbid);
+            }
+        })
+    })
 }
 
 /// `CUptiResult cuptiEnableDomain(uint32_t enable, CUpti_SubscriberHandle, CUpti_CallbackDomain)`.
 #[no_mangle]
-pub extern "C" fn cuptiEnableDomain(_enable: u32, _subscriber: *mut c_void, _domain: u32) -> CuptiResult {
-    guard(CUPTI_ERROR_UNKNOWN, || CUPTI_SUCCESS)
+pub extern "C" fn cuptiEnableDomain(enable: u32, subscriber: *mut c_void, domain: u32) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || update(subscriber, domain, |sub| sub.all_driver = enable != 0))
 }
 
 /// `CUptiResult cuptiFinalize(void)`: flush and stop delivering.

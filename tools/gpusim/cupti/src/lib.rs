@@ -7,6 +7,7 @@
 //! - [`activity`]: enabled kinds, buffer callbacks, and the flush that converts libcuda's
 //!   records (read through `gpusim_read_records`) into CUPTI records in client buffers.
 //! - [`api`]: the exported activity and callback `cupti*` entry points.
+//! - [`callbacks`]: the callback API's subscriber and the `CUpti_CallbackData` it receives.
 //! - [`pm`], [`pm_metrics`], [`pm_api`]: PM sampling — tensor-pipe activity per sample derived
 //!   from each kernel's FLOPs, the profiler-host metric evaluation, and their entry points.
 //!
@@ -20,6 +21,7 @@
 
 pub mod activity;
 pub mod api;
+pub mod callbacks;
 pub mod layout;
 pub mod pm;
 pub mod pm_api;

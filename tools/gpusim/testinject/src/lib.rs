@@ -30,6 +30,15 @@ struct Seen {
     marker_starts: u64,
     marker_ends: u64,
     bad_intervals: u64,
+    /// Σ correlation ids of cuLaunchKernel API records.
+    launch_api_correlation_sum: u64,
+    /// cuLaunchKernel callbacks at enter / exit.
+    callback_enters: u64,
+    callback_exits: u64,
+    /// Σ correlation ids at enter.
+    callback_correlation_sum: u64,
+    /// Enter callbacks whose symbolName, params (f, gridDimX = 132) or exit value were wrong.
+    callback_bad: u64,
 }
 
 fn seen() -> &'static Mutex<Seen> {
@@ -96,7 +105,11 @@ unsafe fn count_records(_ctx: *mut c_void, _stream: u32, buffer: *mut u8, _size:
                 // CUpti_ActivityAPI: cbid @4; 307 = cuLaunchKernel
                 let cbid: u32 = read(record, 4);
                 s.api_calls += 1;
-                s.launch_api_calls += u64::from(cbid == 307);
+                if cbid == 307 {
+                    s.launch_api_calls += 1;
+                    // CUpti_ActivityAPI: correlationId @32
+                    s.launch_api_correlation_sum += read::<u32>(record, 32) as u64;
+                }
             }
             38 => s.syncs += 1,
             12 => {
@@ -123,9 +136,10 @@ extern "C" fn at_exit() {
     let pm = pm::finish();
     let s = seen().lock().unwrap_or_else(|p| p.into_inner());
     let text = format!(
-        "{{\"pm_samples\":{},\"pm_tensor_active_ns\":{},\"pm_busy_ns\":{},\"kernels\":{},\"kernel_ns\":{},\"kernels_without_name\":{},\"memcpys\":{},\"launch_api_calls\":{},\"api_calls\":{},\"syncs\":{},\"marker_starts\":{},\"marker_ends\":{},\"bad_intervals\":{},\"buffers\":{}}}\n",
+        "{{\"pm_samples\":{},\"pm_tensor_active_ns\":{},\"pm_busy_ns\":{},\"kernels\":{},\"kernel_ns\":{},\"kernels_without_name\":{},\"memcpys\":{},\"launch_api_calls\":{},\"api_calls\":{},\"syncs\":{},\"marker_starts\":{},\"marker_ends\":{},\"bad_intervals\":{},\"buffers\":{},\"launch_api_correlation_sum\":{},\"callback_enters\":{},\"callback_exits\":{},\"callback_correlation_sum\":{},\"callback_bad\":{}}}\n",
         pm.samples, pm.tensor_active_ns, pm.busy_ns, s.kernels, s.kernel_ns, s.kernels_without_name, s.memcpys, s.launch_api_calls, s.api_calls,
-        s.syncs, s.marker_starts, s.marker_ends, s.bad_intervals, BUFFERS.load(Ordering::SeqCst)
+        s.syncs, s.marker_starts, s.marker_ends, s.bad_intervals, BUFFERS.load(Ordering::SeqCst),
+        s.launch_api_correlation_sum, s.callback_enters, s.callback_exits, s.callback_correlation_sum, s.callback_bad
     );
     let _ = std::fs::write(path, text);
 }
@@ -156,7 +170,60 @@ fn start_cupti() -> Option<()> {
             }
         }
         pm::start(lib);
+        subscribe(lib);
         libc::atexit(at_exit);
+    }
+    Some(())
+}
+
+/// `CUpti_CallbackFunc` for cuLaunchKernel (cbid 307): reads `CUpti_CallbackData` by the real
+/// header's offsets (site @0, functionParams @16, returnValue @24, symbolName @32,
+/// correlationId @64) and `cuLaunchKernel_params` (f @0, gridDimX @8).
+unsafe extern "C" fn on_callback(_userdata: *mut c_void, domain: u32, cbid: u32, data: *const c_void) {
+    let _ = std::panic::catch_unwind(|| {
+        if domain != 1 || cbid != 307 || data.is_null() {
+            return;
+        }
+        let data = data as *const u8;
+        let site: u32 = read(data, 0);
+        let params: usize = read(data, 16);
+        let mut s = seen().lock().unwrap_or_else(|p| p.into_inner());
+        if site == 0 {
+            s.callback_enters += 1;
+            s.callback_correlation_sum += read::<u32>(data, 64) as u64;
+            let symbol: usize = read(data, 32);
+            let ok = symbol != 0
+                && params != 0
+                && read::<usize>(params as *const u8, 0) != 0
+                && read::<u32>(params as *const u8, 8) == 132;
+            s.callback_bad += u64::from(!ok);
+        } else {
+            s.callback_exits += 1;
+            let ret: usize = read(data, 24);
+            s.callback_bad += u64::from(ret == 0 || read::<i32>(ret as *const u8, 0) != 0);
+        }
+    });
+}
+
+/// Subscribe to the driver domain's cuLaunchKernel callback.
+fn subscribe(lib: *mut c_void) -> Option<()> {
+    // SAFETY: CUPTI entry points with the signatures of cupti_callbacks.h.
+    unsafe {
+        let sub = libc::dlsym(lib, c"cuptiSubscribe".as_ptr());
+        let enable = libc::dlsym(lib, c"cuptiEnableCallback".as_ptr());
+        if sub.is_null() || enable.is_null() {
+            return None;
+        }
+        let sub: unsafe extern "C" fn(*mut *mut c_void, usize, *mut c_void) -> i32 = std::mem::transmute(sub);
+        let enable: unsafe extern "C" fn(u32, *mut c_void, u32, u32) -> i32 = std::mem::transmute(enable);
+        let mut handle = std::ptr::null_mut();
+        if sub(&mut handle, on_callback as *const () as usize, std::ptr::null_mut()) != 0 {
+            eprintln!("gpusim-testinject: cuptiSubscribe failed");
+            return None;
+        }
+        if enable(1, handle, 1, 307) != 0 {
+            eprintln!("gpusim-testinject: cuptiEnableCallback failed");
+        }
     }
     Some(())
 }
