@@ -368,14 +368,14 @@ fn gpusim_cupti_records_callbacks_and_pm_samples_match_the_ground_truth() {
 
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON)"]
-fn root_gpusim_uprobe_counts_exactly_the_ground_truth_launches() {
+fn root_gpusim_uprobes_count_exactly_the_ground_truth_calls() {
     use ghostprof::collect::bpf::launch_count::LaunchCountSkelBuilder;
     use libbpf_rs::skel::{OpenSkel, SkelBuilder};
     use libbpf_rs::UprobeOpts;
 
     let b = built();
-    // A private copy of the libraries: only this run's processes map this libcuda.so.1, so the
-    // probe counts nothing from other tests.
+    // A private copy of the libraries: only this run's processes map these files, so the probes
+    // count nothing from other tests.
     let lib_dir = tempfile::tempdir().expect("tempdir");
     let staged = Command::new(b.build_dir.join("gpusim-train"))
         .arg("stage")
@@ -388,12 +388,23 @@ fn root_gpusim_uprobe_counts_exactly_the_ground_truth_launches() {
     let mut storage = std::mem::MaybeUninit::uninit();
     let open = LaunchCountSkelBuilder::default().open(&mut storage).expect("open launch_count");
     let skel = open.load().expect("load launch_count: run as root (CAP_BPF, CAP_PERFMON)");
-    let opts = UprobeOpts { func_name: Some("cuLaunchKernel".into()), ..UprobeOpts::default() };
-    let _link = skel
-        .progs
-        .count_launch
-        .attach_uprobe_with_opts(-1, lib_dir.path().join("libcuda.so.1"), 0, opts)
-        .expect("attach a uprobe to gpusim's cuLaunchKernel");
+    // (library, function) per counter slot = attach cookie.
+    let probes = [
+        ("libcuda.so.1", "cuLaunchKernel"),
+        ("libcuda.so.1", "cuStreamSynchronize"),
+        ("libnccl.so.2", "ncclAllReduce"),
+    ];
+    let _links: Vec<_> = probes
+        .iter()
+        .enumerate()
+        .map(|(slot, (lib, func))| {
+            let opts = UprobeOpts { func_name: Some(func.to_string()), cookie: slot as u64, ..UprobeOpts::default() };
+            skel.progs
+                .count_call
+                .attach_uprobe_with_opts(-1, lib_dir.path().join(lib), 0, opts)
+                .unwrap_or_else(|e| panic!("attach a uprobe to gpusim's {lib}:{func}: {e}"))
+        })
+        .collect();
 
     let out_dir = tempfile::tempdir().expect("tempdir");
     let steps = 10;
@@ -407,17 +418,21 @@ fn root_gpusim_uprobe_counts_exactly_the_ground_truth_launches() {
         .expect("run gpusim-train");
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 
-    let expected: u64 = (0..2)
+    let truths: Vec<Value> = (0..2)
         .map(|rank| {
             let path = out_dir.path().join(format!("truth-rank{rank}.json"));
-            let truth: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("truth")).expect("json");
-            truth["totals"]["launches_by_api"]["cuLaunchKernel"].as_u64().expect("cuLaunchKernel count")
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("truth")).expect("json")
         })
-        .sum();
-    // straggler: 26 launches per step per rank.
-    assert_eq!(expected, 2 * 26 * steps);
-    let counted = skel.maps.bss_data.as_deref().expect("bss of launch_count").launches;
-    assert_eq!(counted, expected, "uprobe hits vs ground-truth launches");
+        .collect();
+    let sum = |f: &dyn Fn(&Value) -> u64| truths.iter().map(f).sum::<u64>();
+    let launches = sum(&|t| t["totals"]["launches_by_api"]["cuLaunchKernel"].as_u64().expect("cuLaunchKernel"));
+    // Every sync but the final cuCtxSynchronize is a cuStreamSynchronize.
+    let stream_syncs = sum(&|t| total(t, "syncs") - 1);
+    let collectives = sum(&|t| total(t, "collectives"));
+    // straggler: 26 launches, one stream sync and one all-reduce per step per rank.
+    assert_eq!((launches, stream_syncs, collectives), (2 * 26 * steps, 2 * steps, 2 * steps));
+    let counts = skel.maps.bss_data.as_deref().expect("bss of launch_count").counts;
+    assert_eq!(counts[..3], [launches, stream_syncs, collectives], "uprobe hits vs ground truth");
 }
 
 #[test]

@@ -76,9 +76,24 @@ pub fn run(launch: &Launch) -> Result<(), String> {
             Err(e) => failures.push(format!("rank {rank}: {e}")),
         }
     }
+    remove_stale_segment(launch.out_dir);
     if failures.is_empty() {
         Ok(())
     } else {
         Err(failures.join("; "))
+    }
+}
+
+/// Remove the communicator's shared-memory segment if a rank died before releasing it (the
+/// last rank to leave normally unlinks it; unlinking twice is harmless).
+fn remove_stale_segment(out_dir: &Path) {
+    let Ok(id) = std::fs::read(out_dir.join("nccl-unique-id")) else { return };
+    let name: Vec<u8> = id.into_iter().take_while(|&b| b != 0).collect();
+    if !name.starts_with(b"/gpusim-nccl-") {
+        return;
+    }
+    if let Ok(c_name) = std::ffi::CString::new(name) {
+        // SAFETY: shm_unlink with a valid C string; failure (already gone) is fine.
+        unsafe { libc::shm_unlink(c_name.as_ptr()) };
     }
 }
