@@ -17,7 +17,8 @@ EXAMPLES:
       -> /tmp/gs/truth-rank0.json, /tmp/gs/truth-rank1.json
   CUDA_INJECTION64_PATH=$PWD/target/debug/libghostprof_cuda.so gpusim-train --scenario balanced
 
-Libraries are looked up next to this executable (target/<profile>/libgpusim_*.so, or
+Ground truth goes to <out>/truth-rank<R>.json; --out defaults to $GPUSIM_OUT, else a new
+directory under $TMPDIR. Libraries are looked up next to this executable (target/<profile>/libgpusim_*.so, or
 GPUSIM_BUILD_DIR) and staged into --lib-dir (default <that dir>/gpusim-lib).";
 
 /// What to do.

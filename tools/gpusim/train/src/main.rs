@@ -60,7 +60,8 @@ fn run(command: Command) -> Result<(), String> {
                 }
                 (None, None) => scenario.steps,
             };
-            let out = r.out.unwrap_or_else(|| {
+            // --out, else GPUSIM_OUT, else a fresh temp dir.
+            let out = r.out.or_else(|| std::env::var_os("GPUSIM_OUT").map(PathBuf::from)).unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("gpusim-{}-{}", scenario.name, std::process::id()))
             });
             std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
