@@ -6,6 +6,7 @@ mod util; // shared helpers: temp dirs, writing synthetic traces, byte-level com
 mod bpf; // root tier: the eBPF build chain loads a real program and sees real off-CPU time
 mod cli; // the ghostprof binary: `info` text and JSON, errors, unimplemented commands
 mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)
+mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what the ground truth says
 mod pipeline; // collectors → queues → writer: backpressure counts every dropped record
 mod trace_compat; // plain `zstd -d` and the seekable format's seek table; seeking by time
 mod trace_damage; // truncation at every byte, bit flips, bad headers: errors name offsets, no panics

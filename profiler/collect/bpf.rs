@@ -5,3 +5,8 @@ include!(concat!(env!("OUT_DIR"), "/skeletons.rs"));
 
 const _: () = assert!(std::mem::size_of::<sched::types::gp_offcpu_event>() == 56);
 const _: () = assert!(std::mem::size_of::<sched::types::gp_event_hdr>() == 16);
+const _: () = assert!(std::mem::size_of::<cuda::types::gp_launch_event>() == 72);
+const _: () = assert!(std::mem::size_of::<cuda::types::gp_call_event>() == 56);
+const _: () = assert!(std::mem::size_of::<cuda::types::gp_nccl_event>() == 96);
+const _: () = assert!(std::mem::size_of::<cuda::types::gp_func_name_event>() == 160);
+const _: () = assert!(std::mem::size_of::<cuda::types::gp_comm_event>() == 48);

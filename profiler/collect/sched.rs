@@ -28,6 +28,12 @@ pub enum CollectError {
         #[source]
         source: libbpf_rs::Error,
     },
+    #[error("{path}: {what}")]
+    Library { path: std::path::PathBuf, what: String },
+    #[error("process {pid} does not exist (it may have exited): check the pid with `ps -p {pid}`")]
+    NoSuchProcess { pid: u32 },
+    #[error("process {pid} has no CUDA or NCCL library mapped (found: {found}); is it a GPU job, and has it initialized CUDA yet?")]
+    NoGpuLibrary { pid: u32, found: String },
 }
 
 fn bpf_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> CollectError + '_ {

@@ -2,5 +2,6 @@
 //! (record / attach) are built on it.
 
 pub mod pipeline;
+pub mod session;
 
 pub use pipeline::{Pipeline, PipelineOptions, PipelineStats, Producer};

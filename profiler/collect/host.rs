@@ -1,0 +1,409 @@
+//! The host collector: the `cuda` eBPF program's uprobes on libcuda and libnccl, attached to
+//! library files (so a library is probed before the process maps it), limited to the traced
+//! processes by the `targets` map, drained on a timer into trace records.
+//!
+//! Libraries are found three ways: by path for a process about to be launched
+//! ([`procmaps::find_libraries`]), in `/proc/PID/maps` of every traced process, and again on
+//! every rescan, which catches libraries loaded later with dlopen.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::mem::MaybeUninit;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder, UprobeOpts};
+
+use super::bpf::cuda::{types, CudaSkel, CudaSkelBuilder};
+use super::elf::{probe_points, ProbePoint};
+use super::procmaps::{self, classify, MappedLib};
+use super::sched::CollectError;
+use crate::record::Producer;
+use crate::trace::{
+    ApiCall, ApiDomain, DropCause, FunctionName, KernelLaunch, LibKind, LibraryInfo, NcclColl, NcclDtype, NcclPhase,
+    ProbedApi, Record,
+};
+
+/// Which eBPF program a probed function uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// (f, grid xyz, block xyz, shared, stream, ...)
+    Launch,
+    /// (const CUlaunchConfig*, f, ...)
+    LaunchEx,
+    /// (CUgraphExec, CUstream)
+    GraphLaunch,
+    /// entry + return
+    Bracketed,
+}
+
+/// Every function the collector probes: (symbol, api, shape, library).
+const PROBES: &[(&str, ProbedApi, Shape, LibKind)] = &[
+    ("cuLaunchKernel", ProbedApi::LaunchKernel, Shape::Launch, LibKind::Cuda),
+    ("cuLaunchKernel_ptsz", ProbedApi::LaunchKernelPtsz, Shape::Launch, LibKind::Cuda),
+    ("cuLaunchCooperativeKernel", ProbedApi::LaunchCooperativeKernel, Shape::Launch, LibKind::Cuda),
+    ("cuLaunchKernelEx", ProbedApi::LaunchKernelEx, Shape::LaunchEx, LibKind::Cuda),
+    ("cuLaunchKernelEx_ptsz", ProbedApi::LaunchKernelExPtsz, Shape::LaunchEx, LibKind::Cuda),
+    ("cuGraphLaunch", ProbedApi::GraphLaunch, Shape::GraphLaunch, LibKind::Cuda),
+    ("cuGraphLaunch_ptsz", ProbedApi::GraphLaunchPtsz, Shape::GraphLaunch, LibKind::Cuda),
+    ("cuStreamSynchronize", ProbedApi::StreamSynchronize, Shape::Bracketed, LibKind::Cuda),
+    ("cuCtxSynchronize", ProbedApi::CtxSynchronize, Shape::Bracketed, LibKind::Cuda),
+    ("cuEventSynchronize", ProbedApi::EventSynchronize, Shape::Bracketed, LibKind::Cuda),
+    ("cuMemcpyHtoD_v2", ProbedApi::MemcpyHtoD, Shape::Bracketed, LibKind::Cuda),
+    ("cuMemcpyDtoH_v2", ProbedApi::MemcpyDtoH, Shape::Bracketed, LibKind::Cuda),
+    ("cuMemcpyDtoD_v2", ProbedApi::MemcpyDtoD, Shape::Bracketed, LibKind::Cuda),
+    ("cuMemcpy", ProbedApi::Memcpy, Shape::Bracketed, LibKind::Cuda),
+    ("cuModuleGetFunction", ProbedApi::ModuleGetFunction, Shape::Bracketed, LibKind::Cuda),
+    ("cuFuncGetName", ProbedApi::FuncGetName, Shape::Bracketed, LibKind::Cuda),
+    ("ncclAllReduce", ProbedApi::NcclAllReduce, Shape::Bracketed, LibKind::Nccl),
+    ("ncclAllGather", ProbedApi::NcclAllGather, Shape::Bracketed, LibKind::Nccl),
+    ("ncclReduceScatter", ProbedApi::NcclReduceScatter, Shape::Bracketed, LibKind::Nccl),
+    ("ncclBroadcast", ProbedApi::NcclBroadcast, Shape::Bracketed, LibKind::Nccl),
+    ("ncclReduce", ProbedApi::NcclReduce, Shape::Bracketed, LibKind::Nccl),
+    ("ncclSend", ProbedApi::NcclSend, Shape::Bracketed, LibKind::Nccl),
+    ("ncclRecv", ProbedApi::NcclRecv, Shape::Bracketed, LibKind::Nccl),
+    ("ncclGroupStart", ProbedApi::NcclGroupStart, Shape::Bracketed, LibKind::Nccl),
+    ("ncclGroupEnd", ProbedApi::NcclGroupEnd, Shape::Bracketed, LibKind::Nccl),
+    ("ncclCommInitRank", ProbedApi::NcclCommInitRank, Shape::Bracketed, LibKind::Nccl),
+];
+
+/// Indexes of the `counters` map (enum cuda_counter in cuda.bpf.c).
+const CNT_RB_DROPS: u32 = 4;
+
+/// What attaching to one library did.
+#[derive(Debug, Clone, Default)]
+pub struct AttachReport {
+    pub path: PathBuf,
+    pub kind: Option<LibKind>,
+    /// Functions probed.
+    pub attached: Vec<String>,
+    /// Probed functions that start with endbr64 (probe moved 4 bytes in).
+    pub past_endbr64: Vec<String>,
+    /// Functions this library does not export (normal: not every version has every entry point).
+    pub missing: Vec<String>,
+    /// Functions found but not attached, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// A decoded ring-buffer record.
+enum HostEvent {
+    Launch(types::gp_launch_event),
+    Call(types::gp_call_event),
+    Nccl(types::gp_nccl_event),
+    Name(types::gp_func_name_event),
+    Comm(types::gp_comm_event),
+}
+
+fn read<T: Copy>(data: &[u8]) -> Option<T> {
+    if data.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; the types are plain integers and byte arrays, valid for any bits.
+    Some(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+}
+
+fn parse(data: &[u8]) -> Option<HostEvent> {
+    let hdr: types::gp_event_hdr = read(data)?;
+    match hdr.kind {
+        2 => read(data).map(HostEvent::Launch),
+        3 => read(data).map(HostEvent::Call),
+        4 => read(data).map(HostEvent::Nccl),
+        5 => read(data).map(HostEvent::Name),
+        6 => read(data).map(HostEvent::Comm),
+        _ => None,
+    }
+}
+
+/// Totals of a collector run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostStats {
+    pub events: u64,
+    pub ringbuf_drops: u64,
+    pub malformed: u64,
+}
+
+pub struct HostCollector {
+    skel: CudaSkel<'static>,
+    links: Vec<Link>,
+    ring: RingBuffer<'static>,
+    pending: Rc<RefCell<Vec<HostEvent>>>,
+    malformed: Rc<RefCell<u64>>,
+    /// (dev, inode) of library files already probed
+    probed: HashSet<(u64, u64)>,
+    /// per traced pid, inodes of its mappings already reported
+    seen_maps: BTreeMap<u32, HashSet<u64>>,
+    pub stats: HostStats,
+    pub reports: Vec<AttachReport>,
+}
+
+fn bpf_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> CollectError + '_ {
+    move |source| {
+        if source.kind() == libbpf_rs::ErrorKind::PermissionDenied {
+            CollectError::Permission { what: what.to_string() }
+        } else {
+            CollectError::Bpf { what: what.to_string(), source }
+        }
+    }
+}
+
+impl HostCollector {
+    /// Loads the program and attaches the fork/exit tracepoints. No process is traced until
+    /// [`HostCollector::add_target`].
+    pub fn load(follow_forks: bool) -> Result<Self, CollectError> {
+        // The skeleton borrows its object storage for its whole life: one small leak per session.
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = CudaSkelBuilder::default().open(storage).map_err(bpf_err("opening the cuda eBPF program"))?;
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.self_tgid = std::process::id();
+            ro.follow_forks = follow_forks as u32;
+        }
+        let skel = open.load().map_err(bpf_err("loading the cuda eBPF program"))?;
+        let mut links = Vec::new();
+        for (prog, what) in [(&skel.progs.gp_fork, "sched_process_fork"), (&skel.progs.gp_exit, "sched_process_exit")] {
+            links.push(prog.attach().map_err(bpf_err(what))?);
+        }
+        let pending: Rc<RefCell<Vec<HostEvent>>> = Rc::default();
+        let malformed = Rc::new(RefCell::new(0u64));
+        let (p, m) = (pending.clone(), malformed.clone());
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&skel.maps.events, move |data: &[u8]| {
+                match parse(data) {
+                    Some(e) => p.borrow_mut().push(e),
+                    None => *m.borrow_mut() += 1,
+                }
+                0
+            })
+            .map_err(bpf_err("registering the ring buffer"))?;
+        let ring = builder.build().map_err(bpf_err("creating the ring buffer reader"))?;
+        Ok(HostCollector {
+            skel,
+            links,
+            ring,
+            pending,
+            malformed,
+            probed: HashSet::new(),
+            seen_maps: BTreeMap::new(),
+            stats: HostStats::default(),
+            reports: Vec::new(),
+        })
+    }
+
+    /// Starts tracing `pid` (and, with fork following, every process it starts from now on).
+    pub fn add_target(&mut self, pid: u32) -> Result<(), CollectError> {
+        self.skel
+            .maps
+            .targets
+            .update(&pid.to_ne_bytes(), &[1u8], MapFlags::ANY)
+            .map_err(bpf_err("adding the target pid"))?;
+        self.seen_maps.entry(pid).or_default();
+        Ok(())
+    }
+
+    /// Pids currently traced (the target and the descendants the kernel side added).
+    pub fn targets(&self) -> Vec<u32> {
+        self.skel
+            .maps
+            .targets
+            .keys()
+            .filter_map(|k| k.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])))
+            .collect()
+    }
+
+    /// Probes the library file at `path` (its GPU library kind is taken from the file name).
+    pub fn attach_library(&mut self, path: &Path) -> Result<AttachReport, CollectError> {
+        let kind = classify(path);
+        let mut report = AttachReport { path: path.to_path_buf(), kind: Some(kind), ..Default::default() };
+        let wanted: Vec<&str> = PROBES.iter().filter(|p| p.3 == kind).map(|p| p.0).collect();
+        if wanted.is_empty() {
+            return Ok(report);
+        }
+        let meta = std::fs::metadata(path)
+            .map_err(|e| CollectError::Library { path: path.to_path_buf(), what: e.to_string() })?;
+        if !self.probed.insert((meta.dev(), meta.ino())) {
+            return Ok(report); // the same file under another name
+        }
+        let points = probe_points(path, &wanted)
+            .map_err(|e| CollectError::Library { path: path.to_path_buf(), what: e.to_string() })?;
+        for (symbol, api, shape, _) in PROBES.iter().filter(|p| p.3 == kind) {
+            let Some(point) = points.get(*symbol) else {
+                report.missing.push(symbol.to_string());
+                continue;
+            };
+            match self.attach_one(path, point, *api, *shape) {
+                Ok(()) => {
+                    report.attached.push(symbol.to_string());
+                    if point.skipped_endbr64 {
+                        report.past_endbr64.push(symbol.to_string());
+                    }
+                }
+                Err(e) => report.failed.push((symbol.to_string(), e.to_string())),
+            }
+        }
+        self.reports.push(report.clone());
+        Ok(report)
+    }
+
+    fn attach_one(&mut self, path: &Path, point: &ProbePoint, api: ProbedApi, shape: Shape) -> libbpf_rs::Result<()> {
+        let opts = |retprobe| UprobeOpts { cookie: api as u64, retprobe, ..Default::default() };
+        let offset = point.file_offset as usize;
+        let progs = &self.skel.progs;
+        match shape {
+            Shape::Launch => self.links.push(progs.gp_launch.attach_uprobe_with_opts(-1, path, offset, opts(false))?),
+            Shape::LaunchEx => {
+                self.links.push(progs.gp_launch_ex.attach_uprobe_with_opts(-1, path, offset, opts(false))?)
+            }
+            Shape::GraphLaunch => {
+                self.links.push(progs.gp_graph_launch.attach_uprobe_with_opts(-1, path, offset, opts(false))?)
+            }
+            Shape::Bracketed => {
+                let enter = progs.gp_call_enter.attach_uprobe_with_opts(-1, path, offset, opts(false))?;
+                let exit = progs.gp_call_exit.attach_uprobe_with_opts(-1, path, offset, opts(true))?;
+                self.links.push(enter);
+                self.links.push(exit);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the maps of every traced process, probes GPU libraries not seen before, and
+    /// returns the new mappings as records.
+    pub fn rescan(&mut self) -> Vec<LibraryInfo> {
+        let mut out = Vec::new();
+        for pid in self.targets() {
+            let Ok(libs) = procmaps::mapped_libs(pid) else { continue };
+            let seen = self.seen_maps.entry(pid).or_default();
+            let fresh: Vec<MappedLib> = libs.into_iter().filter(|l| seen.insert(l.inode)).collect();
+            for lib in fresh {
+                let kind = classify(&lib.path);
+                if kind == LibKind::Other {
+                    continue;
+                }
+                let host = procmaps::host_path(pid, &lib.path);
+                let _ = self.attach_library(&host);
+                out.push(LibraryInfo {
+                    time_ns: monotonic_ns(),
+                    base: lib.base,
+                    pid,
+                    path_id: 0,
+                    lib: kind as u32,
+                    reserved: 0,
+                });
+            }
+        }
+        out
+    }
+
+    /// Moves everything in the ring buffer into `producer`.
+    pub fn drain(&mut self, producer: &mut Producer) -> Result<(), CollectError> {
+        self.ring.consume().map_err(bpf_err("draining the ring buffer"))?;
+        let events: Vec<HostEvent> = std::mem::take(&mut *self.pending.borrow_mut());
+        for e in events {
+            self.stats.events += 1;
+            if let Some(r) = to_record(e, producer) {
+                producer.push(r);
+            }
+        }
+        self.stats.malformed = *self.malformed.borrow();
+        self.stats.ringbuf_drops = self.read_counter(CNT_RB_DROPS);
+        producer.set_drops(DropCause::RingbufFull, self.stats.ringbuf_drops);
+        producer.set_drops(DropCause::Malformed, self.stats.malformed);
+        producer.flush();
+        Ok(())
+    }
+
+    fn read_counter(&self, idx: u32) -> u64 {
+        match self.skel.maps.counters.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY) {
+            Ok(Some(per_cpu)) => per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8))
+                .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                .sum(),
+            _ => 0,
+        }
+    }
+}
+
+fn to_record(e: HostEvent, producer: &Producer) -> Option<Record> {
+    Some(match e {
+        HostEvent::Launch(l) => Record::KernelLaunch(KernelLaunch {
+            time_ns: l.hdr.ts_ns,
+            func: l.func,
+            stream: l.stream,
+            pid: l.pid,
+            tid: l.tid,
+            grid_x: l.grid[0],
+            grid_y: l.grid[1],
+            grid_z: l.grid[2],
+            block_x: l.block[0],
+            block_y: l.block[1],
+            block_z: l.block[2],
+            shared_mem_bytes: l.shared_mem_bytes,
+            api: l.api,
+        }),
+        HostEvent::Call(c) => Record::ApiCall(ApiCall {
+            start_ns: c.start_ns,
+            end_ns: c.end_ns,
+            stream: if matches!(ProbedApi::from_u32(c.api), Some(ProbedApi::StreamSynchronize)) { c.arg } else { 0 },
+            arg: c.arg,
+            pid: c.pid,
+            tid: c.tid,
+            correlation_id: 0,
+            call_id: c.api,
+            domain: ApiDomain::Probe as u32,
+            status: c.ret,
+        }),
+        HostEvent::Nccl(n) => {
+            let bytes = NcclDtype::from_u32(n.dtype).map(|d| d.size_bytes()).unwrap_or(0).saturating_mul(n.count);
+            Record::NcclColl(NcclColl {
+                start_ns: n.start_ns,
+                end_ns: n.end_ns,
+                comm: n.comm,
+                seq: n.seq,
+                count: n.count,
+                bytes,
+                stream: n.stream,
+                pid: n.pid,
+                tid: n.tid,
+                rank: n.rank as u32,
+                nranks: n.nranks as u32,
+                op: n.op,
+                dtype: n.dtype,
+                phase: NcclPhase::Host as u32,
+                device: u32::MAX,
+            })
+        }
+        HostEvent::Name(n) => {
+            let len = n.name.iter().position(|b| *b == 0).unwrap_or(n.name.len());
+            let bytes: Vec<u8> = n.name[..len].iter().map(|c| *c as u8).collect();
+            let name = String::from_utf8_lossy(&bytes);
+            Record::FunctionName(FunctionName {
+                time_ns: n.hdr.ts_ns,
+                func: n.func,
+                pid: n.pid,
+                name_id: producer.intern(&name),
+            })
+        }
+        HostEvent::Comm(c) => Record::ApiCall(ApiCall {
+            start_ns: c.hdr.ts_ns,
+            end_ns: c.hdr.ts_ns,
+            stream: 0,
+            arg: c.comm,
+            pid: c.pid,
+            tid: c.tid,
+            correlation_id: c.rank as u32,
+            call_id: ProbedApi::NcclCommInitRank as u32,
+            domain: ApiDomain::Probe as u32,
+            status: c.ret,
+        }),
+    })
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
