@@ -23,6 +23,7 @@ enum gp_event_kind {
 	GP_EV_NCCL = 4,      /* an NCCL collective or point-to-point call (entry and return) */
 	GP_EV_FUNC_NAME = 5, /* a CUfunction handle and its kernel name */
 	GP_EV_COMM = 6,      /* an NCCL communicator was created: its rank and size */
+	GP_EV_IO = 7,        /* a read/write/fsync-family syscall on a regular file */
 };
 
 /* Probed host functions: the attach cookie of every uprobe, and gp_call_event.api. */
@@ -85,8 +86,21 @@ struct gp_offcpu_event {
 	__u64 prev_state; /* task state when switched out (0 = runnable: preempted) */
 	__s32 syscall_nr; /* syscall in progress when switched out, -1 if none */
 	__u32 reason;     /* enum gp_stall_reason */
+	__u64 wakeup_ns;  /* when it was woken (then waited for a CPU until end_ns); 0 if unseen */
 };
-_Static_assert(sizeof(struct gp_offcpu_event) == 56, "gp_offcpu_event is 56 bytes");
+_Static_assert(sizeof(struct gp_offcpu_event) == 64, "gp_offcpu_event is 64 bytes");
+
+struct gp_io_event {
+	struct gp_event_hdr hdr;
+	__u32 pid;
+	__u32 tid;
+	__u64 start_ns;   /* syscall entry */
+	__u64 end_ns;     /* syscall exit */
+	__u64 bytes;      /* bytes transferred (the syscall's result), 0 for fsync */
+	__s32 fd;
+	__s32 syscall_nr;
+};
+_Static_assert(sizeof(struct gp_io_event) == 56, "gp_io_event is 56 bytes");
 
 struct gp_launch_event {
 	struct gp_event_hdr hdr;

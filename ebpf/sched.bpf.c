@@ -12,13 +12,23 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Set through rodata before load: the process (tgid) to follow; 0 follows every process. */
+/* Set through rodata before load: a process (tgid) to follow besides those in `targets`. */
 const volatile __u32 target_tgid = 0;
 /* ghostprof's own pid, never traced (its drain loop would feed back on itself). */
 const volatile __u32 self_tgid = 0;
 
 /* Dummy instance so the record type lands in BTF and in the skeleton's types. */
 struct gp_offcpu_event _gp_offcpu_event = {};
+struct gp_io_event _gp_io_event = {};
+
+/* tgid -> 1: the traced processes. Shared with the cuda program (user space hands this map's
+ * fd to both skeletons), whose fork/exit tracepoints keep it current. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} targets SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -37,6 +47,13 @@ struct switch_out {
 	__u64 state;
 	__s32 syscall_nr;
 	__u32 pad;
+	__u64 wakeup_ns;
+};
+
+struct syscall_in {
+	__u64 start_ns;
+	__s32 nr;
+	__s32 fd;
 };
 
 /* tid -> when it left the CPU */
@@ -52,7 +69,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
-	__type(value, __s32);
+	__type(value, struct syscall_in);
 } in_syscall SEC(".maps");
 
 static __always_inline void count(__u32 idx)
@@ -66,7 +83,42 @@ static __always_inline bool is_target(__u32 tgid)
 {
 	if (tgid == 0 || tgid == self_tgid)
 		return false;
-	return target_tgid == 0 || tgid == target_tgid;
+	if (target_tgid != 0 && tgid == target_tgid)
+		return true;
+	return bpf_map_lookup_elem(&targets, &tgid) != NULL;
+}
+
+#define GP_S_IFMT 0170000
+#define GP_S_IFREG 0100000
+#define GP_TASK_UNINTERRUPTIBLE 0x2
+
+/* Syscalls whose whole duration is I/O on a file (x86_64 numbers). */
+static __always_inline bool is_file_io(__s32 nr)
+{
+	switch (nr) {
+	case 0: case 1: case 17: case 18: case 19: case 20: /* read write pread64 pwrite64 readv writev */
+	case 295: case 296: case 327: case 328:            /* preadv pwritev preadv2 pwritev2 */
+	case 74: case 75: case 277:                         /* fsync fdatasync sync_file_range */
+		return true;
+	default:
+		return false;
+	}
+}
+
+static __always_inline bool fd_is_regular(int fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	unsigned int max = BPF_CORE_READ(fdt, max_fds);
+	if (fd < 0 || (unsigned int)fd >= max)
+		return false;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f)
+		return false;
+	__u16 mode = BPF_CORE_READ(f, f_inode, i_mode);
+	return (mode & GP_S_IFMT) == GP_S_IFREG;
 }
 
 /* Syscall numbers are x86_64's; the reason is refined in user space for other arches. */
@@ -74,6 +126,9 @@ static __always_inline __u32 classify(__u64 state, __s32 nr)
 {
 	if (state == 0)
 		return GP_STALL_PREEMPTED;
+	/* Blocked uninterruptibly outside any syscall: a major page fault (or reclaim). */
+	if (nr < 0 && (state & GP_TASK_UNINTERRUPTIBLE))
+		return GP_STALL_PAGE_FAULT;
 	switch (nr) {
 	case 202: /* futex */
 	case 449: /* futex_waitv */
@@ -99,8 +154,11 @@ int BPF_PROG(gp_sys_enter, struct pt_regs *regs, long syscall_id)
 	if (!is_target(id >> 32))
 		return 0;
 	__u32 tid = (__u32)id;
-	__s32 nr = (__s32)syscall_id;
-	bpf_map_update_elem(&in_syscall, &tid, &nr, BPF_ANY);
+	struct syscall_in in = {};
+	in.start_ns = bpf_ktime_get_ns();
+	in.nr = (__s32)syscall_id;
+	in.fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	bpf_map_update_elem(&in_syscall, &tid, &in, BPF_ANY);
 	return 0;
 }
 
@@ -111,7 +169,46 @@ int BPF_PROG(gp_sys_exit, struct pt_regs *regs, long ret)
 	if (!is_target(id >> 32))
 		return 0;
 	__u32 tid = (__u32)id;
+	struct syscall_in *in = bpf_map_lookup_elem(&in_syscall, &tid);
+	if (in && is_file_io(in->nr) && fd_is_regular(in->fd)) {
+		struct gp_io_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (e) {
+			__u64 now = bpf_ktime_get_ns();
+			e->hdr.kind = GP_EV_IO;
+			e->hdr.size = sizeof(*e);
+			e->hdr.cpu = bpf_get_smp_processor_id();
+			e->hdr.ts_ns = now;
+			e->pid = id >> 32;
+			e->tid = tid;
+			e->start_ns = in->start_ns;
+			e->end_ns = now;
+			e->bytes = ret > 0 ? ret : 0;
+			e->fd = in->fd;
+			e->syscall_nr = in->nr;
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+		} else {
+			count(GP_CNT_RB_DROPS);
+		}
+	}
 	bpf_map_delete_elem(&in_syscall, &tid);
+	return 0;
+}
+
+/* A target thread became runnable: from now until it runs it waits for a CPU. */
+static __always_inline void woken(struct task_struct *p)
+{
+	if (!is_target(BPF_CORE_READ(p, tgid)))
+		return;
+	__u32 tid = BPF_CORE_READ(p, pid);
+	struct switch_out *out = bpf_map_lookup_elem(&off_since, &tid);
+	if (out && out->wakeup_ns == 0)
+		out->wakeup_ns = bpf_ktime_get_ns();
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(gp_sched_wakeup, struct task_struct *p)
+{
+	woken(p);
 	return 0;
 }
 
@@ -125,10 +222,10 @@ int BPF_PROG(gp_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	if (is_target(prev_tgid)) {
 		__u32 tid = BPF_CORE_READ(prev, pid);
 		struct switch_out out = {};
-		__s32 *nr = bpf_map_lookup_elem(&in_syscall, &tid);
+		struct syscall_in *in = bpf_map_lookup_elem(&in_syscall, &tid);
 		out.ts_ns = now;
 		out.state = BPF_CORE_READ(prev, __state);
-		out.syscall_nr = nr ? *nr : -1;
+		out.syscall_nr = in ? in->nr : -1;
 		bpf_map_update_elem(&off_since, &tid, &out, BPF_ANY);
 		count(GP_CNT_SWITCHES);
 	}
@@ -155,6 +252,7 @@ int BPF_PROG(gp_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		e->prev_state = out->state;
 		e->syscall_nr = out->syscall_nr;
 		e->reason = classify(out->state, out->syscall_nr);
+		e->wakeup_ns = out->state == 0 ? out->ts_ns : out->wakeup_ns;
 		bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 		bpf_map_delete_elem(&off_since, &tid);
 		count(GP_CNT_OFFCPU);

@@ -3,7 +3,8 @@
 
 include!(concat!(env!("OUT_DIR"), "/skeletons.rs"));
 
-const _: () = assert!(std::mem::size_of::<sched::types::gp_offcpu_event>() == 56);
+const _: () = assert!(std::mem::size_of::<sched::types::gp_offcpu_event>() == 64);
+const _: () = assert!(std::mem::size_of::<sched::types::gp_io_event>() == 56);
 const _: () = assert!(std::mem::size_of::<sched::types::gp_event_hdr>() == 16);
 const _: () = assert!(std::mem::size_of::<cuda::types::gp_launch_event>() == 72);
 const _: () = assert!(std::mem::size_of::<cuda::types::gp_call_event>() == 56);

@@ -19,7 +19,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuild
 use super::bpf::cuda::{types, CudaSkel, CudaSkelBuilder};
 use super::elf::{probe_points, ProbePoint};
 use super::procmaps::{self, classify, MappedLib};
-use super::sched::CollectError;
+use super::sched::{bpf_err, read_counter, CollectError};
 use crate::record::Producer;
 use crate::trace::{
     ApiCall, ApiDomain, DropCause, FunctionName, KernelLaunch, LibKind, LibraryInfo, NcclColl, NcclDtype, NcclPhase,
@@ -138,16 +138,6 @@ pub struct HostCollector {
     pub reports: Vec<AttachReport>,
 }
 
-fn bpf_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> CollectError + '_ {
-    move |source| {
-        if source.kind() == libbpf_rs::ErrorKind::PermissionDenied {
-            CollectError::Permission { what: what.to_string() }
-        } else {
-            CollectError::Bpf { what: what.to_string(), source }
-        }
-    }
-}
-
 impl HostCollector {
     /// Loads the program and attaches the fork/exit tracepoints. No process is traced until
     /// [`HostCollector::add_target`].
@@ -200,6 +190,11 @@ impl HostCollector {
             .map_err(bpf_err("adding the target pid"))?;
         self.seen_maps.entry(pid).or_default();
         Ok(())
+    }
+
+    /// A handle on the `targets` map, for other programs to follow the same processes.
+    pub fn targets_map(&self) -> Result<libbpf_rs::MapHandle, CollectError> {
+        libbpf_rs::MapHandle::try_from(&self.skel.maps.targets).map_err(bpf_err("sharing the targets map"))
     }
 
     /// Pids currently traced (the target and the descendants the kernel side added).
@@ -307,22 +302,11 @@ impl HostCollector {
             }
         }
         self.stats.malformed = *self.malformed.borrow();
-        self.stats.ringbuf_drops = self.read_counter(CNT_RB_DROPS);
+        self.stats.ringbuf_drops = read_counter(&self.skel.maps.counters, CNT_RB_DROPS);
         producer.set_drops(DropCause::RingbufFull, self.stats.ringbuf_drops);
         producer.set_drops(DropCause::Malformed, self.stats.malformed);
         producer.flush();
         Ok(())
-    }
-
-    fn read_counter(&self, idx: u32) -> u64 {
-        match self.skel.maps.counters.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY) {
-            Ok(Some(per_cpu)) => per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8))
-                .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-                .sum(),
-            _ => 0,
-        }
     }
 }
 

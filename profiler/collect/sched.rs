@@ -1,23 +1,24 @@
-//! Off-CPU intervals of a target process from the `sched` eBPF program (sched_switch plus the
-//! syscall in progress), turned into [`HostStall`] records. The seed of the host-stall
-//! collector: loads, attaches, drains the ring buffer on a timer (no wakeups) and reports the
-//! ring buffer's losses as drops.
+//! Host stalls from the `sched` eBPF program: off-CPU intervals of the traced threads with
+//! their reason (the syscall in progress, the task state; time between wakeup and running is
+//! run-queue delay), and every read/write/fsync on a regular file with its bytes. The program
+//! shares the `targets` map of the cuda program, so it follows the same processes.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
 
-use super::bpf::sched::{types, SchedSkelBuilder};
+use super::bpf::sched::{types, SchedSkel, SchedSkelBuilder};
 use crate::record::Producer;
-use crate::trace::{DropCause, HostStall};
+use crate::trace::{DropCause, FileIo, HostStall, Record, StallReason};
 
-/// Why the collector could not run.
+/// Why a collector could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
     #[error("{what}: permission denied: eBPF needs CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on older kernels): run ghostprof as root, e.g. with sudo")]
@@ -36,7 +37,7 @@ pub enum CollectError {
     NoGpuLibrary { pid: u32, found: String },
 }
 
-fn bpf_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> CollectError + '_ {
+pub(crate) fn bpf_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> CollectError + '_ {
     move |source| {
         if source.kind() == libbpf_rs::ErrorKind::PermissionDenied {
             CollectError::Permission { what: what.to_string() }
@@ -46,100 +47,175 @@ fn bpf_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> CollectError + '_ {
     }
 }
 
+/// Index of the ring-buffer drop counter (enum gp_counter).
+const GP_CNT_RB_DROPS: u32 = 2;
+
+/// Totals of one collector.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OffCpuStats {
+    pub intervals: u64,
+    pub file_io: u64,
+    pub ringbuf_drops: u64,
+    pub malformed: u64,
+}
+
+fn read<T: Copy>(data: &[u8]) -> Option<T> {
+    if data.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; the types are plain integers, valid for any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+}
+
+/// Ring-buffer record → trace records (an off-CPU interval splits at its wakeup).
+fn parse(data: &[u8], out: &mut Vec<Record>) -> bool {
+    let Some(hdr) = read::<types::gp_event_hdr>(data) else { return false };
+    match hdr.kind {
+        1 => {
+            let Some(e) = read::<types::gp_offcpu_event>(data) else { return false };
+            if e.end_ns < e.start_ns {
+                return false;
+            }
+            let stall = HostStall {
+                start_ns: e.start_ns,
+                end_ns: e.end_ns,
+                pid: e.pid,
+                tid: e.tid,
+                reason: e.reason,
+                syscall: e.syscall_nr,
+            };
+            let preempted = e.reason == StallReason::Preempted as u32;
+            if !preempted && e.wakeup_ns > e.start_ns && e.wakeup_ns < e.end_ns {
+                out.push(Record::HostStall(HostStall { end_ns: e.wakeup_ns, ..stall }));
+                out.push(Record::HostStall(HostStall {
+                    start_ns: e.wakeup_ns,
+                    reason: StallReason::RunQueue as u32,
+                    ..stall
+                }));
+            } else {
+                out.push(Record::HostStall(stall));
+            }
+            true
+        }
+        7 => {
+            let Some(e) = read::<types::gp_io_event>(data) else { return false };
+            out.push(Record::FileIo(FileIo {
+                start_ns: e.start_ns,
+                end_ns: e.end_ns.max(e.start_ns),
+                bytes: e.bytes,
+                pid: e.pid,
+                tid: e.tid,
+                fd: e.fd,
+                syscall: e.syscall_nr,
+            }));
+            true
+        }
+        _ => false,
+    }
+}
+
+pub struct SchedCollector {
+    skel: SchedSkel<'static>,
+    _links: Vec<Link>,
+    ring: RingBuffer<'static>,
+    pending: Rc<RefCell<Vec<Record>>>,
+    malformed: Rc<RefCell<u64>>,
+    pub stats: OffCpuStats,
+}
+
+impl SchedCollector {
+    /// Loads and attaches the program. With `targets`, it follows the processes in that map
+    /// (the cuda program's); `target_tgid` (non-zero) is followed in any case.
+    pub fn load(target_tgid: u32, targets: Option<&libbpf_rs::MapHandle>) -> Result<Self, CollectError> {
+        // The skeleton borrows its object storage for its whole life: one small leak per session.
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = SchedSkelBuilder::default().open(storage).map_err(bpf_err("opening the sched eBPF program"))?;
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.target_tgid = target_tgid;
+            ro.self_tgid = std::process::id();
+        }
+        if let Some(map) = targets {
+            open.maps.targets.reuse_fd(map.as_fd()).map_err(bpf_err("sharing the targets map"))?;
+        }
+        let skel = open.load().map_err(bpf_err("loading the sched eBPF program"))?;
+        let progs = &skel.progs;
+        let mut links = Vec::new();
+        for (prog, what) in [
+            (&progs.gp_sched_switch, "sched_switch"),
+            (&progs.gp_sched_wakeup, "sched_wakeup"),
+            (&progs.gp_sys_enter, "sys_enter"),
+            (&progs.gp_sys_exit, "sys_exit"),
+        ] {
+            links.push(prog.attach().map_err(bpf_err(what))?);
+        }
+        let pending: Rc<RefCell<Vec<Record>>> = Rc::default();
+        let malformed = Rc::new(RefCell::new(0u64));
+        let (p, m) = (pending.clone(), malformed.clone());
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&skel.maps.events, move |data: &[u8]| {
+                if !parse(data, &mut p.borrow_mut()) {
+                    *m.borrow_mut() += 1;
+                }
+                0
+            })
+            .map_err(bpf_err("registering the ring buffer"))?;
+        let ring = builder.build().map_err(bpf_err("creating the ring buffer reader"))?;
+        Ok(SchedCollector { skel, _links: links, ring, pending, malformed, stats: OffCpuStats::default() })
+    }
+
+    /// Moves everything in the ring buffer into `producer`.
+    pub fn drain(&mut self, producer: &mut Producer) -> Result<(), CollectError> {
+        self.ring.consume().map_err(bpf_err("draining the sched ring buffer"))?;
+        for r in self.pending.borrow_mut().drain(..) {
+            match r {
+                Record::FileIo(_) => self.stats.file_io += 1,
+                _ => self.stats.intervals += 1,
+            }
+            producer.push(r);
+        }
+        self.stats.malformed = *self.malformed.borrow();
+        self.stats.ringbuf_drops = read_counter(&self.skel.maps.counters, GP_CNT_RB_DROPS);
+        producer.set_drops(DropCause::RingbufFull, self.stats.ringbuf_drops);
+        producer.set_drops(DropCause::Malformed, self.stats.malformed);
+        producer.flush();
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct OffCpuConfig {
-    /// Process (tgid) to follow; 0 follows every process but ghostprof.
+    /// Process (tgid) to follow.
     pub target_tgid: u32,
     /// How often the ring buffer is drained.
     pub drain_interval: Duration,
 }
 
-/// Totals of one run of the collector.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OffCpuStats {
-    pub intervals: u64,
-    pub ringbuf_drops: u64,
-    pub malformed: u64,
-}
-
-const OFFCPU_BYTES: usize = std::mem::size_of::<types::gp_offcpu_event>();
-
-fn parse(data: &[u8]) -> Option<HostStall> {
-    if data.len() < OFFCPU_BYTES {
-        return None;
-    }
-    // SAFETY: the length was checked; the type is plain integers, any bit pattern is valid.
-    let e: types::gp_offcpu_event = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
-    if e.end_ns < e.start_ns {
-        return None;
-    }
-    Some(HostStall {
-        start_ns: e.start_ns,
-        end_ns: e.end_ns,
-        pid: e.pid,
-        tid: e.tid,
-        reason: e.reason,
-        syscall: e.syscall_nr,
-    })
-}
-
-/// Loads and attaches the program, then drains it into `producer` until `stop` is set.
-/// `ready` (if given) is told once the probes are attached.
+/// Loads the program for one process and drains it into `producer` until `stop` is set.
+/// `ready` (if given) is told once the tracepoints are attached.
 pub fn run_offcpu(
     cfg: &OffCpuConfig,
     stop: &AtomicBool,
     producer: &mut Producer,
     ready: Option<Sender<()>>,
 ) -> Result<OffCpuStats, CollectError> {
-    let mut storage = MaybeUninit::uninit();
-    let mut open = SchedSkelBuilder::default().open(&mut storage).map_err(bpf_err("opening the sched eBPF program"))?;
-    if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-        ro.target_tgid = cfg.target_tgid;
-        ro.self_tgid = std::process::id();
-    }
-    let mut skel = open.load().map_err(bpf_err("loading the sched eBPF program"))?;
-    skel.attach().map_err(bpf_err("attaching the sched_switch and sys_enter/sys_exit BTF tracepoints"))?;
-
-    let pending: Rc<RefCell<Vec<HostStall>>> = Rc::default();
-    let malformed = Rc::new(RefCell::new(0u64));
-    let mut builder = RingBufferBuilder::new();
-    let (p, m) = (pending.clone(), malformed.clone());
-    builder
-        .add(&skel.maps.events, move |data: &[u8]| {
-            match parse(data) {
-                Some(s) => p.borrow_mut().push(s),
-                None => *m.borrow_mut() += 1,
-            }
-            0
-        })
-        .map_err(bpf_err("registering the ring buffer"))?;
-    let ring = builder.build().map_err(bpf_err("creating the ring buffer reader"))?;
+    let mut collector = SchedCollector::load(cfg.target_tgid, None)?;
     if let Some(r) = ready {
         let _ = r.send(());
     }
-    let mut stats = OffCpuStats::default();
     loop {
         let stopping = stop.load(Ordering::Acquire);
-        ring.consume().map_err(bpf_err("draining the ring buffer"))?;
-        for s in pending.borrow_mut().drain(..) {
-            producer.push(s);
-            stats.intervals += 1;
-        }
-        stats.ringbuf_drops = read_counter(&skel.maps.counters, 2);
-        stats.malformed = *malformed.borrow();
-        producer.set_drops(DropCause::RingbufFull, stats.ringbuf_drops);
-        producer.set_drops(DropCause::Malformed, stats.malformed);
-        producer.flush();
+        collector.drain(producer)?;
         if stopping {
             break;
         }
         std::thread::sleep(cfg.drain_interval);
     }
-    Ok(stats)
+    Ok(collector.stats)
 }
 
 /// Sum over CPUs of one per-CPU counter.
-fn read_counter(map: &impl MapCore, idx: u32) -> u64 {
+pub(crate) fn read_counter(map: &impl MapCore, idx: u32) -> u64 {
     match map.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY) {
         Ok(Some(per_cpu)) => {
             per_cpu.iter().filter_map(|v| v.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).sum()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::pipeline::{Pipeline, PipelineOptions, PipelineStats};
 use crate::collect::host::{AttachReport, HostCollector, HostStats};
 use crate::collect::procmaps;
-use crate::collect::sched::CollectError;
+use crate::collect::sched::{CollectError, OffCpuStats, SchedCollector};
 use crate::trace::{ProcessInfo, Source, TraceError, TraceInfo, WriteSummary};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,7 @@ pub struct SessionSummary {
     pub write: WriteSummary,
     pub pipeline: PipelineStats,
     pub host: HostStats,
+    pub sched: OffCpuStats,
     pub libraries: Vec<AttachReport>,
 }
 
@@ -145,6 +146,7 @@ impl Drop for HeldChild {
 pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSummary, SessionError> {
     let info = TraceInfo { command: cfg.command.clone(), ..Default::default() };
     let mut collector = HostCollector::load(true)?;
+    let mut sched = SchedCollector::load(0, Some(&collector.targets_map()?))?;
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
     let mut producer = pipeline.producer(Source::Ebpf);
 
@@ -179,7 +181,7 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
             }
             last_scan = Instant::now();
         }
-        if let Err(e) = collector.drain(&mut producer) {
+        if let Err(e) = collector.drain(&mut producer).and_then(|_| sched.drain(&mut producer)) {
             reap_in_background(child);
             return Err(e.into());
         }
@@ -195,6 +197,7 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
     };
     // Events of the last moments are still in the ring buffer.
     collector.drain(&mut producer)?;
+    sched.drain(&mut producer)?;
     drop(producer);
     let (write, pipeline) = pipeline.finish()?;
     Ok(SessionSummary {
@@ -202,6 +205,7 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
         write,
         pipeline,
         host: collector.stats.clone(),
+        sched: sched.stats.clone(),
         libraries: collector.reports.clone(),
     })
 }

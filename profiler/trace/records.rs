@@ -571,6 +571,19 @@ record_kinds! {
         pid: u32 => Raw,
         name_id: u32 => Raw,
     }
+
+    /// A read/write/fsync-family syscall on a regular file by a traced thread: its whole
+    /// duration, on-CPU copying included, is time the thread spent in file I/O (data loading,
+    /// checkpoints). Off-CPU parts inside it also appear as [`HostStall`]s.
+    FileIo = 15, "file_io", file_io, size 40, time start_ns, end end_ns, strings [] {
+        start_ns: u64 => Delta,
+        end_ns: u64 => From(start_ns),
+        bytes: u64 => Raw,
+        pid: u32 => Raw,
+        tid: u32 => Raw,
+        fd: i32 => Raw,
+        syscall: i32 => Raw,
+    }
 }
 
 /// `KernelExec::flags`: launched with cuLaunchCooperativeKernel.
@@ -674,6 +687,9 @@ u32_enum! {
         NcclRecv = 38 => "ncclRecv",
     }
 }
+
+/// x86_64 syscall numbers of the write family (for telling checkpoint writes from reads).
+pub const WRITE_SYSCALLS: &[i32] = &[1, 18, 20, 296, 328];
 
 impl ProbedApi {
     /// True for the calls that block the host until the device catches up.

@@ -52,6 +52,10 @@ pub struct DeviceTruth {
     pub busy_ns: u64,
     /// `idle.host_stall` split by reason (host record name); sums to that category.
     pub host_stall_by_reason: BTreeMap<String, u64>,
+    /// Every interval the host thread was blocked (data loader, checkpoint I/O, synchronize,
+    /// NCCL rendezvous), by reason, whatever the device was doing meanwhile: what a host-side
+    /// collector (sched_switch, syscalls) sees, as opposed to the device-idle share above.
+    pub host_blocked_by_reason: BTreeMap<String, u64>,
     /// Every collective on this device, for the cross-rank view.
     pub collectives: Vec<CollectiveTruth>,
 }
@@ -141,6 +145,18 @@ pub struct GroundTruth {
     pub step_ranges: Vec<StepTruth>,
     /// Totals.
     pub totals: Totals,
+}
+
+/// Host blocking intervals clipped to the window, summed per record name.
+fn host_blocked(records: &[SimRecord], start_ns: u64, end_ns: u64) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for r in records.iter().filter(|r| matches!(r.kind(), Some(RecordKind::SyncWait | RecordKind::HostStall))) {
+        let (a, b) = (r.start_ns.clamp(start_ns, end_ns), r.end_ns.clamp(start_ns, end_ns));
+        if b > a {
+            *out.entry(r.name().to_string()).or_insert(0) += b - a;
+        }
+    }
+    out
 }
 
 fn busy_ns(records: &[SimRecord], start_ns: u64, end_ns: u64) -> u64 {
@@ -238,6 +254,7 @@ pub fn build(info: &RunInfo, records: &[SimRecord]) -> GroundTruth {
             categories,
             busy_ns: busy_ns(records, info.window_start_ns, info.window_end_ns),
             host_stall_by_reason: times.host_stall_by_reason,
+            host_blocked_by_reason: host_blocked(records, info.window_start_ns, info.window_end_ns),
             collectives,
         }],
         step_ranges,
