@@ -19,20 +19,19 @@ pub struct MappedLib {
 /// What kind of GPU library a path is, by its file name.
 pub fn classify(path: &Path) -> LibKind {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let is =
-        |stem: &str| name == stem || name.starts_with(&format!("{stem}.")) || name.starts_with(&format!("{stem}-"));
-    if is("libcuda.so") {
-        LibKind::Cuda
-    } else if is("libnccl.so") {
-        LibKind::Nccl
-    } else if is("libcupti.so") {
-        LibKind::Cupti
-    } else if is("libcudart.so") {
-        LibKind::CudaRuntime
-    } else if is("libcublas.so") || is("libcublasLt.so") {
-        LibKind::Cublas
-    } else {
-        LibKind::Other
+    if !name.contains(".so") {
+        return LibKind::Other;
+    }
+    // "libcudart-d0da41ae.so.11.0" (pip wheels add a hash) → "libcudart"
+    let stem = name.split('.').next().unwrap_or("");
+    let stem = stem.split('-').next().unwrap_or(stem);
+    match stem {
+        "libcuda" => LibKind::Cuda,
+        "libnccl" => LibKind::Nccl,
+        "libcupti" => LibKind::Cupti,
+        "libcudart" => LibKind::CudaRuntime,
+        "libcublas" | "libcublasLt" => LibKind::Cublas,
+        _ => LibKind::Other,
     }
 }
 
