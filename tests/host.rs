@@ -42,6 +42,7 @@ fn record_scenario(scenario: &str, ranks: u32, steps: u32) -> Recorded {
     let summary = record_command(&cfg, &AtomicBool::new(false)).expect("recording gpusim-train");
     assert!(summary.exit_status.is_some_and(|s| s.success()), "gpusim-train failed: {:?}", summary.exit_status);
     let reader = TraceReader::open(&trace).unwrap();
+    assert!(reader.is_finalized() && reader.warnings().is_empty(), "the target exited: a clean, finalized trace");
     let mut names = BTreeMap::new();
     reader
         .for_each_chunk(|c| {
@@ -202,4 +203,71 @@ fn root_host_stalls_of_io_stall_match_the_ground_truth() {
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_host_stalls_and_checkpoint_bytes_match_the_ground_truth() {
     check_stalls("checkpoint");
+}
+
+/// A process that maps no library yet, then dlopens gpusim's libcuda from a directory nobody
+/// told ghostprof about, waits, and launches: the rescan of its maps finds and probes the
+/// library, and every launch after that is in the trace.
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_host_finds_a_library_dlopened_after_attach() {
+    assert!(is_root(), "run the root tier as root");
+    let built = crate::gpusim::built();
+    // A private copy, so no earlier probe of the staged file counts.
+    let dir = tmpdir();
+    let lib = dir.path().join("libcuda.so.1");
+    std::fs::copy(built.lib_dir.join("libcuda.so.1"), &lib).unwrap();
+    let script = r#"
+import ctypes, sys, time
+time.sleep(0.3)
+cu = ctypes.CDLL(sys.argv[1])
+time.sleep(1.0)
+assert cu.cuInit(0) == 0
+dev = ctypes.c_int(); assert cu.cuDeviceGet(ctypes.byref(dev), 0) == 0
+ctx = ctypes.c_void_p(); assert cu.cuCtxCreate_v2(ctypes.byref(ctx), 0, dev) == 0
+mod = ctypes.c_void_p(); assert cu.cuModuleLoadData(ctypes.byref(mod), b"gpusim-module v1\nlate_kernel 1000 0\n\0") == 0
+fn = ctypes.c_void_p(); assert cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"late_kernel") == 0
+for i in range(250):
+    assert cu.cuLaunchKernel(fn, 1, 1, 1, 32, 1, 1, 0, None, None, None) == 0
+assert cu.cuCtxSynchronize() == 0
+"#;
+    let trace = dir.path().join("late.gptrace");
+    let command = vec!["python3".to_string(), "-c".into(), script.into(), lib.display().to_string()];
+    let summary = record_command(&LaunchConfig::new(command, trace.clone()), &AtomicBool::new(false)).unwrap();
+    assert!(summary.exit_status.is_some_and(|s| s.success()), "{:?}", summary.exit_status);
+    let report = summary.libraries.iter().find(|r| r.path.ends_with("libcuda.so.1")).expect("libcuda found by rescan");
+    assert!(report.attached.iter().any(|s| s == "cuLaunchKernel"), "{report:?}");
+    let reader = TraceReader::open(&trace).unwrap();
+    assert!(reader.is_finalized(), "the target exited and the trace was finalized");
+    let batch = reader.read_all().unwrap();
+    assert_eq!(batch.launches.len(), 250, "every launch after the dlopen");
+    assert!(batch.launches.iter().all(|l| l.block_x == 32 && l.grid_x == 1));
+    assert_eq!(batch.functions.len(), 1, "the kernel's name");
+    assert!(batch.libraries.iter().any(|l| l.lib == LibKind::Cuda as u32), "a library record for the late libcuda");
+    let syncs = batch.api_calls.iter().filter(|c| c.call_id == ProbedApi::CtxSynchronize as u32).count();
+    assert_eq!(syncs, 1);
+}
+
+#[test]
+fn attaching_to_a_missing_pid_or_a_process_without_cuda_says_why() {
+    use ghostprof::collect::gpu_libraries_of;
+    // Pids above pid_max (4194304 at most) never exist.
+    let err = gpu_libraries_of(4_999_999).unwrap_err().to_string();
+    assert!(err.contains("process 4999999 does not exist"), "{err}");
+    // This test process maps libc but no CUDA library.
+    let err = gpu_libraries_of(std::process::id()).unwrap_err().to_string();
+    assert!(err.contains("no CUDA or NCCL library mapped") && err.contains("libc.so"), "{err}");
+}
+
+#[test]
+fn a_kernel_without_btf_or_uprobes_is_named() {
+    let root = tmpdir();
+    let err = ghostprof::collect::preflight_at(root.path()).unwrap_err().to_string();
+    assert!(err.contains("no BTF") && err.contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    std::fs::create_dir_all(root.path().join("sys/kernel/btf")).unwrap();
+    std::fs::write(root.path().join("sys/kernel/btf/vmlinux"), b"").unwrap();
+    let err = ghostprof::collect::preflight_at(root.path()).unwrap_err().to_string();
+    assert!(err.contains("no uprobe support"), "{err}");
+    std::fs::create_dir_all(root.path().join("sys/bus/event_source/devices/uprobe")).unwrap();
+    ghostprof::collect::preflight_at(root.path()).expect("both present");
 }

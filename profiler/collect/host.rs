@@ -192,6 +192,18 @@ impl HostCollector {
         Ok(())
     }
 
+    /// Attaches to a running process: checks it exists and maps a CUDA or NCCL library, traces
+    /// it (and its future children) and probes its GPU libraries. Returns what was probed.
+    pub fn attach_pid(&mut self, pid: u32) -> Result<Vec<AttachReport>, CollectError> {
+        let libs = super::gpu_libraries_of(pid)?;
+        self.add_target(pid)?;
+        let mut reports = Vec::new();
+        for lib in libs {
+            reports.push(self.attach_library(&procmaps::host_path(pid, &lib.path))?);
+        }
+        Ok(reports)
+    }
+
     /// A handle on the `targets` map, for other programs to follow the same processes.
     pub fn targets_map(&self) -> Result<libbpf_rs::MapHandle, CollectError> {
         libbpf_rs::MapHandle::try_from(&self.skel.maps.targets).map_err(bpf_err("sharing the targets map"))

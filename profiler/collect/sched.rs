@@ -35,6 +35,10 @@ pub enum CollectError {
     NoSuchProcess { pid: u32 },
     #[error("process {pid} has no CUDA or NCCL library mapped (found: {found}); is it a GPU job, and has it initialized CUDA yet?")]
     NoGpuLibrary { pid: u32, found: String },
+    #[error("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): ghostprof needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.8)")]
+    NoBtf,
+    #[error("this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe is missing): ghostprof needs CONFIG_UPROBE_EVENTS=y")]
+    NoUprobes,
 }
 
 pub(crate) fn bpf_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> CollectError + '_ {
