@@ -136,23 +136,50 @@ pub struct HostCollector {
     seen_maps: BTreeMap<u32, HashSet<u64>>,
     pub stats: HostStats,
     pub reports: Vec<AttachReport>,
+    /// Optional parts that could not be used, with the reason (for the session log).
+    pub notes: Vec<String>,
+}
+
+/// Opens and loads the cuda program; `with_forks` = false leaves the fork/exit programs out.
+fn open_cuda(follow_forks: bool, with_forks: bool) -> Result<CudaSkel<'static>, CollectError> {
+    // The skeleton borrows its object storage for its whole life: one small leak per load.
+    let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let mut open = CudaSkelBuilder::default().open(storage).map_err(bpf_err("opening the cuda eBPF program"))?;
+    if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+        ro.self_tgid = std::process::id();
+        ro.follow_forks = follow_forks as u32;
+    }
+    if !with_forks {
+        open.progs.gp_fork.set_autoload(false);
+        open.progs.gp_exit.set_autoload(false);
+    }
+    open.load().map_err(bpf_err("loading the cuda eBPF program"))
 }
 
 impl HostCollector {
     /// Loads the program and attaches the fork/exit tracepoints. No process is traced until
     /// [`HostCollector::add_target`].
     pub fn load(follow_forks: bool) -> Result<Self, CollectError> {
-        // The skeleton borrows its object storage for its whole life: one small leak per session.
-        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = CudaSkelBuilder::default().open(storage).map_err(bpf_err("opening the cuda eBPF program"))?;
-        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-            ro.self_tgid = std::process::id();
-            ro.follow_forks = follow_forks as u32;
-        }
-        let skel = open.load().map_err(bpf_err("loading the cuda eBPF program"))?;
+        let mut notes = Vec::new();
+        // Following forks needs the sched_process_fork/exit BTF tracepoints; a kernel that
+        // cannot load them still gets the uprobes, tracing exactly the pids it is given.
+        let (skel, forks) = match open_cuda(follow_forks, true) {
+            Ok(skel) => (skel, follow_forks),
+            Err(CollectError::Bpf { source, .. }) if follow_forks => {
+                notes.push(format!(
+                    "following child processes is off: the fork/exit tracepoints did not load ({source})"
+                ));
+                (open_cuda(false, false)?, false)
+            }
+            Err(e) => return Err(e),
+        };
         let mut links = Vec::new();
-        for (prog, what) in [(&skel.progs.gp_fork, "sched_process_fork"), (&skel.progs.gp_exit, "sched_process_exit")] {
-            links.push(prog.attach().map_err(bpf_err(what))?);
+        if forks {
+            for (prog, what) in
+                [(&skel.progs.gp_fork, "sched_process_fork"), (&skel.progs.gp_exit, "sched_process_exit")]
+            {
+                links.push(prog.attach().map_err(bpf_err(what))?);
+            }
         }
         let pending: Rc<RefCell<Vec<HostEvent>>> = Rc::default();
         let malformed = Rc::new(RefCell::new(0u64));
@@ -178,6 +205,7 @@ impl HostCollector {
             seen_maps: BTreeMap::new(),
             stats: HostStats::default(),
             reports: Vec::new(),
+            notes,
         })
     }
 

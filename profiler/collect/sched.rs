@@ -125,32 +125,56 @@ pub struct SchedCollector {
     pending: Rc<RefCell<Vec<Record>>>,
     malformed: Rc<RefCell<u64>>,
     pub stats: OffCpuStats,
+    /// Optional parts that could not be used, with the reason.
+    pub notes: Vec<String>,
+}
+
+fn open_sched(
+    target_tgid: u32,
+    targets: Option<&libbpf_rs::MapHandle>,
+    with_wakeup: bool,
+) -> Result<SchedSkel<'static>, CollectError> {
+    // The skeleton borrows its object storage for its whole life: one small leak per load.
+    let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let mut open = SchedSkelBuilder::default().open(storage).map_err(bpf_err("opening the sched eBPF program"))?;
+    if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+        ro.target_tgid = target_tgid;
+        ro.self_tgid = std::process::id();
+    }
+    if let Some(map) = targets {
+        open.maps.targets.reuse_fd(map.as_fd()).map_err(bpf_err("sharing the targets map"))?;
+    }
+    if !with_wakeup {
+        open.progs.gp_sched_wakeup.set_autoload(false);
+    }
+    open.load().map_err(bpf_err("loading the sched eBPF program"))
 }
 
 impl SchedCollector {
     /// Loads and attaches the program. With `targets`, it follows the processes in that map
     /// (the cuda program's); `target_tgid` (non-zero) is followed in any case.
     pub fn load(target_tgid: u32, targets: Option<&libbpf_rs::MapHandle>) -> Result<Self, CollectError> {
-        // The skeleton borrows its object storage for its whole life: one small leak per session.
-        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = SchedSkelBuilder::default().open(storage).map_err(bpf_err("opening the sched eBPF program"))?;
-        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-            ro.target_tgid = target_tgid;
-            ro.self_tgid = std::process::id();
-        }
-        if let Some(map) = targets {
-            open.maps.targets.reuse_fd(map.as_fd()).map_err(bpf_err("sharing the targets map"))?;
-        }
-        let skel = open.load().map_err(bpf_err("loading the sched eBPF program"))?;
+        let mut notes = Vec::new();
+        // Run-queue delay needs sched_wakeup; without it off-CPU intervals stay whole.
+        let (skel, wakeups) = match open_sched(target_tgid, targets, true) {
+            Ok(skel) => (skel, true),
+            Err(CollectError::Bpf { source, .. }) => {
+                notes.push(format!("run-queue delay is off: the sched_wakeup tracepoint did not load ({source})"));
+                (open_sched(target_tgid, targets, false)?, false)
+            }
+            Err(e) => return Err(e),
+        };
         let progs = &skel.progs;
         let mut links = Vec::new();
         for (prog, what) in [
             (&progs.gp_sched_switch, "sched_switch"),
-            (&progs.gp_sched_wakeup, "sched_wakeup"),
             (&progs.gp_sys_enter, "sys_enter"),
             (&progs.gp_sys_exit, "sys_exit"),
         ] {
             links.push(prog.attach().map_err(bpf_err(what))?);
+        }
+        if wakeups {
+            links.push(progs.gp_sched_wakeup.attach().map_err(bpf_err("sched_wakeup"))?);
         }
         let pending: Rc<RefCell<Vec<Record>>> = Rc::default();
         let malformed = Rc::new(RefCell::new(0u64));
@@ -165,7 +189,7 @@ impl SchedCollector {
             })
             .map_err(bpf_err("registering the ring buffer"))?;
         let ring = builder.build().map_err(bpf_err("creating the ring buffer reader"))?;
-        Ok(SchedCollector { skel, _links: links, ring, pending, malformed, stats: OffCpuStats::default() })
+        Ok(SchedCollector { skel, _links: links, ring, pending, malformed, stats: OffCpuStats::default(), notes })
     }
 
     /// Moves everything in the ring buffer into `producer`.
