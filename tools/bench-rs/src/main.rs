@@ -3,9 +3,13 @@
 //!
 //! - `trace [--events N] [--dir D]`: a realistic training-step stream through the real
 //!   pipeline into a trace file and back, against plain zstd -1 over raw rows.
+//! - `probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS]` ([`probe`]): per-call cost of
+//!   ghostprof's uprobes on gpusim's cuLaunchKernel against a bare uprobe (root).
 
 use std::path::PathBuf;
 use std::time::Instant;
+
+mod probe;
 
 use anyhow::{bail, Context, Result};
 use ghostprof::record::{Pipeline, PipelineOptions};
@@ -17,7 +21,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("trace") => bench_trace(&args[1..]),
         Some("read") => bench_read(&args[1..]),
-        _ => bail!("usage: bench trace [--events N] [--dir DIR]"),
+        Some("probe") => probe::bench_probe(&args[1..]),
+        _ => bail!("usage: bench trace [--events N] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS]"),
     }
 }
 

@@ -11,6 +11,8 @@ USAGE:
   gpusim-train [run] --scenario NAME|FILE [--ranks N] [--seconds S | --steps K] [--out DIR] [--lib-dir DIR]
   gpusim-train stage [--lib-dir DIR]     copy the built libraries under their real names, print the dir
   gpusim-train list                      list built-in scenarios
+  gpusim-train launch-loop [--calls N] [--threads T]
+                                         cuLaunchKernel N times in a tight loop (tools/bench probe)
 
 EXAMPLES:
   gpusim-train --scenario straggler --ranks 2 --seconds 3 --out /tmp/gs
@@ -35,6 +37,13 @@ pub enum Command {
     },
     /// List scenarios.
     List,
+    /// A timed `cuLaunchKernel` loop for the probe benchmark.
+    LaunchLoop {
+        /// Timed launches (default 1 000 000).
+        calls: u64,
+        /// Threads the launches are split over (default 1).
+        threads: u64,
+    },
     /// Print usage.
     Help,
 }
@@ -80,11 +89,12 @@ fn value<T: std::str::FromStr>(flag: &str, raw: Option<String>) -> Result<T, Str
 pub fn parse(args: Vec<String>) -> Result<Command, String> {
     let mut it = args.into_iter().peekable();
     let sub = match it.peek().map(String::as_str) {
-        Some("run" | "worker" | "stage" | "list" | "help") => it.next().unwrap_or_default(),
+        Some("run" | "worker" | "stage" | "list" | "help" | "launch-loop") => it.next().unwrap_or_default(),
         _ => "run".to_string(),
     };
     let mut run = RunArgs::default();
     let mut worker = WorkerArgs::default();
+    let (mut calls, mut threads) = (1_000_000u64, 1u64);
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
@@ -110,6 +120,8 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
                 worker.out = dir;
             }
             "--lib-dir" => run.lib_dir = Some(value(&flag, it.next())?),
+            "--calls" => calls = value(&flag, it.next())?,
+            "--threads" => threads = value(&flag, it.next())?,
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
     }
@@ -118,6 +130,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         "list" => Command::List,
         "stage" => Command::Stage { lib_dir: run.lib_dir },
         "worker" => Command::Worker(worker),
+        "launch-loop" => Command::LaunchLoop { calls, threads },
         _ if run.scenario.is_empty() => return Err(format!("--scenario is required\n\n{USAGE}")),
         _ => Command::Run(run),
     })

@@ -8,10 +8,12 @@
 //! - [`launch`]: kernel launches through the entry points a scenario names.
 //! - [`rank`]: the training loop of one rank.
 //! - [`truth`]: the ground-truth JSON.
+//! - [`launch_loop`]: a timed cuLaunchKernel loop for `tools/bench probe`.
 
 mod args;
 mod driver;
 mod launch;
+mod launch_loop;
 mod launcher;
 mod rank;
 mod scenario;
@@ -38,6 +40,7 @@ fn run(command: Command) -> Result<(), String> {
             stage::stage(&stage::build_dir()?, &lib_dir)?;
             println!("{}", lib_dir.display());
         }
+        Command::LaunchLoop { calls, threads } => launch_loop::run(calls, threads)?,
         Command::Worker(w) => {
             let scenario = Scenario::load(&w.scenario)?;
             rank::run(&rank::RankConfig {

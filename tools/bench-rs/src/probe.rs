@@ -1,0 +1,410 @@
+//! `probe`: what ghostprof's host collector costs a CUDA program per `cuLaunchKernel`, against
+//! the cheapest possible uprobe at the same address.
+//!
+//! A tight loop of gpusim's `cuLaunchKernel` (`gpusim-train launch-loop`, its own process: the
+//! collector never traces ghostprof's own pid) runs in three modes per round: untraced; under
+//! a bare uprobe (`ebpf/bench_bare.bpf.c`, `return 0`); under the real [`HostCollector`], drained
+//! on a timer into a real [`Pipeline`] and trace file. The loop process times itself between a
+//! go-ahead line and its last call, so probe attachment and process start are outside the
+//! figure. Every launch of the traced loop must be in the trace or counted as dropped.
+//!
+//! `ratio_vs_bare` = (ghostprof − untraced) / (bare − untraced): the probe cost ghostprof adds
+//! over the kernel's own uprobe cost (trap + instruction emulation + BPF entry), which no
+//! uprobe-based tool can avoid.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use ghostprof::collect::bpf::bench_bare::BenchBareSkelBuilder;
+use ghostprof::collect::elf::probe_points;
+use ghostprof::collect::host::HostCollector;
+use ghostprof::record::{Pipeline, PipelineOptions};
+use ghostprof::trace::{Source, TraceInfo, TraceReader};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+
+use crate::{clock_gettime, flag, libc_timespec, thread_cpu_s};
+
+/// What to run, from the command line.
+struct ProbeConfig {
+    /// Timed `cuLaunchKernel` calls per loop.
+    calls: u64,
+    /// Threads of the loop process the calls are split over (1: the per-call figure; more:
+    /// more events per second at the collector).
+    threads: u64,
+    /// Rounds of (untraced, bare, ghostprof); medians are reported.
+    rounds: usize,
+    /// How often the collector's ring buffer is drained.
+    drain_interval: Duration,
+    /// Scratch space: staged libraries and the trace file.
+    dir: PathBuf,
+}
+
+impl ProbeConfig {
+    fn parse(args: &[String]) -> Result<Self> {
+        let parsed = |name: &str| -> Result<Option<u64>> {
+            flag(args, name).map(|s| s.parse::<u64>().with_context(|| format!("{name} {s:?}"))).transpose()
+        };
+        let dir = flag(args, "--dir").map_or_else(std::env::temp_dir, PathBuf::from);
+        Ok(ProbeConfig {
+            calls: parsed("--calls")?.unwrap_or(1_000_000),
+            threads: parsed("--threads")?.unwrap_or(1).max(1),
+            rounds: parsed("--rounds")?.unwrap_or(5).max(1) as usize,
+            drain_interval: Duration::from_millis(parsed("--drain-ms")?.unwrap_or(5)),
+            dir: dir.join(format!("ghostprof-bench-probe-{}", std::process::id())),
+        })
+    }
+}
+
+/// One timed loop, as the loop process reported it.
+struct LoopRun {
+    /// Wall time of the loop.
+    elapsed_ns: u64,
+    /// CPU time of the loop thread, uprobe handling included, preemption by other work not.
+    cpu_ns: u64,
+}
+
+/// The ghostprof mode's extra figures.
+struct TracedRun {
+    timing: LoopRun,
+    launches_written: u64,
+    ringbuf_drops: u64,
+    drops: u64,
+    /// CPU of the draining thread (ring buffer → records → producer).
+    drain_cpu_s: f64,
+    /// CPU of this whole process during the loop: drain + pipeline writer thread.
+    collector_cpu_s: f64,
+    trace_bytes: u64,
+}
+
+/// The loop process, stopped at its go-ahead.
+struct LoopProcess {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pid: u32,
+}
+
+impl LoopProcess {
+    fn spawn(gpusim_train: &Path, lib_dir: &Path, calls: u64, threads: u64) -> Result<Self> {
+        let mut child = Command::new(gpusim_train)
+            .args(["launch-loop", "--calls", &calls.to_string(), "--threads", &threads.to_string()])
+            .env("LD_LIBRARY_PATH", lib_dir)
+            // No simulated driver CPU: the loop measures the call and the probe, nothing else.
+            .env("GPUSIM_LAUNCH_CPU_NS", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", gpusim_train.display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("the loop process has no stdin/stdout pipes");
+        };
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        stdout.read_line(&mut line).context("reading the loop's ready line")?;
+        let Some(pid) = line.strip_prefix("ready ").and_then(|p| p.trim().parse().ok()) else {
+            let status = child.wait().context("waiting for the loop process")?;
+            bail!("the loop process did not get ready ({status}); it said {line:?}");
+        };
+        Ok(LoopProcess { child, stdin, stdout, pid })
+    }
+
+    fn go(&mut self) -> Result<()> {
+        self.stdin.write_all(b"go\n").and_then(|()| self.stdin.flush()).context("starting the loop")
+    }
+
+    /// Waits for the loop's report (its last line) and its exit.
+    fn finish(mut self, calls: u64) -> Result<LoopRun> {
+        let mut text = String::new();
+        for line in self.stdout.by_ref().lines() {
+            text = line.context("reading the loop's report")?;
+        }
+        let status = self.child.wait().context("waiting for the loop process")?;
+        ensure!(status.success(), "the loop process failed ({status}); last line {text:?}");
+        let report: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("the loop's report {text:?}"))?;
+        ensure!(report["calls"].as_u64() == Some(calls), "the loop ran {} calls, not {calls}", report["calls"]);
+        let field = |name: &str| report[name].as_u64().with_context(|| format!("{name} missing in {text:?}"));
+        Ok(LoopRun { elapsed_ns: field("elapsed_ns")?, cpu_ns: field("cpu_ns")? })
+    }
+}
+
+/// `tools/bench probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] [--dir D]` (root).
+pub fn bench_probe(args: &[String]) -> Result<()> {
+    let cfg = ProbeConfig::parse(args)?;
+    let bin_dir = build_gpusim()?;
+    let lib_dir = cfg.dir.join("lib");
+    stage(&bin_dir, &lib_dir)?;
+    let gpusim_train = bin_dir.join("gpusim-train");
+    let libcuda = lib_dir.join("libcuda.so.1");
+    let result = measure(&cfg, &gpusim_train, &lib_dir, &libcuda);
+    let _ = std::fs::remove_dir_all(&cfg.dir);
+    result
+}
+
+fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Path) -> Result<()> {
+    // The same file offset ghostprof's loader picks (past an endbr64, if any).
+    let points = probe_points(libcuda, &["cuLaunchKernel"])?;
+    let point = points.get("cuLaunchKernel").context("the staged libcuda.so.1 has no cuLaunchKernel")?;
+    let n = cfg.calls;
+    let (mut untraced, mut bare, mut traced) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=cfg.rounds {
+        // The order of the modes rotates, so a drift of the machine over a run (another job
+        // starting, memory filling up) does not always land on the same mode.
+        for mode in (0..3).map(|i| (i + round - 1) % 3) {
+            let run = LoopProcess::spawn(gpusim_train, lib_dir, n, cfg.threads)?;
+            match mode {
+                0 => untraced.push(run_untraced(run, n)?),
+                1 => bare.push(run_bare(run, n, libcuda, point.file_offset as usize)?),
+                _ => traced.push(run_ghostprof(run, n, libcuda, &cfg.dir.join("probe.gptrace"), cfg.drain_interval)?),
+            }
+        }
+        let (u, b, t) = (&untraced[round - 1], &bare[round - 1], &traced[round - 1]);
+        eprintln!(
+            "round {round}: CPU per call untraced {:.1} ns, bare uprobe {:.1}, ghostprof {:.1}; {} launches written, {} dropped",
+            u.cpu_ns as f64 / n as f64,
+            b.cpu_ns as f64 / n as f64,
+            t.timing.cpu_ns as f64 / n as f64,
+            t.launches_written,
+            t.drops
+        );
+    }
+
+    // The loop thread's CPU time is the headline: on a shared 2-core VM its wall time also
+    // counts whatever else was scheduled on its core (a build, our own writer thread).
+    let per_call = |runs: &[&LoopRun], wall: bool| -> (f64, Vec<f64>) {
+        let mut v: Vec<f64> =
+            runs.iter().map(|r| (if wall { r.elapsed_ns } else { r.cpu_ns }) as f64 / n.max(1) as f64).collect();
+        let samples = v.iter().map(|x| round1(*x)).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], samples)
+    };
+    let traced_runs: Vec<&LoopRun> = traced.iter().map(|t| &t.timing).collect();
+    let (untraced_runs, bare_runs): (Vec<&LoopRun>, Vec<&LoopRun>) = (untraced.iter().collect(), bare.iter().collect());
+    let (untraced_ns, untraced_samples) = per_call(&untraced_runs, false);
+    let (bare_ns, bare_samples) = per_call(&bare_runs, false);
+    let (ghostprof_ns, ghostprof_samples) = per_call(&traced_runs, false);
+    let (untraced_wall, _) = per_call(&untraced_runs, true);
+    let (bare_wall, _) = per_call(&bare_runs, true);
+    let (ghostprof_wall, _) = per_call(&traced_runs, true);
+    let samples = serde_json::json!({
+        "untraced": untraced_samples, "bare_uprobe": bare_samples, "ghostprof": ghostprof_samples,
+    });
+    if bare_ns <= untraced_ns {
+        bail!("the bare uprobe cost nothing ({bare_ns:.1} vs {untraced_ns:.1} ns/call untraced): did it attach?");
+    }
+    let ratio = (ghostprof_ns - untraced_ns) / (bare_ns - untraced_ns);
+    let wall_ratio = (ghostprof_wall - untraced_wall) / (bare_wall - untraced_wall);
+
+    let written: u64 = traced.iter().map(|t| t.launches_written).sum();
+    let drops: u64 = traced.iter().map(|t| t.drops).sum();
+    let ringbuf_drops: u64 = traced.iter().map(|t| t.ringbuf_drops).sum();
+    let loop_s: f64 = traced.iter().map(|t| t.timing.elapsed_ns as f64 / 1e9).sum();
+    let events_per_s = written as f64 / loop_s;
+    let drain_cpu_s: f64 = traced.iter().map(|t| t.drain_cpu_s).sum();
+    let collector_cpu_s: f64 = traced.iter().map(|t| t.collector_cpu_s).sum();
+    let trace_bytes = traced.last().map_or(0, |t| t.trace_bytes);
+
+    eprintln!("loop thread CPU per call, median of {} rounds of {n} calls (wall time in brackets):", cfg.rounds);
+    eprintln!("untraced     {untraced_ns:8.1} ns/call [{untraced_wall:.1}]");
+    eprintln!("bare uprobe  {bare_ns:8.1} ns/call [{bare_wall:.1}] (+{:.1})", bare_ns - untraced_ns);
+    eprintln!(
+        "ghostprof    {ghostprof_ns:8.1} ns/call [{ghostprof_wall:.1}] (+{:.1}): {ratio:.2}x the bare uprobe's cost",
+        ghostprof_ns - untraced_ns
+    );
+    eprintln!(
+        "collector: {written} launches written at {:.0} events/s sustained, {drops} dropped ({ringbuf_drops} in the ring buffer); {:.0} ns CPU per event in the drain thread, {:.0} ns in drain + writer",
+        events_per_s,
+        drain_cpu_s * 1e9 / written.max(1) as f64,
+        collector_cpu_s * 1e9 / written.max(1) as f64
+    );
+    let json = serde_json::json!({
+        "bench": "probe",
+        "calls": n,
+        "threads": cfg.threads,
+        "rounds": cfg.rounds,
+        "untraced_ns_per_call": round1(untraced_ns),
+        "bare_uprobe_ns_per_call": round1(bare_ns),
+        "ghostprof_ns_per_call": round1(ghostprof_ns),
+        "bare_uprobe_cost_ns": round1(bare_ns - untraced_ns),
+        "ghostprof_cost_ns": round1(ghostprof_ns - untraced_ns),
+        "ratio_vs_bare": (ratio * 1000.0).round() / 1000.0,
+        "wall_ns_per_call": {
+            "untraced": round1(untraced_wall), "bare_uprobe": round1(bare_wall), "ghostprof": round1(ghostprof_wall),
+        },
+        "wall_ratio_vs_bare": (wall_ratio * 1000.0).round() / 1000.0,
+        "events_per_s_sustained": events_per_s.round(),
+        "launches_written": written,
+        "drops": drops,
+        "ringbuf_drops": ringbuf_drops,
+        "drain_interval_ms": cfg.drain_interval.as_millis() as u64,
+        "drain_cpu_ns_per_event": (drain_cpu_s * 1e9 / written.max(1) as f64).round(),
+        "collector_cpu_ns_per_event": (collector_cpu_s * 1e9 / written.max(1) as f64).round(),
+        // What one core of collector CPU could absorb if the traced program produced faster.
+        "collector_events_per_cpu_s": (written as f64 / collector_cpu_s.max(1e-9)).round(),
+        "trace_bytes_per_event": ((trace_bytes as f64 / n as f64) * 100.0).round() / 100.0,
+        "probe_file_offset": point.file_offset,
+        "probe_past_endbr64": point.skipped_endbr64,
+        "samples_ns_per_call": samples,
+        "machine": machine(),
+    });
+    println!("{json}");
+    Ok(())
+}
+
+fn run_untraced(mut run: LoopProcess, calls: u64) -> Result<LoopRun> {
+    run.go()?;
+    run.finish(calls)
+}
+
+fn run_bare(mut run: LoopProcess, calls: u64, libcuda: &Path, offset: usize) -> Result<LoopRun> {
+    let mut storage = MaybeUninit::uninit();
+    let open = BenchBareSkelBuilder::default().open(&mut storage).context("opening bench_bare")?;
+    let skel = open.load().context("loading bench_bare: run as root (CAP_BPF, CAP_PERFMON)")?;
+    let link = skel
+        .progs
+        .bare_hit
+        .attach_uprobe(false, -1, libcuda, offset)
+        .with_context(|| format!("attaching the bare uprobe to {}+{offset:#x}", libcuda.display()))?;
+    run.go()?;
+    let timing = run.finish(calls);
+    drop(link);
+    timing
+}
+
+fn run_ghostprof(
+    mut run: LoopProcess,
+    calls: u64,
+    libcuda: &Path,
+    trace: &Path,
+    drain_interval: Duration,
+) -> Result<TracedRun> {
+    let mut collector = HostCollector::load(true)?;
+    let report = collector.attach_library(libcuda)?;
+    ensure!(
+        report.attached.iter().any(|f| f == "cuLaunchKernel"),
+        "ghostprof did not probe cuLaunchKernel in {}: {report:?}",
+        libcuda.display()
+    );
+    let info = TraceInfo { command: vec!["tools/bench".into(), "probe".into()], ..Default::default() };
+    let pipeline = Pipeline::create(trace, true, &info, PipelineOptions::default())?;
+    let mut producer = pipeline.producer(Source::Ebpf);
+    collector.add_target(run.pid)?;
+
+    // As `ghostprof record` does: drain on a timer while the job runs, then once more after.
+    let (thread_cpu0, process_cpu0) = (thread_cpu_s(), process_cpu_s());
+    run.go()?;
+    loop {
+        collector.drain(&mut producer)?;
+        if run.child.try_wait().context("polling the loop process")?.is_some() {
+            break;
+        }
+        std::thread::sleep(drain_interval);
+    }
+    collector.drain(&mut producer)?;
+    let drain_cpu_s = thread_cpu_s() - thread_cpu0;
+    drop(producer);
+    let (summary, stats) = pipeline.finish()?;
+    let collector_cpu_s = process_cpu_s() - process_cpu0;
+    if let Some(e) = &stats.writer_error {
+        bail!("the trace writer failed: {e}");
+    }
+    let pid = run.pid;
+    let timing = run.finish(calls)?;
+
+    let batch = TraceReader::open(trace)?.read_all()?;
+    let launches_written = batch.launches.len() as u64;
+    let foreign = batch.launches.iter().filter(|l| l.pid != pid).count();
+    ensure!(foreign == 0, "{foreign} launch records are not from the loop process {pid}");
+    let drops: u64 = stats.drops.iter().map(|d| d.2).sum();
+    let ringbuf_drops = collector.stats.ringbuf_drops;
+    // Nothing may go missing silently: every call is a record or a counted drop.
+    ensure!(
+        launches_written + drops == calls,
+        "{calls} launches, but {launches_written} written + {drops} dropped ({:?})",
+        stats.drops
+    );
+    Ok(TracedRun {
+        timing,
+        launches_written,
+        ringbuf_drops,
+        drops,
+        drain_cpu_s,
+        collector_cpu_s,
+        trace_bytes: summary.compressed_bytes,
+    })
+}
+
+/// Builds gpusim's libraries and `gpusim-train` with this binary's profile into this binary's
+/// target dir (cargo released its lock before running us), and returns that profile's dir.
+fn build_gpusim() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let bin_dir = exe.parent().context("this executable has no directory")?.to_path_buf();
+    let target_dir = bin_dir.parent().context("this executable is not in a cargo target dir")?;
+    let profile = match bin_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => bail!("cannot tell the cargo profile from {}", bin_dir.display()),
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("building gpusim ({profile}) ...");
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--quiet", "--profile", profile, "--target-dir"])
+        .arg(target_dir)
+        .args(["-p", "gpusim-cuda", "-p", "gpusim-nccl", "-p", "gpusim-cupti", "-p", "gpusim-train"])
+        .status()
+        .context("running cargo to build gpusim")?;
+    ensure!(status.success(), "building gpusim failed ({status})");
+    Ok(bin_dir)
+}
+
+/// A private copy of the libraries: the probes are on this copy's inode, so nothing else on
+/// the machine (another test's gpusim) is traced or slowed.
+fn stage(bin_dir: &Path, lib_dir: &Path) -> Result<()> {
+    let out = Command::new(bin_dir.join("gpusim-train"))
+        .arg("stage")
+        .arg("--lib-dir")
+        .arg(lib_dir)
+        .output()
+        .context("running gpusim-train stage")?;
+    ensure!(out.status.success(), "gpusim-train stage failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// CPU time of this whole process (every thread), in seconds.
+fn process_cpu_s() -> f64 {
+    let mut ts = libc_timespec::default();
+    // SAFETY: clock_gettime fills the struct; CLOCK_PROCESS_CPUTIME_ID (2) exists on Linux.
+    unsafe { clock_gettime(2, &mut ts) };
+    ts.sec as f64 + ts.nsec as f64 / 1e9
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// What the figures were measured on.
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel =
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    let virtualized = std::fs::read_to_string("/proc/cpuinfo").map(|s| s.contains(" hypervisor")).unwrap_or(false);
+    serde_json::json!({
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": kernel,
+        "virtualized": virtualized,
+    })
+}
