@@ -36,7 +36,7 @@ pub(crate) fn built() -> &'static Built {
                     .args(["build", "--quiet", "--target-dir"])
                     .arg(&target)
                     .args(["-p", "gpusim-cuda", "-p", "gpusim-nccl", "-p", "gpusim-cupti"])
-                    .args(["-p", "gpusim-train", "-p", "gpusim-testinject"])
+                    .args(["-p", "gpusim-train", "-p", "gpusim-testinject", "-p", "ghostprof-inject"])
                     .status()
                     .expect("run cargo to build the gpusim crates");
                 assert!(status.success(), "building gpusim crates failed: {status}");

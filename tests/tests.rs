@@ -5,6 +5,7 @@ mod util; // shared helpers: temp dirs, writing synthetic traces, byte-level com
 
 mod bpf; // root tier: the eBPF build chain loads a real program and sees real off-CPU time
 mod cli; // the ghostprof binary: `info` text and JSON, errors, unimplemented commands
+mod cupti; // root tier: the CUPTI injection library and its ring against gpusim's libcupti
 mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)
 mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what the ground truth says
 mod pipeline; // collectors → queues → writer: backpressure counts every dropped record

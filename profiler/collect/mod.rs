@@ -2,6 +2,7 @@
 //! the sched program's off-CPU intervals into host-stall records.
 
 pub mod bpf;
+pub mod cupti;
 pub mod elf;
 pub mod host;
 pub mod procmaps;

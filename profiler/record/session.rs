@@ -4,12 +4,13 @@
 //! drained on a timer; the trace is finalized when the command exits or `stop` is set.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::pipeline::{Pipeline, PipelineOptions, PipelineStats};
+use crate::collect::cupti::{CuptiCollector, CuptiStats};
 use crate::collect::host::{AttachReport, HostCollector, HostStats};
 use crate::collect::procmaps;
 use crate::collect::sched::{CollectError, OffCpuStats, SchedCollector};
@@ -41,6 +42,12 @@ pub struct LaunchConfig {
     pub drain_interval: Duration,
     pub rescan_interval: Duration,
     pub max_duration: Option<Duration>,
+    /// The CUPTI injection library to load into the command (`CUDA_INJECTION64_PATH`);
+    /// None: eBPF only.
+    pub inject_lib: Option<PathBuf>,
+    /// Where the injection library's rings live; None: a private directory under /dev/shm
+    /// for this session, removed at its end.
+    pub ring_dir: Option<PathBuf>,
 }
 
 impl LaunchConfig {
@@ -53,8 +60,21 @@ impl LaunchConfig {
             drain_interval: Duration::from_millis(10),
             rescan_interval: Duration::from_millis(200),
             max_duration: None,
+            inject_lib: find_inject_lib(),
+            ring_dir: None,
         }
     }
+}
+
+/// The injection library: `$GHOSTPROF_INJECT_LIB`, else `libghostprof_inject.so` next to the
+/// running executable (or one directory up, for test binaries under `target/*/deps`).
+pub fn find_inject_lib() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("GHOSTPROF_INJECT_LIB") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("libghostprof_inject.so"), dir.parent()?.join("libghostprof_inject.so")].into_iter().find(|p| p.exists())
 }
 
 /// The result of a session.
@@ -65,6 +85,9 @@ pub struct SessionSummary {
     pub pipeline: PipelineStats,
     pub host: HostStats,
     pub sched: OffCpuStats,
+    pub cupti: CuptiStats,
+    /// Things the user should know (optional parts off, CUPTI unavailable, …).
+    pub notes: Vec<String>,
     pub libraries: Vec<AttachReport>,
 }
 
@@ -82,8 +105,8 @@ pub struct HeldChild {
 const HOLD_FD: libc::c_int = 3;
 
 impl HeldChild {
-    /// Spawns `program args...` held.
-    pub fn spawn(program: &str, args: &[String]) -> std::io::Result<Self> {
+    /// Spawns `program args...` held, with `envs` added to its environment.
+    pub fn spawn(program: &str, args: &[String], envs: &[(String, String)]) -> std::io::Result<Self> {
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: pipe2 fills two fds; both close on exec (the read end is dup'ed to fd 3 below).
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -91,7 +114,12 @@ impl HeldChild {
         }
         let (read_fd, write_fd) = (fds[0], fds[1]);
         let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg("read -r _ <&3; exec 3<&-; exec \"$@\"").arg("ghostprof-hold").arg(program).args(args);
+        cmd.arg("-c")
+            .arg("read -r _ <&3; exec 3<&-; exec \"$@\"")
+            .arg("ghostprof-hold")
+            .arg(program)
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)));
         // SAFETY: between fork and exec the child only calls the async-signal-safe dup2.
         unsafe {
             cmd.pre_exec(move || {
@@ -159,7 +187,27 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
     }
 
     let program = cfg.command.first().cloned().unwrap_or_default();
-    let held = HeldChild::spawn(&program, &cfg.command[1.min(cfg.command.len())..])
+    let mut envs = Vec::new();
+    let private_dir = match &cfg.ring_dir {
+        Some(_) => None,
+        None => Some(
+            private_ring_dir()
+                .map_err(|source| SessionError::Spawn { cmd: "mkdir /dev/shm/ghostprof-*".into(), source })?,
+        ),
+    };
+    let ring_dir = cfg.ring_dir.clone().or_else(|| private_dir.clone()).unwrap_or_default();
+    let mut cupti = CuptiCollector::new(&ring_dir, true);
+    match &cfg.inject_lib {
+        Some(lib) => {
+            envs.push(("CUDA_INJECTION64_PATH".to_string(), lib.display().to_string()));
+            envs.push(("GHOSTPROF_ENABLE".to_string(), "1".to_string()));
+            envs.push(("GHOSTPROF_RING_DIR".to_string(), ring_dir.display().to_string()));
+        }
+        None => cupti.notes.push(
+            "libghostprof_inject.so not found (set GHOSTPROF_INJECT_LIB): no CUPTI device timeline, eBPF only".into(),
+        ),
+    }
+    let held = HeldChild::spawn(&program, &cfg.command[1.min(cfg.command.len())..], &envs)
         .map_err(|source| SessionError::Spawn { cmd: cfg.command.join(" "), source })?;
     let pid = held.pid();
     collector.add_target(pid)?;
@@ -179,8 +227,10 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
             for lib in collector.rescan() {
                 producer.push(lib);
             }
+            cupti.scan_dir();
             last_scan = Instant::now();
         }
+        cupti.drain(&mut producer);
         if let Err(e) = collector.drain(&mut producer).and_then(|_| sched.drain(&mut producer)) {
             reap_in_background(child);
             return Err(e.into());
@@ -195,7 +245,13 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
         }
         std::thread::sleep(cfg.drain_interval);
     };
-    // Events of the last moments are still in the ring buffer.
+    // Events of the last moments are still in the ring buffers; a process that exited before
+    // its ring was opened left the file behind, complete.
+    cupti.scan_dir();
+    cupti.drain(&mut producer);
+    if let Some(dir) = &private_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     collector.drain(&mut producer)?;
     sched.drain(&mut producer)?;
     drop(producer);
@@ -206,6 +262,8 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
         pipeline,
         host: collector.stats.clone(),
         sched: sched.stats.clone(),
+        cupti: cupti.stats.clone(),
+        notes: collector.notes.iter().chain(&sched.notes).chain(&cupti.notes).cloned().collect(),
         libraries: collector.reports.clone(),
     })
 }
@@ -216,6 +274,22 @@ fn reap_in_background(mut child: Child) {
     std::thread::spawn(move || {
         let _ = child.wait();
     });
+}
+
+/// A fresh directory for one session's rings, mode 0700 (the job writes there as its user:
+/// `record` gives the directory to that user when it drops privileges).
+fn private_ring_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    for n in 0..100u32 {
+        let dir = base.join(format!("ghostprof-{}-{}-{n}", std::process::id(), now_ns() % 1_000_000));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free ring directory name"))
 }
 
 fn now_ns() -> u64 {

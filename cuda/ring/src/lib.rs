@@ -21,6 +21,7 @@
 mod consumer;
 mod layout;
 mod producer;
+pub mod wire;
 
 pub use consumer::{Consumer, ConsumerError, Popped};
 pub use layout::{Header, DATA_OFFSET, HEADER_BYTES, MAGIC, MAX_RECORD_BYTES, VERSION};

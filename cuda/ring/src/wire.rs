@@ -1,0 +1,13 @@
+//! Ring record kinds from the injection library to ghostprof (payloads little-endian).
+
+/// A CUPTI activity record, raw (its first u32 is the `CUpti_ActivityKind`); name pointers
+/// replaced by [`NAME`] ids.
+pub const ACTIVITY: u16 = 1;
+/// `id u32, UTF-8 bytes`: a kernel or marker name.
+pub const NAME: u16 = 2;
+/// `cupti_ns u64, monotonic_ns u64, uncertainty_ns u64`: a clock pair.
+pub const CLOCK: u16 = 3;
+/// UTF-8 text: something ghostprof should tell the user (no CUPTI, another subscriber, …).
+pub const STATUS: u16 = 4;
+/// `count u64`: records CUPTI dropped (cumulative).
+pub const CUPTI_DROPPED: u16 = 5;

@@ -1,0 +1,365 @@
+//! The device timeline from ghostprof's CUPTI injection library (`cuda/inject`): one shared-
+//! memory ring per traced process (`<dir>/ghostprof-<pid>.ring`), read as untrusted input.
+//! Raw CUPTI activity records are parsed here by the offsets of the CUPTI structs (cudarc's
+//! bindings of the real headers), checked for length, and turned into trace records; device
+//! timestamps are mapped onto CLOCK_MONOTONIC with the clock pairs the library sends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::mem::{offset_of, size_of};
+use std::path::{Path, PathBuf};
+
+use cs::CUpti_ActivityKind as K;
+use cudarc::cupti::sys as cs;
+use ghostprof_ring::{wire, Consumer, Popped};
+
+use crate::record::Producer;
+use crate::trace::{
+    ApiCall, ApiDomain, ClockDomain, ClockSync, DropCause, KernelExec, MemOp, MemOpKind, StepMarker, StepSource,
+};
+
+/// `ApiCall::domain` of CUPTI synchronization records (`call_id` = CUpti_ActivitySynchronizationType).
+pub const SYNC_DOMAIN: ApiDomain = ApiDomain::CudaDriver;
+/// `ApiCall::call_id` offset of synchronization records, above every driver callback id.
+pub const SYNC_CALL_BASE: u32 = 1 << 20;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CuptiStats {
+    pub rings: usize,
+    pub records: u64,
+    pub malformed: u64,
+    pub corrupt_bytes: u64,
+    pub ring_drops: u64,
+    pub cupti_drops: u64,
+}
+
+struct Ring {
+    consumer: Consumer,
+    pid: u32,
+    /// ring name id → trace string id
+    names: HashMap<u32, u32>,
+    /// CLOCK_MONOTONIC − CUPTI time, from the latest clock pair
+    offset_ns: i64,
+    /// open NVTX ranges: marker id → (start, name)
+    open_ranges: HashMap<u32, (u64, u32)>,
+    steps: u64,
+    cupti_drops: u64,
+}
+
+pub struct CuptiCollector {
+    dir: PathBuf,
+    /// Remove each ring file once mapped (a `record` session owns its job's rings).
+    unlink: bool,
+    rings: BTreeMap<u32, Ring>,
+    buf: Vec<Popped>,
+    pub stats: CuptiStats,
+    /// Status messages from the injection libraries, once each.
+    pub notes: Vec<String>,
+}
+
+fn u16_at(p: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([p[at], p[at + 1]])
+}
+fn u32_at(p: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]])
+}
+fn u64_at(p: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&p[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+impl CuptiCollector {
+    pub fn new(dir: &Path, unlink: bool) -> Self {
+        CuptiCollector {
+            dir: dir.to_path_buf(),
+            unlink,
+            rings: BTreeMap::new(),
+            buf: Vec::new(),
+            stats: CuptiStats::default(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Path of the ring of `pid`.
+    pub fn ring_path(&self, pid: u32) -> PathBuf {
+        self.dir.join(format!("ghostprof-{pid}.ring"))
+    }
+
+    /// Opens every ring in the directory (a session's private ring directory holds only its
+    /// own job's rings, including those of processes that already exited).
+    pub fn scan_dir(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let pids: Vec<u32> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_prefix("ghostprof-")?.strip_suffix(".ring")?.parse().ok()
+            })
+            .collect();
+        self.scan(&pids);
+    }
+
+    /// Opens the rings of `pids` that exist and are not open yet (which switches their
+    /// collection on).
+    pub fn scan(&mut self, pids: &[u32]) {
+        for &pid in pids {
+            if self.rings.contains_key(&pid) {
+                continue;
+            }
+            let path = self.ring_path(pid);
+            if !path.exists() {
+                continue;
+            }
+            match Consumer::open(&path) {
+                Ok(consumer) => {
+                    if self.unlink {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    self.rings.insert(
+                        pid,
+                        Ring {
+                            consumer,
+                            pid,
+                            names: HashMap::new(),
+                            offset_ns: 0,
+                            open_ranges: HashMap::new(),
+                            steps: 0,
+                            cupti_drops: 0,
+                        },
+                    );
+                    self.stats.rings += 1;
+                }
+                Err(e) => self.note(format!("cannot read the CUPTI ring of process {pid}: {e}")),
+            }
+        }
+    }
+
+    fn note(&mut self, msg: String) {
+        if !self.notes.contains(&msg) {
+            self.notes.push(msg);
+        }
+    }
+
+    /// Moves every record of every ring into `producer`.
+    pub fn drain(&mut self, producer: &mut Producer) {
+        let mut notes = Vec::new();
+        let (mut ring_drops, mut cupti_drops) = (0, 0);
+        for ring in self.rings.values_mut() {
+            self.buf.clear();
+            if let Err(e) = ring.consumer.drain(&mut self.buf) {
+                notes.push(format!("process {}: {e}", ring.pid));
+            }
+            for rec in self.buf.drain(..) {
+                self.stats.records += 1;
+                if !ring.handle(&rec, producer, &mut notes) {
+                    self.stats.malformed += 1;
+                }
+            }
+            ring_drops += ring.consumer.dropped();
+            cupti_drops += ring.cupti_drops;
+            self.stats.corrupt_bytes = ring.consumer.corrupt_bytes;
+        }
+        for n in notes {
+            self.note(n);
+        }
+        self.stats.ring_drops = ring_drops;
+        self.stats.cupti_drops = cupti_drops;
+        producer.set_drops(DropCause::ShmRingFull, ring_drops);
+        producer.set_drops(DropCause::CuptiBuffer, cupti_drops);
+        producer.set_drops(DropCause::Malformed, self.stats.malformed);
+        producer.flush();
+    }
+
+    /// Switches collection off in every ring (the injection libraries go dormant).
+    pub fn detach_all(&mut self) {
+        for ring in self.rings.values() {
+            ring.consumer.detach();
+        }
+    }
+}
+
+impl Ring {
+    fn mono(&self, cupti_ns: u64) -> u64 {
+        cupti_ns.wrapping_add(self.offset_ns as u64)
+    }
+
+    /// One ring record → trace records. False when it is malformed.
+    fn handle(&mut self, rec: &Popped, producer: &mut Producer, notes: &mut Vec<String>) -> bool {
+        let p = &rec.payload;
+        match rec.kind {
+            wire::ACTIVITY => self.activity(p, producer),
+            wire::NAME if p.len() >= 4 => {
+                let id = u32_at(p, 0);
+                let name = String::from_utf8_lossy(&p[4..]);
+                self.names.insert(id, producer.intern(&name));
+                true
+            }
+            wire::CLOCK if p.len() >= 24 => {
+                let (cupti, mono, err) = (u64_at(p, 0), u64_at(p, 8), u64_at(p, 16));
+                self.offset_ns = mono.wrapping_sub(cupti) as i64;
+                producer.push(ClockSync {
+                    monotonic_ns: mono,
+                    other_ns: cupti,
+                    uncertainty_ns: err,
+                    domain: ClockDomain::Cupti as u32,
+                    device: 0,
+                });
+                true
+            }
+            wire::STATUS => {
+                notes.push(format!("process {}: {}", self.pid, String::from_utf8_lossy(p)));
+                true
+            }
+            wire::CUPTI_DROPPED if p.len() >= 8 => {
+                self.cupti_drops = self.cupti_drops.max(u64_at(p, 0));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn activity(&mut self, p: &[u8], producer: &mut Producer) -> bool {
+        if p.len() < 4 {
+            return false;
+        }
+        let kind = u32_at(p, 0);
+        let pid = self.pid;
+        if kind == K::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL as u32 || kind == K::CUPTI_ACTIVITY_KIND_KERNEL as u32 {
+            type T = cs::CUpti_ActivityKernel9;
+            if p.len() < size_of::<T>() {
+                return false;
+            }
+            let (start, end) = (u64_at(p, offset_of!(T, start)), u64_at(p, offset_of!(T, end)));
+            if end < start {
+                return false;
+            }
+            let name = u64_at(p, offset_of!(T, name)) as u32;
+            let shared = u32_at(p, offset_of!(T, staticSharedMemory))
+                .saturating_add(u32_at(p, offset_of!(T, dynamicSharedMemory)));
+            producer.push(KernelExec {
+                start_ns: self.mono(start),
+                end_ns: self.mono(end),
+                stream: u32_at(p, offset_of!(T, streamId)) as u64,
+                correlation_id: u32_at(p, offset_of!(T, correlationId)),
+                device: u32_at(p, offset_of!(T, deviceId)),
+                name_id: self.names.get(&name).copied().unwrap_or(0),
+                grid_x: u32_at(p, offset_of!(T, gridX)),
+                grid_y: u32_at(p, offset_of!(T, gridY)),
+                grid_z: u32_at(p, offset_of!(T, gridZ)),
+                block_x: u32_at(p, offset_of!(T, blockX)),
+                block_y: u32_at(p, offset_of!(T, blockY)),
+                block_z: u32_at(p, offset_of!(T, blockZ)),
+                registers_per_thread: u16_at(p, offset_of!(T, registersPerThread)) as u32,
+                shared_mem_bytes: shared,
+                graph_id: u32_at(p, offset_of!(T, graphId)),
+                pid,
+                flags: 0,
+            });
+        } else if kind == K::CUPTI_ACTIVITY_KIND_MEMCPY as u32 {
+            type T = cs::CUpti_ActivityMemcpy5;
+            if p.len() < size_of::<T>() {
+                return false;
+            }
+            let copy = match p[offset_of!(T, copyKind)] {
+                1 => MemOpKind::HtoD,
+                2 => MemOpKind::DtoH,
+                8 => MemOpKind::DtoD,
+                9 => MemOpKind::HtoH,
+                10 => MemOpKind::PtoP,
+                _ => MemOpKind::Unknown,
+            };
+            producer.push(MemOp {
+                start_ns: self.mono(u64_at(p, offset_of!(T, start))),
+                end_ns: self.mono(u64_at(p, offset_of!(T, end))),
+                bytes: u64_at(p, offset_of!(T, bytes)),
+                stream: u32_at(p, offset_of!(T, streamId)) as u64,
+                correlation_id: u32_at(p, offset_of!(T, correlationId)),
+                device: u32_at(p, offset_of!(T, deviceId)),
+                kind: copy as u32,
+                pid,
+            });
+        } else if kind == K::CUPTI_ACTIVITY_KIND_MEMSET as u32 {
+            type T = cs::CUpti_ActivityMemset4;
+            if p.len() < size_of::<T>() {
+                return false;
+            }
+            producer.push(MemOp {
+                start_ns: self.mono(u64_at(p, offset_of!(T, start))),
+                end_ns: self.mono(u64_at(p, offset_of!(T, end))),
+                bytes: u64_at(p, offset_of!(T, bytes)),
+                stream: u32_at(p, offset_of!(T, streamId)) as u64,
+                correlation_id: u32_at(p, offset_of!(T, correlationId)),
+                device: u32_at(p, offset_of!(T, deviceId)),
+                kind: MemOpKind::Memset as u32,
+                pid,
+            });
+        } else if kind == K::CUPTI_ACTIVITY_KIND_DRIVER as u32 || kind == K::CUPTI_ACTIVITY_KIND_RUNTIME as u32 {
+            type T = cs::CUpti_ActivityAPI;
+            if p.len() < size_of::<T>() {
+                return false;
+            }
+            let domain = if kind == K::CUPTI_ACTIVITY_KIND_DRIVER as u32 {
+                ApiDomain::CudaDriver
+            } else {
+                ApiDomain::CudaRuntime
+            };
+            producer.push(ApiCall {
+                start_ns: self.mono(u64_at(p, offset_of!(T, start))),
+                end_ns: self.mono(u64_at(p, offset_of!(T, end))),
+                stream: 0,
+                arg: 0,
+                pid: u32_at(p, offset_of!(T, processId)),
+                tid: u32_at(p, offset_of!(T, threadId)),
+                correlation_id: u32_at(p, offset_of!(T, correlationId)),
+                call_id: u32_at(p, offset_of!(T, cbid)),
+                domain: domain as u32,
+                status: u32_at(p, offset_of!(T, returnValue)) as i32,
+            });
+        } else if kind == K::CUPTI_ACTIVITY_KIND_SYNCHRONIZATION as u32 {
+            type T = cs::CUpti_ActivitySynchronization;
+            if p.len() < size_of::<T>() {
+                return false;
+            }
+            producer.push(ApiCall {
+                start_ns: self.mono(u64_at(p, offset_of!(T, start))),
+                end_ns: self.mono(u64_at(p, offset_of!(T, end))),
+                stream: u32_at(p, offset_of!(T, streamId)) as u64,
+                arg: u32_at(p, offset_of!(T, cudaEventId)) as u64,
+                pid,
+                tid: 0,
+                correlation_id: u32_at(p, offset_of!(T, correlationId)),
+                call_id: SYNC_CALL_BASE + u32_at(p, offset_of!(T, type_)),
+                domain: SYNC_DOMAIN as u32,
+                status: 0,
+            });
+        } else if kind == K::CUPTI_ACTIVITY_KIND_MARKER as u32 {
+            type T = cs::CUpti_ActivityMarker2;
+            if p.len() < size_of::<T>() {
+                return false;
+            }
+            let flags = u32_at(p, offset_of!(T, flags));
+            let id = u32_at(p, offset_of!(T, id));
+            let ts = self.mono(u64_at(p, offset_of!(T, timestamp)));
+            if flags & 2 != 0 {
+                let name = u64_at(p, offset_of!(T, name)) as u32;
+                let name_id = self.names.get(&name).copied().unwrap_or(0);
+                self.open_ranges.insert(id, (ts, name_id));
+            } else if flags & 4 != 0 {
+                if let Some((start, name_id)) = self.open_ranges.remove(&id) {
+                    producer.push(StepMarker {
+                        start_ns: start,
+                        end_ns: ts.max(start),
+                        step: self.steps,
+                        pid,
+                        name_id,
+                        source: StepSource::Nvtx as u32,
+                        device: 0,
+                    });
+                    self.steps += 1;
+                }
+            }
+        }
+        // Other kinds are skipped (a newer library may send more).
+        true
+    }
+}

@@ -1,0 +1,106 @@
+//! Root tier: a `record` session with ghostprof's CUPTI injection library against gpusim's
+//! libcupti: the device timeline (kernels, copies, names, clock pairs) arrives through the
+//! shared-memory ring and matches the ground truth exactly, and CUPTI's correlation ids join
+//! the eBPF launch records.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
+
+use ghostprof::record::session::{record_command, LaunchConfig};
+use ghostprof::trace::*;
+use serde_json::Value;
+
+use crate::util::*;
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_cupti_device_timeline_matches_the_ground_truth() {
+    assert!(is_root(), "run the root tier as root");
+    let built = crate::gpusim::built();
+    let dir = tmpdir();
+    let trace = dir.path().join("cupti.gptrace");
+    let out = dir.path().join("truth");
+    let steps = 6u64;
+    let command = vec![
+        built.build_dir.join("gpusim-train").display().to_string(),
+        "--scenario".into(),
+        "balanced".into(),
+        "--ranks".into(),
+        "1".into(),
+        "--steps".into(),
+        steps.to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--lib-dir".into(),
+        built.lib_dir.display().to_string(),
+    ];
+    let mut cfg = LaunchConfig::new(command, trace.clone());
+    cfg.library_dirs.push(built.lib_dir.clone());
+    cfg.inject_lib = Some(built.build_dir.join("libghostprof_inject.so"));
+    let summary = record_command(&cfg, &AtomicBool::new(false)).expect("recording");
+    assert!(summary.exit_status.is_some_and(|s| s.success()), "{:?}", summary.exit_status);
+    assert_eq!(summary.cupti.rings, 1, "one ring per process that initialized CUDA: {:?}", summary.notes);
+    assert_eq!((summary.cupti.malformed, summary.cupti.ring_drops, summary.cupti.corrupt_bytes), (0, 0, 0));
+
+    let truth: Value = serde_json::from_str(&std::fs::read_to_string(out.join("truth-rank0.json")).unwrap()).unwrap();
+    let pid = truth["pid"].as_u64().unwrap() as u32;
+    let reader = TraceReader::open(&trace).unwrap();
+    let mut names = BTreeMap::new();
+    reader.for_each_chunk(|c| names.extend(c.strings.iter().cloned())).unwrap();
+    let b = reader.read_all().unwrap();
+    let kernels: Vec<&KernelExec> = b.kernels.iter().filter(|k| k.pid == pid).collect();
+    let total = |k: &str| truth["totals"][k].as_u64().unwrap();
+    let cat = |k: &str| truth["devices"][0]["categories"][k].as_u64().unwrap();
+    assert_eq!(kernels.len() as u64, total("kernels"), "kernel records");
+    assert!(kernels.iter().all(|k| names.get(&k.name_id).is_some_and(|n| !n.is_empty())), "every kernel named");
+    let memops: Vec<&MemOp> = b.memops.iter().filter(|m| m.pid == pid).collect();
+    assert_eq!(memops.len() as u64, total("memcpys"), "copies");
+    // One stream, no overlap: kernel + copy time is the busy categories to the nanosecond.
+    let kernel_ns: u64 = kernels.iter().map(|k| k.end_ns - k.start_ns).sum();
+    let copy_ns: u64 = memops.iter().map(|m| m.end_ns - m.start_ns).sum();
+    let busy: u64 = ["compute.useful", "compute.inefficient", "comm.transfer", "comm.wait", "other.busy"]
+        .iter()
+        .map(|c| cat(c))
+        .sum();
+    assert_eq!(kernel_ns + copy_ns, busy, "device time");
+    // Bytes: copies (CUPTI) + collective payloads (eBPF).
+    let copy_bytes: u64 = memops.iter().map(|m| m.bytes).sum();
+    let nccl_bytes: u64 = b.nccl.iter().filter(|c| c.pid == pid).map(|c| c.bytes).sum();
+    assert_eq!(copy_bytes + nccl_bytes, total("bytes"), "bytes");
+    assert!(!b.clock_syncs.is_empty(), "clock pairs");
+    // Device times are inside the recorded window (mapped onto CLOCK_MONOTONIC).
+    let (lo, hi) = (truth["window"]["start_ns"].as_u64().unwrap(), truth["window"]["end_ns"].as_u64().unwrap());
+    assert!(kernels.iter().all(|k| k.start_ns >= lo && k.end_ns <= hi));
+
+    // Join: eBPF launch (tid, time) → the thread's first CUPTI driver API record that ends at
+    // or after the probe (the uprobe fires at the call's entry, CUPTI stamps the record a little
+    // later inside the driver; a thread's calls do not overlap) → its correlation id → the kernel.
+    let kernel_corr: HashMap<u32, &KernelExec> = kernels.iter().map(|k| (k.correlation_id, *k)).collect();
+    let mut api_by_tid: HashMap<u32, Vec<&ApiCall>> = HashMap::new();
+    for a in b.api_calls.iter().filter(|a| a.pid == pid && a.domain == ApiDomain::CudaDriver as u32) {
+        api_by_tid.entry(a.tid).or_default().push(a);
+    }
+    api_by_tid.values_mut().for_each(|v| v.sort_by_key(|a| a.end_ns));
+    let launches: Vec<&KernelLaunch> = b.launches.iter().filter(|l| l.pid == pid).collect();
+    assert_eq!(launches.len() as u64, total("launches"));
+    let joined = launches
+        .iter()
+        .filter(|l| {
+            let calls = api_by_tid.get(&l.tid).map(Vec::as_slice).unwrap_or(&[]);
+            let i = calls.partition_point(|a| a.end_ns < l.time_ns);
+            calls.get(i).and_then(|a| kernel_corr.get(&a.correlation_id)).is_some()
+        })
+        .count();
+    let share = joined as f64 / launches.len() as f64;
+    eprintln!(
+        "cupti: {} kernels, {} copies, {:.3} ms device time, {} of {} launches joined ({:.2}%)",
+        kernels.len(),
+        memops.len(),
+        (kernel_ns + copy_ns) as f64 / 1e6,
+        joined,
+        launches.len(),
+        share * 100.0
+    );
+    assert!(share >= 0.99, "only {:.2}% of launches joined their kernel", share * 100.0);
+    assert_eq!(b.steps.iter().filter(|s| s.pid == pid).count() as u64, steps, "one NVTX step range per step");
+}
