@@ -228,7 +228,7 @@ ctx = ctypes.c_void_p(); assert cu.cuCtxCreate_v2(ctypes.byref(ctx), 0, dev) == 
 mod = ctypes.c_void_p(); assert cu.cuModuleLoadData(ctypes.byref(mod), b"gpusim-module v1\nlate_kernel 1000 0\n\0") == 0
 fn = ctypes.c_void_p(); assert cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"late_kernel") == 0
 for i in range(250):
-    assert cu.cuLaunchKernel(fn, 1, 1, 1, 32, 1, 1, 0, None, None, None) == 0
+    assert cu.cuLaunchKernel(fn, 1, 1, 1, 32, 1, 2, 128, None, None, None) == 0
 assert cu.cuCtxSynchronize() == 0
 "#;
     let trace = dir.path().join("late.gptrace");
@@ -241,7 +241,8 @@ assert cu.cuCtxSynchronize() == 0
     assert!(reader.is_finalized(), "the target exited and the trace was finalized");
     let batch = reader.read_all().unwrap();
     assert_eq!(batch.launches.len(), 250, "every launch after the dlopen");
-    assert!(batch.launches.iter().all(|l| l.block_x == 32 && l.grid_x == 1));
+    // Arguments 7-9 (block z, shared memory, stream) come from the user stack.
+    assert!(batch.launches.iter().all(|l| (l.grid_x, l.block_x, l.block_z, l.shared_mem_bytes, l.stream) == (1, 32, 2, 128, 0)));
     assert_eq!(batch.functions.len(), 1, "the kernel's name");
     assert!(batch.libraries.iter().any(|l| l.lib == LibKind::Cuda as u32), "a library record for the late libcuda");
     let syncs = batch.api_calls.iter().filter(|c| c.call_id == ProbedApi::CtxSynchronize as u32).count();
