@@ -104,3 +104,50 @@ fn root_cupti_device_timeline_matches_the_ground_truth() {
     assert!(share >= 0.99, "only {:.2}% of launches joined their kernel", share * 100.0);
     assert_eq!(b.steps.iter().filter(|s| s.pid == pid).count() as u64, steps, "one NVTX step range per step");
 }
+
+/// The CUPTI record offsets the collector reads (cudarc's bindings) against a C program
+/// compiled with the real CUDA 12.9 headers from NVIDIA's wheels.
+#[test]
+#[ignore = "headers tier: needs the CUDA headers; tools/test fetches them with tools/fetch-cuda-headers"]
+fn headers_cupti_offsets_match_the_real_headers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let inc = root.join("target/cuda-headers/nvidia");
+    assert!(inc.join("cuda_cupti/include/cupti_activity.h").exists(), "run tools/fetch-cuda-headers first");
+    let layout = ghostprof::collect::cupti::layout();
+    let mut c =
+        String::from("#include <stddef.h>\n#include <stdio.h>\n#include <cupti_activity.h>\nint main(void) {\n");
+    for (ty, field, _) in &layout {
+        if *field == "sizeof" {
+            c.push_str(&format!("  printf(\"{ty} sizeof %zu\\n\", sizeof({ty}));\n"));
+        } else {
+            c.push_str(&format!("  printf(\"{ty} {field} %zu\\n\", offsetof({ty}, {field}));\n"));
+        }
+    }
+    c.push_str("  return 0;\n}\n");
+    let dir = tmpdir();
+    std::fs::write(dir.path().join("layout.c"), c).unwrap();
+    let exe = dir.path().join("layout");
+    let out = std::process::Command::new("cc")
+        .arg(dir.path().join("layout.c"))
+        .arg("-o")
+        .arg(&exe)
+        .args(["cuda_cupti", "cuda_runtime", "cuda_nvcc"].iter().map(|d| format!("-I{}/{d}/include", inc.display())))
+        .output()
+        .expect("a C compiler (cc)");
+    assert!(out.status.success(), "compiling against the headers: {}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(std::process::Command::new(&exe).output().unwrap().stdout).unwrap();
+    let c_layout: Vec<(String, String, usize)> = printed
+        .lines()
+        .map(|l| {
+            let mut f = l.split(' ');
+            (f.next().unwrap().into(), f.next().unwrap().into(), f.next().unwrap().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(c_layout.len(), layout.len());
+    for ((ty, field, ours), (cty, cfield, theirs)) in layout.iter().zip(&c_layout) {
+        assert_eq!((ty.to_string(), field.to_string()), (cty.clone(), cfield.clone()));
+        assert_eq!(ours, theirs, "{ty}.{field}: ghostprof reads offset {ours}, the header says {theirs}");
+    }
+    let kernel9 = c_layout.iter().find(|(t, f, _)| t == "CUpti_ActivityKernel9" && f == "sizeof").unwrap();
+    assert_eq!(kernel9.2, 208, "Kernel9 is 208 bytes (DESIGN.md §5)");
+}

@@ -22,6 +22,29 @@ pub const SYNC_DOMAIN: ApiDomain = ApiDomain::CudaDriver;
 /// `ApiCall::call_id` offset of synchronization records, above every driver callback id.
 pub const SYNC_CALL_BASE: u32 = 1 << 20;
 
+/// Every CUPTI struct field this collector reads, with the offset it reads it at (from cudarc's
+/// bindings), and each struct's size as field `sizeof`: checked against the real headers by a
+/// test that compiles a C `offsetof` program (tools/fetch-cuda-headers gets the headers).
+pub fn layout() -> Vec<(&'static str, &'static str, usize)> {
+    macro_rules! fields {
+        ($t:ident: $($f:ident),*) => {{
+            let mut v = vec![(stringify!($t), "sizeof", size_of::<cs::$t>())];
+            $( v.push((stringify!($t), stringify!($f), offset_of!(cs::$t, $f))); )*
+            v
+        }};
+    }
+    let mut all = fields!(CUpti_ActivityKernel9: kind, start, end, deviceId, streamId, correlationId, gridX, gridY, gridZ,
+        blockX, blockY, blockZ, registersPerThread, staticSharedMemory, dynamicSharedMemory, name, graphId);
+    all.extend(fields!(CUpti_ActivityMemcpy5: kind, copyKind, bytes, start, end, deviceId, streamId, correlationId));
+    all.extend(fields!(CUpti_ActivityMemset4: kind, bytes, start, end, deviceId, streamId, correlationId));
+    all.extend(fields!(CUpti_ActivityAPI: kind, cbid, start, end, processId, threadId, correlationId, returnValue));
+    all.extend(fields!(CUpti_ActivitySynchronization: kind, start, end, correlationId, streamId, cudaEventId));
+    all.extend(fields!(CUpti_ActivityMarker2: kind, flags, timestamp, id, name, domain));
+    // `type` is a C keyword-free name in C but `type_` in Rust.
+    all.push(("CUpti_ActivitySynchronization", "type", offset_of!(cs::CUpti_ActivitySynchronization, type_)));
+    all
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CuptiStats {
     pub rings: usize,
