@@ -68,6 +68,12 @@ fn root_cupti_device_timeline_matches_the_ground_truth() {
     let nccl_bytes: u64 = b.nccl.iter().filter(|c| c.pid == pid).map(|c| c.bytes).sum();
     assert_eq!(copy_bytes + nccl_bytes, total("bytes"), "bytes");
     assert!(!b.clock_syncs.is_empty(), "clock pairs");
+    // gpusim's CUPTI clock is CLOCK_MONOTONIC: every pair agrees within its own error bound
+    // (half the distance of the two monotonic readings around cuptiGetTimestamp).
+    for c in &b.clock_syncs {
+        assert!(c.monotonic_ns.abs_diff(c.other_ns) <= c.uncertainty_ns + 1, "clock pair {c:?}");
+        assert!(c.uncertainty_ns < 1_000_000, "pair error bound {} ns", c.uncertainty_ns);
+    }
     // Device times are inside the recorded window (mapped onto CLOCK_MONOTONIC).
     let (lo, hi) = (truth["window"]["start_ns"].as_u64().unwrap(), truth["window"]["end_ns"].as_u64().unwrap());
     assert!(kernels.iter().all(|k| k.start_ns >= lo && k.end_ns <= hi));
@@ -150,4 +156,130 @@ fn headers_cupti_offsets_match_the_real_headers() {
     }
     let kernel9 = c_layout.iter().find(|(t, f, _)| t == "CUpti_ActivityKernel9" && f == "sizeof").unwrap();
     assert_eq!(kernel9.2, 208, "Kernel9 is 208 bytes (DESIGN.md §5)");
+}
+
+/// A job started with the injection library and no profiler stays dormant; ghostprof attaches
+/// to its ring mid-run (records flow), detaches (it goes dormant again), and the job finishes
+/// with the same exit code and output as a run without the library.
+#[test]
+fn cupti_dormant_job_attached_then_detached_runs_to_completion() {
+    use ghostprof::collect::cupti::CuptiCollector;
+    use ghostprof::record::{Pipeline, PipelineOptions};
+    let built = crate::gpusim::built();
+    // The same output path both times: gpusim-train prints it.
+    let base = tmpdir();
+    let out_path = base.path().join("out");
+    let run = |ring_dir: Option<&std::path::Path>| {
+        let _ = std::fs::remove_dir_all(&out_path);
+        let mut cmd = std::process::Command::new(built.build_dir.join("gpusim-train"));
+        cmd.args(["--scenario", "balanced", "--ranks", "1", "--steps", "150", "--out"])
+            .arg(&out_path)
+            .arg("--lib-dir")
+            .arg(&built.lib_dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(dir) = ring_dir {
+            cmd.env("CUDA_INJECTION64_PATH", built.build_dir.join("libghostprof_inject.so"))
+                .env("GHOSTPROF_RING_DIR", dir);
+        }
+        cmd.spawn().unwrap()
+    };
+    let plain = run(None);
+    let plain = plain.wait_with_output().unwrap();
+
+    let rings = tmpdir();
+    let job = run(Some(rings.path()));
+    let trace = rings.path().join("attach.gptrace");
+    let pipeline = Pipeline::create(&trace, false, &TraceInfo::default(), PipelineOptions::default()).unwrap();
+    let mut producer = pipeline.producer(Source::Cupti);
+    let mut cupti = CuptiCollector::new(rings.path(), false);
+    // Dormant: the ring exists (made by the rank's worker process), and nothing was written to
+    // it while nobody listened.
+    let find_ring = || {
+        std::fs::read_dir(rings.path())
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "ring"))
+    };
+    let t0 = std::time::Instant::now();
+    let mut ring_file = find_ring();
+    while ring_file.is_none() && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        ring_file = find_ring();
+    }
+    let ring_file = ring_file.expect("the dormant library created its ring");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let bytes = std::fs::read(&ring_file).expect("the dormant library's ring");
+    let head_at = std::mem::offset_of!(ghostprof_ring::Header, head);
+    let head = u64::from_le_bytes(bytes[head_at..head_at + 8].try_into().unwrap());
+    assert_eq!(head, 0, "a dormant library writes nothing");
+    let t0 = std::time::Instant::now();
+    while cupti.stats.rings == 0 && t0.elapsed() < std::time::Duration::from_secs(20) {
+        cupti.scan_dir();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(cupti.stats.rings, 1, "the dormant library created its ring");
+    // Attached: the library notices within its 50 ms control period and starts CUPTI.
+    let t1 = std::time::Instant::now();
+    while t1.elapsed() < std::time::Duration::from_millis(600) {
+        cupti.drain(&mut producer);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let attached_records = cupti.stats.records;
+    cupti.detach_all();
+    let out = job.wait_with_output().unwrap();
+    cupti.drain(&mut producer);
+    drop(producer);
+    pipeline.finish().unwrap();
+    assert!(attached_records > 0, "records flowed while attached");
+    let kernels = TraceReader::open(&trace).unwrap().read_all().unwrap().kernels.len();
+    assert!(kernels > 0, "kernel records while attached");
+    assert_eq!(out.status.code(), plain.status.code(), "same exit code");
+    assert_eq!(out.stdout, plain.stdout, "same output");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).lines().all(|l| !l.contains("ghostprof-inject")),
+        "no complaint from the library"
+    );
+}
+
+/// Whatever a (buggy or hostile) injection library puts in the ring, the collector parses it
+/// without panicking and counts what it could not use.
+#[test]
+fn cupti_collector_survives_hostile_ring_records() {
+    use ghostprof::collect::cupti::CuptiCollector;
+    use ghostprof::record::{Pipeline, PipelineOptions};
+    use ghostprof::trace::synth::Rng;
+    let dir = tmpdir();
+    let pid = 4_000_123u32;
+    let mut ring =
+        ghostprof_ring::Producer::create(&dir.path().join(format!("ghostprof-{pid}.ring")), 1 << 20).unwrap();
+    let mut rng = Rng::new(99);
+    let mut pushed = 0u64;
+    for _ in 0..5000 {
+        let kind = 1 + rng.below(6) as u16;
+        let len = rng.below(300) as usize;
+        let mut payload: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        if kind == 1 && len >= 4 && rng.below(2) == 0 {
+            // A plausible activity kind with garbage fields.
+            let k = [10u32, 1, 2, 4, 5, 12, 38][rng.below(7) as usize];
+            payload[..4].copy_from_slice(&k.to_le_bytes());
+        }
+        if ring.push(kind, &payload) {
+            pushed += 1;
+        }
+    }
+    let trace = dir.path().join("t.gptrace");
+    let pipeline = Pipeline::create(&trace, false, &TraceInfo::default(), PipelineOptions::default()).unwrap();
+    let mut producer = pipeline.producer(Source::Cupti);
+    let mut cupti = CuptiCollector::new(dir.path(), true);
+    cupti.scan_dir();
+    cupti.drain(&mut producer);
+    drop(producer);
+    pipeline.finish().unwrap();
+    assert_eq!(cupti.stats.records, pushed, "every record read");
+    assert!(cupti.stats.malformed > 0, "garbage is counted");
+    assert!(!dir.path().join(format!("ghostprof-{pid}.ring")).exists(), "unlinked once mapped");
+    // The trace is valid and says what was malformed.
+    let drops = TraceReader::open(&trace).unwrap().drops().unwrap();
+    assert!(drops.iter().any(|d| d.1 == DropCause::Malformed as u32 && d.2 == cupti.stats.malformed), "{drops:?}");
 }
