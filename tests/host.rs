@@ -242,7 +242,10 @@ assert cu.cuCtxSynchronize() == 0
     let batch = reader.read_all().unwrap();
     assert_eq!(batch.launches.len(), 250, "every launch after the dlopen");
     // Arguments 7-9 (block z, shared memory, stream) come from the user stack.
-    assert!(batch.launches.iter().all(|l| (l.grid_x, l.block_x, l.block_z, l.shared_mem_bytes, l.stream) == (1, 32, 2, 128, 0)));
+    assert!(batch
+        .launches
+        .iter()
+        .all(|l| (l.grid_x, l.block_x, l.block_z, l.shared_mem_bytes, l.stream) == (1, 32, 2, 128, 0)));
     assert_eq!(batch.functions.len(), 1, "the kernel's name");
     assert!(batch.libraries.iter().any(|l| l.lib == LibKind::Cuda as u32), "a library record for the late libcuda");
     let syncs = batch.api_calls.iter().filter(|c| c.call_id == ProbedApi::CtxSynchronize as u32).count();
