@@ -21,6 +21,7 @@ fn main() {
     check_libelf();
 
     println!("cargo:rerun-if-changed={}", ebpf_dir.join("ghostprof.h").display());
+    println!("cargo:rerun-if-changed={}", ebpf_dir.join("targets.h").display());
     println!("cargo:rerun-if-changed={}", ebpf_dir.join("vmlinux.h").display());
     println!("cargo:rerun-if-changed={}", ebpf_dir.display());
 

@@ -49,13 +49,7 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* tgid -> 1: the processes being traced. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u8);
-} targets SEC(".maps");
+#include "targets.h"
 
 struct inflight {
 	__u64 start_ns;

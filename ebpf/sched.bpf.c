@@ -21,14 +21,7 @@ const volatile __u32 self_tgid = 0;
 struct gp_offcpu_event _gp_offcpu_event = {};
 struct gp_io_event _gp_io_event = {};
 
-/* tgid -> 1: the traced processes. Shared with the cuda program (user space hands this map's
- * fd to both skeletons), whose fork/exit tracepoints keep it current. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u8);
-} targets SEC(".maps");
+#include "targets.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

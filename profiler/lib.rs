@@ -8,6 +8,7 @@
 //! - [`cli`]: the command line (the only module that knows clap).
 
 pub mod cli;
+pub mod clock;
 pub mod collect;
 pub mod record;
 pub mod trace;

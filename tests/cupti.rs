@@ -21,19 +21,7 @@ fn root_cupti_device_timeline_matches_the_ground_truth() {
     let trace = dir.path().join("cupti.gptrace");
     let out = dir.path().join("truth");
     let steps = 6u64;
-    let command = vec![
-        built.build_dir.join("gpusim-train").display().to_string(),
-        "--scenario".into(),
-        "balanced".into(),
-        "--ranks".into(),
-        "1".into(),
-        "--steps".into(),
-        steps.to_string(),
-        "--out".into(),
-        out.display().to_string(),
-        "--lib-dir".into(),
-        built.lib_dir.display().to_string(),
-    ];
+    let command = crate::gpusim::train_command("balanced", 1, steps, &out);
     let mut cfg = LaunchConfig::new(command, trace.clone());
     cfg.library_dirs.push(built.lib_dir.clone());
     cfg.inject_lib = Some(built.build_dir.join("libghostprof_inject.so"));

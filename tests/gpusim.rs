@@ -55,6 +55,23 @@ pub(crate) fn built() -> &'static Built {
     })
 }
 
+/// The command line of a gpusim-train run over the staged libraries, for tests that record it.
+pub(crate) fn train_command(scenario: &str, ranks: u32, steps: u64, out: &Path) -> Vec<String> {
+    let b = built();
+    let mut cmd = vec![b.build_dir.join("gpusim-train").display().to_string()];
+    for (flag, value) in [
+        ("--scenario", scenario.to_string()),
+        ("--ranks", ranks.to_string()),
+        ("--steps", steps.to_string()),
+        ("--out", out.display().to_string()),
+        ("--lib-dir", b.lib_dir.display().to_string()),
+    ] {
+        cmd.push(flag.into());
+        cmd.push(value);
+    }
+    cmd
+}
+
 /// Run a scenario and return each rank's ground truth.
 fn run_scenario(scenario: &str, ranks: u32, steps: u32) -> Vec<Value> {
     let b = built();

@@ -24,19 +24,7 @@ fn record_scenario(scenario: &str, ranks: u32, steps: u32) -> Recorded {
     let dir = tmpdir();
     let trace = dir.path().join(format!("{scenario}.gptrace"));
     let out = dir.path().join("truth");
-    let command = vec![
-        built.build_dir.join("gpusim-train").display().to_string(),
-        "--scenario".into(),
-        scenario.into(),
-        "--ranks".into(),
-        ranks.to_string(),
-        "--steps".into(),
-        steps.to_string(),
-        "--out".into(),
-        out.display().to_string(),
-        "--lib-dir".into(),
-        built.lib_dir.display().to_string(),
-    ];
+    let command = crate::gpusim::train_command(scenario, ranks, steps.into(), &out);
     let mut cfg = LaunchConfig::new(command, trace.clone());
     cfg.library_dirs.push(built.lib_dir.clone());
     let summary = record_command(&cfg, &AtomicBool::new(false)).expect("recording gpusim-train");

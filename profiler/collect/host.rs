@@ -319,7 +319,7 @@ impl HostCollector {
                 let host = procmaps::host_path(pid, &lib.path);
                 let _ = self.attach_library(&host);
                 out.push(LibraryInfo {
-                    time_ns: monotonic_ns(),
+                    time_ns: crate::clock::monotonic_ns(),
                     base: lib.base,
                     pid,
                     path_id: 0,
@@ -423,11 +423,4 @@ fn to_record(e: HostEvent, producer: &Producer) -> Option<Record> {
             status: c.ret,
         }),
     })
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -258,13 +258,6 @@ fn drop_totals(queues: &[Arc<SourceQueue>]) -> Vec<(Source, DropCause, u64)> {
     out
 }
 
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn writer_loop(
     mut writer: TraceWriter,
     shared: Arc<Shared>,
@@ -306,7 +299,7 @@ fn writer_loop(
         if failed.is_none() && (drained || last_flush.elapsed() >= flush_interval) {
             let totals = drop_totals(&queues);
             if totals != written_drops {
-                let t = now_ns();
+                let t = crate::clock::monotonic_ns();
                 for (source, cause, count) in &totals {
                     let rec = Drops { time_ns: t, count: *count, source: *source as u32, cause: *cause as u32 };
                     if let Err(e) = writer.append(Record::Drops(rec)) {

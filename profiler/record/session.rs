@@ -212,7 +212,7 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
     let pid = held.pid();
     collector.add_target(pid)?;
     producer.push(ProcessInfo {
-        time_ns: now_ns(),
+        time_ns: crate::clock::monotonic_ns(),
         pid,
         ppid: std::process::id(),
         name_id: producer.intern(&program),
@@ -282,7 +282,8 @@ fn private_ring_dir() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
     for n in 0..100u32 {
-        let dir = base.join(format!("ghostprof-{}-{}-{n}", std::process::id(), now_ns() % 1_000_000));
+        let dir =
+            base.join(format!("ghostprof-{}-{}-{n}", std::process::id(), crate::clock::monotonic_ns() % 1_000_000));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -290,11 +291,4 @@ fn private_ring_dir() -> std::io::Result<PathBuf> {
         }
     }
     Err(std::io::Error::other("no free ring directory name"))
-}
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
