@@ -97,6 +97,35 @@ fn root_cupti_device_timeline_matches_the_ground_truth() {
     );
     assert!(share >= 0.99, "only {:.2}% of launches joined their kernel", share * 100.0);
     assert_eq!(b.steps.iter().filter(|s| s.pid == pid).count() as u64, steps, "one NVTX step range per step");
+
+    // PM sampling (50 µs): Σ tensor-active fraction × sample length is the FLOP-equivalent time
+    // (compute.useful); Σ SM-active × length is the busy time (gpusim derives both exactly;
+    // the bound leaves room for float rounding over ~2,000 samples).
+    let mut by_time: BTreeMap<u64, [f64; 3]> = BTreeMap::new();
+    for smp in &b.samples {
+        let slot = match Metric::from_u32(smp.metric) {
+            Some(Metric::SampleIntervalNs) => 0,
+            Some(Metric::TensorActive) => 1,
+            Some(Metric::SmActive) => 2,
+            _ => continue,
+        };
+        by_time.entry(smp.time_ns).or_default()[slot] = smp.value;
+    }
+    assert!(by_time.len() > 100, "PM samples: {}", by_time.len());
+    let tensor_ns: f64 = by_time.values().map(|v| v[0] * v[1]).sum();
+    let busy_ns: f64 = by_time.values().map(|v| v[0] * v[2]).sum();
+    let useful = cat("compute.useful") as f64;
+    let truth_busy = truth["devices"][0]["busy_ns"].as_u64().unwrap() as f64;
+    eprintln!(
+        "pm: {} samples, tensor-active {:.3} ms vs compute.useful {:.3} ms; busy {:.3} ms vs {:.3} ms",
+        by_time.len(),
+        tensor_ns / 1e6,
+        useful / 1e6,
+        busy_ns / 1e6,
+        truth_busy / 1e6
+    );
+    assert!((tensor_ns - useful).abs() <= 1e-6 * useful, "tensor-active {tensor_ns} vs useful {useful}");
+    assert!((busy_ns - truth_busy).abs() <= 1e-6 * truth_busy, "busy {busy_ns} vs {truth_busy}");
 }
 
 /// The CUPTI record offsets the collector reads (cudarc's bindings) against a C program

@@ -14,7 +14,8 @@ use ghostprof_ring::{wire, Consumer, Popped};
 
 use crate::record::Producer;
 use crate::trace::{
-    ApiCall, ApiDomain, ClockDomain, ClockSync, DropCause, KernelExec, MemOp, MemOpKind, StepMarker, StepSource,
+    ApiCall, ApiDomain, ClockDomain, ClockSync, DeviceSample, DropCause, KernelExec, MemOp, MemOpKind, Metric,
+    StepMarker, StepSource,
 };
 
 /// `ApiCall::domain` of CUPTI synchronization records (`call_id` = CUpti_ActivitySynchronizationType).
@@ -231,6 +232,22 @@ impl Ring {
             }
             wire::STATUS => {
                 notes.push(format!("process {}: {}", self.pid, String::from_utf8_lossy(p)));
+                true
+            }
+            wire::PM_SAMPLE if p.len() >= 32 => {
+                let (start, end) = (u64_at(p, 0), u64_at(p, 8));
+                let (tensor, sm) = (f64::from_bits(u64_at(p, 16)), f64::from_bits(u64_at(p, 24)));
+                if end < start || !tensor.is_finite() || !sm.is_finite() {
+                    return false;
+                }
+                let time_ns = self.mono(start);
+                for (metric, value) in [
+                    (Metric::SampleIntervalNs, (end - start) as f64),
+                    (Metric::TensorActive, tensor / 100.0),
+                    (Metric::SmActive, sm / 100.0),
+                ] {
+                    producer.push(DeviceSample { time_ns, value, device: 0, metric: metric as u32 });
+                }
                 true
             }
             wire::CUPTI_DROPPED if p.len() >= 8 => {

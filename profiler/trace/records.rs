@@ -772,6 +772,9 @@ u32_enum! {
         TensorActive = 8 => "tensor_active",
         DramBandwidth = 9 => "dram_bandwidth",
         FmaActive = 10 => "fma_active",
+        /// length of the PM sample that starts at this time (ns); the sample's other metrics
+        /// (fractions of it) share its timestamp
+        SampleIntervalNs = 11 => "sample_interval_ns",
     }
 }
 

@@ -18,6 +18,7 @@ const RING_BYTES: usize = 64 << 20;
 
 struct State {
     ring: Producer,
+    pm: Option<crate::pm::PmSession>,
     /// name pointer → (id, bytes): CUPTI reuses a kernel's name pointer, so the pointer finds
     /// the id, and the bytes confirm it was not reused for another name.
     names: HashMap<usize, (u32, Box<[u8]>)>,
@@ -43,7 +44,7 @@ pub fn start() -> Result<(), String> {
     let dir = std::env::var("GHOSTPROF_RING_DIR").unwrap_or_else(|_| "/dev/shm".into());
     let path = std::path::Path::new(&dir).join(format!("ghostprof-{}.ring", std::process::id()));
     let ring = Producer::create(&path, RING_BYTES).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let _ = STATE.set(Mutex::new(State { ring, names: HashMap::new(), cupti_dropped: 0 }));
+    let _ = STATE.set(Mutex::new(State { ring, pm: None, names: HashMap::new(), cupti_dropped: 0 }));
     // SAFETY: only probes for the library (dlopen), no CUPTI call yet.
     if !unsafe { cs::is_culib_present() } {
         status("libcupti was not found (LD_LIBRARY_PATH): no device timeline, eBPF only");
@@ -74,6 +75,7 @@ fn control_loop() {
             }
             if ACTIVE.load(Ordering::Acquire) {
                 clock_pair();
+                pm_collect(false);
             }
         });
         std::thread::sleep(Duration::from_millis(50));
@@ -112,9 +114,56 @@ fn enable() {
     }
     ACTIVE.store(true, Ordering::Release);
     clock_pair();
+    pm_start();
+}
+
+/// PM sampling interval: `GHOSTPROF_PM_INTERVAL_NS` (0 switches it off), default 50 µs.
+fn pm_interval_ns() -> u64 {
+    std::env::var("GHOSTPROF_PM_INTERVAL_NS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000)
+}
+
+fn pm_start() {
+    let interval = pm_interval_ns();
+    if interval == 0 {
+        return;
+    }
+    match crate::pm::start(interval) {
+        Ok(session) => {
+            if let Some(mut s) = state() {
+                s.pm = Some(session);
+            }
+        }
+        Err(e) => status(&format!("PM sampling is off: {e}")),
+    }
+}
+
+/// Sends the PM samples gathered since the last call; `last` ends the session.
+fn pm_collect(last: bool) {
+    let Some(mut s) = state() else { return };
+    let Some(mut pm) = s.pm.take() else { return };
+    match pm.collect(last) {
+        Ok(samples) => {
+            for x in samples {
+                let mut payload = [0u8; 32];
+                payload[..8].copy_from_slice(&x.start_ns.to_le_bytes());
+                payload[8..16].copy_from_slice(&x.end_ns.to_le_bytes());
+                payload[16..24].copy_from_slice(&x.tensor_pct.to_le_bytes());
+                payload[24..].copy_from_slice(&x.sm_active_pct.to_le_bytes());
+                s.ring.push(wire::PM_SAMPLE, &payload);
+            }
+            if !last {
+                s.pm = Some(pm);
+            }
+        }
+        Err(e) => {
+            let msg = format!("PM sampling stopped: {e}");
+            s.ring.push(wire::STATUS, msg.as_bytes());
+        }
+    }
 }
 
 fn disable() {
+    pm_collect(true);
     // SAFETY: plain CUPTI calls.
     unsafe {
         for kind in KINDS {
@@ -131,6 +180,7 @@ extern "C" fn at_exit() {
             // SAFETY: flushing completed buffers at process exit, as CUPTI's samples do.
             unsafe { cs::cuptiActivityFlushAll(1) };
             clock_pair();
+            pm_collect(true);
         }
     });
 }

@@ -14,6 +14,7 @@
 //! host: every entry point catches panics, and every failure becomes a status record.
 
 mod cupti;
+mod pm;
 
 use std::ffi::c_int;
 use std::panic::catch_unwind;

@@ -11,3 +11,6 @@ pub const CLOCK: u16 = 3;
 pub const STATUS: u16 = 4;
 /// `count u64`: records CUPTI dropped (cumulative).
 pub const CUPTI_DROPPED: u16 = 5;
+/// `start_ns u64, end_ns u64 (CUPTI time), tensor_pct f64, sm_active_pct f64`: one PM sample
+/// of device 0.
+pub const PM_SAMPLE: u16 = 6;
