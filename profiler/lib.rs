@@ -7,6 +7,7 @@
 //! - [`collect`]: collectors (eBPF skeletons and their loaders);
 //! - [`cli`]: the command line (the only module that knows clap).
 
+pub mod analyze;
 pub mod cli;
 pub mod clock;
 pub mod collect;

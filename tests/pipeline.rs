@@ -55,11 +55,23 @@ fn overflow_is_counted_per_source_and_written_to_the_trace() {
     let pushed = 1_000_000u64;
     let t = std::time::Instant::now();
     for n in 0..pushed {
-        fast.push(DeviceSample { time_ns: n, value: 1.0, device: 0, metric: Metric::SmActive as u32 });
+        fast.push(DeviceSample {
+            time_ns: n,
+            value: 1.0,
+            device: 0,
+            metric: Metric::SmActive as u32,
+            ..Default::default()
+        });
     }
     // Pushing never blocks: a million pushes take far less than a blocked writer would.
     let push_time = t.elapsed();
-    calm.push(DeviceSample { time_ns: 1, value: 2.0, device: 0, metric: Metric::GpuUtilPercent as u32 });
+    calm.push(DeviceSample {
+        time_ns: 1,
+        value: 2.0,
+        device: 0,
+        metric: Metric::GpuUtilPercent as u32,
+        ..Default::default()
+    });
     drop(fast);
     drop(calm);
     let (_, stats) = pipeline.finish().unwrap();

@@ -3,6 +3,7 @@
 
 mod util; // shared helpers: temp dirs, writing synthetic traces, byte-level comparisons
 
+mod analyze; // root tier: the accounting of recorded gpusim runs against the ground truth
 mod bpf; // root tier: the eBPF build chain loads a real program and sees real off-CPU time
 mod cli; // the ghostprof binary: `info` text and JSON, errors, unimplemented commands
 mod cupti; // root tier: the CUPTI injection library and its ring against gpusim's libcupti

@@ -246,7 +246,14 @@ impl Ring {
                     (Metric::TensorActive, tensor / 100.0),
                     (Metric::SmActive, sm / 100.0),
                 ] {
-                    producer.push(DeviceSample { time_ns, value, device: 0, metric: metric as u32 });
+                    producer.push(DeviceSample {
+                        time_ns,
+                        value,
+                        device: 0,
+                        metric: metric as u32,
+                        pid: self.pid,
+                        reserved: 0,
+                    });
                 }
                 true
             }

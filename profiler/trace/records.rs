@@ -480,11 +480,14 @@ record_kinds! {
     }
 
     /// One device sample (NVML, GPM or CUPTI PM sampling); `metric` is a [`Metric`].
-    DeviceSample = 6, "sample", samples, size 24, time time_ns, end time_ns, strings [] {
+    DeviceSample = 6, "sample", samples, size 32, time time_ns, end time_ns, strings [] {
         time_ns: u64 => Delta,
         value: f64 => Xor,
         device: u32 => Raw,
         metric: u32 => Raw,
+        /// process whose view of the device this is (CUPTI samples); 0 for host-wide (NVML)
+        pid: u32 => Raw,
+        reserved: u32 => Raw,
     }
 
     /// A training step (NVTX range, kernel-name regex or detected period); `source` is a [`StepSource`].

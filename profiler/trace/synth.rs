@@ -255,10 +255,26 @@ impl TrainingStream {
             let tensor = (self.rng.below(4000) as f64) / 10_000.0;
             let ts = self.next_sample_ns;
             self.queue.push_back(
-                DeviceSample { time_ns: ts, value: busy, device: 0, metric: Metric::GpuUtilPercent as u32 }.into(),
+                DeviceSample {
+                    time_ns: ts,
+                    value: busy,
+                    device: 0,
+                    metric: Metric::GpuUtilPercent as u32,
+                    pid: self.pid,
+                    reserved: 0,
+                }
+                .into(),
             );
             self.queue.push_back(
-                DeviceSample { time_ns: ts, value: tensor, device: 0, metric: Metric::TensorActive as u32 }.into(),
+                DeviceSample {
+                    time_ns: ts,
+                    value: tensor,
+                    device: 0,
+                    metric: Metric::TensorActive as u32,
+                    pid: self.pid,
+                    reserved: 0,
+                }
+                .into(),
             );
             self.next_sample_ns += 1_000_000;
         }
