@@ -140,6 +140,9 @@ pub fn account(batch: &RecordBatch, names: &HashMap<u32, String>, opts: &Account
     keys.into_iter().map(|(pid, device)| account_device(batch, pid, device, &is_comm, &waits, opts)).collect()
 }
 
+/// One rank's kernel of a collective: (pid, start, end).
+type RankKernel = (u32, u64, u64);
+
 /// (pid, kernel start) → wait ns, from cross-rank matching of collectives.
 fn comm_waits(batch: &RecordBatch, is_comm: &dyn Fn(u32) -> bool) -> HashMap<(u32, u64), u64> {
     let mut kernels_by_pid: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
@@ -150,8 +153,8 @@ fn comm_waits(batch: &RecordBatch, is_comm: &dyn Fn(u32) -> bool) -> HashMap<(u3
     for c in batch.nccl.iter().filter(|c| c.phase == NcclPhase::Host as u32) {
         calls_by_pid.entry(c.pid).or_default().push((c.seq, c.nranks));
     }
-    // (nranks, seq) → [(pid, start, end)]
-    let mut groups: HashMap<(u32, u64), Vec<(u32, u64, u64)>> = HashMap::new();
+    // (nranks, seq) → the ranks' kernels of that collective
+    let mut groups: HashMap<(u32, u64), Vec<RankKernel>> = HashMap::new();
     for (pid, kernels) in kernels_by_pid.iter_mut() {
         kernels.sort_unstable();
         let Some(calls) = calls_by_pid.get_mut(pid) else { continue };
