@@ -4,7 +4,9 @@
 //! Map of the crate (docs/architecture.md tells how the parts fit):
 //! - [`trace`]: the event model and the compressed, chunked trace file (writer and reader);
 //! - [`record`]: the recording pipeline from collectors to the writer thread;
-//! - [`collect`]: collectors (eBPF skeletons and their loaders);
+//! - [`collect`]: collectors (eBPF skeletons and their loaders, the CUPTI ring);
+//! - [`analyze`]: the accounting, a pure function of trace records;
+//! - [`report`]: text and JSON reports of the accounting;
 //! - [`cli`]: the command line (the only module that knows clap).
 
 pub mod analyze;
@@ -12,4 +14,5 @@ pub mod cli;
 pub mod clock;
 pub mod collect;
 pub mod record;
+pub mod report;
 pub mod trace;

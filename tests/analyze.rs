@@ -40,6 +40,10 @@ fn check_scenario(scenario: &str, ranks: u32, steps: u64, preemption_is_stall: b
         opts.windows.insert(t["pid"].as_u64().unwrap() as u32, w);
     }
     let accounts = account(&batch, &names, &opts);
+    // The report reads the same file on its own windows: one device per rank, PM-sampled.
+    let report = ghostprof::report::render_json(&[ghostprof::report::analyze_file(&trace).unwrap()]);
+    assert_eq!(report["devices"].as_array().unwrap().len(), ranks as usize);
+    assert!(report["devices"].as_array().unwrap().iter().all(|d| d["flop_source"] == "pm_sampling"));
     for t in &truths {
         let pid = t["pid"].as_u64().unwrap() as u32;
         let acc = accounts.iter().find(|a| a.pid == pid).unwrap_or_else(|| panic!("no account for pid {pid}"));

@@ -89,7 +89,11 @@ fn bad_files_exit_non_zero_with_a_one_line_reason() {
 
 #[test]
 fn commands_of_later_issues_say_so_and_fail() {
-    for args in [&["report", "x.gptrace"][..], &["export", "x.gptrace", "-o", "x.json"], &["attach", "--pid", "1"]] {
+    for args in [
+        &["report", "--html", "x.html", "x.gptrace"][..],
+        &["export", "x.gptrace", "-o", "x.json"],
+        &["attach", "--pid", "1"],
+    ] {
         let out = ghostprof().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"), "{args:?}");
@@ -105,4 +109,48 @@ fn help_shows_every_subcommand_and_examples() {
     for sub in ["record", "attach", "report", "export", "info", "demo", "EXAMPLES"] {
         assert!(text.contains(sub), "--help lacks {sub}");
     }
+}
+
+#[test]
+fn report_json_accounts_a_trace_and_sums_to_the_window() {
+    let dir = tmpdir();
+    let path = dir.path().join("run.gptrace");
+    let (records, names) = training_records(60_000);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    write_trace(&path, &records, &names, 20_000);
+    let out = ghostprof().args(["report", "--json"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let devices = v["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "one process, one device");
+    let d = &devices[0];
+    let sum: f64 = d["categories"].as_object().unwrap().values().map(|x| x.as_f64().unwrap()).sum();
+    assert!((sum - 1.0).abs() < 1e-9, "fractions sum to 1: {sum}");
+    let (w0, w1) = (d["window_start_ns"].as_u64().unwrap(), d["window_end_ns"].as_u64().unwrap());
+    let ns_sum: u64 = d["categories_ns"].as_object().unwrap().values().map(|x| x.as_u64().unwrap()).sum();
+    assert_eq!(ns_sum, w1 - w0, "nanoseconds sum to the window exactly");
+    // Busy = the union of kernel and copy intervals, computed here independently.
+    let mut spans: Vec<(u64, u64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            ghostprof::trace::Record::KernelExec(k) => Some((k.start_ns, k.end_ns)),
+            ghostprof::trace::Record::MemOp(m) => Some((m.start_ns, m.end_ns)),
+            _ => None,
+        })
+        .collect();
+    spans.sort_unstable();
+    let (mut busy, mut cursor) = (0u64, 0u64);
+    for (s, e) in spans {
+        let s = s.max(cursor);
+        if e > s {
+            busy += e - s;
+            cursor = e;
+        }
+    }
+    assert_eq!(d["busy_ns"].as_u64(), Some(busy));
+    // The synthetic stream has no PM intervals: no FLOP source, no MFU, and it says so.
+    assert_eq!(d["flop_source"], "none");
+    assert!(d["mfu"].is_null());
+    let text = String::from_utf8(ghostprof().arg("report").arg(&path).output().unwrap().stdout).unwrap();
+    assert!(text.contains("GPU 0 (pid 4242) busy") && text.contains("MFU needs a FLOP source"), "{text}");
 }

@@ -2,6 +2,7 @@
 //! plain config struct before anything else runs.
 
 mod info;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,7 +107,8 @@ pub fn main() -> ExitCode {
         Command::Info { file, json } => info::run(&info::InfoConfig { path: file, json }),
         Command::Record { .. } => not_yet("record", 7),
         Command::Attach { .. } => not_yet("attach", 7),
-        Command::Report { .. } => not_yet("report", 6),
+        Command::Report { files, json, html: None } => report::run(&report::ReportConfig { files, json }),
+        Command::Report { html: Some(_), .. } => not_yet("report --html", 6),
         Command::Export { .. } => not_yet("export", 6),
         Command::Demo { dir } => demo_plan(&dir),
     };
