@@ -98,8 +98,30 @@ fn commands_of_later_issues_say_so_and_fail() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"), "{args:?}");
     }
-    let out = ghostprof().args(["record", "--", "true"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn record_refuses_a_bad_duration_and_non_root_clearly() {
+    let out = ghostprof().args(["record", "--duration", "fortnight", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad duration") || err.contains("CAP_BPF"), "{err}");
+    if is_root() {
+        // As nobody: the capability message, before anything is created.
+        let dir = tmpdir();
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_ghostprof"))
+            .args(["record", "-o"])
+            .arg(dir.path().join("x.gptrace"))
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("sudo"), "{err}");
+        assert!(!dir.path().join("x.gptrace").exists());
+    }
 }
 
 #[test]
@@ -153,4 +175,63 @@ fn report_json_accounts_a_trace_and_sums_to_the_window() {
     assert!(d["mfu"].is_null());
     let text = String::from_utf8(ghostprof().arg("report").arg(&path).output().unwrap().stdout).unwrap();
     assert!(text.contains("GPU 0 (pid 4242) busy") && text.contains("MFU needs a FLOP source"), "{text}");
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON) and the workspace built (tools/test does both)"]
+fn root_demo_reports_the_straggler_and_matches_the_ground_truth() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let out = ghostprof().args(["demo", "--dir"]).arg(dir.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches("points of divergence").count(), 2, "a headline per rank: {text}");
+    let diffs: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("largest difference: "))
+        .map(|l| l.trim_end_matches(" points").parse().unwrap())
+        .collect();
+    assert_eq!(diffs.len(), 2, "{text}");
+    assert!(diffs.iter().all(|d| *d <= 2.0), "every category within 2 points of the truth: {diffs:?}");
+    // The straggler's peer waits: a comm.wait line above 10 % for one rank.
+    let waits: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("comm.wait"))
+        .filter_map(|l| l.split_whitespace().next()?.trim_end_matches('%').parse().ok())
+        .collect();
+    assert!(waits.iter().any(|w| *w > 10.0), "ghost compute on the straggler's peer: {waits:?}");
+    assert!(dir.path().join("demo.gptrace").exists());
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_record_writes_a_private_trace_and_prints_the_report() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let out_dir = dir.path().join("truth");
+    let trace = dir.path().join("rec.gptrace");
+    let built = crate::gpusim::built();
+    let cmd = crate::gpusim::train_command("balanced", 1, 5, &out_dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ghostprof"))
+        .args(["record", "--quiet", "--lib-dir"])
+        .arg(&built.lib_dir)
+        .arg("-o")
+        .arg(&trace)
+        .arg("--")
+        .args(&cmd)
+        .env("GHOSTPROF_INJECT_LIB", built.build_dir.join("libghostprof_inject.so"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("points of divergence"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&trace).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the trace is private");
+    // An existing output is refused without --force.
+    let again = ghostprof().args(["record", "--quiet", "-o"]).arg(&trace).args(["--", "true"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }

@@ -1,7 +1,9 @@
 //! The command line: the only module that knows clap. Each subcommand's arguments become a
 //! plain config struct before anything else runs.
 
+mod demo;
 mod info;
+mod record;
 mod report;
 
 use std::path::PathBuf;
@@ -42,6 +44,12 @@ pub enum Command {
         /// Overwrite an existing output file.
         #[arg(long)]
         force: bool,
+        /// No status line; only errors and the report.
+        #[arg(long)]
+        quiet: bool,
+        /// Also look for libcuda / libnccl here before the command starts.
+        #[arg(long = "lib-dir")]
+        lib_dir: Vec<PathBuf>,
         /// The command to run, after `--`.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
@@ -105,12 +113,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { file, json } => info::run(&info::InfoConfig { path: file, json }),
-        Command::Record { .. } => not_yet("record", 7),
+        Command::Record { output, duration, force, quiet, lib_dir, cmd } => (|| {
+            let duration = duration.as_deref().map(record::parse_duration).transpose()?;
+            record::run(&record::RecordConfig { output, duration, force, quiet, command: cmd, library_dirs: lib_dir })
+        })(),
         Command::Attach { .. } => not_yet("attach", 7),
         Command::Report { files, json, html: None } => report::run(&report::ReportConfig { files, json }),
         Command::Report { html: Some(_), .. } => not_yet("report --html", 6),
         Command::Export { .. } => not_yet("export", 6),
-        Command::Demo { dir } => demo_plan(&dir),
+        Command::Demo { dir } => demo::run(&demo::DemoConfig { dir }),
     };
     match result {
         Ok(code) => code,
@@ -123,13 +134,5 @@ pub fn main() -> ExitCode {
 
 fn not_yet(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
     eprintln!("ghostprof {what}: not implemented yet (tracked in issue {issue})");
-    Ok(ExitCode::from(2))
-}
-
-fn demo_plan(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    println!("ghostprof demo: not implemented yet (tracked in issue 7). When it lands it will:");
-    println!("  1. run gpusim-train's 2-rank `straggler` scenario (simulated CUDA, CUPTI and NCCL) under `ghostprof record`;");
-    println!("  2. print the report: busy vs MFU per GPU and where the divergence went;");
-    println!("  3. write the trace and an HTML report into {}.", dir.display());
     Ok(ExitCode::from(2))
 }

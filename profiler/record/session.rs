@@ -48,6 +48,24 @@ pub struct LaunchConfig {
     /// Where the injection library's rings live; None: a private directory under /dev/shm
     /// for this session, removed at its end.
     pub ring_dir: Option<PathBuf>,
+    /// Run the command as this (uid, gid) — the invoking user under sudo — and give them the
+    /// trace file and the ring directory.
+    pub run_as: Option<(u32, u32)>,
+    /// Discard the command's standard output (the demo shows only ghostprof's).
+    pub quiet_child: bool,
+}
+
+/// Live figures for a status line, handed to the progress callback about once a second.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub elapsed: Duration,
+    pub records_written: u64,
+    pub bytes_written: u64,
+    pub records_per_s: f64,
+    pub drops: u64,
+    pub processes: usize,
+    pub cupti_rings: usize,
+    pub writer_error: Option<String>,
 }
 
 impl LaunchConfig {
@@ -62,6 +80,8 @@ impl LaunchConfig {
             max_duration: None,
             inject_lib: find_inject_lib(),
             ring_dir: None,
+            run_as: None,
+            quiet_child: false,
         }
     }
 }
@@ -105,8 +125,15 @@ pub struct HeldChild {
 const HOLD_FD: libc::c_int = 3;
 
 impl HeldChild {
-    /// Spawns `program args...` held, with `envs` added to its environment.
-    pub fn spawn(program: &str, args: &[String], envs: &[(String, String)]) -> std::io::Result<Self> {
+    /// Spawns `program args...` held, with `envs` added to its environment, as `run_as`
+    /// (uid, gid) when given.
+    pub fn spawn(
+        program: &str,
+        args: &[String],
+        envs: &[(String, String)],
+        run_as: Option<(u32, u32)>,
+        quiet: bool,
+    ) -> std::io::Result<Self> {
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: pipe2 fills two fds; both close on exec (the read end is dup'ed to fd 3 below).
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -120,6 +147,12 @@ impl HeldChild {
             .arg(program)
             .args(args)
             .envs(envs.iter().map(|(k, v)| (k, v)));
+        if let Some((uid, gid)) = run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        if quiet {
+            cmd.stdout(std::process::Stdio::null());
+        }
         // SAFETY: between fork and exec the child only calls the async-signal-safe dup2.
         unsafe {
             cmd.pre_exec(move || {
@@ -172,6 +205,15 @@ impl Drop for HeldChild {
 
 /// Launches `cfg.command` under the host collector and records it.
 pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSummary, SessionError> {
+    record_command_with_progress(cfg, stop, &mut |_| {})
+}
+
+/// [`record_command`], calling `progress` about once a second.
+pub fn record_command_with_progress(
+    cfg: &LaunchConfig,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<SessionSummary, SessionError> {
     let info = TraceInfo { command: cfg.command.clone(), ..Default::default() };
     let mut collector = HostCollector::load(true)?;
     let mut sched = SchedCollector::load(0, Some(&collector.targets_map()?))?;
@@ -196,6 +238,12 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
         ),
     };
     let ring_dir = cfg.ring_dir.clone().or_else(|| private_dir.clone()).unwrap_or_default();
+    if let (Some((uid, gid)), Some(dir)) = (cfg.run_as, &private_dir) {
+        chown(dir, uid, gid);
+    }
+    if let Some((uid, gid)) = cfg.run_as {
+        chown(&cfg.output, uid, gid);
+    }
     let mut cupti = CuptiCollector::new(&ring_dir, true);
     match &cfg.inject_lib {
         Some(lib) => {
@@ -207,7 +255,7 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
             "libghostprof_inject.so not found (set GHOSTPROF_INJECT_LIB): no CUPTI device timeline, eBPF only".into(),
         ),
     }
-    let held = HeldChild::spawn(&program, &cfg.command[1.min(cfg.command.len())..], &envs)
+    let held = HeldChild::spawn(&program, &cfg.command[1.min(cfg.command.len())..], &envs, cfg.run_as, cfg.quiet_child)
         .map_err(|source| SessionError::Spawn { cmd: cfg.command.join(" "), source })?;
     let pid = held.pid();
     collector.add_target(pid)?;
@@ -222,7 +270,30 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
 
     let started = Instant::now();
     let mut last_scan = Instant::now() - cfg.rescan_interval;
+    let mut last_progress = Instant::now();
+    let mut last_records = 0u64;
     let exit_status = loop {
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            let stats = pipeline.stats();
+            let dt = last_progress.elapsed().as_secs_f64();
+            progress(&Progress {
+                elapsed: started.elapsed(),
+                records_written: stats.records_written,
+                bytes_written: stats.bytes_written,
+                records_per_s: (stats.records_written - last_records) as f64 / dt,
+                drops: stats.drops.iter().map(|d| d.2).sum(),
+                processes: collector.targets().len(),
+                cupti_rings: cupti.stats.rings,
+                writer_error: stats.writer_error.clone(),
+            });
+            last_records = stats.records_written;
+            last_progress = Instant::now();
+            if stats.writer_error.is_some() {
+                // Disk full or another write error: stop; the file holds every chunk so far.
+                reap_in_background(child);
+                break None;
+            }
+        }
         if last_scan.elapsed() >= cfg.rescan_interval {
             for lib in collector.rescan() {
                 producer.push(lib);
@@ -266,6 +337,10 @@ pub fn record_command(cfg: &LaunchConfig, stop: &AtomicBool) -> Result<SessionSu
         notes: collector.notes.iter().chain(&sched.notes).chain(&cupti.notes).cloned().collect(),
         libraries: collector.reports.clone(),
     })
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
 }
 
 /// The job keeps running after the recording stops; a thread collects its exit status so it

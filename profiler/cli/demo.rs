@@ -1,0 +1,117 @@
+//! `ghostprof demo`: the main job on a machine without a GPU. Runs gpusim's 2-rank `straggler`
+//! scenario (simulated CUDA, CUPTI and NCCL with real waiting) under `record`, prints the report
+//! and puts it next to the simulator's ground truth.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{bail, Context};
+
+use crate::analyze::{account, AccountOptions, CATEGORY_NAMES};
+use crate::record::session::{find_inject_lib, record_command_with_progress, LaunchConfig};
+use crate::report::{analyze_file, render_text};
+use crate::trace::{RecordBatch, TraceReader};
+
+pub struct DemoConfig {
+    pub dir: PathBuf,
+}
+
+fn sibling(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join(name);
+    p.exists().then_some(p)
+}
+
+pub fn run(cfg: &DemoConfig) -> anyhow::Result<ExitCode> {
+    super::record::require_root()?;
+    let train = sibling("gpusim-train")
+        .context("gpusim-train is not built next to ghostprof: run tools/demo (it builds the workspace)")?;
+    let inject = find_inject_lib().context("libghostprof_inject.so is not built next to ghostprof: run tools/demo")?;
+    std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating {}", cfg.dir.display()))?;
+    let dir = cfg.dir.canonicalize()?;
+    let lib_dir = dir.join("gpusim-lib");
+    let truth_dir = dir.join("truth");
+    let _ = std::fs::remove_dir_all(&truth_dir);
+    let staged = Command::new(&train)
+        .arg("stage")
+        .arg("--lib-dir")
+        .arg(&lib_dir)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !staged.success() {
+        bail!("staging gpusim's libraries into {} failed", lib_dir.display());
+    }
+    let trace = dir.join("demo.gptrace");
+    println!("ghostprof demo: 2 simulated ranks of a training job, rank 1 a 25% straggler, 3 seconds");
+    println!("  (gpusim: simulated libcuda, libcupti and libnccl with real waiting; no GPU needed)\n");
+    let command: Vec<String> = [
+        train.display().to_string(),
+        "--scenario".into(),
+        "straggler".into(),
+        "--ranks".into(),
+        "2".into(),
+        "--seconds".into(),
+        "3".into(),
+        "--out".into(),
+        truth_dir.display().to_string(),
+        "--lib-dir".into(),
+        lib_dir.display().to_string(),
+    ]
+    .into();
+    let mut launch = LaunchConfig::new(command, trace.clone());
+    launch.overwrite = true;
+    launch.quiet_child = true;
+    launch.inject_lib = Some(inject);
+    launch.library_dirs.push(lib_dir.clone());
+    let summary = record_command_with_progress(&launch, &AtomicBool::new(false), &mut |_| {})?;
+    if !summary.exit_status.is_some_and(|s| s.success()) {
+        bail!("the simulated job failed: {:?}", summary.exit_status);
+    }
+    print!("{}", render_text(&[analyze_file(&trace)?]));
+    compare_with_truth(&trace, &truth_dir)?;
+    println!("\ntrace: {}", trace.display());
+    println!("ground truth: {}", truth_dir.display());
+    println!("HTML report: not yet (issue 6); `ghostprof report --json {}` gives the numbers", trace.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints each rank's categories next to the simulator's, over the simulator's windows.
+fn compare_with_truth(trace: &Path, truth_dir: &Path) -> anyhow::Result<()> {
+    let reader = TraceReader::open(trace)?;
+    let mut names = std::collections::HashMap::new();
+    let mut batch = RecordBatch::default();
+    reader.for_each_chunk(|c| {
+        names.extend(c.strings.iter().cloned());
+        batch.append(c.records.clone());
+    })?;
+    let mut truths = Vec::new();
+    for rank in 0..2 {
+        let path = truth_dir.join(format!("truth-rank{rank}.json"));
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        truths.push(serde_json::from_str::<serde_json::Value>(&text)?);
+    }
+    let mut opts = AccountOptions::default();
+    for t in &truths {
+        let pid = t["pid"].as_u64().unwrap_or(0) as u32;
+        opts.windows
+            .insert(pid, (t["window"]["start_ns"].as_u64().unwrap_or(0), t["window"]["end_ns"].as_u64().unwrap_or(0)));
+    }
+    let accounts = account(&batch, &names, &opts);
+    println!("\nAgainst gpusim's ground truth (the simulator's own windows), % of the window:");
+    for t in &truths {
+        let pid = t["pid"].as_u64().unwrap_or(0) as u32;
+        let Some(a) = accounts.iter().find(|a| a.pid == pid) else { continue };
+        let w = a.window_ns().max(1) as f64;
+        println!("  rank {} (pid {pid})         ghostprof   truth", t["rank"]);
+        let mut worst = 0f64;
+        for name in CATEGORY_NAMES {
+            let ours = a.categories.get(name) as f64 / w * 100.0;
+            let truth = t["devices"][0]["categories"][name].as_u64().unwrap_or(0) as f64 / w * 100.0;
+            worst = worst.max((ours - truth).abs());
+            println!("    {name:<22} {ours:>6.2}%  {truth:>6.2}%");
+        }
+        println!("    largest difference: {worst:.2} points");
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! `ghostprof record -- CMD`: launch a command under both collectors, with a live status line,
+//! Ctrl-C handling and the report at the end.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::record::session::{record_command_with_progress, LaunchConfig, Progress};
+use crate::report::{analyze_file, render_text};
+
+pub struct RecordConfig {
+    pub output: PathBuf,
+    pub duration: Option<Duration>,
+    pub force: bool,
+    pub quiet: bool,
+    pub command: Vec<String>,
+    /// Extra directories to find libcuda/libnccl in before the command starts.
+    pub library_dirs: Vec<PathBuf>,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // The first signal asks for a clean stop (finalize the file); a second one leaves at once:
+    // every chunk already written stays readable.
+    if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    // SAFETY: installing an async-signal-safe handler (atomics and _exit only).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Fails with the capability message unless the process can load eBPF programs.
+pub fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "recording needs CAP_BPF and CAP_PERFMON (and CAP_SYS_ADMIN on older kernels) to load eBPF programs: run it as root, e.g. `sudo ghostprof ...`"
+        );
+    }
+    crate::collect::preflight()?;
+    Ok(())
+}
+
+/// The invoking user under sudo, to run the command as and to own the trace.
+pub fn sudo_user() -> Option<(u32, u32)> {
+    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
+    (uid != 0).then_some((uid, gid))
+}
+
+/// Parses `30s`, `5m`, `1h`, `250ms` or plain seconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, ""), |i| s.split_at(i));
+    let n: f64 = num.parse().with_context(|| format!("bad duration {s:?}: use e.g. 30s, 5m, 1h, 250ms"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => bail!("bad duration {s:?}: use e.g. 30s, 5m, 1h, 250ms"),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        bail!("bad duration {s:?}: it must be positive");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn status_line(p: &Progress) -> String {
+    format!(
+        "recording {:>5.1}s | {:>9.0} events/s | {:>8} events | {:>6.1} MiB | {} drops | {} processes, {} with CUPTI",
+        p.elapsed.as_secs_f64(),
+        p.records_per_s,
+        p.records_written,
+        p.bytes_written as f64 / (1 << 20) as f64,
+        p.drops,
+        p.processes,
+        p.cupti_rings
+    )
+}
+
+pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
+    require_root()?;
+    install_signal_handlers();
+    let mut launch = LaunchConfig::new(cfg.command.clone(), cfg.output.clone());
+    launch.overwrite = cfg.force;
+    launch.max_duration = cfg.duration;
+    launch.run_as = sudo_user();
+    launch.library_dirs = cfg.library_dirs.clone();
+    let bar = (!cfg.quiet).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar
+    });
+    let summary = record_command_with_progress(&launch, &STOP, &mut |p| {
+        if let Some(bar) = &bar {
+            bar.set_message(status_line(p));
+            bar.tick();
+        }
+    });
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let summary = summary.with_context(|| format!("recording to {}", cfg.output.display()))?;
+    let drops: u64 = summary.pipeline.drops.iter().map(|d| d.2).sum();
+    if !cfg.quiet {
+        eprintln!(
+            "ghostprof: wrote {} ({} events in {} chunks, {:.1} MiB, {} dropped); command {}",
+            cfg.output.display(),
+            summary.write.records,
+            summary.write.chunks,
+            summary.write.compressed_bytes as f64 / (1 << 20) as f64,
+            drops,
+            match summary.exit_status {
+                Some(s) => format!("exited: {s}"),
+                None => "still running (recording stopped)".into(),
+            }
+        );
+        for note in &summary.notes {
+            eprintln!("ghostprof: note: {note}");
+        }
+    }
+    print!("{}", render_text(&[analyze_file(&cfg.output)?]));
+    Ok(ExitCode::SUCCESS)
+}
