@@ -5,10 +5,15 @@
 //!   pipeline into a trace file and back, against plain zstd -1 over raw rows.
 //! - `probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS]` ([`probe`]): per-call cost of
 //!   ghostprof's uprobes on gpusim's cuLaunchKernel against a bare uprobe (root).
+//! - `cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S]` ([`cupti`]): CPU the
+//!   CUPTI injection library adds to a CUDA program per activity record, and losses at 1 M
+//!   records/s, on gpusim's libcupti.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod cupti;
+mod gpusim_build;
 mod probe;
 
 use anyhow::{bail, Context, Result};
@@ -22,7 +27,11 @@ fn main() -> Result<()> {
         Some("trace") => bench_trace(&args[1..]),
         Some("read") => bench_read(&args[1..]),
         Some("probe") => probe::bench_probe(&args[1..]),
-        _ => bail!("usage: bench trace [--events N] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS]"),
+        Some("cupti") => cupti::bench_cupti(&args[1..]),
+        _ => bail!(
+            "usage: bench trace [--events N] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] \
+             | cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S] [--pm-interval-ns NS] [--inject LIB]"
+        ),
     }
 }
 

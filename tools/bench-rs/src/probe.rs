@@ -12,10 +12,8 @@
 //! over the kernel's own uprobe cost (trap + instruction emulation + BPF entry), which no
 //! uprobe-based tool can avoid.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -26,6 +24,7 @@ use ghostprof::record::{Pipeline, PipelineOptions};
 use ghostprof::trace::{Source, TraceInfo, TraceReader};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
+use crate::gpusim_build::{build_gpusim, stage, LoopProcess, LoopRun};
 use crate::{clock_gettime, flag, libc_timespec, thread_cpu_s};
 
 /// What to run, from the command line.
@@ -59,14 +58,6 @@ impl ProbeConfig {
     }
 }
 
-/// One timed loop, as the loop process reported it.
-struct LoopRun {
-    /// Wall time of the loop.
-    elapsed_ns: u64,
-    /// CPU time of the loop thread, uprobe handling included, preemption by other work not.
-    cpu_ns: u64,
-}
-
 /// The ghostprof mode's extra figures.
 struct TracedRun {
     timing: LoopRun,
@@ -80,62 +71,10 @@ struct TracedRun {
     trace_bytes: u64,
 }
 
-/// The loop process, stopped at its go-ahead.
-struct LoopProcess {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    pid: u32,
-}
-
-impl LoopProcess {
-    fn spawn(gpusim_train: &Path, lib_dir: &Path, calls: u64, threads: u64) -> Result<Self> {
-        let mut child = Command::new(gpusim_train)
-            .args(["launch-loop", "--calls", &calls.to_string(), "--threads", &threads.to_string()])
-            .env("LD_LIBRARY_PATH", lib_dir)
-            // No simulated driver CPU: the loop measures the call and the probe, nothing else.
-            .env("GPUSIM_LAUNCH_CPU_NS", "0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", gpusim_train.display()))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            bail!("the loop process has no stdin/stdout pipes");
-        };
-        let mut stdout = BufReader::new(stdout);
-        let mut line = String::new();
-        stdout.read_line(&mut line).context("reading the loop's ready line")?;
-        let Some(pid) = line.strip_prefix("ready ").and_then(|p| p.trim().parse().ok()) else {
-            let status = child.wait().context("waiting for the loop process")?;
-            bail!("the loop process did not get ready ({status}); it said {line:?}");
-        };
-        Ok(LoopProcess { child, stdin, stdout, pid })
-    }
-
-    fn go(&mut self) -> Result<()> {
-        self.stdin.write_all(b"go\n").and_then(|()| self.stdin.flush()).context("starting the loop")
-    }
-
-    /// Waits for the loop's report (its last line) and its exit.
-    fn finish(mut self, calls: u64) -> Result<LoopRun> {
-        let mut text = String::new();
-        for line in self.stdout.by_ref().lines() {
-            text = line.context("reading the loop's report")?;
-        }
-        let status = self.child.wait().context("waiting for the loop process")?;
-        ensure!(status.success(), "the loop process failed ({status}); last line {text:?}");
-        let report: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("the loop's report {text:?}"))?;
-        ensure!(report["calls"].as_u64() == Some(calls), "the loop ran {} calls, not {calls}", report["calls"]);
-        let field = |name: &str| report[name].as_u64().with_context(|| format!("{name} missing in {text:?}"));
-        Ok(LoopRun { elapsed_ns: field("elapsed_ns")?, cpu_ns: field("cpu_ns")? })
-    }
-}
-
 /// `tools/bench probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] [--dir D]` (root).
 pub fn bench_probe(args: &[String]) -> Result<()> {
     let cfg = ProbeConfig::parse(args)?;
-    let bin_dir = build_gpusim()?;
+    let bin_dir = build_gpusim(&[])?;
     let lib_dir = cfg.dir.join("lib");
     stage(&bin_dir, &lib_dir)?;
     let gpusim_train = bin_dir.join("gpusim-train");
@@ -155,7 +94,9 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
         // The order of the modes rotates, so a drift of the machine over a run (another job
         // starting, memory filling up) does not always land on the same mode.
         for mode in (0..3).map(|i| (i + round - 1) % 3) {
-            let run = LoopProcess::spawn(gpusim_train, lib_dir, n, cfg.threads)?;
+            // No simulated driver CPU: the loop measures the call and the probe, nothing else.
+            let env = [("GPUSIM_LAUNCH_CPU_NS", "0".to_string())];
+            let run = LoopProcess::spawn(gpusim_train, lib_dir, n, cfg.threads, &env)?;
             match mode {
                 0 => untraced.push(run_untraced(run, n)?),
                 1 => bare.push(run_bare(run, n, libcuda, point.file_offset as usize)?),
@@ -338,58 +279,20 @@ fn run_ghostprof(
     })
 }
 
-/// Builds gpusim's libraries and `gpusim-train` with this binary's profile into this binary's
-/// target dir (cargo released its lock before running us), and returns that profile's dir.
-fn build_gpusim() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding this executable")?;
-    let bin_dir = exe.parent().context("this executable has no directory")?.to_path_buf();
-    let target_dir = bin_dir.parent().context("this executable is not in a cargo target dir")?;
-    let profile = match bin_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => bail!("cannot tell the cargo profile from {}", bin_dir.display()),
-    };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building gpusim ({profile}) ...");
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "--quiet", "--profile", profile, "--target-dir"])
-        .arg(target_dir)
-        .args(["-p", "gpusim-cuda", "-p", "gpusim-nccl", "-p", "gpusim-cupti", "-p", "gpusim-train"])
-        .status()
-        .context("running cargo to build gpusim")?;
-    ensure!(status.success(), "building gpusim failed ({status})");
-    Ok(bin_dir)
-}
-
-/// A private copy of the libraries: the probes are on this copy's inode, so nothing else on
-/// the machine (another test's gpusim) is traced or slowed.
-fn stage(bin_dir: &Path, lib_dir: &Path) -> Result<()> {
-    let out = Command::new(bin_dir.join("gpusim-train"))
-        .arg("stage")
-        .arg("--lib-dir")
-        .arg(lib_dir)
-        .output()
-        .context("running gpusim-train stage")?;
-    ensure!(out.status.success(), "gpusim-train stage failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-
 /// CPU time of this whole process (every thread), in seconds.
-fn process_cpu_s() -> f64 {
+pub(crate) fn process_cpu_s() -> f64 {
     let mut ts = libc_timespec::default();
     // SAFETY: clock_gettime fills the struct; CLOCK_PROCESS_CPUTIME_ID (2) exists on Linux.
     unsafe { clock_gettime(2, &mut ts) };
     ts.sec as f64 + ts.nsec as f64 / 1e9
 }
 
-fn round1(v: f64) -> f64 {
+pub(crate) fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
 /// What the figures were measured on.
-fn machine() -> serde_json::Value {
+pub(crate) fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

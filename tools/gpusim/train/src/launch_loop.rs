@@ -9,6 +9,14 @@
 //! `{"calls": N, "threads": T, "elapsed_ns": E, "cpu_ns": C, "warmup_calls": W}` and exits.
 //! `cpu_ns` is the loop threads' own CPU time (uprobe handling runs in the calling thread, so it
 //! is included); unlike `elapsed_ns` it leaves out time a thread spent preempted by other work.
+//!
+//! The report also has `process_cpu_ns` (for `tools/bench cupti`): the CPU time of the whole
+//! process over the timed loop, every thread included, so the work a CUPTI client does on
+//! CUPTI's own threads (buffer completion) counts. When a CUPTI client (a
+//! `CUDA_INJECTION64_PATH` library) has loaded libcupti, the loop asks CUPTI to deliver its
+//! buffered records (`cuptiActivityFlushAll`) before `ready` and again before reading the clock
+//! at the end, so exactly the timed calls' records are delivered inside the window
+//! (`cupti_flushed` says whether that happened). Without libcupti nothing changes.
 
 use std::ffi::{c_void, CString};
 use std::io::{BufRead, Write};
@@ -52,6 +60,8 @@ pub fn run(calls: u64, threads: u64) -> Result<(), String> {
         launchers.launch(function, std::ptr::null_mut())?;
     }
 
+    // The warm-up's records are delivered now, outside the timed window.
+    let cupti_flushed = flush_cupti();
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "ready {}", std::process::id()).and_then(|()| stdout.flush()).map_err(|e| e.to_string())?;
     let mut line = String::new();
@@ -61,6 +71,7 @@ pub fn run(calls: u64, threads: u64) -> Result<(), String> {
 
     // Raw pointers are not Send; the handle is an opaque index into gpusim's function table.
     let function_handle = function as usize;
+    let process_cpu_start_ns = cpu_clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID);
     let start = Instant::now();
     let cpu_ns_per_thread: Vec<Result<u64, String>> = if threads == 1 {
         // On the thread that did the warm-up.
@@ -79,8 +90,13 @@ pub fn run(calls: u64, threads: u64) -> Result<(), String> {
     };
     let elapsed_ns = start.elapsed().as_nanos() as u64;
     let cpu_ns = cpu_ns_per_thread.into_iter().sum::<Result<u64, String>>()?;
+    // The timed calls' records still buffered in CUPTI are delivered (and paid for) here, not
+    // at exit after the clock was read.
+    let cupti_flushed = cupti_flushed && flush_cupti();
+    let process_cpu_ns = cpu_clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID) - process_cpu_start_ns;
     let report = serde_json::json!({
         "calls": calls, "threads": threads, "elapsed_ns": elapsed_ns, "cpu_ns": cpu_ns, "warmup_calls": WARMUP_CALLS,
+        "process_cpu_ns": process_cpu_ns, "cupti_flushed": cupti_flushed,
     });
     writeln!(stdout, "{report}").and_then(|()| stdout.flush()).map_err(|e| e.to_string())
 }
@@ -97,8 +113,35 @@ fn timed_loop(launchers: &mut Launchers, function_handle: usize, calls: u64) -> 
 
 /// CPU time of the calling thread, in ns.
 fn thread_cpu_ns() -> u64 {
+    cpu_clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// A CPU-time clock (this thread's or this process's), in ns.
+fn cpu_clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given; the thread CPU clock always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    // SAFETY: clock_gettime writes the timespec it is given; both CPU clocks always exist.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `cuptiActivityFlushAll(1)` if some CUPTI client already loaded libcupti into this process
+/// (RTLD_NOLOAD: the loop itself never loads it, so an uninstrumented run stays untouched).
+/// True when CUPTI accepted the flush.
+fn flush_cupti() -> bool {
+    // SAFETY: dlopen with RTLD_NOLOAD only takes a reference to an already loaded library;
+    // the symbol has the signature of cupti_activity.h; the reference is released afterwards.
+    unsafe {
+        let lib = libc::dlopen(c"libcupti.so.12".as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY);
+        if lib.is_null() {
+            return false;
+        }
+        let sym = libc::dlsym(lib, c"cuptiActivityFlushAll".as_ptr());
+        let ok = !sym.is_null() && {
+            let flush_all = std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u32) -> i32>(sym);
+            // CUPTI_ACTIVITY_FLAG_FLUSH_FORCED = 1: also deliver partially filled buffers.
+            flush_all(1) == 0
+        };
+        libc::dlclose(lib);
+        ok
+    }
 }

@@ -1,0 +1,406 @@
+//! `cupti`: what ghostprof's CUPTI injection library (`cuda/inject`) costs a CUDA program per
+//! activity record, and whether its shared-memory ring loses records at 1 M records/s.
+//!
+//! The workload is gpusim's `cuLaunchKernel` loop (`gpusim-train launch-loop`, its own process);
+//! under gpusim's libcupti every launch yields a kernel record and a driver API record. Each
+//! round runs the loop twice with no simulated driver CPU (`GPUSIM_LAUNCH_CPU_NS=0`, so the
+//! records come as fast as the loop can make them): plain, and with
+//! `CUDA_INJECTION64_PATH=libghostprof_inject.so GHOSTPROF_ENABLE=1`, while this process drains
+//! the ring on a timer through the real [`CuptiCollector`] into a real [`Pipeline`] and trace
+//! file, as `ghostprof record` does.
+//!
+//! The cost is the loop process's **whole-process** CPU time over the timed calls (the loop
+//! reports `process_cpu_ns`, flushing CUPTI before reading the clock, so the buffer-completion
+//! work on CUPTI's thread counts), injected minus plain, per call, divided by the records per
+//! call found in the trace. It therefore includes gpusim's libcupti producing the records as
+//! well as ghostprof copying them into the ring.
+//!
+//! A last, paced run sets `GPUSIM_LAUNCH_CPU_NS` so the loop makes `--rate` records per second
+//! (1 M by default) and checks that every record reached the trace: ring, CUPTI, pipeline and
+//! malformed drops plus any count mismatch are `lost_records`; a record neither written nor
+//! counted as dropped fails the benchmark.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use ghostprof::collect::cupti::CuptiCollector;
+use ghostprof::record::{Pipeline, PipelineOptions};
+use ghostprof::trace::{DropCause, Source, TraceInfo, TraceReader};
+
+use crate::flag;
+use crate::gpusim_build::{build_gpusim, stage, LoopProcess, LoopRun};
+use crate::probe::{machine, process_cpu_s, round1};
+
+/// Targets from issue 5.
+const TARGET_NS_PER_RECORD: f64 = 50.0;
+
+/// What to run, from the command line.
+struct CuptiConfig {
+    /// Timed `cuLaunchKernel` calls per loop.
+    calls: u64,
+    /// Rounds of (plain, injected) at full speed; medians are reported.
+    rounds: usize,
+    /// How often the collector drains the ring.
+    drain_interval: Duration,
+    /// Records per second the paced run aims at.
+    rate: f64,
+    /// `GHOSTPROF_PM_INTERVAL_NS` for the injected loop (0: PM sampling off, see [`bench_cupti`]).
+    pm_interval_ns: u64,
+    /// An injection library to measure instead of the one built from this tree (an experiment).
+    inject: Option<PathBuf>,
+    /// Scratch space: staged libraries, ring directories, trace files.
+    dir: PathBuf,
+}
+
+impl CuptiConfig {
+    fn parse(args: &[String]) -> Result<Self> {
+        let parsed = |name: &str| -> Result<Option<u64>> {
+            flag(args, name).map(|s| s.parse::<u64>().with_context(|| format!("{name} {s:?}"))).transpose()
+        };
+        let dir = flag(args, "--dir").map_or_else(std::env::temp_dir, PathBuf::from);
+        Ok(CuptiConfig {
+            calls: parsed("--calls")?.unwrap_or(1_000_000).max(1),
+            rounds: parsed("--rounds")?.unwrap_or(5).max(1) as usize,
+            drain_interval: Duration::from_millis(parsed("--drain-ms")?.unwrap_or(5)),
+            rate: parsed("--rate")?.unwrap_or(1_000_000).max(1) as f64,
+            pm_interval_ns: parsed("--pm-interval-ns")?.unwrap_or(0),
+            inject: flag(args, "--inject").map(PathBuf::from),
+            dir: dir.join(format!("ghostprof-bench-cupti-{}", std::process::id())),
+        })
+    }
+}
+
+/// Where everything lives.
+struct Setup<'a> {
+    cfg: &'a CuptiConfig,
+    gpusim_train: PathBuf,
+    lib_dir: PathBuf,
+    inject: PathBuf,
+}
+
+/// One injected loop and what the collector made of it.
+struct InjectedRun {
+    timing: LoopRun,
+    /// Kernel records in the trace.
+    kernels: u64,
+    /// Driver API records in the trace that join a kernel by correlation id (the launches).
+    launch_api: u64,
+    /// Launches made (warm-up + timed): the kernels and launch API records expected.
+    launches: u64,
+    /// Ring records the collector read (activity, names, clock pairs).
+    ring_records: u64,
+    ring_drops: u64,
+    cupti_drops: u64,
+    malformed: u64,
+    /// Lost between the collector and the file (queue full, writer stopped).
+    pipeline_drops: u64,
+    /// CPU of this process (drain + writer) during the run.
+    collector_cpu_s: f64,
+    trace_bytes: u64,
+}
+
+impl InjectedRun {
+    fn written(&self) -> u64 {
+        self.kernels + self.launch_api
+    }
+    fn drops(&self) -> u64 {
+        self.ring_drops + self.cupti_drops + self.malformed + self.pipeline_drops
+    }
+    /// Records that should be in the trace and are neither there nor counted as dropped, or
+    /// are there too often.
+    fn mismatch(&self) -> u64 {
+        let expected = 2 * self.launches;
+        if self.drops() == 0 {
+            self.kernels.abs_diff(self.launches) + self.launch_api.abs_diff(self.launches)
+        } else {
+            // A ring drop may have hit a name or clock record instead of an activity record,
+            // so only records missing beyond every counted drop are a mismatch.
+            expected.saturating_sub(self.written() + self.drops())
+        }
+    }
+}
+
+/// `tools/bench cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S]
+/// [--pm-interval-ns NS] [--inject LIB] [--dir D]`.
+///
+/// PM sampling is off by default (`GHOSTPROF_PM_INTERVAL_NS=0`): this figure is the activity
+/// record path, and gpusim's simulated PM decoding rescans libcuda's record log for every
+/// sample (O(samples × launches)), a cost of the simulator that real CUPTI does not have.
+pub fn bench_cupti(args: &[String]) -> Result<()> {
+    let cfg = CuptiConfig::parse(args)?;
+    let bin_dir = build_gpusim(&["ghostprof-inject"])?;
+    let lib_dir = cfg.dir.join("lib");
+    stage(&bin_dir, &lib_dir)?;
+    let setup = Setup {
+        cfg: &cfg,
+        gpusim_train: bin_dir.join("gpusim-train"),
+        lib_dir,
+        inject: match &cfg.inject {
+            Some(lib) => std::fs::canonicalize(lib).with_context(|| format!("--inject {}", lib.display()))?,
+            None => bin_dir.join("libghostprof_inject.so"),
+        },
+    };
+    ensure!(setup.inject.exists(), "{} was not built", setup.inject.display());
+    let result = measure(&setup);
+    let _ = std::fs::remove_dir_all(&cfg.dir);
+    result
+}
+
+fn measure(setup: &Setup) -> Result<()> {
+    let cfg = setup.cfg;
+    let n = cfg.calls;
+    let (mut plain, mut injected) = (Vec::new(), Vec::new());
+    for round in 1..=cfg.rounds {
+        // Alternate which mode goes first, so a drift of the machine does not always land on
+        // the same one.
+        for injected_mode in [round % 2 == 0, round % 2 != 0] {
+            if injected_mode {
+                injected.push(run_injected(setup, n, 0, round)?);
+            } else {
+                plain.push(run_plain(setup, n, 0)?);
+            }
+        }
+        let (p, i) = (&plain[round - 1], &injected[round - 1]);
+        eprintln!(
+            "round {round}: process CPU per call plain {:.1} ns, injected {:.1} ns; {} records written, {} dropped, {:.2} M records/s",
+            process_ns(p)? as f64 / n as f64,
+            process_ns(&i.timing)? as f64 / n as f64,
+            i.written(),
+            i.drops(),
+            i.written() as f64 / (i.timing.elapsed_ns as f64 / 1e9) / 1e6
+        );
+    }
+
+    // Records per timed call, from what the trace holds (kernel + its launch's API record).
+    let per_call = |runs: &[&LoopRun], f: &dyn Fn(&LoopRun) -> Result<u64>| -> Result<(f64, Vec<f64>)> {
+        let mut v = runs.iter().map(|r| Ok(f(r)? as f64 / n as f64)).collect::<Result<Vec<f64>>>()?;
+        let samples = v.iter().map(|x| round1(*x)).collect();
+        v.sort_by(f64::total_cmp);
+        Ok((v[v.len() / 2], samples))
+    };
+    let lossless: Vec<&InjectedRun> = injected.iter().filter(|r| r.drops() == 0).collect();
+    let records_per_call = match lossless.first() {
+        Some(r) => r.written() as f64 / r.launches as f64,
+        None => {
+            let r = &injected[0];
+            (r.written() + r.drops()) as f64 / r.launches as f64
+        }
+    };
+    ensure!(records_per_call > 0.5, "only {records_per_call:.2} records per launch reached the trace");
+    let plain_runs: Vec<&LoopRun> = plain.iter().collect();
+    let injected_runs: Vec<&LoopRun> = injected.iter().map(|r| &r.timing).collect();
+    let (plain_ns, plain_samples) = per_call(&plain_runs, &process_ns)?;
+    let (injected_ns, injected_samples) = per_call(&injected_runs, &process_ns)?;
+    let (plain_loop_ns, _) = per_call(&plain_runs, &|r| Ok(r.cpu_ns))?;
+    let (injected_loop_ns, _) = per_call(&injected_runs, &|r| Ok(r.cpu_ns))?;
+    let (plain_wall, _) = per_call(&plain_runs, &|r| Ok(r.elapsed_ns))?;
+    let (injected_wall, _) = per_call(&injected_runs, &|r| Ok(r.elapsed_ns))?;
+    let added_ns_per_call = injected_ns - plain_ns;
+    let ns_per_record = added_ns_per_call / records_per_call;
+
+    let full_written: u64 = injected.iter().map(|r| r.written()).sum();
+    let full_lost: u64 = injected.iter().map(|r| r.drops() + r.mismatch()).sum();
+    let full_s: f64 = injected.iter().map(|r| r.timing.elapsed_ns as f64 / 1e9).sum();
+    let collector_cpu_s: f64 = injected.iter().map(|r| r.collector_cpu_s).sum();
+    let ring_records: u64 = injected.iter().map(|r| r.ring_records).sum();
+
+    // The paced run: simulated driver CPU per launch so the loop makes `rate` records/s. The
+    // loop's wall time per call at full speed is what the launch costs besides that burn.
+    let target_ns_per_call = records_per_call * 1e9 / cfg.rate;
+    let mut burn = (target_ns_per_call - injected_wall).max(0.0);
+    let mut paced = Vec::new();
+    // The burn is a busy loop, but the call around it also slows down when the machine is
+    // busy: correct the burn by what the last try missed, at most twice.
+    for attempt in 0..3 {
+        let run = run_injected(setup, n, burn.round() as u64, cfg.rounds + 1 + attempt)?;
+        let ns_per_call = run.timing.elapsed_ns as f64 / n as f64;
+        eprintln!(
+            "paced run (GPUSIM_LAUNCH_CPU_NS={:.0}): {:.0} ns per call, {:.3} M records/s, {} records written, {} lost",
+            burn,
+            ns_per_call,
+            run.written() as f64 / (run.timing.elapsed_ns as f64 / 1e9) / 1e6,
+            run.written(),
+            run.drops() + run.mismatch()
+        );
+        let off = ns_per_call - target_ns_per_call;
+        paced.push((burn, run));
+        if off.abs() <= 0.05 * target_ns_per_call || (off > 0.0 && burn == 0.0) {
+            break;
+        }
+        burn = (burn - off).max(0.0);
+    }
+    let Some((paced_burn, last)) = paced.last() else { bail!("no paced run") };
+    let records = last.written();
+    let records_per_s = records as f64 / (last.timing.elapsed_ns as f64 / 1e9);
+    let lost: u64 = paced.iter().map(|(_, r)| r.drops() + r.mismatch()).sum();
+    let sum = |f: &dyn Fn(&InjectedRun) -> u64| -> u64 { paced.iter().map(|(_, r)| f(r)).sum() };
+    let lost_detail = serde_json::json!({
+        "ring": sum(&|r| r.ring_drops), "cupti": sum(&|r| r.cupti_drops), "pipeline": sum(&|r| r.pipeline_drops),
+        "malformed": sum(&|r| r.malformed), "count_mismatch": sum(&|r| r.mismatch()),
+    });
+
+    eprintln!("loop process CPU per call, median of {} rounds of {n} calls (wall in brackets):", cfg.rounds);
+    eprintln!("plain      {plain_ns:8.1} ns/call [{plain_wall:.1}]");
+    eprintln!("injected   {injected_ns:8.1} ns/call [{injected_wall:.1}] (+{added_ns_per_call:.1})");
+    eprintln!(
+        "per record: {ns_per_record:.1} ns in the target ({records_per_call:.3} records per call; target ≤ {TARGET_NS_PER_RECORD})"
+    );
+    eprintln!(
+        "paced: {records} records at {:.3} M records/s, {lost} lost; full speed: {:.2} M records/s, {full_lost} lost; collector {:.0} ns CPU per record",
+        records_per_s / 1e6,
+        full_written as f64 / full_s / 1e6,
+        collector_cpu_s * 1e9 / full_written.max(1) as f64
+    );
+    let json = serde_json::json!({
+        "bench": "cupti",
+        "calls": n,
+        "rounds": cfg.rounds,
+        "records_per_call": (records_per_call * 1000.0).round() / 1000.0,
+        "ns_per_record_in_target": round1(ns_per_record),
+        "added_ns_per_call": round1(added_ns_per_call),
+        "baseline_process_cpu_ns_per_call": round1(plain_ns),
+        "injected_process_cpu_ns_per_call": round1(injected_ns),
+        "baseline_loop_thread_cpu_ns_per_call": round1(plain_loop_ns),
+        "injected_loop_thread_cpu_ns_per_call": round1(injected_loop_ns),
+        "wall_ns_per_call": { "baseline": round1(plain_wall), "injected": round1(injected_wall) },
+        "samples_process_cpu_ns_per_call": { "baseline": plain_samples, "injected": injected_samples },
+        "records": records,
+        "records_per_s": records_per_s.round(),
+        "target_records_per_s": cfg.rate,
+        "paced_launch_cpu_ns": paced_burn.round(),
+        "paced_attempts": paced.len(),
+        "lost_records": lost,
+        "lost_detail": lost_detail,
+        "full_speed": {
+            "records": full_written,
+            "records_per_s": (full_written as f64 / full_s).round(),
+            "lost_records": full_lost,
+        },
+        "ring_records_read": ring_records,
+        "drain_interval_ms": cfg.drain_interval.as_millis() as u64,
+        "pm_interval_ns": cfg.pm_interval_ns,
+        "inject": setup.inject.display().to_string(),
+        "collector_cpu_ns_per_record": (collector_cpu_s * 1e9 / full_written.max(1) as f64).round(),
+        "trace_bytes_per_record": ((last.trace_bytes as f64 / records.max(1) as f64) * 100.0).round() / 100.0,
+        "targets_met": {
+            "ns_per_record_in_target": ns_per_record <= TARGET_NS_PER_RECORD,
+            "lost_records_at_rate": lost == 0 && records_per_s >= 0.95 * cfg.rate,
+        },
+        "machine": machine(),
+    });
+    println!("{json}");
+    Ok(())
+}
+
+/// The loop process's whole-process CPU over the window; an old `gpusim-train` lacks it.
+fn process_ns(run: &LoopRun) -> Result<u64> {
+    run.process_cpu_ns.context("gpusim-train launch-loop did not report process_cpu_ns")
+}
+
+fn run_plain(setup: &Setup, calls: u64, launch_cpu_ns: u64) -> Result<LoopRun> {
+    let env = [("GPUSIM_LAUNCH_CPU_NS", launch_cpu_ns.to_string())];
+    let mut run = LoopProcess::spawn(&setup.gpusim_train, &setup.lib_dir, calls, 1, &env)?;
+    run.go()?;
+    let timing = run.finish(calls)?;
+    ensure!(!timing.cupti_flushed, "the plain loop had libcupti loaded: is CUDA_INJECTION64_PATH set around us?");
+    Ok(timing)
+}
+
+fn run_injected(setup: &Setup, calls: u64, launch_cpu_ns: u64, index: usize) -> Result<InjectedRun> {
+    let cfg = setup.cfg;
+    // A private ring directory per run: the collector opens every ring in it.
+    let ring_dir = cfg.dir.join(format!("rings-{index}"));
+    let _ = std::fs::remove_dir_all(&ring_dir);
+    std::fs::create_dir_all(&ring_dir).with_context(|| format!("creating {}", ring_dir.display()))?;
+    let trace = cfg.dir.join("cupti.gptrace");
+    let info = TraceInfo { command: vec!["tools/bench".into(), "cupti".into()], ..Default::default() };
+    let pipeline = Pipeline::create(&trace, true, &info, PipelineOptions::default())?;
+    let mut producer = pipeline.producer(Source::Cupti);
+    let mut collector = CuptiCollector::new(&ring_dir, true);
+
+    let env = [
+        ("GPUSIM_LAUNCH_CPU_NS", launch_cpu_ns.to_string()),
+        ("CUDA_INJECTION64_PATH", setup.inject.display().to_string()),
+        ("GHOSTPROF_ENABLE", "1".to_string()),
+        ("GHOSTPROF_RING_DIR", ring_dir.display().to_string()),
+        ("GHOSTPROF_PM_INTERVAL_NS", cfg.pm_interval_ns.to_string()),
+    ];
+    // With GHOSTPROF_ENABLE=1 the library records from cuInit on; the ring (64 MiB) holds the
+    // warm-up's records until `ready`, when we open it.
+    let mut run = LoopProcess::spawn(&setup.gpusim_train, &setup.lib_dir, calls, 1, &env)?;
+    collector.scan_dir();
+    ensure!(
+        collector.stats.rings == 1,
+        "no ring from the loop process in {} (did libghostprof_inject.so load? notes: {:?})",
+        ring_dir.display(),
+        collector.notes
+    );
+    let process_cpu0 = process_cpu_s();
+    run.go()?;
+    // As `ghostprof record` does: drain on a timer while the job runs, then once more after.
+    loop {
+        collector.drain(&mut producer);
+        if run.child.try_wait().context("polling the loop process")?.is_some() {
+            break;
+        }
+        std::thread::sleep(cfg.drain_interval);
+    }
+    collector.drain(&mut producer);
+    drop(producer);
+    let (summary, stats) = pipeline.finish()?;
+    let collector_cpu_s = process_cpu_s() - process_cpu0;
+    if let Some(e) = &stats.writer_error {
+        bail!("the trace writer failed: {e}");
+    }
+    let pid = run.pid;
+    let timing = run.finish(calls)?;
+    ensure!(
+        timing.cupti_flushed,
+        "the injected loop could not flush CUPTI (libcupti not loaded?); notes: {:?}",
+        collector.notes
+    );
+    // Ring, CUPTI and malformed counts are mirrored into the pipeline's drop table by the
+    // collector; only what the pipeline itself lost is new there.
+    let pipeline_drops: u64 = stats
+        .drops
+        .iter()
+        .filter(|d| matches!(d.1, DropCause::QueueFull | DropCause::WriterStopped))
+        .map(|d| d.2)
+        .sum();
+
+    let batch = TraceReader::open(&trace)?.read_all()?;
+    let correlations: HashSet<u32> = batch.kernels.iter().map(|k| k.correlation_id).collect();
+    let launch_api =
+        batch.api_calls.iter().filter(|a| a.pid == pid && correlations.contains(&a.correlation_id)).count() as u64;
+    let result = InjectedRun {
+        kernels: batch.kernels.len() as u64,
+        launch_api,
+        launches: calls + timing.warmup_calls,
+        timing,
+        ring_records: collector.stats.records,
+        ring_drops: collector.stats.ring_drops,
+        cupti_drops: collector.stats.cupti_drops,
+        malformed: collector.stats.malformed,
+        pipeline_drops,
+        collector_cpu_s,
+        trace_bytes: summary.compressed_bytes,
+    };
+    let _ = std::fs::remove_dir_all(&ring_dir);
+    // Nothing may go missing silently: every record is in the trace or counted as dropped.
+    ensure!(
+        result.mismatch() == 0,
+        "{} launches: {} kernel and {} launch API records written, {} counted as dropped (ring {}, CUPTI {}, malformed {}, pipeline {}); notes: {:?}",
+        result.launches,
+        result.kernels,
+        result.launch_api,
+        result.drops(),
+        result.ring_drops,
+        result.cupti_drops,
+        result.malformed,
+        result.pipeline_drops,
+        collector.notes
+    );
+    Ok(result)
+}
