@@ -89,11 +89,7 @@ fn bad_files_exit_non_zero_with_a_one_line_reason() {
 
 #[test]
 fn commands_of_later_issues_say_so_and_fail() {
-    for args in [
-        &["report", "--html", "x.html", "x.gptrace"][..],
-        &["export", "x.gptrace", "-o", "x.json"],
-        &["attach", "--pid", "1"],
-    ] {
+    for args in [&["report", "--html", "x.html", "x.gptrace"][..], &["export", "x.gptrace", "-o", "x.json"]] {
         let out = ghostprof().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"), "{args:?}");
@@ -234,4 +230,66 @@ fn root_record_writes_a_private_trace_and_prints_the_report() {
     let again = ghostprof().args(["record", "--quiet", "-o"]).arg(&trace).args(["--", "true"]).output().unwrap();
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+}
+
+#[test]
+fn attach_to_a_missing_pid_or_a_process_without_cuda_fails_with_one_line() {
+    if !is_root() {
+        let out = ghostprof().args(["attach", "--pid", "1"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_BPF"));
+        return;
+    }
+    let out = ghostprof().args(["attach", "--pid", "4999999"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("process 4999999 does not exist"), "{err}");
+    let out = ghostprof().args(["attach", "--pid", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("whole machine"));
+    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let out = ghostprof().args(["attach", "--pid", &sleeper.id().to_string()]).output().unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no CUDA or NCCL library mapped") && err.contains("libc.so"), "{err}");
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_attach_mid_run_records_the_attached_window_and_leaves_the_job_alone() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let built = crate::gpusim::built();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let cmd = crate::gpusim::train_command("balanced", 2, 150, &dir.path().join("truth"));
+    let mut job = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .env("CUDA_INJECTION64_PATH", built.build_dir.join("libghostprof_inject.so"))
+        .env("GHOSTPROF_RING_DIR", &rings)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let trace = dir.path().join("attach.gptrace");
+    let t0 = ghostprof::clock::monotonic_ns();
+    let out = ghostprof()
+        .args(["attach", "--quiet", "--duration", "1s", "--pid", &job.id().to_string(), "-o"])
+        .arg(&trace)
+        .env("GHOSTPROF_RING_DIR", &rings)
+        .output()
+        .unwrap();
+    let t1 = ghostprof::clock::monotonic_ns();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = job.wait().unwrap();
+    assert!(status.success(), "the job finishes normally after the detach: {status}");
+    let b = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
+    assert!(!b.launches.is_empty() && !b.kernels.is_empty(), "eBPF and CUPTI both recorded");
+    let pids: std::collections::BTreeSet<u32> = b.launches.iter().map(|l| l.pid).collect();
+    assert_eq!(pids.len(), 2, "both ranks under the launcher were traced: {pids:?}");
+    assert!(b.launches.iter().all(|l| l.time_ns >= t0 && l.time_ns <= t1), "only the attached window");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("points of divergence"));
 }

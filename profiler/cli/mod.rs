@@ -66,6 +66,9 @@ pub enum Command {
         output: PathBuf,
         #[arg(long)]
         force: bool,
+        /// No status line; only errors and the report.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Analyze trace files: busy vs useful (MFU) and the breakdown of the difference.
     #[command(
@@ -117,7 +120,10 @@ pub fn main() -> ExitCode {
             let duration = duration.as_deref().map(record::parse_duration).transpose()?;
             record::run(&record::RecordConfig { output, duration, force, quiet, command: cmd, library_dirs: lib_dir })
         })(),
-        Command::Attach { .. } => not_yet("attach", 7),
+        Command::Attach { pid, duration, output, force, quiet } => (|| {
+            let duration = duration.as_deref().map(record::parse_duration).transpose()?;
+            record::run_attach(&record::AttachCliConfig { pid, output, duration, force, quiet })
+        })(),
         Command::Report { files, json, html: None } => report::run(&report::ReportConfig { files, json }),
         Command::Report { html: Some(_), .. } => not_yet("report --html", 6),
         Command::Export { .. } => not_yet("export", 6),

@@ -1,5 +1,5 @@
-//! `ghostprof record -- CMD`: launch a command under both collectors, with a live status line,
-//! Ctrl-C handling and the report at the end.
+//! `ghostprof record -- CMD` and `ghostprof attach --pid P`: a session under both collectors,
+//! with a live status line, Ctrl-C handling and the report at the end.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::record::session::{record_command_with_progress, LaunchConfig, Progress};
+use crate::record::attach::{attach, AttachConfig};
+use crate::record::session::{record_command_with_progress, LaunchConfig, Progress, SessionSummary};
 use crate::report::{analyze_file, render_text};
 
 pub struct RecordConfig {
@@ -104,12 +105,21 @@ pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
     launch.max_duration = cfg.duration;
     launch.run_as = sudo_user();
     launch.library_dirs = cfg.library_dirs.clone();
-    let bar = (!cfg.quiet).then(|| {
+    let summary = with_status_line(cfg.quiet, |progress| record_command_with_progress(&launch, &STOP, progress));
+    let summary = summary.with_context(|| format!("recording to {}", cfg.output.display()))?;
+    print_summary(&summary, &cfg.output, cfg.quiet);
+    print!("{}", render_text(&[analyze_file(&cfg.output)?]));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a session with a live status line on stderr (unless `quiet`).
+fn with_status_line<T>(quiet: bool, session: impl FnOnce(&mut dyn FnMut(&Progress)) -> T) -> T {
+    let bar = (!quiet).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         bar
     });
-    let summary = record_command_with_progress(&launch, &STOP, &mut |p| {
+    let result = session(&mut |p| {
         if let Some(bar) = &bar {
             bar.set_message(status_line(p));
             bar.tick();
@@ -118,25 +128,51 @@ pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let summary = summary.with_context(|| format!("recording to {}", cfg.output.display()))?;
-    let drops: u64 = summary.pipeline.drops.iter().map(|d| d.2).sum();
-    if !cfg.quiet {
-        eprintln!(
-            "ghostprof: wrote {} ({} events in {} chunks, {:.1} MiB, {} dropped); command {}",
-            cfg.output.display(),
-            summary.write.records,
-            summary.write.chunks,
-            summary.write.compressed_bytes as f64 / (1 << 20) as f64,
-            drops,
-            match summary.exit_status {
-                Some(s) => format!("exited: {s}"),
-                None => "still running (recording stopped)".into(),
-            }
-        );
-        for note in &summary.notes {
-            eprintln!("ghostprof: note: {note}");
-        }
+    result
+}
+
+fn print_summary(summary: &SessionSummary, output: &std::path::Path, quiet: bool) {
+    if quiet {
+        return;
     }
+    let drops: u64 = summary.pipeline.drops.iter().map(|d| d.2).sum();
+    eprintln!(
+        "ghostprof: wrote {} ({} events in {} chunks, {:.1} MiB, {} dropped); {}",
+        output.display(),
+        summary.write.records,
+        summary.write.chunks,
+        summary.write.compressed_bytes as f64 / (1 << 20) as f64,
+        drops,
+        match summary.exit_status {
+            Some(s) => format!("command exited: {s}"),
+            None => "the job goes on".into(),
+        }
+    );
+    for note in &summary.notes {
+        eprintln!("ghostprof: note: {note}");
+    }
+}
+
+pub struct AttachCliConfig {
+    pub pid: u32,
+    pub output: PathBuf,
+    pub duration: Option<Duration>,
+    pub force: bool,
+    pub quiet: bool,
+}
+
+pub fn run_attach(cfg: &AttachCliConfig) -> anyhow::Result<ExitCode> {
+    require_root()?;
+    install_signal_handlers();
+    let mut a = AttachConfig::new(cfg.pid, cfg.output.clone());
+    a.overwrite = cfg.force;
+    a.max_duration = cfg.duration;
+    if let Some(dir) = std::env::var_os("GHOSTPROF_RING_DIR") {
+        a.ring_dir = PathBuf::from(dir);
+    }
+    let summary = with_status_line(cfg.quiet, |progress| attach(&a, &STOP, progress));
+    let summary = summary.with_context(|| format!("attaching to process {}", cfg.pid))?;
+    print_summary(&summary, &cfg.output, cfg.quiet);
     print!("{}", render_text(&[analyze_file(&cfg.output)?]));
     Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,8 @@ pub enum CollectError {
     NoSuchProcess { pid: u32 },
     #[error("process {pid} has no CUDA or NCCL library mapped (found: {found}); is it a GPU job, and has it initialized CUDA yet?")]
     NoGpuLibrary { pid: u32, found: String },
+    #[error("refusing to attach to pid 1: its process tree is the whole machine; give the pid of the job or of its launcher (e.g. torchrun)")]
+    WholeMachine,
     #[error("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): ghostprof needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.8)")]
     NoBtf,
     #[error("this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe is missing): ghostprof needs CONFIG_UPROBE_EVENTS=y")]

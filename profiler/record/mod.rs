@@ -1,6 +1,7 @@
 //! Recording: the pipeline that carries records from collectors to the trace writer. Sessions
 //! (record / attach) are built on it.
 
+pub mod attach;
 pub mod pipeline;
 pub mod session;
 

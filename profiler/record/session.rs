@@ -270,24 +270,10 @@ pub fn record_command_with_progress(
 
     let started = Instant::now();
     let mut last_scan = Instant::now() - cfg.rescan_interval;
-    let mut last_progress = Instant::now();
-    let mut last_records = 0u64;
+    let mut ticker = Ticker::new();
     let exit_status = loop {
-        if last_progress.elapsed() >= Duration::from_secs(1) {
-            let stats = pipeline.stats();
-            let dt = last_progress.elapsed().as_secs_f64();
-            progress(&Progress {
-                elapsed: started.elapsed(),
-                records_written: stats.records_written,
-                bytes_written: stats.bytes_written,
-                records_per_s: (stats.records_written - last_records) as f64 / dt,
-                drops: stats.drops.iter().map(|d| d.2).sum(),
-                processes: collector.targets().len(),
-                cupti_rings: cupti.stats.rings,
-                writer_error: stats.writer_error.clone(),
-            });
-            last_records = stats.records_written;
-            last_progress = Instant::now();
+        let processes = collector.targets().len();
+        if let Some(stats) = ticker.tick(&pipeline, processes, cupti.stats.rings, progress) {
             if stats.writer_error.is_some() {
                 // Disk full or another write error: stop; the file holds every chunk so far.
                 reap_in_background(child);
@@ -337,6 +323,47 @@ pub fn record_command_with_progress(
         notes: collector.notes.iter().chain(&sched.notes).chain(&cupti.notes).cloned().collect(),
         libraries: collector.reports.clone(),
     })
+}
+
+/// Calls the progress callback about once a second with live figures.
+pub(crate) struct Ticker {
+    started: Instant,
+    last: Instant,
+    last_records: u64,
+}
+
+impl Ticker {
+    pub(crate) fn new() -> Self {
+        Ticker { started: Instant::now(), last: Instant::now(), last_records: 0 }
+    }
+
+    /// Reports if a second has passed; returns the pipeline's figures when it did.
+    pub(crate) fn tick(
+        &mut self,
+        pipeline: &Pipeline,
+        processes: usize,
+        cupti_rings: usize,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Option<super::pipeline::PipelineStats> {
+        if self.last.elapsed() < Duration::from_secs(1) {
+            return None;
+        }
+        let stats = pipeline.stats();
+        let dt = self.last.elapsed().as_secs_f64();
+        progress(&Progress {
+            elapsed: self.started.elapsed(),
+            records_written: stats.records_written,
+            bytes_written: stats.bytes_written,
+            records_per_s: (stats.records_written - self.last_records) as f64 / dt,
+            drops: stats.drops.iter().map(|d| d.2).sum(),
+            processes,
+            cupti_rings,
+            writer_error: stats.writer_error.clone(),
+        });
+        self.last_records = stats.records_written;
+        self.last = Instant::now();
+        Some(stats)
+    }
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) {
