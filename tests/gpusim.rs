@@ -107,16 +107,8 @@ fn total(truth: &Value, name: &str) -> u64 {
     truth["totals"][name].as_u64().unwrap_or_else(|| panic!("totals.{name} missing"))
 }
 
-const CATEGORIES: [&str; 8] = [
-    "compute.useful",
-    "compute.inefficient",
-    "comm.transfer",
-    "comm.wait",
-    "other.busy",
-    "idle.launch_bound",
-    "idle.host_stall",
-    "idle.other",
-];
+/// The categories of DESIGN.md §1, as ghostprof's accounting names them.
+use ghostprof::analyze::CATEGORY_NAMES as CATEGORIES;
 
 fn assert_sums_to_window(scenario: &str, truth: &Value) {
     let sum: u64 = CATEGORIES.iter().map(|c| category(truth, c)).sum();

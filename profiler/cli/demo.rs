@@ -11,7 +11,6 @@ use anyhow::{bail, Context};
 use crate::analyze::{account, AccountOptions, CATEGORY_NAMES};
 use crate::record::session::{find_inject_lib, record_command_with_progress, LaunchConfig};
 use crate::report::{analyze_file, render_text};
-use crate::trace::{RecordBatch, TraceReader};
 
 pub struct DemoConfig {
     pub dir: PathBuf,
@@ -78,13 +77,7 @@ pub fn run(cfg: &DemoConfig) -> anyhow::Result<ExitCode> {
 
 /// Prints each rank's categories next to the simulator's, over the simulator's windows.
 fn compare_with_truth(trace: &Path, truth_dir: &Path) -> anyhow::Result<()> {
-    let reader = TraceReader::open(trace)?;
-    let mut names = std::collections::HashMap::new();
-    let mut batch = RecordBatch::default();
-    reader.for_each_chunk(|c| {
-        names.extend(c.strings.iter().cloned());
-        batch.append(c.records.clone());
-    })?;
+    let (batch, names, _) = crate::report::load(trace)?;
     let mut truths = Vec::new();
     for rank in 0..2 {
         let path = truth_dir.join(format!("truth-rank{rank}.json"));

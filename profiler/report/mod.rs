@@ -16,9 +16,11 @@ pub struct FileReport {
     pub warnings: Vec<String>,
 }
 
-/// Reads `path` and accounts every device of every process over its own active window (first
-/// to last device operation or launch of that process).
-pub fn analyze_file(path: &Path) -> Result<FileReport, TraceError> {
+/// A whole trace in memory: records, string table (id → string), the reader's warnings.
+pub type Loaded = (RecordBatch, HashMap<u32, String>, Vec<String>);
+
+/// Every record of `path` and its string table, and the reader's warnings.
+pub fn load(path: &Path) -> Result<Loaded, TraceError> {
     let reader = TraceReader::open(path)?;
     let mut names = HashMap::new();
     let mut batch = RecordBatch::default();
@@ -26,6 +28,13 @@ pub fn analyze_file(path: &Path) -> Result<FileReport, TraceError> {
         names.extend(c.strings.iter().cloned());
         batch.append(c.records.clone());
     })?;
+    Ok((batch, names, reader.warnings().to_vec()))
+}
+
+/// Reads `path` and accounts every device of every process over its own active window (first
+/// to last device operation or launch of that process).
+pub fn analyze_file(path: &Path) -> Result<FileReport, TraceError> {
+    let (batch, names, warnings) = load(path)?;
     let mut opts = AccountOptions::default();
     let mut windows: HashMap<u32, (u64, u64)> = HashMap::new();
     let spans = batch
@@ -41,7 +50,7 @@ pub fn analyze_file(path: &Path) -> Result<FileReport, TraceError> {
     }
     opts.windows = windows;
     let accounts = account(&batch, &names, &opts);
-    Ok(FileReport { path: path.display().to_string(), accounts, warnings: reader.warnings().to_vec() })
+    Ok(FileReport { path: path.display().to_string(), accounts, warnings })
 }
 
 fn pct(x: f64) -> String {
