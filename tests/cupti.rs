@@ -16,6 +16,7 @@ use crate::util::*;
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_cupti_device_timeline_matches_the_ground_truth() {
     assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
     let built = crate::gpusim::built();
     let dir = tmpdir();
     let trace = dir.path().join("cupti.gptrace");

@@ -20,6 +20,7 @@ struct Recorded {
 
 fn record_scenario(scenario: &str, ranks: u32, steps: u32) -> Recorded {
     assert!(is_root(), "run the root tier as root (tools/test does when it can)");
+    let _serial = heavy_test_lock();
     let built = crate::gpusim::built();
     let dir = tmpdir();
     let trace = dir.path().join(format!("{scenario}.gptrace"));
@@ -200,6 +201,7 @@ fn root_host_stalls_and_checkpoint_bytes_match_the_ground_truth() {
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_host_finds_a_library_dlopened_after_attach() {
     assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
     let built = crate::gpusim::built();
     // A private copy, so no earlier probe of the staged file counts.
     let dir = tmpdir();
