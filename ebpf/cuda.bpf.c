@@ -138,6 +138,21 @@ static __always_inline void fill_hdr(struct gp_event_hdr *h, __u16 kind, __u16 s
 	h->ts_ns = now;
 }
 
+/* A launch record with its header and ids filled, or NULL (counted) when the ring is full. */
+static __always_inline struct gp_launch_event *reserve_launch(__u64 id)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct gp_launch_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(CNT_RB_DROPS);
+		return NULL;
+	}
+	fill_hdr(&e->hdr, GP_EV_LAUNCH, sizeof(*e), now);
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	return e;
+}
+
 /* cuLaunchKernel, cuLaunchKernel_ptsz, cuLaunchCooperativeKernel(_ptsz):
  * (f, gx, gy, gz, bx, by, bz, sharedMemBytes, hStream, ...) */
 SEC("uprobe")
@@ -146,15 +161,9 @@ int BPF_UPROBE(gp_launch)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!traced(id >> 32))
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
-	struct gp_launch_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(CNT_RB_DROPS);
+	struct gp_launch_event *e = reserve_launch(id);
+	if (!e)
 		return 0;
-	}
-	fill_hdr(&e->hdr, GP_EV_LAUNCH, sizeof(*e), now);
-	e->pid = id >> 32;
-	e->tid = (__u32)id;
 	e->func = arg_n(ctx, 1);
 	e->grid[0] = arg_n(ctx, 2);
 	e->grid[1] = arg_n(ctx, 3);
@@ -195,17 +204,11 @@ int BPF_UPROBE(gp_launch_ex)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!traced(id >> 32))
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
 	struct cu_launch_config cfg = {};
 	bpf_probe_read_user(&cfg, sizeof(cfg), (void *)arg_n(ctx, 1));
-	struct gp_launch_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(CNT_RB_DROPS);
+	struct gp_launch_event *e = reserve_launch(id);
+	if (!e)
 		return 0;
-	}
-	fill_hdr(&e->hdr, GP_EV_LAUNCH, sizeof(*e), now);
-	e->pid = id >> 32;
-	e->tid = (__u32)id;
 	e->func = arg_n(ctx, 2);
 	e->grid[0] = cfg.grid[0];
 	e->grid[1] = cfg.grid[1];
@@ -227,16 +230,13 @@ int BPF_UPROBE(gp_graph_launch)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!traced(id >> 32))
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
-	struct gp_launch_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(CNT_RB_DROPS);
+	struct gp_launch_event *e = reserve_launch(id);
+	if (!e)
 		return 0;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	fill_hdr(&e->hdr, GP_EV_LAUNCH, sizeof(*e), now);
-	e->pid = id >> 32;
-	e->tid = (__u32)id;
+	/* A graph launch has no grid of its own. */
+	e->grid[0] = e->grid[1] = e->grid[2] = 0;
+	e->block[0] = e->block[1] = e->block[2] = 0;
+	e->shared_mem_bytes = 0;
 	e->func = arg_n(ctx, 1);
 	e->stream = arg_n(ctx, 2);
 	e->api = bpf_get_attach_cookie(ctx);

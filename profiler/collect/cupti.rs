@@ -202,6 +202,22 @@ impl CuptiCollector {
     }
 }
 
+/// A [`MemOp`] from a memcpy or memset record of type `$t` (same field names in both).
+macro_rules! memop {
+    ($ring:ident, $p:ident, $t:ty, $kind:expr) => {
+        MemOp {
+            start_ns: $ring.mono(u64_at($p, offset_of!($t, start))),
+            end_ns: $ring.mono(u64_at($p, offset_of!($t, end))),
+            bytes: u64_at($p, offset_of!($t, bytes)),
+            stream: u32_at($p, offset_of!($t, streamId)) as u64,
+            correlation_id: u32_at($p, offset_of!($t, correlationId)),
+            device: u32_at($p, offset_of!($t, deviceId)),
+            kind: $kind as u32,
+            pid: $ring.pid,
+        }
+    };
+}
+
 impl Ring {
     fn mono(&self, cupti_ns: u64) -> u64 {
         cupti_ns.wrapping_add(self.offset_ns as u64)
@@ -315,31 +331,13 @@ impl Ring {
                 10 => MemOpKind::PtoP,
                 _ => MemOpKind::Unknown,
             };
-            producer.push(MemOp {
-                start_ns: self.mono(u64_at(p, offset_of!(T, start))),
-                end_ns: self.mono(u64_at(p, offset_of!(T, end))),
-                bytes: u64_at(p, offset_of!(T, bytes)),
-                stream: u32_at(p, offset_of!(T, streamId)) as u64,
-                correlation_id: u32_at(p, offset_of!(T, correlationId)),
-                device: u32_at(p, offset_of!(T, deviceId)),
-                kind: copy as u32,
-                pid,
-            });
+            producer.push(memop!(self, p, T, copy));
         } else if kind == K::CUPTI_ACTIVITY_KIND_MEMSET as u32 {
             type T = cs::CUpti_ActivityMemset4;
             if p.len() < size_of::<T>() {
                 return false;
             }
-            producer.push(MemOp {
-                start_ns: self.mono(u64_at(p, offset_of!(T, start))),
-                end_ns: self.mono(u64_at(p, offset_of!(T, end))),
-                bytes: u64_at(p, offset_of!(T, bytes)),
-                stream: u32_at(p, offset_of!(T, streamId)) as u64,
-                correlation_id: u32_at(p, offset_of!(T, correlationId)),
-                device: u32_at(p, offset_of!(T, deviceId)),
-                kind: MemOpKind::Memset as u32,
-                pid,
-            });
+            producer.push(memop!(self, p, T, MemOpKind::Memset));
         } else if kind == K::CUPTI_ACTIVITY_KIND_DRIVER as u32 || kind == K::CUPTI_ACTIVITY_KIND_RUNTIME as u32 {
             type T = cs::CUpti_ActivityAPI;
             if p.len() < size_of::<T>() {
