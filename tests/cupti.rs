@@ -129,6 +129,35 @@ fn root_cupti_device_timeline_matches_the_ground_truth() {
     assert!((busy_ns - truth_busy).abs() <= 1e-6 * truth_busy, "busy {busy_ns} vs {truth_busy}");
 }
 
+/// Another CUPTI user (as Kineto under torch.profiler) holds CUPTI's subscriber slot before the
+/// job's first CUDA call: ghostprof says so plainly, records no device timeline, keeps the eBPF
+/// host timeline complete, and the job runs to its normal end.
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_cupti_held_by_another_subscriber_falls_back_to_ebpf() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let built = crate::gpusim::built();
+    let dir = tmpdir();
+    let trace = dir.path().join("held.gptrace");
+    let out = dir.path().join("truth");
+    let mut command = vec!["env".to_string(), "GPUSIM_HOLD_CUPTI=1".to_string()];
+    command.extend(crate::gpusim::train_command("balanced", 1, 4, &out));
+    let mut cfg = LaunchConfig::new(command, trace.clone());
+    cfg.library_dirs.push(built.lib_dir.clone());
+    cfg.inject_lib = Some(built.build_dir.join("libghostprof_inject.so"));
+    let summary = record_command(&cfg, &AtomicBool::new(false)).expect("recording");
+    assert!(summary.exit_status.is_some_and(|s| s.success()), "{:?}", summary.exit_status);
+    let held: Vec<&String> = summary.notes.iter().filter(|n| n.contains("held by another subscriber")).collect();
+    assert_eq!(held.len(), 1, "one plain message, not one per retry: {:?}", summary.notes);
+    let truth: Value = serde_json::from_str(&std::fs::read_to_string(out.join("truth-rank0.json")).unwrap()).unwrap();
+    let pid = truth["pid"].as_u64().unwrap() as u32;
+    let b = TraceReader::open(&trace).unwrap().read_all().unwrap();
+    assert_eq!(b.kernels.iter().filter(|k| k.pid == pid).count(), 0, "no CUPTI kernels while CUPTI is held");
+    let launches = b.launches.iter().filter(|l| l.pid == pid).count() as u64;
+    assert_eq!(launches, truth["totals"]["launches"].as_u64().unwrap(), "eBPF launches complete");
+}
+
 /// The CUPTI record offsets the collector reads (cudarc's bindings) against a C program
 /// compiled with the real CUDA 12.9 headers from NVIDIA's wheels.
 #[test]

@@ -27,7 +27,6 @@ struct State {
 
 static STATE: OnceLock<Mutex<State>> = OnceLock::new();
 static ACTIVE: AtomicBool = AtomicBool::new(false);
-static CALLBACKS_REGISTERED: AtomicBool = AtomicBool::new(false);
 static LAST_CLOCK_NS: AtomicU64 = AtomicU64::new(0);
 
 fn state() -> Option<std::sync::MutexGuard<'static, State>> {
@@ -92,17 +91,87 @@ const KINDS: [K; 7] = [
     K::CUPTI_ACTIVITY_KIND_MARKER,
 ];
 
+/// Our CUPTI subscriber handle while collecting (0 when none). CUPTI before 13.3 allows one
+/// subscriber per process: holding one tells us nobody else (Kineto, Nsight) is using CUPTI, and
+/// keeps a later profiler from silently taking the activity buffers from under us.
+static SUBSCRIBER: AtomicU64 = AtomicU64::new(0);
+/// `monotonic_ns` of the last refused subscription (0: none), to retry every few seconds.
+static REFUSED_AT: AtomicU64 = AtomicU64::new(0);
+const RETRY_NS: u64 = 2_000_000_000;
+
+unsafe extern "C" fn no_callback(
+    _userdata: *mut std::ffi::c_void,
+    _domain: cs::CUpti_CallbackDomain,
+    _cbid: cs::CUpti_CallbackId,
+    _data: *const std::ffi::c_void,
+) {
+}
+
+/// Takes CUPTI's subscriber slot. False (after one status message per refusal episode) when
+/// another subscriber holds it; retried every [`RETRY_NS`].
+fn subscribe() -> bool {
+    if SUBSCRIBER.load(Ordering::Acquire) != 0 {
+        return true;
+    }
+    let refused = REFUSED_AT.load(Ordering::Relaxed);
+    if refused != 0 && monotonic_ns().saturating_sub(refused) < RETRY_NS {
+        return false;
+    }
+    let mut handle: cs::CUpti_SubscriberHandle = std::ptr::null_mut();
+    // SAFETY: valid out-pointer and a callback that does nothing.
+    let rc = unsafe { cs::cuptiSubscribe(&mut handle, Some(no_callback), std::ptr::null_mut()) };
+    match rc {
+        cs::CUptiResult::CUPTI_SUCCESS => {
+            SUBSCRIBER.store(handle as u64, Ordering::Release);
+            if refused != 0 {
+                status("CUPTI was released by the other subscriber: the device timeline starts now");
+            }
+            REFUSED_AT.store(0, Ordering::Relaxed);
+            true
+        }
+        cs::CUptiResult::CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED => {
+            if refused == 0 {
+                status(
+                    "CUPTI is held by another subscriber in this process (e.g. Kineto / torch.profiler, Nsight): \
+                     no CUPTI device timeline while it does; continuing with eBPF only",
+                );
+            }
+            REFUSED_AT.store(monotonic_ns().max(1), Ordering::Relaxed);
+            false
+        }
+        other => {
+            // Not a conflict (e.g. an older CUPTI without the callback API): go on without one.
+            if refused == 0 {
+                status(&format!("cuptiSubscribe failed ({other:?}); collecting activity without a subscriber"));
+            }
+            REFUSED_AT.store(0, Ordering::Relaxed);
+            true
+        }
+    }
+}
+
+fn unsubscribe() {
+    let handle = SUBSCRIBER.swap(0, Ordering::AcqRel);
+    if handle != 0 {
+        // SAFETY: the handle cuptiSubscribe gave us, released once.
+        unsafe { cs::cuptiUnsubscribe(handle as cs::CUpti_SubscriberHandle) };
+    }
+}
+
 fn enable() {
+    if !subscribe() {
+        return;
+    }
     // SAFETY: CUPTI calls with valid callbacks; results are checked.
     unsafe {
-        if !CALLBACKS_REGISTERED.swap(true, Ordering::AcqRel) {
-            let rc = cs::cuptiActivityRegisterCallbacks(Some(buffer_requested), Some(buffer_completed));
-            if rc != cs::CUptiResult::CUPTI_SUCCESS {
-                status(&format!(
-                    "cuptiActivityRegisterCallbacks failed ({rc:?}): another CUPTI subscriber (e.g. Kineto / torch.profiler) may hold CUPTI; continuing with eBPF only"
-                ));
-                return;
-            }
+        // Registered on every enable: another CUPTI user may have replaced them while we were
+        // detached (we hold the subscriber slot while collecting, so not while we are attached).
+        let rc = cs::cuptiActivityRegisterCallbacks(Some(buffer_requested), Some(buffer_completed));
+        if rc != cs::CUptiResult::CUPTI_SUCCESS {
+            status(&format!("cuptiActivityRegisterCallbacks failed ({rc:?}); continuing with eBPF only"));
+            unsubscribe();
+            REFUSED_AT.store(monotonic_ns().max(1), Ordering::Relaxed);
+            return;
         }
         for kind in KINDS {
             let rc = cs::cuptiActivityEnable(kind);
@@ -172,6 +241,7 @@ fn disable() {
         cs::cuptiActivityFlushAll(1);
     }
     ACTIVE.store(false, Ordering::Release);
+    unsubscribe();
 }
 
 extern "C" fn at_exit() {

@@ -95,6 +95,9 @@ fn next_random(state: &mut u64) -> f64 {
 /// Run the rank to completion and write its ground truth.
 pub fn run(cfg: &RankConfig) -> Result<(), String> {
     let s = &cfg.scenario;
+    if std::env::var("GPUSIM_HOLD_CUPTI").as_deref() == Ok("1") {
+        hold_cupti()?;
+    }
     let cuda = Cuda::load()?;
     // SAFETY (all unsafe blocks below): calls into the loaded libraries with pointers to live
     // locals, following the signatures of cuda.h / nccl.h.
@@ -285,4 +288,35 @@ fn write_checkpoint(cuda: &Cuda, cfg: &RankConfig, src: u64, host: &mut [u8], st
     file.sync_all().map_err(|e| format!("fsync {}: {e}", path.display()))?;
     push_host(cuda, RecordKind::HostStall, "checkpoint_write", t0, now_ns());
     Ok(host.len() as u64)
+}
+
+unsafe extern "C" fn ignore_callback(_: *mut c_void, _: u32, _: u32, _: *const c_void) {}
+
+/// `GPUSIM_HOLD_CUPTI=1`: take CUPTI's one subscriber slot before the first CUDA call and keep
+/// it for the life of the process, as Kineto (torch.profiler) or Nsight does in a real job, so
+/// that a profiler injected later finds CUPTI held.
+fn hold_cupti() -> Result<(), String> {
+    type Subscribe = unsafe extern "C" fn(
+        *mut *mut c_void,
+        unsafe extern "C" fn(*mut c_void, u32, u32, *const c_void),
+        *mut c_void,
+    ) -> i32;
+    // SAFETY: dlopen/dlsym with valid C strings; the symbol has cuptiSubscribe's C signature.
+    unsafe {
+        let lib = libc::dlopen(c"libcupti.so.12".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        if lib.is_null() {
+            return Err("GPUSIM_HOLD_CUPTI: cannot load libcupti.so.12 (is LD_LIBRARY_PATH the staged dir?)".into());
+        }
+        let f = libc::dlsym(lib, c"cuptiSubscribe".as_ptr());
+        if f.is_null() {
+            return Err("GPUSIM_HOLD_CUPTI: libcupti.so.12 has no cuptiSubscribe".into());
+        }
+        let subscribe = std::mem::transmute::<*mut c_void, Subscribe>(f);
+        let mut handle: *mut c_void = std::ptr::null_mut();
+        let rc = subscribe(&mut handle, ignore_callback, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(format!("GPUSIM_HOLD_CUPTI: cuptiSubscribe returned {rc}"));
+        }
+    }
+    Ok(())
 }
