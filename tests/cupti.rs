@@ -158,22 +158,21 @@ fn root_cupti_held_by_another_subscriber_falls_back_to_ebpf() {
     assert_eq!(launches, truth["totals"]["launches"].as_u64().unwrap(), "eBPF launches complete");
 }
 
-/// The CUPTI record offsets the collector reads (cudarc's bindings) against a C program
-/// compiled with the real CUDA 12.9 headers from NVIDIA's wheels.
-#[test]
-#[ignore = "headers tier: needs the CUDA headers; tools/test fetches them with tools/fetch-cuda-headers"]
-fn headers_cupti_offsets_match_the_real_headers() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let inc = root.join("target/cuda-headers/nvidia");
-    assert!(inc.join("cuda_cupti/include/cupti_activity.h").exists(), "run tools/fetch-cuda-headers first");
-    let layout = ghostprof::collect::cupti::layout();
+/// Compiles a C `offsetof` program for `layout` against `includes` (with the struct names
+/// renamed by `rename`) and returns what it prints: (type, field, value) per layout row.
+fn c_layout(
+    layout: &[(&str, &str, usize)],
+    includes: &[std::path::PathBuf],
+    rename: &dyn Fn(&str) -> String,
+) -> Vec<(String, String, usize)> {
     let mut c =
         String::from("#include <stddef.h>\n#include <stdio.h>\n#include <cupti_activity.h>\nint main(void) {\n");
-    for (ty, field, _) in &layout {
+    for (ty, field, _) in layout {
+        let cty = rename(ty);
         if *field == "sizeof" {
-            c.push_str(&format!("  printf(\"{ty} sizeof %zu\\n\", sizeof({ty}));\n"));
+            c.push_str(&format!("  printf(\"{ty} sizeof %zu\\n\", sizeof({cty}));\n"));
         } else {
-            c.push_str(&format!("  printf(\"{ty} {field} %zu\\n\", offsetof({ty}, {field}));\n"));
+            c.push_str(&format!("  printf(\"{ty} {field} %zu\\n\", offsetof({cty}, {field}));\n"));
         }
     }
     c.push_str("  return 0;\n}\n");
@@ -184,25 +183,69 @@ fn headers_cupti_offsets_match_the_real_headers() {
         .arg(dir.path().join("layout.c"))
         .arg("-o")
         .arg(&exe)
-        .args(["cuda_cupti", "cuda_runtime", "cuda_nvcc"].iter().map(|d| format!("-I{}/{d}/include", inc.display())))
+        .args(includes.iter().map(|d| format!("-I{}", d.display())))
         .output()
         .expect("a C compiler (cc)");
     assert!(out.status.success(), "compiling against the headers: {}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8(std::process::Command::new(&exe).output().unwrap().stdout).unwrap();
-    let c_layout: Vec<(String, String, usize)> = printed
+    let rows: Vec<(String, String, usize)> = printed
         .lines()
         .map(|l| {
             let mut f = l.split(' ');
             (f.next().unwrap().into(), f.next().unwrap().into(), f.next().unwrap().parse().unwrap())
         })
         .collect();
-    assert_eq!(c_layout.len(), layout.len());
-    for ((ty, field, ours), (cty, cfield, theirs)) in layout.iter().zip(&c_layout) {
+    assert_eq!(rows.len(), layout.len());
+    rows
+}
+
+/// The CUPTI record offsets the collector reads (cudarc's bindings) against C programs compiled
+/// with the real CUDA 12.9 and 13.0 headers from NVIDIA's wheels. CUPTI 13.0 emits larger
+/// versions of three records (`Kernel10`, `Memcpy6`, `Synchronization2`): every field ghostprof
+/// reads must sit at the same offset there, and the 12.9 struct must be a prefix.
+#[test]
+#[ignore = "headers tier: needs the CUDA headers; tools/test fetches them with tools/fetch-cuda-headers"]
+fn headers_cupti_offsets_match_the_real_headers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let inc = root.join("target/cuda-headers/nvidia");
+    assert!(inc.join("cuda_cupti/include/cupti_activity.h").exists(), "run tools/fetch-cuda-headers first");
+    assert!(inc.join("cu13/include/cupti_activity.h").exists(), "run tools/fetch-cuda-headers first (13.0)");
+    let layout = ghostprof::collect::cupti::layout();
+    let includes12: Vec<_> =
+        ["cuda_cupti", "cuda_runtime", "cuda_nvcc"].iter().map(|d| inc.join(d).join("include")).collect();
+    let c12 = c_layout(&layout, &includes12, &|t| t.to_string());
+    for ((ty, field, ours), (cty, cfield, theirs)) in layout.iter().zip(&c12) {
         assert_eq!((ty.to_string(), field.to_string()), (cty.clone(), cfield.clone()));
-        assert_eq!(ours, theirs, "{ty}.{field}: ghostprof reads offset {ours}, the header says {theirs}");
+        assert_eq!(ours, theirs, "{ty}.{field}: ghostprof reads offset {ours}, the 12.9 header says {theirs}");
     }
-    let kernel9 = c_layout.iter().find(|(t, f, _)| t == "CUpti_ActivityKernel9" && f == "sizeof").unwrap();
+    let kernel9 = c12.iter().find(|(t, f, _)| t == "CUpti_ActivityKernel9" && f == "sizeof").unwrap();
     assert_eq!(kernel9.2, 208, "Kernel9 is 208 bytes (DESIGN.md §5)");
+
+    let rename13 = |t: &str| match t {
+        "CUpti_ActivityKernel9" => "CUpti_ActivityKernel10".to_string(),
+        "CUpti_ActivityMemcpy5" => "CUpti_ActivityMemcpy6".to_string(),
+        "CUpti_ActivitySynchronization" => "CUpti_ActivitySynchronization2".to_string(),
+        other => other.to_string(),
+    };
+    let c13 = c_layout(&layout, &[inc.join("cu13/include")], &rename13);
+    let mut grown = Vec::new();
+    for ((ty, field, ours), (_, _, theirs)) in layout.iter().zip(&c13) {
+        if *field == "sizeof" {
+            assert!(theirs >= ours, "{ty}: the 13.0 record ({theirs} B) is smaller than the 12.9 one ({ours} B)");
+            if theirs > ours {
+                grown.push((rename13(ty), *theirs));
+            }
+        } else {
+            assert_eq!(ours, theirs, "{ty}.{field}: offset {ours} in 12.9, {theirs} in 13.0");
+        }
+    }
+    grown.sort();
+    let want: Vec<(String, usize)> = vec![
+        ("CUpti_ActivityKernel10".into(), 216),
+        ("CUpti_ActivityMemcpy6".into(), 96),
+        ("CUpti_ActivitySynchronization2".into(), 56),
+    ];
+    assert_eq!(grown, want, "the records that grew in CUDA 13.0");
 }
 
 /// A job started with the injection library and no profiler stays dormant; ghostprof attaches
