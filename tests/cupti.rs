@@ -158,6 +158,51 @@ fn root_cupti_held_by_another_subscriber_falls_back_to_ebpf() {
     assert_eq!(launches, truth["totals"]["launches"].as_u64().unwrap(), "eBPF launches complete");
 }
 
+/// libcupti under a name cudarc's loader would never try (CUDA 13's `libcupti.so.13`, off the
+/// library path) is found through `GHOSTPROF_CUPTI_PATH`; with no libcupti anywhere the session
+/// note says what was tried, and the job still runs to its end.
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_cupti_found_off_the_library_path() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let built = crate::gpusim::built();
+    let dir = tmpdir();
+    // A library dir with gpusim's libcuda and libnccl but no libcupti (GPUSIM_STAGE_NO_CUPTI),
+    // and libcupti elsewhere under CUDA 13's soname.
+    let libs = dir.path().join("libs");
+    let hidden = dir.path().join("hidden");
+    std::fs::create_dir_all(&hidden).unwrap();
+    std::fs::copy(built.lib_dir.join("libcupti.so.12"), hidden.join("libcupti.so.13")).unwrap();
+    let record = |env: &str, name: &str| {
+        let trace = dir.path().join(format!("{name}.gptrace"));
+        let out = dir.path().join(name);
+        let mut command = vec!["env".to_string(), "GPUSIM_STAGE_NO_CUPTI=1".to_string(), env.to_string()];
+        command.extend(crate::gpusim::train_command("balanced", 1, 3, &out));
+        // train_command stages into built.lib_dir; point --lib-dir at ours instead.
+        let at = command.iter().position(|a| a == "--lib-dir").unwrap();
+        command.truncate(at);
+        command.extend(["--lib-dir".to_string(), libs.display().to_string()]);
+        let mut cfg = LaunchConfig::new(command, trace.clone());
+        cfg.library_dirs.push(libs.clone());
+        cfg.inject_lib = Some(built.build_dir.join("libghostprof_inject.so"));
+        let summary = record_command(&cfg, &AtomicBool::new(false)).expect("recording");
+        assert!(summary.exit_status.is_some_and(|s| s.success()), "{:?}", summary.exit_status);
+        assert!(!libs.join("libcupti.so").exists() && !libs.join("libcupti.so.12").exists());
+        let truth: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("truth-rank0.json")).unwrap()).unwrap();
+        let b = TraceReader::open(&trace).unwrap().read_all().unwrap();
+        (summary.notes, b.kernels.len() as u64, truth["totals"]["kernels"].as_u64().unwrap())
+    };
+    let path = format!("GHOSTPROF_CUPTI_PATH={}", hidden.join("libcupti.so.13").display());
+    let (notes, kernels, truth_kernels) = record(&path, "found");
+    assert_eq!(kernels, truth_kernels, "every kernel through the libcupti named by GHOSTPROF_CUPTI_PATH: {notes:?}");
+    let (notes, kernels, _) = record("GHOSTPROF_CUPTI_PATH=", "missing");
+    assert_eq!(kernels, 0);
+    let note = notes.iter().find(|n| n.contains("libcupti was not found")).expect("a note saying CUPTI is missing");
+    assert!(note.contains("libcupti.so.13") && note.contains("GHOSTPROF_CUPTI_PATH"), "{note}");
+}
+
 /// Compiles a C `offsetof` program for `layout` against `includes` (with the struct names
 /// renamed by `rename`) and returns what it prints: (type, field, value) per layout row.
 fn c_layout(

@@ -44,9 +44,8 @@ pub fn start() -> Result<(), String> {
     let path = std::path::Path::new(&dir).join(format!("ghostprof-{}.ring", std::process::id()));
     let ring = Producer::create(&path, RING_BYTES).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let _ = STATE.set(Mutex::new(State { ring, pm: None, names: HashMap::new(), cupti_dropped: 0 }));
-    // SAFETY: only probes for the library (dlopen), no CUPTI call yet.
-    if !unsafe { cs::is_culib_present() } {
-        status("libcupti was not found (LD_LIBRARY_PATH): no device timeline, eBPF only");
+    if let Err(tried) = crate::api::load() {
+        status(&format!("libcupti was not found ({tried}): no device timeline, eBPF only"));
         return Err("libcupti not found".into());
     }
     if std::env::var("GHOSTPROF_ENABLE").as_deref() == Ok("1") {
@@ -119,7 +118,7 @@ fn subscribe() -> bool {
     }
     let mut handle: cs::CUpti_SubscriberHandle = std::ptr::null_mut();
     // SAFETY: valid out-pointer and a callback that does nothing.
-    let rc = unsafe { cs::cuptiSubscribe(&mut handle, Some(no_callback), std::ptr::null_mut()) };
+    let rc = unsafe { crate::api::cuptiSubscribe(&mut handle, Some(no_callback), std::ptr::null_mut()) };
     match rc {
         cs::CUptiResult::CUPTI_SUCCESS => {
             SUBSCRIBER.store(handle as u64, Ordering::Release);
@@ -154,7 +153,7 @@ fn unsubscribe() {
     let handle = SUBSCRIBER.swap(0, Ordering::AcqRel);
     if handle != 0 {
         // SAFETY: the handle cuptiSubscribe gave us, released once.
-        unsafe { cs::cuptiUnsubscribe(handle as cs::CUpti_SubscriberHandle) };
+        unsafe { crate::api::cuptiUnsubscribe(handle as cs::CUpti_SubscriberHandle) };
     }
 }
 
@@ -166,7 +165,7 @@ fn enable() {
     unsafe {
         // Registered on every enable: another CUPTI user may have replaced them while we were
         // detached (we hold the subscriber slot while collecting, so not while we are attached).
-        let rc = cs::cuptiActivityRegisterCallbacks(Some(buffer_requested), Some(buffer_completed));
+        let rc = crate::api::cuptiActivityRegisterCallbacks(Some(buffer_requested), Some(buffer_completed));
         if rc != cs::CUptiResult::CUPTI_SUCCESS {
             status(&format!("cuptiActivityRegisterCallbacks failed ({rc:?}); continuing with eBPF only"));
             unsubscribe();
@@ -174,12 +173,12 @@ fn enable() {
             return;
         }
         for kind in KINDS {
-            let rc = cs::cuptiActivityEnable(kind);
+            let rc = crate::api::cuptiActivityEnable(kind);
             if rc != cs::CUptiResult::CUPTI_SUCCESS {
                 status(&format!("cuptiActivityEnable({kind:?}) failed: {rc:?}"));
             }
         }
-        cs::cuptiActivityFlushPeriod(100);
+        crate::api::cuptiActivityFlushPeriod(100);
     }
     ACTIVE.store(true, Ordering::Release);
     clock_pair();
@@ -236,9 +235,9 @@ fn disable() {
     // SAFETY: plain CUPTI calls.
     unsafe {
         for kind in KINDS {
-            cs::cuptiActivityDisable(kind);
+            crate::api::cuptiActivityDisable(kind);
         }
-        cs::cuptiActivityFlushAll(1);
+        crate::api::cuptiActivityFlushAll(1);
     }
     ACTIVE.store(false, Ordering::Release);
     unsubscribe();
@@ -248,7 +247,7 @@ extern "C" fn at_exit() {
     let _ = catch_unwind(|| {
         if ACTIVE.load(Ordering::Acquire) {
             // SAFETY: flushing completed buffers at process exit, as CUPTI's samples do.
-            unsafe { cs::cuptiActivityFlushAll(1) };
+            unsafe { crate::api::cuptiActivityFlushAll(1) };
             clock_pair();
             pm_collect(true);
         }
@@ -268,7 +267,7 @@ fn clock_pair() {
     let before = monotonic_ns();
     let mut cupti = 0u64;
     // SAFETY: writes one u64.
-    let rc = unsafe { cs::cuptiGetTimestamp(&mut cupti) };
+    let rc = unsafe { crate::api::cuptiGetTimestamp(&mut cupti) };
     let after = monotonic_ns();
     if rc != cs::CUptiResult::CUPTI_SUCCESS {
         return;
@@ -319,7 +318,7 @@ unsafe extern "C" fn buffer_completed(
         if let Some(mut s) = state() {
             let mut record: *mut cs::CUpti_Activity = std::ptr::null_mut();
             // SAFETY: CUPTI iterates its own buffer; each record is valid until the next call.
-            while unsafe { cs::cuptiActivityGetNextRecord(buffer, valid, &mut record) }
+            while unsafe { crate::api::cuptiActivityGetNextRecord(buffer, valid, &mut record) }
                 == cs::CUptiResult::CUPTI_SUCCESS
             {
                 // SAFETY: CUPTI returned a valid record pointer.
@@ -327,7 +326,7 @@ unsafe extern "C" fn buffer_completed(
             }
             let mut dropped = 0usize;
             // SAFETY: writes one usize.
-            unsafe { cs::cuptiActivityGetNumDroppedRecords(ctx, stream, &mut dropped) };
+            unsafe { crate::api::cuptiActivityGetNumDroppedRecords(ctx, stream, &mut dropped) };
             if dropped > 0 {
                 s.cupti_dropped += dropped as u64;
                 let total = s.cupti_dropped.to_le_bytes();

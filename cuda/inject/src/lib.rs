@@ -13,6 +13,7 @@
 //! by ids whose strings go through the ring once. Nothing here may panic or unwind into the
 //! host: every entry point catches panics, and every failure becomes a status record.
 
+mod api;
 mod cupti;
 mod pm;
 

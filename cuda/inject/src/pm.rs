@@ -55,21 +55,21 @@ pub fn start(interval_ns: u64) -> Result<PmSession, String> {
     unsafe {
         check(
             "cuptiProfilerInitialize",
-            cs::cuptiProfilerInitialize(&mut params!(CUpti_Profiler_Initialize_Params {})),
+            crate::api::cuptiProfilerInitialize(&mut params!(CUpti_Profiler_Initialize_Params {})),
         )?;
         let mut chip = params!(CUpti_Device_GetChipName_Params { deviceIndex: 0 });
-        check("cuptiDeviceGetChipName", cs::cuptiDeviceGetChipName(&mut chip))?;
+        check("cuptiDeviceGetChipName", crate::api::cuptiDeviceGetChipName(&mut chip))?;
         let mut avail = params!(CUpti_PmSampling_GetCounterAvailability_Params { deviceIndex: 0 });
-        check("cuptiPmSamplingGetCounterAvailability", cs::cuptiPmSamplingGetCounterAvailability(&mut avail))?;
+        check("cuptiPmSamplingGetCounterAvailability", crate::api::cuptiPmSamplingGetCounterAvailability(&mut avail))?;
         let mut avail_image = vec![0u8; avail.counterAvailabilityImageSize];
         avail.pCounterAvailabilityImage = avail_image.as_mut_ptr();
-        check("cuptiPmSamplingGetCounterAvailability", cs::cuptiPmSamplingGetCounterAvailability(&mut avail))?;
+        check("cuptiPmSamplingGetCounterAvailability", crate::api::cuptiPmSamplingGetCounterAvailability(&mut avail))?;
         let mut init = params!(CUpti_Profiler_Host_Initialize_Params {
             profilerType: cs::CUpti_ProfilerType::CUPTI_PROFILER_TYPE_PM_SAMPLING,
             pChipName: chip.pChipName,
             pCounterAvailabilityImage: avail_image.as_ptr(),
         });
-        check("cuptiProfilerHostInitialize", cs::cuptiProfilerHostInitialize(&mut init))?;
+        check("cuptiProfilerHostInitialize", crate::api::cuptiProfilerHostInitialize(&mut init))?;
         let host = init.pHostObject;
         let mut names = metric_names();
         let mut add = params!(CUpti_Profiler_Host_ConfigAddMetrics_Params {
@@ -83,19 +83,19 @@ pub fn start(interval_ns: u64) -> Result<PmSession, String> {
             &format!(
                 "the device ({chip_name}) does not offer tensor/SM activity metrics: cuptiProfilerHostConfigAddMetrics"
             ),
-            cs::cuptiProfilerHostConfigAddMetrics(&mut add),
+            crate::api::cuptiProfilerHostConfigAddMetrics(&mut add),
         )?;
         let mut size = params!(CUpti_Profiler_Host_GetConfigImageSize_Params { pHostObject: host });
-        check("cuptiProfilerHostGetConfigImageSize", cs::cuptiProfilerHostGetConfigImageSize(&mut size))?;
+        check("cuptiProfilerHostGetConfigImageSize", crate::api::cuptiProfilerHostGetConfigImageSize(&mut size))?;
         let mut config = vec![0u8; size.configImageSize];
         let mut get = params!(CUpti_Profiler_Host_GetConfigImage_Params {
             pHostObject: host,
             configImageSize: config.len(),
             pConfigImage: config.as_mut_ptr(),
         });
-        check("cuptiProfilerHostGetConfigImage", cs::cuptiProfilerHostGetConfigImage(&mut get))?;
+        check("cuptiProfilerHostGetConfigImage", crate::api::cuptiProfilerHostGetConfigImage(&mut get))?;
         let mut enable = params!(CUpti_PmSampling_Enable_Params { deviceIndex: 0 });
-        check("cuptiPmSamplingEnable", cs::cuptiPmSamplingEnable(&mut enable))?;
+        check("cuptiPmSamplingEnable", crate::api::cuptiPmSamplingEnable(&mut enable))?;
         let object = enable.pPmSamplingObject;
         let mut set = params!(CUpti_PmSampling_SetConfig_Params {
             pPmSamplingObject: object,
@@ -105,14 +105,14 @@ pub fn start(interval_ns: u64) -> Result<PmSession, String> {
             samplingInterval: interval_ns,
             triggerMode: cs::CUpti_PmSampling_TriggerMode::CUPTI_PM_SAMPLING_TRIGGER_MODE_GPU_TIME_INTERVAL,
         });
-        check("cuptiPmSamplingSetConfig", cs::cuptiPmSamplingSetConfig(&mut set))?;
+        check("cuptiPmSamplingSetConfig", crate::api::cuptiPmSamplingSetConfig(&mut set))?;
         let mut data = params!(CUpti_PmSampling_GetCounterDataSize_Params {
             pPmSamplingObject: object,
             pMetricNames: names.as_mut_ptr(),
             numMetrics: names.len(),
             maxSamples: MAX_SAMPLES,
         });
-        check("cuptiPmSamplingGetCounterDataSize", cs::cuptiPmSamplingGetCounterDataSize(&mut data))?;
+        check("cuptiPmSamplingGetCounterDataSize", crate::api::cuptiPmSamplingGetCounterDataSize(&mut data))?;
         let mut session = PmSession { host, object, image: vec![0u8; data.counterDataSize] };
         session.reset_image()?;
         session.start()?;
@@ -137,14 +137,16 @@ impl PmSession {
         });
         // SAFETY: the image buffer is live and of the size CUPTI asked for.
         check("cuptiPmSamplingCounterDataImageInitialize", unsafe {
-            cs::cuptiPmSamplingCounterDataImageInitialize(&mut p)
+            crate::api::cuptiPmSamplingCounterDataImageInitialize(&mut p)
         })
     }
 
     fn start(&mut self) -> Result<(), String> {
         // SAFETY: a live sampling object.
         check("cuptiPmSamplingStart", unsafe {
-            cs::cuptiPmSamplingStart(&mut params!(CUpti_PmSampling_Start_Params { pPmSamplingObject: self.object }))
+            crate::api::cuptiPmSamplingStart(&mut params!(CUpti_PmSampling_Start_Params {
+                pPmSamplingObject: self.object
+            }))
         })
     }
 
@@ -155,7 +157,7 @@ impl PmSession {
             if last {
                 check(
                     "cuptiPmSamplingStop",
-                    cs::cuptiPmSamplingStop(&mut params!(CUpti_PmSampling_Stop_Params {
+                    crate::api::cuptiPmSamplingStop(&mut params!(CUpti_PmSampling_Stop_Params {
                         pPmSamplingObject: self.object
                     })),
                 )?;
@@ -165,12 +167,12 @@ impl PmSession {
                 pCounterDataImage: self.image.as_mut_ptr(),
                 counterDataImageSize: self.image.len(),
             });
-            check("cuptiPmSamplingDecodeData", cs::cuptiPmSamplingDecodeData(&mut decode))?;
+            check("cuptiPmSamplingDecodeData", crate::api::cuptiPmSamplingDecodeData(&mut decode))?;
             let mut info = params!(CUpti_PmSampling_GetCounterDataInfo_Params {
                 pCounterDataImage: self.image.as_ptr(),
                 counterDataImageSize: self.image.len(),
             });
-            check("cuptiPmSamplingGetCounterDataInfo", cs::cuptiPmSamplingGetCounterDataInfo(&mut info))?;
+            check("cuptiPmSamplingGetCounterDataInfo", crate::api::cuptiPmSamplingGetCounterDataInfo(&mut info))?;
             let mut out = Vec::with_capacity(info.numPopulatedSamples);
             let mut names = metric_names();
             for index in 0..info.numPopulatedSamples {
@@ -182,7 +184,7 @@ impl PmSession {
                 });
                 check(
                     "cuptiPmSamplingCounterDataGetSampleInfo",
-                    cs::cuptiPmSamplingCounterDataGetSampleInfo(&mut sample),
+                    crate::api::cuptiPmSamplingCounterDataGetSampleInfo(&mut sample),
                 )?;
                 let mut values = [0f64; 2];
                 let mut eval = params!(CUpti_Profiler_Host_EvaluateToGpuValues_Params {
@@ -194,7 +196,10 @@ impl PmSession {
                     numMetrics: names.len(),
                     pMetricValues: values.as_mut_ptr(),
                 });
-                check("cuptiProfilerHostEvaluateToGpuValues", cs::cuptiProfilerHostEvaluateToGpuValues(&mut eval))?;
+                check(
+                    "cuptiProfilerHostEvaluateToGpuValues",
+                    crate::api::cuptiProfilerHostEvaluateToGpuValues(&mut eval),
+                )?;
                 out.push(Sample {
                     start_ns: sample.startTimestamp,
                     end_ns: sample.endTimestamp,

@@ -31,7 +31,16 @@ pub fn default_lib_dir() -> Result<PathBuf, String> {
 /// Copy the libraries from `from` into `to` under their real names.
 pub fn stage(from: &Path, to: &Path) -> Result<(), String> {
     std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    // `GPUSIM_STAGE_NO_CUPTI=1`: leave libcupti out (and remove a staged one), as on a machine
+    // where CUPTI is installed off the library path (extras/CUPTI/lib64, a pip wheel).
+    let no_cupti = std::env::var("GPUSIM_STAGE_NO_CUPTI").as_deref() == Ok("1");
     for (built, real, dev_link) in LIBRARIES {
+        if no_cupti && real.starts_with("libcupti") {
+            for name in [real, dev_link] {
+                let _ = std::fs::remove_file(to.join(name));
+            }
+            continue;
+        }
         let src = from.join(built);
         if !src.exists() {
             return Err(format!(

@@ -1,0 +1,176 @@
+//! CUPTI's entry points, resolved from the libcupti this process should use.
+//!
+//! cudarc supplies the types; the functions are resolved here rather than through cudarc's
+//! loader, which only tries `libcupti.so` and the sonames of the CUDA version it was built for
+//! (12): a CUDA 13 job (PyTorch's `nvidia/cu13/lib/libcupti.so.13`, never on the library path)
+//! would get no device timeline. [`load`] prefers the libcupti the job has already mapped (the
+//! one matching its CUDA), then the usual places. A missing entry point is an error code from
+//! its wrapper, never a panic.
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use cudarc::cupti::sys::*;
+use cudarc::driver::sys::CUcontext;
+
+macro_rules! cupti_api {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {
+        #[allow(non_snake_case)]
+        struct Api {
+            $($name: Option<unsafe extern "C" fn($($ty),*) -> CUptiResult>,)*
+            _lib: libloading::Library,
+        }
+
+        fn resolve(lib: libloading::Library) -> Api {
+            Api {
+                // SAFETY: each symbol has the C signature of cupti.h (the declarations are
+                // cudarc's bindings of the real headers).
+                $($name: unsafe {
+                    lib.get::<unsafe extern "C" fn($($ty),*) -> CUptiResult>(concat!(stringify!($name), "\0").as_bytes())
+                }
+                .ok()
+                .map(|f| *f),)*
+                _lib: lib,
+            }
+        }
+
+        $(
+            /// The CUPTI function of that name (`CUPTI_ERROR_NOT_INITIALIZED` before [`load`]
+            /// succeeded, `CUPTI_ERROR_NOT_SUPPORTED` if this libcupti lacks it).
+            ///
+            /// # Safety
+            /// As the C function.
+            #[allow(non_snake_case)]
+            pub unsafe fn $name($($arg: $ty),*) -> CUptiResult {
+                match API.get() {
+                    None => CUptiResult::CUPTI_ERROR_NOT_INITIALIZED,
+                    Some(api) => match api.$name {
+                        // SAFETY: per the caller's contract.
+                        Some(f) => unsafe { f($($arg),*) },
+                        None => CUptiResult::CUPTI_ERROR_NOT_SUPPORTED,
+                    },
+                }
+            }
+        )*
+    };
+}
+
+cupti_api! {
+    cuptiActivityDisable(kind: CUpti_ActivityKind);
+    cuptiActivityEnable(kind: CUpti_ActivityKind);
+    cuptiActivityFlushAll(flag: u32);
+    cuptiActivityFlushPeriod(time: u32);
+    cuptiActivityGetNextRecord(buffer: *mut u8, valid: usize, record: *mut *mut CUpti_Activity);
+    cuptiActivityGetNumDroppedRecords(context: CUcontext, stream: u32, dropped: *mut usize);
+    cuptiActivityRegisterCallbacks(requested: CUpti_BuffersCallbackRequestFunc, completed: CUpti_BuffersCallbackCompleteFunc);
+    cuptiDeviceGetChipName(p: *mut CUpti_Device_GetChipName_Params);
+    cuptiGetTimestamp(timestamp: *mut u64);
+    cuptiPmSamplingCounterDataGetSampleInfo(p: *mut CUpti_PmSampling_CounterData_GetSampleInfo_Params);
+    cuptiPmSamplingCounterDataImageInitialize(p: *mut CUpti_PmSampling_CounterDataImage_Initialize_Params);
+    cuptiPmSamplingDecodeData(p: *mut CUpti_PmSampling_DecodeData_Params);
+    cuptiPmSamplingEnable(p: *mut CUpti_PmSampling_Enable_Params);
+    cuptiPmSamplingGetCounterAvailability(p: *mut CUpti_PmSampling_GetCounterAvailability_Params);
+    cuptiPmSamplingGetCounterDataInfo(p: *mut CUpti_PmSampling_GetCounterDataInfo_Params);
+    cuptiPmSamplingGetCounterDataSize(p: *mut CUpti_PmSampling_GetCounterDataSize_Params);
+    cuptiPmSamplingSetConfig(p: *mut CUpti_PmSampling_SetConfig_Params);
+    cuptiPmSamplingStart(p: *mut CUpti_PmSampling_Start_Params);
+    cuptiPmSamplingStop(p: *mut CUpti_PmSampling_Stop_Params);
+    cuptiProfilerHostConfigAddMetrics(p: *mut CUpti_Profiler_Host_ConfigAddMetrics_Params);
+    cuptiProfilerHostEvaluateToGpuValues(p: *mut CUpti_Profiler_Host_EvaluateToGpuValues_Params);
+    cuptiProfilerHostGetConfigImage(p: *mut CUpti_Profiler_Host_GetConfigImage_Params);
+    cuptiProfilerHostGetConfigImageSize(p: *mut CUpti_Profiler_Host_GetConfigImageSize_Params);
+    cuptiProfilerHostInitialize(p: *mut CUpti_Profiler_Host_Initialize_Params);
+    cuptiProfilerInitialize(p: *mut CUpti_Profiler_Initialize_Params);
+    cuptiSubscribe(subscriber: *mut CUpti_SubscriberHandle, callback: CUpti_CallbackFunc, userdata: *mut c_void);
+    cuptiUnsubscribe(subscriber: CUpti_SubscriberHandle);
+}
+
+static API: OnceLock<Api> = OnceLock::new();
+
+/// The libcupti files mapped into this process (from /proc/self/maps).
+fn mapped_cupti() -> Vec<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut found: Vec<PathBuf> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/'))
+        .map(PathBuf::from)
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libcupti.so")))
+        .collect();
+    found.dedup();
+    found
+}
+
+/// Directories of the CUDA runtime libraries this process mapped (a PyTorch wheel's
+/// `nvidia/cu13/lib`, or `nvidia/cuda_runtime/lib` beside `nvidia/cuda_cupti/lib` for CUDA 12).
+fn wheel_dirs() -> Vec<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut dirs = Vec::new();
+    for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.contains("libcudart.so")) {
+        if let Some(dir) = Path::new(path).parent() {
+            dirs.push(dir.to_path_buf());
+            if let Some(nvidia) = dir.parent().and_then(Path::parent) {
+                dirs.push(nvidia.join("cuda_cupti/lib"));
+            }
+        }
+    }
+    dirs.dedup();
+    dirs
+}
+
+/// Every `libcupti.so*` file in `dir`, newest soname first.
+fn cupti_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libcupti.so")))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v.reverse();
+    v
+}
+
+/// Loads libcupti, best first: `$GHOSTPROF_CUPTI_PATH`; the one the job already mapped; the
+/// library path (`libcupti.so`, `.so.13`, `.so.12`); beside the job's libcudart (pip wheels);
+/// `$CUDA_HOME` and `/usr/local/cuda` `extras/CUPTI/lib64`. Returns the path or name loaded, or
+/// what was tried.
+pub fn load() -> Result<String, String> {
+    let mut tried: Vec<String> = Vec::new();
+    let mut candidates: Vec<String> = Vec::new();
+    if let Ok(p) = std::env::var("GHOSTPROF_CUPTI_PATH") {
+        candidates.push(p);
+    }
+    candidates.extend(mapped_cupti().into_iter().map(|p| p.display().to_string()));
+    candidates.extend(["libcupti.so", "libcupti.so.13", "libcupti.so.12"].map(String::from));
+    for dir in wheel_dirs() {
+        candidates.extend(cupti_in(&dir).into_iter().map(|p| p.display().to_string()));
+    }
+    let homes = std::env::var("CUDA_HOME").into_iter().chain(std::iter::once("/usr/local/cuda".to_string()));
+    for home in homes {
+        candidates.extend(
+            cupti_in(&Path::new(&home).join("extras/CUPTI/lib64")).into_iter().map(|p| p.display().to_string()),
+        );
+    }
+    for c in candidates {
+        if tried.contains(&c) {
+            continue;
+        }
+        // SAFETY: loading CUPTI runs its initializers, as any CUPTI client does.
+        match unsafe { libloading::Library::new(&c) } {
+            Ok(lib) => {
+                let api = resolve(lib);
+                if api.cuptiActivityRegisterCallbacks.is_none() {
+                    tried.push(format!("{c} (no cuptiActivityRegisterCallbacks)"));
+                    continue;
+                }
+                let _ = API.set(api);
+                return Ok(c);
+            }
+            Err(_) => tried.push(c),
+        }
+    }
+    Err(format!("tried {}; set GHOSTPROF_CUPTI_PATH to the libcupti.so file", tried.join(", ")))
+}
