@@ -67,25 +67,21 @@ fn root_cupti_device_timeline_matches_the_ground_truth() {
     let (lo, hi) = (truth["window"]["start_ns"].as_u64().unwrap(), truth["window"]["end_ns"].as_u64().unwrap());
     assert!(kernels.iter().all(|k| k.start_ns >= lo && k.end_ns <= hi));
 
-    // Join: eBPF launch (tid, time) → the thread's first CUPTI driver API record that ends at
-    // or after the probe (the uprobe fires at the call's entry, CUPTI stamps the record a little
-    // later inside the driver; a thread's calls do not overlap) → its correlation id → the kernel.
-    let kernel_corr: HashMap<u32, &KernelExec> = kernels.iter().map(|k| (k.correlation_id, *k)).collect();
-    let mut api_by_tid: HashMap<u32, Vec<&ApiCall>> = HashMap::new();
-    for a in b.api_calls.iter().filter(|a| a.pid == pid && a.domain == ApiDomain::CudaDriver as u32) {
-        api_by_tid.entry(a.tid).or_default().push(a);
-    }
-    api_by_tid.values_mut().for_each(|v| v.sort_by_key(|a| a.end_ns));
+    // Join: eBPF launch → the CUPTI API record of its call → correlation id → kernel.
     let launches: Vec<&KernelLaunch> = b.launches.iter().filter(|l| l.pid == pid).collect();
     assert_eq!(launches.len() as u64, total("launches"));
-    let joined = launches
+    let join = ghostprof::analyze::join::join_launches(&b);
+    assert_eq!(join.launches, launches.len() as u64, "one process");
+    let joined = join.joined as usize;
+    // Launch callbacks, not API activity: one API record per launch, not one per API call
+    // (synchronization records share the driver domain, above SYNC_CALL_BASE).
+    let sync_base = ghostprof::collect::cupti::SYNC_CALL_BASE;
+    let api = b
+        .api_calls
         .iter()
-        .filter(|l| {
-            let calls = api_by_tid.get(&l.tid).map(Vec::as_slice).unwrap_or(&[]);
-            let i = calls.partition_point(|a| a.end_ns < l.time_ns);
-            calls.get(i).and_then(|a| kernel_corr.get(&a.correlation_id)).is_some()
-        })
+        .filter(|a| a.pid == pid && a.domain == ApiDomain::CudaDriver as u32 && a.call_id < sync_base)
         .count();
+    assert_eq!(api, launches.len(), "one driver API record per launch (launch callbacks)");
     let share = joined as f64 / launches.len() as f64;
     eprintln!(
         "cupti: {} kernels, {} copies, {:.3} ms device time, {} of {} launches joined ({:.2}%)",

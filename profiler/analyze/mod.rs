@@ -4,6 +4,7 @@
 
 mod account;
 mod flops;
+pub mod join;
 
 pub use account::{account, AccountOptions, Categories, DeviceAccount, CATEGORY_NAMES};
 pub use flops::FlopSource;

@@ -11,6 +11,8 @@ use crate::trace::TraceReader;
 pub struct InfoConfig {
     pub path: PathBuf,
     pub json: bool,
+    /// Join launches to kernels (`--join`).
+    pub join: bool,
 }
 
 pub fn run(cfg: &InfoConfig) -> anyhow::Result<ExitCode> {
@@ -19,10 +21,26 @@ pub fn run(cfg: &InfoConfig) -> anyhow::Result<ExitCode> {
     for w in &summary.warnings {
         eprintln!("ghostprof: warning: {w}");
     }
+    let join = if cfg.join { Some(crate::analyze::join::join_launches(&reader.read_all()?)) } else { None };
     if cfg.json {
-        println!("{}", serde_json::to_string_pretty(&summary).context("serializing the summary")?);
+        let mut v = serde_json::to_value(&summary).context("serializing the summary")?;
+        if let (Some(j), Some(obj)) = (&join, v.as_object_mut()) {
+            obj.insert(
+                "launch_join".into(),
+                serde_json::json!({ "launches": j.launches, "joined": j.joined, "share": j.share() }),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&v).context("serializing the summary")?);
     } else {
         print!("{}", render(&summary));
+        if let Some(j) = &join {
+            println!(
+                "launch join {} of {} eBPF launches joined their CUPTI kernel ({:.2}%)",
+                j.joined,
+                j.launches,
+                j.share() * 100.0
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -102,6 +102,9 @@ pub enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Also join eBPF launch records to CUPTI kernel records (reads every record).
+        #[arg(long)]
+        join: bool,
     },
     /// Run a simulated multi-rank training job with a straggler under the profiler (no GPU needed).
     Demo {
@@ -115,7 +118,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info { file, json } => info::run(&info::InfoConfig { path: file, json }),
+        Command::Info { file, json, join } => info::run(&info::InfoConfig { path: file, json, join }),
         Command::Record { output, duration, force, quiet, lib_dir, cmd } => (|| {
             let duration = duration.as_deref().map(record::parse_duration).transpose()?;
             record::run(&record::RecordConfig { output, duration, force, quiet, command: cmd, library_dirs: lib_dir })

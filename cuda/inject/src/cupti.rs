@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CStr;
+use std::mem::size_of;
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -80,15 +81,120 @@ fn control_loop() {
     }
 }
 
-const KINDS: [K; 7] = [
+/// Device activity, always collected.
+const KINDS: [K; 5] = [
     K::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL,
     K::CUPTI_ACTIVITY_KIND_MEMCPY,
     K::CUPTI_ACTIVITY_KIND_MEMSET,
     K::CUPTI_ACTIVITY_KIND_SYNCHRONIZATION,
-    K::CUPTI_ACTIVITY_KIND_DRIVER,
-    K::CUPTI_ACTIVITY_KIND_RUNTIME,
     K::CUPTI_ACTIVITY_KIND_MARKER,
 ];
+
+/// A record for every driver and runtime API call (`GHOSTPROF_API_ACTIVITY=1`, or when no
+/// subscriber could be had for the launch callbacks). PyTorch makes ~20 runtime/driver calls
+/// per kernel, so this costs far more than the launch callbacks.
+const API_KINDS: [K; 2] = [K::CUPTI_ACTIVITY_KIND_DRIVER, K::CUPTI_ACTIVITY_KIND_RUNTIME];
+
+/// Driver launch entry points (`CUpti_driver_api_trace_cbid`): cuLaunchKernel(_ptsz),
+/// cuLaunchKernelEx(_ptsz), cuLaunchCooperativeKernel(_ptsz), cuGraphLaunch(_ptsz).
+const LAUNCH_DRIVER_CBIDS: [u32; 8] = [307, 442, 652, 653, 477, 478, 514, 515];
+/// Runtime launch entry points (`CUpti_runtime_api_trace_cbid`): cudaLaunchKernel(_ptsz),
+/// cudaLaunchKernelExC(_ptsz), cudaLaunchCooperativeKernel(_ptsz), cudaGraphLaunch(_ptsz). A
+/// kernel launched through the runtime carries the runtime call's correlation id.
+const LAUNCH_RUNTIME_CBIDS: [u32; 8] = [211, 214, 430, 431, 269, 270, 311, 312];
+
+/// Whether the API activity kinds are on (else launch callbacks give the correlation ids).
+static API_ACTIVITY: AtomicBool = AtomicBool::new(false);
+
+fn want_api_activity() -> bool {
+    std::env::var("GHOSTPROF_API_ACTIVITY").as_deref() == Ok("1")
+}
+
+thread_local! {
+    static TID: u32 = {
+        // SAFETY: gettid cannot fail.
+        unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+    };
+}
+
+/// CUPTI callback of the launch entry points: at exit, one `CUpti_ActivityAPI`-shaped record
+/// (the layout the collector already parses) with the call's correlation id, kernel thread id
+/// and CUPTI timestamps of entry and exit.
+unsafe extern "C" fn launch_callback(
+    _userdata: *mut std::ffi::c_void,
+    domain: cs::CUpti_CallbackDomain,
+    cbid: cs::CUpti_CallbackId,
+    data: *const std::ffi::c_void,
+) {
+    let _ = catch_unwind(|| {
+        if data.is_null() || !ACTIVE.load(Ordering::Relaxed) {
+            return;
+        }
+        // SAFETY: for the driver and runtime domains CUPTI passes a CUpti_CallbackData.
+        let d = unsafe { &*(data as *const cs::CUpti_CallbackData) };
+        let kind = match domain {
+            cs::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_DRIVER_API => K::CUPTI_ACTIVITY_KIND_DRIVER,
+            cs::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_RUNTIME_API => K::CUPTI_ACTIVITY_KIND_RUNTIME,
+            _ => return,
+        };
+        let mut now = 0u64;
+        // SAFETY: writes one u64.
+        unsafe { crate::api::cuptiGetTimestamp(&mut now) };
+        if d.callbackSite == cs::CUpti_ApiCallbackSite::CUPTI_API_ENTER {
+            if !d.correlationData.is_null() {
+                // SAFETY: CUPTI's per-call slot, kept from enter to exit.
+                unsafe { *d.correlationData = now };
+            }
+            return;
+        }
+        // SAFETY: as above; the return value is a CUresult / cudaError_t (an int).
+        let start = if d.correlationData.is_null() { now } else { unsafe { *d.correlationData } };
+        let ret = if d.functionReturnValue.is_null() { 0 } else { unsafe { *(d.functionReturnValue as *const u32) } };
+        let rec = cs::CUpti_ActivityAPI {
+            kind,
+            cbid,
+            start,
+            end: now,
+            processId: std::process::id(),
+            threadId: TID.with(|t| *t),
+            correlationId: d.correlationId,
+            returnValue: ret,
+        };
+        // SAFETY: a plain-data struct viewed as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&rec as *const cs::CUpti_ActivityAPI).cast::<u8>(),
+                size_of::<cs::CUpti_ActivityAPI>(),
+            )
+        };
+        if let Some(mut s) = state() {
+            s.ring.push(wire::ACTIVITY, bytes);
+        }
+    });
+}
+
+/// Turns the launch callbacks on (they need our subscriber).
+fn enable_launch_callbacks() -> bool {
+    let handle = SUBSCRIBER.load(Ordering::Acquire);
+    if handle == 0 {
+        return false;
+    }
+    let sub = handle as cs::CUpti_SubscriberHandle;
+    let domains = [
+        (cs::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_DRIVER_API, &LAUNCH_DRIVER_CBIDS),
+        (cs::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_RUNTIME_API, &LAUNCH_RUNTIME_CBIDS),
+    ];
+    let mut on = 0;
+    for (domain, cbids) in domains {
+        for &cbid in cbids {
+            // SAFETY: our live subscriber handle.
+            if unsafe { crate::api::cuptiEnableCallback(1, sub, domain, cbid) } == cs::CUptiResult::CUPTI_SUCCESS {
+                on += 1;
+            }
+        }
+    }
+    on > 0
+}
 
 /// Our CUPTI subscriber handle while collecting (0 when none). CUPTI before 13.3 allows one
 /// subscriber per process: holding one tells us nobody else (Kineto, Nsight) is using CUPTI, and
@@ -97,14 +203,6 @@ static SUBSCRIBER: AtomicU64 = AtomicU64::new(0);
 /// `monotonic_ns` of the last refused subscription (0: none), to retry every few seconds.
 static REFUSED_AT: AtomicU64 = AtomicU64::new(0);
 const RETRY_NS: u64 = 2_000_000_000;
-
-unsafe extern "C" fn no_callback(
-    _userdata: *mut std::ffi::c_void,
-    _domain: cs::CUpti_CallbackDomain,
-    _cbid: cs::CUpti_CallbackId,
-    _data: *const std::ffi::c_void,
-) {
-}
 
 /// Takes CUPTI's subscriber slot. False (after one status message per refusal episode) when
 /// another subscriber holds it; retried every [`RETRY_NS`].
@@ -118,7 +216,7 @@ fn subscribe() -> bool {
     }
     let mut handle: cs::CUpti_SubscriberHandle = std::ptr::null_mut();
     // SAFETY: valid out-pointer and a callback that does nothing.
-    let rc = unsafe { crate::api::cuptiSubscribe(&mut handle, Some(no_callback), std::ptr::null_mut()) };
+    let rc = unsafe { crate::api::cuptiSubscribe(&mut handle, Some(launch_callback), std::ptr::null_mut()) };
     match rc {
         cs::CUptiResult::CUPTI_SUCCESS => {
             SUBSCRIBER.store(handle as u64, Ordering::Release);
@@ -172,7 +270,16 @@ fn enable() {
             REFUSED_AT.store(monotonic_ns().max(1), Ordering::Relaxed);
             return;
         }
-        for kind in KINDS {
+        // Thread ids as the kernel numbers them (what the eBPF launch records carry), not
+        // CUPTI's default pthread_self(): the launch ↔ kernel join depends on it.
+        let rc = crate::api::cuptiSetThreadIdType(cs::CUpti_ActivityThreadIdType::CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM);
+        if rc != cs::CUptiResult::CUPTI_SUCCESS {
+            status(&format!("cuptiSetThreadIdType(SYSTEM) failed ({rc:?}): CUPTI thread ids will not match eBPF's"));
+        }
+        let api_activity = want_api_activity() || !enable_launch_callbacks();
+        API_ACTIVITY.store(api_activity, Ordering::Release);
+        let api_kinds: &[K] = if api_activity { &API_KINDS } else { &[] };
+        for &kind in KINDS.iter().chain(api_kinds) {
             let rc = crate::api::cuptiActivityEnable(kind);
             if rc != cs::CUptiResult::CUPTI_SUCCESS {
                 status(&format!("cuptiActivityEnable({kind:?}) failed: {rc:?}"));
@@ -234,7 +341,8 @@ fn disable() {
     pm_collect(true);
     // SAFETY: plain CUPTI calls.
     unsafe {
-        for kind in KINDS {
+        let api_kinds: &[K] = if API_ACTIVITY.load(Ordering::Acquire) { &API_KINDS } else { &[] };
+        for &kind in KINDS.iter().chain(api_kinds) {
             crate::api::cuptiActivityDisable(kind);
         }
         crate::api::cuptiActivityFlushAll(1);

@@ -52,7 +52,7 @@ pub const COPY_HTOD: u32 = 1;
 pub const COPY_DTOH: u32 = 2;
 
 /// Bytes kept of a kernel or range name (longer names are truncated at a char boundary).
-pub const NAME_BYTES: usize = 96;
+pub const NAME_BYTES: usize = 92;
 
 /// One record of the simulated device or of a host thread. Times are CLOCK_MONOTONIC ns.
 #[repr(C)]
@@ -94,6 +94,9 @@ pub struct SimRecord {
     pub shared_mem_bytes: u32,
     /// Collective sequence number on its communicator, or 0.
     pub sequence: u32,
+    /// `pthread_self()` of the issuing thread, truncated to 32 bits: CUPTI's default `threadId`
+    /// (`CUPTI_ACTIVITY_THREAD_ID_TYPE_DEFAULT`); `thread_id` is the `SYSTEM` kind.
+    pub pthread_id: u32,
     /// NUL-padded UTF-8 name (kernel, collective, range or API function).
     pub name: [u8; NAME_BYTES],
 }
@@ -111,6 +114,7 @@ impl SimRecord {
             correlation_id: 0,
             cbid: 0,
             thread_id: 0,
+            pthread_id: 0,
             copy_kind: 0,
             start_ns: 0,
             transfer_start_ns: 0,

@@ -64,6 +64,12 @@ pub fn thread_id() -> u32 {
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
 }
 
+/// `pthread_self()` of the caller truncated to 32 bits (CUPTI's default `threadId`).
+pub fn pthread_id() -> u32 {
+    // SAFETY: pthread_self cannot fail.
+    unsafe { libc::pthread_self() as u32 }
+}
+
 impl Device {
     /// Next CUPTI-style correlation id (starts at 1).
     pub fn next_correlation_id(&mut self) -> u32 {
@@ -105,6 +111,7 @@ impl Device {
         };
         rec.correlation_id = correlation_id;
         rec.thread_id = thread_id();
+        rec.pthread_id = pthread_id();
         let free = self.stream_free_ns.entry(rec.stream_id).or_insert(0);
         *free = (*free).max(rec.end_ns);
         self.records.push(rec);
@@ -122,6 +129,7 @@ impl Device {
         rec.end_ns = now_ns();
         rec.correlation_id = correlation_id;
         rec.thread_id = thread_id();
+        rec.pthread_id = pthread_id();
         self.records.push(rec);
     }
 }
@@ -152,6 +160,7 @@ pub fn wait_until(deadline_ns: u64, sync_type: u32, stream_id: u32, api: (&str, 
     rec.end_ns = now_ns();
     rec.correlation_id = correlation_id;
     rec.thread_id = thread_id();
+    rec.pthread_id = pthread_id();
     dev.records.push(rec);
     dev.push_api(api.0, api.1, start_ns, correlation_id);
     drop(dev);

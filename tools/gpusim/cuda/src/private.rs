@@ -7,7 +7,7 @@ use gpusim_core::clock::now_ns;
 use gpusim_core::ffi::guard;
 use gpusim_core::record::SimRecord;
 
-use crate::device::{self, thread_id};
+use crate::device::{self, pthread_id, thread_id};
 use crate::types::stream_id;
 
 /// `u64 gpusim_record_count(void)`.
@@ -64,6 +64,7 @@ pub extern "C" fn gpusim_push_host(rec: *const SimRecord) {
         // SAFETY: non-null pointer to a record owned by the caller.
         let mut rec = unsafe { *rec };
         rec.thread_id = thread_id();
+        rec.pthread_id = pthread_id();
         let mut dev = device::lock();
         rec.correlation_id = dev.next_correlation_id();
         dev.records.push(rec);

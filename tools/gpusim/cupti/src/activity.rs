@@ -167,6 +167,18 @@ fn as_bytes<T: Copy>(value: &T) -> &[u8] {
 }
 
 /// Convert one record into CUPTI records of the enabled kinds, appending to `out`.
+/// `CUpti_ActivityThreadIdType` in force: 0 DEFAULT (`pthread_self()`, truncated), 1 SYSTEM
+/// (the kernel's thread id), as set by `cuptiSetThreadIdType`.
+pub static THREAD_ID_TYPE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The `threadId` CUPTI writes for `rec` under the thread-id type in force.
+fn thread_id_of(rec: &SimRecord) -> u32 {
+    match THREAD_ID_TYPE.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => rec.thread_id,
+        _ => rec.pthread_id,
+    }
+}
+
 fn convert(rec: &SimRecord, enabled: &[bool; 64], marker_id: &mut u32, write: &mut dyn FnMut(&[u8])) {
     let pid = std::process::id();
     match rec.kind() {
@@ -220,7 +232,7 @@ fn convert(rec: &SimRecord, enabled: &[bool; 64], marker_id: &mut u32, write: &m
                 start: rec.start_ns,
                 end: rec.end_ns,
                 process_id: pid,
-                thread_id: rec.thread_id,
+                thread_id: thread_id_of(rec),
                 correlation_id: rec.correlation_id,
                 return_value: 0,
             };
@@ -248,7 +260,7 @@ fn convert(rec: &SimRecord, enabled: &[bool; 64], marker_id: &mut u32, write: &m
                     timestamp,
                     id: *marker_id,
                     object_kind: 2,
-                    object_id: [pid, rec.thread_id, 0],
+                    object_id: [pid, thread_id_of(rec), 0],
                     pad: 0,
                     name,
                     domain: std::ptr::null(),

@@ -46,6 +46,32 @@ pub extern "C" fn cuptiGetTimestamp(timestamp: *mut u64) -> CuptiResult {
     })
 }
 
+/// `CUptiResult cuptiSetThreadIdType(CUpti_ActivityThreadIdType type)`: 0 DEFAULT
+/// (`pthread_self()` truncated to 32 bits, CUPTI's default), 1 SYSTEM (`gettid()`).
+#[no_mangle]
+pub extern "C" fn cuptiSetThreadIdType(kind: u32) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        if kind > 1 {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        activity::THREAD_ID_TYPE.store(kind, std::sync::atomic::Ordering::Relaxed);
+        CUPTI_SUCCESS
+    })
+}
+
+/// `CUptiResult cuptiGetThreadIdType(CUpti_ActivityThreadIdType *type)`.
+#[no_mangle]
+pub extern "C" fn cuptiGetThreadIdType(kind: *mut u32) -> CuptiResult {
+    guard(CUPTI_ERROR_UNKNOWN, || {
+        if kind.is_null() {
+            return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        // SAFETY: non-null out-pointer.
+        unsafe { *kind = activity::THREAD_ID_TYPE.load(std::sync::atomic::Ordering::Relaxed) };
+        CUPTI_SUCCESS
+    })
+}
+
 /// `CUptiResult cuptiActivityRegisterCallbacks(CUpti_BuffersCallbackRequestFunc,
 /// CUpti_BuffersCallbackCompleteFunc)`.
 #[no_mangle]
