@@ -3,7 +3,7 @@
 //! shared-memory ring and matches the ground truth exactly, and CUPTI's correlation ids join
 //! the eBPF launch records.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
 use ghostprof::record::session::{record_command, LaunchConfig};
