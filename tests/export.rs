@@ -1,0 +1,456 @@
+//! `ghostprof export --format chrome` writes Kineto-shaped Chrome trace JSON (checked field by
+//! field against the records), HTA reads it and its temporal breakdown agrees with ghostprof's
+//! accounting, and `report --html` renders a self-contained page that headless Chromium draws.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ghostprof::analyze::{account, AccountOptions};
+use ghostprof::trace::*;
+use serde_json::Value;
+
+use crate::util::*;
+
+fn ghostprof() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ghostprof"))
+}
+
+/// An untrusted kernel name: quotes, markup and a newline must survive JSON and HTML intact.
+pub const NASTY: &str = "gemm<\"q\"&'a'> </script><script>alert(1)</script>\n\\x";
+
+/// String ids of [`NAMES`] as `write_trace` interns them (id 0 is "no name").
+pub const NAMES: [&str; 6] = [
+    "train_step",
+    "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n",
+    "void at::native::vectorized_elementwise_kernel<4, GeluCUDAKernelImpl>",
+    NASTY,
+    "ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevComm*, unsigned long, ncclWork*)",
+    "python3",
+];
+const STEP_NAME: u32 = 1;
+const GEMM: u32 = 2;
+const GELU: u32 = 3;
+const NASTY_ID: u32 = 4;
+const NCCL: u32 = 5;
+
+pub const PIDS: [u32; 2] = [31001, 31002];
+
+/// A 2-rank data-parallel job, 10 steps each: a data-loader wait (rank 1 waits longer: the
+/// straggler), a host-to-device copy, 24 compute kernels on stream 7 with their launch calls
+/// (CUPTI driver records and eBPF launch probes), an all-reduce on stream 13 that overlaps the
+/// last compute kernels, a memset, NVTX steps, and a launch-bound gap between steps.
+pub fn two_rank_job() -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut rng = synth::Rng::new(5);
+    for (rank, &pid) in PIDS.iter().enumerate() {
+        let tid = pid;
+        let mut host = 2_000_000_000u64 + rank as u64 * 3_000;
+        let mut dev = host;
+        let mut corr = 1u32;
+        out.push(Record::ProcessInfo(ProcessInfo { time_ns: host, pid, ppid: 1, name_id: 6, cmdline_id: 0 }));
+        out.push(Record::ThreadInfo(ThreadInfo { time_ns: host, pid, tid, name_id: 6, reserved: 0 }));
+        let api = |start: u64, dur: u64, cbid: u32, corr: u32| {
+            Record::ApiCall(ApiCall {
+                start_ns: start,
+                end_ns: start + dur,
+                stream: 0,
+                arg: 0,
+                pid,
+                tid,
+                correlation_id: corr,
+                call_id: cbid,
+                domain: ApiDomain::CudaDriver as u32,
+                status: 0,
+            })
+        };
+        for step in 0..10u64 {
+            let step_start = host;
+            let wait = 300_000 + rank as u64 * 900_000 + rng.below(50_000);
+            out.push(Record::HostStall(HostStall {
+                start_ns: host,
+                end_ns: host + wait,
+                pid,
+                tid,
+                reason: StallReason::Futex as u32,
+                syscall: 202,
+            }));
+            host += wait;
+            out.push(api(host, 6_000, 277, corr));
+            let s = host + 9_000;
+            out.push(Record::MemOp(MemOp {
+                start_ns: s,
+                end_ns: s + 110_000,
+                bytes: 8 << 20,
+                stream: 7,
+                correlation_id: corr,
+                device: rank as u32,
+                kind: MemOpKind::HtoD as u32,
+                pid,
+            }));
+            corr += 1;
+            dev = dev.max(s + 110_000);
+            host += 8_000;
+            let mut nccl_at = 0;
+            for i in 0..24u32 {
+                let name = match i % 4 {
+                    0 | 2 => GEMM,
+                    1 => GELU,
+                    _ if i == 3 => NASTY_ID,
+                    _ => GELU,
+                };
+                out.push(api(host, 4_000, 307, corr));
+                out.push(Record::KernelLaunch(KernelLaunch {
+                    time_ns: host,
+                    func: 0x1000 + name as u64,
+                    stream: 7,
+                    pid,
+                    tid,
+                    grid_x: 128,
+                    grid_y: 1,
+                    grid_z: 1,
+                    block_x: 256,
+                    block_y: 1,
+                    block_z: 1,
+                    shared_mem_bytes: 0,
+                    api: ProbedApi::LaunchKernel as u32,
+                }));
+                let start = dev.max(host + 7_000) + rng.below(2_000);
+                let dur = if name == GEMM { 90_000 } else { 30_000 } + rng.below(20_000);
+                out.push(Record::KernelExec(KernelExec {
+                    start_ns: start,
+                    end_ns: start + dur,
+                    stream: 7,
+                    correlation_id: corr,
+                    device: rank as u32,
+                    name_id: name,
+                    grid_x: 128,
+                    grid_y: 1,
+                    grid_z: 1,
+                    block_x: 256,
+                    block_y: 1,
+                    block_z: 1,
+                    registers_per_thread: 64,
+                    shared_mem_bytes: 1024,
+                    graph_id: 0,
+                    pid,
+                    flags: 0,
+                }));
+                corr += 1;
+                dev = start + dur;
+                host += 5_000 + rng.below(3_000);
+                if i == 20 {
+                    nccl_at = start + 20_000;
+                }
+            }
+            // The all-reduce: launched after the last compute launch, runs from inside the last
+            // compute kernels to past them.
+            out.push(api(host, 5_000, 307, corr));
+            out.push(Record::NcclColl(NcclColl {
+                start_ns: host,
+                end_ns: host + 12_000,
+                comm: 0xc0,
+                seq: step,
+                count: 1 << 20,
+                bytes: 2 << 20,
+                stream: 13,
+                pid,
+                tid,
+                rank: rank as u32,
+                nranks: 2,
+                op: CollOp::AllReduce as u32,
+                dtype: NcclDtype::Bfloat16 as u32,
+                phase: NcclPhase::Host as u32,
+                device: rank as u32,
+            }));
+            let nccl_end = dev + 150_000;
+            out.push(Record::KernelExec(KernelExec {
+                start_ns: nccl_at,
+                end_ns: nccl_end,
+                stream: 13,
+                correlation_id: corr,
+                device: rank as u32,
+                name_id: NCCL,
+                grid_x: 2,
+                grid_y: 1,
+                grid_z: 1,
+                block_x: 640,
+                block_y: 1,
+                block_z: 1,
+                registers_per_thread: 96,
+                shared_mem_bytes: 0,
+                graph_id: 0,
+                pid,
+                flags: 0,
+            }));
+            corr += 1;
+            host += 14_000;
+            out.push(api(host, 3_000, 307, corr));
+            let ms = nccl_end + 4_000;
+            out.push(Record::MemOp(MemOp {
+                start_ns: ms,
+                end_ns: ms + 20_000,
+                bytes: 1 << 20,
+                stream: 7,
+                correlation_id: corr,
+                device: rank as u32,
+                kind: MemOpKind::Memset as u32,
+                pid,
+            }));
+            corr += 1;
+            dev = ms + 20_000;
+            out.push(Record::StepMarker(StepMarker {
+                start_ns: step_start,
+                end_ns: host + 4_000,
+                step,
+                pid,
+                name_id: STEP_NAME,
+                source: StepSource::Nvtx as u32,
+                device: 0,
+            }));
+            // The next step starts when the device is done, plus a launch-bound gap.
+            host = dev + 60_000;
+        }
+    }
+    out
+}
+
+pub fn write_job(dir: &Path) -> PathBuf {
+    let path = dir.join("job.gptrace");
+    write_trace(&path, &two_rank_job(), &NAMES, 2_000);
+    path
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A `ts`/`dur` in µs back to ns (they are written with exactly 3 decimals).
+fn ns(v: &Value) -> u64 {
+    (v.as_f64().unwrap() * 1000.0).round() as u64
+}
+
+#[test]
+fn export_writes_kineto_shaped_events_that_match_the_records() {
+    let dir = tmpdir();
+    let trace = write_job(dir.path());
+    let out = dir.path().join("job.json");
+    let run = ghostprof().args(["export", "--format", "chrome"]).arg(&trace).arg("-o").arg(&out).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("wrote"), "it says what it wrote");
+    let v = read_json(&out);
+    assert_eq!(v["schemaVersion"], 1);
+    assert_eq!(v["distributedInfo"]["world_size"], 2);
+    assert!(v["baseTimeNanoseconds"].as_u64().unwrap() > 1_600_000_000_000_000_000, "Unix time in ns");
+    let base = v["ghostprof"]["monotonic_base_ns"].as_u64().unwrap();
+    let records = two_rank_job();
+    assert_eq!(base, records.iter().map(|r| r.time_ns()).min().unwrap());
+    let events = v["traceEvents"].as_array().unwrap();
+    let of = |cat: &str| events.iter().filter(|e| e["cat"] == cat).collect::<Vec<_>>();
+
+    // Every kernel, exactly: pid = device, tid = stream, ns-exact times, Kineto's args.
+    let kernels: Vec<&KernelExec> =
+        records.iter().filter_map(|r| if let Record::KernelExec(k) = r { Some(k) } else { None }).collect();
+    let exported = of("kernel");
+    assert_eq!(exported.len(), kernels.len());
+    let by_key: HashMap<(u64, u64), &Value> =
+        exported.iter().map(|e| ((e["pid"].as_u64().unwrap(), ns(&e["ts"]) + base), *e)).collect();
+    for k in &kernels {
+        let e = by_key[&(k.device as u64, k.start_ns)];
+        assert_eq!(ns(&e["dur"]), k.end_ns - k.start_ns);
+        assert_eq!(e["ph"], "X");
+        assert_eq!(e["tid"], k.stream);
+        assert_eq!(e["args"]["stream"], k.stream);
+        assert_eq!(e["args"]["device"], k.device);
+        assert_eq!(e["args"]["correlation"], k.correlation_id);
+        assert_eq!(e["args"]["External id"], k.correlation_id);
+        assert_eq!(e["args"]["grid"], serde_json::json!([k.grid_x, 1, 1]));
+        assert_eq!(e["args"]["block"], serde_json::json!([k.block_x, 1, 1]));
+        assert_eq!(e["name"], NAMES[k.name_id as usize - 1], "names survive JSON escaping");
+    }
+    assert!(exported.iter().any(|e| e["name"] == NASTY));
+    let memops = records.iter().filter(|r| matches!(r, Record::MemOp(_))).count();
+    assert_eq!(of("gpu_memcpy").len() + of("gpu_memset").len(), memops);
+    assert!(of("gpu_memcpy").iter().all(|e| e["name"].as_str().unwrap().starts_with("Memcpy HtoD")));
+    assert!(of("gpu_memset").iter().all(|e| e["name"] == "Memset (Device)" && e["args"]["bytes"] == 1 << 20));
+
+    // Launch calls on the CPU side: pid = process, tid = thread; one ac2g flow per launch
+    // from the call to its kernel, with the same id.
+    let driver = of("cuda_driver");
+    assert_eq!(driver.len(), records.iter().filter(|r| matches!(r, Record::ApiCall(_))).count());
+    assert!(driver.iter().all(|e| PIDS.contains(&(e["pid"].as_u64().unwrap() as u32)) && e["tid"] == e["pid"]));
+    assert!(driver.iter().any(|e| e["name"] == "cuLaunchKernel" && e["args"]["cbid"] == 307));
+    let flows = of("ac2g");
+    let starts: Vec<&&Value> = flows.iter().filter(|e| e["ph"] == "s").collect();
+    let ends: Vec<&&Value> = flows.iter().filter(|e| e["ph"] == "f").collect();
+    assert_eq!(starts.len(), kernels.len() + memops);
+    assert_eq!(ends.len(), kernels.len() + memops);
+    assert!(ends.iter().all(|e| e["bp"] == "e"));
+    let mut ids: Vec<u64> = starts.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    let mut end_ids: Vec<u64> = ends.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    ids.sort_unstable();
+    end_ids.sort_unstable();
+    assert_eq!(ids, end_ids, "every flow starts at a call and ends at device work");
+    ids.dedup();
+    assert_eq!(ids.len(), starts.len(), "flow ids are unique across the two processes");
+
+    // Steps: a CPU ProfilerStep per NVTX range and one on each GPU.
+    let cpu_steps: Vec<_> = of("user_annotation").into_iter().filter(|e| e["name"] == "ProfilerStep#3").collect();
+    assert_eq!(cpu_steps.len(), 2, "one per rank");
+    assert_eq!(cpu_steps[0]["args"]["ghostprof step name"], "train_step");
+    let gpu_steps = of("gpu_user_annotation");
+    assert_eq!(gpu_steps.iter().filter(|e| e["name"].as_str().unwrap().starts_with("ProfilerStep#")).count(), 20);
+    assert!(gpu_steps.iter().all(|e| e["args"].get("stream").is_none()), "annotations are not device work");
+    let colls = of("user_annotation").into_iter().filter(|e| e["name"] == "nccl:all_reduce").count();
+    assert_eq!(colls, 20);
+    // Host context: off-CPU waits, and metadata naming the GPU and stream tracks.
+    assert_eq!(of("ghostprof_host").len(), 20);
+    assert!(events.iter().any(|e| e["ph"] == "M" && e["name"] == "process_name" && e["args"]["name"] == "GPU 1"));
+    assert!(events.iter().any(|e| e["ph"] == "M" && e["name"] == "thread_name" && e["args"]["name"] == "stream 13"));
+    assert_eq!(v["deviceProperties"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn export_to_a_directory_writes_one_file_per_rank_and_pid_selects_one() {
+    let dir = tmpdir();
+    let trace = write_job(dir.path());
+    let outdir = dir.path().join("traces");
+    std::fs::create_dir(&outdir).unwrap();
+    let run = ghostprof().arg("export").arg(&trace).arg("-o").arg(&outdir).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&outdir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for (rank, f) in files.iter().enumerate() {
+        let text = std::fs::read_to_string(f).unwrap();
+        // HTA finds the rank with the first line matching `"rank":\s+(\d+)`.
+        let first = text.lines().find(|l| l.contains("\"rank\":")).unwrap();
+        assert!(first.contains(&format!("\"rank\": {rank},")), "{first}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["ghostprof"]["pids"], serde_json::json!([PIDS[rank]]));
+        let gpu_pids: Vec<u64> = v["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["cat"] == "kernel")
+            .map(|e| e["pid"].as_u64().unwrap())
+            .collect();
+        assert!(!gpu_pids.is_empty() && gpu_pids.iter().all(|p| *p == rank as u64), "pid = the rank's device");
+    }
+    let one = dir.path().join("one.json");
+    let run = ghostprof().arg("export").arg(&trace).args(["--pid", "31002", "-o"]).arg(&one).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v = read_json(&one);
+    assert_eq!(v["distributedInfo"]["rank"], 1);
+    let pids: std::collections::BTreeSet<u64> =
+        v["traceEvents"].as_array().unwrap().iter().filter_map(|e| e["pid"].as_u64()).collect();
+    assert_eq!(pids, [1u64, 31002].into_iter().collect(), "only pid 31002 and its GPU");
+    // Errors: one line, non-zero.
+    for args in [&["--pid", "7"][..], &["--format", "perfetto"]] {
+        let run = ghostprof().arg("export").arg(&trace).args(args).arg("-o").arg(dir.path().join("x.json")).output();
+        let run = run.unwrap();
+        assert_eq!(run.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(!dir.path().join("x.json").exists() && !dir.path().join("x.json.tmp").exists());
+    }
+}
+
+/// HTA's temporal breakdown, per rank, from tools/hta-compare; None (with a message) when the
+/// HTA environment tools/setup makes is missing.
+pub fn hta_breakdown(traces: &Path) -> Option<BTreeMap<u32, Value>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = std::env::var("GHOSTPROF_HTA_VENV").map(PathBuf::from).unwrap_or(root.join("target/hta-venv"));
+    if !venv.join("bin/python").exists() {
+        eprintln!("SKIPPED: no HTA virtual environment at {} (tools/setup installs it)", venv.display());
+        return None;
+    }
+    let out = Command::new(root.join("tools/hta-compare")).arg(traces).output().unwrap();
+    assert!(out.status.success(), "hta-compare: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    Some(
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .map(|v| (v["rank"].as_u64().unwrap() as u32, v))
+            .collect(),
+    )
+}
+
+/// Compares HTA's idle / compute / non-compute fractions of each rank with ghostprof's
+/// accounting over the same window: compute = compute.*, idle = idle.*, non-compute = the rest
+/// (comm.* and other.busy: HTA counts NCCL kernels, copies and memsets as non-compute, and
+/// like ghostprof gives compute precedence where kernels overlap). Returns the worst
+/// difference in points.
+pub fn compare_with_hta(trace: &Path, files: &Path, hta: &BTreeMap<u32, Value>, pids: &[u32]) -> f64 {
+    let mut names = HashMap::new();
+    let reader = TraceReader::open(trace).unwrap();
+    reader.for_each_chunk(|c| names.extend(c.strings.iter().cloned())).unwrap();
+    let batch = reader.read_all().unwrap();
+    let mut worst = 0f64;
+    for entry in std::fs::read_dir(files).unwrap() {
+        let v = read_json(&entry.unwrap().path());
+        let rank = v["distributedInfo"]["rank"].as_u64().unwrap() as u32;
+        let pid = v["ghostprof"]["pids"][0].as_u64().unwrap() as u32;
+        assert!(pids.contains(&pid));
+        let base = v["ghostprof"]["monotonic_base_ns"].as_u64().unwrap();
+        let h = &hta[&rank];
+        let w0 = base + (h["window_start_us"].as_f64().unwrap() * 1000.0).round() as u64;
+        let w1 = base + (h["window_end_us"].as_f64().unwrap() * 1000.0).round() as u64;
+        // Where every device operation has its launch call inside a step, HTA keeps them all:
+        // its window is the device's first to last operation, as ghostprof's default.
+        let own = account(&batch, &names, &AccountOptions::default());
+        let a = own.iter().find(|a| a.pid == pid).unwrap();
+        assert!(a.window_start_ns.abs_diff(w0) <= 1 && a.window_end_ns.abs_diff(w1) <= 1, "HTA kept every kernel");
+        let mut opts = AccountOptions::default();
+        opts.windows.insert(pid, (w0, w1));
+        let acc = account(&batch, &names, &opts);
+        let a = acc.iter().find(|a| a.pid == pid).unwrap();
+        let w = a.window_ns() as f64;
+        let g = |prefix: &str| {
+            ghostprof::analyze::CATEGORY_NAMES
+                .iter()
+                .filter(|n| n.starts_with(prefix))
+                .map(|n| a.categories.get(n))
+                .sum::<u64>() as f64
+                / w
+        };
+        let (compute, idle) = (g("compute."), g("idle."));
+        let non_compute = g("comm.") + g("other.");
+        let diffs = [
+            (h["compute"].as_f64().unwrap() - compute).abs(),
+            (h["idle"].as_f64().unwrap() - idle).abs(),
+            (h["non_compute"].as_f64().unwrap() - non_compute).abs(),
+        ];
+        eprintln!(
+            "rank {rank} (pid {pid}): HTA compute {:.2}% idle {:.2}% non-compute {:.2}% in {:.2}s; ghostprof {:.2}% {:.2}% {:.2}%",
+            h["compute"].as_f64().unwrap() * 100.0,
+            h["idle"].as_f64().unwrap() * 100.0,
+            h["non_compute"].as_f64().unwrap() * 100.0,
+            h["hta_seconds"].as_f64().unwrap(),
+            compute * 100.0,
+            idle * 100.0,
+            non_compute * 100.0
+        );
+        worst = diffs.iter().fold(worst, |m, d| m.max(*d * 100.0));
+    }
+    worst
+}
+
+#[test]
+fn hta_reads_the_export_and_its_temporal_breakdown_agrees_with_ghostprof() {
+    let dir = tmpdir();
+    let trace = write_job(dir.path());
+    let files = dir.path().join("traces");
+    let run = ghostprof().arg("export").arg(&trace).arg("-o").arg(format!("{}/", files.display())).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let Some(hta) = hta_breakdown(&files) else { return };
+    assert_eq!(hta.keys().copied().collect::<Vec<_>>(), vec![0, 1], "HTA sees both ranks");
+    let worst = compare_with_hta(&trace, &files, &hta, &PIDS);
+    assert!(worst <= 1.0, "HTA and ghostprof differ by {worst:.3} points");
+    // The job has all three: compute, non-compute (copies, NCCL) and idle (the straggler's peer).
+    for h in hta.values() {
+        for k in ["compute", "idle", "non_compute"] {
+            assert!(h[k].as_f64().unwrap() > 0.02, "{k}: {h}");
+        }
+    }
+}
