@@ -454,3 +454,145 @@ fn hta_reads_the_export_and_its_temporal_breakdown_agrees_with_ghostprof() {
         }
     }
 }
+
+/// A report JSON with every field of the schema (docs/report-schema.md), as the analysis writes
+/// it: 2 ranks, rank 1 the straggler, a kernel with an untrusted name.
+pub fn full_report_fixture() -> Value {
+    let cats = |u: f64, i: f64, t: f64, w: f64, o: f64, lb: f64, hs: f64| {
+        serde_json::json!({"compute.useful": u, "compute.inefficient": i, "comm.transfer": t, "comm.wait": w,
+            "other.busy": o, "idle.launch_bound": lb, "idle.host_stall": hs,
+            "idle.other": (1.0 - u - i - t - w - o - lb - hs).max(0.0)})
+    };
+    let device = |pid: u32, dev: u32, wait: f64| {
+        let bins: Vec<Value> = (0..200)
+            .map(|b| {
+                let phase = (b as f64 / 12.0).sin().abs();
+                serde_json::json!({"start_ns": 1_000_000_000u64 + b * 5_000_000, "busy": 0.55 + 0.4 * phase,
+                    "mfu": if b % 50 == 49 { Value::Null } else { serde_json::json!(0.2 + 0.25 * phase) },
+                    "categories": cats(0.2 + 0.25 * phase, 0.2, 0.05, wait * phase, 0.05, 0.1 * (1.0 - phase), 0.05)})
+            })
+            .collect();
+        let steps: Vec<Value> = (0..12)
+            .map(|s| {
+                serde_json::json!({"index": s, "start_ns": 1_000_000_000u64 + s * 80_000_000, "end_ns": 1_080_000_000u64 + s * 80_000_000,
+                    "busy": 0.8, "mfu": 0.35, "categories": cats(0.35, 0.2, 0.05, wait, 0.05, 0.1, 0.1 - wait / 2.0)})
+            })
+            .collect();
+        serde_json::json!({
+            "file": format!("rank{dev}<b>.gptrace"), "pid": pid, "device": dev,
+            "window_start_ns": 1_000_000_000u64, "window_end_ns": 2_000_000_000u64,
+            "busy": 0.82, "busy_ns": 820_000_000u64, "mfu": 0.31, "divergence": 0.51, "flop_source": "pm_sampling",
+            "categories": cats(0.31, 0.3, 0.06, wait, 0.05, 0.1, 0.1 - wait / 2.0),
+            "categories_ns": {"compute.useful": 310_000_000u64},
+            "steps": steps, "step_source": "nvtx",
+            "bins": {"width_ns": 5_000_000u64, "items": bins},
+            "top_kernels": [
+                {"name": NASTY, "count": 1200, "total_ns": 300_000_000u64, "mean_ns": 250_000.0, "share": 0.3, "useful_ns": 120_000_000u64},
+                {"name": NAMES[1], "count": 2400, "total_ns": 200_000_000u64, "mean_ns": 83_333.3, "share": 0.2, "useful_ns": 150_000_000u64}
+            ],
+            "top_idle_gaps": [{"start_ns": 1_200_000_000u64, "end_ns": 1_230_000_000u64, "duration_ns": 30_000_000u64,
+                "category": "idle.host_stall", "reason": "futex"}],
+            "checkpoint": {"io_ns": 40_000_000u64, "fraction": 0.04, "bytes": 1u64 << 30}
+        })
+    };
+    serde_json::json!({
+        "schema": "ghostprof.report.v1",
+        "devices": [device(31001, 0, 0.15), device(31002, 1, 0.01)],
+        "ranks": [31001, 31002],
+        "warnings": ["a <warning>"],
+        "collectives": [{"op": "all_reduce", "size_bucket": "1MiB-4MiB", "count": 120, "bytes": 251_658_240u64,
+            "time_ns": 90_000_000u64, "transfer_ns": 30_000_000u64, "wait_ns": 60_000_000u64, "bus_bandwidth_gbps": 140.5, "algorithm": "ring"}],
+        "skew": [
+            {"rank": 0, "pid": 31001, "file": "rank0.gptrace", "mean_arrival_skew_ns": 120_000.0, "max_arrival_skew_ns": 400_000u64, "late_count": 3},
+            {"rank": 1, "pid": 31002, "file": "rank1.gptrace", "mean_arrival_skew_ns": 9_100_000.0, "max_arrival_skew_ns": 14_000_000u64, "late_count": 117}
+        ],
+        "straggler_rank": 1,
+        "straggler_activity": "off-CPU: file I/O 80%, on-CPU 20%"
+    })
+}
+
+#[test]
+fn html_report_draws_every_section_of_a_full_report_and_escapes_names() {
+    let html = ghostprof::report::html::render(&full_report_fixture());
+    for want in [
+        "busy <span class=\"big\">82.0%</span> vs MFU <span class=\"big\">31.0%</span>: <span class=\"big\">51.0 points</span>",
+        "Busy vs MFU over time",
+        "Where the time went, over time",
+        "12 steps (found by: nvtx)",
+        "Top kernels",
+        "all_reduce",
+        "140.5 GB/s",
+        "Straggler: <span class=\"big\">rank 1</span>",
+        "off-CPU: file I/O 80%",
+        "Checkpoint I/O",
+    ] {
+        assert!(html.contains(want), "missing {want:?}");
+    }
+    assert!(!html.contains("<p class=\"absent\">"), "every section has data");
+    // Untrusted strings are escaped, nothing executes or loads.
+    assert!(html.contains("gemm&lt;&quot;q&quot;&amp;&#39;a&#39;&gt; &lt;/script&gt;&lt;script&gt;alert(1)"));
+    assert!(!html.contains("<script") && !html.contains("<b>") && !html.contains("src=") && !html.contains("href="));
+    assert_eq!(html.matches("<svg").count(), 2 * 4 + 2 + 1, "per device: a bar and 3 charts; 2 headline bars; skew");
+}
+
+#[test]
+fn report_html_writes_a_page_for_traces_without_the_new_fields() {
+    let dir = tmpdir();
+    let trace = write_job(dir.path());
+    let page = dir.path().join("r.html");
+    let out = ghostprof().args(["report", "--html"]).arg(&page).arg(&trace).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("GPU 0 (pid 31001) busy"), "the text report still prints");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTML report written to"));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    assert_eq!(html.matches("<h2>GPU ").count(), 2, "a section per device");
+    assert!(html.contains("MFU unknown"), "no FLOP source in this trace");
+}
+
+/// Headless Chromium's screenshot of `html`: (share of non-white pixels, distinct colours);
+/// None (with a message) without Chromium.
+fn screenshot(html: &str, dir: &Path) -> Option<(f64, usize)> {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+    else {
+        eprintln!("SKIPPED: no chromium binary (tools/setup installs the Debian package `chromium`)");
+        return None;
+    };
+    let page = dir.join("page.html");
+    let png = dir.join("shot.png");
+    std::fs::write(&page, html).unwrap();
+    let out = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,1800"])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(png.exists(), "{chromium} wrote no screenshot: {}", String::from_utf8_lossy(&out.stderr));
+    let decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    assert!(channels >= 3 && info.bit_depth == png::BitDepth::Eight, "{:?} {:?}", info.color_type, info.bit_depth);
+    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(channels).collect();
+    let non_white = pixels.iter().filter(|p| p[..3].iter().any(|c| *c < 235)).count();
+    let colours: std::collections::HashSet<[u8; 3]> = pixels.iter().map(|p| [p[0], p[1], p[2]]).collect();
+    Some((non_white as f64 / pixels.len() as f64, colours.len()))
+}
+
+#[test]
+fn html_report_is_drawn_by_headless_chromium() {
+    let dir = tmpdir();
+    let Some((ink, colours)) = screenshot(&ghostprof::report::html::render(&full_report_fixture()), dir.path()) else {
+        return;
+    };
+    eprintln!("screenshot: {:.1}% non-white pixels, {colours} distinct colours", ink * 100.0);
+    assert!(ink > 0.10, "the page is mostly blank: {:.1}% non-white", ink * 100.0);
+    assert!(colours >= 10, "charts in several colours: {colours}");
+    // A blank page, for contrast, is measured as blank.
+    let (blank, _) = screenshot("<!DOCTYPE html><html><body></body></html>", dir.path()).unwrap();
+    assert!(blank < 0.01, "{blank}");
+}
