@@ -30,8 +30,8 @@ use crate::trace::*;
 pub struct ChromeOptions {
     /// Only this process (its CPU events and its devices).
     pub pid: Option<u32>,
-    /// One file per process in the directory `out` (HTA's layout: one file per rank) instead
-    /// of one file with every process.
+    /// One file per process with device work in the directory `out` (HTA's layout: one file
+    /// per rank) instead of one file with every process.
     pub per_process: bool,
 }
 
@@ -65,7 +65,8 @@ struct Scan {
     realtime: Option<(u64, u64)>,
 }
 
-fn scan(reader: &TraceReader, only: Option<u32>) -> Result<Scan, TraceError> {
+/// `gpu_only`: keep only processes with device work (HTA wants a GPU in every rank's file).
+fn scan(reader: &TraceReader, only: Option<u32>, gpu_only: bool) -> Result<Scan, TraceError> {
     let mut procs: BTreeMap<u32, Proc> = BTreeMap::new();
     let mut t0 = u64::MAX;
     let mut realtime = None;
@@ -121,7 +122,7 @@ fn scan(reader: &TraceReader, only: Option<u32>) -> Result<Scan, TraceError> {
             }
         }
     })?;
-    procs.retain(|_, p| p.has_events);
+    procs.retain(|_, p| p.has_events && (!gpu_only || !p.devices.is_empty()));
     for p in procs.values_mut() {
         p.steps.sort_unstable();
     }
@@ -577,11 +578,12 @@ fn per_process_path(dir: &Path, trace: &Path, rank: u32, pid: u32) -> PathBuf {
 /// Exports `trace` to `out` (a file, or a directory with `per_process`).
 pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::Result<Vec<ExportedFile>> {
     let reader = TraceReader::open(trace)?;
-    let scan = scan(&reader, opts.pid)?;
+    let scan = scan(&reader, opts.pid, opts.per_process)?;
     if scan.procs.is_empty() {
+        let what = if opts.per_process { "device activity" } else { "events" };
         match opts.pid {
-            Some(p) => bail!("process {p} has no events in {}", trace.display()),
-            None => bail!("{} has no events to export", trace.display()),
+            Some(p) => bail!("process {p} has no {what} in {}", trace.display()),
+            None => bail!("{} has no {what} to export", trace.display()),
         }
     }
     // Ranks: NCCL's where every process has a distinct one, else the processes' order.
