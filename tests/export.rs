@@ -306,6 +306,17 @@ fn export_writes_kineto_shaped_events_that_match_the_records() {
     // Host context: off-CPU waits, and metadata naming the GPU and stream tracks.
     assert_eq!(of("ghostprof_host").len(), 20);
     assert!(events.iter().any(|e| e["ph"] == "M" && e["name"] == "process_name" && e["args"]["name"] == "GPU 1"));
+    assert!(events.iter().any(|e| e["name"] == "process_name" && e["args"]["name"] == "python3 (31001)"));
+    // Each step's device annotation covers the device work queued in that step, which runs
+    // after the host's range ends.
+    let last = gpu_steps.iter().filter(|e| e["pid"] == 0).map(|e| ns(&e["ts"]) + ns(&e["dur"])).max().unwrap();
+    let last_kernel = kernels.iter().chain(&[]).filter(|k| k.device == 0).map(|k| k.end_ns - base).max().unwrap();
+    let last_memset = records
+        .iter()
+        .filter_map(|r| if let Record::MemOp(m) = r { (m.device == 0).then_some(m.end_ns - base) } else { None })
+        .max()
+        .unwrap();
+    assert_eq!(last, last_kernel.max(last_memset));
     assert!(events.iter().any(|e| e["ph"] == "M" && e["name"] == "thread_name" && e["args"]["name"] == "stream 13"));
     assert_eq!(v["deviceProperties"].as_array().unwrap().len(), 2);
 }

@@ -5,16 +5,17 @@
 //!   Kineto's `args` (`device`, `stream`, `correlation`, `External id`, `grid`, `block`, ...);
 //!   CUPTI's API records are `cuda_driver` / `cuda_runtime` events on the process and thread
 //!   that made the call; an `ac2g` flow links each launch or copy call to its device work.
-//! - Steps become `user_annotation` + `gpu_user_annotation` events named `ProfilerStep#N`.
+//! - Steps become `user_annotation` + `gpu_user_annotation` events named `ProfilerStep#N`; a
+//!   step's device work is that of the CUDA calls made inside it (by correlation id, as Kineto).
 //! - Timestamps are microseconds (3 decimals) since `baseTimeNanoseconds`, which is Unix time
 //!   in ns of the first exported event (Kineto's convention); `ghostprof.monotonic_base_ns` is
 //!   the same instant on the trace's CLOCK_MONOTONIC.
 //! - ghostprof's own host records (off-CPU stalls, file I/O, eBPF launch probes) are events of
 //!   categories `ghostprof_host` / `ghostprof_launch`, which Kineto consumers ignore.
 //!
-//! The trace is read twice, chunk by chunk: a first pass finds processes, ranks, steps and the
-//! time base; the second writes events through buffered writers as it decodes. Nothing holds
-//! all records.
+//! The trace is read chunk by chunk: a first pass finds processes, ranks, steps and the time
+//! base (and, when there are steps, a second the correlation ids of each step's calls); the last
+//! writes events through buffered writers as it decodes. Nothing holds all records.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -54,6 +55,9 @@ struct Proc {
     nccl_rank: Option<(u32, u32)>,
     /// (start, end, step number), sorted by start
     steps: Vec<(u64, u64, u64)>,
+    /// (lowest, highest correlation id of the CUDA calls made inside a step, the step's index),
+    /// in step order (CUPTI numbers calls in order, so the ranges ascend)
+    step_corr: Vec<(u32, u32, usize)>,
     has_events: bool,
 }
 
@@ -125,6 +129,33 @@ fn scan(reader: &TraceReader, only: Option<u32>, gpu_only: bool) -> Result<Scan,
     procs.retain(|_, p| p.has_events && (!gpu_only || !p.devices.is_empty()));
     for p in procs.values_mut() {
         p.steps.sort_unstable();
+    }
+    // Which CUDA calls each step made, by correlation id (CUPTI numbers calls in order): the
+    // device work a step queued is the work of those calls, as Kineto attributes it.
+    if procs.values().any(|p| !p.steps.is_empty()) {
+        let mut ranges: HashMap<u32, Vec<Option<(u32, u32)>>> =
+            procs.iter().map(|(pid, p)| (*pid, vec![None; p.steps.len()])).collect();
+        reader.for_each_chunk(|c| {
+            for a in &c.records.api_calls {
+                let cuda = a.domain == ApiDomain::CudaDriver as u32 || a.domain == ApiDomain::CudaRuntime as u32;
+                if !cuda || a.correlation_id == 0 || a.call_id >= crate::collect::cupti::SYNC_CALL_BASE {
+                    continue;
+                }
+                let (Some(p), Some(r)) = (procs.get(&a.pid), ranges.get_mut(&a.pid)) else { continue };
+                let i = p.steps.partition_point(|s| s.0 <= a.start_ns);
+                if i == 0 || a.start_ns > p.steps[i - 1].1 {
+                    continue;
+                }
+                let r = r[i - 1].get_or_insert((a.correlation_id, a.correlation_id));
+                r.0 = r.0.min(a.correlation_id);
+                r.1 = r.1.max(a.correlation_id);
+            }
+        })?;
+        for (pid, r) in ranges {
+            if let Some(p) = procs.get_mut(&pid) {
+                p.step_corr = r.into_iter().enumerate().filter_map(|(i, r)| r.map(|(lo, hi)| (lo, hi, i))).collect();
+            }
+        }
     }
     Ok(Scan { procs, t0: if t0 == u64::MAX { 0 } else { t0 }, realtime })
 }
@@ -284,13 +315,22 @@ impl Exporter<'_> {
         Ok(())
     }
 
-    fn note_step_span(&mut self, pid: u32, device: u32, start: u64, end: u64) {
+    /// Device work belongs to the step that made its launch call (found by correlation id);
+    /// work without one, to the step whose host range it starts in.
+    fn note_step_span(&mut self, pid: u32, device: u32, corr: u32, start: u64, end: u64) {
         let Some(p) = self.scan.procs.get(&pid) else { return };
-        let i = p.steps.partition_point(|s| s.0 <= start);
-        if i == 0 || start > p.steps[i - 1].1 {
-            return;
-        }
-        let e = self.step_spans.entry((pid, i - 1, device)).or_insert((start, end));
+        let by_corr = (corr != 0)
+            .then(|| {
+                let j = p.step_corr.partition_point(|r| r.1 < corr);
+                p.step_corr.get(j).filter(|r| r.0 <= corr).map(|r| r.2)
+            })
+            .flatten();
+        let step = by_corr.or_else(|| {
+            let i = p.steps.partition_point(|s| s.0 <= start);
+            (i > 0 && start <= p.steps[i - 1].1).then(|| i - 1)
+        });
+        let Some(i) = step else { return };
+        let e = self.step_spans.entry((pid, i, device)).or_insert((start, end));
         e.0 = e.0.min(start);
         e.1 = e.1.max(end);
     }
@@ -304,7 +344,14 @@ impl Exporter<'_> {
         for p in &r.processes {
             if let Some(&(si, _)) = self.route.get(&p.pid) {
                 let name = self.strings.get(&p.name_id).cloned().unwrap_or_default();
-                self.thread_name(si, p.pid as u64, p.pid as u64, &name)?;
+                if !name.is_empty() && self.sinks[si].named.insert((p.pid as u64, u64::MAX)) {
+                    let n = q(&format!("{name} ({})", p.pid));
+                    self.sinks[si].event(format_args!(
+                        r#""name": "process_name", "ph": "M", "ts": 0.000, "pid": {}, "tid": 0, "args": {{"name": {n}}}"#,
+                        p.pid
+                    ))?;
+                }
+                self.thread_name(si, p.pid as u64, p.pid as u64, &format!("thread {} ({name})", p.pid))?;
             }
         }
         for t in &r.threads {
@@ -315,7 +362,7 @@ impl Exporter<'_> {
         }
         for k in &r.kernels {
             let Some((si, gp)) = self.gpu(k.pid, k.device) else { continue };
-            self.note_step_span(k.pid, k.device, k.start_ns, k.end_ns);
+            self.note_step_span(k.pid, k.device, k.correlation_id, k.start_ns, k.end_ns);
             self.thread_name(si, gp, k.stream, &format!("stream {}", k.stream))?;
             let (ts, dur, name) = (self.ts(k.start_ns), Us(k.end_ns.saturating_sub(k.start_ns)), self.name(k.name_id));
             let corr = if k.correlation_id != 0 {
@@ -347,7 +394,7 @@ impl Exporter<'_> {
         }
         for m in &r.memops {
             let Some((si, gp)) = self.gpu(m.pid, m.device) else { continue };
-            self.note_step_span(m.pid, m.device, m.start_ns, m.end_ns);
+            self.note_step_span(m.pid, m.device, m.correlation_id, m.start_ns, m.end_ns);
             self.thread_name(si, gp, m.stream, &format!("stream {}", m.stream))?;
             let d = m.end_ns.saturating_sub(m.start_ns);
             let (ts, dur) = (self.ts(m.start_ns), Us(d));
