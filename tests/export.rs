@@ -246,6 +246,17 @@ fn export_writes_kineto_shaped_events_that_match_the_records() {
     let records = two_rank_job();
     assert_eq!(base, records.iter().map(|r| r.time_ns()).min().unwrap());
     let events = v["traceEvents"].as_array().unwrap();
+    // The Chrome trace event format's required fields, by phase.
+    for e in events {
+        let ph = e["ph"].as_str().unwrap_or_else(|| panic!("no ph: {e}"));
+        assert!(e["pid"].is_u64() && e["tid"].is_u64() && e["ts"].is_number(), "{e}");
+        match ph {
+            "X" => assert!(e["name"].is_string() && e["cat"].is_string() && e["dur"].as_f64().unwrap() >= 0.0, "{e}"),
+            "s" | "f" => assert!(e["id"].is_u64() && e["cat"] == "ac2g", "{e}"),
+            "i" | "C" | "M" => assert!(e["name"].is_string() && e["args"].is_object(), "{e}"),
+            other => panic!("unexpected phase {other}: {e}"),
+        }
+    }
     let of = |cat: &str| events.iter().filter(|e| e["cat"] == cat).collect::<Vec<_>>();
 
     // Every kernel, exactly: pid = device, tid = stream, ns-exact times, Kineto's args.
