@@ -606,8 +606,11 @@ fn screenshot(html: &str, dir: &Path) -> Option<(f64, usize)> {
     let page = dir.join("page.html");
     let png = dir.join("shot.png");
     std::fs::write(&page, html).unwrap();
-    let out = Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,1800"])
+    let _ = std::fs::remove_file(&png);
+    // `timeout`: a browser that hangs fails the test instead of stalling the suite.
+    let out = Command::new("timeout")
+        .args(["120", chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+        .arg("--window-size=1100,1800")
         .arg(format!("--user-data-dir={}", dir.join("profile").display()))
         .arg(format!("--screenshot={}", png.display()))
         .arg(format!("file://{}", page.display()))
