@@ -217,7 +217,7 @@ pub fn two_rank_job() -> Vec<Record> {
 
 pub fn write_job(dir: &Path) -> PathBuf {
     let path = dir.join("job.gptrace");
-    write_trace(&path, &two_rank_job(), &NAMES, 2_000);
+    write_trace(&path, &two_rank_job(), &NAMES, 300);
     path
 }
 
@@ -367,6 +367,22 @@ fn export_to_a_directory_writes_one_file_per_rank_and_pid_selects_one() {
     let pids: std::collections::BTreeSet<u64> =
         v["traceEvents"].as_array().unwrap().iter().filter_map(|e| e["pid"].as_u64()).collect();
     assert_eq!(pids, [1u64, 31002].into_iter().collect(), "only pid 31002 and its GPU");
+    // A trace cut short (a recording killed) exports its whole chunks, with the reader's warning.
+    let cut = dir.path().join("cut.gptrace");
+    let third = TraceReader::open(&trace).unwrap().chunks()[2].offset as usize;
+    std::fs::write(&cut, &std::fs::read(&trace).unwrap()[..third + 5]).unwrap();
+    let run = ghostprof().arg("export").arg(&cut).arg("-o").arg(dir.path().join("cut.json")).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("warning"));
+    let kernels = read_json(&dir.path().join("cut.json"))["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["cat"] == "kernel")
+        .count();
+    let reader = TraceReader::open(&cut).unwrap();
+    assert_eq!(kernels, reader.read_all().unwrap().kernels.len());
+    assert!(kernels > 0);
     // Errors: one line, non-zero.
     for args in [&["--pid", "7"][..], &["--format", "perfetto"]] {
         let run = ghostprof().arg("export").arg(&trace).args(args).arg("-o").arg(dir.path().join("x.json")).output();

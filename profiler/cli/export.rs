@@ -21,8 +21,11 @@ pub fn run(cfg: &ExportConfig) -> anyhow::Result<ExitCode> {
     // A directory (existing, or named with a trailing slash) gets one file per process: the
     // layout HTA reads, one file per rank.
     let per_process = cfg.output.is_dir() || cfg.output.as_os_str().to_string_lossy().ends_with('/');
-    let files = export_chrome(&cfg.file, &cfg.output, &ChromeOptions { pid: cfg.pid, per_process })?;
-    for f in &files {
+    let summary = export_chrome(&cfg.file, &cfg.output, &ChromeOptions { pid: cfg.pid, per_process })?;
+    for w in &summary.warnings {
+        eprintln!("ghostprof: warning: {w}");
+    }
+    for f in &summary.files {
         let pids: Vec<String> = f.pids.iter().map(u32::to_string).collect();
         println!(
             "wrote {} ({} events; pid {}; rank {} of {})",

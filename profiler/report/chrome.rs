@@ -622,8 +622,15 @@ fn per_process_path(dir: &Path, trace: &Path, rank: u32, pid: u32) -> PathBuf {
     dir.join(format!("{stem}.rank{rank}.pid{pid}.pt.trace.json"))
 }
 
+/// What an export wrote, and the reader's warnings (a file cut short, a damaged index).
+#[derive(Debug, Clone, Default)]
+pub struct ExportSummary {
+    pub files: Vec<ExportedFile>,
+    pub warnings: Vec<String>,
+}
+
 /// Exports `trace` to `out` (a file, or a directory with `per_process`).
-pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::Result<Vec<ExportedFile>> {
+pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::Result<ExportSummary> {
     let reader = TraceReader::open(trace)?;
     let scan = scan(&reader, opts.pid, opts.per_process)?;
     if scan.procs.is_empty() {
@@ -780,5 +787,5 @@ pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::
             events: s.events,
         });
     }
-    Ok(files)
+    Ok(ExportSummary { files, warnings: reader.warnings().to_vec() })
 }
