@@ -1,5 +1,5 @@
 //! The `ghostprof` binary as a user meets it: `info` in text and JSON on real files, clear
-//! errors on bad ones, and an honest "not implemented yet" for commands later issues fill.
+//! errors on bad ones, `report` as text, JSON and HTML.
 
 use std::process::Command;
 
@@ -88,11 +88,15 @@ fn bad_files_exit_non_zero_with_a_one_line_reason() {
 }
 
 #[test]
-fn commands_of_later_issues_say_so_and_fail() {
-    for args in [&["report", "--html", "x.html", "x.gptrace"][..], &["export", "x.gptrace", "-o", "x.json"]] {
+fn report_html_and_export_of_a_missing_file_fail_with_one_line() {
+    for args in [
+        &["report", "--html", "x.html", "/nonexistent/x.gptrace"][..],
+        &["export", "/nonexistent/x.gptrace", "-o", "x.json"],
+    ] {
         let out = ghostprof().args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"), "{args:?}");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("No such file") && err.trim_end().lines().count() == 1, "{args:?}: {err}");
     }
 }
 
@@ -198,6 +202,8 @@ fn root_demo_reports_the_straggler_and_matches_the_ground_truth() {
         .collect();
     assert!(waits.iter().any(|w| *w > 10.0), "ghost compute on the straggler's peer: {waits:?}");
     assert!(dir.path().join("demo.gptrace").exists());
+    let html = std::fs::read_to_string(dir.path().join("demo.html")).expect("the demo writes its HTML report");
+    assert!(text.contains("HTML report: ") && html.contains("points</span> of divergence"), "{text}");
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod analyze; // root tier: the accounting of recorded gpusim runs against the gr
 mod bpf; // root tier: the eBPF build chain loads a real program and sees real off-CPU time
 mod cli; // the ghostprof binary: `info` text and JSON, errors, unimplemented commands
 mod cupti; // root tier: the CUPTI injection library and its ring against gpusim's libcupti
+mod export; // `export --format chrome` (Kineto-shaped JSON, HTA agrees), `report --html` (Chromium draws it)
 mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)
 mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what the ground truth says
 mod pipeline; // collectors → queues → writer: backpressure counts every dropped record

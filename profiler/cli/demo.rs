@@ -1,6 +1,6 @@
 //! `ghostprof demo`: the main job on a machine without a GPU. Runs gpusim's 2-rank `straggler`
 //! scenario (simulated CUDA, CUPTI and NCCL with real waiting) under `record`, prints the report
-//! and puts it next to the simulator's ground truth.
+//! and puts it next to the simulator's ground truth; writes the HTML report next to the trace.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 
 use crate::analyze::{account, AccountOptions, CATEGORY_NAMES};
 use crate::record::session::{find_inject_lib, record_command_with_progress, LaunchConfig};
-use crate::report::{analyze_file, render_text};
+use crate::report::{analyze_file, html, render_json, render_text};
 
 pub struct DemoConfig {
     pub dir: PathBuf,
@@ -67,11 +67,15 @@ pub fn run(cfg: &DemoConfig) -> anyhow::Result<ExitCode> {
     if !summary.exit_status.is_some_and(|s| s.success()) {
         bail!("the simulated job failed: {:?}", summary.exit_status);
     }
-    print!("{}", render_text(&[analyze_file(&trace)?]));
+    let report = [analyze_file(&trace)?];
+    print!("{}", render_text(&report));
     compare_with_truth(&trace, &truth_dir)?;
+    let page = dir.join("demo.html");
+    std::fs::write(&page, html::render(&render_json(&report)))
+        .with_context(|| format!("writing {}", page.display()))?;
     println!("\ntrace: {}", trace.display());
     println!("ground truth: {}", truth_dir.display());
-    println!("HTML report: not yet (issue 6); `ghostprof report --json {}` gives the numbers", trace.display());
+    println!("HTML report: {} (open it in a browser)", page.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,6 +2,7 @@
 //! plain config struct before anything else runs.
 
 mod demo;
+mod export;
 mod info;
 mod record;
 mod report;
@@ -85,13 +86,20 @@ pub enum Command {
         html: Option<PathBuf>,
     },
     /// Convert a trace to another format (Chrome trace JSON for Perfetto and HTA).
-    #[command(after_help = "EXAMPLES:\n    ghostprof export --format chrome run.gptrace -o run.json")]
+    #[command(
+        after_help = "EXAMPLES:\n    ghostprof export --format chrome run.gptrace -o run.json\n    ghostprof export run.gptrace -o traces/        one file per rank, for HTA"
+    )]
     Export {
         file: PathBuf,
+        /// Output format (chrome: Chrome trace event JSON, as PyTorch's profiler writes).
         #[arg(long, default_value = "chrome")]
         format: String,
+        /// Output file; a directory (existing, or ending in /) gets one file per process.
         #[arg(short, long)]
         output: PathBuf,
+        /// Only this process.
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// Show a trace file's header, time span, record counts, drops and sizes.
     #[command(
@@ -127,9 +135,10 @@ pub fn main() -> ExitCode {
             let duration = duration.as_deref().map(record::parse_duration).transpose()?;
             record::run_attach(&record::AttachCliConfig { pid, output, duration, force, quiet })
         })(),
-        Command::Report { files, json, html: None } => report::run(&report::ReportConfig { files, json }),
-        Command::Report { html: Some(_), .. } => not_yet("report --html", 6),
-        Command::Export { .. } => not_yet("export", 6),
+        Command::Report { files, json, html } => report::run(&report::ReportConfig { files, json, html }),
+        Command::Export { file, format, output, pid } => {
+            export::run(&export::ExportConfig { file, format, output, pid })
+        }
         Command::Demo { dir } => demo::run(&demo::DemoConfig { dir }),
     };
     match result {
@@ -139,9 +148,4 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_yet(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    eprintln!("ghostprof {what}: not implemented yet (tracked in issue {issue})");
-    Ok(ExitCode::from(2))
 }

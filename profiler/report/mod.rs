@@ -1,6 +1,9 @@
 //! Reports: the terminal summary and the JSON document (schema: docs/report-schema.md) of the
 //! accounting of one or more trace files.
 
+pub mod chrome;
+pub mod html;
+
 use std::collections::HashMap;
 use std::path::Path;
 
