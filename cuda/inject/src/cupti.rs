@@ -17,8 +17,10 @@ use ghostprof_ring::wire;
 const BUFFER_BYTES: usize = 4 << 20;
 const RING_BYTES: usize = 64 << 20;
 
+/// What the buffer thread and the control thread keep. The ring has its own lock, held only for
+/// one push at a time, so a launching thread's callback never waits behind a whole activity
+/// buffer or a PM decode.
 struct State {
-    ring: Producer,
     pm: Option<crate::pm::PmSession>,
     /// name pointer → (id, bytes): CUPTI reuses a kernel's name pointer, so the pointer finds
     /// the id, and the bytes confirm it was not reused for another name.
@@ -26,25 +28,34 @@ struct State {
     cupti_dropped: u64,
 }
 
-static STATE: OnceLock<Mutex<State>> = OnceLock::new();
+static RING: OnceLock<Mutex<Producer>> = OnceLock::new();
+static STATE: Mutex<Option<State>> = Mutex::new(None);
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static LAST_CLOCK_NS: AtomicU64 = AtomicU64::new(0);
 
-fn state() -> Option<std::sync::MutexGuard<'static, State>> {
-    STATE.get().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+/// Runs `f` on the state (None before `start`).
+fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
+    STATE.lock().unwrap_or_else(|p| p.into_inner()).as_mut().map(f)
+}
+
+/// One record into the ring (dropped and counted by the ring when full).
+fn push(kind: u16, payload: &[u8]) {
+    if let Some(ring) = RING.get() {
+        ring.lock().unwrap_or_else(|p| p.into_inner()).push(kind, payload);
+    }
 }
 
 fn status(msg: &str) {
-    if let Some(mut s) = state() {
-        s.ring.push(wire::STATUS, msg.as_bytes());
-    }
+    push(wire::STATUS, msg.as_bytes());
 }
 
 pub fn start() -> Result<(), String> {
     let dir = std::env::var("GHOSTPROF_RING_DIR").unwrap_or_else(|_| "/dev/shm".into());
     let path = std::path::Path::new(&dir).join(format!("ghostprof-{}.ring", std::process::id()));
     let ring = Producer::create(&path, RING_BYTES).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let _ = STATE.set(Mutex::new(State { ring, pm: None, names: HashMap::new(), cupti_dropped: 0 }));
+    let _ = RING.set(Mutex::new(ring));
+    *STATE.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(State { pm: None, names: HashMap::new(), cupti_dropped: 0 });
     if let Err(tried) = crate::api::load() {
         status(&format!("libcupti was not found ({tried}): no device timeline, eBPF only"));
         return Err("libcupti not found".into());
@@ -64,7 +75,7 @@ pub fn start() -> Result<(), String> {
 /// Follows the ring's control word: collect while a consumer wants it, sleep otherwise.
 fn control_loop() {
     loop {
-        let wanted = state().map(|s| s.ring.enabled()).unwrap_or(false)
+        let wanted = RING.get().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).enabled()).unwrap_or(false)
             || std::env::var("GHOSTPROF_ENABLE").as_deref() == Ok("1");
         let _ = catch_unwind(|| {
             if wanted && !ACTIVE.load(Ordering::Acquire) {
@@ -74,10 +85,45 @@ fn control_loop() {
             }
             if ACTIVE.load(Ordering::Acquire) {
                 clock_pair();
+                pm_start_pending();
                 pm_collect(false);
             }
         });
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// PM sampling's start, from the control thread only: inside `InitializeInjection` (the job's
+/// first cuInit) CUPTI 13.0 refuses `cuptiProfilerInitialize` (CUPTI_ERROR_UNKNOWN, seen on an
+/// H100), so a start waits for the control loop and is retried every 50 ms for 2 s before it
+/// is reported as off.
+const PM_PENDING: u32 = 0;
+const PM_RUNNING: u32 = 1;
+const PM_OFF: u32 = 2;
+static PM_STATE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(PM_OFF);
+static PM_ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+const PM_MAX_ATTEMPTS: u32 = 40;
+
+fn pm_start_pending() {
+    if PM_STATE.load(Ordering::Acquire) != PM_PENDING {
+        return;
+    }
+    let interval = pm_interval_ns();
+    if interval == 0 {
+        PM_STATE.store(PM_OFF, Ordering::Release);
+        return;
+    }
+    match crate::pm::start(interval) {
+        Ok(session) => {
+            with_state(|s| s.pm = Some(session));
+            PM_STATE.store(PM_RUNNING, Ordering::Release);
+        }
+        Err(e) => {
+            if PM_ATTEMPTS.fetch_add(1, Ordering::AcqRel) + 1 >= PM_MAX_ATTEMPTS {
+                PM_STATE.store(PM_OFF, Ordering::Release);
+                status(&format!("PM sampling is off: {e}"));
+            }
+        }
     }
 }
 
@@ -167,9 +213,7 @@ unsafe extern "C" fn launch_callback(
                 size_of::<cs::CUpti_ActivityAPI>(),
             )
         };
-        if let Some(mut s) = state() {
-            s.ring.push(wire::ACTIVITY, bytes);
-        }
+        push(wire::ACTIVITY, bytes);
     });
 }
 
@@ -289,7 +333,8 @@ fn enable() {
     }
     ACTIVE.store(true, Ordering::Release);
     clock_pair();
-    pm_start();
+    PM_ATTEMPTS.store(0, Ordering::Release);
+    PM_STATE.store(PM_PENDING, Ordering::Release);
 }
 
 /// PM sampling interval: `GHOSTPROF_PM_INTERVAL_NS` (0 switches it off), default 50 µs.
@@ -297,25 +342,10 @@ fn pm_interval_ns() -> u64 {
     std::env::var("GHOSTPROF_PM_INTERVAL_NS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000)
 }
 
-fn pm_start() {
-    let interval = pm_interval_ns();
-    if interval == 0 {
-        return;
-    }
-    match crate::pm::start(interval) {
-        Ok(session) => {
-            if let Some(mut s) = state() {
-                s.pm = Some(session);
-            }
-        }
-        Err(e) => status(&format!("PM sampling is off: {e}")),
-    }
-}
-
 /// Sends the PM samples gathered since the last call; `last` ends the session.
 fn pm_collect(last: bool) {
-    let Some(mut s) = state() else { return };
-    let Some(mut pm) = s.pm.take() else { return };
+    // Taken out of the state, so the decode holds no lock.
+    let Some(mut pm) = with_state(|s| s.pm.take()).flatten() else { return };
     match pm.collect(last) {
         Ok(samples) => {
             for x in samples {
@@ -324,21 +354,19 @@ fn pm_collect(last: bool) {
                 payload[8..16].copy_from_slice(&x.end_ns.to_le_bytes());
                 payload[16..24].copy_from_slice(&x.tensor_pct.to_le_bytes());
                 payload[24..].copy_from_slice(&x.sm_active_pct.to_le_bytes());
-                s.ring.push(wire::PM_SAMPLE, &payload);
+                push(wire::PM_SAMPLE, &payload);
             }
             if !last {
-                s.pm = Some(pm);
+                with_state(|s| s.pm = Some(pm));
             }
         }
-        Err(e) => {
-            let msg = format!("PM sampling stopped: {e}");
-            s.ring.push(wire::STATUS, msg.as_bytes());
-        }
+        Err(e) => status(&format!("PM sampling stopped: {e}")),
     }
 }
 
 fn disable() {
     pm_collect(true);
+    PM_STATE.store(PM_OFF, Ordering::Release);
     // SAFETY: plain CUPTI calls.
     unsafe {
         let api_kinds: &[K] = if API_ACTIVITY.load(Ordering::Acquire) { &API_KINDS } else { &[] };
@@ -386,9 +414,7 @@ fn clock_pair() {
     payload[..8].copy_from_slice(&cupti.to_le_bytes());
     payload[8..16].copy_from_slice(&mid.to_le_bytes());
     payload[16..].copy_from_slice(&((after - before) / 2).to_le_bytes());
-    if let Some(mut s) = state() {
-        s.ring.push(wire::CLOCK, &payload);
-    }
+    push(wire::CLOCK, &payload);
 }
 
 unsafe extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize, max_records: *mut usize) {
@@ -423,24 +449,25 @@ unsafe extern "C" fn buffer_completed(
         if buffer.is_null() {
             return;
         }
-        if let Some(mut s) = state() {
+        let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = guard.as_mut() {
             let mut record: *mut cs::CUpti_Activity = std::ptr::null_mut();
             // SAFETY: CUPTI iterates its own buffer; each record is valid until the next call.
             while unsafe { crate::api::cuptiActivityGetNextRecord(buffer, valid, &mut record) }
                 == cs::CUptiResult::CUPTI_SUCCESS
             {
                 // SAFETY: CUPTI returned a valid record pointer.
-                unsafe { forward(&mut s, record as *const u8) };
+                unsafe { forward(s, record as *const u8) };
             }
             let mut dropped = 0usize;
             // SAFETY: writes one usize.
             unsafe { crate::api::cuptiActivityGetNumDroppedRecords(ctx, stream, &mut dropped) };
             if dropped > 0 {
                 s.cupti_dropped += dropped as u64;
-                let total = s.cupti_dropped.to_le_bytes();
-                s.ring.push(wire::CUPTI_DROPPED, &total);
+                push(wire::CUPTI_DROPPED, &s.cupti_dropped.to_le_bytes());
             }
         }
+        drop(guard);
         if let Some(start) = BUFFERS.lock().unwrap_or_else(|p| p.into_inner()).remove(&(buffer as usize)) {
             // SAFETY: `start` is the allocation made in buffer_requested, of this length.
             drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(start as *mut u8, BUFFER_BYTES + 8)) });
@@ -487,7 +514,7 @@ unsafe fn forward(s: &mut State, rec: *const u8) {
             copy[domain..domain + 8].fill(0);
         }
     }
-    s.ring.push(wire::ACTIVITY, copy);
+    push(wire::ACTIVITY, copy);
 }
 
 /// The id of the NUL-terminated string at `ptr`, sending it through the ring on first sight.
@@ -508,6 +535,6 @@ unsafe fn name_id(s: &mut State, ptr: usize) -> u32 {
     let mut payload = Vec::with_capacity(4 + bytes.len());
     payload.extend_from_slice(&id.to_le_bytes());
     payload.extend_from_slice(bytes);
-    s.ring.push(wire::NAME, &payload);
+    push(wire::NAME, &payload);
     id
 }

@@ -167,15 +167,19 @@ impl PmSession {
                 pCounterDataImage: self.image.as_mut_ptr(),
                 counterDataImageSize: self.image.len(),
             });
+            // The header's _STRUCT_SIZE (end of the last field, `overflow`), not sizeof with its
+            // trailing padding: CUPTI 13.0 refuses 48 for 45 with INVALID_PARAMETER (H100). The
+            // only params struct ghostprof uses whose sizeof and _STRUCT_SIZE differ.
+            decode.structSize = std::mem::offset_of!(cs::CUpti_PmSampling_DecodeData_Params, overflow) + 1;
             check("cuptiPmSamplingDecodeData", crate::api::cuptiPmSamplingDecodeData(&mut decode))?;
             let mut info = params!(CUpti_PmSampling_GetCounterDataInfo_Params {
                 pCounterDataImage: self.image.as_ptr(),
                 counterDataImageSize: self.image.len(),
             });
             check("cuptiPmSamplingGetCounterDataInfo", crate::api::cuptiPmSamplingGetCounterDataInfo(&mut info))?;
-            let mut out = Vec::with_capacity(info.numPopulatedSamples);
+            let mut out = Vec::with_capacity(info.numCompletedSamples);
             let mut names = metric_names();
-            for index in 0..info.numPopulatedSamples {
+            for index in 0..info.numCompletedSamples {
                 let mut sample = params!(CUpti_PmSampling_CounterData_GetSampleInfo_Params {
                     pPmSamplingObject: self.object,
                     pCounterDataImage: self.image.as_ptr(),

@@ -26,8 +26,17 @@ fn hosts() -> std::sync::MutexGuard<'static, std::collections::HashMap<usize, Ho
     HOSTS.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Run `body` on a non-null params struct with a non-zero `structSize` (its first field).
+/// Run `body` on a non-null params struct with a non-zero `structSize` (its first field) no
+/// larger than the struct's size.
 fn with_params<P>(params: *mut P, body: impl FnOnce(&mut P) -> i32) -> i32 {
+    with_params_sized(params, std::mem::size_of::<P>(), body)
+}
+
+/// [`with_params`] for a struct whose header `_STRUCT_SIZE` (offset + size of its last field)
+/// is `exact`, below its `sizeof` because of trailing padding. CUPTI 13.0 refuses a larger
+/// `structSize` with CUPTI_ERROR_INVALID_PARAMETER (seen on an H100 with
+/// `CUpti_PmSampling_DecodeData_Params`: sizeof 48, STRUCT_SIZE 45).
+fn with_params_sized<P>(params: *mut P, exact: usize, body: impl FnOnce(&mut P) -> i32) -> i32 {
     guard(UNKNOWN, || {
         if params.is_null() {
             return INVALID_PARAMETER;
@@ -35,7 +44,8 @@ fn with_params<P>(params: *mut P, body: impl FnOnce(&mut P) -> i32) -> i32 {
         // SAFETY: non-null pointer to the caller's params struct, whose first field is size_t.
         let params = unsafe { &mut *params };
         // SAFETY: every params struct starts with `size_t structSize`.
-        if unsafe { *(params as *mut P as *const usize) } == 0 {
+        let size = unsafe { *(params as *mut P as *const usize) };
+        if size == 0 || size > exact {
             return INVALID_PARAMETER;
         }
         body(params)
@@ -466,7 +476,7 @@ pub struct DecodeDataParams {
 /// `CUptiResult cuptiPmSamplingDecodeData(...)`: appends every completed sample.
 #[no_mangle]
 pub extern "C" fn cuptiPmSamplingDecodeData(p: *mut DecodeDataParams) -> i32 {
-    with_params(p, |p| {
+    with_params_sized(p, std::mem::offset_of!(DecodeDataParams, overflow) + 1, |p| {
         if p.p_counter_data_image.is_null() {
             return INVALID_PARAMETER;
         }

@@ -43,7 +43,10 @@ fn call(lib: usize, name: &CStr, words: &mut [u64]) -> Option<()> {
             return None;
         }
         let f: Call = std::mem::transmute::<*mut c_void, Call>(sym);
-        words[0] = (words.len() * 8) as u64;
+        // structSize: the words' size, unless the caller set the header's _STRUCT_SIZE.
+        if words[0] == 0 {
+            words[0] = (words.len() * 8) as u64;
+        }
         let rc = f(words.as_mut_ptr());
         if rc != 0 {
             eprintln!("gpusim-testinject: {name:?} returned {rc}");
@@ -99,8 +102,9 @@ pub fn finish() -> Totals {
     let image = (s.image.as_mut_ptr() as u64, s.image.len() as u64);
     let _ = (|| -> Option<()> {
         call(lib, c"cuptiPmSamplingStop", &mut [0, 0, object])?;
-        // DecodeData: size, priv, object, image, imageSize, out stopReason | overflow << 32.
-        call(lib, c"cuptiPmSamplingDecodeData", &mut [0, 0, object, image.0, image.1, 0])?;
+        // DecodeData: size, priv, object, image, imageSize, out stopReason | overflow << 32;
+        // structSize is the header's _STRUCT_SIZE (45: the end of `overflow`), not 48.
+        call(lib, c"cuptiPmSamplingDecodeData", &mut [45, 0, object, image.0, image.1, 0])?;
         // GetCounterDataInfo: size, priv, image, imageSize, out total, populated, completed.
         let mut info = [0, 0, image.0, image.1, 0, 0, 0];
         call(lib, c"cuptiPmSamplingGetCounterDataInfo", &mut info)?;
