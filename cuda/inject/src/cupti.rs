@@ -33,6 +33,16 @@ static STATE: Mutex<Option<State>> = Mutex::new(None);
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static LAST_CLOCK_NS: AtomicU64 = AtomicU64::new(0);
 
+/// `GHOSTPROF_SELF_TIME=1` (`tools/bench cupti`): time ghostprof's own work in the target: the
+/// forwarding of each activity buffer (after CUPTI's own record walk) and one launch callback in
+/// 16; reported in one status message at exit.
+static SELF_TIME: AtomicBool = AtomicBool::new(false);
+static FORWARD_NS: AtomicU64 = AtomicU64::new(0);
+static FORWARD_RECORDS: AtomicU64 = AtomicU64::new(0);
+static CALLBACKS: AtomicU64 = AtomicU64::new(0);
+static CALLBACK_SAMPLED: AtomicU64 = AtomicU64::new(0);
+static CALLBACK_SAMPLED_NS: AtomicU64 = AtomicU64::new(0);
+
 /// Runs `f` on the state (None before `start`).
 fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
     STATE.lock().unwrap_or_else(|p| p.into_inner()).as_mut().map(f)
@@ -54,6 +64,7 @@ pub fn start() -> Result<(), String> {
     let path = std::path::Path::new(&dir).join(format!("ghostprof-{}.ring", std::process::id()));
     let ring = Producer::create(&path, RING_BYTES).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let _ = RING.set(Mutex::new(ring));
+    SELF_TIME.store(std::env::var("GHOSTPROF_SELF_TIME").as_deref() == Ok("1"), Ordering::Relaxed);
     *STATE.lock().unwrap_or_else(|p| p.into_inner()) =
         Some(State { pm: None, names: HashMap::new(), cupti_dropped: 0 });
     if let Err(tried) = crate::api::load() {
@@ -172,6 +183,8 @@ unsafe extern "C" fn launch_callback(
     cbid: cs::CUpti_CallbackId,
     data: *const std::ffi::c_void,
 ) {
+    let timed = SELF_TIME.load(Ordering::Relaxed) && CALLBACKS.fetch_add(1, Ordering::Relaxed) % 16 == 0;
+    let t0 = if timed { monotonic_ns() } else { 0 };
     let _ = catch_unwind(|| {
         if data.is_null() || !ACTIVE.load(Ordering::Relaxed) {
             return;
@@ -215,6 +228,10 @@ unsafe extern "C" fn launch_callback(
         };
         push(wire::ACTIVITY, bytes);
     });
+    if timed {
+        CALLBACK_SAMPLED_NS.fetch_add(monotonic_ns().saturating_sub(t0), Ordering::Relaxed);
+        CALLBACK_SAMPLED.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Turns the launch callbacks on (they need our subscriber).
@@ -387,7 +404,24 @@ extern "C" fn at_exit() {
             clock_pair();
             pm_collect(true);
         }
+        if SELF_TIME.load(Ordering::Relaxed) {
+            status(&format!(
+                "self-time: forward_ns={} records={} callback_sampled_ns={} callback_sampled={} callbacks={}",
+                FORWARD_NS.load(Ordering::Relaxed),
+                FORWARD_RECORDS.load(Ordering::Relaxed),
+                CALLBACK_SAMPLED_NS.load(Ordering::Relaxed),
+                CALLBACK_SAMPLED.load(Ordering::Relaxed),
+                CALLBACKS.load(Ordering::Relaxed)
+            ));
+        }
     });
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn monotonic_ns() -> u64 {
@@ -452,12 +486,47 @@ unsafe extern "C" fn buffer_completed(
         let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = guard.as_mut() {
             let mut record: *mut cs::CUpti_Activity = std::ptr::null_mut();
-            // SAFETY: CUPTI iterates its own buffer; each record is valid until the next call.
-            while unsafe { crate::api::cuptiActivityGetNextRecord(buffer, valid, &mut record) }
-                == cs::CUptiResult::CUPTI_SUCCESS
-            {
-                // SAFETY: CUPTI returned a valid record pointer.
-                unsafe { forward(s, record as *const u8) };
+            let Some(ring_lock) = RING.get() else { return };
+            let lock = || ring_lock.lock().unwrap_or_else(|p| p.into_inner());
+            // The ring's lock is taken once per RING_BATCH records: cheap for this thread, and a
+            // launch callback waits at most one batch.
+            const RING_BATCH: usize = 32;
+            if SELF_TIME.load(Ordering::Relaxed) {
+                // Walk first (CUPTI's work), then time the forwarding alone (ghostprof's).
+                let mut records = Vec::new();
+                // SAFETY: as below; the records stay valid until the buffer is freed.
+                while unsafe { crate::api::cuptiActivityGetNextRecord(buffer, valid, &mut record) }
+                    == cs::CUptiResult::CUPTI_SUCCESS
+                {
+                    records.push(record as *const u8);
+                }
+                // Thread CPU time: on a busy machine this thread is preempted mid-buffer.
+                let t0 = thread_cpu_ns();
+                for batch in records.chunks(RING_BATCH) {
+                    let mut ring = lock();
+                    for &r in batch {
+                        // SAFETY: CUPTI returned these record pointers.
+                        unsafe { forward(s, &mut ring, r) };
+                    }
+                }
+                FORWARD_NS.fetch_add(thread_cpu_ns().saturating_sub(t0), Ordering::Relaxed);
+                FORWARD_RECORDS.fetch_add(records.len() as u64, Ordering::Relaxed);
+            } else {
+                let mut ring = lock();
+                let mut in_batch = 0;
+                // SAFETY: CUPTI iterates its own buffer; each record is valid until the next call.
+                while unsafe { crate::api::cuptiActivityGetNextRecord(buffer, valid, &mut record) }
+                    == cs::CUptiResult::CUPTI_SUCCESS
+                {
+                    // SAFETY: CUPTI returned a valid record pointer.
+                    unsafe { forward(s, &mut ring, record as *const u8) };
+                    in_batch += 1;
+                    if in_batch == RING_BATCH {
+                        drop(ring);
+                        ring = lock();
+                        in_batch = 0;
+                    }
+                }
             }
             let mut dropped = 0usize;
             // SAFETY: writes one usize.
@@ -479,7 +548,7 @@ unsafe extern "C" fn buffer_completed(
 ///
 /// # Safety
 /// `rec` points to a CUPTI activity record of the kind its first u32 says.
-unsafe fn forward(s: &mut State, rec: *const u8) {
+unsafe fn forward(s: &mut State, ring: &mut Producer, rec: *const u8) {
     use std::mem::{offset_of, size_of};
     // SAFETY (whole fn): sizes come from the struct of each kind; CUPTI's records of that kind
     // are at least that long (layouts only grow).
@@ -507,34 +576,41 @@ unsafe fn forward(s: &mut State, rec: *const u8) {
     unsafe { std::ptr::copy_nonoverlapping(rec, copy.as_mut_ptr(), copy.len()) };
     if let Some(at) = name_at {
         let ptr = usize::from_le_bytes(copy[at..at + 8].try_into().unwrap_or([0; 8]));
-        let id = if ptr == 0 { 0 } else { unsafe { name_id(s, ptr) } };
+        let id = if ptr == 0 { 0 } else { unsafe { name_id(s, ring, ptr) } };
         copy[at..at + 8].copy_from_slice(&(id as u64).to_le_bytes());
         if kind == K::CUPTI_ACTIVITY_KIND_MARKER as u32 {
             let domain = offset_of!(cs::CUpti_ActivityMarker2, domain);
             copy[domain..domain + 8].fill(0);
         }
     }
-    push(wire::ACTIVITY, copy);
+    ring.push(wire::ACTIVITY, copy);
 }
 
 /// The id of the NUL-terminated string at `ptr`, sending it through the ring on first sight.
 ///
 /// # Safety
 /// `ptr` is a valid C string (CUPTI's kernel and marker names are).
-unsafe fn name_id(s: &mut State, ptr: usize) -> u32 {
-    // SAFETY: per the contract.
-    let bytes = unsafe { CStr::from_ptr(ptr as *const std::ffi::c_char) }.to_bytes();
-    let bytes = &bytes[..bytes.len().min(4096)];
+unsafe fn name_id(s: &mut State, ring: &mut Producer, ptr: usize) -> u32 {
     if let Some((id, known)) = s.names.get(&ptr) {
-        if **known == *bytes {
+        // A known pointer: confirm it still holds that name by its first bytes (up to 32, and
+        // never past the string's NUL), not the whole name: CUPTI hands the same pointer for
+        // every launch of a kernel, and a full compare was most of the cost of a kernel record.
+        let n = known.len().min(32);
+        // SAFETY: reads stop at the first NUL of the string at `ptr` (valid per the contract).
+        let same = (0..n).all(|i| unsafe { *(ptr as *const u8).add(i) } == known[i])
+            && (known.len() > 32 || unsafe { *(ptr as *const u8).add(n) } == 0);
+        if same {
             return *id;
         }
     }
+    // SAFETY: per the contract.
+    let bytes = unsafe { CStr::from_ptr(ptr as *const std::ffi::c_char) }.to_bytes();
+    let bytes = &bytes[..bytes.len().min(4096)];
     let id = s.names.len() as u32 + 1;
     s.names.insert(ptr, (id, bytes.into()));
     let mut payload = Vec::with_capacity(4 + bytes.len());
     payload.extend_from_slice(&id.to_le_bytes());
     payload.extend_from_slice(bytes);
-    push(wire::NAME, &payload);
+    ring.push(wire::NAME, &payload);
     id
 }

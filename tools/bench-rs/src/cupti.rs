@@ -12,8 +12,16 @@
 //! The cost is the loop process's **whole-process** CPU time over the timed calls (the loop
 //! reports `process_cpu_ns`, flushing CUPTI before reading the clock, so the buffer-completion
 //! work on CUPTI's thread counts), injected minus plain, per call, divided by the records per
-//! call found in the trace. It therefore includes gpusim's libcupti producing the records as
-//! well as ghostprof copying them into the ring.
+//! call found in the trace. That total (`ns_per_record_including_cupti`) includes gpusim's
+//! libcupti producing the records (~0.8 µs each, far more than a real CUPTI), so each round also
+//! runs a third loop under the **bare CUPTI client** (`gpusim-testinject` with
+//! `GPUSIM_TESTINJECT_BARE=1`: the same activity kinds and launch callback, records walked and
+//! thrown away): `ns_per_record_over_bare_client` = (ghostprof − bare) per call / records per
+//! call is what ghostprof's library adds on top of collecting the same records at all, the way
+//! `tools/bench probe` measures against a bare uprobe. On this 2-core VM the bare runs spread by
+//! ±20%, more than that difference, so `ns_per_record_in_target` is measured inside the target
+//! instead (`GHOSTPROF_SELF_TIME=1`): the library times its forwarding of each buffer (after
+//! CUPTI's own record walk) and one launch callback in 16, and reports the sums at exit.
 //!
 //! Last, paced runs set `GPUSIM_LAUNCH_CPU_NS` (bisected, up to 4 tries) so the loop makes
 //! `--rate` records per second (1 M by default) and check that every record reached the trace: ring, CUPTI, pipeline and
@@ -78,6 +86,8 @@ struct Setup<'a> {
     gpusim_train: PathBuf,
     lib_dir: PathBuf,
     inject: PathBuf,
+    /// The bare CUPTI client (baseline).
+    bare_inject: PathBuf,
 }
 
 /// One injected loop and what the collector made of it.
@@ -99,6 +109,8 @@ struct InjectedRun {
     /// CPU of this process (drain + writer) during the run.
     collector_cpu_s: f64,
     trace_bytes: u64,
+    /// ghostprof's own time in the target (GHOSTPROF_SELF_TIME): forwarding + launch callbacks.
+    self_ns: Option<f64>,
 }
 
 impl InjectedRun {
@@ -130,7 +142,7 @@ impl InjectedRun {
 /// sample (O(samples × launches)), a cost of the simulator that real CUPTI does not have.
 pub fn bench_cupti(args: &[String]) -> Result<()> {
     let cfg = CuptiConfig::parse(args)?;
-    let bin_dir = build_gpusim(&["ghostprof-inject"])?;
+    let bin_dir = build_gpusim(&["ghostprof-inject", "gpusim-testinject"])?;
     let lib_dir = cfg.dir.join("lib");
     stage(&bin_dir, &lib_dir)?;
     let setup = Setup {
@@ -141,7 +153,9 @@ pub fn bench_cupti(args: &[String]) -> Result<()> {
             Some(lib) => std::fs::canonicalize(lib).with_context(|| format!("--inject {}", lib.display()))?,
             None => bin_dir.join("libghostprof_inject.so"),
         },
+        bare_inject: bin_dir.join("libgpusim_testinject.so"),
     };
+    ensure!(setup.bare_inject.exists(), "{} was not built", setup.bare_inject.display());
     ensure!(setup.inject.exists(), "{} was not built", setup.inject.display());
     let result = measure(&setup);
     let _ = std::fs::remove_dir_all(&cfg.dir);
@@ -151,21 +165,22 @@ pub fn bench_cupti(args: &[String]) -> Result<()> {
 fn measure(setup: &Setup) -> Result<()> {
     let cfg = setup.cfg;
     let n = cfg.calls;
-    let (mut plain, mut injected) = (Vec::new(), Vec::new());
+    let (mut plain, mut bare, mut injected) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=cfg.rounds {
-        // Alternate which mode goes first, so a drift of the machine does not always land on
-        // the same one.
-        for injected_mode in [round % 2 == 0, round % 2 != 0] {
-            if injected_mode {
-                injected.push(run_injected(setup, n, 0, round)?);
-            } else {
-                plain.push(run_plain(setup, n, 0)?);
+        // Rotate which mode goes first, so a drift of the machine does not always land on the
+        // same one.
+        for step in 0..3 {
+            match (round + step) % 3 {
+                0 => injected.push(run_injected(setup, n, 0, round)?),
+                1 => bare.push(run_bare(setup, n)?),
+                _ => plain.push(run_plain(setup, n, 0)?),
             }
         }
-        let (p, i) = (&plain[round - 1], &injected[round - 1]);
+        let (p, b, i) = (&plain[round - 1], &bare[round - 1], &injected[round - 1]);
         eprintln!(
-            "round {round}: process CPU per call plain {:.1} ns, injected {:.1} ns; {} records written, {} dropped, {:.2} M records/s",
+            "round {round}: process CPU per call plain {:.1} ns, bare CUPTI client {:.1} ns, ghostprof {:.1} ns; {} records written, {} dropped, {:.2} M records/s",
             process_ns(p)? as f64 / n as f64,
+            process_ns(b)? as f64 / n as f64,
             process_ns(&i.timing)? as f64 / n as f64,
             i.written(),
             i.drops(),
@@ -192,13 +207,21 @@ fn measure(setup: &Setup) -> Result<()> {
     let plain_runs: Vec<&LoopRun> = plain.iter().collect();
     let injected_runs: Vec<&LoopRun> = injected.iter().map(|r| &r.timing).collect();
     let (plain_ns, plain_samples) = per_call(&plain_runs, &process_ns)?;
+    let bare_runs: Vec<&LoopRun> = bare.iter().collect();
+    let (bare_ns, bare_samples) = per_call(&bare_runs, &process_ns)?;
     let (injected_ns, injected_samples) = per_call(&injected_runs, &process_ns)?;
     let (plain_loop_ns, _) = per_call(&plain_runs, &|r| Ok(r.cpu_ns))?;
     let (injected_loop_ns, _) = per_call(&injected_runs, &|r| Ok(r.cpu_ns))?;
     let (plain_wall, _) = per_call(&plain_runs, &|r| Ok(r.elapsed_ns))?;
     let (injected_wall, _) = per_call(&injected_runs, &|r| Ok(r.elapsed_ns))?;
     let added_ns_per_call = injected_ns - plain_ns;
-    let ns_per_record = added_ns_per_call / records_per_call;
+    let ns_per_record_total = added_ns_per_call / records_per_call;
+    let ns_per_record_over_bare = (injected_ns - bare_ns) / records_per_call;
+    // ghostprof's own time per record, measured inside the target (median over the rounds).
+    let mut own: Vec<f64> = injected.iter().filter_map(|r| Some(r.self_ns? / r.written().max(1) as f64)).collect();
+    own.sort_by(f64::total_cmp);
+    ensure!(!own.is_empty(), "the injection library sent no self-time message (GHOSTPROF_SELF_TIME)");
+    let ns_per_record = own[own.len() / 2];
 
     let full_written: u64 = injected.iter().map(|r| r.written()).sum();
     let full_lost: u64 = injected.iter().map(|r| r.drops() + r.mismatch()).sum();
@@ -258,9 +281,11 @@ fn measure(setup: &Setup) -> Result<()> {
 
     eprintln!("loop process CPU per call, median of {} rounds of {n} calls (wall in brackets):", cfg.rounds);
     eprintln!("plain      {plain_ns:8.1} ns/call [{plain_wall:.1}]");
+    eprintln!("bare CUPTI {bare_ns:8.1} ns/call (+{:.1}: gpusim's CUPTI making the records)", bare_ns - plain_ns);
     eprintln!("injected   {injected_ns:8.1} ns/call [{injected_wall:.1}] (+{added_ns_per_call:.1})");
     eprintln!(
-        "per record: {ns_per_record:.1} ns in the target ({records_per_call:.3} records per call; target ≤ {TARGET_NS_PER_RECORD})"
+        "per record: {ns_per_record:.1} ns of ghostprof's own work in the target (timed inside it; target ≤ {TARGET_NS_PER_RECORD}); \
+         {ns_per_record_over_bare:.1} ns over the bare CUPTI client (process CPU, noisy); {ns_per_record_total:.1} ns including gpusim's CUPTI ({records_per_call:.3} records per call)"
     );
     eprintln!(
         "paced: {records} records at {:.3} M records/s, {lost} lost; full speed: {:.2} M records/s, {full_lost} lost; collector {:.0} ns CPU per record",
@@ -274,13 +299,17 @@ fn measure(setup: &Setup) -> Result<()> {
         "rounds": cfg.rounds,
         "records_per_call": (records_per_call * 1000.0).round() / 1000.0,
         "ns_per_record_in_target": round1(ns_per_record),
+        "ns_per_record_including_cupti": round1(ns_per_record_total),
+        "ns_per_record_over_bare_client": round1(ns_per_record_over_bare),
+        "own_ns_per_record_samples": own.iter().map(|x| round1(*x)).collect::<Vec<_>>(),
         "added_ns_per_call": round1(added_ns_per_call),
+        "bare_cupti_process_cpu_ns_per_call": round1(bare_ns),
         "baseline_process_cpu_ns_per_call": round1(plain_ns),
         "injected_process_cpu_ns_per_call": round1(injected_ns),
         "baseline_loop_thread_cpu_ns_per_call": round1(plain_loop_ns),
         "injected_loop_thread_cpu_ns_per_call": round1(injected_loop_ns),
         "wall_ns_per_call": { "baseline": round1(plain_wall), "injected": round1(injected_wall) },
-        "samples_process_cpu_ns_per_call": { "baseline": plain_samples, "injected": injected_samples },
+        "samples_process_cpu_ns_per_call": { "baseline": plain_samples, "bare_cupti": bare_samples, "injected": injected_samples },
         "records": records,
         "records_per_s": records_per_s.round(),
         "target_records_per_s": cfg.rate,
@@ -324,6 +353,32 @@ fn run_plain(setup: &Setup, calls: u64, launch_cpu_ns: u64) -> Result<LoopRun> {
     Ok(timing)
 }
 
+/// ghostprof's own nanoseconds from the library's `self-time:` status message: the forwarding
+/// time, plus the sampled launch-callback time scaled to every callback.
+fn parse_self_time(note: &str) -> Option<f64> {
+    let rest = &note[note.find("self-time:")? + "self-time:".len()..];
+    let field = |name: &str| -> Option<f64> {
+        rest.split_whitespace().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    let sampled = field("callback_sampled")?;
+    let per_callback = if sampled > 0.0 { field("callback_sampled_ns")? / sampled } else { 0.0 };
+    Some(field("forward_ns")? + per_callback * field("callbacks")?)
+}
+
+/// The loop under the bare CUPTI client (the baseline of `ns_per_record_in_target`).
+fn run_bare(setup: &Setup, calls: u64) -> Result<LoopRun> {
+    let env = [
+        ("GPUSIM_LAUNCH_CPU_NS", "0".to_string()),
+        ("CUDA_INJECTION64_PATH", setup.bare_inject.display().to_string()),
+        ("GPUSIM_TESTINJECT_BARE", "1".to_string()),
+    ];
+    let mut run = LoopProcess::spawn(&setup.gpusim_train, &setup.lib_dir, calls, 1, &env)?;
+    run.go()?;
+    let timing = run.finish(calls)?;
+    ensure!(timing.cupti_flushed, "the bare CUPTI client did not load libcupti");
+    Ok(timing)
+}
+
 fn run_injected(setup: &Setup, calls: u64, launch_cpu_ns: u64, index: usize) -> Result<InjectedRun> {
     let cfg = setup.cfg;
     // A private ring directory per run: the collector opens every ring in it.
@@ -342,6 +397,7 @@ fn run_injected(setup: &Setup, calls: u64, launch_cpu_ns: u64, index: usize) -> 
         ("GHOSTPROF_ENABLE", "1".to_string()),
         ("GHOSTPROF_RING_DIR", ring_dir.display().to_string()),
         ("GHOSTPROF_PM_INTERVAL_NS", cfg.pm_interval_ns.to_string()),
+        ("GHOSTPROF_SELF_TIME", "1".to_string()),
     ];
     // With GHOSTPROF_ENABLE=1 the library records from cuInit on; the ring (64 MiB) holds the
     // warm-up's records until `ready`, when we open it.
@@ -402,7 +458,11 @@ fn run_injected(setup: &Setup, calls: u64, launch_cpu_ns: u64, index: usize) -> 
         pipeline_drops,
         collector_cpu_s,
         trace_bytes: summary.compressed_bytes,
+        self_ns: collector.notes.iter().find_map(|n| parse_self_time(n)),
     };
+    if let Some(note) = collector.notes.iter().find(|n| n.contains("self-time:")) {
+        eprintln!("  {note}");
+    }
     let _ = std::fs::remove_dir_all(&ring_dir);
     // Nothing may go missing silently: every record is in the trace or counted as dropped.
     ensure!(

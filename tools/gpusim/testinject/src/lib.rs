@@ -8,6 +8,13 @@
 //! of the real `cupti_activity.h`, independently of gpusim's own layout structs. It also runs
 //! PM sampling (1 ms samples of tensor-pipe and graphics-busy percentages) and reports the
 //! tensor-active and busy time they add up to; see [`pm`].
+//!
+//! With `GPUSIM_TESTINJECT_BARE=1` it is instead the cheapest CUPTI client that collects what
+//! ghostprof's library collects by default (the baseline of `tools/bench cupti`): the same
+//! activity kinds (concurrent kernel, memcpy, memset, synchronization, marker; no API activity),
+//! a subscriber with the cuLaunchKernel callback reading the correlation id at exit, and buffers
+//! walked with `cuptiActivityGetNextRecord` and thrown away. What ghostprof costs on top of it is
+//! ghostprof's own cost per record.
 
 mod pm;
 
@@ -85,6 +92,18 @@ unsafe fn count_records(_ctx: *mut c_void, _stream: u32, buffer: *mut u8, _size:
     let Some(&next) = NEXT_RECORD.get() else { return };
     // SAFETY: resolved from libcupti with this signature.
     let next: GetNextRecord = unsafe { std::mem::transmute::<usize, GetNextRecord>(next) };
+    if bare() {
+        let mut record: *mut u8 = std::ptr::null_mut();
+        let mut n = 0u64;
+        // SAFETY: walking the buffer CUPTI handed back.
+        while unsafe { next(buffer, valid, &mut record) } == 0 {
+            n += 1;
+        }
+        std::hint::black_box(n);
+        // SAFETY: allocated in buffer_requested as a boxed slice of BUFFER_BYTES / 8 words.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buffer as *mut u64, BUFFER_BYTES / 8)) });
+        return;
+    }
     let mut s = seen().lock().unwrap_or_else(|p| p.into_inner());
     let mut record: *mut u8 = std::ptr::null_mut();
     // SAFETY: walking the buffer CUPTI handed back.
@@ -164,12 +183,16 @@ fn start_cupti() -> Option<()> {
         if register(buffer_requested as *const () as usize, buffer_completed as *const () as usize) != 0 {
             return None;
         }
-        for kind in [10, 1, 4, 38, 12] {
+        // Bare: ghostprof's default kinds (memset, 2, instead of DRIVER API activity, 4).
+        let kinds: &[u32] = if bare() { &[10, 1, 2, 38, 12] } else { &[10, 1, 4, 38, 12] };
+        for &kind in kinds {
             if enable(kind) != 0 {
                 eprintln!("gpusim-testinject: cuptiActivityEnable({kind}) failed");
             }
         }
-        pm::start(lib);
+        if !bare() {
+            pm::start(lib);
+        }
         subscribe(lib);
         libc::atexit(at_exit);
     }
@@ -185,6 +208,11 @@ unsafe extern "C" fn on_callback(_userdata: *mut c_void, domain: u32, cbid: u32,
             return;
         }
         let data = data as *const u8;
+        if bare() {
+            // The least a launch-correlating client does: the correlation id at exit.
+            std::hint::black_box(read::<u32>(data, 64));
+            return;
+        }
         let site: u32 = read(data, 0);
         let params: usize = read(data, 16);
         let mut s = seen().lock().unwrap_or_else(|p| p.into_inner());
@@ -228,12 +256,18 @@ fn subscribe(lib: *mut c_void) -> Option<()> {
     Some(())
 }
 
+/// `GPUSIM_TESTINJECT_BARE=1`: the bare client (module docs).
+fn bare() -> bool {
+    static BARE: OnceLock<bool> = OnceLock::new();
+    *BARE.get_or_init(|| std::env::var("GPUSIM_TESTINJECT_BARE").as_deref() == Ok("1"))
+}
+
 /// `int InitializeInjection(void)`: the entry point the CUDA driver calls; 1 means success.
 #[no_mangle]
 pub extern "C" fn InitializeInjection() -> i32 {
     std::panic::catch_unwind(|| {
         CALLS.fetch_add(1, Ordering::SeqCst);
-        if std::env::var_os("GPUSIM_TESTINJECT_OUT").is_some() {
+        if std::env::var_os("GPUSIM_TESTINJECT_OUT").is_some() || bare() {
             start_cupti();
         }
         1
