@@ -24,8 +24,27 @@ struct State {
     pm: Option<crate::pm::PmSession>,
     /// name pointer → (id, bytes): CUPTI reuses a kernel's name pointer, so the pointer finds
     /// the id, and the bytes confirm it was not reused for another name.
-    names: HashMap<usize, (u32, Box<[u8]>)>,
+    names: HashMap<usize, (u32, Box<[u8]>), std::hash::BuildHasherDefault<PtrHasher>>,
     cupti_dropped: u64,
+}
+
+/// A hasher for pointer keys (one multiply), not SipHash: the map is only ever keyed by CUPTI's
+/// name pointers, looked up once per kernel record.
+#[derive(Default)]
+struct PtrHasher(u64);
+
+impl std::hash::Hasher for PtrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 static RING: OnceLock<Mutex<Producer>> = OnceLock::new();
@@ -62,11 +81,14 @@ fn status(msg: &str) {
 pub fn start() -> Result<(), String> {
     let dir = std::env::var("GHOSTPROF_RING_DIR").unwrap_or_else(|_| "/dev/shm".into());
     let path = std::path::Path::new(&dir).join(format!("ghostprof-{}.ring", std::process::id()));
-    let ring = Producer::create(&path, RING_BYTES).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    // Recording from the start (`ghostprof record`): fault the ring in now, not push by push.
+    let prefault = std::env::var("GHOSTPROF_ENABLE").as_deref() == Ok("1");
+    let ring = Producer::create_with(&path, RING_BYTES, prefault)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let _ = RING.set(Mutex::new(ring));
     SELF_TIME.store(std::env::var("GHOSTPROF_SELF_TIME").as_deref() == Ok("1"), Ordering::Relaxed);
     *STATE.lock().unwrap_or_else(|p| p.into_inner()) =
-        Some(State { pm: None, names: HashMap::new(), cupti_dropped: 0 });
+        Some(State { pm: None, names: HashMap::default(), cupti_dropped: 0 });
     if let Err(tried) = crate::api::load() {
         status(&format!("libcupti was not found ({tried}): no device timeline, eBPF only"));
         return Err("libcupti not found".into());
@@ -196,18 +218,17 @@ unsafe extern "C" fn launch_callback(
             cs::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_RUNTIME_API => K::CUPTI_ACTIVITY_KIND_RUNTIME,
             _ => return,
         };
+        // Only the exit is recorded: the join needs the call's end and its correlation id, and
+        // a timestamp at entry too (~36 ns on the development VM) would be a third of the
+        // callback's cost. The record's start is its end.
+        if d.callbackSite == cs::CUpti_ApiCallbackSite::CUPTI_API_ENTER {
+            return;
+        }
         let mut now = 0u64;
         // SAFETY: writes one u64.
         unsafe { crate::api::cuptiGetTimestamp(&mut now) };
-        if d.callbackSite == cs::CUpti_ApiCallbackSite::CUPTI_API_ENTER {
-            if !d.correlationData.is_null() {
-                // SAFETY: CUPTI's per-call slot, kept from enter to exit.
-                unsafe { *d.correlationData = now };
-            }
-            return;
-        }
-        // SAFETY: as above; the return value is a CUresult / cudaError_t (an int).
-        let start = if d.correlationData.is_null() { now } else { unsafe { *d.correlationData } };
+        let start = now;
+        // SAFETY: the return value is a CUresult / cudaError_t (an int).
         let ret = if d.functionReturnValue.is_null() { 0 } else { unsafe { *(d.functionReturnValue as *const u32) } };
         let rec = cs::CUpti_ActivityAPI {
             kind,
@@ -570,8 +591,12 @@ unsafe fn forward(s: &mut State, ring: &mut Producer, rec: *const u8) {
         }
         _ => return,
     };
-    let mut copy = [0u8; 512];
-    let copy = &mut copy[..size.min(512)];
+    // The largest forwarded record is the 208-byte kernel record; a larger stack buffer would
+    // only be zeroed for nothing, once per record.
+    const MAX_FORWARDED: usize = 208;
+    const _: () = assert!(std::mem::size_of::<cs::CUpti_ActivityKernel9>() <= MAX_FORWARDED);
+    let mut copy = [0u8; MAX_FORWARDED];
+    let copy = &mut copy[..size.min(MAX_FORWARDED)];
     // SAFETY: see above.
     unsafe { std::ptr::copy_nonoverlapping(rec, copy.as_mut_ptr(), copy.len()) };
     if let Some(at) = name_at {
