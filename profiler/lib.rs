@@ -16,3 +16,4 @@ pub mod collect;
 pub mod record;
 pub mod report;
 pub mod trace;
+pub mod units;

@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use crate::trace::summary::{summarize, TraceSummary};
 use crate::trace::TraceReader;
+use crate::units::human_bytes;
 
 pub struct InfoConfig {
     pub path: PathBuf,
@@ -43,21 +44,6 @@ pub fn run(cfg: &InfoConfig) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn grouped(n: u64) -> String {

@@ -47,17 +47,9 @@ fn ms(ns: f64) -> String {
 }
 
 fn bytes(v: &Value) -> String {
-    let Some(n) = f(v) else { return esc(&s(v)) };
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut x, mut u) = (n, 0);
-    while x >= 1024.0 && u < UNITS.len() - 1 {
-        x /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n:.0} B")
-    } else {
-        format!("{x:.1} {}", UNITS[u])
+    match f(v) {
+        Some(n) if n >= 0.0 => crate::units::human_bytes(n as u64),
+        _ => esc(&s(v)),
     }
 }
 
