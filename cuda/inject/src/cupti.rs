@@ -591,24 +591,24 @@ unsafe fn forward(s: &mut State, ring: &mut Producer, rec: *const u8) {
         }
         _ => return,
     };
-    // The largest forwarded record is the 208-byte kernel record; a larger stack buffer would
-    // only be zeroed for nothing, once per record.
-    const MAX_FORWARDED: usize = 208;
-    const _: () = assert!(std::mem::size_of::<cs::CUpti_ActivityKernel9>() <= MAX_FORWARDED);
-    let mut copy = [0u8; MAX_FORWARDED];
-    let copy = &mut copy[..size.min(MAX_FORWARDED)];
-    // SAFETY: see above.
-    unsafe { std::ptr::copy_nonoverlapping(rec, copy.as_mut_ptr(), copy.len()) };
-    if let Some(at) = name_at {
-        let ptr = usize::from_le_bytes(copy[at..at + 8].try_into().unwrap_or([0; 8]));
-        let id = if ptr == 0 { 0 } else { unsafe { name_id(s, ring, ptr) } };
-        copy[at..at + 8].copy_from_slice(&(id as u64).to_le_bytes());
-        if kind == K::CUPTI_ACTIVITY_KIND_MARKER as u32 {
-            let domain = offset_of!(cs::CUpti_ActivityMarker2, domain);
-            copy[domain..domain + 8].fill(0);
+    // The name id first (it may push a NAME record), then the record straight into its ring
+    // slot, its name pointer replaced by the id.
+    let name = name_at.map(|at| {
+        // SAFETY: `at + 8 <= size`: the name field lies inside the record.
+        let ptr = unsafe { std::ptr::read_unaligned(rec.add(at).cast::<usize>()) };
+        (at, if ptr == 0 { 0 } else { unsafe { name_id(s, ring, ptr) } })
+    });
+    ring.push_with(wire::ACTIVITY, size, |slot| {
+        // SAFETY: see above; `slot` is exactly `size` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(rec, slot.as_mut_ptr(), size) };
+        if let Some((at, id)) = name {
+            slot[at..at + 8].copy_from_slice(&(id as u64).to_le_bytes());
+            if kind == K::CUPTI_ACTIVITY_KIND_MARKER as u32 {
+                let domain = offset_of!(cs::CUpti_ActivityMarker2, domain);
+                slot[domain..domain + 8].fill(0);
+            }
         }
-    }
-    ring.push(wire::ACTIVITY, copy);
+    });
 }
 
 /// The id of the NUL-terminated string at `ptr`, sending it through the ring on first sight.

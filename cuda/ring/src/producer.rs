@@ -71,11 +71,19 @@ impl Producer {
 
     /// Appends one record; returns false (and counts a drop) if it does not fit.
     pub fn push(&mut self, kind: u16, payload: &[u8]) -> bool {
+        self.push_with(kind, payload.len(), |slot| slot.copy_from_slice(payload))
+    }
+
+    /// Appends one record of `len` bytes that `fill` writes in place (no intermediate copy);
+    /// returns false (and counts a drop) if it does not fit, without calling `fill`. `fill` gets
+    /// the record's bytes in the ring, whose previous contents are unspecified: it must write
+    /// all of them.
+    pub fn push_with(&mut self, kind: u16, len: usize, fill: impl FnOnce(&mut [u8])) -> bool {
         let h = self.header();
-        let need = frame_bytes(payload.len()) as u64;
-        if payload.len() > MAX_RECORD_BYTES || kind == KIND_PAD {
+        let need = frame_bytes(len) as u64;
+        if len > MAX_RECORD_BYTES || kind == KIND_PAD {
             h.dropped_records.0.fetch_add(1, Ordering::Relaxed);
-            h.dropped_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+            h.dropped_bytes.fetch_add(len as u64, Ordering::Relaxed);
             return false;
         }
         let head = h.head.0.load(Ordering::Relaxed);
@@ -92,7 +100,7 @@ impl Producer {
             let tail = h.tail.0.load(Ordering::Acquire);
             if !fits(tail) {
                 h.dropped_records.0.fetch_add(1, Ordering::Relaxed);
-                h.dropped_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                h.dropped_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 return false;
             }
             self.cached_tail = tail;
@@ -103,9 +111,9 @@ impl Producer {
             pos = 0;
         }
         // The frame header carries the exact length; the stride is rounded up to 8 bytes.
-        self.write_frame_header(pos, (FRAME_HEADER + payload.len()) as u32, kind);
+        self.write_frame_header(pos, (FRAME_HEADER + len) as u32, kind);
         let start = DATA_OFFSET + pos + FRAME_HEADER;
-        self.map[start..start + payload.len()].copy_from_slice(payload);
+        fill(&mut self.map[start..start + len]);
         self.header().head.0.store(head + pad + need, Ordering::Release);
         true
     }
