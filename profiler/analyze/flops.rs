@@ -11,6 +11,9 @@ use std::collections::HashMap;
 pub enum FlopSource {
     /// CUPTI PM sampling of tensor-pipe activity.
     PmSampling,
+    /// Model FLOPs per step (`--flops-per-step`) over peak FLOP/s, spread over each step's
+    /// compute kernels in proportion to their time.
+    FlopsPerStep,
     /// No FLOP source in the trace: MFU cannot be computed.
     None,
 }
@@ -19,6 +22,7 @@ impl FlopSource {
     pub fn name(self) -> &'static str {
         match self {
             FlopSource::PmSampling => "pm_sampling",
+            FlopSource::FlopsPerStep => "flops_per_step",
             FlopSource::None => "none",
         }
     }
