@@ -596,16 +596,19 @@ fn top_kernels(kernels: &[&crate::trace::KernelExec], rates: &[f64], (w0, w1): (
         if clipped == 0 && (k.start_ns < w0 || k.start_ns >= w1) {
             continue;
         }
-        let e = by_name.entry(k.name_id).or_insert_with(|| (KernelStat { name_id: k.name_id, ..Default::default() }, 0.0));
+        let e =
+            by_name.entry(k.name_id).or_insert_with(|| (KernelStat { name_id: k.name_id, ..Default::default() }, 0.0));
         e.0.count += 1;
         e.0.total_ns += clipped;
         e.1 += rate.min(1.0) * clipped as f64;
     }
-    let mut v: Vec<KernelStat> =
-        by_name.into_values().map(|(mut s, useful)| {
+    let mut v: Vec<KernelStat> = by_name
+        .into_values()
+        .map(|(mut s, useful)| {
             s.useful_ns = useful.round() as u64;
             s
-        }).collect();
+        })
+        .collect();
     v.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.name_id.cmp(&b.name_id)));
     v.truncate(10);
     v

@@ -320,7 +320,7 @@ impl Activity {
         }
         let off: u64 = by.iter().map(|x| x.1).sum::<u64>().min(total);
         by.push(("on-CPU", total - off));
-        by.sort_by(|a, b| b.1.cmp(&a.1));
+        by.sort_by_key(|x| std::cmp::Reverse(x.1));
         let pct = |ns: u64| ns as f64 * 100.0 / total as f64;
         let host: Vec<String> =
             by.iter().filter(|x| pct(x.1) >= 0.5).map(|x| format!("{} {:.0}%", x.0, pct(x.1))).collect();

@@ -56,11 +56,7 @@ pub fn find_steps(
     let mut kernels: Vec<(u64, u32)> = compute.iter().map(|k| (k.start, k.name)).collect();
     if let Some(re) = &opts.step_regex {
         kernels.extend(
-            batch
-                .kernels
-                .iter()
-                .filter(|k| k.pid == pid && is_comm(k.name_id))
-                .map(|k| (k.start_ns, k.name_id)),
+            batch.kernels.iter().filter(|k| k.pid == pid && is_comm(k.name_id)).map(|k| (k.start_ns, k.name_id)),
         );
         kernels.sort_unstable();
         let matching: HashMap<u32, bool> = kernels

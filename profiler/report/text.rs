@@ -49,7 +49,13 @@ fn device_detail(o: &mut String, r: &FileReport, a: &DeviceAccount, d: &DeviceDe
         let _ = writeln!(o, "  steps: none found (no NVTX step ranges, no --step-regex, no repeating kernel sequence)");
     } else {
         let mean = d.steps.iter().map(|s| s.len_ns()).sum::<u64>() / d.steps.len() as u64;
-        let _ = writeln!(o, "  steps ({}): {} steps, mean {:.3} ms; % of each step:", d.step_source.name(), d.steps.len(), ms(mean));
+        let _ = writeln!(
+            o,
+            "  steps ({}): {} steps, mean {:.3} ms; % of each step:",
+            d.step_source.name(),
+            d.steps.len(),
+            ms(mean)
+        );
         let _ = writeln!(
             o,
             "    {:>6} {:>10} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
