@@ -33,7 +33,7 @@ pub struct CollInstance {
 
 /// The collective instances of every process in `batch`.
 pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollInstance> {
-    let is_comm = |id: u32| names.get(&id).is_some_and(|n| n.to_ascii_lowercase().starts_with("nccl"));
+    let is_comm = |id: u32| super::account::is_comm_name(names, id);
     let mut calls: BTreeMap<u32, Vec<&crate::trace::NcclColl>> = BTreeMap::new();
     let mut device: HashMap<(u32, u64, u64), (u64, u64)> = HashMap::new();
     for c in &batch.nccl {
@@ -263,75 +263,6 @@ pub fn cross_rank(ranks: &[RankInput]) -> CrossRank {
         .collect();
     collectives.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(a.op.cmp(&b.op)));
     CrossRank { collectives, skew, straggler }
-}
-
-/// What a process was doing in some windows: its device's kernel intervals and its launching
-/// threads' off-CPU intervals with reasons (both sorted by start).
-#[derive(Debug, Clone, Default)]
-pub struct Activity {
-    pub device_busy: Vec<(u64, u64)>,
-    pub off_cpu: Vec<(u64, u64, &'static str)>,
-}
-
-impl Activity {
-    pub fn of(batch: &RecordBatch, pid: u32) -> Activity {
-        let mut busy: Vec<(u64, u64)> =
-            batch.kernels.iter().filter(|k| k.pid == pid).map(|k| (k.start_ns, k.end_ns)).collect();
-        busy.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(busy.len());
-        for (s, e) in busy {
-            match merged.last_mut() {
-                Some(l) if s <= l.1 => l.1 = l.1.max(e),
-                _ => merged.push((s, e)),
-            }
-        }
-        let launchers: std::collections::HashSet<u32> =
-            batch.launches.iter().filter(|l| l.pid == pid).map(|l| l.tid).collect();
-        let mut off: Vec<(u64, u64, &'static str)> = batch
-            .stalls
-            .iter()
-            .filter(|s| s.pid == pid && (launchers.is_empty() || launchers.contains(&s.tid)))
-            .map(|s| (s.start_ns, s.end_ns, super::stall_reason_label(s.reason)))
-            .collect();
-        off.sort_unstable_by_key(|x| (x.0, x.1));
-        Activity { device_busy: merged, off_cpu: off }
-    }
-
-    /// "GPU busy 97%; host on-CPU 70%, futex 30%" over `windows` (sorted by start).
-    pub fn describe(&self, windows: &[(u64, u64)]) -> Option<String> {
-        let total: u64 = windows.iter().map(|w| w.1 - w.0).sum();
-        if total == 0 {
-            return None;
-        }
-        let busy: u64 = windows.iter().map(|&(a, b)| covered(&self.device_busy, a, b)).sum();
-        let mut by: Vec<(&'static str, u64)> = Vec::new();
-        let longest = self.off_cpu.iter().map(|x| x.1 - x.0).max().unwrap_or(0);
-        for &(a, b) in windows {
-            // Intervals sorted by start: those overlapping [a, b) start in [a - longest, b).
-            let lo = self.off_cpu.partition_point(|x| x.0 < a.saturating_sub(longest));
-            let hi = self.off_cpu.partition_point(|x| x.0 < b);
-            for &(s, e, r) in self.off_cpu[lo..hi].iter().filter(|x| x.1 > a) {
-                let o = e.min(b) - s.max(a);
-                match by.iter_mut().find(|x| x.0 == r) {
-                    Some(x) => x.1 += o,
-                    None => by.push((r, o)),
-                }
-            }
-        }
-        let off: u64 = by.iter().map(|x| x.1).sum::<u64>().min(total);
-        by.push(("on-CPU", total - off));
-        by.sort_by_key(|x| std::cmp::Reverse(x.1));
-        let pct = |ns: u64| ns as f64 * 100.0 / total as f64;
-        let host: Vec<String> =
-            by.iter().filter(|x| pct(x.1) >= 0.5).map(|x| format!("{} {:.0}%", x.0, pct(x.1))).collect();
-        Some(format!("GPU busy {:.0}%; host {}", pct(busy), host.join(", ")))
-    }
-}
-
-/// Length of [a, b) covered by sorted, disjoint intervals.
-fn covered(intervals: &[(u64, u64)], a: u64, b: u64) -> u64 {
-    let i = intervals.partition_point(|iv| iv.1 <= a);
-    intervals[i..].iter().take_while(|iv| iv.0 < b).map(|iv| iv.1.min(b).saturating_sub(iv.0.max(a))).sum()
 }
 
 #[cfg(test)]

@@ -10,10 +10,11 @@ pub mod collectives;
 mod flops;
 pub mod peak;
 pub mod steps;
+mod sweep;
 
 pub use account::{
-    account, analyze, stall_reason_label, AccountOptions, Categories, CheckpointIo, DetailOptions, DeviceAccount,
-    DeviceDetail, IdleGap, KernelStat, Partition, CATEGORY_NAMES, MAX_BINS,
+    account, analyze, analyze_with, stall_reason_label, AccountOptions, Categories, CheckpointIo, DetailOptions,
+    DeviceAccount, DeviceDetail, IdleGap, KernelStat, LateWindows, Partition, CATEGORY_NAMES, MAX_BINS,
 };
 pub use flops::FlopSource;
 pub use steps::StepSource;

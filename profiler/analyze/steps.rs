@@ -70,11 +70,9 @@ pub fn find_steps(
         return (StepSource::Regex, steps_from_starts(&starts, window));
     }
     if opts.detect_periodicity {
-        let ends: Vec<u64> = compute.iter().map(|k| k.end).collect();
-        let seq: Vec<u32> = compute.iter().map(|k| k.name).collect();
-        if let Some(anchors) = periodic_anchors(&seq, &kernel_gaps(compute, &ends)) {
-            let starts: Vec<u64> = anchors.iter().map(|&i| compute[i].start).collect();
-            let steps = steps_from_starts(&starts, window);
+        if let Some(anchor) = periodic_anchor(&compute[..compute.len().min(PERIOD_PROBE)]) {
+            let starts: Vec<u64> = compute.iter().filter(|k| k.name == anchor.name).map(|k| k.start).collect();
+            let steps = anchor_steps(&anchor, starts, window);
             if steps.len() >= 2 {
                 return (StepSource::Periodicity, steps);
             }
@@ -128,36 +126,60 @@ pub fn steps_from_starts(starts: &[u64], window: (u64, u64)) -> Vec<(u64, u64)> 
 }
 
 /// Idle time before each kernel (its start minus the latest end of the kernels before it).
-fn kernel_gaps(compute: &[KernelSpan], ends: &[u64]) -> Vec<u64> {
+fn kernel_gaps(kernels: &[KernelSpan]) -> Vec<u64> {
     let mut latest = 0u64;
-    compute
+    kernels
         .iter()
-        .zip(ends)
-        .map(|(k, &e)| {
+        .map(|k| {
             let gap = k.start.saturating_sub(latest);
-            latest = latest.max(e);
+            latest = latest.max(k.end);
             gap
         })
         .collect()
 }
 
-/// Looks at most this far into the sequence to find the period.
-const PERIOD_PROBE: usize = 50_000;
+/// Periodicity is looked for in the first this many compute kernels of a device.
+pub const PERIOD_PROBE: usize = 50_000;
 
-/// Indices where the steps of a periodic kernel-name sequence start, or None if it has no
-/// period (at least 3 repeats, ≥ 95 % of names equal one period later). Candidate periods are
-/// the distances between consecutive launches of one name; the smallest that passes wins.
-/// The phase is the position in the period with the most idle time before it, summed over
-/// the repeats (a step usually begins after the host's data loading).
-pub fn periodic_anchors(seq: &[u32], gaps: &[u64]) -> Option<Vec<usize>> {
-    let probe = &seq[..seq.len().min(PERIOD_PROBE)];
-    let n = probe.len();
+/// The kernel a periodic sequence's steps start at: every `every`-th launch of `name`, from
+/// the one that started at `first_start`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeriodicAnchor {
+    pub name: u32,
+    pub first_start: u64,
+    pub every: usize,
+}
+
+/// The step anchor of the first compute kernels of a device (sorted by start), if they repeat.
+pub fn periodic_anchor(prefix: &[KernelSpan]) -> Option<PeriodicAnchor> {
+    let seq: Vec<u32> = prefix.iter().map(|k| k.name).collect();
+    let (period, phase) = period_and_phase(&seq, &kernel_gaps(prefix))?;
+    let name = seq[phase];
+    let every = seq[phase..phase + period].iter().filter(|&&n| n == name).count();
+    Some(PeriodicAnchor { name, first_start: prefix[phase].start, every })
+}
+
+/// Steps from every launch start of the anchor's kernel name (any order).
+pub fn anchor_steps(anchor: &PeriodicAnchor, mut starts: Vec<u64>, window: (u64, u64)) -> Vec<(u64, u64)> {
+    starts.sort_unstable();
+    let first = starts.partition_point(|&t| t < anchor.first_start);
+    let picked: Vec<u64> = starts[first..].iter().step_by(anchor.every.max(1)).copied().collect();
+    steps_from_starts(&picked, window)
+}
+
+/// The period and phase of a kernel-name sequence, or None if it has no period (at least 3
+/// repeats, ≥ 95 % of names equal one period later). Candidate periods are the distances
+/// between consecutive launches of one name; the smallest that passes wins. The phase is the
+/// position in the period with the most idle time before it, summed over the repeats (a step
+/// usually begins after the host's data loading).
+pub fn period_and_phase(seq: &[u32], gaps: &[u64]) -> Option<(usize, usize)> {
+    let n = seq.len();
     if n < 6 {
         return None;
     }
     let mut last: HashMap<u32, usize> = HashMap::new();
     let mut candidates: Vec<usize> = Vec::new();
-    for (i, &name) in probe.iter().enumerate() {
+    for (i, &name) in seq.iter().enumerate() {
         if let Some(prev) = last.insert(name, i) {
             candidates.push(i - prev);
         }
@@ -165,32 +187,28 @@ pub fn periodic_anchors(seq: &[u32], gaps: &[u64]) -> Option<Vec<usize>> {
     candidates.sort_unstable();
     candidates.dedup();
     let period = candidates.into_iter().filter(|&p| p >= 1 && 3 * p <= n).take(400).find(|&p| {
-        let same = (0..n - p).filter(|&i| probe[i] == probe[i + p]).count();
+        let same = (0..n - p).filter(|&i| seq[i] == seq[i + p]).count();
         same as f64 >= 0.95 * (n - p) as f64
     })?;
     let mut idle_at = vec![0u128; period];
-    for (i, &g) in gaps.iter().enumerate() {
+    for (i, &g) in gaps.iter().enumerate().skip(1) {
+        // (position 0's first gap is the time before the trace's first kernel)
         idle_at[i % period] += g as u128;
     }
-    // Skip position 0's first gap (the time before the trace's first kernel).
-    if let Some(first) = gaps.first() {
-        idle_at[0] -= *first as u128;
-    }
     let phase = (0..period).max_by_key(|&i| (idle_at[i], std::cmp::Reverse(i)))?;
-    Some((phase..seq.len()).step_by(period).collect())
+    Some((period, phase))
 }
 
-/// Useful rate of each step's compute kernels when a step's useful time is `useful_ns`: its
-/// FLOPs spread over the step's compute time (at most 1).
-pub fn step_rates(steps: &[(u64, u64)], compute: &[KernelSpan], useful_ns: f64) -> Vec<f64> {
+/// Compute time of each step: the durations of the kernels that start in it.
+pub fn compute_per_step(steps: &[(u64, u64)], kernels: impl Iterator<Item = (u64, u64)>) -> Vec<u64> {
     let mut busy = vec![0u64; steps.len()];
-    for k in compute {
-        let i = steps.partition_point(|s| s.1 <= k.start);
-        if steps.get(i).is_some_and(|s| s.0 <= k.start) {
-            busy[i] += k.end - k.start;
+    for (start, end) in kernels {
+        let i = steps.partition_point(|s| s.1 <= start);
+        if steps.get(i).is_some_and(|s| s.0 <= start) {
+            busy[i] += end - start;
         }
     }
-    busy.iter().map(|&b| if b == 0 { 0.0 } else { (useful_ns / b as f64).min(1.0) }).collect()
+    busy
 }
 
 #[cfg(test)]
@@ -204,9 +222,8 @@ mod tests {
         let step = [1u32, 2, 3, 2, 4];
         let seq: Vec<u32> = step.iter().cycle().skip(2).take(23).copied().collect();
         let gaps: Vec<u64> = seq.iter().map(|&n| if n == 1 { 1000 } else { 10 }).collect();
-        let anchors = periodic_anchors(&seq, &gaps).expect("periodic");
-        assert_eq!(anchors, vec![3, 8, 13, 18]);
-        assert!(periodic_anchors(&[1, 2, 3, 4, 5, 6, 7, 8], &[0; 8]).is_none());
+        assert_eq!(period_and_phase(&seq, &gaps), Some((5, 3)));
+        assert!(period_and_phase(&[1, 2, 3, 4, 5, 6, 7, 8], &[0; 8]).is_none());
     }
 
     #[test]

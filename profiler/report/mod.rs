@@ -9,8 +9,8 @@ mod text;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::analyze::collectives::{self, Activity, CrossRank, RankInput};
-use crate::analyze::{analyze, AccountOptions, DetailOptions, DeviceAccount, DeviceDetail};
+use crate::analyze::collectives::{self, CrossRank, RankInput};
+use crate::analyze::{analyze_with, AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows};
 use crate::trace::{RecordBatch, TraceError, TraceReader};
 
 pub use json::render_json;
@@ -32,8 +32,8 @@ pub struct FileReport {
     pub kernel_names: HashMap<u32, String>,
     /// Collective instances per process, for the cross-rank view.
     pub ranks: Vec<RankInput>,
-    /// What each process was doing, for the straggler line.
-    pub activity: HashMap<u32, Activity>,
+    /// What each process was doing while other ranks waited for it (the straggler line).
+    pub activity: HashMap<u32, String>,
     /// CLOCK_MONOTONIC → CLOCK_REALTIME, when the trace recorded it.
     pub realtime_offset_ns: Option<i128>,
     pub warnings: Vec<String>,
@@ -91,21 +91,30 @@ pub fn analyze_batch(
     warnings: Vec<String>,
     opts: &ReportOptions,
 ) -> FileReport {
-    let account_opts = AccountOptions { windows: process_windows(batch), ..AccountOptions::default() };
-    let (accounts, details): (Vec<_>, Vec<_>) = analyze(batch, names, &account_opts, &opts.detail).into_iter().unzip();
-    let kernel_names = details
-        .iter()
-        .flat_map(|d| d.top_kernels.iter())
-        .map(|k| (k.name_id, names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
-        .collect();
     let mut by_pid: std::collections::BTreeMap<u32, Vec<collectives::CollInstance>> = Default::default();
     for inst in collectives::instances(batch, names) {
         by_pid.entry(inst.pid).or_default().push(inst);
     }
-    let activity = by_pid.keys().map(|&pid| (pid, Activity::of(batch, pid))).collect();
-    let ranks = by_pid
+    let ranks: Vec<RankInput> = by_pid
         .into_iter()
         .map(|(pid, instances)| RankInput { file: path.clone(), pid, offset_ns: 0, instances })
+        .collect();
+    let late = late_windows(&collectives::cross_rank(&ranks), &path);
+    let account_opts = AccountOptions { windows: process_windows(batch), ..AccountOptions::default() };
+    let mut accounts = Vec::new();
+    let mut details = Vec::new();
+    let mut activity = HashMap::new();
+    for (a, d, act) in analyze_with(batch, names, &account_opts, Some(&opts.detail), &late) {
+        if let Some(act) = act {
+            activity.entry(a.pid).or_insert(act);
+        }
+        accounts.push(a);
+        details.push(d);
+    }
+    let kernel_names = details
+        .iter()
+        .flat_map(|d| d.top_kernels.iter())
+        .map(|k| (k.name_id, names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
         .collect();
     FileReport {
         path,
@@ -117,6 +126,16 @@ pub fn analyze_batch(
         realtime_offset_ns: collectives::realtime_offset(batch),
         warnings,
     }
+}
+
+/// The windows (own clock) in which other ranks waited for each process of `file`.
+pub fn late_windows(cross: &CrossRank, file: &str) -> LateWindows {
+    cross
+        .skew
+        .iter()
+        .filter(|s| s.file == file && !s.late_windows.is_empty())
+        .map(|s| (s.pid, s.late_windows.clone()))
+        .collect()
 }
 
 /// The cross-rank view of all files. Several files are put on CLOCK_REALTIME when each
@@ -137,7 +156,7 @@ pub fn cross_rank(reports: &[FileReport]) -> CrossRank {
 pub fn straggler_activity(reports: &[FileReport], cross: &CrossRank) -> Option<String> {
     let s = &cross.skew[cross.straggler?];
     let report = reports.iter().find(|r| r.path == s.file)?;
-    report.activity.get(&s.pid)?.describe(&s.late_windows)
+    report.activity.get(&s.pid).cloned()
 }
 
 pub(crate) fn pct(x: f64) -> String {
