@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 use ghostprof::analyze::{DetailOptions, StepSource};
-use ghostprof::report::{analyze_file_with, render_json, render_text, FileReport, ReportOptions};
+use ghostprof::report::{analyze_batch, analyze_file_with, analyze_files, load, render_json, render_text};
+use ghostprof::report::{FileReport, ReportOptions};
 use ghostprof::trace::*;
 
 use crate::util::*;
@@ -282,7 +283,7 @@ fn straggler_across_two_files() {
     // Same pid in both files (two hosts); rank 1's compute runs 1 ms longer every step.
     let f0 = write_job(dir.path(), "rank0.gptrace", &Job { rank: 0, slow_ns: 0, markers: true });
     let f1 = write_job(dir.path(), "rank1.gptrace", &Job { rank: 1, slow_ns: MS, markers: true });
-    let reports = vec![report(&f0, DetailOptions::default()), report(&f1, DetailOptions::default())];
+    let reports = analyze_files(&[f0.clone(), f1.clone()], &ReportOptions::default()).unwrap();
     let v = render_json(&reports);
     assert_eq!(v["straggler_rank"], 1);
     let skew = v["skew"].as_array().unwrap();
@@ -313,6 +314,94 @@ fn straggler_across_two_files() {
     assert!(text.contains("straggler: rank 1"), "{text}");
     // One file alone has no peer: no straggler.
     assert_eq!(render_json(&reports[..1])["straggler_rank"], serde_json::Value::Null);
+}
+
+/// Categories may differ by a nanosecond or two between the two paths: the streaming sweep
+/// cuts segments at its slice boundaries, which changes the floating-point sums' rounding.
+fn assert_close(a: &[u64; 8], b: &[u64; 8], what: &str) {
+    for (x, y) in a.iter().zip(b) {
+        assert!(x.abs_diff(*y) <= 2, "{what}: {a:?} vs {b:?}");
+    }
+}
+
+fn assert_same_analysis(streamed: &FileReport, in_memory: &FileReport) {
+    assert_eq!(streamed.accounts.len(), in_memory.accounts.len());
+    for ((sa, sd), (ma, md)) in
+        streamed.accounts.iter().zip(&streamed.details).zip(in_memory.accounts.iter().zip(&in_memory.details))
+    {
+        assert_eq!(
+            (sa.pid, sa.device, sa.window_start_ns, sa.window_end_ns),
+            (ma.pid, ma.device, ma.window_start_ns, ma.window_end_ns)
+        );
+        assert_eq!(sa.busy_ns, ma.busy_ns);
+        assert_eq!(sa.flop_source, ma.flop_source);
+        assert_close(&sa.categories.ns, &ma.categories.ns, "window");
+        assert_eq!(sd.step_source, md.step_source);
+        assert_eq!(sd.steps.len(), md.steps.len());
+        for (x, y) in sd.steps.iter().zip(&md.steps).chain(sd.bins.iter().zip(&md.bins)) {
+            assert_eq!((x.start_ns, x.end_ns, x.busy_ns), (y.start_ns, y.end_ns, y.busy_ns));
+            assert_eq!(x.categories.total(), x.len_ns());
+            assert_close(&x.categories.ns, &y.categories.ns, "step or bin");
+        }
+        assert_eq!(sd.bins.len(), md.bins.len());
+        assert_eq!(sd.top_idle_gaps, md.top_idle_gaps);
+        assert_eq!(sd.checkpoint, md.checkpoint);
+        let names = |d: &ghostprof::analyze::DeviceDetail| {
+            d.top_kernels.iter().map(|k| (k.name_id, k.count, k.total_ns)).collect::<Vec<_>>()
+        };
+        assert_eq!(names(sd), names(md));
+        for (x, y) in sd.top_kernels.iter().zip(&md.top_kernels) {
+            assert!(x.useful_ns.abs_diff(y.useful_ns) <= 2);
+        }
+    }
+    assert_eq!(streamed.activity, in_memory.activity);
+}
+
+#[test]
+fn streaming_equals_in_memory() {
+    let dir = tmpdir();
+    // The synthetic training stream (NVTX steps, futex stalls, memcpys, kernels), 300k records
+    // in chunks of 4096.
+    let path = dir.path().join("train.gptrace");
+    let (records, names) = training_records(300_000);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    write_trace(&path, &records, &names, 4096);
+    // And the two-rank job (a straggler, checkpoint writes) in one file.
+    let two = dir.path().join("two.gptrace");
+    let mut both = job_records(&Job { rank: 0, slow_ns: 0, markers: false });
+    let other: Vec<Record> = job_records(&Job { rank: 1, slow_ns: MS, markers: false })
+        .into_iter()
+        .map(|mut r| {
+            match &mut r {
+                Record::KernelExec(k) => k.pid = PID + 1,
+                Record::KernelLaunch(l) => (l.pid, l.tid) = (PID + 1, PID + 1),
+                Record::NcclColl(n) => (n.pid, n.tid) = (PID + 1, PID + 1),
+                Record::HostStall(s) => (s.pid, s.tid) = (PID + 1, PID + 1),
+                Record::FileIo(f) => (f.pid, f.tid) = (PID + 1, PID + 1),
+                _ => {}
+            }
+            r
+        })
+        .collect();
+    both.extend(other);
+    both.sort_by_key(|r| r.time_ns());
+    write_trace(&two, &both, &NAMES, 50);
+    for (p, detail) in [
+        (&path, DetailOptions::default()),
+        (&path, DetailOptions { bin_ns: Some(1_000_000), ..Default::default() }),
+        (&two, DetailOptions::default()),
+        (&two, DetailOptions { flops_per_step: Some(2e12), peak_flops: Some(1e15), ..Default::default() }),
+    ] {
+        let opts = ReportOptions { detail };
+        let streamed = analyze_files(std::slice::from_ref(p), &opts).unwrap().remove(0);
+        let (batch, names, warnings) = load(p).unwrap();
+        let in_memory = analyze_batch(p.display().to_string(), &batch, &names, warnings, &opts);
+        assert!(streamed.warnings.is_empty(), "{:?}", streamed.warnings);
+        assert_same_analysis(&streamed, &in_memory);
+    }
+    let v = render_json(&analyze_files(std::slice::from_ref(&two), &ReportOptions::default()).unwrap());
+    assert_eq!(v["straggler_rank"], 1);
+    assert_eq!(v["devices"][0]["step_source"], "periodicity");
 }
 
 fn ghostprof() -> Command {
@@ -355,4 +444,33 @@ fn report_command_line_flags() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(msg) && err.lines().count() == 1, "{args:?}: {err}");
     }
+}
+
+#[test]
+fn reorder_window_bounds_what_is_held_and_counts_late_records() {
+    use ghostprof::analyze::stream::{summarize, sweep_file, StreamOptions};
+    let dir = tmpdir();
+    let path = dir.path().join("late.gptrace");
+    // Step 0's first kernel is written last, as if a collector drained it 100 ms late.
+    let mut records = job_records(&Job { rank: 0, slow_ns: 0, markers: true });
+    let first = records.iter().position(|r| matches!(r, Record::KernelExec(_))).unwrap();
+    let late = records.remove(first);
+    records.push(late);
+    write_trace(&path, &records, &NAMES, 37);
+    let reader = TraceReader::open(&path).unwrap();
+    let run = |reorder_window_ns: u64| {
+        let mut opts = StreamOptions { reorder_window_ns, ..StreamOptions::default() };
+        let sk = summarize(&reader, &opts).unwrap();
+        opts.account.windows = sk.windows.clone();
+        sweep_file(&reader, &sk, &opts, &Default::default()).unwrap()
+    };
+    // Within the reorder window (default 5 s): nothing is late, step 0 is whole.
+    let (whole, late_records) = run(5_000_000_000);
+    assert_eq!(late_records, 0);
+    assert_eq!(whole[0].1.steps[0].categories.get("compute.inefficient"), 6 * MS);
+    // A 1 ms window: the kernel comes after its time was swept, is counted and left out.
+    let (cut, late_records) = run(MS);
+    assert_eq!(late_records, 1);
+    assert_eq!(cut[0].1.steps[0].categories.get("compute.inefficient"), 4 * MS);
+    assert_eq!(cut[0].1.steps[0].categories.total(), STEP);
 }

@@ -203,7 +203,7 @@ fn analyze_device(
     if let Some(d) = detail {
         plan.detail = true;
         // Steps come first: the model-FLOPs source spreads each step's FLOPs over its kernels.
-        let (source, steps) = super::steps::find_steps(batch, names, pid, &compute, &is_comm, d, window);
+        let (source, steps) = super::steps::find_steps(batch, names, pid, device, &compute, &is_comm, d, window);
         plan.step_source = source;
         plan.steps = steps;
         if let (FlopSource::None, Some(f), Some(peak)) = (flop_source, d.flops_per_step, d.peak_flops) {

@@ -10,6 +10,7 @@ pub mod collectives;
 mod flops;
 pub mod peak;
 pub mod steps;
+pub mod stream;
 mod sweep;
 
 pub use account::{

@@ -32,10 +32,12 @@ impl StepSource {
 }
 
 /// The steps of process `pid`'s device whose compute kernels are `compute` (sorted by start).
+#[allow(clippy::too_many_arguments)]
 pub fn find_steps(
     batch: &RecordBatch,
     names: &HashMap<u32, String>,
     pid: u32,
+    device: u32,
     compute: &[KernelSpan],
     is_comm: &dyn Fn(u32) -> bool,
     opts: &DetailOptions,
@@ -56,7 +58,11 @@ pub fn find_steps(
     let mut kernels: Vec<(u64, u32)> = compute.iter().map(|k| (k.start, k.name)).collect();
     if let Some(re) = &opts.step_regex {
         kernels.extend(
-            batch.kernels.iter().filter(|k| k.pid == pid && is_comm(k.name_id)).map(|k| (k.start_ns, k.name_id)),
+            batch
+                .kernels
+                .iter()
+                .filter(|k| k.pid == pid && k.device == device && is_comm(k.name_id))
+                .map(|k| (k.start_ns, k.name_id)),
         );
         kernels.sort_unstable();
         let matching: HashMap<u32, bool> = kernels

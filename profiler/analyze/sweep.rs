@@ -243,8 +243,12 @@ impl DeviceSweep {
         }
     }
 
-    pub fn plan(&self) -> &DevicePlan {
+    pub fn plan_ref(&self) -> &DevicePlan {
         &self.plan
+    }
+
+    pub fn window(&self) -> (u64, u64) {
+        self.plan.window
     }
 
     /// Sweeps [a, b) (the slice after the previous one). `ops`: every op overlapping it

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 
 use crate::analyze::{peak, DetailOptions};
-use crate::report::{analyze_file_with, render_json, render_text, ReportOptions};
+use crate::report::{analyze_files, render_json, render_text, ReportOptions};
 
 pub struct ReportConfig {
     pub files: Vec<PathBuf>,
@@ -88,10 +88,7 @@ impl ReportConfig {
 
 pub fn run(cfg: &ReportConfig) -> anyhow::Result<ExitCode> {
     let opts = cfg.options()?;
-    let mut reports = Vec::new();
-    for f in &cfg.files {
-        reports.push(analyze_file_with(f, &opts)?);
-    }
+    let reports = analyze_files(&cfg.files, &opts)?;
     if cfg.json {
         println!("{}", serde_json::to_string_pretty(&render_json(&reports))?);
     } else {

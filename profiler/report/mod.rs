@@ -7,9 +7,10 @@ mod json;
 mod text;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::analyze::collectives::{self, CrossRank, RankInput};
+use crate::analyze::stream::{self, StreamOptions};
 use crate::analyze::{analyze_with, AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows};
 use crate::trace::{RecordBatch, TraceError, TraceReader};
 
@@ -62,8 +63,72 @@ pub fn analyze_file(path: &Path) -> Result<FileReport, TraceError> {
 
 /// [`analyze_file`] with options (steps, bins, FLOP source).
 pub fn analyze_file_with(path: &Path, opts: &ReportOptions) -> Result<FileReport, TraceError> {
-    let (batch, names, warnings) = load(path)?;
-    Ok(analyze_batch(path.display().to_string(), &batch, &names, warnings, opts))
+    let mut v = analyze_files(&[path.to_path_buf()], opts)?;
+    Ok(v.remove(0))
+}
+
+/// Analyzes trace files with bounded memory ([`crate::analyze::stream`]): a summary pass over
+/// every file, the cross-rank matching of their collectives, then each file's sweep (which
+/// also measures what each late rank was doing while the others waited).
+pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<FileReport>, TraceError> {
+    let stream_opts = StreamOptions { detail: opts.detail.clone(), ..StreamOptions::default() };
+    let mut files = Vec::new();
+    for p in paths {
+        let reader = TraceReader::open(p)?;
+        let skeleton = stream::summarize(&reader, &stream_opts)?;
+        files.push((p.display().to_string(), reader, skeleton));
+    }
+    let shells: Vec<FileReport> = files
+        .iter()
+        .map(|(path, reader, sk)| {
+            let mut by_pid: std::collections::BTreeMap<u32, Vec<collectives::CollInstance>> = Default::default();
+            for inst in collectives::instances(&sk.small, &sk.names) {
+                by_pid.entry(inst.pid).or_default().push(inst);
+            }
+            FileReport {
+                path: path.clone(),
+                accounts: Vec::new(),
+                details: Vec::new(),
+                kernel_names: HashMap::new(),
+                ranks: by_pid
+                    .into_iter()
+                    .map(|(pid, instances)| RankInput { file: path.clone(), pid, offset_ns: 0, instances })
+                    .collect(),
+                activity: HashMap::new(),
+                realtime_offset_ns: collectives::realtime_offset(&sk.small),
+                warnings: reader.warnings().to_vec(),
+            }
+        })
+        .collect();
+    let cross = cross_rank(&shells);
+    let mut out = Vec::new();
+    for (mut report, (path, reader, sk)) in shells.into_iter().zip(files) {
+        let late = late_windows(&cross, &path);
+        let mut o = stream_opts.clone();
+        o.account.windows = sk.windows.clone();
+        let (results, late_records) = stream::sweep_file(&reader, &sk, &o, &late)?;
+        for (a, d, act) in results {
+            if let Some(act) = act {
+                report.activity.entry(a.pid).or_insert(act);
+            }
+            report.accounts.push(a);
+            report.details.push(d);
+        }
+        report.kernel_names = report
+            .details
+            .iter()
+            .flat_map(|d| d.top_kernels.iter())
+            .map(|k| (k.name_id, sk.names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
+            .collect();
+        if late_records > 0 {
+            report.warnings.push(format!(
+                "{late_records} records arrived more than {} s after newer ones and were left out of the sweep",
+                o.reorder_window_ns as f64 / 1e9
+            ));
+        }
+        out.push(report);
+    }
+    Ok(out)
 }
 
 /// The active window of each process: first to last device operation or launch.
@@ -83,7 +148,8 @@ pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, (u64, u64)> {
     windows
 }
 
-/// The analysis of records already in memory (what [`analyze_file_with`] does after reading).
+/// The analysis of records already in memory, one file alone (the streaming
+/// [`analyze_files`] gives the same result with bounded memory).
 pub fn analyze_batch(
     path: String,
     batch: &RecordBatch,
