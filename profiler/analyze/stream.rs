@@ -6,7 +6,8 @@
 //!    time per name, the first [`PERIOD_PROBE`] compute kernels (a bounded heap), the starts of
 //!    kernels matching `--step-regex`; and the few records the plans need whole: NCCL calls and
 //!    collective kernels (cross-rank matching), step markers, PM samples, clock syncs,
-//!    checkpoint writes.
+//!    checkpoint writes. (Tensor-activity samples are kept for devices whose PM sample
+//!    intervals have been seen, in that chunk or before: they come together.)
 //! 2. **Kernel pass** (only when needed): PM least squares kernel by kernel; the launches of a
 //!    periodic sequence's anchor kernel; each step's compute time for `--flops-per-step`.
 //! 3. **Sweep**: chunks in file order; a record is swept once no later chunk can hold an earlier
@@ -88,6 +89,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
     };
     let mut regex_match: HashMap<u32, bool> = HashMap::new();
     let mut chunk_min: Vec<u64> = Vec::new();
+    let mut pm_devices: HashSet<(u32, u32)> = HashSet::new();
     reader.for_each_chunk(|c| {
         sk.names.extend(c.strings.iter().cloned());
         sk.records += c.records.len() as u64;
@@ -147,8 +149,15 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         sk.small.steps.extend(r.steps.iter().filter(|s| s.source == MarkerSource::Nvtx as u32));
         sk.small.clock_syncs.extend_from_slice(&r.clock_syncs);
         sk.small.file_io.extend(r.file_io.iter().filter(|f| is_checkpoint_syscall(f.syscall)));
-        sk.small.samples.extend(r.samples.iter().filter(|s| {
-            s.pid != 0 && matches!(Metric::from_u32(s.metric), Some(Metric::SampleIntervalNs | Metric::TensorActive))
+        // PM samples: tensor activity only of devices that have PM sample intervals (NVML-like
+        // samples without them do not make a FLOP source, and would only take memory).
+        for s in r.samples.iter().filter(|s| s.metric == Metric::SampleIntervalNs as u32) {
+            pm_devices.insert((s.pid, s.device));
+        }
+        sk.small.samples.extend(r.samples.iter().filter(|s| match Metric::from_u32(s.metric) {
+            Some(Metric::SampleIntervalNs) => true,
+            Some(Metric::TensorActive) => pm_devices.contains(&(s.pid, s.device)),
+            _ => false,
         }));
     })?;
     let mut min = u64::MAX;
