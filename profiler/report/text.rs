@@ -72,18 +72,18 @@ fn device_detail(o: &mut String, r: &FileReport, a: &DeviceAccount, d: &DeviceDe
         }
     }
     if !d.top_kernels.is_empty() {
-        let _ = writeln!(o, "  top kernels:              count    total ms   mean µs  window  useful ms");
+        let _ = writeln!(o, "  top kernels:  count    total ms   mean µs  window  useful ms  name");
         for k in &d.top_kernels {
             let name = r.kernel_names.get(&k.name_id).map_or("?", String::as_str);
             let _ = writeln!(
                 o,
-                "    {:<22} {:>7} {:>11.3} {:>9.1} {:>7} {:>10.3}",
-                short(name, 22),
+                "    {:>11} {:>11.3} {:>9.1} {:>7} {:>10.3}  {}",
                 k.count,
                 ms(k.total_ns),
                 k.total_ns as f64 / k.count.max(1) as f64 / 1e3,
                 pct(k.total_ns as f64 / w),
-                ms(k.useful_ns)
+                ms(k.useful_ns),
+                short(name.strip_prefix("void ").unwrap_or(name), 72)
             );
         }
     }
