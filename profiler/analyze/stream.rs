@@ -26,9 +26,11 @@ use super::steps::{
     anchor_steps, compute_per_step, nvtx_steps, periodic_anchor, steps_from_starts, PeriodicAnchor, StepSource,
     PERIOD_PROBE,
 };
+use super::sweep::FastMap;
 use super::sweep::{DevicePlan, DeviceSweep, Op, Reasoned};
 use crate::trace::{
-    ApiDomain, Chunk, Metric, NcclPhase, ProbedApi, RecordBatch, StepSource as MarkerSource, TraceError, TraceReader,
+    ApiDomain, Chunk, Kind, Metric, NcclPhase, ProbedApi, RecordBatch, StepSource as MarkerSource, TraceError,
+    TraceReader,
 };
 
 /// Options of the streaming analysis.
@@ -90,10 +92,21 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
     let mut regex_match: HashMap<u32, bool> = HashMap::new();
     let mut chunk_min: Vec<u64> = Vec::new();
     let mut pm_devices: HashSet<(u32, u32)> = HashSet::new();
-    reader.for_each_chunk(|c| {
+    let wanted = |k: Kind| {
+        !matches!(
+            k,
+            Kind::HostStall
+                | Kind::ProcessInfo
+                | Kind::ThreadInfo
+                | Kind::LibraryInfo
+                | Kind::FunctionName
+                | Kind::Drops
+        )
+    };
+    reader.for_each_chunk_kinds(&wanted, |c| {
         sk.names.extend(c.strings.iter().cloned());
         sk.records += c.records.len() as u64;
-        chunk_min.push(c.records.time_range().map_or(u64::MAX, |r| r.0));
+        chunk_min.push(if c.records.is_empty() && c.strings.is_empty() { u64::MAX } else { c.min_ts });
         let r = &c.records;
         let names = &sk.names;
         let widen = |w: &mut HashMap<u32, (u64, u64)>, pid: u32, s: u64, e: u64| {
@@ -146,6 +159,9 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
             sk.launchers.entry(l.pid).or_default().insert(l.tid);
         }
         sk.small.nccl.extend_from_slice(&r.nccl);
+        sk.small.api_calls.extend(r.api_calls.iter().filter(|a| {
+            a.domain == ApiDomain::Probe as u32 && ProbedApi::from_u32(a.call_id).is_some_and(|x| x.is_sync())
+        }));
         sk.small.steps.extend(r.steps.iter().filter(|s| s.source == MarkerSource::Nvtx as u32));
         sk.small.clock_syncs.extend_from_slice(&r.clock_syncs);
         sk.small.file_io.extend(r.file_io.iter().filter(|f| is_checkpoint_syscall(f.syscall)));
@@ -239,7 +255,7 @@ pub fn sweep_file(
         for k in &need_steps_compute {
             per_step.insert(*k, vec![0; plans[k].steps.len()]);
         }
-        reader.for_each_chunk(|c| {
+        reader.for_each_chunk_kinds(&|k| k == Kind::KernelExec, |c| {
             for k in c.records.kernels.iter().filter(|k| !is_comm(k.name_id)) {
                 let key = (k.pid, k.device);
                 if let Some(acc) = fraction_acc.get_mut(&key) {
@@ -277,7 +293,7 @@ pub fn sweep_file(
         for k in &late_steps {
             per_step.insert(*k, vec![0; plans[k].steps.len()]);
         }
-        reader.for_each_chunk(|c| {
+        reader.for_each_chunk_kinds(&|k| k == Kind::KernelExec, |c| {
             for k in c.records.kernels.iter().filter(|k| !is_comm(k.name_id)) {
                 let key = (k.pid, k.device);
                 if let Some(busy) = per_step.get_mut(&key) {
@@ -310,11 +326,22 @@ pub fn sweep_file(
         late_records: 0,
     };
     for (pid, launchers) in &sk.launchers {
-        sweep.pids.insert(*pid, PidState { launchers: launchers.clone(), ..Default::default() });
+        // Synchronizing calls are few: the summary kept them all.
+        let incoming = sk
+            .small
+            .api_calls
+            .iter()
+            .filter(|a| a.pid == *pid && launchers.contains(&a.tid))
+            .map(|a| (a.start_ns, a.end_ns, "sync call"))
+            .collect();
+        sweep.pids.insert(*pid, PidState { launchers: launchers.clone(), incoming, ..Default::default() });
     }
     let mut chunk_index = 0usize;
-    reader.for_each_chunk(|c| {
-        sweep.ingest(c, &is_comm, &waits, opts.account.preemption_is_stall);
+    let mut comm_cache = CommCache::default();
+    let swept_kinds =
+        |k: Kind| matches!(k, Kind::KernelExec | Kind::MemOp | Kind::HostStall | Kind::FileIo | Kind::NcclColl);
+    reader.for_each_chunk_kinds(&swept_kinds, |c| {
+        sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.preemption_is_stall);
         chunk_index += 1;
         let next_min = sk.suffix_min_ts.get(chunk_index).copied().unwrap_or(u64::MAX);
         let bound = sweep.newest.saturating_sub(opts.reorder_window_ns);
@@ -368,11 +395,31 @@ struct PidState {
     incoming: Vec<Reasoned>,
 }
 
+/// Whether a name id is a collective's, remembered per id (ids are small and dense).
+#[derive(Default)]
+struct CommCache(Vec<u8>);
+
+impl CommCache {
+    fn is_comm(&mut self, names: &HashMap<u32, String>, id: u32) -> bool {
+        let i = id as usize;
+        if i >= self.0.len() {
+            if i > 1 << 24 {
+                return is_comm_name(names, id);
+            }
+            self.0.resize(i + 1, 0);
+        }
+        if self.0[i] == 0 {
+            self.0[i] = if is_comm_name(names, id) { 1 } else { 2 };
+        }
+        self.0[i] == 1
+    }
+}
+
 /// A process's merged blocked intervals and the same with reasons.
 type Blocked = (Vec<(u64, u64)>, Vec<Reasoned>);
 
 struct Sweep {
-    devices: HashMap<(u32, u32), DeviceState>,
+    devices: FastMap<(u32, u32), DeviceState>,
     pids: HashMap<u32, PidState>,
     /// everything before this is swept
     swept_to: u64,
@@ -385,7 +432,7 @@ impl Sweep {
     fn ingest(
         &mut self,
         c: &Chunk,
-        is_comm: &dyn Fn(u32) -> bool,
+        is_comm: &mut dyn FnMut(u32) -> bool,
         waits: &HashMap<(u32, u64), u64>,
         preemption_is_stall: bool,
     ) {
@@ -401,7 +448,7 @@ impl Sweep {
                 self.late_records += 1;
                 continue;
             }
-            let wait = waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0);
+            let wait = if waits.is_empty() { 0 } else { waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) };
             d.incoming.push(d.sweep.plan_ref().kernel_op(k.start_ns, k.end_ns, k.name_id, is_comm(k.name_id), wait));
         }
         for m in &r.memops {
@@ -427,11 +474,6 @@ impl Sweep {
         }
         for n in r.nccl.iter().filter(|n| n.phase == NcclPhase::Host as u32 && launcher(&self.pids, n.pid, n.tid)) {
             blocked.push((n.pid, (n.start_ns, n.end_ns, "NCCL call")));
-        }
-        for a in r.api_calls.iter().filter(|a| a.domain == ApiDomain::Probe as u32) {
-            if ProbedApi::from_u32(a.call_id).is_some_and(|x| x.is_sync()) && launcher(&self.pids, a.pid, a.tid) {
-                blocked.push((a.pid, (a.start_ns, a.end_ns, "sync call")));
-            }
         }
         for (pid, iv) in blocked {
             let Some(p) = self.pids.get_mut(&pid) else { continue };

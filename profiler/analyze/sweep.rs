@@ -36,6 +36,30 @@ pub(crate) struct Op {
     pub name: Option<u32>,
 }
 
+/// FxHash (rustc's): the sweep's maps are keyed by small integers, where SipHash costs more
+/// than the work around it.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
 /// A blocked interval of a launching thread and why.
 pub(crate) type Reasoned = (u64, u64, &'static str);
 
@@ -205,7 +229,7 @@ pub(crate) struct DeviceSweep {
     bins: Partitions,
     gaps: Vec<OpenGap>,
     gap: OpenGap,
-    kernels: HashMap<u32, (KernelStat, f64)>,
+    kernels: FastMap<u32, (KernelStat, f64)>,
     late_cursor: usize,
     late_busy: u64,
     late_reasons: Vec<(&'static str, u64)>,
@@ -233,7 +257,7 @@ impl DeviceSweep {
             busy: 0,
             gaps: Vec::new(),
             gap: OpenGap::default(),
-            kernels: HashMap::new(),
+            kernels: FastMap::default(),
             late_cursor: 0,
             late_busy: 0,
             late_reasons: Vec::new(),
@@ -293,9 +317,11 @@ impl DeviceSweep {
                 self.late_off_cpu(a, b, reasons);
             }
         }
-        cuts.sort_unstable();
+        // Stable sorts: both are nearly sorted already (records come in time order), which
+        // the stable sort detects.
+        cuts.sort();
         cuts.dedup();
-        ops.sort_unstable_by_key(|o| o.start);
+        ops.sort_by_key(|o| o.start);
         let mut active = std::mem::take(&mut self.active);
         active.clear();
         let mut next = 0usize;
