@@ -72,7 +72,7 @@ pub struct FractionAccumulator {
 impl FractionAccumulator {
     /// `time_by_name`: total kernel time per name (picks the unknowns); `samples` sorted by
     /// start and disjoint.
-    pub fn new(time_by_name: &HashMap<u32, u64>, samples: Vec<PmSample>) -> Self {
+    pub fn new<S: std::hash::BuildHasher>(time_by_name: &HashMap<u32, u64, S>, samples: Vec<PmSample>) -> Self {
         // Names, most time first.
         let mut names: Vec<u32> = time_by_name.keys().copied().collect();
         names.sort_by_key(|n| (std::cmp::Reverse(time_by_name[n]), *n));

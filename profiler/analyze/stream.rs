@@ -58,7 +58,7 @@ struct DeviceSummary {
     first_op: u64,
     last_op: u64,
     /// compute kernel time per name
-    time_by_name: HashMap<u32, u64>,
+    time_by_name: FastMap<u32, u64>,
     /// the earliest compute kernels (max-heap on start, capped)
     prefix: BinaryHeap<(u64, u64, u32)>,
     regex_starts: Vec<u64>,
@@ -71,8 +71,8 @@ pub struct Skeleton {
     pub small: RecordBatch,
     /// Active window per process: first to last device operation or launch.
     pub windows: HashMap<u32, (u64, u64)>,
-    launchers: HashMap<u32, HashSet<u32>>,
-    devices: HashMap<(u32, u32), DeviceSummary>,
+    launchers: FastMap<u32, HashSet<u32>>,
+    devices: FastMap<(u32, u32), DeviceSummary>,
     /// Minimum record time of each chunk and all later ones.
     suffix_min_ts: Vec<u64>,
     pub records: u64,
@@ -84,12 +84,13 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         names: HashMap::new(),
         small: RecordBatch::default(),
         windows: HashMap::new(),
-        launchers: HashMap::new(),
-        devices: HashMap::new(),
+        launchers: FastMap::default(),
+        devices: FastMap::default(),
         suffix_min_ts: Vec::new(),
         records: 0,
     };
-    let mut regex_match: HashMap<u32, bool> = HashMap::new();
+    let mut regex_match: FastMap<u32, bool> = FastMap::default();
+    let mut comm_cache = CommCache::default();
     let mut chunk_min: Vec<u64> = Vec::new();
     let mut pm_devices: HashSet<(u32, u32)> = HashSet::new();
     let wanted = |k: Kind| {
@@ -123,7 +124,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
             });
             d.first_op = d.first_op.min(k.start_ns);
             d.last_op = d.last_op.max(k.end_ns);
-            let comm = is_comm_name(names, k.name_id);
+            let comm = comm_cache.is_comm(names, k.name_id);
             if comm {
                 sk.small.kernels.push(*k);
             } else {
