@@ -474,3 +474,52 @@ fn reorder_window_bounds_what_is_held_and_counts_late_records() {
     assert_eq!(cut[0].1.steps[0].categories.get("compute.inefficient"), 4 * MS);
     assert_eq!(cut[0].1.steps[0].categories.total(), STEP);
 }
+
+#[test]
+fn random_records_never_panic_the_report() {
+    // Every bit pattern is a valid record: ends before starts, huge times, unknown enums.
+    let dir = tmpdir();
+    let mut rng = ghostprof::trace::synth::Rng::new(7);
+    for round in 0..4 {
+        let path = dir.path().join(format!("random{round}.gptrace"));
+        let mut records: Vec<Record> = Vec::new();
+        for i in 0..3000 {
+            let kind = Kind::ALL[i % Kind::ALL.len()];
+            let mut r = random_record(kind, &mut rng);
+            // Keep some records in a narrow time range and a few pids so they interact.
+            if round % 2 == 1 {
+                match &mut r {
+                    Record::KernelExec(k) => {
+                        k.pid %= 3;
+                        k.device %= 2;
+                        k.start_ns %= 1 << 20;
+                        k.end_ns = k.start_ns.wrapping_add(k.end_ns % (1 << 12)).wrapping_sub(1 << 10);
+                        k.name_id %= 6;
+                    }
+                    Record::NcclColl(n) => {
+                        n.pid %= 3;
+                        n.seq %= 4;
+                        n.nranks %= 4;
+                        n.phase %= 2;
+                        n.start_ns %= 1 << 20;
+                    }
+                    Record::KernelLaunch(l) => l.pid %= 3,
+                    Record::HostStall(s) => s.pid %= 3,
+                    Record::StepMarker(s) => s.pid %= 3,
+                    _ => {}
+                }
+            }
+            records.push(r);
+        }
+        write_trace(&path, &records, &NAMES, 500);
+        let detail = DetailOptions { step_regex: Some(regex::Regex::new("gemm").unwrap()), ..Default::default() };
+        if let Ok(reports) = analyze_files(std::slice::from_ref(&path), &ReportOptions { detail }) {
+            let _ = render_text(&reports);
+            let _ = render_json(&reports);
+        }
+        if let Ok((batch, names, warnings)) = load(&path) {
+            let r = analyze_batch(path.display().to_string(), &batch, &names, warnings, &ReportOptions::default());
+            let _ = render_json(std::slice::from_ref(&r));
+        }
+    }
+}

@@ -91,7 +91,7 @@ pub struct DeviceAccount {
 
 impl DeviceAccount {
     pub fn window_ns(&self) -> u64 {
-        self.window_end_ns - self.window_start_ns
+        self.window_end_ns.saturating_sub(self.window_start_ns)
     }
     /// Busy fraction of the window.
     pub fn busy(&self) -> f64 {
@@ -281,7 +281,7 @@ pub(crate) fn comm_waits(batch: &RecordBatch, is_comm: &dyn Fn(u32) -> bool) -> 
         }
         let last = members.iter().map(|m| m.1).max().unwrap_or(0);
         for (pid, start, end) in members {
-            waits.insert((pid, start), last.saturating_sub(start).min(end - start));
+            waits.insert((pid, start), last.saturating_sub(start).min(end.saturating_sub(start)));
         }
     }
     waits

@@ -207,7 +207,7 @@ pub fn cross_rank(ranks: &[RankInput]) -> CrossRank {
             let own = at(m);
             let s = (own - first) as u64;
             if let Some((ks, ke)) = inst.kernel {
-                wait.insert(*m, ((last - own) as u64).min(ke - ks));
+                wait.insert(*m, ((last - own) as u64).min(ke.saturating_sub(ks)));
             }
             let rs = &mut skew[m.0];
             rs.matched += 1;
@@ -216,7 +216,7 @@ pub fn cross_rank(ranks: &[RankInput]) -> CrossRank {
             if own == last && last > first {
                 rs.late_count += 1;
                 if rs.late_windows.len() < MAX_LATE_WINDOWS {
-                    rs.late_windows.push((inst.arrival_ns - s, inst.arrival_ns));
+                    rs.late_windows.push((inst.arrival_ns.saturating_sub(s), inst.arrival_ns));
                 }
             }
         }
@@ -244,7 +244,7 @@ pub fn cross_rank(ranks: &[RankInput]) -> CrossRank {
                 size_bucket: key.1.clone(),
                 ..Default::default()
             });
-            let time = ke - ks;
+            let time = ke.saturating_sub(ks);
             let w = wait.get(&(r, i)).copied().unwrap_or(0).min(time);
             st.count += 1;
             st.bytes += inst.size_bytes;

@@ -48,7 +48,7 @@ pub struct PmSample {
 pub fn useful_fraction_by_name(kernels: &[KernelSpan], samples: &[PmSample]) -> HashMap<u32, f64> {
     let mut time: HashMap<u32, u64> = HashMap::new();
     for k in kernels {
-        *time.entry(k.name).or_default() += k.end - k.start;
+        *time.entry(k.name).or_default() += k.end.saturating_sub(k.start);
     }
     let mut acc = FractionAccumulator::new(&time, samples.to_vec());
     for k in kernels {

@@ -211,7 +211,7 @@ pub fn compute_per_step(steps: &[(u64, u64)], kernels: impl Iterator<Item = (u64
     for (start, end) in kernels {
         let i = steps.partition_point(|s| s.1 <= start);
         if steps.get(i).is_some_and(|s| s.0 <= start) {
-            busy[i] += end - start;
+            busy[i] += end.saturating_sub(start);
         }
     }
     busy

@@ -128,7 +128,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
             if comm {
                 sk.small.kernels.push(*k);
             } else {
-                *d.time_by_name.entry(k.name_id).or_default() += k.end_ns - k.start_ns;
+                *d.time_by_name.entry(k.name_id).or_default() += k.end_ns.saturating_sub(k.start_ns);
                 if d.prefix.len() < PERIOD_PROBE {
                     d.prefix.push((k.start_ns, k.end_ns, k.name_id));
                 } else if d.prefix.peek().is_some_and(|top| (k.start_ns, k.end_ns, k.name_id) < *top) {

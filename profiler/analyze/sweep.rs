@@ -107,7 +107,7 @@ impl DevicePlan {
 
     /// Sets the bin width from the options (default: the window in `default_bins` bins).
     pub fn set_bins(&mut self, d: &DetailOptions) {
-        let window = self.window.1 - self.window.0;
+        let window = self.window.1.saturating_sub(self.window.0);
         let want = d.bin_ns.unwrap_or_else(|| window.div_ceil(d.default_bins.max(1))).max(1);
         let min = window.div_ceil(MAX_BINS).max(1);
         if want < min {
@@ -286,7 +286,7 @@ impl DeviceSweep {
         }
         let detail = self.plan.detail;
         if detail {
-            self.longest_reason = reasons.iter().map(|x| x.1 - x.0).max().unwrap_or(0);
+            self.longest_reason = reasons.iter().map(|x| x.1.saturating_sub(x.0)).max().unwrap_or(0);
         }
         let mut cuts = std::mem::take(&mut self.cuts);
         cuts.clear();
