@@ -480,6 +480,7 @@ fn random_records_never_panic_the_report() {
     // Every bit pattern is a valid record: ends before starts, huge times, unknown enums.
     let dir = tmpdir();
     let mut rng = ghostprof::trace::synth::Rng::new(7);
+    let gemm = regex::Regex::new("gemm").unwrap();
     for round in 0..4 {
         let path = dir.path().join(format!("random{round}.gptrace"));
         let mut records: Vec<Record> = Vec::new();
@@ -512,7 +513,7 @@ fn random_records_never_panic_the_report() {
             records.push(r);
         }
         write_trace(&path, &records, &NAMES, 500);
-        let detail = DetailOptions { step_regex: Some(regex::Regex::new("gemm").unwrap()), ..Default::default() };
+        let detail = DetailOptions { step_regex: Some(gemm.clone()), ..Default::default() };
         if let Ok(reports) = analyze_files(std::slice::from_ref(&path), &ReportOptions { detail }) {
             let _ = render_text(&reports);
             let _ = render_json(&reports);
