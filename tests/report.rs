@@ -312,6 +312,10 @@ fn straggler_across_two_files() {
     assert!((c["bus_bandwidth_gbps"].as_f64().unwrap() - 100.0).abs() < 1e-9);
     let text = render_text(&reports);
     assert!(text.contains("straggler: rank 1"), "{text}");
+    // The accounting of each file books the cross-file wait: rank 0 waits 1 ms a step.
+    assert_eq!(reports[0].accounts[0].categories.get("comm.wait"), 10 * MS);
+    assert_eq!(reports[0].accounts[0].categories.get("comm.transfer"), 10 * MS);
+    assert_eq!(reports[1].accounts[0].categories.get("comm.wait"), 0);
     // One file alone has no peer: no straggler.
     assert_eq!(render_json(&reports[..1])["straggler_rank"], serde_json::Value::Null);
 }
@@ -462,7 +466,7 @@ fn reorder_window_bounds_what_is_held_and_counts_late_records() {
         let mut opts = StreamOptions { reorder_window_ns, ..StreamOptions::default() };
         let sk = summarize(&reader, &opts).unwrap();
         opts.account.windows = sk.windows.clone();
-        sweep_file(&reader, &sk, &opts, &Default::default()).unwrap()
+        sweep_file(&reader, &sk, &opts, &Default::default(), &Default::default()).unwrap()
     };
     // Within the reorder window (default 5 s): nothing is late, step 0 is whole.
     let (whole, late_records) = run(5_000_000_000);

@@ -161,6 +161,9 @@ pub struct RankSkew {
 pub struct CrossRank {
     pub collectives: Vec<CollStat>,
     pub skew: Vec<RankSkew>,
+    /// Per file, (pid, kernel start) → wait of the collectives whose ranks are in several
+    /// files (a file alone cannot match them): the accounting's `comm.wait` for them.
+    pub spanning_waits: HashMap<String, HashMap<(u32, u64), u64>>,
     /// Index into `skew` of the straggler.
     pub straggler: Option<usize>,
 }
@@ -192,6 +195,7 @@ pub fn cross_rank(ranks: &[RankInput]) -> CrossRank {
         })
         .collect();
     let mut skew_sum = vec![0f64; ranks.len()];
+    let mut spanning_waits: HashMap<String, HashMap<(u32, u64), u64>> = HashMap::new();
     for ((_, nranks, _), members) in &groups {
         let mut distinct: Vec<u32> = members.iter().map(|&(r, i)| ranks[r].instances[i].rank).collect();
         distinct.sort_unstable();
@@ -202,12 +206,17 @@ pub fn cross_rank(ranks: &[RankInput]) -> CrossRank {
         let at = |&(r, i): &(usize, usize)| ranks[r].instances[i].arrival_ns as i128 + ranks[r].offset_ns;
         let first = members.iter().map(at).min().unwrap_or(0);
         let last = members.iter().map(at).max().unwrap_or(0);
+        let spanning = members.iter().any(|m| ranks[m.0].file != ranks[members[0].0].file);
         for m in members {
             let inst = &ranks[m.0].instances[m.1];
             let own = at(m);
             let s = (own - first) as u64;
             if let Some((ks, ke)) = inst.kernel {
-                wait.insert(*m, ((last - own) as u64).min(ke.saturating_sub(ks)));
+                let w = ((last - own) as u64).min(ke.saturating_sub(ks));
+                wait.insert(*m, w);
+                if spanning {
+                    spanning_waits.entry(ranks[m.0].file.clone()).or_default().insert((inst.pid, ks), w);
+                }
             }
             let rs = &mut skew[m.0];
             rs.matched += 1;
@@ -262,7 +271,7 @@ pub fn cross_rank(ranks: &[RankInput]) -> CrossRank {
         })
         .collect();
     collectives.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(a.op.cmp(&b.op)));
-    CrossRank { collectives, skew, straggler }
+    CrossRank { collectives, skew, spanning_waits, straggler }
 }
 
 #[cfg(test)]

@@ -194,12 +194,14 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
 pub type DeviceResult = (DeviceAccount, DeviceDetail, Option<String>);
 
 /// Passes 2 and 3: the accounting and details of every device, and the records that came
-/// too late to be swept.
+/// too late to be swept. `extra_waits`: (pid, kernel start) → wait of collectives matched
+/// with ranks in other files (the file's own matching comes first).
 pub fn sweep_file(
     reader: &TraceReader,
     sk: &Skeleton,
     opts: &StreamOptions,
     late: &LateWindows,
+    extra_waits: &HashMap<(u32, u64), u64>,
 ) -> Result<(Vec<DeviceResult>, u64), TraceError> {
     let names = &sk.names;
     let is_comm = |id: u32| is_comm_name(names, id);
@@ -312,7 +314,10 @@ pub fn sweep_file(
     }
 
     // Pass 3: the sweep.
-    let waits = comm_waits(&sk.small, &is_comm);
+    let mut waits = comm_waits(&sk.small, &is_comm);
+    for (k, w) in extra_waits {
+        waits.entry(*k).or_insert(*w);
+    }
     let mut sweep = Sweep {
         devices: keys
             .iter()

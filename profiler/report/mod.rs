@@ -69,7 +69,8 @@ pub fn analyze_file_with(path: &Path, opts: &ReportOptions) -> Result<FileReport
 
 /// Analyzes trace files with bounded memory ([`crate::analyze::stream`]): a summary pass over
 /// every file, the cross-rank matching of their collectives, then each file's sweep (which
-/// also measures what each late rank was doing while the others waited).
+/// books `comm.wait` of collectives matched across files, and measures what each late rank
+/// was doing while the others waited).
 pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<FileReport>, TraceError> {
     let stream_opts = StreamOptions { detail: opts.detail.clone(), ..StreamOptions::default() };
     let mut files = Vec::new();
@@ -106,7 +107,9 @@ pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<File
         let late = late_windows(&cross, &path);
         let mut o = stream_opts.clone();
         o.account.windows = sk.windows.clone();
-        let (results, late_records) = stream::sweep_file(&reader, &sk, &o, &late)?;
+        let no_waits = HashMap::new();
+        let extra_waits = cross.spanning_waits.get(&path).unwrap_or(&no_waits);
+        let (results, late_records) = stream::sweep_file(&reader, &sk, &o, &late, extra_waits)?;
         for (a, d, act) in results {
             if let Some(act) = act {
                 report.activity.entry(a.pid).or_insert(act);
