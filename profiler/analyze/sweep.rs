@@ -233,6 +233,8 @@ pub(crate) struct DeviceSweep {
     late_cursor: usize,
     late_busy: u64,
     late_reasons: Vec<(&'static str, u64)>,
+    /// union of the blocked intervals inside the late windows
+    late_blocked: u64,
     /// the longest reasoned interval of the current slice
     longest_reason: u64,
     /// scratch
@@ -261,6 +263,7 @@ impl DeviceSweep {
             late_cursor: 0,
             late_busy: 0,
             late_reasons: Vec::new(),
+            late_blocked: 0,
             longest_reason: 0,
             cuts: Vec::new(),
             active: Vec::new(),
@@ -315,6 +318,7 @@ impl DeviceSweep {
             }
             if !reasons.is_empty() && !self.plan.late_windows.is_empty() {
                 self.late_off_cpu(a, b, reasons);
+                self.late_blocked_add(a, b, blocked);
             }
         }
         // Stable sorts: both are nearly sorted already (records come in time order), which
@@ -431,6 +435,17 @@ impl DeviceSweep {
     }
 
     /// Off-CPU time of the launching threads inside the late windows, within [a, b).
+    fn late_blocked_add(&mut self, a: u64, b: u64, blocked: &[(u64, u64)]) {
+        let w = &self.plan.late_windows;
+        let lo = blocked.partition_point(|x| x.1 <= a);
+        for &(s, e) in blocked[lo..].iter().take_while(|x| x.0 < b) {
+            let (s, e) = (s.max(a), e.min(b));
+            let i = w.partition_point(|x| x.1 <= s);
+            self.late_blocked +=
+                w[i..].iter().take_while(|x| x.0 < e).map(|x| x.1.min(e).saturating_sub(x.0.max(s))).sum::<u64>();
+        }
+    }
+
     fn late_off_cpu(&mut self, a: u64, b: u64, reasons: &[Reasoned]) {
         let w = &self.plan.late_windows;
         for &(s, e, r) in reasons.iter().take_while(|x| x.0 < b) {
@@ -485,7 +500,8 @@ impl DeviceSweep {
         top.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.name_id.cmp(&b.name_id)));
         top.truncate(10);
         let late_total: u64 = self.plan.late_windows.iter().map(|&(s, e)| e.min(w1).saturating_sub(s.max(w0))).sum();
-        let activity = (late_total > 0).then(|| describe(late_total, self.late_busy, self.late_reasons));
+        let activity =
+            (late_total > 0).then(|| describe(late_total, self.late_busy, self.late_blocked, self.late_reasons));
         let detail = DeviceDetail {
             step_source: self.plan.step_source,
             steps: self.steps.finish(),
@@ -500,15 +516,22 @@ impl DeviceSweep {
     }
 }
 
-/// "GPU busy 97%; host on-CPU 70%, futex 30%".
-fn describe(total: u64, busy: u64, mut reasons: Vec<(&'static str, u64)>) -> String {
-    let off: u64 = reasons.iter().map(|x| x.1).sum::<u64>().min(total);
-    reasons.push(("on-CPU", total - off));
+/// "GPU busy 97%; host on-CPU 70%, blocked 30% (futex 30%)": the reasons of blocked time can
+/// overlap (an off-CPU wait inside a synchronizing call counts for both).
+fn describe(total: u64, busy: u64, blocked: u64, mut reasons: Vec<(&'static str, u64)>) -> String {
+    let blocked = blocked.min(total);
     reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     let pct = |ns: u64| ns as f64 * 100.0 / total as f64;
-    let host: Vec<String> =
+    let why: Vec<String> =
         reasons.iter().filter(|x| pct(x.1) >= 0.5).map(|x| format!("{} {:.0}%", x.0, pct(x.1))).collect();
-    format!("GPU busy {:.0}%; host {}", pct(busy), host.join(", "))
+    let mut host = format!("on-CPU {:.0}%", pct(total - blocked));
+    if blocked > 0 {
+        host.push_str(&format!(", blocked {:.0}%", pct(blocked)));
+        if !why.is_empty() {
+            host.push_str(&format!(" ({})", why.join(", ")));
+        }
+    }
+    format!("GPU busy {:.0}%; host {host}", pct(busy))
 }
 
 /// Keeps the 10 longest gaps, longest first.
