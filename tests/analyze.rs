@@ -112,6 +112,9 @@ fn root_analysis_recovers_straggler() {
     assert!(activity.starts_with("GPU busy"), "{activity}");
     let colls = report["collectives"].as_array().unwrap();
     assert!(colls.iter().any(|c| c["op"] == "all_reduce" && c["wait_ns"].as_u64().unwrap() > 0), "{colls:?}");
+    // gpusim moves collectives at its scenario's 100 GB/s of bus bandwidth (NCCL's busBw).
+    let bw = colls[0]["bus_bandwidth_gbps"].as_f64().unwrap();
+    assert!((bw - 100.0).abs() <= 5.0, "busBw {bw} GB/s, gpusim's is 100");
 }
 
 #[test]
