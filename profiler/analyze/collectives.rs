@@ -115,13 +115,19 @@ pub fn realtime_offset(batch: &RecordBatch) -> Option<i128> {
         .map(|c| c.other_ns as i128 - c.monotonic_ns as i128)
 }
 
-/// One rank: the instances of one process of one file, on a common clock (`offset_ns` added).
+/// One rank: the instances of one process of one file.
 #[derive(Debug, Clone)]
 pub struct RankInput {
     pub file: String,
     pub pid: u32,
-    pub offset_ns: i128,
     pub instances: Vec<CollInstance>,
+}
+
+/// A rank for the matching, with the offset that puts its clock on the common one.
+#[derive(Debug, Clone, Copy)]
+pub struct RankView<'a> {
+    pub input: &'a RankInput,
+    pub offset_ns: i128,
 }
 
 /// Totals of one (op, size bucket).
@@ -172,7 +178,8 @@ pub struct CrossRank {
 const MAX_LATE_WINDOWS: usize = 100_000;
 
 /// Matches the instances of all ranks; see the module docs.
-pub fn cross_rank(ranks: &[RankInput]) -> CrossRank {
+pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
+    let ranks: Vec<&RankInput> = views.iter().map(|v| v.input).collect();
     // (comm index, nranks, seq) → (rank input, instance index)
     let mut groups: HashMap<(u32, u32, u64), Vec<(usize, usize)>> = HashMap::new();
     for (r, input) in ranks.iter().enumerate() {
@@ -203,7 +210,7 @@ pub fn cross_rank(ranks: &[RankInput]) -> CrossRank {
         if *nranks < 2 || members.len() != *nranks as usize || distinct.len() != members.len() {
             continue;
         }
-        let at = |&(r, i): &(usize, usize)| ranks[r].instances[i].arrival_ns as i128 + ranks[r].offset_ns;
+        let at = |&(r, i): &(usize, usize)| ranks[r].instances[i].arrival_ns as i128 + views[r].offset_ns;
         let first = members.iter().map(at).min().unwrap_or(0);
         let last = members.iter().map(at).max().unwrap_or(0);
         let spanning = members.iter().any(|m| ranks[m.0].file != ranks[members[0].0].file);

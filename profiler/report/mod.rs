@@ -9,7 +9,7 @@ mod text;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::analyze::collectives::{self, CrossRank, RankInput};
+use crate::analyze::collectives::{self, CrossRank, RankInput, RankView};
 use crate::analyze::stream::{self, StreamOptions};
 use crate::analyze::{analyze_with, AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows};
 use crate::trace::{RecordBatch, TraceError, TraceReader};
@@ -93,7 +93,7 @@ pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<File
                 kernel_names: HashMap::new(),
                 ranks: by_pid
                     .into_iter()
-                    .map(|(pid, instances)| RankInput { file: path.clone(), pid, offset_ns: 0, instances })
+                    .map(|(pid, instances)| RankInput { file: path.clone(), pid, instances })
                     .collect(),
                 activity: HashMap::new(),
                 realtime_offset_ns: collectives::realtime_offset(&sk.small),
@@ -164,11 +164,10 @@ pub fn analyze_batch(
     for inst in collectives::instances(batch, names) {
         by_pid.entry(inst.pid).or_default().push(inst);
     }
-    let ranks: Vec<RankInput> = by_pid
-        .into_iter()
-        .map(|(pid, instances)| RankInput { file: path.clone(), pid, offset_ns: 0, instances })
-        .collect();
-    let late = late_windows(&collectives::cross_rank(&ranks), &path);
+    let ranks: Vec<RankInput> =
+        by_pid.into_iter().map(|(pid, instances)| RankInput { file: path.clone(), pid, instances }).collect();
+    let views: Vec<RankView> = ranks.iter().map(|input| RankView { input, offset_ns: 0 }).collect();
+    let late = late_windows(&collectives::cross_rank(&views), &path);
     let account_opts = AccountOptions { windows: process_windows(batch), ..AccountOptions::default() };
     let mut accounts = Vec::new();
     let mut details = Vec::new();
@@ -211,11 +210,11 @@ pub fn late_windows(cross: &CrossRank, file: &str) -> LateWindows {
 /// recorded the mapping (ranks on different hosts); otherwise their monotonic clocks are used.
 pub fn cross_rank(reports: &[FileReport]) -> CrossRank {
     let realtime = reports.len() > 1 && reports.iter().all(|r| r.realtime_offset_ns.is_some());
-    let ranks: Vec<RankInput> = reports
+    let ranks: Vec<RankView> = reports
         .iter()
         .flat_map(|r| {
-            let offset = if realtime { r.realtime_offset_ns.unwrap_or(0) } else { 0 };
-            r.ranks.iter().map(move |x| RankInput { offset_ns: offset, ..x.clone() })
+            let offset_ns = if realtime { r.realtime_offset_ns.unwrap_or(0) } else { 0 };
+            r.ranks.iter().map(move |input| RankView { input, offset_ns })
         })
         .collect();
     collectives::cross_rank(&ranks)
