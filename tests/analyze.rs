@@ -74,6 +74,20 @@ fn check_scenario(scenario: &str, ranks: u32, steps_run: u64, preemption_is_stal
         let truth_busy = t["devices"][0]["busy_ns"].as_u64().unwrap() as f64;
         assert!((acc.busy_ns as f64 - truth_busy).abs() <= 0.02 * window as f64, "busy");
     }
+    // The report's streaming analysis equals the in-memory one on this real recording (PM
+    // samples, records drained out of order), within 2 ns per category (float rounding at
+    // the streaming slices' boundaries).
+    let streamed = ghostprof::report::analyze_file(&trace).unwrap();
+    let (b, n, w) = ghostprof::report::load(&trace).unwrap();
+    let in_memory = ghostprof::report::analyze_batch(String::new(), &b, &n, w, &Default::default());
+    assert!(streamed.warnings.is_empty(), "{:?}", streamed.warnings);
+    assert_eq!(streamed.accounts.len(), in_memory.accounts.len());
+    for (x, y) in streamed.accounts.iter().zip(&in_memory.accounts) {
+        assert_eq!((x.pid, x.busy_ns, x.flop_source), (y.pid, y.busy_ns, y.flop_source));
+        for (a, b) in x.categories.ns.iter().zip(&y.categories.ns) {
+            assert!(a.abs_diff(*b) <= 2, "{scenario}: streaming {:?} vs in memory {:?}", x.categories, y.categories);
+        }
+    }
     // gpusim marks each step with an NVTX-like range: the report finds them, each summing to 1.
     for d in report["devices"].as_array().unwrap() {
         assert_eq!(d["step_source"], "nvtx", "{scenario}");
