@@ -89,6 +89,10 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         suffix_min_ts: Vec::new(),
         records: 0,
     };
+    // The index knows how many NCCL records there are: no doubling of that vector.
+    let counts = reader.counts();
+    let count_of = |kind: Kind| Kind::ALL.iter().position(|k| *k == kind).map_or(0, |i| counts[i]);
+    sk.small.nccl.reserve_exact(count_of(Kind::NcclColl).min(1 << 28) as usize);
     let mut regex_match: FastMap<u32, bool> = FastMap::default();
     let mut comm_cache = CommCache::default();
     let mut chunk_min: Vec<u64> = Vec::new();
