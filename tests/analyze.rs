@@ -12,7 +12,9 @@ use serde_json::Value;
 
 use crate::util::*;
 
-fn check_scenario(scenario: &str, ranks: u32, steps: u64, preemption_is_stall: bool) {
+/// Records `scenario`, checks the accounting against the ground truth and returns the JSON
+/// report of the trace.
+fn check_scenario(scenario: &str, ranks: u32, steps_run: u64, preemption_is_stall: bool) -> Value {
     assert!(is_root(), "run the root tier as root");
     // One recording at a time: parallel runs on 2 cores would preempt each other.
     let _serial = heavy_test_lock();
@@ -20,7 +22,7 @@ fn check_scenario(scenario: &str, ranks: u32, steps: u64, preemption_is_stall: b
     let dir = tmpdir();
     let out = dir.path().join("truth");
     let trace = dir.path().join("run.gptrace");
-    let mut cfg = LaunchConfig::new(crate::gpusim::train_command(scenario, ranks, steps, &out), trace.clone());
+    let mut cfg = LaunchConfig::new(crate::gpusim::train_command(scenario, ranks, steps_run, &out), trace.clone());
     cfg.library_dirs.push(built.lib_dir.clone());
     cfg.inject_lib = Some(built.build_dir.join("libghostprof_inject.so"));
     let summary = record_command(&cfg, &AtomicBool::new(false)).expect("recording");
@@ -72,6 +74,36 @@ fn check_scenario(scenario: &str, ranks: u32, steps: u64, preemption_is_stall: b
         let truth_busy = t["devices"][0]["busy_ns"].as_u64().unwrap() as f64;
         assert!((acc.busy_ns as f64 - truth_busy).abs() <= 0.02 * window as f64, "busy");
     }
+    // The report's streaming analysis equals the in-memory one on this real recording (PM
+    // samples, records drained out of order), within 2 ns per category (float rounding at
+    // the streaming slices' boundaries).
+    let streamed = ghostprof::report::analyze_file(&trace).unwrap();
+    let (b, n, w) = ghostprof::report::load(&trace).unwrap();
+    let in_memory = ghostprof::report::analyze_batch(String::new(), &b, &n, w, &Default::default());
+    assert!(streamed.warnings.is_empty(), "{:?}", streamed.warnings);
+    assert_eq!(streamed.accounts.len(), in_memory.accounts.len());
+    for (x, y) in streamed.accounts.iter().zip(&in_memory.accounts) {
+        assert_eq!((x.pid, x.busy_ns, x.flop_source), (y.pid, y.busy_ns, y.flop_source));
+        for (a, b) in x.categories.ns.iter().zip(&y.categories.ns) {
+            assert!(a.abs_diff(*b) <= 2, "{scenario}: streaming {:?} vs in memory {:?}", x.categories, y.categories);
+        }
+    }
+    // gpusim marks each step with an NVTX-like range: the report finds them, each summing to 1.
+    for d in report["devices"].as_array().unwrap() {
+        assert_eq!(d["step_source"], "nvtx", "{scenario}");
+        let steps = d["steps"].as_array().unwrap();
+        assert!(steps.len() as u64 >= steps_min(steps_run), "{scenario}: {} steps", steps.len());
+        for s in steps {
+            let sum: f64 = s["categories"].as_object().unwrap().values().map(|x| x.as_f64().unwrap()).sum();
+            assert!((sum - 1.0).abs() < 1e-9, "{scenario}: step {} sums to {sum}", s["index"]);
+        }
+    }
+    report
+}
+
+/// Steps the report must find: all but the first and last (which the window may clip).
+fn steps_min(steps: u64) -> u64 {
+    steps.saturating_sub(2)
 }
 
 #[test]
@@ -83,7 +115,20 @@ fn root_analysis_recovers_balanced() {
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_straggler() {
-    check_scenario("straggler", 2, 10, true);
+    let report = check_scenario("straggler", 2, 10, true);
+    // gpusim's straggler scenario slows rank 1's kernels by 25 %: rank 0 waits for it.
+    assert_eq!(report["straggler_rank"], 1, "skew: {}", report["skew"]);
+    let skew = report["skew"].as_array().unwrap();
+    assert_eq!(skew.len(), 2);
+    assert!(skew[1]["mean_arrival_skew_ns"].as_f64().unwrap() > 1e5, "{}", report["skew"]);
+    assert!(skew[1]["late_count"].as_u64().unwrap() >= 8, "{}", report["skew"]);
+    let activity = report["straggler_activity"].as_str().unwrap();
+    assert!(activity.starts_with("GPU busy"), "{activity}");
+    let colls = report["collectives"].as_array().unwrap();
+    assert!(colls.iter().any(|c| c["op"] == "all_reduce" && c["wait_ns"].as_u64().unwrap() > 0), "{colls:?}");
+    // gpusim moves collectives at its scenario's 100 GB/s of bus bandwidth (NCCL's busBw).
+    let bw = colls[0]["bus_bandwidth_gbps"].as_f64().unwrap();
+    assert!((bw - 100.0).abs() <= 5.0, "busBw {bw} GB/s, gpusim's is 100");
 }
 
 #[test]
@@ -105,5 +150,9 @@ fn root_analysis_recovers_io_stall() {
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_checkpoint() {
-    check_scenario("checkpoint", 1, 10, true);
+    let report = check_scenario("checkpoint", 1, 10, true);
+    // A 64 MiB checkpoint every 5 steps: written and fsynced by the job.
+    let ckpt = &report["devices"][0]["checkpoint"];
+    assert!(ckpt["bytes"].as_u64().unwrap() >= 64 << 20, "{ckpt}");
+    assert!(ckpt["io_ns"].as_u64().unwrap() > 0, "{ckpt}");
 }

@@ -18,7 +18,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::flops::{useful_fraction_by_name, FlopSource, KernelSpan, PmSample};
-use crate::trace::{ApiDomain, Metric, NcclPhase, ProbedApi, RecordBatch, StallReason};
+use super::steps::StepSource;
+use super::sweep::{DevicePlan, DeviceSweep, Reasoned};
+use crate::trace::{ApiDomain, Metric, NcclPhase, ProbedApi, RecordBatch, StallReason, WRITE_SYSCALLS};
 
 pub const CATEGORY_NAMES: [&str; 8] = [
     "compute.useful",
@@ -30,14 +32,14 @@ pub const CATEGORY_NAMES: [&str; 8] = [
     "idle.host_stall",
     "idle.other",
 ];
-const USEFUL: usize = 0;
-const INEFFICIENT: usize = 1;
-const TRANSFER: usize = 2;
-const WAIT: usize = 3;
-const OTHER: usize = 4;
-const LAUNCH_BOUND: usize = 5;
-const HOST_STALL: usize = 6;
-const IDLE_OTHER: usize = 7;
+pub(crate) const USEFUL: usize = 0;
+pub(crate) const INEFFICIENT: usize = 1;
+pub(crate) const TRANSFER: usize = 2;
+pub(crate) const WAIT: usize = 3;
+pub(crate) const OTHER: usize = 4;
+pub(crate) const LAUNCH_BOUND: usize = 5;
+pub(crate) const HOST_STALL: usize = 6;
+pub(crate) const IDLE_OTHER: usize = 7;
 
 /// Nanoseconds per category, indexed like [`CATEGORY_NAMES`]; they sum to the window.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -89,7 +91,7 @@ pub struct DeviceAccount {
 
 impl DeviceAccount {
     pub fn window_ns(&self) -> u64 {
-        self.window_end_ns - self.window_start_ns
+        self.window_end_ns.saturating_sub(self.window_start_ns)
     }
     /// Busy fraction of the window.
     pub fn busy(&self) -> f64 {
@@ -106,28 +108,48 @@ impl DeviceAccount {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Class {
-    Compute,
-    Comm,
-    Other,
-}
-
-struct Op {
-    start: u64,
-    end: u64,
-    class: Class,
-    /// useful fraction (compute)
-    rate: f64,
-    /// end of the wait phase (comm)
-    transfer_from: u64,
-}
-
 /// Accounts every (process, device) with device work in `batch`. `names` maps string ids to
 /// names (the chunks' string tables).
 pub fn account(batch: &RecordBatch, names: &HashMap<u32, String>, opts: &AccountOptions) -> Vec<DeviceAccount> {
-    let is_comm = |id: u32| names.get(&id).is_some_and(|n| n.to_ascii_lowercase().starts_with("nccl"));
+    analyze_with(batch, names, opts, None, &HashMap::new()).into_iter().map(|x| x.0).collect()
+}
+
+/// [`account`] with the details: steps, bins, top kernels, idle gaps, checkpoint I/O.
+pub fn analyze(
+    batch: &RecordBatch,
+    names: &HashMap<u32, String>,
+    opts: &AccountOptions,
+    detail: &DetailOptions,
+) -> Vec<(DeviceAccount, DeviceDetail)> {
+    analyze_with(batch, names, opts, Some(detail), &HashMap::new()).into_iter().map(|x| (x.0, x.1)).collect()
+}
+
+/// Windows per process in which other ranks waited for it (from the cross-rank matching).
+pub type LateWindows = HashMap<u32, Vec<(u64, u64)>>;
+
+/// [`analyze`] (or [`account`] with `detail` None), plus for each device what its process was
+/// doing in its `late` windows.
+pub fn analyze_with(
+    batch: &RecordBatch,
+    names: &HashMap<u32, String>,
+    opts: &AccountOptions,
+    detail: Option<&DetailOptions>,
+    late: &LateWindows,
+) -> Vec<(DeviceAccount, DeviceDetail, Option<String>)> {
+    let is_comm = |id: u32| is_comm_name(names, id);
     let waits = comm_waits(batch, &is_comm);
+    device_keys(batch)
+        .into_iter()
+        .map(|(pid, device)| analyze_device(batch, names, pid, device, &waits, opts, detail, late))
+        .collect()
+}
+
+/// Collective kernels are the ones whose name starts with `nccl`.
+pub(crate) fn is_comm_name(names: &HashMap<u32, String>, id: u32) -> bool {
+    names.get(&id).is_some_and(|n| n.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"nccl")))
+}
+
+fn device_keys(batch: &RecordBatch) -> Vec<(u32, u32)> {
     let mut keys: Vec<(u32, u32)> = batch
         .kernels
         .iter()
@@ -137,14 +159,103 @@ pub fn account(batch: &RecordBatch, names: &HashMap<u32, String>, opts: &Account
         .into_iter()
         .collect();
     keys.sort_unstable();
-    keys.into_iter().map(|(pid, device)| account_device(batch, pid, device, &is_comm, &waits, opts)).collect()
+    keys
+}
+
+#[allow(clippy::too_many_arguments)]
+fn analyze_device(
+    batch: &RecordBatch,
+    names: &HashMap<u32, String>,
+    pid: u32,
+    device: u32,
+    waits: &HashMap<(u32, u64), u64>,
+    opts: &AccountOptions,
+    detail: Option<&DetailOptions>,
+    late: &LateWindows,
+) -> (DeviceAccount, DeviceDetail, Option<String>) {
+    let is_comm = |id: u32| is_comm_name(names, id);
+    let kernels: Vec<_> = batch.kernels.iter().filter(|k| k.pid == pid && k.device == device).collect();
+    let memops: Vec<_> = batch.memops.iter().filter(|m| m.pid == pid && m.device == device).collect();
+
+    // FLOP attribution per compute kernel name, from this process's PM samples of the device.
+    let mut compute: Vec<KernelSpan> = kernels
+        .iter()
+        .filter(|k| !is_comm(k.name_id))
+        .map(|k| KernelSpan { start: k.start_ns, end: k.end_ns, name: k.name_id })
+        .collect();
+    compute.sort_by_key(|k| (k.start, k.end, k.name));
+    let samples = pm_samples(batch, pid, device);
+    let (fractions, flop_source) = if samples.is_empty() {
+        (HashMap::new(), FlopSource::None)
+    } else {
+        (useful_fraction_by_name(&compute, &samples), FlopSource::PmSampling)
+    };
+
+    let first_op = kernels.iter().map(|k| k.start_ns).chain(memops.iter().map(|m| m.start_ns)).min().unwrap_or(0);
+    let last_op = kernels.iter().map(|k| k.end_ns).chain(memops.iter().map(|m| m.end_ns)).max().unwrap_or(first_op);
+    let window = opts.windows.get(&pid).copied().or(opts.window).unwrap_or((first_op, last_op));
+    let launchers: HashSet<u32> = batch.launches.iter().filter(|l| l.pid == pid).map(|l| l.tid).collect();
+
+    let mut plan = DevicePlan::totals_only(pid, device, window, flop_source);
+    plan.fractions = fractions;
+    plan.flop_less_below = opts.flop_less_below;
+    plan.has_launcher = !launchers.is_empty();
+    if let Some(d) = detail {
+        plan.detail = true;
+        // Steps come first: the model-FLOPs source spreads each step's FLOPs over its kernels.
+        let (source, steps) = super::steps::find_steps(batch, names, pid, device, &compute, &is_comm, d, window);
+        plan.step_source = source;
+        plan.steps = steps;
+        if let (FlopSource::None, Some(f), Some(peak)) = (flop_source, d.flops_per_step, d.peak_flops) {
+            if !plan.steps.is_empty() && f > 0.0 && peak > 0.0 {
+                let per_step = super::steps::compute_per_step(&plan.steps, compute.iter().map(|k| (k.start, k.end)));
+                plan.set_step_rates(f / peak * 1e9, &per_step);
+            }
+        }
+        plan.set_bins(d);
+        plan.late_windows = late.get(&pid).cloned().unwrap_or_default();
+    }
+
+    let mut ops = Vec::with_capacity(kernels.len() + memops.len());
+    for k in &kernels {
+        let wait = waits.get(&(pid, k.start_ns)).copied().unwrap_or(0);
+        ops.push(plan.kernel_op(k.start_ns, k.end_ns, k.name_id, is_comm(k.name_id), wait));
+    }
+    ops.extend(memops.iter().map(|m| DevicePlan::copy_op(m.start_ns, m.end_ns)));
+    let (blocked, reasons) = host_blocked(batch, pid, &launchers, opts.preemption_is_stall);
+    let mut sweep = DeviceSweep::new(plan);
+    sweep.feed(window.0, window.1, &mut ops, &blocked, &reasons);
+    let checkpoint = if detail.is_some() { checkpoint_io(batch, pid, window) } else { CheckpointIo::default() };
+    sweep.finish(checkpoint)
+}
+
+/// Syscalls counted as checkpoint I/O: the write family, fsync (74) and fdatasync (75).
+pub(crate) fn is_checkpoint_syscall(nr: i32) -> bool {
+    WRITE_SYSCALLS.contains(&nr) || nr == 74 || nr == 75
+}
+
+/// Checkpoint I/O of `pid` in the window, from its file I/O records.
+pub(crate) fn checkpoint_io(batch: &RecordBatch, pid: u32, (w0, w1): (u64, u64)) -> CheckpointIo {
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    let mut bytes = 0u64;
+    for f in batch.file_io.iter().filter(|f| f.pid == pid && is_checkpoint_syscall(f.syscall)) {
+        let (s, e) = (f.start_ns.max(w0), f.end_ns.min(w1));
+        if s < e {
+            spans.push((s, e));
+        }
+        if f.start_ns < w1 && f.end_ns >= w0 && f.syscall != 74 && f.syscall != 75 {
+            bytes += f.bytes;
+        }
+    }
+    spans.sort_unstable();
+    CheckpointIo { io_ns: merge(spans.into_iter()).iter().map(|s| s.1 - s.0).sum(), bytes }
 }
 
 /// One rank's kernel of a collective: (pid, start, end).
 type RankKernel = (u32, u64, u64);
 
 /// (pid, kernel start) → wait ns, from cross-rank matching of collectives.
-fn comm_waits(batch: &RecordBatch, is_comm: &dyn Fn(u32) -> bool) -> HashMap<(u32, u64), u64> {
+pub(crate) fn comm_waits(batch: &RecordBatch, is_comm: &dyn Fn(u32) -> bool) -> HashMap<(u32, u64), u64> {
     let mut kernels_by_pid: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
     for k in batch.kernels.iter().filter(|k| is_comm(k.name_id)) {
         kernels_by_pid.entry(k.pid).or_default().push((k.start_ns, k.end_ns));
@@ -170,130 +281,113 @@ fn comm_waits(batch: &RecordBatch, is_comm: &dyn Fn(u32) -> bool) -> HashMap<(u3
         }
         let last = members.iter().map(|m| m.1).max().unwrap_or(0);
         for (pid, start, end) in members {
-            waits.insert((pid, start), last.saturating_sub(start).min(end - start));
+            waits.insert((pid, start), last.saturating_sub(start).min(end.saturating_sub(start)));
         }
     }
     waits
 }
 
-fn account_device(
-    batch: &RecordBatch,
-    pid: u32,
-    device: u32,
-    is_comm: &dyn Fn(u32) -> bool,
-    waits: &HashMap<(u32, u64), u64>,
-    opts: &AccountOptions,
-) -> DeviceAccount {
-    let kernels: Vec<_> = batch.kernels.iter().filter(|k| k.pid == pid && k.device == device).collect();
-    let memops: Vec<_> = batch.memops.iter().filter(|m| m.pid == pid && m.device == device).collect();
+/// What to compute besides each device's totals: steps, bins, and the model-FLOPs source.
+#[derive(Debug, Clone)]
+pub struct DetailOptions {
+    /// A step starts at each kernel whose name matches (when the trace has no NVTX steps).
+    pub step_regex: Option<regex::Regex>,
+    /// Look for a repeating kernel-name sequence when there are neither NVTX steps nor a regex.
+    pub detect_periodicity: bool,
+    /// Bin width; None: the window split into `default_bins` bins.
+    pub bin_ns: Option<u64>,
+    pub default_bins: u64,
+    /// Model FLOPs of one step and the device's peak FLOP/s: the third FLOP source.
+    pub flops_per_step: Option<f64>,
+    pub peak_flops: Option<f64>,
+}
 
-    // FLOP attribution per compute kernel name, from this process's PM samples of the device.
-    let mut compute: Vec<KernelSpan> = kernels
-        .iter()
-        .filter(|k| !is_comm(k.name_id))
-        .map(|k| KernelSpan { start: k.start_ns, end: k.end_ns, name: k.name_id })
-        .collect();
-    compute.sort_by_key(|k| k.start);
-    let samples = pm_samples(batch, pid, device);
-    let (fractions, flop_source) = if samples.is_empty() {
-        (HashMap::new(), FlopSource::None)
-    } else {
-        (useful_fraction_by_name(&compute, &samples), FlopSource::PmSampling)
-    };
-
-    let mut ops: Vec<Op> = Vec::with_capacity(kernels.len() + memops.len());
-    for k in &kernels {
-        let (class, rate, transfer_from) = if is_comm(k.name_id) {
-            let wait = waits.get(&(pid, k.start_ns)).copied().unwrap_or(0);
-            (Class::Comm, 0.0, k.start_ns + wait)
-        } else {
-            match fractions.get(&k.name_id) {
-                Some(&f) if f >= opts.flop_less_below => (Class::Compute, f, 0),
-                _ if flop_source == FlopSource::None => (Class::Compute, 0.0, 0),
-                _ => (Class::Other, 0.0, 0),
-            }
-        };
-        ops.push(Op { start: k.start_ns, end: k.end_ns, class, rate, transfer_from });
-    }
-    for m in &memops {
-        ops.push(Op { start: m.start_ns, end: m.end_ns, class: Class::Other, rate: 0.0, transfer_from: 0 });
-    }
-
-    let (w0, w1) = opts.windows.get(&pid).copied().or(opts.window).unwrap_or_else(|| {
-        let lo = ops.iter().map(|o| o.start).min().unwrap_or(0);
-        let hi = ops.iter().map(|o| o.end).max().unwrap_or(lo);
-        (lo, hi)
-    });
-    let blocked = host_blocked(batch, pid, opts.preemption_is_stall);
-    let has_launcher = batch.launches.iter().any(|l| l.pid == pid);
-
-    // Sweep: boundaries of every op (and of each collective's wait phase).
-    let mut cuts: Vec<u64> = vec![w0, w1];
-    for o in &ops {
-        cuts.extend([o.start.clamp(w0, w1), o.end.clamp(w0, w1)]);
-        if o.class == Class::Comm {
-            cuts.push(o.transfer_from.clamp(w0, w1));
+impl Default for DetailOptions {
+    fn default() -> Self {
+        DetailOptions {
+            step_regex: None,
+            detect_periodicity: true,
+            bin_ns: None,
+            default_bins: 200,
+            flops_per_step: None,
+            peak_flops: None,
         }
-    }
-    cuts.sort_unstable();
-    cuts.dedup();
-    ops.sort_by_key(|o| o.start);
-    let mut acc = [0f64; 8];
-    let mut busy = 0u64;
-    let mut active: Vec<usize> = Vec::new();
-    let mut next = 0usize;
-    for pair in cuts.windows(2) {
-        let (a, b) = (pair[0], pair[1]);
-        while next < ops.len() && ops[next].start <= a {
-            active.push(next);
-            next += 1;
-        }
-        active.retain(|&i| ops[i].end > a);
-        let live: Vec<&Op> = active.iter().map(|&i| &ops[i]).filter(|o| o.start <= a && o.end >= b).collect();
-        let dt = (b - a) as f64;
-        if live.is_empty() {
-            if !has_launcher {
-                acc[IDLE_OTHER] += dt;
-                continue;
-            }
-            let stalled = overlap(&blocked, a, b) as f64;
-            acc[HOST_STALL] += stalled;
-            acc[LAUNCH_BOUND] += dt - stalled;
-            continue;
-        }
-        busy += b - a;
-        let best = live.iter().map(|o| o.class).min().unwrap_or(Class::Other);
-        match best {
-            Class::Compute => {
-                let rate: f64 = live.iter().filter(|o| o.class == Class::Compute).map(|o| o.rate).sum::<f64>().min(1.0);
-                acc[USEFUL] += rate * dt;
-                acc[INEFFICIENT] += (1.0 - rate) * dt;
-            }
-            Class::Comm => {
-                let transferring = live.iter().any(|o| o.class == Class::Comm && a >= o.transfer_from);
-                acc[if transferring { TRANSFER } else { WAIT }] += dt;
-            }
-            Class::Other => acc[OTHER] += dt,
-        }
-    }
-    DeviceAccount {
-        pid,
-        device,
-        window_start_ns: w0,
-        window_end_ns: w1,
-        busy_ns: busy,
-        categories: Categories { ns: round_to_total(acc, w1 - w0) },
-        flop_source,
     }
 }
 
+/// At most this many bins per device; a narrower `--bin` is widened (and the report says so).
+pub const MAX_BINS: u64 = 1_000_000;
+
+/// A stretch of the window (a step or a bin) with its own accounting; categories sum to its length.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Partition {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub busy_ns: u64,
+    pub categories: Categories,
+}
+
+impl Partition {
+    pub fn len_ns(&self) -> u64 {
+        self.end_ns - self.start_ns
+    }
+}
+
+/// A maximal stretch with no device work, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleGap {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// The idle category that got most of the gap ([`CATEGORY_NAMES`] name).
+    pub category: &'static str,
+    /// What the launching threads were doing for most of the gap.
+    pub reason: &'static str,
+}
+
+/// Totals of one kernel name on one device (time clipped to the window).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KernelStat {
+    pub name_id: u32,
+    pub count: u64,
+    pub total_ns: u64,
+    pub useful_ns: u64,
+}
+
+/// Checkpoint-like I/O of the process: write and fsync-family file syscalls in the window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckpointIo {
+    /// Union of the write/fsync calls of the process's threads, ns.
+    pub io_ns: u64,
+    pub bytes: u64,
+}
+
+/// Everything about one device beyond its totals.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceDetail {
+    pub step_source: StepSource,
+    pub steps: Vec<Partition>,
+    pub bin_ns: u64,
+    pub bins: Vec<Partition>,
+    /// Up to 10, most time first.
+    pub top_kernels: Vec<KernelStat>,
+    /// Up to 10, longest first.
+    pub top_idle_gaps: Vec<IdleGap>,
+    pub checkpoint: CheckpointIo,
+    pub notes: Vec<String>,
+}
+
 /// Rounds fractional nanoseconds so the categories still sum exactly to the window.
-fn round_to_total(acc: [f64; 8], total: u64) -> [u64; 8] {
+pub(crate) fn round_to_total(acc: [f64; 8], total: u64) -> [u64; 8] {
     let mut ns = acc.map(|v| v.max(0.0).floor() as u64);
+    // Floating-point sums can overshoot by a nanosecond: take it from the largest.
+    while ns.iter().sum::<u64>() > total {
+        let i = (0..8).max_by_key(|&i| ns[i]).unwrap_or(0);
+        ns[i] -= 1;
+    }
     let mut short = total.saturating_sub(ns.iter().sum());
     let mut order: Vec<usize> = (0..8).collect();
     order.sort_by(|&i, &j| (acc[j] - acc[j].floor()).total_cmp(&(acc[i] - acc[i].floor())));
-    for i in order.into_iter().cycle().take(16) {
+    for i in order.into_iter().cycle() {
         if short == 0 {
             break;
         }
@@ -303,7 +397,7 @@ fn round_to_total(acc: [f64; 8], total: u64) -> [u64; 8] {
     ns
 }
 
-fn pm_samples(batch: &RecordBatch, pid: u32, device: u32) -> Vec<PmSample> {
+pub(crate) fn pm_samples(batch: &RecordBatch, pid: u32, device: u32) -> Vec<PmSample> {
     let mut by_time: BTreeMap<u64, (u64, f64)> = BTreeMap::new();
     for s in batch.samples.iter().filter(|s| s.pid == pid && s.device == device) {
         match Metric::from_u32(s.metric) {
@@ -319,22 +413,31 @@ fn pm_samples(batch: &RecordBatch, pid: u32, device: u32) -> Vec<PmSample> {
         .collect()
 }
 
-/// Sorted, merged intervals during which a launching thread of `pid` was blocked.
-fn host_blocked(batch: &RecordBatch, pid: u32, preemption_is_stall: bool) -> Vec<(u64, u64)> {
-    let launchers: HashSet<u32> = batch.launches.iter().filter(|l| l.pid == pid).map(|l| l.tid).collect();
+/// Sorted, merged intervals during which a launching thread of `pid` was blocked, and the same
+/// intervals unmerged with their reasons (sorted by start).
+pub(crate) fn host_blocked(
+    batch: &RecordBatch,
+    pid: u32,
+    launchers: &HashSet<u32>,
+    preemption_is_stall: bool,
+) -> (Vec<(u64, u64)>, Vec<Reasoned>) {
     let mine = |p: u32, t: u32| p == pid && launchers.contains(&t);
-    let mut v: Vec<(u64, u64)> = Vec::new();
-    let counts = |reason: u32| {
-        preemption_is_stall || (reason != StallReason::Preempted as u32 && reason != StallReason::RunQueue as u32)
-    };
-    v.extend(batch.stalls.iter().filter(|s| mine(s.pid, s.tid) && counts(s.reason)).map(|s| (s.start_ns, s.end_ns)));
-    v.extend(batch.file_io.iter().filter(|f| mine(f.pid, f.tid)).map(|f| (f.start_ns, f.end_ns)));
+    let mut v: Vec<Reasoned> = Vec::new();
+    let counts = |reason: u32| counts_stall(reason, preemption_is_stall);
+    v.extend(
+        batch
+            .stalls
+            .iter()
+            .filter(|s| mine(s.pid, s.tid) && counts(s.reason))
+            .map(|s| (s.start_ns, s.end_ns, stall_reason_label(s.reason))),
+    );
+    v.extend(batch.file_io.iter().filter(|f| mine(f.pid, f.tid)).map(|f| (f.start_ns, f.end_ns, "file I/O")));
     v.extend(
         batch
             .nccl
             .iter()
             .filter(|c| c.phase == NcclPhase::Host as u32 && mine(c.pid, c.tid))
-            .map(|c| (c.start_ns, c.end_ns)),
+            .map(|c| (c.start_ns, c.end_ns, "NCCL call")),
     );
     v.extend(
         batch
@@ -342,11 +445,16 @@ fn host_blocked(batch: &RecordBatch, pid: u32, preemption_is_stall: bool) -> Vec
             .iter()
             .filter(|c| c.domain == ApiDomain::Probe as u32 && mine(c.pid, c.tid))
             .filter(|c| ProbedApi::from_u32(c.call_id).is_some_and(|a| a.is_sync()))
-            .map(|c| (c.start_ns, c.end_ns)),
+            .map(|c| (c.start_ns, c.end_ns, "sync call")),
     );
-    v.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(v.len());
-    for (s, e) in v {
+    v.sort_unstable_by_key(|x| (x.0, x.1));
+    (merge(v.iter().map(|x| (x.0, x.1))), v)
+}
+
+/// Merges intervals sorted by start into sorted, disjoint ones.
+pub(crate) fn merge(sorted: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in sorted {
         match merged.last_mut() {
             Some(last) if s <= last.1 => last.1 = last.1.max(e),
             _ => merged.push((s, e)),
@@ -355,8 +463,21 @@ fn host_blocked(batch: &RecordBatch, pid: u32, preemption_is_stall: bool) -> Vec
     merged
 }
 
-/// Length of [a, b) covered by sorted, disjoint `intervals`.
-fn overlap(intervals: &[(u64, u64)], a: u64, b: u64) -> u64 {
-    let i = intervals.partition_point(|iv| iv.1 <= a);
-    intervals[i..].iter().take_while(|iv| iv.0 < b).map(|iv| iv.1.min(b).saturating_sub(iv.0.max(a))).sum()
+/// Whether a reasoned interval is a stall the options count (preemption may not).
+pub(crate) fn counts_stall(reason: u32, preemption_is_stall: bool) -> bool {
+    preemption_is_stall || (reason != StallReason::Preempted as u32 && reason != StallReason::RunQueue as u32)
+}
+
+/// The words a report uses for an off-CPU reason.
+pub fn stall_reason_label(reason: u32) -> &'static str {
+    match StallReason::from_u32(reason) {
+        Some(StallReason::Futex) => "futex",
+        Some(StallReason::Io) => "block I/O",
+        Some(StallReason::PageFault) => "page fault",
+        Some(StallReason::Preempted) => "preempted",
+        Some(StallReason::Sleep) => "sleep",
+        Some(StallReason::Poll) => "poll",
+        Some(StallReason::RunQueue) => "run queue",
+        Some(StallReason::Other) | None => "off-CPU (other)",
+    }
 }

@@ -11,6 +11,9 @@ use std::collections::HashMap;
 pub enum FlopSource {
     /// CUPTI PM sampling of tensor-pipe activity.
     PmSampling,
+    /// Model FLOPs per step (`--flops-per-step`) over peak FLOP/s, spread over each step's
+    /// compute kernels in proportion to their time.
+    FlopsPerStep,
     /// No FLOP source in the trace: MFU cannot be computed.
     None,
 }
@@ -19,6 +22,7 @@ impl FlopSource {
     pub fn name(self) -> &'static str {
         match self {
             FlopSource::PmSampling => "pm_sampling",
+            FlopSource::FlopsPerStep => "flops_per_step",
             FlopSource::None => "none",
         }
     }
@@ -40,66 +44,95 @@ pub struct PmSample {
     pub tensor: f64,
 }
 
-/// Useful fraction per kernel name, from PM samples (kernels and samples sorted by start).
+/// Useful fraction per kernel name, from PM samples (samples sorted by start).
 pub fn useful_fraction_by_name(kernels: &[KernelSpan], samples: &[PmSample]) -> HashMap<u32, f64> {
-    // Names, most time first; at most 48 unknowns, the rest share one.
     let mut time: HashMap<u32, u64> = HashMap::new();
     for k in kernels {
-        *time.entry(k.name).or_default() += k.end - k.start;
+        *time.entry(k.name).or_default() += k.end.saturating_sub(k.start);
     }
-    let mut names: Vec<u32> = time.keys().copied().collect();
-    names.sort_by_key(|n| std::cmp::Reverse(time[n]));
-    const MAX: usize = 48;
-    let index = |n: u32| names.iter().position(|x| *x == n).map(|i| i.min(MAX - 1));
-    let dim = names.len().min(MAX);
-    if dim == 0 || samples.is_empty() {
-        return HashMap::new();
+    let mut acc = FractionAccumulator::new(&time, samples.to_vec());
+    for k in kernels {
+        acc.add(*k);
     }
-    // Normal equations A^T A f = A^T b, accumulated sample by sample (two pointers).
-    let mut ata = vec![0f64; dim * dim];
-    let mut atb = vec![0f64; dim];
-    let mut first = 0usize;
-    let mut row = vec![0f64; dim];
-    for s in samples {
-        let (s0, s1) = (s.start, s.start + s.len);
-        while first < kernels.len() && kernels[first].end <= s0 {
-            first += 1;
-        }
-        row.iter_mut().for_each(|x| *x = 0.0);
-        let mut any = false;
-        for k in &kernels[first..] {
-            if k.start >= s1 {
+    acc.finish()
+}
+
+/// At most this many unknowns; the names with less time share the last one.
+const MAX_NAMES: usize = 48;
+
+/// The least-squares problem of [`useful_fraction_by_name`] built kernel by kernel, in any
+/// order: each sample keeps the time each name ran in it.
+pub struct FractionAccumulator {
+    names: Vec<u32>,
+    index: HashMap<u32, usize>,
+    samples: Vec<PmSample>,
+    rows: Vec<Vec<(u16, f64)>>,
+}
+
+impl FractionAccumulator {
+    /// `time_by_name`: total kernel time per name (picks the unknowns); `samples` sorted by
+    /// start and disjoint.
+    pub fn new<S: std::hash::BuildHasher>(time_by_name: &HashMap<u32, u64, S>, samples: Vec<PmSample>) -> Self {
+        // Names, most time first.
+        let mut names: Vec<u32> = time_by_name.keys().copied().collect();
+        names.sort_by_key(|n| (std::cmp::Reverse(time_by_name[n]), *n));
+        let index = names.iter().enumerate().map(|(i, n)| (*n, i.min(MAX_NAMES - 1))).collect();
+        let rows = vec![Vec::new(); samples.len()];
+        FractionAccumulator { names, index, samples, rows }
+    }
+
+    pub fn add(&mut self, k: KernelSpan) {
+        let Some(&i) = self.index.get(&k.name) else { return };
+        let first = self.samples.partition_point(|s| s.start + s.len <= k.start);
+        for (s, row) in self.samples[first..].iter().zip(&mut self.rows[first..]) {
+            if s.start >= k.end {
                 break;
             }
-            let overlap = k.end.min(s1).saturating_sub(k.start.max(s0));
-            if overlap > 0 {
-                if let Some(i) = index(k.name) {
-                    row[i] += overlap as f64;
-                    any = true;
+            let overlap = k.end.min(s.start + s.len).saturating_sub(k.start.max(s.start));
+            if overlap == 0 {
+                continue;
+            }
+            match row.iter_mut().find(|x| x.0 as usize == i) {
+                Some(x) => x.1 += overlap as f64,
+                None => row.push((i as u16, overlap as f64)),
+            }
+        }
+    }
+
+    pub fn finish(self) -> HashMap<u32, f64> {
+        let dim = self.names.len().min(MAX_NAMES);
+        if dim == 0 || self.samples.is_empty() {
+            return HashMap::new();
+        }
+        // Normal equations A^T A f = A^T b, sample by sample.
+        let mut ata = vec![0f64; dim * dim];
+        let mut atb = vec![0f64; dim];
+        for (s, row) in self.samples.iter().zip(&self.rows) {
+            if row.is_empty() {
+                continue;
+            }
+            let mut dense = vec![0f64; dim];
+            for &(i, v) in row {
+                dense[i as usize] = v;
+            }
+            let b = s.tensor * s.len as f64;
+            for i in 0..dim {
+                if dense[i] == 0.0 {
+                    continue;
+                }
+                atb[i] += dense[i] * b;
+                for j in 0..dim {
+                    ata[i * dim + j] += dense[i] * dense[j];
                 }
             }
         }
-        let b = s.tensor * s.len as f64;
-        if !any {
-            continue;
-        }
-        for i in 0..dim {
-            if row[i] == 0.0 {
-                continue;
-            }
-            atb[i] += row[i] * b;
-            for j in 0..dim {
-                ata[i * dim + j] += row[i] * row[j];
-            }
-        }
+        let f = solve(&mut ata, &mut atb, dim);
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(n, name)| (*name, f.get(n.min(MAX_NAMES - 1)).copied().unwrap_or(0.0).clamp(0.0, 1.0)))
+            .collect()
     }
-    let f = solve(&mut ata, &mut atb, dim);
-    let mut out = HashMap::new();
-    for (n, name) in names.iter().enumerate() {
-        let v = f.get(n.min(MAX - 1)).copied().unwrap_or(0.0);
-        out.insert(*name, v.clamp(0.0, 1.0));
-    }
-    out
 }
 
 /// Gaussian elimination with partial pivoting (small, dense); singular directions give 0.

@@ -1,10 +1,22 @@
 //! Analysis: a pure function of trace records. [`account`] implements the accounting of
 //! DESIGN.md §1 for each device of each process over a window: busy, MFU, divergence, and the
-//! eight categories that sum to the window.
+//! eight categories that sum to the window. [`analyze`] adds per-step and per-bin accounting
+//! ([`steps`] finds the steps), top kernels, idle gaps with their reason and checkpoint I/O;
+//! [`collectives`] matches collectives across ranks and files (skew, straggler); [`peak`] is
+//! the table of peak FLOP/s.
 
 mod account;
+pub mod collectives;
 mod flops;
 pub mod join;
+pub mod peak;
+pub mod steps;
+pub mod stream;
+mod sweep;
 
-pub use account::{account, AccountOptions, Categories, DeviceAccount, CATEGORY_NAMES};
+pub use account::{
+    account, analyze, analyze_with, stall_reason_label, AccountOptions, Categories, CheckpointIo, DetailOptions,
+    DeviceAccount, DeviceDetail, IdleGap, KernelStat, LateWindows, Partition, CATEGORY_NAMES, MAX_BINS,
+};
 pub use flops::FlopSource;
+pub use steps::StepSource;

@@ -73,7 +73,7 @@ pub enum Command {
     },
     /// Analyze trace files: busy vs useful (MFU) and the breakdown of the difference.
     #[command(
-        after_help = "EXAMPLES:\n    ghostprof report run.gptrace\n    ghostprof report --json rank0.gptrace rank1.gptrace"
+        after_help = "EXAMPLES:\n    ghostprof report run.gptrace\n    ghostprof report --json rank0.gptrace rank1.gptrace\n    ghostprof report --step-regex '^multi_tensor_apply' --bin 10ms run.gptrace\n    ghostprof report --flops-per-step 3.2e15 --gpu H100 --dtype bf16 run.gptrace"
     )]
     Report {
         #[arg(required = true)]
@@ -81,6 +81,24 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Without NVTX step ranges: a step starts at each kernel whose name matches this regex.
+        #[arg(long = "step-regex", value_name = "RE")]
+        step_regex: Option<String>,
+        /// Width of the timeline bins (e.g. 1us, 500us, 10ms); default: the window in 200 bins.
+        #[arg(long, value_name = "DURATION")]
+        bin: Option<String>,
+        /// Model FLOPs of one step (e.g. 6 x params x tokens): the FLOP source when the trace has no PM samples.
+        #[arg(long = "flops-per-step", value_name = "F")]
+        flops_per_step: Option<f64>,
+        /// Peak FLOP/s of one device (overrides the built-in table).
+        #[arg(long = "peak-flops", value_name = "F")]
+        peak_flops: Option<f64>,
+        /// GPU model for the built-in peak table (A100, H100 SXM, H100 PCIe, H200, B200, L4, L40S, MI300X).
+        #[arg(long)]
+        gpu: Option<String>,
+        /// Data type for the built-in peak table: bf16, fp16, tf32 or fp8.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
         /// Also write a self-contained HTML report here.
         #[arg(long)]
         html: Option<PathBuf>,
@@ -135,7 +153,19 @@ pub fn main() -> ExitCode {
             let duration = duration.as_deref().map(record::parse_duration).transpose()?;
             record::run_attach(&record::AttachCliConfig { pid, output, duration, force, quiet })
         })(),
-        Command::Report { files, json, html } => report::run(&report::ReportConfig { files, json, html }),
+        Command::Report { files, json, html, step_regex, bin, flops_per_step, peak_flops, gpu, dtype } => {
+            report::run(&report::ReportConfig {
+                files,
+                json,
+                html,
+                step_regex,
+                bin,
+                flops_per_step,
+                peak_flops,
+                gpu,
+                dtype,
+            })
+        }
         Command::Export { file, format, output, pid } => {
             export::run(&export::ExportConfig { file, format, output, pid })
         }

@@ -1,24 +1,96 @@
-//! `ghostprof report`: the accounting of trace files, as text or JSON, and as an HTML page.
+//! `ghostprof report`: the analysis of trace files, as text or JSON, and as an HTML page.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
-use crate::report::{analyze_file, html, render_json, render_text};
+use crate::analyze::{peak, DetailOptions};
+use crate::report::{analyze_files, html, render_json, render_text, ReportOptions};
 
 pub struct ReportConfig {
     pub files: Vec<PathBuf>,
     pub json: bool,
     /// Also write the HTML report here.
     pub html: Option<PathBuf>,
+    pub step_regex: Option<String>,
+    pub bin: Option<String>,
+    pub flops_per_step: Option<f64>,
+    pub peak_flops: Option<f64>,
+    pub gpu: Option<String>,
+    pub dtype: String,
+}
+
+/// A bin width: a number with a unit (ns, us/µs, ms, s), at least 1 µs.
+pub fn parse_bin(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let i = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(i);
+    let n: f64 = num.parse().with_context(|| format!("bad --bin {s:?}: use e.g. 1us, 500us, 10ms, 1s"))?;
+    let scale = match unit.trim() {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        _ => bail!("bad --bin {s:?}: give a unit (ns, us, ms, s), e.g. 10ms"),
+    };
+    let ns = n * scale;
+    if !ns.is_finite() || ns < 1e3 {
+        bail!("--bin {s:?} is below 1 µs, the finest bin the report makes");
+    }
+    Ok(ns.round() as u64)
+}
+
+impl ReportConfig {
+    fn options(&self) -> anyhow::Result<ReportOptions> {
+        let step_regex = self
+            .step_regex
+            .as_deref()
+            .map(|re| {
+                regex::Regex::new(re).map_err(|e| {
+                    let why = e.to_string();
+                    let why = why.lines().last().unwrap_or("").trim_start_matches("error: ").to_string();
+                    anyhow::anyhow!("--step-regex {re:?} is not a valid regular expression: {why}")
+                })
+            })
+            .transpose()?;
+        let bin_ns = self.bin.as_deref().map(parse_bin).transpose()?;
+        let peak_flops = match (self.peak_flops, &self.gpu) {
+            (Some(p), _) if p > 0.0 && p.is_finite() => Some(p),
+            (Some(p), _) => bail!("--peak-flops {p} must be a positive FLOP/s figure, e.g. 989e12"),
+            (None, Some(gpu)) => Some(peak::peak_flops(gpu, &self.dtype).with_context(|| {
+                format!(
+                    "no built-in peak for GPU {gpu:?} and dtype {:?}: give --peak-flops (known GPUs: {}; dtypes: {})",
+                    self.dtype,
+                    peak::gpus().collect::<Vec<_>>().join(", "),
+                    peak::DTYPES.join(", ")
+                )
+            })?),
+            (None, None) => None,
+        };
+        if let Some(f) = self.flops_per_step {
+            if !(f > 0.0 && f.is_finite()) {
+                bail!("--flops-per-step {f} must be positive, e.g. 6*params*tokens = 3.2e15");
+            }
+            if peak_flops.is_none() {
+                bail!("--flops-per-step needs the device's peak: --gpu NAME [--dtype bf16] or --peak-flops F");
+            }
+        }
+        Ok(ReportOptions {
+            detail: DetailOptions {
+                step_regex,
+                bin_ns,
+                flops_per_step: self.flops_per_step,
+                peak_flops,
+                ..DetailOptions::default()
+            },
+        })
+    }
 }
 
 pub fn run(cfg: &ReportConfig) -> anyhow::Result<ExitCode> {
-    let mut reports = Vec::new();
-    for f in &cfg.files {
-        reports.push(analyze_file(f)?);
-    }
+    let opts = cfg.options()?;
+    let reports = analyze_files(&cfg.files, &opts)?;
     if cfg.json {
         println!("{}", serde_json::to_string_pretty(&render_json(&reports))?);
     } else {

@@ -1,21 +1,45 @@
-//! Reports: the terminal summary and the JSON document (schema: docs/report-schema.md) of the
-//! accounting of one or more trace files.
+//! Reports: the terminal summary ([`render_text`]) and the JSON document ([`render_json`],
+//! schema: docs/report-schema.md) of the analysis of one or more trace files. [`analyze_file`]
+//! reads a file and runs the per-device analysis; the cross-rank part (collectives, skew,
+//! straggler) runs over all files when a report is rendered.
+
+mod json;
+mod text;
 
 pub mod chrome;
 pub mod html;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
-
-use crate::analyze::{account, AccountOptions, DeviceAccount, CATEGORY_NAMES};
+use crate::analyze::collectives::{self, CrossRank, RankInput, RankView};
+use crate::analyze::stream::{self, StreamOptions};
+use crate::analyze::{analyze_with, AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows};
 use crate::trace::{RecordBatch, TraceError, TraceReader};
 
-/// The accounts of one trace file.
+pub use json::render_json;
+pub use text::render_text;
+
+/// What a report computes beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    pub detail: DetailOptions,
+}
+
+/// The analysis of one trace file.
 pub struct FileReport {
     pub path: String,
     pub accounts: Vec<DeviceAccount>,
+    /// Parallel to `accounts`.
+    pub details: Vec<DeviceDetail>,
+    /// Names of the kernels the details mention.
+    pub kernel_names: HashMap<u32, String>,
+    /// Collective instances per process, for the cross-rank view.
+    pub ranks: Vec<RankInput>,
+    /// What each process was doing while other ranks waited for it (the straggler line).
+    pub activity: HashMap<u32, String>,
+    /// CLOCK_MONOTONIC → CLOCK_REALTIME, when the trace recorded it.
+    pub realtime_offset_ns: Option<i128>,
     pub warnings: Vec<String>,
 }
 
@@ -34,11 +58,87 @@ pub fn load(path: &Path) -> Result<Loaded, TraceError> {
     Ok((batch, names, reader.warnings().to_vec()))
 }
 
-/// Reads `path` and accounts every device of every process over its own active window (first
+/// Reads `path` and analyzes every device of every process over its own active window (first
 /// to last device operation or launch of that process).
 pub fn analyze_file(path: &Path) -> Result<FileReport, TraceError> {
-    let (batch, names, warnings) = load(path)?;
-    let mut opts = AccountOptions::default();
+    analyze_file_with(path, &ReportOptions::default())
+}
+
+/// [`analyze_file`] with options (steps, bins, FLOP source).
+pub fn analyze_file_with(path: &Path, opts: &ReportOptions) -> Result<FileReport, TraceError> {
+    let mut v = analyze_files(&[path.to_path_buf()], opts)?;
+    Ok(v.remove(0))
+}
+
+/// Analyzes trace files with bounded memory ([`crate::analyze::stream`]): a summary pass over
+/// every file, the cross-rank matching of their collectives, then each file's sweep (which
+/// books `comm.wait` of collectives matched across files, and measures what each late rank
+/// was doing while the others waited).
+pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<FileReport>, TraceError> {
+    let stream_opts = StreamOptions { detail: opts.detail.clone(), ..StreamOptions::default() };
+    let mut files = Vec::new();
+    for p in paths {
+        let reader = TraceReader::open(p)?;
+        let skeleton = stream::summarize(&reader, &stream_opts)?;
+        files.push((p.display().to_string(), reader, skeleton));
+    }
+    let shells: Vec<FileReport> = files
+        .iter()
+        .map(|(path, reader, sk)| {
+            let mut by_pid: std::collections::BTreeMap<u32, Vec<collectives::CollInstance>> = Default::default();
+            for inst in collectives::instances(&sk.small, &sk.names) {
+                by_pid.entry(inst.pid).or_default().push(inst);
+            }
+            FileReport {
+                path: path.clone(),
+                accounts: Vec::new(),
+                details: Vec::new(),
+                kernel_names: HashMap::new(),
+                ranks: by_pid
+                    .into_iter()
+                    .map(|(pid, instances)| RankInput { file: path.clone(), pid, instances })
+                    .collect(),
+                activity: HashMap::new(),
+                realtime_offset_ns: collectives::realtime_offset(&sk.small),
+                warnings: reader.warnings().to_vec(),
+            }
+        })
+        .collect();
+    let cross = cross_rank(&shells);
+    let mut out = Vec::new();
+    for (mut report, (path, reader, sk)) in shells.into_iter().zip(files) {
+        let late = late_windows(&cross, &path);
+        let mut o = stream_opts.clone();
+        o.account.windows = sk.windows.clone();
+        let no_waits = HashMap::new();
+        let extra_waits = cross.spanning_waits.get(&path).unwrap_or(&no_waits);
+        let (results, late_records) = stream::sweep_file(&reader, &sk, &o, &late, extra_waits)?;
+        for (a, d, act) in results {
+            if let Some(act) = act {
+                report.activity.entry(a.pid).or_insert(act);
+            }
+            report.accounts.push(a);
+            report.details.push(d);
+        }
+        report.kernel_names = report
+            .details
+            .iter()
+            .flat_map(|d| d.top_kernels.iter())
+            .map(|k| (k.name_id, sk.names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
+            .collect();
+        if late_records > 0 {
+            report.warnings.push(format!(
+                "{late_records} records arrived more than {} s after newer ones and were left out of the sweep",
+                o.reorder_window_ns as f64 / 1e9
+            ));
+        }
+        out.push(report);
+    }
+    Ok(out)
+}
+
+/// The active window of each process: first to last device operation or launch.
+pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, (u64, u64)> {
     let mut windows: HashMap<u32, (u64, u64)> = HashMap::new();
     let spans = batch
         .kernels
@@ -51,96 +151,85 @@ pub fn analyze_file(path: &Path) -> Result<FileReport, TraceError> {
         w.0 = w.0.min(s);
         w.1 = w.1.max(e);
     }
-    opts.windows = windows;
-    let accounts = account(&batch, &names, &opts);
-    Ok(FileReport { path: path.display().to_string(), accounts, warnings })
+    windows
 }
 
-fn pct(x: f64) -> String {
-    format!("{:.1}%", x * 100.0)
-}
-
-/// The terminal summary.
-pub fn render_text(reports: &[FileReport]) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    for r in reports {
-        let _ = writeln!(o, "{}", r.path);
-        if r.accounts.is_empty() {
-            let _ = writeln!(o, "  no device activity in this trace (was the CUPTI injection library loaded?)");
-        }
-        for a in &r.accounts {
-            let w = a.window_ns().max(1) as f64;
-            match (a.mfu(), a.divergence()) {
-                (Some(mfu), Some(div)) => {
-                    let _ = writeln!(
-                        o,
-                        "GPU {} (pid {}) busy {} vs MFU {}: {:.1} points of divergence",
-                        a.device,
-                        a.pid,
-                        pct(a.busy()),
-                        pct(mfu),
-                        div * 100.0
-                    );
-                }
-                _ => {
-                    let _ = writeln!(
-                        o,
-                        "GPU {} (pid {}) busy {}; MFU needs a FLOP source (PM sampling, per-kernel FLOPs or --flops-per-step)",
-                        a.device,
-                        a.pid,
-                        pct(a.busy())
-                    );
-                }
-            }
-            let _ = writeln!(o, "  window {:.3} ms, FLOP source: {}", w / 1e6, a.flop_source.name());
-            for name in CATEGORY_NAMES {
-                let ns = a.categories.get(name);
-                let _ = writeln!(o, "  {name:<20} {:>7}  {:>12.3} ms", pct(ns as f64 / w), ns as f64 / 1e6);
-            }
-        }
-        for warning in &r.warnings {
-            let _ = writeln!(o, "  warning: {warning}");
-        }
+/// The analysis of records already in memory, one file alone (the streaming
+/// [`analyze_files`] gives the same result with bounded memory).
+pub fn analyze_batch(
+    path: String,
+    batch: &RecordBatch,
+    names: &HashMap<u32, String>,
+    warnings: Vec<String>,
+    opts: &ReportOptions,
+) -> FileReport {
+    let mut by_pid: std::collections::BTreeMap<u32, Vec<collectives::CollInstance>> = Default::default();
+    for inst in collectives::instances(batch, names) {
+        by_pid.entry(inst.pid).or_default().push(inst);
     }
-    o
+    let ranks: Vec<RankInput> =
+        by_pid.into_iter().map(|(pid, instances)| RankInput { file: path.clone(), pid, instances }).collect();
+    let views: Vec<RankView> = ranks.iter().map(|input| RankView { input, offset_ns: 0 }).collect();
+    let late = late_windows(&collectives::cross_rank(&views), &path);
+    let account_opts = AccountOptions { windows: process_windows(batch), ..AccountOptions::default() };
+    let mut accounts = Vec::new();
+    let mut details = Vec::new();
+    let mut activity = HashMap::new();
+    for (a, d, act) in analyze_with(batch, names, &account_opts, Some(&opts.detail), &late) {
+        if let Some(act) = act {
+            activity.entry(a.pid).or_insert(act);
+        }
+        accounts.push(a);
+        details.push(d);
+    }
+    let kernel_names = details
+        .iter()
+        .flat_map(|d| d.top_kernels.iter())
+        .map(|k| (k.name_id, names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
+        .collect();
+    FileReport {
+        path,
+        accounts,
+        details,
+        kernel_names,
+        ranks,
+        activity,
+        realtime_offset_ns: collectives::realtime_offset(batch),
+        warnings,
+    }
 }
 
-/// The JSON document (docs/report-schema.md).
-pub fn render_json(reports: &[FileReport]) -> Value {
-    let devices: Vec<Value> = reports
+/// The windows (own clock) in which other ranks waited for each process of `file`.
+pub fn late_windows(cross: &CrossRank, file: &str) -> LateWindows {
+    cross
+        .skew
+        .iter()
+        .filter(|s| s.file == file && !s.late_windows.is_empty())
+        .map(|s| (s.pid, s.late_windows.clone()))
+        .collect()
+}
+
+/// The cross-rank view of all files. Several files are put on CLOCK_REALTIME when each
+/// recorded the mapping (ranks on different hosts); otherwise their monotonic clocks are used.
+pub fn cross_rank(reports: &[FileReport]) -> CrossRank {
+    let realtime = reports.len() > 1 && reports.iter().all(|r| r.realtime_offset_ns.is_some());
+    let ranks: Vec<RankView> = reports
         .iter()
         .flat_map(|r| {
-            r.accounts.iter().map(move |a| {
-                let w = a.window_ns().max(1) as f64;
-                let fractions: serde_json::Map<String, Value> =
-                    CATEGORY_NAMES.iter().map(|n| (n.to_string(), json!(a.categories.get(n) as f64 / w))).collect();
-                let ns: serde_json::Map<String, Value> =
-                    CATEGORY_NAMES.iter().map(|n| (n.to_string(), json!(a.categories.get(n)))).collect();
-                json!({
-                    "file": r.path,
-                    "pid": a.pid,
-                    "device": a.device,
-                    "window_start_ns": a.window_start_ns,
-                    "window_end_ns": a.window_end_ns,
-                    "busy": a.busy(),
-                    "busy_ns": a.busy_ns,
-                    "mfu": a.mfu(),
-                    "divergence": a.divergence(),
-                    "flop_source": a.flop_source.name(),
-                    "categories": fractions,
-                    "categories_ns": ns,
-                })
-            })
+            let offset_ns = if realtime { r.realtime_offset_ns.unwrap_or(0) } else { 0 };
+            r.ranks.iter().map(move |input| RankView { input, offset_ns })
         })
         .collect();
-    let mut ranks: Vec<u32> = reports.iter().flat_map(|r| r.accounts.iter().map(|a| a.pid)).collect();
-    ranks.sort_unstable();
-    ranks.dedup();
-    json!({
-        "schema": "ghostprof.report.v1",
-        "devices": devices,
-        "ranks": ranks,
-        "warnings": reports.iter().flat_map(|r| r.warnings.clone()).collect::<Vec<_>>(),
-    })
+    collectives::cross_rank(&ranks)
+}
+
+/// What the straggler was doing while the others waited for it.
+pub fn straggler_activity(reports: &[FileReport], cross: &CrossRank) -> Option<String> {
+    let s = &cross.skew[cross.straggler?];
+    let report = reports.iter().find(|r| r.path == s.file)?;
+    report.activity.get(&s.pid).cloned()
+}
+
+pub(crate) fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
 }

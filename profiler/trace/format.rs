@@ -133,6 +133,16 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Chunk, DecodeError> {
 
 /// Like [`decode_chunk`], reusing `chunk`'s allocations (its contents are replaced).
 pub fn decode_chunk_into(buf: &[u8], chunk: &mut Chunk) -> Result<(), DecodeError> {
+    decode_chunk_kinds_into(buf, chunk, &|_| true)
+}
+
+/// [`decode_chunk_into`] decoding only the sections of the kinds `wanted` accepts (the others
+/// are skipped by their length and stay empty); the string table is always decoded.
+pub fn decode_chunk_kinds_into(
+    buf: &[u8],
+    chunk: &mut Chunk,
+    wanted: &dyn Fn(Kind) -> bool,
+) -> Result<(), DecodeError> {
     chunk.strings.clear();
     chunk.records.clear();
     let mut cur = Cursor::new(buf);
@@ -163,6 +173,9 @@ pub fn decode_chunk_into(buf: &[u8], chunk: &mut Chunk) -> Result<(), DecodeErro
         let Some(kind) = Kind::from_id(kind_id) else {
             continue; // a kind from a newer writer: skip it, its length is known
         };
+        if !wanted(kind) {
+            continue;
+        }
         let stored = kind.columns().iter().filter(|c| c.encoding.is_stored()).count();
         if columns != kind.columns().len() {
             return Err(DecodeError::new(

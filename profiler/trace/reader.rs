@@ -156,14 +156,26 @@ impl TraceReader {
 
     /// Decodes chunk `i` into `chunk`, reusing its allocations and `scratch`'s buffers.
     pub fn read_chunk_into(&self, i: usize, scratch: &mut Scratch, chunk: &mut Chunk) -> Result<(), TraceError> {
+        self.read_chunk_kinds_into(i, scratch, chunk, &|_| true)
+    }
+
+    /// [`TraceReader::read_chunk_into`] decoding only the record kinds `wanted` accepts (the
+    /// others stay empty); for passes that need a few kinds of a large trace.
+    pub fn read_chunk_kinds_into(
+        &self,
+        i: usize,
+        scratch: &mut Scratch,
+        chunk: &mut Chunk,
+        wanted: &dyn Fn(Kind) -> bool,
+    ) -> Result<(), TraceError> {
         let meta =
             self.chunks.get(i).ok_or_else(|| TraceError::Writer { what: format!("chunk {i} does not exist") })?;
         self.frame_into(meta.offset, meta.compressed_len, scratch)?;
-        format::decode_chunk_into(&scratch.body, chunk).map_err(|e| {
+        format::decode_chunk_kinds_into(&scratch.body, chunk, wanted).map_err(|e| {
             self.corrupt(meta.offset, format!("in chunk {} at decompressed byte {}: {}", meta.seq, e.offset, e.what))
         })?;
         let matches = chunk.seq == meta.seq
-            && Kind::ALL.iter().zip(&meta.counts).all(|(k, n)| chunk.records.count(*k) as u64 == *n);
+            && Kind::ALL.iter().zip(&meta.counts).all(|(k, n)| !wanted(*k) || chunk.records.count(*k) as u64 == *n);
         if !matches {
             return Err(self.corrupt(meta.offset, format!("chunk {} does not match its index entry", meta.seq)));
         }
@@ -176,6 +188,21 @@ impl TraceReader {
         let mut chunk = Chunk::default();
         for i in 0..self.chunks.len() {
             self.read_chunk_into(i, &mut scratch, &mut chunk)?;
+            f(&chunk);
+        }
+        Ok(())
+    }
+
+    /// [`TraceReader::for_each_chunk`] decoding only the record kinds `wanted` accepts.
+    pub fn for_each_chunk_kinds(
+        &self,
+        wanted: &dyn Fn(Kind) -> bool,
+        mut f: impl FnMut(&Chunk),
+    ) -> Result<(), TraceError> {
+        let mut scratch = Scratch::default();
+        let mut chunk = Chunk::default();
+        for i in 0..self.chunks.len() {
+            self.read_chunk_kinds_into(i, &mut scratch, &mut chunk, wanted)?;
             f(&chunk);
         }
         Ok(())

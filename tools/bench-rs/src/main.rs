@@ -5,6 +5,8 @@
 //!   pipeline into a trace file and back, against plain zstd -1 over raw rows.
 //! - `probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS]` ([`probe`]): per-call cost of
 //!   ghostprof's uprobes on gpusim's cuLaunchKernel against a bare uprobe (root).
+//! - `analyze [--events N] [--small N] [--dir D]` ([`analyze`]): the streaming analysis behind
+//!   `ghostprof report`: events/s on one core against the bare reader, and its peak RSS.
 //! - `cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S]` ([`cupti`]): CPU the
 //!   CUPTI injection library adds to a CUDA program per activity record, and losses at 1 M
 //!   records/s, on gpusim's libcupti.
@@ -12,6 +14,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod analyze;
 mod cupti;
 mod gpusim_build;
 mod probe;
@@ -28,18 +31,20 @@ fn main() -> Result<()> {
         Some("read") => bench_read(&args[1..]),
         Some("probe") => probe::bench_probe(&args[1..]),
         Some("cupti") => cupti::bench_cupti(&args[1..]),
+        Some("analyze") => analyze::bench_analyze(&args[1..]),
+        Some("analyze-child") => analyze::bench_analyze_child(&args[1..]),
         _ => bail!(
-            "usage: bench trace [--events N] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] \
+            "usage: bench trace [--events N] [--dir DIR] | analyze [--events N] [--small N] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] \
              | cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S] [--pm-interval-ns NS] [--inject LIB]"
         ),
     }
 }
 
-fn flag(args: &[String], name: &str) -> Option<String> {
+pub(crate) fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
-fn thread_cpu_s() -> f64 {
+pub(crate) fn thread_cpu_s() -> f64 {
     let mut ts = libc_timespec::default();
     // SAFETY: clock_gettime fills the struct; CLOCK_THREAD_CPUTIME_ID exists on Linux.
     unsafe { clock_gettime(3, &mut ts) };

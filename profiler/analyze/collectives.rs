@@ -1,0 +1,301 @@
+//! Collectives across ranks and files. Each rank's NCCL host calls (eBPF) are paired with its
+//! collective kernels (CUPTI, in order; or the NCCL device records when a trace has them) into
+//! instances; instances of different ranks with the same communicator (the k-th communicator a
+//! process used), communicator size and sequence number are one collective. A rank's arrival
+//! is its kernel's start (its host call when no kernel was seen), mapped onto one clock.
+//!
+//! From the matched instances: per (op, size) the time, transfer and wait (wait = time until the
+//! last rank arrived) and bus bandwidth with NCCL's busBw factors; per rank the arrival skew
+//! (own arrival − earliest); the straggler (largest mean skew) and what it was doing while the
+//! others waited for it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::trace::{ClockDomain, CollOp, NcclPhase, RecordBatch};
+
+/// One rank's part of one collective.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollInstance {
+    pub pid: u32,
+    /// NCCL rank in the communicator.
+    pub rank: u32,
+    pub nranks: u32,
+    /// Which communicator of the process (0 = the first it used).
+    pub comm_index: u32,
+    pub seq: u64,
+    pub op: u32,
+    /// Payload in NCCL-tests terms (all-gather / reduce-scatter: the whole gathered buffer).
+    pub size_bytes: u64,
+    /// Kernel start, else host call start (the process's own clock).
+    pub arrival_ns: u64,
+    pub kernel: Option<(u64, u64)>,
+}
+
+/// The collective instances of every process in `batch`.
+pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollInstance> {
+    let is_comm = |id: u32| super::account::is_comm_name(names, id);
+    let mut calls: BTreeMap<u32, Vec<&crate::trace::NcclColl>> = BTreeMap::new();
+    let mut device: HashMap<(u32, u64, u64), (u64, u64)> = HashMap::new();
+    for c in &batch.nccl {
+        if c.phase == NcclPhase::Host as u32 {
+            calls.entry(c.pid).or_default().push(c);
+        } else {
+            device.insert((c.pid, c.comm, c.seq), (c.start_ns, c.end_ns));
+        }
+    }
+    let mut kernels: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+    for k in batch.kernels.iter().filter(|k| is_comm(k.name_id)) {
+        kernels.entry(k.pid).or_default().push((k.start_ns, k.end_ns));
+    }
+    let mut out = Vec::new();
+    for (pid, mut calls) in calls {
+        calls.sort_by_key(|c| (c.start_ns, c.seq));
+        let mut ks = kernels.remove(&pid).unwrap_or_default();
+        ks.sort_unstable();
+        let mut comms: Vec<u64> = Vec::new();
+        for (i, c) in calls.iter().enumerate() {
+            let comm_index = match comms.iter().position(|&x| x == c.comm) {
+                Some(i) => i,
+                None => {
+                    comms.push(c.comm);
+                    comms.len() - 1
+                }
+            } as u32;
+            let kernel = device.get(&(pid, c.comm, c.seq)).copied().or_else(|| ks.get(i).copied());
+            let size_bytes = match CollOp::from_u32(c.op) {
+                Some(CollOp::AllGather | CollOp::ReduceScatter) => c.bytes.saturating_mul(c.nranks.max(1) as u64),
+                _ => c.bytes,
+            };
+            out.push(CollInstance {
+                pid,
+                rank: c.rank,
+                nranks: c.nranks,
+                comm_index,
+                seq: c.seq,
+                op: c.op,
+                size_bytes,
+                arrival_ns: kernel.map_or(c.start_ns, |k| k.0),
+                kernel,
+            });
+        }
+    }
+    out
+}
+
+/// NCCL's bus-bandwidth factor for an op on `n` ranks.
+pub fn bus_factor(op: u32, n: u32) -> f64 {
+    let n = n.max(1) as f64;
+    match CollOp::from_u32(op) {
+        Some(CollOp::AllReduce) => 2.0 * (n - 1.0) / n,
+        Some(CollOp::AllGather | CollOp::ReduceScatter) => (n - 1.0) / n,
+        _ => 1.0,
+    }
+}
+
+/// Size bucket of a payload: powers of 4 from 1 KiB ("<1KiB", "1KiB-4KiB", …, "1GiB-4GiB", ">=4GiB").
+pub fn size_bucket(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return "<1KiB".into();
+    }
+    if bytes >= 4 << 30 {
+        return ">=4GiB".into();
+    }
+    let lo_exp = (63 - bytes.leading_zeros()) / 2 * 2; // largest even power of 2 ≤ bytes
+    let name = |e: u32| format!("{}{}", 1u64 << (e % 10), UNITS[(e / 10 - 1) as usize]);
+    format!("{}-{}", name(lo_exp), name(lo_exp + 2))
+}
+
+/// The offset from a trace's CLOCK_MONOTONIC to CLOCK_REALTIME, when it recorded one.
+pub fn realtime_offset(batch: &RecordBatch) -> Option<i128> {
+    batch
+        .clock_syncs
+        .iter()
+        .find(|c| c.domain == ClockDomain::Realtime as u32)
+        .map(|c| c.other_ns as i128 - c.monotonic_ns as i128)
+}
+
+/// One rank: the instances of one process of one file.
+#[derive(Debug, Clone)]
+pub struct RankInput {
+    pub file: String,
+    pub pid: u32,
+    pub instances: Vec<CollInstance>,
+}
+
+/// A rank for the matching, with the offset that puts its clock on the common one.
+#[derive(Debug, Clone, Copy)]
+pub struct RankView<'a> {
+    pub input: &'a RankInput,
+    pub offset_ns: i128,
+}
+
+/// Totals of one (op, size bucket).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CollStat {
+    pub op: String,
+    pub size_bucket: String,
+    /// Rank-instances (each rank's kernel of a collective counts once).
+    pub count: u64,
+    pub bytes: u64,
+    pub time_ns: u64,
+    pub transfer_ns: u64,
+    pub wait_ns: u64,
+    /// Σ bytes × busBw factor ÷ Σ transfer time, GB/s.
+    pub bus_bandwidth_gbps: f64,
+    /// bytes × factor, for the bandwidth
+    bus_bytes: f64,
+}
+
+/// Arrival skew of one rank over the matched collectives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankSkew {
+    pub rank: u32,
+    pub pid: u32,
+    pub file: String,
+    pub matched: u64,
+    pub mean_arrival_skew_ns: f64,
+    pub max_arrival_skew_ns: u64,
+    /// Collectives where this rank arrived last (and later than another rank).
+    pub late_count: u64,
+    /// The windows (own clock) in which the others waited for it: [earliest arrival, own arrival).
+    pub late_windows: Vec<(u64, u64)>,
+}
+
+/// Everything cross-rank.
+#[derive(Debug, Clone, Default)]
+pub struct CrossRank {
+    pub collectives: Vec<CollStat>,
+    pub skew: Vec<RankSkew>,
+    /// Per file, (pid, kernel start) → wait of the collectives whose ranks are in several
+    /// files (a file alone cannot match them): the accounting's `comm.wait` for them.
+    pub spanning_waits: HashMap<String, HashMap<(u32, u64), u64>>,
+    /// Index into `skew` of the straggler.
+    pub straggler: Option<usize>,
+}
+
+/// Keeps at most this many late windows per rank for the straggler's activity.
+const MAX_LATE_WINDOWS: usize = 100_000;
+
+/// Matches the instances of all ranks; see the module docs.
+pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
+    let ranks: Vec<&RankInput> = views.iter().map(|v| v.input).collect();
+    // (comm index, nranks, seq) → (rank input, instance index)
+    let mut groups: HashMap<(u32, u32, u64), Vec<(usize, usize)>> = HashMap::new();
+    for (r, input) in ranks.iter().enumerate() {
+        for (i, inst) in input.instances.iter().enumerate() {
+            groups.entry((inst.comm_index, inst.nranks, inst.seq)).or_default().push((r, i));
+        }
+    }
+    let mut wait: HashMap<(usize, usize), u64> = HashMap::new();
+    let mut skew: Vec<RankSkew> = ranks
+        .iter()
+        .map(|r| RankSkew {
+            rank: r.instances.first().map_or(r.pid, |i| i.rank),
+            pid: r.pid,
+            file: r.file.clone(),
+            matched: 0,
+            mean_arrival_skew_ns: 0.0,
+            max_arrival_skew_ns: 0,
+            late_count: 0,
+            late_windows: Vec::new(),
+        })
+        .collect();
+    let mut skew_sum = vec![0f64; ranks.len()];
+    let mut spanning_waits: HashMap<String, HashMap<(u32, u64), u64>> = HashMap::new();
+    for ((_, nranks, _), members) in &groups {
+        let mut distinct: Vec<u32> = members.iter().map(|&(r, i)| ranks[r].instances[i].rank).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if *nranks < 2 || members.len() != *nranks as usize || distinct.len() != members.len() {
+            continue;
+        }
+        let at = |&(r, i): &(usize, usize)| ranks[r].instances[i].arrival_ns as i128 + views[r].offset_ns;
+        let first = members.iter().map(at).min().unwrap_or(0);
+        let last = members.iter().map(at).max().unwrap_or(0);
+        let spanning = members.iter().any(|m| ranks[m.0].file != ranks[members[0].0].file);
+        for m in members {
+            let inst = &ranks[m.0].instances[m.1];
+            let own = at(m);
+            let s = (own - first) as u64;
+            if let Some((ks, ke)) = inst.kernel {
+                let w = ((last - own) as u64).min(ke.saturating_sub(ks));
+                wait.insert(*m, w);
+                if spanning {
+                    spanning_waits.entry(ranks[m.0].file.clone()).or_default().insert((inst.pid, ks), w);
+                }
+            }
+            let rs = &mut skew[m.0];
+            rs.matched += 1;
+            skew_sum[m.0] += s as f64;
+            rs.max_arrival_skew_ns = rs.max_arrival_skew_ns.max(s);
+            if own == last && last > first {
+                rs.late_count += 1;
+                if rs.late_windows.len() < MAX_LATE_WINDOWS {
+                    rs.late_windows.push((inst.arrival_ns.saturating_sub(s), inst.arrival_ns));
+                }
+            }
+        }
+    }
+    for (rs, sum) in skew.iter_mut().zip(&skew_sum) {
+        rs.mean_arrival_skew_ns = if rs.matched > 0 { sum / rs.matched as f64 } else { 0.0 };
+        rs.late_windows.sort_unstable();
+    }
+    skew.sort_by(|a, b| a.rank.cmp(&b.rank).then(a.file.cmp(&b.file)).then(a.pid.cmp(&b.pid)));
+    let straggler = (skew.iter().filter(|s| s.matched > 0).count() >= 2)
+        .then(|| {
+            (0..skew.len())
+                .filter(|&i| skew[i].matched > 0 && skew[i].mean_arrival_skew_ns > 0.0)
+                .max_by(|&a, &b| skew[a].mean_arrival_skew_ns.total_cmp(&skew[b].mean_arrival_skew_ns))
+        })
+        .flatten();
+
+    let mut stats: BTreeMap<(String, String), CollStat> = BTreeMap::new();
+    for (r, input) in ranks.iter().enumerate() {
+        for (i, inst) in input.instances.iter().enumerate() {
+            let Some((ks, ke)) = inst.kernel else { continue };
+            let key = (CollOp::name_of(inst.op), size_bucket(inst.size_bytes));
+            let st = stats.entry(key.clone()).or_insert_with(|| CollStat {
+                op: key.0.clone(),
+                size_bucket: key.1.clone(),
+                ..Default::default()
+            });
+            let time = ke.saturating_sub(ks);
+            let w = wait.get(&(r, i)).copied().unwrap_or(0).min(time);
+            st.count += 1;
+            st.bytes += inst.size_bytes;
+            st.time_ns += time;
+            st.wait_ns += w;
+            st.transfer_ns += time - w;
+            st.bus_bytes += inst.size_bytes as f64 * bus_factor(inst.op, inst.nranks);
+        }
+    }
+    let mut collectives: Vec<CollStat> = stats
+        .into_values()
+        .map(|mut s| {
+            s.bus_bandwidth_gbps = if s.transfer_ns > 0 { s.bus_bytes / s.transfer_ns as f64 } else { 0.0 };
+            s
+        })
+        .collect();
+    collectives.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(a.op.cmp(&b.op)));
+    CrossRank { collectives, skew, spanning_waits, straggler }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_and_factors() {
+        assert_eq!(size_bucket(512), "<1KiB");
+        assert_eq!(size_bucket(1024), "1KiB-4KiB");
+        assert_eq!(size_bucket(5000), "4KiB-16KiB");
+        assert_eq!(size_bucket(3 << 20), "1MiB-4MiB");
+        assert_eq!(size_bucket(100_000_000), "64MiB-256MiB");
+        assert_eq!(size_bucket(1 << 30), "1GiB-4GiB");
+        assert_eq!(size_bucket(5 << 30), ">=4GiB");
+        assert!((bus_factor(CollOp::AllReduce as u32, 8) - 1.75).abs() < 1e-12);
+        assert!((bus_factor(CollOp::AllGather as u32, 4) - 0.75).abs() < 1e-12);
+        assert_eq!(bus_factor(CollOp::Broadcast as u32, 4), 1.0);
+    }
+}

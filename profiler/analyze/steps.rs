@@ -1,0 +1,240 @@
+//! Training steps of one device, best source first: NVTX ranges recorded by CUPTI (step
+//! markers), a user regex on kernel names (a step starts at each matching kernel), a detected
+//! period of the kernel-name sequence, else none. Steps are sorted, disjoint and inside the
+//! window; a step that starts at a kernel runs until the next one starts (the last one until
+//! the window ends).
+
+use std::collections::HashMap;
+
+use super::account::DetailOptions;
+use super::flops::KernelSpan;
+use crate::trace::{RecordBatch, StepSource as MarkerSource};
+
+/// Where a device's steps came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepSource {
+    Nvtx,
+    Regex,
+    Periodicity,
+    #[default]
+    None,
+}
+
+impl StepSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepSource::Nvtx => "nvtx",
+            StepSource::Regex => "regex",
+            StepSource::Periodicity => "periodicity",
+            StepSource::None => "none",
+        }
+    }
+}
+
+/// The steps of process `pid`'s device whose compute kernels are `compute` (sorted by start).
+#[allow(clippy::too_many_arguments)]
+pub fn find_steps(
+    batch: &RecordBatch,
+    names: &HashMap<u32, String>,
+    pid: u32,
+    device: u32,
+    compute: &[KernelSpan],
+    is_comm: &dyn Fn(u32) -> bool,
+    opts: &DetailOptions,
+    window: (u64, u64),
+) -> (StepSource, Vec<(u64, u64)>) {
+    let markers: Vec<(u64, u64, u32)> = batch
+        .steps
+        .iter()
+        .filter(|s| s.pid == pid && s.source == MarkerSource::Nvtx as u32)
+        .map(|s| (s.start_ns, s.end_ns, s.name_id))
+        .collect();
+    let steps = nvtx_steps(&markers, names, window);
+    if !steps.is_empty() {
+        return (StepSource::Nvtx, steps);
+    }
+    // Every kernel of the process's device (collectives included) in start order, for the
+    // name-based sources.
+    let mut kernels: Vec<(u64, u32)> = compute.iter().map(|k| (k.start, k.name)).collect();
+    if let Some(re) = &opts.step_regex {
+        kernels.extend(
+            batch
+                .kernels
+                .iter()
+                .filter(|k| k.pid == pid && k.device == device && is_comm(k.name_id))
+                .map(|k| (k.start_ns, k.name_id)),
+        );
+        kernels.sort_unstable();
+        let matching: HashMap<u32, bool> = kernels
+            .iter()
+            .map(|k| k.1)
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
+            .map(|id| (id, names.get(&id).is_some_and(|n| re.is_match(n))))
+            .collect();
+        let starts: Vec<u64> = kernels.iter().filter(|k| matching[&k.1]).map(|k| k.0).collect();
+        return (StepSource::Regex, steps_from_starts(&starts, window));
+    }
+    if opts.detect_periodicity {
+        if let Some(anchor) = periodic_anchor(&compute[..compute.len().min(PERIOD_PROBE)]) {
+            let starts: Vec<u64> = compute.iter().filter(|k| k.name == anchor.name).map(|k| k.start).collect();
+            let steps = anchor_steps(&anchor, starts, window);
+            if steps.len() >= 2 {
+                return (StepSource::Periodicity, steps);
+            }
+        }
+    }
+    (StepSource::None, Vec::new())
+}
+
+/// NVTX ranges as steps: ranges named like a step (`step` in the name, any case) when there
+/// are any, else the most frequent range name; sorted, clipped to the window, overlaps cut.
+pub fn nvtx_steps(markers: &[(u64, u64, u32)], names: &HashMap<u32, String>, window: (u64, u64)) -> Vec<(u64, u64)> {
+    if markers.is_empty() {
+        return Vec::new();
+    }
+    let is_step = |id: u32| names.get(&id).is_some_and(|n| n.to_ascii_lowercase().contains("step"));
+    let chosen: Vec<(u64, u64)> = if markers.iter().any(|m| is_step(m.2)) {
+        markers.iter().filter(|m| is_step(m.2)).map(|m| (m.0, m.1)).collect()
+    } else {
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for m in markers {
+            *counts.entry(m.2).or_default() += 1;
+        }
+        let top = counts.into_iter().max_by_key(|(id, n)| (*n, std::cmp::Reverse(*id))).map(|x| x.0);
+        markers.iter().filter(|m| Some(m.2) == top).map(|m| (m.0, m.1)).collect()
+    };
+    normalize(chosen, window)
+}
+
+/// Sorts, clips to the window, cuts overlaps (a step starts no earlier than the previous
+/// one's end) and drops empty steps.
+pub fn normalize(mut spans: Vec<(u64, u64)>, (w0, w1): (u64, u64)) -> Vec<(u64, u64)> {
+    spans.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+    for (s, e) in spans {
+        let s = s.max(w0).max(out.last().map_or(0, |l| l.1));
+        let e = e.min(w1);
+        if s < e {
+            out.push((s, e));
+        }
+    }
+    out
+}
+
+/// Steps that start at each of `starts` and run to the next start (the last to the window end).
+pub fn steps_from_starts(starts: &[u64], window: (u64, u64)) -> Vec<(u64, u64)> {
+    let mut s: Vec<u64> = starts.iter().copied().filter(|t| *t >= window.0 && *t < window.1).collect();
+    s.sort_unstable();
+    s.dedup();
+    let spans = s.iter().enumerate().map(|(i, &t)| (t, s.get(i + 1).copied().unwrap_or(window.1))).collect();
+    normalize(spans, window)
+}
+
+/// Idle time before each kernel (its start minus the latest end of the kernels before it).
+fn kernel_gaps(kernels: &[KernelSpan]) -> Vec<u64> {
+    let mut latest = 0u64;
+    kernels
+        .iter()
+        .map(|k| {
+            let gap = k.start.saturating_sub(latest);
+            latest = latest.max(k.end);
+            gap
+        })
+        .collect()
+}
+
+/// Periodicity is looked for in the first this many compute kernels of a device.
+pub const PERIOD_PROBE: usize = 50_000;
+
+/// The kernel a periodic sequence's steps start at: every `every`-th launch of `name`, from
+/// the one that started at `first_start`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeriodicAnchor {
+    pub name: u32,
+    pub first_start: u64,
+    pub every: usize,
+}
+
+/// The step anchor of the first compute kernels of a device (sorted by start), if they repeat.
+pub fn periodic_anchor(prefix: &[KernelSpan]) -> Option<PeriodicAnchor> {
+    let seq: Vec<u32> = prefix.iter().map(|k| k.name).collect();
+    let (period, phase) = period_and_phase(&seq, &kernel_gaps(prefix))?;
+    let name = seq[phase];
+    let every = seq[phase..phase + period].iter().filter(|&&n| n == name).count();
+    Some(PeriodicAnchor { name, first_start: prefix[phase].start, every })
+}
+
+/// Steps from every launch start of the anchor's kernel name (any order).
+pub fn anchor_steps(anchor: &PeriodicAnchor, mut starts: Vec<u64>, window: (u64, u64)) -> Vec<(u64, u64)> {
+    starts.sort_unstable();
+    let first = starts.partition_point(|&t| t < anchor.first_start);
+    let picked: Vec<u64> = starts[first..].iter().step_by(anchor.every.max(1)).copied().collect();
+    steps_from_starts(&picked, window)
+}
+
+/// The period and phase of a kernel-name sequence, or None if it has no period (at least 3
+/// repeats, ≥ 95 % of names equal one period later). Candidate periods are the distances
+/// between consecutive launches of one name; the smallest that passes wins. The phase is the
+/// position in the period with the most idle time before it, summed over the repeats (a step
+/// usually begins after the host's data loading).
+pub fn period_and_phase(seq: &[u32], gaps: &[u64]) -> Option<(usize, usize)> {
+    let n = seq.len();
+    if n < 6 {
+        return None;
+    }
+    let mut last: HashMap<u32, usize> = HashMap::new();
+    let mut candidates: Vec<usize> = Vec::new();
+    for (i, &name) in seq.iter().enumerate() {
+        if let Some(prev) = last.insert(name, i) {
+            candidates.push(i - prev);
+        }
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    let period = candidates.into_iter().filter(|&p| p >= 1 && 3 * p <= n).take(400).find(|&p| {
+        let same = (0..n - p).filter(|&i| seq[i] == seq[i + p]).count();
+        same as f64 >= 0.95 * (n - p) as f64
+    })?;
+    let mut idle_at = vec![0u128; period];
+    for (i, &g) in gaps.iter().enumerate().skip(1) {
+        // (position 0's first gap is the time before the trace's first kernel)
+        idle_at[i % period] += g as u128;
+    }
+    let phase = (0..period).max_by_key(|&i| (idle_at[i], std::cmp::Reverse(i)))?;
+    Some((period, phase))
+}
+
+/// Compute time of each step: the durations of the kernels that start in it.
+pub fn compute_per_step(steps: &[(u64, u64)], kernels: impl Iterator<Item = (u64, u64)>) -> Vec<u64> {
+    let mut busy = vec![0u64; steps.len()];
+    for (start, end) in kernels {
+        let i = steps.partition_point(|s| s.1 <= start);
+        if steps.get(i).is_some_and(|s| s.0 <= start) {
+            busy[i] += end.saturating_sub(start);
+        }
+    }
+    busy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn period_and_phase_of_a_repeated_sequence() {
+        // 5 repeats of [a b c b d]; the idle time comes before `a` (position 0 of each step),
+        // but the trace starts mid-step at `c`.
+        let step = [1u32, 2, 3, 2, 4];
+        let seq: Vec<u32> = step.iter().cycle().skip(2).take(23).copied().collect();
+        let gaps: Vec<u64> = seq.iter().map(|&n| if n == 1 { 1000 } else { 10 }).collect();
+        assert_eq!(period_and_phase(&seq, &gaps), Some((5, 3)));
+        assert!(period_and_phase(&[1, 2, 3, 4, 5, 6, 7, 8], &[0; 8]).is_none());
+    }
+
+    #[test]
+    fn overlapping_ranges_are_cut_and_clipped() {
+        let spans = normalize(vec![(50, 120), (0, 60), (110, 130), (200, 300)], (10, 250));
+        assert_eq!(spans, vec![(10, 60), (60, 120), (120, 130), (200, 250)]);
+    }
+}

@@ -1,0 +1,524 @@
+//! The analysis of a trace file with bounded memory, chunk by chunk (a trace can be larger
+//! than RAM). Same arithmetic as the in-memory [`super::analyze`] (both feed
+//! [`super::sweep::DeviceSweep`]); only what is kept differs:
+//!
+//! 1. **Summary pass**: per process its window and launching threads; per device the kernel
+//!    time per name, the first [`PERIOD_PROBE`] compute kernels (a bounded heap), the starts of
+//!    kernels matching `--step-regex`; and the few records the plans need whole: NCCL calls and
+//!    collective kernels (cross-rank matching), step markers, PM samples, clock syncs,
+//!    checkpoint writes. (Tensor-activity samples are kept for devices whose PM sample
+//!    intervals have been seen, in that chunk or before: they come together.)
+//! 2. **Kernel pass** (only when needed): PM least squares kernel by kernel; the launches of a
+//!    periodic sequence's anchor kernel; each step's compute time for `--flops-per-step`.
+//! 3. **Sweep**: chunks in file order; a record is swept once no later chunk can hold an earlier
+//!    one (the chunk index's minimum timestamps), or once it is more than the reorder window
+//!    older than the newest record read, which bounds what is held. Records older than what
+//!    was already swept are counted (`late_records`) and left out.
+
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+use super::account::{
+    comm_waits, counts_stall, is_checkpoint_syscall, is_comm_name, merge, pm_samples, stall_reason_label,
+    AccountOptions, CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, LateWindows,
+};
+use super::flops::{FlopSource, FractionAccumulator, KernelSpan};
+use super::steps::{
+    anchor_steps, compute_per_step, nvtx_steps, periodic_anchor, steps_from_starts, PeriodicAnchor, StepSource,
+    PERIOD_PROBE,
+};
+use super::sweep::FastMap;
+use super::sweep::{DevicePlan, DeviceSweep, Op, Reasoned};
+use crate::trace::{
+    ApiDomain, Chunk, Kind, Metric, NcclPhase, ProbedApi, RecordBatch, StepSource as MarkerSource, TraceError,
+    TraceReader,
+};
+
+/// Options of the streaming analysis.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    pub account: AccountOptions,
+    pub detail: DetailOptions,
+    /// Records arriving later than this behind the newest record read are counted, not swept.
+    pub reorder_window_ns: u64,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            account: AccountOptions::default(),
+            detail: DetailOptions::default(),
+            reorder_window_ns: 5_000_000_000,
+        }
+    }
+}
+
+/// Per device, from the summary pass.
+#[derive(Default)]
+struct DeviceSummary {
+    first_op: u64,
+    last_op: u64,
+    /// compute kernel time per name
+    time_by_name: FastMap<u32, u64>,
+    /// the earliest compute kernels (max-heap on start, capped)
+    prefix: BinaryHeap<(u64, u64, u32)>,
+    regex_starts: Vec<u64>,
+}
+
+/// What the summary pass keeps of a trace.
+pub struct Skeleton {
+    pub names: HashMap<u32, String>,
+    /// NCCL calls, collective kernels, step markers, PM samples, clock syncs, checkpoint I/O.
+    pub small: RecordBatch,
+    /// Active window per process: first to last device operation or launch.
+    pub windows: HashMap<u32, (u64, u64)>,
+    launchers: FastMap<u32, HashSet<u32>>,
+    devices: FastMap<(u32, u32), DeviceSummary>,
+    /// Minimum record time of each chunk and all later ones.
+    suffix_min_ts: Vec<u64>,
+    pub records: u64,
+}
+
+/// The summary pass (1).
+pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton, TraceError> {
+    let mut sk = Skeleton {
+        names: HashMap::new(),
+        small: RecordBatch::default(),
+        windows: HashMap::new(),
+        launchers: FastMap::default(),
+        devices: FastMap::default(),
+        suffix_min_ts: Vec::new(),
+        records: 0,
+    };
+    // The index knows how many NCCL records there are: no doubling of that vector.
+    let counts = reader.counts();
+    let count_of = |kind: Kind| Kind::ALL.iter().position(|k| *k == kind).map_or(0, |i| counts[i]);
+    sk.small.nccl.reserve_exact(count_of(Kind::NcclColl).min(1 << 28) as usize);
+    let mut regex_match: FastMap<u32, bool> = FastMap::default();
+    let mut comm_cache = CommCache::default();
+    let mut chunk_min: Vec<u64> = Vec::new();
+    let mut pm_devices: HashSet<(u32, u32)> = HashSet::new();
+    let wanted = |k: Kind| {
+        !matches!(
+            k,
+            Kind::HostStall
+                | Kind::ProcessInfo
+                | Kind::ThreadInfo
+                | Kind::LibraryInfo
+                | Kind::FunctionName
+                | Kind::Drops
+        )
+    };
+    reader.for_each_chunk_kinds(&wanted, |c| {
+        sk.names.extend(c.strings.iter().cloned());
+        sk.records += c.records.len() as u64;
+        chunk_min.push(if c.records.is_empty() && c.strings.is_empty() { u64::MAX } else { c.min_ts });
+        let r = &c.records;
+        let names = &sk.names;
+        let widen = |w: &mut HashMap<u32, (u64, u64)>, pid: u32, s: u64, e: u64| {
+            let x = w.entry(pid).or_insert((s, e));
+            x.0 = x.0.min(s);
+            x.1 = x.1.max(e);
+        };
+        for k in &r.kernels {
+            widen(&mut sk.windows, k.pid, k.start_ns, k.end_ns);
+            let d = sk.devices.entry((k.pid, k.device)).or_insert_with(|| DeviceSummary {
+                first_op: k.start_ns,
+                last_op: k.end_ns,
+                ..Default::default()
+            });
+            d.first_op = d.first_op.min(k.start_ns);
+            d.last_op = d.last_op.max(k.end_ns);
+            let comm = comm_cache.is_comm(names, k.name_id);
+            if comm {
+                sk.small.kernels.push(*k);
+            } else {
+                *d.time_by_name.entry(k.name_id).or_default() += k.end_ns.saturating_sub(k.start_ns);
+                if d.prefix.len() < PERIOD_PROBE {
+                    d.prefix.push((k.start_ns, k.end_ns, k.name_id));
+                } else if d.prefix.peek().is_some_and(|top| (k.start_ns, k.end_ns, k.name_id) < *top) {
+                    d.prefix.pop();
+                    d.prefix.push((k.start_ns, k.end_ns, k.name_id));
+                }
+            }
+            if let Some(re) = &opts.detail.step_regex {
+                let hit = *regex_match
+                    .entry(k.name_id)
+                    .or_insert_with(|| names.get(&k.name_id).is_some_and(|n| re.is_match(n)));
+                if hit {
+                    d.regex_starts.push(k.start_ns);
+                }
+            }
+        }
+        for m in &r.memops {
+            widen(&mut sk.windows, m.pid, m.start_ns, m.end_ns);
+            let d = sk.devices.entry((m.pid, m.device)).or_insert_with(|| DeviceSummary {
+                first_op: m.start_ns,
+                last_op: m.end_ns,
+                ..Default::default()
+            });
+            d.first_op = d.first_op.min(m.start_ns);
+            d.last_op = d.last_op.max(m.end_ns);
+        }
+        for l in &r.launches {
+            widen(&mut sk.windows, l.pid, l.time_ns, l.time_ns);
+            sk.launchers.entry(l.pid).or_default().insert(l.tid);
+        }
+        sk.small.nccl.extend_from_slice(&r.nccl);
+        sk.small.api_calls.extend(r.api_calls.iter().filter(|a| {
+            a.domain == ApiDomain::Probe as u32 && ProbedApi::from_u32(a.call_id).is_some_and(|x| x.is_sync())
+        }));
+        sk.small.steps.extend(r.steps.iter().filter(|s| s.source == MarkerSource::Nvtx as u32));
+        sk.small.clock_syncs.extend_from_slice(&r.clock_syncs);
+        sk.small.file_io.extend(r.file_io.iter().filter(|f| is_checkpoint_syscall(f.syscall)));
+        // PM samples: tensor activity only of devices that have PM sample intervals (NVML-like
+        // samples without them do not make a FLOP source, and would only take memory).
+        for s in r.samples.iter().filter(|s| s.metric == Metric::SampleIntervalNs as u32) {
+            pm_devices.insert((s.pid, s.device));
+        }
+        sk.small.samples.extend(r.samples.iter().filter(|s| match Metric::from_u32(s.metric) {
+            Some(Metric::SampleIntervalNs) => true,
+            Some(Metric::TensorActive) => pm_devices.contains(&(s.pid, s.device)),
+            _ => false,
+        }));
+    })?;
+    let mut min = u64::MAX;
+    sk.suffix_min_ts = chunk_min
+        .iter()
+        .rev()
+        .map(|&m| {
+            min = min.min(m);
+            min
+        })
+        .collect();
+    sk.suffix_min_ts.reverse();
+    Ok(sk)
+}
+
+/// The analysis of one device: what the sweep returns.
+pub type DeviceResult = (DeviceAccount, DeviceDetail, Option<String>);
+
+/// Passes 2 and 3: the accounting and details of every device, and the records that came
+/// too late to be swept. `extra_waits`: (pid, kernel start) → wait of collectives matched
+/// with ranks in other files (the file's own matching comes first).
+pub fn sweep_file(
+    reader: &TraceReader,
+    sk: &Skeleton,
+    opts: &StreamOptions,
+    late: &LateWindows,
+    extra_waits: &HashMap<(u32, u64), u64>,
+) -> Result<(Vec<DeviceResult>, u64), TraceError> {
+    let names = &sk.names;
+    let is_comm = |id: u32| is_comm_name(names, id);
+    let detail = &opts.detail;
+    let mut keys: Vec<(u32, u32)> = sk.devices.keys().copied().collect();
+    keys.sort_unstable();
+
+    // Plans, with what the summary decides; the kernel pass fills in the rest.
+    let mut plans: HashMap<(u32, u32), DevicePlan> = HashMap::new();
+    let mut fraction_acc: HashMap<(u32, u32), FractionAccumulator> = HashMap::new();
+    let mut anchors: HashMap<(u32, u32), (PeriodicAnchor, Vec<u64>)> = HashMap::new();
+    for &(pid, device) in &keys {
+        let d = &sk.devices[&(pid, device)];
+        let window = opts.account.windows.get(&pid).copied().or(opts.account.window).unwrap_or((d.first_op, d.last_op));
+        let samples = pm_samples(&sk.small, pid, device);
+        let flop_source = if samples.is_empty() { FlopSource::None } else { FlopSource::PmSampling };
+        if !samples.is_empty() {
+            fraction_acc.insert((pid, device), FractionAccumulator::new(&d.time_by_name, samples));
+        }
+        let mut plan = DevicePlan::totals_only(pid, device, window, flop_source);
+        plan.flop_less_below = opts.account.flop_less_below;
+        plan.has_launcher = sk.launchers.get(&pid).is_some_and(|l| !l.is_empty());
+        plan.detail = true;
+        let markers: Vec<(u64, u64, u32)> =
+            sk.small.steps.iter().filter(|s| s.pid == pid).map(|s| (s.start_ns, s.end_ns, s.name_id)).collect();
+        let nvtx = nvtx_steps(&markers, names, window);
+        if !nvtx.is_empty() {
+            (plan.step_source, plan.steps) = (StepSource::Nvtx, nvtx);
+        } else if detail.step_regex.is_some() {
+            (plan.step_source, plan.steps) = (StepSource::Regex, steps_from_starts(&d.regex_starts, window));
+        } else if detail.detect_periodicity {
+            let mut prefix: Vec<KernelSpan> =
+                d.prefix.iter().map(|&(start, end, name)| KernelSpan { start, end, name }).collect();
+            prefix.sort_by_key(|k| (k.start, k.end, k.name));
+            if let Some(anchor) = periodic_anchor(&prefix) {
+                anchors.insert((pid, device), (anchor, Vec::new()));
+            }
+        }
+        plan.set_bins(detail);
+        plan.late_windows = late.get(&pid).cloned().unwrap_or_default();
+        plans.insert((pid, device), plan);
+    }
+    let useful_per_step = match (detail.flops_per_step, detail.peak_flops) {
+        (Some(f), Some(p)) if f > 0.0 && p > 0.0 => Some(f / p * 1e9),
+        _ => None,
+    };
+    let wants_rates = |p: &DevicePlan| useful_per_step.is_some() && p.flop_source == FlopSource::None;
+
+    // Pass 2: PM least squares, anchor launches, and step compute time where the steps are known.
+    let mut per_step: HashMap<(u32, u32), Vec<u64>> = HashMap::new();
+    let need_steps_compute: Vec<(u32, u32)> =
+        keys.iter().copied().filter(|k| wants_rates(&plans[k]) && !plans[k].steps.is_empty()).collect();
+    if !fraction_acc.is_empty() || !anchors.is_empty() || !need_steps_compute.is_empty() {
+        for k in &need_steps_compute {
+            per_step.insert(*k, vec![0; plans[k].steps.len()]);
+        }
+        reader.for_each_chunk_kinds(&|k| k == Kind::KernelExec, |c| {
+            for k in c.records.kernels.iter().filter(|k| !is_comm(k.name_id)) {
+                let key = (k.pid, k.device);
+                if let Some(acc) = fraction_acc.get_mut(&key) {
+                    acc.add(KernelSpan { start: k.start_ns, end: k.end_ns, name: k.name_id });
+                }
+                if let Some((anchor, starts)) = anchors.get_mut(&key) {
+                    if anchor.name == k.name_id {
+                        starts.push(k.start_ns);
+                    }
+                }
+                if let Some(busy) = per_step.get_mut(&key) {
+                    add_step_compute(&plans[&key].steps, busy, k.start_ns, k.end_ns);
+                }
+            }
+        })?;
+    }
+    for (key, acc) in fraction_acc {
+        if let Some(p) = plans.get_mut(&key) {
+            p.fractions = acc.finish();
+        }
+    }
+    let mut late_steps: Vec<(u32, u32)> = Vec::new();
+    for (key, (anchor, starts)) in anchors {
+        let p = plans.get_mut(&key).expect("a plan per device");
+        let steps = anchor_steps(&anchor, starts, p.window);
+        if steps.len() >= 2 {
+            (p.step_source, p.steps) = (StepSource::Periodicity, steps);
+            if wants_rates(p) {
+                late_steps.push(key);
+            }
+        }
+    }
+    if !late_steps.is_empty() {
+        // Pass 2b: compute time of the steps found in pass 2.
+        for k in &late_steps {
+            per_step.insert(*k, vec![0; plans[k].steps.len()]);
+        }
+        reader.for_each_chunk_kinds(&|k| k == Kind::KernelExec, |c| {
+            for k in c.records.kernels.iter().filter(|k| !is_comm(k.name_id)) {
+                let key = (k.pid, k.device);
+                if let Some(busy) = per_step.get_mut(&key) {
+                    add_step_compute(&plans[&key].steps, busy, k.start_ns, k.end_ns);
+                }
+            }
+        })?;
+    }
+    if let Some(useful) = useful_per_step {
+        for (key, busy) in &per_step {
+            if let Some(p) = plans.get_mut(key) {
+                p.set_step_rates(useful, busy);
+            }
+        }
+    }
+
+    // Pass 3: the sweep.
+    let mut waits = comm_waits(&sk.small, &is_comm);
+    for (k, w) in extra_waits {
+        waits.entry(*k).or_insert(*w);
+    }
+    let mut sweep = Sweep {
+        devices: keys
+            .iter()
+            .map(|k| {
+                let plan = plans.remove(k).expect("a plan per device");
+                (*k, DeviceState { sweep: DeviceSweep::new(plan), carry: Vec::new(), incoming: Vec::new() })
+            })
+            .collect(),
+        pids: HashMap::new(),
+        swept_to: 0,
+        newest: 0,
+        late_records: 0,
+    };
+    for (pid, launchers) in &sk.launchers {
+        // Synchronizing calls are few: the summary kept them all.
+        let incoming = sk
+            .small
+            .api_calls
+            .iter()
+            .filter(|a| a.pid == *pid && launchers.contains(&a.tid))
+            .map(|a| (a.start_ns, a.end_ns, "sync call"))
+            .collect();
+        sweep.pids.insert(*pid, PidState { launchers: launchers.clone(), incoming, ..Default::default() });
+    }
+    let mut chunk_index = 0usize;
+    let mut comm_cache = CommCache::default();
+    let swept_kinds =
+        |k: Kind| matches!(k, Kind::KernelExec | Kind::MemOp | Kind::HostStall | Kind::FileIo | Kind::NcclColl);
+    reader.for_each_chunk_kinds(&swept_kinds, |c| {
+        sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.preemption_is_stall);
+        chunk_index += 1;
+        let next_min = sk.suffix_min_ts.get(chunk_index).copied().unwrap_or(u64::MAX);
+        let bound = sweep.newest.saturating_sub(opts.reorder_window_ns);
+        let to = next_min.max(bound);
+        if to != u64::MAX && to > sweep.swept_to {
+            sweep.advance(to);
+        }
+    })?;
+    sweep.advance(u64::MAX);
+    let late_records = sweep.late_records;
+    let results = keys
+        .iter()
+        .map(|k| {
+            let state = sweep.devices.remove(k).expect("state per device");
+            let window = state.sweep_window();
+            state.sweep.finish(checkpoint_of(&sk.small, k.0, window))
+        })
+        .collect();
+    Ok((results, late_records))
+}
+
+fn add_step_compute(steps: &[(u64, u64)], busy: &mut [u64], start: u64, end: u64) {
+    let one = compute_per_step(steps, std::iter::once((start, end)));
+    for (b, o) in busy.iter_mut().zip(one) {
+        *b += o;
+    }
+}
+
+fn checkpoint_of(small: &RecordBatch, pid: u32, window: (u64, u64)) -> CheckpointIo {
+    super::account::checkpoint_io(small, pid, window)
+}
+
+struct DeviceState {
+    sweep: DeviceSweep,
+    /// ops already started at the last sweep point (overlapping what comes next)
+    carry: Vec<Op>,
+    /// ops that start after the last sweep point
+    incoming: Vec<Op>,
+}
+
+impl DeviceState {
+    fn sweep_window(&self) -> (u64, u64) {
+        self.sweep.window()
+    }
+}
+
+#[derive(Default)]
+struct PidState {
+    launchers: HashSet<u32>,
+    carry: Vec<Reasoned>,
+    incoming: Vec<Reasoned>,
+}
+
+/// Whether a name id is a collective's, remembered per id (ids are small and dense).
+#[derive(Default)]
+struct CommCache(Vec<u8>);
+
+impl CommCache {
+    fn is_comm(&mut self, names: &HashMap<u32, String>, id: u32) -> bool {
+        let i = id as usize;
+        if i >= self.0.len() {
+            if i > 1 << 24 {
+                return is_comm_name(names, id);
+            }
+            self.0.resize(i + 1, 0);
+        }
+        if self.0[i] == 0 {
+            self.0[i] = if is_comm_name(names, id) { 1 } else { 2 };
+        }
+        self.0[i] == 1
+    }
+}
+
+/// A process's merged blocked intervals and the same with reasons.
+type Blocked = (Vec<(u64, u64)>, Vec<Reasoned>);
+
+struct Sweep {
+    devices: FastMap<(u32, u32), DeviceState>,
+    pids: HashMap<u32, PidState>,
+    /// everything before this is swept
+    swept_to: u64,
+    /// newest record start read
+    newest: u64,
+    late_records: u64,
+}
+
+impl Sweep {
+    fn ingest(
+        &mut self,
+        c: &Chunk,
+        is_comm: &mut dyn FnMut(u32) -> bool,
+        waits: &HashMap<(u32, u64), u64>,
+        preemption_is_stall: bool,
+    ) {
+        let r = &c.records;
+        if let Some((lo, _)) = r.time_range() {
+            self.newest = self.newest.max(lo);
+        }
+        let swept_to = self.swept_to;
+        for k in &r.kernels {
+            self.newest = self.newest.max(k.start_ns);
+            let Some(d) = self.devices.get_mut(&(k.pid, k.device)) else { continue };
+            if k.start_ns < swept_to {
+                self.late_records += 1;
+                continue;
+            }
+            let wait = if waits.is_empty() { 0 } else { waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) };
+            d.incoming.push(d.sweep.plan_ref().kernel_op(k.start_ns, k.end_ns, k.name_id, is_comm(k.name_id), wait));
+        }
+        for m in &r.memops {
+            self.newest = self.newest.max(m.start_ns);
+            let Some(d) = self.devices.get_mut(&(m.pid, m.device)) else { continue };
+            if m.start_ns < swept_to {
+                self.late_records += 1;
+                continue;
+            }
+            d.incoming.push(DevicePlan::copy_op(m.start_ns, m.end_ns));
+        }
+        let launcher = |pids: &HashMap<u32, PidState>, pid: u32, tid: u32| {
+            pids.get(&pid).is_some_and(|p| p.launchers.contains(&tid))
+        };
+        let mut blocked: Vec<(u32, Reasoned)> = Vec::new();
+        for s in r.stalls.iter().filter(|s| counts_stall(s.reason, preemption_is_stall)) {
+            if launcher(&self.pids, s.pid, s.tid) {
+                blocked.push((s.pid, (s.start_ns, s.end_ns, stall_reason_label(s.reason))));
+            }
+        }
+        for f in r.file_io.iter().filter(|f| launcher(&self.pids, f.pid, f.tid)) {
+            blocked.push((f.pid, (f.start_ns, f.end_ns, "file I/O")));
+        }
+        for n in r.nccl.iter().filter(|n| n.phase == NcclPhase::Host as u32 && launcher(&self.pids, n.pid, n.tid)) {
+            blocked.push((n.pid, (n.start_ns, n.end_ns, "NCCL call")));
+        }
+        for (pid, iv) in blocked {
+            let Some(p) = self.pids.get_mut(&pid) else { continue };
+            if iv.0 < swept_to {
+                if iv.1 > swept_to {
+                    self.late_records += 1;
+                }
+                continue;
+            }
+            p.incoming.push(iv);
+        }
+    }
+
+    /// Sweeps every device from `swept_to` to `to`.
+    fn advance(&mut self, to: u64) {
+        let from = self.swept_to;
+        let mut reasons_of: HashMap<u32, Blocked> = HashMap::new();
+        for (pid, p) in self.pids.iter_mut() {
+            let (now, later): (Vec<Reasoned>, Vec<Reasoned>) = p.incoming.drain(..).partition(|iv| iv.0 < to);
+            p.incoming = later;
+            p.carry.extend(now);
+            p.carry.sort_unstable_by_key(|x| (x.0, x.1));
+            let merged = merge(p.carry.iter().map(|x| (x.0, x.1)));
+            reasons_of.insert(*pid, (merged, p.carry.clone()));
+            p.carry.retain(|iv| iv.1 > to);
+        }
+        let empty = (Vec::new(), Vec::new());
+        for ((pid, _), d) in self.devices.iter_mut() {
+            let (now, later): (Vec<Op>, Vec<Op>) = d.incoming.drain(..).partition(|o| o.start < to);
+            d.incoming = later;
+            d.carry.extend(now);
+            let (blocked, reasons) = reasons_of.get(pid).unwrap_or(&empty);
+            d.sweep.feed(from, to, &mut d.carry, blocked, reasons);
+            d.carry.retain(|o| o.end > to);
+        }
+        self.swept_to = to;
+    }
+}

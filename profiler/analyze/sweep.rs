@@ -1,0 +1,555 @@
+//! The sweep of one device's window: every elementary interval between consecutive op
+//! boundaries is classified (compute > comm > other; idle split by the launching threads'
+//! state) and added to the window's totals, the step and bin it lies in, the idle gap it
+//! extends and the straggler windows it overlaps. [`DeviceSweep::feed`] takes the window in
+//! consecutive slices (the whole window at once in memory; bounded slices when streaming), so
+//! both paths run the same arithmetic.
+
+use std::collections::HashMap;
+
+use super::account::{
+    round_to_total, Categories, CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, IdleGap, KernelStat,
+    Partition, CATEGORY_NAMES, HOST_STALL, IDLE_OTHER, INEFFICIENT, LAUNCH_BOUND, MAX_BINS, OTHER, TRANSFER, USEFUL,
+    WAIT,
+};
+use super::flops::FlopSource;
+use super::steps::StepSource;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) enum Class {
+    Compute,
+    Comm,
+    Other,
+}
+
+/// One device operation, classified.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Op {
+    pub start: u64,
+    pub end: u64,
+    pub class: Class,
+    /// useful fraction (compute)
+    pub rate: f64,
+    /// end of the wait phase (comm)
+    pub transfer_from: u64,
+    /// kernel name id; None for copies
+    pub name: Option<u32>,
+}
+
+/// FxHash (rustc's): the sweep's maps are keyed by small integers, where SipHash costs more
+/// than the work around it.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
+/// A blocked interval of a launching thread and why.
+pub(crate) type Reasoned = (u64, u64, &'static str);
+
+/// What is decided about a device before its sweep.
+pub(crate) struct DevicePlan {
+    pub pid: u32,
+    pub device: u32,
+    pub window: (u64, u64),
+    pub flop_source: FlopSource,
+    /// Useful fraction per compute kernel name (PM source).
+    pub fractions: HashMap<u32, f64>,
+    pub flop_less_below: f64,
+    pub step_source: StepSource,
+    pub steps: Vec<(u64, u64)>,
+    /// Useful rate of each step's compute kernels (model-FLOPs source).
+    pub step_rates: Vec<f64>,
+    pub bin_ns: u64,
+    pub has_launcher: bool,
+    /// Windows (sorted) in which other ranks waited for this one.
+    pub late_windows: Vec<(u64, u64)>,
+    pub detail: bool,
+    pub notes: Vec<String>,
+}
+
+impl DevicePlan {
+    /// The plan without details (steps, bins): what [`super::account`] needs.
+    pub fn totals_only(pid: u32, device: u32, window: (u64, u64), flop_source: FlopSource) -> Self {
+        DevicePlan {
+            pid,
+            device,
+            window,
+            flop_source,
+            fractions: HashMap::new(),
+            flop_less_below: 0.01,
+            step_source: StepSource::None,
+            steps: Vec::new(),
+            step_rates: Vec::new(),
+            bin_ns: 0,
+            has_launcher: false,
+            late_windows: Vec::new(),
+            detail: false,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Sets the bin width from the options (default: the window in `default_bins` bins).
+    pub fn set_bins(&mut self, d: &DetailOptions) {
+        let window = self.window.1.saturating_sub(self.window.0);
+        let want = d.bin_ns.unwrap_or_else(|| window.div_ceil(d.default_bins.max(1))).max(1);
+        let min = window.div_ceil(MAX_BINS).max(1);
+        if want < min {
+            self.notes.push(format!("bin width {want} ns would give more than {MAX_BINS} bins: widened to {min} ns"));
+        }
+        self.bin_ns = want.max(min);
+    }
+
+    /// Uses the model-FLOPs source when there is no PM source: each step's useful time
+    /// (`useful_ns`) over its compute time (`compute_per_step`).
+    pub fn set_step_rates(&mut self, useful_ns: f64, compute_per_step: &[u64]) {
+        self.flop_source = FlopSource::FlopsPerStep;
+        self.step_rates =
+            compute_per_step.iter().map(|&b| if b == 0 { 0.0 } else { (useful_ns / b as f64).min(1.0) }).collect();
+    }
+
+    fn step_rate(&self, t: u64) -> f64 {
+        let i = self.steps.partition_point(|s| s.1 <= t);
+        match self.steps.get(i) {
+            Some(s) if s.0 <= t => self.step_rates.get(i).copied().unwrap_or(0.0),
+            _ => 0.0,
+        }
+    }
+
+    /// A kernel as an op: `comm` for collectives (waiting `wait_ns` from its start).
+    pub fn kernel_op(&self, start: u64, end: u64, name: u32, comm: bool, wait_ns: u64) -> Op {
+        let (class, rate, transfer_from) = if comm {
+            (Class::Comm, 0.0, start + wait_ns)
+        } else if self.flop_source == FlopSource::FlopsPerStep {
+            (Class::Compute, self.step_rate(start), 0)
+        } else {
+            match self.fractions.get(&name) {
+                Some(&f) if f >= self.flop_less_below => (Class::Compute, f, 0),
+                _ if self.flop_source == FlopSource::None => (Class::Compute, 0.0, 0),
+                _ => (Class::Other, 0.0, 0),
+            }
+        };
+        Op { start, end, class, rate, transfer_from, name: Some(name) }
+    }
+
+    pub fn copy_op(start: u64, end: u64) -> Op {
+        Op { start, end, class: Class::Other, rate: 0.0, transfer_from: 0, name: None }
+    }
+}
+
+/// Accumulates segments into disjoint, sorted partitions (steps or bins).
+struct Partitions {
+    spans: Vec<(u64, u64)>,
+    acc: Vec<[f64; 8]>,
+    busy: Vec<u64>,
+    cursor: usize,
+}
+
+impl Partitions {
+    fn new(spans: Vec<(u64, u64)>) -> Self {
+        let n = spans.len();
+        Partitions { spans, acc: vec![[0.0; 8]; n], busy: vec![0; n], cursor: 0 }
+    }
+
+    /// Adds segment [a, b), which never straddles a boundary; segments come in time order.
+    fn add(&mut self, a: u64, b: u64, seg: &[f64; 8], busy: bool) {
+        while self.cursor < self.spans.len() && self.spans[self.cursor].1 <= a {
+            self.cursor += 1;
+        }
+        if let Some(&(s, e)) = self.spans.get(self.cursor) {
+            if s <= a && b <= e {
+                add_into(&mut self.acc[self.cursor], seg);
+                if busy {
+                    self.busy[self.cursor] += b - a;
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> Vec<Partition> {
+        self.spans
+            .iter()
+            .zip(self.acc.iter().zip(&self.busy))
+            .map(|(&(s, e), (acc, &busy))| Partition {
+                start_ns: s,
+                end_ns: e,
+                busy_ns: busy,
+                categories: Categories { ns: round_to_total(*acc, e - s) },
+            })
+            .collect()
+    }
+}
+
+fn add_into(acc: &mut [f64; 8], seg: &[f64; 8]) {
+    for (a, s) in acc.iter_mut().zip(seg) {
+        *a += s;
+    }
+}
+
+/// The idle stretch being built by the sweep.
+#[derive(Default)]
+struct OpenGap {
+    start: u64,
+    end: u64,
+    /// launch-bound, host-stall, other ns
+    split: [f64; 3],
+    /// off-CPU reason → ns
+    reasons: Vec<(&'static str, u64)>,
+}
+
+fn tally(v: &mut Vec<(&'static str, u64)>, r: &'static str, ns: u64) {
+    match v.iter_mut().find(|x| x.0 == r) {
+        Some(x) => x.1 += ns,
+        None => v.push((r, ns)),
+    }
+}
+
+/// The sweep state of one device.
+pub(crate) struct DeviceSweep {
+    plan: DevicePlan,
+    acc: [f64; 8],
+    busy: u64,
+    steps: Partitions,
+    bins: Partitions,
+    gaps: Vec<OpenGap>,
+    gap: OpenGap,
+    kernels: FastMap<u32, (KernelStat, f64)>,
+    late_cursor: usize,
+    late_busy: u64,
+    late_reasons: Vec<(&'static str, u64)>,
+    /// union of the blocked intervals inside the late windows
+    late_blocked: u64,
+    /// the longest reasoned interval of the current slice
+    longest_reason: u64,
+    /// scratch
+    cuts: Vec<u64>,
+    active: Vec<usize>,
+}
+
+impl DeviceSweep {
+    pub fn new(plan: DevicePlan) -> Self {
+        let (w0, w1) = plan.window;
+        let bins = if plan.bin_ns > 0 && w1 > w0 {
+            let b = plan.bin_ns;
+            (0..(w1 - w0).div_ceil(b)).map(|i| (w0 + i * b, (w0 + (i + 1) * b).min(w1))).collect()
+        } else {
+            Vec::new()
+        };
+        DeviceSweep {
+            steps: Partitions::new(plan.steps.clone()),
+            bins: Partitions::new(bins),
+            plan,
+            acc: [0.0; 8],
+            busy: 0,
+            gaps: Vec::new(),
+            gap: OpenGap::default(),
+            kernels: FastMap::default(),
+            late_cursor: 0,
+            late_busy: 0,
+            late_reasons: Vec::new(),
+            late_blocked: 0,
+            longest_reason: 0,
+            cuts: Vec::new(),
+            active: Vec::new(),
+        }
+    }
+
+    pub fn plan_ref(&self) -> &DevicePlan {
+        &self.plan
+    }
+
+    pub fn window(&self) -> (u64, u64) {
+        self.plan.window
+    }
+
+    /// Sweeps [a, b) (the slice after the previous one). `ops`: every op overlapping it
+    /// (reordered here); `blocked`: sorted, merged blocked intervals of the launching threads
+    /// covering it; `reasons`: the same unmerged with reasons, sorted by start.
+    pub fn feed(&mut self, a: u64, b: u64, ops: &mut [Op], blocked: &[(u64, u64)], reasons: &[Reasoned]) {
+        let (w0, w1) = self.plan.window;
+        let (a, b) = (a.max(w0), b.min(w1));
+        if a >= b {
+            return;
+        }
+        let detail = self.plan.detail;
+        if detail {
+            self.longest_reason = reasons.iter().map(|x| x.1.saturating_sub(x.0)).max().unwrap_or(0);
+        }
+        let mut cuts = std::mem::take(&mut self.cuts);
+        cuts.clear();
+        cuts.extend([a, b]);
+        for o in ops.iter() {
+            cuts.extend([o.start.clamp(a, b), o.end.clamp(a, b)]);
+            if o.class == Class::Comm {
+                cuts.push(o.transfer_from.clamp(a, b));
+            }
+            if detail {
+                self.count_kernel(o, a, b);
+            }
+        }
+        if detail {
+            let i = self.plan.steps.partition_point(|s| s.1 <= a);
+            for &(s, e) in self.plan.steps[i..].iter().take_while(|s| s.0 < b) {
+                cuts.extend([s.clamp(a, b), e.clamp(a, b)]);
+            }
+            if self.plan.bin_ns > 0 {
+                let bin = self.plan.bin_ns;
+                let mut t = w0 + (a - w0) / bin * bin + bin;
+                while t < b {
+                    cuts.push(t);
+                    t += bin;
+                }
+            }
+            if !reasons.is_empty() && !self.plan.late_windows.is_empty() {
+                self.late_off_cpu(a, b, reasons);
+                self.late_blocked_add(a, b, blocked);
+            }
+        }
+        // Stable sorts: both are nearly sorted already (records come in time order), which
+        // the stable sort detects.
+        cuts.sort();
+        cuts.dedup();
+        ops.sort_by_key(|o| o.start);
+        let mut active = std::mem::take(&mut self.active);
+        active.clear();
+        let mut next = 0usize;
+        for pair in cuts.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            while next < ops.len() && ops[next].start <= a {
+                active.push(next);
+                next += 1;
+            }
+            active.retain(|&i| ops[i].end > a);
+            let dt = (b - a) as f64;
+            let mut seg = [0f64; 8];
+            let mut best: Option<Class> = None;
+            let (mut rate, mut transferring) = (0f64, false);
+            for o in active.iter().map(|&i| &ops[i]).filter(|o| o.start <= a && o.end >= b) {
+                best = Some(best.map_or(o.class, |c| c.min(o.class)));
+                match o.class {
+                    Class::Compute => rate += o.rate,
+                    Class::Comm => transferring |= a >= o.transfer_from,
+                    Class::Other => {}
+                }
+            }
+            match best {
+                None => {
+                    let stalled = if self.plan.has_launcher { overlap(blocked, a, b) } else { 0 };
+                    if !self.plan.has_launcher {
+                        seg[IDLE_OTHER] = dt;
+                    } else {
+                        seg[HOST_STALL] = stalled as f64;
+                        seg[LAUNCH_BOUND] = dt - stalled as f64;
+                    }
+                    if detail {
+                        self.extend_gap(a, b, &seg, stalled, reasons);
+                    }
+                }
+                Some(class) => {
+                    self.busy += b - a;
+                    match class {
+                        Class::Compute => {
+                            let rate = rate.min(1.0);
+                            seg[USEFUL] = rate * dt;
+                            seg[INEFFICIENT] = (1.0 - rate) * dt;
+                        }
+                        Class::Comm => seg[if transferring { TRANSFER } else { WAIT }] = dt,
+                        Class::Other => seg[OTHER] = dt,
+                    }
+                    if detail && !self.plan.late_windows.is_empty() {
+                        self.late_busy_add(a, b);
+                    }
+                }
+            }
+            add_into(&mut self.acc, &seg);
+            if detail {
+                self.steps.add(a, b, &seg, best.is_some());
+                self.bins.add(a, b, &seg, best.is_some());
+            }
+        }
+        self.cuts = cuts;
+        self.active = active;
+    }
+
+    /// Counts a kernel once, in the slice that holds its start (clipped to the window).
+    fn count_kernel(&mut self, o: &Op, a: u64, b: u64) {
+        let Some(name) = o.name else { return };
+        let (w0, w1) = self.plan.window;
+        let at = o.start.max(w0);
+        let clipped = o.end.min(w1).saturating_sub(o.start.max(w0));
+        if at < a || at >= b || (clipped == 0 && o.start < w0) {
+            return;
+        }
+        let e = self.kernels.entry(name).or_insert_with(|| (KernelStat { name_id: name, ..Default::default() }, 0.0));
+        e.0.count += 1;
+        e.0.total_ns += clipped;
+        if o.class != Class::Comm {
+            e.1 += o.rate.min(1.0) * clipped as f64;
+        }
+    }
+
+    fn extend_gap(&mut self, a: u64, b: u64, seg: &[f64; 8], stalled: u64, reasons: &[Reasoned]) {
+        if self.gap.end != a || self.gap.end == self.gap.start {
+            close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+            self.gap.start = a;
+        }
+        self.gap.end = b;
+        self.gap.split[0] += seg[LAUNCH_BOUND];
+        self.gap.split[1] += seg[HOST_STALL];
+        self.gap.split[2] += seg[IDLE_OTHER];
+        if stalled > 0 {
+            let lo = reasons.partition_point(|x| x.0 < a.saturating_sub(self.longest_reason));
+            for &(s, e, r) in reasons[lo..].iter().take_while(|x| x.0 < b) {
+                let o = e.min(b).saturating_sub(s.max(a));
+                if o > 0 {
+                    tally(&mut self.gap.reasons, r, o);
+                }
+            }
+        }
+    }
+
+    fn late_busy_add(&mut self, a: u64, b: u64) {
+        let w = &self.plan.late_windows;
+        while self.late_cursor < w.len() && w[self.late_cursor].1 <= a {
+            self.late_cursor += 1;
+        }
+        for &(s, e) in w[self.late_cursor..].iter().take_while(|x| x.0 < b) {
+            self.late_busy += e.min(b).saturating_sub(s.max(a));
+        }
+    }
+
+    /// Off-CPU time of the launching threads inside the late windows, within [a, b).
+    fn late_blocked_add(&mut self, a: u64, b: u64, blocked: &[(u64, u64)]) {
+        let w = &self.plan.late_windows;
+        let lo = blocked.partition_point(|x| x.1 <= a);
+        for &(s, e) in blocked[lo..].iter().take_while(|x| x.0 < b) {
+            let (s, e) = (s.max(a), e.min(b));
+            let i = w.partition_point(|x| x.1 <= s);
+            self.late_blocked +=
+                w[i..].iter().take_while(|x| x.0 < e).map(|x| x.1.min(e).saturating_sub(x.0.max(s))).sum::<u64>();
+        }
+    }
+
+    fn late_off_cpu(&mut self, a: u64, b: u64, reasons: &[Reasoned]) {
+        let w = &self.plan.late_windows;
+        for &(s, e, r) in reasons.iter().take_while(|x| x.0 < b) {
+            let (s, e) = (s.max(a), e.min(b));
+            if s >= e {
+                continue;
+            }
+            let i = w.partition_point(|x| x.1 <= s);
+            let ns: u64 = w[i..].iter().take_while(|x| x.0 < e).map(|x| x.1.min(e).saturating_sub(x.0.max(s))).sum();
+            if ns > 0 {
+                tally(&mut self.late_reasons, r, ns);
+            }
+        }
+    }
+
+    pub fn finish(mut self, checkpoint: CheckpointIo) -> (DeviceAccount, DeviceDetail, Option<String>) {
+        let (w0, w1) = self.plan.window;
+        close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+        let account = DeviceAccount {
+            pid: self.plan.pid,
+            device: self.plan.device,
+            window_start_ns: w0,
+            window_end_ns: w1,
+            busy_ns: self.busy,
+            categories: Categories { ns: round_to_total(self.acc, w1.saturating_sub(w0)) },
+            flop_source: self.plan.flop_source,
+        };
+        if !self.plan.detail {
+            return (account, DeviceDetail::default(), None);
+        }
+        let top_idle_gaps = self
+            .gaps
+            .into_iter()
+            .map(|g| {
+                let cat = (0..3).max_by(|&i, &j| g.split[i].total_cmp(&g.split[j])).unwrap_or(2);
+                let (category, reason) = match cat {
+                    0 => (CATEGORY_NAMES[LAUNCH_BOUND], "on-CPU"),
+                    1 => (CATEGORY_NAMES[HOST_STALL], g.reasons.iter().max_by_key(|x| x.1).map_or("off-CPU", |x| x.0)),
+                    _ => (CATEGORY_NAMES[IDLE_OTHER], "no launching thread seen"),
+                };
+                IdleGap { start_ns: g.start, end_ns: g.end, category, reason }
+            })
+            .collect();
+        let mut top: Vec<KernelStat> = self
+            .kernels
+            .into_values()
+            .map(|(mut s, useful)| {
+                s.useful_ns = useful.round() as u64;
+                s
+            })
+            .collect();
+        top.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.name_id.cmp(&b.name_id)));
+        top.truncate(10);
+        let late_total: u64 = self.plan.late_windows.iter().map(|&(s, e)| e.min(w1).saturating_sub(s.max(w0))).sum();
+        let activity =
+            (late_total > 0).then(|| describe(late_total, self.late_busy, self.late_blocked, self.late_reasons));
+        let detail = DeviceDetail {
+            step_source: self.plan.step_source,
+            steps: self.steps.finish(),
+            bin_ns: self.plan.bin_ns,
+            bins: self.bins.finish(),
+            top_kernels: top,
+            top_idle_gaps,
+            checkpoint,
+            notes: self.plan.notes,
+        };
+        (account, detail, activity)
+    }
+}
+
+/// "GPU busy 97%; host on-CPU 70%, blocked 30% (futex 30%)": the reasons of blocked time can
+/// overlap (an off-CPU wait inside a synchronizing call counts for both).
+fn describe(total: u64, busy: u64, blocked: u64, mut reasons: Vec<(&'static str, u64)>) -> String {
+    let blocked = blocked.min(total);
+    reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let pct = |ns: u64| ns as f64 * 100.0 / total as f64;
+    let why: Vec<String> =
+        reasons.iter().filter(|x| pct(x.1) >= 0.5).map(|x| format!("{} {:.0}%", x.0, pct(x.1))).collect();
+    let mut host = format!("on-CPU {:.0}%", pct(total - blocked));
+    if blocked > 0 {
+        host.push_str(&format!(", blocked {:.0}%", pct(blocked)));
+        if !why.is_empty() {
+            host.push_str(&format!(" ({})", why.join(", ")));
+        }
+    }
+    format!("GPU busy {:.0}%; host {host}", pct(busy))
+}
+
+/// Keeps the 10 longest gaps, longest first.
+fn close_gap(gaps: &mut Vec<OpenGap>, gap: OpenGap) {
+    let len = gap.end - gap.start;
+    if len == 0 {
+        return;
+    }
+    if gaps.len() == 10 && gaps.last().is_some_and(|g| g.end - g.start >= len) {
+        return;
+    }
+    let at = gaps.partition_point(|g| g.end - g.start >= len);
+    gaps.insert(at, gap);
+    gaps.truncate(10);
+}
+
+/// Length of [a, b) covered by sorted, disjoint `intervals`.
+pub(crate) fn overlap(intervals: &[(u64, u64)], a: u64, b: u64) -> u64 {
+    let i = intervals.partition_point(|iv| iv.1 <= a);
+    intervals[i..].iter().take_while(|iv| iv.0 < b).map(|iv| iv.1.min(b).saturating_sub(iv.0.max(a))).sum()
+}

@@ -1,0 +1,158 @@
+//! The JSON document of a report (docs/report-schema.md, `ghostprof.report.v1`).
+
+use serde_json::{json, Map, Value};
+
+use super::{cross_rank, straggler_activity, FileReport};
+use crate::analyze::{Categories, DeviceAccount, DeviceDetail, Partition, CATEGORY_NAMES};
+
+fn fractions(c: &Categories, len: u64) -> Map<String, Value> {
+    let w = len.max(1) as f64;
+    CATEGORY_NAMES.iter().map(|n| (n.to_string(), json!(c.get(n) as f64 / w))).collect()
+}
+
+fn partition(p: &Partition, a: &DeviceAccount) -> Map<String, Value> {
+    let len = p.len_ns().max(1) as f64;
+    let mut m = Map::new();
+    m.insert("start_ns".into(), json!(p.start_ns));
+    m.insert("busy".into(), json!(p.busy_ns as f64 / len));
+    m.insert("mfu".into(), json!(a.mfu().map(|_| p.categories.get("compute.useful") as f64 / len)));
+    m.insert("categories".into(), Value::Object(fractions(&p.categories, p.len_ns())));
+    m
+}
+
+fn detail_fields(r: &FileReport, a: &DeviceAccount, d: &DeviceDetail) -> Map<String, Value> {
+    let w = a.window_ns().max(1) as f64;
+    let mut m = Map::new();
+    let steps: Vec<Value> = d
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut o = partition(s, a);
+            o.insert("index".into(), json!(i));
+            o.insert("end_ns".into(), json!(s.end_ns));
+            Value::Object(o)
+        })
+        .collect();
+    m.insert("step_source".into(), json!(d.step_source.name()));
+    m.insert("steps".into(), Value::Array(steps));
+    let bins: Vec<Value> = d.bins.iter().map(|b| Value::Object(partition(b, a))).collect();
+    m.insert("bins".into(), json!({ "width_ns": d.bin_ns, "items": bins }));
+    let kernels: Vec<Value> = d
+        .top_kernels
+        .iter()
+        .map(|k| {
+            json!({
+                "name": r.kernel_names.get(&k.name_id).cloned().unwrap_or_default(),
+                "count": k.count,
+                "total_ns": k.total_ns,
+                "mean_ns": k.total_ns as f64 / k.count.max(1) as f64,
+                "share": k.total_ns as f64 / w,
+                "useful_ns": k.useful_ns,
+            })
+        })
+        .collect();
+    m.insert("top_kernels".into(), Value::Array(kernels));
+    let gaps: Vec<Value> = d
+        .top_idle_gaps
+        .iter()
+        .map(|g| {
+            json!({
+                "start_ns": g.start_ns,
+                "end_ns": g.end_ns,
+                "duration_ns": g.end_ns - g.start_ns,
+                "category": g.category,
+                "reason": g.reason,
+            })
+        })
+        .collect();
+    m.insert("top_idle_gaps".into(), Value::Array(gaps));
+    m.insert(
+        "checkpoint".into(),
+        json!({ "io_ns": d.checkpoint.io_ns, "fraction": d.checkpoint.io_ns as f64 / w, "bytes": d.checkpoint.bytes }),
+    );
+    m
+}
+
+/// The JSON document (docs/report-schema.md).
+pub fn render_json(reports: &[FileReport]) -> Value {
+    let empty = &DeviceDetail::default();
+    let devices: Vec<Value> = reports
+        .iter()
+        .flat_map(|r| {
+            r.accounts.iter().enumerate().map(move |(i, a)| {
+                let ns: Map<String, Value> =
+                    CATEGORY_NAMES.iter().map(|n| (n.to_string(), json!(a.categories.get(n)))).collect();
+                let mut o = json!({
+                    "file": r.path,
+                    "pid": a.pid,
+                    "device": a.device,
+                    "window_start_ns": a.window_start_ns,
+                    "window_end_ns": a.window_end_ns,
+                    "busy": a.busy(),
+                    "busy_ns": a.busy_ns,
+                    "mfu": a.mfu(),
+                    "divergence": a.divergence(),
+                    "flop_source": a.flop_source.name(),
+                    "categories": fractions(&a.categories, a.window_ns()),
+                    "categories_ns": ns,
+                });
+                if let Value::Object(m) = &mut o {
+                    m.extend(detail_fields(r, a, r.details.get(i).unwrap_or(empty)));
+                }
+                o
+            })
+        })
+        .collect();
+    let mut ranks: Vec<u32> = reports.iter().flat_map(|r| r.accounts.iter().map(|a| a.pid)).collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    let cross = cross_rank(reports);
+    let collectives: Vec<Value> = cross
+        .collectives
+        .iter()
+        .map(|c| {
+            json!({
+                "op": c.op,
+                "size_bucket": c.size_bucket,
+                "count": c.count,
+                "bytes": c.bytes,
+                "time_ns": c.time_ns,
+                "transfer_ns": c.transfer_ns,
+                "wait_ns": c.wait_ns,
+                "bus_bandwidth_gbps": c.bus_bandwidth_gbps,
+                "algorithm": Value::Null,
+            })
+        })
+        .collect();
+    let skew: Vec<Value> = cross
+        .skew
+        .iter()
+        .map(|s| {
+            json!({
+                "rank": s.rank,
+                "pid": s.pid,
+                "file": s.file,
+                "mean_arrival_skew_ns": s.mean_arrival_skew_ns,
+                "max_arrival_skew_ns": s.max_arrival_skew_ns,
+                "late_count": s.late_count,
+            })
+        })
+        .collect();
+    let mut warnings: Vec<String> = reports.iter().flat_map(|r| r.warnings.clone()).collect();
+    for r in reports {
+        for (a, d) in r.accounts.iter().zip(&r.details) {
+            warnings.extend(d.notes.iter().map(|n| format!("{} pid {} GPU {}: {n}", r.path, a.pid, a.device)));
+        }
+    }
+    json!({
+        "schema": "ghostprof.report.v1",
+        "devices": devices,
+        "ranks": ranks,
+        "collectives": collectives,
+        "skew": skew,
+        "straggler_rank": cross.straggler.map(|i| cross.skew[i].rank),
+        "straggler_activity": straggler_activity(reports, &cross),
+        "warnings": warnings,
+    })
+}

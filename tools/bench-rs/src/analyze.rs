@@ -1,0 +1,155 @@
+//! `analyze [--events N] [--small N] [--dir D]`: the streaming analysis (`ghostprof report`'s
+//! engine) on synthetic training-step traces. For each size: write the trace, read it back
+//! with the bare reader (the baseline: decoding alone, one core), then analyze it in a child
+//! process (so its peak RSS is the analysis's own) on one core; the small trace is also
+//! analyzed in memory (every record loaded, then the same sweep) for the memory comparison.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use ghostprof::report::{analyze_batch, analyze_files, load, ReportOptions};
+use ghostprof::trace::synth::TrainingStream;
+use ghostprof::trace::{Interner, TraceInfo, TraceReader, TraceWriter, WriterOptions};
+
+use crate::{flag, thread_cpu_s};
+
+/// Peak resident set of this process (VmHWM), bytes.
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn write_synthetic(path: &Path, events: u64) -> Result<()> {
+    let interner = Arc::new(Interner::new());
+    let stream = TrainingStream::new(42, &interner).take(events as usize);
+    let info = TraceInfo { command: vec!["tools/bench".into(), "analyze".into()], ..Default::default() };
+    let mut w = TraceWriter::create(path, true, &info, interner.clone(), WriterOptions::default())?;
+    w.append_all(stream)?;
+    w.finish()?;
+    Ok(())
+}
+
+/// The bare reader over the file: decode every chunk, one thread (best CPU time of `rounds`).
+fn read_rate(path: &Path, rounds: usize) -> Result<(u64, f64)> {
+    let mut best = f64::MAX;
+    let mut n = 0u64;
+    for _ in 0..rounds {
+        let cpu0 = thread_cpu_s();
+        let reader = TraceReader::open(path)?;
+        n = 0;
+        reader.for_each_chunk(|c| n += c.records.len() as u64)?;
+        best = best.min(thread_cpu_s() - cpu0);
+    }
+    Ok((n, best))
+}
+
+/// Runs `analyze-child` on `path` in a child process and returns its JSON line.
+fn child(path: &Path, mode: &str) -> Result<serde_json::Value> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe).args(["analyze-child", mode]).arg(path).output()?;
+    if !out.status.success() {
+        bail!("analyze-child {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().context("analyze-child printed nothing")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// `analyze-child {stream|memory} FILE`: one analysis; prints seconds, CPU seconds, peak RSS.
+pub fn bench_analyze_child(args: &[String]) -> Result<()> {
+    let (mode, path) = match args {
+        [m, p, ..] => (m.as_str(), PathBuf::from(p)),
+        _ => bail!("usage: analyze-child {{stream|memory}} FILE"),
+    };
+    let opts = ReportOptions::default();
+    let rss_before = peak_rss_bytes();
+    let t = Instant::now();
+    let cpu0 = thread_cpu_s();
+    let devices = match mode {
+        "stream" => analyze_files(std::slice::from_ref(&path), &opts)?.iter().map(|r| r.accounts.len()).sum::<usize>(),
+        "memory" => {
+            let (batch, names, warnings) = load(&path)?;
+            analyze_batch(path.display().to_string(), &batch, &names, warnings, &opts).accounts.len()
+        }
+        _ => bail!("mode is stream or memory"),
+    };
+    let seconds = t.elapsed().as_secs_f64();
+    let cpu = thread_cpu_s() - cpu0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "rss_before_bytes": rss_before,
+            "devices": devices,
+        })
+    );
+    Ok(())
+}
+
+pub fn bench_analyze(args: &[String]) -> Result<()> {
+    let events: u64 = flag(args, "--events").map(|s| s.parse()).transpose().context("--events")?.unwrap_or(100_000_000);
+    let small: u64 = flag(args, "--small").map(|s| s.parse()).transpose().context("--small")?.unwrap_or(10_000_000);
+    let dir = PathBuf::from(flag(args, "--dir").unwrap_or_else(|| std::env::temp_dir().display().to_string()));
+    std::fs::create_dir_all(&dir)?;
+    let mut sizes = Vec::new();
+    for (label, n) in [("small", small), ("large", events)] {
+        let path = dir.join(format!("bench-analyze-{label}.gptrace"));
+        eprintln!("writing {n} synthetic training-step records to {} ...", path.display());
+        write_synthetic(&path, n)?;
+        let file_bytes = std::fs::metadata(&path)?.len();
+        let (read_n, read_s) = read_rate(&path, if n <= small { 3 } else { 1 })?;
+        let stream = child(&path, "stream")?;
+        // One thread: its CPU time is the time of one core (wall time shares the core with
+        // whatever else runs on the machine).
+        let stream_s = stream["cpu_seconds"].as_f64().unwrap_or(f64::NAN);
+        let mut row = serde_json::json!({
+            "events": read_n,
+            "file_bytes": file_bytes,
+            "read_events_per_s": (read_n as f64 / read_s).round(),
+            "events_per_s": (read_n as f64 / stream_s).round(),
+            "analysis_cpu_seconds": stream_s,
+            "analysis_wall_seconds": stream["seconds"],
+            "peak_rss_bytes": stream["peak_rss_bytes"],
+        });
+        eprintln!(
+            "{label}: {read_n} events, {:.1} MiB; bare reader {:.2} M/s; analysis {stream_s:.2} s CPU = {:.2} M events/s, peak RSS {:.0} MiB",
+            file_bytes as f64 / (1 << 20) as f64,
+            read_n as f64 / read_s / 1e6,
+            read_n as f64 / stream_s / 1e6,
+            stream["peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
+        );
+        if label == "small" {
+            let memory = child(&path, "memory")?;
+            eprintln!(
+                "small, in memory: {:.2} s CPU, peak RSS {:.0} MiB",
+                memory["cpu_seconds"].as_f64().unwrap_or(f64::NAN),
+                memory["peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
+            );
+            row["in_memory_cpu_seconds"] = memory["cpu_seconds"].clone();
+            row["in_memory_peak_rss_bytes"] = memory["peak_rss_bytes"].clone();
+        }
+        let _ = std::fs::remove_file(&path);
+        sizes.push((label, row));
+    }
+    let large = &sizes[1].1;
+    let json = serde_json::json!({
+        "bench": "analyze",
+        "events": large["events"],
+        "events_per_s": large["events_per_s"],
+        "peak_rss_bytes": large["peak_rss_bytes"],
+        "read_events_per_s": large["read_events_per_s"],
+        "small": sizes[0].1,
+        "large": sizes[1].1,
+    });
+    println!("{json}");
+    Ok(())
+}
