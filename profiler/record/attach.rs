@@ -16,6 +16,10 @@ use crate::collect::sched::{CollectError, SchedCollector};
 use crate::collect::{gpu_libraries_of, procmaps};
 use crate::trace::{Source, TraceInfo};
 
+/// How long a dormant injection library takes at most to notice its ring's control word (it
+/// polls every 50 ms) and switch CUPTI on or off, with a margin.
+const RING_WAKE: Duration = Duration::from_millis(120);
+
 #[derive(Debug, Clone)]
 pub struct AttachConfig {
     pub pid: u32,
@@ -104,13 +108,25 @@ pub fn attach(
     let info = TraceInfo { target_pids: tree.clone(), ..Default::default() };
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
     let mut producer = pipeline.producer(Source::Ebpf);
+    // The device timeline first: a dormant injection library polls its ring's control word
+    // every 50 ms, so its kernels flow within ~100 ms of the ring being opened. Host probes go
+    // on after that, so the window (first launch or kernel to the last) never opens with launches
+    // whose kernels were not being recorded yet, which would look like an idle device.
+    let mut cupti = CuptiCollector::new(&cfg.ring_dir, false);
+    cupti.scan(&tree);
+    if cupti.stats.rings > 0 {
+        let t = Instant::now();
+        while t.elapsed() < RING_WAKE {
+            cupti.drain(&mut producer);
+            std::thread::sleep(cfg.drain_interval);
+        }
+    }
     for &p in &tree {
         host.add_target(p)?;
     }
     for lib in &gpu_libs {
         host.attach_library(lib)?;
     }
-    let mut cupti = CuptiCollector::new(&cfg.ring_dir, false);
     let started = Instant::now();
     let mut last_scan = Instant::now() - cfg.rescan_interval;
     let mut ticker = Ticker::new();
@@ -137,17 +153,31 @@ pub fn attach(
         }
         std::thread::sleep(cfg.drain_interval);
     }
-    // Detach: rings dormant again, the last records in, then every probe goes with the
-    // collectors.
+    // Detach in the reverse order: host collection off first (the pids leave the targets map
+    // every program filters on; removing the probes themselves takes seconds and happens when
+    // the collector goes), then the rings dormant again once the last kernels launched have
+    // completed and been flushed, so the window never closes on launches whose kernels were
+    // not recorded.
+    host.drain(&mut producer)?;
+    sched.drain(&mut producer)?;
+    stop_host_collection(&host);
+    let t = Instant::now();
+    while t.elapsed() < RING_WAKE {
+        cupti.drain(&mut producer);
+        std::thread::sleep(cfg.drain_interval);
+    }
     cupti.detach_all();
-    std::thread::sleep(Duration::from_millis(120));
+    std::thread::sleep(RING_WAKE);
     cupti.drain(&mut producer);
     host.drain(&mut producer)?;
     sched.drain(&mut producer)?;
     drop(producer);
-    let (write, pipeline) = pipeline.finish()?;
+    let (write, pipeline) = pipeline
+        .finish()
+        .map_err(|source| SessionError::WriteFailed { source, job: "detached; the job goes on".into() })?;
     Ok(SessionSummary {
         exit_status: None,
+        job_pid: cfg.pid,
         write,
         pipeline,
         host: host.stats.clone(),
@@ -156,4 +186,15 @@ pub fn attach(
         notes: host.notes.iter().chain(&sched.notes).chain(&cupti.notes).cloned().collect(),
         libraries: host.reports.clone(),
     })
+}
+
+/// Takes every traced pid out of the targets map: the host and scheduler programs record
+/// nothing more (their probes stay until the collectors are dropped).
+fn stop_host_collection(host: &HostCollector) {
+    use libbpf_rs::MapCore;
+    if let Ok(map) = host.targets_map() {
+        for pid in host.targets() {
+            let _ = map.delete(&pid.to_ne_bytes());
+        }
+    }
 }

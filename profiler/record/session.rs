@@ -22,6 +22,14 @@ pub enum SessionError {
     Collect(#[from] CollectError),
     #[error(transparent)]
     Trace(#[from] TraceError),
+    /// The trace could not be written (a full disk, an I/O error): the file keeps every chunk
+    /// written before the error; `job` says what became of the recorded job.
+    #[error("{source}; {job}")]
+    WriteFailed {
+        #[source]
+        source: TraceError,
+        job: String,
+    },
     #[error("cannot start `{cmd}`: {source}")]
     Spawn {
         cmd: String,
@@ -100,7 +108,11 @@ pub fn find_inject_lib() -> Option<PathBuf> {
 /// The result of a session.
 #[derive(Debug)]
 pub struct SessionSummary {
+    /// The command's exit status when it ended while recording; None when the recording
+    /// stopped first (Ctrl-C, `--duration`) and the command goes on.
     pub exit_status: Option<ExitStatus>,
+    /// The launched command's pid (record), or the attached pid.
+    pub job_pid: u32,
     pub write: WriteSummary,
     pub pipeline: PipelineStats,
     pub host: HostStats,
@@ -242,7 +254,8 @@ pub fn record_command_with_progress(
         chown(dir, uid, gid);
     }
     if let Some((uid, gid)) = cfg.run_as {
-        chown(&cfg.output, uid, gid);
+        // lchown: never through a symlink, even one swapped in after the file was created.
+        let _ = std::os::unix::fs::lchown(&cfg.output, Some(uid), Some(gid));
     }
     let mut cupti = CuptiCollector::new(&ring_dir, true);
     match &cfg.inject_lib {
@@ -275,7 +288,8 @@ pub fn record_command_with_progress(
         let processes = collector.targets().len();
         if let Some(stats) = ticker.tick(&pipeline, processes, cupti.stats.rings, progress) {
             if stats.writer_error.is_some() {
-                // Disk full or another write error: stop; the file holds every chunk so far.
+                // Disk full or another write error: stop recording (the file holds every chunk
+                // so far); the command is not killed, and the error says so.
                 reap_in_background(child);
                 break None;
             }
@@ -312,9 +326,16 @@ pub fn record_command_with_progress(
     collector.drain(&mut producer)?;
     sched.drain(&mut producer)?;
     drop(producer);
-    let (write, pipeline) = pipeline.finish()?;
+    let (write, pipeline) = pipeline.finish().map_err(|source| SessionError::WriteFailed {
+        source,
+        job: match exit_status {
+            Some(status) => format!("the command had exited ({status})"),
+            None => format!("recording stopped; the command goes on (pid {pid})"),
+        },
+    })?;
     Ok(SessionSummary {
         exit_status,
+        job_pid: pid,
         write,
         pipeline,
         host: collector.stats.clone(),
