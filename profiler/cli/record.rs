@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::record::attach::{attach, AttachConfig};
-use crate::record::session::{record_command_with_progress, LaunchConfig, Progress, SessionSummary};
+use crate::record::session::{record_command_with_progress, LaunchConfig, Progress, SessionError, SessionSummary};
 use crate::report::{analyze_file, render_text};
 
 pub struct RecordConfig {
@@ -142,10 +142,19 @@ pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
     launch.run_as = sudo_user();
     launch.library_dirs = cfg.library_dirs.clone();
     let summary = with_status_line(cfg.quiet, |progress| record_command_with_progress(&launch, &STOP, progress));
-    let summary = summary.with_context(|| format!("recording to {}", cfg.output.display()))?;
+    let summary = summary.map_err(|e| one_line(e, &format!("recording to {}", cfg.output.display())))?;
     print_summary(&summary, &cfg.output, cfg.quiet);
     print!("{}", render_text(&[analyze_file(&cfg.output)?]));
     Ok(exit_code(&summary))
+}
+
+/// A session error as one line: its own message already holds its cause (no repeated source
+/// chain), and file errors already name the file (no context in front of them).
+fn one_line(e: SessionError, context: &str) -> anyhow::Error {
+    match e {
+        SessionError::Trace(_) | SessionError::WriteFailed { .. } => anyhow::anyhow!("{e}"),
+        _ => anyhow::anyhow!("{context}: {e}"),
+    }
 }
 
 /// Runs a session with a live status line on stderr (unless `quiet`).
@@ -209,7 +218,7 @@ pub fn run_attach(cfg: &AttachCliConfig) -> anyhow::Result<ExitCode> {
         a.ring_dir = PathBuf::from(dir);
     }
     let summary = with_status_line(cfg.quiet, |progress| attach(&a, &STOP, progress));
-    let summary = summary.with_context(|| format!("attaching to process {}", cfg.pid))?;
+    let summary = summary.map_err(|e| one_line(e, &format!("attaching to process {}", cfg.pid)))?;
     print_summary(&summary, &cfg.output, cfg.quiet);
     print!("{}", render_text(&[analyze_file(&cfg.output)?]));
     Ok(if STOP.load(Ordering::SeqCst) { ExitCode::from(INTERRUPTED) } else { ExitCode::SUCCESS })
