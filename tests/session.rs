@@ -135,6 +135,10 @@ fn root_record_ctrl_c_finalizes_the_trace_and_the_job_goes_on() {
     assert_eq!(status.code(), Some(130), "Ctrl-C: exit status 130\n{err}");
     assert!(err.contains(&format!("stopped by Ctrl-C; the job goes on (pid {job})")), "{err}");
     assert!(out.contains("points of divergence"), "the report of what was recorded: {out}");
+    if !nvml_present() {
+        let said = err.matches("ghostprof: note: NVML (libnvidia-ml.so.1) is not available: no device samples").count();
+        assert_eq!(said, 1, "the session says once that NVML is absent: {err}");
+    }
     // The job was not signalled by ghostprof: it ran all its steps and succeeded after the stop.
     assert!(job_alive_after_ghostprof, "the job goes on after ghostprof left");
     assert!(out.contains("truth-rank0.json"), "the job printed its success line: {out}");
@@ -443,4 +447,121 @@ fn root_attach_window_matches_the_truth_of_that_window_and_the_job_ends_as_unpro
         let gap = w - sums.iter().sum::<u64>() as f64;
         assert!((0.0..=0.001 * w).contains(&gap), "rank {rank}: {gap} ns between steps");
     }
+}
+
+/// Runs the NVML sampler with `library` for a few periods into a trace; returns its notes,
+/// whether it ran, and the device samples written.
+fn nvml_run(library: &str) -> (Vec<String>, bool, usize) {
+    use ghostprof::collect::nvml::NvmlSampler;
+    use ghostprof::record::{Pipeline, PipelineOptions};
+    let dir = tmpdir();
+    let path = dir.path().join("nvml.gptrace");
+    let pipeline =
+        Pipeline::create(&path, false, &ghostprof::trace::TraceInfo::default(), PipelineOptions::default()).unwrap();
+    let mut nvml =
+        NvmlSampler::start_with(library, pipeline.producer(ghostprof::trace::Source::Nvml), Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(100));
+    let running = nvml.running();
+    nvml.stop();
+    let notes = nvml.notes();
+    pipeline.finish().unwrap();
+    let batch = ghostprof::trace::TraceReader::open(&path).unwrap().read_all().unwrap();
+    (notes, running, batch.samples.len())
+}
+
+/// Whether this machine has the NVIDIA driver's NVML library.
+fn nvml_present() -> bool {
+    let name = std::ffi::CString::new(ghostprof::collect::nvml::LIBRARY).unwrap();
+    // SAFETY: dlopen/dlclose with a valid C string.
+    let h = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if !h.is_null() {
+        // SAFETY: closing the handle just opened.
+        unsafe { libc::dlclose(h) };
+    }
+    !h.is_null()
+}
+
+#[test]
+fn nvml_without_libnvidia_ml_says_so_once_and_records_nothing() {
+    if nvml_present() {
+        // A machine with the NVIDIA driver: every GPU is sampled every period.
+        let (notes, running, samples) = nvml_run(ghostprof::collect::nvml::LIBRARY);
+        eprintln!("nvml: {samples} samples; notes {notes:?}");
+        assert!(running && samples > 0, "{notes:?}");
+        return;
+    }
+    let (notes, running, samples) = nvml_run(ghostprof::collect::nvml::LIBRARY);
+    assert!(!running, "no sampling thread without the library");
+    assert_eq!(samples, 0);
+    assert_eq!(notes.len(), 1, "said once: {notes:?}");
+    assert!(notes[0].starts_with("NVML (libnvidia-ml.so.1) is not available: no device samples ("), "{notes:?}");
+}
+
+#[test]
+fn nvml_refuses_a_library_that_is_not_nvml_without_panicking() {
+    // libc loads, but has no NVML entry points.
+    let (notes, running, samples) = nvml_run("libc.so.6");
+    assert!(!running);
+    assert_eq!(samples, 0);
+    assert_eq!(notes, vec!["NVML (libc.so.6) is not available: no device samples (libc.so.6 has no nvmlInit_v2)"]);
+}
+
+#[test]
+fn nvml_samples_every_device_with_the_real_layouts_through_a_stand_in_library() {
+    // tests/data/fake_nvml.c: the nvml.h signatures and structs, two devices with fixed
+    // readings, GPM on device 0 only, no power reading on device 1.
+    let dir = tmpdir();
+    let lib = dir.path().join("libfake-nvml.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fake_nvml.c");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = Command::new(&cc).args(["-shared", "-fPIC", "-O1", "-o"]).arg(&lib).arg(&src).status();
+    assert!(built.is_ok_and(|s| s.success()), "{cc} could not build {}", src.display());
+    use ghostprof::collect::nvml::NvmlSampler;
+    use ghostprof::record::{Pipeline, PipelineOptions};
+    use ghostprof::trace::Metric;
+    let path = dir.path().join("nvml.gptrace");
+    let pipeline =
+        Pipeline::create(&path, false, &ghostprof::trace::TraceInfo::default(), PipelineOptions::default()).unwrap();
+    let mut nvml = NvmlSampler::start_with(
+        lib.to_str().unwrap(),
+        pipeline.producer(ghostprof::trace::Source::Nvml),
+        Duration::from_millis(20),
+    );
+    assert!(nvml.running(), "{:?}", nvml.notes());
+    std::thread::sleep(Duration::from_millis(300));
+    nvml.stop();
+    let (stats, notes) = (nvml.stats(), nvml.notes());
+    pipeline.finish().unwrap();
+    assert_eq!((stats.devices, stats.gpm_devices), (2, 1));
+    assert_eq!(notes, vec!["NVML device 1: power is not available (Not Supported (NVML error 3))".to_string()]);
+    let batch = ghostprof::trace::TraceReader::open(&path).unwrap().read_all().unwrap();
+    let rounds = stats.rounds as usize;
+    assert!(rounds >= 3, "{rounds} rounds");
+    // Per round: device 0 gives 6 NVML metrics and, from its second round on, 4 GPM metrics;
+    // device 1 gives 5 (no power).
+    assert_eq!(batch.samples.len(), rounds * 6 + (rounds - 1) * 4 + rounds * 5);
+    assert_eq!(stats.samples as usize, batch.samples.len());
+    let values = |device: u32, metric: Metric| -> Vec<f64> {
+        batch.samples.iter().filter(|s| s.device == device && s.metric == metric as u32).map(|s| s.value).collect()
+    };
+    let expect = [
+        (0, Metric::GpuUtilPercent, 37.0),
+        (1, Metric::GpuUtilPercent, 38.0),
+        (0, Metric::MemUtilPercent, 12.0),
+        (0, Metric::MemUsedBytes, (5u64 << 30) as f64),
+        (1, Metric::MemUsedBytes, ((5u64 << 30) + 1) as f64),
+        (0, Metric::SmClockMhz, 1980.0),
+        (0, Metric::MemClockMhz, 2619.0),
+        (0, Metric::PowerWatts, 412.345),
+        (0, Metric::SmActive, 0.715),
+        (0, Metric::SmOccupancy, 0.33),
+        (0, Metric::TensorActive, 0.4225),
+        (0, Metric::DramBandwidth, 0.58),
+    ];
+    for (device, metric, value) in expect {
+        let v = values(device, metric);
+        assert!(!v.is_empty() && v.iter().all(|x| *x == value), "device {device} {metric:?}: {v:?} != {value}");
+    }
+    assert!(values(1, Metric::PowerWatts).is_empty() && values(1, Metric::TensorActive).is_empty());
+    assert!(batch.samples.iter().all(|s| s.pid == 0), "host-wide samples");
 }

@@ -12,6 +12,7 @@ use super::pipeline::{Pipeline, PipelineOptions};
 use super::session::{Progress, SessionError, SessionSummary, Ticker};
 use crate::collect::cupti::CuptiCollector;
 use crate::collect::host::HostCollector;
+use crate::collect::nvml::NvmlSampler;
 use crate::collect::sched::{CollectError, SchedCollector};
 use crate::collect::{gpu_libraries_of, procmaps};
 use crate::trace::{Source, TraceInfo};
@@ -108,6 +109,7 @@ pub fn attach(
     let info = TraceInfo { target_pids: tree.clone(), ..Default::default() };
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
     let mut producer = pipeline.producer(Source::Ebpf);
+    let mut nvml = NvmlSampler::start(pipeline.producer(Source::Nvml));
     // The device timeline first: a dormant injection library polls its ring's control word
     // every 50 ms, so its kernels flow within ~100 ms of the ring being opened. Host probes go
     // on after that, so the window (first launch or kernel to the last) never opens with launches
@@ -171,6 +173,7 @@ pub fn attach(
     cupti.drain(&mut producer);
     host.drain(&mut producer)?;
     sched.drain(&mut producer)?;
+    nvml.stop();
     drop(producer);
     let (write, pipeline) = pipeline
         .finish()
@@ -183,7 +186,8 @@ pub fn attach(
         host: host.stats.clone(),
         sched: sched.stats.clone(),
         cupti: cupti.stats.clone(),
-        notes: host.notes.iter().chain(&sched.notes).chain(&cupti.notes).cloned().collect(),
+        nvml: nvml.stats(),
+        notes: host.notes.iter().chain(&sched.notes).chain(&cupti.notes).cloned().chain(nvml.notes()).collect(),
         libraries: host.reports.clone(),
     })
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::pipeline::{Pipeline, PipelineOptions, PipelineStats};
 use crate::collect::cupti::{CuptiCollector, CuptiStats};
 use crate::collect::host::{AttachReport, HostCollector, HostStats};
+use crate::collect::nvml::{NvmlSampler, NvmlStats};
 use crate::collect::procmaps;
 use crate::collect::sched::{CollectError, OffCpuStats, SchedCollector};
 use crate::trace::{ProcessInfo, Source, TraceError, TraceInfo, WriteSummary};
@@ -118,6 +119,7 @@ pub struct SessionSummary {
     pub host: HostStats,
     pub sched: OffCpuStats,
     pub cupti: CuptiStats,
+    pub nvml: NvmlStats,
     /// Things the user should know (optional parts off, CUPTI unavailable, …).
     pub notes: Vec<String>,
     pub libraries: Vec<AttachReport>,
@@ -231,6 +233,7 @@ pub fn record_command_with_progress(
     let mut sched = SchedCollector::load(0, Some(&collector.targets_map()?))?;
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
     let mut producer = pipeline.producer(Source::Ebpf);
+    let mut nvml = NvmlSampler::start(pipeline.producer(Source::Nvml));
 
     let mut dirs: Vec<String> = cfg.library_dirs.iter().map(|d| d.display().to_string()).collect();
     if let Ok(env) = std::env::var("LD_LIBRARY_PATH") {
@@ -325,6 +328,7 @@ pub fn record_command_with_progress(
     }
     collector.drain(&mut producer)?;
     sched.drain(&mut producer)?;
+    nvml.stop();
     drop(producer);
     let (write, pipeline) = pipeline.finish().map_err(|source| SessionError::WriteFailed {
         source,
@@ -341,7 +345,8 @@ pub fn record_command_with_progress(
         host: collector.stats.clone(),
         sched: sched.stats.clone(),
         cupti: cupti.stats.clone(),
-        notes: collector.notes.iter().chain(&sched.notes).chain(&cupti.notes).cloned().collect(),
+        nvml: nvml.stats(),
+        notes: collector.notes.iter().chain(&sched.notes).chain(&cupti.notes).cloned().chain(nvml.notes()).collect(),
         libraries: collector.reports.clone(),
     })
 }
