@@ -5,15 +5,14 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use super::pipeline::{Pipeline, PipelineOptions};
-use super::session::{Progress, SessionError, SessionSummary, Ticker};
-use crate::collect::cupti::CuptiCollector;
+use super::collectors::{Collectors, LoopOptions, Rings};
+use super::pipeline::{Pipeline, PipelineOptions, Producer};
+use super::session::{Progress, SessionError, SessionSummary};
 use crate::collect::host::HostCollector;
-use crate::collect::nvml::NvmlSampler;
-use crate::collect::sched::{CollectError, SchedCollector};
+use crate::collect::sched::CollectError;
 use crate::collect::{gpu_libraries_of, procmaps};
 use crate::trace::{Source, TraceInfo};
 
@@ -104,76 +103,52 @@ pub fn attach(
     if gpu_libs.is_empty() {
         return Err(first_error.unwrap_or(CollectError::NoSuchProcess { pid: cfg.pid }).into());
     }
-    let mut host = HostCollector::load(true)?;
-    let mut sched = SchedCollector::load(0, Some(&host.targets_map()?))?;
+    let mut c = Collectors::load(&cfg.ring_dir, false)?;
     let info = TraceInfo { target_pids: tree.clone(), ..Default::default() };
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
     let mut producer = pipeline.producer(Source::Ebpf);
-    let mut nvml = NvmlSampler::start(pipeline.producer(Source::Nvml));
+    c.start_nvml(&pipeline);
     // The device timeline first: a dormant injection library polls its ring's control word
     // every 50 ms, so its kernels flow within ~100 ms of the ring being opened. Host probes go
     // on after that, so the window (first launch or kernel to the last) never opens with launches
     // whose kernels were not being recorded yet, which would look like an idle device.
-    let mut cupti = CuptiCollector::new(&cfg.ring_dir, false);
-    cupti.scan(&tree);
-    if cupti.stats.rings > 0 {
-        let t = Instant::now();
-        while t.elapsed() < RING_WAKE {
-            cupti.drain(&mut producer);
-            std::thread::sleep(cfg.drain_interval);
-        }
+    c.cupti.scan(&tree);
+    if c.cupti.stats.rings > 0 {
+        drain_cupti_for(&mut c, &mut producer, RING_WAKE, cfg.drain_interval);
     }
-    for &p in &tree {
-        host.add_target(p)?;
-    }
-    for lib in &gpu_libs {
-        host.attach_library(lib)?;
-    }
-    let started = Instant::now();
-    let mut last_scan = Instant::now() - cfg.rescan_interval;
-    let mut ticker = Ticker::new();
-    loop {
-        let targets = host.targets();
-        if let Some(stats) = ticker.tick(&pipeline, targets.len(), cupti.stats.rings, progress) {
-            if stats.writer_error.is_some() {
-                break;
-            }
+    let ended = (|| {
+        for &p in &tree {
+            c.host.add_target(p)?;
         }
-        if last_scan.elapsed() >= cfg.rescan_interval {
-            for lib in host.rescan() {
-                producer.push(lib);
-            }
-            cupti.scan(&targets);
-            last_scan = Instant::now();
+        for lib in &gpu_libs {
+            c.host.attach_library(lib)?;
         }
-        cupti.drain(&mut producer);
-        host.drain(&mut producer)?;
-        sched.drain(&mut producer)?;
-        let alive = targets.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
-        if !alive || stop.load(Ordering::Acquire) || cfg.max_duration.is_some_and(|d| started.elapsed() >= d) {
-            break;
-        }
-        std::thread::sleep(cfg.drain_interval);
-    }
+        let timers = LoopOptions {
+            rings: Rings::OfTargets,
+            drain_interval: cfg.drain_interval,
+            rescan_interval: cfg.rescan_interval,
+            max_duration: cfg.max_duration,
+        };
+        // The job's end: every traced process is gone.
+        let gone = |targets: &[u32]| {
+            (!targets.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())).then_some(())
+        };
+        c.run(&pipeline, &mut producer, &timers, stop, progress, gone)
+    })();
     // Detach in the reverse order: host collection off first (the pids leave the targets map
     // every program filters on; removing the probes themselves takes seconds and happens when
-    // the collector goes), then the rings dormant again once the last kernels launched have
+    // the collectors go), then the rings dormant again once the last kernels launched have
     // completed and been flushed, so the window never closes on launches whose kernels were
-    // not recorded.
-    host.drain(&mut producer)?;
-    sched.drain(&mut producer)?;
-    stop_host_collection(&host);
-    let t = Instant::now();
-    while t.elapsed() < RING_WAKE {
-        cupti.drain(&mut producer);
-        std::thread::sleep(cfg.drain_interval);
-    }
-    cupti.detach_all();
+    // not recorded. The rings are switched off whatever happened above.
+    let drained = c.host.drain(&mut producer).and_then(|_| c.sched.drain(&mut producer));
+    stop_host_collection(&c.host);
+    drain_cupti_for(&mut c, &mut producer, RING_WAKE, cfg.drain_interval);
+    c.cupti.detach_all();
     std::thread::sleep(RING_WAKE);
-    cupti.drain(&mut producer);
-    host.drain(&mut producer)?;
-    sched.drain(&mut producer)?;
-    nvml.stop();
+    ended?;
+    drained?;
+    c.drain(&mut producer)?;
+    let seen = c.finish();
     drop(producer);
     let (write, pipeline) = pipeline
         .finish()
@@ -183,13 +158,22 @@ pub fn attach(
         job_pid: cfg.pid,
         write,
         pipeline,
-        host: host.stats.clone(),
-        sched: sched.stats.clone(),
-        cupti: cupti.stats.clone(),
-        nvml: nvml.stats(),
-        notes: host.notes.iter().chain(&sched.notes).chain(&cupti.notes).cloned().chain(nvml.notes()).collect(),
-        libraries: host.reports.clone(),
+        host: seen.host,
+        sched: seen.sched,
+        cupti: seen.cupti,
+        nvml: seen.nvml,
+        notes: seen.notes,
+        libraries: seen.libraries,
     })
+}
+
+/// Moves CUPTI records into the trace for `how_long`.
+fn drain_cupti_for(c: &mut Collectors, producer: &mut Producer, how_long: Duration, every: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < how_long {
+        c.cupti.drain(producer);
+        std::thread::sleep(every);
+    }
 }
 
 /// Takes every traced pid out of the targets map: the host and scheduler programs record
