@@ -1,7 +1,7 @@
 //! `ghostprof record -- CMD` and `ghostprof attach --pid P`: a session under both collectors,
 //! with a live status line, Ctrl-C handling and the report at the end.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::record::attach::{attach, AttachConfig};
-use crate::record::session::{record_command_with_progress, LaunchConfig, Progress, SessionSummary};
+use crate::record::session::{record_command_with_progress, LaunchConfig, Progress, SessionError, SessionSummary};
 use crate::report::{analyze_file, render_text};
 
 pub struct RecordConfig {
@@ -97,8 +97,44 @@ fn status_line(p: &Progress) -> String {
     )
 }
 
+/// Exit status after a Ctrl-C (or SIGTERM): 128 + SIGINT, as a shell reports an interrupted
+/// command.
+pub const INTERRUPTED: u8 = 130;
+
+/// Refuses an output path that is a symlink (the writer also opens with O_NOFOLLOW; this says
+/// so before anything starts, with or without --force).
+fn refuse_symlink(output: &Path) -> anyhow::Result<()> {
+    if let Ok(meta) = std::fs::symlink_metadata(output) {
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(output).map(|t| t.display().to_string()).unwrap_or_default();
+            bail!(
+                "{} is a symlink (to {target}): ghostprof never writes a trace through a symlink; give the real path",
+                output.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The exit status of `record`: the command's own status when it ran to its end under the
+/// recording, 130 after Ctrl-C, 0 when `--duration` ended the recording first.
+fn exit_code(summary: &SessionSummary) -> ExitCode {
+    if STOP.load(Ordering::SeqCst) {
+        return ExitCode::from(INTERRUPTED);
+    }
+    match summary.exit_status {
+        Some(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1);
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        None => ExitCode::SUCCESS,
+    }
+}
+
 pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
     require_root()?;
+    refuse_symlink(&cfg.output)?;
     install_signal_handlers();
     let mut launch = LaunchConfig::new(cfg.command.clone(), cfg.output.clone());
     launch.overwrite = cfg.force;
@@ -106,10 +142,19 @@ pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
     launch.run_as = sudo_user();
     launch.library_dirs = cfg.library_dirs.clone();
     let summary = with_status_line(cfg.quiet, |progress| record_command_with_progress(&launch, &STOP, progress));
-    let summary = summary.with_context(|| format!("recording to {}", cfg.output.display()))?;
+    let summary = summary.map_err(|e| one_line(e, &format!("recording to {}", cfg.output.display())))?;
     print_summary(&summary, &cfg.output, cfg.quiet);
     print!("{}", render_text(&[analyze_file(&cfg.output)?]));
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_code(&summary))
+}
+
+/// A session error as one line: its own message already holds its cause (no repeated source
+/// chain), and file errors already name the file (no context in front of them).
+fn one_line(e: SessionError, context: &str) -> anyhow::Error {
+    match e {
+        SessionError::Trace(_) | SessionError::WriteFailed { .. } => anyhow::anyhow!("{e}"),
+        _ => anyhow::anyhow!("{context}: {e}"),
+    }
 }
 
 /// Runs a session with a live status line on stderr (unless `quiet`).
@@ -143,9 +188,10 @@ fn print_summary(summary: &SessionSummary, output: &std::path::Path, quiet: bool
         summary.write.chunks,
         summary.write.compressed_bytes as f64 / (1 << 20) as f64,
         drops,
-        match summary.exit_status {
-            Some(s) => format!("command exited: {s}"),
-            None => "the job goes on".into(),
+        match (summary.exit_status, STOP.load(Ordering::SeqCst)) {
+            (Some(s), _) => format!("command exited: {s}"),
+            (None, true) => format!("stopped by Ctrl-C; the job goes on (pid {})", summary.job_pid),
+            (None, false) => format!("the job goes on (pid {})", summary.job_pid),
         }
     );
     for note in &summary.notes {
@@ -163,6 +209,7 @@ pub struct AttachCliConfig {
 
 pub fn run_attach(cfg: &AttachCliConfig) -> anyhow::Result<ExitCode> {
     require_root()?;
+    refuse_symlink(&cfg.output)?;
     install_signal_handlers();
     let mut a = AttachConfig::new(cfg.pid, cfg.output.clone());
     a.overwrite = cfg.force;
@@ -171,8 +218,8 @@ pub fn run_attach(cfg: &AttachCliConfig) -> anyhow::Result<ExitCode> {
         a.ring_dir = PathBuf::from(dir);
     }
     let summary = with_status_line(cfg.quiet, |progress| attach(&a, &STOP, progress));
-    let summary = summary.with_context(|| format!("attaching to process {}", cfg.pid))?;
+    let summary = summary.map_err(|e| one_line(e, &format!("attaching to process {}", cfg.pid)))?;
     print_summary(&summary, &cfg.output, cfg.quiet);
     print!("{}", render_text(&[analyze_file(&cfg.output)?]));
-    Ok(ExitCode::SUCCESS)
+    Ok(if STOP.load(Ordering::SeqCst) { ExitCode::from(INTERRUPTED) } else { ExitCode::SUCCESS })
 }

@@ -5,6 +5,7 @@ pub mod bpf;
 pub mod cupti;
 pub mod elf;
 pub mod host;
+pub mod nvml;
 pub mod procmaps;
 pub mod sched;
 

@@ -5,16 +5,20 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use super::pipeline::{Pipeline, PipelineOptions};
-use super::session::{Progress, SessionError, SessionSummary, Ticker};
-use crate::collect::cupti::CuptiCollector;
+use super::collectors::{Collectors, LoopOptions, Rings};
+use super::pipeline::{Pipeline, PipelineOptions, Producer};
+use super::session::{Progress, SessionError, SessionSummary};
 use crate::collect::host::HostCollector;
-use crate::collect::sched::{CollectError, SchedCollector};
+use crate::collect::sched::CollectError;
 use crate::collect::{gpu_libraries_of, procmaps};
 use crate::trace::{Source, TraceInfo};
+
+/// How long a dormant injection library takes at most to notice its ring's control word (it
+/// polls every 50 ms) and switch CUPTI on or off, with a margin.
+const RING_WAKE: Duration = Duration::from_millis(120);
 
 #[derive(Debug, Clone)]
 pub struct AttachConfig {
@@ -99,61 +103,86 @@ pub fn attach(
     if gpu_libs.is_empty() {
         return Err(first_error.unwrap_or(CollectError::NoSuchProcess { pid: cfg.pid }).into());
     }
-    let mut host = HostCollector::load(true)?;
-    let mut sched = SchedCollector::load(0, Some(&host.targets_map()?))?;
+    let mut c = Collectors::load(&cfg.ring_dir, false)?;
     let info = TraceInfo { target_pids: tree.clone(), ..Default::default() };
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
     let mut producer = pipeline.producer(Source::Ebpf);
-    for &p in &tree {
-        host.add_target(p)?;
+    c.start_nvml(&pipeline);
+    // The device timeline first: a dormant injection library polls its ring's control word
+    // every 50 ms, so its kernels flow within ~100 ms of the ring being opened. Host probes go
+    // on after that, so the window (first launch or kernel to the last) never opens with launches
+    // whose kernels were not being recorded yet, which would look like an idle device.
+    c.cupti.scan(&tree);
+    if c.cupti.stats.rings > 0 {
+        drain_cupti_for(&mut c, &mut producer, RING_WAKE, cfg.drain_interval);
     }
-    for lib in &gpu_libs {
-        host.attach_library(lib)?;
-    }
-    let mut cupti = CuptiCollector::new(&cfg.ring_dir, false);
-    let started = Instant::now();
-    let mut last_scan = Instant::now() - cfg.rescan_interval;
-    let mut ticker = Ticker::new();
-    loop {
-        let targets = host.targets();
-        if let Some(stats) = ticker.tick(&pipeline, targets.len(), cupti.stats.rings, progress) {
-            if stats.writer_error.is_some() {
-                break;
-            }
+    let ended = (|| {
+        for &p in &tree {
+            c.host.add_target(p)?;
         }
-        if last_scan.elapsed() >= cfg.rescan_interval {
-            for lib in host.rescan() {
-                producer.push(lib);
-            }
-            cupti.scan(&targets);
-            last_scan = Instant::now();
+        for lib in &gpu_libs {
+            c.host.attach_library(lib)?;
         }
-        cupti.drain(&mut producer);
-        host.drain(&mut producer)?;
-        sched.drain(&mut producer)?;
-        let alive = targets.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
-        if !alive || stop.load(Ordering::Acquire) || cfg.max_duration.is_some_and(|d| started.elapsed() >= d) {
-            break;
-        }
-        std::thread::sleep(cfg.drain_interval);
-    }
-    // Detach: rings dormant again, the last records in, then every probe goes with the
-    // collectors.
-    cupti.detach_all();
-    std::thread::sleep(Duration::from_millis(120));
-    cupti.drain(&mut producer);
-    host.drain(&mut producer)?;
-    sched.drain(&mut producer)?;
+        let timers = LoopOptions {
+            rings: Rings::OfTargets,
+            drain_interval: cfg.drain_interval,
+            rescan_interval: cfg.rescan_interval,
+            max_duration: cfg.max_duration,
+        };
+        // The job's end: every traced process is gone.
+        let gone = |targets: &[u32]| {
+            (!targets.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())).then_some(())
+        };
+        c.run(&pipeline, &mut producer, &timers, stop, progress, gone)
+    })();
+    // Detach in the reverse order: host collection off first (the pids leave the targets map
+    // every program filters on; removing the probes themselves takes seconds and happens when
+    // the collectors go), then the rings dormant again once the last kernels launched have
+    // completed and been flushed, so the window never closes on launches whose kernels were
+    // not recorded. The rings are switched off whatever happened above.
+    let drained = c.host.drain(&mut producer).and_then(|_| c.sched.drain(&mut producer));
+    stop_host_collection(&c.host);
+    drain_cupti_for(&mut c, &mut producer, RING_WAKE, cfg.drain_interval);
+    c.cupti.detach_all();
+    std::thread::sleep(RING_WAKE);
+    ended?;
+    drained?;
+    c.drain(&mut producer)?;
+    let seen = c.finish();
     drop(producer);
-    let (write, pipeline) = pipeline.finish()?;
+    let (write, pipeline) = pipeline
+        .finish()
+        .map_err(|source| SessionError::WriteFailed { source, job: "detached; the job goes on".into() })?;
     Ok(SessionSummary {
         exit_status: None,
+        job_pid: cfg.pid,
         write,
         pipeline,
-        host: host.stats.clone(),
-        sched: sched.stats.clone(),
-        cupti: cupti.stats.clone(),
-        notes: host.notes.iter().chain(&sched.notes).chain(&cupti.notes).cloned().collect(),
-        libraries: host.reports.clone(),
+        host: seen.host,
+        sched: seen.sched,
+        cupti: seen.cupti,
+        nvml: seen.nvml,
+        notes: seen.notes,
+        libraries: seen.libraries,
     })
+}
+
+/// Moves CUPTI records into the trace for `how_long`.
+fn drain_cupti_for(c: &mut Collectors, producer: &mut Producer, how_long: Duration, every: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < how_long {
+        c.cupti.drain(producer);
+        std::thread::sleep(every);
+    }
+}
+
+/// Takes every traced pid out of the targets map: the host and scheduler programs record
+/// nothing more (their probes stay until the collectors are dropped).
+fn stop_host_collection(host: &HostCollector) {
+    use libbpf_rs::MapCore;
+    if let Ok(map) = host.targets_map() {
+        for pid in host.targets() {
+            let _ = map.delete(&pid.to_ne_bytes());
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! (record / attach) are built on it.
 
 pub mod attach;
+mod collectors;
 pub mod pipeline;
 pub mod session;
 

@@ -6,14 +6,16 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use super::collectors::{Collectors, Ended, LoopOptions, Rings};
 use super::pipeline::{Pipeline, PipelineOptions, PipelineStats};
-use crate::collect::cupti::{CuptiCollector, CuptiStats};
-use crate::collect::host::{AttachReport, HostCollector, HostStats};
+use crate::collect::cupti::CuptiStats;
+use crate::collect::host::{AttachReport, HostStats};
+use crate::collect::nvml::NvmlStats;
 use crate::collect::procmaps;
-use crate::collect::sched::{CollectError, OffCpuStats, SchedCollector};
+use crate::collect::sched::{CollectError, OffCpuStats};
 use crate::trace::{ProcessInfo, Source, TraceError, TraceInfo, WriteSummary};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,14 @@ pub enum SessionError {
     Collect(#[from] CollectError),
     #[error(transparent)]
     Trace(#[from] TraceError),
+    /// The trace could not be written (a full disk, an I/O error): the file keeps every chunk
+    /// written before the error; `job` says what became of the recorded job.
+    #[error("{source}; {job}")]
+    WriteFailed {
+        #[source]
+        source: TraceError,
+        job: String,
+    },
     #[error("cannot start `{cmd}`: {source}")]
     Spawn {
         cmd: String,
@@ -100,12 +110,17 @@ pub fn find_inject_lib() -> Option<PathBuf> {
 /// The result of a session.
 #[derive(Debug)]
 pub struct SessionSummary {
+    /// The command's exit status when it ended while recording; None when the recording
+    /// stopped first (Ctrl-C, `--duration`) and the command goes on.
     pub exit_status: Option<ExitStatus>,
+    /// The launched command's pid (record), or the attached pid.
+    pub job_pid: u32,
     pub write: WriteSummary,
     pub pipeline: PipelineStats,
     pub host: HostStats,
     pub sched: OffCpuStats,
     pub cupti: CuptiStats,
+    pub nvml: NvmlStats,
     /// Things the user should know (optional parts off, CUPTI unavailable, …).
     pub notes: Vec<String>,
     pub libraries: Vec<AttachReport>,
@@ -215,21 +230,6 @@ pub fn record_command_with_progress(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<SessionSummary, SessionError> {
     let info = TraceInfo { command: cfg.command.clone(), ..Default::default() };
-    let mut collector = HostCollector::load(true)?;
-    let mut sched = SchedCollector::load(0, Some(&collector.targets_map()?))?;
-    let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
-    let mut producer = pipeline.producer(Source::Ebpf);
-
-    let mut dirs: Vec<String> = cfg.library_dirs.iter().map(|d| d.display().to_string()).collect();
-    if let Ok(env) = std::env::var("LD_LIBRARY_PATH") {
-        dirs.push(env);
-    }
-    for lib in procmaps::find_libraries(&["libcuda.so.1", "libnccl.so.2"], Some(&dirs.join(":"))) {
-        collector.attach_library(&lib)?;
-    }
-
-    let program = cfg.command.first().cloned().unwrap_or_default();
-    let mut envs = Vec::new();
     let private_dir = match &cfg.ring_dir {
         Some(_) => None,
         None => Some(
@@ -237,28 +237,45 @@ pub fn record_command_with_progress(
                 .map_err(|source| SessionError::Spawn { cmd: "mkdir /dev/shm/ghostprof-*".into(), source })?,
         ),
     };
+    // Removes the private ring directory however the session ends.
+    let _rings_cleanup = RemoveDir(private_dir.clone());
     let ring_dir = cfg.ring_dir.clone().or_else(|| private_dir.clone()).unwrap_or_default();
+    let mut c = Collectors::load(&ring_dir, true)?;
+    let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
+    let mut producer = pipeline.producer(Source::Ebpf);
+    c.start_nvml(&pipeline);
+
+    let mut dirs: Vec<String> = cfg.library_dirs.iter().map(|d| d.display().to_string()).collect();
+    if let Ok(env) = std::env::var("LD_LIBRARY_PATH") {
+        dirs.push(env);
+    }
+    for lib in procmaps::find_libraries(&["libcuda.so.1", "libnccl.so.2"], Some(&dirs.join(":"))) {
+        c.host.attach_library(&lib)?;
+    }
+
+    let program = cfg.command.first().cloned().unwrap_or_default();
+    let mut envs = Vec::new();
     if let (Some((uid, gid)), Some(dir)) = (cfg.run_as, &private_dir) {
         chown(dir, uid, gid);
     }
     if let Some((uid, gid)) = cfg.run_as {
-        chown(&cfg.output, uid, gid);
+        // lchown: never through a symlink, even one swapped in after the file was created.
+        let _ = std::os::unix::fs::lchown(&cfg.output, Some(uid), Some(gid));
     }
-    let mut cupti = CuptiCollector::new(&ring_dir, true);
     match &cfg.inject_lib {
         Some(lib) => {
             envs.push(("CUDA_INJECTION64_PATH".to_string(), lib.display().to_string()));
             envs.push(("GHOSTPROF_ENABLE".to_string(), "1".to_string()));
             envs.push(("GHOSTPROF_RING_DIR".to_string(), ring_dir.display().to_string()));
         }
-        None => cupti.notes.push(
+        None => c.cupti.notes.push(
             "libghostprof_inject.so not found (set GHOSTPROF_INJECT_LIB): no CUPTI device timeline, eBPF only".into(),
         ),
     }
     let held = HeldChild::spawn(&program, &cfg.command[1.min(cfg.command.len())..], &envs, cfg.run_as, cfg.quiet_child)
         .map_err(|source| SessionError::Spawn { cmd: cfg.command.join(" "), source })?;
     let pid = held.pid();
-    collector.add_target(pid)?;
+    c.host.add_target(pid)?;
     producer.push(ProcessInfo {
         time_ns: crate::clock::monotonic_ns(),
         pid,
@@ -268,61 +285,62 @@ pub fn record_command_with_progress(
     });
     let mut child = held.release();
 
-    let started = Instant::now();
-    let mut last_scan = Instant::now() - cfg.rescan_interval;
-    let mut ticker = Ticker::new();
-    let exit_status = loop {
-        let processes = collector.targets().len();
-        if let Some(stats) = ticker.tick(&pipeline, processes, cupti.stats.rings, progress) {
-            if stats.writer_error.is_some() {
-                // Disk full or another write error: stop; the file holds every chunk so far.
-                reap_in_background(child);
-                break None;
-            }
+    let timers = LoopOptions {
+        rings: Rings::InDir,
+        drain_interval: cfg.drain_interval,
+        rescan_interval: cfg.rescan_interval,
+        max_duration: cfg.max_duration,
+    };
+    let ended = c.run(&pipeline, &mut producer, &timers, stop, progress, |_| child.try_wait().ok().flatten());
+    let exit_status = match ended {
+        Ok(Ended::Job(status)) => Some(status),
+        // Ctrl-C, the duration, a full disk or a collector error: the recording ends, the job
+        // goes on untouched (and a full disk's error says so).
+        Ok(Ended::Stopped | Ended::WriterFailed) => {
+            reap_in_background(child);
+            None
         }
-        if last_scan.elapsed() >= cfg.rescan_interval {
-            for lib in collector.rescan() {
-                producer.push(lib);
-            }
-            cupti.scan_dir();
-            last_scan = Instant::now();
-        }
-        cupti.drain(&mut producer);
-        if let Err(e) = collector.drain(&mut producer).and_then(|_| sched.drain(&mut producer)) {
+        Err(e) => {
             reap_in_background(child);
             return Err(e.into());
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            break Some(status);
-        }
-        if stop.load(Ordering::Acquire) || cfg.max_duration.is_some_and(|d| started.elapsed() >= d) {
-            // The recording ends; the job goes on untouched.
-            reap_in_background(child);
-            break None;
-        }
-        std::thread::sleep(cfg.drain_interval);
     };
     // Events of the last moments are still in the ring buffers; a process that exited before
     // its ring was opened left the file behind, complete.
-    cupti.scan_dir();
-    cupti.drain(&mut producer);
-    if let Some(dir) = &private_dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    collector.drain(&mut producer)?;
-    sched.drain(&mut producer)?;
+    c.cupti.scan_dir();
+    c.drain(&mut producer)?;
+    let seen = c.finish();
     drop(producer);
-    let (write, pipeline) = pipeline.finish()?;
+    let (write, pipeline) = pipeline.finish().map_err(|source| SessionError::WriteFailed {
+        source,
+        job: match exit_status {
+            Some(status) => format!("the command had exited ({status})"),
+            None => format!("recording stopped; the command goes on (pid {pid})"),
+        },
+    })?;
     Ok(SessionSummary {
         exit_status,
+        job_pid: pid,
         write,
         pipeline,
-        host: collector.stats.clone(),
-        sched: sched.stats.clone(),
-        cupti: cupti.stats.clone(),
-        notes: collector.notes.iter().chain(&sched.notes).chain(&cupti.notes).cloned().collect(),
-        libraries: collector.reports.clone(),
+        host: seen.host,
+        sched: seen.sched,
+        cupti: seen.cupti,
+        nvml: seen.nvml,
+        notes: seen.notes,
+        libraries: seen.libraries,
     })
+}
+
+/// Removes a directory when dropped.
+struct RemoveDir(Option<PathBuf>);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Calls the progress callback about once a second with live figures.

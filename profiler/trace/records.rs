@@ -778,6 +778,8 @@ u32_enum! {
         /// length of the PM sample that starts at this time (ns); the sample's other metrics
         /// (fractions of it) share its timestamp
         SampleIntervalNs = 11 => "sample_interval_ns",
+        /// memory clock (NVML), MHz
+        MemClockMhz = 12 => "mem_clock_mhz",
     }
 }
 

@@ -98,6 +98,18 @@ fn intern(name: &str) -> *const c_char {
     leaked.as_ptr()
 }
 
+/// Collection starts (or starts again) now: what libcuda logged before is never delivered, as
+/// the real CUPTI records only activity that happens while a kind is enabled (an `attach`
+/// mid-run must not receive the job's history).
+pub fn skip_to_now() {
+    let Some(count) = abi::lookup(abi::RECORD_COUNT) else { return };
+    // SAFETY: the symbol has the signature in gpusim_core::abi.
+    let count = unsafe { std::mem::transmute::<*mut c_void, abi::RecordCountFn>(count) };
+    let mut cur = cursor().lock().unwrap_or_else(|p| p.into_inner());
+    // SAFETY: a valid function pointer without arguments.
+    cur.next = cur.next.max(unsafe { count() });
+}
+
 /// Start the periodic flush thread once.
 pub fn ensure_worker() {
     let mut st = state();

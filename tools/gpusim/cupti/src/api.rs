@@ -95,6 +95,11 @@ fn set_kind(kind: u32, on: bool) -> CuptiResult {
         if crate::layout::record_size(kind).is_none() {
             return CUPTI_ERROR_INVALID_KIND;
         }
+        let was_collecting = activity::state().enabled.iter().any(|&e| e);
+        if on && !was_collecting {
+            // CUPTI records activity from the moment collection is enabled, not before.
+            activity::skip_to_now();
+        }
         activity::state().enabled[kind as usize] = on;
         if on {
             activity::ensure_worker();

@@ -89,6 +89,10 @@ pub struct StepTruth {
     pub start_ns: u64,
     /// Step end (host, after the step's synchronize and checkpoint).
     pub end_ns: u64,
+    /// ns per category over `[start_ns, end_ns)` (the device's accounting clipped to the step),
+    /// so that a window of whole steps (an attach window) has a ground truth too. They sum to
+    /// `end_ns - start_ns`.
+    pub categories: BTreeMap<&'static str, u64>,
 }
 
 /// Totals over the run.
@@ -206,7 +210,18 @@ pub fn build(info: &RunInfo, records: &[SimRecord]) -> GroundTruth {
         })
         .collect();
     let step_ranges = of_kind(RecordKind::Marker)
-        .map(|r| StepTruth { name: r.name().to_string(), start_ns: r.start_ns, end_ns: r.end_ns })
+        .map(|r| {
+            // Only the records that overlap the step matter to its accounting.
+            let near: Vec<SimRecord> =
+                records.iter().filter(|o| o.end_ns > r.start_ns && o.start_ns < r.end_ns).copied().collect();
+            let step = categorize(&near, 0, s.peak_flops_per_s, r.start_ns, r.end_ns);
+            StepTruth {
+                name: r.name().to_string(),
+                start_ns: r.start_ns,
+                end_ns: r.end_ns,
+                categories: CATEGORIES.iter().zip(step.ns).map(|(c, ns)| (*c, ns)).collect(),
+            }
+        })
         .collect();
     let mut totals = Totals { checkpoint_bytes: info.checkpoint_bytes, ..Totals::default() };
     for rec in records {

@@ -1,0 +1,144 @@
+//! The collectors of a session and the loop that drains them, shared by `record` (a launched
+//! command) and `attach` (a running process tree): eBPF host probes, the off-CPU scheduler
+//! program, the CUPTI rings and the NVML sampler (its own thread).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::pipeline::{Pipeline, Producer};
+use super::session::{Progress, Ticker};
+use crate::collect::cupti::{CuptiCollector, CuptiStats};
+use crate::collect::host::{AttachReport, HostCollector, HostStats};
+use crate::collect::nvml::{NvmlSampler, NvmlStats};
+use crate::collect::sched::{CollectError, OffCpuStats, SchedCollector};
+use crate::trace::Source;
+
+pub(crate) struct Collectors {
+    pub(crate) host: HostCollector,
+    pub(crate) sched: SchedCollector,
+    pub(crate) cupti: CuptiCollector,
+    nvml: Option<NvmlSampler>,
+}
+
+/// Where the CUPTI rings of the traced processes are found.
+#[derive(Clone, Copy)]
+pub(crate) enum Rings {
+    /// Every ring in the session's own directory (record: the directory is private).
+    InDir,
+    /// The rings of the traced pids only (attach: a shared directory such as /dev/shm).
+    OfTargets,
+}
+
+/// How the drain loop runs.
+pub(crate) struct LoopOptions {
+    pub(crate) rings: Rings,
+    pub(crate) drain_interval: Duration,
+    pub(crate) rescan_interval: Duration,
+    pub(crate) max_duration: Option<Duration>,
+}
+
+/// Why the drain loop ended.
+pub(crate) enum Ended<T> {
+    /// The job's own end (`done` returned it).
+    Job(T),
+    /// `stop` was set (Ctrl-C) or the duration elapsed.
+    Stopped,
+    /// The trace writer failed (a full disk); the file holds every chunk so far.
+    WriterFailed,
+}
+
+/// What the collectors saw, for the session summary.
+pub(crate) struct CollectorsSummary {
+    pub(crate) host: HostStats,
+    pub(crate) sched: OffCpuStats,
+    pub(crate) cupti: CuptiStats,
+    pub(crate) nvml: NvmlStats,
+    pub(crate) notes: Vec<String>,
+    pub(crate) libraries: Vec<AttachReport>,
+}
+
+impl Collectors {
+    /// Loads the eBPF programs (nothing traced yet) and prepares the CUPTI ring reader over
+    /// `ring_dir` (`unlink`: remove ring files once open).
+    pub(crate) fn load(ring_dir: &Path, unlink: bool) -> Result<Self, CollectError> {
+        let host = HostCollector::load(true)?;
+        let sched = SchedCollector::load(0, Some(&host.targets_map()?))?;
+        Ok(Collectors { host, sched, cupti: CuptiCollector::new(ring_dir, unlink), nvml: None })
+    }
+
+    /// Starts NVML sampling into the pipeline (its own thread).
+    pub(crate) fn start_nvml(&mut self, pipeline: &Pipeline) {
+        self.nvml = Some(NvmlSampler::start(pipeline.producer(Source::Nvml)));
+    }
+
+    /// Drains every ring buffer into `producer`.
+    pub(crate) fn drain(&mut self, producer: &mut Producer) -> Result<(), CollectError> {
+        self.cupti.drain(producer);
+        self.host.drain(producer)?;
+        self.sched.drain(producer)
+    }
+
+    /// Drains on a timer until `done` returns the job's end, `stop` is set, the duration
+    /// elapses or the writer fails. New libraries and CUPTI rings are looked for every
+    /// `rescan_interval`. `done` gets the traced pids.
+    pub(crate) fn run<T>(
+        &mut self,
+        pipeline: &Pipeline,
+        producer: &mut Producer,
+        timers: &LoopOptions,
+        stop: &AtomicBool,
+        progress: &mut dyn FnMut(&Progress),
+        mut done: impl FnMut(&[u32]) -> Option<T>,
+    ) -> Result<Ended<T>, CollectError> {
+        let started = Instant::now();
+        let mut last_scan = Instant::now() - timers.rescan_interval;
+        let mut ticker = Ticker::new();
+        loop {
+            let targets = self.host.targets();
+            if let Some(stats) = ticker.tick(pipeline, targets.len(), self.cupti.stats.rings, progress) {
+                if stats.writer_error.is_some() {
+                    return Ok(Ended::WriterFailed);
+                }
+            }
+            if last_scan.elapsed() >= timers.rescan_interval {
+                for lib in self.host.rescan() {
+                    producer.push(lib);
+                }
+                match timers.rings {
+                    Rings::InDir => self.cupti.scan_dir(),
+                    Rings::OfTargets => self.cupti.scan(&targets),
+                }
+                last_scan = Instant::now();
+            }
+            self.drain(producer)?;
+            if let Some(end) = done(&targets) {
+                return Ok(Ended::Job(end));
+            }
+            if stop.load(Ordering::Acquire) || timers.max_duration.is_some_and(|d| started.elapsed() >= d) {
+                return Ok(Ended::Stopped);
+            }
+            std::thread::sleep(timers.drain_interval);
+        }
+    }
+
+    /// Stops NVML sampling (before the pipeline finishes) and gathers what every collector saw.
+    pub(crate) fn finish(mut self) -> CollectorsSummary {
+        let (nvml, nvml_notes) = match self.nvml.as_mut() {
+            Some(n) => {
+                n.stop();
+                (n.stats(), n.notes())
+            }
+            None => (NvmlStats::default(), Vec::new()),
+        };
+        let notes = self.host.notes.iter().chain(&self.sched.notes).chain(&self.cupti.notes).cloned().chain(nvml_notes);
+        CollectorsSummary {
+            host: self.host.stats.clone(),
+            sched: self.sched.stats.clone(),
+            cupti: self.cupti.stats.clone(),
+            nvml,
+            notes: notes.collect(),
+            libraries: self.host.reports.clone(),
+        }
+    }
+}
