@@ -83,7 +83,7 @@ pub fn start() -> Result<(), String> {
     let dir = std::env::var("GHOSTPROF_RING_DIR").unwrap_or_else(|_| "/dev/shm".into());
     let path = std::path::Path::new(&dir).join(format!("ghostprof-{}.ring", std::process::id()));
     // Recording from the start (`ghostprof record`): fault the ring in now, not push by push.
-    let prefault = std::env::var("GHOSTPROF_ENABLE").as_deref() == Ok("1");
+    let prefault = config().always;
     let ring = Producer::create_with(&path, RING_BYTES, prefault)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let _ = RING.set(Mutex::new(ring));
@@ -94,7 +94,7 @@ pub fn start() -> Result<(), String> {
         status(&format!("libcupti was not found ({tried}): no device timeline, eBPF only"));
         return Err("libcupti not found".into());
     }
-    if std::env::var("GHOSTPROF_ENABLE").as_deref() == Ok("1") {
+    if config().always {
         enable();
     }
     // SAFETY: registering a plain extern "C" function that catches its own panics.
@@ -108,9 +108,11 @@ pub fn start() -> Result<(), String> {
 
 /// Follows the ring's control word: collect while a consumer wants it, sleep otherwise.
 fn control_loop() {
+    let always = config().always;
+    let mut tick = 0u64;
     loop {
-        let wanted = RING.get().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).enabled()).unwrap_or(false)
-            || std::env::var("GHOSTPROF_ENABLE").as_deref() == Ok("1");
+        let wanted =
+            always || RING.get().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).enabled()).unwrap_or(false);
         let _ = catch_unwind(|| {
             if wanted && !ACTIVE.load(Ordering::Acquire) {
                 enable();
@@ -121,11 +123,22 @@ fn control_loop() {
                 clock_pair();
                 pm_start_pending();
                 pm_collect(false);
+                if tick % FORCED_FLUSH_TICKS == 0 {
+                    // CUPTI's flush period hands over full buffers only: on an H200, 72 kernels
+                    // of a PyTorch job sat ~6 s in a part-filled buffer. A forced flush each
+                    // second bounds how late a device record reaches the trace.
+                    // SAFETY: plain CUPTI call, allowed from any thread.
+                    unsafe { crate::api::cuptiActivityFlushAll(1) };
+                }
             }
         });
+        tick += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Control-loop ticks (50 ms) between forced CUPTI flushes.
+const FORCED_FLUSH_TICKS: u64 = 20;
 
 /// PM sampling's start, from the control thread only: inside `InitializeInjection` (the job's
 /// first cuInit) CUPTI 13.0 refuses `cuptiProfilerInitialize` (CUPTI_ERROR_UNKNOWN, seen on an
@@ -187,7 +200,27 @@ const LAUNCH_RUNTIME_CBIDS: [u32; 8] = [211, 214, 430, 431, 269, 270, 311, 312];
 static API_ACTIVITY: AtomicBool = AtomicBool::new(false);
 
 fn want_api_activity() -> bool {
-    std::env::var("GHOSTPROF_API_ACTIVITY").as_deref() == Ok("1")
+    config().api_activity
+}
+
+/// The environment, read once in [`start`] (from the thread that called cuInit): the control
+/// thread never calls getenv, which can crash when it races the job's setenv (Python's
+/// `os.environ[...] = ...`).
+struct Config {
+    always: bool,
+    api_activity: bool,
+    pm_interval_ns: u64,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+fn config() -> &'static Config {
+    CONFIG.get_or_init(|| Config {
+        always: std::env::var("GHOSTPROF_ENABLE").as_deref() == Ok("1"),
+        api_activity: std::env::var("GHOSTPROF_API_ACTIVITY").as_deref() == Ok("1"),
+        // `GHOSTPROF_PM_INTERVAL_NS` (0 switches PM sampling off), default 50 µs.
+        pm_interval_ns: std::env::var("GHOSTPROF_PM_INTERVAL_NS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000),
+    })
 }
 
 thread_local! {
@@ -382,7 +415,7 @@ fn enable() {
 
 /// PM sampling interval: `GHOSTPROF_PM_INTERVAL_NS` (0 switches it off), default 50 µs.
 fn pm_interval_ns() -> u64 {
-    std::env::var("GHOSTPROF_PM_INTERVAL_NS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000)
+    config().pm_interval_ns
 }
 
 /// Sends the PM samples gathered since the last call; `last` ends the session.
