@@ -284,8 +284,36 @@ pub(crate) fn comm_waits(batch: &RecordBatch, is_comm: &dyn Fn(u32) -> bool) -> 
             waits.insert((pid, start), last.saturating_sub(start).min(end.saturating_sub(start)));
         }
     }
+    // Collectives whose communicator is unknown (an `attach` after ncclCommInitRank learns no
+    // rank, size or sequence): the ranks of one collective finish their kernels together, once
+    // the last rank's data has moved, so kernels of different processes that end within
+    // END_MATCH_NS of each other are taken as one collective.
+    let mut rest: Vec<RankKernel> = kernels_by_pid
+        .iter()
+        .flat_map(|(pid, ks)| ks.iter().map(move |k| (*pid, k.0, k.1)))
+        .filter(|k| !waits.contains_key(&(k.0, k.1)))
+        .collect();
+    rest.sort_unstable_by_key(|k| (k.2, k.0));
+    let mut i = 0;
+    while i < rest.len() {
+        let mut j = i + 1;
+        while j < rest.len() && rest[j].2 - rest[i].2 <= END_MATCH_NS && !rest[i..j].iter().any(|m| m.0 == rest[j].0) {
+            j += 1;
+        }
+        if j - i >= 2 {
+            let last = rest[i..j].iter().map(|m| m.1).max().unwrap_or(0);
+            for &(pid, start, end) in &rest[i..j] {
+                waits.insert((pid, start), last.saturating_sub(start).min(end.saturating_sub(start)));
+            }
+        }
+        i = j;
+    }
     waits
 }
+
+/// Kernels of different processes ending within this many ns belong to one collective (when the
+/// communicator's sequence numbers are unknown); real NCCL ranks finish within a few µs.
+const END_MATCH_NS: u64 = 20_000;
 
 /// What to compute besides each device's totals: steps, bins, and the model-FLOPs source.
 #[derive(Debug, Clone)]
@@ -479,5 +507,38 @@ pub fn stall_reason_label(reason: u32) -> &'static str {
         Some(StallReason::Poll) => "poll",
         Some(StallReason::RunQueue) => "run queue",
         Some(StallReason::Other) | None => "off-CPU (other)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{KernelExec, Record};
+
+    fn kernel(pid: u32, start: u64, end: u64) -> Record {
+        KernelExec { start_ns: start, end_ns: end, name_id: 1, pid, ..Default::default() }.into()
+    }
+
+    /// No NCCL host records (an attach after the communicators were made): kernels of two
+    /// processes that end together are one collective, the early rank waits for the late one.
+    #[test]
+    fn collectives_without_sequence_numbers_match_by_their_end() {
+        let mut batch = RecordBatch::default();
+        for r in [
+            kernel(10, 1_000, 9_000),   // rank A arrives first
+            kernel(20, 4_000, 9_005),   // rank B 3 µs later; both end together
+            kernel(10, 20_000, 30_000), // next collective: A late this time
+            kernel(20, 18_000, 30_002),
+            kernel(10, 50_000, 60_000), // a kernel with no partner ending near it
+        ] {
+            batch.push(r);
+        }
+        let waits = comm_waits(&batch, &|_| true);
+        assert_eq!(waits.get(&(10, 1_000)), Some(&3_000));
+        assert_eq!(waits.get(&(20, 4_000)), Some(&0));
+        assert_eq!(waits.get(&(10, 20_000)), Some(&0));
+        assert_eq!(waits.get(&(20, 18_000)), Some(&2_000));
+        assert_eq!(waits.get(&(10, 50_000)), None, "no partner: all transfer");
+        assert_eq!(waits.len(), 4);
     }
 }
