@@ -153,18 +153,7 @@ pub fn attach(
     let (write, pipeline) = pipeline
         .finish()
         .map_err(|source| SessionError::WriteFailed { source, job: "detached; the job goes on".into() })?;
-    Ok(SessionSummary {
-        exit_status: None,
-        job_pid: cfg.pid,
-        write,
-        pipeline,
-        host: seen.host,
-        sched: seen.sched,
-        cupti: seen.cupti,
-        nvml: seen.nvml,
-        notes: seen.notes,
-        libraries: seen.libraries,
-    })
+    Ok(seen.into_session(None, cfg.pid, write, pipeline))
 }
 
 /// Moves CUPTI records into the trace for `how_long`.

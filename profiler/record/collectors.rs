@@ -58,6 +58,30 @@ pub(crate) struct CollectorsSummary {
     pub(crate) libraries: Vec<AttachReport>,
 }
 
+impl CollectorsSummary {
+    /// The session's summary: what the collectors saw, with the job's fate and the file's totals.
+    pub(crate) fn into_session(
+        self,
+        exit_status: Option<std::process::ExitStatus>,
+        job_pid: u32,
+        write: crate::trace::WriteSummary,
+        pipeline: super::pipeline::PipelineStats,
+    ) -> super::session::SessionSummary {
+        super::session::SessionSummary {
+            exit_status,
+            job_pid,
+            write,
+            pipeline,
+            host: self.host,
+            sched: self.sched,
+            cupti: self.cupti,
+            nvml: self.nvml,
+            notes: self.notes,
+            libraries: self.libraries,
+        }
+    }
+}
+
 impl Collectors {
     /// Loads the eBPF programs (nothing traced yet) and prepares the CUPTI ring reader over
     /// `ring_dir` (`unlink`: remove ring files once open).

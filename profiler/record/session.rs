@@ -318,18 +318,7 @@ pub fn record_command_with_progress(
             None => format!("recording stopped; the command goes on (pid {pid})"),
         },
     })?;
-    Ok(SessionSummary {
-        exit_status,
-        job_pid: pid,
-        write,
-        pipeline,
-        host: seen.host,
-        sched: seen.sched,
-        cupti: seen.cupti,
-        nvml: seen.nvml,
-        notes: seen.notes,
-        libraries: seen.libraries,
-    })
+    Ok(seen.into_session(exit_status, pid, write, pipeline))
 }
 
 /// Removes a directory when dropped.
