@@ -45,7 +45,7 @@ pub enum Command {
         /// Overwrite an existing output file.
         #[arg(long)]
         force: bool,
-        /// No status line; only errors and the report.
+        /// No status line or summary; only errors, notes and the report.
         #[arg(long)]
         quiet: bool,
         /// Also look for libcuda / libnccl here before the command starts.
@@ -67,7 +67,7 @@ pub enum Command {
         output: PathBuf,
         #[arg(long)]
         force: bool,
-        /// No status line; only errors and the report.
+        /// No status line or summary; only errors, notes and the report.
         #[arg(long)]
         quiet: bool,
     },

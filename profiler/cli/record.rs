@@ -178,6 +178,11 @@ fn with_status_line<T>(quiet: bool, session: impl FnOnce(&mut dyn FnMut(&Progres
 
 fn print_summary(summary: &SessionSummary, output: &std::path::Path, quiet: bool) {
     if quiet {
+        // No summary line, but what the user must know (CUPTI held by another profiler, PM
+        // sampling off, …) is said even to scripts.
+        for note in &summary.notes {
+            eprintln!("ghostprof: note: {note}");
+        }
         return;
     }
     let drops: u64 = summary.pipeline.drops.iter().map(|d| d.2).sum();
