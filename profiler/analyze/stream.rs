@@ -108,7 +108,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
                 | Kind::Drops
         )
     };
-    reader.for_each_chunk_kinds(&wanted, |c| {
+    reader.for_each_chunk_lean(&wanted, |c| {
         sk.names.extend(c.strings.iter().cloned());
         sk.records += c.records.len() as u64;
         chunk_min.push(if c.records.is_empty() && c.strings.is_empty() { u64::MAX } else { c.min_ts });
@@ -262,7 +262,7 @@ pub fn sweep_file(
         for k in &need_steps_compute {
             per_step.insert(*k, vec![0; plans[k].steps.len()]);
         }
-        reader.for_each_chunk_kinds(&|k| k == Kind::KernelExec, |c| {
+        reader.for_each_chunk_lean(&|k| k == Kind::KernelExec, |c| {
             for k in c.records.kernels.iter().filter(|k| !is_comm(k.name_id)) {
                 let key = (k.pid, k.device);
                 if let Some(acc) = fraction_acc.get_mut(&key) {
@@ -300,7 +300,7 @@ pub fn sweep_file(
         for k in &late_steps {
             per_step.insert(*k, vec![0; plans[k].steps.len()]);
         }
-        reader.for_each_chunk_kinds(&|k| k == Kind::KernelExec, |c| {
+        reader.for_each_chunk_lean(&|k| k == Kind::KernelExec, |c| {
             for k in c.records.kernels.iter().filter(|k| !is_comm(k.name_id)) {
                 let key = (k.pid, k.device);
                 if let Some(busy) = per_step.get_mut(&key) {
@@ -350,7 +350,7 @@ pub fn sweep_file(
     let mut comm_cache = CommCache::default();
     let swept_kinds =
         |k: Kind| matches!(k, Kind::KernelExec | Kind::MemOp | Kind::HostStall | Kind::FileIo | Kind::NcclColl);
-    reader.for_each_chunk_kinds(&swept_kinds, |c| {
+    reader.for_each_chunk_lean(&swept_kinds, |c| {
         sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.preemption_is_stall);
         chunk_index += 1;
         let next_min = sk.suffix_min_ts.get(chunk_index).copied().unwrap_or(u64::MAX);
