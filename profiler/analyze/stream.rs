@@ -62,6 +62,31 @@ struct DeviceSummary {
     /// the earliest compute kernels (max-heap on start, capped)
     prefix: BinaryHeap<(u64, u64, u32)>,
     regex_starts: Vec<u64>,
+    /// compute kernel time per (small, dense) name id, folded into `time_by_name` at the end
+    time_by_id: Vec<Option<u64>>,
+}
+
+impl DeviceSummary {
+    #[inline]
+    fn add_time(&mut self, name: u32, ns: u64) {
+        let i = name as usize;
+        if i < 1 << 20 {
+            if i >= self.time_by_id.len() {
+                self.time_by_id.resize(i + 1, None);
+            }
+            *self.time_by_id[i].get_or_insert(0) += ns;
+        } else {
+            *self.time_by_name.entry(name).or_default() += ns;
+        }
+    }
+
+    fn fold_times(&mut self) {
+        for (i, t) in std::mem::take(&mut self.time_by_id).into_iter().enumerate() {
+            if let Some(t) = t {
+                *self.time_by_name.entry(i as u32).or_default() += t;
+            }
+        }
+    }
 }
 
 /// What the summary pass keeps of a trace.
@@ -119,33 +144,43 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
             x.0 = x.0.min(s);
             x.1 = x.1.max(e);
         };
-        for k in &r.kernels {
-            widen(&mut sk.windows, k.pid, k.start_ns, k.end_ns);
-            let d = sk.devices.entry((k.pid, k.device)).or_insert_with(|| DeviceSummary {
-                first_op: k.start_ns,
-                last_op: k.end_ns,
+        // Kernels come in runs of one device: the maps are looked up once per run.
+        let ks = &r.kernels;
+        let mut i = 0;
+        while i < ks.len() {
+            let (pid, device) = (ks[i].pid, ks[i].device);
+            let n = ks[i..].iter().take_while(|k| k.pid == pid && k.device == device).count();
+            let run = &ks[i..i + n];
+            i += n;
+            let (lo, hi) = run.iter().fold((u64::MAX, 0), |(lo, hi), k| (lo.min(k.start_ns), hi.max(k.end_ns)));
+            widen(&mut sk.windows, pid, lo, hi);
+            let d = sk.devices.entry((pid, device)).or_insert_with(|| DeviceSummary {
+                first_op: lo,
+                last_op: hi,
                 ..Default::default()
             });
-            d.first_op = d.first_op.min(k.start_ns);
-            d.last_op = d.last_op.max(k.end_ns);
-            let comm = comm_cache.is_comm(names, k.name_id);
-            if comm {
-                sk.small.kernels.push(*k);
-            } else {
-                *d.time_by_name.entry(k.name_id).or_default() += k.end_ns.saturating_sub(k.start_ns);
-                if d.prefix.len() < PERIOD_PROBE {
-                    d.prefix.push((k.start_ns, k.end_ns, k.name_id));
-                } else if d.prefix.peek().is_some_and(|top| (k.start_ns, k.end_ns, k.name_id) < *top) {
-                    d.prefix.pop();
-                    d.prefix.push((k.start_ns, k.end_ns, k.name_id));
+            d.first_op = d.first_op.min(lo);
+            d.last_op = d.last_op.max(hi);
+            for k in run {
+                let comm = comm_cache.is_comm(names, k.name_id);
+                if comm {
+                    sk.small.kernels.push(*k);
+                } else {
+                    d.add_time(k.name_id, k.end_ns.saturating_sub(k.start_ns));
+                    if d.prefix.len() < PERIOD_PROBE {
+                        d.prefix.push((k.start_ns, k.end_ns, k.name_id));
+                    } else if d.prefix.peek().is_some_and(|top| (k.start_ns, k.end_ns, k.name_id) < *top) {
+                        d.prefix.pop();
+                        d.prefix.push((k.start_ns, k.end_ns, k.name_id));
+                    }
                 }
-            }
-            if let Some(re) = &opts.detail.step_regex {
-                let hit = *regex_match
-                    .entry(k.name_id)
-                    .or_insert_with(|| names.get(&k.name_id).is_some_and(|n| re.is_match(n)));
-                if hit {
-                    d.regex_starts.push(k.start_ns);
+                if let Some(re) = &opts.detail.step_regex {
+                    let hit = *regex_match
+                        .entry(k.name_id)
+                        .or_insert_with(|| names.get(&k.name_id).is_some_and(|n| re.is_match(n)));
+                    if hit {
+                        d.regex_starts.push(k.start_ns);
+                    }
                 }
             }
         }
@@ -181,6 +216,9 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
             _ => false,
         }));
     })?;
+    for d in sk.devices.values_mut() {
+        d.fold_times();
+    }
     let mut min = u64::MAX;
     sk.suffix_min_ts = chunk_min
         .iter()

@@ -413,6 +413,7 @@ fn all_read(c: &Cursor<'_>, kind: Kind) -> Result<(), DecodeError> {
     Ok(())
 }
 
+#[inline(always)]
 fn lean_u32(cur: &mut Cursor<'_>, kind: Kind, what: &str) -> Result<u32, DecodeError> {
     let v = cur.varint()?;
     u32::try_from(v)
