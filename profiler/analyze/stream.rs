@@ -540,9 +540,14 @@ impl Sweep {
         let from = self.swept_to;
         let mut reasons_of: HashMap<u32, Blocked> = HashMap::new();
         for (pid, p) in self.pids.iter_mut() {
-            let (now, later): (Vec<Reasoned>, Vec<Reasoned>) = p.incoming.drain(..).partition(|iv| iv.0 < to);
-            p.incoming = later;
-            p.carry.extend(now);
+            let carry = &mut p.carry;
+            p.incoming.retain(|iv| {
+                let now = iv.0 < to;
+                if now {
+                    carry.push(*iv);
+                }
+                !now
+            });
             p.carry.sort_unstable_by_key(|x| (x.0, x.1));
             let merged = merge(p.carry.iter().map(|x| (x.0, x.1)));
             reasons_of.insert(*pid, (merged, p.carry.clone()));
@@ -550,9 +555,14 @@ impl Sweep {
         }
         let empty = (Vec::new(), Vec::new());
         for ((pid, _), d) in self.devices.iter_mut() {
-            let (now, later): (Vec<Op>, Vec<Op>) = d.incoming.drain(..).partition(|o| o.start < to);
-            d.incoming = later;
-            d.carry.extend(now);
+            let carry = &mut d.carry;
+            d.incoming.retain(|o| {
+                let now = o.start < to;
+                if now {
+                    carry.push(*o);
+                }
+                !now
+            });
             let (blocked, reasons) = reasons_of.get(pid).unwrap_or(&empty);
             d.sweep.feed(from, to, &mut d.carry, blocked, reasons);
             d.carry.retain(|o| o.end > to);

@@ -230,6 +230,8 @@ pub(crate) struct DeviceSweep {
     gaps: Vec<OpenGap>,
     gap: OpenGap,
     kernels: FastMap<u32, (KernelStat, f64)>,
+    /// the same for small name ids (dense), without hashing
+    kernels_dense: Vec<Option<(KernelStat, f64)>>,
     late_cursor: usize,
     late_busy: u64,
     late_reasons: Vec<(&'static str, u64)>,
@@ -260,6 +262,7 @@ impl DeviceSweep {
             gaps: Vec::new(),
             gap: OpenGap::default(),
             kernels: FastMap::default(),
+            kernels_dense: Vec::new(),
             late_cursor: 0,
             late_busy: 0,
             late_reasons: Vec::new(),
@@ -396,7 +399,16 @@ impl DeviceSweep {
         if at < a || at >= b || (clipped == 0 && o.start < w0) {
             return;
         }
-        let e = self.kernels.entry(name).or_insert_with(|| (KernelStat { name_id: name, ..Default::default() }, 0.0));
+        let fresh = || (KernelStat { name_id: name, ..Default::default() }, 0.0);
+        let i = name as usize;
+        let e = if i < 1 << 20 {
+            if i >= self.kernels_dense.len() {
+                self.kernels_dense.resize(i + 1, None);
+            }
+            self.kernels_dense[i].get_or_insert_with(fresh)
+        } else {
+            self.kernels.entry(name).or_insert_with(fresh)
+        };
         e.0.count += 1;
         e.0.total_ns += clipped;
         if o.class != Class::Comm {
@@ -492,6 +504,7 @@ impl DeviceSweep {
         let mut top: Vec<KernelStat> = self
             .kernels
             .into_values()
+            .chain(self.kernels_dense.into_iter().flatten())
             .map(|(mut s, useful)| {
                 s.useful_ns = useful.round() as u64;
                 s

@@ -436,25 +436,36 @@ fn decode_lean(kind: Kind, cols: &mut [Cursor<'_>], n: usize, out: &mut RecordBa
                 column_index(kind, "pid", Raw),
             );
             let (Some(ts), Some(dev), Some(name), Some(pid)) = idx else { return Ok(false) };
-            let start = out.kernels.len();
-            out.kernels.resize(start + n, KernelExec::default());
+            out.kernels.reserve(n);
             let mut prev_end = 0u64;
-            for block in out.kernels[start..].chunks_mut(BLOCK) {
+            let (mut se, mut d, mut nm, mut p) = ([(0u64, 0u64); BLOCK], [0u32; BLOCK], [0u32; BLOCK], [0u32; BLOCK]);
+            let mut left = n;
+            while left > 0 {
+                let b = left.min(BLOCK);
+                left -= b;
                 let cur = &mut cols[ts];
-                for r in block.iter_mut() {
+                for x in se[..b].iter_mut() {
                     let s = prev_end.wrapping_add(unzigzag(cur.varint()?) as u64);
                     let e = s.wrapping_add(unzigzag(cur.varint()?) as u64);
-                    (r.start_ns, r.end_ns, prev_end) = (s, e, e);
+                    (*x, prev_end) = ((s, e), e);
                 }
-                for r in block.iter_mut() {
-                    r.device = lean_u32(&mut cols[dev], kind, "device")?;
+                for x in d[..b].iter_mut() {
+                    *x = lean_u32(&mut cols[dev], kind, "device")?;
                 }
-                for r in block.iter_mut() {
-                    r.name_id = lean_u32(&mut cols[name], kind, "name_id")?;
+                for x in nm[..b].iter_mut() {
+                    *x = lean_u32(&mut cols[name], kind, "name_id")?;
                 }
-                for r in block.iter_mut() {
-                    r.pid = lean_u32(&mut cols[pid], kind, "pid")?;
+                for x in p[..b].iter_mut() {
+                    *x = lean_u32(&mut cols[pid], kind, "pid")?;
                 }
+                out.kernels.extend((0..b).map(|i| KernelExec {
+                    start_ns: se[i].0,
+                    end_ns: se[i].1,
+                    device: d[i],
+                    name_id: nm[i],
+                    pid: p[i],
+                    ..KernelExec::default()
+                }));
             }
             for i in [ts, dev, name, pid] {
                 all_read(&cols[i], kind)?;
