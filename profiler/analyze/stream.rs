@@ -489,15 +489,28 @@ impl Sweep {
             self.newest = self.newest.max(lo);
         }
         let swept_to = self.swept_to;
-        for k in &r.kernels {
-            self.newest = self.newest.max(k.start_ns);
-            let Some(d) = self.devices.get_mut(&(k.pid, k.device)) else { continue };
-            if k.start_ns < swept_to {
-                self.late_records += 1;
-                continue;
+        // Kernels come in runs of one device: one device lookup per run.
+        let ks = &r.kernels;
+        let mut i = 0;
+        while i < ks.len() {
+            let (pid, device) = (ks[i].pid, ks[i].device);
+            let n = ks[i..].iter().take_while(|k| k.pid == pid && k.device == device).count();
+            let run = &ks[i..i + n];
+            i += n;
+            self.newest = run.iter().fold(self.newest, |m, k| m.max(k.start_ns));
+            let Some(d) = self.devices.get_mut(&(pid, device)) else { continue };
+            d.incoming.reserve(run.len());
+            for k in run {
+                if k.start_ns < swept_to {
+                    self.late_records += 1;
+                    continue;
+                }
+                let comm = is_comm(k.name_id);
+                let wait =
+                    if waits.is_empty() || !comm { 0 } else { waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) };
+                let op = d.sweep.kernel_op_cached(k.start_ns, k.end_ns, k.name_id, comm, wait);
+                d.incoming.push(op);
             }
-            let wait = if waits.is_empty() { 0 } else { waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) };
-            d.incoming.push(d.sweep.plan_ref().kernel_op(k.start_ns, k.end_ns, k.name_id, is_comm(k.name_id), wait));
         }
         for m in &r.memops {
             self.newest = self.newest.max(m.start_ns);

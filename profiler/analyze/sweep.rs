@@ -232,6 +232,8 @@ pub(crate) struct DeviceSweep {
     kernels: FastMap<u32, (KernelStat, f64)>,
     /// the same for small name ids (dense), without hashing
     kernels_dense: Vec<Option<(KernelStat, f64)>>,
+    /// class and rate per name id ([`DeviceSweep::kernel_op_cached`])
+    class_of: Vec<Option<(Class, f64)>>,
     late_cursor: usize,
     late_busy: u64,
     late_reasons: Vec<(&'static str, u64)>,
@@ -263,6 +265,7 @@ impl DeviceSweep {
             gap: OpenGap::default(),
             kernels: FastMap::default(),
             kernels_dense: Vec::new(),
+            class_of: Vec::new(),
             late_cursor: 0,
             late_busy: 0,
             late_reasons: Vec::new(),
@@ -273,8 +276,26 @@ impl DeviceSweep {
         }
     }
 
-    pub fn plan_ref(&self) -> &DevicePlan {
-        &self.plan
+    /// [`DevicePlan::kernel_op`], remembering the class and rate of each (small) name id
+    /// where they depend on the name alone (not for collectives, nor per-step rates).
+    #[inline]
+    pub fn kernel_op_cached(&mut self, start: u64, end: u64, name: u32, comm: bool, wait_ns: u64) -> Op {
+        let i = name as usize;
+        if comm || self.plan.flop_source == FlopSource::FlopsPerStep || i >= 1 << 20 {
+            return self.plan.kernel_op(start, end, name, comm, wait_ns);
+        }
+        if i >= self.class_of.len() {
+            self.class_of.resize(i + 1, None);
+        }
+        let (class, rate) = match self.class_of[i] {
+            Some(x) => x,
+            None => {
+                let o = self.plan.kernel_op(start, end, name, false, 0);
+                self.class_of[i] = Some((o.class, o.rate));
+                (o.class, o.rate)
+            }
+        };
+        Op { start, end, class, rate, transfer_from: 0, name: Some(name) }
     }
 
     pub fn window(&self) -> (u64, u64) {
@@ -418,13 +439,22 @@ impl DeviceSweep {
 
     fn extend_gap(&mut self, a: u64, b: u64, seg: &[f64; 8], stalled: u64, reasons: &[Reasoned]) {
         if self.gap.end != a || self.gap.end == self.gap.start {
-            close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+            // A new gap: the last one is kept only if it is among the 10 longest (most are not:
+            // moving it out costs more than the check).
+            let len = self.gap.end - self.gap.start;
+            if len > 0 && !(self.gaps.len() == 10 && self.gaps.last().is_some_and(|g| g.end - g.start >= len)) {
+                close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+            } else {
+                self.gap.reasons.clear();
+            }
             self.gap.start = a;
+            self.gap.split = [seg[LAUNCH_BOUND], seg[HOST_STALL], seg[IDLE_OTHER]];
+        } else {
+            self.gap.split[0] += seg[LAUNCH_BOUND];
+            self.gap.split[1] += seg[HOST_STALL];
+            self.gap.split[2] += seg[IDLE_OTHER];
         }
         self.gap.end = b;
-        self.gap.split[0] += seg[LAUNCH_BOUND];
-        self.gap.split[1] += seg[HOST_STALL];
-        self.gap.split[2] += seg[IDLE_OTHER];
         if stalled > 0 {
             let lo = reasons.partition_point(|x| x.0 < a.saturating_sub(self.longest_reason));
             for &(s, e, r) in reasons[lo..].iter().take_while(|x| x.0 < b) {
