@@ -243,6 +243,9 @@ pub(crate) struct DeviceSweep {
     longest_reason: u64,
     /// scratch
     cuts: Vec<u64>,
+    side_cuts: Vec<u64>,
+    cut_buf: Vec<u64>,
+    op_buf: Vec<Op>,
     active: Vec<usize>,
 }
 
@@ -272,6 +275,9 @@ impl DeviceSweep {
             late_blocked: 0,
             longest_reason: 0,
             cuts: Vec::new(),
+            side_cuts: Vec::new(),
+            cut_buf: Vec::new(),
+            op_buf: Vec::new(),
             active: Vec::new(),
         }
     }
@@ -315,13 +321,20 @@ impl DeviceSweep {
         if detail {
             self.longest_reason = reasons.iter().map(|x| x.1.saturating_sub(x.0)).max().unwrap_or(0);
         }
+        // Two lists of cuts, each nearly sorted: those of the ops that are not collectives
+        // (one stream's kernels run back to back), and the others (collectives on their own
+        // stream, steps, bins, the slice's end). Each is sorted, then the two runs merged.
         let mut cuts = std::mem::take(&mut self.cuts);
+        let mut side = std::mem::take(&mut self.side_cuts);
         cuts.clear();
-        cuts.extend([a, b]);
+        side.clear();
+        cuts.push(a);
+        side.push(b);
         for o in ops.iter() {
-            cuts.extend([o.start.clamp(a, b), o.end.clamp(a, b)]);
             if o.class == Class::Comm {
-                cuts.push(o.transfer_from.clamp(a, b));
+                side.extend([o.start.clamp(a, b), o.transfer_from.clamp(a, b), o.end.clamp(a, b)]);
+            } else {
+                cuts.extend([o.start.clamp(a, b), o.end.clamp(a, b)]);
             }
             if detail {
                 self.count_kernel(o, a, b);
@@ -330,13 +343,13 @@ impl DeviceSweep {
         if detail {
             let i = self.plan.steps.partition_point(|s| s.1 <= a);
             for &(s, e) in self.plan.steps[i..].iter().take_while(|s| s.0 < b) {
-                cuts.extend([s.clamp(a, b), e.clamp(a, b)]);
+                side.extend([s.clamp(a, b), e.clamp(a, b)]);
             }
             if self.plan.bin_ns > 0 {
                 let bin = self.plan.bin_ns;
                 let mut t = w0 + (a - w0) / bin * bin + bin;
                 while t < b {
-                    cuts.push(t);
+                    side.push(t);
                     t += bin;
                 }
             }
@@ -345,11 +358,15 @@ impl DeviceSweep {
                 self.late_blocked_add(a, b, blocked);
             }
         }
-        // Stable sorts: both are nearly sorted already (records come in time order), which
-        // the stable sort detects.
-        cuts.sort();
+        // Both are nearly sorted already (records come in time order): a few runs, merged in
+        // reused buffers (the library sort allocates its buffer every call).
+        sort_runs(&mut cuts, &mut self.cut_buf, |&x| x);
+        sort_runs(&mut side, &mut self.cut_buf, |&x| x);
+        cuts.extend_from_slice(&side);
+        sort_runs(&mut cuts, &mut self.cut_buf, |&x| x);
         cuts.dedup();
-        ops.sort_by_key(|o| o.start);
+        self.side_cuts = side;
+        sort_runs(ops, &mut self.op_buf, |o| o.start);
         let mut active = std::mem::take(&mut self.active);
         active.clear();
         let mut next = 0usize;
@@ -595,4 +612,52 @@ fn close_gap(gaps: &mut Vec<OpenGap>, gap: OpenGap) {
 pub(crate) fn overlap(intervals: &[(u64, u64)], a: u64, b: u64) -> u64 {
     let i = intervals.partition_point(|iv| iv.1 <= a);
     intervals[i..].iter().take_while(|iv| iv.0 < b).map(|iv| iv.1.min(b).saturating_sub(iv.0.max(a))).sum()
+}
+
+/// Stable sort of `v` by `key`, for slices made of a few sorted runs: each run is merged into
+/// the sorted prefix through `buf` (reused). More than [`MAX_RUNS`] runs: the library's sort.
+fn sort_runs<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: impl Fn(&T) -> K) {
+    const MAX_RUNS: usize = 4;
+    let descents = v.windows(2).filter(|w| key(&w[1]) < key(&w[0])).take(MAX_RUNS).count();
+    if descents == 0 {
+        return;
+    }
+    if descents >= MAX_RUNS {
+        v.sort_by_key(key);
+        return;
+    }
+    let n = v.len();
+    let mut sorted = 1;
+    while sorted < n && key(&v[sorted]) >= key(&v[sorted - 1]) {
+        sorted += 1;
+    }
+    while sorted < n {
+        let mut end = sorted + 1;
+        while end < n && key(&v[end]) >= key(&v[end - 1]) {
+            end += 1;
+        }
+        // Merge v[from..sorted] (the sorted prefix's tail past the run's first key) with
+        // v[sorted..end]; on equal keys the earlier element goes first.
+        let first = key(&v[sorted]);
+        let from = v[..sorted].partition_point(|x| key(x) <= first);
+        buf.clear();
+        buf.extend_from_slice(&v[from..sorted]);
+        let (mut i, mut j, mut out) = (0usize, sorted, from);
+        while i < buf.len() && j < end {
+            if key(&v[j]) < key(&buf[i]) {
+                v[out] = v[j];
+                j += 1;
+            } else {
+                v[out] = buf[i];
+                i += 1;
+            }
+            out += 1;
+        }
+        while i < buf.len() {
+            v[out] = buf[i];
+            i += 1;
+            out += 1;
+        }
+        sorted = end;
+    }
 }

@@ -395,7 +395,9 @@ pub fn encode_seek_table(frames: &[(u32, u32)], out: &mut Vec<u8>) {
 
 /// The kernel columns a lean decode reads: start_ns/end_ns, device, name_id, pid.
 pub const LEAN_KERNEL_COLUMNS: &[&str] = &["start_ns", "device", "name_id", "pid"];
-/// The API call columns a lean decode reads: start_ns, end_ns, pid, tid, call_id, domain.
+/// The API call columns a lean decode reads: call_id and domain; start_ns, end_ns, pid and tid
+/// only in sections holding a probed call ([`super::records::ApiDomain::Probe`]: the only calls the analysis
+/// reads whole).
 pub const LEAN_API_COLUMNS: &[&str] = &["start_ns", "end_ns", "pid", "tid", "call_id", "domain"];
 
 fn column_index(kind: Kind, name: &str, encoding: super::columns::Encoding) -> Option<usize> {
@@ -425,7 +427,7 @@ fn lean_u32(cur: &mut Cursor<'_>, kind: Kind, what: &str) -> Result<u32, DecodeE
 /// whole).
 fn decode_lean(kind: Kind, cols: &mut [Cursor<'_>], n: usize, out: &mut RecordBatch) -> Result<bool, DecodeError> {
     use super::columns::{unzigzag, Encoding::*};
-    use super::records::{ApiCall, KernelExec};
+    use super::records::{ApiCall, ApiDomain, KernelExec};
     const BLOCK: usize = super::records::BLOCK_ROWS;
     match kind {
         Kind::KernelExec => {
@@ -484,8 +486,24 @@ fn decode_lean(kind: Kind, cols: &mut [Cursor<'_>], n: usize, out: &mut RecordBa
             let (Some(st), Some(en), Some(pid), Some(tid), Some(call), Some(dom)) = idx else { return Ok(false) };
             let start = out.api_calls.len();
             out.api_calls.resize(start + n, ApiCall::default());
+            let rows = &mut out.api_calls[start..];
+            for r in rows.iter_mut() {
+                r.call_id = lean_u32(&mut cols[call], kind, "call_id")?;
+            }
+            let mut probed = false;
+            for r in rows.iter_mut() {
+                r.domain = lean_u32(&mut cols[dom], kind, "domain")?;
+                probed |= r.domain == ApiDomain::Probe as u32;
+            }
+            if !probed {
+                // Only probed calls are used whole: the other columns of this section are not read.
+                for i in [call, dom] {
+                    all_read(&cols[i], kind)?;
+                }
+                return Ok(true);
+            }
             let mut prev = 0u64;
-            for block in out.api_calls[start..].chunks_mut(BLOCK) {
+            for block in rows.chunks_mut(BLOCK) {
                 for r in block.iter_mut() {
                     prev = prev.wrapping_add(unzigzag(cols[st].varint()?) as u64);
                     r.start_ns = prev;
@@ -498,12 +516,6 @@ fn decode_lean(kind: Kind, cols: &mut [Cursor<'_>], n: usize, out: &mut RecordBa
                 }
                 for r in block.iter_mut() {
                     r.tid = lean_u32(&mut cols[tid], kind, "tid")?;
-                }
-                for r in block.iter_mut() {
-                    r.call_id = lean_u32(&mut cols[call], kind, "call_id")?;
-                }
-                for r in block.iter_mut() {
-                    r.domain = lean_u32(&mut cols[dom], kind, "domain")?;
                 }
             }
             for i in [st, en, pid, tid, call, dom] {

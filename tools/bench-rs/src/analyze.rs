@@ -3,7 +3,7 @@
 //! with the bare reader (the baseline: decoding alone, one core), then analyze it in a child
 //! process (so its peak RSS is the analysis's own) on one core; the small trace is also
 //! analyzed in memory (every record loaded, then the same sweep) for the memory comparison.
-//! `--hta N` (default 1 M, 0 to skip): a trace of N events is also exported to Chrome trace JSON
+//! `--hta N` (default 250 000, 0 to skip; HTA takes minutes per million): a trace of N events is also exported to Chrome trace JSON
 //! (one file per rank) and Holistic Trace Analysis' load + temporal breakdown (`tools/hta-compare`)
 //! is timed against ghostprof's analysis of the same trace (wall seconds, same run).
 
@@ -166,7 +166,7 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
     let dir = PathBuf::from(flag(args, "--dir").unwrap_or_else(|| std::env::temp_dir().display().to_string()));
     // --keep: leave the trace files in --dir (for profiling the analysis on them).
     let keep = args.iter().any(|a| a == "--keep");
-    let hta_events: u64 = flag(args, "--hta").map(|s| s.parse()).transpose().context("--hta")?.unwrap_or(1_000_000);
+    let hta_events: u64 = flag(args, "--hta").map(|s| s.parse()).transpose().context("--hta")?.unwrap_or(250_000);
     std::fs::create_dir_all(&dir)?;
     let mut sizes = Vec::new();
     for (label, n) in [("small", small), ("large", events)] {
