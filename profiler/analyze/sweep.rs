@@ -168,13 +168,13 @@ impl Partitions {
     }
 
     /// Adds segment [a, b), which never straddles a boundary; segments come in time order.
-    fn add(&mut self, a: u64, b: u64, seg: &[f64; 8], busy: bool) {
+    fn add(&mut self, a: u64, b: u64, seg: &Seg, busy: bool) {
         while self.cursor < self.spans.len() && self.spans[self.cursor].1 <= a {
             self.cursor += 1;
         }
         if let Some(&(s, e)) = self.spans.get(self.cursor) {
             if s <= a && b <= e {
-                add_into(&mut self.acc[self.cursor], seg);
+                seg.add_to(&mut self.acc[self.cursor]);
                 if busy {
                     self.busy[self.cursor] += b - a;
                 }
@@ -196,9 +196,16 @@ impl Partitions {
     }
 }
 
-fn add_into(acc: &mut [f64; 8], seg: &[f64; 8]) {
-    for (a, s) in acc.iter_mut().zip(seg) {
-        *a += s;
+/// One elementary segment's ns by category: at most two categories are not zero (the others'
+/// additions of 0 would change no sum: every amount is ≥ 0).
+struct Seg([(usize, f64); 2]);
+
+impl Seg {
+    #[inline]
+    fn add_to(&self, acc: &mut [f64; 8]) {
+        for &(i, ns) in &self.0 {
+            acc[i] += ns;
+        }
     }
 }
 
@@ -378,7 +385,7 @@ impl DeviceSweep {
             }
             active.retain(|&i| ops[i].end > a);
             let dt = (b - a) as f64;
-            let mut seg = [0f64; 8];
+            let seg: Seg;
             let mut best: Option<Class> = None;
             let (mut rate, mut transferring) = (0f64, false);
             for o in active.iter().map(|&i| &ops[i]).filter(|o| o.start <= a && o.end >= b) {
@@ -392,33 +399,34 @@ impl DeviceSweep {
             match best {
                 None => {
                     let stalled = if self.plan.has_launcher { overlap(blocked, a, b) } else { 0 };
-                    if !self.plan.has_launcher {
-                        seg[IDLE_OTHER] = dt;
+                    let split = if !self.plan.has_launcher {
+                        seg = Seg([(IDLE_OTHER, dt), (HOST_STALL, 0.0)]);
+                        [0.0, 0.0, dt]
                     } else {
-                        seg[HOST_STALL] = stalled as f64;
-                        seg[LAUNCH_BOUND] = dt - stalled as f64;
-                    }
+                        let (stall, launch) = (stalled as f64, dt - stalled as f64);
+                        seg = Seg([(HOST_STALL, stall), (LAUNCH_BOUND, launch)]);
+                        [launch, stall, 0.0]
+                    };
                     if detail {
-                        self.extend_gap(a, b, &seg, stalled, reasons);
+                        self.extend_gap(a, b, split, stalled, reasons);
                     }
                 }
                 Some(class) => {
                     self.busy += b - a;
-                    match class {
+                    seg = match class {
                         Class::Compute => {
                             let rate = rate.min(1.0);
-                            seg[USEFUL] = rate * dt;
-                            seg[INEFFICIENT] = (1.0 - rate) * dt;
+                            Seg([(USEFUL, rate * dt), (INEFFICIENT, (1.0 - rate) * dt)])
                         }
-                        Class::Comm => seg[if transferring { TRANSFER } else { WAIT }] = dt,
-                        Class::Other => seg[OTHER] = dt,
-                    }
+                        Class::Comm => Seg([(if transferring { TRANSFER } else { WAIT }, dt), (OTHER, 0.0)]),
+                        Class::Other => Seg([(OTHER, dt), (USEFUL, 0.0)]),
+                    };
                     if detail && !self.plan.late_windows.is_empty() {
                         self.late_busy_add(a, b);
                     }
                 }
             }
-            add_into(&mut self.acc, &seg);
+            seg.add_to(&mut self.acc);
             if detail {
                 self.steps.add(a, b, &seg, best.is_some());
                 self.bins.add(a, b, &seg, best.is_some());
@@ -454,7 +462,8 @@ impl DeviceSweep {
         }
     }
 
-    fn extend_gap(&mut self, a: u64, b: u64, seg: &[f64; 8], stalled: u64, reasons: &[Reasoned]) {
+    /// `split`: the segment's launch-bound, host-stall and other idle ns.
+    fn extend_gap(&mut self, a: u64, b: u64, split: [f64; 3], stalled: u64, reasons: &[Reasoned]) {
         if self.gap.end != a || self.gap.end == self.gap.start {
             // A new gap: the last one is kept only if it is among the 10 longest (most are not:
             // moving it out costs more than the check).
@@ -465,11 +474,11 @@ impl DeviceSweep {
                 self.gap.reasons.clear();
             }
             self.gap.start = a;
-            self.gap.split = [seg[LAUNCH_BOUND], seg[HOST_STALL], seg[IDLE_OTHER]];
+            self.gap.split = split;
         } else {
-            self.gap.split[0] += seg[LAUNCH_BOUND];
-            self.gap.split[1] += seg[HOST_STALL];
-            self.gap.split[2] += seg[IDLE_OTHER];
+            for (g, x) in self.gap.split.iter_mut().zip(split) {
+                *g += x;
+            }
         }
         self.gap.end = b;
         if stalled > 0 {
