@@ -210,9 +210,21 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         for s in r.samples.iter().filter(|s| s.metric == Metric::SampleIntervalNs as u32) {
             pm_devices.insert((s.pid, s.device));
         }
+        // (the last device's answer is remembered: samples come in runs of one device)
+        let mut last: Option<((u32, u32), bool)> = None;
         sk.small.samples.extend(r.samples.iter().filter(|s| match Metric::from_u32(s.metric) {
             Some(Metric::SampleIntervalNs) => true,
-            Some(Metric::TensorActive) => pm_devices.contains(&(s.pid, s.device)),
+            Some(Metric::TensorActive) => {
+                let key = (s.pid, s.device);
+                match last {
+                    Some((k, pm)) if k == key => pm,
+                    _ => {
+                        let pm = pm_devices.contains(&key);
+                        last = Some((key, pm));
+                        pm
+                    }
+                }
+            }
             _ => false,
         }));
     })?;

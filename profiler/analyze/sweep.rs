@@ -32,8 +32,10 @@ pub(crate) struct Op {
     pub rate: f64,
     /// end of the wait phase (comm)
     pub transfer_from: u64,
-    /// kernel name id; None for copies
-    pub name: Option<u32>,
+    /// kernel name id (when `named`)
+    pub name: u32,
+    /// false for copies
+    pub named: bool,
 }
 
 /// FxHash (rustc's): the sweep's maps are keyed by small integers, where SipHash costs more
@@ -145,11 +147,11 @@ impl DevicePlan {
                 _ => (Class::Other, 0.0, 0),
             }
         };
-        Op { start, end, class, rate, transfer_from, name: Some(name) }
+        Op { start, end, class, rate, transfer_from, name, named: true }
     }
 
     pub fn copy_op(start: u64, end: u64) -> Op {
-        Op { start, end, class: Class::Other, rate: 0.0, transfer_from: 0, name: None }
+        Op { start, end, class: Class::Other, rate: 0.0, transfer_from: 0, name: 0, named: false }
     }
 }
 
@@ -308,7 +310,7 @@ impl DeviceSweep {
                 (o.class, o.rate)
             }
         };
-        Op { start, end, class, rate, transfer_from: 0, name: Some(name) }
+        Op { start, end, class, rate, transfer_from: 0, name, named: true }
     }
 
     pub fn window(&self) -> (u64, u64) {
@@ -438,7 +440,10 @@ impl DeviceSweep {
 
     /// Counts a kernel once, in the slice that holds its start (clipped to the window).
     fn count_kernel(&mut self, o: &Op, a: u64, b: u64) {
-        let Some(name) = o.name else { return };
+        if !o.named {
+            return;
+        }
+        let name = o.name;
         let (w0, w1) = self.plan.window;
         let at = o.start.max(w0);
         let clipped = o.end.min(w1).saturating_sub(o.start.max(w0));
