@@ -492,7 +492,7 @@ impl Sweep {
     fn ingest(
         &mut self,
         c: &Chunk,
-        is_comm: &mut dyn FnMut(u32) -> bool,
+        is_comm: &mut impl FnMut(u32) -> bool,
         waits: &HashMap<(u32, u64), u64>,
         preemption_is_stall: bool,
     ) {

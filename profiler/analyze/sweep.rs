@@ -170,6 +170,7 @@ impl Partitions {
     }
 
     /// Adds segment [a, b), which never straddles a boundary; segments come in time order.
+    #[inline]
     fn add(&mut self, a: u64, b: u64, seg: &Seg, busy: bool) {
         while self.cursor < self.spans.len() && self.spans[self.cursor].1 <= a {
             self.cursor += 1;
