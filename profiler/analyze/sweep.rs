@@ -655,6 +655,30 @@ fn sort_runs<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: impl Fn(&T) ->
         // v[sorted..end]; on equal keys the earlier element goes first.
         let first = key(&v[sorted]);
         let from = v[..sorted].partition_point(|x| key(x) <= first);
+        if end - sorted < sorted - from {
+            // The run is the shorter: it goes through the buffer, merged from the back.
+            buf.clear();
+            buf.extend_from_slice(&v[sorted..end]);
+            let (mut i, mut j, mut out) = (sorted, buf.len(), end);
+            while i > from && j > 0 {
+                out -= 1;
+                // on equal keys the later (run) element goes last
+                if key(&buf[j - 1]) < key(&v[i - 1]) {
+                    v[out] = v[i - 1];
+                    i -= 1;
+                } else {
+                    v[out] = buf[j - 1];
+                    j -= 1;
+                }
+            }
+            while j > 0 {
+                out -= 1;
+                v[out] = buf[j - 1];
+                j -= 1;
+            }
+            sorted = end;
+            continue;
+        }
         buf.clear();
         buf.extend_from_slice(&v[from..sorted]);
         let (mut i, mut j, mut out) = (0usize, sorted, from);
