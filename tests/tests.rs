@@ -12,6 +12,7 @@ mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)
 mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what the ground truth says
 mod pipeline; // collectors → queues → writer: backpressure counts every dropped record
 mod report; // report detail: steps, bins, top kernels, gaps, checkpoint, collectives, straggler, flags
+mod speed; // the analysis's fast paths: the lean decode gives the columns the analysis reads, exactly
 mod trace_compat; // plain `zstd -d` and the seekable format's seek table; seeking by time
 mod trace_damage; // truncation at every byte, bit flips, bad headers: errors name offsets, no panics
 mod trace_roundtrip; // every record kind and the string table round-trip exactly

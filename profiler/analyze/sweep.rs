@@ -700,3 +700,35 @@ fn sort_runs<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: impl Fn(&T) ->
         sorted = end;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sort_runs;
+
+    #[test]
+    fn sort_runs_is_the_stable_sort() {
+        // (key, position): a stable sort keeps positions increasing among equal keys.
+        let mut seed = 1u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let mut buf = Vec::new();
+        for case in 0..400 {
+            let n = (next() % 200) as usize;
+            let mut keys: Vec<u64> = (0..n).map(|_| next() % 50).collect();
+            // mostly sorted runs (few descents), sometimes many
+            let runs = 1 + (case % 7);
+            for chunk in keys.chunks_mut(n / runs + 1) {
+                if case % 5 != 0 {
+                    chunk.sort_unstable();
+                }
+            }
+            let mut v: Vec<(u64, usize)> = keys.iter().copied().zip(0..).collect();
+            let mut want = v.clone();
+            want.sort_by_key(|x| x.0);
+            sort_runs(&mut v, &mut buf, |x| x.0);
+            assert_eq!(v, want, "case {case}");
+        }
+    }
+}
