@@ -5,7 +5,7 @@ mod util; // shared helpers: temp dirs, writing synthetic traces, byte-level com
 
 mod analyze; // root tier: the accounting of recorded gpusim runs against the ground truth
 mod bpf; // root tier: the eBPF build chain loads a real program and sees real off-CPU time
-mod cli; // the ghostprof binary: `info` text and JSON, errors, unimplemented commands
+mod cli; // the ghostprof binary: `info` text and JSON, errors, record/attach/demo end to end (root)
 mod cupti; // root tier: the CUPTI injection library and its ring against gpusim's libcupti
 mod export; // `export --format chrome` (Kineto-shaped JSON, HTA agrees), `report --html` (Chromium draws it)
 mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)
@@ -13,6 +13,7 @@ mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what 
 mod pipeline; // collectors → queues → writer: backpressure counts every dropped record
 mod report; // report detail: steps, bins, top kernels, gaps, checkpoint, collectives, straggler, flags
 mod session; // root tier: record's Ctrl-C, second Ctrl-C, full disk, symlinked output; attach's window against the truth
+mod speed; // the analysis's fast paths: the lean decode gives the columns the analysis reads, exactly
 mod trace_compat; // plain `zstd -d` and the seekable format's seek table; seeking by time
 mod trace_damage; // truncation at every byte, bit flips, bad headers: errors name offsets, no panics
 mod trace_roundtrip; // every record kind and the string table round-trip exactly

@@ -62,6 +62,31 @@ struct DeviceSummary {
     /// the earliest compute kernels (max-heap on start, capped)
     prefix: BinaryHeap<(u64, u64, u32)>,
     regex_starts: Vec<u64>,
+    /// compute kernel time per (small, dense) name id, folded into `time_by_name` at the end
+    time_by_id: Vec<Option<u64>>,
+}
+
+impl DeviceSummary {
+    #[inline]
+    fn add_time(&mut self, name: u32, ns: u64) {
+        let i = name as usize;
+        if i < 1 << 20 {
+            if i >= self.time_by_id.len() {
+                self.time_by_id.resize(i + 1, None);
+            }
+            *self.time_by_id[i].get_or_insert(0) += ns;
+        } else {
+            *self.time_by_name.entry(name).or_default() += ns;
+        }
+    }
+
+    fn fold_times(&mut self) {
+        for (i, t) in std::mem::take(&mut self.time_by_id).into_iter().enumerate() {
+            if let Some(t) = t {
+                *self.time_by_name.entry(i as u32).or_default() += t;
+            }
+        }
+    }
 }
 
 /// What the summary pass keeps of a trace.
@@ -108,7 +133,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
                 | Kind::Drops
         )
     };
-    reader.for_each_chunk_kinds(&wanted, |c| {
+    reader.for_each_chunk_lean(&wanted, |c| {
         sk.names.extend(c.strings.iter().cloned());
         sk.records += c.records.len() as u64;
         chunk_min.push(if c.records.is_empty() && c.strings.is_empty() { u64::MAX } else { c.min_ts });
@@ -119,33 +144,43 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
             x.0 = x.0.min(s);
             x.1 = x.1.max(e);
         };
-        for k in &r.kernels {
-            widen(&mut sk.windows, k.pid, k.start_ns, k.end_ns);
-            let d = sk.devices.entry((k.pid, k.device)).or_insert_with(|| DeviceSummary {
-                first_op: k.start_ns,
-                last_op: k.end_ns,
+        // Kernels come in runs of one device: the maps are looked up once per run.
+        let ks = &r.kernels;
+        let mut i = 0;
+        while i < ks.len() {
+            let (pid, device) = (ks[i].pid, ks[i].device);
+            let n = ks[i..].iter().take_while(|k| k.pid == pid && k.device == device).count();
+            let run = &ks[i..i + n];
+            i += n;
+            let (lo, hi) = run.iter().fold((u64::MAX, 0), |(lo, hi), k| (lo.min(k.start_ns), hi.max(k.end_ns)));
+            widen(&mut sk.windows, pid, lo, hi);
+            let d = sk.devices.entry((pid, device)).or_insert_with(|| DeviceSummary {
+                first_op: lo,
+                last_op: hi,
                 ..Default::default()
             });
-            d.first_op = d.first_op.min(k.start_ns);
-            d.last_op = d.last_op.max(k.end_ns);
-            let comm = comm_cache.is_comm(names, k.name_id);
-            if comm {
-                sk.small.kernels.push(*k);
-            } else {
-                *d.time_by_name.entry(k.name_id).or_default() += k.end_ns.saturating_sub(k.start_ns);
-                if d.prefix.len() < PERIOD_PROBE {
-                    d.prefix.push((k.start_ns, k.end_ns, k.name_id));
-                } else if d.prefix.peek().is_some_and(|top| (k.start_ns, k.end_ns, k.name_id) < *top) {
-                    d.prefix.pop();
-                    d.prefix.push((k.start_ns, k.end_ns, k.name_id));
+            d.first_op = d.first_op.min(lo);
+            d.last_op = d.last_op.max(hi);
+            for k in run {
+                let comm = comm_cache.is_comm(names, k.name_id);
+                if comm {
+                    sk.small.kernels.push(*k);
+                } else {
+                    d.add_time(k.name_id, k.end_ns.saturating_sub(k.start_ns));
+                    if d.prefix.len() < PERIOD_PROBE {
+                        d.prefix.push((k.start_ns, k.end_ns, k.name_id));
+                    } else if d.prefix.peek().is_some_and(|top| (k.start_ns, k.end_ns, k.name_id) < *top) {
+                        d.prefix.pop();
+                        d.prefix.push((k.start_ns, k.end_ns, k.name_id));
+                    }
                 }
-            }
-            if let Some(re) = &opts.detail.step_regex {
-                let hit = *regex_match
-                    .entry(k.name_id)
-                    .or_insert_with(|| names.get(&k.name_id).is_some_and(|n| re.is_match(n)));
-                if hit {
-                    d.regex_starts.push(k.start_ns);
+                if let Some(re) = &opts.detail.step_regex {
+                    let hit = *regex_match
+                        .entry(k.name_id)
+                        .or_insert_with(|| names.get(&k.name_id).is_some_and(|n| re.is_match(n)));
+                    if hit {
+                        d.regex_starts.push(k.start_ns);
+                    }
                 }
             }
         }
@@ -175,12 +210,27 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         for s in r.samples.iter().filter(|s| s.metric == Metric::SampleIntervalNs as u32) {
             pm_devices.insert((s.pid, s.device));
         }
+        // (the last device's answer is remembered: samples come in runs of one device)
+        let mut last: Option<((u32, u32), bool)> = None;
         sk.small.samples.extend(r.samples.iter().filter(|s| match Metric::from_u32(s.metric) {
             Some(Metric::SampleIntervalNs) => true,
-            Some(Metric::TensorActive) => pm_devices.contains(&(s.pid, s.device)),
+            Some(Metric::TensorActive) => {
+                let key = (s.pid, s.device);
+                match last {
+                    Some((k, pm)) if k == key => pm,
+                    _ => {
+                        let pm = pm_devices.contains(&key);
+                        last = Some((key, pm));
+                        pm
+                    }
+                }
+            }
             _ => false,
         }));
     })?;
+    for d in sk.devices.values_mut() {
+        d.fold_times();
+    }
     let mut min = u64::MAX;
     sk.suffix_min_ts = chunk_min
         .iter()
@@ -262,7 +312,7 @@ pub fn sweep_file(
         for k in &need_steps_compute {
             per_step.insert(*k, vec![0; plans[k].steps.len()]);
         }
-        reader.for_each_chunk_kinds(&|k| k == Kind::KernelExec, |c| {
+        reader.for_each_chunk_lean(&|k| k == Kind::KernelExec, |c| {
             for k in c.records.kernels.iter().filter(|k| !is_comm(k.name_id)) {
                 let key = (k.pid, k.device);
                 if let Some(acc) = fraction_acc.get_mut(&key) {
@@ -300,7 +350,7 @@ pub fn sweep_file(
         for k in &late_steps {
             per_step.insert(*k, vec![0; plans[k].steps.len()]);
         }
-        reader.for_each_chunk_kinds(&|k| k == Kind::KernelExec, |c| {
+        reader.for_each_chunk_lean(&|k| k == Kind::KernelExec, |c| {
             for k in c.records.kernels.iter().filter(|k| !is_comm(k.name_id)) {
                 let key = (k.pid, k.device);
                 if let Some(busy) = per_step.get_mut(&key) {
@@ -350,7 +400,7 @@ pub fn sweep_file(
     let mut comm_cache = CommCache::default();
     let swept_kinds =
         |k: Kind| matches!(k, Kind::KernelExec | Kind::MemOp | Kind::HostStall | Kind::FileIo | Kind::NcclColl);
-    reader.for_each_chunk_kinds(&swept_kinds, |c| {
+    reader.for_each_chunk_lean(&swept_kinds, |c| {
         sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.preemption_is_stall);
         chunk_index += 1;
         let next_min = sk.suffix_min_ts.get(chunk_index).copied().unwrap_or(u64::MAX);
@@ -442,7 +492,7 @@ impl Sweep {
     fn ingest(
         &mut self,
         c: &Chunk,
-        is_comm: &mut dyn FnMut(u32) -> bool,
+        is_comm: &mut impl FnMut(u32) -> bool,
         waits: &HashMap<(u32, u64), u64>,
         preemption_is_stall: bool,
     ) {
@@ -451,15 +501,28 @@ impl Sweep {
             self.newest = self.newest.max(lo);
         }
         let swept_to = self.swept_to;
-        for k in &r.kernels {
-            self.newest = self.newest.max(k.start_ns);
-            let Some(d) = self.devices.get_mut(&(k.pid, k.device)) else { continue };
-            if k.start_ns < swept_to {
-                self.late_records += 1;
-                continue;
+        // Kernels come in runs of one device: one device lookup per run.
+        let ks = &r.kernels;
+        let mut i = 0;
+        while i < ks.len() {
+            let (pid, device) = (ks[i].pid, ks[i].device);
+            let n = ks[i..].iter().take_while(|k| k.pid == pid && k.device == device).count();
+            let run = &ks[i..i + n];
+            i += n;
+            self.newest = run.iter().fold(self.newest, |m, k| m.max(k.start_ns));
+            let Some(d) = self.devices.get_mut(&(pid, device)) else { continue };
+            d.incoming.reserve(run.len());
+            for k in run {
+                if k.start_ns < swept_to {
+                    self.late_records += 1;
+                    continue;
+                }
+                let comm = is_comm(k.name_id);
+                let wait =
+                    if waits.is_empty() || !comm { 0 } else { waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) };
+                let op = d.sweep.kernel_op_cached(k.start_ns, k.end_ns, k.name_id, comm, wait);
+                d.incoming.push(op);
             }
-            let wait = if waits.is_empty() { 0 } else { waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) };
-            d.incoming.push(d.sweep.plan_ref().kernel_op(k.start_ns, k.end_ns, k.name_id, is_comm(k.name_id), wait));
         }
         for m in &r.memops {
             self.newest = self.newest.max(m.start_ns);
@@ -502,9 +565,14 @@ impl Sweep {
         let from = self.swept_to;
         let mut reasons_of: HashMap<u32, Blocked> = HashMap::new();
         for (pid, p) in self.pids.iter_mut() {
-            let (now, later): (Vec<Reasoned>, Vec<Reasoned>) = p.incoming.drain(..).partition(|iv| iv.0 < to);
-            p.incoming = later;
-            p.carry.extend(now);
+            let carry = &mut p.carry;
+            p.incoming.retain(|iv| {
+                let now = iv.0 < to;
+                if now {
+                    carry.push(*iv);
+                }
+                !now
+            });
             p.carry.sort_unstable_by_key(|x| (x.0, x.1));
             let merged = merge(p.carry.iter().map(|x| (x.0, x.1)));
             reasons_of.insert(*pid, (merged, p.carry.clone()));
@@ -512,9 +580,14 @@ impl Sweep {
         }
         let empty = (Vec::new(), Vec::new());
         for ((pid, _), d) in self.devices.iter_mut() {
-            let (now, later): (Vec<Op>, Vec<Op>) = d.incoming.drain(..).partition(|o| o.start < to);
-            d.incoming = later;
-            d.carry.extend(now);
+            let carry = &mut d.carry;
+            d.incoming.retain(|o| {
+                let now = o.start < to;
+                if now {
+                    carry.push(*o);
+                }
+                !now
+            });
             let (blocked, reasons) = reasons_of.get(pid).unwrap_or(&empty);
             d.sweep.feed(from, to, &mut d.carry, blocked, reasons);
             d.carry.retain(|o| o.end > to);

@@ -32,8 +32,10 @@ pub(crate) struct Op {
     pub rate: f64,
     /// end of the wait phase (comm)
     pub transfer_from: u64,
-    /// kernel name id; None for copies
-    pub name: Option<u32>,
+    /// kernel name id (when `named`)
+    pub name: u32,
+    /// false for copies
+    pub named: bool,
 }
 
 /// FxHash (rustc's): the sweep's maps are keyed by small integers, where SipHash costs more
@@ -145,11 +147,11 @@ impl DevicePlan {
                 _ => (Class::Other, 0.0, 0),
             }
         };
-        Op { start, end, class, rate, transfer_from, name: Some(name) }
+        Op { start, end, class, rate, transfer_from, name, named: true }
     }
 
     pub fn copy_op(start: u64, end: u64) -> Op {
-        Op { start, end, class: Class::Other, rate: 0.0, transfer_from: 0, name: None }
+        Op { start, end, class: Class::Other, rate: 0.0, transfer_from: 0, name: 0, named: false }
     }
 }
 
@@ -168,13 +170,14 @@ impl Partitions {
     }
 
     /// Adds segment [a, b), which never straddles a boundary; segments come in time order.
-    fn add(&mut self, a: u64, b: u64, seg: &[f64; 8], busy: bool) {
+    #[inline]
+    fn add(&mut self, a: u64, b: u64, seg: &Seg, busy: bool) {
         while self.cursor < self.spans.len() && self.spans[self.cursor].1 <= a {
             self.cursor += 1;
         }
         if let Some(&(s, e)) = self.spans.get(self.cursor) {
             if s <= a && b <= e {
-                add_into(&mut self.acc[self.cursor], seg);
+                seg.add_to(&mut self.acc[self.cursor]);
                 if busy {
                     self.busy[self.cursor] += b - a;
                 }
@@ -196,9 +199,16 @@ impl Partitions {
     }
 }
 
-fn add_into(acc: &mut [f64; 8], seg: &[f64; 8]) {
-    for (a, s) in acc.iter_mut().zip(seg) {
-        *a += s;
+/// One elementary segment's ns by category: at most two categories are not zero (the others'
+/// additions of 0 would change no sum: every amount is ≥ 0).
+struct Seg([(usize, f64); 2]);
+
+impl Seg {
+    #[inline]
+    fn add_to(&self, acc: &mut [f64; 8]) {
+        for &(i, ns) in &self.0 {
+            acc[i] += ns;
+        }
     }
 }
 
@@ -230,6 +240,10 @@ pub(crate) struct DeviceSweep {
     gaps: Vec<OpenGap>,
     gap: OpenGap,
     kernels: FastMap<u32, (KernelStat, f64)>,
+    /// the same for small name ids (dense), without hashing
+    kernels_dense: Vec<Option<(KernelStat, f64)>>,
+    /// class and rate per name id ([`DeviceSweep::kernel_op_cached`])
+    class_of: Vec<Option<(Class, f64)>>,
     late_cursor: usize,
     late_busy: u64,
     late_reasons: Vec<(&'static str, u64)>,
@@ -239,6 +253,9 @@ pub(crate) struct DeviceSweep {
     longest_reason: u64,
     /// scratch
     cuts: Vec<u64>,
+    side_cuts: Vec<u64>,
+    cut_buf: Vec<u64>,
+    op_buf: Vec<Op>,
     active: Vec<usize>,
 }
 
@@ -260,18 +277,41 @@ impl DeviceSweep {
             gaps: Vec::new(),
             gap: OpenGap::default(),
             kernels: FastMap::default(),
+            kernels_dense: Vec::new(),
+            class_of: Vec::new(),
             late_cursor: 0,
             late_busy: 0,
             late_reasons: Vec::new(),
             late_blocked: 0,
             longest_reason: 0,
             cuts: Vec::new(),
+            side_cuts: Vec::new(),
+            cut_buf: Vec::new(),
+            op_buf: Vec::new(),
             active: Vec::new(),
         }
     }
 
-    pub fn plan_ref(&self) -> &DevicePlan {
-        &self.plan
+    /// [`DevicePlan::kernel_op`], remembering the class and rate of each (small) name id
+    /// where they depend on the name alone (not for collectives, nor per-step rates).
+    #[inline]
+    pub fn kernel_op_cached(&mut self, start: u64, end: u64, name: u32, comm: bool, wait_ns: u64) -> Op {
+        let i = name as usize;
+        if comm || self.plan.flop_source == FlopSource::FlopsPerStep || i >= 1 << 20 {
+            return self.plan.kernel_op(start, end, name, comm, wait_ns);
+        }
+        if i >= self.class_of.len() {
+            self.class_of.resize(i + 1, None);
+        }
+        let (class, rate) = match self.class_of[i] {
+            Some(x) => x,
+            None => {
+                let o = self.plan.kernel_op(start, end, name, false, 0);
+                self.class_of[i] = Some((o.class, o.rate));
+                (o.class, o.rate)
+            }
+        };
+        Op { start, end, class, rate, transfer_from: 0, name, named: true }
     }
 
     pub fn window(&self) -> (u64, u64) {
@@ -291,13 +331,20 @@ impl DeviceSweep {
         if detail {
             self.longest_reason = reasons.iter().map(|x| x.1.saturating_sub(x.0)).max().unwrap_or(0);
         }
+        // Two lists of cuts, each nearly sorted: those of the ops that are not collectives
+        // (one stream's kernels run back to back), and the others (collectives on their own
+        // stream, steps, bins, the slice's end). Each is sorted, then the two runs merged.
         let mut cuts = std::mem::take(&mut self.cuts);
+        let mut side = std::mem::take(&mut self.side_cuts);
         cuts.clear();
-        cuts.extend([a, b]);
+        side.clear();
+        cuts.push(a);
+        side.push(b);
         for o in ops.iter() {
-            cuts.extend([o.start.clamp(a, b), o.end.clamp(a, b)]);
             if o.class == Class::Comm {
-                cuts.push(o.transfer_from.clamp(a, b));
+                side.extend([o.start.clamp(a, b), o.transfer_from.clamp(a, b), o.end.clamp(a, b)]);
+            } else {
+                cuts.extend([o.start.clamp(a, b), o.end.clamp(a, b)]);
             }
             if detail {
                 self.count_kernel(o, a, b);
@@ -306,13 +353,13 @@ impl DeviceSweep {
         if detail {
             let i = self.plan.steps.partition_point(|s| s.1 <= a);
             for &(s, e) in self.plan.steps[i..].iter().take_while(|s| s.0 < b) {
-                cuts.extend([s.clamp(a, b), e.clamp(a, b)]);
+                side.extend([s.clamp(a, b), e.clamp(a, b)]);
             }
             if self.plan.bin_ns > 0 {
                 let bin = self.plan.bin_ns;
                 let mut t = w0 + (a - w0) / bin * bin + bin;
                 while t < b {
-                    cuts.push(t);
+                    side.push(t);
                     t += bin;
                 }
             }
@@ -321,11 +368,15 @@ impl DeviceSweep {
                 self.late_blocked_add(a, b, blocked);
             }
         }
-        // Stable sorts: both are nearly sorted already (records come in time order), which
-        // the stable sort detects.
-        cuts.sort();
+        // Both are nearly sorted already (records come in time order): a few runs, merged in
+        // reused buffers (the library sort allocates its buffer every call).
+        sort_runs(&mut cuts, &mut self.cut_buf, |&x| x);
+        sort_runs(&mut side, &mut self.cut_buf, |&x| x);
+        cuts.extend_from_slice(&side);
+        sort_runs(&mut cuts, &mut self.cut_buf, |&x| x);
         cuts.dedup();
-        ops.sort_by_key(|o| o.start);
+        self.side_cuts = side;
+        sort_runs(ops, &mut self.op_buf, |o| o.start);
         let mut active = std::mem::take(&mut self.active);
         active.clear();
         let mut next = 0usize;
@@ -337,7 +388,7 @@ impl DeviceSweep {
             }
             active.retain(|&i| ops[i].end > a);
             let dt = (b - a) as f64;
-            let mut seg = [0f64; 8];
+            let seg: Seg;
             let mut best: Option<Class> = None;
             let (mut rate, mut transferring) = (0f64, false);
             for o in active.iter().map(|&i| &ops[i]).filter(|o| o.start <= a && o.end >= b) {
@@ -351,33 +402,34 @@ impl DeviceSweep {
             match best {
                 None => {
                     let stalled = if self.plan.has_launcher { overlap(blocked, a, b) } else { 0 };
-                    if !self.plan.has_launcher {
-                        seg[IDLE_OTHER] = dt;
+                    let split = if !self.plan.has_launcher {
+                        seg = Seg([(IDLE_OTHER, dt), (HOST_STALL, 0.0)]);
+                        [0.0, 0.0, dt]
                     } else {
-                        seg[HOST_STALL] = stalled as f64;
-                        seg[LAUNCH_BOUND] = dt - stalled as f64;
-                    }
+                        let (stall, launch) = (stalled as f64, dt - stalled as f64);
+                        seg = Seg([(HOST_STALL, stall), (LAUNCH_BOUND, launch)]);
+                        [launch, stall, 0.0]
+                    };
                     if detail {
-                        self.extend_gap(a, b, &seg, stalled, reasons);
+                        self.extend_gap(a, b, split, stalled, reasons);
                     }
                 }
                 Some(class) => {
                     self.busy += b - a;
-                    match class {
+                    seg = match class {
                         Class::Compute => {
                             let rate = rate.min(1.0);
-                            seg[USEFUL] = rate * dt;
-                            seg[INEFFICIENT] = (1.0 - rate) * dt;
+                            Seg([(USEFUL, rate * dt), (INEFFICIENT, (1.0 - rate) * dt)])
                         }
-                        Class::Comm => seg[if transferring { TRANSFER } else { WAIT }] = dt,
-                        Class::Other => seg[OTHER] = dt,
-                    }
+                        Class::Comm => Seg([(if transferring { TRANSFER } else { WAIT }, dt), (OTHER, 0.0)]),
+                        Class::Other => Seg([(OTHER, dt), (USEFUL, 0.0)]),
+                    };
                     if detail && !self.plan.late_windows.is_empty() {
                         self.late_busy_add(a, b);
                     }
                 }
             }
-            add_into(&mut self.acc, &seg);
+            seg.add_to(&mut self.acc);
             if detail {
                 self.steps.add(a, b, &seg, best.is_some());
                 self.bins.add(a, b, &seg, best.is_some());
@@ -389,14 +441,26 @@ impl DeviceSweep {
 
     /// Counts a kernel once, in the slice that holds its start (clipped to the window).
     fn count_kernel(&mut self, o: &Op, a: u64, b: u64) {
-        let Some(name) = o.name else { return };
+        if !o.named {
+            return;
+        }
+        let name = o.name;
         let (w0, w1) = self.plan.window;
         let at = o.start.max(w0);
         let clipped = o.end.min(w1).saturating_sub(o.start.max(w0));
         if at < a || at >= b || (clipped == 0 && o.start < w0) {
             return;
         }
-        let e = self.kernels.entry(name).or_insert_with(|| (KernelStat { name_id: name, ..Default::default() }, 0.0));
+        let fresh = || (KernelStat { name_id: name, ..Default::default() }, 0.0);
+        let i = name as usize;
+        let e = if i < 1 << 20 {
+            if i >= self.kernels_dense.len() {
+                self.kernels_dense.resize(i + 1, None);
+            }
+            self.kernels_dense[i].get_or_insert_with(fresh)
+        } else {
+            self.kernels.entry(name).or_insert_with(fresh)
+        };
         e.0.count += 1;
         e.0.total_ns += clipped;
         if o.class != Class::Comm {
@@ -404,15 +468,25 @@ impl DeviceSweep {
         }
     }
 
-    fn extend_gap(&mut self, a: u64, b: u64, seg: &[f64; 8], stalled: u64, reasons: &[Reasoned]) {
+    /// `split`: the segment's launch-bound, host-stall and other idle ns.
+    fn extend_gap(&mut self, a: u64, b: u64, split: [f64; 3], stalled: u64, reasons: &[Reasoned]) {
         if self.gap.end != a || self.gap.end == self.gap.start {
-            close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+            // A new gap: the last one is kept only if it is among the 10 longest (most are not:
+            // moving it out costs more than the check).
+            let len = self.gap.end - self.gap.start;
+            if len > 0 && !(self.gaps.len() == 10 && self.gaps.last().is_some_and(|g| g.end - g.start >= len)) {
+                close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+            } else {
+                self.gap.reasons.clear();
+            }
             self.gap.start = a;
+            self.gap.split = split;
+        } else {
+            for (g, x) in self.gap.split.iter_mut().zip(split) {
+                *g += x;
+            }
         }
         self.gap.end = b;
-        self.gap.split[0] += seg[LAUNCH_BOUND];
-        self.gap.split[1] += seg[HOST_STALL];
-        self.gap.split[2] += seg[IDLE_OTHER];
         if stalled > 0 {
             let lo = reasons.partition_point(|x| x.0 < a.saturating_sub(self.longest_reason));
             for &(s, e, r) in reasons[lo..].iter().take_while(|x| x.0 < b) {
@@ -492,6 +566,7 @@ impl DeviceSweep {
         let mut top: Vec<KernelStat> = self
             .kernels
             .into_values()
+            .chain(self.kernels_dense.into_iter().flatten())
             .map(|(mut s, useful)| {
                 s.useful_ns = useful.round() as u64;
                 s
@@ -552,4 +627,108 @@ fn close_gap(gaps: &mut Vec<OpenGap>, gap: OpenGap) {
 pub(crate) fn overlap(intervals: &[(u64, u64)], a: u64, b: u64) -> u64 {
     let i = intervals.partition_point(|iv| iv.1 <= a);
     intervals[i..].iter().take_while(|iv| iv.0 < b).map(|iv| iv.1.min(b).saturating_sub(iv.0.max(a))).sum()
+}
+
+/// Stable sort of `v` by `key`, for slices made of a few sorted runs: each run is merged into
+/// the sorted prefix through `buf` (reused). More than [`MAX_RUNS`] runs: the library's sort.
+fn sort_runs<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: impl Fn(&T) -> K) {
+    const MAX_RUNS: usize = 4;
+    let descents = v.windows(2).filter(|w| key(&w[1]) < key(&w[0])).take(MAX_RUNS).count();
+    if descents == 0 {
+        return;
+    }
+    if descents >= MAX_RUNS {
+        v.sort_by_key(key);
+        return;
+    }
+    let n = v.len();
+    let mut sorted = 1;
+    while sorted < n && key(&v[sorted]) >= key(&v[sorted - 1]) {
+        sorted += 1;
+    }
+    while sorted < n {
+        let mut end = sorted + 1;
+        while end < n && key(&v[end]) >= key(&v[end - 1]) {
+            end += 1;
+        }
+        // Merge v[from..sorted] (the sorted prefix's tail past the run's first key) with
+        // v[sorted..end]; on equal keys the earlier element goes first.
+        let first = key(&v[sorted]);
+        let from = v[..sorted].partition_point(|x| key(x) <= first);
+        if end - sorted < sorted - from {
+            // The run is the shorter: it goes through the buffer, merged from the back.
+            buf.clear();
+            buf.extend_from_slice(&v[sorted..end]);
+            let (mut i, mut j, mut out) = (sorted, buf.len(), end);
+            while i > from && j > 0 {
+                out -= 1;
+                // on equal keys the later (run) element goes last
+                if key(&buf[j - 1]) < key(&v[i - 1]) {
+                    v[out] = v[i - 1];
+                    i -= 1;
+                } else {
+                    v[out] = buf[j - 1];
+                    j -= 1;
+                }
+            }
+            while j > 0 {
+                out -= 1;
+                v[out] = buf[j - 1];
+                j -= 1;
+            }
+            sorted = end;
+            continue;
+        }
+        buf.clear();
+        buf.extend_from_slice(&v[from..sorted]);
+        let (mut i, mut j, mut out) = (0usize, sorted, from);
+        while i < buf.len() && j < end {
+            if key(&v[j]) < key(&buf[i]) {
+                v[out] = v[j];
+                j += 1;
+            } else {
+                v[out] = buf[i];
+                i += 1;
+            }
+            out += 1;
+        }
+        while i < buf.len() {
+            v[out] = buf[i];
+            i += 1;
+            out += 1;
+        }
+        sorted = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sort_runs;
+
+    #[test]
+    fn sort_runs_is_the_stable_sort() {
+        // (key, position): a stable sort keeps positions increasing among equal keys.
+        let mut seed = 1u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let mut buf = Vec::new();
+        for case in 0..400 {
+            let n = (next() % 200) as usize;
+            let mut keys: Vec<u64> = (0..n).map(|_| next() % 50).collect();
+            // mostly sorted runs (few descents), sometimes many
+            let runs = 1 + (case % 7);
+            for chunk in keys.chunks_mut(n / runs + 1) {
+                if case % 5 != 0 {
+                    chunk.sort_unstable();
+                }
+            }
+            let mut v: Vec<(u64, usize)> = keys.iter().copied().zip(0..).collect();
+            let mut want = v.clone();
+            want.sort_by_key(|x| x.0);
+            sort_runs(&mut v, &mut buf, |x| x.0);
+            assert_eq!(v, want, "case {case}");
+        }
+    }
 }

@@ -143,6 +143,23 @@ pub fn decode_chunk_kinds_into(
     chunk: &mut Chunk,
     wanted: &dyn Fn(Kind) -> bool,
 ) -> Result<(), DecodeError> {
+    decode_chunk_sections(buf, chunk, wanted, false)
+}
+
+/// [`decode_chunk_kinds_into`] decoding only the columns the analysis reads of the two big
+/// kinds ([`LEAN_KERNEL_COLUMNS`], [`LEAN_API_COLUMNS`]); their other fields stay 0, and the
+/// skipped columns are passed over by their lengths (neither decoded nor checked). Other kinds
+/// are decoded whole.
+pub fn decode_chunk_lean_into(buf: &[u8], chunk: &mut Chunk, wanted: &dyn Fn(Kind) -> bool) -> Result<(), DecodeError> {
+    decode_chunk_sections(buf, chunk, wanted, true)
+}
+
+fn decode_chunk_sections(
+    buf: &[u8],
+    chunk: &mut Chunk,
+    wanted: &dyn Fn(Kind) -> bool,
+    lean: bool,
+) -> Result<(), DecodeError> {
     chunk.strings.clear();
     chunk.records.clear();
     let mut cur = Cursor::new(buf);
@@ -189,6 +206,9 @@ pub fn decode_chunk_kinds_into(
             return Err(DecodeError::new(at, format!("section {} claims {rows} rows in {len} bytes", kind.key())));
         }
         let mut cursors = column_cursors(body, body_at, columns).map_err(rebase)?;
+        if lean && decode_lean(kind, &mut cursors, rows, &mut chunk.records)? {
+            continue;
+        }
         chunk.records.decode_section(kind, &mut cursors, rows)?;
         for c in &cursors {
             if c.remaining() != 0 {
@@ -371,4 +391,138 @@ pub fn encode_seek_table(frames: &[(u32, u32)], out: &mut Vec<u8>) {
     out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
     out.push(0); // descriptor: no checksums
     out.extend_from_slice(&SEEKABLE_FOOTER_MAGIC.to_le_bytes());
+}
+
+/// The kernel columns a lean decode reads: start_ns/end_ns, device, name_id, pid.
+pub const LEAN_KERNEL_COLUMNS: &[&str] = &["start_ns", "device", "name_id", "pid"];
+/// The API call columns a lean decode reads: call_id and domain; start_ns, end_ns, pid and tid
+/// only in sections holding a probed call ([`super::records::ApiDomain::Probe`]: the only calls the analysis
+/// reads whole).
+pub const LEAN_API_COLUMNS: &[&str] = &["start_ns", "end_ns", "pid", "tid", "call_id", "domain"];
+
+fn column_index(kind: Kind, name: &str, encoding: super::columns::Encoding) -> Option<usize> {
+    kind.columns().iter().position(|c| c.name == name && c.encoding == encoding)
+}
+
+/// Checks that a decoded column was read to its end.
+fn all_read(c: &Cursor<'_>, kind: Kind) -> Result<(), DecodeError> {
+    if c.remaining() != 0 {
+        return Err(DecodeError::new(
+            c.offset(),
+            format!("{} unread bytes in a column of {}", c.remaining(), kind.key()),
+        ));
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn lean_u32(cur: &mut Cursor<'_>, kind: Kind, what: &str) -> Result<u32, DecodeError> {
+    let v = cur.varint()?;
+    u32::try_from(v)
+        .map_err(|_| DecodeError::new(cur.offset(), format!("value out of range for {}.{what}", kind.key())))
+}
+
+/// Decodes the lean columns of a kernel or API call section into `out`; false when the kind
+/// has no lean form (or its columns are not coded as expected: then the caller decodes it
+/// whole).
+fn decode_lean(kind: Kind, cols: &mut [Cursor<'_>], n: usize, out: &mut RecordBatch) -> Result<bool, DecodeError> {
+    use super::columns::{unzigzag, Encoding::*};
+    use super::records::{ApiCall, ApiDomain, KernelExec};
+    const BLOCK: usize = super::records::BLOCK_ROWS;
+    match kind {
+        Kind::KernelExec => {
+            let idx = (
+                column_index(kind, "start_ns", GapFrom("end_ns")),
+                column_index(kind, "device", Raw),
+                column_index(kind, "name_id", Raw),
+                column_index(kind, "pid", Raw),
+            );
+            let (Some(ts), Some(dev), Some(name), Some(pid)) = idx else { return Ok(false) };
+            out.kernels.reserve(n);
+            let mut prev_end = 0u64;
+            let (mut se, mut d, mut nm, mut p) = ([(0u64, 0u64); BLOCK], [0u32; BLOCK], [0u32; BLOCK], [0u32; BLOCK]);
+            let mut left = n;
+            while left > 0 {
+                let b = left.min(BLOCK);
+                left -= b;
+                let cur = &mut cols[ts];
+                for x in se[..b].iter_mut() {
+                    let s = prev_end.wrapping_add(unzigzag(cur.varint()?) as u64);
+                    let e = s.wrapping_add(unzigzag(cur.varint()?) as u64);
+                    (*x, prev_end) = ((s, e), e);
+                }
+                for x in d[..b].iter_mut() {
+                    *x = lean_u32(&mut cols[dev], kind, "device")?;
+                }
+                for x in nm[..b].iter_mut() {
+                    *x = lean_u32(&mut cols[name], kind, "name_id")?;
+                }
+                for x in p[..b].iter_mut() {
+                    *x = lean_u32(&mut cols[pid], kind, "pid")?;
+                }
+                out.kernels.extend((0..b).map(|i| KernelExec {
+                    start_ns: se[i].0,
+                    end_ns: se[i].1,
+                    device: d[i],
+                    name_id: nm[i],
+                    pid: p[i],
+                    ..KernelExec::default()
+                }));
+            }
+            for i in [ts, dev, name, pid] {
+                all_read(&cols[i], kind)?;
+            }
+            Ok(true)
+        }
+        Kind::ApiCall => {
+            let idx = (
+                column_index(kind, "start_ns", Delta),
+                column_index(kind, "end_ns", From("start_ns")),
+                column_index(kind, "pid", Raw),
+                column_index(kind, "tid", Raw),
+                column_index(kind, "call_id", Raw),
+                column_index(kind, "domain", Raw),
+            );
+            let (Some(st), Some(en), Some(pid), Some(tid), Some(call), Some(dom)) = idx else { return Ok(false) };
+            let start = out.api_calls.len();
+            out.api_calls.resize(start + n, ApiCall::default());
+            let rows = &mut out.api_calls[start..];
+            for r in rows.iter_mut() {
+                r.call_id = lean_u32(&mut cols[call], kind, "call_id")?;
+            }
+            let mut probed = false;
+            for r in rows.iter_mut() {
+                r.domain = lean_u32(&mut cols[dom], kind, "domain")?;
+                probed |= r.domain == ApiDomain::Probe as u32;
+            }
+            if !probed {
+                // Only probed calls are used whole: the other columns of this section are not read.
+                for i in [call, dom] {
+                    all_read(&cols[i], kind)?;
+                }
+                return Ok(true);
+            }
+            let mut prev = 0u64;
+            for block in rows.chunks_mut(BLOCK) {
+                for r in block.iter_mut() {
+                    prev = prev.wrapping_add(unzigzag(cols[st].varint()?) as u64);
+                    r.start_ns = prev;
+                }
+                for r in block.iter_mut() {
+                    r.end_ns = r.start_ns.wrapping_add(unzigzag(cols[en].varint()?) as u64);
+                }
+                for r in block.iter_mut() {
+                    r.pid = lean_u32(&mut cols[pid], kind, "pid")?;
+                }
+                for r in block.iter_mut() {
+                    r.tid = lean_u32(&mut cols[tid], kind, "tid")?;
+                }
+            }
+            for i in [st, en, pid, tid, call, dom] {
+                all_read(&cols[i], kind)?;
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }

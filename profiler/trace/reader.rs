@@ -168,16 +168,49 @@ impl TraceReader {
         chunk: &mut Chunk,
         wanted: &dyn Fn(Kind) -> bool,
     ) -> Result<(), TraceError> {
+        self.read_chunk_decode(i, scratch, chunk, wanted, false)
+    }
+
+    fn read_chunk_decode(
+        &self,
+        i: usize,
+        scratch: &mut Scratch,
+        chunk: &mut Chunk,
+        wanted: &dyn Fn(Kind) -> bool,
+        lean: bool,
+    ) -> Result<(), TraceError> {
         let meta =
             self.chunks.get(i).ok_or_else(|| TraceError::Writer { what: format!("chunk {i} does not exist") })?;
         self.frame_into(meta.offset, meta.compressed_len, scratch)?;
-        format::decode_chunk_kinds_into(&scratch.body, chunk, wanted).map_err(|e| {
+        let decoded = if lean {
+            format::decode_chunk_lean_into(&scratch.body, chunk, wanted)
+        } else {
+            format::decode_chunk_kinds_into(&scratch.body, chunk, wanted)
+        };
+        decoded.map_err(|e| {
             self.corrupt(meta.offset, format!("in chunk {} at decompressed byte {}: {}", meta.seq, e.offset, e.what))
         })?;
         let matches = chunk.seq == meta.seq
             && Kind::ALL.iter().zip(&meta.counts).all(|(k, n)| !wanted(*k) || chunk.records.count(*k) as u64 == *n);
         if !matches {
             return Err(self.corrupt(meta.offset, format!("chunk {} does not match its index entry", meta.seq)));
+        }
+        Ok(())
+    }
+
+    /// [`TraceReader::for_each_chunk_kinds`] with the lean decode of kernels and API calls
+    /// ([`format::decode_chunk_lean_into`]: only the columns the analysis reads; the other
+    /// fields of those records are 0).
+    pub fn for_each_chunk_lean(
+        &self,
+        wanted: &dyn Fn(Kind) -> bool,
+        mut f: impl FnMut(&Chunk),
+    ) -> Result<(), TraceError> {
+        let mut scratch = Scratch::default();
+        let mut chunk = Chunk::default();
+        for i in 0..self.chunks.len() {
+            self.read_chunk_decode(i, &mut scratch, &mut chunk, wanted, true)?;
+            f(&chunk);
         }
         Ok(())
     }

@@ -3,6 +3,9 @@
 //! with the bare reader (the baseline: decoding alone, one core), then analyze it in a child
 //! process (so its peak RSS is the analysis's own) on one core; the small trace is also
 //! analyzed in memory (every record loaded, then the same sweep) for the memory comparison.
+//! `--hta N` (default 250 000, 0 to skip; HTA takes minutes per million): a trace of N events is also exported to Chrome trace JSON
+//! (one file per rank) and Holistic Trace Analysis' load + temporal breakdown (`tools/hta-compare`)
+//! is timed against ghostprof's analysis of the same trace (wall seconds, same run).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use ghostprof::report::chrome::{export_chrome, ChromeOptions};
 use ghostprof::report::{analyze_batch, analyze_files, load, ReportOptions};
 use ghostprof::trace::synth::TrainingStream;
 use ghostprof::trace::{Interner, TraceInfo, TraceReader, TraceWriter, WriterOptions};
@@ -95,10 +99,74 @@ pub fn bench_analyze_child(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// HTA against ghostprof on one trace of `events` events: `hta_seconds` (HTA's load + temporal
+/// breakdown, as tools/hta-compare reports it), `ghostprof_seconds` (the streaming analysis, wall
+/// seconds, in a child process) and their ratio. Without HTA's virtual environment (or when HTA
+/// fails) the HTA fields are null and `hta_note` says why.
+fn hta_vs_ghostprof(dir: &Path, events: u64) -> Result<serde_json::Value> {
+    let path = dir.join("bench-analyze-hta.gptrace");
+    eprintln!("writing {events} synthetic records to {} for the HTA comparison ...", path.display());
+    write_synthetic(&path, events)?;
+    let gp = child(&path, "stream")?;
+    let ghostprof_seconds = gp["seconds"].as_f64().unwrap_or(f64::NAN);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = std::env::var_os("GHOSTPROF_HTA_VENV").map_or_else(|| root.join("target/hta-venv"), PathBuf::from);
+    let mut out = serde_json::json!({
+        "events": events,
+        "ghostprof_seconds": ghostprof_seconds,
+        "hta_seconds": null,
+        "hta_over_ghostprof": null,
+    });
+    let note = if !venv.join("bin/python").exists() {
+        Some(format!("no HTA virtual environment at {} (run tools/setup)", venv.display()))
+    } else {
+        let export_dir = dir.join("bench-analyze-hta-json");
+        let _ = std::fs::remove_dir_all(&export_dir);
+        let exported = export_chrome(&path, &export_dir, &ChromeOptions { pid: None, per_process: true })?;
+        let json_events: u64 = exported.files.iter().map(|f| f.events).sum();
+        out["exported_events"] = json_events.into();
+        out["exported_files"] = exported.files.len().into();
+        eprintln!("exported {json_events} Chrome trace events in {} file(s); running HTA ...", exported.files.len());
+        let run = Command::new(root.join("tools/hta-compare")).arg(&export_dir).output()?;
+        let _ = std::fs::remove_dir_all(&export_dir);
+        let text = String::from_utf8_lossy(&run.stdout);
+        let hta = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["hta_seconds"].as_f64())
+            .fold(None, |m: Option<f64>, s| Some(m.map_or(s, |m| m.max(s))));
+        match hta {
+            Some(h) if run.status.success() => {
+                out["hta_seconds"] = h.into();
+                out["hta_over_ghostprof"] = (h / ghostprof_seconds).into();
+                eprintln!(
+                    "HTA load + temporal breakdown {h:.1} s; ghostprof analysis {ghostprof_seconds:.3} s wall: HTA/ghostprof = {:.0}",
+                    h / ghostprof_seconds
+                );
+                None
+            }
+            _ => Some(format!(
+                "tools/hta-compare failed ({}): {}",
+                run.status,
+                String::from_utf8_lossy(&run.stderr).lines().last().unwrap_or("")
+            )),
+        }
+    };
+    if let Some(n) = note {
+        eprintln!("HTA comparison skipped: {n}");
+        out["hta_note"] = n.into();
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(out)
+}
+
 pub fn bench_analyze(args: &[String]) -> Result<()> {
     let events: u64 = flag(args, "--events").map(|s| s.parse()).transpose().context("--events")?.unwrap_or(100_000_000);
     let small: u64 = flag(args, "--small").map(|s| s.parse()).transpose().context("--small")?.unwrap_or(10_000_000);
     let dir = PathBuf::from(flag(args, "--dir").unwrap_or_else(|| std::env::temp_dir().display().to_string()));
+    // --keep: leave the trace files in --dir (for profiling the analysis on them).
+    let keep = args.iter().any(|a| a == "--keep");
+    let hta_events: u64 = flag(args, "--hta").map(|s| s.parse()).transpose().context("--hta")?.unwrap_or(250_000);
     std::fs::create_dir_all(&dir)?;
     let mut sizes = Vec::new();
     for (label, n) in [("small", small), ("large", events)] {
@@ -137,9 +205,13 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
             row["in_memory_cpu_seconds"] = memory["cpu_seconds"].clone();
             row["in_memory_peak_rss_bytes"] = memory["peak_rss_bytes"].clone();
         }
-        let _ = std::fs::remove_file(&path);
+        if !keep {
+            let _ = std::fs::remove_file(&path);
+        }
         sizes.push((label, row));
     }
+    let hta = if hta_events > 0 { Some(hta_vs_ghostprof(&dir, hta_events)?) } else { None };
+    let field = |k: &str| hta.as_ref().map_or(serde_json::Value::Null, |h| h[k].clone());
     let large = &sizes[1].1;
     let json = serde_json::json!({
         "bench": "analyze",
@@ -147,8 +219,12 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
         "events_per_s": large["events_per_s"],
         "peak_rss_bytes": large["peak_rss_bytes"],
         "read_events_per_s": large["read_events_per_s"],
+        "hta_seconds": field("hta_seconds"),
+        "ghostprof_seconds": field("ghostprof_seconds"),
+        "hta_over_ghostprof": field("hta_over_ghostprof"),
         "small": sizes[0].1,
         "large": sizes[1].1,
+        "hta": hta,
     });
     println!("{json}");
     Ok(())

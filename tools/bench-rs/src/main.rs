@@ -5,7 +5,7 @@
 //!   pipeline into a trace file and back, against plain zstd -1 over raw rows.
 //! - `probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS]` ([`probe`]): per-call cost of
 //!   ghostprof's uprobes on gpusim's cuLaunchKernel against a bare uprobe (root).
-//! - `analyze [--events N] [--small N] [--dir D]` ([`analyze`]): the streaming analysis behind
+//! - `analyze [--events N] [--small N] [--hta N] [--dir D]` ([`analyze`]): the streaming analysis behind
 //!   `ghostprof report`: events/s on one core against the bare reader, and its peak RSS.
 //! - `cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S]` ([`cupti`]): CPU the
 //!   CUPTI injection library adds to a CUDA program per activity record, and losses at 1 M
@@ -34,7 +34,7 @@ fn main() -> Result<()> {
         Some("analyze") => analyze::bench_analyze(&args[1..]),
         Some("analyze-child") => analyze::bench_analyze_child(&args[1..]),
         _ => bail!(
-            "usage: bench trace [--events N] [--dir DIR] | analyze [--events N] [--small N] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] \
+            "usage: bench trace [--events N] [--dir DIR] | analyze [--events N] [--small N] [--hta N] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] \
              | cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S] [--pm-interval-ns NS] [--inject LIB]"
         ),
     }
