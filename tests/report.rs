@@ -479,6 +479,48 @@ fn reorder_window_bounds_what_is_held_and_counts_late_records() {
     assert_eq!(cut[0].1.steps[0].categories.total(), STEP);
 }
 
+/// A launching thread blocked for 10 s is recorded when it wakes, so its record comes ~10 s
+/// after records of later times: more than the 5 s reorder window. The summary pass keeps such
+/// long blocks and the sweep takes them in time: the whole block is `idle.host_stall` (futex),
+/// nothing is left out, and the result equals the in-memory analysis.
+#[test]
+fn a_block_longer_than_the_reorder_window_is_accounted_in_full() {
+    let dir = tmpdir();
+    let path = dir.path().join("long-block.gptrace");
+    let tid = PID;
+    let mut records: Vec<Record> = Vec::new();
+    // 1 s of 10 ms kernels, a 10 s block of the launching thread (GPU idle), 1 s of kernels.
+    let block = (T0 + 1_000 * MS, T0 + 11_000 * MS);
+    for i in 0..200u64 {
+        let s = if i < 100 { T0 + i * STEP } else { block.1 + (i - 100) * STEP };
+        records.push(KernelLaunch { time_ns: s, pid: PID, tid, ..Default::default() }.into());
+        records.push(kernel(s, s + 9 * MS, A, PID));
+    }
+    // Written where a collector would write it: after everything up to its wake-up.
+    let stall: Record = HostStall {
+        start_ns: block.0,
+        end_ns: block.1,
+        pid: PID,
+        tid,
+        reason: StallReason::Futex as u32,
+        syscall: 202,
+    }
+    .into();
+    records.push(stall);
+    write_trace(&path, &records, &NAMES, 20);
+    let opts = ReportOptions::default();
+    let streamed = analyze_files(std::slice::from_ref(&path), &opts).unwrap().remove(0);
+    assert!(streamed.warnings.is_empty(), "nothing left out: {:?}", streamed.warnings);
+    let a = &streamed.accounts[0];
+    // The block to the nanosecond (the 1 ms before it, after the last kernel, is launch-bound).
+    assert_eq!(a.categories.get("idle.host_stall"), block.1 - block.0, "{:?}", a.categories);
+    let gap = &streamed.details[0].top_idle_gaps[0];
+    assert_eq!((gap.category, gap.reason), ("idle.host_stall", "futex"), "{gap:?}");
+    let (batch, names, warnings) = load(&path).unwrap();
+    let in_memory = analyze_batch(path.display().to_string(), &batch, &names, warnings, &opts);
+    assert_same_analysis(&streamed, &in_memory);
+}
+
 #[test]
 fn random_records_never_panic_the_report() {
     // Every bit pattern is a valid record: ends before starts, huge times, unknown enums.

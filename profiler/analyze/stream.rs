@@ -100,6 +100,11 @@ pub struct Skeleton {
     devices: FastMap<(u32, u32), DeviceSummary>,
     /// Minimum record time of each chunk and all later ones.
     suffix_min_ts: Vec<u64>,
+    /// Host intervals (off-CPU, file I/O) of at least half the reorder window, of every
+    /// thread: (pid, tid, start, end, reason). A long block is recorded when it ends, so its
+    /// record arrives about its length after its start, later than the reorder window allows
+    /// (a 9 s stall of a PyTorch job on an H200); the sweep takes them from here, in time.
+    long_blocked: Vec<(u32, u32, u64, u64, &'static str)>,
     pub records: u64,
 }
 
@@ -112,8 +117,10 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         launchers: FastMap::default(),
         devices: FastMap::default(),
         suffix_min_ts: Vec::new(),
+        long_blocked: Vec::new(),
         records: 0,
     };
+    let long = opts.reorder_window_ns / 2;
     // The index knows how many NCCL records there are: no doubling of that vector.
     let counts = reader.counts();
     let count_of = |kind: Kind| Kind::ALL.iter().position(|k| *k == kind).map_or(0, |i| counts[i]);
@@ -123,15 +130,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
     let mut chunk_min: Vec<u64> = Vec::new();
     let mut pm_devices: HashSet<(u32, u32)> = HashSet::new();
     let wanted = |k: Kind| {
-        !matches!(
-            k,
-            Kind::HostStall
-                | Kind::ProcessInfo
-                | Kind::ThreadInfo
-                | Kind::LibraryInfo
-                | Kind::FunctionName
-                | Kind::Drops
-        )
+        !matches!(k, Kind::ProcessInfo | Kind::ThreadInfo | Kind::LibraryInfo | Kind::FunctionName | Kind::Drops)
     };
     reader.for_each_chunk_lean(&wanted, |c| {
         sk.names.extend(c.strings.iter().cloned());
@@ -205,6 +204,14 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         sk.small.steps.extend(r.steps.iter().filter(|s| s.source == MarkerSource::Nvtx as u32));
         sk.small.clock_syncs.extend_from_slice(&r.clock_syncs);
         sk.small.file_io.extend(r.file_io.iter().filter(|f| is_checkpoint_syscall(f.syscall)));
+        for st in r.stalls.iter().filter(|st| st.end_ns.saturating_sub(st.start_ns) >= long) {
+            if counts_stall(st.reason, opts.account.preemption_is_stall) {
+                sk.long_blocked.push((st.pid, st.tid, st.start_ns, st.end_ns, stall_reason_label(st.reason)));
+            }
+        }
+        for f in r.file_io.iter().filter(|f| f.end_ns.saturating_sub(f.start_ns) >= long) {
+            sk.long_blocked.push((f.pid, f.tid, f.start_ns, f.end_ns, "file I/O"));
+        }
         // PM samples: tensor activity only of devices that have PM sample intervals (NVML-like
         // samples without them do not make a FLOP source, and would only take memory).
         for s in r.samples.iter().filter(|s| s.metric == Metric::SampleIntervalNs as u32) {
@@ -385,14 +392,29 @@ pub fn sweep_file(
         newest: 0,
         late_records: 0,
     };
+    let long = opts.reorder_window_ns / 2;
     for (pid, launchers) in &sk.launchers {
-        // Synchronizing calls are few: the summary kept them all.
+        // Synchronizing calls are few: the summary kept them all; so are long blocks, which
+        // the summary kept because their records arrive late (see `Skeleton::long_blocked`).
         let incoming = sk
             .small
             .api_calls
             .iter()
             .filter(|a| a.pid == *pid && launchers.contains(&a.tid))
             .map(|a| (a.start_ns, a.end_ns, "sync call"))
+            .chain(sk.long_blocked.iter().filter(|b| b.0 == *pid && launchers.contains(&b.1)).map(|b| (b.2, b.3, b.4)))
+            .chain(
+                sk.small
+                    .nccl
+                    .iter()
+                    .filter(|n| {
+                        n.pid == *pid
+                            && n.phase == NcclPhase::Host as u32
+                            && launchers.contains(&n.tid)
+                            && n.end_ns.saturating_sub(n.start_ns) >= long
+                    })
+                    .map(|n| (n.start_ns, n.end_ns, "NCCL call")),
+            )
             .collect();
         sweep.pids.insert(*pid, PidState { launchers: launchers.clone(), incoming, ..Default::default() });
     }
@@ -401,7 +423,7 @@ pub fn sweep_file(
     let swept_kinds =
         |k: Kind| matches!(k, Kind::KernelExec | Kind::MemOp | Kind::HostStall | Kind::FileIo | Kind::NcclColl);
     reader.for_each_chunk_lean(&swept_kinds, |c| {
-        sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.preemption_is_stall);
+        sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.preemption_is_stall, long);
         chunk_index += 1;
         let next_min = sk.suffix_min_ts.get(chunk_index).copied().unwrap_or(u64::MAX);
         let bound = sweep.newest.saturating_sub(opts.reorder_window_ns);
@@ -495,6 +517,7 @@ impl Sweep {
         is_comm: &mut impl FnMut(u32) -> bool,
         waits: &HashMap<(u32, u64), u64>,
         preemption_is_stall: bool,
+        long: u64,
     ) {
         let r = &c.records;
         if let Some((lo, _)) = r.time_range() {
@@ -549,6 +572,10 @@ impl Sweep {
             blocked.push((n.pid, (n.start_ns, n.end_ns, "NCCL call")));
         }
         for (pid, iv) in blocked {
+            // Long blocks came from the summary, in time.
+            if iv.1.saturating_sub(iv.0) >= long {
+                continue;
+            }
             let Some(p) = self.pids.get_mut(&pid) else { continue };
             if iv.0 < swept_to {
                 if iv.1 > swept_to {
