@@ -455,11 +455,23 @@ fn reorder_window_bounds_what_is_held_and_counts_late_records() {
     use ghostprof::analyze::stream::{summarize, sweep_file, StreamOptions};
     let dir = tmpdir();
     let path = dir.path().join("late.gptrace");
-    // Step 0's first kernel is written last, as if a collector drained it 100 ms late.
+    // Step 0's first kernel is written last, as if a collector drained it 100 ms late, and so is
+    // a 0.2 ms off-CPU interval of the launching thread (9.6-9.8 ms, in the step's launch-bound
+    // tail).
     let mut records = job_records(&Job { rank: 0, slow_ns: 0, markers: true });
     let first = records.iter().position(|r| matches!(r, Record::KernelExec(_))).unwrap();
     let late = records.remove(first);
     records.push(late);
+    let short: Record = HostStall {
+        start_ns: T0 + 9_600_000,
+        end_ns: T0 + 9_800_000,
+        pid: PID,
+        tid: PID,
+        reason: StallReason::Futex as u32,
+        syscall: 202,
+    }
+    .into();
+    records.push(short);
     write_trace(&path, &records, &NAMES, 37);
     let reader = TraceReader::open(&path).unwrap();
     let run = |reorder_window_ns: u64| {
@@ -471,12 +483,18 @@ fn reorder_window_bounds_what_is_held_and_counts_late_records() {
     // Within the reorder window (default 5 s): nothing is late, step 0 is whole.
     let (whole, late_records) = run(5_000_000_000);
     assert_eq!(late_records, 0);
-    assert_eq!(whole[0].1.steps[0].categories.get("compute.inefficient"), 6 * MS);
-    // A 1 ms window: the kernel comes after its time was swept, is counted and left out.
+    let step0 = &whole[0].1.steps[0].categories;
+    assert_eq!(step0.get("compute.inefficient"), 6 * MS);
+    assert_eq!(step0.get("idle.host_stall"), 1_700_000, "the 1.5 ms futex and the 0.2 ms one");
+    // A 1 ms window: the kernel, later than that, was kept by the summary pass (late device
+    // records are) and is swept in time; the short host interval, too short to be kept (under
+    // half the window), is counted and left out.
     let (cut, late_records) = run(MS);
     assert_eq!(late_records, 1);
-    assert_eq!(cut[0].1.steps[0].categories.get("compute.inefficient"), 4 * MS);
-    assert_eq!(cut[0].1.steps[0].categories.total(), STEP);
+    let step0 = &cut[0].1.steps[0].categories;
+    assert_eq!(step0.get("compute.inefficient"), 6 * MS);
+    assert_eq!(step0.get("idle.host_stall"), 1_500_000);
+    assert_eq!(step0.total(), STEP);
 }
 
 /// A launching thread blocked for 10 s is recorded when it wakes, so its record comes ~10 s

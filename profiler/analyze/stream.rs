@@ -7,13 +7,17 @@
 //!    kernels matching `--step-regex`; and the few records the plans need whole: NCCL calls and
 //!    collective kernels (cross-rank matching), step markers, PM samples, clock syncs,
 //!    checkpoint writes. (Tensor-activity samples are kept for devices whose PM sample
-//!    intervals have been seen, in that chunk or before: they come together.)
+//!    intervals have been seen, in that chunk or before: they come together.) Also the records
+//!    that will reach the sweep too late: kernels and copies starting more than the reorder
+//!    window before the newest device record of the chunks before theirs (up to [`MAX_LATE`]),
+//!    and host blocks of at least half the window (recorded when they end).
 //! 2. **Kernel pass** (only when needed): PM least squares kernel by kernel; the launches of a
 //!    periodic sequence's anchor kernel; each step's compute time for `--flops-per-step`.
 //! 3. **Sweep**: chunks in file order; a record is swept once no later chunk can hold an earlier
 //!    one (the chunk index's minimum timestamps), or once it is more than the reorder window
-//!    older than the newest record read, which bounds what is held. Records older than what
-//!    was already swept are counted (`late_records`) and left out.
+//!    older than the newest device record read, which bounds what is held. The late records
+//!    the summary kept are swept in time; any other record older than what was already swept
+//!    is counted (`late_records`) and left out.
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
@@ -105,7 +109,21 @@ pub struct Skeleton {
     /// record arrives about its length after its start, later than the reorder window allows
     /// (a 9 s stall of a PyTorch job on an H200); the sweep takes them from here, in time.
     long_blocked: Vec<(u32, u32, u64, u64, &'static str)>,
+    /// Kernels and copies whose records come more than the reorder window after newer ones
+    /// (a device record held in a part-filled CUPTI buffer: ~6 s on an H200 before the forced
+    /// flush), found with the sweep's own rule, up to [`MAX_LATE`]; the sweep takes them in time.
+    late: RecordBatch,
     pub records: u64,
+}
+
+/// At most this many late kernels and copies are kept for the sweep (~80 MiB); later ones are
+/// left out and counted, as before.
+const MAX_LATE: usize = 1 << 20;
+
+/// The newest device-record start of `r` (what moves the sweep's reorder bound).
+fn newest_start(r: &RecordBatch, newest: u64) -> u64 {
+    let k = r.kernels.iter().fold(newest, |m, k| m.max(k.start_ns));
+    r.memops.iter().fold(k, |m, x| m.max(x.start_ns))
 }
 
 /// The summary pass (1).
@@ -118,9 +136,11 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         devices: FastMap::default(),
         suffix_min_ts: Vec::new(),
         long_blocked: Vec::new(),
+        late: RecordBatch::default(),
         records: 0,
     };
     let long = opts.reorder_window_ns / 2;
+    let mut newest = 0u64;
     // The index knows how many NCCL records there are: no doubling of that vector.
     let counts = reader.counts();
     let count_of = |kind: Kind| Kind::ALL.iter().position(|k| *k == kind).map_or(0, |i| counts[i]);
@@ -137,6 +157,22 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         sk.records += c.records.len() as u64;
         chunk_min.push(if c.records.is_empty() && c.strings.is_empty() { u64::MAX } else { c.min_ts });
         let r = &c.records;
+        // The sweep's rule: a device record starting before (newest start of the chunks read
+        // before this one) − the reorder window will be too late for it.
+        let bound = newest.saturating_sub(opts.reorder_window_ns);
+        if bound > 0 {
+            for k in r.kernels.iter().filter(|k| k.start_ns < bound) {
+                if sk.late.kernels.len() + sk.late.memops.len() < MAX_LATE {
+                    sk.late.kernels.push(*k);
+                }
+            }
+            for m in r.memops.iter().filter(|m| m.start_ns < bound) {
+                if sk.late.kernels.len() + sk.late.memops.len() < MAX_LATE {
+                    sk.late.memops.push(*m);
+                }
+            }
+        }
+        newest = newest_start(r, newest);
         let names = &sk.names;
         let widen = |w: &mut HashMap<u32, (u64, u64)>, pid: u32, s: u64, e: u64| {
             let x = w.entry(pid).or_insert((s, e));
@@ -393,6 +429,19 @@ pub fn sweep_file(
         late_records: 0,
     };
     let long = opts.reorder_window_ns / 2;
+    let mut comm_cache = CommCache::default();
+    // Late device records, kept by the summary pass: in time now, skipped when read again.
+    for k in &sk.late.kernels {
+        let Some(d) = sweep.devices.get_mut(&(k.pid, k.device)) else { continue };
+        let comm = comm_cache.is_comm(names, k.name_id);
+        let wait = if comm { waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) } else { 0 };
+        d.incoming.push(d.sweep.kernel_op_cached(k.start_ns, k.end_ns, k.name_id, comm, wait));
+    }
+    for m in &sk.late.memops {
+        if let Some(d) = sweep.devices.get_mut(&(m.pid, m.device)) {
+            d.incoming.push(DevicePlan::copy_op(m.start_ns, m.end_ns));
+        }
+    }
     for (pid, launchers) in &sk.launchers {
         // Synchronizing calls are few: the summary kept them all; so are long blocks, which
         // the summary kept because their records arrive late (see `Skeleton::long_blocked`).
@@ -419,7 +468,6 @@ pub fn sweep_file(
         sweep.pids.insert(*pid, PidState { launchers: launchers.clone(), incoming, ..Default::default() });
     }
     let mut chunk_index = 0usize;
-    let mut comm_cache = CommCache::default();
     let swept_kinds =
         |k: Kind| matches!(k, Kind::KernelExec | Kind::MemOp | Kind::HostStall | Kind::FileIo | Kind::NcclColl);
     reader.for_each_chunk_lean(&swept_kinds, |c| {
@@ -433,7 +481,8 @@ pub fn sweep_file(
         }
     })?;
     sweep.advance(u64::MAX);
-    let late_records = sweep.late_records;
+    // Those the summary kept were counted again when read: only the rest was left out.
+    let late_records = sweep.late_records - (sk.late.kernels.len() + sk.late.memops.len()) as u64;
     let results = keys
         .iter()
         .map(|k| {
@@ -505,7 +554,7 @@ struct Sweep {
     pids: HashMap<u32, PidState>,
     /// everything before this is swept
     swept_to: u64,
-    /// newest record start read
+    /// newest device-record start read
     newest: u64,
     late_records: u64,
 }
@@ -520,10 +569,12 @@ impl Sweep {
         long: u64,
     ) {
         let r = &c.records;
-        if let Some((lo, _)) = r.time_range() {
-            self.newest = self.newest.max(lo);
-        }
         let swept_to = self.swept_to;
+        // Device records before `newest − reorder window` were kept by the summary pass
+        // (`Skeleton::late`) if it had room. `swept_to` is at least that bound, so every one of
+        // them is skipped below (none is swept twice); the sweep function subtracts them from
+        // the late count.
+        let new_newest = newest_start(r, self.newest);
         // Kernels come in runs of one device: one device lookup per run.
         let ks = &r.kernels;
         let mut i = 0;
@@ -532,7 +583,6 @@ impl Sweep {
             let n = ks[i..].iter().take_while(|k| k.pid == pid && k.device == device).count();
             let run = &ks[i..i + n];
             i += n;
-            self.newest = run.iter().fold(self.newest, |m, k| m.max(k.start_ns));
             let Some(d) = self.devices.get_mut(&(pid, device)) else { continue };
             d.incoming.reserve(run.len());
             for k in run {
@@ -548,7 +598,6 @@ impl Sweep {
             }
         }
         for m in &r.memops {
-            self.newest = self.newest.max(m.start_ns);
             let Some(d) = self.devices.get_mut(&(m.pid, m.device)) else { continue };
             if m.start_ns < swept_to {
                 self.late_records += 1;
@@ -578,13 +627,13 @@ impl Sweep {
             }
             let Some(p) = self.pids.get_mut(&pid) else { continue };
             if iv.0 < swept_to {
-                if iv.1 > swept_to {
-                    self.late_records += 1;
-                }
+                // Its time was swept already: left out, and counted.
+                self.late_records += 1;
                 continue;
             }
             p.incoming.push(iv);
         }
+        self.newest = new_newest;
     }
 
     /// Sweeps every device from `swept_to` to `to`.
