@@ -120,6 +120,12 @@ pub struct Skeleton {
 /// left out and counted, as before.
 const MAX_LATE: usize = 1 << 20;
 
+/// Consecutive kernels of one (process, device): chunks hold them in such runs, so maps are
+/// looked up once per run.
+fn device_runs(ks: &[crate::trace::KernelExec]) -> impl Iterator<Item = &[crate::trace::KernelExec]> {
+    ks.chunk_by(|a, b| a.pid == b.pid && a.device == b.device)
+}
+
 /// The newest device-record start of `r` (what moves the sweep's reorder bound).
 fn newest_start(r: &RecordBatch, newest: u64) -> u64 {
     let k = r.kernels.iter().fold(newest, |m, k| m.max(k.start_ns));
@@ -180,13 +186,8 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
             x.1 = x.1.max(e);
         };
         // Kernels come in runs of one device: the maps are looked up once per run.
-        let ks = &r.kernels;
-        let mut i = 0;
-        while i < ks.len() {
-            let (pid, device) = (ks[i].pid, ks[i].device);
-            let n = ks[i..].iter().take_while(|k| k.pid == pid && k.device == device).count();
-            let run = &ks[i..i + n];
-            i += n;
+        for run in device_runs(&r.kernels) {
+            let (pid, device) = (run[0].pid, run[0].device);
             let (lo, hi) = run.iter().fold((u64::MAX, 0), |(lo, hi), k| (lo.min(k.start_ns), hi.max(k.end_ns)));
             widen(&mut sk.windows, pid, lo, hi);
             let d = sk.devices.entry((pid, device)).or_insert_with(|| DeviceSummary {
@@ -576,13 +577,8 @@ impl Sweep {
         // the late count.
         let new_newest = newest_start(r, self.newest);
         // Kernels come in runs of one device: one device lookup per run.
-        let ks = &r.kernels;
-        let mut i = 0;
-        while i < ks.len() {
-            let (pid, device) = (ks[i].pid, ks[i].device);
-            let n = ks[i..].iter().take_while(|k| k.pid == pid && k.device == device).count();
-            let run = &ks[i..i + n];
-            i += n;
+        for run in device_runs(&r.kernels) {
+            let (pid, device) = (run[0].pid, run[0].device);
             let Some(d) = self.devices.get_mut(&(pid, device)) else { continue };
             d.incoming.reserve(run.len());
             for k in run {

@@ -201,44 +201,35 @@ impl TraceReader {
     /// [`TraceReader::for_each_chunk_kinds`] with the lean decode of kernels and API calls
     /// ([`format::decode_chunk_lean_into`]: only the columns the analysis reads; the other
     /// fields of those records are 0).
-    pub fn for_each_chunk_lean(
+    pub fn for_each_chunk_lean(&self, wanted: &dyn Fn(Kind) -> bool, f: impl FnMut(&Chunk)) -> Result<(), TraceError> {
+        self.for_each_decoded(wanted, true, f)
+    }
+
+    /// Decodes every chunk in order (the kinds `wanted` accepts, `lean` as in
+    /// [`TraceReader::for_each_chunk_lean`]), handing each to `f`; one buffer is reused.
+    fn for_each_decoded(
         &self,
         wanted: &dyn Fn(Kind) -> bool,
+        lean: bool,
         mut f: impl FnMut(&Chunk),
     ) -> Result<(), TraceError> {
         let mut scratch = Scratch::default();
         let mut chunk = Chunk::default();
         for i in 0..self.chunks.len() {
-            self.read_chunk_decode(i, &mut scratch, &mut chunk, wanted, true)?;
+            self.read_chunk_decode(i, &mut scratch, &mut chunk, wanted, lean)?;
             f(&chunk);
         }
         Ok(())
     }
 
     /// Decodes every chunk in order, handing each to `f` (one buffer is reused throughout).
-    pub fn for_each_chunk(&self, mut f: impl FnMut(&Chunk)) -> Result<(), TraceError> {
-        let mut scratch = Scratch::default();
-        let mut chunk = Chunk::default();
-        for i in 0..self.chunks.len() {
-            self.read_chunk_into(i, &mut scratch, &mut chunk)?;
-            f(&chunk);
-        }
-        Ok(())
+    pub fn for_each_chunk(&self, f: impl FnMut(&Chunk)) -> Result<(), TraceError> {
+        self.for_each_decoded(&|_| true, false, f)
     }
 
     /// [`TraceReader::for_each_chunk`] decoding only the record kinds `wanted` accepts.
-    pub fn for_each_chunk_kinds(
-        &self,
-        wanted: &dyn Fn(Kind) -> bool,
-        mut f: impl FnMut(&Chunk),
-    ) -> Result<(), TraceError> {
-        let mut scratch = Scratch::default();
-        let mut chunk = Chunk::default();
-        for i in 0..self.chunks.len() {
-            self.read_chunk_kinds_into(i, &mut scratch, &mut chunk, wanted)?;
-            f(&chunk);
-        }
-        Ok(())
+    pub fn for_each_chunk_kinds(&self, wanted: &dyn Fn(Kind) -> bool, f: impl FnMut(&Chunk)) -> Result<(), TraceError> {
+        self.for_each_decoded(wanted, false, f)
     }
 
     /// Every record of the file in one batch (tests and small files; analysis streams chunks).
