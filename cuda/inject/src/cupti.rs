@@ -26,6 +26,8 @@ struct State {
     /// the id, and the bytes confirm it was not reused for another name.
     names: HashMap<usize, (u32, Box<[u8]>), std::hash::BuildHasherDefault<PtrHasher>>,
     cupti_dropped: u64,
+    /// The current buffer's record addresses (reused from buffer to buffer).
+    records: Vec<usize>,
 }
 
 /// A hasher for pointer keys (one multiply), not SipHash: the map is only ever keyed by CUPTI's
@@ -89,7 +91,7 @@ pub fn start() -> Result<(), String> {
     let _ = RING.set(Mutex::new(ring));
     SELF_TIME.store(std::env::var("GHOSTPROF_SELF_TIME").as_deref() == Ok("1"), Ordering::Relaxed);
     *STATE.lock().unwrap_or_else(|p| p.into_inner()) =
-        Some(State { pm: None, names: HashMap::default(), cupti_dropped: 0 });
+        Some(State { pm: None, names: HashMap::default(), cupti_dropped: 0, records: Vec::new() });
     if let Err(tried) = crate::api::load() {
         status(&format!("libcupti was not found ({tried}): no device timeline, eBPF only"));
         return Err("libcupti not found".into());
@@ -546,47 +548,33 @@ unsafe extern "C" fn buffer_completed(
         if let Some(s) = guard.as_mut() {
             let mut record: *mut cs::CUpti_Activity = std::ptr::null_mut();
             let Some(ring_lock) = RING.get() else { return };
-            let lock = || ring_lock.lock().unwrap_or_else(|p| p.into_inner());
+            // CUPTI's walk of the buffer first, then ghostprof's forwarding (timed alone with
+            // GHOSTPROF_SELF_TIME; thread CPU time, as this thread is preempted mid-buffer on a
+            // busy machine). The record list is kept between buffers.
+            let mut records = std::mem::take(&mut s.records);
+            records.clear();
+            // SAFETY: CUPTI iterates its own buffer; the records stay valid until it is freed.
+            while unsafe { crate::api::cuptiActivityGetNextRecord(buffer, valid, &mut record) }
+                == cs::CUptiResult::CUPTI_SUCCESS
+            {
+                records.push(record as usize);
+            }
+            let t0 = SELF_TIME.load(Ordering::Relaxed).then(thread_cpu_ns);
             // The ring's lock is taken once per RING_BATCH records: cheap for this thread, and a
             // launch callback waits at most one batch.
             const RING_BATCH: usize = 32;
-            if SELF_TIME.load(Ordering::Relaxed) {
-                // Walk first (CUPTI's work), then time the forwarding alone (ghostprof's).
-                let mut records = Vec::new();
-                // SAFETY: as below; the records stay valid until the buffer is freed.
-                while unsafe { crate::api::cuptiActivityGetNextRecord(buffer, valid, &mut record) }
-                    == cs::CUptiResult::CUPTI_SUCCESS
-                {
-                    records.push(record as *const u8);
-                }
-                // Thread CPU time: on a busy machine this thread is preempted mid-buffer.
-                let t0 = thread_cpu_ns();
-                for batch in records.chunks(RING_BATCH) {
-                    let mut ring = lock();
-                    for &r in batch {
-                        // SAFETY: CUPTI returned these record pointers.
-                        unsafe { forward(s, &mut ring, r) };
-                    }
-                }
-                FORWARD_NS.fetch_add(thread_cpu_ns().saturating_sub(t0), Ordering::Relaxed);
-                FORWARD_RECORDS.fetch_add(records.len() as u64, Ordering::Relaxed);
-            } else {
-                let mut ring = lock();
-                let mut in_batch = 0;
-                // SAFETY: CUPTI iterates its own buffer; each record is valid until the next call.
-                while unsafe { crate::api::cuptiActivityGetNextRecord(buffer, valid, &mut record) }
-                    == cs::CUptiResult::CUPTI_SUCCESS
-                {
-                    // SAFETY: CUPTI returned a valid record pointer.
-                    unsafe { forward(s, &mut ring, record as *const u8) };
-                    in_batch += 1;
-                    if in_batch == RING_BATCH {
-                        drop(ring);
-                        ring = lock();
-                        in_batch = 0;
-                    }
+            for batch in records.chunks(RING_BATCH) {
+                let mut ring = ring_lock.lock().unwrap_or_else(|p| p.into_inner());
+                for &r in batch {
+                    // SAFETY: CUPTI returned these record pointers.
+                    unsafe { forward(s, &mut ring, r as *const u8) };
                 }
             }
+            if let Some(t0) = t0 {
+                FORWARD_NS.fetch_add(thread_cpu_ns().saturating_sub(t0), Ordering::Relaxed);
+                FORWARD_RECORDS.fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+            s.records = records;
             let mut dropped = 0usize;
             // SAFETY: writes one usize.
             unsafe { crate::api::cuptiActivityGetNumDroppedRecords(ctx, stream, &mut dropped) };
