@@ -16,4 +16,5 @@ mod session; // root tier: record's Ctrl-C, second Ctrl-C, full disk, symlinked 
 mod speed; // the analysis's fast paths: the lean decode gives the columns the analysis reads, exactly
 mod trace_compat; // plain `zstd -d` and the seekable format's seek table; seeking by time
 mod trace_damage; // truncation at every byte, bit flips, bad headers: errors name offsets, no panics
+mod trace_digest; // chunk digests: the same report with and without, round trip, damage
 mod trace_roundtrip; // every record kind and the string table round-trip exactly

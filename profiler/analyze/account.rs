@@ -146,7 +146,7 @@ pub fn analyze_with(
 
 /// Collective kernels are the ones whose name starts with `nccl`.
 pub(crate) fn is_comm_name(names: &HashMap<u32, String>, id: u32) -> bool {
-    names.get(&id).is_some_and(|n| n.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"nccl")))
+    names.get(&id).is_some_and(|n| crate::trace::digest::is_collective_name(n))
 }
 
 fn device_keys(batch: &RecordBatch) -> Vec<(u32, u32)> {

@@ -5,7 +5,7 @@
 //! [`collectives`] matches collectives across ranks and files (skew, straggler); [`peak`] is
 //! the table of peak FLOP/s.
 
-mod account;
+pub(crate) mod account;
 pub mod collectives;
 mod flops;
 pub mod join;

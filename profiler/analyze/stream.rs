@@ -32,8 +32,9 @@ use super::steps::{
 };
 use super::sweep::FastMap;
 use super::sweep::{DevicePlan, DeviceSweep, Op, Reasoned};
+use crate::trace::digest::{ChunkDigest, DIGEST_LONG_NS, DIGEST_VERSION};
 use crate::trace::{
-    ApiDomain, Chunk, Kind, Metric, NcclPhase, ProbedApi, RecordBatch, StepSource as MarkerSource, TraceError,
+    ApiDomain, Chunk, Kind, Metric, NcclPhase, ProbedApi, RecordBatch, Scratch, StepSource as MarkerSource, TraceError,
     TraceReader,
 };
 
@@ -114,6 +115,8 @@ pub struct Skeleton {
     /// flush), found with the sweep's own rule, up to [`MAX_LATE`]; the sweep takes them in time.
     late: RecordBatch,
     pub records: u64,
+    /// Chunks the summary read from their digest alone (the others were decoded whole).
+    pub chunks_from_digest: u64,
 }
 
 /// At most this many late kernels and copies are kept for the sweep (~80 MiB); later ones are
@@ -132,7 +135,10 @@ fn newest_start(r: &RecordBatch, newest: u64) -> u64 {
     r.memops.iter().fold(k, |m, x| m.max(x.start_ns))
 }
 
-/// The summary pass (1).
+/// The summary pass (1). A chunk with a digest ([`crate::trace::digest`]) is read from its
+/// digest alone (the start of its frame) unless the digest cannot answer for it: a kernel
+/// regex, a reorder window under twice [`DIGEST_LONG_NS`], device records that will be late,
+/// or compute kernels that may enter the periodicity probe. Those chunks are decoded whole.
 pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton, TraceError> {
     let mut sk = Skeleton {
         names: HashMap::new(),
@@ -144,28 +150,118 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         long_blocked: Vec::new(),
         late: RecordBatch::default(),
         records: 0,
+        chunks_from_digest: 0,
     };
-    let long = opts.reorder_window_ns / 2;
-    let mut newest = 0u64;
+    let mut st = SummaryState {
+        long: opts.reorder_window_ns / 2,
+        newest: 0,
+        regex_match: FastMap::default(),
+        comm_cache: CommCache::default(),
+        chunk_min: Vec::new(),
+        pm_devices: HashSet::new(),
+    };
     // The index knows how many NCCL records there are: no doubling of that vector.
     let counts = reader.counts();
     let count_of = |kind: Kind| Kind::ALL.iter().position(|k| *k == kind).map_or(0, |i| counts[i]);
     sk.small.nccl.reserve_exact(count_of(Kind::NcclColl).min(1 << 28) as usize);
-    let mut regex_match: FastMap<u32, bool> = FastMap::default();
-    let mut comm_cache = CommCache::default();
-    let mut chunk_min: Vec<u64> = Vec::new();
-    let mut pm_devices: HashSet<(u32, u32)> = HashSet::new();
     let wanted = |k: Kind| {
         !matches!(k, Kind::ProcessInfo | Kind::ThreadInfo | Kind::LibraryInfo | Kind::FunctionName | Kind::Drops)
     };
-    reader.for_each_chunk_lean(&wanted, |c| {
+    let digests = opts.detail.step_regex.is_none() && st.long >= DIGEST_LONG_NS;
+    let mut scratch = Scratch::default();
+    let mut chunk = Chunk::default();
+    let mut digest = ChunkDigest::default();
+    for i in 0..reader.chunks().len() {
+        let meta = &reader.chunks()[i];
+        let from_digest = digests
+            && reader.read_chunk_head(i, &mut scratch, &mut chunk.strings, &mut digest)?
+            && digest.version == DIGEST_VERSION
+            && !needs_whole(&sk, &st, &digest, opts.reorder_window_ns);
+        if from_digest {
+            let n: u64 = Kind::ALL.iter().zip(&meta.counts).filter(|(k, _)| wanted(**k)).map(|(_, n)| n).sum();
+            st.absorb_digest(&mut sk, &chunk.strings, &digest, meta.min_ts, n, opts);
+            sk.chunks_from_digest += 1;
+            continue;
+        }
+        reader.read_chunk_lean_into(i, &mut scratch, &mut chunk, &wanted)?;
+        st.absorb_chunk(&mut sk, &chunk, opts);
+    }
+    for d in sk.devices.values_mut() {
+        d.fold_times();
+    }
+    let mut min = u64::MAX;
+    sk.suffix_min_ts = st
+        .chunk_min
+        .iter()
+        .rev()
+        .map(|&m| {
+            min = min.min(m);
+            min
+        })
+        .collect();
+    sk.suffix_min_ts.reverse();
+    Ok(sk)
+}
+
+/// Whether a chunk must be decoded whole although it has a digest: it holds device records
+/// that will reach the sweep late (the summary keeps those), or compute kernels that may be
+/// among the first [`PERIOD_PROBE`] of their device.
+fn needs_whole(sk: &Skeleton, st: &SummaryState, digest: &ChunkDigest, reorder_window_ns: u64) -> bool {
+    let bound = st.newest.saturating_sub(reorder_window_ns);
+    digest.spans.iter().any(|s| {
+        if bound > 0 && s.min_start < bound {
+            return true;
+        }
+        if s.min_compute_start == u64::MAX {
+            return false;
+        }
+        match sk.devices.get(&(s.pid, s.device)) {
+            Some(d) if d.prefix.len() >= PERIOD_PROBE => d.prefix.peek().is_none_or(|top| s.min_compute_start <= top.0),
+            _ => true,
+        }
+    })
+}
+
+/// The summary pass's state besides the skeleton.
+struct SummaryState {
+    /// host blocks at least this long are kept whole
+    long: u64,
+    /// newest device-record start of the chunks read
+    newest: u64,
+    regex_match: FastMap<u32, bool>,
+    comm_cache: CommCache,
+    chunk_min: Vec<u64>,
+    pm_devices: HashSet<(u32, u32)>,
+}
+
+fn widen(w: &mut HashMap<u32, (u64, u64)>, pid: u32, s: u64, e: u64) {
+    let x = w.entry(pid).or_insert((s, e));
+    x.0 = x.0.min(s);
+    x.1 = x.1.max(e);
+}
+
+fn device_entry(
+    devices: &mut FastMap<(u32, u32), DeviceSummary>,
+    key: (u32, u32),
+    lo: u64,
+    hi: u64,
+) -> &mut DeviceSummary {
+    let d = devices.entry(key).or_insert_with(|| DeviceSummary { first_op: lo, last_op: hi, ..Default::default() });
+    d.first_op = d.first_op.min(lo);
+    d.last_op = d.last_op.max(hi);
+    d
+}
+
+impl SummaryState {
+    /// A chunk decoded whole.
+    fn absorb_chunk(&mut self, sk: &mut Skeleton, c: &Chunk, opts: &StreamOptions) {
         sk.names.extend(c.strings.iter().cloned());
         sk.records += c.records.len() as u64;
-        chunk_min.push(if c.records.is_empty() && c.strings.is_empty() { u64::MAX } else { c.min_ts });
+        self.chunk_min.push(if c.records.is_empty() && c.strings.is_empty() { u64::MAX } else { c.min_ts });
         let r = &c.records;
         // The sweep's rule: a device record starting before (newest start of the chunks read
         // before this one) − the reorder window will be too late for it.
-        let bound = newest.saturating_sub(opts.reorder_window_ns);
+        let bound = self.newest.saturating_sub(opts.reorder_window_ns);
         if bound > 0 {
             for k in r.kernels.iter().filter(|k| k.start_ns < bound) {
                 if sk.late.kernels.len() + sk.late.memops.len() < MAX_LATE {
@@ -178,27 +274,16 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
                 }
             }
         }
-        newest = newest_start(r, newest);
+        self.newest = newest_start(r, self.newest);
         let names = &sk.names;
-        let widen = |w: &mut HashMap<u32, (u64, u64)>, pid: u32, s: u64, e: u64| {
-            let x = w.entry(pid).or_insert((s, e));
-            x.0 = x.0.min(s);
-            x.1 = x.1.max(e);
-        };
         // Kernels come in runs of one device: the maps are looked up once per run.
         for run in device_runs(&r.kernels) {
             let (pid, device) = (run[0].pid, run[0].device);
             let (lo, hi) = run.iter().fold((u64::MAX, 0), |(lo, hi), k| (lo.min(k.start_ns), hi.max(k.end_ns)));
             widen(&mut sk.windows, pid, lo, hi);
-            let d = sk.devices.entry((pid, device)).or_insert_with(|| DeviceSummary {
-                first_op: lo,
-                last_op: hi,
-                ..Default::default()
-            });
-            d.first_op = d.first_op.min(lo);
-            d.last_op = d.last_op.max(hi);
+            let d = device_entry(&mut sk.devices, (pid, device), lo, hi);
             for k in run {
-                let comm = comm_cache.is_comm(names, k.name_id);
+                let comm = self.comm_cache.is_comm(names, k.name_id);
                 if comm {
                     sk.small.kernels.push(*k);
                 } else {
@@ -211,7 +296,8 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
                     }
                 }
                 if let Some(re) = &opts.detail.step_regex {
-                    let hit = *regex_match
+                    let hit = *self
+                        .regex_match
                         .entry(k.name_id)
                         .or_insert_with(|| names.get(&k.name_id).is_some_and(|n| re.is_match(n)));
                     if hit {
@@ -222,18 +308,52 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         }
         for m in &r.memops {
             widen(&mut sk.windows, m.pid, m.start_ns, m.end_ns);
-            let d = sk.devices.entry((m.pid, m.device)).or_insert_with(|| DeviceSummary {
-                first_op: m.start_ns,
-                last_op: m.end_ns,
-                ..Default::default()
-            });
-            d.first_op = d.first_op.min(m.start_ns);
-            d.last_op = d.last_op.max(m.end_ns);
+            device_entry(&mut sk.devices, (m.pid, m.device), m.start_ns, m.end_ns);
         }
         for l in &r.launches {
             widen(&mut sk.windows, l.pid, l.time_ns, l.time_ns);
             sk.launchers.entry(l.pid).or_default().insert(l.tid);
         }
+        self.absorb_small(sk, r, opts.account.preemption_is_stall);
+    }
+
+    /// A chunk read from its digest: the same as [`SummaryState::absorb_chunk`] for the
+    /// chunks [`needs_whole`] lets through (no late device records, no kernel for the probe,
+    /// no regex). `records`: the chunk's record count of the kinds the summary decodes.
+    fn absorb_digest(
+        &mut self,
+        sk: &mut Skeleton,
+        strings: &[(u32, String)],
+        d: &ChunkDigest,
+        min_ts: u64,
+        records: u64,
+        opts: &StreamOptions,
+    ) {
+        sk.names.extend(strings.iter().cloned());
+        sk.records += records;
+        self.chunk_min.push(if records == 0 && strings.is_empty() { u64::MAX } else { min_ts });
+        for s in &d.spans {
+            self.newest = self.newest.max(s.max_start);
+            widen(&mut sk.windows, s.pid, s.min_start, s.max_end);
+            device_entry(&mut sk.devices, (s.pid, s.device), s.min_start, s.max_end);
+        }
+        for n in &d.name_times {
+            if let Some(dev) = sk.devices.get_mut(&(n.pid, n.device)) {
+                dev.add_time(n.name_id, n.ns);
+            }
+        }
+        for l in &d.launches {
+            widen(&mut sk.windows, l.pid, l.first, l.last);
+            sk.launchers.entry(l.pid).or_default().insert(l.tid);
+        }
+        sk.small.kernels.extend_from_slice(&d.records.kernels);
+        // (the digest's records are a superset of what absorb_small keeps)
+        self.absorb_small(sk, &d.records, opts.account.preemption_is_stall);
+    }
+
+    /// The few records kept whole: NCCL, synchronizing calls, NVTX steps, clock syncs,
+    /// checkpoint I/O, long host blocks, PM samples.
+    fn absorb_small(&mut self, sk: &mut Skeleton, r: &RecordBatch, preemption_is_stall: bool) {
         sk.small.nccl.extend_from_slice(&r.nccl);
         sk.small.api_calls.extend(r.api_calls.iter().filter(|a| {
             a.domain == ApiDomain::Probe as u32 && ProbedApi::from_u32(a.call_id).is_some_and(|x| x.is_sync())
@@ -241,8 +361,9 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         sk.small.steps.extend(r.steps.iter().filter(|s| s.source == MarkerSource::Nvtx as u32));
         sk.small.clock_syncs.extend_from_slice(&r.clock_syncs);
         sk.small.file_io.extend(r.file_io.iter().filter(|f| is_checkpoint_syscall(f.syscall)));
+        let long = self.long;
         for st in r.stalls.iter().filter(|st| st.end_ns.saturating_sub(st.start_ns) >= long) {
-            if counts_stall(st.reason, opts.account.preemption_is_stall) {
+            if counts_stall(st.reason, preemption_is_stall) {
                 sk.long_blocked.push((st.pid, st.tid, st.start_ns, st.end_ns, stall_reason_label(st.reason)));
             }
         }
@@ -252,10 +373,11 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         // PM samples: tensor activity only of devices that have PM sample intervals (NVML-like
         // samples without them do not make a FLOP source, and would only take memory).
         for s in r.samples.iter().filter(|s| s.metric == Metric::SampleIntervalNs as u32) {
-            pm_devices.insert((s.pid, s.device));
+            self.pm_devices.insert((s.pid, s.device));
         }
         // (the last device's answer is remembered: samples come in runs of one device)
         let mut last: Option<((u32, u32), bool)> = None;
+        let pm_devices = &self.pm_devices;
         sk.small.samples.extend(r.samples.iter().filter(|s| match Metric::from_u32(s.metric) {
             Some(Metric::SampleIntervalNs) => true,
             Some(Metric::TensorActive) => {
@@ -271,21 +393,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
             }
             _ => false,
         }));
-    })?;
-    for d in sk.devices.values_mut() {
-        d.fold_times();
     }
-    let mut min = u64::MAX;
-    sk.suffix_min_ts = chunk_min
-        .iter()
-        .rev()
-        .map(|&m| {
-            min = min.min(m);
-            min
-        })
-        .collect();
-    sk.suffix_min_ts.reverse();
-    Ok(sk)
 }
 
 /// The analysis of one device: what the sweep returns.

@@ -14,7 +14,7 @@ use super::error::DecodeError;
 use super::records::{Kind, RecordBatch};
 
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 
 pub const HEADER_MAGIC: &[u8; 8] = b"GHSTPROF";
 pub const CHUNK_MAGIC: &[u8; 8] = b"GPCHUNK1";
@@ -62,11 +62,13 @@ pub struct ChunkMeta {
     pub counts: Vec<u64>,
 }
 
-/// Encodes a chunk body (decompressed bytes) into `out`; `scratch` holds reusable column buffers.
+/// Encodes a chunk body (decompressed bytes) into `out`: its strings, its digest (when given:
+/// [`super::digest`]), then its records; `scratch` holds reusable column buffers.
 pub fn encode_chunk(
     seq: u32,
     batch: &RecordBatch,
     strings: &[(u32, &str)],
+    digest: Option<&super::digest::ChunkDigest>,
     out: &mut Vec<u8>,
     scratch: &mut Vec<Vec<u8>>,
 ) {
@@ -89,6 +91,19 @@ pub fn encode_chunk(
         end_section(out, at);
         sections += 1;
     }
+    if let Some(digest) = digest {
+        let at = begin_section(out, super::digest::DIGEST_SECTION, 0, 1);
+        digest.encode(out, scratch);
+        end_section(out, at);
+        sections += 1;
+    }
+    sections += encode_record_sections(batch, out, scratch);
+    out[count_at..count_at + 4].copy_from_slice(&sections.to_le_bytes());
+}
+
+/// Appends one section per non-empty record kind of `batch`; returns how many.
+pub(crate) fn encode_record_sections(batch: &RecordBatch, out: &mut Vec<u8>, scratch: &mut Vec<Vec<u8>>) -> u32 {
+    let mut sections = 0u32;
     batch.encode_sections(|kind, rows, encode| {
         let ncols = kind.columns().len();
         if scratch.len() < ncols {
@@ -107,7 +122,7 @@ pub fn encode_chunk(
         end_section(out, at);
         sections += 1;
     });
-    out[count_at..count_at + 4].copy_from_slice(&sections.to_le_bytes());
+    sections
 }
 
 fn begin_section(out: &mut Vec<u8>, kind: u16, columns: usize, rows: usize) -> usize {
@@ -172,20 +187,43 @@ fn decode_chunk_sections(
     let min_ts = cur.u64_le()?;
     let max_ts = cur.u64_le()?;
     (chunk.seq, chunk.min_ts, chunk.max_ts) = (seq, min_ts, max_ts);
+    decode_sections(&mut cur, sections, &mut chunk.records, Some(&mut chunk.strings), wanted, lean)?;
+    if cur.remaining() != 0 {
+        return Err(DecodeError::new(cur.pos, "trailing bytes after the last section"));
+    }
+    Ok(())
+}
+
+/// Decodes `sections` sections from `cur` into `records` (and the string table into `strings`;
+/// a string table is refused where `strings` is None: inside a digest).
+pub(crate) fn decode_sections(
+    cur: &mut Cursor<'_>,
+    sections: u32,
+    records: &mut RecordBatch,
+    mut strings: Option<&mut Vec<(u32, String)>>,
+    wanted: &dyn Fn(Kind) -> bool,
+    lean: bool,
+) -> Result<(), DecodeError> {
     for _ in 0..sections {
-        let at = cur.pos;
+        let at = cur.offset();
         let kind_id = cur.u16_le()?;
         let columns = cur.u16_le()? as usize;
         let rows = cur.u32_le()? as usize;
         let len = cur.u32_le()? as usize;
-        let body_at = cur.pos;
+        let body_at = cur.offset();
         let body = cur.bytes(len).map_err(|_| {
             DecodeError::new(at, format!("section of kind {kind_id} claims {len} bytes, past the end of the chunk"))
         })?;
         let rebase = |e: DecodeError| DecodeError::new(body_at + e.offset, e.what);
         if kind_id == STRINGS_SECTION {
-            decode_strings(body, rows, &mut chunk.strings).map_err(rebase)?;
+            let Some(out) = strings.as_deref_mut() else {
+                return Err(DecodeError::new(at, "a string table inside a digest"));
+            };
+            decode_strings(body, rows, out).map_err(rebase)?;
             continue;
+        }
+        if kind_id == super::digest::DIGEST_SECTION {
+            continue; // the chunk's digest: read by the summary pass alone (TraceReader::read_chunk_head)
         }
         let Some(kind) = Kind::from_id(kind_id) else {
             continue; // a kind from a newer writer: skip it, its length is known
@@ -206,10 +244,10 @@ fn decode_chunk_sections(
             return Err(DecodeError::new(at, format!("section {} claims {rows} rows in {len} bytes", kind.key())));
         }
         let mut cursors = column_cursors(body, body_at, columns).map_err(rebase)?;
-        if lean && decode_lean(kind, &mut cursors, rows, &mut chunk.records)? {
+        if lean && decode_lean(kind, &mut cursors, rows, records)? {
             continue;
         }
-        chunk.records.decode_section(kind, &mut cursors, rows)?;
+        records.decode_section(kind, &mut cursors, rows)?;
         for c in &cursors {
             if c.remaining() != 0 {
                 return Err(DecodeError::new(
@@ -218,9 +256,6 @@ fn decode_chunk_sections(
                 ));
             }
         }
-    }
-    if cur.remaining() != 0 {
-        return Err(DecodeError::new(cur.pos, "trailing bytes after the last section"));
     }
     Ok(())
 }
@@ -245,7 +280,7 @@ fn column_cursors(body: &[u8], body_at: usize, columns: usize) -> Result<Vec<Cur
     Ok(cursors)
 }
 
-fn decode_strings(body: &[u8], n: usize, out: &mut Vec<(u32, String)>) -> Result<(), DecodeError> {
+pub(crate) fn decode_strings(body: &[u8], n: usize, out: &mut Vec<(u32, String)>) -> Result<(), DecodeError> {
     if n > body.len() / 2 {
         return Err(DecodeError::new(0, format!("string table claims {n} strings in {} bytes", body.len())));
     }

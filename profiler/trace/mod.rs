@@ -3,6 +3,7 @@
 //! decoder serves live recording and offline review.
 
 pub mod columns;
+pub mod digest;
 pub mod error;
 pub mod format;
 pub mod frames;

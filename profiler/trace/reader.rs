@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::columns::Cursor;
+use super::digest::{ChunkDigest, DIGEST_SECTION};
 use super::error::{DecodeError, TraceError};
 use super::format::{
     self, Chunk, ChunkMeta, IndexSummary, CHUNK_HEADER_BYTES, CHUNK_MAGIC, FORMAT_MAJOR, HEADER_MAGIC, INDEX_MAGIC,
@@ -25,6 +26,8 @@ pub struct Scratch {
     compressed: Vec<u8>,
     body: Vec<u8>,
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    /// streaming context of [`TraceReader::read_chunk_head`]
+    stream: Option<zstd::zstd_safe::DCtx<'static>>,
 }
 
 /// The decoded file header.
@@ -171,6 +174,18 @@ impl TraceReader {
         self.read_chunk_decode(i, scratch, chunk, wanted, false)
     }
 
+    /// [`TraceReader::read_chunk_kinds_into`] with the lean decode of
+    /// [`TraceReader::for_each_chunk_lean`].
+    pub fn read_chunk_lean_into(
+        &self,
+        i: usize,
+        scratch: &mut Scratch,
+        chunk: &mut Chunk,
+        wanted: &dyn Fn(Kind) -> bool,
+    ) -> Result<(), TraceError> {
+        self.read_chunk_decode(i, scratch, chunk, wanted, true)
+    }
+
     fn read_chunk_decode(
         &self,
         i: usize,
@@ -196,6 +211,101 @@ impl TraceReader {
             return Err(self.corrupt(meta.offset, format!("chunk {} does not match its index entry", meta.seq)));
         }
         Ok(())
+    }
+
+    /// The head of chunk `i`: its string table and its digest ([`super::digest`]), decompressing
+    /// the frame only up to the digest's end. `Ok(false)`: the chunk has no digest (a writer
+    /// without them); `strings` then holds its string table all the same. The frame's
+    /// checksum is not verified here (the whole-chunk reads verify it).
+    pub fn read_chunk_head(
+        &self,
+        i: usize,
+        scratch: &mut Scratch,
+        strings: &mut Vec<(u32, String)>,
+        digest: &mut ChunkDigest,
+    ) -> Result<bool, TraceError> {
+        strings.clear();
+        *digest = ChunkDigest::default();
+        let meta =
+            self.chunks.get(i).ok_or_else(|| TraceError::Writer { what: format!("chunk {i} does not exist") })?;
+        let at = meta.offset;
+        let corrupt = |what: String| self.corrupt(at, format!("in chunk {}: {what}", meta.seq));
+        self.read_compressed(meta.offset, meta.compressed_len, scratch)?;
+        let Scratch { compressed, body, stream, .. } = scratch;
+        let dctx = match stream {
+            Some(d) => {
+                d.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+                    .map_err(|e| corrupt(format!("zstd context: {}", zstd::zstd_safe::get_error_name(e))))?;
+                d
+            }
+            None => stream.insert(zstd::zstd_safe::DCtx::create()),
+        };
+        let mut input = zstd::zstd_safe::InBuffer::around(compressed.as_slice());
+        body.clear();
+        let mut done = false;
+        // Bytes of `body` decompressed so far (its length is the window zstd may fill: a
+        // whole frame would be decompressed at once into a buffer large enough for it).
+        let mut filled = 0usize;
+        // Decompresses until `body` holds at least `n` bytes.
+        let mut need = |body: &mut Vec<u8>, n: usize| -> Result<(), TraceError> {
+            if n as u64 > MAX_FRAME_BYTES {
+                return Err(corrupt(format!("chunk head claims {n} bytes")));
+            }
+            while filled < n {
+                if done {
+                    return Err(corrupt(format!("chunk ends at byte {filled} inside its head")));
+                }
+                let target = n.max(filled + (64 << 10));
+                if body.len() < target {
+                    body.resize(target, 0);
+                }
+                let mut out = zstd::zstd_safe::OutBuffer::around_pos(&mut body[..target], filled);
+                let hint = dctx.decompress_stream(&mut out, &mut input).map_err(|e| {
+                    corrupt(format!("zstd frame does not decompress: {}", zstd::zstd_safe::get_error_name(e)))
+                })?;
+                let progressed = out.pos() > filled;
+                filled = out.pos();
+                done = hint == 0 || (input.pos() == input.src.len() && !progressed);
+            }
+            Ok(())
+        };
+        need(body, CHUNK_HEADER_BYTES)?;
+        let mut cur = Cursor::new(&body[..CHUNK_HEADER_BYTES]);
+        let head = (|| -> Result<(u32, u32), DecodeError> {
+            if cur.bytes(8)? != CHUNK_MAGIC {
+                return Err(DecodeError::new(0, "chunk magic missing"));
+            }
+            Ok((cur.u32_le()?, cur.u32_le()?))
+        })();
+        let (seq, sections) = head.map_err(|e| corrupt(e.what))?;
+        if seq != meta.seq {
+            return Err(corrupt(format!("chunk {seq} does not match its index entry")));
+        }
+        let mut pos = CHUNK_HEADER_BYTES;
+        for _ in 0..sections {
+            need(body, pos + format::SECTION_HEADER_BYTES)?;
+            let h = &body[pos..pos + format::SECTION_HEADER_BYTES];
+            let kind = u16::from_le_bytes([h[0], h[1]]);
+            let rows = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+            let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+            let body_at = pos + format::SECTION_HEADER_BYTES;
+            if kind != STRINGS_SECTION && kind != DIGEST_SECTION {
+                return Ok(false);
+            }
+            need(body, body_at + len)?;
+            let section = &body[body_at..body_at + len];
+            let decoded = if kind == STRINGS_SECTION {
+                format::decode_strings(section, rows, strings)
+            } else {
+                ChunkDigest::decode(section, body_at).map(|d| *digest = d)
+            };
+            decoded.map_err(|e| corrupt(format!("at decompressed byte {}: {}", e.offset, e.what)))?;
+            if kind == DIGEST_SECTION {
+                return Ok(true);
+            }
+            pos = body_at + len;
+        }
+        Ok(false)
     }
 
     /// [`TraceReader::for_each_chunk_kinds`] with the lean decode of kernels and API calls
@@ -277,8 +387,8 @@ impl TraceReader {
         Ok(scratch.body)
     }
 
-    /// Reads and decompresses the frame at `offset` into `scratch.body`.
-    fn frame_into(&self, offset: u64, compressed_len: u64, scratch: &mut Scratch) -> Result<(), TraceError> {
+    /// Reads the compressed frame at `offset` into `scratch.compressed`, checking its length.
+    fn read_compressed(&self, offset: u64, compressed_len: u64, scratch: &mut Scratch) -> Result<(), TraceError> {
         if compressed_len > MAX_COMPRESSED_FRAME || offset.checked_add(compressed_len).is_none_or(|end| end > self.len)
         {
             return Err(self.corrupt(
@@ -291,7 +401,13 @@ impl TraceReader {
         }
         let src = &mut scratch.compressed;
         src.resize(compressed_len as usize, 0);
-        self.file.read_exact_at(src, offset).map_err(|e| TraceError::io(&self.path, e))?;
+        self.file.read_exact_at(src, offset).map_err(|e| TraceError::io(&self.path, e))
+    }
+
+    /// Reads and decompresses the frame at `offset` into `scratch.body`.
+    fn frame_into(&self, offset: u64, compressed_len: u64, scratch: &mut Scratch) -> Result<(), TraceError> {
+        self.read_compressed(offset, compressed_len, scratch)?;
+        let src = &mut scratch.compressed;
         let size = match zstd::zstd_safe::get_frame_content_size(src) {
             Ok(Some(n)) if n <= MAX_FRAME_BYTES => n as usize,
             Ok(Some(n)) => {

@@ -9,6 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::digest::ChunkDigest;
 use super::error::TraceError;
 use super::format::{self, ChunkMeta, IndexSummary, MAX_FRAME_BYTES};
 use super::records::{Kind, Record, RecordBatch};
@@ -21,11 +22,14 @@ pub struct WriterOptions {
     pub level: i32,
     /// A chunk is cut when it holds this many records.
     pub chunk_records: usize,
+    /// Write each chunk's digest (what the analysis's summary pass reads instead of the whole
+    /// chunk: [`super::digest`]). Off only to test readers of files without one.
+    pub digest: bool,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { level: 1, chunk_records: 128 * 1024 }
+        WriterOptions { level: 1, chunk_records: 128 * 1024, digest: true }
     }
 }
 
@@ -67,6 +71,8 @@ pub struct TraceWriter {
     records: u64,
     raw_bytes: u64,
     failed: bool,
+    /// (process, device) pairs with PM sample intervals so far ([`ChunkDigest::build`])
+    pm_devices: std::collections::HashSet<(u32, u32)>,
 }
 
 impl TraceWriter {
@@ -130,6 +136,7 @@ impl TraceWriter {
             records: 0,
             raw_bytes: 0,
             failed: false,
+            pm_devices: Default::default(),
         };
         let json = header_json(info).to_string();
         format::encode_header(&json, &mut w.raw_buf);
@@ -187,7 +194,8 @@ impl TraceWriter {
         let seq = self.seq;
         let strings = self.chunk_strings(&batch, seq);
         let refs: Vec<(u32, &str)> = strings.iter().map(|(i, s)| (*i, &**s)).collect();
-        format::encode_chunk(seq, &batch, &refs, &mut self.raw_buf, &mut self.column_bufs);
+        let digest = self.options.digest.then(|| ChunkDigest::build(&batch, &refs, &mut self.pm_devices));
+        format::encode_chunk(seq, &batch, &refs, digest.as_ref(), &mut self.raw_buf, &mut self.column_bufs);
         if self.raw_buf.len() as u64 > MAX_FRAME_BYTES && batch.len() > 1 {
             // Rare (huge names or values): split and let each half carry its own strings.
             let second = batch.split_half();

@@ -1,0 +1,260 @@
+//! The chunk digest: what the analysis's summary pass needs of a chunk, written by the writer
+//! as a section right after the chunk's string table (spec: docs/trace-format.md, "Digest").
+//!
+//! The summary pass decompresses a chunk only up to the end of its digest (the first zstd
+//! blocks of the frame) instead of the whole chunk, so a trace is decompressed once, by the
+//! sweep, instead of twice. The digest holds:
+//! - per (process, device): the first start, last start and last end of its kernels and copies,
+//!   and the first start of its kernels that are not collectives;
+//! - per (process, thread) that launched kernels: its first and last launch;
+//! - per (process, device, kernel name) that is not a collective: total kernel time;
+//! - whole records, filtered: collective kernels, NCCL records, synchronizing probed calls,
+//!   NVTX step markers, clock syncs, PM sample intervals and the tensor activity of devices
+//!   with intervals (in this chunk or before), checkpoint file
+//!   I/O, and host stalls and file I/O of at least [`DIGEST_LONG_NS`].
+//!
+//! A reader whose [`DIGEST_VERSION`] differs (another collective-name rule, other filters)
+//! ignores the digest and decodes the chunk whole. Records are those of the chunk, in its
+//! order; nothing is derived from other chunks.
+
+use std::collections::{HashMap, HashSet};
+
+use super::columns::{put_varint, Cursor};
+use super::error::DecodeError;
+use super::format::{decode_sections, encode_record_sections};
+use super::records::*;
+
+/// Section kind id of the digest (record kinds are small numbers; the string table is 0).
+pub const DIGEST_SECTION: u16 = 0xFFF0;
+/// Bumped whenever what a digest holds, or the collective-name rule, changes.
+pub const DIGEST_VERSION: u64 = 1;
+/// Host stalls and file I/O at least this long are in the digest (the summary keeps blocks of
+/// at least half the reorder window: a reader with a window under twice this ignores digests).
+pub const DIGEST_LONG_NS: u64 = 100_000_000;
+
+/// Whether a kernel name is a collective's (an NCCL kernel: `ncclKernel_…`, `ncclDevKernel_…`).
+pub fn is_collective_name(name: &str) -> bool {
+    name.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"nccl"))
+}
+
+/// Kernels and copies of one (process, device) in a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSpan {
+    pub pid: u32,
+    pub device: u32,
+    pub min_start: u64,
+    pub max_start: u64,
+    pub max_end: u64,
+    /// first start of a kernel that is not a collective (`u64::MAX`: none)
+    pub min_compute_start: u64,
+}
+
+/// Launches of one (process, thread) in a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchSpan {
+    pub pid: u32,
+    pub tid: u32,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// Total time of one kernel name (not a collective) on one (process, device) in a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameTime {
+    pub pid: u32,
+    pub device: u32,
+    pub name_id: u32,
+    pub ns: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChunkDigest {
+    pub version: u64,
+    pub spans: Vec<DeviceSpan>,
+    pub launches: Vec<LaunchSpan>,
+    pub name_times: Vec<NameTime>,
+    pub records: RecordBatch,
+}
+
+/// Whether the digest keeps this file I/O record (checkpoint writes, long blocks).
+fn keeps_file_io(f: &FileIo) -> bool {
+    crate::analyze::account::is_checkpoint_syscall(f.syscall) || f.end_ns.saturating_sub(f.start_ns) >= DIGEST_LONG_NS
+}
+
+impl ChunkDigest {
+    /// The digest of `batch`, whose kernel names are among `strings` (a chunk carries every
+    /// string its records refer to). `pm_devices`: the (process, device) pairs with PM sample
+    /// intervals in this chunk or an earlier one (updated here): only their tensor-activity
+    /// samples are kept (NVML-like samples without intervals make no FLOP source).
+    pub fn build(batch: &RecordBatch, strings: &[(u32, &str)], pm_devices: &mut HashSet<(u32, u32)>) -> ChunkDigest {
+        let collective: HashSet<u32> =
+            strings.iter().filter(|(_, s)| is_collective_name(s)).map(|(id, _)| *id).collect();
+        let mut d = ChunkDigest { version: DIGEST_VERSION, ..Default::default() };
+        let mut span_at: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut span = |spans: &mut Vec<DeviceSpan>, pid: u32, device: u32, s: u64, e: u64, compute: bool| {
+            let i = *span_at.entry((pid, device)).or_insert_with(|| {
+                spans.push(DeviceSpan {
+                    pid,
+                    device,
+                    min_start: s,
+                    max_start: s,
+                    max_end: e,
+                    min_compute_start: u64::MAX,
+                });
+                spans.len() - 1
+            });
+            let x = &mut spans[i];
+            x.min_start = x.min_start.min(s);
+            x.max_start = x.max_start.max(s);
+            x.max_end = x.max_end.max(e);
+            if compute {
+                x.min_compute_start = x.min_compute_start.min(s);
+            }
+        };
+        let mut name_at: HashMap<(u32, u32, u32), usize> = HashMap::new();
+        for k in &batch.kernels {
+            let comm = collective.contains(&k.name_id);
+            span(&mut d.spans, k.pid, k.device, k.start_ns, k.end_ns, !comm);
+            if comm {
+                d.records.kernels.push(*k);
+            } else {
+                let i = *name_at.entry((k.pid, k.device, k.name_id)).or_insert_with(|| {
+                    d.name_times.push(NameTime { pid: k.pid, device: k.device, name_id: k.name_id, ns: 0 });
+                    d.name_times.len() - 1
+                });
+                d.name_times[i].ns += k.end_ns.saturating_sub(k.start_ns);
+            }
+        }
+        for m in &batch.memops {
+            span(&mut d.spans, m.pid, m.device, m.start_ns, m.end_ns, false);
+        }
+        let mut launch_at: HashMap<(u32, u32), usize> = HashMap::new();
+        for l in &batch.launches {
+            let i = *launch_at.entry((l.pid, l.tid)).or_insert_with(|| {
+                d.launches.push(LaunchSpan { pid: l.pid, tid: l.tid, first: l.time_ns, last: l.time_ns });
+                d.launches.len() - 1
+            });
+            let x = &mut d.launches[i];
+            x.first = x.first.min(l.time_ns);
+            x.last = x.last.max(l.time_ns);
+        }
+        let r = &mut d.records;
+        r.nccl.extend_from_slice(&batch.nccl);
+        r.api_calls.extend(batch.api_calls.iter().filter(|a| {
+            a.domain == ApiDomain::Probe as u32 && ProbedApi::from_u32(a.call_id).is_some_and(|x| x.is_sync())
+        }));
+        r.steps.extend(batch.steps.iter().filter(|s| s.source == StepSource::Nvtx as u32));
+        r.clock_syncs.extend_from_slice(&batch.clock_syncs);
+        for s in batch.samples.iter().filter(|s| s.metric == Metric::SampleIntervalNs as u32) {
+            pm_devices.insert((s.pid, s.device));
+        }
+        r.samples.extend(batch.samples.iter().filter(|s| match Metric::from_u32(s.metric) {
+            Some(Metric::SampleIntervalNs) => true,
+            Some(Metric::TensorActive) => pm_devices.contains(&(s.pid, s.device)),
+            _ => false,
+        }));
+        r.file_io.extend(batch.file_io.iter().filter(|f| keeps_file_io(f)));
+        r.stalls.extend(batch.stalls.iter().filter(|s| s.end_ns.saturating_sub(s.start_ns) >= DIGEST_LONG_NS));
+        d
+    }
+
+    /// Appends the digest's body (the section's bytes after its header).
+    pub fn encode(&self, out: &mut Vec<u8>, scratch: &mut Vec<Vec<u8>>) {
+        put_varint(out, self.version);
+        put_varint(out, self.spans.len() as u64);
+        for s in &self.spans {
+            for v in [
+                s.pid as u64,
+                s.device as u64,
+                s.min_start,
+                s.max_start - s.min_start,
+                s.max_end.wrapping_sub(s.min_start),
+                s.min_compute_start.wrapping_sub(s.min_start),
+            ] {
+                put_varint(out, v);
+            }
+        }
+        put_varint(out, self.launches.len() as u64);
+        for l in &self.launches {
+            for v in [l.pid as u64, l.tid as u64, l.first, l.last - l.first] {
+                put_varint(out, v);
+            }
+        }
+        put_varint(out, self.name_times.len() as u64);
+        for n in &self.name_times {
+            for v in [n.pid as u64, n.device as u64, n.name_id as u64, n.ns] {
+                put_varint(out, v);
+            }
+        }
+        let count_at = out.len();
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let n = encode_record_sections(&self.records, out, scratch);
+        out[count_at..count_at + 4].copy_from_slice(&n.to_le_bytes());
+    }
+
+    /// Reads a digest body (`base`: its offset in the chunk, for error messages). A digest of
+    /// another version comes back with only its version set.
+    pub fn decode(body: &[u8], base: usize) -> Result<ChunkDigest, DecodeError> {
+        let mut cur = Cursor::with_base(body, base);
+        let version = cur.varint()?;
+        let mut d = ChunkDigest { version, ..Default::default() };
+        if version != DIGEST_VERSION {
+            return Ok(d);
+        }
+        let u32_of = |cur: &Cursor<'_>, v: u64| {
+            u32::try_from(v).map_err(|_| DecodeError::new(cur.offset(), "digest value out of range"))
+        };
+        // Each entry takes at least one byte per field: bounds the allocations.
+        let count = |cur: &mut Cursor<'_>, fields: usize| -> Result<usize, DecodeError> {
+            let n = cur.varint()? as usize;
+            if n.saturating_mul(fields) > cur.remaining() {
+                return Err(DecodeError::new(cur.offset(), format!("digest claims {n} entries past its end")));
+            }
+            Ok(n)
+        };
+        let n = count(&mut cur, 6)?;
+        d.spans.reserve(n);
+        for _ in 0..n {
+            let pid = cur.varint()?;
+            let device = cur.varint()?;
+            let min_start = cur.varint()?;
+            let (a, b, c) = (cur.varint()?, cur.varint()?, cur.varint()?);
+            d.spans.push(DeviceSpan {
+                pid: u32_of(&cur, pid)?,
+                device: u32_of(&cur, device)?,
+                min_start,
+                max_start: min_start.wrapping_add(a),
+                max_end: min_start.wrapping_add(b),
+                min_compute_start: min_start.wrapping_add(c),
+            });
+        }
+        let n = count(&mut cur, 4)?;
+        d.launches.reserve(n);
+        for _ in 0..n {
+            let (pid, tid, first, len) = (cur.varint()?, cur.varint()?, cur.varint()?, cur.varint()?);
+            d.launches.push(LaunchSpan {
+                pid: u32_of(&cur, pid)?,
+                tid: u32_of(&cur, tid)?,
+                first,
+                last: first.wrapping_add(len),
+            });
+        }
+        let n = count(&mut cur, 4)?;
+        d.name_times.reserve(n);
+        for _ in 0..n {
+            let (pid, device, name, ns) = (cur.varint()?, cur.varint()?, cur.varint()?, cur.varint()?);
+            d.name_times.push(NameTime {
+                pid: u32_of(&cur, pid)?,
+                device: u32_of(&cur, device)?,
+                name_id: u32_of(&cur, name)?,
+                ns,
+            });
+        }
+        let sections = cur.u32_le()?;
+        decode_sections(&mut cur, sections, &mut d.records, None, &|_| true, false)?;
+        if cur.remaining() != 0 {
+            return Err(DecodeError::new(cur.offset(), "trailing bytes after the digest"));
+        }
+        Ok(d)
+    }
+}
