@@ -87,12 +87,24 @@ impl ChunkDigest {
     /// intervals in this chunk or an earlier one (updated here): only their tensor-activity
     /// samples are kept (NVML-like samples without intervals make no FLOP source).
     pub fn build(batch: &RecordBatch, strings: &[(u32, &str)], pm_devices: &mut HashSet<(u32, u32)>) -> ChunkDigest {
-        let collective: HashSet<u32> =
-            strings.iter().filter(|(_, s)| is_collective_name(s)).map(|(id, _)| *id).collect();
+        // Name ids are small and dense: flags and slots indexed by id (ids past DENSE hashed).
+        const DENSE: usize = 1 << 20;
+        let mut collective =
+            vec![false; strings.iter().map(|s| s.0 as usize + 1).filter(|&i| i <= DENSE).max().unwrap_or(0)];
+        let mut collective_far: HashSet<u32> = HashSet::new();
+        for (id, _) in strings.iter().filter(|(_, s)| is_collective_name(s)) {
+            match collective.get_mut(*id as usize) {
+                Some(c) => *c = true,
+                None => {
+                    collective_far.insert(*id);
+                }
+            }
+        }
+        let is_comm = |id: u32| collective.get(id as usize).copied().unwrap_or(false) || collective_far.contains(&id);
         let mut d = ChunkDigest { version: DIGEST_VERSION, ..Default::default() };
         let mut span_at: HashMap<(u32, u32), usize> = HashMap::new();
-        let mut span = |spans: &mut Vec<DeviceSpan>, pid: u32, device: u32, s: u64, e: u64, compute: bool| {
-            let i = *span_at.entry((pid, device)).or_insert_with(|| {
+        let mut span_of = |spans: &mut Vec<DeviceSpan>, pid: u32, device: u32, s: u64, e: u64| {
+            *span_at.entry((pid, device)).or_insert_with(|| {
                 spans.push(DeviceSpan {
                     pid,
                     device,
@@ -102,31 +114,56 @@ impl ChunkDigest {
                     min_compute_start: u64::MAX,
                 });
                 spans.len() - 1
-            });
-            let x = &mut spans[i];
-            x.min_start = x.min_start.min(s);
-            x.max_start = x.max_start.max(s);
-            x.max_end = x.max_end.max(e);
-            if compute {
-                x.min_compute_start = x.min_compute_start.min(s);
-            }
+            })
         };
-        let mut name_at: HashMap<(u32, u32, u32), usize> = HashMap::new();
-        for k in &batch.kernels {
-            let comm = collective.contains(&k.name_id);
-            span(&mut d.spans, k.pid, k.device, k.start_ns, k.end_ns, !comm);
-            if comm {
-                d.records.kernels.push(*k);
-            } else {
-                let i = *name_at.entry((k.pid, k.device, k.name_id)).or_insert_with(|| {
-                    d.name_times.push(NameTime { pid: k.pid, device: k.device, name_id: k.name_id, ns: 0 });
-                    d.name_times.len() - 1
-                });
-                d.name_times[i].ns += k.end_ns.saturating_sub(k.start_ns);
+        // per span: name id → 1 + index in name_times
+        let mut name_slots: Vec<Vec<u32>> = Vec::new();
+        let mut name_far: HashMap<(usize, u32), usize> = HashMap::new();
+        // Kernels come in runs of one (process, device): one span lookup per run.
+        for run in batch.kernels.chunk_by(|a, b| a.pid == b.pid && a.device == b.device) {
+            let (pid, device) = (run[0].pid, run[0].device);
+            let si = span_of(&mut d.spans, pid, device, run[0].start_ns, run[0].end_ns);
+            if name_slots.len() <= si {
+                name_slots.resize_with(si + 1, Vec::new);
+            }
+            let slots = &mut name_slots[si];
+            let x = &mut d.spans[si];
+            for k in run {
+                x.min_start = x.min_start.min(k.start_ns);
+                x.max_start = x.max_start.max(k.start_ns);
+                x.max_end = x.max_end.max(k.end_ns);
+                if is_comm(k.name_id) {
+                    d.records.kernels.push(*k);
+                    continue;
+                }
+                x.min_compute_start = x.min_compute_start.min(k.start_ns);
+                let ns = k.end_ns.saturating_sub(k.start_ns);
+                let i = k.name_id as usize;
+                let new = || NameTime { pid, device, name_id: k.name_id, ns: 0 };
+                let at = if i < DENSE {
+                    if slots.len() <= i {
+                        slots.resize(i + 1, 0);
+                    }
+                    if slots[i] == 0 {
+                        d.name_times.push(new());
+                        slots[i] = d.name_times.len() as u32;
+                    }
+                    slots[i] as usize - 1
+                } else {
+                    *name_far.entry((si, k.name_id)).or_insert_with(|| {
+                        d.name_times.push(new());
+                        d.name_times.len() - 1
+                    })
+                };
+                d.name_times[at].ns += ns;
             }
         }
         for m in &batch.memops {
-            span(&mut d.spans, m.pid, m.device, m.start_ns, m.end_ns, false);
+            let si = span_of(&mut d.spans, m.pid, m.device, m.start_ns, m.end_ns);
+            let x = &mut d.spans[si];
+            x.min_start = x.min_start.min(m.start_ns);
+            x.max_start = x.max_start.max(m.start_ns);
+            x.max_end = x.max_end.max(m.end_ns);
         }
         let mut launch_at: HashMap<(u32, u32), usize> = HashMap::new();
         for l in &batch.launches {

@@ -113,6 +113,19 @@ fn bench_trace(args: &[String]) -> Result<()> {
     writer.finish()?;
     let direct_s = t.elapsed().as_secs_f64();
     let direct_cpu_s = thread_cpu_s() - cpu0;
+    let direct_bytes = std::fs::metadata(&direct_path)?.len();
+    // 2b. The same without chunk digests (format 1.0's content): what the digests cost.
+    let interner = std::sync::Arc::new(Interner::new());
+    for n in &names {
+        interner.intern(n);
+    }
+    let cpu0 = thread_cpu_s();
+    let plain = WriterOptions { digest: false, ..WriterOptions::default() };
+    let mut writer = TraceWriter::create(&direct_path, true, &info, interner, plain)?;
+    writer.append_all(records.iter().copied())?;
+    writer.finish()?;
+    let plain_cpu_s = thread_cpu_s() - cpu0;
+    let plain_bytes = std::fs::metadata(&direct_path)?.len();
 
     // 3. Read back: decode every chunk.
     let cpu0 = thread_cpu_s();
@@ -170,6 +183,12 @@ fn bench_trace(args: &[String]) -> Result<()> {
         "writer alone (one core): {direct_s:.3} s wall, {direct_cpu_s:.3} s CPU ({:.2} M/s)",
         n / direct_cpu_s.max(1e-9) / 1e6
     );
+    eprintln!(
+        "writer without digests: {plain_cpu_s:.3} s CPU ({:.2} M/s); digests cost {:+.1}% CPU, {:+.1}% bytes",
+        n / plain_cpu_s.max(1e-9) / 1e6,
+        (direct_cpu_s / plain_cpu_s.max(1e-9) - 1.0) * 100.0,
+        (direct_bytes as f64 / plain_bytes.max(1) as f64 - 1.0) * 100.0
+    );
     eprintln!("reader: {read_s:.3} s wall, {read_cpu_s:.3} s CPU ({:.2} M/s)", n / read_s / 1e6);
     eprintln!(
         "size: {bytes_per_event:.2} B/event vs zstd -1 raw rows {zstd1:.2} B/event ({:.2}x smaller); baseline took {baseline_s:.3} s",
@@ -185,6 +204,8 @@ fn bench_trace(args: &[String]) -> Result<()> {
         "info_counts_match": info_counts_match,
         "write_events_per_s": (n / pipeline_s).round(),
         "writer_core_events_per_s": (n / direct_cpu_s.max(1e-9)).round(),
+        "writer_core_events_per_s_without_digests": (n / plain_cpu_s.max(1e-9)).round(),
+        "digest_bytes_share": ((direct_bytes as f64 / plain_bytes.max(1) as f64 - 1.0) * 10000.0).round() / 10000.0,
         "read_events_per_s": (n / read_s).round(),
         "bytes_per_event": (bytes_per_event * 1000.0).round() / 1000.0,
         "zstd1_raw_bytes_per_event": (zstd1 * 1000.0).round() / 1000.0,
