@@ -70,7 +70,40 @@ fn check_scenario(scenario: &str, ranks: u32, steps_run: u64, preemption_is_stal
             worst.1,
             worst.0 * 100.0
         );
-        assert!(worst.0 <= 0.02, "{scenario} pid {pid}: {} off by {:.2}% of the window", worst.1, worst.0 * 100.0);
+        if worst.0 > 0.02 {
+            // What to look at when this fails (it did once in CI, on io-stall: one 15 ms
+            // data-loader sleep booked as launch-bound): drops, and the rank's long off-CPU
+            // intervals and file I/O as recorded.
+            let long: Vec<String> = batch
+                .stalls
+                .iter()
+                .filter(|s| s.pid == pid && s.end_ns.saturating_sub(s.start_ns) >= 5_000_000)
+                .map(|s| format!("tid {} {:.1} ms reason {}", s.tid, (s.end_ns - s.start_ns) as f64 / 1e6, s.reason))
+                .chain(
+                    batch
+                        .file_io
+                        .iter()
+                        .filter(|f| f.pid == pid && f.end_ns.saturating_sub(f.start_ns) >= 1_000_000)
+                        .map(|f| {
+                            format!(
+                                "tid {} file I/O {:.1} ms syscall {}",
+                                f.tid,
+                                (f.end_ns - f.start_ns) as f64 / 1e6,
+                                f.syscall
+                            )
+                        }),
+                )
+                .collect();
+            panic!(
+                "{scenario} pid {pid}: {} off by {:.2}% of the window; drops in the trace {:?}, pipeline {:?}, \
+                 sched {:?}; off-CPU >= 5 ms and file I/O >= 1 ms of the rank: {long:?}",
+                worst.1,
+                worst.0 * 100.0,
+                reader.drops().unwrap_or_default(),
+                summary.pipeline.drops,
+                summary.sched,
+            );
+        }
         let truth_busy = t["devices"][0]["busy_ns"].as_u64().unwrap() as f64;
         assert!((acc.busy_ns as f64 - truth_busy).abs() <= 0.02 * window as f64, "busy");
     }
