@@ -84,6 +84,10 @@ fn fixture(n: usize) -> (Vec<Record>, Vec<String>) {
     };
     let to = records.iter().position(|r| r.time_ns() > block.end_ns).unwrap();
     records.insert(to, block.into());
+    // The session's note, written at its end.
+    names.push("PM sampling is off: CUPTI held by another subscriber".into());
+    let text_id = names.len() as u32;
+    records.push(SessionNote { time_ns: last, pid: 0, text_id }.into());
     (records, names)
 }
 
@@ -119,7 +123,14 @@ fn reports_are_identical_with_and_without_digests() {
     let plain = report_text(&without, DetailOptions::default());
     let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
     assert_eq!(v["devices"][0]["flop_source"], "pm_sampling", "{}", &plain[..plain.len().min(400)]);
-    assert_eq!(v["files"][0]["warnings"].as_array().map_or(0, |w| w.len()), 0, "the late kernel is swept in time");
+    assert_eq!(
+        v["warnings"].as_array().map(|w| w.len()),
+        Some(0),
+        "the late kernel is swept in time: {}",
+        v["warnings"]
+    );
+    assert_eq!(v["recording_notes"][0]["note"], "PM sampling is off: CUPTI held by another subscriber");
+    assert_eq!(TraceReader::open(&with).unwrap().notes().unwrap(), vec![names[names.len() - 1].clone()]);
     for detail in [
         DetailOptions::default(),
         DetailOptions { bin_ns: Some(1_000_000), ..Default::default() },

@@ -100,6 +100,9 @@ pub fn render(s: &TraceSummary) -> String {
             let _ = writeln!(o, "  {:<12}{:>16}  ({})", d.source, grouped(d.count), d.cause);
         }
     }
+    for n in &s.notes {
+        let _ = writeln!(o, "note        {n}");
+    }
     let _ = writeln!(
         o,
         "size        raw {} as fixed rows, {} decoded columns, {} on disk ({:.2} bytes/record)",

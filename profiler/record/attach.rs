@@ -148,7 +148,7 @@ pub fn attach(
     ended?;
     drained?;
     c.drain(&mut producer)?;
-    let seen = c.finish();
+    let seen = c.finish(&mut producer);
     drop(producer);
     let (write, pipeline) = pipeline
         .finish()

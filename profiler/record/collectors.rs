@@ -12,7 +12,7 @@ use crate::collect::cupti::{CuptiCollector, CuptiStats};
 use crate::collect::host::{AttachReport, HostCollector, HostStats};
 use crate::collect::nvml::{NvmlSampler, NvmlStats};
 use crate::collect::sched::{CollectError, OffCpuStats, SchedCollector};
-use crate::trace::Source;
+use crate::trace::{SessionNote, Source};
 
 pub(crate) struct Collectors {
     pub(crate) host: HostCollector,
@@ -146,8 +146,9 @@ impl Collectors {
         }
     }
 
-    /// Stops NVML sampling (before the pipeline finishes) and gathers what every collector saw.
-    pub(crate) fn finish(mut self) -> CollectorsSummary {
+    /// Stops NVML sampling (before the pipeline finishes) and gathers what every collector saw;
+    /// the session's notes also go into the trace (`note` records), for whoever reviews it.
+    pub(crate) fn finish(mut self, producer: &mut Producer) -> CollectorsSummary {
         let (nvml, nvml_notes) = match self.nvml.as_mut() {
             Some(n) => {
                 n.stop();
@@ -155,13 +156,25 @@ impl Collectors {
             }
             None => (NvmlStats::default(), Vec::new()),
         };
-        let notes = self.host.notes.iter().chain(&self.sched.notes).chain(&self.cupti.notes).cloned().chain(nvml_notes);
+        let notes: Vec<String> = self
+            .host
+            .notes
+            .iter()
+            .chain(&self.sched.notes)
+            .chain(&self.cupti.notes)
+            .cloned()
+            .chain(nvml_notes)
+            .collect();
+        let now = crate::clock::monotonic_ns();
+        for n in &notes {
+            producer.push(SessionNote { time_ns: now, pid: 0, text_id: producer.intern(n) });
+        }
         CollectorsSummary {
             host: self.host.stats.clone(),
             sched: self.sched.stats.clone(),
             cupti: self.cupti.stats.clone(),
             nvml,
-            notes: notes.collect(),
+            notes,
             libraries: self.host.reports.clone(),
         }
     }

@@ -309,7 +309,7 @@ pub fn record_command_with_progress(
     // its ring was opened left the file behind, complete.
     c.cupti.scan_dir();
     c.drain(&mut producer)?;
-    let seen = c.finish();
+    let seen = c.finish(&mut producer);
     drop(producer);
     let (write, pipeline) = pipeline.finish().map_err(|source| SessionError::WriteFailed {
         source,

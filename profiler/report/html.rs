@@ -505,6 +505,13 @@ pub fn render(report: &Value) -> String {
     }
     collectives_section(&mut o, report);
     skew_section(&mut o, report);
+    if let Some(ns) = report["recording_notes"].as_array().filter(|v| !v.is_empty()) {
+        o.push_str("<h2>Recording notes</h2><ul>");
+        for n in ns {
+            let _ = write!(o, r#"<li class="warn">{}: {}</li>"#, esc(&s(&n["file"])), esc(&s(&n["note"])));
+        }
+        o.push_str("</ul>\n");
+    }
     if let Some(ws) = report["warnings"].as_array().filter(|v| !v.is_empty()) {
         o.push_str("<h2>Warnings</h2><ul>");
         for w in ws {

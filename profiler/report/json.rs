@@ -154,5 +154,9 @@ pub fn render_json(reports: &[FileReport]) -> Value {
         "straggler_rank": cross.straggler.map(|i| cross.skew[i].rank),
         "straggler_activity": straggler_activity(reports, &cross),
         "warnings": warnings,
+        "recording_notes": reports
+            .iter()
+            .flat_map(|r| r.recording_notes.iter().map(move |n| json!({"file": r.path, "note": n})))
+            .collect::<Vec<_>>(),
     })
 }

@@ -41,6 +41,8 @@ pub struct FileReport {
     /// CLOCK_MONOTONIC → CLOCK_REALTIME, when the trace recorded it.
     pub realtime_offset_ns: Option<i128>,
     pub warnings: Vec<String>,
+    /// The recording session's notes, as stored in the trace (a collector off, CUPTI held…).
+    pub recording_notes: Vec<String>,
 }
 
 /// A whole trace in memory: records, string table (id → string), the reader's warnings.
@@ -101,6 +103,7 @@ pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<File
                 activity: HashMap::new(),
                 realtime_offset_ns: collectives::realtime_offset(&sk.small),
                 warnings: reader.warnings().to_vec(),
+                recording_notes: recording_notes(&sk.small, &sk.names),
             }
         })
         .collect();
@@ -135,6 +138,18 @@ pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<File
         out.push(report);
     }
     Ok(out)
+}
+
+/// The texts of a trace's session notes, in order, each once.
+pub fn recording_notes(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in &batch.notes {
+        let text = names.get(&n.text_id).cloned().unwrap_or_else(|| format!("note #{}", n.text_id));
+        if !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    out
 }
 
 /// The active window of each process: first to last device operation or launch.
@@ -196,6 +211,7 @@ pub fn analyze_batch(
         activity,
         realtime_offset_ns: collectives::realtime_offset(batch),
         warnings,
+        recording_notes: recording_notes(batch, names),
     }
 }
 

@@ -157,6 +157,9 @@ pub fn render_text(reports: &[FileReport]) -> String {
         for warning in &r.warnings {
             let _ = writeln!(o, "  warning: {warning}");
         }
+        for note in &r.recording_notes {
+            let _ = writeln!(o, "  recording note: {note}");
+        }
     }
     let cross = cross_rank(reports);
     if !cross.collectives.is_empty() {

@@ -380,6 +380,31 @@ impl TraceReader {
         Ok(map.into_iter().map(|((s, c), n)| (s, c, n)).collect())
     }
 
+    /// The session's notes stored in the trace (`note` records), in order, each text once;
+    /// only the chunks whose index entry counts notes are read.
+    pub fn notes(&self) -> Result<Vec<String>, TraceError> {
+        let slot = Kind::ALL.iter().position(|k| *k == Kind::SessionNote).unwrap_or(0);
+        let mut out: Vec<String> = Vec::new();
+        let (mut scratch, mut chunk) = (Scratch::default(), Chunk::default());
+        for i in 0..self.chunks.len() {
+            if self.chunks[i].counts.get(slot).copied().unwrap_or(0) == 0 {
+                continue;
+            }
+            self.read_chunk_kinds_into(i, &mut scratch, &mut chunk, &|k| k == Kind::SessionNote)?;
+            for n in &chunk.records.notes {
+                let text = chunk
+                    .strings
+                    .iter()
+                    .find(|s| s.0 == n.text_id)
+                    .map_or_else(|| format!("note #{}", n.text_id), |s| s.1.clone());
+                if !out.contains(&text) {
+                    out.push(text);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads and decompresses the frame at `offset`.
     fn frame(&self, offset: u64, compressed_len: u64) -> Result<Vec<u8>, TraceError> {
         let mut scratch = Scratch::default();

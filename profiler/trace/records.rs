@@ -587,6 +587,15 @@ record_kinds! {
         fd: i32 => Raw,
         syscall: i32 => Raw,
     }
+
+    /// Something the reviewer of the trace should know about how it was recorded (a collector
+    /// off, CUPTI held by another subscriber, PM sampling unavailable): the session's notes,
+    /// written when the session ends. `pid` 0: the whole session.
+    SessionNote = 16, "note", notes, size 16, time time_ns, end time_ns, strings [text_id] {
+        time_ns: u64 => Delta,
+        pid: u32 => Raw,
+        text_id: u32 => Raw,
+    }
 }
 
 /// `KernelExec::flags`: launched with cuLaunchCooperativeKernel.

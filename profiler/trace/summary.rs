@@ -45,6 +45,8 @@ pub struct TraceSummary {
     pub compressed_bytes: u64,
     pub bytes_per_record: f64,
     pub warnings: Vec<String>,
+    /// The recording session's notes stored in the trace (a collector off, CUPTI held, …).
+    pub notes: Vec<String>,
 }
 
 pub fn summarize(reader: &TraceReader) -> Result<TraceSummary, TraceError> {
@@ -92,5 +94,6 @@ pub fn summarize(reader: &TraceReader) -> Result<TraceSummary, TraceError> {
         compressed_bytes,
         bytes_per_record: if total_records > 0 { compressed_bytes as f64 / total_records as f64 } else { 0.0 },
         warnings: reader.warnings().to_vec(),
+        notes: reader.notes()?,
     })
 }
