@@ -183,7 +183,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
             sk.chunks_from_digest += 1;
             continue;
         }
-        reader.read_chunk_lean_into(i, &mut scratch, &mut chunk, &wanted)?;
+        reader.read_chunk_decode(i, &mut scratch, &mut chunk, &wanted, true)?;
         st.absorb_chunk(&mut sk, &chunk, opts);
     }
     for d in sk.devices.values_mut() {

@@ -239,54 +239,23 @@ impl ChunkDigest {
         if version != DIGEST_VERSION {
             return Ok(d);
         }
-        let u32_of = |cur: &Cursor<'_>, v: u64| {
-            u32::try_from(v).map_err(|_| DecodeError::new(cur.offset(), "digest value out of range"))
-        };
-        // Each entry takes at least one byte per field: bounds the allocations.
-        let count = |cur: &mut Cursor<'_>, fields: usize| -> Result<usize, DecodeError> {
-            let n = cur.varint()? as usize;
-            if n.saturating_mul(fields) > cur.remaining() {
-                return Err(DecodeError::new(cur.offset(), format!("digest claims {n} entries past its end")));
-            }
-            Ok(n)
-        };
-        let n = count(&mut cur, 6)?;
-        d.spans.reserve(n);
-        for _ in 0..n {
-            let pid = cur.varint()?;
-            let device = cur.varint()?;
-            let min_start = cur.varint()?;
-            let (a, b, c) = (cur.varint()?, cur.varint()?, cur.varint()?);
+        let at = cur.offset();
+        let narrow = |v: u64| u32::try_from(v).map_err(|_| DecodeError::new(at, "digest value out of range"));
+        for [pid, device, min_start, a, b, c] in table::<6>(&mut cur)? {
             d.spans.push(DeviceSpan {
-                pid: u32_of(&cur, pid)?,
-                device: u32_of(&cur, device)?,
+                pid: narrow(pid)?,
+                device: narrow(device)?,
                 min_start,
                 max_start: min_start.wrapping_add(a),
                 max_end: min_start.wrapping_add(b),
                 min_compute_start: min_start.wrapping_add(c),
             });
         }
-        let n = count(&mut cur, 4)?;
-        d.launches.reserve(n);
-        for _ in 0..n {
-            let (pid, tid, first, len) = (cur.varint()?, cur.varint()?, cur.varint()?, cur.varint()?);
-            d.launches.push(LaunchSpan {
-                pid: u32_of(&cur, pid)?,
-                tid: u32_of(&cur, tid)?,
-                first,
-                last: first.wrapping_add(len),
-            });
+        for [pid, tid, first, len] in table::<4>(&mut cur)? {
+            d.launches.push(LaunchSpan { pid: narrow(pid)?, tid: narrow(tid)?, first, last: first.wrapping_add(len) });
         }
-        let n = count(&mut cur, 4)?;
-        d.name_times.reserve(n);
-        for _ in 0..n {
-            let (pid, device, name, ns) = (cur.varint()?, cur.varint()?, cur.varint()?, cur.varint()?);
-            d.name_times.push(NameTime {
-                pid: u32_of(&cur, pid)?,
-                device: u32_of(&cur, device)?,
-                name_id: u32_of(&cur, name)?,
-                ns,
-            });
+        for [pid, device, name, ns] in table::<4>(&mut cur)? {
+            d.name_times.push(NameTime { pid: narrow(pid)?, device: narrow(device)?, name_id: narrow(name)?, ns });
         }
         let sections = cur.u32_le()?;
         decode_sections(&mut cur, sections, &mut d.records, None, &|_| true, false)?;
@@ -295,4 +264,22 @@ impl ChunkDigest {
         }
         Ok(d)
     }
+}
+
+/// A count, then that many entries of `N` varints (each at least one byte: the count is checked
+/// against what is left before anything is allocated).
+fn table<const N: usize>(cur: &mut Cursor<'_>) -> Result<Vec<[u64; N]>, DecodeError> {
+    let n = cur.varint()? as usize;
+    if n.saturating_mul(N) > cur.remaining() {
+        return Err(DecodeError::new(cur.offset(), format!("digest claims {n} entries past its end")));
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut e = [0u64; N];
+        for x in e.iter_mut() {
+            *x = cur.varint()?;
+        }
+        v.push(e);
+    }
+    Ok(v)
 }

@@ -174,19 +174,9 @@ impl TraceReader {
         self.read_chunk_decode(i, scratch, chunk, wanted, false)
     }
 
-    /// [`TraceReader::read_chunk_kinds_into`] with the lean decode of
-    /// [`TraceReader::for_each_chunk_lean`].
-    pub fn read_chunk_lean_into(
-        &self,
-        i: usize,
-        scratch: &mut Scratch,
-        chunk: &mut Chunk,
-        wanted: &dyn Fn(Kind) -> bool,
-    ) -> Result<(), TraceError> {
-        self.read_chunk_decode(i, scratch, chunk, wanted, true)
-    }
-
-    fn read_chunk_decode(
+    /// [`TraceReader::read_chunk_kinds_into`], with the lean decode of
+    /// [`TraceReader::for_each_chunk_lean`] when `lean`.
+    pub fn read_chunk_decode(
         &self,
         i: usize,
         scratch: &mut Scratch,
