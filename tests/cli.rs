@@ -42,11 +42,20 @@ fn info_json_reports_exactly_what_was_written() {
 fn info_text_names_counts_and_sizes() {
     let dir = tmpdir();
     let path = dir.path().join("run.gptrace");
-    let (records, _) = training_records(10_000);
-    write_trace(&path, &records, &[], 4_000);
+    let (mut records, mut names) = training_records(9_999);
+    // The recording session's note (stored at its end): `info` lists it, and `report` repeats it.
+    names.push("NVML sees no devices: NVML_ERROR_LIBRARY_NOT_FOUND".into());
+    let end = records.iter().map(|r| r.time_ns()).max().unwrap();
+    records.push(ghostprof::trace::SessionNote { time_ns: end, pid: 0, text_id: names.len() as u32 }.into());
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    write_trace(&path, &records, &names, 4_000);
     let out = ghostprof().arg("info").arg(&path).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("note        NVML sees no devices: NVML_ERROR_LIBRARY_NOT_FOUND"), "{text}");
+    let report = ghostprof().arg("report").arg(&path).output().unwrap();
+    let report = String::from_utf8(report.stdout).unwrap();
+    assert!(report.contains("recording note: NVML sees no devices"), "{report}");
     assert!(text.contains("records     10,000"), "{text}");
     assert!(text.contains("chunks      3"), "{text}");
     assert!(text.contains("drops       none"), "{text}");
