@@ -14,8 +14,8 @@ use ghostprof_ring::{wire, Consumer, Popped};
 
 use crate::record::Producer;
 use crate::trace::{
-    ApiCall, ApiDomain, ClockDomain, ClockSync, DeviceSample, DropCause, KernelExec, MemOp, MemOpKind, Metric,
-    StepMarker, StepSource,
+    ApiCall, ApiDomain, ClockDomain, ClockSync, CollOp, DeviceSample, DropCause, KernelExec, MemOp, MemOpKind, Metric,
+    NcclAlgo, NcclDtype, StepMarker, StepSource,
 };
 
 /// `ApiCall::domain` of CUPTI synchronization records (`call_id` = CUpti_ActivitySynchronizationType).
@@ -202,6 +202,64 @@ impl CuptiCollector {
     }
 }
 
+/// The [`CollOp`] of an NCCL function name as the profiler plugin API gives it
+/// (`ncclFuncToString`: "AllReduce", …).
+pub fn coll_op_of(func: &[u8]) -> Option<CollOp> {
+    Some(match func {
+        b"AllReduce" => CollOp::AllReduce,
+        b"AllGather" => CollOp::AllGather,
+        b"ReduceScatter" => CollOp::ReduceScatter,
+        b"Broadcast" => CollOp::Broadcast,
+        b"Reduce" => CollOp::Reduce,
+        b"Send" => CollOp::Send,
+        b"Recv" => CollOp::Recv,
+        b"AllToAll" => CollOp::AllToAll,
+        _ => return None,
+    })
+}
+
+/// The [`NcclDtype`] of an NCCL datatype name (`ncclDatatypeToString`: "ncclFloat32", …).
+pub fn nccl_dtype_of(name: &[u8]) -> Option<NcclDtype> {
+    Some(match name {
+        b"ncclInt8" => NcclDtype::Int8,
+        b"ncclUint8" => NcclDtype::Uint8,
+        b"ncclInt32" => NcclDtype::Int32,
+        b"ncclUint32" => NcclDtype::Uint32,
+        b"ncclInt64" => NcclDtype::Int64,
+        b"ncclUint64" => NcclDtype::Uint64,
+        b"ncclFloat16" => NcclDtype::Float16,
+        b"ncclFloat32" => NcclDtype::Float32,
+        b"ncclFloat64" => NcclDtype::Float64,
+        b"ncclBfloat16" => NcclDtype::Bfloat16,
+        b"ncclFloat8e4m3" => NcclDtype::Float8e4m3,
+        b"ncclFloat8e5m2" => NcclDtype::Float8e5m2,
+        _ => return None,
+    })
+}
+
+/// The trace record of one [`wire::NCCL_COLL`] record from process `pid` (its strings interned).
+pub fn nccl_algo(c: &wire::NcclColl<'_>, pid: u32, producer: &Producer) -> NcclAlgo {
+    let signed = |v: i32| if v < 0 { u32::MAX } else { v as u32 };
+    NcclAlgo {
+        time_ns: c.time_ns,
+        comm_hash: c.comm_hash,
+        seq: c.seq,
+        count: c.count,
+        pid,
+        tid: c.tid,
+        rank: signed(c.rank),
+        nranks: signed(c.nranks),
+        op: coll_op_of(c.func).map_or(u32::MAX, |o| o as u32),
+        dtype: nccl_dtype_of(c.datatype).map_or(u32::MAX, |d| d as u32),
+        algo_id: producer.intern(&String::from_utf8_lossy(c.algo)),
+        proto_id: producer.intern(&String::from_utf8_lossy(c.proto)),
+        n_channels: c.n_channels as u32,
+        n_warps: c.n_warps as u32,
+        api_version: c.api_version as u32,
+        reserved: 0,
+    }
+}
+
 /// A [`MemOp`] from a memcpy or memset record of type `$t` (same field names in both).
 macro_rules! memop {
     ($ring:ident, $p:ident, $t:ty, $kind:expr) => {
@@ -273,6 +331,14 @@ impl Ring {
                 }
                 true
             }
+            wire::NCCL_COLL => match wire::NcclColl::decode(p) {
+                Some(c) => {
+                    let rec = nccl_algo(&c, self.pid, producer);
+                    producer.push(rec);
+                    true
+                }
+                None => false,
+            },
             wire::CUPTI_DROPPED if p.len() >= 8 => {
                 self.cupti_drops = self.cupti_drops.max(u64_at(p, 0));
                 true

@@ -596,6 +596,41 @@ record_kinds! {
         pid: u32 => Raw,
         text_id: u32 => Raw,
     }
+
+    /// NCCL's own account of one collective (its profiler plugin API, through the injection
+    /// library): the algorithm and protocol it chose. Joins the [`NcclColl`] host call of the
+    /// same process by communicator, operation and per-operation order (docs/trace-format.md).
+    NcclAlgo = 17, "nccl_algo", nccl_algos, size 80, time time_ns, end time_ns, strings [algo_id, proto_id] {
+        /// when NCCL started the collective's profiler event (inside the host call, or at
+        /// ncclGroupEnd for a grouped one)
+        time_ns: u64 => Delta,
+        /// NCCL's commHash: identifies the communicator, the same on every rank
+        comm_hash: u64 => Xor,
+        /// NCCL's seqNumber: per communicator and operation, from 0
+        seq: u64 => Delta,
+        /// elements (the descriptor's count)
+        count: u64 => Raw,
+        pid: u32 => Raw,
+        tid: u32 => Raw,
+        /// rank in the communicator (u32::MAX unknown)
+        rank: u32 => Raw,
+        /// ranks in the communicator (u32::MAX unknown: plugin API before v4)
+        nranks: u32 => Raw,
+        /// a [`CollOp`] (u32::MAX: a function this build does not know)
+        op: u32 => Raw,
+        /// an [`NcclDtype`] (u32::MAX unknown)
+        dtype: u32 => Raw,
+        /// NCCL's algorithm name ("RING", "TREE", "NVLS", …)
+        algo_id: u32 => Raw,
+        /// NCCL's protocol name ("LL", "LL128", "SIMPLE")
+        proto_id: u32 => Raw,
+        n_channels: u32 => Raw,
+        /// warps per channel
+        n_warps: u32 => Raw,
+        /// the profiler plugin API version NCCL used (1..=4)
+        api_version: u32 => Raw,
+        reserved: u32 => Raw,
+    }
 }
 
 /// `KernelExec::flags`: launched with cuLaunchCooperativeKernel.

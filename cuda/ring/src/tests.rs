@@ -202,3 +202,37 @@ proptest! {
         prop_assert!(out.len() <= 4096 / 8);
     }
 }
+
+#[test]
+fn nccl_coll_payload_round_trips_and_rejects_truncation() {
+    use crate::wire::{NcclColl, NCCL_COLL_MAX, NCCL_COLL_STR_MAX};
+    let long = [b'x'; 100];
+    let rec = NcclColl {
+        time_ns: 1_234_567_890,
+        comm_hash: 0xdead_beef_0123_4567,
+        seq: 41,
+        count: 1 << 20,
+        tid: 777,
+        rank: 1,
+        nranks: 2,
+        n_channels: 4,
+        n_warps: 16,
+        api_version: 4,
+        func: b"AllReduce",
+        datatype: b"ncclBfloat16",
+        algo: b"RING",
+        proto: &long,
+    };
+    let mut buf = [0u8; NCCL_COLL_MAX];
+    let n = rec.encode(&mut buf);
+    assert_eq!(n, 48 + 10 + 13 + 5 + 1 + NCCL_COLL_STR_MAX);
+    let back = NcclColl::decode(&buf[..n]).unwrap();
+    assert_eq!(back, NcclColl { proto: &long[..NCCL_COLL_STR_MAX], ..rec });
+    for cut in 0..n {
+        assert_eq!(NcclColl::decode(&buf[..cut]), None, "cut at {cut}");
+    }
+    // A string length pointing past the end is rejected, never read out of bounds.
+    let mut bad = buf;
+    bad[48] = 255;
+    assert_eq!(NcclColl::decode(&bad[..n]), None);
+}
