@@ -77,6 +77,16 @@ fn push(kind: u16, payload: &[u8]) {
     }
 }
 
+/// One record from NCCL's profiler callbacks into the ring, only while collection is on
+/// (`ghostprof record`, or an attached ghostprof); false when it was not sent. Reads no
+/// environment (NCCL's threads may race the job's setenv).
+pub(crate) fn push_if_collecting(kind: u16, payload: &[u8]) -> bool {
+    let Some(ring) = RING.get() else { return false };
+    let always = CONFIG.get().is_some_and(|c| c.always);
+    let mut ring = ring.lock().unwrap_or_else(|p| p.into_inner());
+    (always || ring.enabled()) && ring.push(kind, payload)
+}
+
 fn status(msg: &str) {
     push(wire::STATUS, msg.as_bytes());
 }

@@ -10,11 +10,15 @@
 //! Activity records (kernels, copies, sets, synchronization, driver and runtime API, NVTX
 //! markers) are copied into the ring as they are (their CUPTI layout, which ghostprof parses as
 //! untrusted input), except that name pointers, meaningless in another process, are replaced
-//! by ids whose strings go through the ring once. Nothing here may panic or unwind into the
+//! by ids whose strings go through the ring once.
+//!
+//! The library is also NCCL's profiler plugin (`NCCL_PROFILER_PLUGIN`, set by `ghostprof
+//! record`): [`nccl`] sends each collective's algorithm and protocol through the same ring. Nothing here may panic or unwind into the
 //! host: every entry point catches panics, and every failure becomes a status record.
 
 mod api;
 mod cupti;
+mod nccl;
 mod pm;
 
 use std::ffi::c_int;
