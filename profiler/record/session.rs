@@ -63,6 +63,10 @@ pub struct LaunchConfig {
     pub run_as: Option<(u32, u32)>,
     /// Discard the command's standard output (the demo shows only ghostprof's).
     pub quiet_child: bool,
+    /// The user's own `NCCL_PROFILER_PLUGIN` (default: ghostprof's environment). When set, the
+    /// job keeps it and NCCL's algorithm/protocol records are off (a session note says so);
+    /// otherwise the job gets the injection library as its NCCL profiler plugin.
+    pub user_nccl_profiler: Option<String>,
 }
 
 /// Live figures for a status line, handed to the progress callback about once a second.
@@ -92,6 +96,7 @@ impl LaunchConfig {
             ring_dir: None,
             run_as: None,
             quiet_child: false,
+            user_nccl_profiler: std::env::var("NCCL_PROFILER_PLUGIN").ok().filter(|v| !v.is_empty()),
         }
     }
 }
@@ -267,6 +272,18 @@ pub fn record_command_with_progress(
             envs.push(("CUDA_INJECTION64_PATH".to_string(), lib.display().to_string()));
             envs.push(("GHOSTPROF_ENABLE".to_string(), "1".to_string()));
             envs.push(("GHOSTPROF_RING_DIR".to_string(), ring_dir.display().to_string()));
+            // The same library is NCCL's profiler plugin (NCCL ≥ 2.23): each collective's
+            // algorithm and protocol. A plugin of the user's own wins.
+            match &cfg.user_nccl_profiler {
+                Some(own) => {
+                    envs.push(("NCCL_PROFILER_PLUGIN".to_string(), own.clone()));
+                    c.cupti.notes.push(format!(
+                        "NCCL_PROFILER_PLUGIN is set ({own}): the job keeps its own NCCL profiler plugin, so NCCL's \
+                         algorithm and protocol per collective are not recorded"
+                    ));
+                }
+                None => envs.push(("NCCL_PROFILER_PLUGIN".to_string(), lib.display().to_string())),
+            }
         }
         None => c.cupti.notes.push(
             "libghostprof_inject.so not found (set GHOSTPROF_INJECT_LIB): no CUPTI device timeline, eBPF only".into(),
