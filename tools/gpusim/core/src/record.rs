@@ -46,6 +46,28 @@ impl RecordKind {
     }
 }
 
+/// `copy_kind` of a collective: NCCL's algorithm and protocol ids (`NCCL_ALGO_*`,
+/// `NCCL_PROTO_*`) as `(algo + 1) << 4 | proto`; 0 means none was chosen.
+pub fn collective_algo_code(algo: u32, proto: u32) -> u32 {
+    (algo + 1) << 4 | (proto & 0xf)
+}
+
+/// The (algorithm, protocol) names of a collective's `copy_kind` (None for 0 or unknown ids).
+pub fn collective_algo_names(code: u32) -> Option<(&'static str, &'static str)> {
+    let algo = match (code >> 4).checked_sub(1)? {
+        0 => "TREE",
+        1 => "RING",
+        _ => return None,
+    };
+    let proto = match code & 0xf {
+        0 => "LL",
+        1 => "LL128",
+        2 => "SIMPLE",
+        _ => return None,
+    };
+    Some((algo, proto))
+}
+
 /// CUPTI's memcpy kinds (`CUpti_ActivityMemcpyKind`) used in `copy_kind` of memcpy records.
 pub const COPY_HTOD: u32 = 1;
 /// Device to host (`CUPTI_ACTIVITY_MEMCPY_KIND_DTOH`).
@@ -72,7 +94,8 @@ pub struct SimRecord {
     pub cbid: u32,
     /// Host thread id (gettid) that issued it.
     pub thread_id: u32,
-    /// Memcpy direction for `Memcpy`, `CUpti_ActivitySynchronizationType` for `SyncWait`.
+    /// Memcpy direction for `Memcpy`, `CUpti_ActivitySynchronizationType` for `SyncWait`, the
+    /// NCCL algorithm and protocol for `Collective` ([`collective_algo_code`]; 0: none).
     pub copy_kind: u32,
     /// Start (device ops: when the op began executing; host: interval start).
     pub start_ns: u64,

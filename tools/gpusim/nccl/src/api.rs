@@ -9,6 +9,7 @@ use std::ffi::{c_char, c_void};
 use gpusim_core::ffi::guard;
 
 use crate::comm::{self, Comm, Op};
+use crate::profiler::Coll;
 use crate::shm::Segment;
 
 /// `ncclResult_t` values.
@@ -35,6 +36,8 @@ pub struct NcclUniqueId {
 struct Pending {
     comm: *mut Comm,
     op: Op,
+    count: usize,
+    datatype: i32,
     bytes: u64,
     stream: *mut c_void,
 }
@@ -98,7 +101,10 @@ pub extern "C" fn ncclCommInitRank(comm: *mut *mut Comm, nranks: i32, id: NcclUn
         }
         match Segment::join(&name, nranks as usize) {
             Ok(segment) => {
-                let boxed = Box::new(Comm { rank: rank as usize, nranks: nranks as usize, sequence: 0, segment });
+                let hash = crate::profiler::comm_hash(&id.internal.map(|c| c as u8));
+                let profiler = crate::profiler::comm_init(hash, nranks as usize, rank as usize);
+                let boxed =
+                    Box::new(Comm { rank: rank as usize, nranks: nranks as usize, sequence: 0, segment, profiler });
                 // SAFETY: non-null out-pointer.
                 unsafe { *comm = Box::into_raw(boxed) };
                 NCCL_SUCCESS
@@ -119,7 +125,9 @@ pub extern "C" fn ncclCommDestroy(comm: *mut Comm) -> NcclResult {
             return NCCL_INVALID_ARGUMENT;
         }
         // SAFETY: the pointer came from Box::into_raw in ncclCommInitRank.
-        drop(unsafe { Box::from_raw(comm) });
+        let mut comm = unsafe { Box::from_raw(comm) };
+        comm.profiler.finalize();
+        drop(comm);
         NCCL_SUCCESS
     })
 }
@@ -159,7 +167,7 @@ fn submit(comm: *mut Comm, op: Op, count: usize, datatype: i32, stream: *mut c_v
         let Some(size) = comm::type_size(datatype) else {
             return NCCL_INVALID_ARGUMENT;
         };
-        let pending = Pending { comm, op, bytes: count as u64 * size, stream };
+        let pending = Pending { comm, op, count, datatype, bytes: count as u64 * size, stream };
         if GROUP_DEPTH.with(|d| *d.borrow()) > 0 {
             GROUP_OPS.with(|ops| ops.borrow_mut().push(pending));
             return NCCL_SUCCESS;
@@ -179,7 +187,9 @@ fn run_fused(ops: &[Pending]) -> NcclResult {
     let bytes: u64 = ops.iter().map(|p| p.bytes).sum();
     let bus_bytes: u64 = ops.iter().map(|p| p.op.bus_bytes(p.bytes, comm.nranks)).sum();
     let op = if ops.iter().all(|p| p.op == first.op) { first.op } else { Op::SendRecv };
-    match comm::run(comm, op, bytes, bus_bytes, first.stream) {
+    let colls: Vec<Coll> =
+        ops.iter().map(|p| Coll { op: p.op, count: p.count, datatype: p.datatype, bytes: p.bytes }).collect();
+    match comm::run(comm, op, bytes, bus_bytes, first.stream, &colls) {
         Ok(()) => NCCL_SUCCESS,
         Err(comm::CollectiveError::NoDriver) => {
             eprintln!("gpusim libnccl: libcuda.so.1 (gpusim) is not loaded");
@@ -334,7 +344,14 @@ pub extern "C" fn ncclGroupEnd() -> NcclResult {
             let batch: Vec<Pending> = ops
                 .iter()
                 .filter(|p| p.comm == c)
-                .map(|p| Pending { comm: p.comm, op: p.op, bytes: p.bytes, stream: p.stream })
+                .map(|p| Pending {
+                    comm: p.comm,
+                    op: p.op,
+                    count: p.count,
+                    datatype: p.datatype,
+                    bytes: p.bytes,
+                    stream: p.stream,
+                })
                 .collect();
             let rc = run_fused(&batch);
             if rc != NCCL_SUCCESS {

@@ -8,6 +8,7 @@ use gpusim_core::abi;
 use gpusim_core::clock::now_ns;
 use gpusim_core::record::{RecordKind, SimRecord};
 
+use crate::profiler::{Coll, CommProfiler};
 use crate::shm::{Segment, ShmError};
 
 /// A communicator (`ncclComm_t` points at one).
@@ -20,6 +21,8 @@ pub struct Comm {
     pub sequence: u64,
     /// The shared segment.
     pub segment: Segment,
+    /// The profiler plugin's view of this communicator (commHash, seqNumbers, context).
+    pub profiler: CommProfiler,
 }
 
 /// The collective operations, with their bus-bytes factor (NCCL's "busBw" convention).
@@ -95,13 +98,14 @@ pub enum CollectiveError {
     Shm(ShmError),
 }
 
-/// Run one collective of `bytes` payload (or a fused group of ops) on `stream`.
+/// Run one collective of `bytes` payload (or a fused group of ops, `colls`) on `stream`.
 pub fn run(
     comm: &mut Comm,
     op: Op,
     bytes: u64,
     transfer_bus_bytes: u64,
     stream: *mut c_void,
+    colls: &[Coll],
 ) -> Result<(), CollectiveError> {
     let ready = abi::lookup(abi::STREAM_READY_NS).ok_or(CollectiveError::NoDriver)?;
     let enqueue = abi::lookup(abi::ENQUEUE_DEVICE_OP).ok_or(CollectiveError::NoDriver)?;
@@ -115,6 +119,9 @@ pub fn run(
         )
     };
     let enqueue_ns = now_ns();
+    // NCCL starts the profiler events of a launch before the kernel is enqueued.
+    let channels = (comm.nranks * 2).min(u8::MAX as usize) as u8;
+    let events = comm.profiler.start(comm.rank, channels, colls);
     // SAFETY: a valid function pointer into libcuda.
     let arrival_ns = unsafe { ready(stream) };
     let sequence = comm.sequence;
@@ -143,7 +150,13 @@ pub fn run(
     rec.sequence = sequence as u32;
     rec.grid = [comm.nranks as u32 * 2, 1, 1];
     rec.block = [512, 1, 1];
+    // The ground truth's algorithm and protocol (of the launch's first collective).
+    if let Some(c) = colls.iter().find(|c| c.op != Op::SendRecv) {
+        let (algo, proto) = comm.profiler.choice(c.op, c.bytes);
+        rec.copy_kind = gpusim_core::record::collective_algo_code(algo as u32, proto as u32);
+    }
     // SAFETY: valid function pointer and record.
     unsafe { enqueue(stream, &mut rec) };
+    comm.profiler.stop(events);
     Ok(())
 }

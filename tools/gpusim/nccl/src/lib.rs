@@ -6,6 +6,7 @@
 //! - [`comm`]: communicators, collectives and groups: how a collective's kernel is placed on the
 //!   rank's simulated device (through libcuda's `gpusim_*` symbols).
 //! - [`api`]: the exported `nccl*` entry points.
+//! - [`profiler`]: NCCL's profiler plugin API (`NCCL_PROFILER_PLUGIN`), driven as NCCL 2.27 does.
 //!
 //! Timing of one collective on rank r: its kernel starts when r's stream reaches it
 //! (`arrival_r`), waits until the last rank's arrival (`comm.wait`), then moves data for
@@ -20,4 +21,5 @@
 
 pub mod api;
 pub mod comm;
+pub mod profiler;
 pub mod shm;

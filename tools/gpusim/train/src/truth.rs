@@ -75,6 +75,10 @@ pub struct CollectiveTruth {
     pub end_ns: u64,
     /// Payload bytes.
     pub bytes: u64,
+    /// NCCL algorithm gpusim's libnccl chose ("RING", "TREE"), as its profiler plugin event said.
+    pub algorithm: Option<&'static str>,
+    /// NCCL protocol ("LL", "LL128", "SIMPLE").
+    pub protocol: Option<&'static str>,
     /// Device idle time between the previous collective's end (or the window start) and this
     /// arrival: host-side noise that shifts arrivals, measured.
     pub idle_before_ns: u64,
@@ -205,6 +209,8 @@ pub fn build(info: &RunInfo, records: &[SimRecord]) -> GroundTruth {
                 last_arrival_ns: r.transfer_start_ns,
                 end_ns: r.end_ns,
                 bytes: r.bytes,
+                algorithm: gpusim_core::record::collective_algo_names(r.copy_kind).map(|n| n.0),
+                protocol: gpusim_core::record::collective_algo_names(r.copy_kind).map(|n| n.1),
                 idle_before_ns: (r.start_ns - from) - busy_ns(records, from, r.start_ns),
             }
         })
