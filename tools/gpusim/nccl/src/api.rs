@@ -158,8 +158,16 @@ pub extern "C" fn ncclCommUserRank(comm: *const Comm, rank: *mut i32) -> NcclRes
     })
 }
 
-/// Queue (inside a group) or run one operation of `count` elements of `datatype`.
-fn submit(comm: *mut Comm, op: Op, count: usize, datatype: i32, stream: *mut c_void) -> NcclResult {
+/// Queue (inside a group) or run one operation of `count` elements of `datatype` (the call's
+/// count argument, which NCCL's profiler events carry) whose payload is `payload_count` elements.
+fn submit(
+    comm: *mut Comm,
+    op: Op,
+    count: usize,
+    payload_count: usize,
+    datatype: i32,
+    stream: *mut c_void,
+) -> NcclResult {
     guard(NCCL_INTERNAL_ERROR, || {
         if comm.is_null() {
             return NCCL_INVALID_ARGUMENT;
@@ -167,7 +175,7 @@ fn submit(comm: *mut Comm, op: Op, count: usize, datatype: i32, stream: *mut c_v
         let Some(size) = comm::type_size(datatype) else {
             return NCCL_INVALID_ARGUMENT;
         };
-        let pending = Pending { comm, op, count, datatype, bytes: count as u64 * size, stream };
+        let pending = Pending { comm, op, count, datatype, bytes: payload_count as u64 * size, stream };
         if GROUP_DEPTH.with(|d| *d.borrow()) > 0 {
             GROUP_OPS.with(|ops| ops.borrow_mut().push(pending));
             return NCCL_SUCCESS;
@@ -214,7 +222,7 @@ pub extern "C" fn ncclAllReduce(
     comm: *mut Comm,
     stream: *mut c_void,
 ) -> NcclResult {
-    submit(comm, Op::AllReduce, count, datatype, stream)
+    submit(comm, Op::AllReduce, count, count, datatype, stream)
 }
 
 /// `ncclResult_t ncclAllGather(const void*, void*, size_t sendcount, ncclDataType_t, ncclComm_t,
@@ -230,7 +238,7 @@ pub extern "C" fn ncclAllGather(
 ) -> NcclResult {
     // SAFETY: checked for null; a valid communicator otherwise.
     let nranks = if comm.is_null() { 1 } else { unsafe { (*comm).nranks } };
-    submit(comm, Op::AllGather, sendcount * nranks, datatype, stream)
+    submit(comm, Op::AllGather, sendcount, sendcount * nranks, datatype, stream)
 }
 
 /// `ncclResult_t ncclReduceScatter(const void*, void*, size_t recvcount, ncclDataType_t,
@@ -247,7 +255,7 @@ pub extern "C" fn ncclReduceScatter(
 ) -> NcclResult {
     // SAFETY: checked for null; a valid communicator otherwise.
     let nranks = if comm.is_null() { 1 } else { unsafe { (*comm).nranks } };
-    submit(comm, Op::ReduceScatter, recvcount * nranks, datatype, stream)
+    submit(comm, Op::ReduceScatter, recvcount, recvcount * nranks, datatype, stream)
 }
 
 /// `ncclResult_t ncclBroadcast(const void*, void*, size_t count, ncclDataType_t, int root,
@@ -262,7 +270,7 @@ pub extern "C" fn ncclBroadcast(
     comm: *mut Comm,
     stream: *mut c_void,
 ) -> NcclResult {
-    submit(comm, Op::Broadcast, count, datatype, stream)
+    submit(comm, Op::Broadcast, count, count, datatype, stream)
 }
 
 /// `ncclResult_t ncclReduce(const void*, void*, size_t count, ncclDataType_t, ncclRedOp_t,
@@ -279,7 +287,7 @@ pub extern "C" fn ncclReduce(
     comm: *mut Comm,
     stream: *mut c_void,
 ) -> NcclResult {
-    submit(comm, Op::Reduce, count, datatype, stream)
+    submit(comm, Op::Reduce, count, count, datatype, stream)
 }
 
 /// `ncclResult_t ncclSend(const void*, size_t count, ncclDataType_t, int peer, ncclComm_t,
@@ -293,7 +301,7 @@ pub extern "C" fn ncclSend(
     comm: *mut Comm,
     stream: *mut c_void,
 ) -> NcclResult {
-    submit(comm, Op::SendRecv, count, datatype, stream)
+    submit(comm, Op::SendRecv, count, count, datatype, stream)
 }
 
 /// `ncclResult_t ncclRecv(void*, size_t count, ncclDataType_t, int peer, ncclComm_t,
@@ -307,7 +315,7 @@ pub extern "C" fn ncclRecv(
     comm: *mut Comm,
     stream: *mut c_void,
 ) -> NcclResult {
-    submit(comm, Op::SendRecv, count, datatype, stream)
+    submit(comm, Op::SendRecv, count, count, datatype, stream)
 }
 
 /// `ncclResult_t ncclGroupStart()`.
