@@ -202,3 +202,70 @@ fn root_a_users_own_nccl_profiler_plugin_is_kept_and_noted() {
     assert_eq!(note.len(), 1, "{:?}", summary.notes);
     assert!(TraceReader::open(&trace).unwrap().notes().unwrap().contains(note[0]), "stored in the trace");
 }
+
+/// Attached to a running job started with the dormant injection library: with
+/// NCCL_PROFILER_PLUGIN naming it, nccl_algo records flow while attached (NCCL's seq does not
+/// start at 0, the eBPF seq does: rule 1 of the join aligns them, and the offset is constant);
+/// without it, a session note says why there are none.
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_attach_records_nccl_algo_when_the_job_names_the_plugin_and_notes_when_not() {
+    use ghostprof::record::attach::{attach, AttachConfig};
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let built = crate::gpusim::built();
+    let inject = built.build_dir.join("libghostprof_inject.so");
+    for with_plugin in [true, false] {
+        let dir = tmpdir();
+        let rings = dir.path().join("rings");
+        std::fs::create_dir(&rings).unwrap();
+        let out = dir.path().join("truth");
+        let cmd = crate::gpusim::train_command("balanced", 1, 200, &out);
+        let mut job = std::process::Command::new(&cmd[0]);
+        job.args(&cmd[1..]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        job.env("CUDA_INJECTION64_PATH", &inject).env("GHOSTPROF_RING_DIR", &rings).env_remove("NCCL_PROFILER_PLUGIN");
+        if with_plugin {
+            job.env("NCCL_PROFILER_PLUGIN", &inject);
+        }
+        let mut job = job.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let trace = dir.path().join("attach.gptrace");
+        let mut cfg = AttachConfig::new(job.id(), trace.clone());
+        cfg.ring_dir = rings.clone();
+        cfg.max_duration = Some(std::time::Duration::from_millis(1500));
+        let summary = attach(&cfg, &AtomicBool::new(false), &mut |_| {}).expect("attach");
+        assert!(job.wait().unwrap().success());
+        let pid = truth(&out, 0)["pid"].as_u64().unwrap() as u32;
+        let b = TraceReader::open(&trace).unwrap().read_all().unwrap();
+        let algos: Vec<&NcclAlgo> = b.nccl_algos.iter().filter(|a| a.pid == pid).collect();
+        let noted = summary.notes.iter().any(|n| n.contains("started without NCCL_PROFILER_PLUGIN"));
+        if !with_plugin {
+            assert!(algos.is_empty());
+            assert!(noted, "{:?}", summary.notes);
+            continue;
+        }
+        assert!(!noted, "{:?}", summary.notes);
+        assert!(algos.len() >= 5, "collectives while attached: {}", algos.len());
+        assert!(algos[0].seq > 0, "attached mid-run: NCCL's seq goes on from the job's start");
+        assert!(algos.windows(2).all(|w| w[1].seq == w[0].seq + 1), "none lost while attached");
+        let host: Vec<&NcclColl> =
+            b.nccl.iter().filter(|c| c.pid == pid && c.phase == NcclPhase::Host as u32).collect();
+        // The rings are on a little longer than the host probes (switched on before them and
+        // drained after them): the calls at the window's two edges have no host record.
+        let mut paired = Vec::new();
+        for (i, a) in algos.iter().enumerate() {
+            let inside: Vec<&&NcclColl> =
+                host.iter().filter(|h| h.tid == a.tid && h.start_ns <= a.time_ns && a.time_ns <= h.end_ns).collect();
+            if let [h] = inside[..] {
+                assert_eq!((h.op, h.count), (a.op, a.count));
+                paired.push((i, a.seq - h.seq));
+            }
+        }
+        let (first, last) = (paired[0].0, paired[paired.len() - 1].0);
+        assert_eq!(paired.len(), last - first + 1, "every call between the edges pairs");
+        assert!(paired.len() * 2 >= algos.len(), "{} of {} paired", paired.len(), algos.len());
+        let mut offsets: Vec<u64> = paired.iter().map(|p| p.1).collect();
+        offsets.dedup();
+        assert_eq!(offsets.len(), 1, "one constant seq offset per communicator: {offsets:?}");
+    }
+}

@@ -115,6 +115,15 @@ pub fn attach(
     c.cupti.scan(&tree);
     if c.cupti.stats.rings > 0 {
         drain_cupti_for(&mut c, &mut producer, RING_WAKE, cfg.drain_interval);
+        let without = nccl_without_profiler_plugin(&tree);
+        if !without.is_empty() {
+            c.cupti.notes.push(format!(
+                "process {} uses NCCL but was started without NCCL_PROFILER_PLUGIN: NCCL's algorithm and protocol \
+                 per collective are not recorded (start the job with NCCL_PROFILER_PLUGIN set to the injection \
+                 library, as CUDA_INJECTION64_PATH)",
+                without.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        }
     }
     let ended = (|| {
         for &p in &tree {
@@ -154,6 +163,19 @@ pub fn attach(
         .finish()
         .map_err(|source| SessionError::WriteFailed { source, job: "detached; the job goes on".into() })?;
     Ok(seen.into_session(None, cfg.pid, write, pipeline))
+}
+
+/// The processes of `tree` that mapped libnccl and whose environment at exec had no
+/// `NCCL_PROFILER_PLUGIN` (NCCL reads it at its first communicator's creation).
+fn nccl_without_profiler_plugin(tree: &[u32]) -> Vec<u32> {
+    tree.iter()
+        .copied()
+        .filter(|p| {
+            let maps = std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default();
+            let environ = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
+            maps.contains("libnccl.so") && !environ.split(|b| *b == 0).any(|v| v.starts_with(b"NCCL_PROFILER_PLUGIN="))
+        })
+        .collect()
 }
 
 /// Moves CUPTI records into the trace for `how_long`.
