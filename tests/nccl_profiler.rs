@@ -81,6 +81,38 @@ fn nccl_coll_wire_records_become_nccl_algo_records() {
     assert_eq!((name(o.algo_id).as_str(), name(o.proto_id).as_str()), ("TREE", "LL"));
 }
 
+/// Random bytes as NCCL_COLL records: every one is read, none panics, and a record is kept
+/// exactly when its four strings fit in it.
+#[test]
+fn hostile_nccl_coll_records_are_counted_not_trusted() {
+    use ghostprof::trace::synth::Rng;
+    let dir = tmpdir();
+    let pid = 4_000_777u32;
+    let mut ring = Producer::create(&dir.path().join(format!("ghostprof-{pid}.ring")), 1 << 20).unwrap();
+    let mut rng = Rng::new(7);
+    let mut valid = 0u64;
+    for _ in 0..3000 {
+        let len = rng.below(120) as usize;
+        let mut p: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        if len > 52 && rng.below(2) == 0 {
+            p[48..52].fill(0); // four empty strings: well-formed whatever the rest says
+        }
+        valid += wire::NcclColl::decode(&p).is_some() as u64;
+        assert!(ring.push(wire::NCCL_COLL, &p));
+    }
+    assert!(valid > 500, "{valid}");
+    let trace = dir.path().join("t.gptrace");
+    let pipeline = Pipeline::create(&trace, false, &TraceInfo::default(), PipelineOptions::default()).unwrap();
+    let mut producer = pipeline.producer(Source::Cupti);
+    let mut collector = CuptiCollector::new(dir.path(), true);
+    collector.scan(&[pid]);
+    collector.drain(&mut producer);
+    assert_eq!((collector.stats.records, collector.stats.malformed), (3000, 3000 - valid));
+    drop(producer);
+    pipeline.finish().unwrap();
+    assert_eq!(TraceReader::open(&trace).unwrap().read_all().unwrap().nccl_algos.len() as u64, valid);
+}
+
 /// Records a gpusim run with the injection library and returns (summary, batch, strings).
 fn record(
     command: Vec<String>,
