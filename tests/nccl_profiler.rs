@@ -215,7 +215,8 @@ fn root_older_plugin_api_versions_give_the_same_records() {
 }
 
 /// A user's own NCCL_PROFILER_PLUGIN wins: the job keeps it (here "none"), the recording is
-/// otherwise complete, no nccl_algo records, and a session note says why.
+/// otherwise complete, no nccl_algo records, and a session note says why. One that names the
+/// injection library already is ours: records, no note.
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_a_users_own_nccl_profiler_plugin_is_kept_and_noted() {
@@ -233,6 +234,18 @@ fn root_a_users_own_nccl_profiler_plugin_is_kept_and_noted() {
         summary.notes.iter().filter(|n| n.contains("NCCL_PROFILER_PLUGIN is set (none)")).collect();
     assert_eq!(note.len(), 1, "{:?}", summary.notes);
     assert!(TraceReader::open(&trace).unwrap().notes().unwrap().contains(note[0]), "stored in the trace");
+
+    // Already naming the injection library (through another path to it): ours, no note.
+    let trace = dir.path().join("same.gptrace");
+    let out = dir.path().join("truth-same");
+    let built = crate::gpusim::built();
+    let via = dir.path().join("inject-link.so");
+    std::os::unix::fs::symlink(built.build_dir.join("libghostprof_inject.so"), &via).unwrap();
+    let (summary, b, _names) =
+        record(crate::gpusim::train_command("balanced", 1, 3, &out), &trace, Some(via.to_str().unwrap()));
+    let pid = truth(&out, 0)["pid"].as_u64().unwrap() as u32;
+    assert_eq!(b.nccl_algos.iter().filter(|a| a.pid == pid).count(), 3);
+    assert!(!summary.notes.iter().any(|n| n.contains("NCCL_PROFILER_PLUGIN")), "{:?}", summary.notes);
 }
 
 /// Attached to a running job started with the dormant injection library: with

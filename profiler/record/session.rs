@@ -63,9 +63,10 @@ pub struct LaunchConfig {
     pub run_as: Option<(u32, u32)>,
     /// Discard the command's standard output (the demo shows only ghostprof's).
     pub quiet_child: bool,
-    /// The user's own `NCCL_PROFILER_PLUGIN` (default: ghostprof's environment). When set, the
-    /// job keeps it and NCCL's algorithm/protocol records are off (a session note says so);
-    /// otherwise the job gets the injection library as its NCCL profiler plugin.
+    /// The user's own `NCCL_PROFILER_PLUGIN` (default: ghostprof's environment). When set to
+    /// anything but the injection library, the job keeps it and NCCL's algorithm/protocol records
+    /// are off (a session note says so); otherwise the job gets the injection library as its NCCL
+    /// profiler plugin.
     pub user_nccl_profiler: Option<String>,
 }
 
@@ -274,15 +275,19 @@ pub fn record_command_with_progress(
             envs.push(("GHOSTPROF_RING_DIR".to_string(), ring_dir.display().to_string()));
             // The same library is NCCL's profiler plugin (NCCL ≥ 2.23): each collective's
             // algorithm and protocol. A plugin of the user's own wins.
+            let ours = |own: &str| {
+                let canon = |p: &Path| std::fs::canonicalize(p).ok();
+                canon(Path::new(own)).is_some_and(|o| Some(o) == canon(lib))
+            };
             match &cfg.user_nccl_profiler {
-                Some(own) => {
+                Some(own) if !ours(own) => {
                     envs.push(("NCCL_PROFILER_PLUGIN".to_string(), own.clone()));
                     c.cupti.notes.push(format!(
                         "NCCL_PROFILER_PLUGIN is set ({own}): the job keeps its own NCCL profiler plugin, so NCCL's \
                          algorithm and protocol per collective are not recorded"
                     ));
                 }
-                None => envs.push(("NCCL_PROFILER_PLUGIN".to_string(), lib.display().to_string())),
+                _ => envs.push(("NCCL_PROFILER_PLUGIN".to_string(), lib.display().to_string())),
             }
         }
         None => c.cupti.notes.push(
