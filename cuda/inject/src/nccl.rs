@@ -146,47 +146,23 @@ const NAME: *const c_char = c"ghostprof".as_ptr();
 
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static ncclProfiler_v4: Profiler<InitV4, DescrV4> = Profiler {
-    name: NAME,
-    init: init_v4,
-    start_event: start_v4,
-    stop_event,
-    record_event_state,
-    finalize,
-};
+pub static ncclProfiler_v4: Profiler<InitV4, DescrV4> =
+    Profiler { name: NAME, init: init_v4, start_event: start_v4, stop_event, record_event_state, finalize };
 
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static ncclProfiler_v3: Profiler<InitV1, DescrV3> = Profiler {
-    name: NAME,
-    init: init_v3,
-    start_event: start_v3,
-    stop_event,
-    record_event_state,
-    finalize,
-};
+pub static ncclProfiler_v3: Profiler<InitV1, DescrV3> =
+    Profiler { name: NAME, init: init_v3, start_event: start_v3, stop_event, record_event_state, finalize };
 
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static ncclProfiler_v2: Profiler<InitV1, DescrV2> = Profiler {
-    name: NAME,
-    init: init_v2,
-    start_event: start_v2,
-    stop_event,
-    record_event_state,
-    finalize,
-};
+pub static ncclProfiler_v2: Profiler<InitV1, DescrV2> =
+    Profiler { name: NAME, init: init_v2, start_event: start_v2, stop_event, record_event_state, finalize };
 
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static ncclProfiler_v1: Profiler<InitV1, DescrV1> = Profiler {
-    name: NAME,
-    init: init_v1,
-    start_event: start_v1,
-    stop_event,
-    record_event_state,
-    finalize,
-};
+pub static ncclProfiler_v1: Profiler<InitV1, DescrV1> =
+    Profiler { name: NAME, init: init_v1, start_event: start_v1, stop_event, record_event_state, finalize };
 
 /// What `init` keeps per communicator (the context NCCL hands back to startEvent).
 struct Context {
