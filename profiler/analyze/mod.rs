@@ -9,6 +9,7 @@ pub(crate) mod account;
 pub mod collectives;
 mod flops;
 pub mod join;
+pub mod nccl_algo;
 pub mod peak;
 pub mod steps;
 pub mod stream;

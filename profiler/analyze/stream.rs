@@ -352,7 +352,7 @@ impl SummaryState {
     }
 
     /// The few records kept whole: NCCL, synchronizing calls, NVTX steps, clock syncs,
-    /// checkpoint I/O, long host blocks, PM samples, session notes.
+    /// checkpoint I/O, long host blocks, PM samples, session notes, NCCL algorithms.
     fn absorb_small(&mut self, sk: &mut Skeleton, r: &RecordBatch, preemption_is_stall: bool) {
         sk.small.nccl.extend_from_slice(&r.nccl);
         sk.small.api_calls.extend(r.api_calls.iter().filter(|a| {
@@ -361,6 +361,7 @@ impl SummaryState {
         sk.small.steps.extend(r.steps.iter().filter(|s| s.source == MarkerSource::Nvtx as u32));
         sk.small.clock_syncs.extend_from_slice(&r.clock_syncs);
         sk.small.notes.extend_from_slice(&r.notes);
+        sk.small.nccl_algos.extend_from_slice(&r.nccl_algos);
         sk.small.file_io.extend(r.file_io.iter().filter(|f| is_checkpoint_syscall(f.syscall)));
         let long = self.long;
         for st in r.stalls.iter().filter(|st| st.end_ns.saturating_sub(st.start_ns) >= long) {

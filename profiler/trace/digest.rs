@@ -11,7 +11,8 @@
 //! - whole records, filtered: collective kernels, NCCL records, synchronizing probed calls,
 //!   NVTX step markers, clock syncs, PM sample intervals and the tensor activity of devices
 //!   with intervals (in this chunk or before), checkpoint file
-//!   I/O, host stalls and file I/O of at least [`DIGEST_LONG_NS`], and session notes.
+//!   I/O, host stalls and file I/O of at least [`DIGEST_LONG_NS`], session notes, and NCCL's
+//!   algorithm records (`nccl_algo`).
 //!
 //! A reader whose [`DIGEST_VERSION`] differs (another collective-name rule, other filters)
 //! ignores the digest and decodes the chunk whole. Records are those of the chunk, in its
@@ -183,6 +184,7 @@ impl ChunkDigest {
         r.steps.extend(batch.steps.iter().filter(|s| s.source == StepSource::Nvtx as u32));
         r.clock_syncs.extend_from_slice(&batch.clock_syncs);
         r.notes.extend_from_slice(&batch.notes);
+        r.nccl_algos.extend_from_slice(&batch.nccl_algos);
         for s in batch.samples.iter().filter(|s| s.metric == Metric::SampleIntervalNs as u32) {
             pm_devices.insert((s.pid, s.device));
         }

@@ -1,0 +1,91 @@
+//! NCCL's algorithm and protocol per collective, from the `nccl_algo` records that NCCL's
+//! profiler plugin API gives the injection library (docs/trace-format.md, kind 17).
+//!
+//! Join to the NCCL host calls (`nccl`, phase host): per process and operation, both come in
+//! call order (a call's profiler event starts inside the call, or at `ncclGroupEnd` for a
+//! grouped one, after the calls of the group, in their order), so the k-th host call of an
+//! operation is the k-th `nccl_algo` record of that operation after their first common one; a
+//! pair counts only if the element counts agree, which also keeps a stray or missing record
+//! from shifting the rest: on a mismatch the walk realigns on the next equal count.
+
+use std::collections::HashMap;
+
+use crate::trace::{NcclPhase, RecordBatch};
+
+/// NCCL's algorithm names, in the order of NCCL's `NCCL_ALGO_*` ids.
+const ALGORITHMS: [&str; 7] = ["TREE", "RING", "COLLNET_DIRECT", "COLLNET_CHAIN", "NVLS", "NVLS_TREE", "PAT"];
+/// NCCL's protocol names, in the order of NCCL's `NCCL_PROTO_*` ids.
+const PROTOCOLS: [&str; 3] = ["LL", "LL128", "SIMPLE"];
+
+/// An algorithm and protocol in one byte: 0 unknown, else 1 + algorithm × 4 + protocol (an
+/// unknown name of either is its table's length: "other").
+pub type AlgoCode = u8;
+
+pub fn algo_code(algo: &str, proto: &str) -> AlgoCode {
+    let a = ALGORITHMS.iter().position(|x| x.eq_ignore_ascii_case(algo)).unwrap_or(ALGORITHMS.len());
+    let p = PROTOCOLS.iter().position(|x| x.eq_ignore_ascii_case(proto)).unwrap_or(PROTOCOLS.len());
+    (1 + a * 4 + p) as AlgoCode
+}
+
+/// "RING/SIMPLE"; None for 0.
+pub fn algo_name(code: AlgoCode) -> Option<String> {
+    let c = code.checked_sub(1)? as usize;
+    let a = ALGORITHMS.get(c / 4).copied().unwrap_or("other");
+    let p = PROTOCOLS.get(c % 4).copied().unwrap_or("other");
+    Some(format!("{a}/{p}"))
+}
+
+/// (pid, host call start) → the algorithm and protocol NCCL used for that call.
+pub fn algorithms(batch: &RecordBatch, names: &HashMap<u32, String>) -> HashMap<(u32, u64), AlgoCode> {
+    let mut out = HashMap::new();
+    if batch.nccl_algos.is_empty() {
+        return out;
+    }
+    // (pid, op) → host calls (start, count) in call order
+    let mut calls: HashMap<(u32, u32), Vec<(u64, u64)>> = HashMap::new();
+    for c in batch.nccl.iter().filter(|c| c.phase == NcclPhase::Host as u32) {
+        calls.entry((c.pid, c.op)).or_default().push((c.start_ns, c.count));
+    }
+    // (pid, op) → profiler events (time, count, code) in call order
+    let mut events: HashMap<(u32, u32), Vec<(u64, u64, AlgoCode)>> = HashMap::new();
+    let name = |id: u32| names.get(&id).map_or("", String::as_str);
+    for a in &batch.nccl_algos {
+        let code = algo_code(name(a.algo_id), name(a.proto_id));
+        events.entry((a.pid, a.op)).or_default().push((a.time_ns, a.count, code));
+    }
+    for (key, mut cs) in calls {
+        let Some(es) = events.get_mut(&key) else { continue };
+        cs.sort_unstable();
+        es.sort_unstable_by_key(|e| e.0);
+        // The first event at or after the first call (events before it: calls the probes
+        // did not see, e.g. before an attach).
+        let mut j = es.partition_point(|e| e.0 < cs[0].0);
+        for &(start, count) in &cs {
+            // Realign on the next event with this call's count (a missing event or call).
+            let Some(k) = es[j..].iter().take(8).position(|e| e.1 == count) else { continue };
+            out.insert((key.0, start), es[j + k].2);
+            j += k + 1;
+            if j >= es.len() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_every_name() {
+        for a in ALGORITHMS {
+            for p in PROTOCOLS {
+                assert_eq!(algo_name(algo_code(a, p)).unwrap(), format!("{a}/{p}"));
+            }
+        }
+        assert_eq!(algo_name(algo_code("ring", "simple")).unwrap(), "RING/SIMPLE");
+        assert_eq!(algo_name(algo_code("NEW_ALGO", "LL")).unwrap(), "other/LL");
+        assert_eq!(algo_name(0), None);
+    }
+}
