@@ -35,6 +35,9 @@ pub fn algo_name(code: AlgoCode) -> Option<String> {
     Some(format!("{a}/{p}"))
 }
 
+/// A profiler event: time, element count, algorithm.
+type Event = (u64, u64, AlgoCode);
+
 /// (pid, host call start) → the algorithm and protocol NCCL used for that call.
 pub fn algorithms(batch: &RecordBatch, names: &HashMap<u32, String>) -> HashMap<(u32, u64), AlgoCode> {
     let mut out = HashMap::new();
@@ -46,8 +49,8 @@ pub fn algorithms(batch: &RecordBatch, names: &HashMap<u32, String>) -> HashMap<
     for c in batch.nccl.iter().filter(|c| c.phase == NcclPhase::Host as u32) {
         calls.entry((c.pid, c.op)).or_default().push((c.start_ns, c.count));
     }
-    // (pid, op) → profiler events (time, count, code) in call order
-    let mut events: HashMap<(u32, u32), Vec<(u64, u64, AlgoCode)>> = HashMap::new();
+    // (pid, op) → profiler events in call order
+    let mut events: HashMap<(u32, u32), Vec<Event>> = HashMap::new();
     let name = |id: u32| names.get(&id).map_or("", String::as_str);
     for a in &batch.nccl_algos {
         let code = algo_code(name(a.algo_id), name(a.proto_id));
