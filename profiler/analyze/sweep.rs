@@ -251,10 +251,11 @@ pub(crate) struct DeviceSweep {
     late_blocked: u64,
     /// the longest reasoned interval of the current slice
     longest_reason: u64,
-    /// scratch
-    cuts: Vec<u64>,
+    /// scratch: the three streams of cut points, the sorts' buffers, the started ops
+    starts: Vec<u64>,
+    ends: Vec<u64>,
     side_cuts: Vec<u64>,
-    cut_buf: Vec<u64>,
+    sort_buf: Vec<u64>,
     op_buf: Vec<Op>,
     active: Vec<usize>,
 }
@@ -284,9 +285,10 @@ impl DeviceSweep {
             late_reasons: Vec::new(),
             late_blocked: 0,
             longest_reason: 0,
-            cuts: Vec::new(),
+            starts: Vec::new(),
+            ends: Vec::new(),
             side_cuts: Vec::new(),
-            cut_buf: Vec::new(),
+            sort_buf: Vec::new(),
             op_buf: Vec::new(),
             active: Vec::new(),
         }
@@ -321,30 +323,110 @@ impl DeviceSweep {
     /// Sweeps [a, b) (the slice after the previous one). `ops`: every op overlapping it
     /// (reordered here); `blocked`: sorted, merged blocked intervals of the launching threads
     /// covering it; `reasons`: the same unmerged with reasons, sorted by start.
+    ///
+    /// The elementary segments lie between consecutive distinct cut points: `a`, `b`, the
+    /// (clamped) starts and ends of the ops that are not collectives, the starts, ends and
+    /// transfer points of collectives, and (with details) step and bin boundaries. They come
+    /// from a merge of three sorted streams (starts, in the ops' order; ends, nearly sorted;
+    /// the side cuts), and the ops covering a segment from a list of the started ones, pruned
+    /// only when one of them has ended: the same segments and the same sums, in the same
+    /// order, as sorting every cut and scanning the list per segment.
     pub fn feed(&mut self, a: u64, b: u64, ops: &mut [Op], blocked: &[(u64, u64)], reasons: &[Reasoned]) {
+        let Some((a, b)) = self.prepare(a, b, ops, blocked, reasons) else { return };
+        sort_runs(ops, &mut self.op_buf, |o| o.start);
+        let mut starts = std::mem::take(&mut self.starts);
+        let mut ends = std::mem::take(&mut self.ends);
+        starts.clear();
+        ends.clear();
+        starts.push(a);
+        let mut ends_sorted = true;
+        for o in ops.iter().filter(|o| o.class != Class::Comm) {
+            let e = o.end.clamp(a, b);
+            ends_sorted &= ends.last().is_none_or(|&l| l <= e);
+            starts.push(o.start.clamp(a, b));
+            ends.push(e);
+        }
+        if !ends_sorted {
+            sort_runs(&mut ends, &mut self.sort_buf, |&x| x);
+        }
+        let side = std::mem::take(&mut self.side_cuts);
+        let mut active = std::mem::take(&mut self.active);
+        active.clear();
+        let (mut i, mut j, mut k) = (0usize, 0usize, 0usize);
+        let (mut next, mut min_end) = (0usize, u64::MAX);
+        let mut blocked_at = 0usize;
+        let mut x = a;
+        loop {
+            while i < starts.len() && starts[i] <= x {
+                i += 1;
+            }
+            while j < ends.len() && ends[j] <= x {
+                j += 1;
+            }
+            while k < side.len() && side[k] <= x {
+                k += 1;
+            }
+            let y = starts.get(i).copied().unwrap_or(u64::MAX).min(ends.get(j).copied().unwrap_or(u64::MAX));
+            let y = y.min(side.get(k).copied().unwrap_or(u64::MAX));
+            if y == u64::MAX {
+                break;
+            }
+            while next < ops.len() && ops[next].start <= x {
+                active.push(next);
+                min_end = min_end.min(ops[next].end);
+                next += 1;
+            }
+            if min_end <= x {
+                active.retain(|&i| ops[i].end > x);
+                min_end = active.iter().map(|&i| ops[i].end).min().unwrap_or(u64::MAX);
+            }
+            let covering = active.iter().map(|&i| &ops[i]);
+            self.segment(x, y, covering, reasons, &mut |x, y| {
+                while blocked_at < blocked.len() && blocked[blocked_at].1 <= x {
+                    blocked_at += 1;
+                }
+                blocked[blocked_at..]
+                    .iter()
+                    .take_while(|iv| iv.0 < y)
+                    .map(|iv| iv.1.min(y).saturating_sub(iv.0.max(x)))
+                    .sum()
+            });
+            x = y;
+        }
+        self.starts = starts;
+        self.ends = ends;
+        self.side_cuts = side;
+        self.active = active;
+    }
+
+    /// What [`DeviceSweep::feed`] does before its segments: the slice clipped to the window
+    /// (None when empty), kernel counts, the sorted side cuts (in `side_cuts`), late windows.
+    fn prepare(
+        &mut self,
+        a: u64,
+        b: u64,
+        ops: &[Op],
+        blocked: &[(u64, u64)],
+        reasons: &[Reasoned],
+    ) -> Option<(u64, u64)> {
         let (w0, w1) = self.plan.window;
         let (a, b) = (a.max(w0), b.min(w1));
         if a >= b {
-            return;
+            return None;
         }
         let detail = self.plan.detail;
         if detail {
             self.longest_reason = reasons.iter().map(|x| x.1.saturating_sub(x.0)).max().unwrap_or(0);
         }
-        // Two lists of cuts, each nearly sorted: those of the ops that are not collectives
-        // (one stream's kernels run back to back), and the others (collectives on their own
-        // stream, steps, bins, the slice's end). Each is sorted, then the two runs merged.
-        let mut cuts = std::mem::take(&mut self.cuts);
+        // The cuts other than the ops' that are not collectives: collectives (on their own
+        // stream), steps, bins, the slice's end. Nearly sorted: a few runs, merged in a reused
+        // buffer (the library sort allocates its buffer every call).
         let mut side = std::mem::take(&mut self.side_cuts);
-        cuts.clear();
         side.clear();
-        cuts.push(a);
         side.push(b);
         for o in ops.iter() {
             if o.class == Class::Comm {
                 side.extend([o.start.clamp(a, b), o.transfer_from.clamp(a, b), o.end.clamp(a, b)]);
-            } else {
-                cuts.extend([o.start.clamp(a, b), o.end.clamp(a, b)]);
             }
             if detail {
                 self.count_kernel(o, a, b);
@@ -368,75 +450,71 @@ impl DeviceSweep {
                 self.late_blocked_add(a, b, blocked);
             }
         }
-        // Both are nearly sorted already (records come in time order): a few runs, merged in
-        // reused buffers (the library sort allocates its buffer every call).
-        sort_runs(&mut cuts, &mut self.cut_buf, |&x| x);
-        sort_runs(&mut side, &mut self.cut_buf, |&x| x);
-        cuts.extend_from_slice(&side);
-        sort_runs(&mut cuts, &mut self.cut_buf, |&x| x);
-        cuts.dedup();
+        sort_runs(&mut side, &mut self.sort_buf, |&x| x);
         self.side_cuts = side;
-        sort_runs(ops, &mut self.op_buf, |o| o.start);
-        let mut active = std::mem::take(&mut self.active);
-        active.clear();
-        let mut next = 0usize;
-        for pair in cuts.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            while next < ops.len() && ops[next].start <= a {
-                active.push(next);
-                next += 1;
-            }
-            active.retain(|&i| ops[i].end > a);
-            let dt = (b - a) as f64;
-            let seg: Seg;
-            let mut best: Option<Class> = None;
-            let (mut rate, mut transferring) = (0f64, false);
-            for o in active.iter().map(|&i| &ops[i]).filter(|o| o.start <= a && o.end >= b) {
-                best = Some(best.map_or(o.class, |c| c.min(o.class)));
-                match o.class {
-                    Class::Compute => rate += o.rate,
-                    Class::Comm => transferring |= a >= o.transfer_from,
-                    Class::Other => {}
-                }
-            }
-            match best {
-                None => {
-                    let stalled = if self.plan.has_launcher { overlap(blocked, a, b) } else { 0 };
-                    let split = if !self.plan.has_launcher {
-                        seg = Seg([(IDLE_OTHER, dt), (HOST_STALL, 0.0)]);
-                        [0.0, 0.0, dt]
-                    } else {
-                        let (stall, launch) = (stalled as f64, dt - stalled as f64);
-                        seg = Seg([(HOST_STALL, stall), (LAUNCH_BOUND, launch)]);
-                        [launch, stall, 0.0]
-                    };
-                    if detail {
-                        self.extend_gap(a, b, split, stalled, reasons);
-                    }
-                }
-                Some(class) => {
-                    self.busy += b - a;
-                    seg = match class {
-                        Class::Compute => {
-                            let rate = rate.min(1.0);
-                            Seg([(USEFUL, rate * dt), (INEFFICIENT, (1.0 - rate) * dt)])
-                        }
-                        Class::Comm => Seg([(if transferring { TRANSFER } else { WAIT }, dt), (OTHER, 0.0)]),
-                        Class::Other => Seg([(OTHER, dt), (USEFUL, 0.0)]),
-                    };
-                    if detail && !self.plan.late_windows.is_empty() {
-                        self.late_busy_add(a, b);
-                    }
-                }
-            }
-            seg.add_to(&mut self.acc);
-            if detail {
-                self.steps.add(a, b, &seg, best.is_some());
-                self.bins.add(a, b, &seg, best.is_some());
+        Some((a, b))
+    }
+
+    /// Classifies the elementary segment [a, b) from the ops that may cover it (in the order
+    /// of their starts: the compute rates are summed in that order) and adds it up.
+    /// `stalled(a, b)`: the launching threads' blocked time in it.
+    #[inline]
+    fn segment<'o>(
+        &mut self,
+        a: u64,
+        b: u64,
+        ops: impl Iterator<Item = &'o Op>,
+        reasons: &[Reasoned],
+        stalled: &mut impl FnMut(u64, u64) -> u64,
+    ) {
+        let detail = self.plan.detail;
+        let dt = (b - a) as f64;
+        let seg: Seg;
+        let mut best: Option<Class> = None;
+        let (mut rate, mut transferring) = (0f64, false);
+        for o in ops.filter(|o| o.start <= a && o.end >= b) {
+            best = Some(best.map_or(o.class, |c| c.min(o.class)));
+            match o.class {
+                Class::Compute => rate += o.rate,
+                Class::Comm => transferring |= a >= o.transfer_from,
+                Class::Other => {}
             }
         }
-        self.cuts = cuts;
-        self.active = active;
+        match best {
+            None => {
+                let stalled = if self.plan.has_launcher { stalled(a, b) } else { 0 };
+                let split = if !self.plan.has_launcher {
+                    seg = Seg([(IDLE_OTHER, dt), (HOST_STALL, 0.0)]);
+                    [0.0, 0.0, dt]
+                } else {
+                    let (stall, launch) = (stalled as f64, dt - stalled as f64);
+                    seg = Seg([(HOST_STALL, stall), (LAUNCH_BOUND, launch)]);
+                    [launch, stall, 0.0]
+                };
+                if detail {
+                    self.extend_gap(a, b, split, stalled, reasons);
+                }
+            }
+            Some(class) => {
+                self.busy += b - a;
+                seg = match class {
+                    Class::Compute => {
+                        let rate = rate.min(1.0);
+                        Seg([(USEFUL, rate * dt), (INEFFICIENT, (1.0 - rate) * dt)])
+                    }
+                    Class::Comm => Seg([(if transferring { TRANSFER } else { WAIT }, dt), (OTHER, 0.0)]),
+                    Class::Other => Seg([(OTHER, dt), (USEFUL, 0.0)]),
+                };
+                if detail && !self.plan.late_windows.is_empty() {
+                    self.late_busy_add(a, b);
+                }
+            }
+        }
+        seg.add_to(&mut self.acc);
+        if detail {
+            self.steps.add(a, b, &seg, best.is_some());
+            self.bins.add(a, b, &seg, best.is_some());
+        }
     }
 
     /// Counts a kernel once, in the slice that holds its start (clipped to the window).
@@ -624,7 +702,8 @@ fn close_gap(gaps: &mut Vec<OpenGap>, gap: OpenGap) {
 }
 
 /// Length of [a, b) covered by sorted, disjoint `intervals`.
-pub(crate) fn overlap(intervals: &[(u64, u64)], a: u64, b: u64) -> u64 {
+#[cfg(test)]
+fn overlap(intervals: &[(u64, u64)], a: u64, b: u64) -> u64 {
     let i = intervals.partition_point(|iv| iv.1 <= a);
     intervals[i..].iter().take_while(|iv| iv.0 < b).map(|iv| iv.1.min(b).saturating_sub(iv.0.max(a))).sum()
 }
@@ -701,9 +780,59 @@ fn sort_runs<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: impl Fn(&T) ->
     }
 }
 
+/// The sweep as it was before the merged streams, kept to check [`DeviceSweep::feed`]
+/// against: every cut in one sorted vector, the started ops pruned at every segment.
+#[cfg(test)]
+impl DeviceSweep {
+    fn feed_reference(&mut self, a: u64, b: u64, ops: &mut [Op], blocked: &[(u64, u64)], reasons: &[Reasoned]) {
+        let Some((a, b)) = self.prepare(a, b, ops, blocked, reasons) else { return };
+        let mut cuts = vec![a];
+        for o in ops.iter().filter(|o| o.class != Class::Comm) {
+            cuts.extend([o.start.clamp(a, b), o.end.clamp(a, b)]);
+        }
+        cuts.extend_from_slice(&self.side_cuts);
+        cuts.sort_unstable();
+        cuts.dedup();
+        ops.sort_by_key(|o| o.start);
+        let mut active: Vec<usize> = Vec::new();
+        let mut next = 0usize;
+        for pair in cuts.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            while next < ops.len() && ops[next].start <= a {
+                active.push(next);
+                next += 1;
+            }
+            active.retain(|&i| ops[i].end > a);
+            self.segment(a, b, active.iter().map(|&i| &ops[i]), reasons, &mut |a, b| overlap(blocked, a, b));
+        }
+    }
+
+    /// Everything the sweep has added up, floats as bits.
+    fn state(&self) -> String {
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let parts = |p: &Partitions| p.acc.iter().map(|a| bits(a)).zip(p.busy.clone()).collect::<Vec<_>>();
+        let gap = |g: &OpenGap| (g.start, g.end, bits(&g.split), g.reasons.clone());
+        let mut kernels: Vec<_> = self.kernels_dense.iter().flatten().map(|(k, u)| (k.clone(), u.to_bits())).collect();
+        kernels.extend(self.kernels.values().map(|(k, u)| (k.clone(), u.to_bits())));
+        format!(
+            "{:?}",
+            (
+                bits(&self.acc),
+                self.busy,
+                parts(&self.steps),
+                parts(&self.bins),
+                self.gaps.iter().map(gap).collect::<Vec<_>>(),
+                gap(&self.gap),
+                format!("{kernels:?}"),
+                (self.late_busy, &self.late_reasons, self.late_blocked),
+            )
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::sort_runs;
+    use super::*;
 
     #[test]
     fn sort_runs_is_the_stable_sort() {
@@ -729,6 +858,121 @@ mod tests {
             want.sort_by_key(|x| x.0);
             sort_runs(&mut v, &mut buf, |x| x.0);
             assert_eq!(v, want, "case {case}");
+        }
+    }
+
+    /// The merged-stream sweep equals the sort-every-cut sweep bit for bit (every float sum,
+    /// in the same order) on random slices of random ops: overlapping kernels and copies,
+    /// collectives with transfer points (some past their end), zero-length and backwards ops,
+    /// fractional compute rates, steps, bins, late windows and blocked intervals.
+    #[test]
+    fn merged_sweep_equals_the_reference_sweep() {
+        let mut seed = 7u64;
+        let mut next = move |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n.max(1)
+        };
+        for case in 0..300u64 {
+            let span = 1 + next(100_000);
+            let w = (1_000 + next(1_000), 1_000 + span + next(2_000));
+            let mut plan = DevicePlan::totals_only(1, 0, w, FlopSource::PmSampling);
+            plan.detail = case % 4 != 3;
+            plan.has_launcher = case % 5 != 4;
+            plan.bin_ns = [0, 1 + next(span), 1 + next(span / 10 + 1)][case as usize % 3];
+            let mut t = w.0.saturating_sub(next(500));
+            while t < w.1 && plan.steps.len() < 20 {
+                let len = 1 + next(span / 4 + 1);
+                plan.steps.push((t, t + len));
+                t += len + next(span / 8 + 1);
+            }
+            let mut t = w.0;
+            for _ in 0..next(6) {
+                let s = t + next(span / 3 + 1);
+                plan.late_windows.push((s, s + 1 + next(span / 5 + 1)));
+                t = s + 1 + next(span / 5 + 1) + 1;
+            }
+            let kinds = 1 + next(3); // how many streams overlap
+            let mut ops: Vec<Op> = Vec::new();
+            let mut ends = vec![w.0.saturating_sub(next(300)); kinds as usize];
+            for n in 0..next(300) {
+                let s = (n % kinds) as usize;
+                let start = ends[s] + next(span / 50 + 1);
+                let len = if next(20) == 0 { 0 } else { next(span / 20 + 1) };
+                let end = if next(40) == 0 { start.saturating_sub(next(100)) } else { start + len };
+                ends[s] = end.max(start);
+                let op = match next(6) {
+                    0 => DevicePlan::copy_op(start, end),
+                    1 => {
+                        let wait = next(len + 2);
+                        Op { class: Class::Comm, transfer_from: start + wait, ..DevicePlan::copy_op(start, end) }
+                    }
+                    2 => Op { name: next(5) as u32, named: true, ..DevicePlan::copy_op(start, end) },
+                    _ => {
+                        let rate = [0.0, 0.25, 1.0 / 3.0, 0.7, 0.9][next(5) as usize];
+                        Op {
+                            class: Class::Compute,
+                            rate,
+                            name: next(5) as u32,
+                            named: true,
+                            ..DevicePlan::copy_op(start, end)
+                        }
+                    }
+                };
+                ops.push(op);
+            }
+            if case % 3 == 0 {
+                ops.sort_by_key(|o| o.start);
+            }
+            let mut reasons: Vec<Reasoned> = Vec::new();
+            let mut t = w.0.saturating_sub(next(1_000));
+            while t < w.1 + 1_000 && reasons.len() < 40 {
+                let s = t + next(span / 10 + 1);
+                let e = s + next(span / 10 + 1);
+                reasons.push((s, e, ["futex", "io", "sync call"][next(3) as usize]));
+                t = s + next(span / 20 + 1);
+            }
+            reasons.sort_by_key(|x| (x.0, x.1));
+            let blocked = super::super::account::merge(reasons.iter().map(|x| (x.0, x.1)));
+            let mut fast = DeviceSweep::new(DevicePlan { ..clone_plan(&plan) });
+            let mut slow = DeviceSweep::new(plan);
+            // Slices as the streaming sweep cuts them: ops reach the slice they start in and
+            // stay while they overlap.
+            let mut cuts: Vec<u64> = (0..next(5)).map(|_| w.0 + next(span + 1)).collect();
+            cuts.extend([0, u64::MAX]);
+            cuts.sort_unstable();
+            cuts.dedup();
+            let (mut carry_fast, mut carry_slow) = (Vec::new(), Vec::new());
+            for pair in cuts.windows(2) {
+                let (a, b) = (pair[0], pair[1]);
+                for o in ops.iter().filter(|o| o.start >= a && o.start < b) {
+                    carry_fast.push(*o);
+                    carry_slow.push(*o);
+                }
+                fast.feed(a, b, &mut carry_fast, &blocked, &reasons);
+                slow.feed_reference(a, b, &mut carry_slow, &blocked, &reasons);
+                carry_fast.retain(|o| o.end > b);
+                carry_slow.retain(|o| o.end > b);
+                assert_eq!(fast.state(), slow.state(), "case {case}, slice {a}..{b}");
+            }
+        }
+    }
+
+    fn clone_plan(p: &DevicePlan) -> DevicePlan {
+        DevicePlan {
+            pid: p.pid,
+            device: p.device,
+            window: p.window,
+            flop_source: p.flop_source,
+            fractions: p.fractions.clone(),
+            flop_less_below: p.flop_less_below,
+            step_source: p.step_source,
+            steps: p.steps.clone(),
+            step_rates: p.step_rates.clone(),
+            bin_ns: p.bin_ns,
+            has_launcher: p.has_launcher,
+            late_windows: p.late_windows.clone(),
+            detail: p.detail,
+            notes: p.notes.clone(),
         }
     }
 }
