@@ -509,7 +509,7 @@ impl DeviceSweep {
     /// Classifies the elementary segment [a, b) from the ops that may cover it (in the order
     /// of their starts: the compute rates are summed in that order) and adds it up.
     /// `stalled(a, b)`: the launching threads' blocked time in it.
-    #[inline]
+    #[inline(always)]
     fn segment<'o>(
         &mut self,
         a: u64,
@@ -598,18 +598,23 @@ impl DeviceSweep {
     }
 
     /// `split`: the segment's launch-bound, host-stall and other idle ns.
+    #[inline]
     fn extend_gap(&mut self, a: u64, b: u64, split: [f64; 3], stalled: u64, reasons: &[Reasoned]) {
         if self.gap.end != a || self.gap.end == self.gap.start {
             // A new gap: the last one is kept only if it is among the 10 longest (most are not:
             // moving it out costs more than the check).
             let len = self.gap.end - self.gap.start;
             if len > 0 && !(self.gaps.len() == 10 && self.gaps.last().is_some_and(|g| g.end - g.start >= len)) {
-                close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+                self.keep_gap();
             } else {
                 self.gap.reasons.clear();
             }
             self.gap.start = a;
-            self.gap.split = split;
+            // (one by one: a stored array read back whole stalls the store forwarding)
+            let [l, s, o] = split;
+            self.gap.split[0] = l;
+            self.gap.split[1] = s;
+            self.gap.split[2] = o;
         } else {
             for (g, x) in self.gap.split.iter_mut().zip(split) {
                 *g += x;
@@ -617,12 +622,23 @@ impl DeviceSweep {
         }
         self.gap.end = b;
         if stalled > 0 {
-            let lo = reasons.partition_point(|x| x.0 < a.saturating_sub(self.longest_reason));
-            for &(s, e, r) in reasons[lo..].iter().take_while(|x| x.0 < b) {
-                let o = e.min(b).saturating_sub(s.max(a));
-                if o > 0 {
-                    tally(&mut self.gap.reasons, r, o);
-                }
+            self.gap_reasons(a, b, reasons);
+        }
+    }
+
+    #[inline(never)]
+    fn keep_gap(&mut self) {
+        close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+    }
+
+    /// The reasons of the blocked time in [a, b), added to the open gap's.
+    #[inline(never)]
+    fn gap_reasons(&mut self, a: u64, b: u64, reasons: &[Reasoned]) {
+        let lo = reasons.partition_point(|x| x.0 < a.saturating_sub(self.longest_reason));
+        for &(s, e, r) in reasons[lo..].iter().take_while(|x| x.0 < b) {
+            let o = e.min(b).saturating_sub(s.max(a));
+            if o > 0 {
+                tally(&mut self.gap.reasons, r, o);
             }
         }
     }
