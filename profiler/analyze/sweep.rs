@@ -185,6 +185,22 @@ impl Partitions {
         }
     }
 
+    /// Adds the sums of [a, b), which lies inside one partition or none (whole ns: see
+    /// [`DeviceSweep::walk_integral`]).
+    fn add_sums(&mut self, a: u64, b: u64, sums: &[f64; 8], busy: u64) {
+        while self.cursor < self.spans.len() && self.spans[self.cursor].1 <= a {
+            self.cursor += 1;
+        }
+        if let Some(&(s, e)) = self.spans.get(self.cursor) {
+            if s <= a && b <= e {
+                for (acc, x) in self.acc[self.cursor].iter_mut().zip(sums) {
+                    *acc += x;
+                }
+                self.busy[self.cursor] += busy;
+            }
+        }
+    }
+
     fn finish(self) -> Vec<Partition> {
         self.spans
             .iter()
@@ -251,6 +267,9 @@ pub(crate) struct DeviceSweep {
     late_blocked: u64,
     /// the longest reasoned interval of the current slice
     longest_reason: u64,
+    /// whether every amount added so far is a whole number of ns, below 2^53 in all (the
+    /// window is shorter): then sums are exact in any order
+    integral: bool,
     /// scratch: the three streams of cut points, the sorts' buffers, the started ops
     starts: Vec<u64>,
     ends: Vec<u64>,
@@ -285,6 +304,7 @@ impl DeviceSweep {
             late_reasons: Vec::new(),
             late_blocked: 0,
             longest_reason: 0,
+            integral: w1.saturating_sub(w0) < 1 << 53,
             starts: Vec::new(),
             ends: Vec::new(),
             side_cuts: Vec::new(),
@@ -335,7 +355,11 @@ impl DeviceSweep {
         let Some((a, b)) = self.prepare(a, b, ops, blocked, reasons) else { return };
         sort_runs(ops, &mut self.op_buf, |o| o.start);
         if one_at_a_time(ops, a, b) {
-            self.feed_one_at_a_time(a, b, ops, blocked, reasons);
+            if self.integral && ops.iter().all(integral_rate) {
+                self.walk_integral(a, b, ops, blocked, reasons);
+            } else {
+                self.feed_one_at_a_time(a, b, ops, blocked, reasons);
+            }
             return;
         }
         let mut starts = std::mem::take(&mut self.starts);
@@ -450,6 +474,95 @@ impl DeviceSweep {
         self.side_cuts = side;
     }
 
+    /// [`DeviceSweep::feed_one_at_a_time`] while every amount added so far and every one of
+    /// this slice is a whole number of ns (no fractional compute rate): sums of whole numbers
+    /// below 2^53 are exact in any order, so each stretch between two side cuts (inside one
+    /// step and one bin) is summed in integers and added once.
+    fn walk_integral(&mut self, a: u64, b: u64, ops: &[Op], blocked: &[(u64, u64)], reasons: &[Reasoned]) {
+        let side = std::mem::take(&mut self.side_cuts);
+        let detail = self.plan.detail;
+        let launcher = self.plan.has_launcher;
+        let late = detail && !self.plan.late_windows.is_empty();
+        let mut blocked_at = 0usize;
+        let mut k = 0usize;
+        // the stretch [run, x) since the last side cut: its ns by category, busy ns
+        let (mut run, mut sums, mut busy) = (a, [0u64; 8], 0u64);
+        let mut x = a;
+        let mut ops = ops.iter();
+        let mut op = ops.next();
+        while x < b {
+            while k < side.len() && side[k] <= x {
+                k += 1;
+            }
+            let cut = side.get(k).copied().unwrap_or(b);
+            let (s, e) = op.map_or((b, b), |o| (o.start.clamp(a, b), o.end.clamp(a, b)));
+            if x < s {
+                // idle until the op's start or the cut
+                let y = s.min(cut);
+                let dt = y - x;
+                if launcher {
+                    while blocked_at < blocked.len() && blocked[blocked_at].1 <= x {
+                        blocked_at += 1;
+                    }
+                    let stalled: u64 = blocked[blocked_at..]
+                        .iter()
+                        .take_while(|iv| iv.0 < y)
+                        .map(|iv| iv.1.min(y).saturating_sub(iv.0.max(x)))
+                        .sum();
+                    sums[HOST_STALL] += stalled;
+                    // (merged intervals: no more than dt)
+                    sums[LAUNCH_BOUND] += dt.saturating_sub(stalled);
+                    if detail {
+                        let stall = stalled as f64;
+                        self.extend_gap(x, y, [dt as f64 - stall, stall, 0.0], stalled, reasons);
+                    }
+                } else {
+                    sums[IDLE_OTHER] += dt;
+                    if detail {
+                        self.extend_gap(x, y, [0.0, 0.0, dt as f64], 0, reasons);
+                    }
+                }
+                x = y;
+            } else if x < e {
+                let o = op.expect("an op ends after x");
+                let y = e.min(cut);
+                let dt = y - x;
+                let category = match o.class {
+                    Class::Compute if o.rate >= 1.0 => USEFUL,
+                    Class::Compute => INEFFICIENT,
+                    _ => OTHER,
+                };
+                sums[category] += dt;
+                busy += dt;
+                if late {
+                    self.late_busy_add(x, y);
+                }
+                x = y;
+            } else {
+                op = ops.next();
+                continue;
+            }
+            if x == cut || x == b {
+                self.add_stretch(run, x, &sums, busy);
+                (run, sums, busy) = (x, [0; 8], 0);
+            }
+        }
+        self.side_cuts = side;
+    }
+
+    /// Adds the sums of [a, b) (whole ns, between two side cuts) to the totals, its step and bin.
+    fn add_stretch(&mut self, a: u64, b: u64, sums: &[u64; 8], busy: u64) {
+        let seg = sums.map(|x| x as f64);
+        for (acc, x) in self.acc.iter_mut().zip(seg) {
+            *acc += x;
+        }
+        self.busy += busy;
+        if self.plan.detail {
+            self.steps.add_sums(a, b, &seg, busy);
+            self.bins.add_sums(a, b, &seg, busy);
+        }
+    }
+
     /// What [`DeviceSweep::feed`] does before its segments: the slice clipped to the window
     /// (None when empty), kernel counts, the sorted side cuts (in `side_cuts`), late windows.
     fn prepare(
@@ -551,6 +664,9 @@ impl DeviceSweep {
                 seg = match class {
                     Class::Compute => {
                         let rate = rate.min(1.0);
+                        if rate != 0.0 && rate != 1.0 {
+                            self.integral = false;
+                        }
                         Seg([(USEFUL, rate * dt), (INEFFICIENT, (1.0 - rate) * dt)])
                     }
                     Class::Comm => Seg([(if transferring { TRANSFER } else { WAIT }, dt), (OTHER, 0.0)]),
@@ -768,6 +884,11 @@ fn close_gap(gaps: &mut Vec<OpenGap>, gap: OpenGap) {
     gaps.truncate(10);
 }
 
+/// Whether an op adds whole ns: not compute, or compute at rate 0 or (capped) 1.
+fn integral_rate(o: &Op) -> bool {
+    o.class != Class::Compute || o.rate == 0.0 || o.rate >= 1.0
+}
+
 /// Whether `ops` (sorted by start) hold no collective and, clamped to [a, b), each ends
 /// before (or where) the next starts, none backwards.
 fn one_at_a_time(ops: &[Op], a: u64, b: u64) -> bool {
@@ -954,7 +1075,7 @@ mod tests {
             (seed >> 33) % n.max(1)
         };
         // slices swept by walking the ops in turn (the rest by merging the cut streams)
-        let mut walked = 0;
+        let (mut walked, mut summed) = (0, 0);
         for case in 0..300u64 {
             let span = 1 + next(100_000);
             let w = (1_000 + next(1_000), 1_000 + span + next(2_000));
@@ -993,7 +1114,11 @@ mod tests {
                     }
                     2 => Op { name: next(5) as u32, named: true, ..DevicePlan::copy_op(start, end) },
                     _ => {
-                        let rate = [0.0, 0.25, 1.0 / 3.0, 0.7, 0.9][next(5) as usize];
+                        let rate = if case % 8 < 4 {
+                            [0.0, 1.0, 2.0][next(3) as usize]
+                        } else {
+                            [0.0, 0.25, 1.0 / 3.0, 0.7, 0.9][next(5) as usize]
+                        };
                         Op {
                             class: Class::Compute,
                             rate,
@@ -1036,7 +1161,9 @@ mod tests {
                 let mut sorted = carry_fast.clone();
                 sorted.sort_by_key(|o| o.start);
                 let (ca, cb) = (a.max(w.0), b.min(w.1));
-                walked += (ca < cb && one_at_a_time(&sorted, ca, cb)) as usize;
+                let walk = ca < cb && one_at_a_time(&sorted, ca, cb);
+                walked += walk as usize;
+                summed += (walk && fast.integral && sorted.iter().all(integral_rate)) as usize;
                 fast.feed(a, b, &mut carry_fast, &blocked, &reasons);
                 slow.feed_reference(a, b, &mut carry_slow, &blocked, &reasons);
                 carry_fast.retain(|o| o.end > b);
@@ -1044,7 +1171,7 @@ mod tests {
                 assert_eq!(fast.state(), slow.state(), "case {case}, slice {a}..{b}");
             }
         }
-        assert!(walked > 100, "{walked} slices walked");
+        assert!(walked > 100 && summed > 50, "{walked} slices walked, {summed} of them summed in integers");
     }
 
     fn clone_plan(p: &DevicePlan) -> DevicePlan {
