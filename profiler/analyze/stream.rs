@@ -575,13 +575,18 @@ impl Sweep {
         // (`Skeleton::late`) if it had room. `swept_to` is at least that bound, so every one of
         // them is skipped below (none is swept twice); the sweep function subtracts them from
         // the late count.
-        let new_newest = newest_start(r, self.newest);
+        // (the newest start is taken in the same pass: the chunk's records are read once)
+        let mut new_newest = self.newest;
         // Kernels come in runs of one device: one device lookup per run.
         for run in device_runs(&r.kernels) {
             let (pid, device) = (run[0].pid, run[0].device);
-            let Some(d) = self.devices.get_mut(&(pid, device)) else { continue };
+            let Some(d) = self.devices.get_mut(&(pid, device)) else {
+                new_newest = run.iter().fold(new_newest, |m, k| m.max(k.start_ns));
+                continue;
+            };
             d.incoming.reserve(run.len());
             for k in run {
+                new_newest = new_newest.max(k.start_ns);
                 if k.start_ns < swept_to {
                     self.late_records += 1;
                     continue;
@@ -594,6 +599,7 @@ impl Sweep {
             }
         }
         for m in &r.memops {
+            new_newest = new_newest.max(m.start_ns);
             let Some(d) = self.devices.get_mut(&(m.pid, m.device)) else { continue };
             if m.start_ns < swept_to {
                 self.late_records += 1;

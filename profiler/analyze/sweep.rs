@@ -16,26 +16,53 @@ use super::flops::FlopSource;
 use super::steps::StepSource;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[repr(u8)]
 pub(crate) enum Class {
     Compute,
     Comm,
     Other,
 }
 
-/// One device operation, classified.
+/// One device operation, classified (32 bytes: the streaming sweep holds and moves many).
+/// Built by [`Op::new`], [`DevicePlan::kernel_op`] or [`DevicePlan::copy_op`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Op {
     pub start: u64,
     pub end: u64,
-    pub class: Class,
-    /// useful fraction (compute)
-    pub rate: f64,
-    /// end of the wait phase (comm)
-    pub transfer_from: u64,
+    /// the useful fraction's bits (compute, other), or the end of the wait phase (comm)
+    x: u64,
     /// kernel name id (when `named`)
     pub name: u32,
+    pub class: Class,
     /// false for copies
     pub named: bool,
+}
+
+impl Op {
+    pub fn new(start: u64, end: u64, class: Class, rate: f64, transfer_from: u64, name: u32, named: bool) -> Op {
+        let x = if class == Class::Comm { transfer_from } else { rate.to_bits() };
+        Op { start, end, x, name, class, named }
+    }
+
+    /// Useful fraction (compute; 0 for the others).
+    #[inline]
+    pub fn rate(&self) -> f64 {
+        if self.class == Class::Comm {
+            0.0
+        } else {
+            f64::from_bits(self.x)
+        }
+    }
+
+    /// End of the wait phase (comm; 0 for the others).
+    #[inline]
+    pub fn transfer_from(&self) -> u64 {
+        if self.class == Class::Comm {
+            self.x
+        } else {
+            0
+        }
+    }
 }
 
 /// FxHash (rustc's): the sweep's maps are keyed by small integers, where SipHash costs more
@@ -147,11 +174,11 @@ impl DevicePlan {
                 _ => (Class::Other, 0.0, 0),
             }
         };
-        Op { start, end, class, rate, transfer_from, name, named: true }
+        Op::new(start, end, class, rate, transfer_from, name, true)
     }
 
     pub fn copy_op(start: u64, end: u64) -> Op {
-        Op { start, end, class: Class::Other, rate: 0.0, transfer_from: 0, name: 0, named: false }
+        Op::new(start, end, Class::Other, 0.0, 0, 0, false)
     }
 }
 
@@ -329,11 +356,11 @@ impl DeviceSweep {
             Some(x) => x,
             None => {
                 let o = self.plan.kernel_op(start, end, name, false, 0);
-                self.class_of[i] = Some((o.class, o.rate));
-                (o.class, o.rate)
+                self.class_of[i] = Some((o.class, o.rate()));
+                (o.class, o.rate())
             }
         };
-        Op { start, end, class, rate, transfer_from: 0, name, named: true }
+        Op::new(start, end, class, rate, 0, name, true)
     }
 
     pub fn window(&self) -> (u64, u64) {
@@ -528,7 +555,7 @@ impl DeviceSweep {
                 let y = e.min(cut);
                 let dt = y - x;
                 let category = match o.class {
-                    Class::Compute if o.rate >= 1.0 => USEFUL,
+                    Class::Compute if o.rate() >= 1.0 => USEFUL,
                     Class::Compute => INEFFICIENT,
                     _ => OTHER,
                 };
@@ -590,7 +617,7 @@ impl DeviceSweep {
         side.push(b);
         for o in ops.iter() {
             if o.class == Class::Comm {
-                side.extend([o.start.clamp(a, b), o.transfer_from.clamp(a, b), o.end.clamp(a, b)]);
+                side.extend([o.start.clamp(a, b), o.transfer_from().clamp(a, b), o.end.clamp(a, b)]);
             }
             if detail {
                 self.count_kernel(o, a, b);
@@ -639,8 +666,8 @@ impl DeviceSweep {
         for o in ops.filter(|o| o.start <= a && o.end >= b) {
             best = Some(best.map_or(o.class, |c| c.min(o.class)));
             match o.class {
-                Class::Compute => rate += o.rate,
-                Class::Comm => transferring |= a >= o.transfer_from,
+                Class::Compute => rate += o.rate(),
+                Class::Comm => transferring |= a >= o.transfer_from(),
                 Class::Other => {}
             }
         }
@@ -709,7 +736,7 @@ impl DeviceSweep {
         e.0.count += 1;
         e.0.total_ns += clipped;
         if o.class != Class::Comm {
-            e.1 += o.rate.min(1.0) * clipped as f64;
+            e.1 += o.rate().min(1.0) * clipped as f64;
         }
     }
 
@@ -886,7 +913,7 @@ fn close_gap(gaps: &mut Vec<OpenGap>, gap: OpenGap) {
 
 /// Whether an op adds whole ns: not compute, or compute at rate 0 or (capped) 1.
 fn integral_rate(o: &Op) -> bool {
-    o.class != Class::Compute || o.rate == 0.0 || o.rate >= 1.0
+    o.class != Class::Compute || o.rate() == 0.0 || o.rate() >= 1.0
 }
 
 /// Whether `ops` (sorted by start) hold no collective and, clamped to [a, b), each ends
@@ -1068,6 +1095,15 @@ mod tests {
     /// collectives with transfer points (some past their end), zero-length and backwards ops,
     /// fractional compute rates, steps, bins, late windows and blocked intervals.
     #[test]
+    fn ops_are_32_bytes() {
+        assert_eq!(std::mem::size_of::<Op>(), 32);
+        let comm = Op::new(1, 9, Class::Comm, 0.0, 4, 7, true);
+        assert_eq!((comm.rate(), comm.transfer_from()), (0.0, 4));
+        let compute = Op::new(1, 9, Class::Compute, 0.25, 0, 7, true);
+        assert_eq!((compute.rate(), compute.transfer_from()), (0.25, 0));
+    }
+
+    #[test]
     fn merged_sweep_equals_the_reference_sweep() {
         let mut seed = 7u64;
         let mut next = move |n: u64| {
@@ -1110,22 +1146,16 @@ mod tests {
                     0 => DevicePlan::copy_op(start, end),
                     n if n == comm => {
                         let wait = next(len + 2);
-                        Op { class: Class::Comm, transfer_from: start + wait, ..DevicePlan::copy_op(start, end) }
+                        Op::new(start, end, Class::Comm, 0.0, start + wait, 0, false)
                     }
-                    2 => Op { name: next(5) as u32, named: true, ..DevicePlan::copy_op(start, end) },
+                    2 => Op::new(start, end, Class::Other, 0.0, 0, next(5) as u32, true),
                     _ => {
                         let rate = if case % 8 < 4 {
                             [0.0, 1.0, 2.0][next(3) as usize]
                         } else {
                             [0.0, 0.25, 1.0 / 3.0, 0.7, 0.9][next(5) as usize]
                         };
-                        Op {
-                            class: Class::Compute,
-                            rate,
-                            name: next(5) as u32,
-                            named: true,
-                            ..DevicePlan::copy_op(start, end)
-                        }
+                        Op::new(start, end, Class::Compute, rate, 0, next(5) as u32, true)
                     }
                 };
                 ops.push(op);
