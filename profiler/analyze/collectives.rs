@@ -38,7 +38,10 @@ pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollI
     let mut comm_of: FastMap<u32, bool> = FastMap::default();
     let mut is_comm = |id: u32| *comm_of.entry(id).or_insert_with(|| super::account::is_comm_name(names, id));
     let mut calls: BTreeMap<u32, Vec<&crate::trace::NcclColl>> = BTreeMap::new();
-    let mut device: FastMap<(u32, u64, u64), (u64, u64)> = FastMap::default();
+    // (sized at once: growing a map of 10^5 entries rehashes it many times)
+    let host = batch.nccl.iter().filter(|c| c.phase == NcclPhase::Host as u32).count();
+    let mut device: FastMap<(u32, u64, u64), (u64, u64)> =
+        FastMap::with_capacity_and_hasher(batch.nccl.len() - host, Default::default());
     for c in &batch.nccl {
         if c.phase == NcclPhase::Host as u32 {
             calls.entry(c.pid).or_default().push(c);
@@ -50,7 +53,7 @@ pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollI
     for k in batch.kernels.iter().filter(|k| is_comm(k.name_id)) {
         kernels.entry(k.pid).or_default().push((k.start_ns, k.end_ns));
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(host);
     for (pid, mut calls) in calls {
         calls.sort_by_key(|c| (c.start_ns, c.seq));
         let mut ks = kernels.remove(&pid).unwrap_or_default();
@@ -352,5 +355,33 @@ mod tests {
         assert!((bus_factor(CollOp::AllReduce as u32, 8) - 1.75).abs() < 1e-12);
         assert!((bus_factor(CollOp::AllGather as u32, 4) - 0.75).abs() < 1e-12);
         assert_eq!(bus_factor(CollOp::Broadcast as u32, 4), 1.0);
+    }
+
+    /// The bucket index and its name (what the totals are keyed and named by) give the
+    /// buckets of the direct formula, at and around every power of 2.
+    #[test]
+    fn bucket_index_names_the_same_buckets() {
+        let direct = |bytes: u64| -> String {
+            const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+            if bytes < 1024 {
+                return "<1KiB".into();
+            }
+            if bytes >= 4 << 30 {
+                return ">=4GiB".into();
+            }
+            let lo_exp = (63 - bytes.leading_zeros()) / 2 * 2;
+            let name = |e: u32| format!("{}{}", 1u64 << (e % 10), UNITS[(e / 10 - 1) as usize]);
+            format!("{}-{}", name(lo_exp), name(lo_exp + 2))
+        };
+        let mut names = std::collections::HashMap::new();
+        for p in 0..64 {
+            for bytes in [(1u64 << p) - 1, 1 << p, (1 << p) + 1, (1 << p) / 3 * 2] {
+                assert_eq!(size_bucket(bytes), direct(bytes), "{bytes}");
+                // one index, one name
+                assert_eq!(names.entry(bucket_index(bytes)).or_insert_with(|| direct(bytes)), &direct(bytes));
+            }
+        }
+        assert_eq!(size_bucket(0), "<1KiB");
+        assert_eq!(size_bucket(u64::MAX), ">=4GiB");
     }
 }
