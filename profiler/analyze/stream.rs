@@ -594,8 +594,14 @@ impl Sweep {
                 let comm = is_comm(k.name_id);
                 let wait =
                     if waits.is_empty() || !comm { 0 } else { waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) };
-                let op = d.sweep.kernel_op_cached(k.start_ns, k.end_ns, k.name_id, comm, wait);
-                d.incoming.push(op);
+                // (two pushes: the common one writes the op's fields in place; one op from two
+                // paths was built on the stack and read back whole, stalling store forwarding)
+                match d.sweep.cached_class(k.name_id).filter(|_| !comm) {
+                    Some((class, rate)) => {
+                        d.incoming.push(Op::new(k.start_ns, k.end_ns, class, rate, 0, k.name_id, true))
+                    }
+                    None => d.incoming.push(d.sweep.kernel_op_cached(k.start_ns, k.end_ns, k.name_id, comm, wait)),
+                }
             }
         }
         for m in &r.memops {

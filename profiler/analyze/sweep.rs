@@ -363,6 +363,16 @@ impl DeviceSweep {
         Op::new(start, end, class, rate, 0, name, true)
     }
 
+    /// The class and rate [`DeviceSweep::kernel_op_cached`] has remembered for a kernel that
+    /// is not a collective, if it has.
+    #[inline]
+    pub fn cached_class(&self, name: u32) -> Option<(Class, f64)> {
+        if self.plan.flop_source == FlopSource::FlopsPerStep {
+            return None;
+        }
+        self.class_of.get(name as usize).copied().flatten()
+    }
+
     pub fn window(&self) -> (u64, u64) {
         self.plan.window
     }
