@@ -551,12 +551,12 @@ impl DeviceSweep {
                     sums[LAUNCH_BOUND] += dt.saturating_sub(stalled);
                     if detail {
                         let stall = stalled as f64;
-                        self.extend_gap(x, y, [dt as f64 - stall, stall, 0.0], stalled, reasons);
+                        self.extend_gap(x, y, (dt as f64 - stall, stall, 0.0), stalled, reasons);
                     }
                 } else {
                     sums[IDLE_OTHER] += dt;
                     if detail {
-                        self.extend_gap(x, y, [0.0, 0.0, dt as f64], 0, reasons);
+                        self.extend_gap(x, y, (0.0, 0.0, dt as f64), 0, reasons);
                     }
                 }
                 x = y;
@@ -686,11 +686,11 @@ impl DeviceSweep {
                 let stalled = if self.plan.has_launcher { stalled(a, b) } else { 0 };
                 let split = if !self.plan.has_launcher {
                     seg = Seg([(IDLE_OTHER, dt), (HOST_STALL, 0.0)]);
-                    [0.0, 0.0, dt]
+                    (0.0, 0.0, dt)
                 } else {
                     let (stall, launch) = (stalled as f64, dt - stalled as f64);
                     seg = Seg([(HOST_STALL, stall), (LAUNCH_BOUND, launch)]);
-                    [launch, stall, 0.0]
+                    (launch, stall, 0.0)
                 };
                 if detail {
                     self.extend_gap(a, b, split, stalled, reasons);
@@ -752,7 +752,8 @@ impl DeviceSweep {
 
     /// `split`: the segment's launch-bound, host-stall and other idle ns.
     #[inline]
-    fn extend_gap(&mut self, a: u64, b: u64, split: [f64; 3], stalled: u64, reasons: &[Reasoned]) {
+    fn extend_gap(&mut self, a: u64, b: u64, split: (f64, f64, f64), stalled: u64, reasons: &[Reasoned]) {
+        // (field by field: an array stored and read back whole stalls the store forwarding)
         if self.gap.end != a || self.gap.end == self.gap.start {
             // A new gap: the last one is kept only if it is among the 10 longest (most are not:
             // moving it out costs more than the check).
@@ -763,15 +764,12 @@ impl DeviceSweep {
                 self.gap.reasons.clear();
             }
             self.gap.start = a;
-            // (one by one: a stored array read back whole stalls the store forwarding)
-            let [l, s, o] = split;
-            self.gap.split[0] = l;
-            self.gap.split[1] = s;
-            self.gap.split[2] = o;
+            (self.gap.split[0], self.gap.split[1], self.gap.split[2]) = split;
         } else {
-            for (g, x) in self.gap.split.iter_mut().zip(split) {
-                *g += x;
-            }
+            let g = &mut self.gap.split;
+            g[0] += split.0;
+            g[1] += split.1;
+            g[2] += split.2;
         }
         self.gap.end = b;
         if stalled > 0 {
