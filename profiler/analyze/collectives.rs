@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::sweep::FastMap;
 use crate::trace::{ClockDomain, CollOp, NcclPhase, RecordBatch};
 
 /// One rank's part of one collective.
@@ -33,9 +34,14 @@ pub struct CollInstance {
 
 /// The collective instances of every process in `batch`.
 pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollInstance> {
-    let is_comm = |id: u32| super::account::is_comm_name(names, id);
+    // whether a name id is a collective's, remembered per id
+    let mut comm_of: FastMap<u32, bool> = FastMap::default();
+    let mut is_comm = |id: u32| *comm_of.entry(id).or_insert_with(|| super::account::is_comm_name(names, id));
     let mut calls: BTreeMap<u32, Vec<&crate::trace::NcclColl>> = BTreeMap::new();
-    let mut device: HashMap<(u32, u64, u64), (u64, u64)> = HashMap::new();
+    // (sized at once: growing a map of 10^5 entries rehashes it many times)
+    let host = batch.nccl.iter().filter(|c| c.phase == NcclPhase::Host as u32).count();
+    let mut device: FastMap<(u32, u64, u64), (u64, u64)> =
+        FastMap::with_capacity_and_hasher(batch.nccl.len() - host, Default::default());
     for c in &batch.nccl {
         if c.phase == NcclPhase::Host as u32 {
             calls.entry(c.pid).or_default().push(c);
@@ -43,11 +49,11 @@ pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollI
             device.insert((c.pid, c.comm, c.seq), (c.start_ns, c.end_ns));
         }
     }
-    let mut kernels: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+    let mut kernels: FastMap<u32, Vec<(u64, u64)>> = FastMap::default();
     for k in batch.kernels.iter().filter(|k| is_comm(k.name_id)) {
         kernels.entry(k.pid).or_default().push((k.start_ns, k.end_ns));
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(host);
     for (pid, mut calls) in calls {
         calls.sort_by_key(|c| (c.start_ns, c.seq));
         let mut ks = kernels.remove(&pid).unwrap_or_default();
@@ -94,16 +100,31 @@ pub fn bus_factor(op: u32, n: u32) -> f64 {
 
 /// Size bucket of a payload: powers of 4 from 1 KiB ("<1KiB", "1KiB-4KiB", …, "1GiB-4GiB", ">=4GiB").
 pub fn size_bucket(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    bucket_name(bucket_index(bytes))
+}
+
+/// The bucket of [`size_bucket`] as a number: 0 below 1 KiB, 64 from 4 GiB, else the
+/// largest even power of 2 ≤ bytes (10 to 30).
+fn bucket_index(bytes: u64) -> u32 {
     if bytes < 1024 {
-        return "<1KiB".into();
+        0
+    } else if bytes >= 4 << 30 {
+        64
+    } else {
+        (63 - bytes.leading_zeros()) / 2 * 2
     }
-    if bytes >= 4 << 30 {
-        return ">=4GiB".into();
+}
+
+fn bucket_name(index: u32) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    match index {
+        0 => "<1KiB".into(),
+        64 => ">=4GiB".into(),
+        lo_exp => {
+            let name = |e: u32| format!("{}{}", 1u64 << (e % 10), UNITS[(e / 10 - 1) as usize]);
+            format!("{}-{}", name(lo_exp), name(lo_exp + 2))
+        }
     }
-    let lo_exp = (63 - bytes.leading_zeros()) / 2 * 2; // largest even power of 2 ≤ bytes
-    let name = |e: u32| format!("{}{}", 1u64 << (e % 10), UNITS[(e / 10 - 1) as usize]);
-    format!("{}-{}", name(lo_exp), name(lo_exp + 2))
 }
 
 /// The offset from a trace's CLOCK_MONOTONIC to CLOCK_REALTIME, when it recorded one.
@@ -180,14 +201,25 @@ const MAX_LATE_WINDOWS: usize = 100_000;
 /// Matches the instances of all ranks; see the module docs.
 pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
     let ranks: Vec<&RankInput> = views.iter().map(|v| v.input).collect();
-    // (comm index, nranks, seq) → (rank input, instance index)
-    let mut groups: HashMap<(u32, u32, u64), Vec<(usize, usize)>> = HashMap::new();
+    // (comm index, nranks, seq, rank input, instance index), sorted: each collective's
+    // instances are a run, in rank-input then instance order (one rank's instances come
+    // sorted by their sequence numbers already, so the sort is mostly a check). Runs are
+    // taken in key order: deterministic, whatever the hash seed.
+    let mut members_of: Vec<(u32, u32, u64, u32, u32)> =
+        Vec::with_capacity(ranks.iter().map(|r| r.instances.len()).sum());
     for (r, input) in ranks.iter().enumerate() {
         for (i, inst) in input.instances.iter().enumerate() {
-            groups.entry((inst.comm_index, inst.nranks, inst.seq)).or_default().push((r, i));
+            members_of.push((inst.comm_index, inst.nranks, inst.seq, r as u32, i as u32));
         }
     }
-    let mut wait: HashMap<(usize, usize), u64> = HashMap::new();
+    members_of.sort_unstable();
+    // Where each rank's instances start in `wait` (one slot per instance).
+    let mut first_slot = Vec::with_capacity(ranks.len() + 1);
+    first_slot.push(0usize);
+    for input in &ranks {
+        first_slot.push(first_slot.last().copied().unwrap_or(0) + input.instances.len());
+    }
+    let mut wait: Vec<Option<u64>> = vec![None; first_slot.last().copied().unwrap_or(0)];
     let mut skew: Vec<RankSkew> = ranks
         .iter()
         .map(|r| RankSkew {
@@ -203,24 +235,33 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
         .collect();
     let mut skew_sum = vec![0f64; ranks.len()];
     let mut spanning_waits: HashMap<String, HashMap<(u32, u64), u64>> = HashMap::new();
-    for ((_, nranks, _), members) in &groups {
-        let mut distinct: Vec<u32> = members.iter().map(|&(r, i)| ranks[r].instances[i].rank).collect();
+    let mut distinct: Vec<u32> = Vec::new();
+    let mut members: Vec<(usize, usize)> = Vec::new();
+    for run in members_of.chunk_by(|x, y| (x.0, x.1, x.2) == (y.0, y.1, y.2)) {
+        let nranks = run[0].1;
+        if nranks < 2 || run.len() != nranks as usize {
+            continue;
+        }
+        members.clear();
+        members.extend(run.iter().map(|m| (m.3 as usize, m.4 as usize)));
+        distinct.clear();
+        distinct.extend(members.iter().map(|&(r, i)| ranks[r].instances[i].rank));
         distinct.sort_unstable();
         distinct.dedup();
-        if *nranks < 2 || members.len() != *nranks as usize || distinct.len() != members.len() {
+        if distinct.len() != members.len() {
             continue;
         }
         let at = |&(r, i): &(usize, usize)| ranks[r].instances[i].arrival_ns as i128 + views[r].offset_ns;
         let first = members.iter().map(at).min().unwrap_or(0);
         let last = members.iter().map(at).max().unwrap_or(0);
         let spanning = members.iter().any(|m| ranks[m.0].file != ranks[members[0].0].file);
-        for m in members {
+        for m in &members {
             let inst = &ranks[m.0].instances[m.1];
             let own = at(m);
             let s = (own - first) as u64;
             if let Some((ks, ke)) = inst.kernel {
                 let w = ((last - own) as u64).min(ke.saturating_sub(ks));
-                wait.insert(*m, w);
+                wait[first_slot[m.0] + m.1] = Some(w);
                 if spanning {
                     spanning_waits.entry(ranks[m.0].file.clone()).or_default().insert((inst.pid, ks), w);
                 }
@@ -250,18 +291,30 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
         })
         .flatten();
 
-    let mut stats: BTreeMap<(String, String), CollStat> = BTreeMap::new();
+    // Totals per (op, size bucket): accumulated per (op id, bucket index), each in instance
+    // order as before (the names are a function of those: op ids and buckets map one to one
+    // onto op names and bucket names), then named once.
+    let mut slot_of: FastMap<(u32, u32), usize> = FastMap::default();
+    let mut acc: Vec<CollStat> = Vec::new();
+    let mut last: Option<((u32, u32), usize)> = None;
     for (r, input) in ranks.iter().enumerate() {
         for (i, inst) in input.instances.iter().enumerate() {
             let Some((ks, ke)) = inst.kernel else { continue };
-            let key = (CollOp::name_of(inst.op), size_bucket(inst.size_bytes));
-            let st = stats.entry(key.clone()).or_insert_with(|| CollStat {
-                op: key.0.clone(),
-                size_bucket: key.1.clone(),
-                ..Default::default()
-            });
+            let key = (inst.op, bucket_index(inst.size_bytes));
+            let at = match last {
+                Some((k, at)) if k == key => at,
+                _ => {
+                    let at = *slot_of.entry(key).or_insert_with(|| {
+                        acc.push(CollStat::default());
+                        acc.len() - 1
+                    });
+                    last = Some((key, at));
+                    at
+                }
+            };
+            let st = &mut acc[at];
             let time = ke.saturating_sub(ks);
-            let w = wait.get(&(r, i)).copied().unwrap_or(0).min(time);
+            let w = wait[first_slot[r] + i].unwrap_or(0).min(time);
             st.count += 1;
             st.bytes += inst.size_bytes;
             st.time_ns += time;
@@ -269,6 +322,11 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
             st.transfer_ns += time - w;
             st.bus_bytes += inst.size_bytes as f64 * bus_factor(inst.op, inst.nranks);
         }
+    }
+    let mut stats: BTreeMap<(String, String), CollStat> = BTreeMap::new();
+    for ((op, bucket), at) in slot_of {
+        let st = CollStat { op: CollOp::name_of(op), size_bucket: bucket_name(bucket), ..std::mem::take(&mut acc[at]) };
+        stats.insert((st.op.clone(), st.size_bucket.clone()), st);
     }
     let mut collectives: Vec<CollStat> = stats
         .into_values()
@@ -297,5 +355,33 @@ mod tests {
         assert!((bus_factor(CollOp::AllReduce as u32, 8) - 1.75).abs() < 1e-12);
         assert!((bus_factor(CollOp::AllGather as u32, 4) - 0.75).abs() < 1e-12);
         assert_eq!(bus_factor(CollOp::Broadcast as u32, 4), 1.0);
+    }
+
+    /// The bucket index and its name (what the totals are keyed and named by) give the
+    /// buckets of the direct formula, at and around every power of 2.
+    #[test]
+    fn bucket_index_names_the_same_buckets() {
+        let direct = |bytes: u64| -> String {
+            const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+            if bytes < 1024 {
+                return "<1KiB".into();
+            }
+            if bytes >= 4 << 30 {
+                return ">=4GiB".into();
+            }
+            let lo_exp = (63 - bytes.leading_zeros()) / 2 * 2;
+            let name = |e: u32| format!("{}{}", 1u64 << (e % 10), UNITS[(e / 10 - 1) as usize]);
+            format!("{}-{}", name(lo_exp), name(lo_exp + 2))
+        };
+        let mut names = std::collections::HashMap::new();
+        for p in 0..64 {
+            for bytes in [(1u64 << p) - 1, 1 << p, (1 << p) + 1, (1 << p) / 3 * 2] {
+                assert_eq!(size_bucket(bytes), direct(bytes), "{bytes}");
+                // one index, one name
+                assert_eq!(names.entry(bucket_index(bytes)).or_insert_with(|| direct(bytes)), &direct(bytes));
+            }
+        }
+        assert_eq!(size_bucket(0), "<1KiB");
+        assert_eq!(size_bucket(u64::MAX), ">=4GiB");
     }
 }

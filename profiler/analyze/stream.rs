@@ -685,25 +685,35 @@ impl Sweep {
         // (`Skeleton::late`) if it had room. `swept_to` is at least that bound, so every one of
         // them is skipped below (none is swept twice); the sweep function subtracts them from
         // the late count.
-        let new_newest = newest_start(r, self.newest);
-        // Kernels come in runs of one device: one device lookup per run.
-        for run in device_runs(&r.kernels) {
-            let (pid, device) = (run[0].pid, run[0].device);
-            let Some(d) = self.devices.get_mut(&(pid, device)) else { continue };
-            d.incoming.reserve(run.len());
-            for k in run {
-                if k.start_ns < swept_to {
-                    self.late_records += 1;
-                    continue;
-                }
-                let comm = is_comm(k.name_id);
-                let wait =
-                    if waits.is_empty() || !comm { 0 } else { waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) };
-                let op = d.sweep.kernel_op_cached(k.start_ns, k.end_ns, k.name_id, comm, wait);
-                d.incoming.push(op);
+        // One pass over the chunk's kernels (their records are read once: a chunk's decoded
+        // kernels outgrow the caches), taking the newest start too. Kernels come in runs of
+        // one device: the device is looked up again only when it changes.
+        let mut new_newest = self.newest;
+        let mut key: Option<(u32, u32)> = None;
+        let mut state: Option<&mut DeviceState> = None;
+        for k in &r.kernels {
+            new_newest = new_newest.max(k.start_ns);
+            if key != Some((k.pid, k.device)) {
+                key = Some((k.pid, k.device));
+                state = self.devices.get_mut(&(k.pid, k.device));
+            }
+            let Some(d) = state.as_deref_mut() else { continue };
+            if k.start_ns < swept_to {
+                self.late_records += 1;
+                continue;
+            }
+            let comm = is_comm(k.name_id);
+            let wait =
+                if waits.is_empty() || !comm { 0 } else { waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) };
+            // (two pushes: the common one writes the op's fields in place; one op from two
+            // paths was built on the stack and read back whole, stalling store forwarding)
+            match d.sweep.cached_class(k.name_id).filter(|_| !comm) {
+                Some((class, rate)) => d.incoming.push(Op::new(k.start_ns, k.end_ns, class, rate, 0, k.name_id, true)),
+                None => d.incoming.push(d.sweep.kernel_op_cached(k.start_ns, k.end_ns, k.name_id, comm, wait)),
             }
         }
         for m in &r.memops {
+            new_newest = new_newest.max(m.start_ns);
             let Some(d) = self.devices.get_mut(&(m.pid, m.device)) else { continue };
             if m.start_ns < swept_to {
                 self.late_records += 1;

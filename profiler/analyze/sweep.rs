@@ -16,26 +16,53 @@ use super::flops::FlopSource;
 use super::steps::StepSource;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[repr(u8)]
 pub(crate) enum Class {
     Compute,
     Comm,
     Other,
 }
 
-/// One device operation, classified.
+/// One device operation, classified (32 bytes: the streaming sweep holds and moves many).
+/// Built by [`Op::new`], [`DevicePlan::kernel_op`] or [`DevicePlan::copy_op`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Op {
     pub start: u64,
     pub end: u64,
-    pub class: Class,
-    /// useful fraction (compute)
-    pub rate: f64,
-    /// end of the wait phase (comm)
-    pub transfer_from: u64,
+    /// the useful fraction's bits (compute, other), or the end of the wait phase (comm)
+    x: u64,
     /// kernel name id (when `named`)
     pub name: u32,
+    pub class: Class,
     /// false for copies
     pub named: bool,
+}
+
+impl Op {
+    pub fn new(start: u64, end: u64, class: Class, rate: f64, transfer_from: u64, name: u32, named: bool) -> Op {
+        let x = if class == Class::Comm { transfer_from } else { rate.to_bits() };
+        Op { start, end, x, name, class, named }
+    }
+
+    /// Useful fraction (compute; 0 for the others).
+    #[inline]
+    pub fn rate(&self) -> f64 {
+        if self.class == Class::Comm {
+            0.0
+        } else {
+            f64::from_bits(self.x)
+        }
+    }
+
+    /// End of the wait phase (comm; 0 for the others).
+    #[inline]
+    pub fn transfer_from(&self) -> u64 {
+        if self.class == Class::Comm {
+            self.x
+        } else {
+            0
+        }
+    }
 }
 
 /// FxHash (rustc's): the sweep's maps are keyed by small integers, where SipHash costs more
@@ -147,11 +174,11 @@ impl DevicePlan {
                 _ => (Class::Other, 0.0, 0),
             }
         };
-        Op { start, end, class, rate, transfer_from, name, named: true }
+        Op::new(start, end, class, rate, transfer_from, name, true)
     }
 
     pub fn copy_op(start: u64, end: u64) -> Op {
-        Op { start, end, class: Class::Other, rate: 0.0, transfer_from: 0, name: 0, named: false }
+        Op::new(start, end, Class::Other, 0.0, 0, 0, false)
     }
 }
 
@@ -181,6 +208,22 @@ impl Partitions {
                 if busy {
                     self.busy[self.cursor] += b - a;
                 }
+            }
+        }
+    }
+
+    /// Adds the sums of [a, b), which lies inside one partition or none (whole ns: see
+    /// [`DeviceSweep::walk_integral`]).
+    fn add_sums(&mut self, a: u64, b: u64, sums: &[f64; 8], busy: u64) {
+        while self.cursor < self.spans.len() && self.spans[self.cursor].1 <= a {
+            self.cursor += 1;
+        }
+        if let Some(&(s, e)) = self.spans.get(self.cursor) {
+            if s <= a && b <= e {
+                for (acc, x) in self.acc[self.cursor].iter_mut().zip(sums) {
+                    *acc += x;
+                }
+                self.busy[self.cursor] += busy;
             }
         }
     }
@@ -251,10 +294,14 @@ pub(crate) struct DeviceSweep {
     late_blocked: u64,
     /// the longest reasoned interval of the current slice
     longest_reason: u64,
-    /// scratch
-    cuts: Vec<u64>,
+    /// whether every amount added so far is a whole number of ns, below 2^53 in all (the
+    /// window is shorter): then sums are exact in any order
+    integral: bool,
+    /// scratch: the three streams of cut points, the sorts' buffers, the started ops
+    starts: Vec<u64>,
+    ends: Vec<u64>,
     side_cuts: Vec<u64>,
-    cut_buf: Vec<u64>,
+    sort_buf: Vec<u64>,
     op_buf: Vec<Op>,
     active: Vec<usize>,
 }
@@ -284,9 +331,11 @@ impl DeviceSweep {
             late_reasons: Vec::new(),
             late_blocked: 0,
             longest_reason: 0,
-            cuts: Vec::new(),
+            integral: w1.saturating_sub(w0) < 1 << 53,
+            starts: Vec::new(),
+            ends: Vec::new(),
             side_cuts: Vec::new(),
-            cut_buf: Vec::new(),
+            sort_buf: Vec::new(),
             op_buf: Vec::new(),
             active: Vec::new(),
         }
@@ -307,11 +356,21 @@ impl DeviceSweep {
             Some(x) => x,
             None => {
                 let o = self.plan.kernel_op(start, end, name, false, 0);
-                self.class_of[i] = Some((o.class, o.rate));
-                (o.class, o.rate)
+                self.class_of[i] = Some((o.class, o.rate()));
+                (o.class, o.rate())
             }
         };
-        Op { start, end, class, rate, transfer_from: 0, name, named: true }
+        Op::new(start, end, class, rate, 0, name, true)
+    }
+
+    /// The class and rate [`DeviceSweep::kernel_op_cached`] has remembered for a kernel that
+    /// is not a collective, if it has.
+    #[inline]
+    pub fn cached_class(&self, name: u32) -> Option<(Class, f64)> {
+        if self.plan.flop_source == FlopSource::FlopsPerStep {
+            return None;
+        }
+        self.class_of.get(name as usize).copied().flatten()
     }
 
     pub fn window(&self) -> (u64, u64) {
@@ -321,30 +380,254 @@ impl DeviceSweep {
     /// Sweeps [a, b) (the slice after the previous one). `ops`: every op overlapping it
     /// (reordered here); `blocked`: sorted, merged blocked intervals of the launching threads
     /// covering it; `reasons`: the same unmerged with reasons, sorted by start.
+    ///
+    /// The elementary segments lie between consecutive distinct cut points: `a`, `b`, the
+    /// (clamped) starts and ends of the ops that are not collectives, the starts, ends and
+    /// transfer points of collectives, and (with details) step and bin boundaries. They come
+    /// from a merge of three sorted streams (starts, in the ops' order; ends, nearly sorted;
+    /// the side cuts), and the ops covering a segment from a list of the started ones, pruned
+    /// only when one of them has ended: the same segments and the same sums, in the same
+    /// order, as sorting every cut and scanning the list per segment.
     pub fn feed(&mut self, a: u64, b: u64, ops: &mut [Op], blocked: &[(u64, u64)], reasons: &[Reasoned]) {
+        let Some((a, b)) = self.prepare(a, b, ops, blocked, reasons) else { return };
+        sort_runs(ops, &mut self.op_buf, |o| o.start);
+        if one_at_a_time(ops, a, b) {
+            if self.integral && ops.iter().all(integral_rate) {
+                self.walk_integral(a, b, ops, blocked, reasons);
+            } else {
+                self.feed_one_at_a_time(a, b, ops, blocked, reasons);
+            }
+            return;
+        }
+        let mut starts = std::mem::take(&mut self.starts);
+        let mut ends = std::mem::take(&mut self.ends);
+        starts.clear();
+        ends.clear();
+        starts.push(a);
+        let mut ends_sorted = true;
+        for o in ops.iter().filter(|o| o.class != Class::Comm) {
+            let e = o.end.clamp(a, b);
+            ends_sorted &= ends.last().is_none_or(|&l| l <= e);
+            starts.push(o.start.clamp(a, b));
+            ends.push(e);
+        }
+        if !ends_sorted {
+            sort_runs(&mut ends, &mut self.sort_buf, |&x| x);
+        }
+        let side = std::mem::take(&mut self.side_cuts);
+        let mut active = std::mem::take(&mut self.active);
+        active.clear();
+        let (mut i, mut j, mut k) = (0usize, 0usize, 0usize);
+        let (mut next, mut min_end) = (0usize, u64::MAX);
+        let mut blocked_at = 0usize;
+        let mut x = a;
+        loop {
+            while i < starts.len() && starts[i] <= x {
+                i += 1;
+            }
+            while j < ends.len() && ends[j] <= x {
+                j += 1;
+            }
+            while k < side.len() && side[k] <= x {
+                k += 1;
+            }
+            let y = starts.get(i).copied().unwrap_or(u64::MAX).min(ends.get(j).copied().unwrap_or(u64::MAX));
+            let y = y.min(side.get(k).copied().unwrap_or(u64::MAX));
+            if y == u64::MAX {
+                break;
+            }
+            while next < ops.len() && ops[next].start <= x {
+                active.push(next);
+                min_end = min_end.min(ops[next].end);
+                next += 1;
+            }
+            if min_end <= x {
+                active.retain(|&i| ops[i].end > x);
+                min_end = active.iter().map(|&i| ops[i].end).min().unwrap_or(u64::MAX);
+            }
+            let covering = active.iter().map(|&i| &ops[i]);
+            self.segment(x, y, covering, reasons, &mut |x, y| {
+                while blocked_at < blocked.len() && blocked[blocked_at].1 <= x {
+                    blocked_at += 1;
+                }
+                blocked[blocked_at..]
+                    .iter()
+                    .take_while(|iv| iv.0 < y)
+                    .map(|iv| iv.1.min(y).saturating_sub(iv.0.max(x)))
+                    .sum()
+            });
+            x = y;
+        }
+        self.starts = starts;
+        self.ends = ends;
+        self.side_cuts = side;
+        self.active = active;
+    }
+
+    /// [`DeviceSweep::feed`] when no op is a collective and the ops (sorted by start, clamped
+    /// to the slice) follow one another without overlapping: the cut points are then, in
+    /// order, each op's start and end merged with the side cuts, and the op covering a segment
+    /// is the one being walked (none in the gaps), so the ops are walked in turn.
+    fn feed_one_at_a_time(&mut self, a: u64, b: u64, ops: &[Op], blocked: &[(u64, u64)], reasons: &[Reasoned]) {
+        let side = std::mem::take(&mut self.side_cuts);
+        let mut k = 0usize;
+        let mut blocked_at = 0usize;
+        let mut stalled = |x: u64, y: u64| {
+            while blocked_at < blocked.len() && blocked[blocked_at].1 <= x {
+                blocked_at += 1;
+            }
+            blocked[blocked_at..]
+                .iter()
+                .take_while(|iv| iv.0 < y)
+                .map(|iv| iv.1.min(y).saturating_sub(iv.0.max(x)))
+                .sum()
+        };
+        let mut x = a;
+        // the first side cut after x (`b` is one: there always is one while x < b)
+        let side_after = |x: u64, k: &mut usize| {
+            while *k < side.len() && side[*k] <= x {
+                *k += 1;
+            }
+            side.get(*k).copied().unwrap_or(u64::MAX)
+        };
+        for o in ops {
+            let (s, e) = (o.start.clamp(a, b), o.end.clamp(a, b));
+            while x < s {
+                let y = s.min(side_after(x, &mut k));
+                self.segment(x, y, std::iter::empty(), reasons, &mut stalled);
+                x = y;
+            }
+            while x < e {
+                let y = e.min(side_after(x, &mut k));
+                self.segment(x, y, std::iter::once(o), reasons, &mut stalled);
+                x = y;
+            }
+        }
+        while x < b {
+            let y = b.min(side_after(x, &mut k));
+            self.segment(x, y, std::iter::empty(), reasons, &mut stalled);
+            x = y;
+        }
+        self.side_cuts = side;
+    }
+
+    /// [`DeviceSweep::feed_one_at_a_time`] while every amount added so far and every one of
+    /// this slice is a whole number of ns (no fractional compute rate): sums of whole numbers
+    /// below 2^53 are exact in any order, so each stretch between two side cuts (inside one
+    /// step and one bin) is summed in integers and added once.
+    fn walk_integral(&mut self, a: u64, b: u64, ops: &[Op], blocked: &[(u64, u64)], reasons: &[Reasoned]) {
+        let side = std::mem::take(&mut self.side_cuts);
+        let detail = self.plan.detail;
+        let launcher = self.plan.has_launcher;
+        let late = detail && !self.plan.late_windows.is_empty();
+        let mut blocked_at = 0usize;
+        let mut k = 0usize;
+        // the stretch [run, x) since the last side cut: its ns by category, busy ns
+        let (mut run, mut sums, mut busy) = (a, [0u64; 8], 0u64);
+        let mut x = a;
+        let mut ops = ops.iter();
+        let mut op = ops.next();
+        while x < b {
+            while k < side.len() && side[k] <= x {
+                k += 1;
+            }
+            let cut = side.get(k).copied().unwrap_or(b);
+            let (s, e) = op.map_or((b, b), |o| (o.start.clamp(a, b), o.end.clamp(a, b)));
+            if x < s {
+                // idle until the op's start or the cut
+                let y = s.min(cut);
+                let dt = y - x;
+                if launcher {
+                    while blocked_at < blocked.len() && blocked[blocked_at].1 <= x {
+                        blocked_at += 1;
+                    }
+                    let stalled: u64 = blocked[blocked_at..]
+                        .iter()
+                        .take_while(|iv| iv.0 < y)
+                        .map(|iv| iv.1.min(y).saturating_sub(iv.0.max(x)))
+                        .sum();
+                    sums[HOST_STALL] += stalled;
+                    // (merged intervals: no more than dt)
+                    sums[LAUNCH_BOUND] += dt.saturating_sub(stalled);
+                    if detail {
+                        let stall = stalled as f64;
+                        self.extend_gap(x, y, (dt as f64 - stall, stall, 0.0), stalled, reasons);
+                    }
+                } else {
+                    sums[IDLE_OTHER] += dt;
+                    if detail {
+                        self.extend_gap(x, y, (0.0, 0.0, dt as f64), 0, reasons);
+                    }
+                }
+                x = y;
+            } else if x < e {
+                let o = op.expect("an op ends after x");
+                let y = e.min(cut);
+                let dt = y - x;
+                let category = match o.class {
+                    Class::Compute if o.rate() >= 1.0 => USEFUL,
+                    Class::Compute => INEFFICIENT,
+                    _ => OTHER,
+                };
+                sums[category] += dt;
+                busy += dt;
+                if late {
+                    self.late_busy_add(x, y);
+                }
+                x = y;
+            } else {
+                op = ops.next();
+                continue;
+            }
+            if x == cut || x == b {
+                self.add_stretch(run, x, &sums, busy);
+                (run, sums, busy) = (x, [0; 8], 0);
+            }
+        }
+        self.side_cuts = side;
+    }
+
+    /// Adds the sums of [a, b) (whole ns, between two side cuts) to the totals, its step and bin.
+    fn add_stretch(&mut self, a: u64, b: u64, sums: &[u64; 8], busy: u64) {
+        let seg = sums.map(|x| x as f64);
+        for (acc, x) in self.acc.iter_mut().zip(seg) {
+            *acc += x;
+        }
+        self.busy += busy;
+        if self.plan.detail {
+            self.steps.add_sums(a, b, &seg, busy);
+            self.bins.add_sums(a, b, &seg, busy);
+        }
+    }
+
+    /// What [`DeviceSweep::feed`] does before its segments: the slice clipped to the window
+    /// (None when empty), kernel counts, the sorted side cuts (in `side_cuts`), late windows.
+    fn prepare(
+        &mut self,
+        a: u64,
+        b: u64,
+        ops: &[Op],
+        blocked: &[(u64, u64)],
+        reasons: &[Reasoned],
+    ) -> Option<(u64, u64)> {
         let (w0, w1) = self.plan.window;
         let (a, b) = (a.max(w0), b.min(w1));
         if a >= b {
-            return;
+            return None;
         }
         let detail = self.plan.detail;
         if detail {
             self.longest_reason = reasons.iter().map(|x| x.1.saturating_sub(x.0)).max().unwrap_or(0);
         }
-        // Two lists of cuts, each nearly sorted: those of the ops that are not collectives
-        // (one stream's kernels run back to back), and the others (collectives on their own
-        // stream, steps, bins, the slice's end). Each is sorted, then the two runs merged.
-        let mut cuts = std::mem::take(&mut self.cuts);
+        // The cuts other than the ops' that are not collectives: collectives (on their own
+        // stream), steps, bins, the slice's end. Nearly sorted: a few runs, merged in a reused
+        // buffer (the library sort allocates its buffer every call).
         let mut side = std::mem::take(&mut self.side_cuts);
-        cuts.clear();
         side.clear();
-        cuts.push(a);
         side.push(b);
         for o in ops.iter() {
             if o.class == Class::Comm {
-                side.extend([o.start.clamp(a, b), o.transfer_from.clamp(a, b), o.end.clamp(a, b)]);
-            } else {
-                cuts.extend([o.start.clamp(a, b), o.end.clamp(a, b)]);
+                side.extend([o.start.clamp(a, b), o.transfer_from().clamp(a, b), o.end.clamp(a, b)]);
             }
             if detail {
                 self.count_kernel(o, a, b);
@@ -368,75 +651,74 @@ impl DeviceSweep {
                 self.late_blocked_add(a, b, blocked);
             }
         }
-        // Both are nearly sorted already (records come in time order): a few runs, merged in
-        // reused buffers (the library sort allocates its buffer every call).
-        sort_runs(&mut cuts, &mut self.cut_buf, |&x| x);
-        sort_runs(&mut side, &mut self.cut_buf, |&x| x);
-        cuts.extend_from_slice(&side);
-        sort_runs(&mut cuts, &mut self.cut_buf, |&x| x);
-        cuts.dedup();
+        sort_runs(&mut side, &mut self.sort_buf, |&x| x);
         self.side_cuts = side;
-        sort_runs(ops, &mut self.op_buf, |o| o.start);
-        let mut active = std::mem::take(&mut self.active);
-        active.clear();
-        let mut next = 0usize;
-        for pair in cuts.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            while next < ops.len() && ops[next].start <= a {
-                active.push(next);
-                next += 1;
-            }
-            active.retain(|&i| ops[i].end > a);
-            let dt = (b - a) as f64;
-            let seg: Seg;
-            let mut best: Option<Class> = None;
-            let (mut rate, mut transferring) = (0f64, false);
-            for o in active.iter().map(|&i| &ops[i]).filter(|o| o.start <= a && o.end >= b) {
-                best = Some(best.map_or(o.class, |c| c.min(o.class)));
-                match o.class {
-                    Class::Compute => rate += o.rate,
-                    Class::Comm => transferring |= a >= o.transfer_from,
-                    Class::Other => {}
-                }
-            }
-            match best {
-                None => {
-                    let stalled = if self.plan.has_launcher { overlap(blocked, a, b) } else { 0 };
-                    let split = if !self.plan.has_launcher {
-                        seg = Seg([(IDLE_OTHER, dt), (HOST_STALL, 0.0)]);
-                        [0.0, 0.0, dt]
-                    } else {
-                        let (stall, launch) = (stalled as f64, dt - stalled as f64);
-                        seg = Seg([(HOST_STALL, stall), (LAUNCH_BOUND, launch)]);
-                        [launch, stall, 0.0]
-                    };
-                    if detail {
-                        self.extend_gap(a, b, split, stalled, reasons);
-                    }
-                }
-                Some(class) => {
-                    self.busy += b - a;
-                    seg = match class {
-                        Class::Compute => {
-                            let rate = rate.min(1.0);
-                            Seg([(USEFUL, rate * dt), (INEFFICIENT, (1.0 - rate) * dt)])
-                        }
-                        Class::Comm => Seg([(if transferring { TRANSFER } else { WAIT }, dt), (OTHER, 0.0)]),
-                        Class::Other => Seg([(OTHER, dt), (USEFUL, 0.0)]),
-                    };
-                    if detail && !self.plan.late_windows.is_empty() {
-                        self.late_busy_add(a, b);
-                    }
-                }
-            }
-            seg.add_to(&mut self.acc);
-            if detail {
-                self.steps.add(a, b, &seg, best.is_some());
-                self.bins.add(a, b, &seg, best.is_some());
+        Some((a, b))
+    }
+
+    /// Classifies the elementary segment [a, b) from the ops that may cover it (in the order
+    /// of their starts: the compute rates are summed in that order) and adds it up.
+    /// `stalled(a, b)`: the launching threads' blocked time in it.
+    #[inline(always)]
+    fn segment<'o>(
+        &mut self,
+        a: u64,
+        b: u64,
+        ops: impl Iterator<Item = &'o Op>,
+        reasons: &[Reasoned],
+        stalled: &mut impl FnMut(u64, u64) -> u64,
+    ) {
+        let detail = self.plan.detail;
+        let dt = (b - a) as f64;
+        let seg: Seg;
+        let mut best: Option<Class> = None;
+        let (mut rate, mut transferring) = (0f64, false);
+        for o in ops.filter(|o| o.start <= a && o.end >= b) {
+            best = Some(best.map_or(o.class, |c| c.min(o.class)));
+            match o.class {
+                Class::Compute => rate += o.rate(),
+                Class::Comm => transferring |= a >= o.transfer_from(),
+                Class::Other => {}
             }
         }
-        self.cuts = cuts;
-        self.active = active;
+        match best {
+            None => {
+                let stalled = if self.plan.has_launcher { stalled(a, b) } else { 0 };
+                let split = if !self.plan.has_launcher {
+                    seg = Seg([(IDLE_OTHER, dt), (HOST_STALL, 0.0)]);
+                    (0.0, 0.0, dt)
+                } else {
+                    let (stall, launch) = (stalled as f64, dt - stalled as f64);
+                    seg = Seg([(HOST_STALL, stall), (LAUNCH_BOUND, launch)]);
+                    (launch, stall, 0.0)
+                };
+                if detail {
+                    self.extend_gap(a, b, split, stalled, reasons);
+                }
+            }
+            Some(class) => {
+                self.busy += b - a;
+                seg = match class {
+                    Class::Compute => {
+                        let rate = rate.min(1.0);
+                        if rate != 0.0 && rate != 1.0 {
+                            self.integral = false;
+                        }
+                        Seg([(USEFUL, rate * dt), (INEFFICIENT, (1.0 - rate) * dt)])
+                    }
+                    Class::Comm => Seg([(if transferring { TRANSFER } else { WAIT }, dt), (OTHER, 0.0)]),
+                    Class::Other => Seg([(OTHER, dt), (USEFUL, 0.0)]),
+                };
+                if detail && !self.plan.late_windows.is_empty() {
+                    self.late_busy_add(a, b);
+                }
+            }
+        }
+        seg.add_to(&mut self.acc);
+        if detail {
+            self.steps.add(a, b, &seg, best.is_some());
+            self.bins.add(a, b, &seg, best.is_some());
+        }
     }
 
     /// Counts a kernel once, in the slice that holds its start (clipped to the window).
@@ -464,36 +746,50 @@ impl DeviceSweep {
         e.0.count += 1;
         e.0.total_ns += clipped;
         if o.class != Class::Comm {
-            e.1 += o.rate.min(1.0) * clipped as f64;
+            e.1 += o.rate().min(1.0) * clipped as f64;
         }
     }
 
     /// `split`: the segment's launch-bound, host-stall and other idle ns.
-    fn extend_gap(&mut self, a: u64, b: u64, split: [f64; 3], stalled: u64, reasons: &[Reasoned]) {
+    #[inline]
+    fn extend_gap(&mut self, a: u64, b: u64, split: (f64, f64, f64), stalled: u64, reasons: &[Reasoned]) {
+        // (field by field: an array stored and read back whole stalls the store forwarding)
         if self.gap.end != a || self.gap.end == self.gap.start {
             // A new gap: the last one is kept only if it is among the 10 longest (most are not:
             // moving it out costs more than the check).
             let len = self.gap.end - self.gap.start;
             if len > 0 && !(self.gaps.len() == 10 && self.gaps.last().is_some_and(|g| g.end - g.start >= len)) {
-                close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+                self.keep_gap();
             } else {
                 self.gap.reasons.clear();
             }
             self.gap.start = a;
-            self.gap.split = split;
+            (self.gap.split[0], self.gap.split[1], self.gap.split[2]) = split;
         } else {
-            for (g, x) in self.gap.split.iter_mut().zip(split) {
-                *g += x;
-            }
+            let g = &mut self.gap.split;
+            g[0] += split.0;
+            g[1] += split.1;
+            g[2] += split.2;
         }
         self.gap.end = b;
         if stalled > 0 {
-            let lo = reasons.partition_point(|x| x.0 < a.saturating_sub(self.longest_reason));
-            for &(s, e, r) in reasons[lo..].iter().take_while(|x| x.0 < b) {
-                let o = e.min(b).saturating_sub(s.max(a));
-                if o > 0 {
-                    tally(&mut self.gap.reasons, r, o);
-                }
+            self.gap_reasons(a, b, reasons);
+        }
+    }
+
+    #[inline(never)]
+    fn keep_gap(&mut self) {
+        close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+    }
+
+    /// The reasons of the blocked time in [a, b), added to the open gap's.
+    #[inline(never)]
+    fn gap_reasons(&mut self, a: u64, b: u64, reasons: &[Reasoned]) {
+        let lo = reasons.partition_point(|x| x.0 < a.saturating_sub(self.longest_reason));
+        for &(s, e, r) in reasons[lo..].iter().take_while(|x| x.0 < b) {
+            let o = e.min(b).saturating_sub(s.max(a));
+            if o > 0 {
+                tally(&mut self.gap.reasons, r, o);
             }
         }
     }
@@ -623,8 +919,28 @@ fn close_gap(gaps: &mut Vec<OpenGap>, gap: OpenGap) {
     gaps.truncate(10);
 }
 
+/// Whether an op adds whole ns: not compute, or compute at rate 0 or (capped) 1.
+fn integral_rate(o: &Op) -> bool {
+    o.class != Class::Compute || o.rate() == 0.0 || o.rate() >= 1.0
+}
+
+/// Whether `ops` (sorted by start) hold no collective and, clamped to [a, b), each ends
+/// before (or where) the next starts, none backwards.
+fn one_at_a_time(ops: &[Op], a: u64, b: u64) -> bool {
+    let mut last_end = a;
+    for o in ops {
+        let (s, e) = (o.start.clamp(a, b), o.end.clamp(a, b));
+        if o.class == Class::Comm || s < last_end || e < s {
+            return false;
+        }
+        last_end = e;
+    }
+    true
+}
+
 /// Length of [a, b) covered by sorted, disjoint `intervals`.
-pub(crate) fn overlap(intervals: &[(u64, u64)], a: u64, b: u64) -> u64 {
+#[cfg(test)]
+fn overlap(intervals: &[(u64, u64)], a: u64, b: u64) -> u64 {
     let i = intervals.partition_point(|iv| iv.1 <= a);
     intervals[i..].iter().take_while(|iv| iv.0 < b).map(|iv| iv.1.min(b).saturating_sub(iv.0.max(a))).sum()
 }
@@ -701,9 +1017,59 @@ fn sort_runs<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: impl Fn(&T) ->
     }
 }
 
+/// The sweep as it was before the merged streams, kept to check [`DeviceSweep::feed`]
+/// against: every cut in one sorted vector, the started ops pruned at every segment.
+#[cfg(test)]
+impl DeviceSweep {
+    fn feed_reference(&mut self, a: u64, b: u64, ops: &mut [Op], blocked: &[(u64, u64)], reasons: &[Reasoned]) {
+        let Some((a, b)) = self.prepare(a, b, ops, blocked, reasons) else { return };
+        let mut cuts = vec![a];
+        for o in ops.iter().filter(|o| o.class != Class::Comm) {
+            cuts.extend([o.start.clamp(a, b), o.end.clamp(a, b)]);
+        }
+        cuts.extend_from_slice(&self.side_cuts);
+        cuts.sort_unstable();
+        cuts.dedup();
+        ops.sort_by_key(|o| o.start);
+        let mut active: Vec<usize> = Vec::new();
+        let mut next = 0usize;
+        for pair in cuts.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            while next < ops.len() && ops[next].start <= a {
+                active.push(next);
+                next += 1;
+            }
+            active.retain(|&i| ops[i].end > a);
+            self.segment(a, b, active.iter().map(|&i| &ops[i]), reasons, &mut |a, b| overlap(blocked, a, b));
+        }
+    }
+
+    /// Everything the sweep has added up, floats as bits.
+    fn state(&self) -> String {
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let parts = |p: &Partitions| p.acc.iter().map(|a| bits(a)).zip(p.busy.clone()).collect::<Vec<_>>();
+        let gap = |g: &OpenGap| (g.start, g.end, bits(&g.split), g.reasons.clone());
+        let mut kernels: Vec<_> = self.kernels_dense.iter().flatten().map(|(k, u)| (k.clone(), u.to_bits())).collect();
+        kernels.extend(self.kernels.values().map(|(k, u)| (k.clone(), u.to_bits())));
+        format!(
+            "{:?}",
+            (
+                bits(&self.acc),
+                self.busy,
+                parts(&self.steps),
+                parts(&self.bins),
+                self.gaps.iter().map(gap).collect::<Vec<_>>(),
+                gap(&self.gap),
+                format!("{kernels:?}"),
+                (self.late_busy, &self.late_reasons, self.late_blocked),
+            )
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::sort_runs;
+    use super::*;
 
     #[test]
     fn sort_runs_is_the_stable_sort() {
@@ -729,6 +1095,139 @@ mod tests {
             want.sort_by_key(|x| x.0);
             sort_runs(&mut v, &mut buf, |x| x.0);
             assert_eq!(v, want, "case {case}");
+        }
+    }
+
+    /// The merged-stream sweep equals the sort-every-cut sweep bit for bit (every float sum,
+    /// in the same order) on random slices of random ops: overlapping kernels and copies,
+    /// collectives with transfer points (some past their end), zero-length and backwards ops,
+    /// fractional compute rates, steps, bins, late windows and blocked intervals.
+    #[test]
+    fn ops_are_32_bytes() {
+        assert_eq!(std::mem::size_of::<Op>(), 32);
+        let comm = Op::new(1, 9, Class::Comm, 0.0, 4, 7, true);
+        assert_eq!((comm.rate(), comm.transfer_from()), (0.0, 4));
+        let compute = Op::new(1, 9, Class::Compute, 0.25, 0, 7, true);
+        assert_eq!((compute.rate(), compute.transfer_from()), (0.25, 0));
+    }
+
+    #[test]
+    fn merged_sweep_equals_the_reference_sweep() {
+        let mut seed = 7u64;
+        let mut next = move |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n.max(1)
+        };
+        // slices swept by walking the ops in turn (the rest by merging the cut streams)
+        let (mut walked, mut summed) = (0, 0);
+        for case in 0..300u64 {
+            let span = 1 + next(100_000);
+            let w = (1_000 + next(1_000), 1_000 + span + next(2_000));
+            let mut plan = DevicePlan::totals_only(1, 0, w, FlopSource::PmSampling);
+            plan.detail = case % 4 != 3;
+            plan.has_launcher = case % 5 != 4;
+            plan.bin_ns = [0, 1 + next(span), 1 + next(span / 10 + 1)][case as usize % 3];
+            let mut t = w.0.saturating_sub(next(500));
+            while t < w.1 && plan.steps.len() < 20 {
+                let len = 1 + next(span / 4 + 1);
+                plan.steps.push((t, t + len));
+                t += len + next(span / 8 + 1);
+            }
+            let mut t = w.0;
+            for _ in 0..next(6) {
+                let s = t + next(span / 3 + 1);
+                plan.late_windows.push((s, s + 1 + next(span / 5 + 1)));
+                t = s + 1 + next(span / 5 + 1) + 1;
+            }
+            // how many streams overlap; every other case without collectives
+            let kinds = if case % 4 < 2 { 1 } else { 1 + next(3) };
+            let comm = if case % 2 == 0 { 6 } else { 1 };
+            let mut ops: Vec<Op> = Vec::new();
+            let mut ends = vec![w.0.saturating_sub(next(300)); kinds as usize];
+            for n in 0..next(300) {
+                let s = (n % kinds) as usize;
+                let start = ends[s] + next(span / 50 + 1);
+                let len = if next(20) == 0 { 0 } else { next(span / 20 + 1) };
+                let end = if next(400) == 0 { start.saturating_sub(next(100)) } else { start + len };
+                ends[s] = end.max(start);
+                let op = match next(6) {
+                    0 => DevicePlan::copy_op(start, end),
+                    n if n == comm => {
+                        let wait = next(len + 2);
+                        Op::new(start, end, Class::Comm, 0.0, start + wait, 0, false)
+                    }
+                    2 => Op::new(start, end, Class::Other, 0.0, 0, next(5) as u32, true),
+                    _ => {
+                        let rate = if case % 8 < 4 {
+                            [0.0, 1.0, 2.0][next(3) as usize]
+                        } else {
+                            [0.0, 0.25, 1.0 / 3.0, 0.7, 0.9][next(5) as usize]
+                        };
+                        Op::new(start, end, Class::Compute, rate, 0, next(5) as u32, true)
+                    }
+                };
+                ops.push(op);
+            }
+            if case % 3 == 0 {
+                ops.sort_by_key(|o| o.start);
+            }
+            let mut reasons: Vec<Reasoned> = Vec::new();
+            let mut t = w.0.saturating_sub(next(1_000));
+            while t < w.1 + 1_000 && reasons.len() < 40 {
+                let s = t + next(span / 10 + 1);
+                let e = s + next(span / 10 + 1);
+                reasons.push((s, e, ["futex", "io", "sync call"][next(3) as usize]));
+                t = s + next(span / 20 + 1);
+            }
+            reasons.sort_by_key(|x| (x.0, x.1));
+            let blocked = super::super::account::merge(reasons.iter().map(|x| (x.0, x.1)));
+            let mut fast = DeviceSweep::new(DevicePlan { ..clone_plan(&plan) });
+            let mut slow = DeviceSweep::new(plan);
+            // Slices as the streaming sweep cuts them: ops reach the slice they start in and
+            // stay while they overlap.
+            let mut cuts: Vec<u64> = (0..next(5)).map(|_| w.0 + next(span + 1)).collect();
+            cuts.extend([0, u64::MAX]);
+            cuts.sort_unstable();
+            cuts.dedup();
+            let (mut carry_fast, mut carry_slow) = (Vec::new(), Vec::new());
+            for pair in cuts.windows(2) {
+                let (a, b) = (pair[0], pair[1]);
+                for o in ops.iter().filter(|o| o.start >= a && o.start < b) {
+                    carry_fast.push(*o);
+                    carry_slow.push(*o);
+                }
+                let mut sorted = carry_fast.clone();
+                sorted.sort_by_key(|o| o.start);
+                let (ca, cb) = (a.max(w.0), b.min(w.1));
+                let walk = ca < cb && one_at_a_time(&sorted, ca, cb);
+                walked += walk as usize;
+                summed += (walk && fast.integral && sorted.iter().all(integral_rate)) as usize;
+                fast.feed(a, b, &mut carry_fast, &blocked, &reasons);
+                slow.feed_reference(a, b, &mut carry_slow, &blocked, &reasons);
+                carry_fast.retain(|o| o.end > b);
+                carry_slow.retain(|o| o.end > b);
+                assert_eq!(fast.state(), slow.state(), "case {case}, slice {a}..{b}");
+            }
+        }
+        assert!(walked > 100 && summed > 50, "{walked} slices walked, {summed} of them summed in integers");
+    }
+
+    fn clone_plan(p: &DevicePlan) -> DevicePlan {
+        DevicePlan {
+            pid: p.pid,
+            device: p.device,
+            window: p.window,
+            flop_source: p.flop_source,
+            fractions: p.fractions.clone(),
+            flop_less_below: p.flop_less_below,
+            step_source: p.step_source,
+            steps: p.steps.clone(),
+            step_rates: p.step_rates.clone(),
+            bin_ns: p.bin_ns,
+            has_launcher: p.has_launcher,
+            late_windows: p.late_windows.clone(),
+            detail: p.detail,
+            notes: p.notes.clone(),
         }
     }
 }
