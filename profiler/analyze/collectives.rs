@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::nccl_algo::{algo_name, AlgoCode};
 use super::sweep::FastMap;
 use crate::trace::{ClockDomain, CollOp, NcclPhase, RecordBatch};
 
@@ -30,6 +31,8 @@ pub struct CollInstance {
     /// Kernel start, else host call start (the process's own clock).
     pub arrival_ns: u64,
     pub kernel: Option<(u64, u64)>,
+    /// NCCL's algorithm and protocol (0: not recorded): [`super::nccl_algo`].
+    pub algo: AlgoCode,
 }
 
 /// The collective instances of every process in `batch`.
@@ -53,6 +56,7 @@ pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollI
     for k in batch.kernels.iter().filter(|k| is_comm(k.name_id)) {
         kernels.entry(k.pid).or_default().push((k.start_ns, k.end_ns));
     }
+    let algos = super::nccl_algo::algorithms(batch, names);
     let mut out = Vec::with_capacity(host);
     for (pid, mut calls) in calls {
         calls.sort_by_key(|c| (c.start_ns, c.seq));
@@ -82,6 +86,7 @@ pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollI
                 size_bytes,
                 arrival_ns: kernel.map_or(c.start_ns, |k| k.0),
                 kernel,
+                algo: algos.get(&(pid, c.start_ns)).copied().unwrap_or(0),
             });
         }
     }
@@ -164,8 +169,13 @@ pub struct CollStat {
     pub wait_ns: u64,
     /// Σ bytes × busBw factor ÷ Σ transfer time, GB/s.
     pub bus_bandwidth_gbps: f64,
+    /// NCCL's algorithm/protocol ("RING/SIMPLE"), when the trace recorded it (NCCL's profiler
+    /// plugin API); several: the most used first, with their shares ("RING/SIMPLE 75%, TREE/LL 25%").
+    pub algorithm: Option<String>,
     /// bytes × factor, for the bandwidth
     bus_bytes: f64,
+    /// instances per algorithm code
+    algos: Vec<(AlgoCode, u64)>,
 }
 
 /// Arrival skew of one rank over the matched collectives.
@@ -321,6 +331,12 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
             st.wait_ns += w;
             st.transfer_ns += time - w;
             st.bus_bytes += inst.size_bytes as f64 * bus_factor(inst.op, inst.nranks);
+            if inst.algo != 0 {
+                match st.algos.iter_mut().find(|a| a.0 == inst.algo) {
+                    Some(a) => a.1 += 1,
+                    None => st.algos.push((inst.algo, 1)),
+                }
+            }
         }
     }
     let mut stats: BTreeMap<(String, String), CollStat> = BTreeMap::new();
@@ -332,6 +348,7 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
         .into_values()
         .map(|mut s| {
             s.bus_bandwidth_gbps = if s.transfer_ns > 0 { s.bus_bytes / s.transfer_ns as f64 } else { 0.0 };
+            s.algorithm = algorithm_label(&mut s.algos);
             s
         })
         .collect();
@@ -339,9 +356,36 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
     CrossRank { collectives, skew, spanning_waits, straggler }
 }
 
+/// "RING/SIMPLE", or the algorithms by use with their shares of the recorded instances.
+fn algorithm_label(algos: &mut [(AlgoCode, u64)]) -> Option<String> {
+    algos.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let total: u64 = algos.iter().map(|a| a.1).sum();
+    match algos {
+        [] => None,
+        [(one, _)] => algo_name(*one),
+        many => Some(
+            many.iter()
+                .filter_map(|&(c, n)| {
+                    algo_name(c).map(|name| format!("{name} {:.0}%", n as f64 * 100.0 / total as f64))
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::nccl_algo::algo_code;
     use super::*;
+
+    #[test]
+    fn algorithm_labels() {
+        let (ring, tree) = (algo_code("RING", "SIMPLE"), algo_code("TREE", "LL"));
+        assert_eq!(algorithm_label(&mut []), None);
+        assert_eq!(algorithm_label(&mut [(ring, 5)]).as_deref(), Some("RING/SIMPLE"));
+        assert_eq!(algorithm_label(&mut [(tree, 1), (ring, 3)]).as_deref(), Some("RING/SIMPLE 75%, TREE/LL 25%"));
+    }
 
     #[test]
     fn buckets_and_factors() {

@@ -91,4 +91,51 @@ mod tests {
         assert_eq!(algo_name(algo_code("NEW_ALGO", "LL")).unwrap(), "other/LL");
         assert_eq!(algo_name(0), None);
     }
+
+    #[test]
+    fn host_calls_join_their_events_in_call_order_with_equal_counts() {
+        use crate::trace::{CollOp, NcclAlgo, NcclColl};
+        let mut b = RecordBatch::default();
+        let names: HashMap<u32, String> =
+            [(1, "RING"), (2, "SIMPLE"), (3, "TREE"), (4, "LL")].iter().map(|(i, s)| (*i, s.to_string())).collect();
+        let ar = CollOp::AllReduce as u32;
+        let call = |pid: u32, start: u64, count: u64, op: u32| NcclColl {
+            start_ns: start,
+            end_ns: start + 100,
+            count,
+            pid,
+            op,
+            phase: NcclPhase::Host as u32,
+            ..Default::default()
+        };
+        let event = |pid: u32, time: u64, count: u64, op: u32, algo: u32, proto: u32| NcclAlgo {
+            time_ns: time,
+            count,
+            pid,
+            op,
+            algo_id: algo,
+            proto_id: proto,
+            ..Default::default()
+        };
+        // pid 7: four all-reduces; the third has no event (dropped); an event from before the
+        // first call (an attach) is skipped. pid 8: one all-gather, another op.
+        for (i, count) in [10u64, 20, 30, 40].into_iter().enumerate() {
+            b.nccl.push(call(7, 1000 * (i as u64 + 1), count, ar));
+        }
+        b.nccl_algos.push(event(7, 500, 99, ar, 3, 4));
+        b.nccl_algos.push(event(7, 1010, 10, ar, 1, 2));
+        b.nccl_algos.push(event(7, 2010, 20, ar, 3, 4));
+        b.nccl_algos.push(event(7, 4010, 40, ar, 1, 2));
+        b.nccl.push(call(8, 1000, 5, CollOp::AllGather as u32));
+        b.nccl_algos.push(event(8, 1500, 5, CollOp::AllGather as u32, 1, 4));
+        b.nccl_algos.push(event(8, 1600, 5, ar, 3, 2));
+        let got = algorithms(&b, &names);
+        let name = |pid: u32, start: u64| got.get(&(pid, start)).and_then(|c| algo_name(*c));
+        assert_eq!(name(7, 1000).as_deref(), Some("RING/SIMPLE"));
+        assert_eq!(name(7, 2000).as_deref(), Some("TREE/LL"));
+        assert_eq!(name(7, 3000), None, "its event is missing");
+        assert_eq!(name(7, 4000).as_deref(), Some("RING/SIMPLE"), "realigned on the count");
+        assert_eq!(name(8, 1000).as_deref(), Some("RING/LL"));
+        assert_eq!(got.len(), 4);
+    }
 }

@@ -121,7 +121,7 @@ pub fn render_json(reports: &[FileReport]) -> Value {
                 "transfer_ns": c.transfer_ns,
                 "wait_ns": c.wait_ns,
                 "bus_bandwidth_gbps": c.bus_bandwidth_gbps,
-                "algorithm": Value::Null,
+                "algorithm": c.algorithm,
             })
         })
         .collect();

@@ -163,18 +163,22 @@ pub fn render_text(reports: &[FileReport]) -> String {
     }
     let cross = cross_rank(reports);
     if !cross.collectives.is_empty() {
-        let _ = writeln!(o, "collectives (all ranks):    count     time ms  transfer ms    wait ms   busBw GB/s");
+        let _ = writeln!(
+            o,
+            "collectives (all ranks):    count     time ms  transfer ms    wait ms   busBw GB/s  algorithm"
+        );
         for c in &cross.collectives {
             let _ = writeln!(
                 o,
-                "  {:<14} {:<12} {:>6} {:>11.3} {:>12.3} {:>10.3} {:>12.1}",
+                "  {:<14} {:<12} {:>6} {:>11.3} {:>12.3} {:>10.3} {:>12.1}  {}",
                 c.op,
                 c.size_bucket,
                 c.count,
                 ms(c.time_ns),
                 ms(c.transfer_ns),
                 ms(c.wait_ns),
-                c.bus_bandwidth_gbps
+                c.bus_bandwidth_gbps,
+                c.algorithm.as_deref().unwrap_or("-")
             );
         }
     }
