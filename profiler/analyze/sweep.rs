@@ -419,7 +419,7 @@ impl DeviceSweep {
         active.clear();
         let (mut i, mut j, mut k) = (0usize, 0usize, 0usize);
         let (mut next, mut min_end) = (0usize, u64::MAX);
-        let mut blocked_at = 0usize;
+        let mut blocked_at = BlockedCursor::default();
         let mut x = a;
         loop {
             while i < starts.len() && starts[i] <= x {
@@ -446,16 +446,7 @@ impl DeviceSweep {
                 min_end = active.iter().map(|&i| ops[i].end).min().unwrap_or(u64::MAX);
             }
             let covering = active.iter().map(|&i| &ops[i]);
-            self.segment(x, y, covering, reasons, &mut |x, y| {
-                while blocked_at < blocked.len() && blocked[blocked_at].1 <= x {
-                    blocked_at += 1;
-                }
-                blocked[blocked_at..]
-                    .iter()
-                    .take_while(|iv| iv.0 < y)
-                    .map(|iv| iv.1.min(y).saturating_sub(iv.0.max(x)))
-                    .sum()
-            });
+            self.segment(x, y, covering, reasons, &mut |x, y| blocked_at.overlap(blocked, x, y));
             x = y;
         }
         self.starts = starts;
@@ -471,17 +462,8 @@ impl DeviceSweep {
     fn feed_one_at_a_time(&mut self, a: u64, b: u64, ops: &[Op], blocked: &[(u64, u64)], reasons: &[Reasoned]) {
         let side = std::mem::take(&mut self.side_cuts);
         let mut k = 0usize;
-        let mut blocked_at = 0usize;
-        let mut stalled = |x: u64, y: u64| {
-            while blocked_at < blocked.len() && blocked[blocked_at].1 <= x {
-                blocked_at += 1;
-            }
-            blocked[blocked_at..]
-                .iter()
-                .take_while(|iv| iv.0 < y)
-                .map(|iv| iv.1.min(y).saturating_sub(iv.0.max(x)))
-                .sum()
-        };
+        let mut blocked_at = BlockedCursor::default();
+        let mut stalled = |x: u64, y: u64| blocked_at.overlap(blocked, x, y);
         let mut x = a;
         // the first side cut after x (`b` is one: there always is one while x < b)
         let side_after = |x: u64, k: &mut usize| {
@@ -520,7 +502,7 @@ impl DeviceSweep {
         let detail = self.plan.detail;
         let launcher = self.plan.has_launcher;
         let late = detail && !self.plan.late_windows.is_empty();
-        let mut blocked_at = 0usize;
+        let mut blocked_at = BlockedCursor::default();
         let mut k = 0usize;
         // the stretch [run, x) since the last side cut: its ns by category, busy ns
         let (mut run, mut sums, mut busy) = (a, [0u64; 8], 0u64);
@@ -538,14 +520,7 @@ impl DeviceSweep {
                 let y = s.min(cut);
                 let dt = y - x;
                 if launcher {
-                    while blocked_at < blocked.len() && blocked[blocked_at].1 <= x {
-                        blocked_at += 1;
-                    }
-                    let stalled: u64 = blocked[blocked_at..]
-                        .iter()
-                        .take_while(|iv| iv.0 < y)
-                        .map(|iv| iv.1.min(y).saturating_sub(iv.0.max(x)))
-                        .sum();
+                    let stalled = blocked_at.overlap(blocked, x, y);
                     sums[HOST_STALL] += stalled;
                     // (merged intervals: no more than dt)
                     sums[LAUNCH_BOUND] += dt.saturating_sub(stalled);
@@ -936,6 +911,23 @@ fn one_at_a_time(ops: &[Op], a: u64, b: u64) -> bool {
         last_end = e;
     }
     true
+}
+
+/// A cursor over sorted, disjoint blocked intervals, for segments that come in time order.
+#[derive(Default)]
+struct BlockedCursor {
+    at: usize,
+}
+
+impl BlockedCursor {
+    /// Length of [x, y) covered by `blocked` (x no earlier than the previous call's).
+    #[inline]
+    fn overlap(&mut self, blocked: &[(u64, u64)], x: u64, y: u64) -> u64 {
+        while self.at < blocked.len() && blocked[self.at].1 <= x {
+            self.at += 1;
+        }
+        blocked[self.at..].iter().take_while(|iv| iv.0 < y).map(|iv| iv.1.min(y).saturating_sub(iv.0.max(x))).sum()
+    }
 }
 
 /// Length of [a, b) covered by sorted, disjoint `intervals`.

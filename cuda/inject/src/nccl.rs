@@ -339,51 +339,35 @@ unsafe extern "C" fn start_v4(context: *mut c_void, handle_out: *mut *mut c_void
     NCCL_SUCCESS
 }
 
-unsafe extern "C" fn start_v3(context: *mut c_void, handle_out: *mut *mut c_void, d: *mut DescrV3) -> c_int {
-    if d.is_null() {
-        return NCCL_SUCCESS;
-    }
-    // SAFETY: as start_v4.
-    unsafe {
-        let d = &*d;
-        started(context, handle_out, d.kind, |ctx| Coll {
-            comm_hash: if d.comm_hash != 0 { d.comm_hash } else { ctx.comm_hash },
-            seq: d.seq,
-            count: d.count,
-            rank: d.rank,
-            n_channels: d.n_max_channels,
-            n_warps: d.n_warps,
-            func: c_bytes(d.func),
-            datatype: c_bytes(d.datatype),
-            algo: c_bytes(d.algo),
-            proto: c_bytes(d.proto),
-        })
+/// `startEvent` of plugin API v2 and v3: their collective descriptors name the same fields.
+macro_rules! start_v2_v3 {
+    ($name:ident, $descr:ty) => {
+        unsafe extern "C" fn $name(context: *mut c_void, handle_out: *mut *mut c_void, d: *mut $descr) -> c_int {
+            if d.is_null() {
+                return NCCL_SUCCESS;
+            }
+            // SAFETY: as start_v4.
+            unsafe {
+                let d = &*d;
+                started(context, handle_out, d.kind, |ctx| Coll {
+                    comm_hash: if d.comm_hash != 0 { d.comm_hash } else { ctx.comm_hash },
+                    seq: d.seq,
+                    count: d.count,
+                    rank: d.rank,
+                    n_channels: d.n_max_channels,
+                    n_warps: d.n_warps,
+                    func: c_bytes(d.func),
+                    datatype: c_bytes(d.datatype),
+                    algo: c_bytes(d.algo),
+                    proto: c_bytes(d.proto),
+                })
+            };
+            NCCL_SUCCESS
+        }
     };
-    NCCL_SUCCESS
 }
-
-unsafe extern "C" fn start_v2(context: *mut c_void, handle_out: *mut *mut c_void, d: *mut DescrV2) -> c_int {
-    if d.is_null() {
-        return NCCL_SUCCESS;
-    }
-    // SAFETY: as start_v4.
-    unsafe {
-        let d = &*d;
-        started(context, handle_out, d.kind, |ctx| Coll {
-            comm_hash: if d.comm_hash != 0 { d.comm_hash } else { ctx.comm_hash },
-            seq: d.seq,
-            count: d.count,
-            rank: d.rank,
-            n_channels: d.n_max_channels,
-            n_warps: d.n_warps,
-            func: c_bytes(d.func),
-            datatype: c_bytes(d.datatype),
-            algo: c_bytes(d.algo),
-            proto: c_bytes(d.proto),
-        })
-    };
-    NCCL_SUCCESS
-}
+start_v2_v3!(start_v3, DescrV3);
+start_v2_v3!(start_v2, DescrV2);
 
 unsafe extern "C" fn start_v1(context: *mut c_void, handle_out: *mut *mut c_void, d: *mut DescrV1) -> c_int {
     if d.is_null() {
