@@ -1,12 +1,13 @@
 //! `ghostprof report`: the analysis of trace files, as text or JSON, and as an HTML page.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
 use crate::analyze::{peak, DetailOptions};
-use crate::report::{analyze_files, html, render_json, render_text, ReportOptions};
+use crate::report::{analyze_files, html, render_json, render_text, write_json, ReportOptions};
 
 pub struct ReportConfig {
     pub files: Vec<PathBuf>,
@@ -92,7 +93,11 @@ pub fn run(cfg: &ReportConfig) -> anyhow::Result<ExitCode> {
     let opts = cfg.options()?;
     let reports = analyze_files(&cfg.files, &opts)?;
     if cfg.json {
-        println!("{}", serde_json::to_string_pretty(&render_json(&reports))?);
+        // Streamed: the per-step objects of a long run are not all held at once.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        write_json(&reports, &mut out)?;
+        writeln!(out)?;
+        out.flush()?;
     } else {
         print!("{}", render_text(&reports));
     }

@@ -20,24 +20,23 @@ fn partition(p: &Partition, a: &DeviceAccount) -> Map<String, Value> {
     m
 }
 
-fn detail_fields(r: &FileReport, a: &DeviceAccount, d: &DeviceDetail) -> Map<String, Value> {
+fn step(i: usize, s: &Partition, a: &DeviceAccount) -> Value {
+    let mut o = partition(s, a);
+    o.insert("index".into(), json!(i));
+    o.insert("end_ns".into(), json!(s.end_ns));
+    Value::Object(o)
+}
+
+/// A device's detail fields; `partitions`: with its steps and bins (else the caller writes them).
+fn detail_fields(r: &FileReport, a: &DeviceAccount, d: &DeviceDetail, partitions: bool) -> Map<String, Value> {
     let w = a.window_ns().max(1) as f64;
     let mut m = Map::new();
-    let steps: Vec<Value> = d
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let mut o = partition(s, a);
-            o.insert("index".into(), json!(i));
-            o.insert("end_ns".into(), json!(s.end_ns));
-            Value::Object(o)
-        })
-        .collect();
     m.insert("step_source".into(), json!(d.step_source.name()));
-    m.insert("steps".into(), Value::Array(steps));
-    let bins: Vec<Value> = d.bins.iter().map(|b| Value::Object(partition(b, a))).collect();
-    m.insert("bins".into(), json!({ "width_ns": d.bin_ns, "items": bins }));
+    if partitions {
+        m.insert("steps".into(), Value::Array(d.steps.iter().enumerate().map(|(i, s)| step(i, s, a)).collect()));
+        let bins: Vec<Value> = d.bins.iter().map(|b| Value::Object(partition(b, a))).collect();
+        m.insert("bins".into(), json!({ "width_ns": d.bin_ns, "items": bins }));
+    }
     let kernels: Vec<Value> = d
         .top_kernels
         .iter()
@@ -76,6 +75,119 @@ fn detail_fields(r: &FileReport, a: &DeviceAccount, d: &DeviceDetail) -> Map<Str
 
 /// The JSON document (docs/report-schema.md).
 pub fn render_json(reports: &[FileReport]) -> Value {
+    document(reports, true)
+}
+
+/// [`render_json`] written to `out` as `serde_json::to_writer_pretty` would write it, byte for
+/// byte, without building the per-step and per-bin objects all at once: a report of a long run
+/// has hundreds of thousands of steps, and their JSON objects took ≈ 2 KiB each in memory (more
+/// than the whole streaming analysis of the trace).
+pub fn write_json(reports: &[FileReport], out: impl std::io::Write) -> serde_json::Result<()> {
+    let mut doc = document(reports, false);
+    let mut views: Vec<DeviceView> = Vec::new();
+    let empty = &DeviceDetail::default();
+    for r in reports {
+        for (i, a) in r.accounts.iter().enumerate() {
+            views.push(DeviceView { base: Map::new(), a, d: r.details.get(i).unwrap_or(empty) });
+        }
+    }
+    if let Some(Value::Array(devices)) = doc.get_mut("devices") {
+        for (v, d) in views.iter_mut().zip(devices.iter_mut()) {
+            if let Value::Object(m) = d.take() {
+                v.base = m;
+            }
+        }
+    }
+    let Value::Object(top) = doc else { return Ok(()) };
+    serde_json::to_writer_pretty(out, &DocView { top, devices: views })
+}
+
+/// The document with the devices written by [`DeviceView`]s.
+struct DocView<'a> {
+    top: Map<String, Value>,
+    devices: Vec<DeviceView<'a>>,
+}
+
+/// A device object: its fields, and its steps and bins made one at a time.
+struct DeviceView<'a> {
+    base: Map<String, Value>,
+    a: &'a DeviceAccount,
+    d: &'a DeviceDetail,
+}
+
+/// A list of partitions (steps or bins), each object made as it is written.
+struct PartitionsView<'a> {
+    parts: &'a [Partition],
+    a: &'a DeviceAccount,
+    steps: bool,
+}
+
+impl serde::Serialize for DocView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // Keys in the order a `Value` object writes them (sorted).
+        let mut m = s.serialize_map(Some(self.top.len()))?;
+        for (k, v) in &self.top {
+            if k == "devices" {
+                m.serialize_entry(k, &self.devices)?;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+impl serde::Serialize for DeviceView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut keys: Vec<&str> = self.base.keys().map(String::as_str).chain(["bins", "steps"]).collect();
+        keys.sort_unstable();
+        let mut m = s.serialize_map(Some(keys.len()))?;
+        for k in keys {
+            match k {
+                "steps" => m.serialize_entry(k, &PartitionsView { parts: &self.d.steps, a: self.a, steps: true })?,
+                "bins" => {
+                    let items = PartitionsView { parts: &self.d.bins, a: self.a, steps: false };
+                    m.serialize_entry(k, &BinsView { items, width_ns: self.d.bin_ns })?
+                }
+                _ => m.serialize_entry(k, &self.base[k])?,
+            }
+        }
+        m.end()
+    }
+}
+
+/// `{"items": […], "width_ns": …}`.
+struct BinsView<'a> {
+    items: PartitionsView<'a>,
+    width_ns: u64,
+}
+
+impl serde::Serialize for BinsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("items", &self.items)?;
+        m.serialize_entry("width_ns", &self.width_ns)?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for PartitionsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut q = s.serialize_seq(Some(self.parts.len()))?;
+        for (i, p) in self.parts.iter().enumerate() {
+            let v = if self.steps { step(i, p, self.a) } else { Value::Object(partition(p, self.a)) };
+            q.serialize_element(&v)?;
+        }
+        q.end()
+    }
+}
+
+/// The document; `partitions`: with each device's steps and bins (else without those fields).
+fn document(reports: &[FileReport], partitions: bool) -> Value {
     let empty = &DeviceDetail::default();
     let devices: Vec<Value> = reports
         .iter()
@@ -98,7 +210,7 @@ pub fn render_json(reports: &[FileReport]) -> Value {
                     "categories_ns": ns,
                 });
                 if let Value::Object(m) = &mut o {
-                    m.extend(detail_fields(r, a, r.details.get(i).unwrap_or(empty)));
+                    m.extend(detail_fields(r, a, r.details.get(i).unwrap_or(empty), partitions));
                 }
                 o
             })

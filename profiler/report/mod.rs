@@ -17,7 +17,7 @@ use crate::analyze::stream::{self, StreamOptions};
 use crate::analyze::{analyze_with, AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows};
 use crate::trace::{RecordBatch, TraceError, TraceReader};
 
-pub use json::render_json;
+pub use json::{render_json, write_json};
 pub use text::render_text;
 
 /// What a report computes beyond the defaults.
