@@ -588,3 +588,91 @@ fn random_records_never_panic_the_report() {
         }
     }
 }
+
+/// The memory cgroup (v1 or v2) this process is in, for a child group with a memory limit.
+fn memory_cgroup_dir() -> Option<std::path::PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    if let Some(path) = own.lines().find_map(|l| l.split_once(":memory:").map(|x| x.1.to_string())) {
+        let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup/memory{path}"));
+        return dir.join("memory.limit_in_bytes").exists().then_some(dir);
+    }
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup{path}"));
+    let controllers = std::fs::read_to_string(dir.join("cgroup.subtree_control")).ok()?;
+    controllers.split_whitespace().any(|c| c == "memory").then_some(dir)
+}
+
+/// The streaming analysis holds what overlaps the records not yet swept, not the trace: a trace
+/// file larger than the memory the report may use (a memory cgroup's limit, page cache
+/// included) is analyzed, and gives the same report as without the limit.
+#[test]
+#[ignore = "root tier: needs root (creates a memory cgroup); tools/test runs it when root"]
+fn root_a_trace_larger_than_the_memory_limit_is_analyzed() {
+    assert!(is_root(), "run the root tier as root");
+    let Some(parent) = memory_cgroup_dir() else {
+        eprintln!(
+            "SKIPPED root_a_trace_larger_than_the_memory_limit_is_analyzed: no memory cgroup to create a child in"
+        );
+        return;
+    };
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let path = dir.path().join("big.gptrace");
+    // 12 M records of the training stream without NVTX markers and NCCL (their copies are what
+    // the summary keeps per step and per collective; steps come from periodicity instead).
+    let interner = std::sync::Arc::new(Interner::new());
+    let stream = synth::TrainingStream::new(5, &interner)
+        .filter(|r| !matches!(r, Record::StepMarker(_) | Record::NcclColl(_)))
+        .take(12_000_000);
+    let info = TraceInfo { command: vec!["test".into()], ..Default::default() };
+    let mut w = TraceWriter::create(&path, false, &info, interner.clone(), WriterOptions::default()).unwrap();
+    w.append_all(stream).unwrap();
+    w.finish().unwrap();
+    let file = std::fs::metadata(&path).unwrap().len();
+    let limit: u64 = 40 << 20;
+    assert!(file > limit + (4 << 20), "the trace ({file} bytes) is larger than the limit");
+    let free = ghostprof().args(["report", "--json"]).arg(&path).output().unwrap();
+    assert!(free.status.success(), "{}", String::from_utf8_lossy(&free.stderr));
+    let group = parent.join(format!("ghostprof-test-{}", std::process::id()));
+    std::fs::create_dir_all(&group).unwrap();
+    let v2 = group.join("memory.max").exists();
+    let (limit_file, swap_file) =
+        if v2 { ("memory.max", "memory.swap.max") } else { ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes") };
+    std::fs::write(group.join(limit_file), limit.to_string()).unwrap();
+    let _ = std::fs::write(group.join(swap_file), if v2 { "0".to_string() } else { limit.to_string() });
+    // The file leaves the page cache, so the limited run reads it in, charged to its group.
+    let f = std::fs::File::open(&path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: a valid descriptor; advice only.
+    let rc = unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+    let procs = group.join("cgroup.procs");
+    let mut cmd = ghostprof();
+    cmd.args(["report", "--json"]).arg(&path);
+    // SAFETY: the child only writes its pid to the group's file before exec (async-signal-safe
+    // calls: getpid, open, write, close).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            let pid = format!("{}", libc::getpid());
+            std::fs::write(&procs, pid)?;
+            Ok(())
+        });
+    }
+    let limited = cmd.output().unwrap();
+    let peak = ["memory.max_usage_in_bytes", "memory.peak"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(group.join(f)).ok())
+        .unwrap_or_default();
+    let _ = std::fs::remove_dir(&group);
+    assert!(
+        limited.status.success(),
+        "under a {limit}-byte limit, {file}-byte trace: {:?} {} (peak {peak})",
+        limited.status,
+        String::from_utf8_lossy(&limited.stderr)
+    );
+    assert_eq!(limited.stdout, free.stdout, "the same report with and without the limit");
+    let v: serde_json::Value = serde_json::from_slice(&limited.stdout).unwrap();
+    assert_eq!(v["devices"][0]["step_source"], "periodicity");
+    eprintln!("{file}-byte trace analyzed under a {limit}-byte memory limit (peak usage {})", peak.trim());
+}
