@@ -676,3 +676,21 @@ fn root_a_trace_larger_than_the_memory_limit_is_analyzed() {
     assert_eq!(v["devices"][0]["step_source"], "periodicity");
     eprintln!("{file}-byte trace analyzed under a {limit}-byte memory limit (peak usage {})", peak.trim());
 }
+
+/// `report --json` streams the document (`write_json`): the same bytes as the whole document
+/// pretty-printed, steps and bins included.
+#[test]
+fn streamed_json_is_the_document_byte_for_byte() {
+    let dir = tmpdir();
+    let a = write_job(dir.path(), "a.gptrace", &Job { rank: 0, slow_ns: 0, markers: true });
+    let b = write_job(dir.path(), "b.gptrace", &Job { rank: 1, slow_ns: MS, markers: false });
+    let opts = ReportOptions { detail: DetailOptions { bin_ns: Some(MS), ..Default::default() } };
+    let reports = analyze_files(&[a, b], &opts).unwrap();
+    let whole = serde_json::to_string_pretty(&render_json(&reports)).unwrap();
+    let mut streamed = Vec::new();
+    ghostprof::report::write_json(&reports, &mut streamed).unwrap();
+    assert_eq!(String::from_utf8(streamed).unwrap(), whole);
+    let v = render_json(&reports);
+    assert_eq!(v["devices"][0]["steps"].as_array().unwrap().len(), 10);
+    assert_eq!(v["devices"][0]["bins"]["items"].as_array().unwrap().len(), 100);
+}
