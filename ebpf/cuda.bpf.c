@@ -69,19 +69,27 @@ struct comm_info {
 	__s32 nranks;
 };
 
-/* ncclComm_t -> rank and size, from ncclCommInitRank. */
+/* A communicator of one process: ncclComm_t values are addresses in that process, so two
+ * ranks (processes) can hold the same one (same heap layout, no ASLR). */
+struct comm_key {
+	__u64 comm;
+	__u32 tgid;
+	__u32 pad;
+};
+
+/* (process, ncclComm_t) -> rank and size, from ncclCommInitRank. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
-	__type(key, __u64);
+	__type(key, struct comm_key);
 	__type(value, struct comm_info);
 } comms SEC(".maps");
 
-/* ncclComm_t -> next sequence number. */
+/* (process, ncclComm_t) -> next sequence number. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
-	__type(key, __u64);
+	__type(key, struct comm_key);
 	__type(value, __u64);
 } comm_seq SEC(".maps");
 
@@ -333,13 +341,14 @@ static __always_inline int emit_call(__u64 id, __u32 api, struct inflight *f, __
 static __always_inline int emit_nccl(__u64 id, __u32 api, struct inflight *f, __u64 now, __s32 ret)
 {
 	__u64 comm = f->c;
+	struct comm_key ck = { .comm = comm, .tgid = id >> 32, .pad = 0 };
 	__u64 seq = 0;
-	__u64 *next = bpf_map_lookup_elem(&comm_seq, &comm);
+	__u64 *next = bpf_map_lookup_elem(&comm_seq, &ck);
 	if (next) {
 		seq = __sync_fetch_and_add(next, 1);
 	} else {
 		__u64 one = 1;
-		bpf_map_update_elem(&comm_seq, &comm, &one, BPF_NOEXIST);
+		bpf_map_update_elem(&comm_seq, &ck, &one, BPF_NOEXIST);
 	}
 	struct gp_nccl_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -357,7 +366,7 @@ static __always_inline int emit_nccl(__u64 id, __u32 api, struct inflight *f, __
 	e->dtype = f->b;
 	e->seq = seq;
 	e->op = api - GP_API_NCCL_BASE;
-	struct comm_info *ci = bpf_map_lookup_elem(&comms, &comm);
+	struct comm_info *ci = bpf_map_lookup_elem(&comms, &ck);
 	e->rank = ci ? ci->rank : -1;
 	e->nranks = ci ? ci->nranks : -1;
 	e->ret = ret;
@@ -425,8 +434,9 @@ int BPF_URETPROBE(gp_call_exit, long ret)
 		__u64 comm = 0;
 		bpf_probe_read_user(&comm, sizeof(comm), (void *)saved.a);
 		struct comm_info ci = { .rank = (__s32)saved.c, .nranks = (__s32)saved.b };
+		struct comm_key ck = { .comm = comm, .tgid = id >> 32, .pad = 0 };
 		if (ret == 0 && comm)
-			bpf_map_update_elem(&comms, &comm, &ci, BPF_ANY);
+			bpf_map_update_elem(&comms, &ck, &ci, BPF_ANY);
 		struct gp_comm_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e) {
 			count(CNT_RB_DROPS);

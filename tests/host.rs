@@ -19,13 +19,19 @@ struct Recorded {
 }
 
 fn record_scenario(scenario: &str, ranks: u32, steps: u32) -> Recorded {
+    record_scenario_under(&[], scenario, ranks, steps)
+}
+
+/// [`record_scenario`] with the job started through `prefix` (e.g. `setarch -R`).
+fn record_scenario_under(prefix: &[&str], scenario: &str, ranks: u32, steps: u32) -> Recorded {
     assert!(is_root(), "run the root tier as root (tools/test does when it can)");
     let _serial = heavy_test_lock();
     let built = crate::gpusim::built();
     let dir = tmpdir();
     let trace = dir.path().join(format!("{scenario}.gptrace"));
     let out = dir.path().join("truth");
-    let command = crate::gpusim::train_command(scenario, ranks, steps.into(), &out);
+    let mut command: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+    command.extend(crate::gpusim::train_command(scenario, ranks, steps.into(), &out));
     let mut cfg = LaunchConfig::new(command, trace.clone());
     cfg.library_dirs.push(built.lib_dir.clone());
     let summary = record_command(&cfg, &AtomicBool::new(false)).expect("recording gpusim-train");
@@ -264,4 +270,26 @@ fn a_kernel_without_btf_or_uprobes_is_named() {
     assert!(err.contains("no uprobe support"), "{err}");
     std::fs::create_dir_all(root.path().join("sys/bus/event_source/devices/uprobe")).unwrap();
     ghostprof::collect::preflight_at(root.path()).expect("both present");
+}
+
+/// ncclComm_t values are addresses in each process: without address-space randomization two
+/// ranks hold the same one. Their sequence numbers and ranks stay their own (the eBPF maps are
+/// keyed by process and communicator).
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_ranks_with_the_same_communicator_address_keep_their_own_sequence() {
+    let ranks = 2;
+    let rec = record_scenario_under(&["setarch", "-R"], "balanced", ranks, 8);
+    let mut comms = Vec::new();
+    for truth in &rec.truths {
+        let pid = truth["pid"].as_u64().unwrap() as u32;
+        let rank = truth["rank"].as_u64().unwrap() as u32;
+        let colls: Vec<&NcclColl> = rec.batch.nccl.iter().filter(|c| c.pid == pid).collect();
+        assert_eq!(colls.len() as u64, truth["totals"]["collectives"].as_u64().unwrap());
+        let seqs: Vec<u64> = colls.iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, (0..colls.len() as u64).collect::<Vec<_>>(), "pid {pid}: its own sequence");
+        assert!(colls.iter().all(|c| c.rank == rank && c.nranks == ranks), "pid {pid}: its own rank");
+        comms.push(colls[0].comm);
+    }
+    assert_eq!(comms[0], comms[1], "without ASLR both ranks' communicators are at one address");
 }
