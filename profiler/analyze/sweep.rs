@@ -472,22 +472,24 @@ impl DeviceSweep {
             }
             side.get(*k).copied().unwrap_or(u64::MAX)
         };
-        for o in ops {
+        let mut comms = CommCover::new(ops);
+        for o in ops.iter().filter(|o| o.class != Class::Comm) {
             let (s, e) = (o.start.clamp(a, b), o.end.clamp(a, b));
             while x < s {
                 let y = s.min(side_after(x, &mut k));
-                self.segment(x, y, std::iter::empty(), reasons, &mut stalled);
+                self.segment(x, y, comms.at(x).iter().copied(), reasons, &mut stalled);
                 x = y;
             }
             while x < e {
                 let y = e.min(side_after(x, &mut k));
-                self.segment(x, y, std::iter::once(o), reasons, &mut stalled);
+                // (the rates summed in start order, as the merged sweep does: a collective adds none)
+                self.segment(x, y, std::iter::once(o).chain(comms.at(x).iter().copied()), reasons, &mut stalled);
                 x = y;
             }
         }
         while x < b {
             let y = b.min(side_after(x, &mut k));
-            self.segment(x, y, std::iter::empty(), reasons, &mut stalled);
+            self.segment(x, y, comms.at(x).iter().copied(), reasons, &mut stalled);
             x = y;
         }
         self.side_cuts = side;
@@ -507,7 +509,8 @@ impl DeviceSweep {
         // the stretch [run, x) since the last side cut: its ns by category, busy ns
         let (mut run, mut sums, mut busy) = (a, [0u64; 8], 0u64);
         let mut x = a;
-        let mut ops = ops.iter();
+        let mut comms = CommCover::new(ops);
+        let mut ops = ops.iter().filter(|o| o.class != Class::Comm);
         let mut op = ops.next();
         while x < b {
             while k < side.len() && side[k] <= x {
@@ -515,7 +518,26 @@ impl DeviceSweep {
             }
             let cut = side.get(k).copied().unwrap_or(b);
             let (s, e) = op.map_or((b, b), |o| (o.start.clamp(a, b), o.end.clamp(a, b)));
-            if x < s {
+            let covering = comms.at(x);
+            // a collective covering the segment: comm.transfer once its data moves, else wait
+            let comm = (!covering.is_empty()).then(|| {
+                if covering.iter().any(|c| x >= c.transfer_from()) {
+                    TRANSFER
+                } else {
+                    WAIT
+                }
+            });
+            if x < s && comm.is_some() {
+                // a collective alone until the op's start or the cut
+                let y = s.min(cut);
+                let dt = y - x;
+                sums[comm.unwrap_or(WAIT)] += dt;
+                busy += dt;
+                if late {
+                    self.late_busy_add(x, y);
+                }
+                x = y;
+            } else if x < s {
                 // idle until the op's start or the cut
                 let y = s.min(cut);
                 let dt = y - x;
@@ -542,7 +564,8 @@ impl DeviceSweep {
                 let category = match o.class {
                     Class::Compute if o.rate() >= 1.0 => USEFUL,
                     Class::Compute => INEFFICIENT,
-                    _ => OTHER,
+                    // comm wins over other (a copy under a collective)
+                    _ => comm.unwrap_or(OTHER),
                 };
                 sums[category] += dt;
                 busy += dt;
@@ -899,18 +922,51 @@ fn integral_rate(o: &Op) -> bool {
     o.class != Class::Compute || o.rate() == 0.0 || o.rate() >= 1.0
 }
 
-/// Whether `ops` (sorted by start) hold no collective and, clamped to [a, b), each ends
-/// before (or where) the next starts, none backwards.
+/// Whether the ops of `ops` (sorted by start) that are not collectives, clamped to [a, b),
+/// each end before (or where) the next starts, none backwards. (Collectives may overlap them:
+/// their starts, transfer starts and ends are side cuts, so the walk knows which cover a
+/// segment.)
 fn one_at_a_time(ops: &[Op], a: u64, b: u64) -> bool {
     let mut last_end = a;
-    for o in ops {
+    for o in ops.iter().filter(|o| o.class != Class::Comm) {
         let (s, e) = (o.start.clamp(a, b), o.end.clamp(a, b));
-        if o.class == Class::Comm || s < last_end || e < s {
+        if s < last_end || e < s {
             return false;
         }
         last_end = e;
     }
     true
+}
+
+/// The collectives covering the segment starting at `x`, kept as the walk goes: `comms` are
+/// the slice's collectives in start order; their boundaries are side cuts, so what covers a
+/// segment's start covers all of it.
+struct CommCover<'o> {
+    comms: Vec<&'o Op>,
+    next: usize,
+    active: Vec<&'o Op>,
+    /// the earliest end among `active`
+    min_end: u64,
+}
+
+impl<'o> CommCover<'o> {
+    fn new(ops: &'o [Op]) -> Self {
+        let comms = ops.iter().filter(|o| o.class == Class::Comm).collect();
+        CommCover { comms, next: 0, active: Vec::new(), min_end: u64::MAX }
+    }
+
+    /// The collectives covering [x, …) (x no earlier than the previous call's).
+    #[inline]
+    fn at(&mut self, x: u64) -> &[&'o Op] {
+        while self.next < self.comms.len() && self.comms[self.next].start <= x {
+            let o = self.comms[self.next];
+            self.active.push(o);
+            self.min_end = self.min_end.min(o.end);
+            self.next += 1;
+        }
+        self.active.retain(|o| o.end > x);
+        &self.active
+    }
 }
 
 /// A cursor over sorted, disjoint blocked intervals, for segments that come in time order.
@@ -937,6 +993,54 @@ fn overlap(intervals: &[(u64, u64)], a: u64, b: u64) -> u64 {
     intervals[i..].iter().take_while(|iv| iv.0 < b).map(|iv| iv.1.min(b).saturating_sub(iv.0.max(a))).sum()
 }
 
+/// Stable sort of `v` by `key` when few elements are out of place (a collective stream's ops
+/// among another stream's): each element below the largest key kept before it is taken out
+/// (into `buf`), those are sorted, and merged back, the kept first on equal keys — an element
+/// is taken out only after a larger key, so every kept one with its key came before it: the
+/// order of a stable sort. False (nothing changed) when more than an eighth would move.
+fn sort_displaced<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: &impl Fn(&T) -> K) -> bool {
+    let n = v.len();
+    let mut displaced = 0usize;
+    let mut max: Option<K> = None;
+    for x in v.iter() {
+        let k = key(x);
+        if max.as_ref().is_some_and(|m| k < *m) {
+            displaced += 1;
+            if displaced > n / 8 {
+                return false;
+            }
+        } else {
+            max = Some(k);
+        }
+    }
+    buf.clear();
+    let mut kept = 0usize;
+    let mut max: Option<K> = None;
+    for i in 0..n {
+        let k = key(&v[i]);
+        if max.as_ref().is_some_and(|m| k < *m) {
+            buf.push(v[i]);
+        } else {
+            v[kept] = v[i];
+            kept += 1;
+            max = Some(k);
+        }
+    }
+    buf.sort_by_key(key);
+    let (mut i, mut j, mut out) = (kept, buf.len(), n);
+    while j > 0 {
+        out -= 1;
+        if i > 0 && key(&v[i - 1]) > key(&buf[j - 1]) {
+            v[out] = v[i - 1];
+            i -= 1;
+        } else {
+            v[out] = buf[j - 1];
+            j -= 1;
+        }
+    }
+    true
+}
+
 /// Stable sort of `v` by `key`, for slices made of a few sorted runs: each run is merged into
 /// the sorted prefix through `buf` (reused). More than [`MAX_RUNS`] runs: the library's sort.
 fn sort_runs<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: impl Fn(&T) -> K) {
@@ -946,7 +1050,9 @@ fn sort_runs<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: impl Fn(&T) ->
         return;
     }
     if descents >= MAX_RUNS {
-        v.sort_by_key(key);
+        if !sort_displaced(v, buf, &key) {
+            v.sort_by_key(key);
+        }
         return;
     }
     let n = v.len();
@@ -1064,6 +1170,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sort_displaced_is_the_stable_sort() {
+        let mut seed = 3u64;
+        let mut next = move |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n.max(1)
+        };
+        let mut buf = Vec::new();
+        let mut moved = 0;
+        for case in 0..500 {
+            // one sorted stream with a few elements of another dropped in (and equal keys)
+            let n = 1 + next(300) as usize;
+            let mut keys: Vec<u64> = (0..n as u64).map(|i| i * 3 + next(3)).collect();
+            // mostly a little later than their place, past one or two (a collective starting after the next
+            // kernels), sometimes anywhere (then often refused: all after it would move)
+            for _ in 0..next(1 + n as u64 / 12) {
+                let at = next(n as u64) as usize;
+                keys[at] = if case % 5 == 0 { next(3 * n as u64) } else { keys[at] + next(7) };
+            }
+            if case % 7 == 0 {
+                keys.reverse();
+            }
+            let mut v: Vec<(u64, usize)> = keys.iter().copied().zip(0..).collect();
+            let mut want = v.clone();
+            want.sort_by_key(|x| x.0);
+            if sort_displaced(&mut v, &mut buf, &|x: &(u64, usize)| x.0) {
+                moved += 1;
+                assert_eq!(v, want, "case {case}");
+            } else {
+                assert_eq!(v, keys.iter().copied().zip(0..).collect::<Vec<_>>(), "unchanged when refused");
+            }
+        }
+        assert!(moved > 300, "{moved} of 500 sorted this way");
+    }
+
+    #[test]
     fn sort_runs_is_the_stable_sort() {
         // (key, position): a stable sort keeps positions increasing among equal keys.
         let mut seed = 1u64;
@@ -1111,7 +1252,7 @@ mod tests {
             (seed >> 33) % n.max(1)
         };
         // slices swept by walking the ops in turn (the rest by merging the cut streams)
-        let (mut walked, mut summed) = (0, 0);
+        let (mut walked, mut summed, mut with_comm) = (0, 0, 0);
         for case in 0..300u64 {
             let span = 1 + next(100_000);
             let w = (1_000 + next(1_000), 1_000 + span + next(2_000));
@@ -1194,6 +1335,8 @@ mod tests {
                 let walk = ca < cb && one_at_a_time(&sorted, ca, cb);
                 walked += walk as usize;
                 summed += (walk && fast.integral && sorted.iter().all(integral_rate)) as usize;
+                with_comm +=
+                    (walk && sorted.iter().any(|o| o.class == Class::Comm && o.end > ca && o.start < cb)) as usize;
                 fast.feed(a, b, &mut carry_fast, &blocked, &reasons);
                 slow.feed_reference(a, b, &mut carry_slow, &blocked, &reasons);
                 carry_fast.retain(|o| o.end > b);
@@ -1201,7 +1344,10 @@ mod tests {
                 assert_eq!(fast.state(), slow.state(), "case {case}, slice {a}..{b}");
             }
         }
-        assert!(walked > 100 && summed > 50, "{walked} slices walked, {summed} of them summed in integers");
+        assert!(
+            walked > 100 && summed > 50 && with_comm > 30,
+            "{walked} slices walked, {summed} of them summed in integers, {with_comm} under collectives"
+        );
     }
 
     fn clone_plan(p: &DevicePlan) -> DevicePlan {
