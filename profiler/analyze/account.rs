@@ -264,23 +264,24 @@ pub(crate) fn comm_waits(batch: &RecordBatch, is_comm: &dyn Fn(u32) -> bool) -> 
     for c in batch.nccl.iter().filter(|c| c.phase == NcclPhase::Host as u32) {
         calls_by_pid.entry(c.pid).or_default().push((c.seq, c.nranks));
     }
-    // (nranks, seq) → the ranks' kernels of that collective
-    let mut groups: HashMap<(u32, u64), Vec<RankKernel>> = HashMap::new();
+    // ((nranks, seq), the rank's kernel) of every collective, grouped by sorting (a map of
+    // vectors allocated one vector per collective)
+    let mut members: Vec<((u32, u64), RankKernel)> = Vec::new();
     for (pid, kernels) in kernels_by_pid.iter_mut() {
         kernels.sort_unstable();
         let Some(calls) = calls_by_pid.get_mut(pid) else { continue };
         calls.sort_unstable();
-        for (k, c) in kernels.iter().zip(calls.iter()) {
-            groups.entry((c.1, c.0)).or_default().push((*pid, k.0, k.1));
-        }
+        members.extend(kernels.iter().zip(calls.iter()).map(|(k, c)| ((c.1, c.0), (*pid, k.0, k.1))));
     }
+    members.sort_by_key(|m| m.0);
     let mut waits = HashMap::new();
-    for ((nranks, _), members) in groups {
-        if members.len() as u32 != nranks || nranks < 2 {
+    for group in members.chunk_by(|a, b| a.0 == b.0) {
+        let nranks = group[0].0 .0;
+        if group.len() as u32 != nranks || nranks < 2 {
             continue;
         }
-        let last = members.iter().map(|m| m.1).max().unwrap_or(0);
-        for (pid, start, end) in members {
+        let last = group.iter().map(|m| m.1 .1).max().unwrap_or(0);
+        for &(_, (pid, start, end)) in group {
             waits.insert((pid, start), last.saturating_sub(start).min(end.saturating_sub(start)));
         }
     }
