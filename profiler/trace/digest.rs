@@ -232,9 +232,11 @@ impl ChunkDigest {
         out[count_at..count_at + 4].copy_from_slice(&n.to_le_bytes());
     }
 
-    /// Reads a digest body (`base`: its offset in the chunk, for error messages). A digest of
-    /// another version comes back with only its version set.
-    pub fn decode(body: &[u8], base: usize) -> Result<ChunkDigest, DecodeError> {
+    /// Reads a digest body (`base`: its offset in the chunk, for error messages); `lean`: its
+    /// kernels and API calls with only the columns the analysis reads
+    /// ([`super::format::decode_chunk_lean_into`]). A digest of another version comes back with
+    /// only its version set.
+    pub fn decode(body: &[u8], base: usize, lean: bool) -> Result<ChunkDigest, DecodeError> {
         let mut cur = Cursor::with_base(body, base);
         let version = cur.varint()?;
         let mut d = ChunkDigest { version, ..Default::default() };
@@ -260,7 +262,7 @@ impl ChunkDigest {
             d.name_times.push(NameTime { pid: narrow(pid)?, device: narrow(device)?, name_id: narrow(name)?, ns });
         }
         let sections = cur.u32_le()?;
-        decode_sections(&mut cur, sections, &mut d.records, None, &|_| true, false)?;
+        decode_sections(&mut cur, sections, &mut d.records, None, &|_| true, lean)?;
         if cur.remaining() != 0 {
             return Err(DecodeError::new(cur.offset(), "trailing bytes after the digest"));
         }

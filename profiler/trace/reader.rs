@@ -203,8 +203,8 @@ impl TraceReader {
         Ok(())
     }
 
-    /// The head of chunk `i`: its string table and its digest ([`super::digest`]), decompressing
-    /// the frame only up to the digest's end. `Ok(false)`: the chunk has no digest (a writer
+    /// The head of chunk `i`: its string table and its digest ([`super::digest`], kernels and
+    /// API calls decoded lean), decompressing the frame only up to the digest's end. `Ok(false)`: the chunk has no digest (a writer
     /// without them); `strings` then holds its string table all the same. The frame's
     /// checksum is not verified here (the whole-chunk reads verify it).
     pub fn read_chunk_head(
@@ -287,7 +287,7 @@ impl TraceReader {
             let decoded = if kind == STRINGS_SECTION {
                 format::decode_strings(section, rows, strings)
             } else {
-                ChunkDigest::decode(section, body_at).map(|d| *digest = d)
+                ChunkDigest::decode(section, body_at, true).map(|d| *digest = d)
             };
             decoded.map_err(|e| corrupt(format!("at decompressed byte {}: {}", e.offset, e.what)))?;
             if kind == DIGEST_SECTION {
