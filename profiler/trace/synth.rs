@@ -66,6 +66,8 @@ pub struct TrainingStream {
     device_ns: u64,
     next_sample_ns: u64,
     queue: std::collections::VecDeque<Record>,
+    /// name id of the all-reduce kernel, when the stream carries collective kernels
+    nccl_kernel: Option<u32>,
 }
 
 impl TrainingStream {
@@ -165,7 +167,16 @@ impl TrainingStream {
             device_ns: t0,
             next_sample_ns: t0,
             queue: Default::default(),
+            nccl_kernel: None,
         }
+    }
+
+    /// The same stream with each all-reduce's kernel too (as CUPTI records it on a real job:
+    /// `ncclDevKernel_…`, on the NCCL stream, spanning the device record's time).
+    pub fn with_collective_kernels(mut self, interner: &Interner) -> Self {
+        self.nccl_kernel =
+            Some(interner.intern("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)"));
+        self
     }
 
     /// Launches kernel kind `k` from the host and runs it on the device.
@@ -245,6 +256,28 @@ impl TrainingStream {
             }
             .into(),
         );
+        if let Some(name_id) = self.nccl_kernel {
+            self.queue.push_back(
+                KernelExec {
+                    start_ns: start,
+                    end_ns: start + wait + transfer,
+                    stream: self.nccl_stream,
+                    correlation_id: self.correlation,
+                    device: 0,
+                    name_id,
+                    grid_x: 32,
+                    grid_y: 1,
+                    grid_z: 1,
+                    block_x: 640,
+                    block_y: 1,
+                    block_z: 1,
+                    pid: self.pid,
+                    ..Default::default()
+                }
+                .into(),
+            );
+            self.correlation += 1;
+        }
         self.host_ns += host;
         self.seq += 1;
     }

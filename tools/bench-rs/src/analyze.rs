@@ -1,7 +1,7 @@
 //! `analyze [--events N] [--small N] [--dir D]`: the streaming analysis (`ghostprof report`'s
 //! engine) on synthetic training-step traces. For each size: write the trace, read it back
 //! with the bare reader (the baseline: decoding alone, one core), then analyze it in a child
-//! process (so its peak RSS is the analysis's own) on one core; the small trace is also
+//! process (so its peak RSS is the analysis's own) on one core, best CPU time of 3; the small trace is also
 //! analyzed in memory (every record loaded, then the same sweep) for the memory comparison.
 //! `--hta N` (default 250 000, 0 to skip; HTA takes minutes per million): a trace of N events is also exported to Chrome trace JSON
 //! (one file per rank) and Holistic Trace Analysis' load + temporal breakdown (`tools/hta-compare`)
@@ -32,7 +32,7 @@ fn peak_rss_bytes() -> u64 {
 
 fn write_synthetic(path: &Path, events: u64) -> Result<()> {
     let interner = Arc::new(Interner::new());
-    let stream = TrainingStream::new(42, &interner).take(events as usize);
+    let stream = TrainingStream::new(42, &interner).with_collective_kernels(&interner).take(events as usize);
     let info = TraceInfo { command: vec!["tools/bench".into(), "analyze".into()], ..Default::default() };
     let mut w = TraceWriter::create(path, true, &info, interner.clone(), WriterOptions::default())?;
     w.append_all(stream)?;
@@ -174,10 +174,17 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
         eprintln!("writing {n} synthetic training-step records to {} ...", path.display());
         write_synthetic(&path, n)?;
         let file_bytes = std::fs::metadata(&path)?.len();
-        let (read_n, read_s) = read_rate(&path, if n <= small { 3 } else { 1 })?;
-        let stream = child(&path, "stream")?;
+        let (read_n, read_s) = read_rate(&path, 3)?;
         // One thread: its CPU time is the time of one core (wall time shares the core with
-        // whatever else runs on the machine).
+        // whatever else runs on the machine). Best of 3 runs: this VM's rate moves by ±25 %
+        // from run to run with its neighbours (the bare reader's too).
+        let mut stream = child(&path, "stream")?;
+        for _ in 1..3 {
+            let again = child(&path, "stream")?;
+            if again["cpu_seconds"].as_f64() < stream["cpu_seconds"].as_f64() {
+                stream = again;
+            }
+        }
         let stream_s = stream["cpu_seconds"].as_f64().unwrap_or(f64::NAN);
         let mut row = serde_json::json!({
             "events": read_n,
