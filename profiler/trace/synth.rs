@@ -171,8 +171,8 @@ impl TrainingStream {
         }
     }
 
-    /// The same stream with each all-reduce's kernel too (as CUPTI records it on a real job:
-    /// `ncclDevKernel_…`, on the NCCL stream, spanning the device record's time).
+    /// The same stream with each all-reduce's device side as its kernel, as CUPTI records it on
+    /// a real job (`ncclDevKernel_…`, on the NCCL stream), instead of an NCCL device record.
     pub fn with_collective_kernels(mut self, interner: &Interner) -> Self {
         self.nccl_kernel =
             Some(interner.intern("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)"));
@@ -246,16 +246,18 @@ impl TrainingStream {
             NcclColl { start_ns: self.host_ns, end_ns: self.host_ns + host, phase: NcclPhase::Host as u32, ..common }
                 .into(),
         );
-        self.queue.push_back(
-            NcclColl {
-                start_ns: start,
-                end_ns: start + wait + transfer,
-                phase: NcclPhase::Device as u32,
-                device: 0,
-                ..common
-            }
-            .into(),
-        );
+        if self.nccl_kernel.is_none() {
+            self.queue.push_back(
+                NcclColl {
+                    start_ns: start,
+                    end_ns: start + wait + transfer,
+                    phase: NcclPhase::Device as u32,
+                    device: 0,
+                    ..common
+                }
+                .into(),
+            );
+        }
         if let Some(name_id) = self.nccl_kernel {
             self.queue.push_back(
                 KernelExec {
