@@ -204,7 +204,8 @@ impl TraceReader {
     }
 
     /// The head of chunk `i`: its string table and its digest ([`super::digest`], kernels and
-    /// API calls decoded lean), decompressing the frame only up to the digest's end. `Ok(false)`: the chunk has no digest (a writer
+    /// API calls decoded lean), reading and decompressing the frame only up to the digest's end
+    /// (its compressed bytes in growing windows: the sweep reads the whole frame later). `Ok(false)`: the chunk has no digest (a writer
     /// without them); `strings` then holds its string table all the same. The frame's
     /// checksum is not verified here (the whole-chunk reads verify it).
     pub fn read_chunk_head(
@@ -220,8 +221,14 @@ impl TraceReader {
             self.chunks.get(i).ok_or_else(|| TraceError::Writer { what: format!("chunk {i} does not exist") })?;
         let at = meta.offset;
         let corrupt = |what: String| self.corrupt(at, format!("in chunk {}: {what}", meta.seq));
-        self.read_compressed(meta.offset, meta.compressed_len, scratch)?;
+        // Checks the frame's length against the file, as a whole read would.
+        if meta.compressed_len > MAX_COMPRESSED_FRAME
+            || meta.offset.checked_add(meta.compressed_len).is_none_or(|end| end > self.len)
+        {
+            return Err(corrupt(format!("frame of {} bytes does not fit the file", meta.compressed_len)));
+        }
         let Scratch { compressed, body, stream, .. } = scratch;
+        compressed.clear();
         let dctx = match stream {
             Some(d) => {
                 d.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
@@ -230,7 +237,9 @@ impl TraceReader {
             }
             None => stream.insert(zstd::zstd_safe::DCtx::create()),
         };
-        let mut input = zstd::zstd_safe::InBuffer::around(compressed.as_slice());
+        // compressed bytes consumed by zstd so far
+        let mut in_pos = 0usize;
+        let (file, path, total) = (&self.file, &self.path, meta.compressed_len as usize);
         body.clear();
         let mut done = false;
         // Bytes of `body` decompressed so far (its length is the window zstd may fill: a
@@ -249,13 +258,23 @@ impl TraceReader {
                 if body.len() < target {
                     body.resize(target, 0);
                 }
+                if in_pos == compressed.len() && compressed.len() < total {
+                    // the next window of the frame: 64 KiB, then twice what was read
+                    let from = compressed.len();
+                    let to = total.min((from * 2).max(64 << 10));
+                    compressed.resize(to, 0);
+                    file.read_exact_at(&mut compressed[from..], meta.offset + from as u64)
+                        .map_err(|e| TraceError::io(path, e))?;
+                }
+                let mut input = zstd::zstd_safe::InBuffer { src: compressed.as_slice(), pos: in_pos };
                 let mut out = zstd::zstd_safe::OutBuffer::around_pos(&mut body[..target], filled);
                 let hint = dctx.decompress_stream(&mut out, &mut input).map_err(|e| {
                     corrupt(format!("zstd frame does not decompress: {}", zstd::zstd_safe::get_error_name(e)))
                 })?;
-                let progressed = out.pos() > filled;
+                let progressed = out.pos() > filled || input.pos > in_pos;
                 filled = out.pos();
-                done = hint == 0 || (input.pos() == input.src.len() && !progressed);
+                in_pos = input.pos;
+                done = hint == 0 || (in_pos == total && !progressed);
             }
             Ok(())
         };
