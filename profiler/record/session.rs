@@ -249,7 +249,7 @@ pub fn record_command_with_progress(
     let mut c = Collectors::load(&ring_dir, true)?;
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
     let mut producer = pipeline.producer(Source::Ebpf);
-    c.start_nvml(&pipeline);
+    c.start(&pipeline);
 
     let mut dirs: Vec<String> = cfg.library_dirs.iter().map(|d| d.display().to_string()).collect();
     if let Ok(env) = std::env::var("LD_LIBRARY_PATH") {
