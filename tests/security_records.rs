@@ -237,7 +237,7 @@ fn unique_notes_are_capped() {
     }
     let f = r.finish();
     let notes = &f.collector.notes;
-    assert_eq!(notes.len(), MAX_NOTES_PER_PROCESS + 1, "{:?}", &notes[notes.len().saturating_sub(2)..]);
+    assert_eq!(notes.len(), MAX_NOTES_PER_PROCESS + 1, "{} notes kept", notes.len());
     assert!(notes[..MAX_NOTES_PER_PROCESS].iter().all(|n| n.len() <= MAX_NOTE_BYTES + 32), "cut to 512 bytes");
     assert!(notes[MAX_NOTES_PER_PROCESS].contains("more than 32 distinct notes"), "{}", notes[MAX_NOTES_PER_PROCESS]);
     assert_eq!(f.collector.stats.note_limit, 100_000 - MAX_NOTES_PER_PROCESS as u64);
@@ -273,6 +273,70 @@ fn job_reported_drop_counters_are_validated() {
     assert_eq!(drop_count(&f.drops, Source::Cupti, DropCause::Malformed), 4);
     assert!(f.drops.iter().all(|d| d.2 < 1 << 40), "{:?}", f.drops);
     assert!(f.collector.notes.iter().any(|n| n.contains("18446740634577204662")), "{:?}", f.collector.notes);
+}
+
+/// A job (python3) that writes its own ring, as the injection library would, holding a
+/// malformed record, a CUPTI_DROPPED of 7 and 1,234 ring drops in its header; then waits for
+/// ghostprof to open it.
+const HOSTILE_JOB: &str = r#"
+import mmap, os, struct, sys, time
+head_at, dropped_at, enabled_at, cap, magic, version, header_bytes = map(int, sys.argv[1:8])
+d, pid = os.environ["GHOSTPROF_RING_DIR"], os.getpid()
+tmp, path = f"{d}/ghostprof-{pid}.tmp", f"{d}/ghostprof-{pid}.ring"
+with open(tmp, "w+b") as f:
+    f.truncate(header_bytes + cap)
+    m = mmap.mmap(f.fileno(), header_bytes + cap)
+struct.pack_into("<QIIQI", m, 0, magic, version, header_bytes, cap, pid)
+pos = 0
+for kind, p in [(99, b"junk"), (5, struct.pack("<Q", 7))]:
+    n = 8 + len(p)
+    struct.pack_into("<IHH", m, header_bytes + pos, n, kind, 0)
+    m[header_bytes + pos + 8:header_bytes + pos + n] = p
+    pos += (n + 7) & ~7
+struct.pack_into("<Q", m, dropped_at, 1234)
+struct.pack_into("<Q", m, head_at, pos)
+os.rename(tmp, path)
+t = time.time()
+while struct.unpack_from("<I", m, enabled_at)[0] == 0 and time.time() - t < 20:
+    time.sleep(0.01)
+time.sleep(0.3)
+"#;
+
+/// Item 8: the losses a job's ring reports are listed under `cupti`, not under `ebpf` (the CUPTI
+/// rings used to share the host collectors' producer): a `record` session of a job writing its
+/// own ring stores shm_ring_full 1,234, cupti_buffer 7 and malformed 1 under `cupti`, and no
+/// drop at all under `ebpf`.
+#[test]
+#[ignore = "root tier: record_command loads the eBPF host collectors"]
+fn root_ring_losses_are_listed_under_cupti() {
+    use ghostprof::record::session::{record_command, LaunchConfig};
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let trace = dir.path().join("t.gptrace");
+    let mut command: Vec<String> = vec!["python3".into(), "-c".into(), HOSTILE_JOB.into()];
+    for v in [
+        offset_of!(Header, head) as u64,
+        offset_of!(Header, dropped_records) as u64,
+        offset_of!(Header, enabled) as u64,
+        4096,
+        ghostprof_ring::MAGIC,
+        ghostprof_ring::VERSION as u64,
+        ghostprof_ring::HEADER_BYTES as u64,
+    ] {
+        command.push(v.to_string());
+    }
+    let mut cfg = LaunchConfig::new(command, trace.clone());
+    // Only the ring directory matters: the job is not a CUDA program.
+    cfg.inject_lib = Some(dir.path().join("libghostprof_inject.so"));
+    let summary = record_command(&cfg, &std::sync::atomic::AtomicBool::new(false)).expect("recording");
+    assert!(summary.exit_status.is_some_and(|s| s.success()), "{:?} {:?}", summary.exit_status, summary.notes);
+    assert_eq!(summary.cupti.rings, 1, "{:?}", summary.notes);
+    let drops = TraceReader::open(&trace).unwrap().drops().unwrap();
+    assert_eq!(drop_count(&drops, Source::Cupti, DropCause::ShmRingFull), 1234, "{drops:?}");
+    assert_eq!(drop_count(&drops, Source::Cupti, DropCause::CuptiBuffer), 7, "{drops:?}");
+    assert_eq!(drop_count(&drops, Source::Cupti, DropCause::Malformed), 1, "{drops:?}");
+    assert!(drops.iter().all(|d| d.0 != Source::Ebpf as u32), "nothing under ebpf: {drops:?}");
 }
 
 /// Header fields the job may scribble on through its mapping (offsets in the ring file).
