@@ -409,3 +409,36 @@ proptest! {
         }
     }
 }
+
+/// A trace is untrusted too: `info` (text and JSON) and `report` read one whose drop counters
+/// are near 2^64 (their sum overflows) and whose causes include one this build does not know,
+/// print the new causes by name and the unknown one as `unknown(99)`, and exit 0.
+#[test]
+fn info_and_report_survive_huge_and_unknown_drop_counters() {
+    let dir = tmpdir();
+    let path = dir.path().join("t.gptrace");
+    let drop = |count, cause| Record::Drops(Drops { time_ns: 1, count, source: Source::Cupti as u32, cause });
+    let (records, names) = training_records(2000);
+    let mut records = records;
+    records.extend([
+        drop(u64::MAX - 1, DropCause::Malformed as u32),
+        drop(u64::MAX - 1, 99),
+        drop(7, DropCause::NameLimit as u32),
+        drop(3, DropCause::NoteLimit as u32),
+    ]);
+    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    write_trace(&path, &records, &names, 1000);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ghostprof")).args(args).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run(&["info"]);
+    assert!(text.contains("18,446,744,073,709,551,615 records lost"), "saturated total: {text}");
+    for cause in ["(name_limit)", "(note_limit)", "(unknown(99))", "(malformed)"] {
+        assert!(text.contains(cause), "{cause} in {text}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&run(&["info", "--json"])).unwrap();
+    assert_eq!(json["drops"]["cupti"], u64::MAX, "{json}");
+    run(&["report"]);
+}

@@ -384,7 +384,7 @@ impl Ticker {
             records_written: stats.records_written,
             bytes_written: stats.bytes_written,
             records_per_s: (stats.records_written - self.last_records) as f64 / dt,
-            drops: stats.drops.iter().map(|d| d.2).sum(),
+            drops: stats.drops.iter().fold(0u64, |a, d| a.saturating_add(d.2)),
             processes,
             cupti_rings,
             writer_error: stats.writer_error.clone(),
