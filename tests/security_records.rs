@@ -273,6 +273,7 @@ fn job_reported_drop_counters_are_validated() {
     assert_eq!(drop_count(&f.drops, Source::Cupti, DropCause::Malformed), 4);
     assert!(f.drops.iter().all(|d| d.2 < 1 << 40), "{:?}", f.drops);
     assert!(f.collector.notes.iter().any(|n| n.contains("18446740634577204662")), "{:?}", f.collector.notes);
+    assert!(f.collector.notes.iter().any(|n| n.contains("18446744073709551613 records dropped by CUPTI")));
 }
 
 /// A job (python3) that writes its own ring, as the injection library would, holding a

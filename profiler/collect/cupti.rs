@@ -88,6 +88,8 @@ pub struct JobCounter {
     at_ns: u64,
     /// The last refused value (the same value again is not a new refusal).
     refused: Option<u64>,
+    /// New refusals so far.
+    pub refusals: u64,
 }
 
 /// What [`JobCounter::read`] made of a reading.
@@ -102,7 +104,7 @@ pub enum CounterReading {
 
 impl JobCounter {
     pub fn new(now_ns: u64) -> Self {
-        JobCounter { accepted: 0, at_ns: now_ns, refused: None }
+        JobCounter { accepted: 0, at_ns: now_ns, refused: None, refusals: 0 }
     }
 
     pub fn read(&mut self, value: u64, now_ns: u64) -> CounterReading {
@@ -117,6 +119,7 @@ impl JobCounter {
         }
         let new = self.refused != Some(value);
         self.refused = Some(value);
+        self.refusals += new as u64;
         CounterReading::Refused { new }
     }
 }
@@ -305,13 +308,15 @@ impl CuptiCollector {
                     self.stats.malformed += 1;
                     ring.caps.counters_refused += 1;
                     let before = ring.caps.ring_dropped.accepted;
-                    ring.note(
-                        &format!(
+                    if ring.caps.ring_dropped.refusals == 1 {
+                        ring.note(
+                            &format!(
                             "its ring's dropped-record counter went from {before} to {dropped}, which it cannot have; \
                              ignored until it is plausible again"
                         ),
-                        &mut notes,
-                    );
+                            &mut notes,
+                        );
+                    }
                 }
             }
             ring_drops = ring_drops.saturating_add(ring.caps.ring_dropped.accepted);
@@ -539,7 +544,7 @@ impl Ring {
                         true
                     }
                     CounterReading::Refused { new } => {
-                        if new && self.caps.counters_refused == 0 {
+                        if new && self.caps.cupti_dropped.refusals == 1 {
                             let before = self.caps.cupti_dropped.accepted;
                             self.note(
                                 &format!(
@@ -689,5 +694,25 @@ impl Ring {
         }
         // Other kinds are skipped (a newer library may send more).
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_counters_grow_only_plausibly() {
+        let mut c = JobCounter::new(1_000);
+        assert_eq!(c.read(COUNTER_SLACK, 1_000), CounterReading::Accepted);
+        // One second later: up to 16 Mi + 100 M more.
+        let most = COUNTER_SLACK + COUNTER_SLACK + 100_000_000;
+        assert_eq!(c.read(most + 1, 1_000_001_000), CounterReading::Refused { new: true });
+        assert_eq!(c.read(most + 1, 1_000_001_000), CounterReading::Refused { new: false });
+        assert_eq!(c.accepted, COUNTER_SLACK, "a refused reading is not added");
+        assert_eq!(c.read(most, 1_000_001_000), CounterReading::Accepted);
+        assert_eq!(c.read(most - 1, 1_000_001_000), CounterReading::Refused { new: true }, "never backwards");
+        assert_eq!(c.read(u64::MAX, u64::MAX), CounterReading::Refused { new: true });
+        assert_eq!(c.accepted, most);
     }
 }
