@@ -95,7 +95,11 @@ pub fn render(s: &TraceSummary) -> String {
     if s.drops_detail.is_empty() {
         let _ = writeln!(o, "drops       none");
     } else {
-        let _ = writeln!(o, "drops       {} records lost", grouped(s.drops.values().sum()));
+        let _ = writeln!(
+            o,
+            "drops       {} records lost",
+            grouped(s.drops.values().fold(0u64, |a, n| a.saturating_add(*n)))
+        );
         for d in &s.drops_detail {
             let _ = writeln!(o, "  {:<12}{:>16}  ({})", d.source, grouped(d.count), d.cause);
         }

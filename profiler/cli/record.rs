@@ -185,7 +185,7 @@ fn print_summary(summary: &SessionSummary, output: &std::path::Path, quiet: bool
         }
         return;
     }
-    let drops: u64 = summary.pipeline.drops.iter().map(|d| d.2).sum();
+    let drops: u64 = summary.pipeline.drops.iter().fold(0u64, |a, d| a.saturating_add(d.2));
     eprintln!(
         "ghostprof: wrote {} ({} events in {} chunks, {:.1} MiB, {} dropped); {}",
         output.display(),

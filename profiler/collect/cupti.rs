@@ -4,7 +4,7 @@
 //! bindings of the real headers), checked for length, and turned into trace records; device
 //! timestamps are mapped onto CLOCK_MONOTONIC with the clock pairs the library sends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::mem::{offset_of, size_of};
 use std::path::{Path, PathBuf};
 
@@ -13,9 +13,10 @@ use cudarc::cupti::sys as cs;
 use ghostprof_ring::{wire, Consumer, Popped};
 
 use crate::record::Producer;
+use crate::trace::strings::{truncate_utf8, MAX_NAME_BYTES};
 use crate::trace::{
     ApiCall, ApiDomain, ClockDomain, ClockSync, CollOp, DeviceSample, DropCause, KernelExec, MemOp, MemOpKind, Metric,
-    NcclAlgo, NcclDtype, StepMarker, StepSource,
+    NameBudget, NcclAlgo, NcclDtype, StepMarker, StepSource, NAME_LIMIT,
 };
 
 /// `ApiCall::domain` of CUPTI synchronization records (`call_id` = CUpti_ActivitySynchronizationType).
@@ -54,6 +55,108 @@ pub struct CuptiStats {
     pub corrupt_bytes: u64,
     pub ring_drops: u64,
     pub cupti_drops: u64,
+    /// Names refused by a string-table cap (each became `<name limit>`).
+    pub name_limit: u64,
+    /// Status notes refused by the per-process cap.
+    pub note_limit: u64,
+    /// Job-reported drop counters refused as implausible (also counted in `malformed`).
+    pub counters_refused: u64,
+}
+
+/// Ring name ids one process may map (each needs an entry, even for a name already interned).
+pub const MAX_NAME_IDS: usize = 64 * 1024;
+/// NVTX ranges one process may have open at once.
+pub const MAX_OPEN_RANGES: usize = 64 * 1024;
+/// Distinct status notes kept per process, and the longest kept (longer ones are cut).
+pub const MAX_NOTES_PER_PROCESS: usize = 32;
+pub const MAX_NOTE_BYTES: usize = 512;
+/// Distinct notes the collector keeps in all (many rings must not multiply the cap).
+pub const MAX_NOTES: usize = 256;
+/// A job-reported cumulative drop counter may grow by at most this much per reading, plus one
+/// drop per [`COUNTER_NS_PER_DROP`] since the last accepted reading: 16 Mi is twice the 8-byte
+/// frames a full 64 MiB ring holds, and a failed push takes longer than 10 ns.
+pub const COUNTER_SLACK: u64 = 1 << 24;
+pub const COUNTER_NS_PER_DROP: u64 = 10;
+
+/// A cumulative counter the job reports (records it dropped). It is believed only while it
+/// grows plausibly: never backwards, and by at most [`COUNTER_SLACK`] + (ns since the last
+/// accepted reading) / [`COUNTER_NS_PER_DROP`] per reading. A refused reading is not added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCounter {
+    /// The last accepted value and when it was accepted (CLOCK_MONOTONIC ns).
+    pub accepted: u64,
+    at_ns: u64,
+    /// The last refused value (the same value again is not a new refusal).
+    refused: Option<u64>,
+    /// New refusals so far.
+    pub refusals: u64,
+}
+
+/// What [`JobCounter::read`] made of a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterReading {
+    Accepted,
+    /// Refused; `new` is false when it repeats the previous refused value.
+    Refused {
+        new: bool,
+    },
+}
+
+impl JobCounter {
+    pub fn new(now_ns: u64) -> Self {
+        JobCounter { accepted: 0, at_ns: now_ns, refused: None, refusals: 0 }
+    }
+
+    pub fn read(&mut self, value: u64, now_ns: u64) -> CounterReading {
+        let allowed = COUNTER_SLACK.saturating_add(now_ns.saturating_sub(self.at_ns) / COUNTER_NS_PER_DROP);
+        if value >= self.accepted && value - self.accepted <= allowed {
+            if value > self.accepted {
+                self.accepted = value;
+                self.at_ns = now_ns;
+            }
+            self.refused = None;
+            return CounterReading::Accepted;
+        }
+        let new = self.refused != Some(value);
+        self.refused = Some(value);
+        self.refusals += new as u64;
+        CounterReading::Refused { new }
+    }
+}
+
+/// What one process (ring) has made the collector keep, and the counters it reported: all
+/// bounded, the job is untrusted.
+struct RingCaps {
+    names: NameBudget,
+    /// Trace id of `<name limit>` once a name of this process was refused (0 before).
+    limit_id: u32,
+    notes: HashSet<String>,
+    notes_refused: u64,
+    ring_dropped: JobCounter,
+    cupti_dropped: JobCounter,
+    counters_refused: u64,
+}
+
+impl RingCaps {
+    fn new() -> Self {
+        let now = crate::clock::monotonic_ns();
+        RingCaps {
+            names: NameBudget::default(),
+            limit_id: 0,
+            notes: HashSet::new(),
+            notes_refused: 0,
+            ring_dropped: JobCounter::new(now),
+            cupti_dropped: JobCounter::new(now),
+            counters_refused: 0,
+        }
+    }
+}
+
+/// The collector's own note de-duplication and its cap.
+#[derive(Default)]
+struct NoteSet {
+    seen: HashSet<String>,
+    refused: u64,
 }
 
 struct Ring {
@@ -67,6 +170,7 @@ struct Ring {
     open_ranges: HashMap<u32, (u64, u32)>,
     steps: u64,
     cupti_drops: u64,
+    caps: RingCaps,
 }
 
 pub struct CuptiCollector {
@@ -78,6 +182,7 @@ pub struct CuptiCollector {
     pub stats: CuptiStats,
     /// Status messages from the injection libraries, once each.
     pub notes: Vec<String>,
+    seen_notes: NoteSet,
 }
 
 fn u16_at(p: &[u8], at: usize) -> u16 {
@@ -101,6 +206,7 @@ impl CuptiCollector {
             buf: Vec::new(),
             stats: CuptiStats::default(),
             notes: Vec::new(),
+            seen_notes: NoteSet::default(),
         }
     }
 
@@ -149,6 +255,7 @@ impl CuptiCollector {
                             open_ranges: HashMap::new(),
                             steps: 0,
                             cupti_drops: 0,
+                            caps: RingCaps::new(),
                         },
                     );
                     self.stats.rings += 1;
@@ -158,20 +265,36 @@ impl CuptiCollector {
         }
     }
 
+    /// Keeps `msg` once; past [`MAX_NOTES`] distinct notes, one line says so and the rest are
+    /// counted as `note_limit` drops (a HashSet: 10^5 notes used to cost a quadratic search).
     fn note(&mut self, msg: String) {
-        if !self.notes.contains(&msg) {
-            self.notes.push(msg);
+        if self.seen_notes.seen.contains(&msg) {
+            return;
         }
+        if self.seen_notes.seen.len() >= MAX_NOTES {
+            if self.seen_notes.refused == 0 {
+                self.notes.push(format!(
+                    "more than {MAX_NOTES} distinct notes from the CUPTI rings; the rest are counted as note_limit drops"
+                ));
+            }
+            self.seen_notes.refused = self.seen_notes.refused.saturating_add(1);
+            return;
+        }
+        self.seen_notes.seen.insert(msg.clone());
+        self.notes.push(msg);
     }
 
-    /// Moves every record of every ring into `producer`.
+    /// Moves every record of every ring into `producer` (the CUPTI source's own producer, so
+    /// every loss is listed under `cupti`).
     pub fn drain(&mut self, producer: &mut Producer) {
         let mut notes = Vec::new();
-        let (mut ring_drops, mut cupti_drops) = (0, 0);
+        let now = crate::clock::monotonic_ns();
+        let (mut ring_drops, mut cupti_drops, mut corrupt) = (0u64, 0u64, 0u64);
+        let (mut name_limit, mut note_limit, mut refused) = (0u64, 0u64, 0u64);
         for ring in self.rings.values_mut() {
             self.buf.clear();
             if let Err(e) = ring.consumer.drain(&mut self.buf) {
-                notes.push(format!("process {}: {e}", ring.pid));
+                ring.note(&e.to_string(), &mut notes);
             }
             for rec in self.buf.drain(..) {
                 self.stats.records += 1;
@@ -179,18 +302,44 @@ impl CuptiCollector {
                     self.stats.malformed += 1;
                 }
             }
-            ring_drops += ring.consumer.dropped();
-            cupti_drops += ring.cupti_drops;
-            self.stats.corrupt_bytes = ring.consumer.corrupt_bytes;
+            let dropped = ring.consumer.dropped();
+            if let CounterReading::Refused { new } = ring.caps.ring_dropped.read(dropped, now) {
+                if new {
+                    self.stats.malformed += 1;
+                    ring.caps.counters_refused += 1;
+                    let before = ring.caps.ring_dropped.accepted;
+                    if ring.caps.ring_dropped.refusals == 1 {
+                        ring.note(
+                            &format!(
+                            "its ring's dropped-record counter went from {before} to {dropped}, which it cannot have; \
+                             ignored until it is plausible again"
+                        ),
+                            &mut notes,
+                        );
+                    }
+                }
+            }
+            ring_drops = ring_drops.saturating_add(ring.caps.ring_dropped.accepted);
+            cupti_drops = cupti_drops.saturating_add(ring.cupti_drops);
+            corrupt = corrupt.saturating_add(ring.consumer.corrupt_bytes);
+            name_limit = name_limit.saturating_add(ring.caps.names.refused);
+            note_limit = note_limit.saturating_add(ring.caps.notes_refused);
+            refused = refused.saturating_add(ring.caps.counters_refused);
         }
         for n in notes {
             self.note(n);
         }
+        self.stats.corrupt_bytes = corrupt;
         self.stats.ring_drops = ring_drops;
         self.stats.cupti_drops = cupti_drops;
+        self.stats.name_limit = name_limit;
+        self.stats.note_limit = note_limit.saturating_add(self.seen_notes.refused);
+        self.stats.counters_refused = refused;
         producer.set_drops(DropCause::ShmRingFull, ring_drops);
         producer.set_drops(DropCause::CuptiBuffer, cupti_drops);
         producer.set_drops(DropCause::Malformed, self.stats.malformed);
+        producer.set_drops(DropCause::NameLimit, self.stats.name_limit);
+        producer.set_drops(DropCause::NoteLimit, self.stats.note_limit);
         producer.flush();
     }
 
@@ -237,8 +386,9 @@ pub fn nccl_dtype_of(name: &[u8]) -> Option<NcclDtype> {
     })
 }
 
-/// The trace record of one [`wire::NCCL_COLL`] record from process `pid` (its strings interned).
-pub fn nccl_algo(c: &wire::NcclColl<'_>, pid: u32, producer: &Producer) -> NcclAlgo {
+/// The trace record of one [`wire::NCCL_COLL`] record from process `pid` (its strings interned
+/// within that process's `budget`).
+pub fn nccl_algo(c: &wire::NcclColl<'_>, pid: u32, producer: &Producer, budget: &mut NameBudget) -> NcclAlgo {
     let signed = |v: i32| if v < 0 { u32::MAX } else { v as u32 };
     NcclAlgo {
         time_ns: c.time_ns,
@@ -251,8 +401,8 @@ pub fn nccl_algo(c: &wire::NcclColl<'_>, pid: u32, producer: &Producer) -> NcclA
         nranks: signed(c.nranks),
         op: coll_op_of(c.func).map_or(u32::MAX, |o| o as u32),
         dtype: nccl_dtype_of(c.datatype).map_or(u32::MAX, |d| d as u32),
-        algo_id: producer.intern(&String::from_utf8_lossy(c.algo)),
-        proto_id: producer.intern(&String::from_utf8_lossy(c.proto)),
+        algo_id: producer.intern_bounded(&String::from_utf8_lossy(c.algo), budget),
+        proto_id: producer.intern_bounded(&String::from_utf8_lossy(c.proto), budget),
         n_channels: c.n_channels as u32,
         n_warps: c.n_warps as u32,
         api_version: c.api_version as u32,
@@ -281,6 +431,38 @@ impl Ring {
         cupti_ns.wrapping_add(self.offset_ns as u64)
     }
 
+    /// The trace id of ring name `id`: 0 for none, `<name limit>` for one this process sent
+    /// past a cap.
+    fn name_of(&self, id: u32) -> u32 {
+        match self.names.get(&id) {
+            Some(&t) => t,
+            None if id != 0 => self.caps.limit_id,
+            None => 0,
+        }
+    }
+
+    /// One note from this process: cut to [`MAX_NOTE_BYTES`], kept once, at most
+    /// [`MAX_NOTES_PER_PROCESS`] distinct ones, then one line saying so; the rest are counted.
+    fn note(&mut self, text: &str, out: &mut Vec<String>) {
+        let text = truncate_utf8(text, MAX_NOTE_BYTES);
+        if self.caps.notes.contains(text) {
+            return;
+        }
+        if self.caps.notes.len() >= MAX_NOTES_PER_PROCESS {
+            if self.caps.notes_refused == 0 {
+                out.push(format!(
+                    "process {}: more than {MAX_NOTES_PER_PROCESS} distinct notes; the rest are counted as note_limit \
+                     drops",
+                    self.pid
+                ));
+            }
+            self.caps.notes_refused = self.caps.notes_refused.saturating_add(1);
+            return;
+        }
+        self.caps.notes.insert(text.to_string());
+        out.push(format!("process {}: {text}", self.pid));
+    }
+
     /// One ring record → trace records. False when it is malformed.
     fn handle(&mut self, rec: &Popped, producer: &mut Producer, notes: &mut Vec<String>) -> bool {
         let p = &rec.payload;
@@ -288,8 +470,23 @@ impl Ring {
             wire::ACTIVITY => self.activity(p, producer),
             wire::NAME if p.len() >= 4 => {
                 let id = u32_at(p, 0);
-                let name = String::from_utf8_lossy(&p[4..]);
-                self.names.insert(id, producer.intern(&name));
+                let trace_id = if !self.names.contains_key(&id) && self.names.len() >= MAX_NAME_IDS {
+                    // The id map is full: the name is refused whatever it is.
+                    self.caps.names.refused = self.caps.names.refused.saturating_add(1);
+                    producer.intern(NAME_LIMIT)
+                } else {
+                    // Cut before decoding: a 64 KiB name is never copied whole.
+                    let name = String::from_utf8_lossy(&p[4..p.len().min(4 + MAX_NAME_BYTES)]);
+                    let refused = self.caps.names.refused;
+                    let t = producer.intern_bounded(&name, &mut self.caps.names);
+                    if self.caps.names.refused == refused {
+                        self.names.insert(id, t);
+                    }
+                    t
+                };
+                if self.caps.limit_id == 0 && self.caps.names.refused > 0 {
+                    self.caps.limit_id = trace_id;
+                }
                 true
             }
             wire::CLOCK if p.len() >= 24 => {
@@ -305,7 +502,7 @@ impl Ring {
                 true
             }
             wire::STATUS => {
-                notes.push(format!("process {}: {}", self.pid, String::from_utf8_lossy(p)));
+                self.note(&String::from_utf8_lossy(&p[..p.len().min(MAX_NOTE_BYTES)]), notes);
                 true
             }
             wire::PM_SAMPLE if p.len() >= 32 => {
@@ -333,15 +530,35 @@ impl Ring {
             }
             wire::NCCL_COLL => match wire::NcclColl::decode(p) {
                 Some(c) => {
-                    let rec = nccl_algo(&c, self.pid, producer);
+                    let rec = nccl_algo(&c, self.pid, producer, &mut self.caps.names);
                     producer.push(rec);
                     true
                 }
                 None => false,
             },
             wire::CUPTI_DROPPED if p.len() >= 8 => {
-                self.cupti_drops = self.cupti_drops.max(u64_at(p, 0));
-                true
+                let value = u64_at(p, 0);
+                match self.caps.cupti_dropped.read(value, crate::clock::monotonic_ns()) {
+                    CounterReading::Accepted => {
+                        self.cupti_drops = self.caps.cupti_dropped.accepted;
+                        true
+                    }
+                    CounterReading::Refused { new } => {
+                        if new && self.caps.cupti_dropped.refusals == 1 {
+                            let before = self.caps.cupti_dropped.accepted;
+                            self.note(
+                                &format!(
+                                    "it reported {value} records dropped by CUPTI after {before}, which it cannot \
+                                     have; ignored until it is plausible again"
+                                ),
+                                notes,
+                            );
+                        }
+                        self.caps.counters_refused += 1;
+                        // Counted as malformed by the caller.
+                        false
+                    }
+                }
             }
             _ => false,
         }
@@ -371,7 +588,7 @@ impl Ring {
                 stream: u32_at(p, offset_of!(T, streamId)) as u64,
                 correlation_id: u32_at(p, offset_of!(T, correlationId)),
                 device: u32_at(p, offset_of!(T, deviceId)),
-                name_id: self.names.get(&name).copied().unwrap_or(0),
+                name_id: self.name_of(name),
                 grid_x: u32_at(p, offset_of!(T, gridX)),
                 grid_y: u32_at(p, offset_of!(T, gridY)),
                 grid_z: u32_at(p, offset_of!(T, gridZ)),
@@ -419,7 +636,9 @@ impl Ring {
                 end_ns: self.mono(u64_at(p, offset_of!(T, end))),
                 stream: 0,
                 arg: 0,
-                pid: u32_at(p, offset_of!(T, processId)),
+                // The ring's owner, never the payload's processId: a record cannot speak for
+                // another process.
+                pid,
                 tid: u32_at(p, offset_of!(T, threadId)),
                 correlation_id: u32_at(p, offset_of!(T, correlationId)),
                 call_id: u32_at(p, offset_of!(T, cbid)),
@@ -453,7 +672,10 @@ impl Ring {
             let ts = self.mono(u64_at(p, offset_of!(T, timestamp)));
             if flags & 2 != 0 {
                 let name = u64_at(p, offset_of!(T, name)) as u32;
-                let name_id = self.names.get(&name).copied().unwrap_or(0);
+                let name_id = self.name_of(name);
+                if self.open_ranges.len() >= MAX_OPEN_RANGES && !self.open_ranges.contains_key(&id) {
+                    return false;
+                }
                 self.open_ranges.insert(id, (ts, name_id));
             } else if flags & 4 != 0 {
                 if let Some((start, name_id)) = self.open_ranges.remove(&id) {
@@ -472,5 +694,25 @@ impl Ring {
         }
         // Other kinds are skipped (a newer library may send more).
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_counters_grow_only_plausibly() {
+        let mut c = JobCounter::new(1_000);
+        assert_eq!(c.read(COUNTER_SLACK, 1_000), CounterReading::Accepted);
+        // One second later: up to 16 Mi + 100 M more.
+        let most = COUNTER_SLACK + COUNTER_SLACK + 100_000_000;
+        assert_eq!(c.read(most + 1, 1_000_001_000), CounterReading::Refused { new: true });
+        assert_eq!(c.read(most + 1, 1_000_001_000), CounterReading::Refused { new: false });
+        assert_eq!(c.accepted, COUNTER_SLACK, "a refused reading is not added");
+        assert_eq!(c.read(most, 1_000_001_000), CounterReading::Accepted);
+        assert_eq!(c.read(most - 1, 1_000_001_000), CounterReading::Refused { new: true }, "never backwards");
+        assert_eq!(c.read(u64::MAX, u64::MAX), CounterReading::Refused { new: true });
+        assert_eq!(c.accepted, most);
     }
 }

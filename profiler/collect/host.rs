@@ -23,7 +23,7 @@ use super::sched::{bpf_err, read_counter, CollectError};
 use crate::record::Producer;
 use crate::trace::{
     ApiCall, ApiDomain, DropCause, FunctionName, KernelLaunch, LibKind, LibraryInfo, NcclColl, NcclDtype, NcclPhase,
-    ProbedApi, Record,
+    ProbedApi, Record, SourceBudgets,
 };
 
 /// Which eBPF program a probed function uses.
@@ -122,6 +122,8 @@ pub struct HostStats {
     pub events: u64,
     pub ringbuf_drops: u64,
     pub malformed: u64,
+    /// Kernel names refused by a string-table cap (each became `<name limit>`).
+    pub name_limit: u64,
 }
 
 pub struct HostCollector {
@@ -138,6 +140,8 @@ pub struct HostCollector {
     pub reports: Vec<AttachReport>,
     /// Optional parts that could not be used, with the reason (for the session log).
     pub notes: Vec<String>,
+    /// Kernel names read from each process's memory, capped per process (the job is untrusted).
+    names: SourceBudgets,
 }
 
 /// Opens and loads the cuda program; `with_forks` = false leaves the fork/exit programs out.
@@ -206,6 +210,7 @@ impl HostCollector {
             stats: HostStats::default(),
             reports: Vec::new(),
             notes,
+            names: SourceBudgets::default(),
         })
     }
 
@@ -337,20 +342,22 @@ impl HostCollector {
         let events: Vec<HostEvent> = std::mem::take(&mut *self.pending.borrow_mut());
         for e in events {
             self.stats.events += 1;
-            if let Some(r) = to_record(e, producer) {
+            if let Some(r) = to_record(e, producer, &mut self.names) {
                 producer.push(r);
             }
         }
+        self.stats.name_limit = self.names.refused();
         self.stats.malformed = *self.malformed.borrow();
         self.stats.ringbuf_drops = read_counter(&self.skel.maps.counters, CNT_RB_DROPS);
         producer.set_drops(DropCause::RingbufFull, self.stats.ringbuf_drops);
         producer.set_drops(DropCause::Malformed, self.stats.malformed);
+        producer.set_drops(DropCause::NameLimit, self.stats.name_limit);
         producer.flush();
         Ok(())
     }
 }
 
-fn to_record(e: HostEvent, producer: &Producer) -> Option<Record> {
+fn to_record(e: HostEvent, producer: &Producer, names: &mut SourceBudgets) -> Option<Record> {
     Some(match e {
         HostEvent::Launch(l) => Record::KernelLaunch(KernelLaunch {
             time_ns: l.hdr.ts_ns,
@@ -407,7 +414,7 @@ fn to_record(e: HostEvent, producer: &Producer) -> Option<Record> {
                 time_ns: n.hdr.ts_ns,
                 func: n.func,
                 pid: n.pid,
-                name_id: producer.intern(&name),
+                name_id: producer.intern_bounded(&name, names.of(n.pid)),
             })
         }
         HostEvent::Comm(c) => Record::ApiCall(ApiCall {
@@ -423,4 +430,55 @@ fn to_record(e: HostEvent, producer: &Producer) -> Option<Record> {
             status: c.ret,
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Pipeline, PipelineOptions};
+    use crate::trace::{TraceInfo, NAME_LIMIT};
+
+    /// A `gp_func_name_event` as the eBPF program sends it.
+    fn name_event(pid: u32, name: &str) -> Vec<u8> {
+        let mut b = vec![0u8; std::mem::size_of::<types::gp_func_name_event>()];
+        let hdr = std::mem::size_of::<types::gp_event_hdr>();
+        let kind_at = std::mem::offset_of!(types::gp_event_hdr, kind);
+        b[kind_at..kind_at + 2].copy_from_slice(&5u16.to_le_bytes());
+        b[hdr..hdr + 4].copy_from_slice(&pid.to_le_bytes());
+        let at = std::mem::offset_of!(types::gp_func_name_event, name);
+        let n = name.len().min(127);
+        b[at..at + n].copy_from_slice(&name.as_bytes()[..n]);
+        b
+    }
+
+    /// Kernel names read from the job's memory by the uprobes are capped per process: 100,000
+    /// distinct names from one pid keep 65,536 and the rest become `<name limit>`; another pid
+    /// has its own budget.
+    #[test]
+    fn host_kernel_names_are_capped_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline =
+            Pipeline::create(&dir.path().join("t.gptrace"), false, &TraceInfo::default(), PipelineOptions::default())
+                .unwrap();
+        let producer = pipeline.producer(crate::trace::Source::Ebpf);
+        let mut names = SourceBudgets::default();
+        let name_id =
+            |data: Vec<u8>, names: &mut SourceBudgets| match to_record(parse(&data).unwrap(), &producer, names) {
+                Some(Record::FunctionName(f)) => f.name_id,
+                _ => panic!("not a name record"),
+            };
+        let long = "k".repeat(100);
+        let mut last = 0;
+        for i in 0..100_000 {
+            last = name_id(name_event(7, &format!("{long}{i:06}")), &mut names);
+        }
+        let interner = pipeline.interner();
+        assert_eq!(interner.get(last).as_deref(), Some(NAME_LIMIT));
+        assert_eq!(names.refused(), 100_000 - crate::trace::strings::MAX_NAMES_PER_SOURCE as u64);
+        assert_eq!(interner.len(), 1 + crate::trace::strings::MAX_NAMES_PER_SOURCE as usize + 1);
+        let other = name_id(name_event(8, "ampere_sgemm"), &mut names);
+        assert_eq!(interner.get(other).as_deref(), Some("ampere_sgemm"));
+        drop(producer);
+        pipeline.finish().unwrap();
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use super::collectors::{Collectors, LoopOptions, Rings};
-use super::pipeline::{Pipeline, PipelineOptions, Producer};
+use super::pipeline::{Pipeline, PipelineOptions};
 use super::session::{Progress, SessionError, SessionSummary};
 use crate::collect::host::HostCollector;
 use crate::collect::sched::CollectError;
@@ -107,14 +107,14 @@ pub fn attach(
     let info = TraceInfo { target_pids: tree.clone(), ..Default::default() };
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
     let mut producer = pipeline.producer(Source::Ebpf);
-    c.start_nvml(&pipeline);
+    c.start(&pipeline);
     // The device timeline first: a dormant injection library polls its ring's control word
     // every 50 ms, so its kernels flow within ~100 ms of the ring being opened. Host probes go
     // on after that, so the window (first launch or kernel to the last) never opens with launches
     // whose kernels were not being recorded yet, which would look like an idle device.
     c.cupti.scan(&tree);
     if c.cupti.stats.rings > 0 {
-        drain_cupti_for(&mut c, &mut producer, RING_WAKE, cfg.drain_interval);
+        drain_cupti_for(&mut c, RING_WAKE, cfg.drain_interval);
         let without = nccl_without_profiler_plugin(&tree);
         if !without.is_empty() {
             c.cupti.notes.push(format!(
@@ -151,7 +151,7 @@ pub fn attach(
     // not recorded. The rings are switched off whatever happened above.
     let drained = c.host.drain(&mut producer).and_then(|_| c.sched.drain(&mut producer));
     stop_host_collection(&c.host);
-    drain_cupti_for(&mut c, &mut producer, RING_WAKE, cfg.drain_interval);
+    drain_cupti_for(&mut c, RING_WAKE, cfg.drain_interval);
     c.cupti.detach_all();
     std::thread::sleep(RING_WAKE);
     ended?;
@@ -179,10 +179,10 @@ fn nccl_without_profiler_plugin(tree: &[u32]) -> Vec<u32> {
 }
 
 /// Moves CUPTI records into the trace for `how_long`.
-fn drain_cupti_for(c: &mut Collectors, producer: &mut Producer, how_long: Duration, every: Duration) {
+fn drain_cupti_for(c: &mut Collectors, how_long: Duration, every: Duration) {
     let t = Instant::now();
     while t.elapsed() < how_long {
-        c.cupti.drain(producer);
+        c.drain_cupti();
         std::thread::sleep(every);
     }
 }

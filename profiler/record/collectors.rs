@@ -19,6 +19,10 @@ pub(crate) struct Collectors {
     pub(crate) sched: SchedCollector,
     pub(crate) cupti: CuptiCollector,
     nvml: Option<NvmlSampler>,
+    /// The CUPTI rings' own producer (`Source::Cupti`), so their losses are listed under
+    /// `cupti`, not under the host collectors' `ebpf`. PM samples come through the same rings
+    /// and share its loss counters, so they stay under `cupti` too.
+    cupti_out: Option<Producer>,
 }
 
 /// Where the CUPTI rings of the traced processes are found.
@@ -88,19 +92,29 @@ impl Collectors {
     pub(crate) fn load(ring_dir: &Path, unlink: bool) -> Result<Self, CollectError> {
         let host = HostCollector::load(true)?;
         let sched = SchedCollector::load(0, Some(&host.targets_map()?))?;
-        Ok(Collectors { host, sched, cupti: CuptiCollector::new(ring_dir, unlink), nvml: None })
+        Ok(Collectors { host, sched, cupti: CuptiCollector::new(ring_dir, unlink), nvml: None, cupti_out: None })
     }
 
-    /// Starts NVML sampling into the pipeline (its own thread).
-    pub(crate) fn start_nvml(&mut self, pipeline: &Pipeline) {
+    /// Starts NVML sampling into the pipeline (its own thread) and gives the CUPTI rings their
+    /// own producer; the rings are drained only after this.
+    pub(crate) fn start(&mut self, pipeline: &Pipeline) {
         self.nvml = Some(NvmlSampler::start(pipeline.producer(Source::Nvml)));
+        self.cupti_out = Some(pipeline.producer(Source::Cupti));
     }
 
-    /// Drains every ring buffer into `producer`.
+    /// Drains every ring buffer: the host collectors' into `producer`, the CUPTI rings into
+    /// their own.
     pub(crate) fn drain(&mut self, producer: &mut Producer) -> Result<(), CollectError> {
-        self.cupti.drain(producer);
+        self.drain_cupti();
         self.host.drain(producer)?;
         self.sched.drain(producer)
+    }
+
+    /// Drains the CUPTI rings into their producer.
+    pub(crate) fn drain_cupti(&mut self) {
+        if let Some(out) = self.cupti_out.as_mut() {
+            self.cupti.drain(out);
+        }
     }
 
     /// Drains on a timer until `done` returns the job's end, `stop` is set, the duration

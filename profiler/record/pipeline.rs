@@ -17,8 +17,15 @@ use crate::trace::{
     DropCause, Drops, Interner, Record, Source, TraceError, TraceInfo, TraceWriter, WriteSummary, WriterOptions,
 };
 
-/// Number of drop causes tracked per queue (DropCause values are 1..=6).
-const CAUSES: usize = 8;
+/// Number of drop causes tracked per queue (DropCause values are 1..=8; room to grow).
+const CAUSES: usize = 16;
+const _: () = {
+    let mut i = 0;
+    while i < DropCause::ALL.len() {
+        assert!((DropCause::ALL[i] as usize) < CAUSES);
+        i += 1;
+    }
+};
 
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
@@ -204,6 +211,11 @@ impl Producer {
         self.shared.interner.intern(s)
     }
 
+    /// [`Interner::intern_bounded`]: a name from the untrusted job, within `budget`.
+    pub fn intern_bounded(&self, s: &str, budget: &mut crate::trace::NameBudget) -> u32 {
+        self.shared.interner.intern_bounded(s, budget)
+    }
+
     /// Records that the collector lost `count` more records to `cause`.
     pub fn count_drop(&self, cause: DropCause, count: u64) {
         self.queue.drops[cause as usize % CAUSES].fetch_add(count, Ordering::Relaxed);
@@ -249,7 +261,7 @@ fn drop_totals(queues: &[Arc<SourceQueue>]) -> Vec<(Source, DropCause, u64)> {
                 continue;
             }
             match out.iter_mut().find(|(s, c, _)| *s == q.source && c == cause) {
-                Some(e) => e.2 += n,
+                Some(e) => e.2 = e.2.saturating_add(n),
                 None => out.push((q.source, *cause, n)),
             }
         }

@@ -249,7 +249,7 @@ pub fn record_command_with_progress(
     let mut c = Collectors::load(&ring_dir, true)?;
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
     let mut producer = pipeline.producer(Source::Ebpf);
-    c.start_nvml(&pipeline);
+    c.start(&pipeline);
 
     let mut dirs: Vec<String> = cfg.library_dirs.iter().map(|d| d.display().to_string()).collect();
     if let Ok(env) = std::env::var("LD_LIBRARY_PATH") {
@@ -384,7 +384,7 @@ impl Ticker {
             records_written: stats.records_written,
             bytes_written: stats.bytes_written,
             records_per_s: (stats.records_written - self.last_records) as f64 / dt,
-            drops: stats.drops.iter().map(|d| d.2).sum(),
+            drops: stats.drops.iter().fold(0u64, |a, d| a.saturating_add(d.2)),
             processes,
             cupti_rings,
             writer_error: stats.writer_error.clone(),

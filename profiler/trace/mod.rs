@@ -18,5 +18,5 @@ pub use error::{DecodeError, TraceError};
 pub use format::{Chunk, ChunkMeta};
 pub use reader::{Scratch, TraceHeader, TraceReader};
 pub use records::*;
-pub use strings::Interner;
+pub use strings::{Interner, NameBudget, NameLimits, SourceBudgets, NAME_LIMIT};
 pub use writer::{TraceInfo, TraceWriter, WriteSummary, WriterOptions};

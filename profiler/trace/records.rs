@@ -884,6 +884,11 @@ u32_enum! {
         WriterStopped = 5 => "writer_stopped",
         /// a record failed validation (malformed input from a collector)
         Malformed = 6 => "malformed",
+        /// a name from the job over a string-table cap (length is cut, not counted; distinct
+        /// names or bytes per process or in all): the name became `<name limit>`
+        NameLimit = 7 => "name_limit",
+        /// a status note from the job over the per-process cap of distinct notes
+        NoteLimit = 8 => "note_limit",
     }
 }
 

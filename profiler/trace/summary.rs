@@ -66,7 +66,9 @@ pub fn summarize(reader: &TraceReader) -> Result<TraceSummary, TraceError> {
     let mut drops_detail = Vec::new();
     for (s, c, n) in reader.drops()? {
         let source = Source::name_of(s);
-        *drops.entry(source.clone()).or_insert(0) += n;
+        // Saturating: a trace is untrusted input and its counters may be anything.
+        let e = drops.entry(source.clone()).or_insert(0u64);
+        *e = e.saturating_add(n);
         drops_detail.push(DropEntry { source, cause: DropCause::name_of(c), count: n });
     }
     let compressed_bytes = reader.file_len();
