@@ -68,11 +68,16 @@ pub fn run(cfg: &DemoConfig) -> anyhow::Result<ExitCode> {
         bail!("the simulated job failed: {:?}", summary.exit_status);
     }
     let report = [analyze_file(&trace)?];
-    print!("{}", render_text(&report));
+    super::out(&render_text(&report))?;
     compare_with_truth(&trace, &truth_dir)?;
     let page = dir.join("demo.html");
-    std::fs::write(&page, html::render(&render_json(&report)))
-        .with_context(|| format!("writing {}", page.display()))?;
+    // The demo rewrites its own files each run; by the same rules as every output.
+    crate::outfile::write_output(
+        &page,
+        true,
+        crate::outfile::sudo_owner(),
+        html::render(&render_json(&report)).as_bytes(),
+    )?;
     println!("\ntrace: {}", trace.display());
     println!("ground truth: {}", truth_dir.display());
     println!("HTML report: {} (open it in a browser)", page.display());

@@ -7,6 +7,7 @@ mod info;
 mod record;
 mod report;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -102,6 +103,9 @@ pub enum Command {
         /// Also write a self-contained HTML report here.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Replace an existing HTML file.
+        #[arg(long)]
+        force: bool,
     },
     /// Convert a trace to another format (Chrome trace JSON for Perfetto and HTA).
     #[command(
@@ -118,6 +122,9 @@ pub enum Command {
         /// Only this process.
         #[arg(long)]
         pid: Option<u32>,
+        /// Replace existing output files.
+        #[arg(long)]
+        force: bool,
     },
     /// Show a trace file's header, time span, record counts, drops and sizes.
     #[command(
@@ -140,6 +147,51 @@ pub enum Command {
     },
 }
 
+/// Exit status when stdout is a pipe whose reader left (`ghostprof info T | head -1`):
+/// 128 + SIGPIPE, what a shell reports for `cat` in the same place; nothing is printed.
+pub const BROKEN_PIPE: u8 = 141;
+
+/// Prints report text to stdout, its control characters escaped (the last guard: fields of job
+/// text are escaped where they are formatted). A reader that left is an error
+/// ([`BROKEN_PIPE`]), not a panic.
+pub(crate) fn out(text: &str) -> anyhow::Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(crate::units::escape_lines(text).as_bytes())?;
+    o.flush()?;
+    Ok(())
+}
+
+/// Prints one line to stderr, escaped; a closed stderr is ignored (there is nowhere to say so).
+pub(crate) fn say(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", crate::units::escape_lines(line));
+}
+
+/// True when the error is a write to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+    })
+}
+
+/// An error and its causes as one line: a cause whose words are already in the line (an I/O
+/// error quoted by its context) is not repeated; the job's text in it is escaped.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    crate::units::escape_text(&line).into_owned()
+}
+
 /// Parses the command line, runs the subcommand and turns errors into a message and exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -153,11 +205,12 @@ pub fn main() -> ExitCode {
             let duration = duration.as_deref().map(record::parse_duration).transpose()?;
             record::run_attach(&record::AttachCliConfig { pid, output, duration, force, quiet })
         })(),
-        Command::Report { files, json, html, step_regex, bin, flops_per_step, peak_flops, gpu, dtype } => {
+        Command::Report { files, json, html, force, step_regex, bin, flops_per_step, peak_flops, gpu, dtype } => {
             report::run(&report::ReportConfig {
                 files,
                 json,
                 html,
+                force,
                 step_regex,
                 bin,
                 flops_per_step,
@@ -166,16 +219,29 @@ pub fn main() -> ExitCode {
                 dtype,
             })
         }
-        Command::Export { file, format, output, pid } => {
-            export::run(&export::ExportConfig { file, format, output, pid })
+        Command::Export { file, format, output, pid, force } => {
+            export::run(&export::ExportConfig { file, format, output, pid, force })
         }
         Command::Demo { dir } => demo::run(&demo::DemoConfig { dir }),
     };
     match result {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(BROKEN_PIPE),
         Err(e) => {
-            eprintln!("ghostprof: error: {e:#}");
+            say(&format!("ghostprof: error: {}", error_line(&e)));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_line_does_not_repeat_its_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a directory");
+        let e = anyhow::Error::new(crate::trace::TraceError::io("/tmp/d", io));
+        assert_eq!(super::error_line(&e), "/tmp/d: is a directory");
+        let e = anyhow::anyhow!("inner \x1b[2J").context("outer");
+        assert_eq!(super::error_line(&e), "outer: inner \\x1b[2J");
     }
 }

@@ -14,6 +14,8 @@ pub struct ReportConfig {
     pub json: bool,
     /// Also write the HTML report here.
     pub html: Option<PathBuf>,
+    /// Replace an existing HTML file.
+    pub force: bool,
     pub step_regex: Option<String>,
     pub bin: Option<String>,
     pub flops_per_step: Option<f64>,
@@ -99,12 +101,19 @@ pub fn run(cfg: &ReportConfig) -> anyhow::Result<ExitCode> {
         writeln!(out)?;
         out.flush()?;
     } else {
-        print!("{}", render_text(&reports));
+        super::out(&render_text(&reports))?;
     }
     if let Some(path) = &cfg.html {
-        std::fs::write(path, html::render(&render_json(&reports)))
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("ghostprof: HTML report written to {}", path.display());
+        crate::outfile::write_output(
+            path,
+            cfg.force,
+            crate::outfile::sudo_owner(),
+            html::render(&render_json(&reports)).as_bytes(),
+        )?;
+        super::say(&format!(
+            "ghostprof: HTML report written to {}",
+            crate::units::escape_text(&path.display().to_string())
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }
