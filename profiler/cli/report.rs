@@ -93,6 +93,11 @@ impl ReportConfig {
 
 pub fn run(cfg: &ReportConfig) -> anyhow::Result<ExitCode> {
     let opts = cfg.options()?;
+    // The HTML file is created first: a path it cannot be written to is said before the analysis.
+    let html_out = match &cfg.html {
+        Some(path) => Some(crate::outfile::create_output(path, cfg.force, crate::outfile::sudo_owner())?),
+        None => None,
+    };
     let reports = analyze_files(&cfg.files, &opts)?;
     if cfg.json {
         // Streamed: the per-step objects of a long run are not all held at once.
@@ -103,17 +108,13 @@ pub fn run(cfg: &ReportConfig) -> anyhow::Result<ExitCode> {
     } else {
         super::out(&render_text(&reports))?;
     }
-    if let Some(path) = &cfg.html {
-        crate::outfile::write_output(
-            path,
-            cfg.force,
-            crate::outfile::sudo_owner(),
-            html::render(&render_json(&reports)).as_bytes(),
-        )?;
-        super::say(&format!(
-            "ghostprof: HTML report written to {}",
-            crate::units::escape_text(&path.display().to_string())
-        ));
+    if let Some((mut file, pending)) = html_out {
+        file.write_all(html::render(&render_json(&reports)).as_bytes())
+            .with_context(|| format!("writing {}", pending.path().display()))?;
+        drop(file);
+        let shown = crate::units::escape_text(&pending.path().display().to_string()).into_owned();
+        pending.commit()?;
+        super::say(&format!("ghostprof: HTML report written to {shown}"));
     }
     Ok(ExitCode::SUCCESS)
 }
