@@ -79,6 +79,12 @@ fn check_target(path: &Path, force: bool) -> io::Result<()> {
     }
 }
 
+/// Checks an output path before a long job starts (the writers check again when they open):
+/// refuses a symlink, a non-regular file, and an existing file without `force`.
+pub fn check_output(path: &Path, force: bool) -> io::Result<()> {
+    check_target(path, force).map_err(|e| at(path, e))
+}
+
 /// Opens `path` as a new file: `O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600, given to `owner`.
 fn create_new(path: &Path, owner: Option<Owner>) -> io::Result<File> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

@@ -135,6 +135,7 @@ fn exit_code(summary: &SessionSummary) -> ExitCode {
 pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
     require_root()?;
     refuse_symlink(&cfg.output)?;
+    crate::outfile::check_output(&cfg.output, cfg.force)?;
     install_signal_handlers();
     let mut launch = LaunchConfig::new(cfg.command.clone(), cfg.output.clone());
     launch.overwrite = cfg.force;
@@ -215,6 +216,7 @@ pub struct AttachCliConfig {
 pub fn run_attach(cfg: &AttachCliConfig) -> anyhow::Result<ExitCode> {
     require_root()?;
     refuse_symlink(&cfg.output)?;
+    crate::outfile::check_output(&cfg.output, cfg.force)?;
     install_signal_handlers();
     let mut a = AttachConfig::new(cfg.pid, cfg.output.clone());
     a.overwrite = cfg.force;

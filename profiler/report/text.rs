@@ -98,7 +98,7 @@ fn device_detail(o: &mut String, r: &FileReport, a: &DeviceAccount, d: &DeviceDe
                 ms(g.end_ns - g.start_ns),
                 ms(g.start_ns - a.window_start_ns),
                 g.category,
-                esc(&g.reason)
+                g.reason
             );
         }
     }
