@@ -33,7 +33,9 @@ pub fn sudo_owner() -> Option<Owner> {
 
 /// What kind of file a non-regular path is, in words.
 fn kind_name(t: std::fs::FileType) -> &'static str {
-    if t.is_dir() {
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
         "a directory"
     } else if t.is_symlink() {
         "a symlink"
@@ -46,7 +48,7 @@ fn kind_name(t: std::fs::FileType) -> &'static str {
     } else if t.is_socket() {
         "a socket"
     } else {
-        "not a regular file"
+        "an unknown kind of file"
     }
 }
 

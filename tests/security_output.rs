@@ -195,6 +195,14 @@ fn no_output_is_written_through_a_symlink_or_a_predictable_temporary_name() {
         assert!(std::fs::symlink_metadata(&out_path).unwrap().file_type().is_file(), "{what}");
         assert_eq!(fingerprint(&victim), before, "{what}: the victim is untouched");
     }
+    // `export -o LINK/` (one file per process) through a symlink to another directory.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let dir_link = dir.path().join("ranks");
+    std::os::unix::fs::symlink(&elsewhere, &dir_link).unwrap();
+    let run = ghostprof().arg("export").arg(&trace).arg("-o").arg(format!("{}/", dir_link.display())).output().unwrap();
+    assert_one_line_error(&run, "is a symlink, not a directory");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing written through the link");
 }
 
 #[test]
