@@ -47,6 +47,25 @@ pub fn escape_text(s: &str) -> Cow<'_, str> {
     escape_where(s, is_unsafe)
 }
 
+/// JSON text made safe for a terminal: the characters JSON leaves raw inside strings (DEL, C1
+/// controls, bidirectional overrides) written as `\\uXXXX`, which a JSON reader decodes back
+/// to the same string. (serde_json already escapes C0 controls; newlines between values stay.)
+pub fn escape_json(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| c != '\n' && is_unsafe(c)) {
+        return Cow::Borrowed(s);
+    }
+    let mut o = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if c != '\n' && is_unsafe(c) {
+            // Every such character is in the Basic Multilingual Plane: one \uXXXX.
+            let _ = write!(o, "\\u{:04x}", c as u32);
+        } else {
+            o.push(c);
+        }
+    }
+    Cow::Owned(o)
+}
+
 /// Whole lines of output made safe for a terminal: as [`escape_text`] but newlines are kept.
 /// The last guard before stdout/stderr, for whatever text a field-level escape missed.
 pub fn escape_lines(s: &str) -> Cow<'_, str> {
@@ -86,5 +105,10 @@ mod tests {
         assert!(matches!(escape_text("plain µs"), std::borrow::Cow::Borrowed(_)));
         assert_eq!(escape_text("a\x1b[2Jb\tc\nd\u{7f}\u{9b}31m\u{202e}"), "a\\x1b[2Jb\\tc\\nd\\x7f\\u{9b}31m\\u{202e}");
         assert_eq!(escape_lines("x\x1b]0;t\x07\ny\n"), "x\\x1b]0;t\\x07\ny\n");
+        let json = serde_json::to_string(&vec!["a\x1b[2J\u{7f}\u{9b}31m\u{202e}\n"]).unwrap();
+        let safe = super::escape_json(&json);
+        assert!(!safe.chars().any(super::is_unsafe), "{safe}");
+        let back: Vec<String> = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back, ["a\x1b[2J\u{7f}\u{9b}31m\u{202e}\n"], "the same string, read back");
     }
 }

@@ -108,6 +108,27 @@ fn report_and_info_escape_the_jobs_control_characters() {
     }
 }
 
+#[test]
+fn json_output_is_terminal_safe_and_reads_back_the_same_strings() {
+    let dir = tmpdir();
+    let trace = dir.path().join("evil.gptrace");
+    hostile_trace(&trace, 0);
+    for args in [&["info", "--json"][..], &["report", "--json"][..]] {
+        let out = ghostprof().args(args).arg(&trace).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).expect("UTF-8");
+        // serde_json leaves DEL, C1 (U+009B is a one-byte CSI) and bidi overrides raw.
+        let raw: Vec<char> = text.chars().filter(|c| c.is_control() && *c != '\n').collect();
+        assert!(raw.is_empty(), "{args:?}: raw control characters {raw:?}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("still JSON");
+        let all = v.to_string();
+        assert!(all.contains(r"note\u001b]0;pwned\u0007\nghostprof: error: forged line"), "{args:?}: {all}");
+        if args[0] == "report" {
+            assert!(all.contains("gemm\\u001b[2J\u{9b}31m_kernel"), "{args:?}: the kernel name decodes exactly: {all}");
+        }
+    }
+}
+
 // ---- item 16: fsync is not a "file read" ----
 
 #[test]

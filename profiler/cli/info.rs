@@ -31,7 +31,7 @@ pub fn run(cfg: &InfoConfig) -> anyhow::Result<ExitCode> {
                 serde_json::json!({ "launches": j.launches, "joined": j.joined, "share": j.share() }),
             );
         }
-        super::out(&(serde_json::to_string_pretty(&v).context("serializing the summary")? + "\n"))?;
+        super::out_json(&(serde_json::to_string_pretty(&v).context("serializing the summary")? + "\n"))?;
     } else {
         super::out(&render(&summary))?;
         if let Some(j) = &join {

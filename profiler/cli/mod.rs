@@ -161,6 +161,55 @@ pub(crate) fn out(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints JSON to stdout with [`crate::units::escape_json`]: still the same JSON to a reader.
+pub(crate) fn out_json(text: &str) -> anyhow::Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(crate::units::escape_json(text).as_bytes())?;
+    o.flush()?;
+    Ok(())
+}
+
+/// A writer of streamed JSON that escapes as [`out_json`] does; a UTF-8 sequence cut between
+/// two writes waits for its end.
+pub(crate) struct JsonSafe<W: Write> {
+    inner: W,
+    tail: Vec<u8>,
+}
+
+impl<W: Write> JsonSafe<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        JsonSafe { inner, tail: Vec::new() }
+    }
+}
+
+impl<W: Write> Write for JsonSafe<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tail.extend_from_slice(buf);
+        let (text, rest) = match std::str::from_utf8(&self.tail) {
+            Ok(t) => (t, 0),
+            // Incomplete at the end: keep those bytes for the next write.
+            Err(e) if e.error_len().is_none() => {
+                let n = e.valid_up_to();
+                (std::str::from_utf8(&self.tail[..n]).unwrap_or_default(), self.tail.len() - n)
+            }
+            // Not UTF-8 (serde_json never writes that): passed through as it is.
+            Err(_) => {
+                self.inner.write_all(&self.tail)?;
+                self.tail.clear();
+                return Ok(buf.len());
+            }
+        };
+        self.inner.write_all(crate::units::escape_json(text).as_bytes())?;
+        let keep = self.tail.len() - rest;
+        self.tail.drain(..keep);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Prints one line to stderr, escaped; a closed stderr is ignored (there is nowhere to say so).
 pub(crate) fn say(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{}", crate::units::escape_lines(line));
@@ -243,5 +292,20 @@ mod tests {
         assert_eq!(super::error_line(&e), "/tmp/d: is a directory");
         let e = anyhow::anyhow!("inner \x1b[2J").context("outer");
         assert_eq!(super::error_line(&e), "outer: inner \\x1b[2J");
+    }
+
+    #[test]
+    fn streamed_json_is_escaped_across_cut_writes() {
+        use std::io::Write;
+        let json = "{\"k\": \"µ\u{9b}x\u{202e}y\u{7f}\"}";
+        let bytes = json.as_bytes();
+        for cut in 0..bytes.len() {
+            let mut out = Vec::new();
+            let mut w = super::JsonSafe::new(&mut out);
+            w.write_all(&bytes[..cut]).unwrap();
+            w.write_all(&bytes[cut..]).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text, r#"{"k": "µ\u009bx\u202ey\u007f"}"#, "cut at {cut}");
+        }
     }
 }

@@ -101,7 +101,7 @@ pub fn run(cfg: &ReportConfig) -> anyhow::Result<ExitCode> {
     let reports = analyze_files(&cfg.files, &opts)?;
     if cfg.json {
         // Streamed: the per-step objects of a long run are not all held at once.
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut out = std::io::BufWriter::new(super::JsonSafe::new(std::io::stdout().lock()));
         write_json(&reports, &mut out)?;
         writeln!(out)?;
         out.flush()?;
