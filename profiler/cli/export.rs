@@ -27,6 +27,10 @@ pub fn run(cfg: &ExportConfig) -> anyhow::Result<ExitCode> {
     // (A symlink is not taken for a directory: it is refused as an output file.)
     let per_process = std::fs::symlink_metadata(&cfg.output).is_ok_and(|m| m.is_dir())
         || cfg.output.as_os_str().to_string_lossy().ends_with('/');
+    if !per_process {
+        // Said before the trace is read (export_chrome checks again when it creates the file).
+        crate::outfile::check_output(&cfg.output, cfg.force)?;
+    }
     let opts = ChromeOptions { pid: cfg.pid, per_process, force: cfg.force, owner: sudo_owner() };
     let summary = export_chrome(&cfg.file, &cfg.output, &opts)?;
     for w in &summary.warnings {
