@@ -13,6 +13,7 @@ pub mod analyze;
 pub mod cli;
 pub mod clock;
 pub mod collect;
+pub mod outfile;
 pub mod record;
 pub mod report;
 pub mod trace;

@@ -42,8 +42,8 @@ pub fn run(cfg: &DemoConfig) -> anyhow::Result<ExitCode> {
         bail!("staging gpusim's libraries into {} failed", lib_dir.display());
     }
     let trace = dir.join("demo.gptrace");
-    println!("ghostprof demo: 2 simulated ranks of a training job, rank 1 a 25% straggler, 3 seconds");
-    println!("  (gpusim: simulated libcuda, libcupti and libnccl with real waiting; no GPU needed)\n");
+    super::out("ghostprof demo: 2 simulated ranks of a training job, rank 1 a 25% straggler, 3 seconds\n")?;
+    super::out("  (gpusim: simulated libcuda, libcupti and libnccl with real waiting; no GPU needed)\n\n")?;
     let command: Vec<String> = [
         train.display().to_string(),
         "--scenario".into(),
@@ -68,14 +68,19 @@ pub fn run(cfg: &DemoConfig) -> anyhow::Result<ExitCode> {
         bail!("the simulated job failed: {:?}", summary.exit_status);
     }
     let report = [analyze_file(&trace)?];
-    print!("{}", render_text(&report));
+    super::out(&render_text(&report))?;
     compare_with_truth(&trace, &truth_dir)?;
     let page = dir.join("demo.html");
-    std::fs::write(&page, html::render(&render_json(&report)))
-        .with_context(|| format!("writing {}", page.display()))?;
-    println!("\ntrace: {}", trace.display());
-    println!("ground truth: {}", truth_dir.display());
-    println!("HTML report: {} (open it in a browser)", page.display());
+    // The demo rewrites its own files each run; by the same rules as every output.
+    crate::outfile::write_output(
+        &page,
+        true,
+        crate::outfile::sudo_owner(),
+        html::render(&render_json(&report)).as_bytes(),
+    )?;
+    super::out(&format!("\ntrace: {}\n", trace.display()))?;
+    super::out(&format!("ground truth: {}\n", truth_dir.display()))?;
+    super::out(&format!("HTML report: {} (open it in a browser)\n", page.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -95,20 +100,20 @@ fn compare_with_truth(trace: &Path, truth_dir: &Path) -> anyhow::Result<()> {
             .insert(pid, (t["window"]["start_ns"].as_u64().unwrap_or(0), t["window"]["end_ns"].as_u64().unwrap_or(0)));
     }
     let accounts = account(&batch, &names, &opts);
-    println!("\nAgainst gpusim's ground truth (the simulator's own windows), % of the window:");
+    super::out("\nAgainst gpusim's ground truth (the simulator's own windows), % of the window:\n")?;
     for t in &truths {
         let pid = t["pid"].as_u64().unwrap_or(0) as u32;
         let Some(a) = accounts.iter().find(|a| a.pid == pid) else { continue };
         let w = a.window_ns().max(1) as f64;
-        println!("  rank {} (pid {pid})         ghostprof   truth", t["rank"]);
+        super::out(&format!("  rank {} (pid {pid})         ghostprof   truth\n", t["rank"]))?;
         let mut worst = 0f64;
         for name in CATEGORY_NAMES {
             let ours = a.categories.get(name) as f64 / w * 100.0;
             let truth = t["devices"][0]["categories"][name].as_u64().unwrap_or(0) as f64 / w * 100.0;
             worst = worst.max((ours - truth).abs());
-            println!("    {name:<22} {ours:>6.2}%  {truth:>6.2}%");
+            super::out(&format!("    {name:<22} {ours:>6.2}%  {truth:>6.2}%\n"))?;
         }
-        println!("    largest difference: {worst:.2} points");
+        super::out(&format!("    largest difference: {worst:.2} points\n"))?;
     }
     Ok(())
 }

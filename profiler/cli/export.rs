@@ -5,13 +5,17 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 
+use crate::outfile::sudo_owner;
 use crate::report::chrome::{export_chrome, ChromeOptions};
+use crate::units::escape_text;
 
 pub struct ExportConfig {
     pub file: PathBuf,
     pub format: String,
     pub output: PathBuf,
     pub pid: Option<u32>,
+    /// Replace existing output files.
+    pub force: bool,
 }
 
 pub fn run(cfg: &ExportConfig) -> anyhow::Result<ExitCode> {
@@ -20,21 +24,28 @@ pub fn run(cfg: &ExportConfig) -> anyhow::Result<ExitCode> {
     }
     // A directory (existing, or named with a trailing slash) gets one file per process: the
     // layout HTA reads, one file per rank.
-    let per_process = cfg.output.is_dir() || cfg.output.as_os_str().to_string_lossy().ends_with('/');
-    let summary = export_chrome(&cfg.file, &cfg.output, &ChromeOptions { pid: cfg.pid, per_process })?;
+    // (A symlink is not taken for a directory: it is refused as an output file.)
+    let per_process = std::fs::symlink_metadata(&cfg.output).is_ok_and(|m| m.is_dir())
+        || cfg.output.as_os_str().to_string_lossy().ends_with('/');
+    if !per_process {
+        // Said before the trace is read (export_chrome checks again when it creates the file).
+        crate::outfile::check_output(&cfg.output, cfg.force)?;
+    }
+    let opts = ChromeOptions { pid: cfg.pid, per_process, force: cfg.force, owner: sudo_owner() };
+    let summary = export_chrome(&cfg.file, &cfg.output, &opts)?;
     for w in &summary.warnings {
-        eprintln!("ghostprof: warning: {w}");
+        super::say(&format!("ghostprof: warning: {}", escape_text(w)));
     }
     for f in &summary.files {
         let pids: Vec<String> = f.pids.iter().map(u32::to_string).collect();
-        println!(
-            "wrote {} ({} events; pid {}; rank {} of {})",
-            f.path.display(),
+        super::out(&format!(
+            "wrote {} ({} events; pid {}; rank {} of {})\n",
+            escape_text(&f.path.display().to_string()),
             f.events,
             pids.join(", "),
             f.rank,
             f.world_size
-        );
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }

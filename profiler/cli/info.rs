@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::trace::summary::{summarize, TraceSummary};
 use crate::trace::TraceReader;
-use crate::units::human_bytes;
+use crate::units::{escape_text, human_bytes};
 
 pub struct InfoConfig {
     pub path: PathBuf,
@@ -20,7 +20,7 @@ pub fn run(cfg: &InfoConfig) -> anyhow::Result<ExitCode> {
     let reader = TraceReader::open(&cfg.path)?;
     let summary = summarize(&reader)?;
     for w in &summary.warnings {
-        eprintln!("ghostprof: warning: {w}");
+        super::say(&format!("ghostprof: warning: {}", escape_text(w)));
     }
     let join = if cfg.join { Some(crate::analyze::join::join_launches(&reader.read_all()?)) } else { None };
     if cfg.json {
@@ -31,16 +31,16 @@ pub fn run(cfg: &InfoConfig) -> anyhow::Result<ExitCode> {
                 serde_json::json!({ "launches": j.launches, "joined": j.joined, "share": j.share() }),
             );
         }
-        println!("{}", serde_json::to_string_pretty(&v).context("serializing the summary")?);
+        super::out_json(&(serde_json::to_string_pretty(&v).context("serializing the summary")? + "\n"))?;
     } else {
-        print!("{}", render(&summary));
+        super::out(&render(&summary))?;
         if let Some(j) = &join {
-            println!(
-                "launch join {} of {} eBPF launches joined their CUPTI kernel ({:.2}%)",
+            super::out(&format!(
+                "launch join {} of {} eBPF launches joined their CUPTI kernel ({:.2}%)\n",
                 j.joined,
                 j.launches,
                 j.share() * 100.0
-            );
+            ))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -64,7 +64,7 @@ pub fn render(s: &TraceSummary) -> String {
     let _ = writeln!(
         o,
         "file        {} ({}, {})",
-        s.path,
+        escape_text(&s.path),
         human_bytes(s.compressed_bytes),
         if s.finalized { "finalized" } else { "NOT finalized: recording was interrupted" }
     );
@@ -72,11 +72,11 @@ pub fn render(s: &TraceSummary) -> String {
         o,
         "format      {} (written by ghostprof {} on {})",
         s.format_version,
-        s.ghostprof_version.as_deref().unwrap_or("?"),
-        s.hostname.as_deref().unwrap_or("?")
+        escape_text(s.ghostprof_version.as_deref().unwrap_or("?")),
+        escape_text(s.hostname.as_deref().unwrap_or("?"))
     );
     if !s.command.is_empty() {
-        let _ = writeln!(o, "command     {}", s.command.join(" "));
+        let _ = writeln!(o, "command     {}", escape_text(&s.command.join(" ")));
     }
     let _ = writeln!(
         o,
@@ -105,7 +105,7 @@ pub fn render(s: &TraceSummary) -> String {
         }
     }
     for n in &s.notes {
-        let _ = writeln!(o, "note        {n}");
+        let _ = writeln!(o, "note        {}", escape_text(n));
     }
     let _ = writeln!(
         o,

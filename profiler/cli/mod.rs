@@ -7,6 +7,7 @@ mod info;
 mod record;
 mod report;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -102,6 +103,9 @@ pub enum Command {
         /// Also write a self-contained HTML report here.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Replace an existing HTML file.
+        #[arg(long)]
+        force: bool,
     },
     /// Convert a trace to another format (Chrome trace JSON for Perfetto and HTA).
     #[command(
@@ -118,6 +122,9 @@ pub enum Command {
         /// Only this process.
         #[arg(long)]
         pid: Option<u32>,
+        /// Replace existing output files.
+        #[arg(long)]
+        force: bool,
     },
     /// Show a trace file's header, time span, record counts, drops and sizes.
     #[command(
@@ -140,6 +147,100 @@ pub enum Command {
     },
 }
 
+/// Exit status when stdout is a pipe whose reader left (`ghostprof info T | head -1`):
+/// 128 + SIGPIPE, what a shell reports for `cat` in the same place; nothing is printed.
+pub const BROKEN_PIPE: u8 = 141;
+
+/// Prints report text to stdout, its control characters escaped (the last guard: fields of job
+/// text are escaped where they are formatted). A reader that left is an error
+/// ([`BROKEN_PIPE`]), not a panic.
+pub(crate) fn out(text: &str) -> anyhow::Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(crate::units::escape_lines(text).as_bytes())?;
+    o.flush()?;
+    Ok(())
+}
+
+/// Prints JSON to stdout with [`crate::units::escape_json`]: still the same JSON to a reader.
+pub(crate) fn out_json(text: &str) -> anyhow::Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(crate::units::escape_json(text).as_bytes())?;
+    o.flush()?;
+    Ok(())
+}
+
+/// A writer of streamed JSON that escapes as [`out_json`] does; a UTF-8 sequence cut between
+/// two writes waits for its end.
+pub(crate) struct JsonSafe<W: Write> {
+    inner: W,
+    tail: Vec<u8>,
+}
+
+impl<W: Write> JsonSafe<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        JsonSafe { inner, tail: Vec::new() }
+    }
+}
+
+impl<W: Write> Write for JsonSafe<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tail.extend_from_slice(buf);
+        let (text, rest) = match std::str::from_utf8(&self.tail) {
+            Ok(t) => (t, 0),
+            // Incomplete at the end: keep those bytes for the next write.
+            Err(e) if e.error_len().is_none() => {
+                let n = e.valid_up_to();
+                (std::str::from_utf8(&self.tail[..n]).unwrap_or_default(), self.tail.len() - n)
+            }
+            // Not UTF-8 (serde_json never writes that): passed through as it is.
+            Err(_) => {
+                self.inner.write_all(&self.tail)?;
+                self.tail.clear();
+                return Ok(buf.len());
+            }
+        };
+        self.inner.write_all(crate::units::escape_json(text).as_bytes())?;
+        let keep = self.tail.len() - rest;
+        self.tail.drain(..keep);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Prints one line to stderr, escaped; a closed stderr is ignored (there is nowhere to say so).
+pub(crate) fn say(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", crate::units::escape_lines(line));
+}
+
+/// True when the error is a write to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+    })
+}
+
+/// An error and its causes as one line: a cause whose words are already in the line (an I/O
+/// error quoted by its context) is not repeated; the job's text in it is escaped.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    crate::units::escape_text(&line).into_owned()
+}
+
 /// Parses the command line, runs the subcommand and turns errors into a message and exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -153,11 +254,12 @@ pub fn main() -> ExitCode {
             let duration = duration.as_deref().map(record::parse_duration).transpose()?;
             record::run_attach(&record::AttachCliConfig { pid, output, duration, force, quiet })
         })(),
-        Command::Report { files, json, html, step_regex, bin, flops_per_step, peak_flops, gpu, dtype } => {
+        Command::Report { files, json, html, force, step_regex, bin, flops_per_step, peak_flops, gpu, dtype } => {
             report::run(&report::ReportConfig {
                 files,
                 json,
                 html,
+                force,
                 step_regex,
                 bin,
                 flops_per_step,
@@ -166,16 +268,44 @@ pub fn main() -> ExitCode {
                 dtype,
             })
         }
-        Command::Export { file, format, output, pid } => {
-            export::run(&export::ExportConfig { file, format, output, pid })
+        Command::Export { file, format, output, pid, force } => {
+            export::run(&export::ExportConfig { file, format, output, pid, force })
         }
         Command::Demo { dir } => demo::run(&demo::DemoConfig { dir }),
     };
     match result {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(BROKEN_PIPE),
         Err(e) => {
-            eprintln!("ghostprof: error: {e:#}");
+            say(&format!("ghostprof: error: {}", error_line(&e)));
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_line_does_not_repeat_its_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a directory");
+        let e = anyhow::Error::new(crate::trace::TraceError::io("/tmp/d", io));
+        assert_eq!(super::error_line(&e), "/tmp/d: is a directory");
+        let e = anyhow::anyhow!("inner \x1b[2J").context("outer");
+        assert_eq!(super::error_line(&e), "outer: inner \\x1b[2J");
+    }
+
+    #[test]
+    fn streamed_json_is_escaped_across_cut_writes() {
+        use std::io::Write;
+        let json = "{\"k\": \"µ\u{9b}x\u{202e}y\u{7f}\"}";
+        let bytes = json.as_bytes();
+        for cut in 0..bytes.len() {
+            let mut out = Vec::new();
+            let mut w = super::JsonSafe::new(&mut out);
+            w.write_all(&bytes[..cut]).unwrap();
+            w.write_all(&bytes[cut..]).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text, r#"{"k": "µ\u009bx\u202ey\u007f"}"#, "cut at {cut}");
         }
     }
 }

@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use crate::record::attach::{attach, AttachConfig};
 use crate::record::session::{record_command_with_progress, LaunchConfig, Progress, SessionError, SessionSummary};
 use crate::report::{analyze_file, render_text};
+use crate::units::escape_text;
 
 pub struct RecordConfig {
     pub output: PathBuf,
@@ -61,9 +62,7 @@ pub fn require_root() -> anyhow::Result<()> {
 
 /// The invoking user under sudo, to run the command as and to own the trace.
 pub fn sudo_user() -> Option<(u32, u32)> {
-    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
-    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
-    (uid != 0).then_some((uid, gid))
+    crate::outfile::sudo_owner()
 }
 
 /// Parses `30s`, `5m`, `1h`, `250ms` or plain seconds.
@@ -81,7 +80,8 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     if !secs.is_finite() || secs <= 0.0 {
         bail!("bad duration {s:?}: it must be positive");
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Beyond ~5.8e11 years a Duration overflows (from_secs_f64 would panic).
+    Duration::try_from_secs_f64(secs).map_err(|_| anyhow::anyhow!("bad duration {s:?}: too long; use e.g. 30s, 5m, 1h"))
 }
 
 fn status_line(p: &Progress) -> String {
@@ -135,6 +135,7 @@ fn exit_code(summary: &SessionSummary) -> ExitCode {
 pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
     require_root()?;
     refuse_symlink(&cfg.output)?;
+    crate::outfile::check_output(&cfg.output, cfg.force)?;
     install_signal_handlers();
     let mut launch = LaunchConfig::new(cfg.command.clone(), cfg.output.clone());
     launch.overwrite = cfg.force;
@@ -144,7 +145,7 @@ pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
     let summary = with_status_line(cfg.quiet, |progress| record_command_with_progress(&launch, &STOP, progress));
     let summary = summary.map_err(|e| one_line(e, &format!("recording to {}", cfg.output.display())))?;
     print_summary(&summary, &cfg.output, cfg.quiet);
-    print!("{}", render_text(&[analyze_file(&cfg.output)?]));
+    super::out(&render_text(&[analyze_file(&cfg.output)?]))?;
     Ok(exit_code(&summary))
 }
 
@@ -181,14 +182,14 @@ fn print_summary(summary: &SessionSummary, output: &std::path::Path, quiet: bool
         // No summary line, but what the user must know (CUPTI held by another profiler, PM
         // sampling off, …) is said even to scripts.
         for note in &summary.notes {
-            eprintln!("ghostprof: note: {note}");
+            super::say(&format!("ghostprof: note: {}", escape_text(note)));
         }
         return;
     }
     let drops: u64 = summary.pipeline.drops.iter().fold(0u64, |a, d| a.saturating_add(d.2));
-    eprintln!(
+    super::say(&format!(
         "ghostprof: wrote {} ({} events in {} chunks, {:.1} MiB, {} dropped); {}",
-        output.display(),
+        escape_text(&output.display().to_string()),
         summary.write.records,
         summary.write.chunks,
         summary.write.compressed_bytes as f64 / (1 << 20) as f64,
@@ -198,9 +199,9 @@ fn print_summary(summary: &SessionSummary, output: &std::path::Path, quiet: bool
             (None, true) => format!("stopped by Ctrl-C; the job goes on (pid {})", summary.job_pid),
             (None, false) => format!("the job goes on (pid {})", summary.job_pid),
         }
-    );
+    ));
     for note in &summary.notes {
-        eprintln!("ghostprof: note: {note}");
+        super::say(&format!("ghostprof: note: {}", escape_text(note)));
     }
 }
 
@@ -215,6 +216,7 @@ pub struct AttachCliConfig {
 pub fn run_attach(cfg: &AttachCliConfig) -> anyhow::Result<ExitCode> {
     require_root()?;
     refuse_symlink(&cfg.output)?;
+    crate::outfile::check_output(&cfg.output, cfg.force)?;
     install_signal_handlers();
     let mut a = AttachConfig::new(cfg.pid, cfg.output.clone());
     a.overwrite = cfg.force;
@@ -225,6 +227,6 @@ pub fn run_attach(cfg: &AttachCliConfig) -> anyhow::Result<ExitCode> {
     let summary = with_status_line(cfg.quiet, |progress| attach(&a, &STOP, progress));
     let summary = summary.map_err(|e| one_line(e, &format!("attaching to process {}", cfg.pid)))?;
     print_summary(&summary, &cfg.output, cfg.quiet);
-    print!("{}", render_text(&[analyze_file(&cfg.output)?]));
+    super::out(&render_text(&[analyze_file(&cfg.output)?]))?;
     Ok(if STOP.load(Ordering::SeqCst) { ExitCode::from(INTERRUPTED) } else { ExitCode::SUCCESS })
 }

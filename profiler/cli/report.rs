@@ -14,6 +14,8 @@ pub struct ReportConfig {
     pub json: bool,
     /// Also write the HTML report here.
     pub html: Option<PathBuf>,
+    /// Replace an existing HTML file.
+    pub force: bool,
     pub step_regex: Option<String>,
     pub bin: Option<String>,
     pub flops_per_step: Option<f64>,
@@ -91,20 +93,28 @@ impl ReportConfig {
 
 pub fn run(cfg: &ReportConfig) -> anyhow::Result<ExitCode> {
     let opts = cfg.options()?;
+    // The HTML file is created first: a path it cannot be written to is said before the analysis.
+    let html_out = match &cfg.html {
+        Some(path) => Some(crate::outfile::create_output(path, cfg.force, crate::outfile::sudo_owner())?),
+        None => None,
+    };
     let reports = analyze_files(&cfg.files, &opts)?;
     if cfg.json {
         // Streamed: the per-step objects of a long run are not all held at once.
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut out = std::io::BufWriter::new(super::JsonSafe::new(std::io::stdout().lock()));
         write_json(&reports, &mut out)?;
         writeln!(out)?;
         out.flush()?;
     } else {
-        print!("{}", render_text(&reports));
+        super::out(&render_text(&reports))?;
     }
-    if let Some(path) = &cfg.html {
-        std::fs::write(path, html::render(&render_json(&reports)))
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("ghostprof: HTML report written to {}", path.display());
+    if let Some((mut file, pending)) = html_out {
+        file.write_all(html::render(&render_json(&reports)).as_bytes())
+            .with_context(|| format!("writing {}", pending.path().display()))?;
+        drop(file);
+        let shown = crate::units::escape_text(&pending.path().display().to_string()).into_owned();
+        pending.commit()?;
+        super::say(&format!("ghostprof: HTML report written to {shown}"));
     }
     Ok(ExitCode::SUCCESS)
 }

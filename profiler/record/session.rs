@@ -168,17 +168,25 @@ impl HeldChild {
             .arg(program)
             .args(args)
             .envs(envs.iter().map(|(k, v)| (k, v)));
-        if let Some((uid, gid)) = run_as {
-            cmd.uid(uid).gid(gid);
+        // Everything about the user is looked up here, before fork: the child may not allocate.
+        let user = run_as.map(|(uid, gid)| RunAs::lookup(uid, gid));
+        if let Some(u) = &user {
+            for (k, v) in &u.env {
+                cmd.env(k, v);
+            }
         }
         if quiet {
             cmd.stdout(std::process::Stdio::null());
         }
-        // SAFETY: between fork and exec the child only calls the async-signal-safe dup2.
+        // SAFETY: between fork and exec the child only calls the async-signal-safe dup2,
+        // setgroups, setgid and setuid, on memory allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(read_fd, HOLD_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(u) = &user {
+                    u.become_user()?;
                 }
                 Ok(())
             });
@@ -221,6 +229,85 @@ impl HeldChild {
 impl Drop for HeldChild {
     fn drop(&mut self) {
         self.release_now();
+    }
+}
+
+/// The user a command runs as under sudo: their groups and login environment, found before
+/// the fork (`Command::uid` alone would leave the job without its supplementary groups, e.g.
+/// `video`/`render` that open the GPU device files, and with root's HOME).
+struct RunAs {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+    /// HOME, USER, LOGNAME and SHELL from the password database (none if the uid has no entry).
+    env: Vec<(&'static str, std::ffi::OsString)>,
+}
+
+impl RunAs {
+    fn lookup(uid: u32, gid: u32) -> RunAs {
+        use std::ffi::{CStr, OsStr};
+        use std::os::unix::ffi::OsStrExt;
+        let mut run = RunAs { uid, gid, groups: vec![gid], env: Vec::new() };
+        let mut buf = vec![0u8; 16 * 1024];
+        // SAFETY: an all-zero passwd is a valid out-parameter.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        loop {
+            // SAFETY: getpwuid_r writes into `pw` and `buf` (of the length given) only.
+            let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
+            if rc == libc::ERANGE && buf.len() < (1 << 20) {
+                buf.resize(buf.len() * 4, 0);
+                continue;
+            }
+            break;
+        }
+        if found.is_null() {
+            return run;
+        }
+        // SAFETY: on success the entry's strings are NUL-terminated and live in `buf`.
+        let field = |p: *const libc::c_char| {
+            (!p.is_null()).then(|| OsStr::from_bytes(unsafe { CStr::from_ptr(p) }.to_bytes()).to_os_string())
+        };
+        for (key, value) in [("HOME", pw.pw_dir), ("SHELL", pw.pw_shell), ("USER", pw.pw_name), ("LOGNAME", pw.pw_name)]
+        {
+            if let Some(v) = field(value).filter(|v| !v.is_empty()) {
+                run.env.push((key, v));
+            }
+        }
+        let mut n: libc::c_int = 64;
+        loop {
+            let mut groups = vec![0 as libc::gid_t; n as usize];
+            let asked = n;
+            // SAFETY: getgrouplist writes at most `n` gids into `groups` and sets `n`.
+            let rc = unsafe { libc::getgrouplist(pw.pw_name, gid, groups.as_mut_ptr(), &mut n) };
+            if rc >= 0 {
+                groups.truncate(n.max(0) as usize);
+                run.groups = groups;
+                break;
+            }
+            if n <= asked {
+                n = asked * 2;
+            }
+            if n > 65536 {
+                break;
+            }
+        }
+        run
+    }
+
+    /// In the child, after fork: groups, then gid, then uid (each needs the privilege the next
+    /// one drops).
+    fn become_user(&self) -> std::io::Result<()> {
+        // SAFETY: async-signal-safe system calls on memory allocated before the fork.
+        unsafe {
+            if libc::setgroups(self.groups.len(), self.groups.as_ptr()) != 0
+                || libc::setgid(self.gid) != 0
+                || libc::setuid(self.uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
     }
 }
 

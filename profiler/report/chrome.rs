@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use crate::trace::*;
 
@@ -34,6 +34,10 @@ pub struct ChromeOptions {
     /// One file per process with device work in the directory `out` (HTA's layout: one file
     /// per rank) instead of one file with every process.
     pub per_process: bool,
+    /// Replace existing output files (never a symlink, device or directory: [`crate::outfile`]).
+    pub force: bool,
+    /// Give the files (and a directory made for them) to this (uid, gid): the user under sudo.
+    pub owner: Option<crate::outfile::Owner>,
 }
 
 /// One written file.
@@ -222,6 +226,17 @@ fn memcpy_name(kind: u32) -> &'static str {
     }
 }
 
+/// The event name of a file-I/O syscall (x86_64 numbers, as the sched program records them).
+fn file_io_label(syscall: i32) -> &'static str {
+    match syscall {
+        74 => "fsync",
+        75 => "fdatasync",
+        277 => "sync_file_range",
+        nr if WRITE_SYSCALLS.contains(&nr) => "file write",
+        _ => "file read",
+    }
+}
+
 /// A JSON string literal (quotes included): names are untrusted input.
 fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"?\"".into())
@@ -230,7 +245,8 @@ fn q(s: &str) -> String {
 /// One output file being written.
 struct Sink {
     path: PathBuf,
-    tmp: PathBuf,
+    /// Its temporary file, renamed into place when complete (removed if dropped before).
+    pending: crate::outfile::PendingOutput,
     w: BufWriter<File>,
     events: u64,
     pids: Vec<u32>,
@@ -538,7 +554,7 @@ impl Exporter<'_> {
         for f in &r.file_io {
             let Some(&(si, _)) = self.route.get(&f.pid) else { continue };
             let (ts, dur) = (self.ts(f.start_ns), Us(f.end_ns.saturating_sub(f.start_ns)));
-            let what = if WRITE_SYSCALLS.contains(&f.syscall) { "file write" } else { "file read" };
+            let what = file_io_label(f.syscall);
             self.sinks[si].event(format_args!(
                 r#""ph": "X", "cat": "ghostprof_host", "name": "{what}", "pid": {pid}, "tid": {tid}, "ts": {ts}, "dur": {dur}, "args": {{"bytes": {bytes}, "fd": {fd}, "syscall": {sc}}}"#,
                 pid = f.pid,
@@ -661,7 +677,7 @@ pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::
     let mut route = HashMap::new();
     let mut sinks = Vec::new();
     if opts.per_process {
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        crate::outfile::create_output_dir(out, opts.owner)?;
     }
     for (si, group) in groups.iter().enumerate() {
         let mut used: HashSet<u32> = HashSet::new();
@@ -675,8 +691,7 @@ pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::
         let first = pids.iter().position(|p| *p == group[0]).unwrap_or(0);
         let rank = rank_of(first);
         let path = if opts.per_process { per_process_path(out, trace, rank, group[0]) } else { out.to_path_buf() };
-        let tmp = path.with_extension("json.tmp");
-        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let (file, pending) = crate::outfile::create_output(&path, opts.force, opts.owner)?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let devices: BTreeSet<(u64, u32)> = group
             .iter()
@@ -704,7 +719,7 @@ pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::
         write!(w, r#"  "traceEvents": ["#)?;
         sinks.push(Sink {
             path,
-            tmp,
+            pending,
             w,
             events: 0,
             pids: group.clone(),
@@ -769,16 +784,13 @@ pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::
     })();
     let sinks = std::mem::take(&mut ex.sinks);
     if let Err(e) = result {
-        for s in &sinks {
-            let _ = std::fs::remove_file(&s.tmp);
-        }
+        // Dropping the sinks removes their temporary files.
         return Err(e.context(format!("exporting {}", trace.display())));
     }
     let mut files = Vec::new();
     for s in sinks {
         drop(s.w);
-        std::fs::rename(&s.tmp, &s.path)
-            .with_context(|| format!("renaming {} to {}", s.tmp.display(), s.path.display()))?;
+        s.pending.commit()?;
         files.push(ExportedFile {
             path: s.path,
             pids: s.pids,

@@ -25,7 +25,7 @@ pub fn esc(s: &str) -> String {
             '>' => o.push_str("&gt;"),
             '"' => o.push_str("&quot;"),
             '\'' => o.push_str("&#39;"),
-            c if c.is_control() && c != '\n' && c != '\t' => o.push('\u{fffd}'),
+            c if crate::units::is_unsafe(c) && c != '\n' && c != '\t' => o.push('\u{fffd}'),
             c => o.push(c),
         }
     }
@@ -530,7 +530,7 @@ mod tests {
     #[test]
     fn escapes_markup_and_quotes() {
         assert_eq!(esc("<a href=\"x\">&'</a>"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;");
-        assert_eq!(esc("a\u{0}b"), "a\u{fffd}b");
+        assert_eq!(esc("a\u{0}b\u{1b}[2J\u{9b}\u{202e}"), "a\u{fffd}b\u{fffd}[2J\u{fffd}\u{fffd}");
     }
 
     #[test]

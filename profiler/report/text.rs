@@ -6,6 +6,8 @@ use std::fmt::Write;
 
 use super::{cross_rank, pct, straggler_activity, FileReport};
 use crate::analyze::{DeviceAccount, DeviceDetail, Partition, CATEGORY_NAMES};
+// Job text (kernel names, notes, paths) is escaped: it must not drive the reader's terminal.
+use crate::units::escape_text as esc;
 
 /// Steps shown at each end of a long step table.
 const STEP_ROWS: usize = 5;
@@ -83,7 +85,7 @@ fn device_detail(o: &mut String, r: &FileReport, a: &DeviceAccount, d: &DeviceDe
                 k.total_ns as f64 / k.count.max(1) as f64 / 1e3,
                 pct(k.total_ns as f64 / w),
                 ms(k.useful_ns),
-                short(name.strip_prefix("void ").unwrap_or(name), 72)
+                short(&esc(name.strip_prefix("void ").unwrap_or(name)), 72)
             );
         }
     }
@@ -109,7 +111,7 @@ fn device_detail(o: &mut String, r: &FileReport, a: &DeviceAccount, d: &DeviceDe
         c.bytes as f64 / (1u64 << 20) as f64
     );
     for n in &d.notes {
-        let _ = writeln!(o, "  note: {n}");
+        let _ = writeln!(o, "  note: {}", esc(n));
     }
 }
 
@@ -117,7 +119,7 @@ fn device_detail(o: &mut String, r: &FileReport, a: &DeviceAccount, d: &DeviceDe
 pub fn render_text(reports: &[FileReport]) -> String {
     let mut o = String::new();
     for r in reports {
-        let _ = writeln!(o, "{}", r.path);
+        let _ = writeln!(o, "{}", esc(&r.path));
         if r.accounts.is_empty() {
             let _ = writeln!(o, "  no device activity in this trace (was the CUPTI injection library loaded?)");
         }
@@ -155,10 +157,10 @@ pub fn render_text(reports: &[FileReport]) -> String {
             }
         }
         for warning in &r.warnings {
-            let _ = writeln!(o, "  warning: {warning}");
+            let _ = writeln!(o, "  warning: {}", esc(warning));
         }
         for note in &r.recording_notes {
-            let _ = writeln!(o, "  recording note: {note}");
+            let _ = writeln!(o, "  recording note: {}", esc(note));
         }
     }
     let cross = cross_rank(reports);
@@ -171,14 +173,14 @@ pub fn render_text(reports: &[FileReport]) -> String {
             let _ = writeln!(
                 o,
                 "  {:<14} {:<12} {:>6} {:>11.3} {:>12.3} {:>10.3} {:>12.1}  {}",
-                c.op,
-                c.size_bucket,
+                esc(&c.op),
+                esc(&c.size_bucket),
                 c.count,
                 ms(c.time_ns),
                 ms(c.transfer_ns),
                 ms(c.wait_ns),
                 c.bus_bandwidth_gbps,
-                c.algorithm.as_deref().unwrap_or("-")
+                esc(c.algorithm.as_deref().unwrap_or("-"))
             );
         }
     }
@@ -204,9 +206,9 @@ pub fn render_text(reports: &[FileReport]) -> String {
                     "straggler: rank {} (pid {}, {}), {:.1} µs late on average; while the others waited: {}",
                     s.rank,
                     s.pid,
-                    s.file,
+                    esc(&s.file),
                     s.mean_arrival_skew_ns / 1e3,
-                    straggler_activity(reports, &cross).unwrap_or_else(|| "unknown".into())
+                    esc(&straggler_activity(reports, &cross).unwrap_or_else(|| "unknown".into()))
                 );
             }
             None => {

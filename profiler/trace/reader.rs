@@ -52,7 +52,7 @@ pub struct TraceReader {
 
 impl TraceReader {
     pub fn open(path: &Path) -> Result<Self, TraceError> {
-        let file = File::open(path).map_err(|e| TraceError::io(path, e))?;
+        let file = crate::outfile::open_input(path).map_err(|e| TraceError::io(path, e))?;
         let len = file.metadata().map_err(|e| TraceError::io(path, e))?.len();
         if len == 0 {
             return Err(TraceError::Empty { path: path.to_path_buf() });

@@ -3,9 +3,8 @@
 //! disk is final; `finish` adds the index frame and the seek table.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -76,8 +75,9 @@ pub struct TraceWriter {
 }
 
 impl TraceWriter {
-    /// Creates `path` with mode 0600, refusing to follow a symlink there, and refusing an
-    /// existing file unless `overwrite`.
+    /// Creates `path` as a new file with mode 0600 by [`crate::outfile`]'s rules: never through
+    /// a symlink, never over a device, FIFO or directory, an existing file refused unless
+    /// `overwrite`, which unlinks it first (a fresh inode, not another user's file truncated).
     pub fn create(
         path: &Path,
         overwrite: bool,
@@ -85,21 +85,8 @@ impl TraceWriter {
         strings: Arc<Interner>,
         options: WriterOptions,
     ) -> Result<Self, TraceError> {
-        let mut open = OpenOptions::new();
-        open.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
-        if overwrite {
-            open.create(true).truncate(true);
-        } else {
-            open.create_new(true);
-        }
-        let file = open.open(path).map_err(|e| {
-            let hint = match e.raw_os_error() {
-                Some(libc::EEXIST) => " (the output exists: choose another path or pass --force)",
-                Some(libc::ELOOP) => " (the output path is a symlink: refusing to write through it)",
-                _ => "",
-            };
-            TraceError::Io { path: path.to_path_buf(), source: std::io::Error::new(e.kind(), format!("{e}{hint}")) }
-        })?;
+        let file = crate::outfile::create_in_place(path, overwrite, None)
+            .map_err(|source| TraceError::Io { path: path.to_path_buf(), source })?;
         Self::from_file(file, path, info, strings, options)
     }
 

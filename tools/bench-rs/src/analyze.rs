@@ -122,7 +122,8 @@ fn hta_vs_ghostprof(dir: &Path, events: u64) -> Result<serde_json::Value> {
     } else {
         let export_dir = dir.join("bench-analyze-hta-json");
         let _ = std::fs::remove_dir_all(&export_dir);
-        let exported = export_chrome(&path, &export_dir, &ChromeOptions { pid: None, per_process: true })?;
+        let exported =
+            export_chrome(&path, &export_dir, &ChromeOptions { per_process: true, force: true, ..Default::default() })?;
         let json_events: u64 = exported.files.iter().map(|f| f.events).sum();
         out["exported_events"] = json_events.into();
         out["exported_files"] = exported.files.len().into();
