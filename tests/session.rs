@@ -307,7 +307,7 @@ fn root_pipeline_on_a_full_disk_counts_every_lost_record_in_the_trace() {
         }
     }
     drop(producers);
-    let err = pipeline.finish().err().expect("the disk is too small for 600,000 records").to_string();
+    let err = pipeline.finish().expect_err("the disk is too small for 600,000 records").to_string();
     assert!(err.contains("No space left on device") && !err.contains('\n'), "{err}");
     let reader = TraceReader::open(&path).unwrap();
     assert!(reader.is_finalized() && reader.warnings().is_empty(), "{:?}", reader.warnings());
