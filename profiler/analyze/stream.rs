@@ -171,19 +171,37 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
     let mut scratch = Scratch::default();
     let mut chunk = Chunk::default();
     let mut digest = ChunkDigest::default();
+    // A damaged chunk (the reader remembers it, and the sweep skips it too) counts as empty.
+    let skip = |e: TraceError, st: &mut SummaryState| match e {
+        TraceError::Corrupt { .. } => {
+            st.chunk_min.push(u64::MAX);
+            Ok(())
+        }
+        e => Err(e),
+    };
     for i in 0..reader.chunks().len() {
         let meta = &reader.chunks()[i];
-        let from_digest = digests
-            && reader.read_chunk_head(i, &mut scratch, &mut chunk.strings, &mut digest)?
-            && digest.version == DIGEST_VERSION
-            && !needs_whole(&sk, &st, &digest, opts.reorder_window_ns);
+        let head =
+            if digests { reader.read_chunk_head(i, &mut scratch, &mut chunk.strings, &mut digest) } else { Ok(false) };
+        let has_digest = match head {
+            Ok(h) => h,
+            Err(e) => {
+                skip(e, &mut st)?;
+                continue;
+            }
+        };
+        let from_digest =
+            has_digest && digest.version == DIGEST_VERSION && !needs_whole(&sk, &st, &digest, opts.reorder_window_ns);
         if from_digest {
             let n: u64 = Kind::ALL.iter().zip(&meta.counts).filter(|(k, _)| wanted(**k)).map(|(_, n)| n).sum();
             st.absorb_digest(&mut sk, &chunk.strings, &digest, meta.min_ts, n, opts);
             sk.chunks_from_digest += 1;
             continue;
         }
-        reader.read_chunk_decode(i, &mut scratch, &mut chunk, &wanted, true)?;
+        if let Err(e) = reader.read_chunk_decode(i, &mut scratch, &mut chunk, &wanted, true) {
+            skip(e, &mut st)?;
+            continue;
+        }
         st.absorb_chunk(&mut sk, &chunk, opts);
     }
     for d in sk.devices.values_mut() {
@@ -578,13 +596,11 @@ pub fn sweep_file(
             .collect();
         sweep.pids.insert(*pid, PidState { launchers: launchers.clone(), incoming, ..Default::default() });
     }
-    let mut chunk_index = 0usize;
     let swept_kinds =
         |k: Kind| matches!(k, Kind::KernelExec | Kind::MemOp | Kind::HostStall | Kind::FileIo | Kind::NcclColl);
-    reader.for_each_chunk_lean(&swept_kinds, |c| {
+    reader.for_each_chunk_lean_at(&swept_kinds, |i, c| {
         sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.preemption_is_stall, long);
-        chunk_index += 1;
-        let next_min = sk.suffix_min_ts.get(chunk_index).copied().unwrap_or(u64::MAX);
+        let next_min = sk.suffix_min_ts.get(i + 1).copied().unwrap_or(u64::MAX);
         let bound = sweep.newest.saturating_sub(opts.reorder_window_ns);
         let to = next_min.max(bound);
         if to != u64::MAX && to > sweep.swept_to {
@@ -593,7 +609,8 @@ pub fn sweep_file(
     })?;
     sweep.advance(u64::MAX);
     // Those the summary kept were counted again when read: only the rest was left out.
-    let late_records = sweep.late_records - (sk.late.kernels.len() + sk.late.memops.len()) as u64;
+    // (saturating: a chunk found damaged only now held some of those; the caller reruns)
+    let late_records = sweep.late_records.saturating_sub((sk.late.kernels.len() + sk.late.memops.len()) as u64);
     let results = keys
         .iter()
         .map(|k| {

@@ -14,11 +14,17 @@ pub struct InfoConfig {
     pub json: bool,
     /// Join launches to kernels (`--join`).
     pub join: bool,
+    /// Decompress and decode every chunk, checking every frame's checksum (`--verify`).
+    pub verify: bool,
 }
 
 pub fn run(cfg: &InfoConfig) -> anyhow::Result<ExitCode> {
     let reader = TraceReader::open(&cfg.path)?;
-    let summary = summarize(&reader)?;
+    if cfg.verify {
+        reader.verify()?;
+    }
+    let mut summary = summarize(&reader)?;
+    summary.verified = cfg.verify;
     for w in &summary.warnings {
         super::say(&format!("ghostprof: warning: {}", escape_text(w)));
     }
@@ -42,6 +48,16 @@ pub fn run(cfg: &InfoConfig) -> anyhow::Result<ExitCode> {
                 j.share() * 100.0
             ))?;
         }
+    }
+    if cfg.verify && !summary.damaged_chunks.is_empty() {
+        let lost: u64 = summary.damaged_chunks.iter().map(|d| d.records_lost).sum();
+        anyhow::bail!(
+            "{}: {} of {} chunks are damaged ({} records): the other chunks read back; `report` and `export` skip the damaged ones",
+            cfg.path.display(),
+            summary.damaged_chunks.len(),
+            summary.chunks,
+            grouped(lost)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -106,6 +122,23 @@ pub fn render(s: &TraceSummary) -> String {
     }
     for n in &s.notes {
         let _ = writeln!(o, "note        {}", escape_text(n));
+    }
+    if let Some(from) = s.skipped_from {
+        let _ =
+            writeln!(o, "skipped     {} bytes from byte {from} to the end: not whole chunks", grouped(s.skipped_bytes));
+    }
+    for d in &s.damaged_chunks {
+        let _ = writeln!(
+            o,
+            "damaged     chunk {} at byte {}: {} records lost ({})",
+            d.chunk,
+            d.offset,
+            grouped(d.records_lost),
+            d.error
+        );
+    }
+    if s.verified && s.damaged_chunks.is_empty() {
+        let _ = writeln!(o, "verified    every chunk decompresses (checksums match) and decodes");
     }
     let _ = writeln!(
         o,

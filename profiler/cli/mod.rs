@@ -138,6 +138,10 @@ pub enum Command {
         /// Also join eBPF launch records to CUPTI kernel records (reads every record).
         #[arg(long)]
         join: bool,
+        /// Decompress and decode every chunk (checking every frame's checksum); one line per
+        /// damaged chunk, exit status 1 if any.
+        #[arg(long)]
+        verify: bool,
     },
     /// Run a simulated multi-rank training job with a straggler under the profiler (no GPU needed).
     Demo {
@@ -245,7 +249,7 @@ pub fn error_line(e: &anyhow::Error) -> String {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info { file, json, join } => info::run(&info::InfoConfig { path: file, json, join }),
+        Command::Info { file, json, join, verify } => info::run(&info::InfoConfig { path: file, json, join, verify }),
         Command::Record { output, duration, force, quiet, lib_dir, cmd } => (|| {
             let duration = duration.as_deref().map(record::parse_duration).transpose()?;
             record::run(&record::RecordConfig { output, duration, force, quiet, command: cmd, library_dirs: lib_dir })

@@ -279,31 +279,51 @@ fn writer_loop(
     let mut last_flush = Instant::now();
     let mut written_drops: Vec<(Source, DropCause, u64)> = Vec::new();
     let mut queues: Vec<Arc<SourceQueue>> = Vec::new();
+    // Per queue: records handed to the writer since its last whole chunk. A failed write
+    // loses them: they are counted against their source (`WriterStopped`).
+    let mut unwritten: Vec<u64> = Vec::new();
+    let fail = |e: TraceError, failed: &mut Option<TraceError>, queues: &[Arc<SourceQueue>], unwritten: &mut [u64]| {
+        *lock(&shared.writer_error) = Some(e.to_string());
+        *failed = Some(e);
+        for (q, n) in queues.iter().zip(unwritten.iter_mut()) {
+            q.drops[DropCause::WriterStopped as usize].fetch_add(std::mem::take(n), Ordering::Relaxed);
+        }
+    };
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
         {
             let q = lock(&shared.queues);
             if q.len() != queues.len() {
                 queues = q.clone();
+                unwritten.resize(queues.len(), 0);
             }
         }
         let mut got = 0usize;
-        for q in &queues {
+        for (qi, q) in queues.iter().enumerate() {
             while let Some(mut batch) = q.queue.pop() {
                 got += batch.len();
+                let mut taken = 0usize;
                 if failed.is_none() {
-                    for rec in batch.drain(..) {
-                        if let Err(e) = writer.append(rec) {
-                            *lock(&shared.writer_error) = Some(e.to_string());
-                            failed = Some(e);
-                            break;
+                    for rec in &batch {
+                        taken += 1;
+                        unwritten[qi] += 1;
+                        match writer.append(*rec) {
+                            // a chunk was cut: everything handed over so far is in the file
+                            Ok(()) if writer.pending_records() == 0 => unwritten.iter_mut().for_each(|n| *n = 0),
+                            Ok(()) => {}
+                            Err(e) => {
+                                fail(e, &mut failed, &queues, &mut unwritten);
+                                break;
+                            }
                         }
                     }
                 }
-                if !batch.is_empty() {
-                    q.drops[DropCause::WriterStopped as usize].fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    batch.clear();
+                // what was not handed over (the writer had stopped)
+                let rest = (batch.len() - taken) as u64;
+                if rest > 0 {
+                    q.drops[DropCause::WriterStopped as usize].fetch_add(rest, Ordering::Relaxed);
                 }
+                batch.clear();
                 let _ = q.free.push(batch);
             }
         }
@@ -315,17 +335,16 @@ fn writer_loop(
                 for (source, cause, count) in &totals {
                     let rec = Drops { time_ns: t, count: *count, source: *source as u32, cause: *cause as u32 };
                     if let Err(e) = writer.append(Record::Drops(rec)) {
-                        *lock(&shared.writer_error) = Some(e.to_string());
-                        failed = Some(e);
+                        fail(e, &mut failed, &queues, &mut unwritten);
                         break;
                     }
                 }
                 written_drops = totals;
             }
             if failed.is_none() {
-                if let Err(e) = writer.flush_chunk() {
-                    *lock(&shared.writer_error) = Some(e.to_string());
-                    failed = Some(e);
+                match writer.flush_chunk() {
+                    Ok(()) => unwritten.iter_mut().for_each(|n| *n = 0),
+                    Err(e) => fail(e, &mut failed, &queues, &mut unwritten),
                 }
             }
             last_flush = Instant::now();
@@ -340,9 +359,54 @@ fn writer_loop(
         }
     }
     if let Some(e) = failed {
-        return Err(e);
+        return Err(finish_failed(writer, e, &drop_totals(&queues), &shared));
     }
     let summary = writer.finish()?;
     shared.bytes_written.store(summary.compressed_bytes, Ordering::Relaxed);
     Ok(summary)
+}
+
+/// After a failed write: stores the final drop counters, index and seek table in the space the
+/// writer kept for them, and returns `error` saying how many records were lost, by source, and
+/// whether the trace counts them.
+fn finish_failed(
+    writer: TraceWriter,
+    error: TraceError,
+    totals: &[(Source, DropCause, u64)],
+    shared: &Shared,
+) -> TraceError {
+    let t = crate::clock::monotonic_ns();
+    let records = totals.iter().map(|(source, cause, count)| {
+        Record::Drops(Drops { time_ns: t, count: *count, source: *source as u32, cause: *cause as u32 })
+    });
+    let stored = writer.finish_failed(records.collect::<Vec<_>>());
+    if let Ok(summary) = &stored {
+        shared.bytes_written.store(summary.compressed_bytes, Ordering::Relaxed);
+    }
+    let lost: Vec<(Source, u64)> =
+        totals.iter().filter(|(_, c, _)| *c == DropCause::WriterStopped).map(|(s, _, n)| (*s, *n)).collect();
+    let by_source = lost.iter().map(|(s, n)| format!("{} {n}", s.name())).collect::<Vec<_>>().join(", ");
+    let total: u64 = lost.iter().map(|(_, n)| n).sum();
+    let note = match stored {
+        Ok(_) => format!(
+            "{total} records not written ({}), counted in the trace (`ghostprof info` shows them)",
+            if by_source.is_empty() { "none" } else { &by_source }
+        ),
+        Err(e) => format!(
+            "{total} records not written ({}); the trace could not store that count ({})",
+            if by_source.is_empty() { "none" } else { &by_source },
+            one_line(&e.to_string())
+        ),
+    };
+    match error {
+        TraceError::Io { path, source } => {
+            TraceError::Io { path, source: std::io::Error::new(source.kind(), format!("{source}; {note}")) }
+        }
+        TraceError::Writer { what } => TraceError::Writer { what: format!("{what}; {note}") },
+        e => TraceError::Writer { what: format!("{e}; {note}") },
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', " ")
 }

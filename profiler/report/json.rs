@@ -266,6 +266,12 @@ fn document(reports: &[FileReport], partitions: bool) -> Value {
         "straggler_rank": cross.straggler.map(|i| cross.skew[i].rank),
         "straggler_activity": straggler_activity(reports, &cross),
         "warnings": warnings,
+        "damaged_chunks": reports
+            .iter()
+            .flat_map(|r| r.damaged_chunks.iter().map(move |d| json!({
+                "file": r.path, "chunk": d.chunk, "offset": d.offset, "records_lost": d.records_lost, "error": d.error,
+            })))
+            .collect::<Vec<_>>(),
         "recording_notes": reports
             .iter()
             .flat_map(|r| r.recording_notes.iter().map(move |n| json!({"file": r.path, "note": n})))

@@ -43,6 +43,9 @@ pub struct FileReport {
     pub warnings: Vec<String>,
     /// The recording session's notes, as stored in the trace (a collector off, CUPTI held…).
     pub recording_notes: Vec<String>,
+    /// Chunks of the file that could not be read and were left out (report JSON
+    /// `damaged_chunks`).
+    pub damaged_chunks: Vec<crate::trace::reader::DamagedChunk>,
 }
 
 /// A whole trace in memory: records, string table (id → string), the reader's warnings.
@@ -77,16 +80,38 @@ pub fn analyze_file_with(path: &Path, opts: &ReportOptions) -> Result<FileReport
 /// books `comm.wait` of collectives matched across files, and measures what each late rank
 /// was doing while the others waited).
 pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<FileReport>, TraceError> {
+    let mut readers = Vec::new();
+    for p in paths {
+        readers.push((p.display().to_string(), TraceReader::open(p)?));
+    }
+    let damaged = |readers: &[(String, TraceReader)]| readers.iter().map(|r| r.1.damaged_chunks().len()).sum::<usize>();
+    loop {
+        let (reports, known) = analyze_readers(&readers, opts)?;
+        // A chunk whose head was whole (the summary pass reads only that) but whose frame is
+        // damaged (found by the sweep) was half counted: analyze again without it. Each round
+        // knows more damaged chunks, so this ends.
+        if damaged(&readers) == known {
+            return Ok(reports);
+        }
+    }
+}
+
+/// One round of [`analyze_files`]; also the number of damaged chunks known after the summary
+/// pass.
+fn analyze_readers(
+    readers: &[(String, TraceReader)],
+    opts: &ReportOptions,
+) -> Result<(Vec<FileReport>, usize), TraceError> {
     let stream_opts = StreamOptions { detail: opts.detail.clone(), ..StreamOptions::default() };
     let mut files = Vec::new();
-    for p in paths {
-        let reader = TraceReader::open(p)?;
-        let skeleton = stream::summarize(&reader, &stream_opts)?;
-        files.push((p.display().to_string(), reader, skeleton));
+    for (path, reader) in readers {
+        let skeleton = stream::summarize(reader, &stream_opts)?;
+        files.push((path.clone(), reader, skeleton));
     }
+    let known = readers.iter().map(|r| r.1.damaged_chunks().len()).sum();
     let shells: Vec<FileReport> = files
         .iter()
-        .map(|(path, reader, sk)| {
+        .map(|(path, _, sk)| {
             let mut by_pid: std::collections::BTreeMap<u32, Vec<collectives::CollInstance>> = Default::default();
             for inst in collectives::instances(&sk.small, &sk.names) {
                 by_pid.entry(inst.pid).or_default().push(inst);
@@ -102,8 +127,9 @@ pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<File
                     .collect(),
                 activity: HashMap::new(),
                 realtime_offset_ns: collectives::realtime_offset(&sk.small),
-                warnings: reader.warnings().to_vec(),
+                warnings: Vec::new(),
                 recording_notes: recording_notes(&sk.small, &sk.names),
+                damaged_chunks: Vec::new(),
             }
         })
         .collect();
@@ -115,7 +141,10 @@ pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<File
         o.account.windows = sk.windows.clone();
         let no_waits = HashMap::new();
         let extra_waits = cross.spanning_waits.get(&path).unwrap_or(&no_waits);
-        let (results, late_records) = stream::sweep_file(&reader, &sk, &o, &late, extra_waits)?;
+        let (results, late_records) = stream::sweep_file(reader, &sk, &o, &late, extra_waits)?;
+        // after the sweep, which decoded every chunk: every damaged one is known
+        report.warnings = reader.warnings();
+        report.damaged_chunks = reader.damaged_chunks();
         for (a, d, act) in results {
             if let Some(act) = act {
                 report.activity.entry(a.pid).or_insert(act);
@@ -137,7 +166,7 @@ pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<File
         }
         out.push(report);
     }
-    Ok(out)
+    Ok((out, known))
 }
 
 /// The texts of a trace's session notes, in order, each once.
@@ -212,6 +241,7 @@ pub fn analyze_batch(
         realtime_offset_ns: collectives::realtime_offset(batch),
         warnings,
         recording_notes: recording_notes(batch, names),
+        damaged_chunks: Vec::new(),
     }
 }
 

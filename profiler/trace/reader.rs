@@ -20,6 +20,20 @@ use super::records::{Kind, RecordBatch};
 /// Largest compressed frame accepted (zstd's bound on a MAX_FRAME_BYTES input, rounded up).
 const MAX_COMPRESSED_FRAME: u64 = MAX_FRAME_BYTES + (1 << 20);
 
+/// A chunk that could not be read (its frame's checksum failed, it does not decompress or its
+/// decoded body is malformed): readers that go through every chunk skip it and say so.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DamagedChunk {
+    /// its place in the file's chunk table (0, 1, …)
+    pub chunk: usize,
+    /// file offset of its frame
+    pub offset: u64,
+    /// records it held, by the index (or by its own section headers in a file without one)
+    pub records_lost: u64,
+    /// what is wrong with it, one line
+    pub error: String,
+}
+
 /// Buffers reused from one chunk to the next.
 #[derive(Default)]
 pub struct Scratch {
@@ -48,6 +62,12 @@ pub struct TraceReader {
     /// Present when the file was finalized (index frame found).
     index_drops: Option<Vec<(u32, u32, u64)>>,
     warnings: Vec<String>,
+    /// Bytes at the end of the file that are not whole frames (a cut, zeros or junk after the
+    /// last whole chunk): (file offset, length).
+    skipped: Option<(u64, u64)>,
+    /// Chunks found damaged so far, by chunk index (a reader of `&self` learns of them as it
+    /// reads; every later pass skips them, so all passes see the same chunks).
+    damaged: std::sync::Mutex<Vec<DamagedChunk>>,
 }
 
 impl TraceReader {
@@ -65,6 +85,8 @@ impl TraceReader {
             chunks: Vec::new(),
             index_drops: None,
             warnings: Vec::new(),
+            skipped: None,
+            damaged: Default::default(),
         };
         let header_len = match frame_at(&r.file, 0, len).map_err(|e| TraceError::io(path, e))? {
             FrameAt::Zstd(n) => n,
@@ -140,9 +162,51 @@ impl TraceReader {
         self.index_drops.is_some()
     }
 
-    /// Problems that did not stop reading (a file cut short, a damaged index).
-    pub fn warnings(&self) -> &[String] {
-        &self.warnings
+    /// Problems that did not stop reading (a file cut short, a damaged index, bytes skipped
+    /// after the last whole chunk, each damaged chunk found so far), one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = self.warnings.clone();
+        for d in self.damaged_chunks() {
+            out.push(format!(
+                "chunk {} (byte {}) is damaged ({}): skipped it, {} records lost",
+                d.chunk, d.offset, d.error, d.records_lost
+            ));
+        }
+        out
+    }
+
+    /// Bytes after the last whole chunk that were not read (a cut, or zeros or junk after the
+    /// last whole frame): (file offset, length).
+    pub fn skipped_bytes(&self) -> Option<(u64, u64)> {
+        self.skipped
+    }
+
+    /// The chunks found damaged so far, in chunk order. Only chunks that were read are checked:
+    /// [`TraceReader::verify`] reads them all.
+    pub fn damaged_chunks(&self) -> Vec<DamagedChunk> {
+        lock(&self.damaged).clone()
+    }
+
+    fn is_damaged(&self, i: usize) -> bool {
+        lock(&self.damaged).iter().any(|d| d.chunk == i)
+    }
+
+    /// Remembers chunk `i` as damaged when `e` says its bytes are bad (not for I/O errors).
+    fn note_damage(&self, i: usize, e: &TraceError) {
+        let TraceError::Corrupt { what, .. } = e else { return };
+        let Some(meta) = self.chunks.get(i) else { return };
+        let mut damaged = lock(&self.damaged);
+        if let Err(at) = damaged.binary_search_by_key(&i, |d| d.chunk) {
+            let records_lost = meta.counts.iter().fold(0u64, |a, n| a.saturating_add(*n));
+            damaged.insert(at, DamagedChunk { chunk: i, offset: meta.offset, records_lost, error: what.clone() });
+        }
+    }
+
+    /// Decompresses and decodes every chunk (checking every frame's checksum), recording the
+    /// damaged ones ([`TraceReader::damaged_chunks`]). `Err` only for an I/O error.
+    pub fn verify(&self) -> Result<Vec<DamagedChunk>, TraceError> {
+        self.for_each_chunk(|_| {})?;
+        Ok(self.damaged_chunks())
     }
 
     /// Indexes of the chunks whose records may fall in [t0, t1].
@@ -184,6 +248,21 @@ impl TraceReader {
         wanted: &dyn Fn(Kind) -> bool,
         lean: bool,
     ) -> Result<(), TraceError> {
+        let r = self.decode_chunk_at(i, scratch, chunk, wanted, lean);
+        if let Err(e) = &r {
+            self.note_damage(i, e);
+        }
+        r
+    }
+
+    fn decode_chunk_at(
+        &self,
+        i: usize,
+        scratch: &mut Scratch,
+        chunk: &mut Chunk,
+        wanted: &dyn Fn(Kind) -> bool,
+        lean: bool,
+    ) -> Result<(), TraceError> {
         let meta =
             self.chunks.get(i).ok_or_else(|| TraceError::Writer { what: format!("chunk {i} does not exist") })?;
         self.frame_into(meta.offset, meta.compressed_len, scratch)?;
@@ -209,6 +288,20 @@ impl TraceReader {
     /// without them); `strings` then holds its string table all the same. The frame's
     /// checksum is not verified here (the whole-chunk reads verify it).
     pub fn read_chunk_head(
+        &self,
+        i: usize,
+        scratch: &mut Scratch,
+        strings: &mut Vec<(u32, String)>,
+        digest: &mut ChunkDigest,
+    ) -> Result<bool, TraceError> {
+        let r = self.chunk_head_at(i, scratch, strings, digest);
+        if let Err(e) = &r {
+            self.note_damage(i, e);
+        }
+        r
+    }
+
+    fn chunk_head_at(
         &self,
         i: usize,
         scratch: &mut Scratch,
@@ -320,35 +413,63 @@ impl TraceReader {
     /// [`TraceReader::for_each_chunk_kinds`] with the lean decode of kernels and API calls
     /// ([`format::decode_chunk_lean_into`]: only the columns the analysis reads; the other
     /// fields of those records are 0).
-    pub fn for_each_chunk_lean(&self, wanted: &dyn Fn(Kind) -> bool, f: impl FnMut(&Chunk)) -> Result<(), TraceError> {
+    pub fn for_each_chunk_lean(
+        &self,
+        wanted: &dyn Fn(Kind) -> bool,
+        mut f: impl FnMut(&Chunk),
+    ) -> Result<(), TraceError> {
+        self.for_each_decoded(wanted, true, |_, c| f(c))
+    }
+
+    /// [`TraceReader::for_each_chunk_lean`] that also hands `f` each chunk's index in the
+    /// chunk table (damaged chunks are skipped, so the n-th call need not be chunk n).
+    pub fn for_each_chunk_lean_at(
+        &self,
+        wanted: &dyn Fn(Kind) -> bool,
+        f: impl FnMut(usize, &Chunk),
+    ) -> Result<(), TraceError> {
         self.for_each_decoded(wanted, true, f)
     }
 
     /// Decodes every chunk in order (the kinds `wanted` accepts, `lean` as in
-    /// [`TraceReader::for_each_chunk_lean`]), handing each to `f`; one buffer is reused.
+    /// [`TraceReader::for_each_chunk_lean`]), handing each and its index to `f`; one buffer is
+    /// reused. A damaged chunk is skipped and remembered ([`TraceReader::damaged_chunks`],
+    /// [`TraceReader::warnings`]): one flipped byte must not cost the rest of the file.
     fn for_each_decoded(
         &self,
         wanted: &dyn Fn(Kind) -> bool,
         lean: bool,
-        mut f: impl FnMut(&Chunk),
+        mut f: impl FnMut(usize, &Chunk),
     ) -> Result<(), TraceError> {
         let mut scratch = Scratch::default();
         let mut chunk = Chunk::default();
         for i in 0..self.chunks.len() {
-            self.read_chunk_decode(i, &mut scratch, &mut chunk, wanted, lean)?;
-            f(&chunk);
+            if self.is_damaged(i) {
+                continue;
+            }
+            match self.read_chunk_decode(i, &mut scratch, &mut chunk, wanted, lean) {
+                Ok(()) => f(i, &chunk),
+                // remembered by read_chunk_decode
+                Err(TraceError::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
 
-    /// Decodes every chunk in order, handing each to `f` (one buffer is reused throughout).
-    pub fn for_each_chunk(&self, f: impl FnMut(&Chunk)) -> Result<(), TraceError> {
-        self.for_each_decoded(&|_| true, false, f)
+    /// Decodes every chunk in order, handing each to `f` (one buffer is reused throughout);
+    /// damaged chunks are skipped (see [`TraceReader::damaged_chunks`]).
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&Chunk)) -> Result<(), TraceError> {
+        self.for_each_decoded(&|_| true, false, |_, c| f(c))
     }
 
     /// [`TraceReader::for_each_chunk`] decoding only the record kinds `wanted` accepts.
-    pub fn for_each_chunk_kinds(&self, wanted: &dyn Fn(Kind) -> bool, f: impl FnMut(&Chunk)) -> Result<(), TraceError> {
-        self.for_each_decoded(wanted, false, f)
+    pub fn for_each_chunk_kinds(
+        &self,
+        wanted: &dyn Fn(Kind) -> bool,
+        mut f: impl FnMut(&Chunk),
+    ) -> Result<(), TraceError> {
+        self.for_each_decoded(wanted, false, |_, c| f(c))
     }
 
     /// Every record of the file in one batch (tests and small files; analysis streams chunks).
@@ -378,10 +499,15 @@ impl TraceReader {
         let mut map = std::collections::BTreeMap::new();
         let drops_slot = Kind::ALL.iter().position(|k| *k == Kind::Drops).unwrap_or(0);
         for i in 0..self.chunks.len() {
-            if self.chunks[i].counts.get(drops_slot).copied().unwrap_or(0) == 0 {
+            if self.chunks[i].counts.get(drops_slot).copied().unwrap_or(0) == 0 || self.is_damaged(i) {
                 continue;
             }
-            for d in self.read_chunk(i)?.records.drops {
+            let chunk = match self.read_chunk(i) {
+                Ok(c) => c,
+                Err(TraceError::Corrupt { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            for d in chunk.records.drops {
                 let e = map.entry((d.source, d.cause)).or_insert(0u64);
                 *e = (*e).max(d.count);
             }
@@ -396,10 +522,14 @@ impl TraceReader {
         let mut out: Vec<String> = Vec::new();
         let (mut scratch, mut chunk) = (Scratch::default(), Chunk::default());
         for i in 0..self.chunks.len() {
-            if self.chunks[i].counts.get(slot).copied().unwrap_or(0) == 0 {
+            if self.chunks[i].counts.get(slot).copied().unwrap_or(0) == 0 || self.is_damaged(i) {
                 continue;
             }
-            self.read_chunk_kinds_into(i, &mut scratch, &mut chunk, &|k| k == Kind::SessionNote)?;
+            match self.read_chunk_kinds_into(i, &mut scratch, &mut chunk, &|k| k == Kind::SessionNote) {
+                Ok(()) => {}
+                Err(TraceError::Corrupt { .. }) => continue,
+                Err(e) => return Err(e),
+            }
             for n in &chunk.records.notes {
                 let text = chunk
                     .strings
@@ -525,70 +655,122 @@ impl TraceReader {
         Ok(Some(summary))
     }
 
-    /// Walks the frames after the header of a file with no (usable) seek table.
+    /// Walks the frames after the header of a file with no (usable) seek table. It stops at
+    /// the first thing that is not a whole, readable frame in sequence (a cut, the zeros a
+    /// crash leaves where data blocks were not written, junk) and keeps every whole chunk
+    /// before it, saying how many bytes it skipped.
     fn scan(&mut self, header_len: u64) -> Result<(), TraceError> {
         let mut offset = header_len;
         let mut seq = 0u32;
         self.chunks.clear();
-        let mut finalized = false;
+        let mut index: Option<IndexSummary> = None;
+        let mut seek_table = false;
         while offset < self.len {
-            match frame_at(&self.file, offset, self.len).map_err(|e| TraceError::io(&self.path, e))? {
-                FrameAt::Zstd(n) => {
-                    let body = match self.frame(offset, n) {
-                        Ok(b) => b,
-                        // A bad last frame looks like a write that was cut off; keep what came before.
-                        Err(e) if offset + n == self.len => {
-                            self.warnings.push(format!(
-                                "last frame at byte {offset} is damaged ({e}); read {} whole chunks before it",
-                                self.chunks.len()
-                            ));
-                            return Ok(());
+            let why = match frame_at(&self.file, offset, self.len).map_err(|e| TraceError::io(&self.path, e))? {
+                FrameAt::Zstd(n) => match self.frame(offset, n) {
+                    Err(TraceError::Io { path, source }) => return Err(TraceError::Io { path, source }),
+                    Err(e) => format!("a damaged frame: {}", what_of(&e)),
+                    Ok(body) if body.starts_with(INDEX_MAGIC) => match format::decode_index(&body) {
+                        Ok(s) if index_matches(&s.chunks, &self.chunks) => {
+                            index = Some(s);
+                            offset += n;
+                            continue;
                         }
-                        Err(e) => return Err(e),
-                    };
-                    if body.starts_with(INDEX_MAGIC) {
-                        finalized = true;
-                        offset += n;
-                        continue;
-                    }
-                    let meta = peek_chunk(&body, offset, n).map_err(|e| {
-                        self.corrupt(offset, format!("in chunk at decompressed byte {}: {}", e.offset, e.what))
-                    })?;
-                    if meta.seq != seq {
-                        return Err(self.corrupt(offset, format!("chunk number {} where {seq} was expected", meta.seq)));
-                    }
-                    seq += 1;
-                    self.chunks.push(meta);
-                    offset += n;
-                }
+                        Ok(_) => {
+                            format!("an index frame that does not match the {} chunks before it", self.chunks.len())
+                        }
+                        Err(e) => format!("a damaged index frame (decompressed byte {}: {})", e.offset, e.what),
+                    },
+                    Ok(body) => match peek_chunk(&body, offset, n) {
+                        Ok(meta) if meta.seq == seq => {
+                            seq += 1;
+                            self.chunks.push(meta);
+                            offset += n;
+                            continue;
+                        }
+                        Ok(meta) => format!("chunk number {} where {seq} was expected", meta.seq),
+                        Err(e) => format!("a damaged chunk (decompressed byte {}: {})", e.offset, e.what),
+                    },
+                },
                 FrameAt::Skippable { magic, len } => {
-                    if magic == SEEK_TABLE_SKIPPABLE_MAGIC && offset + len == self.len {
-                        break;
-                    }
+                    seek_table |= magic == SEEK_TABLE_SKIPPABLE_MAGIC;
                     offset += len;
+                    continue;
                 }
                 FrameAt::Truncated => {
+                    self.skipped = Some((offset, self.len - offset));
                     self.warnings.push(format!(
                         "file ends inside a frame at byte {offset} ({} bytes cut off there): the recording was interrupted; read {} whole chunks before it",
                         self.len - offset,
                         self.chunks.len()
                     ));
-                    return Ok(());
+                    break;
                 }
-                FrameAt::Garbage { at, what } => return Err(self.corrupt(at, what)),
-            }
-        }
-        if !finalized {
+                FrameAt::Garbage { at, what } => format!("not a frame at byte {at}: {what}"),
+            };
+            self.skipped = Some((offset, self.len - offset));
+            let zeros = self.all_zeros(offset);
             self.warnings.push(format!(
-                "file has no index (recording did not finish cleanly); read {} whole chunks",
+                "skipped the last {} bytes of the file, from byte {offset}: {} ({why}); read {} whole chunks before them",
+                self.len - offset,
+                if zeros { "all zeros, as a crash leaves a file whose data was not written" } else { "not whole chunks" },
                 self.chunks.len()
             ));
-        } else {
-            self.warnings
-                .push(format!("file has its index but no seek table; read {} whole chunks", self.chunks.len()));
+            break;
+        }
+        match index {
+            Some(s) => {
+                self.index_drops = Some(s.drops);
+                if !seek_table && self.skipped.is_none() {
+                    self.warnings
+                        .push(format!("file has its index but no seek table; read {} whole chunks", self.chunks.len()));
+                }
+            }
+            None => {
+                if self.skipped.is_none() {
+                    self.warnings.push(format!(
+                        "file has no index (recording did not finish cleanly); read {} whole chunks",
+                        self.chunks.len()
+                    ));
+                }
+            }
         }
         Ok(())
     }
+
+    /// Whether the file is all zeros from `offset` on (read in 64 KiB pieces).
+    fn all_zeros(&self, offset: u64) -> bool {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut at = offset;
+        while at < self.len {
+            let n = (self.len - at).min(buf.len() as u64) as usize;
+            if self.file.read_exact_at(&mut buf[..n], at).is_err() || buf[..n].iter().any(|b| *b != 0) {
+                return false;
+            }
+            at += n as u64;
+        }
+        true
+    }
+}
+
+/// The problem an error describes, without the file name (for a message that names it once).
+fn what_of(e: &TraceError) -> String {
+    match e {
+        TraceError::Corrupt { offset, what, .. } => format!("at byte {offset}: {what}"),
+        e => e.to_string(),
+    }
+}
+
+/// Whether an index frame found by walking lists exactly the chunks walked before it.
+fn index_matches(index: &[ChunkMeta], walked: &[ChunkMeta]) -> bool {
+    index.len() == walked.len()
+        && index.iter().zip(walked).all(|(a, b)| {
+            a.seq == b.seq && a.offset == b.offset && a.compressed_len == b.compressed_len && a.counts == b.counts
+        })
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum HeaderError {

@@ -5,7 +5,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use super::error::TraceError;
-use super::reader::TraceReader;
+use super::reader::{DamagedChunk, TraceReader};
 use super::records::{DropCause, Kind, Source};
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +45,16 @@ pub struct TraceSummary {
     pub compressed_bytes: u64,
     pub bytes_per_record: f64,
     pub warnings: Vec<String>,
+    /// Bytes after the last whole chunk that were not read: a cut, or the zeros or junk a
+    /// crash can leave (0 when none).
+    pub skipped_bytes: u64,
+    /// File offset of the first of them (null when none).
+    pub skipped_from: Option<u64>,
+    /// Chunks found damaged (and left out): those read to answer (drops, notes), or, after
+    /// `info --verify`, all of them.
+    pub damaged_chunks: Vec<DamagedChunk>,
+    /// Whether every chunk was decompressed and decoded (`info --verify`).
+    pub verified: bool,
     /// The recording session's notes stored in the trace (a collector off, CUPTI held, …).
     pub notes: Vec<String>,
 }
@@ -72,6 +82,7 @@ pub fn summarize(reader: &TraceReader) -> Result<TraceSummary, TraceError> {
         drops_detail.push(DropEntry { source, cause: DropCause::name_of(c), count: n });
     }
     let compressed_bytes = reader.file_len();
+    let notes = reader.notes()?;
     Ok(TraceSummary {
         path: reader.path().display().to_string(),
         format_version: format!("{}.{}", reader.header().major, reader.header().minor),
@@ -95,7 +106,11 @@ pub fn summarize(reader: &TraceReader) -> Result<TraceSummary, TraceError> {
         decoded_bytes: reader.chunks().iter().map(|c| c.raw_len).sum(),
         compressed_bytes,
         bytes_per_record: if total_records > 0 { compressed_bytes as f64 / total_records as f64 } else { 0.0 },
-        warnings: reader.warnings().to_vec(),
-        notes: reader.notes()?,
+        warnings: reader.warnings(),
+        skipped_bytes: reader.skipped_bytes().map_or(0, |s| s.1),
+        skipped_from: reader.skipped_bytes().map(|s| s.0),
+        damaged_chunks: reader.damaged_chunks(),
+        verified: false,
+        notes,
     })
 }

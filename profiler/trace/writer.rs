@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -72,6 +73,14 @@ pub struct TraceWriter {
     failed: bool,
     /// (process, device) pairs with PM sample intervals so far ([`ChunkDigest::build`])
     pm_devices: std::collections::HashSet<(u32, u32)>,
+    /// The disk space after `offset` kept allocated (fallocate, file size unchanged) for the
+    /// trailer: while it holds, a full disk still gets its drop counters, index and seek table.
+    /// False where the file system cannot preallocate (then the trailer is best effort).
+    reserve: bool,
+    /// Bytes allocated from `offset` on by the last reservation.
+    reserved: u64,
+    /// Writing the trailer: into the reserve, no new reservation.
+    in_trailer: bool,
 }
 
 impl TraceWriter {
@@ -124,6 +133,9 @@ impl TraceWriter {
             raw_bytes: 0,
             failed: false,
             pm_devices: Default::default(),
+            reserve: true,
+            reserved: 0,
+            in_trailer: false,
         };
         let json = header_json(info).to_string();
         format::encode_header(&json, &mut w.raw_buf);
@@ -264,7 +276,9 @@ impl TraceWriter {
     }
 
     fn write_raw_comp(&mut self) -> Result<(), TraceError> {
-        if let Err(e) = self.file.write_all(&self.comp_buf) {
+        let len = self.comp_buf.len() as u64;
+        let written = self.reserve_for(len).and_then(|_| self.file.write_all(&self.comp_buf));
+        if let Err(e) = written {
             self.failed = true;
             let hint = if e.raw_os_error() == Some(libc::ENOSPC) {
                 " (disk full: the file is readable up to its last whole chunk)"
@@ -276,13 +290,86 @@ impl TraceWriter {
                 source: std::io::Error::new(e.kind(), format!("{e}{hint}")),
             });
         }
-        self.offset += self.comp_buf.len() as u64;
+        self.offset += len;
+        self.reserved = self.reserved.saturating_sub(len);
         Ok(())
+    }
+
+    /// Most bytes the trailer can take: a chunk of drop counters, the index and the seek table
+    /// (their raw sizes, compressed at worst a little larger).
+    fn trailer_bound(&self) -> u64 {
+        let kinds = Kind::ALL.len() as u64;
+        let chunks = self.chunks.len() as u64 + 1;
+        let index = 16 + 2 * kinds + chunks * (44 + 8 * kinds) + 4 + 16 * 64;
+        let seek = 17 + 8 * (self.frames.len() as u64 + 3);
+        let bound = |n: u64| n + n / 128 + 1024;
+        bound(16 << 10) + bound(index) + seek
+    }
+
+    /// Allocates the disk space for `len` more bytes and the trailer after them before they are
+    /// written: when the disk is full this fails with nothing written, and the space for the
+    /// trailer, allocated by the previous call, is still there for [`TraceWriter::finish_failed`].
+    fn reserve_for(&mut self, len: u64) -> std::io::Result<()> {
+        if !self.reserve || self.in_trailer {
+            return Ok(());
+        }
+        let want = len + self.trailer_bound();
+        if want <= self.reserved {
+            return Ok(());
+        }
+        // SAFETY: fallocate on our own descriptor; KEEP_SIZE leaves the file's size as it is.
+        let r = unsafe {
+            libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, self.offset as i64, want as i64)
+        };
+        if r == 0 {
+            self.reserved = want;
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            return Err(e);
+        }
+        // EOPNOTSUPP (no preallocation here) and the like: write without a reserve.
+        self.reserve = false;
+        Ok(())
+    }
+
+    /// Gives back what is left of the reserve past the end of the finished file.
+    fn release_reserve(&mut self) {
+        if self.reserve && self.reserved > 0 {
+            // SAFETY: as in reserve_for; punching past the end frees the preallocated blocks.
+            unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    self.offset as i64,
+                    self.reserved as i64,
+                );
+            }
+            self.reserved = 0;
+        }
+    }
+
+    /// After a failed write (a full disk): writes `drops` (the final counters, which count the
+    /// records that never reached the file) as one last chunk, then the index and seek table,
+    /// over whatever the failed write left after the last whole frame, in the space kept for
+    /// them; the file is then finalized with every chunk written before the failure.
+    pub fn finish_failed(mut self, drops: impl IntoIterator<Item = Record>) -> Result<WriteSummary, TraceError> {
+        self.failed = false;
+        self.in_trailer = true;
+        // records of the chunk that failed: the caller counted them as lost
+        self.pending = RecordBatch::default();
+        self.file.seek(SeekFrom::Start(self.offset)).map_err(|e| TraceError::io(&self.path, e))?;
+        for d in drops {
+            self.append(d)?;
+        }
+        self.finish()
     }
 
     /// Flushes the last chunk, writes the index and the seek table and syncs the file.
     pub fn finish(mut self) -> Result<WriteSummary, TraceError> {
         self.flush_chunk()?;
+        self.in_trailer = true;
         let summary = IndexSummary {
             chunks: std::mem::take(&mut self.chunks),
             drops: self.drops.iter().map(|((s, c), n)| (*s, *c, *n)).collect(),
@@ -291,6 +378,9 @@ impl TraceWriter {
         self.write_frame()?;
         format::encode_seek_table(&self.frames, &mut self.comp_buf);
         self.write_raw_comp()?;
+        self.release_reserve();
+        // (after a failed write: cuts what it left past the trailer)
+        self.file.set_len(self.offset).map_err(|e| TraceError::io(&self.path, e))?;
         self.file.sync_data().map_err(|e| TraceError::io(&self.path, e))?;
         Ok(WriteSummary {
             records: self.records,
