@@ -13,8 +13,8 @@ mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what 
 mod nccl_profiler; // NCCL's algorithm/protocol via its profiler plugin API: wire decoding; gpusim runs (root)
 mod pipeline; // collectors → queues → writer: backpressure counts every dropped record
 mod report; // report detail: steps, bins, top kernels, gaps, checkpoint, collectives, straggler, flags
-mod security_records; // issue 16: a hostile job's CUPTI ring records: bounded names/notes, owner pid, validated drop counters
 mod security_output; // the job is untrusted: escaped text, safe output files, non-trace inputs, the job's user under sudo
+mod security_records; // issue 16: a hostile job's CUPTI ring records: bounded names/notes, owner pid, validated drop counters
 mod session; // root tier: record's Ctrl-C, second Ctrl-C, full disk, symlinked output; attach's window against the truth
 mod speed; // the analysis's fast paths: the lean decode gives the columns the analysis reads, exactly
 mod trace_compat; // plain `zstd -d` and the seekable format's seek table; seeking by time

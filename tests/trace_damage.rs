@@ -459,3 +459,21 @@ proptest! {
         prop_assert!(summary.is_ok(), "info fails: {:?}", summary.err().map(|e| e.to_string()));
     }
 }
+
+/// A crafted file with 20,000 distinct session notes: the reader keeps the first 1,024 and sums
+/// up the rest in one line (it kept all, with a linear search per note: quadratic in the notes).
+#[test]
+fn a_trace_with_thousands_of_notes_lists_a_bounded_number() {
+    let dir = tmpdir();
+    let path = dir.path().join("notes.gptrace");
+    let texts: Vec<String> = (0..20_000).map(|i| format!("note number {i}")).collect();
+    let names: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let records: Vec<Record> =
+        (0..20_000u32).map(|i| SessionNote { time_ns: 1_000 + i as u64, pid: 7, text_id: i + 1 }.into()).collect();
+    write_trace(&path, &records, &names, 4_096);
+    let notes = TraceReader::open(&path).unwrap().notes().unwrap();
+    assert_eq!(notes.len(), 1_025, "1,024 notes and one line for the rest");
+    assert_eq!(notes[0], "note number 0");
+    assert_eq!(notes[1_023], "note number 1023");
+    assert_eq!(notes[1_024], "18976 further distinct notes in this trace are not shown");
+}

@@ -2,6 +2,7 @@
 //! the format's limits before anything is allocated, every problem is an error naming the byte
 //! offset, and a file cut short reads back every whole chunk before the cut, with a warning.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,10 @@ use super::records::{Kind, RecordBatch};
 
 /// Largest compressed frame accepted (zstd's bound on a MAX_FRAME_BYTES input, rounded up).
 const MAX_COMPRESSED_FRAME: u64 = MAX_FRAME_BYTES + (1 << 20);
+
+/// Most distinct session notes [`TraceReader::notes`] returns (a recording keeps far fewer:
+/// 32 per process, 256 in all); a crafted file's excess is summed up in one line.
+pub const MAX_NOTES: usize = 1024;
 
 /// A chunk that could not be read (its frame's checksum failed, it does not decompress or its
 /// decoded body is malformed): readers that go through every chunk skip it and say so.
@@ -520,6 +525,10 @@ impl TraceReader {
     pub fn notes(&self) -> Result<Vec<String>, TraceError> {
         let slot = Kind::ALL.iter().position(|k| *k == Kind::SessionNote).unwrap_or(0);
         let mut out: Vec<String> = Vec::new();
+        // A crafted file may hold millions of notes: look-ups are hashed (not a scan per note)
+        // and at most MAX_NOTES distinct texts are kept, the rest counted in a last line.
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut more = 0u64;
         let (mut scratch, mut chunk) = (Scratch::default(), Chunk::default());
         for i in 0..self.chunks.len() {
             if self.chunks[i].counts.get(slot).copied().unwrap_or(0) == 0 || self.is_damaged(i) {
@@ -530,16 +539,22 @@ impl TraceReader {
                 Err(TraceError::Corrupt { .. }) => continue,
                 Err(e) => return Err(e),
             }
+            let strings: HashMap<u32, &String> = chunk.strings.iter().map(|s| (s.0, &s.1)).collect();
             for n in &chunk.records.notes {
-                let text = chunk
-                    .strings
-                    .iter()
-                    .find(|s| s.0 == n.text_id)
-                    .map_or_else(|| format!("note #{}", n.text_id), |s| s.1.clone());
-                if !out.contains(&text) {
-                    out.push(text);
+                let text = strings.get(&n.text_id).map_or_else(|| format!("note #{}", n.text_id), |s| (*s).clone());
+                if seen.contains(&text) {
+                    continue;
                 }
+                if out.len() >= MAX_NOTES {
+                    more += 1;
+                    continue;
+                }
+                seen.insert(text.clone());
+                out.push(text);
             }
+        }
+        if more > 0 {
+            out.push(format!("{more} further distinct notes in this trace are not shown"));
         }
         Ok(out)
     }
