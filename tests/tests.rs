@@ -13,6 +13,7 @@ mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what 
 mod nccl_profiler; // NCCL's algorithm/protocol via its profiler plugin API: wire decoding; gpusim runs (root)
 mod pipeline; // collectors → queues → writer: backpressure counts every dropped record
 mod report; // report detail: steps, bins, top kernels, gaps, checkpoint, collectives, straggler, flags
+mod security_ring; // the CUPTI rings against a hostile job: symlinks, owners, links, FIFOs, huge and shrunk rings, sweeps
 mod session; // root tier: record's Ctrl-C, second Ctrl-C, full disk, symlinked output; attach's window against the truth
 mod speed; // the analysis's fast paths: the lean decode gives the columns the analysis reads, exactly
 mod trace_compat; // plain `zstd -d` and the seekable format's seek table; seeking by time
