@@ -446,13 +446,9 @@ pub fn sweep_stale_ring_dirs(base: &Path) -> usize {
             continue;
         }
         let path = e.path();
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_dir() && m.mode() & 0o077 == 0 => {
-                if std::fs::remove_dir_all(&path).is_ok() {
-                    removed += 1;
-                }
-            }
-            _ => {}
+        let private = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_dir() && m.mode() & 0o077 == 0);
+        if private && std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
         }
     }
     removed

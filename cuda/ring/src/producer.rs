@@ -251,13 +251,9 @@ pub fn sweep_stale(dir: &Path) -> usize {
             continue;
         }
         let path = e.path();
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_file() && m.uid() == me => {
-                if std::fs::remove_file(&path).is_ok() {
-                    removed += 1;
-                }
-            }
-            _ => {}
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file() && m.uid() == me);
+        if ours && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
         }
     }
     removed

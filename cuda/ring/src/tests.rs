@@ -295,7 +295,15 @@ fn a_ring_owned_by_another_uid_than_its_process_is_refused() {
 /// VmRSS of this process, in bytes.
 fn rss() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = s.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
     kb * 1024
 }
 
@@ -365,7 +373,7 @@ fn a_ring_shrunk_under_the_consumer_is_reported_not_fatal() {
         // The job truncates its ring after ghostprof mapped it.
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(shrink_to).unwrap();
         let mut out = vec![Popped { kind: 9, payload: vec![1] }];
-        let e = consumer.drain(&mut out).err().expect("shrunk");
+        let e = consumer.drain(&mut out).expect_err("shrunk");
         assert!(matches!(e, ConsumerError::Shrunk), "{e}");
         assert_eq!(e.to_string(), "shrank its CUPTI ring: its device timeline ends here");
         assert_eq!(out.len(), 1, "the batch read from the shrunk ring is discarded, earlier records kept");
@@ -389,7 +397,13 @@ fn a_sigbus_outside_every_ring_still_ends_the_process() {
     let (_d, path, _p) = ring(4096);
     let _consumer = Consumer::open(&path).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.path().join("plain")).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("plain"))
+        .unwrap();
     file.set_len(8192).unwrap();
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
