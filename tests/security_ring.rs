@@ -218,6 +218,7 @@ fn ring_of_1_gib_is_refused_by_the_collector_with_a_note() {
     c.scan(&[job.pid()]);
     c.scan(&[job.pid()]);
     let grew = rss().saturating_sub(before);
+    eprintln!("1 GiB ring refused; RSS grew by {grew} bytes");
     assert_eq!((c.stats.rings, c.refused_rings()), (0, 1), "{:?}", c.notes);
     let n = notes_about(&c, job.pid());
     assert!(n.len() == 1 && n[0].contains("refused: 1073741824 data bytes, more than the 67108864"), "{n:?}");
@@ -401,4 +402,59 @@ fn root_ring_shrunk_mid_record_ends_its_timeline_and_the_session_finalizes() {
     assert!(!stale.exists(), "the killed session's ring directory was swept");
     assert!(alive.exists(), "a live session's ring directory is kept");
     let _ = std::fs::remove_dir_all(&alive);
+}
+
+/// `attach` to a dormant gpusim job whose ring (in the ring directory given as
+/// `AttachConfig::ring_dir`) belongs to another uid than the process: refused with a note, never
+/// switched on; the eBPF timeline is recorded and the job ends normally.
+#[test]
+#[ignore = "root tier: needs root (chown to another uid, CAP_BPF for record)"]
+fn root_ring_attach_refuses_a_ring_owned_by_another_uid() {
+    use ghostprof::record::attach::{attach, AttachConfig};
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let built = crate::gpusim::built();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let cmd = crate::gpusim::train_command("balanced", 1, 600, &dir.path().join("truth"));
+    let mut job = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .env("CUDA_INJECTION64_PATH", built.build_dir.join("libghostprof_inject.so"))
+        .env("GHOSTPROF_RING_DIR", &rings)
+        .env_remove("GHOSTPROF_ENABLE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let ring = loop {
+        if let Some(r) = rings_in(&rings).into_iter().find(|n| n.ends_with(".ring")) {
+            break rings.join(r);
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the dormant library made no ring");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    chown(&ring, 65534);
+    // Held open: the library removes its ring when the job exits.
+    let held = std::fs::File::open(&ring).unwrap();
+    let ring_pid = ghostprof_ring::ring_file_pid(&ring.file_name().unwrap().to_string_lossy()).unwrap();
+    let trace = dir.path().join("attach.gptrace");
+    let mut cfg = AttachConfig::new(job.id(), trace.clone());
+    cfg.ring_dir = rings.clone();
+    cfg.max_duration = Some(Duration::from_millis(800));
+    let summary = attach(&cfg, &std::sync::atomic::AtomicBool::new(false), &mut |_| {}).expect("attach");
+    let mut header = [0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&held, &mut header, 0).unwrap();
+    let word = |off: usize| u32::from_ne_bytes(header[off..off + 4].try_into().unwrap());
+    let control = (word(std::mem::offset_of!(Header, enabled)), word(std::mem::offset_of!(Header, consumer_pid)));
+    assert_eq!(control, (0, 0), "the ring was not opened");
+    assert!(job.wait().unwrap().success());
+    assert_eq!(summary.cupti.rings, 0, "{:?}", summary.notes);
+    let want =
+        format!("cannot read the CUPTI ring of process {ring_pid}: {}: refused: owned by uid 65534", ring.display());
+    assert_eq!(summary.notes.iter().filter(|n| n.starts_with(&want)).count(), 1, "{:?}", summary.notes);
+    let b = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
+    assert!(b.kernels.is_empty(), "no device records from the refused ring");
+    assert!(!b.launches.is_empty(), "the eBPF timeline is recorded");
 }

@@ -138,8 +138,12 @@ impl Consumer {
         if map.len() as u64 != len {
             return Err(not(format!("mapped {} bytes of a {len}-byte file", map.len())));
         }
-        let guard = sigbus::Guard::register(map.as_ptr(), map.len())
-            .ok_or_else(|| refuse(format!("more than {} rings open at once", sigbus::SLOTS)))?;
+        let guard = sigbus::Guard::register(map.as_ptr(), map.len()).ok_or_else(|| {
+            refuse(format!(
+                "cannot guard its mapping against SIGBUS ({} rings open, or sigaction failed)",
+                sigbus::SLOTS
+            ))
+        })?;
         let c = Consumer { guard, map, path: path.to_path_buf(), capacity, shrunk: false, corrupt_bytes: 0 };
         c.header().consumer_pid.store(std::process::id(), Ordering::Relaxed);
         c.header().enabled.0.store(1, Ordering::Release);
