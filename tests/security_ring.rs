@@ -446,9 +446,10 @@ fn root_ring_attach_refuses_a_ring_owned_by_another_uid() {
     let summary = attach(&cfg, &std::sync::atomic::AtomicBool::new(false), &mut |_| {}).expect("attach");
     let mut header = [0u8; 4096];
     std::os::unix::fs::FileExt::read_exact_at(&held, &mut header, 0).unwrap();
-    let word = |off: usize| u32::from_ne_bytes(header[off..off + 4].try_into().unwrap());
-    let control = (word(std::mem::offset_of!(Header, enabled)), word(std::mem::offset_of!(Header, consumer_pid)));
-    assert_eq!(control, (0, 0), "the ring was not opened");
+    // A detach clears the control words; head and tail stay: the library never collected.
+    let word = |off: usize| u64::from_ne_bytes(header[off..off + 8].try_into().unwrap());
+    let (head, tail) = (word(std::mem::offset_of!(Header, head)), word(std::mem::offset_of!(Header, tail)));
+    assert_eq!((head, tail), (0, 0), "the ring was never switched on");
     assert!(job.wait().unwrap().success());
     assert_eq!(summary.cupti.rings, 0, "{:?}", summary.notes);
     let want =
