@@ -15,6 +15,7 @@ mod pipeline; // collectors → queues → writer: backpressure counts every dro
 mod report; // report detail: steps, bins, top kernels, gaps, checkpoint, collectives, straggler, flags
 mod security_output; // the job is untrusted: escaped text, safe output files, non-trace inputs, the job's user under sudo
 mod security_records; // issue 16: a hostile job's CUPTI ring records: bounded names/notes, owner pid, validated drop counters
+mod security_ring; // the CUPTI rings against a hostile job: symlinks, owners, links, FIFOs, huge and shrunk rings, sweeps
 mod session; // root tier: record's Ctrl-C, second Ctrl-C, full disk, symlinked output; attach's window against the truth
 mod speed; // the analysis's fast paths: the lean decode gives the columns the analysis reads, exactly
 mod trace_compat; // plain `zstd -d` and the seekable format's seek table; seeking by time

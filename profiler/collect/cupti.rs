@@ -4,13 +4,13 @@
 //! bindings of the real headers), checked for length, and turned into trace records; device
 //! timestamps are mapped onto CLOCK_MONOTONIC with the clock pairs the library sends.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::mem::{offset_of, size_of};
 use std::path::{Path, PathBuf};
 
 use cs::CUpti_ActivityKind as K;
 use cudarc::cupti::sys as cs;
-use ghostprof_ring::{wire, Consumer, Popped};
+use ghostprof_ring::{wire, Consumer, ConsumerError, Popped};
 
 use crate::record::Producer;
 use crate::trace::strings::{truncate_utf8, MAX_NAME_BYTES};
@@ -183,6 +183,11 @@ pub struct CuptiCollector {
     /// Status messages from the injection libraries, once each.
     pub notes: Vec<String>,
     seen_notes: NoteSet,
+    /// With `Some`, only rings of these pids are taken from the directory (every pid ever traced,
+    /// fed by [`CuptiCollector::add_traced`]); None: every ring in it (a directory the caller trusts).
+    traced: Option<BTreeSet<u32>>,
+    /// Pids whose ring was refused (each noted and counted once, not retried).
+    refused: BTreeSet<u32>,
 }
 
 fn u16_at(p: &[u8], at: usize) -> u16 {
@@ -207,7 +212,28 @@ impl CuptiCollector {
             stats: CuptiStats::default(),
             notes: Vec::new(),
             seen_notes: NoteSet::default(),
+            traced: None,
+            refused: BTreeSet::new(),
         }
+    }
+
+    /// From now on [`CuptiCollector::scan_dir`] takes only the rings of pids given to
+    /// [`CuptiCollector::add_traced`]: a ring named after any other process is refused.
+    pub fn only_traced(&mut self) {
+        self.traced.get_or_insert_with(BTreeSet::new);
+    }
+
+    /// Pids that are (or were) in the traced tree.
+    pub fn add_traced(&mut self, pids: &[u32]) {
+        if let Some(t) = self.traced.as_mut() {
+            t.extend(pids.iter().copied());
+        }
+    }
+
+    /// Rings refused so far (a symlink, another owner, not a regular file, several links, too
+    /// large, not a traced process's), each with a note.
+    pub fn refused_rings(&self) -> usize {
+        self.refused.len()
     }
 
     /// Path of the ring of `pid`.
@@ -216,7 +242,8 @@ impl CuptiCollector {
     }
 
     /// Opens every ring in the directory (a session's private ring directory holds only its
-    /// own job's rings, including those of processes that already exited).
+    /// own job's rings, including those of processes that already exited), only those of traced
+    /// pids after [`CuptiCollector::only_traced`].
     pub fn scan_dir(&mut self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         let pids: Vec<u32> = entries
@@ -226,21 +253,54 @@ impl CuptiCollector {
                 name.strip_prefix("ghostprof-")?.strip_suffix(".ring")?.parse().ok()
             })
             .collect();
-        self.scan(&pids);
+        let mut wanted = Vec::with_capacity(pids.len());
+        for pid in pids {
+            match &self.traced {
+                Some(t) if !t.contains(&pid) => {
+                    if !self.rings.contains_key(&pid) && self.refused.insert(pid) {
+                        self.note(format!(
+                            "ignored the CUPTI ring of process {pid} in {}: not a process of the traced job",
+                            self.dir.display()
+                        ));
+                    }
+                }
+                _ => wanted.push(pid),
+            }
+        }
+        self.scan(&wanted);
+    }
+
+    /// The uids the ring of `pid` may belong to: the process's real, effective, saved and
+    /// filesystem uids (/proc/PID/status); for a process already gone, the owner of the ring
+    /// directory (a `record` session's private directory belongs to the job's user).
+    fn owners_of(&self, pid: u32) -> Vec<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uids: Vec<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .map(|l| l.split_whitespace().filter_map(|u| u.parse().ok()).collect())
+            .unwrap_or_default();
+        if !uids.is_empty() {
+            return uids;
+        }
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&self.dir).map(|m| vec![m.uid()]).unwrap_or_default()
     }
 
     /// Opens the rings of `pids` that exist and are not open yet (which switches their
-    /// collection on).
+    /// collection on). A ring is taken only if it is a regular file with one link, owned by
+    /// the process it names, no larger than the injection library's; never through a symlink.
     pub fn scan(&mut self, pids: &[u32]) {
         for &pid in pids {
-            if self.rings.contains_key(&pid) {
+            if self.rings.contains_key(&pid) || self.refused.contains(&pid) {
                 continue;
             }
             let path = self.ring_path(pid);
-            if !path.exists() {
+            if std::fs::symlink_metadata(&path).is_err() {
                 continue;
             }
-            match Consumer::open(&path) {
+            let owners = self.owners_of(pid);
+            match Consumer::open_owned(&path, Some(&owners)) {
                 Ok(consumer) => {
                     if self.unlink {
                         let _ = std::fs::remove_file(&path);
@@ -260,7 +320,12 @@ impl CuptiCollector {
                     );
                     self.stats.rings += 1;
                 }
-                Err(e) => self.note(format!("cannot read the CUPTI ring of process {pid}: {e}")),
+                Err(e) => {
+                    if matches!(e, ConsumerError::Refused { .. }) {
+                        self.refused.insert(pid);
+                    }
+                    self.note(format!("cannot read the CUPTI ring of process {pid}: {e}"))
+                }
             }
         }
     }

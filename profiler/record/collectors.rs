@@ -132,8 +132,14 @@ impl Collectors {
         let started = Instant::now();
         let mut last_scan = Instant::now() - timers.rescan_interval;
         let mut ticker = Ticker::new();
+        if let Rings::InDir = timers.rings {
+            // The directory may hold rings named after any pid: only the traced tree's count.
+            self.cupti.only_traced();
+        }
         loop {
             let targets = self.host.targets();
+            // Every pid ever traced, so the ring of a process that already exited is still taken.
+            self.cupti.add_traced(&targets);
             if let Some(stats) = ticker.tick(pipeline, targets.len(), self.cupti.stats.rings, progress) {
                 if stats.writer_error.is_some() {
                     return Ok(Ended::WriterFailed);
@@ -160,9 +166,23 @@ impl Collectors {
         }
     }
 
+    /// A drain takes at most `MAX_DRAIN_BYTES` per ring; at the session's end there is no next
+    /// tick, so the rest is drained now (bounded: a producer still writing cannot hold us).
+    fn drain_rings_to_the_end(&mut self, producer: &mut Producer) {
+        let most = ghostprof_ring::MAX_CAPACITY.div_ceil(ghostprof_ring::MAX_DRAIN_BYTES) + 1;
+        for _ in 0..most {
+            let before = self.cupti.stats.records;
+            self.cupti.drain(producer);
+            if self.cupti.stats.records == before {
+                break;
+            }
+        }
+    }
+
     /// Stops NVML sampling (before the pipeline finishes) and gathers what every collector saw;
     /// the session's notes also go into the trace (`note` records), for whoever reviews it.
     pub(crate) fn finish(mut self, producer: &mut Producer) -> CollectorsSummary {
+        self.drain_rings_to_the_end(producer);
         let (nvml, nvml_notes) = match self.nvml.as_mut() {
             Some(n) => {
                 n.stop();

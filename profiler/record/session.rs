@@ -499,6 +499,7 @@ fn reap_in_background(mut child: Child) {
 fn private_ring_dir() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    sweep_stale_ring_dirs(&base);
     for n in 0..100u32 {
         let dir =
             base.join(format!("ghostprof-{}-{}-{n}", std::process::id(), crate::clock::monotonic_ns() % 1_000_000));
@@ -509,4 +510,33 @@ fn private_ring_dir() -> std::io::Result<PathBuf> {
         }
     }
     Err(std::io::Error::other("no free ring directory name"))
+}
+
+/// Removes the private ring directories (`ghostprof-<pid>-…`) of `record` sessions that were
+/// killed before they could (their ghostprof pid is gone): each holds up to 64 MiB per process.
+/// Only real directories (lstat: a symlink named so is left alone) that are private as
+/// [`private_ring_dir`] makes them; `remove_dir_all` never follows links inside. Returns how
+/// many were removed.
+pub fn sweep_stale_ring_dirs(base: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else { return 0 };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("ghostprof-")) else { continue };
+        let mut parts = rest.split('-');
+        let (Some(pid), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid == std::process::id() || pid == 0 || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = e.path();
+        let private = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_dir() && m.mode() & 0o077 == 0);
+        if private && std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }

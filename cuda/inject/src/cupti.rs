@@ -15,7 +15,7 @@ use ghostprof_ring::Producer;
 use ghostprof_ring::wire;
 
 const BUFFER_BYTES: usize = 4 << 20;
-const RING_BYTES: usize = 64 << 20;
+use ghostprof_ring::RING_BYTES;
 
 /// What the buffer thread and the control thread keep. The ring has its own lock, held only for
 /// one push at a time, so a launching thread's callback never waits behind a whole activity
@@ -50,6 +50,8 @@ impl std::hash::Hasher for PtrHasher {
 }
 
 static RING: OnceLock<Mutex<Producer>> = OnceLock::new();
+/// Where the ring file is, for its removal at exit.
+static RING_PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static LAST_CLOCK_NS: AtomicU64 = AtomicU64::new(0);
@@ -96,9 +98,20 @@ pub fn start() -> Result<(), String> {
     let path = std::path::Path::new(&dir).join(format!("ghostprof-{}.ring", std::process::id()));
     // Recording from the start (`ghostprof record`): fault the ring in now, not push by push.
     let prefault = config().always;
+    if !config().always {
+        // Dormant rings of this user's processes that died without their exit handler (killed):
+        // 64 MiB each in /dev/shm. Not under `record`, whose private directory may still hold
+        // the complete ring of a process that exited before ghostprof opened it (ghostprof
+        // removes that directory itself).
+        ghostprof_ring::sweep_stale(std::path::Path::new(&dir));
+    }
     let ring = Producer::create_with(&path, RING_BYTES, prefault)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let _ = RING.set(Mutex::new(ring));
+    let _ = RING_PATH.set(path);
+    // Registered before anything else can fail, so even a library without CUPTI removes its ring.
+    // SAFETY: registering a plain extern "C" function that catches its own panics.
+    unsafe { libc::atexit(at_exit) };
     SELF_TIME.store(std::env::var("GHOSTPROF_SELF_TIME").as_deref() == Ok("1"), Ordering::Relaxed);
     *STATE.lock().unwrap_or_else(|p| p.into_inner()) =
         Some(State { pm: None, names: HashMap::default(), cupti_dropped: 0, records: Vec::new() });
@@ -109,8 +122,6 @@ pub fn start() -> Result<(), String> {
     if config().always {
         enable();
     }
-    // SAFETY: registering a plain extern "C" function that catches its own panics.
-    unsafe { libc::atexit(at_exit) };
     std::thread::Builder::new()
         .name("ghostprof-inject".into())
         .spawn(control_loop)
@@ -484,6 +495,14 @@ extern "C" fn at_exit() {
                 CALLBACK_SAMPLED.load(Ordering::Relaxed),
                 CALLBACKS.load(Ordering::Relaxed)
             ));
+        }
+        // A dormant ring would stay in /dev/shm (64 MiB) after the job: removed if the file at
+        // its name is still the one created here (an attached ghostprof keeps its mapping).
+        // Under `record` the file stays for ghostprof to read, if it has not opened it yet.
+        if !config().always {
+            if let (Some(ring), Some(path)) = (RING.get(), RING_PATH.get()) {
+                ring.lock().unwrap_or_else(|p| p.into_inner()).remove_if_ours(path);
+            }
         }
     });
 }

@@ -21,11 +21,16 @@
 mod consumer;
 mod layout;
 mod producer;
+mod sigbus;
 pub mod wire;
 
-pub use consumer::{Consumer, ConsumerError, Popped};
+pub use consumer::{Consumer, ConsumerError, Popped, MAX_CAPACITY, MAX_DRAIN_BYTES};
 pub use layout::{Header, DATA_OFFSET, HEADER_BYTES, MAGIC, MAX_RECORD_BYTES, VERSION};
-pub use producer::Producer;
+pub use producer::{ring_file_pid, sweep_stale, Producer};
+
+/// Data bytes of the rings the injection library creates (64 MiB), and the most the consumer
+/// accepts ([`MAX_CAPACITY`]).
+pub const RING_BYTES: usize = 64 << 20;
 
 /// Frame header bytes (len u32, kind u16, reserved u16).
 pub const FRAME_HEADER: usize = 8;

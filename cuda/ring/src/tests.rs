@@ -236,3 +236,230 @@ fn nccl_coll_payload_round_trips_and_rejects_truncation() {
     bad[48] = 255;
     assert_eq!(NcclColl::decode(&bad[..n]), None);
 }
+
+/// The header's `enabled` and `consumer_pid` words: a consumer that opened the ring set them.
+fn opened_by_someone(path: &std::path::Path) -> bool {
+    let bytes = std::fs::read(path).unwrap();
+    let at = |off: usize| u32::from_ne_bytes(bytes[off..off + 4].try_into().unwrap());
+    at(std::mem::offset_of!(Header, enabled)) != 0 || at(std::mem::offset_of!(Header, consumer_pid)) != 0
+}
+
+#[test]
+fn a_symlink_named_like_a_ring_is_refused_and_its_target_untouched() {
+    let (dir, victim, mut producer) = ring(4096);
+    assert!(producer.push(4, &[7; 32]));
+    let link = dir.path().join("ghostprof-1.ring");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let before = std::fs::read(&victim).unwrap();
+    let e = Consumer::open(&link).err().expect("a symlink is refused").to_string();
+    assert!(e.contains("refused: a symbolic link"), "{e}");
+    assert_eq!(std::fs::read(&victim).unwrap(), before, "the victim's ring is not switched on");
+    assert!(!opened_by_someone(&victim));
+    assert!(!producer.enabled());
+}
+
+#[test]
+fn a_ring_with_two_hard_links_is_refused() {
+    let (dir, path, _producer) = ring(4096);
+    let second = dir.path().join("ghostprof-2.ring");
+    std::fs::hard_link(&path, &second).unwrap();
+    let e = Consumer::open(&second).err().expect("two links").to_string();
+    assert!(e.contains("refused: 2 hard links"), "{e}");
+    assert!(!opened_by_someone(&path));
+}
+
+#[test]
+fn a_fifo_named_like_a_ring_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("ghostprof-3.ring");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let t = std::time::Instant::now();
+    let e = Consumer::open(&fifo).err().expect("a FIFO").to_string();
+    assert!(t.elapsed() < std::time::Duration::from_secs(1), "took {:?}", t.elapsed());
+    assert!(e.contains("refused: not a regular file"), "{e}");
+}
+
+#[test]
+fn a_ring_owned_by_another_uid_than_its_process_is_refused() {
+    let (_dir, path, _producer) = ring(4096);
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let e = Consumer::open_owned(&path, Some(&[me.wrapping_add(1)])).err().expect("another owner").to_string();
+    assert!(e.contains(&format!("refused: owned by uid {me}")), "{e}");
+    assert!(!opened_by_someone(&path));
+    assert!(Consumer::open_owned(&path, Some(&[me])).is_ok(), "its own process's ring is taken");
+}
+
+/// VmRSS of this process, in bytes.
+fn rss() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn a_ring_of_1_gib_is_refused_before_anything_is_mapped() {
+    let (_dir, path, _producer) = ring(4096);
+    // The same header, claiming 1 GiB of data, in a sparse file of the matching size.
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let capacity: u64 = 1 << 30;
+    f.set_len(HEADER_BYTES as u64 + capacity).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&capacity.to_ne_bytes(), std::mem::offset_of!(Header, capacity) as u64).unwrap();
+    // A producer that wrote "all of it": the consumer would copy 1 GiB out in one drain.
+    f.write_all_at(&(capacity - 64).to_ne_bytes(), std::mem::offset_of!(Header, head) as u64).unwrap();
+    let rss0 = rss();
+    let mut out = Vec::new();
+    let e = match Consumer::open(&path) {
+        Ok(mut c) => {
+            let _ = c.drain(&mut out);
+            panic!("a 1 GiB ring was opened ({} records drained)", out.len());
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains(&format!("refused: {capacity} data bytes, more than the {MAX_CAPACITY}")), "{e}");
+    assert_eq!(MAX_CAPACITY, 64 << 20);
+    let grew = rss().saturating_sub(rss0);
+    assert!(grew < 16 << 20, "RSS grew {grew} bytes");
+}
+
+#[test]
+fn one_drain_takes_at_most_max_drain_bytes_and_leaves_the_rest() {
+    let (_dir, path, mut producer) = ring(32 << 20);
+    let mut consumer = Consumer::open(&path).unwrap();
+    let record = vec![5u8; 4088]; // 4 KiB frames
+    let mut pushed = 0u64;
+    while pushed * 4096 < 20 << 20 {
+        assert!(producer.push(6, &record));
+        pushed += 1;
+    }
+    let mut out = Vec::new();
+    let first = consumer.drain(&mut out).unwrap() as u64;
+    assert_eq!(first * 4096, MAX_DRAIN_BYTES, "one drain: {first} records");
+    let mut total = first;
+    let mut calls = 1;
+    loop {
+        out.clear();
+        let n = consumer.drain(&mut out).unwrap() as u64;
+        if n == 0 {
+            break;
+        }
+        assert!(n * 4096 <= MAX_DRAIN_BYTES);
+        total += n;
+        calls += 1;
+    }
+    assert_eq!(total, pushed, "nothing lost, only deferred");
+    assert_eq!(calls, 3, "20 MiB in 8 MiB drains");
+}
+
+#[test]
+fn a_ring_shrunk_under_the_consumer_is_reported_not_fatal() {
+    for shrink_to in [4096u64, 0] {
+        let (_dir, path, mut producer) = ring(1 << 20);
+        let mut consumer = Consumer::open(&path).unwrap();
+        for seq in 0..1000u64 {
+            assert!(producer.push(2, &payload(seq)));
+        }
+        // The job truncates its ring after ghostprof mapped it.
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(shrink_to).unwrap();
+        let mut out = vec![Popped { kind: 9, payload: vec![1] }];
+        let e = consumer.drain(&mut out).expect_err("shrunk");
+        assert!(matches!(e, ConsumerError::Shrunk), "{e}");
+        assert_eq!(e.to_string(), "shrank its CUPTI ring: its device timeline ends here");
+        assert_eq!(out.len(), 1, "the batch read from the shrunk ring is discarded, earlier records kept");
+        assert!(consumer.shrunk());
+        assert_eq!(consumer.drain(&mut out).unwrap(), 0, "nothing more from that ring");
+        consumer.detach();
+        assert_eq!(consumer.dropped(), 0);
+        drop(consumer);
+    }
+    // Other rings go on after one was shrunk (its slot was released on drop).
+    let (_dir, path, mut producer) = ring(4096);
+    let mut consumer = Consumer::open(&path).unwrap();
+    assert!(producer.push(3, &[1; 8]));
+    let mut out = Vec::new();
+    assert_eq!(consumer.drain(&mut out).unwrap(), 1);
+}
+
+#[test]
+fn a_sigbus_outside_every_ring_still_ends_the_process() {
+    // The handler is installed by the first consumer.
+    let (_d, path, _p) = ring(4096);
+    let _consumer = Consumer::open(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("plain"))
+        .unwrap();
+    file.set_len(8192).unwrap();
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: a private test mapping of our own file; the child only makes syscalls and reads.
+    let code = unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
+        assert_ne!(p, libc::MAP_FAILED);
+        let child = libc::fork();
+        if child == 0 {
+            libc::ftruncate(fd, 0);
+            let v = std::ptr::read_volatile(p.cast::<u8>().add(4096));
+            libc::_exit(v as i32 + 1);
+        }
+        let mut status = 0;
+        libc::waitpid(child, &mut status, 0);
+        libc::munmap(p, 8192);
+        status
+    };
+    assert!(libc::WIFSIGNALED(code) && libc::WTERMSIG(code) == libc::SIGBUS, "status {code:#x}");
+}
+
+#[test]
+fn the_producer_never_writes_through_a_planted_temp_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let path = dir.path().join("ghostprof-77.ring");
+    // The old fixed temporary name (`ghostprof-77.tmp`), `<ring>.tmp`, and the ring's own name.
+    for planted in ["ghostprof-77.tmp", "ghostprof-77.ring.tmp", "ghostprof-77.ring"] {
+        std::os::unix::fs::symlink(&victim, dir.path().join(planted)).unwrap();
+    }
+    let mut producer = Producer::create(&path, 4096).unwrap();
+    assert!(producer.push(1, &[1; 16]));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "the victim is untouched");
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_file(), "the planted symlink itself was replaced");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(Consumer::open(&path).is_ok());
+    // No temporary file is left behind.
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".tmp") && !n.starts_with("ghostprof-77.tmp") && n != "ghostprof-77.ring.tmp")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(producer.remove_if_ours(&path));
+    assert!(!path.exists());
+}
+
+#[test]
+fn ring_file_names_give_their_pid() {
+    assert_eq!(ring_file_pid("ghostprof-12.ring"), Some(12));
+    assert_eq!(ring_file_pid("ghostprof-12.tmp"), Some(12));
+    assert_eq!(ring_file_pid("ghostprof-12.ring.12-00ff.tmp"), Some(12));
+    for bad in ["ghostprof-.ring", "ghostprof-1x.ring", "ghostprof-12.ring.bak", "other-1.ring", "ghostprof-12-3-4"] {
+        assert_eq!(ring_file_pid(bad), None, "{bad}");
+    }
+}
