@@ -295,10 +295,18 @@ fn root_attach_mid_run_records_the_attached_window_and_leaves_the_job_alone() {
         .args(["attach", "--quiet", "--duration", "1s", "--pid", &job.id().to_string(), "-o"])
         .arg(&trace)
         .env("GHOSTPROF_RING_DIR", &rings)
+        // as if run through sudo by uid 65534: the trace is given to that user
+        .env("SUDO_UID", "65534")
+        .env("SUDO_GID", "65534")
         .output()
         .unwrap();
     let t1 = ghostprof::clock::monotonic_ns();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(&trace).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o600), "the invoking user's, mode 0600");
+    }
     let status = job.wait().unwrap();
     assert!(status.success(), "the job finishes normally after the detach: {status}");
     let b = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();

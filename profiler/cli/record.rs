@@ -221,6 +221,7 @@ pub fn run_attach(cfg: &AttachCliConfig) -> anyhow::Result<ExitCode> {
     let mut a = AttachConfig::new(cfg.pid, cfg.output.clone());
     a.overwrite = cfg.force;
     a.max_duration = cfg.duration;
+    a.owner = sudo_user();
     if let Some(dir) = std::env::var_os("GHOSTPROF_RING_DIR") {
         a.ring_dir = PathBuf::from(dir);
     }

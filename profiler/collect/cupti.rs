@@ -61,6 +61,9 @@ pub struct CuptiStats {
     pub note_limit: u64,
     /// Job-reported drop counters refused as implausible (also counted in `malformed`).
     pub counters_refused: u64,
+    /// Rings refused at opening (a symlink, another owner, not a regular file, several links,
+    /// too large, not a traced process): each is also a note.
+    pub rings_refused: usize,
 }
 
 /// Ring name ids one process may map (each needs an entry, even for a name already interned).
@@ -400,6 +403,7 @@ impl CuptiCollector {
         self.stats.name_limit = name_limit;
         self.stats.note_limit = note_limit.saturating_add(self.seen_notes.refused);
         self.stats.counters_refused = refused;
+        self.stats.rings_refused = self.refused.len();
         producer.set_drops(DropCause::ShmRingFull, ring_drops);
         producer.set_drops(DropCause::CuptiBuffer, cupti_drops);
         producer.set_drops(DropCause::Malformed, self.stats.malformed);

@@ -30,6 +30,8 @@ pub struct AttachConfig {
     pub ring_dir: PathBuf,
     pub drain_interval: Duration,
     pub rescan_interval: Duration,
+    /// (uid, gid) to give the trace to: the invoking user under sudo (None: root keeps it).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl AttachConfig {
@@ -42,6 +44,7 @@ impl AttachConfig {
             ring_dir: PathBuf::from("/dev/shm"),
             drain_interval: Duration::from_millis(10),
             rescan_interval: Duration::from_millis(200),
+            owner: None,
         }
     }
 }
@@ -106,6 +109,10 @@ pub fn attach(
     let mut c = Collectors::load(&cfg.ring_dir, false)?;
     let info = TraceInfo { target_pids: tree.clone(), ..Default::default() };
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
+    if let Some((uid, gid)) = cfg.owner {
+        // lchown: never through a symlink, even one swapped in after the file was created.
+        let _ = std::os::unix::fs::lchown(&cfg.output, Some(uid), Some(gid));
+    }
     let mut producer = pipeline.producer(Source::Ebpf);
     c.start(&pipeline);
     // The device timeline first: a dormant injection library polls its ring's control word
