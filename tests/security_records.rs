@@ -59,7 +59,14 @@ impl Rig {
     /// Drains, finishes the trace and reads it back: the collector, the string table, the
     /// records, the drop counters and the trace's strings.
     fn finish(mut self) -> Finished {
-        self.drain();
+        // One drain takes at most 8 MiB of a ring: drain until nothing more comes.
+        loop {
+            let before = self.collector.stats.records;
+            self.drain();
+            if self.collector.stats.records == before {
+                break;
+            }
+        }
         let interner = self.pipeline.interner();
         drop(self.out);
         self.pipeline.finish().unwrap();
