@@ -65,8 +65,11 @@ pub struct AccountOptions {
     pub windows: HashMap<u32, (u64, u64)>,
     /// A compute kernel name whose useful fraction is below this has no FLOP attribution.
     pub flop_less_below: f64,
-    /// Count a launching thread's preemption and run-queue wait as `idle.host_stall` (DESIGN.md
-    /// §1). Off, they count as `idle.launch_bound`: the thread wanted the CPU to issue work.
+    /// Count a launching thread's involuntary preemption as `idle.host_stall` (docs/metrics.md).
+    /// Off, it counts as `idle.launch_bound`: the thread was running and wanted the CPU to issue
+    /// work (how a simulator that times its own calls sees it). The run-queue wait after a
+    /// block (sleep, futex, I/O) stays with the block either way: the caller of a blocking call
+    /// waits until it runs again.
     pub preemption_is_stall: bool,
 }
 
@@ -229,9 +232,11 @@ fn analyze_device(
     sweep.finish(checkpoint)
 }
 
-/// Syscalls counted as checkpoint I/O: the write family, fsync (74) and fdatasync (75).
+/// Syscalls counted as checkpoint I/O: the write family, fsync (74) and fdatasync (75), and
+/// what rewriting a file costs besides: an open that truncates (open 2, openat 257, creat 85:
+/// the sched program records only truncating ones), ftruncate (77), fallocate (285).
 pub(crate) fn is_checkpoint_syscall(nr: i32) -> bool {
-    WRITE_SYSCALLS.contains(&nr) || nr == 74 || nr == 75
+    WRITE_SYSCALLS.contains(&nr) || matches!(nr, 74 | 75 | 2 | 257 | 85 | 77 | 285)
 }
 
 /// Checkpoint I/O of `pid` in the window, from its file I/O records.
@@ -243,12 +248,47 @@ pub(crate) fn checkpoint_io(batch: &RecordBatch, pid: u32, (w0, w1): (u64, u64))
         if s < e {
             spans.push((s, e));
         }
-        if f.start_ns < w1 && f.end_ns >= w0 && f.syscall != 74 && f.syscall != 75 {
+        if f.start_ns < w1 && f.end_ns >= w0 && WRITE_SYSCALLS.contains(&f.syscall) {
             bytes += f.bytes;
         }
     }
     spans.sort_unstable();
     CheckpointIo { io_ns: merge(spans.into_iter()).iter().map(|s| s.1 - s.0).sum(), bytes }
+}
+
+/// The window rule's end (docs/metrics.md, "Window"): a process's window ends at the later of
+/// its last device operation and the end of its launching threads' last blocking interval: an
+/// NCCL call, a synchronize call, or checkpoint-family file I/O (write, fsync, truncating
+/// open). Work after the last device operation (a final checkpoint written after its
+/// device-to-host copy) is then inside the window, as `idle.host_stall`. Reads are left out: a
+/// read after the last device operation loads data no step used. Only those records are
+/// looked at because the streaming summary keeps exactly them (so both analyses agree).
+pub fn extend_windows_to_blocking(
+    windows: &mut HashMap<u32, (u64, u64)>,
+    batch: &RecordBatch,
+    is_launcher: &dyn Fn(u32, u32) -> bool,
+) {
+    let ends = batch
+        .nccl
+        .iter()
+        .filter(|c| c.phase == NcclPhase::Host as u32)
+        .map(|c| (c.pid, c.tid, c.end_ns))
+        .chain(
+            batch
+                .api_calls
+                .iter()
+                .filter(|c| c.domain == ApiDomain::Probe as u32)
+                .filter(|c| ProbedApi::from_u32(c.call_id).is_some_and(|a| a.is_sync()))
+                .map(|c| (c.pid, c.tid, c.end_ns)),
+        )
+        .chain(batch.file_io.iter().filter(|f| is_checkpoint_syscall(f.syscall)).map(|f| (f.pid, f.tid, f.end_ns)));
+    for (pid, tid, end) in ends {
+        if let Some(w) = windows.get_mut(&pid) {
+            if end > w.1 && is_launcher(pid, tid) {
+                w.1 = end;
+            }
+        }
+    }
 }
 
 /// One rank's kernel of a collective: (pid, start, end).
@@ -494,7 +534,7 @@ pub(crate) fn merge(sorted: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)>
 
 /// Whether a reasoned interval is a stall the options count (preemption may not).
 pub(crate) fn counts_stall(reason: u32, preemption_is_stall: bool) -> bool {
-    preemption_is_stall || (reason != StallReason::Preempted as u32 && reason != StallReason::RunQueue as u32)
+    preemption_is_stall || reason != StallReason::Preempted as u32
 }
 
 /// The words a report uses for an off-CPU reason.

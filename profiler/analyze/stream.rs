@@ -99,7 +99,8 @@ pub struct Skeleton {
     pub names: HashMap<u32, String>,
     /// NCCL calls, collective kernels, step markers, PM samples, clock syncs, checkpoint I/O.
     pub small: RecordBatch,
-    /// Active window per process: first to last device operation or launch.
+    /// Active window per process: first device operation or launch to the later of the last
+    /// one and the launching threads' last blocking interval (docs/metrics.md, "Window").
     pub windows: HashMap<u32, (u64, u64)>,
     launchers: FastMap<u32, HashSet<u32>>,
     devices: FastMap<(u32, u32), DeviceSummary>,
@@ -189,6 +190,9 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
     for d in sk.devices.values_mut() {
         d.fold_times();
     }
+    let launchers = &sk.launchers;
+    let is_launcher = |pid: u32, tid: u32| launchers.get(&pid).is_some_and(|t| t.contains(&tid));
+    super::account::extend_windows_to_blocking(&mut sk.windows, &sk.small, &is_launcher);
     let mut min = u64::MAX;
     sk.suffix_min_ts = st
         .chunk_min

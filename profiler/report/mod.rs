@@ -152,7 +152,8 @@ pub fn recording_notes(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec
     out
 }
 
-/// The active window of each process: first to last device operation or launch.
+/// The active window of each process: first device operation or launch to the later of the
+/// last one and the launching threads' last blocking interval (docs/metrics.md, "Window").
 pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, (u64, u64)> {
     let mut windows: HashMap<u32, (u64, u64)> = HashMap::new();
     let spans = batch
@@ -166,6 +167,8 @@ pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, (u64, u64)> {
         w.0 = w.0.min(s);
         w.1 = w.1.max(e);
     }
+    let launchers: std::collections::HashSet<(u32, u32)> = batch.launches.iter().map(|l| (l.pid, l.tid)).collect();
+    crate::analyze::account::extend_windows_to_blocking(&mut windows, batch, &|p, t| launchers.contains(&(p, t)));
     windows
 }
 
