@@ -694,3 +694,36 @@ fn streamed_json_is_the_document_byte_for_byte() {
     assert_eq!(v["devices"][0]["steps"].as_array().unwrap().len(), 10);
     assert_eq!(v["devices"][0]["bins"]["items"].as_array().unwrap().len(), 100);
 }
+
+/// The window rule (docs/metrics.md, "Window"): a final checkpoint written after the last
+/// device operation (write 101–115 ms, fsync 115–118 ms) ends the window at its end; a read of
+/// the launching thread and a write of a thread that launches nothing, both later, do not.
+#[test]
+fn the_window_ends_with_the_launching_threads_last_blocking_interval() {
+    let dir = tmpdir();
+    let path = dir.path().join("edge.gptrace");
+    let mut records = job_records(&Job { rank: 0, slow_ns: 0, markers: false });
+    let end = T0 + 10 * STEP;
+    let io = |start: u64, stop: u64, bytes: u64, tid: u32, syscall: i32| -> Record {
+        FileIo { start_ns: start, end_ns: stop, bytes, pid: PID, tid, fd: 9, syscall }.into()
+    };
+    records.push(io(end + MS, end + 15 * MS, 64 << 20, PID, 1));
+    records.push(io(end + 15 * MS, end + 18 * MS, 0, PID, 74));
+    records.push(io(end + 19 * MS, end + 25 * MS, 1 << 20, PID, 0));
+    records.push(io(end + 19 * MS, end + 40 * MS, 1 << 20, PID + 1, 1));
+    records.sort_by_key(|r| r.time_ns());
+    write_trace(&path, &records, &NAMES, 37);
+    let streamed = report(&path, DetailOptions::default());
+    let (b, n, w) = load(&path).unwrap();
+    let in_memory = analyze_batch(String::new(), &b, &n, w, &ReportOptions::default());
+    for r in [&streamed, &in_memory] {
+        let a = &r.accounts[0];
+        assert_eq!((a.window_start_ns, a.window_end_ns), (T0, end + 18 * MS));
+        assert_eq!(a.categories.total(), a.window_ns());
+        // Ten 1.5 ms futex waits and the final 17 ms of checkpoint I/O; the 1 ms before it
+        // is launch-bound like every step's last 0.5 ms.
+        assert_eq!(a.categories.get("idle.host_stall"), 15 * MS + 17 * MS);
+        assert_eq!(a.categories.get("idle.launch_bound"), 5 * MS + MS);
+        assert_eq!(r.details[0].checkpoint.bytes, 2 * (64 << 20));
+    }
+}
