@@ -67,15 +67,24 @@ pub struct AccountOptions {
     pub flop_less_below: f64,
     /// Count a launching thread's involuntary preemption as `idle.host_stall` (docs/metrics.md).
     /// Off, it counts as `idle.launch_bound`: the thread was running and wanted the CPU to issue
-    /// work (how a simulator that times its own calls sees it). The run-queue wait after a
-    /// block (sleep, futex, I/O) stays with the block either way: the caller of a blocking call
-    /// waits until it runs again.
+    /// work (how a simulator that times only its own calls sees it).
     pub preemption_is_stall: bool,
+    /// Count the run-queue wait after a block (sleep, futex, I/O: woken, waiting for a CPU) as
+    /// `idle.host_stall`. Off, it counts as `idle.launch_bound`. A simulator that times its
+    /// blocking calls by the clock includes this wait in them, but not the wait after a block
+    /// it cannot see (a lock inside its launch path).
+    pub run_queue_is_stall: bool,
 }
 
 impl Default for AccountOptions {
     fn default() -> Self {
-        AccountOptions { window: None, windows: HashMap::new(), flop_less_below: 0.01, preemption_is_stall: true }
+        AccountOptions {
+            window: None,
+            windows: HashMap::new(),
+            flop_less_below: 0.01,
+            preemption_is_stall: true,
+            run_queue_is_stall: true,
+        }
     }
 }
 
@@ -225,7 +234,7 @@ fn analyze_device(
         ops.push(plan.kernel_op(k.start_ns, k.end_ns, k.name_id, is_comm(k.name_id), wait));
     }
     ops.extend(memops.iter().map(|m| DevicePlan::copy_op(m.start_ns, m.end_ns)));
-    let (blocked, reasons) = host_blocked(batch, pid, &launchers, opts.preemption_is_stall);
+    let (blocked, reasons) = host_blocked(batch, pid, &launchers, opts.stall_policy());
     let mut sweep = DeviceSweep::new(plan);
     sweep.feed(window.0, window.1, &mut ops, &blocked, &reasons);
     let checkpoint = if detail.is_some() { checkpoint_io(batch, pid, window) } else { CheckpointIo::default() };
@@ -488,11 +497,11 @@ pub(crate) fn host_blocked(
     batch: &RecordBatch,
     pid: u32,
     launchers: &HashSet<u32>,
-    preemption_is_stall: bool,
+    policy: StallPolicy,
 ) -> (Vec<(u64, u64)>, Vec<Reasoned>) {
     let mine = |p: u32, t: u32| p == pid && launchers.contains(&t);
     let mut v: Vec<Reasoned> = Vec::new();
-    let counts = |reason: u32| counts_stall(reason, preemption_is_stall);
+    let counts = |reason: u32| policy.counts(reason);
     v.extend(
         batch
             .stalls
@@ -532,9 +541,26 @@ pub(crate) fn merge(sorted: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)>
     merged
 }
 
-/// Whether a reasoned interval is a stall the options count (preemption may not).
-pub(crate) fn counts_stall(reason: u32, preemption_is_stall: bool) -> bool {
-    preemption_is_stall || reason != StallReason::Preempted as u32
+/// Which off-CPU intervals count as stalls ([`AccountOptions::preemption_is_stall`] and
+/// [`AccountOptions::run_queue_is_stall`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StallPolicy {
+    pub preemption: bool,
+    pub run_queue: bool,
+}
+
+impl StallPolicy {
+    /// Whether an off-CPU interval with this reason is a stall.
+    pub fn counts(self, reason: u32) -> bool {
+        (self.preemption || reason != StallReason::Preempted as u32)
+            && (self.run_queue || reason != StallReason::RunQueue as u32)
+    }
+}
+
+impl AccountOptions {
+    pub(crate) fn stall_policy(&self) -> StallPolicy {
+        StallPolicy { preemption: self.preemption_is_stall, run_queue: self.run_queue_is_stall }
+    }
 }
 
 /// The words a report uses for an off-CPU reason.

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::analyze::collectives::{self, CrossRank, RankInput, RankView};
+use crate::analyze::host::ProcessHost;
 use crate::analyze::stream::{self, StreamOptions};
 use crate::analyze::{analyze_with, AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows};
 use crate::trace::{RecordBatch, TraceError, TraceReader};
@@ -43,6 +44,8 @@ pub struct FileReport {
     pub warnings: Vec<String>,
     /// The recording session's notes, as stored in the trace (a collector off, CUPTI held…).
     pub recording_notes: Vec<String>,
+    /// Host figures per process (on-CPU, off-CPU by reason, file I/O), with or without devices.
+    pub host: Vec<ProcessHost>,
 }
 
 /// A whole trace in memory: records, string table (id → string), the reader's warnings.
@@ -104,6 +107,7 @@ pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<File
                 realtime_offset_ns: collectives::realtime_offset(&sk.small),
                 warnings: reader.warnings().to_vec(),
                 recording_notes: recording_notes(&sk.small, &sk.names),
+                host: Vec::new(),
             }
         })
         .collect();
@@ -115,7 +119,8 @@ pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<File
         o.account.windows = sk.windows.clone();
         let no_waits = HashMap::new();
         let extra_waits = cross.spanning_waits.get(&path).unwrap_or(&no_waits);
-        let (results, late_records) = stream::sweep_file(&reader, &sk, &o, &late, extra_waits)?;
+        let (results, late_records, host) = stream::sweep_file_with_host(&reader, &sk, &o, &late, extra_waits)?;
+        report.host = host;
         for (a, d, act) in results {
             if let Some(act) = act {
                 report.activity.entry(a.pid).or_insert(act);
@@ -215,6 +220,7 @@ pub fn analyze_batch(
         realtime_offset_ns: collectives::realtime_offset(batch),
         warnings,
         recording_notes: recording_notes(batch, names),
+        host: crate::analyze::host::host_figures(batch),
     }
 }
 
