@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use ghostprof::analyze::{account, AccountOptions, CATEGORY_NAMES};
 use ghostprof::record::session::{record_command, LaunchConfig};
-use ghostprof::trace::TraceReader;
+use ghostprof::trace::{StallReason, TraceReader};
 use serde_json::Value;
 
 use crate::util::*;
@@ -216,4 +216,77 @@ fn root_analysis_recovers_checkpoint() {
     let io = ckpt["io_ns"].as_u64().unwrap() as f64;
     eprintln!("checkpoint I/O {:.2} ms, ground truth {:.2} ms", io / 1e6, truth / 1e6);
     assert!((io - truth).abs() <= 0.02 * truth, "checkpoint I/O {io} ns vs the simulator's {truth} ns");
+}
+
+/// A CPU-only process (no CUDA): its host figures agree with the kernel's own accounting:
+/// on-CPU with the thread's CPU clock (CLOCK_THREAD_CPUTIME_ID; schedstat's first field lags
+/// by up to a tick for a running task), run-queue wait with `/proc/PID/schedstat`. The job
+/// reads those and CLOCK_MONOTONIC, sleeps, reads a 4 MiB file and spins five times, and reads both again; the
+/// recorded off-CPU intervals of that stretch give on-CPU = stretch − off-CPU and wait =
+/// run-queue + preempted, compared with the schedstat differences. The report's host figures
+/// of the whole process hold those intervals.
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_host_figures_of_a_cpu_only_process_match_schedstat() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let data = dir.path().join("data.bin");
+    std::fs::write(&data, vec![7u8; 4 << 20]).unwrap();
+    let out = dir.path().join("schedstat");
+    let script = format!(
+        "import time\ntime.sleep(0.05)\nt0 = time.monotonic_ns()\nc0 = time.thread_time_ns()\ns0 = open('/proc/self/schedstat').read()\n\
+         for i in range(5):\n    time.sleep(0.02)\n    open({data:?}, 'rb').read()\n    t = time.monotonic()\n    \
+         while time.monotonic() - t < 0.02:\n        pass\ns1 = open('/proc/self/schedstat').read()\n\
+         c1 = time.thread_time_ns()\nt1 = time.monotonic_ns()\nopen({out:?}, 'w').write(f'{{t0}} {{t1}} {{c0}} {{c1}} {{s0}} {{s1}}')\n",
+        data = data.display().to_string(),
+        out = out.display().to_string(),
+    );
+    let python = if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let trace = dir.path().join("cpu.gptrace");
+    let cfg = LaunchConfig::new(vec![python.into(), "-c".into(), script], trace.clone());
+    let summary = record_command(&cfg, &AtomicBool::new(false)).expect("recording");
+    assert!(summary.exit_status.is_some_and(|s| s.success()), "{:?}", summary.exit_status);
+    let v: Vec<u64> = std::fs::read_to_string(&out).unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let (t0, t1) = (v[0], v[1]);
+    let (kernel_on_cpu, kernel_wait) = ((v[3] - v[2]) as f64, (v[8] - v[5]) as f64);
+    let reader = TraceReader::open(&trace).unwrap();
+    let drops = reader.drops().unwrap_or_default();
+    assert!(drops.iter().all(|d| d.2 == 0), "records were dropped: {drops:?}");
+    let report = ghostprof::report::analyze_file(&trace).unwrap();
+    assert!(report.accounts.is_empty(), "no device");
+    let pid = report.host.iter().map(|p| p.pid).min().expect("host figures of the job");
+    let batch = reader.read_all().unwrap();
+    let clip = |s: &ghostprof::trace::HostStall| s.end_ns.min(t1).saturating_sub(s.start_ns.max(t0));
+    let mine: Vec<_> = batch.stalls.iter().filter(|s| s.pid == pid && s.tid == pid).collect();
+    let off: u64 = mine.iter().map(|s| clip(s)).sum();
+    let waiting = |s: &&&ghostprof::trace::HostStall| {
+        s.reason == StallReason::RunQueue as u32 || s.reason == StallReason::Preempted as u32
+    };
+    let wait = mine.iter().filter(waiting).map(|s| clip(s)).sum::<u64>() as f64;
+    let on_cpu = (t1 - t0 - off) as f64;
+    let host = &report.host.iter().find(|p| p.pid == pid).unwrap().threads.iter().find(|t| t.0 == pid).unwrap().1;
+    let sleep = host.off_cpu_ns[StallReason::Sleep as usize] as f64;
+    eprintln!(
+        "over {:.2} ms: on-CPU {:.2} ms vs the thread's CPU clock {:.2} ms; run-queue + preempted {:.2} ms vs schedstat {:.2} ms; \
+         whole process: on-CPU {:.2} ms, sleep {:.2} ms, read {} bytes",
+        (t1 - t0) as f64 / 1e6,
+        on_cpu / 1e6,
+        kernel_on_cpu / 1e6,
+        wait / 1e6,
+        kernel_wait / 1e6,
+        host.on_cpu_ns as f64 / 1e6,
+        sleep / 1e6,
+        host.file_read_bytes
+    );
+    // Stated tolerance: 2 % + 1 ms.
+    assert!(
+        (on_cpu - kernel_on_cpu).abs() <= 0.02 * kernel_on_cpu + 1e6,
+        "on-CPU {on_cpu} vs the thread's CPU clock {kernel_on_cpu}"
+    );
+    assert!((wait - kernel_wait).abs() <= 0.02 * kernel_wait + 1e6, "wait {wait} vs schedstat {kernel_wait}");
+    // The report's figures of the whole process hold that stretch.
+    assert!(host.on_cpu_ns as f64 >= on_cpu - 1e6, "report on-CPU {} < {on_cpu}", host.on_cpu_ns);
+    assert!((150e6..300e6).contains(&sleep), "a 50 ms and five 20 ms sleeps: {sleep}");
+    assert!(host.file_read_bytes >= 5 * (4 << 20), "five 4 MiB reads: {}", host.file_read_bytes);
 }
