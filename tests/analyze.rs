@@ -1,6 +1,7 @@
-//! Root tier: the accounting (DESIGN.md §1) of a recorded gpusim run recovers the simulator's
+//! Root tier: the accounting (docs/metrics.md) of a recorded gpusim run recovers the simulator's
 //! ground truth: for every scenario and rank, each of the eight categories within 2 % of the
-//! window, and the categories sum to the window exactly.
+//! window, and the categories sum to the window exactly; and a recorded CPU-only process's host
+//! figures agree with the kernel's own accounting.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -14,11 +15,10 @@ use crate::util::*;
 
 /// Records `scenario`, checks the accounting against the ground truth and returns the JSON
 /// report of the trace and each rank's ground truth.
-/// `blocks_in_launch`: the scenario's thread blocks inside its launch calls, where the
-/// simulator cannot see it (see `root_analysis_recovers_launch_bound`), so the run-queue wait
-/// after a block is launch-bound too. Otherwise it stays with its block, as the simulator's clock-timed blocking
-/// calls include it. Preemption is launch-bound in every scenario: the simulator cannot see it.
-fn check_scenario(scenario: &str, ranks: u32, steps_run: u64, blocks_in_launch: bool) -> (Value, Vec<Value>) {
+/// Preemption is launch-bound here, as the simulator books it (it cannot see it); the
+/// run-queue wait after a block stays with the block, as the simulator's clock-timed blocking
+/// calls (and its `device_lock` waits, docs/gpusim.md) include it.
+fn check_scenario(scenario: &str, ranks: u32, steps_run: u64) -> (Value, Vec<Value>) {
     assert!(is_root(), "run the root tier as root");
     // One recording at a time: parallel runs on 2 cores would preempt each other.
     let _serial = heavy_test_lock();
@@ -44,11 +44,7 @@ fn check_scenario(scenario: &str, ranks: u32, steps_run: u64, blocks_in_launch: 
     let mut names = HashMap::new();
     reader.for_each_chunk(|c| names.extend(c.strings.iter().cloned())).unwrap();
     let batch = reader.read_all().unwrap();
-    let mut opts = AccountOptions {
-        preemption_is_stall: false,
-        run_queue_is_stall: !blocks_in_launch,
-        ..AccountOptions::default()
-    };
+    let mut opts = AccountOptions { preemption_is_stall: false, ..AccountOptions::default() };
     for t in &truths {
         let w = (t["window"]["start_ns"].as_u64().unwrap(), t["window"]["end_ns"].as_u64().unwrap());
         opts.windows.insert(t["pid"].as_u64().unwrap() as u32, w);
@@ -154,19 +150,23 @@ fn steps_min(steps: u64) -> u64 {
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_balanced() {
-    check_scenario("balanced", 2, 10, false);
+    check_scenario("balanced", 2, 10);
 }
 
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_straggler() {
-    let (report, _) = check_scenario("straggler", 2, 10, false);
-    // gpusim's straggler scenario slows rank 1's kernels by 25 %: rank 0 waits for it.
-    assert_eq!(report["straggler_rank"], 1, "skew: {}", report["skew"]);
+    let (report, truths) = check_scenario("straggler", 2, 10);
+    // gpusim's straggler scenario slows rank 1's kernels by 25 %: rank 0 waits for it. Beside
+    // CPU hogs the scheduler can make rank 0 the later one instead (seen: rank 1 waited 34.6 ms,
+    // rank 0 9.0 ms); the straggler is the rank the other waited for in the truth.
+    let wait = |r: usize| truths[r]["devices"][0]["categories"]["comm.wait"].as_u64().unwrap();
+    let late = if wait(0) >= wait(1) { 1 } else { 0 };
+    assert_eq!(report["straggler_rank"], late, "skew: {}; truth comm.wait {} / {}", report["skew"], wait(0), wait(1));
     let skew = report["skew"].as_array().unwrap();
     assert_eq!(skew.len(), 2);
-    assert!(skew[1]["mean_arrival_skew_ns"].as_f64().unwrap() > 1e5, "{}", report["skew"]);
-    assert!(skew[1]["late_count"].as_u64().unwrap() >= 8, "{}", report["skew"]);
+    assert!(skew[late]["mean_arrival_skew_ns"].as_f64().unwrap() > 1e5, "{}", report["skew"]);
+    assert!(skew[late]["late_count"].as_u64().unwrap() >= 5, "late in most of the 10 steps: {}", report["skew"]);
     let activity = report["straggler_activity"].as_str().unwrap();
     assert!(activity.starts_with("GPU busy"), "{activity}");
     let colls = report["collectives"].as_array().unwrap();
@@ -180,24 +180,24 @@ fn root_analysis_recovers_straggler() {
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_launch_bound() {
     // This scenario keeps its thread on-CPU issuing work; on a 2-core VM the thread is then
-    // preempted often (tens of ms per run, by ghostprof's own threads among others), and it
-    // blocks briefly inside its launch calls, each block followed by a wait for a CPU that is
-    // long under load (68 ms more than the truth with two CPU hogs). The product books both
-    // as idle.host_stall; the simulator cannot see either and books them as
-    // idle.launch_bound, so this check counts them the simulator's way.
-    check_scenario("launch-bound", 1, 40, true);
+    // preempted often (tens of ms per run, by ghostprof's own threads among others). The
+    // product books preemption as idle.host_stall; the simulator cannot see it and books it as
+    // idle.launch_bound, so this check (like the others) counts it the simulator's way. Its
+    // launch calls also wait for the simulated device's lock, held by the CUPTI thread: the
+    // simulator logs those waits (`device_lock`), ghostprof sees them as futex waits.
+    check_scenario("launch-bound", 1, 40);
 }
 
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_io_stall() {
-    check_scenario("io-stall", 2, 10, false);
+    check_scenario("io-stall", 2, 10);
 }
 
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_checkpoint() {
-    let (report, truths) = check_scenario("checkpoint", 1, 10, false);
+    let (report, truths) = check_scenario("checkpoint", 1, 10);
     // A 64 MiB checkpoint every 5 steps: written and fsynced by the job.
     let ckpt = &report["devices"][0]["checkpoint"];
     assert!(ckpt["bytes"].as_u64().unwrap() >= 64 << 20, "{ckpt}");
