@@ -15,10 +15,20 @@ use crate::util::*;
 
 /// Records `scenario`, checks the accounting against the ground truth and returns the JSON
 /// report of the trace and each rank's ground truth.
-/// Preemption is launch-bound here, as the simulator books it (it cannot see it); the
-/// run-queue wait after a block stays with the block, as the simulator's clock-timed blocking
-/// calls (and its `device_lock` waits, docs/gpusim.md) include it.
-fn check_scenario(scenario: &str, ranks: u32, steps_run: u64) -> (Value, Vec<Value>) {
+/// The simulator cannot see the scheduler: it books preemption and the run-queue wait after a
+/// block as stall inside its clock-timed blocking intervals (a data-loader sleep and read, a
+/// checkpoint write, a synchronize, its `device_lock` waits: docs/gpusim.md) and as
+/// launch-bound outside them. `preemption_is_stall` and `run_queue_is_stall` say how this
+/// comparison books them, per scenario, by where its thread is on-CPU outside those intervals
+/// (the product books both as stall). Beside two CPU hogs (`tools/stress-test 5`) every
+/// category stayed within 0.6 % of the window.
+fn check_scenario(
+    scenario: &str,
+    ranks: u32,
+    steps_run: u64,
+    preemption_is_stall: bool,
+    run_queue_is_stall: bool,
+) -> (Value, Vec<Value>) {
     assert!(is_root(), "run the root tier as root");
     // One recording at a time: parallel runs on 2 cores would preempt each other.
     let _serial = heavy_test_lock();
@@ -44,7 +54,7 @@ fn check_scenario(scenario: &str, ranks: u32, steps_run: u64) -> (Value, Vec<Val
     let mut names = HashMap::new();
     reader.for_each_chunk(|c| names.extend(c.strings.iter().cloned())).unwrap();
     let batch = reader.read_all().unwrap();
-    let mut opts = AccountOptions { preemption_is_stall: false, ..AccountOptions::default() };
+    let mut opts = AccountOptions { preemption_is_stall, run_queue_is_stall, ..AccountOptions::default() };
     for t in &truths {
         let w = (t["window"]["start_ns"].as_u64().unwrap(), t["window"]["end_ns"].as_u64().unwrap());
         opts.windows.insert(t["pid"].as_u64().unwrap() as u32, w);
@@ -150,13 +160,13 @@ fn steps_min(steps: u64) -> u64 {
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_balanced() {
-    check_scenario("balanced", 2, 10);
+    check_scenario("balanced", 2, 10, true, true);
 }
 
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_straggler() {
-    let (report, truths) = check_scenario("straggler", 2, 10);
+    let (report, truths) = check_scenario("straggler", 2, 10, true, true);
     // gpusim's straggler scenario slows rank 1's kernels by 25 %: rank 0 waits for it. Beside
     // CPU hogs the scheduler can make rank 0 the later one instead (seen: rank 1 waited 34.6 ms,
     // rank 0 9.0 ms); the straggler is the rank the other waited for in the truth.
@@ -180,24 +190,28 @@ fn root_analysis_recovers_straggler() {
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_launch_bound() {
     // This scenario keeps its thread on-CPU issuing work; on a 2-core VM the thread is then
-    // preempted often (tens of ms per run, by ghostprof's own threads among others). The
-    // product books preemption as idle.host_stall; the simulator cannot see it and books it as
-    // idle.launch_bound, so this check (like the others) counts it the simulator's way. Its
-    // launch calls also wait for the simulated device's lock, held by the CUPTI thread: the
-    // simulator logs those waits (`device_lock`), ghostprof sees them as futex waits.
-    check_scenario("launch-bound", 1, 40);
+    // preempted often (tens of ms per run, by ghostprof's own threads among others), and its
+    // launch calls wait briefly on locks held by other threads, each wait followed by a wait
+    // for a CPU (18-30 ms more than the truth beside two CPU hogs). The product books both as
+    // idle.host_stall; the simulator books them as idle.launch_bound, so this check counts
+    // them the simulator's way.
+    check_scenario("launch-bound", 1, 40, false, false);
 }
 
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_io_stall() {
-    check_scenario("io-stall", 2, 10);
+    check_scenario("io-stall", 2, 10, true, true);
 }
 
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_analysis_recovers_checkpoint() {
-    let (report, truths) = check_scenario("checkpoint", 1, 10);
+    // Before each checkpoint the thread writes into every page of its 64 MiB host buffer, on
+    // CPU and outside the simulator's checkpoint_write interval: preemption there is
+    // launch-bound to the simulator (counted as stall, 4.7 % off beside CPU hogs). The
+    // run-queue wait after a block stays with it.
+    let (report, truths) = check_scenario("checkpoint", 1, 10, false, true);
     // A 64 MiB checkpoint every 5 steps: written and fsynced by the job.
     let ckpt = &report["devices"][0]["checkpoint"];
     assert!(ckpt["bytes"].as_u64().unwrap() >= 64 << 20, "{ckpt}");
