@@ -47,6 +47,7 @@ struct syscall_in {
 	__u64 start_ns;
 	__s32 nr;
 	__s32 fd;
+	__u64 open_flags; /* open/openat: the flags argument */
 };
 
 /* tid -> when it left the CPU */
@@ -85,6 +86,8 @@ static __always_inline bool is_target(__u32 tgid)
 #define GP_S_IFREG 0100000
 #define GP_TASK_UNINTERRUPTIBLE 0x2
 
+#define GP_O_TRUNC 01000
+
 /* Syscalls whose whole duration is I/O on a file (x86_64 numbers). */
 static __always_inline bool is_file_io(__s32 nr)
 {
@@ -92,10 +95,27 @@ static __always_inline bool is_file_io(__s32 nr)
 	case 0: case 1: case 17: case 18: case 19: case 20: /* read write pread64 pwrite64 readv writev */
 	case 295: case 296: case 327: case 328:            /* preadv pwritev preadv2 pwritev2 */
 	case 74: case 75: case 277:                         /* fsync fdatasync sync_file_range */
+	case 77: case 285:                                  /* ftruncate fallocate */
 		return true;
 	default:
 		return false;
 	}
+}
+
+/* Syscalls that return a byte count (the others' return value is not bytes). */
+static __always_inline bool moves_bytes(__s32 nr)
+{
+	return nr == 0 || nr == 1 || (nr >= 17 && nr <= 20) || nr == 295 || nr == 296 || nr == 327 || nr == 328;
+}
+
+/*
+ * An open that truncates (O_TRUNC, creat) frees the file's page cache inside the syscall, on
+ * CPU: 12 ms for a 64 MiB checkpoint file rewritten, 16 ms on a loaded host. It is file I/O,
+ * not launch overhead; its new fd (the return value) is checked like the others' fd.
+ */
+static __always_inline bool is_truncating_open(const struct syscall_in *in)
+{
+	return in->nr == 85 || ((in->nr == 2 || in->nr == 257) && (in->open_flags & GP_O_TRUNC));
 }
 
 static __always_inline bool fd_is_regular(int fd)
@@ -151,6 +171,10 @@ int BPF_PROG(gp_sys_enter, struct pt_regs *regs, long syscall_id)
 	in.start_ns = bpf_ktime_get_ns();
 	in.nr = (__s32)syscall_id;
 	in.fd = (__s32)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	if (in.nr == 2) /* open(path, flags, mode) */
+		in.open_flags = PT_REGS_PARM2_CORE_SYSCALL(regs);
+	else if (in.nr == 257) /* openat(dirfd, path, flags, mode) */
+		in.open_flags = PT_REGS_PARM3_CORE_SYSCALL(regs);
 	bpf_map_update_elem(&in_syscall, &tid, &in, BPF_ANY);
 	return 0;
 }
@@ -163,7 +187,11 @@ int BPF_PROG(gp_sys_exit, struct pt_regs *regs, long ret)
 		return 0;
 	__u32 tid = (__u32)id;
 	struct syscall_in *in = bpf_map_lookup_elem(&in_syscall, &tid);
-	if (in && is_file_io(in->nr) && fd_is_regular(in->fd)) {
+	if (!in)
+		return 0;
+	bool opens = is_truncating_open(in);
+	int fd = opens ? (int)ret : in->fd;
+	if ((opens || is_file_io(in->nr)) && fd_is_regular(fd)) {
 		struct gp_io_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (e) {
 			__u64 now = bpf_ktime_get_ns();
@@ -175,8 +203,8 @@ int BPF_PROG(gp_sys_exit, struct pt_regs *regs, long ret)
 			e->tid = tid;
 			e->start_ns = in->start_ns;
 			e->end_ns = now;
-			e->bytes = ret > 0 ? ret : 0;
-			e->fd = in->fd;
+			e->bytes = moves_bytes(in->nr) && ret > 0 ? ret : 0;
+			e->fd = fd;
 			e->syscall_nr = in->nr;
 			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 		} else {

@@ -694,3 +694,97 @@ fn streamed_json_is_the_document_byte_for_byte() {
     assert_eq!(v["devices"][0]["steps"].as_array().unwrap().len(), 10);
     assert_eq!(v["devices"][0]["bins"]["items"].as_array().unwrap().len(), 100);
 }
+
+/// The window rule (docs/metrics.md, "Window"): a final checkpoint written after the last
+/// device operation (write 101–115 ms, fsync 115–118 ms) ends the window at its end; a read of
+/// the launching thread and a write of a thread that launches nothing, both later, do not.
+#[test]
+fn the_window_ends_with_the_launching_threads_last_blocking_interval() {
+    let dir = tmpdir();
+    let path = dir.path().join("edge.gptrace");
+    let mut records = job_records(&Job { rank: 0, slow_ns: 0, markers: false });
+    let end = T0 + 10 * STEP;
+    let io = |start: u64, stop: u64, bytes: u64, tid: u32, syscall: i32| -> Record {
+        FileIo { start_ns: start, end_ns: stop, bytes, pid: PID, tid, fd: 9, syscall }.into()
+    };
+    records.push(io(end + MS, end + 15 * MS, 64 << 20, PID, 1));
+    records.push(io(end + 15 * MS, end + 18 * MS, 0, PID, 74));
+    records.push(io(end + 19 * MS, end + 25 * MS, 1 << 20, PID, 0));
+    records.push(io(end + 19 * MS, end + 40 * MS, 1 << 20, PID + 1, 1));
+    records.sort_by_key(|r| r.time_ns());
+    write_trace(&path, &records, &NAMES, 37);
+    let streamed = report(&path, DetailOptions::default());
+    let (b, n, w) = load(&path).unwrap();
+    let in_memory = analyze_batch(String::new(), &b, &n, w, &ReportOptions::default());
+    for r in [&streamed, &in_memory] {
+        let a = &r.accounts[0];
+        assert_eq!((a.window_start_ns, a.window_end_ns), (T0, end + 18 * MS));
+        assert_eq!(a.categories.total(), a.window_ns());
+        // Ten 1.5 ms futex waits and the final 17 ms of checkpoint I/O; the 1 ms before it
+        // is launch-bound like every step's last 0.5 ms.
+        assert_eq!(a.categories.get("idle.host_stall"), 15 * MS + 17 * MS);
+        assert_eq!(a.categories.get("idle.launch_bound"), 5 * MS + MS);
+        assert_eq!(r.details[0].checkpoint.bytes, 2 * (64 << 20));
+    }
+}
+
+/// A CPU-only process (no device records): the report gives its host figures per process and
+/// thread (docs/metrics.md, "Host figures") in text, JSON and HTML instead of nothing. The main
+/// thread, launched at 0, sleeps 1–41 ms (woken at 40), reads 8 MiB 50–53 ms, waits on a futex
+/// 60–70 ms and ends at 100 ms: on-CPU 100 − 40 − 10 = 50 ms (a read from the page cache is
+/// on-CPU: file I/O time is its own figure). A second thread polls 10–20 ms and writes 1 MiB.
+#[test]
+fn a_cpu_only_process_gets_its_host_figures() {
+    let dir = tmpdir();
+    let path = dir.path().join("cpu.gptrace");
+    let (pid, worker) = (4242u32, 4243u32);
+    let stall = |tid: u32, s: u64, e: u64, reason: StallReason, syscall: i32| -> Record {
+        HostStall { start_ns: T0 + s, end_ns: T0 + e, pid, tid, reason: reason as u32, syscall }.into()
+    };
+    let io = |tid: u32, s: u64, e: u64, bytes: u64, syscall: i32| -> Record {
+        FileIo { start_ns: T0 + s, end_ns: T0 + e, bytes, pid, tid, fd: 3, syscall }.into()
+    };
+    let mut records = vec![
+        ProcessInfo { time_ns: T0, pid, ppid: 1, name_id: 0, cmdline_id: 0 }.into(),
+        stall(pid, MS, 40 * MS, StallReason::Sleep, 230),
+        stall(pid, 40 * MS, 41 * MS, StallReason::RunQueue, 230),
+        io(pid, 50 * MS, 53 * MS, 8 << 20, 0),
+        stall(pid, 60 * MS, 70 * MS, StallReason::Futex, 202),
+        io(pid, 99 * MS, 100 * MS, 0, 0),
+        stall(worker, 10 * MS, 20 * MS, StallReason::Poll, 7),
+        io(worker, 20 * MS, 22 * MS, 1 << 20, 1),
+    ];
+    records.sort_by_key(|r| r.time_ns());
+    write_trace(&path, &records, &NAMES, 37);
+    let streamed = report(&path, DetailOptions::default());
+    let (b, n, w) = load(&path).unwrap();
+    let in_memory = analyze_batch(String::new(), &b, &n, w, &ReportOptions::default());
+    for r in [&streamed, &in_memory] {
+        assert!(r.accounts.is_empty());
+        assert_eq!(r.host.len(), 1);
+        let p = &r.host[0];
+        assert_eq!(p.pid, pid);
+        let main = &p.threads.iter().find(|t| t.0 == pid).unwrap().1;
+        assert_eq!((main.start_ns, main.end_ns), (T0, T0 + 100 * MS));
+        assert_eq!(main.on_cpu_ns, 50 * MS);
+        assert_eq!(main.off_cpu_ns[StallReason::Sleep as usize], 39 * MS);
+        assert_eq!(main.off_cpu_ns[StallReason::RunQueue as usize], MS);
+        assert_eq!(main.off_cpu_ns[StallReason::Futex as usize], 10 * MS);
+        assert_eq!((main.file_read_bytes, main.file_read_ns), (8 << 20, 4 * MS));
+        let worker_figures = &p.threads.iter().find(|t| t.0 == worker).unwrap().1;
+        assert_eq!((worker_figures.on_cpu_ns, worker_figures.file_write_bytes), (2 * MS, 1 << 20));
+        assert_eq!(p.total.on_cpu_ns, 52 * MS);
+        assert_eq!(p.total.off_cpu_total_ns(), 60 * MS);
+    }
+    let text = render_text(std::slice::from_ref(&streamed));
+    assert!(text.contains("host, pid 4242 (2 threads, 100.000 ms seen): on-CPU 52.000 ms (52.0%), off-CPU 60.000 ms (sleep 39.000 ms, futex 10.000 ms, poll 10.000 ms, run_queue 1.000 ms); file I/O: read 8.0 MiB in 4.000 ms, wrote 1.0 MiB in 2.000 ms"), "{text}");
+    let v = render_json(std::slice::from_ref(&streamed));
+    let h = &v["hosts"][0];
+    assert_eq!(h["pid"], pid);
+    assert_eq!(h["on_cpu_ns"], 52 * MS);
+    assert_eq!(h["off_cpu_ns"]["sleep"], 39 * MS);
+    assert_eq!(h["file_io"]["read_bytes"], 8u64 << 20);
+    assert_eq!(h["threads"].as_array().unwrap().len(), 2);
+    let html = ghostprof::report::html::render(&v);
+    assert!(html.contains("<h2>Host</h2>") && html.contains("52.00 ms"), "{html}");
+}

@@ -65,14 +65,26 @@ pub struct AccountOptions {
     pub windows: HashMap<u32, (u64, u64)>,
     /// A compute kernel name whose useful fraction is below this has no FLOP attribution.
     pub flop_less_below: f64,
-    /// Count a launching thread's preemption and run-queue wait as `idle.host_stall` (DESIGN.md
-    /// §1). Off, they count as `idle.launch_bound`: the thread wanted the CPU to issue work.
+    /// Count a launching thread's involuntary preemption as `idle.host_stall` (docs/metrics.md).
+    /// Off, it counts as `idle.launch_bound`: the thread was running and wanted the CPU to issue
+    /// work (how a simulator that times only its own calls sees it).
     pub preemption_is_stall: bool,
+    /// Count the run-queue wait after a block (sleep, futex, I/O: woken, waiting for a CPU) as
+    /// `idle.host_stall`. Off, it counts as `idle.launch_bound`. A simulator that times its
+    /// blocking calls by the clock includes this wait in them, but not the wait after a block
+    /// it cannot see (a lock inside its launch path).
+    pub run_queue_is_stall: bool,
 }
 
 impl Default for AccountOptions {
     fn default() -> Self {
-        AccountOptions { window: None, windows: HashMap::new(), flop_less_below: 0.01, preemption_is_stall: true }
+        AccountOptions {
+            window: None,
+            windows: HashMap::new(),
+            flop_less_below: 0.01,
+            preemption_is_stall: true,
+            run_queue_is_stall: true,
+        }
     }
 }
 
@@ -222,16 +234,18 @@ fn analyze_device(
         ops.push(plan.kernel_op(k.start_ns, k.end_ns, k.name_id, is_comm(k.name_id), wait));
     }
     ops.extend(memops.iter().map(|m| DevicePlan::copy_op(m.start_ns, m.end_ns)));
-    let (blocked, reasons) = host_blocked(batch, pid, &launchers, opts.preemption_is_stall);
+    let (blocked, reasons) = host_blocked(batch, pid, &launchers, opts.stall_policy());
     let mut sweep = DeviceSweep::new(plan);
     sweep.feed(window.0, window.1, &mut ops, &blocked, &reasons);
     let checkpoint = if detail.is_some() { checkpoint_io(batch, pid, window) } else { CheckpointIo::default() };
     sweep.finish(checkpoint)
 }
 
-/// Syscalls counted as checkpoint I/O: the write family, fsync (74) and fdatasync (75).
+/// Syscalls counted as checkpoint I/O: the write family, fsync (74) and fdatasync (75), and
+/// what rewriting a file costs besides: an open that truncates (open 2, openat 257, creat 85:
+/// the sched program records only truncating ones), ftruncate (77), fallocate (285).
 pub(crate) fn is_checkpoint_syscall(nr: i32) -> bool {
-    WRITE_SYSCALLS.contains(&nr) || nr == 74 || nr == 75
+    WRITE_SYSCALLS.contains(&nr) || matches!(nr, 74 | 75 | 2 | 257 | 85 | 77 | 285)
 }
 
 /// Checkpoint I/O of `pid` in the window, from its file I/O records.
@@ -243,12 +257,47 @@ pub(crate) fn checkpoint_io(batch: &RecordBatch, pid: u32, (w0, w1): (u64, u64))
         if s < e {
             spans.push((s, e));
         }
-        if f.start_ns < w1 && f.end_ns >= w0 && f.syscall != 74 && f.syscall != 75 {
+        if f.start_ns < w1 && f.end_ns >= w0 && WRITE_SYSCALLS.contains(&f.syscall) {
             bytes += f.bytes;
         }
     }
     spans.sort_unstable();
     CheckpointIo { io_ns: merge(spans.into_iter()).iter().map(|s| s.1 - s.0).sum(), bytes }
+}
+
+/// The window rule's end (docs/metrics.md, "Window"): a process's window ends at the later of
+/// its last device operation and the end of its launching threads' last blocking interval: an
+/// NCCL call, a synchronize call, or checkpoint-family file I/O (write, fsync, truncating
+/// open). Work after the last device operation (a final checkpoint written after its
+/// device-to-host copy) is then inside the window, as `idle.host_stall`. Reads are left out: a
+/// read after the last device operation loads data no step used. Only those records are
+/// looked at because the streaming summary keeps exactly them (so both analyses agree).
+pub fn extend_windows_to_blocking(
+    windows: &mut HashMap<u32, (u64, u64)>,
+    batch: &RecordBatch,
+    is_launcher: &dyn Fn(u32, u32) -> bool,
+) {
+    let ends = batch
+        .nccl
+        .iter()
+        .filter(|c| c.phase == NcclPhase::Host as u32)
+        .map(|c| (c.pid, c.tid, c.end_ns))
+        .chain(
+            batch
+                .api_calls
+                .iter()
+                .filter(|c| c.domain == ApiDomain::Probe as u32)
+                .filter(|c| ProbedApi::from_u32(c.call_id).is_some_and(|a| a.is_sync()))
+                .map(|c| (c.pid, c.tid, c.end_ns)),
+        )
+        .chain(batch.file_io.iter().filter(|f| is_checkpoint_syscall(f.syscall)).map(|f| (f.pid, f.tid, f.end_ns)));
+    for (pid, tid, end) in ends {
+        if let Some(w) = windows.get_mut(&pid) {
+            if end > w.1 && is_launcher(pid, tid) {
+                w.1 = end;
+            }
+        }
+    }
 }
 
 /// One rank's kernel of a collective: (pid, start, end).
@@ -448,11 +497,11 @@ pub(crate) fn host_blocked(
     batch: &RecordBatch,
     pid: u32,
     launchers: &HashSet<u32>,
-    preemption_is_stall: bool,
+    policy: StallPolicy,
 ) -> (Vec<(u64, u64)>, Vec<Reasoned>) {
     let mine = |p: u32, t: u32| p == pid && launchers.contains(&t);
     let mut v: Vec<Reasoned> = Vec::new();
-    let counts = |reason: u32| counts_stall(reason, preemption_is_stall);
+    let counts = |reason: u32| policy.counts(reason);
     v.extend(
         batch
             .stalls
@@ -492,9 +541,26 @@ pub(crate) fn merge(sorted: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)>
     merged
 }
 
-/// Whether a reasoned interval is a stall the options count (preemption may not).
-pub(crate) fn counts_stall(reason: u32, preemption_is_stall: bool) -> bool {
-    preemption_is_stall || (reason != StallReason::Preempted as u32 && reason != StallReason::RunQueue as u32)
+/// Which off-CPU intervals count as stalls ([`AccountOptions::preemption_is_stall`] and
+/// [`AccountOptions::run_queue_is_stall`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StallPolicy {
+    pub preemption: bool,
+    pub run_queue: bool,
+}
+
+impl StallPolicy {
+    /// Whether an off-CPU interval with this reason is a stall.
+    pub fn counts(self, reason: u32) -> bool {
+        (self.preemption || reason != StallReason::Preempted as u32)
+            && (self.run_queue || reason != StallReason::RunQueue as u32)
+    }
+}
+
+impl AccountOptions {
+    pub(crate) fn stall_policy(&self) -> StallPolicy {
+        StallPolicy { preemption: self.preemption_is_stall, run_queue: self.run_queue_is_stall }
+    }
 }
 
 /// The words a report uses for an off-CPU reason.

@@ -3,11 +3,12 @@
 //! eight categories that sum to the window. [`analyze`] adds per-step and per-bin accounting
 //! ([`steps`] finds the steps), top kernels, idle gaps with their reason and checkpoint I/O;
 //! [`collectives`] matches collectives across ranks and files (skew, straggler); [`peak`] is
-//! the table of peak FLOP/s.
+//! the table of peak FLOP/s; [`host`] gives each process's and thread's host figures.
 
 pub(crate) mod account;
 pub mod collectives;
 mod flops;
+pub mod host;
 pub mod join;
 pub mod nccl_algo;
 pub mod peak;

@@ -22,10 +22,11 @@
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use super::account::{
-    comm_waits, counts_stall, is_checkpoint_syscall, is_comm_name, merge, pm_samples, stall_reason_label,
-    AccountOptions, CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, LateWindows,
+    comm_waits, is_checkpoint_syscall, is_comm_name, merge, pm_samples, stall_reason_label, AccountOptions,
+    CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, LateWindows, StallPolicy,
 };
 use super::flops::{FlopSource, FractionAccumulator, KernelSpan};
+use super::host::{HostAccumulator, ProcessHost};
 use super::steps::{
     anchor_steps, compute_per_step, nvtx_steps, periodic_anchor, steps_from_starts, PeriodicAnchor, StepSource,
     PERIOD_PROBE,
@@ -99,7 +100,8 @@ pub struct Skeleton {
     pub names: HashMap<u32, String>,
     /// NCCL calls, collective kernels, step markers, PM samples, clock syncs, checkpoint I/O.
     pub small: RecordBatch,
-    /// Active window per process: first to last device operation or launch.
+    /// Active window per process: first device operation or launch to the later of the last
+    /// one and the launching threads' last blocking interval (docs/metrics.md, "Window").
     pub windows: HashMap<u32, (u64, u64)>,
     launchers: FastMap<u32, HashSet<u32>>,
     devices: FastMap<(u32, u32), DeviceSummary>,
@@ -207,6 +209,9 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
     for d in sk.devices.values_mut() {
         d.fold_times();
     }
+    let launchers = &sk.launchers;
+    let is_launcher = |pid: u32, tid: u32| launchers.get(&pid).is_some_and(|t| t.contains(&tid));
+    super::account::extend_windows_to_blocking(&mut sk.windows, &sk.small, &is_launcher);
     let mut min = u64::MAX;
     sk.suffix_min_ts = st
         .chunk_min
@@ -332,7 +337,7 @@ impl SummaryState {
             widen(&mut sk.windows, l.pid, l.time_ns, l.time_ns);
             sk.launchers.entry(l.pid).or_default().insert(l.tid);
         }
-        self.absorb_small(sk, r, opts.account.preemption_is_stall);
+        self.absorb_small(sk, r, opts.account.stall_policy());
     }
 
     /// A chunk read from its digest: the same as [`SummaryState::absorb_chunk`] for the
@@ -366,12 +371,12 @@ impl SummaryState {
         }
         sk.small.kernels.extend_from_slice(&d.records.kernels);
         // (the digest's records are a superset of what absorb_small keeps)
-        self.absorb_small(sk, &d.records, opts.account.preemption_is_stall);
+        self.absorb_small(sk, &d.records, opts.account.stall_policy());
     }
 
     /// The few records kept whole: NCCL, synchronizing calls, NVTX steps, clock syncs,
     /// checkpoint I/O, long host blocks, PM samples, session notes, NCCL algorithms.
-    fn absorb_small(&mut self, sk: &mut Skeleton, r: &RecordBatch, preemption_is_stall: bool) {
+    fn absorb_small(&mut self, sk: &mut Skeleton, r: &RecordBatch, policy: StallPolicy) {
         sk.small.nccl.extend_from_slice(&r.nccl);
         sk.small.api_calls.extend(r.api_calls.iter().filter(|a| {
             a.domain == ApiDomain::Probe as u32 && ProbedApi::from_u32(a.call_id).is_some_and(|x| x.is_sync())
@@ -383,7 +388,7 @@ impl SummaryState {
         sk.small.file_io.extend(r.file_io.iter().filter(|f| is_checkpoint_syscall(f.syscall)));
         let long = self.long;
         for st in r.stalls.iter().filter(|st| st.end_ns.saturating_sub(st.start_ns) >= long) {
-            if counts_stall(st.reason, preemption_is_stall) {
+            if policy.counts(st.reason) {
                 sk.long_blocked.push((st.pid, st.tid, st.start_ns, st.end_ns, stall_reason_label(st.reason)));
             }
         }
@@ -429,6 +434,18 @@ pub fn sweep_file(
     late: &LateWindows,
     extra_waits: &HashMap<(u32, u64), u64>,
 ) -> Result<(Vec<DeviceResult>, u64), TraceError> {
+    sweep_file_with_host(reader, sk, opts, late, extra_waits).map(|(r, late, _)| (r, late))
+}
+
+/// [`sweep_file`], plus the host figures of every process ([`super::host`]), added up in the
+/// same pass.
+pub fn sweep_file_with_host(
+    reader: &TraceReader,
+    sk: &Skeleton,
+    opts: &StreamOptions,
+    late: &LateWindows,
+    extra_waits: &HashMap<(u32, u64), u64>,
+) -> Result<(Vec<DeviceResult>, u64, Vec<ProcessHost>), TraceError> {
     let names = &sk.names;
     let is_comm = |id: u32| is_comm_name(names, id);
     let detail = &opts.detail;
@@ -596,10 +613,16 @@ pub fn sweep_file(
             .collect();
         sweep.pids.insert(*pid, PidState { launchers: launchers.clone(), incoming, ..Default::default() });
     }
-    let swept_kinds =
-        |k: Kind| matches!(k, Kind::KernelExec | Kind::MemOp | Kind::HostStall | Kind::FileIo | Kind::NcclColl);
+    let swept_kinds = |k: Kind| {
+        matches!(
+            k,
+            Kind::KernelExec | Kind::MemOp | Kind::HostStall | Kind::FileIo | Kind::NcclColl | Kind::ProcessInfo
+        )
+    };
+    let mut host = HostAccumulator::default();
     reader.for_each_chunk_lean_at(&swept_kinds, |i, c| {
-        sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.preemption_is_stall, long);
+        host.add(&c.records);
+        sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.stall_policy(), long);
         let next_min = sk.suffix_min_ts.get(i + 1).copied().unwrap_or(u64::MAX);
         let bound = sweep.newest.saturating_sub(opts.reorder_window_ns);
         let to = next_min.max(bound);
@@ -619,7 +642,7 @@ pub fn sweep_file(
             state.sweep.finish(checkpoint_of(&sk.small, k.0, window))
         })
         .collect();
-    Ok((results, late_records))
+    Ok((results, late_records, host.finish()))
 }
 
 fn add_step_compute(steps: &[(u64, u64)], busy: &mut [u64], start: u64, end: u64) {
@@ -693,7 +716,7 @@ impl Sweep {
         c: &Chunk,
         is_comm: &mut impl FnMut(u32) -> bool,
         waits: &HashMap<(u32, u64), u64>,
-        preemption_is_stall: bool,
+        policy: StallPolicy,
         long: u64,
     ) {
         let r = &c.records;
@@ -742,7 +765,7 @@ impl Sweep {
             pids.get(&pid).is_some_and(|p| p.launchers.contains(&tid))
         };
         let mut blocked: Vec<(u32, Reasoned)> = Vec::new();
-        for s in r.stalls.iter().filter(|s| counts_stall(s.reason, preemption_is_stall)) {
+        for s in r.stalls.iter().filter(|s| policy.counts(s.reason)) {
             if launcher(&self.pids, s.pid, s.tid) {
                 blocked.push((s.pid, (s.start_ns, s.end_ns, stall_reason_label(s.reason))));
             }

@@ -457,6 +457,46 @@ fn skew_section(o: &mut String, report: &Value) {
     o.push_str("</svg>\n");
 }
 
+/// One row of the host table: a process total or one of its threads.
+fn host_row(o: &mut String, pid: &str, who: &str, h: &Value) {
+    let n = |v: &Value| f(v).unwrap_or(0.0);
+    let mut reasons: Vec<(f64, String)> = h["off_cpu_ns"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (n(v), k.clone())).filter(|x| x.0 > 0.0).collect())
+        .unwrap_or_default();
+    reasons.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let off: f64 = reasons.iter().map(|x| x.0).sum();
+    let reasons: Vec<String> = reasons.iter().take(3).map(|(v, k)| format!("{} {}", esc(k), ms(*v))).collect();
+    let mib = |v: &Value| n(v) / (1u64 << 20) as f64;
+    let _ = write!(
+        o,
+        r#"<tr><td class="l">{}</td><td class="l">{}</td><td>{}</td><td>{}</td><td>{}</td><td class="l">{}</td><td>{:.1}</td><td>{:.1}</td></tr>"#,
+        esc(pid),
+        esc(who),
+        ms(n(&h["end_ns"]) - n(&h["start_ns"])),
+        ms(n(&h["on_cpu_ns"])),
+        ms(off),
+        reasons.join(", "),
+        mib(&h["file_io"]["read_bytes"]),
+        mib(&h["file_io"]["write_bytes"]),
+    );
+}
+
+/// The host side of every process (`hosts`), with or without devices: a CPU-only process has
+/// only this.
+fn host_section(o: &mut String, report: &Value) {
+    let Some(hosts) = report["hosts"].as_array().filter(|v| !v.is_empty()) else { return };
+    o.push_str("<h2>Host</h2><table><tr><th class=\"l\">pid</th><th class=\"l\">thread</th><th>seen</th><th>on-CPU</th><th>off-CPU</th><th class=\"l\">off-CPU reasons</th><th>read MiB</th><th>wrote MiB</th></tr>");
+    for p in hosts {
+        let pid = s(&p["pid"]);
+        host_row(o, &pid, "all", p);
+        for t in p["threads"].as_array().map(|v| &v[..]).unwrap_or_default().iter().take(8) {
+            host_row(o, &pid, &s(&t["tid"]), t);
+        }
+    }
+    o.push_str("</table>\n");
+}
+
 /// The whole page for a report JSON document (`render_json`'s output).
 pub fn render(report: &Value) -> String {
     let mut o = String::with_capacity(64 << 10);
@@ -505,6 +545,7 @@ pub fn render(report: &Value) -> String {
     }
     collectives_section(&mut o, report);
     skew_section(&mut o, report);
+    host_section(&mut o, report);
     if let Some(ns) = report["recording_notes"].as_array().filter(|v| !v.is_empty()) {
         o.push_str("<h2>Recording notes</h2><ul>");
         for n in ns {

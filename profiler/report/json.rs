@@ -3,7 +3,9 @@
 use serde_json::{json, Map, Value};
 
 use super::{cross_rank, straggler_activity, FileReport};
+use crate::analyze::host::HostFigures;
 use crate::analyze::{Categories, DeviceAccount, DeviceDetail, Partition, CATEGORY_NAMES};
+use crate::trace::StallReason;
 
 fn fractions(c: &Categories, len: u64) -> Map<String, Value> {
     let w = len.max(1) as f64;
@@ -71,6 +73,50 @@ fn detail_fields(r: &FileReport, a: &DeviceAccount, d: &DeviceDetail, partitions
         json!({ "io_ns": d.checkpoint.io_ns, "fraction": d.checkpoint.io_ns as f64 / w, "bytes": d.checkpoint.bytes }),
     );
     m
+}
+
+/// One thread's or process's host figures (docs/report-schema.md, `hosts`).
+fn host_fields(h: &HostFigures) -> Map<String, Value> {
+    let off: Map<String, Value> =
+        StallReason::ALL.iter().map(|r| (r.name().to_string(), json!(h.off_cpu_ns[*r as usize]))).collect();
+    let mut m = Map::new();
+    m.insert("start_ns".into(), json!(h.start_ns));
+    m.insert("end_ns".into(), json!(h.end_ns));
+    m.insert("on_cpu_ns".into(), json!(h.on_cpu_ns));
+    m.insert("off_cpu_ns".into(), Value::Object(off));
+    m.insert(
+        "file_io".into(),
+        json!({
+            "read_bytes": h.file_read_bytes,
+            "read_ns": h.file_read_ns,
+            "write_bytes": h.file_write_bytes,
+            "write_ns": h.file_write_ns,
+        }),
+    );
+    m
+}
+
+/// The `hosts` array: every process of every file with its threads.
+fn hosts(reports: &[FileReport]) -> Value {
+    let processes = reports.iter().flat_map(|r| {
+        r.host.iter().map(move |p| {
+            let mut o = host_fields(&p.total);
+            o.insert("file".into(), json!(r.path));
+            o.insert("pid".into(), json!(p.pid));
+            let threads: Vec<Value> = p
+                .threads
+                .iter()
+                .map(|(tid, t)| {
+                    let mut m = host_fields(t);
+                    m.insert("tid".into(), json!(tid));
+                    Value::Object(m)
+                })
+                .collect();
+            o.insert("threads".into(), Value::Array(threads));
+            Value::Object(o)
+        })
+    });
+    Value::Array(processes.collect())
 }
 
 /// The JSON document (docs/report-schema.md).
@@ -272,6 +318,7 @@ fn document(reports: &[FileReport], partitions: bool) -> Value {
                 "file": r.path, "chunk": d.chunk, "offset": d.offset, "records_lost": d.records_lost, "error": d.error,
             })))
             .collect::<Vec<_>>(),
+        "hosts": hosts(reports),
         "recording_notes": reports
             .iter()
             .flat_map(|r| r.recording_notes.iter().map(move |n| json!({"file": r.path, "note": n})))

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::analyze::collectives::{self, CrossRank, RankInput, RankView};
+use crate::analyze::host::ProcessHost;
 use crate::analyze::stream::{self, StreamOptions};
 use crate::analyze::{analyze_with, AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows};
 use crate::trace::{RecordBatch, TraceError, TraceReader};
@@ -46,6 +47,8 @@ pub struct FileReport {
     /// Chunks of the file that could not be read and were left out (report JSON
     /// `damaged_chunks`).
     pub damaged_chunks: Vec<crate::trace::reader::DamagedChunk>,
+    /// Host figures per process (on-CPU, off-CPU by reason, file I/O), with or without devices.
+    pub host: Vec<ProcessHost>,
 }
 
 /// A whole trace in memory: records, string table (id → string), the reader's warnings.
@@ -130,6 +133,7 @@ fn analyze_readers(
                 warnings: Vec::new(),
                 recording_notes: recording_notes(&sk.small, &sk.names),
                 damaged_chunks: Vec::new(),
+                host: Vec::new(),
             }
         })
         .collect();
@@ -141,7 +145,8 @@ fn analyze_readers(
         o.account.windows = sk.windows.clone();
         let no_waits = HashMap::new();
         let extra_waits = cross.spanning_waits.get(&path).unwrap_or(&no_waits);
-        let (results, late_records) = stream::sweep_file(reader, &sk, &o, &late, extra_waits)?;
+        let (results, late_records, host) = stream::sweep_file_with_host(reader, &sk, &o, &late, extra_waits)?;
+        report.host = host;
         // after the sweep, which decoded every chunk: every damaged one is known
         report.warnings = reader.warnings();
         report.damaged_chunks = reader.damaged_chunks();
@@ -181,7 +186,8 @@ pub fn recording_notes(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec
     out
 }
 
-/// The active window of each process: first to last device operation or launch.
+/// The active window of each process: first device operation or launch to the later of the
+/// last one and the launching threads' last blocking interval (docs/metrics.md, "Window").
 pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, (u64, u64)> {
     let mut windows: HashMap<u32, (u64, u64)> = HashMap::new();
     let spans = batch
@@ -195,6 +201,8 @@ pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, (u64, u64)> {
         w.0 = w.0.min(s);
         w.1 = w.1.max(e);
     }
+    let launchers: std::collections::HashSet<(u32, u32)> = batch.launches.iter().map(|l| (l.pid, l.tid)).collect();
+    crate::analyze::account::extend_windows_to_blocking(&mut windows, batch, &|p, t| launchers.contains(&(p, t)));
     windows
 }
 
@@ -242,6 +250,7 @@ pub fn analyze_batch(
         warnings,
         recording_notes: recording_notes(batch, names),
         damaged_chunks: Vec::new(),
+        host: crate::analyze::host::host_figures(batch),
     }
 }
 

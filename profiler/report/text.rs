@@ -5,9 +5,11 @@
 use std::fmt::Write;
 
 use super::{cross_rank, pct, straggler_activity, FileReport};
+use crate::analyze::host::HostFigures;
 use crate::analyze::{DeviceAccount, DeviceDetail, Partition, CATEGORY_NAMES};
 // Job text (kernel names, notes, paths) is escaped: it must not drive the reader's terminal.
 use crate::units::escape_text as esc;
+use crate::trace::StallReason;
 
 /// Steps shown at each end of a long step table.
 const STEP_ROWS: usize = 5;
@@ -115,6 +117,62 @@ fn device_detail(o: &mut String, r: &FileReport, a: &DeviceAccount, d: &DeviceDe
     }
 }
 
+/// Threads listed per process in the host section.
+const HOST_THREAD_ROWS: usize = 8;
+
+/// Off-CPU time by reason, most first, only the reasons with time: `sleep 12.000 ms, futex …`.
+fn off_cpu_reasons(h: &HostFigures) -> String {
+    let mut v: Vec<(u64, &str)> =
+        StallReason::ALL.iter().map(|r| (h.off_cpu_ns[*r as usize], r.name())).filter(|x| x.0 > 0).collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    v.iter().map(|(ns, name)| format!("{name} {:.3} ms", ms(*ns))).collect::<Vec<_>>().join(", ")
+}
+
+/// One line of host figures: on-CPU, off-CPU by reason, file I/O.
+fn host_line(h: &HostFigures) -> String {
+    let span = (h.end_ns - h.start_ns).max(1) as f64;
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let reasons = off_cpu_reasons(h);
+    format!(
+        "on-CPU {:.3} ms ({}), off-CPU {:.3} ms{}; file I/O: read {:.1} MiB in {:.3} ms, wrote {:.1} MiB in {:.3} ms",
+        ms(h.on_cpu_ns),
+        pct(h.on_cpu_ns as f64 / span),
+        ms(h.off_cpu_total_ns()),
+        if reasons.is_empty() { String::new() } else { format!(" ({reasons})") },
+        mib(h.file_read_bytes),
+        ms(h.file_read_ns),
+        mib(h.file_write_bytes),
+        ms(h.file_write_ns),
+    )
+}
+
+/// The host side of each process of a file, with or without devices (docs/metrics.md, "Host
+/// figures").
+fn host_section(o: &mut String, r: &FileReport) {
+    for p in &r.host {
+        let _ = writeln!(
+            o,
+            "host, pid {} ({} threads, {:.3} ms seen): {}",
+            p.pid,
+            p.threads.len(),
+            ms(p.total.end_ns - p.total.start_ns),
+            host_line(&p.total)
+        );
+        if p.threads.len() > 1 {
+            for (tid, t) in p.threads.iter().take(HOST_THREAD_ROWS) {
+                let _ = writeln!(o, "  thread {tid} ({:.3} ms seen): {}", ms(t.end_ns - t.start_ns), host_line(t));
+            }
+            if p.threads.len() > HOST_THREAD_ROWS {
+                let _ = writeln!(
+                    o,
+                    "  … {} more threads (report --json lists them all)",
+                    p.threads.len() - HOST_THREAD_ROWS
+                );
+            }
+        }
+    }
+}
+
 /// The terminal summary.
 pub fn render_text(reports: &[FileReport]) -> String {
     let mut o = String::new();
@@ -156,6 +214,7 @@ pub fn render_text(reports: &[FileReport]) -> String {
                 device_detail(&mut o, r, a, d);
             }
         }
+        host_section(&mut o, r);
         for warning in &r.warnings {
             let _ = writeln!(o, "  warning: {}", esc(warning));
         }

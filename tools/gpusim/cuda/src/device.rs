@@ -51,11 +51,32 @@ pub struct Device {
 }
 
 /// Lock the process's device (a poisoned lock is recovered: the state stays consistent because
-/// every mutation is a single push or insert).
+/// every mutation is a single push or insert). When the main thread (the workload's launching
+/// thread) finds the lock held by another thread (the CUPTI buffer thread, an injected
+/// library's), its wait is a real host block inside a CUDA call, which a profiler sees as
+/// off-CPU time: it is logged as a `device_lock` host stall, so the ground truth counts it too.
 pub fn lock() -> MutexGuard<'static, Device> {
     static DEVICE: OnceLock<Mutex<Device>> = OnceLock::new();
     let mutex = DEVICE.get_or_init(|| Mutex::new(Device { next_device_ptr: 0x7f00_0000_0000, ..Device::default() }));
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    match mutex.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            let start_ns = now_ns();
+            let mut guard = mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // SAFETY: getpid has no arguments and cannot fail.
+            if thread_id() == unsafe { libc::getpid() } as u32 {
+                let mut rec = SimRecord::new(RecordKind::HostStall);
+                rec.set_name("device_lock");
+                rec.start_ns = start_ns;
+                rec.transfer_start_ns = start_ns;
+                rec.enqueue_ns = start_ns;
+                rec.end_ns = now_ns();
+                guard.records.push(rec);
+            }
+            guard
+        }
+    }
 }
 
 /// Kernel thread id of the caller (what a uprobe reports as the pid/tid pair's tid).

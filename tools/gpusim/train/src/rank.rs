@@ -230,7 +230,14 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
         window_end_ns,
         checkpoint_bytes,
     };
-    truth::write(&cfg.truth_path, &truth::build(&info, &records))?;
+    let truth = truth::build(&info, &records);
+    // Written from a thread that launches nothing: the truth file is not the job's work, and a
+    // profiler's window rule (which ends a window at the launching threads' last file write)
+    // must not see it.
+    let path = cfg.truth_path.clone();
+    std::thread::spawn(move || truth::write(&path, &truth))
+        .join()
+        .map_err(|_| "the thread writing the ground truth panicked".to_string())??;
     if let Some((nccl, comm)) = nccl_comm {
         // SAFETY: see above.
         unsafe { check("ncclCommDestroy", (nccl.comm_destroy)(comm))? };
