@@ -36,7 +36,7 @@ fn hostile_trace(path: &Path, extra_notes: usize) {
                 .into(),
         );
     }
-    for (i, sc) in [0, 1, 74, 75].into_iter().enumerate() {
+    for (i, sc) in [0, 1, 74, 75, 257, 77, 285].into_iter().enumerate() {
         let s = 3_000_000 + i as u64 * 10_000;
         r.push(FileIo { start_ns: s, end_ns: s + 5_000, bytes: 4096, pid: PID, tid: PID, fd: 9, syscall: sc }.into());
     }
@@ -132,7 +132,7 @@ fn json_output_is_terminal_safe_and_reads_back_the_same_strings() {
 // ---- item 16: fsync is not a "file read" ----
 
 #[test]
-fn export_names_fsync_and_fdatasync() {
+fn export_names_fsync_fdatasync_and_truncations() {
     let dir = tmpdir();
     let trace = dir.path().join("io.gptrace");
     hostile_trace(&trace, 0);
@@ -148,8 +148,17 @@ fn export_names_fsync_and_fdatasync() {
         .map(|e| (e["args"]["syscall"].as_i64().unwrap(), e["name"].as_str().unwrap().to_string()))
         .collect();
     io.sort();
-    let want: Vec<(i64, String)> =
-        [(0, "file read"), (1, "file write"), (74, "fsync"), (75, "fdatasync")].map(|(n, s)| (n, s.into())).into();
+    let want: Vec<(i64, String)> = [
+        (0, "file read"),
+        (1, "file write"),
+        (74, "fsync"),
+        (75, "fdatasync"),
+        (77, "ftruncate"),
+        (257, "open (truncating)"),
+        (285, "fallocate"),
+    ]
+    .map(|(n, s)| (n, s.into()))
+    .into();
     assert_eq!(io, want);
 }
 

@@ -232,6 +232,9 @@ fn file_io_label(syscall: i32) -> &'static str {
         74 => "fsync",
         75 => "fdatasync",
         277 => "sync_file_range",
+        2 | 257 | 85 => "open (truncating)",
+        77 => "ftruncate",
+        285 => "fallocate",
         nr if WRITE_SYSCALLS.contains(&nr) => "file write",
         _ => "file read",
     }

@@ -8,8 +8,8 @@ use super::{cross_rank, pct, straggler_activity, FileReport};
 use crate::analyze::host::HostFigures;
 use crate::analyze::{DeviceAccount, DeviceDetail, Partition, CATEGORY_NAMES};
 // Job text (kernel names, notes, paths) is escaped: it must not drive the reader's terminal.
-use crate::units::escape_text as esc;
 use crate::trace::StallReason;
+use crate::units::escape_text as esc;
 
 /// Steps shown at each end of a long step table.
 const STEP_ROWS: usize = 5;
