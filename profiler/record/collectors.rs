@@ -168,11 +168,11 @@ impl Collectors {
 
     /// A drain takes at most `MAX_DRAIN_BYTES` per ring; at the session's end there is no next
     /// tick, so the rest is drained now (bounded: a producer still writing cannot hold us).
-    fn drain_rings_to_the_end(&mut self, producer: &mut Producer) {
+    fn drain_rings_to_the_end(&mut self) {
         let most = ghostprof_ring::MAX_CAPACITY.div_ceil(ghostprof_ring::MAX_DRAIN_BYTES) + 1;
         for _ in 0..most {
             let before = self.cupti.stats.records;
-            self.cupti.drain(producer);
+            self.drain_cupti();
             if self.cupti.stats.records == before {
                 break;
             }
@@ -182,7 +182,7 @@ impl Collectors {
     /// Stops NVML sampling (before the pipeline finishes) and gathers what every collector saw;
     /// the session's notes also go into the trace (`note` records), for whoever reviews it.
     pub(crate) fn finish(mut self, producer: &mut Producer) -> CollectorsSummary {
-        self.drain_rings_to_the_end(producer);
+        self.drain_rings_to_the_end();
         let (nvml, nvml_notes) = match self.nvml.as_mut() {
             Some(n) => {
                 n.stop();
