@@ -443,7 +443,12 @@ fn pm_interval_ns() -> u64 {
 
 /// Sends the PM samples gathered since the last call; `last` ends the session.
 fn pm_collect(last: bool) {
-    // Taken out of the state, so the decode holds no lock.
+    // One decode at a time: the exit handler's final decode waits for one the control thread
+    // has in flight (it found no session and skipped, losing every sample since the last
+    // periodic decode: half of a short job's samples under load).
+    static DECODING: Mutex<()> = Mutex::new(());
+    let _one = DECODING.lock().unwrap_or_else(|p| p.into_inner());
+    // Taken out of the state, so the decode holds no state lock.
     let Some(mut pm) = with_state(|s| s.pm.take()).flatten() else { return };
     match pm.collect(last) {
         Ok(samples) => {

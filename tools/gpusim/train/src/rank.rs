@@ -113,6 +113,11 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
     let mut module: Handle = std::ptr::null_mut();
     // SAFETY: see above.
     unsafe { check("cuModuleLoadData", (cuda.module_load_data)(&mut module, image.as_ptr() as *const c_void))? };
+    // `GPUSIM_STARTUP_MS`: time between the context and the first launch, as a real job spends
+    // loading its model and data (the default, 0, launches at once).
+    if let Some(ms) = std::env::var("GPUSIM_STARTUP_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     let resolve = |specs: &[KernelSpec]| -> Result<Vec<Kernel>, String> {
         specs
             .iter()
