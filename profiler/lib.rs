@@ -7,12 +7,14 @@
 //! - [`collect`]: collectors (eBPF skeletons and their loaders, the CUPTI ring);
 //! - [`analyze`]: the accounting, a pure function of trace records;
 //! - [`report`]: text and JSON reports of the accounting;
+//! - [`export`]: the trace in other tools' formats (Chrome trace JSON for Perfetto and HTA);
 //! - [`cli`]: the command line (the only module that knows clap).
 
 pub mod analyze;
 pub mod cli;
 pub mod clock;
 pub mod collect;
+pub mod export;
 pub mod outfile;
 pub mod record;
 pub mod report;

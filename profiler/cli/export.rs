@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use crate::outfile::sudo_owner;
-use crate::report::chrome::{export_chrome, ChromeOptions};
+use crate::export::{export_chrome, ChromeOptions};
 use crate::units::escape_text;
 
 pub struct ExportConfig {
