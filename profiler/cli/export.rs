@@ -38,13 +38,19 @@ pub fn run(cfg: &ExportConfig) -> anyhow::Result<ExitCode> {
     }
     for f in &summary.files {
         let pids: Vec<String> = f.pids.iter().map(u32::to_string).collect();
+        let ranks = match f.ranks.as_slice() {
+            [] => "no rank".to_string(),
+            [r] => format!("rank {r} of {}", f.world_size),
+            rs => {
+                let rs: Vec<String> = rs.iter().map(u32::to_string).collect();
+                format!("ranks {} of {}", rs.join(", "), f.world_size)
+            }
+        };
         super::out(&format!(
-            "wrote {} ({} events; pid {}; rank {} of {})\n",
+            "wrote {} ({} events; pid {}; {ranks})\n",
             escape_text(&f.path.display().to_string()),
             f.events,
             pids.join(", "),
-            f.rank,
-            f.world_size
         ))?;
     }
     Ok(ExitCode::SUCCESS)
