@@ -213,6 +213,20 @@ fn root_demo_reports_the_straggler_and_matches_the_ground_truth() {
     assert!(dir.path().join("demo.gptrace").exists());
     let html = std::fs::read_to_string(dir.path().join("demo.html")).expect("the demo writes its HTML report");
     assert!(text.contains("HTML report: ") && html.contains("points</span> of divergence"), "{text}");
+
+    // The README's export of the demo: one file per rank, ranks 0 and 1 of 2 (the launcher is
+    // none), and HTA loads it (each rank's file has far more than 32,767 events) and runs every
+    // analysis tools/hta-compare asks of it.
+    let files = dir.path().join("hta/");
+    let run = ghostprof().arg("export").arg(dir.path().join("demo.gptrace")).arg("-o").arg(&files).output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(said.contains("rank 0 of 2") && said.contains("rank 1 of 2") && said.lines().count() == 2, "{said}");
+    let Some(hta) = crate::export::hta_breakdown(&files) else { return };
+    assert_eq!(hta.keys().copied().collect::<Vec<_>>(), vec![0, 1], "HTA sees both ranks");
+    for h in hta.values() {
+        assert!(h["compute"].as_f64().unwrap() > 0.3 && h["queue_length"]["streams"].as_u64().unwrap() >= 1, "{h}");
+    }
 }
 
 #[test]

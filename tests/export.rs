@@ -555,7 +555,8 @@ fn hta_reads_the_export_and_its_temporal_breakdown_agrees_with_ghostprof() {
 /// three kernel types, the all-reduce overlapping compute, every runtime launch matched to its
 /// kernel, both streams queued, and the copies and memsets.
 fn check_hta_analyses(h: &Value, steps: u64) {
-    let idle: f64 = ["host_wait", "kernel_wait", "other"].iter().map(|k| h["idle_breakdown"][k].as_f64().unwrap()).sum();
+    let idle: f64 =
+        ["host_wait", "kernel_wait", "other"].iter().map(|k| h["idle_breakdown"][k].as_f64().unwrap()).sum();
     assert!((idle - 1.0).abs() < 1e-6, "idle breakdown: {h}");
     for t in ["COMPUTATION", "COMMUNICATION", "MEMORY"] {
         assert!(h["kernel_types"][t].as_f64().unwrap() > 0.0, "kernel type {t}: {h}");
@@ -784,6 +785,13 @@ fn root_hta_agrees_with_ghostprof_on_a_recorded_gpusim_job() {
     let summary = ghostprof::record::session::record_command(&cfg, &std::sync::atomic::AtomicBool::new(false))
         .expect("recording");
     assert!(summary.exit_status.is_some_and(|s| s.success()), "{:?}", summary.exit_status);
+    // One file with the launcher and both ranks: rank 0 of 2 (the launcher is not a rank).
+    let one = dir.path().join("all.json");
+    let run = ghostprof().arg("export").arg(&trace).arg("-o").arg(&one).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v = read_json(&one);
+    assert_eq!(v["distributedInfo"]["world_size"], 2, "{}", v["distributedInfo"]);
+    assert_eq!(v["ghostprof"]["pids"].as_array().unwrap().len(), 3, "the launcher and two ranks");
     let files = dir.path().join("traces/");
     let run = ghostprof().arg("export").arg(&trace).arg("-o").arg(&files).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));

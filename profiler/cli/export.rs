@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 
-use crate::outfile::sudo_owner;
 use crate::export::{export_chrome, ChromeOptions};
+use crate::outfile::sudo_owner;
 use crate::units::escape_text;
 
 pub struct ExportConfig {

@@ -517,7 +517,11 @@ impl Exporter<'_> {
             };
             let args = if matches!(domain, Some(ApiDomain::CudaDriver | ApiDomain::CudaRuntime)) {
                 if a.correlation_id != 0 {
-                    format!(r#""External id": {0}, "cbid": {1}, "correlation": {0}"#, corr_id(a.correlation_id), a.call_id)
+                    format!(
+                        r#""External id": {0}, "cbid": {1}, "correlation": {0}"#,
+                        corr_id(a.correlation_id),
+                        a.call_id
+                    )
                 } else {
                     format!(r#""cbid": {}"#, a.call_id)
                 }
