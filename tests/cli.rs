@@ -143,6 +143,29 @@ fn help_shows_every_subcommand_and_examples() {
 }
 
 #[test]
+fn every_argument_of_every_subcommand_has_help_text() {
+    for sub in ["record", "attach", "report", "export", "info", "demo"] {
+        let out = ghostprof().args([sub, "--help"]).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        // Argument lines: "  -o, --output <OUTPUT>  Output trace file [default: ...]", "  <FILE>  The trace file".
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("  ") && (l.trim_start().starts_with('-') || l.trim_start().starts_with('<')))
+        {
+            let words: Vec<&str> = line.split("  ").map(str::trim).filter(|w| !w.is_empty()).collect();
+            assert!(words.len() >= 2, "`ghostprof {sub}`: no help for {line:?}");
+        }
+    }
+    // Closed sets are clap value enums: a bad value is a usage error naming the choices; case is
+    // ignored for --dtype, as the peak table does.
+    let out = ghostprof().args(["report", "--dtype", "int4", "x.gptrace"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: bf16, fp16, tf32, fp8"));
+    let out = ghostprof().args(["report", "--dtype", "BF16", "/nonexistent.gptrace"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "parsed; the missing file is the error");
+}
+
+#[test]
 fn report_json_accounts_a_trace_and_sums_to_the_window() {
     let dir = tmpdir();
     let path = dir.path().join("run.gptrace");

@@ -418,13 +418,18 @@ fn export_to_a_directory_writes_one_file_per_rank_and_pid_selects_one() {
     let reader = TraceReader::open(&cut).unwrap();
     assert_eq!(kernels, reader.read_all().unwrap().kernels.len());
     assert!(kernels > 0);
-    // Errors: one line, non-zero.
-    for args in [&["--pid", "7"][..], &["--format", "perfetto"]] {
+    // Errors: one line, non-zero; an unknown format is a usage error (clap's, exit 2, with the
+    // formats there are). Nothing is written.
+    for (args, code) in [(&["--pid", "7"][..], 1), (&["--format", "perfetto"], 2)] {
         let run = ghostprof().arg("export").arg(&trace).args(args).arg("-o").arg(dir.path().join("x.json")).output();
         let run = run.unwrap();
-        assert_eq!(run.status.code(), Some(1), "{args:?}");
+        assert_eq!(run.status.code(), Some(code), "{args:?}");
         let err = String::from_utf8_lossy(&run.stderr);
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        if code == 1 {
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        } else {
+            assert!(err.contains("invalid value 'perfetto'") && err.contains("possible values: chrome"), "{err}");
+        }
         assert!(!dir.path().join("x.json").exists() && !dir.path().join("x.json.tmp").exists());
     }
 }
