@@ -43,6 +43,7 @@ pub struct ChromeOptions {
 /// One written file.
 #[derive(Debug, Clone)]
 pub struct ExportedFile {
+    /// Where it was written.
     pub path: PathBuf,
     /// The processes in it.
     pub pids: Vec<u32>,
@@ -52,6 +53,7 @@ pub struct ExportedFile {
     pub ranks: Vec<u32>,
     /// `distributedInfo.world_size`.
     pub world_size: u32,
+    /// Events in `traceEvents`.
     pub events: u64,
 }
 
@@ -734,7 +736,9 @@ fn per_process_path(dir: &Path, trace: &Path, rank: u32, pid: u32) -> PathBuf {
 /// What an export wrote, and the reader's warnings (a file cut short, a damaged index).
 #[derive(Debug, Clone, Default)]
 pub struct ExportSummary {
+    /// The files written: one per process with device work, in pid order (a directory), or the one file.
     pub files: Vec<ExportedFile>,
+    /// The reader's warnings and the export's own (several ranks in one file).
     pub warnings: Vec<String>,
 }
 
