@@ -143,6 +143,29 @@ fn help_shows_every_subcommand_and_examples() {
 }
 
 #[test]
+fn every_argument_of_every_subcommand_has_help_text() {
+    for sub in ["record", "attach", "report", "export", "info", "demo"] {
+        let out = ghostprof().args([sub, "--help"]).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        // Argument lines: "  -o, --output <OUTPUT>  Output trace file [default: ...]", "  <FILE>  The trace file".
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("  ") && (l.trim_start().starts_with('-') || l.trim_start().starts_with('<')))
+        {
+            let words: Vec<&str> = line.split("  ").map(str::trim).filter(|w| !w.is_empty()).collect();
+            assert!(words.len() >= 2, "`ghostprof {sub}`: no help for {line:?}");
+        }
+    }
+    // Closed sets are clap value enums: a bad value is a usage error naming the choices; case is
+    // ignored for --dtype, as the peak table does.
+    let out = ghostprof().args(["report", "--dtype", "int4", "x.gptrace"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: bf16, fp16, tf32, fp8"));
+    let out = ghostprof().args(["report", "--dtype", "BF16", "/nonexistent.gptrace"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "parsed; the missing file is the error");
+}
+
+#[test]
 fn report_json_accounts_a_trace_and_sums_to_the_window() {
     let dir = tmpdir();
     let path = dir.path().join("run.gptrace");
@@ -213,6 +236,20 @@ fn root_demo_reports_the_straggler_and_matches_the_ground_truth() {
     assert!(dir.path().join("demo.gptrace").exists());
     let html = std::fs::read_to_string(dir.path().join("demo.html")).expect("the demo writes its HTML report");
     assert!(text.contains("HTML report: ") && html.contains("points</span> of divergence"), "{text}");
+
+    // The README's export of the demo: one file per rank, ranks 0 and 1 of 2 (the launcher is
+    // none), and HTA loads it (each rank's file has far more than 32,767 events) and runs every
+    // analysis tools/hta-compare asks of it.
+    let files = dir.path().join("hta/");
+    let run = ghostprof().arg("export").arg(dir.path().join("demo.gptrace")).arg("-o").arg(&files).output().unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(said.contains("rank 0 of 2") && said.contains("rank 1 of 2") && said.lines().count() == 2, "{said}");
+    let Some(hta) = crate::export::hta_breakdown(&files) else { return };
+    assert_eq!(hta.keys().copied().collect::<Vec<_>>(), vec![0, 1], "HTA sees both ranks");
+    for h in hta.values() {
+        assert!(h["compute"].as_f64().unwrap() > 0.3 && h["queue_length"]["streams"].as_u64().unwrap() >= 1, "{h}");
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ghostprof::analyze::{account, AccountOptions};
+use ghostprof::export::chrome::CORRELATION_OFFSET;
 use ghostprof::trace::*;
 use serde_json::Value;
 
@@ -38,9 +39,15 @@ pub const PIDS: [u32; 2] = [31001, 31002];
 
 /// A 2-rank data-parallel job, 10 steps each: a data-loader wait (rank 1 waits longer: the
 /// straggler), a host-to-device copy, 24 compute kernels on stream 7 with their launch calls
-/// (CUPTI driver records and eBPF launch probes), an all-reduce on stream 13 that overlaps the
-/// last compute kernels, a memset, NVTX steps, and a launch-bound gap between steps.
+/// (CUPTI runtime records, `cudaLaunchKernel` as PyTorch's, and eBPF launch probes), an
+/// all-reduce on stream 13 (a driver `cuLaunchKernel`) that overlaps the last compute kernels,
+/// a memset, NVTX steps, and a launch-bound gap between steps.
 pub fn two_rank_job() -> Vec<Record> {
+    two_rank_job_of(10)
+}
+
+/// [`two_rank_job`] with `steps` steps.
+pub fn two_rank_job_of(steps: u64) -> Vec<Record> {
     let mut out = Vec::new();
     let mut rng = synth::Rng::new(5);
     for (rank, &pid) in PIDS.iter().enumerate() {
@@ -60,11 +67,11 @@ pub fn two_rank_job() -> Vec<Record> {
                 tid,
                 correlation_id: corr,
                 call_id: cbid,
-                domain: ApiDomain::CudaDriver as u32,
+                domain: if cbid == 211 { ApiDomain::CudaRuntime } else { ApiDomain::CudaDriver } as u32,
                 status: 0,
             })
         };
-        for step in 0..10u64 {
+        for step in 0..steps {
             let step_start = host;
             let wait = 300_000 + rank as u64 * 900_000 + rng.below(50_000);
             out.push(Record::HostStall(HostStall {
@@ -99,7 +106,7 @@ pub fn two_rank_job() -> Vec<Record> {
                     _ if i == 3 => NASTY_ID,
                     _ => GELU,
                 };
-                out.push(api(host, 4_000, 307, corr));
+                out.push(api(host, 4_000, 211, corr));
                 out.push(Record::KernelLaunch(KernelLaunch {
                     time_ns: host,
                     func: 0x1000 + name as u64,
@@ -221,6 +228,25 @@ pub fn write_job(dir: &Path) -> PathBuf {
     path
 }
 
+/// [`write_job`] of `steps` steps, with a launcher process (pid 31000: host events, no NCCL, no
+/// device work) as `torchrun` is.
+pub fn write_job_with_launcher(dir: &Path, steps: u64) -> PathBuf {
+    let path = dir.join(format!("job{steps}.gptrace"));
+    let mut records = two_rank_job_of(steps);
+    let t = records.iter().map(|r| r.time_ns()).min().unwrap();
+    records.push(Record::ProcessInfo(ProcessInfo { time_ns: t, pid: 31000, ppid: 1, name_id: 6, cmdline_id: 0 }));
+    records.push(Record::HostStall(HostStall {
+        start_ns: t,
+        end_ns: t + 5_000_000,
+        pid: 31000,
+        tid: 31000,
+        reason: StallReason::Futex as u32,
+        syscall: 61,
+    }));
+    write_trace(&path, &records, &NAMES, 300);
+    path
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -273,8 +299,10 @@ fn export_writes_kineto_shaped_events_that_match_the_records() {
         assert_eq!(e["tid"], k.stream);
         assert_eq!(e["args"]["stream"], k.stream);
         assert_eq!(e["args"]["device"], k.device);
-        assert_eq!(e["args"]["correlation"], k.correlation_id);
-        assert_eq!(e["args"]["External id"], k.correlation_id);
+        // Correlation ids are offset (HTA stores them in the smallest integer type that holds
+        // them, then event indices in that column).
+        assert_eq!(e["args"]["correlation"], k.correlation_id as u64 + CORRELATION_OFFSET);
+        assert_eq!(e["args"]["External id"], k.correlation_id as u64 + CORRELATION_OFFSET);
         assert_eq!(e["args"]["grid"], serde_json::json!([k.grid_x, 1, 1]));
         assert_eq!(e["args"]["block"], serde_json::json!([k.block_x, 1, 1]));
         assert_eq!(e["name"], NAMES[k.name_id as usize - 1], "names survive JSON escaping");
@@ -288,9 +316,16 @@ fn export_writes_kineto_shaped_events_that_match_the_records() {
     // Launch calls on the CPU side: pid = process, tid = thread; one ac2g flow per launch
     // from the call to its kernel, with the same id.
     let driver = of("cuda_driver");
-    assert_eq!(driver.len(), records.iter().filter(|r| matches!(r, Record::ApiCall(_))).count());
-    assert!(driver.iter().all(|e| PIDS.contains(&(e["pid"].as_u64().unwrap() as u32)) && e["tid"] == e["pid"]));
+    let runtime = of("cuda_runtime");
+    assert_eq!(driver.len() + runtime.len(), records.iter().filter(|r| matches!(r, Record::ApiCall(_))).count());
+    assert!(driver
+        .iter()
+        .chain(&runtime)
+        .all(|e| PIDS.contains(&(e["pid"].as_u64().unwrap() as u32)) && e["tid"] == e["pid"]));
     assert!(driver.iter().any(|e| e["name"] == "cuLaunchKernel" && e["args"]["cbid"] == 307));
+    assert!(runtime.iter().any(|e| e["name"] == "cudaLaunchKernel" && e["args"]["cbid"] == 211));
+    let kernel_corr: std::collections::HashSet<&Value> = exported.iter().map(|e| &e["args"]["correlation"]).collect();
+    assert!(runtime.iter().all(|e| kernel_corr.contains(&e["args"]["correlation"])), "calls and kernels agree");
     let flows = of("ac2g");
     let starts: Vec<&&Value> = flows.iter().filter(|e| e["ph"] == "s").collect();
     let ends: Vec<&&Value> = flows.iter().filter(|e| e["ph"] == "f").collect();
@@ -383,19 +418,25 @@ fn export_to_a_directory_writes_one_file_per_rank_and_pid_selects_one() {
     let reader = TraceReader::open(&cut).unwrap();
     assert_eq!(kernels, reader.read_all().unwrap().kernels.len());
     assert!(kernels > 0);
-    // Errors: one line, non-zero.
-    for args in [&["--pid", "7"][..], &["--format", "perfetto"]] {
+    // Errors: one line, non-zero; an unknown format is a usage error (clap's, exit 2, with the
+    // formats there are). Nothing is written.
+    for (args, code) in [(&["--pid", "7"][..], 1), (&["--format", "perfetto"], 2)] {
         let run = ghostprof().arg("export").arg(&trace).args(args).arg("-o").arg(dir.path().join("x.json")).output();
         let run = run.unwrap();
-        assert_eq!(run.status.code(), Some(1), "{args:?}");
+        assert_eq!(run.status.code(), Some(code), "{args:?}");
         let err = String::from_utf8_lossy(&run.stderr);
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        if code == 1 {
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        } else {
+            assert!(err.contains("invalid value 'perfetto'") && err.contains("possible values: chrome"), "{err}");
+        }
         assert!(!dir.path().join("x.json").exists() && !dir.path().join("x.json.tmp").exists());
     }
 }
 
-/// HTA's temporal breakdown, per rank, from tools/hta-compare; None (with a message) when the
-/// HTA environment tools/setup makes is missing.
+/// HTA's analyses, per rank, from tools/hta-compare (temporal and idle breakdown, kernel
+/// breakdown, comm/comp overlap, launch statistics, queue length, memory bandwidth: each must run);
+/// None (with a message) when the HTA environment tools/setup makes is missing.
 pub fn hta_breakdown(traces: &Path) -> Option<BTreeMap<u32, Value>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let venv = std::env::var("GHOSTPROF_HTA_VENV").map(PathBuf::from).unwrap_or(root.join("target/hta-venv"));
@@ -511,7 +552,80 @@ fn hta_reads_the_export_and_its_temporal_breakdown_agrees_with_ghostprof() {
         for k in ["compute", "idle", "non_compute"] {
             assert!(h[k].as_f64().unwrap() > 0.02, "{k}: {h}");
         }
+        check_hta_analyses(h, 10);
     }
+}
+
+/// The analyses beyond the temporal breakdown, on [`two_rank_job_of`]`(steps)`: HTA sees the
+/// three kernel types, the all-reduce overlapping compute, every runtime launch matched to its
+/// kernel, both streams queued, and the copies and memsets.
+fn check_hta_analyses(h: &Value, steps: u64) {
+    let idle: f64 =
+        ["host_wait", "kernel_wait", "other"].iter().map(|k| h["idle_breakdown"][k].as_f64().unwrap()).sum();
+    assert!((idle - 1.0).abs() < 1e-6, "idle breakdown: {h}");
+    for t in ["COMPUTATION", "COMMUNICATION", "MEMORY"] {
+        assert!(h["kernel_types"][t].as_f64().unwrap() > 0.0, "kernel type {t}: {h}");
+    }
+    assert!(h["comm_comp_overlap"].as_f64().unwrap() > 0.0, "the all-reduce overlaps compute: {h}");
+    assert_eq!(h["launches"], 24 * steps, "launch statistics of every cudaLaunchKernel: {h}");
+    assert_eq!(h["queue_length"]["streams"], 2, "{h}");
+    assert!(h["queue_length"]["max"].as_u64().unwrap() >= 1, "{h}");
+    assert_eq!(h["memory_ops"], 2 * steps, "a copy and a memset per step: {h}");
+}
+
+/// A rank's file of more than 32,767 events: HTA used to fail to load it ("Invalid value ...
+/// for dtype 'int16'") when its correlation ids were all below 32,768, as CUPTI's are in a
+/// short run (the README demo's export). A launcher without NCCL is not a rank.
+#[test]
+fn hta_loads_a_long_export_and_runs_every_analysis() {
+    let dir = tmpdir();
+    let trace = write_job_with_launcher(dir.path(), 300);
+    let files = dir.path().join("traces/");
+    let run = ghostprof().arg("export").arg(&trace).arg("-o").arg(&files).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("rank 0 of 2") && stdout.contains("rank 1 of 2"), "{stdout}");
+    for entry in std::fs::read_dir(&files).unwrap() {
+        let v = read_json(&entry.unwrap().path());
+        let events = v["traceEvents"].as_array().unwrap();
+        assert!(events.len() > 40_000, "{} events", events.len());
+        assert_eq!(v["distributedInfo"]["world_size"], 2);
+        let max_corr = events.iter().filter_map(|e| e["args"]["correlation"].as_u64()).max().unwrap();
+        assert!(max_corr > 32_767, "HTA's correlation column is wider than int16: {max_corr}");
+    }
+    let Some(hta) = hta_breakdown(&files) else { return };
+    assert_eq!(hta.keys().copied().collect::<Vec<_>>(), vec![0, 1], "HTA sees both ranks");
+    for h in hta.values() {
+        check_hta_analyses(h, 300);
+    }
+}
+
+/// Ranks are NCCL's: a launcher (no NCCL, no device work) in a single-file export is not a
+/// rank, so the file says rank 0 of world size 2, and the export warns that HTA wants one file
+/// per rank; `--pid` of the launcher alone is no rank (world size 1).
+#[test]
+fn export_ranks_come_from_nccl_and_a_launcher_is_not_one() {
+    let dir = tmpdir();
+    let trace = write_job_with_launcher(dir.path(), 3);
+    let out = dir.path().join("all.json");
+    let run = ghostprof().arg("export").arg(&trace).arg("-o").arg(&out).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("pid 31000, 31001, 31002; ranks 0, 1 of 2"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("holds 2 ranks") && stderr.contains("-o DIR/"), "{stderr}");
+    let v = read_json(&out);
+    assert_eq!(v["distributedInfo"], serde_json::json!({"backend": "nccl", "rank": 0, "world_size": 2}));
+    assert_eq!(v["ghostprof"]["pids"], serde_json::json!([31000, 31001, 31002]));
+    let one = dir.path().join("launcher.json");
+    let run = ghostprof().arg("export").arg(&trace).args(["--pid", "31000", "-o"]).arg(&one).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("pid 31000; no rank"));
+    assert_eq!(read_json(&one)["distributedInfo"]["world_size"], 1);
+    let two = dir.path().join("rank1.json");
+    let run = ghostprof().arg("export").arg(&trace).args(["--pid", "31002", "-o"]).arg(&two).output().unwrap();
+    assert!(run.status.success() && run.stderr.is_empty(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(read_json(&two)["distributedInfo"], serde_json::json!({"backend": "nccl", "rank": 1, "world_size": 2}));
 }
 
 /// A report JSON with every field of the schema (docs/report-schema.md), as the analysis writes
@@ -676,6 +790,13 @@ fn root_hta_agrees_with_ghostprof_on_a_recorded_gpusim_job() {
     let summary = ghostprof::record::session::record_command(&cfg, &std::sync::atomic::AtomicBool::new(false))
         .expect("recording");
     assert!(summary.exit_status.is_some_and(|s| s.success()), "{:?}", summary.exit_status);
+    // One file with the launcher and both ranks: rank 0 of 2 (the launcher is not a rank).
+    let one = dir.path().join("all.json");
+    let run = ghostprof().arg("export").arg(&trace).arg("-o").arg(&one).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v = read_json(&one);
+    assert_eq!(v["distributedInfo"]["world_size"], 2, "{}", v["distributedInfo"]);
+    assert_eq!(v["ghostprof"]["pids"].as_array().unwrap().len(), 3, "the launcher and two ranks");
     let files = dir.path().join("traces/");
     let run = ghostprof().arg("export").arg(&trace).arg("-o").arg(&files).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));

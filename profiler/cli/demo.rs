@@ -7,12 +7,17 @@ use std::process::{Command, ExitCode};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
+use clap::Args;
 
 use crate::analyze::{account, AccountOptions, CATEGORY_NAMES};
 use crate::record::session::{find_inject_lib, record_command_with_progress, LaunchConfig};
 use crate::report::{analyze_file, html, render_json, render_text};
 
+/// `ghostprof demo`'s arguments, used as its configuration.
+#[derive(Args, Debug)]
 pub struct DemoConfig {
+    /// Where to put the trace and the HTML report.
+    #[arg(long, default_value = "ghostprof-demo")]
     pub dir: PathBuf,
 }
 

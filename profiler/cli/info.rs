@@ -4,17 +4,27 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::Args;
 
 use crate::trace::summary::{summarize, TraceSummary};
 use crate::trace::TraceReader;
 use crate::units::{escape_text, human_bytes};
 
+/// `ghostprof info`'s arguments, used as its configuration.
+#[derive(Args, Debug)]
 pub struct InfoConfig {
+    /// The trace file.
+    #[arg(value_name = "FILE")]
     pub path: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
     pub json: bool,
-    /// Join launches to kernels (`--join`).
+    /// Also join eBPF launch records to CUPTI kernel records (reads every record).
+    #[arg(long)]
     pub join: bool,
-    /// Decompress and decode every chunk, checking every frame's checksum (`--verify`).
+    /// Decompress and decode every chunk (checking every frame's checksum); one line per
+    /// damaged chunk, exit status 1 if any.
+    #[arg(long)]
     pub verify: bool,
 }
 

@@ -7,20 +7,35 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::Args;
 
 use crate::record::attach::{attach, AttachConfig};
 use crate::record::session::{record_command_with_progress, LaunchConfig, Progress, SessionError, SessionSummary};
 use crate::report::{analyze_file, render_text};
 use crate::units::escape_text;
 
+/// `ghostprof record`'s arguments, used as its configuration (the library's
+/// [`LaunchConfig`] is built from it).
+#[derive(Args, Debug)]
 pub struct RecordConfig {
+    /// Output trace file.
+    #[arg(short, long, default_value = "ghostprof.gptrace")]
     pub output: PathBuf,
-    pub duration: Option<Duration>,
+    /// Stop after this long (e.g. 30s, 5m); default: until the command exits.
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Overwrite an existing output file.
+    #[arg(long)]
     pub force: bool,
+    /// No status line or summary; only errors, notes and the report.
+    #[arg(long)]
     pub quiet: bool,
-    pub command: Vec<String>,
-    /// Extra directories to find libcuda/libnccl in before the command starts.
-    pub library_dirs: Vec<PathBuf>,
+    /// Also look for libcuda / libnccl here before the command starts.
+    #[arg(long = "lib-dir")]
+    pub lib_dir: Vec<PathBuf>,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true)]
+    pub cmd: Vec<String>,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -133,15 +148,17 @@ fn exit_code(summary: &SessionSummary) -> ExitCode {
 }
 
 pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
+    // Said before anything else, as a bad argument.
+    let duration = cfg.duration.as_deref().map(parse_duration).transpose()?;
     require_root()?;
     refuse_symlink(&cfg.output)?;
     crate::outfile::check_output(&cfg.output, cfg.force)?;
     install_signal_handlers();
-    let mut launch = LaunchConfig::new(cfg.command.clone(), cfg.output.clone());
+    let mut launch = LaunchConfig::new(cfg.cmd.clone(), cfg.output.clone());
     launch.overwrite = cfg.force;
-    launch.max_duration = cfg.duration;
+    launch.max_duration = duration;
     launch.run_as = sudo_user();
-    launch.library_dirs = cfg.library_dirs.clone();
+    launch.library_dirs = cfg.lib_dir.clone();
     let summary = with_status_line(cfg.quiet, |progress| record_command_with_progress(&launch, &STOP, progress));
     let summary = summary.map_err(|e| one_line(e, &format!("recording to {}", cfg.output.display())))?;
     print_summary(&summary, &cfg.output, cfg.quiet);
@@ -205,22 +222,37 @@ fn print_summary(summary: &SessionSummary, output: &std::path::Path, quiet: bool
     }
 }
 
+/// `ghostprof attach`'s arguments, used as its configuration (the library's [`AttachConfig`]
+/// is built from it).
+#[derive(Args, Debug)]
 pub struct AttachCliConfig {
+    /// Process id of the job (or of its launcher, e.g. torchrun): it and every process under it.
+    #[arg(long)]
     pub pid: u32,
+    /// Stop after this long (e.g. 30s, 5m); default: until the job exits or Ctrl-C.
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Output trace file.
+    #[arg(short, long, default_value = "ghostprof.gptrace")]
     pub output: PathBuf,
-    pub duration: Option<Duration>,
+    /// Overwrite an existing output file.
+    #[arg(long)]
     pub force: bool,
+    /// No status line or summary; only errors, notes and the report.
+    #[arg(long)]
     pub quiet: bool,
 }
 
 pub fn run_attach(cfg: &AttachCliConfig) -> anyhow::Result<ExitCode> {
+    // Said before anything else, as a bad argument.
+    let duration = cfg.duration.as_deref().map(parse_duration).transpose()?;
     require_root()?;
     refuse_symlink(&cfg.output)?;
     crate::outfile::check_output(&cfg.output, cfg.force)?;
     install_signal_handlers();
     let mut a = AttachConfig::new(cfg.pid, cfg.output.clone());
     a.overwrite = cfg.force;
-    a.max_duration = cfg.duration;
+    a.max_duration = duration;
     a.owner = sudo_user();
     if let Some(dir) = std::env::var_os("GHOSTPROF_RING_DIR") {
         a.ring_dir = PathBuf::from(dir);

@@ -5,23 +5,65 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
 
 use crate::analyze::{peak, DetailOptions};
 use crate::report::{analyze_files, html, render_json, render_text, write_json, ReportOptions};
 
+/// The data types of the built-in peak table (`--dtype`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    Bf16,
+    Fp16,
+    Tf32,
+    Fp8,
+}
+
+impl Dtype {
+    /// The name [`peak::peak_flops`] takes (one of [`peak::DTYPES`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::Bf16 => "bf16",
+            Dtype::Fp16 => "fp16",
+            Dtype::Tf32 => "tf32",
+            Dtype::Fp8 => "fp8",
+        }
+    }
+}
+
+/// `ghostprof report`'s arguments, used as its configuration.
+#[derive(Args, Debug)]
 pub struct ReportConfig {
+    /// Trace files (several: the ranks of one job).
+    #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
     pub json: bool,
-    /// Also write the HTML report here.
+    /// Without NVTX step ranges: a step starts at each kernel whose name matches this regex.
+    #[arg(long = "step-regex", value_name = "RE")]
+    pub step_regex: Option<String>,
+    /// Width of the timeline bins (e.g. 1us, 500us, 10ms); default: the window in 200 bins.
+    #[arg(long, value_name = "DURATION")]
+    pub bin: Option<String>,
+    /// Model FLOPs of one step (e.g. 6 x params x tokens): the FLOP source when the trace has no PM samples.
+    #[arg(long = "flops-per-step", value_name = "F")]
+    pub flops_per_step: Option<f64>,
+    /// Peak FLOP/s of one device (overrides the built-in table).
+    #[arg(long = "peak-flops", value_name = "F")]
+    pub peak_flops: Option<f64>,
+    /// GPU model for the built-in peak table (A100, H100 SXM, H100 PCIe, H200, B200, L4, L40S, MI300X).
+    #[arg(long)]
+    pub gpu: Option<String>,
+    /// Data type for the built-in peak table: bf16, fp16, tf32 or fp8.
+    #[arg(long, value_enum, default_value = "bf16", ignore_case = true, hide_possible_values = true)]
+    pub dtype: Dtype,
+    /// Also write a self-contained HTML report here.
+    #[arg(long)]
     pub html: Option<PathBuf>,
     /// Replace an existing HTML file.
+    #[arg(long)]
     pub force: bool,
-    pub step_regex: Option<String>,
-    pub bin: Option<String>,
-    pub flops_per_step: Option<f64>,
-    pub peak_flops: Option<f64>,
-    pub gpu: Option<String>,
-    pub dtype: String,
 }
 
 /// A bin width: a number with a unit (ns, us/µs, ms, s), at least 1 µs.
@@ -61,10 +103,10 @@ impl ReportConfig {
         let peak_flops = match (self.peak_flops, &self.gpu) {
             (Some(p), _) if p > 0.0 && p.is_finite() => Some(p),
             (Some(p), _) => bail!("--peak-flops {p} must be a positive FLOP/s figure, e.g. 989e12"),
-            (None, Some(gpu)) => Some(peak::peak_flops(gpu, &self.dtype).with_context(|| {
+            (None, Some(gpu)) => Some(peak::peak_flops(gpu, self.dtype.name()).with_context(|| {
                 format!(
                     "no built-in peak for GPU {gpu:?} and dtype {:?}: give --peak-flops (known GPUs: {}; dtypes: {})",
-                    self.dtype,
+                    self.dtype.name(),
                     peak::gpus().collect::<Vec<_>>().join(", "),
                     peak::DTYPES.join(", ")
                 )

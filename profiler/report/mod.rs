@@ -6,7 +6,6 @@
 mod json;
 mod text;
 
-pub mod chrome;
 pub mod html;
 
 use std::collections::HashMap;

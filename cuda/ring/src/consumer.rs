@@ -19,24 +19,44 @@ pub const MAX_CAPACITY: u64 = crate::RING_BYTES as u64;
 /// so one ring cannot make a drain tick (and its batch of records) arbitrarily large.
 pub const MAX_DRAIN_BYTES: u64 = 8 << 20;
 
+/// Why a ring cannot be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
+    /// Opening, checking or mapping the file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The ring file.
         path: PathBuf,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not a ring of this protocol (magic, version, sizes).
     #[error("{path}: not a ghostprof ring ({what})")]
-    NotARing { path: PathBuf, what: String },
+    NotARing {
+        /// The file.
+        path: PathBuf,
+        /// What did not match.
+        what: String,
+    },
     /// The file at the ring's name cannot be the traced process's own ring (a symlink, not a
     /// regular file, several hard links, another owner, too large); it was not mapped.
     #[error("{path}: refused: {what}")]
-    Refused { path: PathBuf, what: String },
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why it was refused.
+        what: String,
+    },
     /// The producer wrote something impossible. The consumer skips everything written so far
     /// (counted in `corrupt_bytes`) and goes on; the error tells what was wrong.
     #[error("ring corrupt at byte {position}: {what}")]
-    Corrupt { position: u64, what: String },
+    Corrupt {
+        /// Stream position (bytes ever consumed) of the bad frame.
+        position: u64,
+        /// What was wrong with it.
+        what: String,
+    },
     /// The producer truncated the ring file under the mapping. The batch read in that drain
     /// is discarded and the ring yields nothing more.
     #[error("shrank its CUPTI ring: its device timeline ends here")]
@@ -46,10 +66,13 @@ pub enum ConsumerError {
 /// One record popped from the ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Popped {
+    /// The record's kind (the producer's tag).
     pub kind: u16,
+    /// The record's bytes, as pushed.
     pub payload: Vec<u8>,
 }
 
+/// The consumer (ghostprof's) side of one ring: the file mapped, records drained in order.
 pub struct Consumer {
     /// Declared before `map`: unregistered from the SIGBUS table before the mapping goes.
     guard: sigbus::Guard,
@@ -158,6 +181,7 @@ impl Consumer {
         unsafe { &*self.map.as_ptr().cast::<Header>() }
     }
 
+    /// The ring file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

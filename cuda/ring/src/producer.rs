@@ -11,6 +11,8 @@ use memmap2::MmapMut;
 use crate::layout::{Header, DATA_OFFSET, HEADER_BYTES, MAGIC, MAX_RECORD_BYTES, VERSION};
 use crate::{frame_bytes, FRAME_HEADER, KIND_PAD};
 
+/// The producer (the injected library's) side of one ring: records pushed without blocking,
+/// dropped and counted when the ring is full.
 pub struct Producer {
     map: MmapMut,
     capacity: u64,

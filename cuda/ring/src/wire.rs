@@ -42,19 +42,33 @@ pub const NCCL_COLL_MAX: usize = NCCL_COLL_FIXED + 4 * (1 + NCCL_COLL_STR_MAX);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NcclColl<'a> {
+    /// When NCCL started the collective's profiler event (CLOCK_MONOTONIC ns).
     pub time_ns: u64,
+    /// NCCL's commHash: the communicator, the same on every rank.
     pub comm_hash: u64,
+    /// NCCL's seqNumber: per communicator and operation, from 0.
     pub seq: u64,
+    /// Elements (the descriptor's count).
     pub count: u64,
+    /// The calling thread.
     pub tid: u32,
+    /// Rank in the communicator (-1 unknown).
     pub rank: i32,
+    /// Ranks in the communicator (-1 unknown: plugin API before v4).
     pub nranks: i32,
+    /// Channels NCCL used.
     pub n_channels: u8,
+    /// Warps per channel.
     pub n_warps: u8,
+    /// The profiler plugin API version NCCL used.
     pub api_version: u8,
+    /// NCCL's function name ("AllReduce").
     pub func: &'a [u8],
+    /// NCCL's datatype name ("ncclFloat32").
     pub datatype: &'a [u8],
+    /// NCCL's algorithm name ("RING").
     pub algo: &'a [u8],
+    /// NCCL's protocol name ("SIMPLE").
     pub proto: &'a [u8],
 }
 

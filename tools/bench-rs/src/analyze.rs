@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use ghostprof::report::chrome::{export_chrome, ChromeOptions};
+use ghostprof::export::{export_chrome, ChromeOptions};
 use ghostprof::report::{analyze_batch, analyze_files, load, ReportOptions};
 use ghostprof::trace::synth::TrainingStream;
 use ghostprof::trace::{Interner, TraceInfo, TraceReader, TraceWriter, WriterOptions};

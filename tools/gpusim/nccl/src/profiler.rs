@@ -224,7 +224,9 @@ pub fn comm_init(comm_hash: u64, nranks: usize, rank: usize) -> CommProfiler {
 /// NCCL's algorithms (`NCCL_ALGO_*` values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
+    /// `NCCL_ALGO_TREE`.
     Tree = 0,
+    /// `NCCL_ALGO_RING`.
     Ring = 1,
 }
 
@@ -236,6 +238,7 @@ impl Algo {
             _ => None,
         }
     }
+    /// NCCL's name of the algorithm.
     pub fn name(self) -> &'static str {
         match self {
             Algo::Tree => "TREE",
@@ -247,8 +250,11 @@ impl Algo {
 /// NCCL's protocols (`NCCL_PROTO_*` values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
+    /// `NCCL_PROTO_LL`.
     Ll = 0,
+    /// `NCCL_PROTO_LL128`.
     Ll128 = 1,
+    /// `NCCL_PROTO_SIMPLE`.
     Simple = 2,
 }
 
@@ -261,6 +267,7 @@ impl Proto {
             _ => None,
         }
     }
+    /// NCCL's name of the protocol.
     pub fn name(self) -> &'static str {
         match self {
             Proto::Ll => "LL",
@@ -330,9 +337,13 @@ fn proto_name(p: Proto) -> &'static std::ffi::CStr {
 
 /// One collective of a launch: what its profiler event describes.
 pub struct Coll {
+    /// The collective's function.
     pub op: Op,
+    /// Elements.
     pub count: usize,
+    /// `ncclDataType_t` value.
     pub datatype: i32,
+    /// Bytes moved per rank.
     pub bytes: u64,
 }
 

@@ -43,12 +43,17 @@ pub struct ChromeOptions {
 /// One written file.
 #[derive(Debug, Clone)]
 pub struct ExportedFile {
+    /// Where it was written.
     pub path: PathBuf,
     /// The processes in it.
     pub pids: Vec<u32>,
-    /// `distributedInfo.rank`.
+    /// `distributedInfo.rank`: the lowest rank in the file (0 when it holds none).
     pub rank: u32,
+    /// Every rank in the file, ascending (several only when one file holds several ranks).
+    pub ranks: Vec<u32>,
+    /// `distributedInfo.world_size`.
     pub world_size: u32,
+    /// Events in `traceEvents`.
     pub events: u64,
 }
 
@@ -56,7 +61,10 @@ pub struct ExportedFile {
 #[derive(Debug, Default, Clone)]
 struct Proc {
     devices: BTreeSet<u32>,
+    /// (rank, ranks) in the process's largest NCCL communicator, from its NCCL calls
     nccl_rank: Option<(u32, u32)>,
+    /// the rank its ncclCommInitRank call returned (the communicator's size is not recorded)
+    init_rank: Option<u32>,
     /// (start, end, step number), sorted by start
     steps: Vec<(u64, u64, u64)>,
     /// (lowest, highest correlation id of the CUDA calls made inside a step, the step's index),
@@ -117,9 +125,20 @@ fn scan(reader: &TraceReader, only: Option<u32>, gpu_only: bool) -> Result<Scan,
         for m in r.memops.iter().filter(|m| want(m.pid)) {
             procs.entry(m.pid).or_default().devices.insert(m.device);
         }
-        for n in r.nccl.iter().filter(|n| want(n.pid) && n.phase == NcclPhase::Host as u32) {
+        for n in r.nccl.iter().filter(|n| want(n.pid) && n.phase == NcclPhase::Host as u32 && n.nranks > 0) {
             let p = procs.entry(n.pid).or_default();
-            p.nccl_rank.get_or_insert((n.rank, n.nranks));
+            if p.nccl_rank.is_none_or(|r| n.nranks > r.1) {
+                p.nccl_rank = Some((n.rank, n.nranks));
+            }
+        }
+        for a in &r.api_calls {
+            if want(a.pid)
+                && a.domain == ApiDomain::Probe as u32
+                && a.call_id == ProbedApi::NcclCommInitRank as u32
+                && a.status == 0
+            {
+                procs.entry(a.pid).or_default().init_rank.get_or_insert(a.correlation_id);
+            }
         }
         for s in r.steps.iter().filter(|s| want(s.pid)) {
             procs.entry(s.pid).or_default().steps.push((s.start_ns, s.end_ns.max(s.start_ns), s.step));
@@ -254,6 +273,7 @@ struct Sink {
     events: u64,
     pids: Vec<u32>,
     rank: u32,
+    ranks: Vec<u32>,
     world_size: u32,
     /// (pid, tid) pairs whose thread_name metadata is written
     named: HashSet<(u64, u64)>,
@@ -300,6 +320,22 @@ type StepKey = (u32, usize, u32);
 /// The tid of the GPU track that holds step annotations.
 const STEP_TID: u64 = 1 << 31;
 
+/// Added to every CUPTI correlation id written (`correlation`, `External id`, flow ids), on the
+/// calls' and the device work's side alike. HTA stores a file's correlation column in the
+/// smallest integer type that holds its values and then writes event indices into a column of
+/// that type: with CUPTI's small ids (a few thousand) that is int16, and a file of more than
+/// 32,767 events fails to load. From 2^16 up, the column is at least int32.
+pub const CORRELATION_OFFSET: u64 = 1 << 16;
+
+/// A CUPTI correlation id as written (0, none, stays 0).
+fn corr_id(corr: u32) -> u64 {
+    if corr == 0 {
+        0
+    } else {
+        corr as u64 + CORRELATION_OFFSET
+    }
+}
+
 impl Exporter<'_> {
     fn ts(&self, t: u64) -> Us {
         Us(t.saturating_sub(self.scan.t0))
@@ -312,10 +348,11 @@ impl Exporter<'_> {
         }
     }
 
-    /// Flow ids are correlation ids, made unique per process when one file holds several.
+    /// Flow ids are the written correlation ids, made unique per process when one file holds
+    /// several.
     fn flow_id(&self, pid: u32, corr: u32) -> u64 {
         let k = self.route.get(&pid).map_or(0, |r| r.1);
-        (k << 32) | corr as u64
+        (k << 33) | corr_id(corr)
     }
 
     /// The file and GPU `pid` of `pid`'s `device`.
@@ -385,7 +422,7 @@ impl Exporter<'_> {
             self.thread_name(si, gp, k.stream, &format!("stream {}", k.stream))?;
             let (ts, dur, name) = (self.ts(k.start_ns), Us(k.end_ns.saturating_sub(k.start_ns)), self.name(k.name_id));
             let corr = if k.correlation_id != 0 {
-                format!(r#""External id": {0}, "correlation": {0}, "#, k.correlation_id)
+                format!(r#""External id": {0}, "correlation": {0}, "#, corr_id(k.correlation_id))
             } else {
                 String::new()
             };
@@ -420,7 +457,7 @@ impl Exporter<'_> {
             let cat = if m.kind == MemOpKind::Memset as u32 { "gpu_memset" } else { "gpu_memcpy" };
             let bw = if d > 0 { m.bytes as f64 / d as f64 } else { 0.0 };
             let corr = if m.correlation_id != 0 {
-                format!(r#""External id": {0}, "correlation": {0}, "#, m.correlation_id)
+                format!(r#""External id": {0}, "correlation": {0}, "#, corr_id(m.correlation_id))
             } else {
                 String::new()
             };
@@ -451,7 +488,7 @@ impl Exporter<'_> {
                 self.sinks[si].event(format_args!(
                     r#""ph": "X", "cat": "cuda_sync", "name": "{name}", "pid": {pid}, "tid": {pid}, "ts": {ts}, "dur": {dur}, "args": {{"correlation": {corr}, "wait_on_stream": {stream}}}"#,
                     pid = a.pid,
-                    corr = a.correlation_id,
+                    corr = corr_id(a.correlation_id),
                     stream = a.stream,
                 ))?;
                 continue;
@@ -482,7 +519,11 @@ impl Exporter<'_> {
             };
             let args = if matches!(domain, Some(ApiDomain::CudaDriver | ApiDomain::CudaRuntime)) {
                 if a.correlation_id != 0 {
-                    format!(r#""External id": {0}, "cbid": {1}, "correlation": {0}"#, a.correlation_id, a.call_id)
+                    format!(
+                        r#""External id": {0}, "cbid": {1}, "correlation": {0}"#,
+                        corr_id(a.correlation_id),
+                        a.call_id
+                    )
                 } else {
                     format!(r#""cbid": {}"#, a.call_id)
                 }
@@ -588,27 +629,46 @@ impl Exporter<'_> {
                 bz = l.block_z,
             ))?;
         }
-        for s in &r.samples {
-            let metric = Metric::name_of(s.metric);
-            let targets: Vec<(usize, u64)> = if s.pid != 0 {
-                self.gpu(s.pid, s.device).into_iter().collect()
+        // One counter event per sample instant of a device (Kineto writes a counter's series
+        // as the args of one `C` event): its metrics are the args.
+        let mut i = 0;
+        while i < r.samples.len() {
+            let s0 = &r.samples[i];
+            let mut j = i;
+            let mut args = String::new();
+            let mut seen: Vec<u32> = Vec::new();
+            while let Some(s) = r.samples.get(j) {
+                if (s.pid, s.device, s.time_ns) != (s0.pid, s0.device, s0.time_ns) || seen.contains(&s.metric) {
+                    break;
+                }
+                seen.push(s.metric);
+                let value = if s.value.is_finite() { s.value } else { 0.0 };
+                if !args.is_empty() {
+                    args.push_str(", ");
+                }
+                args.push_str(&format!(r#""{}": {value}"#, Metric::name_of(s.metric)));
+                j += 1;
+            }
+            i = j;
+            let targets: Vec<(usize, u64)> = if s0.pid != 0 {
+                self.gpu(s0.pid, s0.device).into_iter().collect()
             } else {
                 // Host-wide (NVML) samples go to every file with a process on that device.
                 let mut v: Vec<(usize, u64)> = self
                     .gpu_pid
                     .iter()
-                    .filter(|((_, d), _)| *d == s.device)
+                    .filter(|((_, d), _)| *d == s0.device)
                     .filter_map(|((p, _), gp)| self.route.get(p).map(|r| (r.0, *gp)))
                     .collect();
                 v.sort_unstable();
                 v.dedup();
                 v
             };
-            let ts = self.ts(s.time_ns);
-            let value = if s.value.is_finite() { s.value } else { 0.0 };
+            let ts = self.ts(s0.time_ns);
+            let name = if s0.pid != 0 { "device samples (CUPTI)" } else { "device samples (NVML)" };
             for (si, gp) in targets {
                 self.sinks[si].event(format_args!(
-                    r#""ph": "C", "cat": "ghostprof_sample", "name": "{metric}", "pid": {gp}, "tid": 0, "ts": {ts}, "args": {{"{metric}": {value}}}"#
+                    r#""ph": "C", "cat": "ghostprof_sample", "name": "{name}", "pid": {gp}, "tid": 0, "ts": {ts}, "args": {{{args}}}"#
                 ))?;
             }
         }
@@ -635,6 +695,38 @@ impl Exporter<'_> {
     }
 }
 
+/// Ranks are NCCL's: a process's rank in its largest communicator (from its NCCL calls, else
+/// from its ncclCommInitRank), the world size that communicator's; a process without NCCL is
+/// not a rank (a launcher). Without NCCL ranks (or with two processes claiming one), the
+/// processes with device work are the ranks, in pid order. Processes with device work but no
+/// NCCL rank beside NCCL ranks (each needs a file and a rank for HTA) follow the last one.
+/// Returns the rank of each ranked pid and the world size.
+fn ranks(procs: &BTreeMap<u32, Proc>) -> (HashMap<u32, u32>, u32) {
+    let nccl: Vec<(u32, u32, u32)> = procs
+        .iter()
+        .filter_map(|(pid, p)| match (p.nccl_rank, p.init_rank) {
+            (Some((r, n)), _) => Some((*pid, r, n)),
+            (None, Some(r)) => Some((*pid, r, 0)),
+            (None, None) => None,
+        })
+        .collect();
+    let distinct: BTreeSet<u32> = nccl.iter().map(|r| r.1).collect();
+    if !nccl.is_empty() && distinct.len() == nccl.len() {
+        let mut rank: HashMap<u32, u32> = nccl.iter().map(|(pid, r, _)| (*pid, *r)).collect();
+        let mut world = nccl.iter().map(|r| r.2.max(r.1 + 1)).max().unwrap_or(1);
+        for (pid, p) in procs {
+            if !p.devices.is_empty() && !rank.contains_key(pid) {
+                rank.insert(*pid, world);
+                world += 1;
+            }
+        }
+        return (rank, world);
+    }
+    let gpu: Vec<u32> = procs.iter().filter(|(_, p)| !p.devices.is_empty()).map(|(pid, _)| *pid).collect();
+    let world = (gpu.len() as u32).max(1);
+    (gpu.into_iter().zip(0..).collect(), world)
+}
+
 /// The path of the file for `pid` in per-process mode.
 fn per_process_path(dir: &Path, trace: &Path, rank: u32, pid: u32) -> PathBuf {
     let stem = trace.file_stem().and_then(|s| s.to_str()).unwrap_or("trace");
@@ -644,7 +736,9 @@ fn per_process_path(dir: &Path, trace: &Path, rank: u32, pid: u32) -> PathBuf {
 /// What an export wrote, and the reader's warnings (a file cut short, a damaged index).
 #[derive(Debug, Clone, Default)]
 pub struct ExportSummary {
+    /// The files written: one per process with device work, in pid order (a directory), or the one file.
     pub files: Vec<ExportedFile>,
+    /// The reader's warnings and the export's own (several ranks in one file).
     pub warnings: Vec<String>,
 }
 
@@ -659,13 +753,9 @@ pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::
             None => bail!("{} has no {what} to export", trace.display()),
         }
     }
-    // Ranks: NCCL's where every process has a distinct one, else the processes' order.
     let pids: Vec<u32> = scan.procs.keys().copied().collect();
-    let nccl: Vec<Option<(u32, u32)>> = scan.procs.values().map(|p| p.nccl_rank).collect();
-    let distinct: BTreeSet<u32> = nccl.iter().flatten().map(|r| r.0).collect();
-    let use_nccl = nccl.iter().all(Option::is_some) && distinct.len() == pids.len();
-    let rank_of = |i: usize| if use_nccl { nccl[i].map_or(i as u32, |r| r.0) } else { i as u32 };
-    let world = if use_nccl { nccl.iter().flatten().map(|r| r.1).max().unwrap_or(1) } else { pids.len() as u32 };
+    let (rank_of, world_all) = ranks(&scan.procs);
+    let mut warnings = Vec::new();
 
     let base_unix_ns = match scan.realtime {
         Some((mono, unix)) => (unix as i128 + scan.t0 as i128 - mono as i128).max(0) as u64,
@@ -691,8 +781,16 @@ pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::
                 gpu_pid.insert((*pid, *d), gp as u64);
             }
         }
-        let first = pids.iter().position(|p| *p == group[0]).unwrap_or(0);
-        let rank = rank_of(first);
+        let file_ranks: BTreeSet<u32> = group.iter().filter_map(|p| rank_of.get(p).copied()).collect();
+        let rank = file_ranks.first().copied().unwrap_or(0);
+        let world = if file_ranks.is_empty() { 1 } else { world_all };
+        if file_ranks.len() > 1 {
+            warnings.push(format!(
+                "{} holds {} ranks (its distributedInfo names rank {rank}); HTA reads one file per rank: export to a directory (-o DIR/)",
+                out.display(),
+                file_ranks.len()
+            ));
+        }
         let path = if opts.per_process { per_process_path(out, trace, rank, group[0]) } else { out.to_path_buf() };
         let (file, pending) = crate::outfile::create_output(&path, opts.force, opts.owner)?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -727,6 +825,7 @@ pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::
             events: 0,
             pids: group.clone(),
             rank,
+            ranks: file_ranks.into_iter().collect(),
             world_size: world,
             named: HashSet::new(),
         });
@@ -798,9 +897,11 @@ pub fn export_chrome(trace: &Path, out: &Path, opts: &ChromeOptions) -> anyhow::
             path: s.path,
             pids: s.pids,
             rank: s.rank,
+            ranks: s.ranks,
             world_size: s.world_size,
             events: s.events,
         });
     }
-    Ok(ExportSummary { files, warnings: reader.warnings().to_vec() })
+    warnings.extend(reader.warnings().iter().cloned());
+    Ok(ExportSummary { files, warnings })
 }
