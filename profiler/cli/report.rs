@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 
 use crate::analyze::{peak, DetailOptions};
-use crate::report::{analyze_files, html, render_json, render_text, write_json, ReportOptions};
+use crate::report::{analyze_files, html, render_text, write_json, ReportDoc, ReportOptions};
 
 pub struct ReportConfig {
     pub files: Vec<PathBuf>,
@@ -109,7 +109,7 @@ pub fn run(cfg: &ReportConfig) -> anyhow::Result<ExitCode> {
         super::out(&render_text(&reports))?;
     }
     if let Some((mut file, pending)) = html_out {
-        file.write_all(html::render(&render_json(&reports)).as_bytes())
+        file.write_all(html::render(&ReportDoc::from_reports(&reports)).as_bytes())
             .with_context(|| format!("writing {}", pending.path().display()))?;
         drop(file);
         let shown = crate::units::escape_text(&pending.path().display().to_string()).into_owned();
