@@ -536,3 +536,71 @@ impl<'a> ReportDoc<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A document with every field and every list filled.
+    fn full() -> ReportDoc<'static> {
+        let part = |index: Option<u64>| PartitionDoc {
+            busy: 0.5,
+            categories: PerCategory([0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5]),
+            end_ns: index.map(|_| 20),
+            index,
+            mfu: Some(0.25),
+            start_ns: 10,
+        };
+        let host =
+            ThreadHostDoc { end_ns: 9, off_cpu_ns: OffCpu([1, 2, 3, 4, 5, 6, 7, 8]), tid: 3, ..Default::default() };
+        ReportDoc {
+            collectives: vec![CollectiveDoc { algorithm: Some("RING/SIMPLE".into()), ..Default::default() }],
+            damaged_chunks: vec![DamagedChunkDoc { error: "bad".into(), ..Default::default() }],
+            devices: vec![DeviceDoc {
+                bins: BinsDoc { items: Partitions(Parts::Read(vec![part(None)])), width_ns: 10 },
+                checkpoint: Some(CheckpointDoc::default()),
+                mfu: Some(0.1),
+                divergence: Some(0.2),
+                steps: Partitions(Parts::Read(vec![part(Some(0)), part(Some(1))])),
+                top_idle_gaps: vec![IdleGapDoc::default()],
+                top_kernels: vec![KernelDoc::default()],
+                ..Default::default()
+            }],
+            hosts: vec![ProcessHostDoc { threads: vec![host], ..Default::default() }],
+            ranks: vec![1, 2],
+            recording_notes: vec![RecordingNoteDoc::default()],
+            schema: SCHEMA.into(),
+            skew: vec![SkewDoc::default()],
+            straggler_activity: Some("on-CPU".into()),
+            straggler_rank: Some(1),
+            warnings: vec!["w".into()],
+        }
+    }
+
+    /// Serialized directly (as `write_json` streams it), the document has the bytes of its
+    /// `Value` (whose objects sort their keys): every struct declares its fields in key order.
+    #[test]
+    fn fields_are_declared_in_key_order() {
+        let doc = full();
+        let direct = serde_json::to_string_pretty(&doc).unwrap();
+        let value = serde_json::to_value(&doc).unwrap();
+        assert_eq!(direct, serde_json::to_string_pretty(&value).unwrap());
+        assert_eq!(value["devices"][0]["steps"][1]["index"], 1);
+        assert!(value["devices"][0]["bins"]["items"][0].get("index").is_none(), "a bin has no index");
+        assert_eq!(value["hosts"][0]["threads"][0]["off_cpu_ns"]["run_queue"], 8);
+        assert_eq!(value["devices"][0]["steps"][0]["categories"]["idle.other"], 0.5);
+        // Read back: the same document.
+        let read: ReportDoc = serde_json::from_str(&direct).unwrap();
+        assert_eq!(serde_json::to_string_pretty(&read).unwrap(), direct);
+    }
+
+    /// A document of an older build lacks fields: they read as empty.
+    #[test]
+    fn absent_fields_read_as_empty() {
+        let doc: ReportDoc =
+            serde_json::from_str(r#"{"schema": "ghostprof.report.v1", "devices": [{"pid": 7}]}"#).unwrap();
+        assert_eq!(doc.devices[0].pid, 7);
+        assert!(doc.devices[0].steps.is_empty() && doc.devices[0].checkpoint.is_none() && doc.hosts.is_empty());
+        assert_eq!(doc.straggler_rank, None);
+    }
+}
