@@ -37,6 +37,24 @@ pub struct ReportDoc<'a> {
     pub straggler_activity: Option<String>,
     pub straggler_rank: Option<u32>,
     pub warnings: Vec<String>,
+    /// Not in the JSON (the terminal report): each file given, in order.
+    #[serde(skip)]
+    pub files: Vec<FileDoc>,
+    /// Not in the JSON: the straggler's index in `skew`.
+    #[serde(skip)]
+    pub straggler: Option<usize>,
+}
+
+/// One file of the report (not in the JSON, which lists devices and hosts of all files):
+/// its devices and hosts are the next `devices` and `hosts` of the document.
+#[derive(Debug, Clone, Default)]
+pub struct FileDoc {
+    pub path: String,
+    pub devices: usize,
+    pub hosts: usize,
+    /// Problems reading the file (without the devices' notes, which the JSON's `warnings` has).
+    pub warnings: Vec<String>,
+    pub recording_notes: Vec<String>,
 }
 
 /// One (process, device).
@@ -65,6 +83,9 @@ pub struct DeviceDoc<'a> {
     pub top_kernels: Vec<KernelDoc>,
     pub window_end_ns: u64,
     pub window_start_ns: u64,
+    /// Not in the JSON (there they are `warnings`): the device analysis's notes.
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 /// `{"items": […], "width_ns": …}`.
@@ -87,6 +108,11 @@ pub struct PartitionDoc {
     pub index: Option<u64>,
     pub mfu: Option<f64>,
     pub start_ns: u64,
+    /// Not in the JSON (the terminal report): the nanoseconds behind `busy` and `categories`.
+    #[serde(skip)]
+    pub busy_ns: u64,
+    #[serde(skip)]
+    pub categories_ns: PerCategory<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -143,6 +169,9 @@ pub struct SkewDoc {
     pub mean_arrival_skew_ns: f64,
     pub pid: u32,
     pub rank: u32,
+    /// Not in the JSON (the terminal report): the collectives matched.
+    #[serde(skip)]
+    pub matched: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -356,6 +385,8 @@ impl PartitionDoc {
             index: step.then_some(i as u64),
             mfu: mfu_known.then(|| p.categories.get("compute.useful") as f64 / len),
             start_ns: p.start_ns,
+            busy_ns: p.busy_ns,
+            categories_ns: PerCategory(p.categories.ns),
         }
     }
 }
@@ -431,6 +462,7 @@ impl<'a> DeviceDoc<'a> {
                 .collect(),
             window_end_ns: a.window_end_ns,
             window_start_ns: a.window_start_ns,
+            notes: d.notes.clone(),
         }
     }
 }
@@ -480,6 +512,7 @@ impl<'a> ReportDoc<'a> {
                 mean_arrival_skew_ns: s.mean_arrival_skew_ns,
                 pid: s.pid,
                 rank: s.rank,
+                matched: s.matched,
             })
             .collect();
         let mut warnings: Vec<String> = reports.iter().flat_map(|r| r.warnings.clone()).collect();
@@ -533,6 +566,17 @@ impl<'a> ReportDoc<'a> {
             straggler_activity: straggler_activity(reports, &cross),
             straggler_rank: cross.straggler.map(|i| cross.skew[i].rank),
             warnings,
+            files: reports
+                .iter()
+                .map(|r| FileDoc {
+                    path: r.path.clone(),
+                    devices: r.accounts.len(),
+                    hosts: r.host.len(),
+                    warnings: r.warnings.clone(),
+                    recording_notes: r.recording_notes.clone(),
+                })
+                .collect(),
+            straggler: cross.straggler,
         }
     }
 }
@@ -550,6 +594,7 @@ mod tests {
             index,
             mfu: Some(0.25),
             start_ns: 10,
+            ..Default::default()
         };
         let host =
             ThreadHostDoc { end_ns: 9, off_cpu_ns: OffCpu([1, 2, 3, 4, 5, 6, 7, 8]), tid: 3, ..Default::default() };
@@ -574,6 +619,7 @@ mod tests {
             straggler_activity: Some("on-CPU".into()),
             straggler_rank: Some(1),
             warnings: vec!["w".into()],
+            ..Default::default()
         }
     }
 
