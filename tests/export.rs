@@ -684,9 +684,14 @@ pub fn full_report_fixture() -> Value {
     })
 }
 
+/// [`full_report_fixture`] read as a report document, as `html::render` takes it.
+fn full_report_doc() -> ghostprof::report::ReportDoc<'static> {
+    serde_json::from_value(full_report_fixture()).unwrap()
+}
+
 #[test]
 fn html_report_draws_every_section_of_a_full_report_and_escapes_names() {
-    let html = ghostprof::report::html::render(&full_report_fixture());
+    let html = ghostprof::report::html::render(&full_report_doc());
     for want in [
         "busy <span class=\"big\">82.0%</span> vs MFU <span class=\"big\">31.0%</span>: <span class=\"big\">51.0 points</span>",
         "Busy vs MFU over time",
@@ -762,7 +767,7 @@ fn screenshot(html: &str, dir: &Path) -> Option<(f64, usize)> {
 #[test]
 fn html_report_is_drawn_by_headless_chromium() {
     let dir = tmpdir();
-    let Some((ink, colours)) = screenshot(&ghostprof::report::html::render(&full_report_fixture()), dir.path()) else {
+    let Some((ink, colours)) = screenshot(&ghostprof::report::html::render(&full_report_doc()), dir.path()) else {
         return;
     };
     eprintln!("screenshot: {:.1}% non-white pixels, {colours} distinct colours", ink * 100.0);

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use ghostprof::analyze::{DetailOptions, StepSource};
-use ghostprof::report::{analyze_batch, analyze_file_with, analyze_files, load, render_json, render_text};
+use ghostprof::report::{analyze_batch, analyze_file_with, analyze_files, load, render_json, render_text, ReportDoc};
 use ghostprof::report::{FileReport, ReportOptions};
 use ghostprof::trace::*;
 
@@ -693,6 +693,11 @@ fn streamed_json_is_the_document_byte_for_byte() {
     let v = render_json(&reports);
     assert_eq!(v["devices"][0]["steps"].as_array().unwrap().len(), 10);
     assert_eq!(v["devices"][0]["bins"]["items"].as_array().unwrap().len(), 100);
+    // The document read back is the same document, and draws the same page.
+    let read: ReportDoc = serde_json::from_str(&whole).unwrap();
+    assert_eq!(serde_json::to_string_pretty(&read).unwrap(), whole);
+    let html = ghostprof::report::html::render(&ReportDoc::from_reports(&reports));
+    assert_eq!(ghostprof::report::html::render(&read), html);
 }
 
 /// The window rule (docs/metrics.md, "Window"): a final checkpoint written after the last
@@ -785,6 +790,6 @@ fn a_cpu_only_process_gets_its_host_figures() {
     assert_eq!(h["off_cpu_ns"]["sleep"], 39 * MS);
     assert_eq!(h["file_io"]["read_bytes"], 8u64 << 20);
     assert_eq!(h["threads"].as_array().unwrap().len(), 2);
-    let html = ghostprof::report::html::render(&v);
+    let html = ghostprof::report::html::render(&ReportDoc::from_reports(std::slice::from_ref(&streamed)));
     assert!(html.contains("<h2>Host</h2>") && html.contains("52.00 ms"), "{html}");
 }

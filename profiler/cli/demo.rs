@@ -11,7 +11,7 @@ use clap::Args;
 
 use crate::analyze::{account, AccountOptions, CATEGORY_NAMES};
 use crate::record::session::{find_inject_lib, record_command_with_progress, LaunchConfig};
-use crate::report::{analyze_file, html, render_json, render_text};
+use crate::report::{analyze_file, html, render_text, ReportDoc};
 
 /// `ghostprof demo`'s arguments, used as its configuration.
 #[derive(Args, Debug)]
@@ -81,7 +81,7 @@ pub fn run(cfg: &DemoConfig) -> anyhow::Result<ExitCode> {
         &page,
         true,
         crate::outfile::sudo_owner(),
-        html::render(&render_json(&report)).as_bytes(),
+        html::render(&ReportDoc::from_reports(&report)).as_bytes(),
     )?;
     super::out(&format!("\ntrace: {}\n", trace.display()))?;
     super::out(&format!("ground truth: {}\n", truth_dir.display()))?;

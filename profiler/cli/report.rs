@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
 use crate::analyze::{peak, DetailOptions};
-use crate::report::{analyze_files, html, render_json, render_text, write_json, ReportOptions};
+use crate::report::{analyze_files, html, render_text, write_json, ReportDoc, ReportOptions};
 
 /// The data types of the built-in peak table (`--dtype`).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +151,7 @@ pub fn run(cfg: &ReportConfig) -> anyhow::Result<ExitCode> {
         super::out(&render_text(&reports))?;
     }
     if let Some((mut file, pending)) = html_out {
-        file.write_all(html::render(&render_json(&reports)).as_bytes())
+        file.write_all(html::render(&ReportDoc::from_reports(&reports)).as_bytes())
             .with_context(|| format!("writing {}", pending.path().display()))?;
         drop(file);
         let shown = crate::units::escape_text(&pending.path().display().to_string()).into_owned();

@@ -1,11 +1,12 @@
 //! The HTML report: one self-contained file (inline CSS, inline SVG drawn here, no scripts, no
-//! external resources) rendered from the report JSON (docs/report-schema.md). Every section
-//! reads its fields defensively: a section whose data the JSON lacks says so in one line.
-//! Every string from the JSON (kernel names, paths, reasons) is escaped: it is untrusted.
+//! external resources) drawn from the report document ([`ReportDoc`], docs/report-schema.md):
+//! the analysis's, or one read from JSON, where a section whose data the document lacks (an
+//! empty list, no checkpoint figures) says so in one line. Every string of the document
+//! (kernel names, paths, reasons) is escaped: it is untrusted.
 
 use std::fmt::Write;
 
-use serde_json::Value;
+use super::model::{DeviceDoc, FileIoDoc, OffCpu, PartitionDoc, PerCategory, ReportDoc};
 
 use crate::analyze::CATEGORY_NAMES;
 
@@ -46,27 +47,18 @@ fn ms(ns: f64) -> String {
     }
 }
 
-fn bytes(v: &Value) -> String {
-    match f(v) {
-        Some(n) if n >= 0.0 => crate::units::human_bytes(n as u64),
-        _ => esc(&s(v)),
+/// A figure the JSON would write as `null` (not finite) draws as 0.
+fn fin(x: f64) -> f64 {
+    if x.is_finite() {
+        x
+    } else {
+        0.0
     }
 }
 
-fn f(v: &Value) -> Option<f64> {
-    v.as_f64().filter(|x| x.is_finite())
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-fn cat_fraction(cats: &Value, i: usize) -> f64 {
-    f(&cats[CATEGORY_NAMES[i]]).unwrap_or(0.0).clamp(0.0, 1.0)
+/// A fraction of the window, clamped to [0, 1].
+fn cat_fraction(cats: &PerCategory<f64>, i: usize) -> f64 {
+    fin(cats.0[i]).clamp(0.0, 1.0)
 }
 
 fn absent(o: &mut String, what: &str) {
@@ -97,7 +89,7 @@ fn legend(o: &mut String) {
 }
 
 /// A horizontal bar split by the categories' fractions.
-fn category_bar(o: &mut String, cats: &Value, width: f64) {
+fn category_bar(o: &mut String, cats: &PerCategory<f64>, width: f64) {
     let _ = write!(o, r#"<svg width="{width}" height="26" role="img" aria-label="categories">"#);
     let mut x = 0.0;
     for (i, color) in COLORS.iter().enumerate() {
@@ -146,7 +138,7 @@ fn axes(o: &mut String, x_label: &str) {
 }
 
 /// Busy and MFU per bin as two lines (MFU only where known).
-fn busy_mfu_chart(o: &mut String, items: &[Value], window_ns: f64) {
+fn busy_mfu_chart(o: &mut String, items: &[PartitionDoc], window_ns: f64) {
     let (pw, ph) = (W - PAD_L - 8.0, H - PAD_B - 8.0);
     let n = items.len().max(1) as f64;
     let x = |i: usize| PAD_L + pw * (i as f64 + 0.5) / n;
@@ -156,7 +148,8 @@ fn busy_mfu_chart(o: &mut String, items: &[Value], window_ns: f64) {
     let busy: Vec<String> = items
         .iter()
         .enumerate()
-        .filter_map(|(i, b)| f(&b["busy"]).map(|v| format!("{:.1},{:.1}", x(i), y(v))))
+        .filter(|(_, b)| b.busy.is_finite())
+        .map(|(i, b)| format!("{:.1},{:.1}", x(i), y(b.busy)))
         .collect();
     let _ = write!(
         o,
@@ -167,7 +160,7 @@ fn busy_mfu_chart(o: &mut String, items: &[Value], window_ns: f64) {
     let mut run: Vec<String> = Vec::new();
     let mut runs = Vec::new();
     for (i, b) in items.iter().enumerate() {
-        match f(&b["mfu"]) {
+        match b.mfu.filter(|v| v.is_finite()) {
             Some(v) => run.push(format!("{:.1},{:.1}", x(i), y(v))),
             None if !run.is_empty() => runs.push(std::mem::take(&mut run)),
             None => {}
@@ -192,7 +185,12 @@ fn busy_mfu_chart(o: &mut String, items: &[Value], window_ns: f64) {
 }
 
 /// Stacked bars of the categories, one bar per item (bins or steps).
-fn stacked_chart(o: &mut String, items: &[Value], x_label: &str, label: &dyn Fn(usize, &Value) -> String) {
+fn stacked_chart(
+    o: &mut String,
+    items: &[PartitionDoc],
+    x_label: &str,
+    label: &dyn Fn(usize, &PartitionDoc) -> String,
+) {
     let (pw, ph) = (W - PAD_L - 8.0, H - PAD_B - 8.0);
     let n = items.len().max(1) as f64;
     let bw = pw / n;
@@ -200,7 +198,7 @@ fn stacked_chart(o: &mut String, items: &[Value], x_label: &str, label: &dyn Fn(
     let _ = write!(o, r#"<svg width="{W}" height="{H}" role="img" aria-label="categories over {}">"#, esc(x_label));
     axes(o, x_label);
     for (i, it) in items.iter().enumerate() {
-        let cats = &it["categories"];
+        let cats = &it.categories;
         let mut top = 8.0 + ph;
         let x0 = PAD_L + bw * i as f64;
         let tip = esc(&label(i, it));
@@ -222,19 +220,19 @@ fn stacked_chart(o: &mut String, items: &[Value], x_label: &str, label: &dyn Fn(
     o.push_str("</svg>\n");
 }
 
-fn device_section(o: &mut String, d: &Value) {
-    let window = d["window_end_ns"].as_u64().unwrap_or(0).saturating_sub(d["window_start_ns"].as_u64().unwrap_or(0));
+fn device_section(o: &mut String, d: &DeviceDoc) {
+    let window = d.window_end_ns.saturating_sub(d.window_start_ns);
     let _ = writeln!(
         o,
         r#"<h2>GPU {} &middot; pid {}</h2><p class="meta">{} &middot; window {} &middot; FLOP source: {}</p>"#,
-        esc(&s(&d["device"])),
-        esc(&s(&d["pid"])),
-        esc(&s(&d["file"])),
+        d.device,
+        d.pid,
+        esc(&d.file),
         ms(window as f64),
-        esc(&s(&d["flop_source"]))
+        esc(&d.flop_source)
     );
-    let busy = f(&d["busy"]).unwrap_or(0.0);
-    match (f(&d["mfu"]), f(&d["divergence"])) {
+    let busy = fin(d.busy);
+    match (d.mfu.filter(|x| x.is_finite()), d.divergence.filter(|x| x.is_finite())) {
         (Some(mfu), Some(div)) => {
             let _ = writeln!(
                 o,
@@ -253,174 +251,159 @@ fn device_section(o: &mut String, d: &Value) {
         }
     }
     // Where the window went.
-    let cats = &d["categories"];
-    if cats.is_object() {
-        category_bar(o, cats, W);
-        legend(o);
-        o.push_str(r#"<table><tr><th class="l">category</th><th>share of window</th><th>time</th></tr>"#);
-        for (i, n) in CATEGORY_NAMES.iter().enumerate() {
-            let t = f(&d["categories_ns"][n]).map(ms).unwrap_or_default();
-            let _ = write!(
-                o,
-                r#"<tr><td class="l"><i class="sw" style="background:{}"></i>{n}</td><td>{}</td><td>{t}</td></tr>"#,
-                COLORS[i],
-                pct(cat_fraction(cats, i))
-            );
-        }
-        o.push_str("</table>\n");
-    } else {
-        absent(o, "No category breakdown in this report.");
+    let cats = &d.categories;
+    category_bar(o, cats, W);
+    legend(o);
+    o.push_str(r#"<table><tr><th class="l">category</th><th>share of window</th><th>time</th></tr>"#);
+    for (i, n) in CATEGORY_NAMES.iter().enumerate() {
+        let _ = write!(
+            o,
+            r#"<tr><td class="l"><i class="sw" style="background:{}"></i>{n}</td><td>{}</td><td>{}</td></tr>"#,
+            COLORS[i],
+            pct(cat_fraction(cats, i)),
+            ms(d.categories_ns.0[i] as f64)
+        );
     }
+    o.push_str("</table>\n");
 
-    let items = d["bins"]["items"].as_array().filter(|v| !v.is_empty());
+    // Made one device at a time: the document's bins are made as they are read.
+    let items: Vec<PartitionDoc> = d.bins.items.iter().collect();
     o.push_str("<h3>Busy vs MFU over time</h3>\n");
-    match items {
-        Some(items) => busy_mfu_chart(o, items, window as f64),
-        None => absent(o, "No time bins in this report (bins absent)."),
+    if items.is_empty() {
+        absent(o, "No time bins in this report (bins absent).");
+    } else {
+        busy_mfu_chart(o, &items, window as f64);
     }
     o.push_str("<h3>Where the time went, over time</h3>\n");
-    match items {
-        Some(items) => {
-            let width = d["bins"]["width_ns"].as_u64().unwrap_or(0);
-            let t0 = d["window_start_ns"].as_u64().unwrap_or(0);
-            let label = move |_: usize, b: &Value| {
-                format!("at {}", ms(b["start_ns"].as_u64().unwrap_or(t0).saturating_sub(t0) as f64))
-            };
-            stacked_chart(o, items, &format!("time ({} bins)", ms(width as f64)), &label);
-            legend(o);
-        }
-        None => absent(o, "No time bins in this report (bins absent)."),
+    if items.is_empty() {
+        absent(o, "No time bins in this report (bins absent).");
+    } else {
+        let t0 = d.window_start_ns;
+        let label = move |_: usize, b: &PartitionDoc| format!("at {}", ms(b.start_ns.saturating_sub(t0) as f64));
+        stacked_chart(o, &items, &format!("time ({} bins)", ms(d.bins.width_ns as f64)), &label);
+        legend(o);
     }
+    drop(items);
 
     o.push_str("<h3>Steps</h3>\n");
-    match d["steps"].as_array().filter(|v| !v.is_empty()) {
-        Some(steps) => {
-            let _ =
-                writeln!(o, r#"<p class="meta">{} steps (found by: {})</p>"#, steps.len(), esc(&s(&d["step_source"])));
-            let label = |i: usize, st: &Value| {
-                let dur = st["end_ns"].as_u64().unwrap_or(0).saturating_sub(st["start_ns"].as_u64().unwrap_or(0));
-                format!(
-                    "step {} ({}, busy {})",
-                    st["index"].as_u64().unwrap_or(i as u64),
-                    ms(dur as f64),
-                    pct(f(&st["busy"]).unwrap_or(0.0))
-                )
-            };
-            stacked_chart(o, steps, "step", &label);
-            legend(o);
-        }
-        None => {
-            let source = if d["step_source"].is_string() { s(&d["step_source"]) } else { "absent".into() };
-            absent(o, &format!("No steps in this report (step source: {source})."));
-        }
+    if d.steps.is_empty() {
+        let source = if d.step_source.is_empty() { "absent" } else { &d.step_source };
+        absent(o, &format!("No steps in this report (step source: {source})."));
+    } else {
+        let steps: Vec<PartitionDoc> = d.steps.iter().collect();
+        let _ = writeln!(o, r#"<p class="meta">{} steps (found by: {})</p>"#, steps.len(), esc(&d.step_source));
+        let label = |i: usize, st: &PartitionDoc| {
+            let dur = st.end_ns.unwrap_or(0).saturating_sub(st.start_ns);
+            format!("step {} ({}, busy {})", st.index.unwrap_or(i as u64), ms(dur as f64), pct(fin(st.busy)))
+        };
+        stacked_chart(o, &steps, "step", &label);
+        legend(o);
     }
 
     o.push_str("<h3>Top kernels</h3>\n");
-    match d["top_kernels"].as_array().filter(|v| !v.is_empty()) {
-        Some(ks) => {
-            o.push_str(r#"<table><tr><th class="l">kernel</th><th>count</th><th>total</th><th>mean</th><th>share of window</th><th>useful</th></tr>"#);
-            for k in ks {
-                let _ = write!(
-                    o,
-                    r#"<tr><td class="name">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
-                    esc(&s(&k["name"])),
-                    esc(&s(&k["count"])),
-                    ms(f(&k["total_ns"]).unwrap_or(0.0)),
-                    ms(f(&k["mean_ns"]).unwrap_or(0.0)),
-                    pct(f(&k["share"]).unwrap_or(0.0)),
-                    ms(f(&k["useful_ns"]).unwrap_or(0.0))
-                );
-            }
-            o.push_str("</table>\n");
+    if d.top_kernels.is_empty() {
+        absent(o, "No kernel table in this report (top_kernels absent).");
+    } else {
+        o.push_str(r#"<table><tr><th class="l">kernel</th><th>count</th><th>total</th><th>mean</th><th>share of window</th><th>useful</th></tr>"#);
+        for k in &d.top_kernels {
+            let _ = write!(
+                o,
+                r#"<tr><td class="name">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+                esc(&k.name),
+                k.count,
+                ms(k.total_ns as f64),
+                ms(fin(k.mean_ns)),
+                pct(fin(k.share)),
+                ms(k.useful_ns as f64)
+            );
         }
-        None => absent(o, "No kernel table in this report (top_kernels absent)."),
+        o.push_str("</table>\n");
     }
 
     o.push_str("<h3>Longest idle gaps</h3>\n");
-    match d["top_idle_gaps"].as_array().filter(|v| !v.is_empty()) {
-        Some(gaps) => {
-            let t0 = d["window_start_ns"].as_u64().unwrap_or(0);
-            o.push_str(
-                r#"<table><tr><th>at</th><th>duration</th><th class="l">category</th><th class="l">host was</th></tr>"#,
+    if d.top_idle_gaps.is_empty() {
+        absent(o, "No idle-gap list in this report (top_idle_gaps absent).");
+    } else {
+        let t0 = d.window_start_ns;
+        o.push_str(
+            r#"<table><tr><th>at</th><th>duration</th><th class="l">category</th><th class="l">host was</th></tr>"#,
+        );
+        for g in &d.top_idle_gaps {
+            let _ = write!(
+                o,
+                r#"<tr><td>{}</td><td>{}</td><td class="l">{}</td><td class="l">{}</td></tr>"#,
+                ms(g.start_ns.saturating_sub(t0) as f64),
+                ms(g.duration_ns as f64),
+                esc(&g.category),
+                esc(&g.reason)
             );
-            for g in gaps {
-                let _ = write!(
-                    o,
-                    r#"<tr><td>{}</td><td>{}</td><td class="l">{}</td><td class="l">{}</td></tr>"#,
-                    ms(g["start_ns"].as_u64().unwrap_or(t0).saturating_sub(t0) as f64),
-                    ms(f(&g["duration_ns"]).unwrap_or(0.0)),
-                    esc(&s(&g["category"])),
-                    esc(&s(&g["reason"]))
-                );
-            }
-            o.push_str("</table>\n");
         }
-        None => absent(o, "No idle-gap list in this report (top_idle_gaps absent)."),
+        o.push_str("</table>\n");
     }
 
-    match d.get("checkpoint").filter(|c| c.is_object()) {
+    match &d.checkpoint {
         Some(c) => {
             let _ = writeln!(
                 o,
                 r#"<p>Checkpoint I/O: {} ({} of the window), {} written.</p>"#,
-                ms(f(&c["io_ns"]).unwrap_or(0.0)),
-                pct(f(&c["fraction"]).unwrap_or(0.0)),
-                bytes(&c["bytes"])
+                ms(c.io_ns as f64),
+                pct(fin(c.fraction)),
+                crate::units::human_bytes(c.bytes)
             );
         }
         None => absent(o, "No checkpoint figures in this report (checkpoint absent)."),
     }
 }
 
-fn collectives_section(o: &mut String, report: &Value) {
+fn collectives_section(o: &mut String, report: &ReportDoc) {
     o.push_str("<h2>Collectives</h2>\n");
-    let Some(cs) = report["collectives"].as_array().filter(|v| !v.is_empty()) else {
+    if report.collectives.is_empty() {
         absent(o, "No collectives in this report (collectives absent).");
         return;
-    };
+    }
     o.push_str(r#"<table><tr><th class="l">op</th><th class="l">size</th><th>count</th><th>bytes</th><th>time</th><th>transfer</th><th>wait</th><th>bus bandwidth</th><th class="l">algorithm</th></tr>"#);
-    for c in cs {
+    for c in &report.collectives {
         let _ = write!(
             o,
             r#"<tr><td class="l">{}</td><td class="l">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} GB/s</td><td class="l">{}</td></tr>"#,
-            esc(&s(&c["op"])),
-            esc(&s(&c["size_bucket"])),
-            esc(&s(&c["count"])),
-            bytes(&c["bytes"]),
-            ms(f(&c["time_ns"]).unwrap_or(0.0)),
-            ms(f(&c["transfer_ns"]).unwrap_or(0.0)),
-            ms(f(&c["wait_ns"]).unwrap_or(0.0)),
-            f(&c["bus_bandwidth_gbps"]).unwrap_or(0.0),
-            esc(&s(&c["algorithm"]))
+            esc(&c.op),
+            esc(&c.size_bucket),
+            c.count,
+            crate::units::human_bytes(c.bytes),
+            ms(c.time_ns as f64),
+            ms(c.transfer_ns as f64),
+            ms(c.wait_ns as f64),
+            fin(c.bus_bandwidth_gbps),
+            esc(c.algorithm.as_deref().unwrap_or(""))
         );
     }
     o.push_str("</table>\n");
 }
 
-fn skew_section(o: &mut String, report: &Value) {
+fn skew_section(o: &mut String, report: &ReportDoc) {
     o.push_str("<h2>Ranks: arrival skew at collectives</h2>\n");
-    let straggler = report["straggler_rank"].as_u64();
+    let straggler = report.straggler_rank;
     match straggler {
         Some(r) => {
-            let activity = s(&report["straggler_activity"]);
+            let activity = report.straggler_activity.as_deref().unwrap_or("");
             let _ = writeln!(
                 o,
                 r#"<div class="headline">Straggler: <span class="big">rank {r}</span>{}</div>"#,
                 if activity.is_empty() {
                     String::new()
                 } else {
-                    format!(" &mdash; at its late arrivals: {}", esc(&activity))
+                    format!(" &mdash; at its late arrivals: {}", esc(activity))
                 }
             );
         }
-        None if report.get("straggler_rank").is_some() => absent(o, "No straggler: no rank arrives late consistently."),
-        None => {}
+        None => absent(o, "No straggler: no rank arrives late consistently."),
     }
-    let Some(ranks) = report["skew"].as_array().filter(|v| !v.is_empty()) else {
+    let ranks = &report.skew;
+    if ranks.is_empty() {
         absent(o, "No per-rank skew in this report (skew absent).");
         return;
-    };
-    let max = ranks.iter().filter_map(|r| f(&r["mean_arrival_skew_ns"])).fold(0.0, f64::max).max(1.0);
+    }
+    let max = ranks.iter().map(|r| r.mean_arrival_skew_ns).filter(|x| x.is_finite()).fold(0.0, f64::max).max(1.0);
     let row = 24.0;
     let h = row * ranks.len() as f64 + 24.0;
     let label_w = 150.0;
@@ -428,25 +411,25 @@ fn skew_section(o: &mut String, report: &Value) {
     let _ = write!(o, r#"<svg width="{W}" height="{h}" role="img" aria-label="mean arrival skew per rank">"#);
     for (i, r) in ranks.iter().enumerate() {
         let y = 4.0 + row * i as f64;
-        let v = f(&r["mean_arrival_skew_ns"]).unwrap_or(0.0).max(0.0);
-        let is_straggler = straggler.is_some() && r["rank"].as_u64() == straggler;
+        let v = fin(r.mean_arrival_skew_ns).max(0.0);
+        let is_straggler = straggler == Some(r.rank);
         let color = if is_straggler { "#c62828" } else { "#546e7a" };
         let _ = write!(
             o,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="end">rank {} (pid {})</text><rect x="{label_w}" y="{y:.1}" width="{:.2}" height="{:.1}" fill="{color}"><title>mean {} / max {}, late {} times</title></rect><text x="{:.1}" y="{:.1}">{} mean, {} max</text>"#,
             label_w - 6.0,
             y + 15.0,
-            esc(&s(&r["rank"])),
-            esc(&s(&r["pid"])),
+            r.rank,
+            r.pid,
             (v / max * bar_w).max(1.0),
             row - 6.0,
             ms(v),
-            ms(f(&r["max_arrival_skew_ns"]).unwrap_or(0.0)),
-            esc(&s(&r["late_count"])),
+            ms(r.max_arrival_skew_ns as f64),
+            r.late_count,
             label_w + (v / max * bar_w).max(1.0) + 6.0,
             y + 15.0,
             ms(v),
-            ms(f(&r["max_arrival_skew_ns"]).unwrap_or(0.0))
+            ms(r.max_arrival_skew_ns as f64)
         );
     }
     let _ = write!(
@@ -458,51 +441,47 @@ fn skew_section(o: &mut String, report: &Value) {
 }
 
 /// One row of the host table: a process total or one of its threads.
-fn host_row(o: &mut String, pid: &str, who: &str, h: &Value) {
-    let n = |v: &Value| f(v).unwrap_or(0.0);
-    let mut reasons: Vec<(f64, String)> = h["off_cpu_ns"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| (n(v), k.clone())).filter(|x| x.0 > 0.0).collect())
-        .unwrap_or_default();
+fn host_row(o: &mut String, pid: u32, who: &str, span: (u64, u64), on_cpu_ns: u64, off: &OffCpu, io: &FileIoDoc) {
+    let mut reasons: Vec<(f64, &str)> = off.by_name().map(|(k, v)| (v as f64, k)).filter(|x| x.0 > 0.0).collect();
     reasons.sort_by(|a, b| b.0.total_cmp(&a.0));
     let off: f64 = reasons.iter().map(|x| x.0).sum();
     let reasons: Vec<String> = reasons.iter().take(3).map(|(v, k)| format!("{} {}", esc(k), ms(*v))).collect();
-    let mib = |v: &Value| n(v) / (1u64 << 20) as f64;
+    let mib = |v: u64| v as f64 / (1u64 << 20) as f64;
     let _ = write!(
         o,
-        r#"<tr><td class="l">{}</td><td class="l">{}</td><td>{}</td><td>{}</td><td>{}</td><td class="l">{}</td><td>{:.1}</td><td>{:.1}</td></tr>"#,
-        esc(pid),
+        r#"<tr><td class="l">{pid}</td><td class="l">{}</td><td>{}</td><td>{}</td><td>{}</td><td class="l">{}</td><td>{:.1}</td><td>{:.1}</td></tr>"#,
         esc(who),
-        ms(n(&h["end_ns"]) - n(&h["start_ns"])),
-        ms(n(&h["on_cpu_ns"])),
+        ms(span.1 as f64 - span.0 as f64),
+        ms(on_cpu_ns as f64),
         ms(off),
         reasons.join(", "),
-        mib(&h["file_io"]["read_bytes"]),
-        mib(&h["file_io"]["write_bytes"]),
+        mib(io.read_bytes),
+        mib(io.write_bytes),
     );
 }
 
 /// The host side of every process (`hosts`), with or without devices: a CPU-only process has
 /// only this.
-fn host_section(o: &mut String, report: &Value) {
-    let Some(hosts) = report["hosts"].as_array().filter(|v| !v.is_empty()) else { return };
+fn host_section(o: &mut String, report: &ReportDoc) {
+    if report.hosts.is_empty() {
+        return;
+    }
     o.push_str("<h2>Host</h2><table><tr><th class=\"l\">pid</th><th class=\"l\">thread</th><th>seen</th><th>on-CPU</th><th>off-CPU</th><th class=\"l\">off-CPU reasons</th><th>read MiB</th><th>wrote MiB</th></tr>");
-    for p in hosts {
-        let pid = s(&p["pid"]);
-        host_row(o, &pid, "all", p);
-        for t in p["threads"].as_array().map(|v| &v[..]).unwrap_or_default().iter().take(8) {
-            host_row(o, &pid, &s(&t["tid"]), t);
+    for p in &report.hosts {
+        host_row(o, p.pid, "all", (p.start_ns, p.end_ns), p.on_cpu_ns, &p.off_cpu_ns, &p.file_io);
+        for t in p.threads.iter().take(8) {
+            host_row(o, p.pid, &t.tid.to_string(), (t.start_ns, t.end_ns), t.on_cpu_ns, &t.off_cpu_ns, &t.file_io);
         }
     }
     o.push_str("</table>\n");
 }
 
-/// The whole page for a report JSON document (`render_json`'s output).
-pub fn render(report: &Value) -> String {
+/// The whole page for a report document ([`ReportDoc::from_reports`], or one read from JSON).
+pub fn render(report: &ReportDoc) -> String {
     let mut o = String::with_capacity(64 << 10);
-    let devices = report["devices"].as_array().cloned().unwrap_or_default();
-    let files: Vec<String> = {
-        let mut v: Vec<String> = devices.iter().map(|d| s(&d["file"])).collect();
+    let devices = &report.devices;
+    let files: Vec<&str> = {
+        let mut v: Vec<&str> = devices.iter().map(|d| d.file.as_str()).collect();
         v.dedup();
         v
     };
@@ -516,47 +495,50 @@ pub fn render(report: &Value) -> String {
         r#"<h1>ghostprof report</h1><p class="meta">{} &middot; {} device(s) &middot; schema {}</p>"#,
         esc(&files.join(", ")),
         devices.len(),
-        esc(&s(&report["schema"]))
+        esc(&report.schema)
     );
     if devices.is_empty() {
         absent(&mut o, "No device activity in these traces (was the CUPTI injection library loaded?).");
     } else {
         // The headlines of every device first, then each device in detail.
         o.push_str(r#"<table><tr><th class="l">GPU</th><th class="l">pid</th><th>busy</th><th>MFU</th><th>divergence</th><th class="l">where the window went</th></tr>"#);
-        for d in &devices {
-            let mfu = f(&d["mfu"]).map(pct).unwrap_or_else(|| "unknown".into());
-            let div =
-                f(&d["divergence"]).map(|x| format!("{:.1} points", x * 100.0)).unwrap_or_else(|| "&ndash;".into());
+        for d in devices {
+            let mfu = d.mfu.filter(|x| x.is_finite()).map(pct).unwrap_or_else(|| "unknown".into());
+            let div = d
+                .divergence
+                .filter(|x| x.is_finite())
+                .map(|x| format!("{:.1} points", x * 100.0))
+                .unwrap_or_else(|| "&ndash;".into());
             let _ = write!(
                 o,
                 r#"<tr><td class="l">{}</td><td class="l">{}</td><td>{}</td><td>{mfu}</td><td>{div}</td><td class="l">"#,
-                esc(&s(&d["device"])),
-                esc(&s(&d["pid"])),
-                pct(f(&d["busy"]).unwrap_or(0.0))
+                d.device,
+                d.pid,
+                pct(fin(d.busy))
             );
-            category_bar(&mut o, &d["categories"], 360.0);
+            category_bar(&mut o, &d.categories, 360.0);
             o.push_str("</td></tr>");
         }
         o.push_str("</table>\n");
         legend(&mut o);
-        for d in &devices {
+        for d in devices {
             device_section(&mut o, d);
         }
     }
     collectives_section(&mut o, report);
     skew_section(&mut o, report);
     host_section(&mut o, report);
-    if let Some(ns) = report["recording_notes"].as_array().filter(|v| !v.is_empty()) {
+    if !report.recording_notes.is_empty() {
         o.push_str("<h2>Recording notes</h2><ul>");
-        for n in ns {
-            let _ = write!(o, r#"<li class="warn">{}: {}</li>"#, esc(&s(&n["file"])), esc(&s(&n["note"])));
+        for n in &report.recording_notes {
+            let _ = write!(o, r#"<li class="warn">{}: {}</li>"#, esc(&n.file), esc(&n.note));
         }
         o.push_str("</ul>\n");
     }
-    if let Some(ws) = report["warnings"].as_array().filter(|v| !v.is_empty()) {
+    if !report.warnings.is_empty() {
         o.push_str("<h2>Warnings</h2><ul>");
-        for w in ws {
-            let _ = write!(o, r#"<li class="warn">{}</li>"#, esc(&s(w)));
+        for w in &report.warnings {
+            let _ = write!(o, r#"<li class="warn">{}</li>"#, esc(w));
         }
         o.push_str("</ul>\n");
     }
@@ -580,7 +562,8 @@ mod tests {
             "window_start_ns": 0, "window_end_ns": 1000, "busy": 0.5, "busy_ns": 500, "mfu": null, "divergence": null,
             "flop_source": "none", "categories": {"compute.inefficient": 0.5, "idle.other": 0.5},
             "categories_ns": {"compute.inefficient": 500, "idle.other": 500}}], "ranks": [1], "warnings": ["w<b>"]});
-        let html = render(&v);
+        let doc: ReportDoc = serde_json::from_value(v).unwrap();
+        let html = render(&doc);
         for line in ["bins absent", "top_kernels absent", "collectives absent", "skew absent", "No steps"] {
             assert!(html.contains(line), "{line}");
         }

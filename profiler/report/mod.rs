@@ -7,6 +7,7 @@ mod json;
 mod text;
 
 pub mod html;
+pub mod model;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use crate::analyze::{analyze_with, AccountOptions, DetailOptions, DeviceAccount,
 use crate::trace::{RecordBatch, TraceError, TraceReader};
 
 pub use json::{render_json, write_json};
+pub use model::ReportDoc;
 pub use text::render_text;
 
 /// What a report computes beyond the defaults.

@@ -1,0 +1,652 @@
+//! The report as types: [`ReportDoc`], the `ghostprof.report.v1` document
+//! (docs/report-schema.md), built once from the analysis by [`ReportDoc::from_reports`]. The
+//! JSON (`report --json`) is its serialization and the HTML page is drawn from it.
+//!
+//! Serialized byte for byte as the document has always been written: every object's keys in
+//! sorted order (each struct declares its fields sorted), integers as integers and fractions as
+//! floats, `null` for an unknown MFU. A device's steps and bins ([`Partitions`]) are made one
+//! at a time as they are written: a long run has hundreds of thousands of them.
+//!
+//! Also `Deserialize`, every field optional, so a document written elsewhere can be drawn
+//! (the HTML says which sections it lacks).
+
+use serde::de::Deserializer;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
+
+use super::{cross_rank, straggler_activity, FileReport};
+use crate::analyze::host::{HostFigures, OFF_CPU_REASONS};
+use crate::analyze::{Categories, DeviceAccount, DeviceDetail, Partition, CATEGORY_NAMES};
+use crate::trace::StallReason;
+
+/// The `schema` field.
+pub const SCHEMA: &str = "ghostprof.report.v1";
+
+/// The whole document.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReportDoc<'a> {
+    pub collectives: Vec<CollectiveDoc>,
+    pub damaged_chunks: Vec<DamagedChunkDoc>,
+    pub devices: Vec<DeviceDoc<'a>>,
+    pub hosts: Vec<ProcessHostDoc>,
+    pub ranks: Vec<u32>,
+    pub recording_notes: Vec<RecordingNoteDoc>,
+    pub schema: String,
+    pub skew: Vec<SkewDoc>,
+    pub straggler_activity: Option<String>,
+    pub straggler_rank: Option<u32>,
+    pub warnings: Vec<String>,
+    /// Not in the JSON (the terminal report): each file given, in order.
+    #[serde(skip)]
+    pub files: Vec<FileDoc>,
+    /// Not in the JSON: the straggler's index in `skew`.
+    #[serde(skip)]
+    pub straggler: Option<usize>,
+}
+
+/// One file of the report (not in the JSON, which lists devices and hosts of all files):
+/// its devices and hosts are the next `devices` and `hosts` of the document.
+#[derive(Debug, Clone, Default)]
+pub struct FileDoc {
+    pub path: String,
+    pub devices: usize,
+    pub hosts: usize,
+    /// Problems reading the file (without the devices' notes, which the JSON's `warnings` has).
+    pub warnings: Vec<String>,
+    pub recording_notes: Vec<String>,
+}
+
+/// One (process, device).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceDoc<'a> {
+    pub bins: BinsDoc<'a>,
+    pub busy: f64,
+    pub busy_ns: u64,
+    /// Fractions of the window.
+    pub categories: PerCategory<f64>,
+    pub categories_ns: PerCategory<u64>,
+    /// Always there in a document made here; absent from some written elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointDoc>,
+    pub device: u32,
+    pub divergence: Option<f64>,
+    pub file: String,
+    pub flop_source: String,
+    pub mfu: Option<f64>,
+    pub pid: u32,
+    /// Empty: absent from the document read.
+    pub step_source: String,
+    pub steps: Partitions<'a>,
+    pub top_idle_gaps: Vec<IdleGapDoc>,
+    pub top_kernels: Vec<KernelDoc>,
+    pub window_end_ns: u64,
+    pub window_start_ns: u64,
+    /// Not in the JSON (there they are `warnings`): the device analysis's notes.
+    #[serde(skip)]
+    pub notes: Vec<String>,
+}
+
+/// `{"items": […], "width_ns": …}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BinsDoc<'a> {
+    pub items: Partitions<'a>,
+    pub width_ns: u64,
+}
+
+/// A step (with `end_ns` and `index`) or a bin (without).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PartitionDoc {
+    pub busy: f64,
+    pub categories: PerCategory<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    pub mfu: Option<f64>,
+    pub start_ns: u64,
+    /// Not in the JSON (the terminal report): the nanoseconds behind `busy` and `categories`.
+    #[serde(skip)]
+    pub busy_ns: u64,
+    #[serde(skip)]
+    pub categories_ns: PerCategory<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KernelDoc {
+    pub count: u64,
+    pub mean_ns: f64,
+    pub name: String,
+    pub share: f64,
+    pub total_ns: u64,
+    pub useful_ns: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IdleGapDoc {
+    pub category: String,
+    pub duration_ns: u64,
+    pub end_ns: u64,
+    pub reason: String,
+    pub start_ns: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheckpointDoc {
+    pub bytes: u64,
+    pub fraction: f64,
+    pub io_ns: u64,
+}
+
+/// Totals of one (op, size bucket) over all files.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CollectiveDoc {
+    pub algorithm: Option<String>,
+    pub bus_bandwidth_gbps: f64,
+    pub bytes: u64,
+    pub count: u64,
+    pub op: String,
+    pub size_bucket: String,
+    pub time_ns: u64,
+    pub transfer_ns: u64,
+    pub wait_ns: u64,
+}
+
+/// A rank's arrival skew.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SkewDoc {
+    pub file: String,
+    pub late_count: u64,
+    pub max_arrival_skew_ns: u64,
+    pub mean_arrival_skew_ns: f64,
+    pub pid: u32,
+    pub rank: u32,
+    /// Not in the JSON (the terminal report): the collectives matched.
+    #[serde(skip)]
+    pub matched: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DamagedChunkDoc {
+    pub chunk: u64,
+    pub error: String,
+    pub file: String,
+    pub offset: u64,
+    pub records_lost: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecordingNoteDoc {
+    pub file: String,
+    pub note: String,
+}
+
+/// A process's host figures (the sum over its threads) and its threads'.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessHostDoc {
+    pub end_ns: u64,
+    pub file: String,
+    pub file_io: FileIoDoc,
+    pub off_cpu_ns: OffCpu,
+    pub on_cpu_ns: u64,
+    pub pid: u32,
+    pub start_ns: u64,
+    pub threads: Vec<ThreadHostDoc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ThreadHostDoc {
+    pub end_ns: u64,
+    pub file_io: FileIoDoc,
+    pub off_cpu_ns: OffCpu,
+    pub on_cpu_ns: u64,
+    pub start_ns: u64,
+    pub tid: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileIoDoc {
+    pub read_bytes: u64,
+    pub read_ns: u64,
+    pub write_bytes: u64,
+    pub write_ns: u64,
+}
+
+/// A value per category, indexed like [`CATEGORY_NAMES`]; a JSON object keyed by their names
+/// (an absent name reads as the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PerCategory<T>(pub [T; 8]);
+
+/// Off-CPU ns per [`StallReason`], indexed by its value; a JSON object keyed by the reasons'
+/// names.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OffCpu(pub [u64; OFF_CPU_REASONS]);
+
+fn reason_names() -> [&'static str; OFF_CPU_REASONS] {
+    std::array::from_fn(|i| StallReason::ALL.iter().find(|r| **r as usize == i).map_or("", |r| r.name()))
+}
+
+impl OffCpu {
+    /// (name, ns) in name order (the order of the JSON object).
+    pub fn by_name(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        let names = reason_names();
+        sorted(&names).into_iter().map(move |i| (names[i], self.0[i]))
+    }
+}
+
+/// The indices of `names` in name order.
+fn sorted<const N: usize>(names: &[&str; N]) -> [usize; N] {
+    let mut order: [usize; N] = std::array::from_fn(|i| i);
+    order.sort_by_key(|&i| names[i]);
+    order
+}
+
+fn serialize_named<S: Serializer, T: Serialize, const N: usize>(
+    s: S,
+    names: &[&str; N],
+    values: &[T; N],
+) -> Result<S::Ok, S::Error> {
+    let mut m = s.serialize_map(Some(N))?;
+    for i in sorted(names) {
+        m.serialize_entry(names[i], &values[i])?;
+    }
+    m.end()
+}
+
+fn deserialize_named<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default + Copy, const N: usize>(
+    d: D,
+    names: &[&str; N],
+) -> Result<[T; N], D::Error> {
+    let m: std::collections::HashMap<String, T> = Deserialize::deserialize(d)?;
+    Ok(std::array::from_fn(|i| m.get(names[i]).copied().unwrap_or_default()))
+}
+
+impl<T: Serialize> Serialize for PerCategory<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_named(s, &CATEGORY_NAMES, &self.0)
+    }
+}
+
+impl<'de, T: Deserialize<'de> + Default + Copy> Deserialize<'de> for PerCategory<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_named(d, &CATEGORY_NAMES).map(PerCategory)
+    }
+}
+
+impl Serialize for OffCpu {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_named(s, &reason_names(), &self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for OffCpu {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_named(d, &reason_names()).map(OffCpu)
+    }
+}
+
+/// A device's steps or bins: those of the analysis, each [`PartitionDoc`] made as it is
+/// written or read ([`Partitions::iter`]), or those of a document read.
+#[derive(Debug, Clone)]
+pub struct Partitions<'a>(Parts<'a>);
+
+#[derive(Debug, Clone)]
+enum Parts<'a> {
+    Analysis {
+        parts: &'a [Partition],
+        /// The device has a FLOP source (else `mfu` is null).
+        mfu_known: bool,
+        /// Steps: with `index` and `end_ns`.
+        steps: bool,
+    },
+    Read(Vec<PartitionDoc>),
+}
+
+impl Default for Partitions<'_> {
+    fn default() -> Self {
+        Partitions(Parts::Read(Vec::new()))
+    }
+}
+
+impl<'a> Partitions<'a> {
+    /// A device's steps (`steps`) or bins.
+    pub fn of_analysis(parts: &'a [Partition], a: &DeviceAccount, steps: bool) -> Self {
+        Partitions(Parts::Analysis { parts, mfu_known: a.mfu().is_some(), steps })
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Parts::Analysis { parts, .. } => parts.len(),
+            Parts::Read(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = PartitionDoc> + '_ {
+        let (analysis, read) = match &self.0 {
+            Parts::Analysis { parts, mfu_known, steps } => (Some((parts.iter(), *mfu_known, *steps)), None),
+            Parts::Read(v) => (None, Some(v.iter().cloned())),
+        };
+        let analysis = analysis.into_iter().flat_map(|(parts, mfu_known, steps)| {
+            parts.enumerate().map(move |(i, p)| PartitionDoc::of_analysis(i, p, mfu_known, steps))
+        });
+        analysis.chain(read.into_iter().flatten())
+    }
+}
+
+impl Serialize for Partitions<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut q = s.serialize_seq(Some(self.len()))?;
+        for p in self.iter() {
+            q.serialize_element(&p)?;
+        }
+        q.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Partitions<'_> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::deserialize(d).map(|v| Partitions(Parts::Read(v)))
+    }
+}
+
+impl PerCategory<f64> {
+    /// Each category's share of `len_ns`.
+    pub fn fractions(c: &Categories, len_ns: u64) -> Self {
+        let w = len_ns.max(1) as f64;
+        PerCategory(c.ns.map(|n| n as f64 / w))
+    }
+}
+
+impl PartitionDoc {
+    /// The `i`th step (`step`) or bin.
+    fn of_analysis(i: usize, p: &Partition, mfu_known: bool, step: bool) -> Self {
+        let len = p.len_ns().max(1) as f64;
+        PartitionDoc {
+            busy: p.busy_ns as f64 / len,
+            categories: PerCategory::fractions(&p.categories, p.len_ns()),
+            end_ns: step.then_some(p.end_ns),
+            index: step.then_some(i as u64),
+            mfu: mfu_known.then(|| p.categories.get("compute.useful") as f64 / len),
+            start_ns: p.start_ns,
+            busy_ns: p.busy_ns,
+            categories_ns: PerCategory(p.categories.ns),
+        }
+    }
+}
+
+impl ThreadHostDoc {
+    fn of(tid: u32, h: &HostFigures) -> Self {
+        ThreadHostDoc {
+            end_ns: h.end_ns,
+            file_io: FileIoDoc::of(h),
+            off_cpu_ns: OffCpu(h.off_cpu_ns),
+            on_cpu_ns: h.on_cpu_ns,
+            start_ns: h.start_ns,
+            tid,
+        }
+    }
+}
+
+impl FileIoDoc {
+    fn of(h: &HostFigures) -> Self {
+        FileIoDoc {
+            read_bytes: h.file_read_bytes,
+            read_ns: h.file_read_ns,
+            write_bytes: h.file_write_bytes,
+            write_ns: h.file_write_ns,
+        }
+    }
+}
+
+impl<'a> DeviceDoc<'a> {
+    fn of(r: &FileReport, a: &'a DeviceAccount, d: &'a DeviceDetail) -> Self {
+        let w = a.window_ns().max(1) as f64;
+        DeviceDoc {
+            bins: BinsDoc { items: Partitions::of_analysis(&d.bins, a, false), width_ns: d.bin_ns },
+            busy: a.busy(),
+            busy_ns: a.busy_ns,
+            categories: PerCategory::fractions(&a.categories, a.window_ns()),
+            categories_ns: PerCategory(a.categories.ns),
+            checkpoint: Some(CheckpointDoc {
+                bytes: d.checkpoint.bytes,
+                fraction: d.checkpoint.io_ns as f64 / w,
+                io_ns: d.checkpoint.io_ns,
+            }),
+            device: a.device,
+            divergence: a.divergence(),
+            file: r.path.clone(),
+            flop_source: a.flop_source.name().to_string(),
+            mfu: a.mfu(),
+            pid: a.pid,
+            step_source: d.step_source.name().to_string(),
+            steps: Partitions::of_analysis(&d.steps, a, true),
+            top_idle_gaps: d
+                .top_idle_gaps
+                .iter()
+                .map(|g| IdleGapDoc {
+                    category: g.category.to_string(),
+                    duration_ns: g.end_ns - g.start_ns,
+                    end_ns: g.end_ns,
+                    reason: g.reason.to_string(),
+                    start_ns: g.start_ns,
+                })
+                .collect(),
+            top_kernels: d
+                .top_kernels
+                .iter()
+                .map(|k| KernelDoc {
+                    count: k.count,
+                    mean_ns: k.total_ns as f64 / k.count.max(1) as f64,
+                    name: r.kernel_names.get(&k.name_id).cloned().unwrap_or_default(),
+                    share: k.total_ns as f64 / w,
+                    total_ns: k.total_ns,
+                    useful_ns: k.useful_ns,
+                })
+                .collect(),
+            window_end_ns: a.window_end_ns,
+            window_start_ns: a.window_start_ns,
+            notes: d.notes.clone(),
+        }
+    }
+}
+
+/// An empty detail, for an account without one.
+static NO_DETAIL: std::sync::LazyLock<DeviceDetail> = std::sync::LazyLock::new(DeviceDetail::default);
+
+impl<'a> ReportDoc<'a> {
+    /// The document of the analysis of `reports` (the cross-rank part is run here). Steps and
+    /// bins are borrowed, made one at a time when written.
+    pub fn from_reports(reports: &'a [FileReport]) -> Self {
+        let devices = reports
+            .iter()
+            .flat_map(|r| {
+                r.accounts
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, a)| DeviceDoc::of(r, a, r.details.get(i).unwrap_or(&NO_DETAIL)))
+            })
+            .collect();
+        let mut ranks: Vec<u32> = reports.iter().flat_map(|r| r.accounts.iter().map(|a| a.pid)).collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        let cross = cross_rank(reports);
+        let collectives = cross
+            .collectives
+            .iter()
+            .map(|c| CollectiveDoc {
+                algorithm: c.algorithm.clone(),
+                bus_bandwidth_gbps: c.bus_bandwidth_gbps,
+                bytes: c.bytes,
+                count: c.count,
+                op: c.op.clone(),
+                size_bucket: c.size_bucket.clone(),
+                time_ns: c.time_ns,
+                transfer_ns: c.transfer_ns,
+                wait_ns: c.wait_ns,
+            })
+            .collect();
+        let skew = cross
+            .skew
+            .iter()
+            .map(|s| SkewDoc {
+                file: s.file.clone(),
+                late_count: s.late_count,
+                max_arrival_skew_ns: s.max_arrival_skew_ns,
+                mean_arrival_skew_ns: s.mean_arrival_skew_ns,
+                pid: s.pid,
+                rank: s.rank,
+                matched: s.matched,
+            })
+            .collect();
+        let mut warnings: Vec<String> = reports.iter().flat_map(|r| r.warnings.clone()).collect();
+        for r in reports {
+            for (a, d) in r.accounts.iter().zip(&r.details) {
+                warnings.extend(d.notes.iter().map(|n| format!("{} pid {} GPU {}: {n}", r.path, a.pid, a.device)));
+            }
+        }
+        let damaged_chunks = reports
+            .iter()
+            .flat_map(|r| {
+                r.damaged_chunks.iter().map(move |d| DamagedChunkDoc {
+                    chunk: d.chunk as u64,
+                    error: d.error.clone(),
+                    file: r.path.clone(),
+                    offset: d.offset,
+                    records_lost: d.records_lost,
+                })
+            })
+            .collect();
+        let hosts = reports
+            .iter()
+            .flat_map(|r| {
+                r.host.iter().map(move |p| ProcessHostDoc {
+                    end_ns: p.total.end_ns,
+                    file: r.path.clone(),
+                    file_io: FileIoDoc::of(&p.total),
+                    off_cpu_ns: OffCpu(p.total.off_cpu_ns),
+                    on_cpu_ns: p.total.on_cpu_ns,
+                    pid: p.pid,
+                    start_ns: p.total.start_ns,
+                    threads: p.threads.iter().map(|(tid, t)| ThreadHostDoc::of(*tid, t)).collect(),
+                })
+            })
+            .collect();
+        let recording_notes = reports
+            .iter()
+            .flat_map(|r| {
+                r.recording_notes.iter().map(move |n| RecordingNoteDoc { file: r.path.clone(), note: n.clone() })
+            })
+            .collect();
+        ReportDoc {
+            collectives,
+            damaged_chunks,
+            devices,
+            hosts,
+            ranks,
+            recording_notes,
+            schema: SCHEMA.to_string(),
+            skew,
+            straggler_activity: straggler_activity(reports, &cross),
+            straggler_rank: cross.straggler.map(|i| cross.skew[i].rank),
+            warnings,
+            files: reports
+                .iter()
+                .map(|r| FileDoc {
+                    path: r.path.clone(),
+                    devices: r.accounts.len(),
+                    hosts: r.host.len(),
+                    warnings: r.warnings.clone(),
+                    recording_notes: r.recording_notes.clone(),
+                })
+                .collect(),
+            straggler: cross.straggler,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A document with every field and every list filled.
+    fn full() -> ReportDoc<'static> {
+        let part = |index: Option<u64>| PartitionDoc {
+            busy: 0.5,
+            categories: PerCategory([0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5]),
+            end_ns: index.map(|_| 20),
+            index,
+            mfu: Some(0.25),
+            start_ns: 10,
+            ..Default::default()
+        };
+        let host =
+            ThreadHostDoc { end_ns: 9, off_cpu_ns: OffCpu([1, 2, 3, 4, 5, 6, 7, 8]), tid: 3, ..Default::default() };
+        ReportDoc {
+            collectives: vec![CollectiveDoc { algorithm: Some("RING/SIMPLE".into()), ..Default::default() }],
+            damaged_chunks: vec![DamagedChunkDoc { error: "bad".into(), ..Default::default() }],
+            devices: vec![DeviceDoc {
+                bins: BinsDoc { items: Partitions(Parts::Read(vec![part(None)])), width_ns: 10 },
+                checkpoint: Some(CheckpointDoc::default()),
+                mfu: Some(0.1),
+                divergence: Some(0.2),
+                steps: Partitions(Parts::Read(vec![part(Some(0)), part(Some(1))])),
+                top_idle_gaps: vec![IdleGapDoc::default()],
+                top_kernels: vec![KernelDoc::default()],
+                ..Default::default()
+            }],
+            hosts: vec![ProcessHostDoc { threads: vec![host], ..Default::default() }],
+            ranks: vec![1, 2],
+            recording_notes: vec![RecordingNoteDoc::default()],
+            schema: SCHEMA.into(),
+            skew: vec![SkewDoc::default()],
+            straggler_activity: Some("on-CPU".into()),
+            straggler_rank: Some(1),
+            warnings: vec!["w".into()],
+            ..Default::default()
+        }
+    }
+
+    /// Serialized directly (as `write_json` streams it), the document has the bytes of its
+    /// `Value` (whose objects sort their keys): every struct declares its fields in key order.
+    #[test]
+    fn fields_are_declared_in_key_order() {
+        let doc = full();
+        let direct = serde_json::to_string_pretty(&doc).unwrap();
+        let value = serde_json::to_value(&doc).unwrap();
+        assert_eq!(direct, serde_json::to_string_pretty(&value).unwrap());
+        assert_eq!(value["devices"][0]["steps"][1]["index"], 1);
+        assert!(value["devices"][0]["bins"]["items"][0].get("index").is_none(), "a bin has no index");
+        assert_eq!(value["hosts"][0]["threads"][0]["off_cpu_ns"]["run_queue"], 8);
+        assert_eq!(value["devices"][0]["steps"][0]["categories"]["idle.other"], 0.5);
+        // Read back: the same document.
+        let read: ReportDoc = serde_json::from_str(&direct).unwrap();
+        assert_eq!(serde_json::to_string_pretty(&read).unwrap(), direct);
+    }
+
+    /// A document of an older build lacks fields: they read as empty.
+    #[test]
+    fn absent_fields_read_as_empty() {
+        let doc: ReportDoc =
+            serde_json::from_str(r#"{"schema": "ghostprof.report.v1", "devices": [{"pid": 7}]}"#).unwrap();
+        assert_eq!(doc.devices[0].pid, 7);
+        assert!(doc.devices[0].steps.is_empty() && doc.devices[0].checkpoint.is_none() && doc.hosts.is_empty());
+        assert_eq!(doc.straggler_rank, None);
+    }
+}
