@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::classify::{is_checkpoint_syscall, is_collective_name};
 use super::columns::{put_varint, Cursor};
 use super::error::DecodeError;
 use super::format::{decode_sections, encode_record_sections};
@@ -32,11 +33,6 @@ pub const DIGEST_VERSION: u64 = 1;
 /// Host stalls and file I/O at least this long are in the digest (the summary keeps blocks of
 /// at least half the reorder window: a reader with a window under twice this ignores digests).
 pub const DIGEST_LONG_NS: u64 = 100_000_000;
-
-/// Whether a kernel name is a collective's (an NCCL kernel: `ncclKernel_…`, `ncclDevKernel_…`).
-pub fn is_collective_name(name: &str) -> bool {
-    name.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"nccl"))
-}
 
 /// Kernels and copies of one (process, device) in a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +75,7 @@ pub struct ChunkDigest {
 
 /// Whether the digest keeps this file I/O record (checkpoint writes, long blocks).
 fn keeps_file_io(f: &FileIo) -> bool {
-    crate::analyze::account::is_checkpoint_syscall(f.syscall) || f.end_ns.saturating_sub(f.start_ns) >= DIGEST_LONG_NS
+    is_checkpoint_syscall(f.syscall) || f.end_ns.saturating_sub(f.start_ns) >= DIGEST_LONG_NS
 }
 
 impl ChunkDigest {
