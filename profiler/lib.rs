@@ -3,8 +3,10 @@
 //!
 //! Map of the crate (docs/architecture.md tells how the parts fit):
 //! - [`trace`]: the event model and the compressed, chunked trace file (writer and reader);
-//! - [`record`]: the recording pipeline from collectors to the writer thread;
-//! - [`collect`]: collectors (eBPF skeletons and their loaders, the CUPTI ring);
+//! - [`pipeline`]: producers, bounded queues and the writer thread that carry records to the
+//!   trace writer (below both the collectors and the sessions);
+//! - [`collect`]: collectors (eBPF skeletons and their loaders, the CUPTI ring, NVML);
+//! - [`record`]: recording sessions (record / attach), which assemble collectors and pipeline;
 //! - [`analyze`]: the accounting, a pure function of trace records;
 //! - [`report`]: text and JSON reports of the accounting;
 //! - [`cli`]: the command line (the only module that knows clap).
@@ -14,6 +16,7 @@ pub mod cli;
 pub mod clock;
 pub mod collect;
 pub mod outfile;
+pub mod pipeline;
 pub mod record;
 pub mod report;
 pub mod trace;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::record::attach::{attach, AttachConfig};
-use crate::record::session::{record_command_with_progress, LaunchConfig, Progress, SessionError, SessionSummary};
+use crate::record::progress::Progress;
+use crate::record::session::{record_command_with_progress, LaunchConfig, SessionError, SessionSummary};
 use crate::report::{analyze_file, render_text};
 use crate::units::escape_text;
 

@@ -20,7 +20,7 @@ mod gpusim_build;
 mod probe;
 
 use anyhow::{bail, Context, Result};
-use ghostprof::record::{Pipeline, PipelineOptions};
+use ghostprof::pipeline::{Pipeline, PipelineOptions};
 use ghostprof::trace::synth::TrainingStream;
 use ghostprof::trace::{Interner, Kind, Record, Source, TraceInfo, TraceReader, TraceWriter, WriterOptions};
 
