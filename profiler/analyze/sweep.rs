@@ -65,29 +65,9 @@ impl Op {
     }
 }
 
-/// FxHash (rustc's): the sweep's maps are keyed by small integers, where SipHash costs more
-/// than the work around it.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(*b as u64);
-        }
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(i as u64);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+/// A map with rustc's Fx hash (`rustc-hash`): the sweep's maps are keyed by small integers,
+/// where SipHash costs more than the work around it.
+pub(crate) type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// A blocked interval of a launching thread and why.
 pub(crate) type Reasoned = (u64, u64, &'static str);
