@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod columns;
+pub mod dense;
 pub mod digest;
 pub mod error;
 pub mod format;
@@ -20,6 +21,7 @@ pub mod synth;
 pub mod writer;
 
 pub use classify::{is_checkpoint_syscall, is_collective_name, WRITE_SYSCALLS};
+pub use dense::{DenseMap, DENSE_IDS};
 pub use error::{DecodeError, TraceError};
 pub use format::{Chunk, ChunkMeta};
 pub use reader::{Scratch, TraceHeader, TraceReader};
