@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use ghostprof::collect::sched::{run_offcpu, OffCpuConfig};
-use ghostprof::record::{Pipeline, PipelineOptions};
+use ghostprof::pipeline::{Pipeline, PipelineOptions};
 use ghostprof::trace::*;
 
 use crate::util::*;

@@ -317,7 +317,7 @@ fn headers_cupti_offsets_match_the_real_headers() {
 #[test]
 fn cupti_dormant_job_attached_then_detached_runs_to_completion() {
     use ghostprof::collect::cupti::CuptiCollector;
-    use ghostprof::record::{Pipeline, PipelineOptions};
+    use ghostprof::pipeline::{Pipeline, PipelineOptions};
     let built = crate::gpusim::built();
     // The same output path both times: gpusim-train prints it.
     let base = tmpdir();
@@ -400,7 +400,7 @@ fn cupti_dormant_job_attached_then_detached_runs_to_completion() {
 #[test]
 fn cupti_collector_survives_hostile_ring_records() {
     use ghostprof::collect::cupti::CuptiCollector;
-    use ghostprof::record::{Pipeline, PipelineOptions};
+    use ghostprof::pipeline::{Pipeline, PipelineOptions};
     use ghostprof::trace::synth::Rng;
     let dir = tmpdir();
     let pid = 4_000_123u32;

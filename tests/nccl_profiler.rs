@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
 use ghostprof::collect::cupti::CuptiCollector;
-use ghostprof::record::pipeline::{Pipeline, PipelineOptions};
+use ghostprof::pipeline::{Pipeline, PipelineOptions};
 use ghostprof::record::session::{record_command, LaunchConfig};
 use ghostprof::trace::*;
 use ghostprof_ring::{wire, Producer};

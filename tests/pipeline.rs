@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ghostprof::record::{Pipeline, PipelineOptions};
+use ghostprof::pipeline::{Pipeline, PipelineOptions};
 use ghostprof::trace::*;
 
 use crate::util::*;

@@ -283,7 +283,7 @@ fn the_trace_writer_refuses_a_fifo_even_with_overwrite() {
 
 #[allow(non_snake_case)]
 fn Pipeline_create(path: &Path) -> String {
-    match ghostprof::record::Pipeline::create(path, true, &TraceInfo::default(), Default::default()) {
+    match ghostprof::pipeline::Pipeline::create(path, true, &TraceInfo::default(), Default::default()) {
         Ok(p) => {
             let _ = p.finish();
             "created".into()

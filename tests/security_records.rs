@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use cs::CUpti_ActivityKind as K;
 use cudarc::cupti::sys as cs;
 use ghostprof::collect::cupti::{CuptiCollector, MAX_NAME_IDS, MAX_NOTES_PER_PROCESS, MAX_NOTE_BYTES};
-use ghostprof::record::{Pipeline, PipelineOptions, Producer as Out};
+use ghostprof::pipeline::{Pipeline, PipelineOptions, Producer as Out};
 use ghostprof::trace::strings::{MAX_NAMES_PER_SOURCE, MAX_NAME_BYTES, MAX_NAME_BYTES_PER_SOURCE};
 use ghostprof::trace::*;
 use ghostprof_ring::{wire, Header, Producer};

@@ -282,7 +282,7 @@ fn root_record_into_a_full_disk_stops_with_a_clear_error_and_a_readable_file() {
 #[test]
 #[ignore = "root tier: mounts a tmpfs"]
 fn root_pipeline_on_a_full_disk_counts_every_lost_record_in_the_trace() {
-    use ghostprof::record::{Pipeline, PipelineOptions};
+    use ghostprof::pipeline::{Pipeline, PipelineOptions};
     use ghostprof::trace::{DropCause, HostStall, Source, TraceInfo, TraceReader};
     assert!(is_root(), "{ROOT}");
     let dir = tmpdir();
@@ -373,7 +373,7 @@ fn the_pipeline_refuses_to_write_through_a_symlink_with_overwrite() {
     let link = dir.path().join("x.gptrace");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let info = ghostprof::trace::TraceInfo::default();
-    let err = ghostprof::record::Pipeline::create(&link, true, &info, Default::default()).err().expect("refused");
+    let err = ghostprof::pipeline::Pipeline::create(&link, true, &info, Default::default()).err().expect("refused");
     assert!(err.to_string().contains("symlink"), "{err}");
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");
 }
@@ -517,7 +517,7 @@ fn root_attach_window_matches_the_truth_of_that_window_and_the_job_ends_as_unpro
 /// whether it ran, and the device samples written.
 fn nvml_run(library: &str) -> (Vec<String>, bool, usize) {
     use ghostprof::collect::nvml::NvmlSampler;
-    use ghostprof::record::{Pipeline, PipelineOptions};
+    use ghostprof::pipeline::{Pipeline, PipelineOptions};
     let dir = tmpdir();
     let path = dir.path().join("nvml.gptrace");
     let pipeline =
@@ -581,7 +581,7 @@ fn nvml_samples_every_device_with_the_real_layouts_through_a_stand_in_library() 
     let built = Command::new(&cc).args(["-shared", "-fPIC", "-O1", "-o"]).arg(&lib).arg(&src).status();
     assert!(built.is_ok_and(|s| s.success()), "{cc} could not build {}", src.display());
     use ghostprof::collect::nvml::NvmlSampler;
-    use ghostprof::record::{Pipeline, PipelineOptions};
+    use ghostprof::pipeline::{Pipeline, PipelineOptions};
     use ghostprof::trace::Metric;
     let path = dir.path().join("nvml.gptrace");
     let pipeline =

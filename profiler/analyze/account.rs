@@ -158,7 +158,7 @@ pub fn analyze_with(
 
 /// Collective kernels are the ones whose name starts with `nccl`.
 pub(crate) fn is_comm_name(names: &HashMap<u32, String>, id: u32) -> bool {
-    names.get(&id).is_some_and(|n| crate::trace::digest::is_collective_name(n))
+    names.get(&id).is_some_and(|n| crate::trace::classify::is_collective_name(n))
 }
 
 fn device_keys(batch: &RecordBatch) -> Vec<(u32, u32)> {
@@ -241,12 +241,7 @@ fn analyze_device(
     sweep.finish(checkpoint)
 }
 
-/// Syscalls counted as checkpoint I/O: the write family, fsync (74) and fdatasync (75), and
-/// what rewriting a file costs besides: an open that truncates (open 2, openat 257, creat 85:
-/// the sched program records only truncating ones), ftruncate (77), fallocate (285).
-pub(crate) fn is_checkpoint_syscall(nr: i32) -> bool {
-    WRITE_SYSCALLS.contains(&nr) || matches!(nr, 74 | 75 | 2 | 257 | 85 | 77 | 285)
-}
+pub(crate) use crate::trace::classify::is_checkpoint_syscall;
 
 /// Checkpoint I/O of `pid` in the window, from its file I/O records.
 pub(crate) fn checkpoint_io(batch: &RecordBatch, pid: u32, (w0, w1): (u64, u64)) -> CheckpointIo {

@@ -22,3 +22,5 @@ pub use account::{
 };
 pub use flops::FlopSource;
 pub use steps::StepSource;
+#[doc(hidden)]
+pub use sweep::sort_runs; // for `tools/bench sort`

@@ -35,8 +35,8 @@ use super::sweep::FastMap;
 use super::sweep::{DevicePlan, DeviceSweep, Op, Reasoned};
 use crate::trace::digest::{ChunkDigest, DIGEST_LONG_NS, DIGEST_VERSION};
 use crate::trace::{
-    ApiDomain, Chunk, Kind, Metric, NcclPhase, ProbedApi, RecordBatch, Scratch, StepSource as MarkerSource, TraceError,
-    TraceReader,
+    ApiDomain, Chunk, DenseMap, Kind, Metric, NcclPhase, ProbedApi, RecordBatch, Scratch, StepSource as MarkerSource,
+    TraceError, TraceReader,
 };
 
 /// Options of the streaming analysis.
@@ -68,29 +68,19 @@ struct DeviceSummary {
     /// the earliest compute kernels (max-heap on start, capped)
     prefix: BinaryHeap<(u64, u64, u32)>,
     regex_starts: Vec<u64>,
-    /// compute kernel time per (small, dense) name id, folded into `time_by_name` at the end
-    time_by_id: Vec<Option<u64>>,
+    /// compute kernel time per name id, folded into `time_by_name` at the end
+    time_by_id: DenseMap<u64>,
 }
 
 impl DeviceSummary {
     #[inline]
     fn add_time(&mut self, name: u32, ns: u64) {
-        let i = name as usize;
-        if i < 1 << 20 {
-            if i >= self.time_by_id.len() {
-                self.time_by_id.resize(i + 1, None);
-            }
-            *self.time_by_id[i].get_or_insert(0) += ns;
-        } else {
-            *self.time_by_name.entry(name).or_default() += ns;
-        }
+        *self.time_by_id.get_or_insert_with(name, || 0) += ns;
     }
 
     fn fold_times(&mut self) {
-        for (i, t) in std::mem::take(&mut self.time_by_id).into_iter().enumerate() {
-            if let Some(t) = t {
-                *self.time_by_name.entry(i as u32).or_default() += t;
-            }
+        for (id, t) in std::mem::take(&mut self.time_by_id).into_map() {
+            *self.time_by_name.entry(id).or_default() += t;
         }
     }
 }

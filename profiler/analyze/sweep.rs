@@ -14,6 +14,7 @@ use super::account::{
 };
 use super::flops::FlopSource;
 use super::steps::StepSource;
+use crate::trace::DenseMap;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 #[repr(u8)]
@@ -65,29 +66,9 @@ impl Op {
     }
 }
 
-/// FxHash (rustc's): the sweep's maps are keyed by small integers, where SipHash costs more
-/// than the work around it.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(*b as u64);
-        }
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(i as u64);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+/// A map with rustc's Fx hash (`rustc-hash`): the sweep's maps are keyed by small integers,
+/// where SipHash costs more than the work around it.
+pub(crate) type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// A blocked interval of a launching thread and why.
 pub(crate) type Reasoned = (u64, u64, &'static str);
@@ -282,11 +263,10 @@ pub(crate) struct DeviceSweep {
     bins: Partitions,
     gaps: Vec<OpenGap>,
     gap: OpenGap,
-    kernels: FastMap<u32, (KernelStat, f64)>,
-    /// the same for small name ids (dense), without hashing
-    kernels_dense: Vec<Option<(KernelStat, f64)>>,
+    /// per kernel name id: its figures and useful ns
+    kernels: DenseMap<(KernelStat, f64)>,
     /// class and rate per name id ([`DeviceSweep::kernel_op_cached`])
-    class_of: Vec<Option<(Class, f64)>>,
+    class_of: DenseMap<(Class, f64)>,
     late_cursor: usize,
     late_busy: u64,
     late_reasons: Vec<(&'static str, u64)>,
@@ -323,9 +303,8 @@ impl DeviceSweep {
             busy: 0,
             gaps: Vec::new(),
             gap: OpenGap::default(),
-            kernels: FastMap::default(),
-            kernels_dense: Vec::new(),
-            class_of: Vec::new(),
+            kernels: DenseMap::new(),
+            class_of: DenseMap::new(),
             late_cursor: 0,
             late_busy: 0,
             late_reasons: Vec::new(),
@@ -341,25 +320,18 @@ impl DeviceSweep {
         }
     }
 
-    /// [`DevicePlan::kernel_op`], remembering the class and rate of each (small) name id
-    /// where they depend on the name alone (not for collectives, nor per-step rates).
+    /// [`DevicePlan::kernel_op`], remembering the class and rate of each name id where they
+    /// depend on the name alone (not for collectives, nor per-step rates).
     #[inline]
     pub fn kernel_op_cached(&mut self, start: u64, end: u64, name: u32, comm: bool, wait_ns: u64) -> Op {
-        let i = name as usize;
-        if comm || self.plan.flop_source == FlopSource::FlopsPerStep || i >= 1 << 20 {
+        if comm || self.plan.flop_source == FlopSource::FlopsPerStep {
             return self.plan.kernel_op(start, end, name, comm, wait_ns);
         }
-        if i >= self.class_of.len() {
-            self.class_of.resize(i + 1, None);
-        }
-        let (class, rate) = match self.class_of[i] {
-            Some(x) => x,
-            None => {
-                let o = self.plan.kernel_op(start, end, name, false, 0);
-                self.class_of[i] = Some((o.class, o.rate()));
-                (o.class, o.rate())
-            }
-        };
+        let plan = &self.plan;
+        let &mut (class, rate) = self.class_of.get_or_insert_with(name, || {
+            let o = plan.kernel_op(start, end, name, false, 0);
+            (o.class, o.rate())
+        });
         Op::new(start, end, class, rate, 0, name, true)
     }
 
@@ -370,7 +342,7 @@ impl DeviceSweep {
         if self.plan.flop_source == FlopSource::FlopsPerStep {
             return None;
         }
-        self.class_of.get(name as usize).copied().flatten()
+        self.class_of.get(name).copied()
     }
 
     pub fn window(&self) -> (u64, u64) {
@@ -732,15 +704,7 @@ impl DeviceSweep {
             return;
         }
         let fresh = || (KernelStat { name_id: name, ..Default::default() }, 0.0);
-        let i = name as usize;
-        let e = if i < 1 << 20 {
-            if i >= self.kernels_dense.len() {
-                self.kernels_dense.resize(i + 1, None);
-            }
-            self.kernels_dense[i].get_or_insert_with(fresh)
-        } else {
-            self.kernels.entry(name).or_insert_with(fresh)
-        };
+        let e = self.kernels.get_or_insert_with(name, fresh);
         e.0.count += 1;
         e.0.total_ns += clipped;
         if o.class != Class::Comm {
@@ -860,7 +824,6 @@ impl DeviceSweep {
         let mut top: Vec<KernelStat> = self
             .kernels
             .into_values()
-            .chain(self.kernels_dense.into_iter().flatten())
             .map(|(mut s, useful)| {
                 s.useful_ns = useful.round() as u64;
                 s
@@ -1043,7 +1006,7 @@ fn sort_displaced<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: &impl Fn(
 
 /// Stable sort of `v` by `key`, for slices made of a few sorted runs: each run is merged into
 /// the sorted prefix through `buf` (reused). More than [`MAX_RUNS`] runs: the library's sort.
-fn sort_runs<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: impl Fn(&T) -> K) {
+pub fn sort_runs<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: impl Fn(&T) -> K) {
     const MAX_RUNS: usize = 4;
     let descents = v.windows(2).filter(|w| key(&w[1]) < key(&w[0])).take(MAX_RUNS).count();
     if descents == 0 {
@@ -1147,8 +1110,7 @@ impl DeviceSweep {
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let parts = |p: &Partitions| p.acc.iter().map(|a| bits(a)).zip(p.busy.clone()).collect::<Vec<_>>();
         let gap = |g: &OpenGap| (g.start, g.end, bits(&g.split), g.reasons.clone());
-        let mut kernels: Vec<_> = self.kernels_dense.iter().flatten().map(|(k, u)| (k.clone(), u.to_bits())).collect();
-        kernels.extend(self.kernels.values().map(|(k, u)| (k.clone(), u.to_bits())));
+        let kernels: Vec<_> = self.kernels.values().map(|(k, u)| (k.clone(), u.to_bits())).collect();
         format!(
             "{:?}",
             (

@@ -10,7 +10,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::record::attach::{attach, AttachConfig};
-use crate::record::session::{record_command_with_progress, LaunchConfig, Progress, SessionError, SessionSummary};
+use crate::record::progress::Progress;
+use crate::record::session::{record_command_with_progress, LaunchConfig, SessionError, SessionSummary};
 use crate::report::{analyze_file, render_text};
 use crate::units::escape_text;
 

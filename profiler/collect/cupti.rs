@@ -12,7 +12,7 @@ use cs::CUpti_ActivityKind as K;
 use cudarc::cupti::sys as cs;
 use ghostprof_ring::{wire, Consumer, ConsumerError, Popped};
 
-use crate::record::Producer;
+use crate::pipeline::Producer;
 use crate::trace::strings::{truncate_utf8, MAX_NAME_BYTES};
 use crate::trace::{
     ApiCall, ApiDomain, ClockDomain, ClockSync, CollOp, DeviceSample, DropCause, KernelExec, MemOp, MemOpKind, Metric,

@@ -20,7 +20,7 @@ use super::bpf::cuda::{types, CudaSkel, CudaSkelBuilder};
 use super::elf::{probe_points, ProbePoint};
 use super::procmaps::{self, classify, MappedLib};
 use super::sched::{bpf_err, read_counter, CollectError};
-use crate::record::Producer;
+use crate::pipeline::Producer;
 use crate::trace::{
     ApiCall, ApiDomain, DropCause, FunctionName, KernelLaunch, LibKind, LibraryInfo, NcclColl, NcclDtype, NcclPhase,
     ProbedApi, Record, SourceBudgets,
@@ -435,7 +435,7 @@ fn to_record(e: HostEvent, producer: &Producer, names: &mut SourceBudgets) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Pipeline, PipelineOptions};
+    use crate::pipeline::{Pipeline, PipelineOptions};
     use crate::trace::{TraceInfo, NAME_LIMIT};
 
     /// A `gp_func_name_event` as the eBPF program sends it.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::record::Producer;
+use crate::pipeline::Producer;
 use crate::trace::{DeviceSample, Metric};
 
 /// The library every NVIDIA driver installs.

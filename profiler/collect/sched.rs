@@ -15,7 +15,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
 
 use super::bpf::sched::{types, SchedSkel, SchedSkelBuilder};
-use crate::record::Producer;
+use crate::pipeline::Producer;
 use crate::trace::{DropCause, FileIo, HostStall, Record, StallReason};
 
 /// Why a collector could not run.

@@ -9,11 +9,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use super::collectors::{Collectors, LoopOptions, Rings};
-use super::pipeline::{Pipeline, PipelineOptions};
-use super::session::{Progress, SessionError, SessionSummary};
+use super::progress::Progress;
+use super::session::{SessionError, SessionSummary};
 use crate::collect::host::HostCollector;
 use crate::collect::sched::CollectError;
 use crate::collect::{gpu_libraries_of, procmaps};
+use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::trace::{Source, TraceInfo};
 
 /// How long a dormant injection library takes at most to notice its ring's control word (it
@@ -169,7 +170,7 @@ pub fn attach(
     let (write, pipeline) = pipeline
         .finish()
         .map_err(|source| SessionError::WriteFailed { source, job: "detached; the job goes on".into() })?;
-    Ok(seen.into_session(None, cfg.pid, write, pipeline))
+    Ok(SessionSummary::from_collectors(seen, None, cfg.pid, write, pipeline))
 }
 
 /// The processes of `tree` that mapped libnccl and whose environment at exec had no

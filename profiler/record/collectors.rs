@@ -6,12 +6,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::pipeline::{Pipeline, Producer};
-use super::session::{Progress, Ticker};
+use super::progress::{Progress, Ticker};
 use crate::collect::cupti::{CuptiCollector, CuptiStats};
 use crate::collect::host::{AttachReport, HostCollector, HostStats};
 use crate::collect::nvml::{NvmlSampler, NvmlStats};
 use crate::collect::sched::{CollectError, OffCpuStats, SchedCollector};
+use crate::pipeline::{Pipeline, Producer};
 use crate::trace::{SessionNote, Source};
 
 pub(crate) struct Collectors {
@@ -60,30 +60,6 @@ pub(crate) struct CollectorsSummary {
     pub(crate) nvml: NvmlStats,
     pub(crate) notes: Vec<String>,
     pub(crate) libraries: Vec<AttachReport>,
-}
-
-impl CollectorsSummary {
-    /// The session's summary: what the collectors saw, with the job's fate and the file's totals.
-    pub(crate) fn into_session(
-        self,
-        exit_status: Option<std::process::ExitStatus>,
-        job_pid: u32,
-        write: crate::trace::WriteSummary,
-        pipeline: super::pipeline::PipelineStats,
-    ) -> super::session::SessionSummary {
-        super::session::SessionSummary {
-            exit_status,
-            job_pid,
-            write,
-            pipeline,
-            host: self.host,
-            sched: self.sched,
-            cupti: self.cupti,
-            nvml: self.nvml,
-            notes: self.notes,
-            libraries: self.libraries,
-        }
-    }
 }
 
 impl Collectors {

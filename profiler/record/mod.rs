@@ -1,9 +1,7 @@
-//! Recording: the pipeline that carries records from collectors to the trace writer. Sessions
-//! (record / attach) are built on it.
+//! Recording: sessions (record / attach) that assemble the collectors ([`crate::collect`]) and
+//! the pipeline ([`crate::pipeline`]) that carries their records to the trace writer.
 
 pub mod attach;
 mod collectors;
-pub mod pipeline;
+pub mod progress;
 pub mod session;
-
-pub use pipeline::{Pipeline, PipelineOptions, PipelineStats, Producer};

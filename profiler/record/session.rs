@@ -7,15 +7,16 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::collectors::{Collectors, Ended, LoopOptions, Rings};
-use super::pipeline::{Pipeline, PipelineOptions, PipelineStats};
+use super::collectors::{Collectors, CollectorsSummary, Ended, LoopOptions, Rings};
+use super::progress::Progress;
 use crate::collect::cupti::CuptiStats;
 use crate::collect::host::{AttachReport, HostStats};
 use crate::collect::nvml::NvmlStats;
 use crate::collect::procmaps;
 use crate::collect::sched::{CollectError, OffCpuStats};
+use crate::pipeline::{Pipeline, PipelineOptions, PipelineStats};
 use crate::trace::{ProcessInfo, Source, TraceError, TraceInfo, WriteSummary};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,19 +71,6 @@ pub struct LaunchConfig {
     pub user_nccl_profiler: Option<String>,
 }
 
-/// Live figures for a status line, handed to the progress callback about once a second.
-#[derive(Debug, Clone, Default)]
-pub struct Progress {
-    pub elapsed: Duration,
-    pub records_written: u64,
-    pub bytes_written: u64,
-    pub records_per_s: f64,
-    pub drops: u64,
-    pub processes: usize,
-    pub cupti_rings: usize,
-    pub writer_error: Option<String>,
-}
-
 impl LaunchConfig {
     pub fn new(command: Vec<String>, output: PathBuf) -> Self {
         LaunchConfig {
@@ -130,6 +118,30 @@ pub struct SessionSummary {
     /// Things the user should know (optional parts off, CUPTI unavailable, …).
     pub notes: Vec<String>,
     pub libraries: Vec<AttachReport>,
+}
+
+impl SessionSummary {
+    /// The session's summary: what the collectors saw, with the job's fate and the file's totals.
+    pub(crate) fn from_collectors(
+        seen: CollectorsSummary,
+        exit_status: Option<ExitStatus>,
+        job_pid: u32,
+        write: WriteSummary,
+        pipeline: PipelineStats,
+    ) -> Self {
+        SessionSummary {
+            exit_status,
+            job_pid,
+            write,
+            pipeline,
+            host: seen.host,
+            sched: seen.sched,
+            cupti: seen.cupti,
+            nvml: seen.nvml,
+            notes: seen.notes,
+            libraries: seen.libraries,
+        }
+    }
 }
 
 /// A child process held before it runs its command until [`HeldChild::release`].
@@ -427,7 +439,7 @@ pub fn record_command_with_progress(
             None => format!("recording stopped; the command goes on (pid {pid})"),
         },
     })?;
-    Ok(seen.into_session(exit_status, pid, write, pipeline))
+    Ok(SessionSummary::from_collectors(seen, exit_status, pid, write, pipeline))
 }
 
 /// Removes a directory when dropped.
@@ -438,47 +450,6 @@ impl Drop for RemoveDir {
         if let Some(dir) = &self.0 {
             let _ = std::fs::remove_dir_all(dir);
         }
-    }
-}
-
-/// Calls the progress callback about once a second with live figures.
-pub(crate) struct Ticker {
-    started: Instant,
-    last: Instant,
-    last_records: u64,
-}
-
-impl Ticker {
-    pub(crate) fn new() -> Self {
-        Ticker { started: Instant::now(), last: Instant::now(), last_records: 0 }
-    }
-
-    /// Reports if a second has passed; returns the pipeline's figures when it did.
-    pub(crate) fn tick(
-        &mut self,
-        pipeline: &Pipeline,
-        processes: usize,
-        cupti_rings: usize,
-        progress: &mut dyn FnMut(&Progress),
-    ) -> Option<super::pipeline::PipelineStats> {
-        if self.last.elapsed() < Duration::from_secs(1) {
-            return None;
-        }
-        let stats = pipeline.stats();
-        let dt = self.last.elapsed().as_secs_f64();
-        progress(&Progress {
-            elapsed: self.started.elapsed(),
-            records_written: stats.records_written,
-            bytes_written: stats.bytes_written,
-            records_per_s: (stats.records_written - self.last_records) as f64 / dt,
-            drops: stats.drops.iter().fold(0u64, |a, d| a.saturating_add(d.2)),
-            processes,
-            cupti_rings,
-            writer_error: stats.writer_error.clone(),
-        });
-        self.last_records = stats.records_written;
-        self.last = Instant::now();
-        Some(stats)
     }
 }
 

@@ -20,7 +20,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::classify::{is_checkpoint_syscall, is_collective_name};
 use super::columns::{put_varint, Cursor};
+use super::dense::DenseMap;
 use super::error::DecodeError;
 use super::format::{decode_sections, encode_record_sections};
 use super::records::*;
@@ -32,11 +34,6 @@ pub const DIGEST_VERSION: u64 = 1;
 /// Host stalls and file I/O at least this long are in the digest (the summary keeps blocks of
 /// at least half the reorder window: a reader with a window under twice this ignores digests).
 pub const DIGEST_LONG_NS: u64 = 100_000_000;
-
-/// Whether a kernel name is a collective's (an NCCL kernel: `ncclKernel_…`, `ncclDevKernel_…`).
-pub fn is_collective_name(name: &str) -> bool {
-    name.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"nccl"))
-}
 
 /// Kernels and copies of one (process, device) in a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +76,7 @@ pub struct ChunkDigest {
 
 /// Whether the digest keeps this file I/O record (checkpoint writes, long blocks).
 fn keeps_file_io(f: &FileIo) -> bool {
-    crate::analyze::account::is_checkpoint_syscall(f.syscall) || f.end_ns.saturating_sub(f.start_ns) >= DIGEST_LONG_NS
+    is_checkpoint_syscall(f.syscall) || f.end_ns.saturating_sub(f.start_ns) >= DIGEST_LONG_NS
 }
 
 impl ChunkDigest {
@@ -88,20 +85,12 @@ impl ChunkDigest {
     /// intervals in this chunk or an earlier one (updated here): only their tensor-activity
     /// samples are kept (NVML-like samples without intervals make no FLOP source).
     pub fn build(batch: &RecordBatch, strings: &[(u32, &str)], pm_devices: &mut HashSet<(u32, u32)>) -> ChunkDigest {
-        // Name ids are small and dense: flags and slots indexed by id (ids past DENSE hashed).
-        const DENSE: usize = 1 << 20;
-        let mut collective =
-            vec![false; strings.iter().map(|s| s.0 as usize + 1).filter(|&i| i <= DENSE).max().unwrap_or(0)];
-        let mut collective_far: HashSet<u32> = HashSet::new();
+        // Name ids are small and dense: flags and slots indexed by id (DenseMap).
+        let mut collective: DenseMap<()> = DenseMap::new();
         for (id, _) in strings.iter().filter(|(_, s)| is_collective_name(s)) {
-            match collective.get_mut(*id as usize) {
-                Some(c) => *c = true,
-                None => {
-                    collective_far.insert(*id);
-                }
-            }
+            collective.insert(*id, ());
         }
-        let is_comm = |id: u32| collective.get(id as usize).copied().unwrap_or(false) || collective_far.contains(&id);
+        let is_comm = |id: u32| collective.contains(id);
         let mut d = ChunkDigest { version: DIGEST_VERSION, ..Default::default() };
         let mut span_at: HashMap<(u32, u32), usize> = HashMap::new();
         let mut span_of = |spans: &mut Vec<DeviceSpan>, pid: u32, device: u32, s: u64, e: u64| {
@@ -117,15 +106,14 @@ impl ChunkDigest {
                 spans.len() - 1
             })
         };
-        // per span: name id → 1 + index in name_times
-        let mut name_slots: Vec<Vec<u32>> = Vec::new();
-        let mut name_far: HashMap<(usize, u32), usize> = HashMap::new();
+        // per span: name id → index in name_times
+        let mut name_slots: Vec<DenseMap<u32>> = Vec::new();
         // Kernels come in runs of one (process, device): one span lookup per run.
         for run in batch.kernels.chunk_by(|a, b| a.pid == b.pid && a.device == b.device) {
             let (pid, device) = (run[0].pid, run[0].device);
             let si = span_of(&mut d.spans, pid, device, run[0].start_ns, run[0].end_ns);
             if name_slots.len() <= si {
-                name_slots.resize_with(si + 1, Vec::new);
+                name_slots.resize_with(si + 1, DenseMap::new);
             }
             let slots = &mut name_slots[si];
             let x = &mut d.spans[si];
@@ -139,23 +127,11 @@ impl ChunkDigest {
                 }
                 x.min_compute_start = x.min_compute_start.min(k.start_ns);
                 let ns = k.end_ns.saturating_sub(k.start_ns);
-                let i = k.name_id as usize;
-                let new = || NameTime { pid, device, name_id: k.name_id, ns: 0 };
-                let at = if i < DENSE {
-                    if slots.len() <= i {
-                        slots.resize(i + 1, 0);
-                    }
-                    if slots[i] == 0 {
-                        d.name_times.push(new());
-                        slots[i] = d.name_times.len() as u32;
-                    }
-                    slots[i] as usize - 1
-                } else {
-                    *name_far.entry((si, k.name_id)).or_insert_with(|| {
-                        d.name_times.push(new());
-                        d.name_times.len() - 1
-                    })
-                };
+                let names = &mut d.name_times;
+                let at = *slots.get_or_insert_with(k.name_id, || {
+                    names.push(NameTime { pid, device, name_id: k.name_id, ns: 0 });
+                    names.len() as u32 - 1
+                }) as usize;
                 d.name_times[at].ns += ns;
             }
         }

@@ -735,9 +735,6 @@ u32_enum! {
     }
 }
 
-/// x86_64 syscall numbers of the write family (for telling checkpoint writes from reads).
-pub const WRITE_SYSCALLS: &[i32] = &[1, 18, 20, 296, 328];
-
 impl ProbedApi {
     /// True for the calls that block the host until the device catches up.
     pub fn is_sync(self) -> bool {

@@ -1,6 +1,6 @@
 //! The CUPTI side: activity buffers in, ring records out.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::ffi::CStr;
 use std::mem::size_of;
 use std::panic::catch_unwind;
@@ -24,29 +24,12 @@ struct State {
     pm: Option<crate::pm::PmSession>,
     /// name pointer → (id, bytes): CUPTI reuses a kernel's name pointer, so the pointer finds
     /// the id, and the bytes confirm it was not reused for another name.
-    names: HashMap<usize, (u32, Box<[u8]>), std::hash::BuildHasherDefault<PtrHasher>>,
+    /// Fx-hashed (`rustc-hash`, one multiply per key), not SipHash: the map is only ever keyed
+    /// by CUPTI's name pointers, looked up once per kernel record.
+    names: FxHashMap<usize, (u32, Box<[u8]>)>,
     cupti_dropped: u64,
     /// The current buffer's record addresses (reused from buffer to buffer).
     records: Vec<usize>,
-}
-
-/// A hasher for pointer keys (one multiply), not SipHash: the map is only ever keyed by CUPTI's
-/// name pointers, looked up once per kernel record.
-#[derive(Default)]
-struct PtrHasher(u64);
-
-impl std::hash::Hasher for PtrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
 }
 
 static RING: OnceLock<Mutex<Producer>> = OnceLock::new();
@@ -114,7 +97,7 @@ pub fn start() -> Result<(), String> {
     unsafe { libc::atexit(at_exit) };
     SELF_TIME.store(std::env::var("GHOSTPROF_SELF_TIME").as_deref() == Ok("1"), Ordering::Relaxed);
     *STATE.lock().unwrap_or_else(|p| p.into_inner()) =
-        Some(State { pm: None, names: HashMap::default(), cupti_dropped: 0, records: Vec::new() });
+        Some(State { pm: None, names: FxHashMap::default(), cupti_dropped: 0, records: Vec::new() });
     if let Err(tried) = crate::api::load() {
         status(&format!("libcupti was not found ({tried}): no device timeline, eBPF only"));
         return Err("libcupti not found".into());

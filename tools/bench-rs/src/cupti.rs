@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use ghostprof::collect::cupti::CuptiCollector;
-use ghostprof::record::{Pipeline, PipelineOptions};
+use ghostprof::pipeline::{Pipeline, PipelineOptions};
 use ghostprof::trace::{DropCause, Source, TraceInfo, TraceReader};
 
 use crate::flag;

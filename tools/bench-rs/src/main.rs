@@ -10,6 +10,8 @@
 //! - `cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S]` ([`cupti`]): CPU the
 //!   CUPTI injection library adds to a CUDA program per activity record, and losses at 1 M
 //!   records/s, on gpusim's libcupti.
+//! - `sort [--events N] [--rounds R] [--dir D] [FILE…]` ([`sort`]): the sweep's run-merging
+//!   stable sort against the library's sorts, on the ops of a synthetic trace and of FILEs.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,9 +20,10 @@ mod analyze;
 mod cupti;
 mod gpusim_build;
 mod probe;
+mod sort;
 
 use anyhow::{bail, Context, Result};
-use ghostprof::record::{Pipeline, PipelineOptions};
+use ghostprof::pipeline::{Pipeline, PipelineOptions};
 use ghostprof::trace::synth::TrainingStream;
 use ghostprof::trace::{Interner, Kind, Record, Source, TraceInfo, TraceReader, TraceWriter, WriterOptions};
 
@@ -33,8 +36,9 @@ fn main() -> Result<()> {
         Some("cupti") => cupti::bench_cupti(&args[1..]),
         Some("analyze") => analyze::bench_analyze(&args[1..]),
         Some("analyze-child") => analyze::bench_analyze_child(&args[1..]),
+        Some("sort") => sort::bench_sort(&args[1..]),
         _ => bail!(
-            "usage: bench trace [--events N] [--dir DIR] | analyze [--events N] [--small N] [--hta N] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] \
+            "usage: bench trace [--events N] [--dir DIR] | sort [--events N] [--rounds R] [--dir DIR] [FILE...] | analyze [--events N] [--small N] [--hta N] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] \
              | cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S] [--pm-interval-ns NS] [--inject LIB]"
         ),
     }

@@ -20,7 +20,7 @@ use anyhow::{bail, ensure, Context, Result};
 use ghostprof::collect::bpf::bench_bare::BenchBareSkelBuilder;
 use ghostprof::collect::elf::probe_points;
 use ghostprof::collect::host::HostCollector;
-use ghostprof::record::{Pipeline, PipelineOptions};
+use ghostprof::pipeline::{Pipeline, PipelineOptions};
 use ghostprof::trace::{Source, TraceInfo, TraceReader};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
