@@ -27,8 +27,7 @@ use super::error::DecodeError;
 use super::format::{decode_sections, encode_record_sections};
 use super::records::*;
 
-/// Section kind id of the digest (record kinds are small numbers; the string table is 0).
-pub const DIGEST_SECTION: u16 = 0xFFF0;
+pub use super::format::DIGEST_SECTION;
 /// Bumped whenever what a digest holds, or the collective-name rule, changes.
 pub const DIGEST_VERSION: u64 = 1;
 /// Host stalls and file I/O at least this long are in the digest (the summary keeps blocks of

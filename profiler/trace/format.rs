@@ -37,6 +37,8 @@ pub const SECTION_HEADER_BYTES: usize = 12;
 pub const CHUNK_HEADER_BYTES: usize = 32;
 /// Section kind id of the string table.
 pub const STRINGS_SECTION: u16 = 0;
+/// Section kind id of a chunk's digest (`trace::digest`; record kinds are small numbers).
+pub const DIGEST_SECTION: u16 = 0xFFF0;
 
 /// A decoded chunk: its records and the strings they refer to.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -62,13 +64,17 @@ pub struct ChunkMeta {
     pub counts: Vec<u64>,
 }
 
-/// Encodes a chunk body (decompressed bytes) into `out`: its strings, its digest (when given:
-/// [`super::digest`]), then its records; `scratch` holds reusable column buffers.
+/// A section body's encoder: writes into `out` with reusable column buffers.
+pub type EncodeSection<'a> = &'a dyn Fn(&mut Vec<u8>, &mut Vec<Vec<u8>>);
+
+/// Encodes a chunk body (decompressed bytes) into `out`: its strings, its digest section (when
+/// given: `digest` writes the body, see `trace::digest`, which builds on this module), then its
+/// records; `scratch` holds reusable column buffers.
 pub fn encode_chunk(
     seq: u32,
     batch: &RecordBatch,
     strings: &[(u32, &str)],
-    digest: Option<&super::digest::ChunkDigest>,
+    digest: Option<EncodeSection<'_>>,
     out: &mut Vec<u8>,
     scratch: &mut Vec<Vec<u8>>,
 ) {
@@ -92,8 +98,8 @@ pub fn encode_chunk(
         sections += 1;
     }
     if let Some(digest) = digest {
-        let at = begin_section(out, super::digest::DIGEST_SECTION, 0, 1);
-        digest.encode(out, scratch);
+        let at = begin_section(out, DIGEST_SECTION, 0, 1);
+        digest(out, scratch);
         end_section(out, at);
         sections += 1;
     }
@@ -222,7 +228,7 @@ pub(crate) fn decode_sections(
             decode_strings(body, rows, out).map_err(rebase)?;
             continue;
         }
-        if kind_id == super::digest::DIGEST_SECTION {
+        if kind_id == DIGEST_SECTION {
             continue; // the chunk's digest: read by the summary pass alone (TraceReader::read_chunk_head)
         }
         let Some(kind) = Kind::from_id(kind_id) else {

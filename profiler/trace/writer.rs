@@ -194,7 +194,10 @@ impl TraceWriter {
         let strings = self.chunk_strings(&batch, seq);
         let refs: Vec<(u32, &str)> = strings.iter().map(|(i, s)| (*i, &**s)).collect();
         let digest = self.options.digest.then(|| ChunkDigest::build(&batch, &refs, &mut self.pm_devices));
-        format::encode_chunk(seq, &batch, &refs, digest.as_ref(), &mut self.raw_buf, &mut self.column_bufs);
+        let encode_digest =
+            digest.as_ref().map(|d| move |out: &mut Vec<u8>, scratch: &mut Vec<Vec<u8>>| d.encode(out, scratch));
+        let encode_digest: Option<format::EncodeSection<'_>> = encode_digest.as_ref().map(|f| f as _);
+        format::encode_chunk(seq, &batch, &refs, encode_digest, &mut self.raw_buf, &mut self.column_bufs);
         if self.raw_buf.len() as u64 > MAX_FRAME_BYTES && batch.len() > 1 {
             // Rare (huge names or values): split and let each half carry its own strings.
             let second = batch.split_half();
