@@ -282,7 +282,7 @@ fn headers_cupti_offsets_match_the_real_headers() {
         assert_eq!(ours, theirs, "{ty}.{field}: ghostprof reads offset {ours}, the 12.9 header says {theirs}");
     }
     let kernel9 = c12.iter().find(|(t, f, _)| t == "CUpti_ActivityKernel9" && f == "sizeof").unwrap();
-    assert_eq!(kernel9.2, 208, "Kernel9 is 208 bytes (DESIGN.md §5)");
+    assert_eq!(kernel9.2, 208, "Kernel9 is 208 bytes");
 
     let rename13 = |t: &str| match t {
         "CUpti_ActivityKernel9" => "CUpti_ActivityKernel10".to_string(),

@@ -107,7 +107,7 @@ fn total(truth: &Value, name: &str) -> u64 {
     truth["totals"][name].as_u64().unwrap_or_else(|| panic!("totals.{name} missing"))
 }
 
-/// The categories of DESIGN.md §1, as ghostprof's accounting names them.
+/// The categories of docs/metrics.md, as ghostprof's accounting names them.
 use ghostprof::analyze::CATEGORY_NAMES as CATEGORIES;
 
 fn assert_sums_to_window(scenario: &str, truth: &Value) {
@@ -311,7 +311,7 @@ fn gpusim_exports_real_sonames_and_no_endbr64_prologues() {
             assert!(functions.iter().any(|(n, _)| n == name), "{file} must export {name}");
         }
         for (name, bytes) in &functions {
-            // endbr64 would make every uprobe hit single-stepped (~10 µs, DESIGN.md §5).
+            // endbr64 would make every uprobe hit single-stepped (~10 µs).
             assert_ne!(bytes, &[0xf3, 0x0f, 0x1e, 0xfa], "{file}: {name} starts with endbr64");
         }
     }

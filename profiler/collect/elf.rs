@@ -1,6 +1,5 @@
 //! Where to put a uprobe: a function's file offset from the library's dynamic symbol table,
-//! moved past an `endbr64` (which would make the kernel single-step the probe, ~10 µs a hit,
-//! DESIGN.md §5). Versioned names (`name@@VER`) are matched by their base name.
+//! moved past an `endbr64` (which would make the kernel single-step the probe, ~10 µs a hit). Versioned names (`name@@VER`) are matched by their base name.
 
 use std::collections::HashMap;
 use std::fs::File;

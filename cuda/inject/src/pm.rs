@@ -1,5 +1,5 @@
 //! PM sampling (CUDA ≥ 12.6): tensor-pipe and SM activity of device 0 at a fixed GPU-time
-//! interval, the hardware FLOP source of DESIGN.md §1. Each tick (from the control loop)
+//! interval, the hardware FLOP source of docs/metrics.md. Each tick (from the control loop)
 //! decodes the samples completed so far while sampling goes on, sends them through the ring and
 //! re-initializes the counter-data image; the last tick stops sampling first, so the final
 //! (partial) sample is included. A device that does not offer the metrics gets a status record

@@ -1,5 +1,5 @@
-//! Ground-truth accounting: every nanosecond of a window falls into exactly one DESIGN.md §1
-//! category, computed from what the simulator executed.
+//! Ground-truth accounting: every nanosecond of a window falls into exactly one category of
+//! docs/metrics.md, computed from what the simulator executed.
 //!
 //! Device ops become labelled intervals: a compute kernel is `compute.useful` for FLOPs / peak
 //! and `compute.inefficient` for the rest; a kernel without FLOPs, a memcpy or a memset is

@@ -4,7 +4,7 @@
 //! - [`record`]: [`record::SimRecord`], the `#[repr(C)]` record that the fake `libcuda.so.1`
 //!   keeps for every simulated device op and host interval; `libcupti` and `libnccl` reach it
 //!   through the private `gpusim_*` symbols described in [`abi`].
-//! - [`accounting`]: turns records into the DESIGN.md §1 categories (the ground truth).
+//! - [`accounting`]: turns records into the categories of docs/metrics.md (the ground truth).
 //! - [`ffi`]: the panic guard every exported C entry point runs inside.
 //!
 //! Each cdylib links its own copy of this crate, so nothing here holds global state: the one

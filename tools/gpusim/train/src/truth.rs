@@ -1,5 +1,5 @@
 //! The ground truth a rank writes at exit (schema `gpusim.ground_truth.v1`, documented in
-//! docs/gpusim.md): per device, the ns of each DESIGN.md §1 category over the rank's window as
+//! docs/gpusim.md): per device, the ns of each category (docs/metrics.md) over the rank's window as
 //! the simulator executed it, plus totals. Categories sum to the window exactly.
 
 use std::collections::BTreeMap;
