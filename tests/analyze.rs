@@ -61,7 +61,7 @@ fn check_scenario(
     }
     let accounts = account(&batch, &names, &opts);
     // The report reads the same file on its own windows: one device per rank, PM-sampled.
-    let report = ghostprof::report::render_json(&[ghostprof::report::analyze_file(&trace).unwrap()]);
+    let report = ghostprof::report::render_json(&[ghostprof::analyze::analyze_file(&trace).unwrap()]);
     assert_eq!(report["devices"].as_array().unwrap().len(), ranks as usize);
     assert!(report["devices"].as_array().unwrap().iter().all(|d| d["flop_source"] == "pm_sampling"));
     for t in &truths {
@@ -128,9 +128,10 @@ fn check_scenario(
     // The report's streaming analysis equals the in-memory one on this real recording (PM
     // samples, records drained out of order), within 2 ns per category (float rounding at
     // the streaming slices' boundaries).
-    let streamed = ghostprof::report::analyze_file(&trace).unwrap();
-    let (b, n, w) = ghostprof::report::load(&trace).unwrap();
-    let in_memory = ghostprof::report::analyze_batch(String::new(), &b, &n, w, &Default::default());
+    let streamed = ghostprof::analyze::analyze_file(&trace).unwrap();
+    let l = ghostprof::analyze::load(&trace).unwrap();
+    let in_memory =
+        ghostprof::analyze::analyze_batch(String::new(), &l.batch, &l.names, l.warnings, &Default::default());
     assert!(streamed.warnings.is_empty(), "{:?}", streamed.warnings);
     assert_eq!(streamed.accounts.len(), in_memory.accounts.len());
     for (x, y) in streamed.accounts.iter().zip(&in_memory.accounts) {
@@ -267,7 +268,7 @@ fn root_host_figures_of_a_cpu_only_process_match_schedstat() {
     let reader = TraceReader::open(&trace).unwrap();
     let drops = reader.drops().unwrap_or_default();
     assert!(drops.iter().all(|d| d.2 == 0), "records were dropped: {drops:?}");
-    let report = ghostprof::report::analyze_file(&trace).unwrap();
+    let report = ghostprof::analyze::analyze_file(&trace).unwrap();
     assert!(report.accounts.is_empty(), "no device");
     let pid = report.host.iter().map(|p| p.pid).min().expect("host figures of the job");
     let batch = reader.read_all().unwrap();

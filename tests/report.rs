@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use ghostprof::analyze::{analyze_batch, analyze_file_with, analyze_files, load, FileReport, ReportOptions};
 use ghostprof::analyze::{DetailOptions, StepSource};
-use ghostprof::report::{analyze_batch, analyze_file_with, analyze_files, load, render_json, render_text};
-use ghostprof::report::{FileReport, ReportOptions};
+use ghostprof::report::{render_json, render_text};
 use ghostprof::trace::*;
 
 use crate::util::*;
@@ -398,7 +398,7 @@ fn streaming_equals_in_memory() {
     ] {
         let opts = ReportOptions { detail };
         let streamed = analyze_files(std::slice::from_ref(p), &opts).unwrap().remove(0);
-        let (batch, names, warnings) = load(p).unwrap();
+        let ghostprof::analyze::Loaded { batch, names, warnings } = load(p).unwrap();
         let in_memory = analyze_batch(p.display().to_string(), &batch, &names, warnings, &opts);
         assert!(streamed.warnings.is_empty(), "{:?}", streamed.warnings);
         assert_same_analysis(&streamed, &in_memory);
@@ -534,7 +534,7 @@ fn a_block_longer_than_the_reorder_window_is_accounted_in_full() {
     assert_eq!(a.categories.get("idle.host_stall"), block.1 - block.0, "{:?}", a.categories);
     let gap = &streamed.details[0].top_idle_gaps[0];
     assert_eq!((gap.category, gap.reason), ("idle.host_stall", "futex"), "{gap:?}");
-    let (batch, names, warnings) = load(&path).unwrap();
+    let ghostprof::analyze::Loaded { batch, names, warnings } = load(&path).unwrap();
     let in_memory = analyze_batch(path.display().to_string(), &batch, &names, warnings, &opts);
     assert_same_analysis(&streamed, &in_memory);
 }
@@ -582,7 +582,7 @@ fn random_records_never_panic_the_report() {
             let _ = render_text(&reports);
             let _ = render_json(&reports);
         }
-        if let Ok((batch, names, warnings)) = load(&path) {
+        if let Ok(ghostprof::analyze::Loaded { batch, names, warnings }) = load(&path) {
             let r = analyze_batch(path.display().to_string(), &batch, &names, warnings, &ReportOptions::default());
             let _ = render_json(std::slice::from_ref(&r));
         }
@@ -714,7 +714,7 @@ fn the_window_ends_with_the_launching_threads_last_blocking_interval() {
     records.sort_by_key(|r| r.time_ns());
     write_trace(&path, &records, &NAMES, 37);
     let streamed = report(&path, DetailOptions::default());
-    let (b, n, w) = load(&path).unwrap();
+    let ghostprof::analyze::Loaded { batch: b, names: n, warnings: w } = load(&path).unwrap();
     let in_memory = analyze_batch(String::new(), &b, &n, w, &ReportOptions::default());
     for r in [&streamed, &in_memory] {
         let a = &r.accounts[0];
@@ -757,7 +757,7 @@ fn a_cpu_only_process_gets_its_host_figures() {
     records.sort_by_key(|r| r.time_ns());
     write_trace(&path, &records, &NAMES, 37);
     let streamed = report(&path, DetailOptions::default());
-    let (b, n, w) = load(&path).unwrap();
+    let ghostprof::analyze::Loaded { batch: b, names: n, warnings: w } = load(&path).unwrap();
     let in_memory = analyze_batch(String::new(), &b, &n, w, &ReportOptions::default());
     for r in [&streamed, &in_memory] {
         assert!(r.accounts.is_empty());

@@ -441,7 +441,7 @@ fn root_attach_window_matches_the_truth_of_that_window_and_the_job_ends_as_unpro
     let report: Value = serde_json::from_slice(&report.stdout).unwrap();
     let devices = report["devices"].as_array().unwrap();
     assert_eq!(devices.len(), ranks as usize, "one device per rank");
-    let (batch, names, _) = ghostprof::report::load(&trace).unwrap();
+    let ghostprof::analyze::Loaded { batch, names, .. } = ghostprof::analyze::load(&trace).unwrap();
     let mut opts = AccountOptions::default();
     let mut window_truth = Vec::new();
     for t in &truths {

@@ -7,6 +7,7 @@
 
 pub(crate) mod account;
 pub mod collectives;
+pub mod files;
 mod flops;
 pub mod host;
 pub mod join;
@@ -19,6 +20,9 @@ mod sweep;
 pub use account::{
     account, analyze, analyze_with, stall_reason_label, AccountOptions, Categories, CheckpointIo, DetailOptions,
     DeviceAccount, DeviceDetail, IdleGap, KernelStat, LateWindows, Partition, CATEGORY_NAMES, MAX_BINS,
+};
+pub use files::{
+    analyze_batch, analyze_file, analyze_file_with, analyze_files, load, FileReport, Loaded, ReportOptions,
 };
 pub use flops::FlopSource;
 pub use steps::StepSource;

@@ -8,9 +8,10 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
 
+use crate::analyze::analyze_file;
 use crate::analyze::{account, AccountOptions, CATEGORY_NAMES};
 use crate::record::session::{find_inject_lib, record_command_with_progress, LaunchConfig};
-use crate::report::{analyze_file, html, render_json, render_text};
+use crate::report::{html, render_json, render_text};
 
 pub struct DemoConfig {
     pub dir: PathBuf,
@@ -86,7 +87,7 @@ pub fn run(cfg: &DemoConfig) -> anyhow::Result<ExitCode> {
 
 /// Prints each rank's categories next to the simulator's, over the simulator's windows.
 fn compare_with_truth(trace: &Path, truth_dir: &Path) -> anyhow::Result<()> {
-    let (batch, names, _) = crate::report::load(trace)?;
+    let crate::analyze::Loaded { batch, names, .. } = crate::analyze::load(trace)?;
     let mut truths = Vec::new();
     for rank in 0..2 {
         let path = truth_dir.join(format!("truth-rank{rank}.json"));

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::analyze::analyze_file;
 use crate::record::attach::{attach, AttachConfig};
 use crate::record::session::{record_command_with_progress, LaunchConfig, Progress, SessionError, SessionSummary};
-use crate::report::{analyze_file, render_text};
+use crate::report::render_text;
 use crate::units::escape_text;
 
 pub struct RecordConfig {

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
+use crate::analyze::{analyze_files, ReportOptions};
 use crate::analyze::{peak, DetailOptions};
-use crate::report::{analyze_files, html, render_json, render_text, write_json, ReportOptions};
+use crate::report::{html, render_json, render_text, write_json};
 
 pub struct ReportConfig {
     pub files: Vec<PathBuf>,

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{cross_rank, straggler_activity, FileReport};
+use crate::analyze::files::{cross_rank, straggler_activity, FileReport};
 use crate::analyze::host::HostFigures;
 use crate::analyze::{Categories, DeviceAccount, DeviceDetail, Partition, CATEGORY_NAMES};
 use crate::trace::StallReason;

@@ -4,7 +4,8 @@
 
 use std::fmt::Write;
 
-use super::{cross_rank, pct, straggler_activity, FileReport};
+use super::pct;
+use crate::analyze::files::{cross_rank, straggler_activity, FileReport};
 use crate::analyze::host::HostFigures;
 use crate::analyze::{DeviceAccount, DeviceDetail, Partition, CATEGORY_NAMES};
 // Job text (kernel names, notes, paths) is escaped: it must not drive the reader's terminal.
