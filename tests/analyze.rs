@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
-use ghostprof::analyze::{account, AccountOptions, CATEGORY_NAMES};
+use ghostprof::analyze::{account, AccountOptions, Category};
 use ghostprof::record::session::{record_command, LaunchConfig};
 use ghostprof::trace::{StallReason, TraceReader};
 use serde_json::Value;
@@ -71,7 +71,7 @@ fn check_scenario(
         assert_eq!(acc.categories.total(), window, "categories sum to the window");
         let mut worst = (0.0f64, "");
         let mut line = String::new();
-        for name in CATEGORY_NAMES {
+        for name in Category::NAMES {
             let ours = acc.categories.get(name) as f64;
             let truth = t["devices"][0]["categories"][name].as_u64().unwrap() as f64;
             let err = (ours - truth).abs() / window as f64;

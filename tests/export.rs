@@ -466,7 +466,7 @@ pub fn compare_with_hta(trace: &Path, files: &Path, hta: &BTreeMap<u32, Value>, 
         let a = acc.iter().find(|a| a.pid == pid).unwrap();
         let w = a.window_ns() as f64;
         let g = |prefix: &str| {
-            ghostprof::analyze::CATEGORY_NAMES
+            ghostprof::analyze::Category::NAMES
                 .iter()
                 .filter(|n| n.starts_with(prefix))
                 .map(|n| a.categories.get(n))

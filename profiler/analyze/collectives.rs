@@ -39,7 +39,7 @@ pub struct CollInstance {
 pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollInstance> {
     // whether a name id is a collective's, remembered per id
     let mut comm_of: FastMap<u32, bool> = FastMap::default();
-    let mut is_comm = |id: u32| *comm_of.entry(id).or_insert_with(|| super::account::is_comm_name(names, id));
+    let mut is_comm = |id: u32| *comm_of.entry(id).or_insert_with(|| super::inputs::is_comm_name(names, id));
     let mut calls: BTreeMap<u32, Vec<&crate::trace::NcclColl>> = BTreeMap::new();
     // (sized at once: growing a map of 10^5 entries rehashes it many times)
     let host = batch.nccl.iter().filter(|c| c.phase == NcclPhase::Host as u32).count();

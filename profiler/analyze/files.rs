@@ -147,12 +147,12 @@ fn analyze_readers(
         // after the sweep, which decoded every chunk: every damaged one is known
         report.warnings = reader.warnings();
         report.damaged_chunks = reader.damaged_chunks();
-        for (a, d, act) in results {
-            if let Some(act) = act {
-                report.activity.entry(a.pid).or_insert(act);
+        for r in results {
+            if let Some(act) = r.late_activity {
+                report.activity.entry(r.account.pid).or_insert(act);
             }
-            report.accounts.push(a);
-            report.details.push(d);
+            report.accounts.push(r.account);
+            report.details.push(r.detail);
         }
         report.kernel_names = report
             .details
@@ -199,7 +199,7 @@ pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, (u64, u64)> {
         w.1 = w.1.max(e);
     }
     let launchers: std::collections::HashSet<(u32, u32)> = batch.launches.iter().map(|l| (l.pid, l.tid)).collect();
-    super::account::extend_windows_to_blocking(&mut windows, batch, &|p, t| launchers.contains(&(p, t)));
+    super::inputs::extend_windows_to_blocking(&mut windows, batch, &|p, t| launchers.contains(&(p, t)));
     windows
 }
 
@@ -224,12 +224,12 @@ pub fn analyze_batch(
     let mut accounts = Vec::new();
     let mut details = Vec::new();
     let mut activity = HashMap::new();
-    for (a, d, act) in analyze_with(batch, names, &account_opts, Some(&opts.detail), &late) {
-        if let Some(act) = act {
-            activity.entry(a.pid).or_insert(act);
+    for r in analyze_with(batch, names, &account_opts, Some(&opts.detail), &late) {
+        if let Some(act) = r.late_activity {
+            activity.entry(r.account.pid).or_insert(act);
         }
-        accounts.push(a);
-        details.push(d);
+        accounts.push(r.account);
+        details.push(r.detail);
     }
     let kernel_names = details
         .iter()

@@ -10,19 +10,23 @@ pub mod collectives;
 pub mod files;
 mod flops;
 pub mod host;
+pub(crate) mod inputs;
 pub mod join;
+pub mod model;
 pub mod nccl_algo;
 pub mod peak;
+mod plan;
 pub mod steps;
 pub mod stream;
 mod sweep;
 
-pub use account::{
-    account, analyze, analyze_with, stall_reason_label, AccountOptions, Categories, CheckpointIo, DetailOptions,
-    DeviceAccount, DeviceDetail, IdleGap, KernelStat, LateWindows, Partition, CATEGORY_NAMES, MAX_BINS,
-};
+pub use account::{account, analyze, analyze_with};
 pub use files::{
     analyze_batch, analyze_file, analyze_file_with, analyze_files, load, FileReport, Loaded, ReportOptions,
 };
 pub use flops::FlopSource;
-pub use steps::StepSource;
+pub use inputs::{extend_windows_to_blocking, stall_reason_label};
+pub use model::{
+    AccountOptions, Categories, Category, CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, DeviceResult,
+    IdleGap, KernelStat, LateWindows, Partition, MAX_BINS,
+};

@@ -1,91 +1,12 @@
-//! Training steps of one device, best source first: NVTX ranges recorded by CUPTI (step
-//! markers), a user regex on kernel names (a step starts at each matching kernel), a detected
-//! period of the kernel-name sequence, else none. Steps are sorted, disjoint and inside the
+//! Training steps of one device, best source first (the order is [`super::plan`]'s): NVTX
+//! ranges recorded by CUPTI (step markers), a user regex on kernel names (a step starts at each
+//! matching kernel), a detected period of the kernel-name sequence, else none. Steps are sorted, disjoint and inside the
 //! window; a step that starts at a kernel runs until the next one starts (the last one until
 //! the window ends).
 
 use std::collections::HashMap;
 
-use super::account::DetailOptions;
 use super::flops::KernelSpan;
-use crate::trace::{RecordBatch, StepSource as MarkerSource};
-
-/// Where a device's steps came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StepSource {
-    Nvtx,
-    Regex,
-    Periodicity,
-    #[default]
-    None,
-}
-
-impl StepSource {
-    pub fn name(self) -> &'static str {
-        match self {
-            StepSource::Nvtx => "nvtx",
-            StepSource::Regex => "regex",
-            StepSource::Periodicity => "periodicity",
-            StepSource::None => "none",
-        }
-    }
-}
-
-/// The steps of process `pid`'s device whose compute kernels are `compute` (sorted by start).
-#[allow(clippy::too_many_arguments)]
-pub fn find_steps(
-    batch: &RecordBatch,
-    names: &HashMap<u32, String>,
-    pid: u32,
-    device: u32,
-    compute: &[KernelSpan],
-    is_comm: &dyn Fn(u32) -> bool,
-    opts: &DetailOptions,
-    window: (u64, u64),
-) -> (StepSource, Vec<(u64, u64)>) {
-    let markers: Vec<(u64, u64, u32)> = batch
-        .steps
-        .iter()
-        .filter(|s| s.pid == pid && s.source == MarkerSource::Nvtx as u32)
-        .map(|s| (s.start_ns, s.end_ns, s.name_id))
-        .collect();
-    let steps = nvtx_steps(&markers, names, window);
-    if !steps.is_empty() {
-        return (StepSource::Nvtx, steps);
-    }
-    // Every kernel of the process's device (collectives included) in start order, for the
-    // name-based sources.
-    let mut kernels: Vec<(u64, u32)> = compute.iter().map(|k| (k.start, k.name)).collect();
-    if let Some(re) = &opts.step_regex {
-        kernels.extend(
-            batch
-                .kernels
-                .iter()
-                .filter(|k| k.pid == pid && k.device == device && is_comm(k.name_id))
-                .map(|k| (k.start_ns, k.name_id)),
-        );
-        kernels.sort_unstable();
-        let matching: HashMap<u32, bool> = kernels
-            .iter()
-            .map(|k| k.1)
-            .collect::<std::collections::HashSet<_>>()
-            .into_iter()
-            .map(|id| (id, names.get(&id).is_some_and(|n| re.is_match(n))))
-            .collect();
-        let starts: Vec<u64> = kernels.iter().filter(|k| matching[&k.1]).map(|k| k.0).collect();
-        return (StepSource::Regex, steps_from_starts(&starts, window));
-    }
-    if opts.detect_periodicity {
-        if let Some(anchor) = periodic_anchor(&compute[..compute.len().min(PERIOD_PROBE)]) {
-            let starts: Vec<u64> = compute.iter().filter(|k| k.name == anchor.name).map(|k| k.start).collect();
-            let steps = anchor_steps(&anchor, starts, window);
-            if steps.len() >= 2 {
-                return (StepSource::Periodicity, steps);
-            }
-        }
-    }
-    (StepSource::None, Vec::new())
-}
 
 /// NVTX ranges as steps: ranges named like a step (`step` in the name, any case) when there
 /// are any, else the most frequent range name; sorted, clipped to the window, overlaps cut.

@@ -7,13 +7,13 @@
 
 use std::collections::HashMap;
 
-use super::account::{
-    round_to_total, Categories, CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, IdleGap, KernelStat,
-    Partition, CATEGORY_NAMES, HOST_STALL, IDLE_OTHER, INEFFICIENT, LAUNCH_BOUND, MAX_BINS, OTHER, TRANSFER, USEFUL,
-    WAIT,
-};
 use super::flops::FlopSource;
-use super::steps::StepSource;
+use super::inputs::Reasoned;
+use super::model::{
+    round_to_total, Categories, Category, CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, DeviceResult,
+    IdleGap, KernelStat, Partition, MAX_BINS,
+};
+use crate::trace::StepSource;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 #[repr(u8)]
@@ -89,9 +89,6 @@ impl std::hash::Hasher for FxHasher {
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
 
-/// A blocked interval of a launching thread and why.
-pub(crate) type Reasoned = (u64, u64, &'static str);
-
 /// What is decided about a device before its sweep.
 pub(crate) struct DevicePlan {
     pub pid: u32,
@@ -101,7 +98,8 @@ pub(crate) struct DevicePlan {
     /// Useful fraction per compute kernel name (PM source).
     pub fractions: HashMap<u32, f64>,
     pub flop_less_below: f64,
-    pub step_source: StepSource,
+    /// None: no steps.
+    pub step_source: Option<StepSource>,
     pub steps: Vec<(u64, u64)>,
     /// Useful rate of each step's compute kernels (model-FLOPs source).
     pub step_rates: Vec<f64>,
@@ -123,7 +121,7 @@ impl DevicePlan {
             flop_source,
             fractions: HashMap::new(),
             flop_less_below: 0.01,
-            step_source: StepSource::None,
+            step_source: None,
             steps: Vec::new(),
             step_rates: Vec::new(),
             bin_ns: 0,
@@ -522,16 +520,16 @@ impl DeviceSweep {
             // a collective covering the segment: comm.transfer once its data moves, else wait
             let comm = (!covering.is_empty()).then(|| {
                 if covering.iter().any(|c| x >= c.transfer_from()) {
-                    TRANSFER
+                    Category::CommTransfer.index()
                 } else {
-                    WAIT
+                    Category::CommWait.index()
                 }
             });
             if x < s && comm.is_some() {
                 // a collective alone until the op's start or the cut
                 let y = s.min(cut);
                 let dt = y - x;
-                sums[comm.unwrap_or(WAIT)] += dt;
+                sums[comm.unwrap_or(Category::CommWait.index())] += dt;
                 busy += dt;
                 if late {
                     self.late_busy_add(x, y);
@@ -543,15 +541,15 @@ impl DeviceSweep {
                 let dt = y - x;
                 if launcher {
                     let stalled = blocked_at.overlap(blocked, x, y);
-                    sums[HOST_STALL] += stalled;
+                    sums[Category::IdleHostStall.index()] += stalled;
                     // (merged intervals: no more than dt)
-                    sums[LAUNCH_BOUND] += dt.saturating_sub(stalled);
+                    sums[Category::IdleLaunchBound.index()] += dt.saturating_sub(stalled);
                     if detail {
                         let stall = stalled as f64;
                         self.extend_gap(x, y, (dt as f64 - stall, stall, 0.0), stalled, reasons);
                     }
                 } else {
-                    sums[IDLE_OTHER] += dt;
+                    sums[Category::IdleOther.index()] += dt;
                     if detail {
                         self.extend_gap(x, y, (0.0, 0.0, dt as f64), 0, reasons);
                     }
@@ -562,10 +560,10 @@ impl DeviceSweep {
                 let y = e.min(cut);
                 let dt = y - x;
                 let category = match o.class {
-                    Class::Compute if o.rate() >= 1.0 => USEFUL,
-                    Class::Compute => INEFFICIENT,
+                    Class::Compute if o.rate() >= 1.0 => Category::ComputeUseful.index(),
+                    Class::Compute => Category::ComputeInefficient.index(),
                     // comm wins over other (a copy under a collective)
-                    _ => comm.unwrap_or(OTHER),
+                    _ => comm.unwrap_or(Category::OtherBusy.index()),
                 };
                 sums[category] += dt;
                 busy += dt;
@@ -615,7 +613,7 @@ impl DeviceSweep {
         }
         let detail = self.plan.detail;
         if detail {
-            self.longest_reason = reasons.iter().map(|x| x.1.saturating_sub(x.0)).max().unwrap_or(0);
+            self.longest_reason = reasons.iter().map(|x| x.end_ns.saturating_sub(x.start_ns)).max().unwrap_or(0);
         }
         // The cuts other than the ops' that are not collectives: collectives (on their own
         // stream), steps, bins, the slice's end. Nearly sorted: a few runs, merged in a reused
@@ -683,11 +681,11 @@ impl DeviceSweep {
             None => {
                 let stalled = if self.plan.has_launcher { stalled(a, b) } else { 0 };
                 let split = if !self.plan.has_launcher {
-                    seg = Seg([(IDLE_OTHER, dt), (HOST_STALL, 0.0)]);
+                    seg = Seg([(Category::IdleOther.index(), dt), (Category::IdleHostStall.index(), 0.0)]);
                     (0.0, 0.0, dt)
                 } else {
                     let (stall, launch) = (stalled as f64, dt - stalled as f64);
-                    seg = Seg([(HOST_STALL, stall), (LAUNCH_BOUND, launch)]);
+                    seg = Seg([(Category::IdleHostStall.index(), stall), (Category::IdleLaunchBound.index(), launch)]);
                     (launch, stall, 0.0)
                 };
                 if detail {
@@ -702,10 +700,16 @@ impl DeviceSweep {
                         if rate != 0.0 && rate != 1.0 {
                             self.integral = false;
                         }
-                        Seg([(USEFUL, rate * dt), (INEFFICIENT, (1.0 - rate) * dt)])
+                        Seg([
+                            (Category::ComputeUseful.index(), rate * dt),
+                            (Category::ComputeInefficient.index(), (1.0 - rate) * dt),
+                        ])
                     }
-                    Class::Comm => Seg([(if transferring { TRANSFER } else { WAIT }, dt), (OTHER, 0.0)]),
-                    Class::Other => Seg([(OTHER, dt), (USEFUL, 0.0)]),
+                    Class::Comm => Seg([
+                        (if transferring { Category::CommTransfer.index() } else { Category::CommWait.index() }, dt),
+                        (Category::OtherBusy.index(), 0.0),
+                    ]),
+                    Class::Other => Seg([(Category::OtherBusy.index(), dt), (Category::ComputeUseful.index(), 0.0)]),
                 };
                 if detail && !self.plan.late_windows.is_empty() {
                     self.late_busy_add(a, b);
@@ -783,8 +787,8 @@ impl DeviceSweep {
     /// The reasons of the blocked time in [a, b), added to the open gap's.
     #[inline(never)]
     fn gap_reasons(&mut self, a: u64, b: u64, reasons: &[Reasoned]) {
-        let lo = reasons.partition_point(|x| x.0 < a.saturating_sub(self.longest_reason));
-        for &(s, e, r) in reasons[lo..].iter().take_while(|x| x.0 < b) {
+        let lo = reasons.partition_point(|x| x.start_ns < a.saturating_sub(self.longest_reason));
+        for &Reasoned { start_ns: s, end_ns: e, reason: r } in reasons[lo..].iter().take_while(|x| x.start_ns < b) {
             let o = e.min(b).saturating_sub(s.max(a));
             if o > 0 {
                 tally(&mut self.gap.reasons, r, o);
@@ -816,7 +820,7 @@ impl DeviceSweep {
 
     fn late_off_cpu(&mut self, a: u64, b: u64, reasons: &[Reasoned]) {
         let w = &self.plan.late_windows;
-        for &(s, e, r) in reasons.iter().take_while(|x| x.0 < b) {
+        for &Reasoned { start_ns: s, end_ns: e, reason: r } in reasons.iter().take_while(|x| x.start_ns < b) {
             let (s, e) = (s.max(a), e.min(b));
             if s >= e {
                 continue;
@@ -829,7 +833,7 @@ impl DeviceSweep {
         }
     }
 
-    pub fn finish(mut self, checkpoint: CheckpointIo) -> (DeviceAccount, DeviceDetail, Option<String>) {
+    pub fn finish(mut self, checkpoint: CheckpointIo) -> DeviceResult {
         let (w0, w1) = self.plan.window;
         close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
         let account = DeviceAccount {
@@ -842,7 +846,7 @@ impl DeviceSweep {
             flop_source: self.plan.flop_source,
         };
         if !self.plan.detail {
-            return (account, DeviceDetail::default(), None);
+            return DeviceResult { account, detail: DeviceDetail::default(), late_activity: None };
         }
         let top_idle_gaps = self
             .gaps
@@ -850,9 +854,12 @@ impl DeviceSweep {
             .map(|g| {
                 let cat = (0..3).max_by(|&i, &j| g.split[i].total_cmp(&g.split[j])).unwrap_or(2);
                 let (category, reason) = match cat {
-                    0 => (CATEGORY_NAMES[LAUNCH_BOUND], "on-CPU"),
-                    1 => (CATEGORY_NAMES[HOST_STALL], g.reasons.iter().max_by_key(|x| x.1).map_or("off-CPU", |x| x.0)),
-                    _ => (CATEGORY_NAMES[IDLE_OTHER], "no launching thread seen"),
+                    0 => (Category::IdleLaunchBound.name(), "on-CPU"),
+                    1 => (
+                        Category::IdleHostStall.name(),
+                        g.reasons.iter().max_by_key(|x| x.1).map_or("off-CPU", |x| x.0),
+                    ),
+                    _ => (Category::IdleOther.name(), "no launching thread seen"),
                 };
                 IdleGap { start_ns: g.start, end_ns: g.end, category, reason }
             })
@@ -881,7 +888,7 @@ impl DeviceSweep {
             checkpoint,
             notes: self.plan.notes,
         };
-        (account, detail, activity)
+        DeviceResult { account, detail, late_activity: activity }
     }
 }
 
@@ -1309,11 +1316,11 @@ mod tests {
             while t < w.1 + 1_000 && reasons.len() < 40 {
                 let s = t + next(span / 10 + 1);
                 let e = s + next(span / 10 + 1);
-                reasons.push((s, e, ["futex", "io", "sync call"][next(3) as usize]));
+                reasons.push(Reasoned::new(s, e, ["futex", "io", "sync call"][next(3) as usize]));
                 t = s + next(span / 20 + 1);
             }
-            reasons.sort_by_key(|x| (x.0, x.1));
-            let blocked = super::super::account::merge(reasons.iter().map(|x| (x.0, x.1)));
+            reasons.sort_by_key(|x| (x.start_ns, x.end_ns));
+            let blocked = super::super::inputs::merge(reasons.iter().map(|x| (x.start_ns, x.end_ns)));
             let mut fast = DeviceSweep::new(DevicePlan { ..clone_plan(&plan) });
             let mut slow = DeviceSweep::new(plan);
             // Slices as the streaming sweep cuts them: ops reach the slice they start in and

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{bail, Context};
 
 use crate::analyze::analyze_file;
-use crate::analyze::{account, AccountOptions, CATEGORY_NAMES};
+use crate::analyze::{account, AccountOptions, Category};
 use crate::record::session::{find_inject_lib, record_command_with_progress, LaunchConfig};
 use crate::report::{html, render_json, render_text};
 
@@ -108,7 +108,7 @@ fn compare_with_truth(trace: &Path, truth_dir: &Path) -> anyhow::Result<()> {
         let w = a.window_ns().max(1) as f64;
         super::out(&format!("  rank {} (pid {pid})         ghostprof   truth\n", t["rank"]))?;
         let mut worst = 0f64;
-        for name in CATEGORY_NAMES {
+        for name in Category::NAMES {
             let ours = a.categories.get(name) as f64 / w * 100.0;
             let truth = t["devices"][0]["categories"][name].as_u64().unwrap_or(0) as f64 / w * 100.0;
             worst = worst.max((ours - truth).abs());

@@ -7,9 +7,9 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use crate::analyze::CATEGORY_NAMES;
+use crate::analyze::Category;
 
-/// Fill colours of the eight categories, in [`CATEGORY_NAMES`] order.
+/// Fill colours of the eight categories, in [`Category::NAMES`] order.
 const COLORS: [&str; 8] = ["#2e7d32", "#a5d6a7", "#1565c0", "#90caf9", "#8d8d8d", "#ef6c00", "#c62828", "#f48fb1"];
 
 const BUSY_COLOR: &str = "#37474f";
@@ -66,7 +66,7 @@ fn s(v: &Value) -> String {
 }
 
 fn cat_fraction(cats: &Value, i: usize) -> f64 {
-    f(&cats[CATEGORY_NAMES[i]]).unwrap_or(0.0).clamp(0.0, 1.0)
+    f(&cats[Category::NAMES[i]]).unwrap_or(0.0).clamp(0.0, 1.0)
 }
 
 fn absent(o: &mut String, what: &str) {
@@ -90,7 +90,7 @@ svg{display:block;margin:4px 0}svg text{font-size:11px;fill:#455a64}
 
 fn legend(o: &mut String) {
     o.push_str(r#"<div class="legend">"#);
-    for (i, n) in CATEGORY_NAMES.iter().enumerate() {
+    for (i, n) in Category::NAMES.iter().enumerate() {
         let _ = write!(o, r#"<span><i class="sw" style="background:{}"></i>{n}</span>"#, COLORS[i]);
     }
     o.push_str("</div>\n");
@@ -106,7 +106,7 @@ fn category_bar(o: &mut String, cats: &Value, width: f64) {
             let _ = write!(
                 o,
                 r#"<rect x="{x:.2}" y="2" width="{w:.2}" height="22" fill="{color}"><title>{} {}</title></rect>"#,
-                CATEGORY_NAMES[i],
+                Category::NAMES[i],
                 pct(cat_fraction(cats, i))
             );
         }
@@ -214,7 +214,7 @@ fn stacked_chart(o: &mut String, items: &[Value], x_label: &str, label: &dyn Fn(
                 o,
                 r#"<rect x="{x0:.2}" y="{top:.2}" width="{:.2}" height="{h:.2}" fill="{color}"><title>{tip}: {} {}</title></rect>"#,
                 (bw - gap).max(0.5),
-                CATEGORY_NAMES[c],
+                Category::NAMES[c],
                 pct(cat_fraction(cats, c))
             );
         }
@@ -258,7 +258,7 @@ fn device_section(o: &mut String, d: &Value) {
         category_bar(o, cats, W);
         legend(o);
         o.push_str(r#"<table><tr><th class="l">category</th><th>share of window</th><th>time</th></tr>"#);
-        for (i, n) in CATEGORY_NAMES.iter().enumerate() {
+        for (i, n) in Category::NAMES.iter().enumerate() {
             let t = f(&d["categories_ns"][n]).map(ms).unwrap_or_default();
             let _ = write!(
                 o,

@@ -4,12 +4,12 @@ use serde_json::{json, Map, Value};
 
 use crate::analyze::files::{cross_rank, straggler_activity, FileReport};
 use crate::analyze::host::HostFigures;
-use crate::analyze::{Categories, DeviceAccount, DeviceDetail, Partition, CATEGORY_NAMES};
+use crate::analyze::{Categories, Category, DeviceAccount, DeviceDetail, Partition};
 use crate::trace::StallReason;
 
 fn fractions(c: &Categories, len: u64) -> Map<String, Value> {
     let w = len.max(1) as f64;
-    CATEGORY_NAMES.iter().map(|n| (n.to_string(), json!(c.get(n) as f64 / w))).collect()
+    Category::NAMES.iter().map(|n| (n.to_string(), json!(c.get(n) as f64 / w))).collect()
 }
 
 fn partition(p: &Partition, a: &DeviceAccount) -> Map<String, Value> {
@@ -33,7 +33,7 @@ fn step(i: usize, s: &Partition, a: &DeviceAccount) -> Value {
 fn detail_fields(r: &FileReport, a: &DeviceAccount, d: &DeviceDetail, partitions: bool) -> Map<String, Value> {
     let w = a.window_ns().max(1) as f64;
     let mut m = Map::new();
-    m.insert("step_source".into(), json!(d.step_source.name()));
+    m.insert("step_source".into(), json!(crate::trace::StepSource::report_name(d.step_source)));
     if partitions {
         m.insert("steps".into(), Value::Array(d.steps.iter().enumerate().map(|(i, s)| step(i, s, a)).collect()));
         let bins: Vec<Value> = d.bins.iter().map(|b| Value::Object(partition(b, a))).collect();
@@ -240,7 +240,7 @@ fn document(reports: &[FileReport], partitions: bool) -> Value {
         .flat_map(|r| {
             r.accounts.iter().enumerate().map(move |(i, a)| {
                 let ns: Map<String, Value> =
-                    CATEGORY_NAMES.iter().map(|n| (n.to_string(), json!(a.categories.get(n)))).collect();
+                    Category::NAMES.iter().map(|n| (n.to_string(), json!(a.categories.get(n)))).collect();
                 let mut o = json!({
                     "file": r.path,
                     "pid": a.pid,

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use super::pct;
 use crate::analyze::files::{cross_rank, straggler_activity, FileReport};
 use crate::analyze::host::HostFigures;
-use crate::analyze::{DeviceAccount, DeviceDetail, Partition, CATEGORY_NAMES};
+use crate::analyze::{Category, DeviceAccount, DeviceDetail, Partition};
 // Job text (kernel names, notes, paths) is escaped: it must not drive the reader's terminal.
 use crate::trace::StallReason;
 use crate::units::escape_text as esc;
@@ -57,7 +57,7 @@ fn device_detail(o: &mut String, r: &FileReport, a: &DeviceAccount, d: &DeviceDe
         let _ = writeln!(
             o,
             "  steps ({}): {} steps, mean {:.3} ms; % of each step:",
-            d.step_source.name(),
+            crate::trace::StepSource::report_name(d.step_source),
             d.steps.len(),
             ms(mean)
         );
@@ -207,7 +207,7 @@ pub fn render_text(reports: &[FileReport]) -> String {
                 }
             }
             let _ = writeln!(o, "  window {:.3} ms, FLOP source: {}", w / 1e6, a.flop_source.name());
-            for name in CATEGORY_NAMES {
+            for name in Category::NAMES {
                 let ns = a.categories.get(name);
                 let _ = writeln!(o, "  {name:<20} {:>7}  {:>12.3} ms", pct(ns as f64 / w), ns as f64 / 1e6);
             }

@@ -79,7 +79,7 @@ pub struct ChunkDigest {
 
 /// Whether the digest keeps this file I/O record (checkpoint writes, long blocks).
 fn keeps_file_io(f: &FileIo) -> bool {
-    crate::analyze::account::is_checkpoint_syscall(f.syscall) || f.end_ns.saturating_sub(f.start_ns) >= DIGEST_LONG_NS
+    crate::analyze::inputs::is_checkpoint_syscall(f.syscall) || f.end_ns.saturating_sub(f.start_ns) >= DIGEST_LONG_NS
 }
 
 impl ChunkDigest {
