@@ -57,7 +57,7 @@ fn check_scenario(
     let mut opts = AccountOptions { preemption_is_stall, run_queue_is_stall, ..AccountOptions::default() };
     for t in &truths {
         let w = (t["window"]["start_ns"].as_u64().unwrap(), t["window"]["end_ns"].as_u64().unwrap());
-        opts.windows.insert(t["pid"].as_u64().unwrap() as u32, w);
+        opts.windows.insert(t["pid"].as_u64().unwrap() as u32, ghostprof::analyze::Window::new(w.0, w.1));
     }
     let accounts = account(&batch, &names, &opts);
     // The report reads the same file on its own windows: one device per rank, PM-sampled.

@@ -467,7 +467,7 @@ fn root_attach_window_matches_the_truth_of_that_window_and_the_job_ends_as_unpro
             .collect();
         assert!(inside.len() >= 40, "rank {}: {} whole steps inside the window", t["rank"], inside.len());
         let (s0, s1) = (inside[0]["start_ns"].as_u64().unwrap(), inside.last().unwrap()["end_ns"].as_u64().unwrap());
-        opts.windows.insert(pid as u32, (s0, s1));
+        opts.windows.insert(pid as u32, ghostprof::analyze::Window::new(s0, s1));
         let sums: Vec<u64> = Category::NAMES
             .iter()
             .map(|c| inside.iter().map(|s| s["categories"][*c].as_u64().unwrap()).sum())

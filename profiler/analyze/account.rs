@@ -141,7 +141,7 @@ fn analyze_device(
     ops.extend(memops.iter().map(|m| DevicePlan::copy_op(m.start_ns, m.end_ns)));
     let (blocked, reasons) = host_blocked(batch, pid, &launchers, opts.stall_policy());
     let mut sweep = DeviceSweep::new(plan);
-    sweep.feed(window.0, window.1, &mut ops, &blocked, &reasons);
+    sweep.feed(window.start_ns, window.end_ns, &mut ops, &blocked, &reasons);
     let checkpoint = if detail.is_some() { checkpoint_io(batch, pid, window) } else { CheckpointIo::default() };
     sweep.finish(checkpoint)
 }

@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::account::analyze_with;
 use super::collectives::{self, CrossRank, RankInput, RankView};
 use super::host::ProcessHost;
+use super::model::{AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows, Window};
 use super::stream::{self, StreamOptions};
-use super::{analyze_with, AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows};
 use crate::trace::{RecordBatch, TraceError, TraceReader};
 
 /// What the analysis of a file computes beyond the defaults.
@@ -185,8 +186,8 @@ pub fn recording_notes(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec
 
 /// The active window of each process: first device operation or launch to the later of the
 /// last one and the launching threads' last blocking interval (docs/metrics.md, "Window").
-pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, (u64, u64)> {
-    let mut windows: HashMap<u32, (u64, u64)> = HashMap::new();
+pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, Window> {
+    let mut windows: HashMap<u32, Window> = HashMap::new();
     let spans = batch
         .kernels
         .iter()
@@ -194,9 +195,7 @@ pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, (u64, u64)> {
         .chain(batch.memops.iter().map(|m| (m.pid, m.start_ns, m.end_ns)))
         .chain(batch.launches.iter().map(|l| (l.pid, l.time_ns, l.time_ns)));
     for (pid, s, e) in spans {
-        let w = windows.entry(pid).or_insert((s, e));
-        w.0 = w.0.min(s);
-        w.1 = w.1.max(e);
+        windows.entry(pid).or_insert(Window::new(s, e)).widen(s, e);
     }
     let launchers: std::collections::HashSet<(u32, u32)> = batch.launches.iter().map(|l| (l.pid, l.tid)).collect();
     super::inputs::extend_windows_to_blocking(&mut windows, batch, &|p, t| launchers.contains(&(p, t)));

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::flops::PmSample;
-use super::model::{CheckpointIo, StallPolicy};
+use super::model::{CheckpointIo, StallPolicy, Window};
 use crate::trace::{ApiDomain, Metric, NcclPhase, ProbedApi, RecordBatch, StallReason, WRITE_SYSCALLS};
 
 /// A blocked interval of a launching thread and why.
@@ -38,7 +38,8 @@ pub(crate) fn is_checkpoint_syscall(nr: i32) -> bool {
 }
 
 /// Checkpoint I/O of `pid` in the window, from its file I/O records.
-pub(crate) fn checkpoint_io(batch: &RecordBatch, pid: u32, (w0, w1): (u64, u64)) -> CheckpointIo {
+pub(crate) fn checkpoint_io(batch: &RecordBatch, pid: u32, window: Window) -> CheckpointIo {
+    let Window { start_ns: w0, end_ns: w1 } = window;
     let mut spans: Vec<(u64, u64)> = Vec::new();
     let mut bytes = 0u64;
     for f in batch.file_io.iter().filter(|f| f.pid == pid && is_checkpoint_syscall(f.syscall)) {
@@ -62,7 +63,7 @@ pub(crate) fn checkpoint_io(batch: &RecordBatch, pid: u32, (w0, w1): (u64, u64))
 /// read after the last device operation loads data no step used. Only those records are
 /// looked at because the streaming summary keeps exactly them (so both analyses agree).
 pub fn extend_windows_to_blocking(
-    windows: &mut HashMap<u32, (u64, u64)>,
+    windows: &mut HashMap<u32, Window>,
     batch: &RecordBatch,
     is_launcher: &dyn Fn(u32, u32) -> bool,
 ) {
@@ -82,8 +83,8 @@ pub fn extend_windows_to_blocking(
         .chain(batch.file_io.iter().filter(|f| is_checkpoint_syscall(f.syscall)).map(|f| (f.pid, f.tid, f.end_ns)));
     for (pid, tid, end) in ends {
         if let Some(w) = windows.get_mut(&pid) {
-            if end > w.1 && is_launcher(pid, tid) {
-                w.1 = end;
+            if end > w.end_ns && is_launcher(pid, tid) {
+                w.end_ns = end;
             }
         }
     }

@@ -28,5 +28,5 @@ pub use flops::FlopSource;
 pub use inputs::{extend_windows_to_blocking, stall_reason_label};
 pub use model::{
     AccountOptions, Categories, Category, CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, DeviceResult,
-    IdleGap, KernelStat, LateWindows, Partition, MAX_BINS,
+    IdleGap, KernelStat, LateWindows, Partition, Window, MAX_BINS,
 };

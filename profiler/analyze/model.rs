@@ -110,12 +110,51 @@ impl std::ops::IndexMut<Category> for Categories {
     }
 }
 
+/// A stretch of time, `[start_ns, end_ns)` on one clock: a device's window, a window in which
+/// other ranks waited for a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Window {
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl Window {
+    pub const fn new(start_ns: u64, end_ns: u64) -> Self {
+        Window { start_ns, end_ns }
+    }
+
+    /// Its length (0 when it ends before it starts).
+    #[inline]
+    pub fn len_ns(self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+
+    /// Whether `t` is in it.
+    #[inline]
+    pub fn contains(self, t: u64) -> bool {
+        self.start_ns <= t && t < self.end_ns
+    }
+
+    /// How long it overlaps `other`.
+    #[inline]
+    pub fn overlap(self, other: Window) -> u64 {
+        self.end_ns.min(other.end_ns).saturating_sub(self.start_ns.max(other.start_ns))
+    }
+
+    /// Widened to take in `[start_ns, end_ns)`.
+    #[inline]
+    pub fn widen(&mut self, start_ns: u64, end_ns: u64) {
+        self.start_ns = self.start_ns.min(start_ns);
+        self.end_ns = self.end_ns.max(end_ns);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AccountOptions {
     /// The window for every device; default: from the device's first operation to its last.
-    pub window: Option<(u64, u64)>,
+    pub window: Option<Window>,
     /// Windows per process (override `window`).
-    pub windows: HashMap<u32, (u64, u64)>,
+    pub windows: HashMap<u32, Window>,
     /// A compute kernel name whose useful fraction is below this has no FLOP attribution.
     pub flop_less_below: f64,
     /// Count a launching thread's involuntary preemption as `idle.host_stall` (docs/metrics.md).
@@ -174,7 +213,7 @@ impl DeviceAccount {
 }
 
 /// Windows per process in which other ranks waited for it (from the cross-rank matching).
-pub type LateWindows = HashMap<u32, Vec<(u64, u64)>>;
+pub type LateWindows = HashMap<u32, Vec<Window>>;
 
 /// What to compute besides each device's totals: steps, bins, and the model-FLOPs source.
 #[derive(Debug, Clone)]

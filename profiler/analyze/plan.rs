@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use super::flops::{FlopSource, KernelSpan};
-use super::model::{AccountOptions, DetailOptions, LateWindows};
+use super::model::{AccountOptions, DetailOptions, LateWindows, Window};
 use super::steps::{anchor_steps, nvtx_steps, periodic_anchor, steps_from_starts, PeriodicAnchor};
 use super::sweep::DevicePlan;
 use crate::trace::StepSource;
@@ -46,7 +46,7 @@ pub(crate) fn device_plan(
     names: &HashMap<u32, String>,
     steps: StepInputs,
 ) -> (DevicePlan, Option<PeriodicAnchor>) {
-    let window = opts.windows.get(&dev.pid).copied().or(opts.window).unwrap_or((dev.first_op, dev.last_op));
+    let window = opts.windows.get(&dev.pid).copied().or(opts.window).unwrap_or(Window::new(dev.first_op, dev.last_op));
     let mut plan = DevicePlan::totals_only(dev.pid, dev.device, window, dev.flop_source);
     plan.flop_less_below = opts.flop_less_below;
     plan.has_launcher = dev.has_launcher;

@@ -7,10 +7,11 @@
 use std::collections::HashMap;
 
 use super::flops::KernelSpan;
+use super::model::Window;
 
 /// NVTX ranges as steps: ranges named like a step (`step` in the name, any case) when there
 /// are any, else the most frequent range name; sorted, clipped to the window, overlaps cut.
-pub fn nvtx_steps(markers: &[(u64, u64, u32)], names: &HashMap<u32, String>, window: (u64, u64)) -> Vec<(u64, u64)> {
+pub fn nvtx_steps(markers: &[(u64, u64, u32)], names: &HashMap<u32, String>, window: Window) -> Vec<(u64, u64)> {
     if markers.is_empty() {
         return Vec::new();
     }
@@ -30,7 +31,8 @@ pub fn nvtx_steps(markers: &[(u64, u64, u32)], names: &HashMap<u32, String>, win
 
 /// Sorts, clips to the window, cuts overlaps (a step starts no earlier than the previous
 /// one's end) and drops empty steps.
-pub fn normalize(mut spans: Vec<(u64, u64)>, (w0, w1): (u64, u64)) -> Vec<(u64, u64)> {
+pub fn normalize(mut spans: Vec<(u64, u64)>, window: Window) -> Vec<(u64, u64)> {
+    let Window { start_ns: w0, end_ns: w1 } = window;
     spans.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
     for (s, e) in spans {
@@ -44,11 +46,11 @@ pub fn normalize(mut spans: Vec<(u64, u64)>, (w0, w1): (u64, u64)) -> Vec<(u64, 
 }
 
 /// Steps that start at each of `starts` and run to the next start (the last to the window end).
-pub fn steps_from_starts(starts: &[u64], window: (u64, u64)) -> Vec<(u64, u64)> {
-    let mut s: Vec<u64> = starts.iter().copied().filter(|t| *t >= window.0 && *t < window.1).collect();
+pub fn steps_from_starts(starts: &[u64], window: Window) -> Vec<(u64, u64)> {
+    let mut s: Vec<u64> = starts.iter().copied().filter(|t| window.contains(*t)).collect();
     s.sort_unstable();
     s.dedup();
-    let spans = s.iter().enumerate().map(|(i, &t)| (t, s.get(i + 1).copied().unwrap_or(window.1))).collect();
+    let spans = s.iter().enumerate().map(|(i, &t)| (t, s.get(i + 1).copied().unwrap_or(window.end_ns))).collect();
     normalize(spans, window)
 }
 
@@ -87,7 +89,7 @@ pub fn periodic_anchor(prefix: &[KernelSpan]) -> Option<PeriodicAnchor> {
 }
 
 /// Steps from every launch start of the anchor's kernel name (any order).
-pub fn anchor_steps(anchor: &PeriodicAnchor, mut starts: Vec<u64>, window: (u64, u64)) -> Vec<(u64, u64)> {
+pub fn anchor_steps(anchor: &PeriodicAnchor, mut starts: Vec<u64>, window: Window) -> Vec<(u64, u64)> {
     starts.sort_unstable();
     let first = starts.partition_point(|&t| t < anchor.first_start);
     let picked: Vec<u64> = starts[first..].iter().step_by(anchor.every.max(1)).copied().collect();
@@ -178,7 +180,7 @@ mod tests {
 
     #[test]
     fn overlapping_ranges_are_cut_and_clipped() {
-        let spans = normalize(vec![(50, 120), (0, 60), (110, 130), (200, 300)], (10, 250));
+        let spans = normalize(vec![(50, 120), (0, 60), (110, 130), (200, 300)], Window::new(10, 250));
         assert_eq!(spans, vec![(10, 60), (60, 120), (120, 130), (200, 250)]);
     }
 }

@@ -24,7 +24,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use super::flops::{FlopSource, FractionAccumulator, KernelSpan};
 use super::host::{HostAccumulator, ProcessHost};
 use super::inputs::{comm_waits, is_checkpoint_syscall, is_comm_name, merge, pm_samples, stall_reason_label, Reasoned};
-use super::model::{AccountOptions, CheckpointIo, DetailOptions, DeviceResult, LateWindows, StallPolicy};
+use super::model::{AccountOptions, CheckpointIo, DetailOptions, DeviceResult, LateWindows, StallPolicy, Window};
 use super::plan::{device_plan, settle_periodicity, useful_ns_per_step, wants_step_rates, DeviceInputs, StepInputs};
 use super::steps::{compute_per_step, PeriodicAnchor, PERIOD_PROBE};
 use super::sweep::FastMap;
@@ -97,7 +97,7 @@ pub struct Skeleton {
     pub small: RecordBatch,
     /// Active window per process: first device operation or launch to the later of the last
     /// one and the launching threads' last blocking interval (docs/metrics.md, "Window").
-    pub windows: HashMap<u32, (u64, u64)>,
+    pub windows: HashMap<u32, Window>,
     launchers: FastMap<u32, HashSet<u32>>,
     devices: FastMap<(u32, u32), DeviceSummary>,
     /// Minimum record time of each chunk and all later ones.
@@ -259,10 +259,8 @@ struct SummaryState {
     pm_devices: HashSet<(u32, u32)>,
 }
 
-fn widen(w: &mut HashMap<u32, (u64, u64)>, pid: u32, s: u64, e: u64) {
-    let x = w.entry(pid).or_insert((s, e));
-    x.0 = x.0.min(s);
-    x.1 = x.1.max(e);
+fn widen(w: &mut HashMap<u32, Window>, pid: u32, s: u64, e: u64) {
+    w.entry(pid).or_insert(Window::new(s, e)).widen(s, e);
 }
 
 fn device_entry(
@@ -641,7 +639,7 @@ fn add_step_compute(steps: &[(u64, u64)], busy: &mut [u64], start: u64, end: u64
     }
 }
 
-fn checkpoint_of(small: &RecordBatch, pid: u32, window: (u64, u64)) -> CheckpointIo {
+fn checkpoint_of(small: &RecordBatch, pid: u32, window: Window) -> CheckpointIo {
     super::inputs::checkpoint_io(small, pid, window)
 }
 
@@ -654,7 +652,7 @@ struct DeviceState {
 }
 
 impl DeviceState {
-    fn sweep_window(&self) -> (u64, u64) {
+    fn sweep_window(&self) -> Window {
         self.sweep.window()
     }
 }

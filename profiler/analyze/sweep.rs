@@ -11,7 +11,7 @@ use super::flops::FlopSource;
 use super::inputs::Reasoned;
 use super::model::{
     round_to_total, Categories, Category, CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, DeviceResult,
-    IdleGap, KernelStat, Partition, MAX_BINS,
+    IdleGap, KernelStat, Partition, Window, MAX_BINS,
 };
 use crate::trace::StepSource;
 
@@ -93,7 +93,7 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHa
 pub(crate) struct DevicePlan {
     pub pid: u32,
     pub device: u32,
-    pub window: (u64, u64),
+    pub window: Window,
     pub flop_source: FlopSource,
     /// Useful fraction per compute kernel name (PM source).
     pub fractions: HashMap<u32, f64>,
@@ -106,14 +106,14 @@ pub(crate) struct DevicePlan {
     pub bin_ns: u64,
     pub has_launcher: bool,
     /// Windows (sorted) in which other ranks waited for this one.
-    pub late_windows: Vec<(u64, u64)>,
+    pub late_windows: Vec<Window>,
     pub detail: bool,
     pub notes: Vec<String>,
 }
 
 impl DevicePlan {
     /// The plan without details (steps, bins): what [`super::account`] needs.
-    pub fn totals_only(pid: u32, device: u32, window: (u64, u64), flop_source: FlopSource) -> Self {
+    pub fn totals_only(pid: u32, device: u32, window: Window, flop_source: FlopSource) -> Self {
         DevicePlan {
             pid,
             device,
@@ -134,7 +134,7 @@ impl DevicePlan {
 
     /// Sets the bin width from the options (default: the window in `default_bins` bins).
     pub fn set_bins(&mut self, d: &DetailOptions) {
-        let window = self.window.1.saturating_sub(self.window.0);
+        let window = self.window.len_ns();
         let want = d.bin_ns.unwrap_or_else(|| window.div_ceil(d.default_bins.max(1))).max(1);
         let min = window.div_ceil(MAX_BINS).max(1);
         if want < min {
@@ -306,7 +306,7 @@ pub(crate) struct DeviceSweep {
 
 impl DeviceSweep {
     pub fn new(plan: DevicePlan) -> Self {
-        let (w0, w1) = plan.window;
+        let Window { start_ns: w0, end_ns: w1 } = plan.window;
         let bins = if plan.bin_ns > 0 && w1 > w0 {
             let b = plan.bin_ns;
             (0..(w1 - w0).div_ceil(b)).map(|i| (w0 + i * b, (w0 + (i + 1) * b).min(w1))).collect()
@@ -371,7 +371,7 @@ impl DeviceSweep {
         self.class_of.get(name as usize).copied().flatten()
     }
 
-    pub fn window(&self) -> (u64, u64) {
+    pub fn window(&self) -> Window {
         self.plan.window
     }
 
@@ -606,7 +606,7 @@ impl DeviceSweep {
         blocked: &[(u64, u64)],
         reasons: &[Reasoned],
     ) -> Option<(u64, u64)> {
-        let (w0, w1) = self.plan.window;
+        let Window { start_ns: w0, end_ns: w1 } = self.plan.window;
         let (a, b) = (a.max(w0), b.min(w1));
         if a >= b {
             return None;
@@ -729,7 +729,7 @@ impl DeviceSweep {
             return;
         }
         let name = o.name;
-        let (w0, w1) = self.plan.window;
+        let Window { start_ns: w0, end_ns: w1 } = self.plan.window;
         let at = o.start.max(w0);
         let clipped = o.end.min(w1).saturating_sub(o.start.max(w0));
         if at < a || at >= b || (clipped == 0 && o.start < w0) {
@@ -798,11 +798,11 @@ impl DeviceSweep {
 
     fn late_busy_add(&mut self, a: u64, b: u64) {
         let w = &self.plan.late_windows;
-        while self.late_cursor < w.len() && w[self.late_cursor].1 <= a {
+        while self.late_cursor < w.len() && w[self.late_cursor].end_ns <= a {
             self.late_cursor += 1;
         }
-        for &(s, e) in w[self.late_cursor..].iter().take_while(|x| x.0 < b) {
-            self.late_busy += e.min(b).saturating_sub(s.max(a));
+        for x in w[self.late_cursor..].iter().take_while(|x| x.start_ns < b) {
+            self.late_busy += x.overlap(Window::new(a, b));
         }
     }
 
@@ -812,9 +812,9 @@ impl DeviceSweep {
         let lo = blocked.partition_point(|x| x.1 <= a);
         for &(s, e) in blocked[lo..].iter().take_while(|x| x.0 < b) {
             let (s, e) = (s.max(a), e.min(b));
-            let i = w.partition_point(|x| x.1 <= s);
+            let i = w.partition_point(|x| x.end_ns <= s);
             self.late_blocked +=
-                w[i..].iter().take_while(|x| x.0 < e).map(|x| x.1.min(e).saturating_sub(x.0.max(s))).sum::<u64>();
+                w[i..].iter().take_while(|x| x.start_ns < e).map(|x| x.overlap(Window::new(s, e))).sum::<u64>();
         }
     }
 
@@ -825,8 +825,8 @@ impl DeviceSweep {
             if s >= e {
                 continue;
             }
-            let i = w.partition_point(|x| x.1 <= s);
-            let ns: u64 = w[i..].iter().take_while(|x| x.0 < e).map(|x| x.1.min(e).saturating_sub(x.0.max(s))).sum();
+            let i = w.partition_point(|x| x.end_ns <= s);
+            let ns: u64 = w[i..].iter().take_while(|x| x.start_ns < e).map(|x| x.overlap(Window::new(s, e))).sum();
             if ns > 0 {
                 tally(&mut self.late_reasons, r, ns);
             }
@@ -834,7 +834,7 @@ impl DeviceSweep {
     }
 
     pub fn finish(mut self, checkpoint: CheckpointIo) -> DeviceResult {
-        let (w0, w1) = self.plan.window;
+        let Window { start_ns: w0, end_ns: w1 } = self.plan.window;
         close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
         let account = DeviceAccount {
             pid: self.plan.pid,
@@ -875,7 +875,7 @@ impl DeviceSweep {
             .collect();
         top.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.name_id.cmp(&b.name_id)));
         top.truncate(10);
-        let late_total: u64 = self.plan.late_windows.iter().map(|&(s, e)| e.min(w1).saturating_sub(s.max(w0))).sum();
+        let late_total: u64 = self.plan.late_windows.iter().map(|x| x.overlap(self.plan.window)).sum();
         let activity =
             (late_total > 0).then(|| describe(late_total, self.late_busy, self.late_blocked, self.late_reasons));
         let detail = DeviceDetail {
@@ -1263,7 +1263,7 @@ mod tests {
         for case in 0..300u64 {
             let span = 1 + next(100_000);
             let w = (1_000 + next(1_000), 1_000 + span + next(2_000));
-            let mut plan = DevicePlan::totals_only(1, 0, w, FlopSource::PmSampling);
+            let mut plan = DevicePlan::totals_only(1, 0, Window::new(w.0, w.1), FlopSource::PmSampling);
             plan.detail = case % 4 != 3;
             plan.has_launcher = case % 5 != 4;
             plan.bin_ns = [0, 1 + next(span), 1 + next(span / 10 + 1)][case as usize % 3];
@@ -1276,7 +1276,7 @@ mod tests {
             let mut t = w.0;
             for _ in 0..next(6) {
                 let s = t + next(span / 3 + 1);
-                plan.late_windows.push((s, s + 1 + next(span / 5 + 1)));
+                plan.late_windows.push(Window::new(s, s + 1 + next(span / 5 + 1)));
                 t = s + 1 + next(span / 5 + 1) + 1;
             }
             // how many streams overlap; every other case without collectives

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{bail, Context};
 
 use crate::analyze::analyze_file;
-use crate::analyze::{account, AccountOptions, Category};
+use crate::analyze::{account, AccountOptions, Category, Window};
 use crate::record::session::{find_inject_lib, record_command_with_progress, LaunchConfig};
 use crate::report::{html, render_json, render_text};
 
@@ -97,8 +97,10 @@ fn compare_with_truth(trace: &Path, truth_dir: &Path) -> anyhow::Result<()> {
     let mut opts = AccountOptions::default();
     for t in &truths {
         let pid = t["pid"].as_u64().unwrap_or(0) as u32;
-        opts.windows
-            .insert(pid, (t["window"]["start_ns"].as_u64().unwrap_or(0), t["window"]["end_ns"].as_u64().unwrap_or(0)));
+        opts.windows.insert(
+            pid,
+            Window::new(t["window"]["start_ns"].as_u64().unwrap_or(0), t["window"]["end_ns"].as_u64().unwrap_or(0)),
+        );
     }
     let accounts = account(&batch, &names, &opts);
     super::out("\nAgainst gpusim's ground truth (the simulator's own windows), % of the window:\n")?;
