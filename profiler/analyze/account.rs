@@ -1,4 +1,4 @@
-//! The accounting of DESIGN.md §1 per (process, device) over a window. Every nanosecond of the
+//! The in-memory path: the accounting (docs/metrics.md) per (process, device) over a window. Every nanosecond of the
 //! window lands in exactly one of eight categories; overlapping device work resolves compute >
 //! comm > other, and idle time is attributed to what the launching threads were doing.
 //!
@@ -19,9 +19,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::flops::{useful_fraction_by_name, FlopSource, KernelSpan};
 use super::inputs::{checkpoint_io, comm_waits, host_blocked, is_comm_name, pm_samples};
-use super::model::{
-    AccountOptions, CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, DeviceResult, LateWindows,
-};
+use super::model::{AccountOptions, CheckpointIo, DetailOptions, DeviceAccount, DeviceResult, LateWindows};
 use super::plan::{device_plan, settle_periodicity, useful_ns_per_step, wants_step_rates, DeviceInputs, StepInputs};
 use super::steps::{compute_per_step, PERIOD_PROBE};
 use super::sweep::{DevicePlan, DeviceSweep};
@@ -33,18 +31,9 @@ pub fn account(batch: &RecordBatch, names: &HashMap<u32, String>, opts: &Account
     analyze_with(batch, names, opts, None, &HashMap::new()).into_iter().map(|x| x.account).collect()
 }
 
-/// [`account`] with the details: steps, bins, top kernels, idle gaps, checkpoint I/O.
-pub fn analyze(
-    batch: &RecordBatch,
-    names: &HashMap<u32, String>,
-    opts: &AccountOptions,
-    detail: &DetailOptions,
-) -> Vec<(DeviceAccount, DeviceDetail)> {
-    analyze_with(batch, names, opts, Some(detail), &HashMap::new()).into_iter().map(|x| (x.account, x.detail)).collect()
-}
-
-/// [`analyze`] (or [`account`] with `detail` None), plus for each device what its process was
-/// doing in its `late` windows.
+/// Every (process, device) with device work in `batch`, with the details when `detail` is
+/// given ([`account`] without them), and what each device's process was doing in its `late`
+/// windows.
 pub fn analyze_with(
     batch: &RecordBatch,
     names: &HashMap<u32, String>,

@@ -1,6 +1,7 @@
 //! The analysis of a trace file with bounded memory, chunk by chunk (a trace can be larger
-//! than RAM). Same arithmetic as the in-memory [`super::analyze`] (both feed
-//! [`super::sweep::DeviceSweep`]); only what is kept differs:
+//! than RAM). Same arithmetic as the in-memory [`super::analyze_with`] (both build their
+//! plans with `super::plan` and feed [`super::sweep::DeviceSweep`]); only what is kept
+//! differs:
 //!
 //! 1. **Summary pass**: per process its window and launching threads; per device the kernel
 //!    time per name, the first [`PERIOD_PROBE`] compute kernels (a bounded heap), the starts of
