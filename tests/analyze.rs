@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
-use ghostprof::analyze::{account, AccountOptions, CATEGORY_NAMES};
+use ghostprof::analyze::{account, AccountOptions, Category};
 use ghostprof::record::session::{record_command, LaunchConfig};
 use ghostprof::trace::{StallReason, TraceReader};
 use serde_json::Value;
@@ -57,11 +57,11 @@ fn check_scenario(
     let mut opts = AccountOptions { preemption_is_stall, run_queue_is_stall, ..AccountOptions::default() };
     for t in &truths {
         let w = (t["window"]["start_ns"].as_u64().unwrap(), t["window"]["end_ns"].as_u64().unwrap());
-        opts.windows.insert(t["pid"].as_u64().unwrap() as u32, w);
+        opts.windows.insert(t["pid"].as_u64().unwrap() as u32, ghostprof::analyze::Window::new(w.0, w.1));
     }
     let accounts = account(&batch, &names, &opts);
     // The report reads the same file on its own windows: one device per rank, PM-sampled.
-    let report = ghostprof::report::render_json(&[ghostprof::report::analyze_file(&trace).unwrap()]);
+    let report = ghostprof::report::render_json(&[ghostprof::analyze::analyze_file(&trace).unwrap()]);
     assert_eq!(report["devices"].as_array().unwrap().len(), ranks as usize);
     assert!(report["devices"].as_array().unwrap().iter().all(|d| d["flop_source"] == "pm_sampling"));
     for t in &truths {
@@ -71,7 +71,7 @@ fn check_scenario(
         assert_eq!(acc.categories.total(), window, "categories sum to the window");
         let mut worst = (0.0f64, "");
         let mut line = String::new();
-        for name in CATEGORY_NAMES {
+        for name in Category::NAMES {
             let ours = acc.categories.get(name) as f64;
             let truth = t["devices"][0]["categories"][name].as_u64().unwrap() as f64;
             let err = (ours - truth).abs() / window as f64;
@@ -128,9 +128,10 @@ fn check_scenario(
     // The report's streaming analysis equals the in-memory one on this real recording (PM
     // samples, records drained out of order), within 2 ns per category (float rounding at
     // the streaming slices' boundaries).
-    let streamed = ghostprof::report::analyze_file(&trace).unwrap();
-    let (b, n, w) = ghostprof::report::load(&trace).unwrap();
-    let in_memory = ghostprof::report::analyze_batch(String::new(), &b, &n, w, &Default::default());
+    let streamed = ghostprof::analyze::analyze_file(&trace).unwrap();
+    let l = ghostprof::analyze::load(&trace).unwrap();
+    let in_memory =
+        ghostprof::analyze::analyze_batch(String::new(), &l.batch, &l.names, l.warnings, &Default::default());
     assert!(streamed.warnings.is_empty(), "{:?}", streamed.warnings);
     assert_eq!(streamed.accounts.len(), in_memory.accounts.len());
     for (x, y) in streamed.accounts.iter().zip(&in_memory.accounts) {
@@ -267,7 +268,7 @@ fn root_host_figures_of_a_cpu_only_process_match_schedstat() {
     let reader = TraceReader::open(&trace).unwrap();
     let drops = reader.drops().unwrap_or_default();
     assert!(drops.iter().all(|d| d.2 == 0), "records were dropped: {drops:?}");
-    let report = ghostprof::report::analyze_file(&trace).unwrap();
+    let report = ghostprof::analyze::analyze_file(&trace).unwrap();
     assert!(report.accounts.is_empty(), "no device");
     let pid = report.host.iter().map(|p| p.pid).min().expect("host figures of the job");
     let batch = reader.read_all().unwrap();

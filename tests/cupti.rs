@@ -165,7 +165,7 @@ fn root_cupti_held_by_another_subscriber_falls_back_to_ebpf() {
     // The note is in the trace too, for whoever reviews it later: `info` and the report show it.
     let stored = TraceReader::open(&trace).unwrap().notes().unwrap();
     assert!(stored.contains(held[0]), "{stored:?}");
-    let report = ghostprof::report::render_json(&[ghostprof::report::analyze_file(&trace).unwrap()]);
+    let report = ghostprof::report::render_json(&[ghostprof::analyze::analyze_file(&trace).unwrap()]);
     let notes = report["recording_notes"].as_array().unwrap();
     assert!(notes.iter().any(|n| n["note"].as_str() == Some(held[0].as_str())), "{notes:?}");
     let truth: Value = serde_json::from_str(&std::fs::read_to_string(out.join("truth-rank0.json")).unwrap()).unwrap();

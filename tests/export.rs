@@ -502,12 +502,12 @@ pub fn compare_with_hta(trace: &Path, files: &Path, hta: &BTreeMap<u32, Value>, 
         // HTA counts every non-NCCL, non-copy kernel as compute; ghostprof books a kernel the
         // PM samples show no FLOPs for as other.busy unless told otherwise.
         let mut opts = AccountOptions { flop_less_below: 0.0, ..AccountOptions::default() };
-        opts.windows.insert(pid, (w0, w1));
+        opts.windows.insert(pid, ghostprof::analyze::Window::new(w0, w1));
         let acc = account(&batch, &names, &opts);
         let a = acc.iter().find(|a| a.pid == pid).unwrap();
         let w = a.window_ns() as f64;
         let g = |prefix: &str| {
-            ghostprof::analyze::CATEGORY_NAMES
+            ghostprof::analyze::Category::NAMES
                 .iter()
                 .filter(|n| n.starts_with(prefix))
                 .map(|n| a.categories.get(n))

@@ -108,10 +108,10 @@ fn total(truth: &Value, name: &str) -> u64 {
 }
 
 /// The categories of docs/metrics.md, as ghostprof's accounting names them.
-use ghostprof::analyze::CATEGORY_NAMES as CATEGORIES;
+use ghostprof::analyze::Category;
 
 fn assert_sums_to_window(scenario: &str, truth: &Value) {
-    let sum: u64 = CATEGORIES.iter().map(|c| category(truth, c)).sum();
+    let sum: u64 = Category::NAMES.iter().map(|c| category(truth, c)).sum();
     let window = window_ns(truth);
     let (start, end) = (truth["window"]["start_ns"].as_u64(), truth["window"]["end_ns"].as_u64());
     assert_eq!(end.zip(start).map(|(e, s)| e - s), Some(window), "{scenario}: window fields");

@@ -182,7 +182,7 @@ fn root_nccl_algo_records_match_gpusim_and_join_the_host_calls() {
     hashes.dedup();
     assert_eq!(hashes.len(), 1, "one communicator, the same commHash on both ranks");
     // The report's collectives table names the algorithm of every all-reduce.
-    let report = ghostprof::report::render_json(&[ghostprof::report::analyze_file(&trace).unwrap()]);
+    let report = ghostprof::report::render_json(&[ghostprof::analyze::analyze_file(&trace).unwrap()]);
     let colls = report["collectives"].as_array().unwrap();
     assert_eq!(colls.len(), 1, "{colls:?}");
     assert_eq!((colls[0]["op"].as_str(), colls[0]["algorithm"].as_str()), (Some("all_reduce"), Some("RING/SIMPLE")));

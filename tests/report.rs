@@ -6,9 +6,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use ghostprof::analyze::{DetailOptions, StepSource};
-use ghostprof::report::{analyze_batch, analyze_file_with, analyze_files, load, render_json, render_text, ReportDoc};
-use ghostprof::report::{FileReport, ReportOptions};
+use ghostprof::analyze::DetailOptions;
+use ghostprof::analyze::{analyze_batch, analyze_file_with, analyze_files, load, FileReport, ReportOptions};
+use ghostprof::report::{render_json, render_text, ReportDoc};
+use ghostprof::trace::StepSource;
 use ghostprof::trace::*;
 
 use crate::util::*;
@@ -124,7 +125,7 @@ fn report(path: &Path, detail: DetailOptions) -> FileReport {
 fn assert_known_steps(r: &FileReport, source: StepSource) {
     assert_eq!(r.accounts.len(), 1);
     let d = &r.details[0];
-    assert_eq!(d.step_source, source);
+    assert_eq!(d.step_source, Some(source));
     assert_eq!(d.steps.len(), 10, "{:?}", d.steps.iter().map(|s| (s.start_ns, s.end_ns)).collect::<Vec<_>>());
     for (i, s) in d.steps.iter().enumerate() {
         assert_eq!(s.start_ns, T0 + i as u64 * STEP);
@@ -158,7 +159,7 @@ fn regex_steps_start_at_each_matching_kernel() {
     let detail = DetailOptions { step_regex: Some(regex::Regex::new("^gemm_b").unwrap()), ..Default::default() };
     let r = report(&path, detail);
     let d = &r.details[0];
-    assert_eq!(d.step_source, StepSource::Regex);
+    assert_eq!(d.step_source, Some(StepSource::KernelRegex));
     // Steps start at gemm_b (2 ms into each step): 9 whole steps and a last one to the window end.
     assert_eq!(d.steps.len(), 10);
     for (i, s) in d.steps.iter().enumerate() {
@@ -179,7 +180,7 @@ fn periodicity_finds_the_repeating_kernel_sequence() {
     // A B A C repeats: period 4, phase at the first A (the kernel after the idle time).
     assert_known_steps(&r, StepSource::Periodicity);
     let off = report(&path, DetailOptions { detect_periodicity: false, ..Default::default() });
-    assert_eq!(off.details[0].step_source, StepSource::None);
+    assert_eq!(off.details[0].step_source, None);
     assert!(off.details[0].steps.is_empty());
 }
 
@@ -398,7 +399,7 @@ fn streaming_equals_in_memory() {
     ] {
         let opts = ReportOptions { detail };
         let streamed = analyze_files(std::slice::from_ref(p), &opts).unwrap().remove(0);
-        let (batch, names, warnings) = load(p).unwrap();
+        let ghostprof::analyze::Loaded { batch, names, warnings } = load(p).unwrap();
         let in_memory = analyze_batch(p.display().to_string(), &batch, &names, warnings, &opts);
         assert!(streamed.warnings.is_empty(), "{:?}", streamed.warnings);
         assert_same_analysis(&streamed, &in_memory);
@@ -483,7 +484,7 @@ fn reorder_window_bounds_what_is_held_and_counts_late_records() {
     // Within the reorder window (default 5 s): nothing is late, step 0 is whole.
     let (whole, late_records) = run(5_000_000_000);
     assert_eq!(late_records, 0);
-    let step0 = &whole[0].1.steps[0].categories;
+    let step0 = &whole[0].detail.steps[0].categories;
     assert_eq!(step0.get("compute.inefficient"), 6 * MS);
     assert_eq!(step0.get("idle.host_stall"), 1_700_000, "the 1.5 ms futex and the 0.2 ms one");
     // A 1 ms window: the kernel, later than that, was kept by the summary pass (late device
@@ -491,7 +492,7 @@ fn reorder_window_bounds_what_is_held_and_counts_late_records() {
     // half the window), is counted and left out.
     let (cut, late_records) = run(MS);
     assert_eq!(late_records, 1);
-    let step0 = &cut[0].1.steps[0].categories;
+    let step0 = &cut[0].detail.steps[0].categories;
     assert_eq!(step0.get("compute.inefficient"), 6 * MS);
     assert_eq!(step0.get("idle.host_stall"), 1_500_000);
     assert_eq!(step0.total(), STEP);
@@ -534,7 +535,7 @@ fn a_block_longer_than_the_reorder_window_is_accounted_in_full() {
     assert_eq!(a.categories.get("idle.host_stall"), block.1 - block.0, "{:?}", a.categories);
     let gap = &streamed.details[0].top_idle_gaps[0];
     assert_eq!((gap.category, gap.reason), ("idle.host_stall", "futex"), "{gap:?}");
-    let (batch, names, warnings) = load(&path).unwrap();
+    let ghostprof::analyze::Loaded { batch, names, warnings } = load(&path).unwrap();
     let in_memory = analyze_batch(path.display().to_string(), &batch, &names, warnings, &opts);
     assert_same_analysis(&streamed, &in_memory);
 }
@@ -582,7 +583,7 @@ fn random_records_never_panic_the_report() {
             let _ = render_text(&reports);
             let _ = render_json(&reports);
         }
-        if let Ok((batch, names, warnings)) = load(&path) {
+        if let Ok(ghostprof::analyze::Loaded { batch, names, warnings }) = load(&path) {
             let r = analyze_batch(path.display().to_string(), &batch, &names, warnings, &ReportOptions::default());
             let _ = render_json(std::slice::from_ref(&r));
         }
@@ -719,7 +720,7 @@ fn the_window_ends_with_the_launching_threads_last_blocking_interval() {
     records.sort_by_key(|r| r.time_ns());
     write_trace(&path, &records, &NAMES, 37);
     let streamed = report(&path, DetailOptions::default());
-    let (b, n, w) = load(&path).unwrap();
+    let ghostprof::analyze::Loaded { batch: b, names: n, warnings: w } = load(&path).unwrap();
     let in_memory = analyze_batch(String::new(), &b, &n, w, &ReportOptions::default());
     for r in [&streamed, &in_memory] {
         let a = &r.accounts[0];
@@ -762,7 +763,7 @@ fn a_cpu_only_process_gets_its_host_figures() {
     records.sort_by_key(|r| r.time_ns());
     write_trace(&path, &records, &NAMES, 37);
     let streamed = report(&path, DetailOptions::default());
-    let (b, n, w) = load(&path).unwrap();
+    let ghostprof::analyze::Loaded { batch: b, names: n, warnings: w } = load(&path).unwrap();
     let in_memory = analyze_batch(String::new(), &b, &n, w, &ReportOptions::default());
     for r in [&streamed, &in_memory] {
         assert!(r.accounts.is_empty());

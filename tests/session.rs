@@ -391,7 +391,7 @@ fn spawn_job(cmd: &[String], envs: &[(&str, &Path)]) -> Child {
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_attach_window_matches_the_truth_of_that_window_and_the_job_ends_as_unprofiled() {
-    use ghostprof::analyze::{account, AccountOptions, CATEGORY_NAMES};
+    use ghostprof::analyze::{account, AccountOptions, Category};
     assert!(is_root(), "{ROOT}");
     let _serial = heavy_test_lock();
     let built = crate::gpusim::built();
@@ -441,7 +441,7 @@ fn root_attach_window_matches_the_truth_of_that_window_and_the_job_ends_as_unpro
     let report: Value = serde_json::from_slice(&report.stdout).unwrap();
     let devices = report["devices"].as_array().unwrap();
     assert_eq!(devices.len(), ranks as usize, "one device per rank");
-    let (batch, names, _) = ghostprof::report::load(&trace).unwrap();
+    let ghostprof::analyze::Loaded { batch, names, .. } = ghostprof::analyze::load(&trace).unwrap();
     let mut opts = AccountOptions::default();
     let mut window_truth = Vec::new();
     for t in &truths {
@@ -467,9 +467,11 @@ fn root_attach_window_matches_the_truth_of_that_window_and_the_job_ends_as_unpro
             .collect();
         assert!(inside.len() >= 40, "rank {}: {} whole steps inside the window", t["rank"], inside.len());
         let (s0, s1) = (inside[0]["start_ns"].as_u64().unwrap(), inside.last().unwrap()["end_ns"].as_u64().unwrap());
-        opts.windows.insert(pid as u32, (s0, s1));
-        let sums: Vec<u64> =
-            CATEGORY_NAMES.iter().map(|c| inside.iter().map(|s| s["categories"][*c].as_u64().unwrap()).sum()).collect();
+        opts.windows.insert(pid as u32, ghostprof::analyze::Window::new(s0, s1));
+        let sums: Vec<u64> = Category::NAMES
+            .iter()
+            .map(|c| inside.iter().map(|s| s["categories"][*c].as_u64().unwrap()).sum())
+            .collect();
         window_truth.push((pid as u32, t["rank"].clone(), inside.len(), sums));
     }
     let accounts = account(&batch, &names, &opts);
@@ -480,11 +482,11 @@ fn root_attach_window_matches_the_truth_of_that_window_and_the_job_ends_as_unpro
         let mut line = String::new();
         let comm = |get: &dyn Fn(&str) -> f64| get("comm.wait") + get("comm.transfer");
         let ours_comm = comm(&|n| acc.categories.get(n) as f64);
-        let truth_comm = comm(&|n| sums[CATEGORY_NAMES.iter().position(|c| *c == n).unwrap()] as f64);
+        let truth_comm = comm(&|n| sums[Category::NAMES.iter().position(|c| *c == n).unwrap()] as f64);
         // An attach after the communicators were created (ncclCommInitRank) does not learn
         // their rank, size or sequence numbers: the ranks' collective kernels are matched by
-        // their common end instead (analyze::account::comm_waits), so comm.wait is checked too.
-        for (name, truth_ns) in CATEGORY_NAMES.iter().zip(sums) {
+        // their common end instead (analyze::inputs::comm_waits), so comm.wait is checked too.
+        for (name, truth_ns) in Category::NAMES.iter().zip(sums) {
             let ours = acc.categories.get(name) as f64;
             let err = (ours - *truth_ns as f64).abs() / w;
             line.push_str(&format!(" {name} {:.2}/{:.2}ms", ours / 1e6, *truth_ns as f64 / 1e6));

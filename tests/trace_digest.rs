@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use ghostprof::analyze::stream::{summarize, StreamOptions};
 use ghostprof::analyze::DetailOptions;
-use ghostprof::report::{analyze_files, render_json, ReportOptions};
+use ghostprof::analyze::{analyze_files, ReportOptions};
+use ghostprof::report::render_json;
 use ghostprof::trace::digest::{ChunkDigest, DIGEST_VERSION};
 use ghostprof::trace::synth::Rng;
 use ghostprof::trace::*;

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::model::Window;
 use super::nccl_algo::{algo_name, AlgoCode};
 use super::sweep::FastMap;
 use crate::trace::{ClockDomain, CollOp, NcclPhase, RecordBatch};
@@ -39,7 +40,7 @@ pub struct CollInstance {
 pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollInstance> {
     // whether a name id is a collective's, remembered per id
     let mut comm_of: FastMap<u32, bool> = FastMap::default();
-    let mut is_comm = |id: u32| *comm_of.entry(id).or_insert_with(|| super::account::is_comm_name(names, id));
+    let mut is_comm = |id: u32| *comm_of.entry(id).or_insert_with(|| super::inputs::is_comm_name(names, id));
     let mut calls: BTreeMap<u32, Vec<&crate::trace::NcclColl>> = BTreeMap::new();
     // (sized at once: growing a map of 10^5 entries rehashes it many times)
     let host = batch.nccl.iter().filter(|c| c.phase == NcclPhase::Host as u32).count();
@@ -190,7 +191,7 @@ pub struct RankSkew {
     /// Collectives where this rank arrived last (and later than another rank).
     pub late_count: u64,
     /// The windows (own clock) in which the others waited for it: [earliest arrival, own arrival).
-    pub late_windows: Vec<(u64, u64)>,
+    pub late_windows: Vec<Window>,
 }
 
 /// Everything cross-rank.
@@ -283,7 +284,7 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
             if own == last && last > first {
                 rs.late_count += 1;
                 if rs.late_windows.len() < MAX_LATE_WINDOWS {
-                    rs.late_windows.push((inst.arrival_ns.saturating_sub(s), inst.arrival_ns));
+                    rs.late_windows.push(Window::new(inst.arrival_ns.saturating_sub(s), inst.arrival_ns));
                 }
             }
         }

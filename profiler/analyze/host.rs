@@ -81,7 +81,7 @@ impl HostAccumulator {
             if WRITE_SYSCALLS.contains(&f.syscall) {
                 t.file_write_bytes = t.file_write_bytes.saturating_add(f.bytes);
                 t.file_write_ns = t.file_write_ns.saturating_add(end - f.start_ns);
-            } else if super::account::is_checkpoint_syscall(f.syscall) {
+            } else if super::inputs::is_checkpoint_syscall(f.syscall) {
                 t.file_write_ns = t.file_write_ns.saturating_add(end - f.start_ns);
             } else {
                 t.file_read_bytes = t.file_read_bytes.saturating_add(f.bytes);

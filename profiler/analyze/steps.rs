@@ -1,95 +1,17 @@
-//! Training steps of one device, best source first: NVTX ranges recorded by CUPTI (step
-//! markers), a user regex on kernel names (a step starts at each matching kernel), a detected
-//! period of the kernel-name sequence, else none. Steps are sorted, disjoint and inside the
+//! Training steps of one device, best source first (the order is [`super::plan`]'s): NVTX
+//! ranges recorded by CUPTI (step markers), a user regex on kernel names (a step starts at each
+//! matching kernel), a detected period of the kernel-name sequence, else none. Steps are sorted, disjoint and inside the
 //! window; a step that starts at a kernel runs until the next one starts (the last one until
 //! the window ends).
 
 use std::collections::HashMap;
 
-use super::account::DetailOptions;
 use super::flops::KernelSpan;
-use crate::trace::{RecordBatch, StepSource as MarkerSource};
-
-/// Where a device's steps came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StepSource {
-    Nvtx,
-    Regex,
-    Periodicity,
-    #[default]
-    None,
-}
-
-impl StepSource {
-    pub fn name(self) -> &'static str {
-        match self {
-            StepSource::Nvtx => "nvtx",
-            StepSource::Regex => "regex",
-            StepSource::Periodicity => "periodicity",
-            StepSource::None => "none",
-        }
-    }
-}
-
-/// The steps of process `pid`'s device whose compute kernels are `compute` (sorted by start).
-#[allow(clippy::too_many_arguments)]
-pub fn find_steps(
-    batch: &RecordBatch,
-    names: &HashMap<u32, String>,
-    pid: u32,
-    device: u32,
-    compute: &[KernelSpan],
-    is_comm: &dyn Fn(u32) -> bool,
-    opts: &DetailOptions,
-    window: (u64, u64),
-) -> (StepSource, Vec<(u64, u64)>) {
-    let markers: Vec<(u64, u64, u32)> = batch
-        .steps
-        .iter()
-        .filter(|s| s.pid == pid && s.source == MarkerSource::Nvtx as u32)
-        .map(|s| (s.start_ns, s.end_ns, s.name_id))
-        .collect();
-    let steps = nvtx_steps(&markers, names, window);
-    if !steps.is_empty() {
-        return (StepSource::Nvtx, steps);
-    }
-    // Every kernel of the process's device (collectives included) in start order, for the
-    // name-based sources.
-    let mut kernels: Vec<(u64, u32)> = compute.iter().map(|k| (k.start, k.name)).collect();
-    if let Some(re) = &opts.step_regex {
-        kernels.extend(
-            batch
-                .kernels
-                .iter()
-                .filter(|k| k.pid == pid && k.device == device && is_comm(k.name_id))
-                .map(|k| (k.start_ns, k.name_id)),
-        );
-        kernels.sort_unstable();
-        let matching: HashMap<u32, bool> = kernels
-            .iter()
-            .map(|k| k.1)
-            .collect::<std::collections::HashSet<_>>()
-            .into_iter()
-            .map(|id| (id, names.get(&id).is_some_and(|n| re.is_match(n))))
-            .collect();
-        let starts: Vec<u64> = kernels.iter().filter(|k| matching[&k.1]).map(|k| k.0).collect();
-        return (StepSource::Regex, steps_from_starts(&starts, window));
-    }
-    if opts.detect_periodicity {
-        if let Some(anchor) = periodic_anchor(&compute[..compute.len().min(PERIOD_PROBE)]) {
-            let starts: Vec<u64> = compute.iter().filter(|k| k.name == anchor.name).map(|k| k.start).collect();
-            let steps = anchor_steps(&anchor, starts, window);
-            if steps.len() >= 2 {
-                return (StepSource::Periodicity, steps);
-            }
-        }
-    }
-    (StepSource::None, Vec::new())
-}
+use super::model::Window;
 
 /// NVTX ranges as steps: ranges named like a step (`step` in the name, any case) when there
 /// are any, else the most frequent range name; sorted, clipped to the window, overlaps cut.
-pub fn nvtx_steps(markers: &[(u64, u64, u32)], names: &HashMap<u32, String>, window: (u64, u64)) -> Vec<(u64, u64)> {
+pub fn nvtx_steps(markers: &[(u64, u64, u32)], names: &HashMap<u32, String>, window: Window) -> Vec<(u64, u64)> {
     if markers.is_empty() {
         return Vec::new();
     }
@@ -109,7 +31,8 @@ pub fn nvtx_steps(markers: &[(u64, u64, u32)], names: &HashMap<u32, String>, win
 
 /// Sorts, clips to the window, cuts overlaps (a step starts no earlier than the previous
 /// one's end) and drops empty steps.
-pub fn normalize(mut spans: Vec<(u64, u64)>, (w0, w1): (u64, u64)) -> Vec<(u64, u64)> {
+pub fn normalize(mut spans: Vec<(u64, u64)>, window: Window) -> Vec<(u64, u64)> {
+    let Window { start_ns: w0, end_ns: w1 } = window;
     spans.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
     for (s, e) in spans {
@@ -123,11 +46,11 @@ pub fn normalize(mut spans: Vec<(u64, u64)>, (w0, w1): (u64, u64)) -> Vec<(u64, 
 }
 
 /// Steps that start at each of `starts` and run to the next start (the last to the window end).
-pub fn steps_from_starts(starts: &[u64], window: (u64, u64)) -> Vec<(u64, u64)> {
-    let mut s: Vec<u64> = starts.iter().copied().filter(|t| *t >= window.0 && *t < window.1).collect();
+pub fn steps_from_starts(starts: &[u64], window: Window) -> Vec<(u64, u64)> {
+    let mut s: Vec<u64> = starts.iter().copied().filter(|t| window.contains(*t)).collect();
     s.sort_unstable();
     s.dedup();
-    let spans = s.iter().enumerate().map(|(i, &t)| (t, s.get(i + 1).copied().unwrap_or(window.1))).collect();
+    let spans = s.iter().enumerate().map(|(i, &t)| (t, s.get(i + 1).copied().unwrap_or(window.end_ns))).collect();
     normalize(spans, window)
 }
 
@@ -166,7 +89,7 @@ pub fn periodic_anchor(prefix: &[KernelSpan]) -> Option<PeriodicAnchor> {
 }
 
 /// Steps from every launch start of the anchor's kernel name (any order).
-pub fn anchor_steps(anchor: &PeriodicAnchor, mut starts: Vec<u64>, window: (u64, u64)) -> Vec<(u64, u64)> {
+pub fn anchor_steps(anchor: &PeriodicAnchor, mut starts: Vec<u64>, window: Window) -> Vec<(u64, u64)> {
     starts.sort_unstable();
     let first = starts.partition_point(|&t| t < anchor.first_start);
     let picked: Vec<u64> = starts[first..].iter().step_by(anchor.every.max(1)).copied().collect();
@@ -257,7 +180,7 @@ mod tests {
 
     #[test]
     fn overlapping_ranges_are_cut_and_clipped() {
-        let spans = normalize(vec![(50, 120), (0, 60), (110, 130), (200, 300)], (10, 250));
+        let spans = normalize(vec![(50, 120), (0, 60), (110, 130), (200, 300)], Window::new(10, 250));
         assert_eq!(spans, vec![(10, 60), (60, 120), (120, 130), (200, 250)]);
     }
 }

@@ -1,6 +1,7 @@
 //! The analysis of a trace file with bounded memory, chunk by chunk (a trace can be larger
-//! than RAM). Same arithmetic as the in-memory [`super::analyze`] (both feed
-//! [`super::sweep::DeviceSweep`]); only what is kept differs:
+//! than RAM). Same arithmetic as the in-memory [`super::analyze_with`] (both build their
+//! plans with `super::plan` and feed [`super::sweep::DeviceSweep`]); only what is kept
+//! differs:
 //!
 //! 1. **Summary pass**: per process its window and launching threads; per device the kernel
 //!    time per name, the first [`PERIOD_PROBE`] compute kernels (a bounded heap), the starts of
@@ -21,22 +22,18 @@
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
-use super::account::{
-    comm_waits, is_checkpoint_syscall, is_comm_name, merge, pm_samples, stall_reason_label, AccountOptions,
-    CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, LateWindows, StallPolicy,
-};
 use super::flops::{FlopSource, FractionAccumulator, KernelSpan};
 use super::host::{HostAccumulator, ProcessHost};
-use super::steps::{
-    anchor_steps, compute_per_step, nvtx_steps, periodic_anchor, steps_from_starts, PeriodicAnchor, StepSource,
-    PERIOD_PROBE,
-};
+use super::inputs::{comm_waits, is_checkpoint_syscall, is_comm_name, merge, pm_samples, stall_reason_label, Reasoned};
+use super::model::{AccountOptions, CheckpointIo, DetailOptions, DeviceResult, LateWindows, StallPolicy, Window};
+use super::plan::{device_plan, settle_periodicity, useful_ns_per_step, wants_step_rates, DeviceInputs, StepInputs};
+use super::steps::{compute_per_step, PeriodicAnchor, PERIOD_PROBE};
 use super::sweep::FastMap;
-use super::sweep::{DevicePlan, DeviceSweep, Op, Reasoned};
+use super::sweep::{DevicePlan, DeviceSweep, Op};
 use crate::trace::digest::{ChunkDigest, DIGEST_LONG_NS, DIGEST_VERSION};
 use crate::trace::{
-    ApiDomain, Chunk, DenseMap, Kind, Metric, NcclPhase, ProbedApi, RecordBatch, Scratch, StepSource as MarkerSource,
-    TraceError, TraceReader,
+    ApiDomain, Chunk, DenseMap, Kind, Metric, NcclPhase, ProbedApi, RecordBatch, Scratch, StepSource, TraceError,
+    TraceReader,
 };
 
 /// Options of the streaming analysis.
@@ -92,16 +89,16 @@ pub struct Skeleton {
     pub small: RecordBatch,
     /// Active window per process: first device operation or launch to the later of the last
     /// one and the launching threads' last blocking interval (docs/metrics.md, "Window").
-    pub windows: HashMap<u32, (u64, u64)>,
+    pub windows: HashMap<u32, Window>,
     launchers: FastMap<u32, HashSet<u32>>,
     devices: FastMap<(u32, u32), DeviceSummary>,
     /// Minimum record time of each chunk and all later ones.
     suffix_min_ts: Vec<u64>,
     /// Host intervals (off-CPU, file I/O) of at least half the reorder window, of every
-    /// thread: (pid, tid, start, end, reason). A long block is recorded when it ends, so its
+    /// thread. A long block is recorded when it ends, so its
     /// record arrives about its length after its start, later than the reorder window allows
     /// (a 9 s stall of a PyTorch job on an H200); the sweep takes them from here, in time.
-    long_blocked: Vec<(u32, u32, u64, u64, &'static str)>,
+    long_blocked: Vec<LongBlock>,
     /// Kernels and copies whose records come more than the reorder window after newer ones
     /// (a device record held in a part-filled CUPTI buffer: ~6 s on an H200 before the forced
     /// flush), found with the sweep's own rule, up to [`MAX_LATE`]; the sweep takes them in time.
@@ -109,6 +106,13 @@ pub struct Skeleton {
     pub records: u64,
     /// Chunks the summary read from their digest alone (the others were decoded whole).
     pub chunks_from_digest: u64,
+}
+
+/// A host interval of a thread long enough to reach the sweep late ([`Skeleton`]).
+struct LongBlock {
+    pid: u32,
+    tid: u32,
+    block: Reasoned,
 }
 
 /// At most this many late kernels and copies are kept for the sweep (~80 MiB); later ones are
@@ -201,7 +205,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
     }
     let launchers = &sk.launchers;
     let is_launcher = |pid: u32, tid: u32| launchers.get(&pid).is_some_and(|t| t.contains(&tid));
-    super::account::extend_windows_to_blocking(&mut sk.windows, &sk.small, &is_launcher);
+    super::inputs::extend_windows_to_blocking(&mut sk.windows, &sk.small, &is_launcher);
     let mut min = u64::MAX;
     sk.suffix_min_ts = st
         .chunk_min
@@ -247,10 +251,8 @@ struct SummaryState {
     pm_devices: HashSet<(u32, u32)>,
 }
 
-fn widen(w: &mut HashMap<u32, (u64, u64)>, pid: u32, s: u64, e: u64) {
-    let x = w.entry(pid).or_insert((s, e));
-    x.0 = x.0.min(s);
-    x.1 = x.1.max(e);
+fn widen(w: &mut HashMap<u32, Window>, pid: u32, s: u64, e: u64) {
+    w.entry(pid).or_insert(Window::new(s, e)).widen(s, e);
 }
 
 fn device_entry(
@@ -371,7 +373,7 @@ impl SummaryState {
         sk.small.api_calls.extend(r.api_calls.iter().filter(|a| {
             a.domain == ApiDomain::Probe as u32 && ProbedApi::from_u32(a.call_id).is_some_and(|x| x.is_sync())
         }));
-        sk.small.steps.extend(r.steps.iter().filter(|s| s.source == MarkerSource::Nvtx as u32));
+        sk.small.steps.extend(r.steps.iter().filter(|s| s.source == StepSource::Nvtx as u32));
         sk.small.clock_syncs.extend_from_slice(&r.clock_syncs);
         sk.small.notes.extend_from_slice(&r.notes);
         sk.small.nccl_algos.extend_from_slice(&r.nccl_algos);
@@ -379,11 +381,13 @@ impl SummaryState {
         let long = self.long;
         for st in r.stalls.iter().filter(|st| st.end_ns.saturating_sub(st.start_ns) >= long) {
             if policy.counts(st.reason) {
-                sk.long_blocked.push((st.pid, st.tid, st.start_ns, st.end_ns, stall_reason_label(st.reason)));
+                let block = Reasoned::new(st.start_ns, st.end_ns, stall_reason_label(st.reason));
+                sk.long_blocked.push(LongBlock { pid: st.pid, tid: st.tid, block });
             }
         }
         for f in r.file_io.iter().filter(|f| f.end_ns.saturating_sub(f.start_ns) >= long) {
-            sk.long_blocked.push((f.pid, f.tid, f.start_ns, f.end_ns, "file I/O"));
+            let block = Reasoned::new(f.start_ns, f.end_ns, "file I/O");
+            sk.long_blocked.push(LongBlock { pid: f.pid, tid: f.tid, block });
         }
         // PM samples: tensor activity only of devices that have PM sample intervals (NVML-like
         // samples without them do not make a FLOP source, and would only take memory).
@@ -410,9 +414,6 @@ impl SummaryState {
         }));
     }
 }
-
-/// The analysis of one device: what the sweep returns.
-pub type DeviceResult = (DeviceAccount, DeviceDetail, Option<String>);
 
 /// Passes 2 and 3: the accounting and details of every device, and the records that came
 /// too late to be swept. `extra_waits`: (pid, kernel start) → wait of collectives matched
@@ -448,40 +449,31 @@ pub fn sweep_file_with_host(
     let mut anchors: HashMap<(u32, u32), (PeriodicAnchor, Vec<u64>)> = HashMap::new();
     for &(pid, device) in &keys {
         let d = &sk.devices[&(pid, device)];
-        let window = opts.account.windows.get(&pid).copied().or(opts.account.window).unwrap_or((d.first_op, d.last_op));
         let samples = pm_samples(&sk.small, pid, device);
         let flop_source = if samples.is_empty() { FlopSource::None } else { FlopSource::PmSampling };
         if !samples.is_empty() {
             fraction_acc.insert((pid, device), FractionAccumulator::new(&d.time_by_name, samples));
         }
-        let mut plan = DevicePlan::totals_only(pid, device, window, flop_source);
-        plan.flop_less_below = opts.account.flop_less_below;
-        plan.has_launcher = sk.launchers.get(&pid).is_some_and(|l| !l.is_empty());
-        plan.detail = true;
-        let markers: Vec<(u64, u64, u32)> =
+        let has_launcher = sk.launchers.get(&pid).is_some_and(|l| !l.is_empty());
+        let dev = DeviceInputs { pid, device, first_op: d.first_op, last_op: d.last_op, flop_source, has_launcher };
+        let markers =
             sk.small.steps.iter().filter(|s| s.pid == pid).map(|s| (s.start_ns, s.end_ns, s.name_id)).collect();
-        let nvtx = nvtx_steps(&markers, names, window);
-        if !nvtx.is_empty() {
-            (plan.step_source, plan.steps) = (StepSource::Nvtx, nvtx);
-        } else if detail.step_regex.is_some() {
-            (plan.step_source, plan.steps) = (StepSource::Regex, steps_from_starts(&d.regex_starts, window));
-        } else if detail.detect_periodicity {
+        let mut regex_starts = || d.regex_starts.clone();
+        let mut probe = || {
             let mut prefix: Vec<KernelSpan> =
                 d.prefix.iter().map(|&(start, end, name)| KernelSpan { start, end, name }).collect();
             prefix.sort_by_key(|k| (k.start, k.end, k.name));
-            if let Some(anchor) = periodic_anchor(&prefix) {
-                anchors.insert((pid, device), (anchor, Vec::new()));
-            }
+            prefix
+        };
+        let inputs = StepInputs { markers, regex_starts: &mut regex_starts, probe: &mut probe };
+        let (plan, anchor) = device_plan(dev, &opts.account, Some(detail), late, names, inputs);
+        if let Some(anchor) = anchor {
+            anchors.insert((pid, device), (anchor, Vec::new()));
         }
-        plan.set_bins(detail);
-        plan.late_windows = late.get(&pid).cloned().unwrap_or_default();
         plans.insert((pid, device), plan);
     }
-    let useful_per_step = match (detail.flops_per_step, detail.peak_flops) {
-        (Some(f), Some(p)) if f > 0.0 && p > 0.0 => Some(f / p * 1e9),
-        _ => None,
-    };
-    let wants_rates = |p: &DevicePlan| useful_per_step.is_some() && p.flop_source == FlopSource::None;
+    let useful_per_step = useful_ns_per_step(detail);
+    let wants_rates = |p: &DevicePlan| wants_step_rates(p, detail);
 
     // Pass 2: PM least squares, anchor launches, and step compute time where the steps are known.
     let mut per_step: HashMap<(u32, u32), Vec<u64>> = HashMap::new();
@@ -516,12 +508,9 @@ pub fn sweep_file_with_host(
     let mut late_steps: Vec<(u32, u32)> = Vec::new();
     for (key, (anchor, starts)) in anchors {
         let p = plans.get_mut(&key).expect("a plan per device");
-        let steps = anchor_steps(&anchor, starts, p.window);
-        if steps.len() >= 2 {
-            (p.step_source, p.steps) = (StepSource::Periodicity, steps);
-            if wants_rates(p) {
-                late_steps.push(key);
-            }
+        settle_periodicity(p, &anchor, starts);
+        if p.step_source == Some(StepSource::Periodicity) && wants_rates(p) {
+            late_steps.push(key);
         }
     }
     if !late_steps.is_empty() {
@@ -586,8 +575,8 @@ pub fn sweep_file_with_host(
             .api_calls
             .iter()
             .filter(|a| a.pid == *pid && launchers.contains(&a.tid))
-            .map(|a| (a.start_ns, a.end_ns, "sync call"))
-            .chain(sk.long_blocked.iter().filter(|b| b.0 == *pid && launchers.contains(&b.1)).map(|b| (b.2, b.3, b.4)))
+            .map(|a| Reasoned::new(a.start_ns, a.end_ns, "sync call"))
+            .chain(sk.long_blocked.iter().filter(|b| b.pid == *pid && launchers.contains(&b.tid)).map(|b| b.block))
             .chain(
                 sk.small
                     .nccl
@@ -598,7 +587,7 @@ pub fn sweep_file_with_host(
                             && launchers.contains(&n.tid)
                             && n.end_ns.saturating_sub(n.start_ns) >= long
                     })
-                    .map(|n| (n.start_ns, n.end_ns, "NCCL call")),
+                    .map(|n| Reasoned::new(n.start_ns, n.end_ns, "NCCL call")),
             )
             .collect();
         sweep.pids.insert(*pid, PidState { launchers: launchers.clone(), incoming, ..Default::default() });
@@ -642,8 +631,8 @@ fn add_step_compute(steps: &[(u64, u64)], busy: &mut [u64], start: u64, end: u64
     }
 }
 
-fn checkpoint_of(small: &RecordBatch, pid: u32, window: (u64, u64)) -> CheckpointIo {
-    super::account::checkpoint_io(small, pid, window)
+fn checkpoint_of(small: &RecordBatch, pid: u32, window: Window) -> CheckpointIo {
+    super::inputs::checkpoint_io(small, pid, window)
 }
 
 struct DeviceState {
@@ -655,7 +644,7 @@ struct DeviceState {
 }
 
 impl DeviceState {
-    fn sweep_window(&self) -> (u64, u64) {
+    fn sweep_window(&self) -> Window {
         self.sweep.window()
     }
 }
@@ -687,8 +676,13 @@ impl CommCache {
     }
 }
 
-/// A process's merged blocked intervals and the same with reasons.
-type Blocked = (Vec<(u64, u64)>, Vec<Reasoned>);
+/// A process's blocked intervals in one sweep step.
+struct Blocked {
+    /// merged, sorted
+    merged: Vec<(u64, u64)>,
+    /// unmerged with their reasons, sorted by start
+    reasons: Vec<Reasoned>,
+}
 
 struct Sweep {
     devices: FastMap<(u32, u32), DeviceState>,
@@ -757,22 +751,22 @@ impl Sweep {
         let mut blocked: Vec<(u32, Reasoned)> = Vec::new();
         for s in r.stalls.iter().filter(|s| policy.counts(s.reason)) {
             if launcher(&self.pids, s.pid, s.tid) {
-                blocked.push((s.pid, (s.start_ns, s.end_ns, stall_reason_label(s.reason))));
+                blocked.push((s.pid, Reasoned::new(s.start_ns, s.end_ns, stall_reason_label(s.reason))));
             }
         }
         for f in r.file_io.iter().filter(|f| launcher(&self.pids, f.pid, f.tid)) {
-            blocked.push((f.pid, (f.start_ns, f.end_ns, "file I/O")));
+            blocked.push((f.pid, Reasoned::new(f.start_ns, f.end_ns, "file I/O")));
         }
         for n in r.nccl.iter().filter(|n| n.phase == NcclPhase::Host as u32 && launcher(&self.pids, n.pid, n.tid)) {
-            blocked.push((n.pid, (n.start_ns, n.end_ns, "NCCL call")));
+            blocked.push((n.pid, Reasoned::new(n.start_ns, n.end_ns, "NCCL call")));
         }
         for (pid, iv) in blocked {
             // Long blocks came from the summary, in time.
-            if iv.1.saturating_sub(iv.0) >= long {
+            if iv.end_ns.saturating_sub(iv.start_ns) >= long {
                 continue;
             }
             let Some(p) = self.pids.get_mut(&pid) else { continue };
-            if iv.0 < swept_to {
+            if iv.start_ns < swept_to {
                 // Its time was swept already: left out, and counted.
                 self.late_records += 1;
                 continue;
@@ -789,18 +783,18 @@ impl Sweep {
         for (pid, p) in self.pids.iter_mut() {
             let carry = &mut p.carry;
             p.incoming.retain(|iv| {
-                let now = iv.0 < to;
+                let now = iv.start_ns < to;
                 if now {
                     carry.push(*iv);
                 }
                 !now
             });
-            p.carry.sort_unstable_by_key(|x| (x.0, x.1));
-            let merged = merge(p.carry.iter().map(|x| (x.0, x.1)));
-            reasons_of.insert(*pid, (merged, p.carry.clone()));
-            p.carry.retain(|iv| iv.1 > to);
+            p.carry.sort_unstable_by_key(|x| (x.start_ns, x.end_ns));
+            let merged = merge(p.carry.iter().map(|x| (x.start_ns, x.end_ns)));
+            reasons_of.insert(*pid, Blocked { merged, reasons: p.carry.clone() });
+            p.carry.retain(|iv| iv.end_ns > to);
         }
-        let empty = (Vec::new(), Vec::new());
+        let empty = Blocked { merged: Vec::new(), reasons: Vec::new() };
         for ((pid, _), d) in self.devices.iter_mut() {
             let carry = &mut d.carry;
             d.incoming.retain(|o| {
@@ -810,8 +804,8 @@ impl Sweep {
                 }
                 !now
             });
-            let (blocked, reasons) = reasons_of.get(pid).unwrap_or(&empty);
-            d.sweep.feed(from, to, &mut d.carry, blocked, reasons);
+            let b = reasons_of.get(pid).unwrap_or(&empty);
+            d.sweep.feed(from, to, &mut d.carry, &b.merged, &b.reasons);
             d.carry.retain(|o| o.end > to);
         }
         self.swept_to = to;

@@ -7,14 +7,14 @@
 
 use std::collections::HashMap;
 
-use super::account::{
-    round_to_total, Categories, CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, IdleGap, KernelStat,
-    Partition, CATEGORY_NAMES, HOST_STALL, IDLE_OTHER, INEFFICIENT, LAUNCH_BOUND, MAX_BINS, OTHER, TRANSFER, USEFUL,
-    WAIT,
-};
 use super::flops::FlopSource;
-use super::steps::StepSource;
+use super::inputs::Reasoned;
+use super::model::{
+    round_to_total, Categories, Category, CheckpointIo, DetailOptions, DeviceAccount, DeviceDetail, DeviceResult,
+    IdleGap, KernelStat, Partition, Window, MAX_BINS,
+};
 use crate::trace::DenseMap;
+use crate::trace::StepSource;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 #[repr(u8)]
@@ -70,33 +70,31 @@ impl Op {
 /// where SipHash costs more than the work around it.
 pub(crate) type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
-/// A blocked interval of a launching thread and why.
-pub(crate) type Reasoned = (u64, u64, &'static str);
-
 /// What is decided about a device before its sweep.
 pub(crate) struct DevicePlan {
     pub pid: u32,
     pub device: u32,
-    pub window: (u64, u64),
+    pub window: Window,
     pub flop_source: FlopSource,
     /// Useful fraction per compute kernel name (PM source).
     pub fractions: HashMap<u32, f64>,
     pub flop_less_below: f64,
-    pub step_source: StepSource,
+    /// None: no steps.
+    pub step_source: Option<StepSource>,
     pub steps: Vec<(u64, u64)>,
     /// Useful rate of each step's compute kernels (model-FLOPs source).
     pub step_rates: Vec<f64>,
     pub bin_ns: u64,
     pub has_launcher: bool,
     /// Windows (sorted) in which other ranks waited for this one.
-    pub late_windows: Vec<(u64, u64)>,
+    pub late_windows: Vec<Window>,
     pub detail: bool,
     pub notes: Vec<String>,
 }
 
 impl DevicePlan {
     /// The plan without details (steps, bins): what [`super::account`] needs.
-    pub fn totals_only(pid: u32, device: u32, window: (u64, u64), flop_source: FlopSource) -> Self {
+    pub fn totals_only(pid: u32, device: u32, window: Window, flop_source: FlopSource) -> Self {
         DevicePlan {
             pid,
             device,
@@ -104,7 +102,7 @@ impl DevicePlan {
             flop_source,
             fractions: HashMap::new(),
             flop_less_below: 0.01,
-            step_source: StepSource::None,
+            step_source: None,
             steps: Vec::new(),
             step_rates: Vec::new(),
             bin_ns: 0,
@@ -117,7 +115,7 @@ impl DevicePlan {
 
     /// Sets the bin width from the options (default: the window in `default_bins` bins).
     pub fn set_bins(&mut self, d: &DetailOptions) {
-        let window = self.window.1.saturating_sub(self.window.0);
+        let window = self.window.len_ns();
         let want = d.bin_ns.unwrap_or_else(|| window.div_ceil(d.default_bins.max(1))).max(1);
         let min = window.div_ceil(MAX_BINS).max(1);
         if want < min {
@@ -288,7 +286,7 @@ pub(crate) struct DeviceSweep {
 
 impl DeviceSweep {
     pub fn new(plan: DevicePlan) -> Self {
-        let (w0, w1) = plan.window;
+        let Window { start_ns: w0, end_ns: w1 } = plan.window;
         let bins = if plan.bin_ns > 0 && w1 > w0 {
             let b = plan.bin_ns;
             (0..(w1 - w0).div_ceil(b)).map(|i| (w0 + i * b, (w0 + (i + 1) * b).min(w1))).collect()
@@ -345,7 +343,7 @@ impl DeviceSweep {
         self.class_of.get(name).copied()
     }
 
-    pub fn window(&self) -> (u64, u64) {
+    pub fn window(&self) -> Window {
         self.plan.window
     }
 
@@ -494,16 +492,16 @@ impl DeviceSweep {
             // a collective covering the segment: comm.transfer once its data moves, else wait
             let comm = (!covering.is_empty()).then(|| {
                 if covering.iter().any(|c| x >= c.transfer_from()) {
-                    TRANSFER
+                    Category::CommTransfer.index()
                 } else {
-                    WAIT
+                    Category::CommWait.index()
                 }
             });
             if x < s && comm.is_some() {
                 // a collective alone until the op's start or the cut
                 let y = s.min(cut);
                 let dt = y - x;
-                sums[comm.unwrap_or(WAIT)] += dt;
+                sums[comm.unwrap_or(Category::CommWait.index())] += dt;
                 busy += dt;
                 if late {
                     self.late_busy_add(x, y);
@@ -515,15 +513,15 @@ impl DeviceSweep {
                 let dt = y - x;
                 if launcher {
                     let stalled = blocked_at.overlap(blocked, x, y);
-                    sums[HOST_STALL] += stalled;
+                    sums[Category::IdleHostStall.index()] += stalled;
                     // (merged intervals: no more than dt)
-                    sums[LAUNCH_BOUND] += dt.saturating_sub(stalled);
+                    sums[Category::IdleLaunchBound.index()] += dt.saturating_sub(stalled);
                     if detail {
                         let stall = stalled as f64;
                         self.extend_gap(x, y, (dt as f64 - stall, stall, 0.0), stalled, reasons);
                     }
                 } else {
-                    sums[IDLE_OTHER] += dt;
+                    sums[Category::IdleOther.index()] += dt;
                     if detail {
                         self.extend_gap(x, y, (0.0, 0.0, dt as f64), 0, reasons);
                     }
@@ -534,10 +532,10 @@ impl DeviceSweep {
                 let y = e.min(cut);
                 let dt = y - x;
                 let category = match o.class {
-                    Class::Compute if o.rate() >= 1.0 => USEFUL,
-                    Class::Compute => INEFFICIENT,
+                    Class::Compute if o.rate() >= 1.0 => Category::ComputeUseful.index(),
+                    Class::Compute => Category::ComputeInefficient.index(),
                     // comm wins over other (a copy under a collective)
-                    _ => comm.unwrap_or(OTHER),
+                    _ => comm.unwrap_or(Category::OtherBusy.index()),
                 };
                 sums[category] += dt;
                 busy += dt;
@@ -580,14 +578,14 @@ impl DeviceSweep {
         blocked: &[(u64, u64)],
         reasons: &[Reasoned],
     ) -> Option<(u64, u64)> {
-        let (w0, w1) = self.plan.window;
+        let Window { start_ns: w0, end_ns: w1 } = self.plan.window;
         let (a, b) = (a.max(w0), b.min(w1));
         if a >= b {
             return None;
         }
         let detail = self.plan.detail;
         if detail {
-            self.longest_reason = reasons.iter().map(|x| x.1.saturating_sub(x.0)).max().unwrap_or(0);
+            self.longest_reason = reasons.iter().map(|x| x.end_ns.saturating_sub(x.start_ns)).max().unwrap_or(0);
         }
         // The cuts other than the ops' that are not collectives: collectives (on their own
         // stream), steps, bins, the slice's end. Nearly sorted: a few runs, merged in a reused
@@ -655,11 +653,11 @@ impl DeviceSweep {
             None => {
                 let stalled = if self.plan.has_launcher { stalled(a, b) } else { 0 };
                 let split = if !self.plan.has_launcher {
-                    seg = Seg([(IDLE_OTHER, dt), (HOST_STALL, 0.0)]);
+                    seg = Seg([(Category::IdleOther.index(), dt), (Category::IdleHostStall.index(), 0.0)]);
                     (0.0, 0.0, dt)
                 } else {
                     let (stall, launch) = (stalled as f64, dt - stalled as f64);
-                    seg = Seg([(HOST_STALL, stall), (LAUNCH_BOUND, launch)]);
+                    seg = Seg([(Category::IdleHostStall.index(), stall), (Category::IdleLaunchBound.index(), launch)]);
                     (launch, stall, 0.0)
                 };
                 if detail {
@@ -674,10 +672,16 @@ impl DeviceSweep {
                         if rate != 0.0 && rate != 1.0 {
                             self.integral = false;
                         }
-                        Seg([(USEFUL, rate * dt), (INEFFICIENT, (1.0 - rate) * dt)])
+                        Seg([
+                            (Category::ComputeUseful.index(), rate * dt),
+                            (Category::ComputeInefficient.index(), (1.0 - rate) * dt),
+                        ])
                     }
-                    Class::Comm => Seg([(if transferring { TRANSFER } else { WAIT }, dt), (OTHER, 0.0)]),
-                    Class::Other => Seg([(OTHER, dt), (USEFUL, 0.0)]),
+                    Class::Comm => Seg([
+                        (if transferring { Category::CommTransfer.index() } else { Category::CommWait.index() }, dt),
+                        (Category::OtherBusy.index(), 0.0),
+                    ]),
+                    Class::Other => Seg([(Category::OtherBusy.index(), dt), (Category::ComputeUseful.index(), 0.0)]),
                 };
                 if detail && !self.plan.late_windows.is_empty() {
                     self.late_busy_add(a, b);
@@ -697,7 +701,7 @@ impl DeviceSweep {
             return;
         }
         let name = o.name;
-        let (w0, w1) = self.plan.window;
+        let Window { start_ns: w0, end_ns: w1 } = self.plan.window;
         let at = o.start.max(w0);
         let clipped = o.end.min(w1).saturating_sub(o.start.max(w0));
         if at < a || at >= b || (clipped == 0 && o.start < w0) {
@@ -747,8 +751,8 @@ impl DeviceSweep {
     /// The reasons of the blocked time in [a, b), added to the open gap's.
     #[inline(never)]
     fn gap_reasons(&mut self, a: u64, b: u64, reasons: &[Reasoned]) {
-        let lo = reasons.partition_point(|x| x.0 < a.saturating_sub(self.longest_reason));
-        for &(s, e, r) in reasons[lo..].iter().take_while(|x| x.0 < b) {
+        let lo = reasons.partition_point(|x| x.start_ns < a.saturating_sub(self.longest_reason));
+        for &Reasoned { start_ns: s, end_ns: e, reason: r } in reasons[lo..].iter().take_while(|x| x.start_ns < b) {
             let o = e.min(b).saturating_sub(s.max(a));
             if o > 0 {
                 tally(&mut self.gap.reasons, r, o);
@@ -758,11 +762,11 @@ impl DeviceSweep {
 
     fn late_busy_add(&mut self, a: u64, b: u64) {
         let w = &self.plan.late_windows;
-        while self.late_cursor < w.len() && w[self.late_cursor].1 <= a {
+        while self.late_cursor < w.len() && w[self.late_cursor].end_ns <= a {
             self.late_cursor += 1;
         }
-        for &(s, e) in w[self.late_cursor..].iter().take_while(|x| x.0 < b) {
-            self.late_busy += e.min(b).saturating_sub(s.max(a));
+        for x in w[self.late_cursor..].iter().take_while(|x| x.start_ns < b) {
+            self.late_busy += x.overlap(Window::new(a, b));
         }
     }
 
@@ -772,29 +776,29 @@ impl DeviceSweep {
         let lo = blocked.partition_point(|x| x.1 <= a);
         for &(s, e) in blocked[lo..].iter().take_while(|x| x.0 < b) {
             let (s, e) = (s.max(a), e.min(b));
-            let i = w.partition_point(|x| x.1 <= s);
+            let i = w.partition_point(|x| x.end_ns <= s);
             self.late_blocked +=
-                w[i..].iter().take_while(|x| x.0 < e).map(|x| x.1.min(e).saturating_sub(x.0.max(s))).sum::<u64>();
+                w[i..].iter().take_while(|x| x.start_ns < e).map(|x| x.overlap(Window::new(s, e))).sum::<u64>();
         }
     }
 
     fn late_off_cpu(&mut self, a: u64, b: u64, reasons: &[Reasoned]) {
         let w = &self.plan.late_windows;
-        for &(s, e, r) in reasons.iter().take_while(|x| x.0 < b) {
+        for &Reasoned { start_ns: s, end_ns: e, reason: r } in reasons.iter().take_while(|x| x.start_ns < b) {
             let (s, e) = (s.max(a), e.min(b));
             if s >= e {
                 continue;
             }
-            let i = w.partition_point(|x| x.1 <= s);
-            let ns: u64 = w[i..].iter().take_while(|x| x.0 < e).map(|x| x.1.min(e).saturating_sub(x.0.max(s))).sum();
+            let i = w.partition_point(|x| x.end_ns <= s);
+            let ns: u64 = w[i..].iter().take_while(|x| x.start_ns < e).map(|x| x.overlap(Window::new(s, e))).sum();
             if ns > 0 {
                 tally(&mut self.late_reasons, r, ns);
             }
         }
     }
 
-    pub fn finish(mut self, checkpoint: CheckpointIo) -> (DeviceAccount, DeviceDetail, Option<String>) {
-        let (w0, w1) = self.plan.window;
+    pub fn finish(mut self, checkpoint: CheckpointIo) -> DeviceResult {
+        let Window { start_ns: w0, end_ns: w1 } = self.plan.window;
         close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
         let account = DeviceAccount {
             pid: self.plan.pid,
@@ -806,7 +810,7 @@ impl DeviceSweep {
             flop_source: self.plan.flop_source,
         };
         if !self.plan.detail {
-            return (account, DeviceDetail::default(), None);
+            return DeviceResult { account, detail: DeviceDetail::default(), late_activity: None };
         }
         let top_idle_gaps = self
             .gaps
@@ -814,9 +818,12 @@ impl DeviceSweep {
             .map(|g| {
                 let cat = (0..3).max_by(|&i, &j| g.split[i].total_cmp(&g.split[j])).unwrap_or(2);
                 let (category, reason) = match cat {
-                    0 => (CATEGORY_NAMES[LAUNCH_BOUND], "on-CPU"),
-                    1 => (CATEGORY_NAMES[HOST_STALL], g.reasons.iter().max_by_key(|x| x.1).map_or("off-CPU", |x| x.0)),
-                    _ => (CATEGORY_NAMES[IDLE_OTHER], "no launching thread seen"),
+                    0 => (Category::IdleLaunchBound.name(), "on-CPU"),
+                    1 => (
+                        Category::IdleHostStall.name(),
+                        g.reasons.iter().max_by_key(|x| x.1).map_or("off-CPU", |x| x.0),
+                    ),
+                    _ => (Category::IdleOther.name(), "no launching thread seen"),
                 };
                 IdleGap { start_ns: g.start, end_ns: g.end, category, reason }
             })
@@ -831,7 +838,7 @@ impl DeviceSweep {
             .collect();
         top.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.name_id.cmp(&b.name_id)));
         top.truncate(10);
-        let late_total: u64 = self.plan.late_windows.iter().map(|&(s, e)| e.min(w1).saturating_sub(s.max(w0))).sum();
+        let late_total: u64 = self.plan.late_windows.iter().map(|x| x.overlap(self.plan.window)).sum();
         let activity =
             (late_total > 0).then(|| describe(late_total, self.late_busy, self.late_blocked, self.late_reasons));
         let detail = DeviceDetail {
@@ -844,7 +851,7 @@ impl DeviceSweep {
             checkpoint,
             notes: self.plan.notes,
         };
-        (account, detail, activity)
+        DeviceResult { account, detail, late_activity: activity }
     }
 }
 
@@ -1218,7 +1225,7 @@ mod tests {
         for case in 0..300u64 {
             let span = 1 + next(100_000);
             let w = (1_000 + next(1_000), 1_000 + span + next(2_000));
-            let mut plan = DevicePlan::totals_only(1, 0, w, FlopSource::PmSampling);
+            let mut plan = DevicePlan::totals_only(1, 0, Window::new(w.0, w.1), FlopSource::PmSampling);
             plan.detail = case % 4 != 3;
             plan.has_launcher = case % 5 != 4;
             plan.bin_ns = [0, 1 + next(span), 1 + next(span / 10 + 1)][case as usize % 3];
@@ -1231,7 +1238,7 @@ mod tests {
             let mut t = w.0;
             for _ in 0..next(6) {
                 let s = t + next(span / 3 + 1);
-                plan.late_windows.push((s, s + 1 + next(span / 5 + 1)));
+                plan.late_windows.push(Window::new(s, s + 1 + next(span / 5 + 1)));
                 t = s + 1 + next(span / 5 + 1) + 1;
             }
             // how many streams overlap; every other case without collectives
@@ -1271,11 +1278,11 @@ mod tests {
             while t < w.1 + 1_000 && reasons.len() < 40 {
                 let s = t + next(span / 10 + 1);
                 let e = s + next(span / 10 + 1);
-                reasons.push((s, e, ["futex", "io", "sync call"][next(3) as usize]));
+                reasons.push(Reasoned::new(s, e, ["futex", "io", "sync call"][next(3) as usize]));
                 t = s + next(span / 20 + 1);
             }
-            reasons.sort_by_key(|x| (x.0, x.1));
-            let blocked = super::super::account::merge(reasons.iter().map(|x| (x.0, x.1)));
+            reasons.sort_by_key(|x| (x.start_ns, x.end_ns));
+            let blocked = super::super::inputs::merge(reasons.iter().map(|x| (x.start_ns, x.end_ns)));
             let mut fast = DeviceSweep::new(DevicePlan { ..clone_plan(&plan) });
             let mut slow = DeviceSweep::new(plan);
             // Slices as the streaming sweep cuts them: ops reach the slice they start in and

@@ -9,9 +9,10 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::analyze::{account, AccountOptions, CATEGORY_NAMES};
+use crate::analyze::analyze_file;
+use crate::analyze::{account, AccountOptions, Category, Window};
 use crate::record::session::{find_inject_lib, record_command_with_progress, LaunchConfig};
-use crate::report::{analyze_file, html, render_text, ReportDoc};
+use crate::report::{html, render_text, ReportDoc};
 
 /// `ghostprof demo`'s arguments, used as its configuration.
 #[derive(Args, Debug)]
@@ -91,7 +92,7 @@ pub fn run(cfg: &DemoConfig) -> anyhow::Result<ExitCode> {
 
 /// Prints each rank's categories next to the simulator's, over the simulator's windows.
 fn compare_with_truth(trace: &Path, truth_dir: &Path) -> anyhow::Result<()> {
-    let (batch, names, _) = crate::report::load(trace)?;
+    let crate::analyze::Loaded { batch, names, .. } = crate::analyze::load(trace)?;
     let mut truths = Vec::new();
     for rank in 0..2 {
         let path = truth_dir.join(format!("truth-rank{rank}.json"));
@@ -101,8 +102,10 @@ fn compare_with_truth(trace: &Path, truth_dir: &Path) -> anyhow::Result<()> {
     let mut opts = AccountOptions::default();
     for t in &truths {
         let pid = t["pid"].as_u64().unwrap_or(0) as u32;
-        opts.windows
-            .insert(pid, (t["window"]["start_ns"].as_u64().unwrap_or(0), t["window"]["end_ns"].as_u64().unwrap_or(0)));
+        opts.windows.insert(
+            pid,
+            Window::new(t["window"]["start_ns"].as_u64().unwrap_or(0), t["window"]["end_ns"].as_u64().unwrap_or(0)),
+        );
     }
     let accounts = account(&batch, &names, &opts);
     super::out("\nAgainst gpusim's ground truth (the simulator's own windows), % of the window:\n")?;
@@ -112,7 +115,7 @@ fn compare_with_truth(trace: &Path, truth_dir: &Path) -> anyhow::Result<()> {
         let w = a.window_ns().max(1) as f64;
         super::out(&format!("  rank {} (pid {pid})         ghostprof   truth\n", t["rank"]))?;
         let mut worst = 0f64;
-        for name in CATEGORY_NAMES {
+        for name in Category::NAMES {
             let ours = a.categories.get(name) as f64 / w * 100.0;
             let truth = t["devices"][0]["categories"][name].as_u64().unwrap_or(0) as f64 / w * 100.0;
             worst = worst.max((ours - truth).abs());

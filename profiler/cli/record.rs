@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 
+use crate::analyze::analyze_file;
 use crate::record::attach::{attach, AttachConfig};
 use crate::record::progress::Progress;
 use crate::record::session::{record_command_with_progress, LaunchConfig, SessionError, SessionSummary};
-use crate::report::{analyze_file, render_text};
+use crate::report::render_text;
 use crate::units::escape_text;
 
 /// `ghostprof record`'s arguments, used as its configuration (the library's

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use crate::analyze::{analyze_files, ReportOptions};
 use crate::analyze::{peak, DetailOptions};
-use crate::report::{analyze_files, html, render_text, write_json, ReportDoc, ReportOptions};
+use crate::report::{html, render_text, write_json, ReportDoc};
 
 /// The data types of the built-in peak table (`--dtype`).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,9 +8,9 @@ use std::fmt::Write;
 
 use super::model::{DeviceDoc, FileIoDoc, OffCpu, PartitionDoc, PerCategory, ReportDoc};
 
-use crate::analyze::CATEGORY_NAMES;
+use crate::analyze::Category;
 
-/// Fill colours of the eight categories, in [`CATEGORY_NAMES`] order.
+/// Fill colours of the eight categories, in [`Category::NAMES`] order.
 const COLORS: [&str; 8] = ["#2e7d32", "#a5d6a7", "#1565c0", "#90caf9", "#8d8d8d", "#ef6c00", "#c62828", "#f48fb1"];
 
 const BUSY_COLOR: &str = "#37474f";
@@ -82,7 +82,7 @@ svg{display:block;margin:4px 0}svg text{font-size:11px;fill:#455a64}
 
 fn legend(o: &mut String) {
     o.push_str(r#"<div class="legend">"#);
-    for (i, n) in CATEGORY_NAMES.iter().enumerate() {
+    for (i, n) in Category::NAMES.iter().enumerate() {
         let _ = write!(o, r#"<span><i class="sw" style="background:{}"></i>{n}</span>"#, COLORS[i]);
     }
     o.push_str("</div>\n");
@@ -98,7 +98,7 @@ fn category_bar(o: &mut String, cats: &PerCategory<f64>, width: f64) {
             let _ = write!(
                 o,
                 r#"<rect x="{x:.2}" y="2" width="{w:.2}" height="22" fill="{color}"><title>{} {}</title></rect>"#,
-                CATEGORY_NAMES[i],
+                Category::NAMES[i],
                 pct(cat_fraction(cats, i))
             );
         }
@@ -212,7 +212,7 @@ fn stacked_chart(
                 o,
                 r#"<rect x="{x0:.2}" y="{top:.2}" width="{:.2}" height="{h:.2}" fill="{color}"><title>{tip}: {} {}</title></rect>"#,
                 (bw - gap).max(0.5),
-                CATEGORY_NAMES[c],
+                Category::NAMES[c],
                 pct(cat_fraction(cats, c))
             );
         }
@@ -255,7 +255,7 @@ fn device_section(o: &mut String, d: &DeviceDoc) {
     category_bar(o, cats, W);
     legend(o);
     o.push_str(r#"<table><tr><th class="l">category</th><th>share of window</th><th>time</th></tr>"#);
-    for (i, n) in CATEGORY_NAMES.iter().enumerate() {
+    for (i, n) in Category::NAMES.iter().enumerate() {
         let _ = write!(
             o,
             r#"<tr><td class="l"><i class="sw" style="background:{}"></i>{n}</td><td>{}</td><td>{}</td></tr>"#,

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::model::ReportDoc;
-use super::FileReport;
+use crate::analyze::files::FileReport;
 
 /// The JSON document (docs/report-schema.md) as a `Value`.
 pub fn render_json(reports: &[FileReport]) -> Value {

@@ -14,9 +14,9 @@ use serde::de::Deserializer;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
-use super::{cross_rank, straggler_activity, FileReport};
+use crate::analyze::files::{cross_rank, straggler_activity, FileReport};
 use crate::analyze::host::{HostFigures, OFF_CPU_REASONS};
-use crate::analyze::{Categories, DeviceAccount, DeviceDetail, Partition, CATEGORY_NAMES};
+use crate::analyze::{Categories, Category, DeviceAccount, DeviceDetail, Partition};
 use crate::trace::StallReason;
 
 /// The `schema` field.
@@ -225,7 +225,7 @@ pub struct FileIoDoc {
     pub write_ns: u64,
 }
 
-/// A value per category, indexed like [`CATEGORY_NAMES`]; a JSON object keyed by their names
+/// A value per category, indexed like [`Category::NAMES`]; a JSON object keyed by their names
 /// (an absent name reads as the default).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PerCategory<T>(pub [T; 8]);
@@ -276,13 +276,13 @@ fn deserialize_named<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default + 
 
 impl<T: Serialize> Serialize for PerCategory<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serialize_named(s, &CATEGORY_NAMES, &self.0)
+        serialize_named(s, &Category::NAMES, &self.0)
     }
 }
 
 impl<'de, T: Deserialize<'de> + Default + Copy> Deserialize<'de> for PerCategory<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        deserialize_named(d, &CATEGORY_NAMES).map(PerCategory)
+        deserialize_named(d, &Category::NAMES).map(PerCategory)
     }
 }
 
@@ -435,7 +435,7 @@ impl<'a> DeviceDoc<'a> {
             flop_source: a.flop_source.name().to_string(),
             mfu: a.mfu(),
             pid: a.pid,
-            step_source: d.step_source.name().to_string(),
+            step_source: crate::trace::StepSource::report_name(d.step_source).to_string(),
             steps: Partitions::of_analysis(&d.steps, a, true),
             top_idle_gaps: d
                 .top_idle_gaps

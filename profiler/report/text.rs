@@ -6,8 +6,9 @@
 use std::fmt::Write;
 
 use super::model::{DeviceDoc, FileIoDoc, OffCpu, PartitionDoc, ProcessHostDoc, ReportDoc};
-use super::{pct, FileReport};
-use crate::analyze::CATEGORY_NAMES;
+use super::pct;
+use crate::analyze::files::FileReport;
+use crate::analyze::Category;
 // Job text (kernel names, notes, paths) is escaped: it must not drive the reader's terminal.
 use crate::units::escape_text as esc;
 
@@ -31,7 +32,7 @@ fn step_row(o: &mut String, i: usize, s: &PartitionDoc, mfu_known: bool) {
     let len_ns = s.end_ns.unwrap_or(s.start_ns) - s.start_ns;
     let len = len_ns.max(1) as f64;
     let f = |c: usize| format!("{:>6.1}", s.categories_ns.0[c] as f64 * 100.0 / len);
-    // CATEGORY_NAMES order: useful, inefficient, transfer, wait, other, launch-bound, stall, idle
+    // Category::NAMES order: useful, inefficient, transfer, wait, other, launch-bound, stall, idle
     let mfu = if mfu_known { f(0) } else { "     -".to_string() };
     let _ = writeln!(
         o,
@@ -216,7 +217,7 @@ pub fn render_doc(doc: &ReportDoc) -> String {
                 }
             }
             let _ = writeln!(o, "  window {:.3} ms, FLOP source: {}", w / 1e6, d.flop_source);
-            for (i, name) in CATEGORY_NAMES.iter().enumerate() {
+            for (i, name) in Category::NAMES.iter().enumerate() {
                 let ns = d.categories_ns.0[i];
                 let _ = writeln!(o, "  {name:<20} {:>7}  {:>12.3} ms", pct(ns as f64 / w), ns as f64 / 1e6);
             }

@@ -834,6 +834,18 @@ u32_enum! {
     }
 }
 
+impl StepSource {
+    /// What a report calls the source of a device's steps: `none` when none were found, and
+    /// `regex` for [`StepSource::KernelRegex`] (the report's word since its first schema).
+    pub fn report_name(source: Option<StepSource>) -> &'static str {
+        match source {
+            Some(StepSource::KernelRegex) => "regex",
+            Some(s) => s.name(),
+            None => "none",
+        }
+    }
+}
+
 u32_enum! {
     /// Which library a [`LibraryInfo`] is.
     LibKind {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use ghostprof::analyze::{analyze_batch, analyze_files, load, ReportOptions};
 use ghostprof::export::{export_chrome, ChromeOptions};
-use ghostprof::report::{analyze_batch, analyze_files, load, ReportOptions};
 use ghostprof::trace::synth::TrainingStream;
 use ghostprof::trace::{Interner, TraceInfo, TraceReader, TraceWriter, WriterOptions};
 
@@ -79,8 +79,8 @@ pub fn bench_analyze_child(args: &[String]) -> Result<()> {
     let devices = match mode {
         "stream" => analyze_files(std::slice::from_ref(&path), &opts)?.iter().map(|r| r.accounts.len()).sum::<usize>(),
         "memory" => {
-            let (batch, names, warnings) = load(&path)?;
-            analyze_batch(path.display().to_string(), &batch, &names, warnings, &opts).accounts.len()
+            let l = load(&path)?;
+            analyze_batch(path.display().to_string(), &l.batch, &l.names, l.warnings, &opts).accounts.len()
         }
         _ => bail!("mode is stream or memory"),
     };

@@ -1,0 +1,282 @@
+//! The analysis of whole trace files: [`analyze_files`] (streaming, bounded memory) reads
+//! each file's summary, matches collectives across all files (skew, straggler), then sweeps
+//! each file; [`analyze_batch`] is the same for records already in memory, one file alone.
+//! Both give a [`FileReport`] per file, what report/ renders.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::account::analyze_with;
+use super::collectives::{self, CrossRank, RankInput, RankView};
+use super::host::ProcessHost;
+use super::model::{AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows, Window};
+use super::stream::{self, StreamOptions};
+use crate::trace::{RecordBatch, TraceError, TraceReader};
+
+/// What the analysis of a file computes beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    pub detail: DetailOptions,
+}
+
+/// The analysis of one trace file.
+pub struct FileReport {
+    pub path: String,
+    pub accounts: Vec<DeviceAccount>,
+    /// Parallel to `accounts`.
+    pub details: Vec<DeviceDetail>,
+    /// Names of the kernels the details mention.
+    pub kernel_names: HashMap<u32, String>,
+    /// Collective instances per process, for the cross-rank view.
+    pub ranks: Vec<RankInput>,
+    /// What each process was doing while other ranks waited for it (the straggler line).
+    pub activity: HashMap<u32, String>,
+    /// CLOCK_MONOTONIC → CLOCK_REALTIME, when the trace recorded it.
+    pub realtime_offset_ns: Option<i128>,
+    pub warnings: Vec<String>,
+    /// The recording session's notes, as stored in the trace (a collector off, CUPTI held…).
+    pub recording_notes: Vec<String>,
+    /// Chunks of the file that could not be read and were left out (report JSON
+    /// `damaged_chunks`).
+    pub damaged_chunks: Vec<crate::trace::reader::DamagedChunk>,
+    /// Host figures per process (on-CPU, off-CPU by reason, file I/O), with or without devices.
+    pub host: Vec<ProcessHost>,
+}
+
+/// A whole trace in memory.
+pub struct Loaded {
+    pub batch: RecordBatch,
+    /// The string table: id → string.
+    pub names: HashMap<u32, String>,
+    /// The reader's warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Every record of `path` and its string table, and the reader's warnings.
+pub fn load(path: &Path) -> Result<Loaded, TraceError> {
+    let reader = TraceReader::open(path)?;
+    let mut names = HashMap::new();
+    let mut batch = RecordBatch::default();
+    reader.for_each_chunk(|c| {
+        names.extend(c.strings.iter().cloned());
+        batch.append(c.records.clone());
+    })?;
+    Ok(Loaded { batch, names, warnings: reader.warnings().to_vec() })
+}
+
+/// Reads `path` and analyzes every device of every process over its own active window (first
+/// to last device operation or launch of that process).
+pub fn analyze_file(path: &Path) -> Result<FileReport, TraceError> {
+    analyze_file_with(path, &ReportOptions::default())
+}
+
+/// [`analyze_file`] with options (steps, bins, FLOP source).
+pub fn analyze_file_with(path: &Path, opts: &ReportOptions) -> Result<FileReport, TraceError> {
+    let mut v = analyze_files(&[path.to_path_buf()], opts)?;
+    Ok(v.remove(0))
+}
+
+/// Analyzes trace files with bounded memory ([`super::stream`]): a summary pass over
+/// every file, the cross-rank matching of their collectives, then each file's sweep (which
+/// books `comm.wait` of collectives matched across files, and measures what each late rank
+/// was doing while the others waited).
+pub fn analyze_files(paths: &[PathBuf], opts: &ReportOptions) -> Result<Vec<FileReport>, TraceError> {
+    let mut readers = Vec::new();
+    for p in paths {
+        readers.push((p.display().to_string(), TraceReader::open(p)?));
+    }
+    let damaged = |readers: &[(String, TraceReader)]| readers.iter().map(|r| r.1.damaged_chunks().len()).sum::<usize>();
+    loop {
+        let (reports, known) = analyze_readers(&readers, opts)?;
+        // A chunk whose head was whole (the summary pass reads only that) but whose frame is
+        // damaged (found by the sweep) was half counted: analyze again without it. Each round
+        // knows more damaged chunks, so this ends.
+        if damaged(&readers) == known {
+            return Ok(reports);
+        }
+    }
+}
+
+/// One round of [`analyze_files`]; also the number of damaged chunks known after the summary
+/// pass.
+fn analyze_readers(
+    readers: &[(String, TraceReader)],
+    opts: &ReportOptions,
+) -> Result<(Vec<FileReport>, usize), TraceError> {
+    let stream_opts = StreamOptions { detail: opts.detail.clone(), ..StreamOptions::default() };
+    let mut files = Vec::new();
+    for (path, reader) in readers {
+        let skeleton = stream::summarize(reader, &stream_opts)?;
+        files.push((path.clone(), reader, skeleton));
+    }
+    let known = readers.iter().map(|r| r.1.damaged_chunks().len()).sum();
+    let shells: Vec<FileReport> = files
+        .iter()
+        .map(|(path, _, sk)| {
+            let mut by_pid: std::collections::BTreeMap<u32, Vec<collectives::CollInstance>> = Default::default();
+            for inst in collectives::instances(&sk.small, &sk.names) {
+                by_pid.entry(inst.pid).or_default().push(inst);
+            }
+            FileReport {
+                path: path.clone(),
+                accounts: Vec::new(),
+                details: Vec::new(),
+                kernel_names: HashMap::new(),
+                ranks: by_pid
+                    .into_iter()
+                    .map(|(pid, instances)| RankInput { file: path.clone(), pid, instances })
+                    .collect(),
+                activity: HashMap::new(),
+                realtime_offset_ns: collectives::realtime_offset(&sk.small),
+                warnings: Vec::new(),
+                recording_notes: recording_notes(&sk.small, &sk.names),
+                damaged_chunks: Vec::new(),
+                host: Vec::new(),
+            }
+        })
+        .collect();
+    let cross = cross_rank(&shells);
+    let mut out = Vec::new();
+    for (mut report, (path, reader, sk)) in shells.into_iter().zip(files) {
+        let late = late_windows(&cross, &path);
+        let mut o = stream_opts.clone();
+        o.account.windows = sk.windows.clone();
+        let no_waits = HashMap::new();
+        let extra_waits = cross.spanning_waits.get(&path).unwrap_or(&no_waits);
+        let (results, late_records, host) = stream::sweep_file_with_host(reader, &sk, &o, &late, extra_waits)?;
+        report.host = host;
+        // after the sweep, which decoded every chunk: every damaged one is known
+        report.warnings = reader.warnings();
+        report.damaged_chunks = reader.damaged_chunks();
+        for r in results {
+            if let Some(act) = r.late_activity {
+                report.activity.entry(r.account.pid).or_insert(act);
+            }
+            report.accounts.push(r.account);
+            report.details.push(r.detail);
+        }
+        report.kernel_names = report
+            .details
+            .iter()
+            .flat_map(|d| d.top_kernels.iter())
+            .map(|k| (k.name_id, sk.names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
+            .collect();
+        if late_records > 0 {
+            report.warnings.push(format!(
+                "{late_records} records arrived more than {} s after newer ones and were left out of the sweep",
+                o.reorder_window_ns as f64 / 1e9
+            ));
+        }
+        out.push(report);
+    }
+    Ok((out, known))
+}
+
+/// The texts of a trace's session notes, in order, each once.
+pub fn recording_notes(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in &batch.notes {
+        let text = names.get(&n.text_id).cloned().unwrap_or_else(|| format!("note #{}", n.text_id));
+        if !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    out
+}
+
+/// The active window of each process: first device operation or launch to the later of the
+/// last one and the launching threads' last blocking interval (docs/metrics.md, "Window").
+pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, Window> {
+    let mut windows: HashMap<u32, Window> = HashMap::new();
+    let spans = batch
+        .kernels
+        .iter()
+        .map(|k| (k.pid, k.start_ns, k.end_ns))
+        .chain(batch.memops.iter().map(|m| (m.pid, m.start_ns, m.end_ns)))
+        .chain(batch.launches.iter().map(|l| (l.pid, l.time_ns, l.time_ns)));
+    for (pid, s, e) in spans {
+        windows.entry(pid).or_insert(Window::new(s, e)).widen(s, e);
+    }
+    let launchers: std::collections::HashSet<(u32, u32)> = batch.launches.iter().map(|l| (l.pid, l.tid)).collect();
+    super::inputs::extend_windows_to_blocking(&mut windows, batch, &|p, t| launchers.contains(&(p, t)));
+    windows
+}
+
+/// The analysis of records already in memory, one file alone (the streaming
+/// [`analyze_files`] gives the same result with bounded memory).
+pub fn analyze_batch(
+    path: String,
+    batch: &RecordBatch,
+    names: &HashMap<u32, String>,
+    warnings: Vec<String>,
+    opts: &ReportOptions,
+) -> FileReport {
+    let mut by_pid: std::collections::BTreeMap<u32, Vec<collectives::CollInstance>> = Default::default();
+    for inst in collectives::instances(batch, names) {
+        by_pid.entry(inst.pid).or_default().push(inst);
+    }
+    let ranks: Vec<RankInput> =
+        by_pid.into_iter().map(|(pid, instances)| RankInput { file: path.clone(), pid, instances }).collect();
+    let views: Vec<RankView> = ranks.iter().map(|input| RankView { input, offset_ns: 0 }).collect();
+    let late = late_windows(&collectives::cross_rank(&views), &path);
+    let account_opts = AccountOptions { windows: process_windows(batch), ..AccountOptions::default() };
+    let mut accounts = Vec::new();
+    let mut details = Vec::new();
+    let mut activity = HashMap::new();
+    for r in analyze_with(batch, names, &account_opts, Some(&opts.detail), &late) {
+        if let Some(act) = r.late_activity {
+            activity.entry(r.account.pid).or_insert(act);
+        }
+        accounts.push(r.account);
+        details.push(r.detail);
+    }
+    let kernel_names = details
+        .iter()
+        .flat_map(|d| d.top_kernels.iter())
+        .map(|k| (k.name_id, names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
+        .collect();
+    FileReport {
+        path,
+        accounts,
+        details,
+        kernel_names,
+        ranks,
+        activity,
+        realtime_offset_ns: collectives::realtime_offset(batch),
+        warnings,
+        recording_notes: recording_notes(batch, names),
+        damaged_chunks: Vec::new(),
+        host: super::host::host_figures(batch),
+    }
+}
+
+/// The windows (own clock) in which other ranks waited for each process of `file`.
+pub fn late_windows(cross: &CrossRank, file: &str) -> LateWindows {
+    cross
+        .skew
+        .iter()
+        .filter(|s| s.file == file && !s.late_windows.is_empty())
+        .map(|s| (s.pid, s.late_windows.clone()))
+        .collect()
+}
+
+/// The cross-rank view of all files. Several files are put on CLOCK_REALTIME when each
+/// recorded the mapping (ranks on different hosts); otherwise their monotonic clocks are used.
+pub fn cross_rank(reports: &[FileReport]) -> CrossRank {
+    let realtime = reports.len() > 1 && reports.iter().all(|r| r.realtime_offset_ns.is_some());
+    let ranks: Vec<RankView> = reports
+        .iter()
+        .flat_map(|r| {
+            let offset_ns = if realtime { r.realtime_offset_ns.unwrap_or(0) } else { 0 };
+            r.ranks.iter().map(move |input| RankView { input, offset_ns })
+        })
+        .collect();
+    collectives::cross_rank(&ranks)
+}
+
+/// What the straggler was doing while the others waited for it.
+pub fn straggler_activity(reports: &[FileReport], cross: &CrossRank) -> Option<String> {
+    let s = &cross.skew[cross.straggler?];
+    let report = reports.iter().find(|r| r.path == s.file)?;
+    report.activity.get(&s.pid).cloned()
+}
