@@ -74,8 +74,11 @@ pub const PERIOD_PROBE: usize = 50_000;
 /// the one that started at `first_start`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeriodicAnchor {
+    /// The kernel name's id.
     pub name: u32,
+    /// Start of the first launch a step starts at, ns.
     pub first_start: u64,
+    /// Launches of `name` per step.
     pub every: usize,
 }
 

@@ -39,7 +39,9 @@ use crate::trace::{
 /// Options of the streaming analysis.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
+    /// What the accounting covers.
     pub account: AccountOptions,
+    /// Steps, bins and the FLOP source.
     pub detail: DetailOptions,
     /// Records arriving later than this behind the newest record read are counted, not swept.
     pub reorder_window_ns: u64,
@@ -84,6 +86,7 @@ impl DeviceSummary {
 
 /// What the summary pass keeps of a trace.
 pub struct Skeleton {
+    /// The string table: id → string.
     pub names: HashMap<u32, String>,
     /// NCCL calls, collective kernels, step markers, PM samples, clock syncs, checkpoint I/O.
     pub small: RecordBatch,
@@ -103,6 +106,7 @@ pub struct Skeleton {
     /// (a device record held in a part-filled CUPTI buffer: ~6 s on an H200 before the forced
     /// flush), found with the sweep's own rule, up to [`MAX_LATE`]; the sweep takes them in time.
     late: RecordBatch,
+    /// Records read by the summary pass.
     pub records: u64,
     /// Chunks the summary read from their digest alone (the others were decoded whole).
     pub chunks_from_digest: u64,
