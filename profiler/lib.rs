@@ -23,7 +23,6 @@ pub mod outfile;
 pub mod pipeline;
 #[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod record;
-#[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod report;
 #[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod trace;
