@@ -1,6 +1,6 @@
 //! The analysis of a trace file with bounded memory, chunk by chunk (a trace can be larger
 //! than RAM). Same arithmetic as the in-memory [`super::analyze_with`] (both build their
-//! plans with `super::plan` and feed [`super::sweep::DeviceSweep`]); only what is kept
+//! plans with `super::plan` and feed `sweep::DeviceSweep`); only what is kept
 //! differs:
 //!
 //! 1. **Summary pass**: per process its window and launching threads; per device the kernel
@@ -10,7 +10,7 @@
 //!    checkpoint writes. (Tensor-activity samples are kept for devices whose PM sample
 //!    intervals have been seen, in that chunk or before: they come together.) Also the records
 //!    that will reach the sweep too late: kernels and copies starting more than the reorder
-//!    window before the newest device record of the chunks before theirs (up to [`MAX_LATE`]),
+//!    window before the newest device record of the chunks before theirs (up to `MAX_LATE`),
 //!    and host blocks of at least half the window (recorded when they end).
 //! 2. **Kernel pass** (only when needed): PM least squares kernel by kernel; the launches of a
 //!    periodic sequence's anchor kernel; each step's compute time for `--flops-per-step`.
