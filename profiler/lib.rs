@@ -12,7 +12,6 @@
 //! - [`export`]: the trace in other tools' formats (Chrome trace JSON for Perfetto and HTA);
 //! - [`cli`]: the command line (the only module that knows clap).
 
-#[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod analyze;
 pub mod cli;
 pub mod clock;
@@ -24,7 +23,6 @@ pub mod outfile;
 pub mod pipeline;
 #[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod record;
-#[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod report;
 #[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod trace;

@@ -19,18 +19,24 @@ use crate::trace::{ClockDomain, CollOp, NcclPhase, RecordBatch};
 /// One rank's part of one collective.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollInstance {
+    /// The process.
     pub pid: u32,
     /// NCCL rank in the communicator.
     pub rank: u32,
+    /// Ranks in the communicator.
     pub nranks: u32,
     /// Which communicator of the process (0 = the first it used).
     pub comm_index: u32,
+    /// NCCL's sequence number of the collective in its communicator.
     pub seq: u64,
+    /// The op, a [`CollOp`] value.
     pub op: u32,
     /// Payload in NCCL-tests terms (all-gather / reduce-scatter: the whole gathered buffer).
     pub size_bytes: u64,
     /// Kernel start, else host call start (the process's own clock).
     pub arrival_ns: u64,
+    /// The collective kernel's `[start, end)`, ns on the process's own clock; None when no kernel
+    /// was paired with the call.
     pub kernel: Option<(u64, u64)>,
     /// NCCL's algorithm and protocol (0: not recorded): [`super::nccl_algo`].
     pub algo: AlgoCode,
@@ -145,28 +151,39 @@ pub fn realtime_offset(batch: &RecordBatch) -> Option<i128> {
 /// One rank: the instances of one process of one file.
 #[derive(Debug, Clone)]
 pub struct RankInput {
+    /// The trace file's path.
     pub file: String,
+    /// The process.
     pub pid: u32,
+    /// Its collective instances, in call order.
     pub instances: Vec<CollInstance>,
 }
 
 /// A rank for the matching, with the offset that puts its clock on the common one.
 #[derive(Debug, Clone, Copy)]
 pub struct RankView<'a> {
+    /// The rank.
     pub input: &'a RankInput,
+    /// Added to its times to put them on the common clock, ns.
     pub offset_ns: i128,
 }
 
 /// Totals of one (op, size bucket).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CollStat {
+    /// The op's name ([`CollOp::name_of`]).
     pub op: String,
+    /// The payload's [`size_bucket`].
     pub size_bucket: String,
     /// Rank-instances (each rank's kernel of a collective counts once).
     pub count: u64,
+    /// Payload bytes, summed over the rank-instances.
     pub bytes: u64,
+    /// Kernel time, ns, summed over the rank-instances.
     pub time_ns: u64,
+    /// The part of `time_ns` after the last rank arrived, ns.
     pub transfer_ns: u64,
+    /// The part of `time_ns` before the last rank arrived, ns.
     pub wait_ns: u64,
     /// Σ bytes × busBw factor ÷ Σ transfer time, GB/s.
     pub bus_bandwidth_gbps: f64,
@@ -182,11 +199,17 @@ pub struct CollStat {
 /// Arrival skew of one rank over the matched collectives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RankSkew {
+    /// NCCL rank (the pid when the process has no instance).
     pub rank: u32,
+    /// The process.
     pub pid: u32,
+    /// The trace file's path.
     pub file: String,
+    /// Collectives of this rank matched with every other rank of them.
     pub matched: u64,
+    /// Mean of its arrival − the earliest arrival over the matched collectives, ns.
     pub mean_arrival_skew_ns: f64,
+    /// Largest such arrival skew, ns.
     pub max_arrival_skew_ns: u64,
     /// Collectives where this rank arrived last (and later than another rank).
     pub late_count: u64,
@@ -197,7 +220,9 @@ pub struct RankSkew {
 /// Everything cross-rank.
 #[derive(Debug, Clone, Default)]
 pub struct CrossRank {
+    /// Totals per (op, size bucket), most time first.
     pub collectives: Vec<CollStat>,
+    /// One per rank, sorted by rank, file, pid.
     pub skew: Vec<RankSkew>,
     /// Per file, (pid, kernel start) → wait of the collectives whose ranks are in several
     /// files (a file alone cannot match them): the accounting's `comm.wait` for them.

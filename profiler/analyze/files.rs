@@ -16,12 +16,15 @@ use crate::trace::{RecordBatch, TraceError, TraceReader};
 /// What the analysis of a file computes beyond the defaults.
 #[derive(Debug, Clone, Default)]
 pub struct ReportOptions {
+    /// Steps, bins and the FLOP source.
     pub detail: DetailOptions,
 }
 
 /// The analysis of one trace file.
 pub struct FileReport {
+    /// The trace file's path, as given.
     pub path: String,
+    /// The accounting of each device of each process.
     pub accounts: Vec<DeviceAccount>,
     /// Parallel to `accounts`.
     pub details: Vec<DeviceDetail>,
@@ -33,6 +36,7 @@ pub struct FileReport {
     pub activity: HashMap<u32, String>,
     /// CLOCK_MONOTONIC → CLOCK_REALTIME, when the trace recorded it.
     pub realtime_offset_ns: Option<i128>,
+    /// The reader's warnings (damaged chunks, ...) and records the sweep left out.
     pub warnings: Vec<String>,
     /// The recording session's notes, as stored in the trace (a collector off, CUPTI held…).
     pub recording_notes: Vec<String>,
@@ -45,6 +49,7 @@ pub struct FileReport {
 
 /// A whole trace in memory.
 pub struct Loaded {
+    /// Every record of the file.
     pub batch: RecordBatch,
     /// The string table: id → string.
     pub names: HashMap<u32, String>,

@@ -21,6 +21,7 @@ pub enum FlopSource {
 }
 
 impl FlopSource {
+    /// The name reports use ("pm_sampling", "flops_per_step", "none").
     pub fn name(self) -> &'static str {
         match self {
             FlopSource::PmSampling => "pm_sampling",

@@ -17,21 +17,26 @@ pub const OFF_CPU_REASONS: usize = 8;
 /// Host figures of one thread (or, summed, of a process).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostFigures {
-    /// First time seen and end of the last record, CLOCK_MONOTONIC ns.
+    /// First time seen, CLOCK_MONOTONIC ns.
     pub start_ns: u64,
+    /// End of the last record, CLOCK_MONOTONIC ns.
     pub end_ns: u64,
     /// The span minus the off-CPU time.
     pub on_cpu_ns: u64,
     /// Off-CPU ns per [`StallReason`] value (run-queue wait included, as its own reason).
     pub off_cpu_ns: [u64; OFF_CPU_REASONS],
+    /// Bytes of read-family file syscalls.
     pub file_read_bytes: u64,
+    /// Bytes of write-family file syscalls.
     pub file_write_bytes: u64,
-    /// Time in reads, and in writes, fsyncs and truncations.
+    /// Time in reads, ns.
     pub file_read_ns: u64,
+    /// Time in writes, fsyncs and truncations, ns.
     pub file_write_ns: u64,
 }
 
 impl HostFigures {
+    /// Off-CPU time over all reasons, ns.
     pub fn off_cpu_total_ns(&self) -> u64 {
         self.off_cpu_ns.iter().fold(0u64, |s, x| s.saturating_add(*x))
     }
@@ -40,9 +45,11 @@ impl HostFigures {
 /// The host figures of one process: its threads (most on-CPU + off-CPU time first) and their sum.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProcessHost {
+    /// The process.
     pub pid: u32,
     /// Sum over the threads; the span is the union's bounds.
     pub total: HostFigures,
+    /// Each thread (tid) with its figures, most on-CPU + off-CPU time first.
     pub threads: Vec<(u32, HostFigures)>,
 }
 

@@ -12,13 +12,22 @@ use crate::trace::{StallReason, StepSource};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(usize)]
 pub enum Category {
+    /// `compute.useful`: the FLOP-equivalent time of compute kernels (FLOPs ÷ peak FLOP/s).
     ComputeUseful,
+    /// `compute.inefficient`: the rest of compute-kernel time (memory-bound, low occupancy, tails).
     ComputeInefficient,
+    /// `comm.transfer`: collective-kernel time after the last rank arrived (data moving).
     CommTransfer,
+    /// `comm.wait`: collective-kernel time before the last rank arrived (ghost compute).
     CommWait,
+    /// `other.busy`: copies, memsets, and compute kernels with no FLOP attribution.
     OtherBusy,
+    /// `idle.launch_bound`: device idle while a launching thread was on-CPU.
     IdleLaunchBound,
+    /// `idle.host_stall`: device idle while a launching thread was blocked (I/O, futex, preemption,
+    /// a synchronize or NCCL call).
     IdleHostStall,
+    /// `idle.other`: device idle with no launching thread of the process seen.
     IdleOther,
 }
 
@@ -76,6 +85,7 @@ impl Category {
 /// [`Category::index`]): the sweep adds to it in its hot loop.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Categories {
+    /// Nanoseconds of each category, indexed by [`Category::index`].
     pub ns: [u64; 8],
 }
 
@@ -85,6 +95,7 @@ impl Categories {
         Category::from_name(name).map_or(0, |c| self[c])
     }
 
+    /// The sum over all categories, ns (the window's or partition's length).
     pub fn total(&self) -> u64 {
         self.ns.iter().sum()
     }
@@ -114,11 +125,14 @@ impl std::ops::IndexMut<Category> for Categories {
 /// other ranks waited for a process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Window {
+    /// Start, ns (inclusive).
     pub start_ns: u64,
+    /// End, ns (exclusive).
     pub end_ns: u64,
 }
 
 impl Window {
+    /// `[start_ns, end_ns)`.
     pub const fn new(start_ns: u64, end_ns: u64) -> Self {
         Window { start_ns, end_ns }
     }
@@ -149,6 +163,7 @@ impl Window {
     }
 }
 
+/// What the accounting covers and how it classifies off-CPU time (docs/metrics.md).
 #[derive(Debug, Clone)]
 pub struct AccountOptions {
     /// The window for every device; default: from the device's first operation to its last.
@@ -183,17 +198,24 @@ impl Default for AccountOptions {
 /// The accounting of one device of one process.
 #[derive(Debug, Clone)]
 pub struct DeviceAccount {
+    /// The process.
     pub pid: u32,
+    /// The device's ordinal (the `device` of its CUPTI records).
     pub device: u32,
+    /// Start of the accounted window, ns.
     pub window_start_ns: u64,
+    /// End of the accounted window, ns (exclusive).
     pub window_end_ns: u64,
     /// Union of device work in the window (what dashboards call busy).
     pub busy_ns: u64,
+    /// Nanoseconds per category; they sum to the window's length.
     pub categories: Categories,
+    /// Where `compute.useful` came from.
     pub flop_source: FlopSource,
 }
 
 impl DeviceAccount {
+    /// The window's length, ns (0 when it ends before it starts).
     pub fn window_ns(&self) -> u64 {
         self.window_end_ns.saturating_sub(self.window_start_ns)
     }
@@ -224,9 +246,11 @@ pub struct DetailOptions {
     pub detect_periodicity: bool,
     /// Bin width; None: the window split into `default_bins` bins.
     pub bin_ns: Option<u64>,
+    /// The number of bins when `bin_ns` is None.
     pub default_bins: u64,
     /// Model FLOPs of one step and the device's peak FLOP/s: the third FLOP source.
     pub flops_per_step: Option<f64>,
+    /// Peak FLOP/s of the device; the model-FLOPs source needs both it and `flops_per_step`.
     pub peak_flops: Option<f64>,
 }
 
@@ -249,13 +273,18 @@ pub const MAX_BINS: u64 = 1_000_000;
 /// A stretch of the window (a step or a bin) with its own accounting; categories sum to its length.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Partition {
+    /// Start, ns.
     pub start_ns: u64,
+    /// End, ns (exclusive).
     pub end_ns: u64,
+    /// Union of device work in the partition, ns.
     pub busy_ns: u64,
+    /// Nanoseconds per category; they sum to the partition's length.
     pub categories: Categories,
 }
 
 impl Partition {
+    /// The partition's length, ns.
     pub fn len_ns(&self) -> u64 {
         self.end_ns - self.start_ns
     }
@@ -264,7 +293,9 @@ impl Partition {
 /// A maximal stretch with no device work, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdleGap {
+    /// Start, ns.
     pub start_ns: u64,
+    /// End, ns (exclusive).
     pub end_ns: u64,
     /// The idle category that got most of the gap ([`Category::name`]).
     pub category: &'static str,
@@ -275,9 +306,13 @@ pub struct IdleGap {
 /// Totals of one kernel name on one device (time clipped to the window).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KernelStat {
+    /// The kernel name's id in the trace's string table.
     pub name_id: u32,
+    /// Launches of the name that ran in the window.
     pub count: u64,
+    /// Their time in the window, ns.
     pub total_ns: u64,
+    /// The useful (FLOP-equivalent) part of `total_ns`, ns.
     pub useful_ns: u64,
 }
 
@@ -286,6 +321,7 @@ pub struct KernelStat {
 pub struct CheckpointIo {
     /// Union of the write/fsync calls of the process's threads, ns.
     pub io_ns: u64,
+    /// Bytes written by write-family calls overlapping the window.
     pub bytes: u64,
 }
 
@@ -294,20 +330,26 @@ pub struct CheckpointIo {
 pub struct DeviceDetail {
     /// Where the steps came from; None: no steps were found.
     pub step_source: Option<StepSource>,
+    /// The steps, in time order (empty when none were found).
     pub steps: Vec<Partition>,
+    /// The bin width used, ns (after widening to at most [`MAX_BINS`] bins).
     pub bin_ns: u64,
+    /// The window cut into bins of `bin_ns`.
     pub bins: Vec<Partition>,
     /// Up to 10, most time first.
     pub top_kernels: Vec<KernelStat>,
     /// Up to 10, longest first.
     pub top_idle_gaps: Vec<IdleGap>,
+    /// Checkpoint-like I/O of the device's process in the window.
     pub checkpoint: CheckpointIo,
+    /// Remarks for the report (a widened bin width, ...).
     pub notes: Vec<String>,
 }
 
 /// The analysis of one device.
 #[derive(Debug, Clone)]
 pub struct DeviceResult {
+    /// The totals.
     pub account: DeviceAccount,
     /// Empty without details.
     pub detail: DeviceDetail,

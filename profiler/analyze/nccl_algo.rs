@@ -21,6 +21,7 @@ const PROTOCOLS: [&str; 3] = ["LL", "LL128", "SIMPLE"];
 /// unknown name of either is its table's length: "other").
 pub type AlgoCode = u8;
 
+/// The [`AlgoCode`] of NCCL's algorithm and protocol names (any case).
 pub fn algo_code(algo: &str, proto: &str) -> AlgoCode {
     let a = ALGORITHMS.iter().position(|x| x.eq_ignore_ascii_case(algo)).unwrap_or(ALGORITHMS.len());
     let p = PROTOCOLS.iter().position(|x| x.eq_ignore_ascii_case(proto)).unwrap_or(PROTOCOLS.len());

@@ -1,4 +1,4 @@
-//! Training steps of one device, best source first (the order is [`super::plan`]'s): NVTX
+//! Training steps of one device, best source first (the order is `plan`'s): NVTX
 //! ranges recorded by CUPTI (step markers), a user regex on kernel names (a step starts at each
 //! matching kernel), a detected period of the kernel-name sequence, else none. Steps are sorted, disjoint and inside the
 //! window; a step that starts at a kernel runs until the next one starts (the last one until
@@ -74,8 +74,11 @@ pub const PERIOD_PROBE: usize = 50_000;
 /// the one that started at `first_start`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeriodicAnchor {
+    /// The kernel name's id.
     pub name: u32,
+    /// Start of the first launch a step starts at, ns.
     pub first_start: u64,
+    /// Launches of `name` per step.
     pub every: usize,
 }
 

@@ -1,6 +1,6 @@
 //! The analysis of a trace file with bounded memory, chunk by chunk (a trace can be larger
 //! than RAM). Same arithmetic as the in-memory [`super::analyze_with`] (both build their
-//! plans with `super::plan` and feed [`super::sweep::DeviceSweep`]); only what is kept
+//! plans with `super::plan` and feed `sweep::DeviceSweep`); only what is kept
 //! differs:
 //!
 //! 1. **Summary pass**: per process its window and launching threads; per device the kernel
@@ -10,7 +10,7 @@
 //!    checkpoint writes. (Tensor-activity samples are kept for devices whose PM sample
 //!    intervals have been seen, in that chunk or before: they come together.) Also the records
 //!    that will reach the sweep too late: kernels and copies starting more than the reorder
-//!    window before the newest device record of the chunks before theirs (up to [`MAX_LATE`]),
+//!    window before the newest device record of the chunks before theirs (up to `MAX_LATE`),
 //!    and host blocks of at least half the window (recorded when they end).
 //! 2. **Kernel pass** (only when needed): PM least squares kernel by kernel; the launches of a
 //!    periodic sequence's anchor kernel; each step's compute time for `--flops-per-step`.
@@ -39,7 +39,9 @@ use crate::trace::{
 /// Options of the streaming analysis.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
+    /// What the accounting covers.
     pub account: AccountOptions,
+    /// Steps, bins and the FLOP source.
     pub detail: DetailOptions,
     /// Records arriving later than this behind the newest record read are counted, not swept.
     pub reorder_window_ns: u64,
@@ -84,6 +86,7 @@ impl DeviceSummary {
 
 /// What the summary pass keeps of a trace.
 pub struct Skeleton {
+    /// The string table: id → string.
     pub names: HashMap<u32, String>,
     /// NCCL calls, collective kernels, step markers, PM samples, clock syncs, checkpoint I/O.
     pub small: RecordBatch,
@@ -103,6 +106,7 @@ pub struct Skeleton {
     /// (a device record held in a part-filled CUPTI buffer: ~6 s on an H200 before the forced
     /// flush), found with the sweep's own rule, up to [`MAX_LATE`]; the sweep takes them in time.
     late: RecordBatch,
+    /// Records read by the summary pass.
     pub records: u64,
     /// Chunks the summary read from their digest alone (the others were decoded whole).
     pub chunks_from_digest: u64,

@@ -1012,7 +1012,7 @@ fn sort_displaced<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: &impl Fn(
 }
 
 /// Stable sort of `v` by `key`, for slices made of a few sorted runs: each run is merged into
-/// the sorted prefix through `buf` (reused). More than [`MAX_RUNS`] runs: the library's sort.
+/// the sorted prefix through `buf` (reused). More than `MAX_RUNS` runs: the library's sort.
 pub fn sort_runs<T: Copy, K: Ord>(v: &mut [T], buf: &mut Vec<T>, key: impl Fn(&T) -> K) {
     const MAX_RUNS: usize = 4;
     let descents = v.windows(2).filter(|w| key(&w[1]) < key(&w[0])).take(MAX_RUNS).count();

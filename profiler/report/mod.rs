@@ -1,7 +1,7 @@
 //! Reports: the terminal summary ([`render_text`]) and the JSON document ([`render_json`],
 //! schema: docs/report-schema.md) of the analysis of one or more trace files
-//! ([`crate::analyze::files`]), the HTML page ([`html`]) and the Chrome-trace export
-//! ([`chrome`]). Rendering only: the analysis is in [`crate::analyze`].
+//! ([`crate::analyze::files`]) and the HTML page ([`html`]); the Chrome-trace export is
+//! [`crate::export::chrome`]. Rendering only: the analysis is in [`crate::analyze`].
 
 mod json;
 mod text;

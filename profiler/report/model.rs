@@ -26,16 +26,27 @@ pub const SCHEMA: &str = "ghostprof.report.v1";
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ReportDoc<'a> {
+    /// Per (op, size bucket) over all files, most time first.
     pub collectives: Vec<CollectiveDoc>,
+    /// Chunks of the files that could not be read and were left out.
     pub damaged_chunks: Vec<DamagedChunkDoc>,
+    /// One per (process, device) with device activity, over all files.
     pub devices: Vec<DeviceDoc<'a>>,
+    /// Host figures of every process of every file, with or without devices.
     pub hosts: Vec<ProcessHostDoc>,
+    /// The process ids of the devices' processes, sorted (one per rank in a multi-rank job).
     pub ranks: Vec<u32>,
+    /// What each recording session noted in its trace.
     pub recording_notes: Vec<RecordingNoteDoc>,
+    /// [`SCHEMA`].
     pub schema: String,
+    /// Arrival skew, one per rank (process with NCCL calls) over all files, by rank.
     pub skew: Vec<SkewDoc>,
+    /// What the straggler was doing while the others waited for it; None without a straggler.
     pub straggler_activity: Option<String>,
+    /// The rank with the largest mean arrival skew; None with fewer than two matched ranks or no skew.
     pub straggler_rank: Option<u32>,
+    /// Problems reading the files, records left out, the devices' notes (bins widened, ...).
     pub warnings: Vec<String>,
     /// Not in the JSON (the terminal report): each file given, in order.
     #[serde(skip)]
@@ -49,11 +60,15 @@ pub struct ReportDoc<'a> {
 /// its devices and hosts are the next `devices` and `hosts` of the document.
 #[derive(Debug, Clone, Default)]
 pub struct FileDoc {
+    /// The trace file's path.
     pub path: String,
+    /// How many of the document's `devices` are this file's.
     pub devices: usize,
+    /// How many of the document's `hosts` are this file's.
     pub hosts: usize,
     /// Problems reading the file (without the devices' notes, which the JSON's `warnings` has).
     pub warnings: Vec<String>,
+    /// What the recording session noted in the trace.
     pub recording_notes: Vec<String>,
 }
 
@@ -61,27 +76,42 @@ pub struct FileDoc {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeviceDoc<'a> {
+    /// The bins: their width and each bin's figures.
     pub bins: BinsDoc<'a>,
+    /// `busy_ns` ÷ window.
     pub busy: f64,
+    /// Union of device work in the window, ns.
     pub busy_ns: u64,
     /// Fractions of the window.
     pub categories: PerCategory<f64>,
+    /// The categories in nanoseconds; they sum to the window exactly.
     pub categories_ns: PerCategory<u64>,
     /// Always there in a document made here; absent from some written elsewhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointDoc>,
+    /// CUDA device ordinal.
     pub device: u32,
+    /// `busy − mfu`; None without a FLOP source.
     pub divergence: Option<f64>,
+    /// The trace file's path.
     pub file: String,
+    /// Where `compute.useful` came from: `pm_sampling`, `flops_per_step` or `none`.
     pub flop_source: String,
+    /// Useful (FLOP-equivalent) time ÷ window; None without a FLOP source.
     pub mfu: Option<f64>,
+    /// The process.
     pub pid: u32,
     /// Empty: absent from the document read.
     pub step_source: String,
+    /// The steps, in time order.
     pub steps: Partitions<'a>,
+    /// Up to 10 longest stretches with no device work, longest first.
     pub top_idle_gaps: Vec<IdleGapDoc>,
+    /// Up to 10 kernel names, most time first.
     pub top_kernels: Vec<KernelDoc>,
+    /// End of the window, CLOCK_MONOTONIC ns.
     pub window_end_ns: u64,
+    /// Start of the window, CLOCK_MONOTONIC ns.
     pub window_start_ns: u64,
     /// Not in the JSON (there they are `warnings`): the device analysis's notes.
     #[serde(skip)]
@@ -92,7 +122,9 @@ pub struct DeviceDoc<'a> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BinsDoc<'a> {
+    /// The bins, from the window's start (the last one may be shorter).
     pub items: Partitions<'a>,
+    /// Bin width, ns.
     pub width_ns: u64,
 }
 
@@ -100,47 +132,71 @@ pub struct BinsDoc<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PartitionDoc {
+    /// Union of device work ÷ the partition's length.
     pub busy: f64,
+    /// The categories as fractions of the partition; they sum to 1.
     pub categories: PerCategory<f64>,
+    /// End, CLOCK_MONOTONIC ns (steps only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_ns: Option<u64>,
+    /// The step's index: 0, 1, ... (steps only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<u64>,
+    /// `compute.useful` ÷ the partition's length; None without a FLOP source.
     pub mfu: Option<f64>,
+    /// Start, CLOCK_MONOTONIC ns.
     pub start_ns: u64,
-    /// Not in the JSON (the terminal report): the nanoseconds behind `busy` and `categories`.
+    /// Not in the JSON (the terminal report): the union of device work behind `busy`, ns.
     #[serde(skip)]
     pub busy_ns: u64,
+    /// Not in the JSON (the terminal report): the nanoseconds behind `categories`.
     #[serde(skip)]
     pub categories_ns: PerCategory<u64>,
 }
 
+/// Totals of one kernel name on one device (a `top_kernels` entry).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct KernelDoc {
+    /// Launches that ran in the window.
     pub count: u64,
+    /// `total_ns ÷ count`.
     pub mean_ns: f64,
+    /// The kernel's name (`kernel#ID` when the trace has no string for it).
     pub name: String,
+    /// `total_ns ÷ window` (shares of overlapping kernels can add up to more than busy).
     pub share: f64,
+    /// Their time, clipped to the window, ns.
     pub total_ns: u64,
+    /// FLOP-equivalent time, ns (0 for collectives and without a FLOP source).
     pub useful_ns: u64,
 }
 
+/// A stretch with no device work (a `top_idle_gaps` entry).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct IdleGapDoc {
+    /// The idle category that got most of the gap.
     pub category: String,
+    /// `end_ns − start_ns`.
     pub duration_ns: u64,
+    /// End, CLOCK_MONOTONIC ns.
     pub end_ns: u64,
+    /// What the launching threads were doing for most of the gap (docs/report-schema.md).
     pub reason: String,
+    /// Start, CLOCK_MONOTONIC ns.
     pub start_ns: u64,
 }
 
+/// Checkpoint-like file I/O of the device's process in the window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CheckpointDoc {
+    /// Bytes written by those calls.
     pub bytes: u64,
+    /// `io_ns ÷ window`.
     pub fraction: f64,
+    /// Union of the process's write, fsync-family and truncating file syscalls in the window, ns.
     pub io_ns: u64,
 }
 
@@ -148,14 +204,23 @@ pub struct CheckpointDoc {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CollectiveDoc {
+    /// NCCL's `ALGORITHM/PROTOCOL`, with shares when several; None when none was recorded.
     pub algorithm: Option<String>,
+    /// Σ payload × NCCL's busBw factor ÷ `transfer_ns`, GB/s.
     pub bus_bandwidth_gbps: f64,
+    /// Sum of the payloads of the rank-instances.
     pub bytes: u64,
+    /// Rank-instances: each rank's kernel of a collective counts once.
     pub count: u64,
+    /// The op (`all_reduce`, `all_gather`, ...).
     pub op: String,
+    /// The payload's size bucket (`1KiB-4KiB`, ...).
     pub size_bucket: String,
+    /// Their kernel time, ns.
     pub time_ns: u64,
+    /// `time_ns − wait_ns`.
     pub transfer_ns: u64,
+    /// Time the kernels waited for the last rank to arrive, ns (matched instances only).
     pub wait_ns: u64,
 }
 
@@ -163,31 +228,46 @@ pub struct CollectiveDoc {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SkewDoc {
+    /// The rank's trace file.
     pub file: String,
+    /// Matched collectives where this rank arrived last (and later than another rank).
     pub late_count: u64,
+    /// The largest arrival skew, ns.
     pub max_arrival_skew_ns: u64,
+    /// Mean over matched collectives of (own arrival − earliest arrival), ns.
     pub mean_arrival_skew_ns: f64,
+    /// The process.
     pub pid: u32,
+    /// NCCL rank (the pid if unknown).
     pub rank: u32,
     /// Not in the JSON (the terminal report): the collectives matched.
     #[serde(skip)]
     pub matched: u64,
 }
 
+/// A chunk of a file that could not be read and was left out.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DamagedChunkDoc {
+    /// Its index in the file's chunk table.
     pub chunk: u64,
+    /// Why it could not be read.
     pub error: String,
+    /// The trace file's path.
     pub file: String,
+    /// Byte offset of its frame in the file.
     pub offset: u64,
+    /// The records it held, by the file's index.
     pub records_lost: u64,
 }
 
+/// A note a recording session stored in its trace.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RecordingNoteDoc {
+    /// The trace file's path.
     pub file: String,
+    /// The note's text.
     pub note: String,
 }
 
@@ -195,33 +275,54 @@ pub struct RecordingNoteDoc {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProcessHostDoc {
+    /// End of the latest thread span, CLOCK_MONOTONIC ns.
     pub end_ns: u64,
+    /// The trace file's path.
     pub file: String,
+    /// Regular-file I/O, summed over the threads.
     pub file_io: FileIoDoc,
+    /// Off-CPU ns by reason, summed over the threads.
     pub off_cpu_ns: OffCpu,
+    /// Σ over threads of (span − off-CPU time), ns.
     pub on_cpu_ns: u64,
+    /// The process.
     pub pid: u32,
+    /// Start of the earliest thread span, CLOCK_MONOTONIC ns.
     pub start_ns: u64,
+    /// The same figures per thread, longest span first.
     pub threads: Vec<ThreadHostDoc>,
 }
 
+/// One thread's host figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ThreadHostDoc {
+    /// End of its last record, CLOCK_MONOTONIC ns.
     pub end_ns: u64,
+    /// Its regular-file I/O.
     pub file_io: FileIoDoc,
+    /// Off-CPU ns by reason.
     pub off_cpu_ns: OffCpu,
+    /// Its span minus its off-CPU time, ns.
     pub on_cpu_ns: u64,
+    /// First time seen, CLOCK_MONOTONIC ns: its first record (for the launched process's main
+    /// thread: its launch).
     pub start_ns: u64,
+    /// The thread id.
     pub tid: u32,
 }
 
+/// Regular-file syscalls: bytes and time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FileIoDoc {
+    /// Bytes of the read family.
     pub read_bytes: u64,
+    /// Time in the read family, ns.
     pub read_ns: u64,
+    /// Bytes of the write family.
     pub write_bytes: u64,
+    /// Time in the write family, fsyncs and truncations, ns.
     pub write_ns: u64,
 }
 
@@ -327,6 +428,7 @@ impl<'a> Partitions<'a> {
         Partitions(Parts::Analysis { parts, mfu_known: a.mfu().is_some(), steps })
     }
 
+    /// How many there are.
     pub fn len(&self) -> usize {
         match &self.0 {
             Parts::Analysis { parts, .. } => parts.len(),
@@ -334,10 +436,12 @@ impl<'a> Partitions<'a> {
         }
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Each one's [`PartitionDoc`], in order, made as it is yielded.
     pub fn iter(&self) -> impl Iterator<Item = PartitionDoc> + '_ {
         let (analysis, read) = match &self.0 {
             Parts::Analysis { parts, mfu_known, steps } => (Some((parts.iter(), *mfu_known, *steps)), None),
