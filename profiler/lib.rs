@@ -19,7 +19,6 @@ pub mod clock;
 pub mod collect;
 pub mod export;
 pub mod outfile;
-#[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod pipeline;
 #[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod record;

@@ -27,6 +27,7 @@ const _: () = {
     }
 };
 
+/// Sizes and timing of the pipeline: queue depth, batch size, flush interval, and the trace writer's options.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
     /// Batches each producer's queue holds before it drops.
@@ -35,6 +36,7 @@ pub struct PipelineOptions {
     pub batch_records: usize,
     /// Pending records are written as a chunk at least this often (bounds what a crash loses).
     pub flush_interval: Duration,
+    /// Options of the trace writer the pipeline's thread drives.
     pub writer: WriterOptions,
 }
 
@@ -72,13 +74,17 @@ struct Shared {
 /// Live figures for a status line.
 #[derive(Debug, Clone, Default)]
 pub struct PipelineStats {
+    /// Records written to the trace so far.
     pub records_written: u64,
+    /// Bytes written to the trace file so far.
     pub bytes_written: u64,
     /// (source, cause, cumulative count), only non-zero entries
     pub drops: Vec<(Source, DropCause, u64)>,
+    /// The writer thread's error, if a write failed (later records count as `WriterStopped` drops).
     pub writer_error: Option<String>,
 }
 
+/// The running pipeline: the producers' queues and the writer thread that drains them into the trace.
 pub struct Pipeline {
     shared: Arc<Shared>,
     options: PipelineOptions,
@@ -127,6 +133,7 @@ impl Pipeline {
         Pipeline { shared, options, thread: Some(thread) }
     }
 
+    /// The string table shared by the producers and the writer (names in records are its ids).
     pub fn interner(&self) -> Arc<Interner> {
         self.shared.interner.clone()
     }
@@ -148,6 +155,7 @@ impl Pipeline {
         }
     }
 
+    /// Live figures: records and bytes written, drops by source and cause, the writer's error.
     pub fn stats(&self) -> PipelineStats {
         stats(&self.shared)
     }
@@ -174,6 +182,7 @@ impl Drop for Pipeline {
 }
 
 impl Producer {
+    /// Buffers one record; hands the batch to the writer when it reaches the batch size.
     #[inline]
     pub fn push(&mut self, rec: impl Into<Record>) {
         self.buf.push(rec.into());
@@ -207,6 +216,7 @@ impl Producer {
         }
     }
 
+    /// The id of `s` in the trace's string table (interned once).
     pub fn intern(&self, s: &str) -> u32 {
         self.shared.interner.intern(s)
     }
