@@ -20,7 +20,6 @@ pub mod collect;
 pub mod export;
 pub mod outfile;
 pub mod pipeline;
-#[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod record;
 pub mod report;
 #[allow(missing_docs)] // issue #17: documented after the merge, then this line goes

@@ -21,21 +21,29 @@ use crate::trace::{Source, TraceInfo};
 /// polls every 50 ms) and switch CUPTI on or off, with a margin.
 const RING_WAKE: Duration = Duration::from_millis(120);
 
+/// What `ghostprof attach` needs: the job's pid, the output file, and the session's timers.
 #[derive(Debug, Clone)]
 pub struct AttachConfig {
+    /// The pid the job is attached at: it and every descendant are traced.
     pub pid: u32,
+    /// The trace file to write.
     pub output: PathBuf,
+    /// Replace `output` if it exists (otherwise an existing file is an error).
     pub overwrite: bool,
+    /// Detach after this long (None: until stopped or the job ends).
     pub max_duration: Option<Duration>,
     /// Where dormant injection libraries keep their rings (their GHOSTPROF_RING_DIR).
     pub ring_dir: PathBuf,
+    /// How long the session sleeps between drains of the collectors.
     pub drain_interval: Duration,
+    /// How often new GPU libraries and CUPTI rings are looked for.
     pub rescan_interval: Duration,
     /// (uid, gid) to give the trace to: the invoking user under sudo (None: root keeps it).
     pub owner: Option<(u32, u32)>,
 }
 
 impl AttachConfig {
+    /// Defaults for `pid` and `output`: rings in /dev/shm, drains every 10 ms, rescans every 200 ms, no time limit.
     pub fn new(pid: u32, output: PathBuf) -> Self {
         AttachConfig {
             pid,

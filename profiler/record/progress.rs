@@ -8,13 +8,21 @@ use crate::pipeline::{Pipeline, PipelineStats};
 /// Live figures for a status line, handed to the progress callback about once a second.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
+    /// Time since the session started.
     pub elapsed: Duration,
+    /// Records written to the trace so far.
     pub records_written: u64,
+    /// Bytes written to the trace file so far.
     pub bytes_written: u64,
+    /// Records written per second since the previous report.
     pub records_per_s: f64,
+    /// Records lost so far, all sources and causes together.
     pub drops: u64,
+    /// Processes traced now.
     pub processes: usize,
+    /// CUPTI rings found so far.
     pub cupti_rings: usize,
+    /// The writer's error, if a write failed.
     pub writer_error: Option<String>,
 }
 

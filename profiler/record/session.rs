@@ -19,23 +19,31 @@ use crate::collect::sched::{CollectError, OffCpuStats};
 use crate::pipeline::{Pipeline, PipelineOptions, PipelineStats};
 use crate::trace::{ProcessInfo, Source, TraceError, TraceInfo, WriteSummary};
 
+/// Why a recording session (record or attach) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// A collector could not be started or read.
     #[error(transparent)]
     Collect(#[from] CollectError),
+    /// The trace file could not be created or read.
     #[error(transparent)]
     Trace(#[from] TraceError),
     /// The trace could not be written (a full disk, an I/O error): the file keeps every chunk
     /// written before the error; `job` says what became of the recorded job.
     #[error("{source}; {job}")]
     WriteFailed {
+        /// The write error.
         #[source]
         source: TraceError,
+        /// The job's fate: still running, exited, or detached.
         job: String,
     },
+    /// A process could not be started (the command, or a helper such as `mkdir`).
     #[error("cannot start `{cmd}`: {source}")]
     Spawn {
+        /// The command line that failed.
         cmd: String,
+        /// The spawn's I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -44,14 +52,20 @@ pub enum SessionError {
 /// What to record and how.
 #[derive(Debug, Clone)]
 pub struct LaunchConfig {
+    /// The command and its arguments.
     pub command: Vec<String>,
+    /// The trace file to write.
     pub output: PathBuf,
+    /// Replace `output` if it exists (otherwise an existing file is an error).
     pub overwrite: bool,
     /// Extra directories to look for libcuda / libnccl in before the command starts
     /// (its LD_LIBRARY_PATH and the loader cache are always searched).
     pub library_dirs: Vec<PathBuf>,
+    /// How long the session sleeps between drains of the collectors.
     pub drain_interval: Duration,
+    /// How often new GPU libraries and CUPTI rings are looked for.
     pub rescan_interval: Duration,
+    /// Stop recording after this long (None: until the command exits or `stop` is set).
     pub max_duration: Option<Duration>,
     /// The CUPTI injection library to load into the command (`CUDA_INJECTION64_PATH`);
     /// None: eBPF only.
@@ -72,6 +86,8 @@ pub struct LaunchConfig {
 }
 
 impl LaunchConfig {
+    /// Defaults for `command` and `output`: drains every 10 ms, rescans every 200 ms, no time
+    /// limit, the injection library found by [`find_inject_lib`], the user's `NCCL_PROFILER_PLUGIN`.
     pub fn new(command: Vec<String>, output: PathBuf) -> Self {
         LaunchConfig {
             command,
@@ -109,14 +125,21 @@ pub struct SessionSummary {
     pub exit_status: Option<ExitStatus>,
     /// The launched command's pid (record), or the attached pid.
     pub job_pid: u32,
+    /// What the trace writer wrote (records, chunks, bytes).
     pub write: WriteSummary,
+    /// The pipeline's final figures, drops included.
     pub pipeline: PipelineStats,
+    /// What the eBPF host collector (uprobes on the GPU libraries) saw.
     pub host: HostStats,
+    /// What the off-CPU (scheduler) collector saw.
     pub sched: OffCpuStats,
+    /// What the CUPTI rings delivered.
     pub cupti: CuptiStats,
+    /// What the NVML sampler did.
     pub nvml: NvmlStats,
     /// Things the user should know (optional parts off, CUPTI unavailable, …).
     pub notes: Vec<String>,
+    /// What attaching to each GPU library did.
     pub libraries: Vec<AttachReport>,
 }
 
@@ -216,6 +239,7 @@ impl HeldChild {
         }
     }
 
+    /// The held child's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
