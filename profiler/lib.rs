@@ -15,7 +15,6 @@
 pub mod analyze;
 pub mod cli;
 pub mod clock;
-#[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod collect;
 pub mod export;
 pub mod outfile;

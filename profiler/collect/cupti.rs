@@ -47,13 +47,20 @@ pub fn layout() -> Vec<(&'static str, &'static str, usize)> {
     all
 }
 
+/// Totals of the CUPTI collector, for the session summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CuptiStats {
+    /// Rings mapped so far.
     pub rings: usize,
+    /// Records read from the rings.
     pub records: u64,
+    /// Records that could not be decoded, and refused drop counters.
     pub malformed: u64,
+    /// Bytes the rings' consumers skipped as corrupt.
     pub corrupt_bytes: u64,
+    /// Records the job could not push because its ring was full (its accepted counter).
     pub ring_drops: u64,
+    /// Records CUPTI itself dropped (its activity buffers), as the job reported them.
     pub cupti_drops: u64,
     /// Names refused by a string-table cap (each became `<name limit>`).
     pub name_limit: u64,
@@ -72,6 +79,7 @@ pub const MAX_NAME_IDS: usize = 64 * 1024;
 pub const MAX_OPEN_RANGES: usize = 64 * 1024;
 /// Distinct status notes kept per process, and the longest kept (longer ones are cut).
 pub const MAX_NOTES_PER_PROCESS: usize = 32;
+/// The longest status note kept, in bytes.
 pub const MAX_NOTE_BYTES: usize = 512;
 /// Distinct notes the collector keeps in all (many rings must not multiply the cap).
 pub const MAX_NOTES: usize = 256;
@@ -79,6 +87,7 @@ pub const MAX_NOTES: usize = 256;
 /// drop per [`COUNTER_NS_PER_DROP`] since the last accepted reading: 16 Mi is twice the 8-byte
 /// frames a full 64 MiB ring holds, and a failed push takes longer than 10 ns.
 pub const COUNTER_SLACK: u64 = 1 << 24;
+/// The nanoseconds per extra drop a job counter may grow by (see [`COUNTER_SLACK`]).
 pub const COUNTER_NS_PER_DROP: u64 = 10;
 
 /// A cumulative counter the job reports (records it dropped). It is believed only while it
@@ -98,18 +107,22 @@ pub struct JobCounter {
 /// What [`JobCounter::read`] made of a reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CounterReading {
+    /// The reading was plausible and is now the accepted value.
     Accepted,
     /// Refused; `new` is false when it repeats the previous refused value.
     Refused {
+        /// False when the value repeats the previous refused one.
         new: bool,
     },
 }
 
 impl JobCounter {
+    /// A counter at 0, accepted at `now_ns` (CLOCK_MONOTONIC ns).
     pub fn new(now_ns: u64) -> Self {
         JobCounter { accepted: 0, at_ns: now_ns, refused: None, refusals: 0 }
     }
 
+    /// Checks a new reading `value` taken at `now_ns`: accepted if plausible, else refused.
     pub fn read(&mut self, value: u64, now_ns: u64) -> CounterReading {
         let allowed = COUNTER_SLACK.saturating_add(now_ns.saturating_sub(self.at_ns) / COUNTER_NS_PER_DROP);
         if value >= self.accepted && value - self.accepted <= allowed {
@@ -176,12 +189,15 @@ struct Ring {
     caps: RingCaps,
 }
 
+/// Reads the injection libraries' shared-memory rings (one per process) in a directory and
+/// turns their CUPTI and NVTX records into trace records.
 pub struct CuptiCollector {
     dir: PathBuf,
     /// Remove each ring file once mapped (a `record` session owns its job's rings).
     unlink: bool,
     rings: BTreeMap<u32, Ring>,
     buf: Vec<Popped>,
+    /// Totals so far.
     pub stats: CuptiStats,
     /// Status messages from the injection libraries, once each.
     pub notes: Vec<String>,
@@ -206,6 +222,7 @@ fn u64_at(p: &[u8], at: usize) -> u64 {
 }
 
 impl CuptiCollector {
+    /// A collector of the rings in `dir`; `unlink` removes each ring file once mapped.
     pub fn new(dir: &Path, unlink: bool) -> Self {
         CuptiCollector {
             dir: dir.to_path_buf(),

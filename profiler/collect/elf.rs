@@ -9,16 +9,26 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 
+/// Why a library's probe points could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
+    /// The library file could not be opened or mapped.
     #[error("{path}: {source}")]
     Io {
+        /// The library file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not an ELF shared object the parser can read.
     #[error("{path}: not a readable ELF shared object: {what}")]
-    Parse { path: PathBuf, what: String },
+    Parse {
+        /// The library file.
+        path: PathBuf,
+        /// The parser's error.
+        what: String,
+    },
 }
 
 /// A function found in a library.

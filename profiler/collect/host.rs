@@ -75,7 +75,9 @@ const CNT_RB_DROPS: u32 = 4;
 /// What attaching to one library did.
 #[derive(Debug, Clone, Default)]
 pub struct AttachReport {
+    /// The library file.
     pub path: PathBuf,
+    /// Which GPU library it is (libcuda, libnccl), if recognized.
     pub kind: Option<LibKind>,
     /// Functions probed.
     pub attached: Vec<String>,
@@ -119,13 +121,18 @@ fn parse(data: &[u8]) -> Option<HostEvent> {
 /// Totals of a collector run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostStats {
+    /// Events read from the eBPF ring buffer.
     pub events: u64,
+    /// Events the eBPF side dropped because its ring buffer was full.
     pub ringbuf_drops: u64,
+    /// Ring-buffer events too short or of an unknown kind.
     pub malformed: u64,
     /// Kernel names refused by a string-table cap (each became `<name limit>`).
     pub name_limit: u64,
 }
 
+/// The host collector: the `cuda` eBPF program, its uprobes on the GPU libraries and its ring
+/// buffer, drained into trace records.
 pub struct HostCollector {
     skel: CudaSkel<'static>,
     links: Vec<Link>,
@@ -136,7 +143,9 @@ pub struct HostCollector {
     probed: HashSet<(u64, u64)>,
     /// per traced pid, inodes of its mappings already reported
     seen_maps: BTreeMap<u32, HashSet<u64>>,
+    /// Totals so far.
     pub stats: HostStats,
+    /// What attaching to each library did.
     pub reports: Vec<AttachReport>,
     /// Optional parts that could not be used, with the reason (for the session log).
     pub notes: Vec<String>,

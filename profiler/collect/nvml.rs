@@ -240,9 +240,13 @@ struct Gpu {
 /// What the sampler did, for the session summary.
 #[derive(Debug, Clone, Default)]
 pub struct NvmlStats {
+    /// GPUs NVML reported.
     pub devices: u32,
+    /// Of those, GPUs with GPM (GPU performance monitoring) metrics.
     pub gpm_devices: u32,
+    /// Sampling rounds done (one round samples every GPU).
     pub rounds: u64,
+    /// Samples written, all GPUs and rounds together.
     pub samples: u64,
 }
 
@@ -296,6 +300,7 @@ impl NvmlSampler {
         self.thread.is_some()
     }
 
+    /// What the sampler did so far.
     pub fn stats(&self) -> NvmlStats {
         lock(&self.shared).0.clone()
     }

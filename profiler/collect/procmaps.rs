@@ -11,6 +11,7 @@ use crate::trace::LibKind;
 pub struct MappedLib {
     /// Path as the process sees it.
     pub path: PathBuf,
+    /// The file's inode (with the path, tells a replaced file from the one mapped).
     pub inode: u64,
     /// Start of the first mapping of the file (the load base).
     pub base: u64,

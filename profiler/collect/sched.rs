@@ -21,24 +21,50 @@ use crate::trace::{DropCause, FileIo, HostStall, Record, StallReason};
 /// Why a collector could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
+    /// The kernel refused to load or attach an eBPF program: ghostprof lacks the capabilities.
     #[error("{what}: permission denied: eBPF needs CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on older kernels): run ghostprof as root, e.g. with sudo")]
-    Permission { what: String },
+    Permission {
+        /// What was being loaded or attached.
+        what: String,
+    },
+    /// libbpf failed for another reason.
     #[error("{what}: {source}")]
     Bpf {
+        /// What was being loaded or attached.
         what: String,
+        /// libbpf's error.
         #[source]
         source: libbpf_rs::Error,
     },
+    /// A library to probe could not be read (its metadata or its ELF symbols).
     #[error("{path}: {what}")]
-    Library { path: std::path::PathBuf, what: String },
+    Library {
+        /// The library file.
+        path: std::path::PathBuf,
+        /// The error.
+        what: String,
+    },
+    /// The pid to attach to does not exist.
     #[error("process {pid} does not exist (it may have exited): check the pid with `ps -p {pid}`")]
-    NoSuchProcess { pid: u32 },
+    NoSuchProcess {
+        /// The pid given.
+        pid: u32,
+    },
+    /// The process to attach to maps neither libcuda nor libnccl.
     #[error("process {pid} has no CUDA or NCCL library mapped (found: {found}); is it a GPU job, and has it initialized CUDA yet?")]
-    NoGpuLibrary { pid: u32, found: String },
+    NoGpuLibrary {
+        /// The pid given.
+        pid: u32,
+        /// The shared libraries it does map (names, comma-separated).
+        found: String,
+    },
+    /// Attaching to pid 1 (the whole machine) is refused.
     #[error("refusing to attach to pid 1: its process tree is the whole machine; give the pid of the job or of its launcher (e.g. torchrun)")]
     WholeMachine,
+    /// The kernel has no BTF, which the eBPF programs need.
     #[error("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): ghostprof needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.8)")]
     NoBtf,
+    /// The kernel has no uprobe support.
     #[error("this kernel has no uprobe support (/sys/bus/event_source/devices/uprobe is missing): ghostprof needs CONFIG_UPROBE_EVENTS=y")]
     NoUprobes,
 }
@@ -59,9 +85,13 @@ const GP_CNT_RB_DROPS: u32 = 2;
 /// Totals of one collector.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OffCpuStats {
+    /// Off-CPU interval records written (an interval split at its wakeup counts twice).
     pub intervals: u64,
+    /// File I/O records written.
     pub file_io: u64,
+    /// Events the eBPF side dropped because its ring buffer was full.
     pub ringbuf_drops: u64,
+    /// Ring-buffer events too short, of an unknown kind, or ending before they start.
     pub malformed: u64,
 }
 
@@ -120,12 +150,15 @@ fn parse(data: &[u8], out: &mut Vec<Record>) -> bool {
     }
 }
 
+/// The off-CPU collector: the `sched` eBPF program (scheduler and syscall tracepoints) on the
+/// traced processes, drained into host-stall and file-I/O records.
 pub struct SchedCollector {
     skel: SchedSkel<'static>,
     _links: Vec<Link>,
     ring: RingBuffer<'static>,
     pending: Rc<RefCell<Vec<Record>>>,
     malformed: Rc<RefCell<u64>>,
+    /// Totals so far.
     pub stats: OffCpuStats,
     /// Optional parts that could not be used, with the reason.
     pub notes: Vec<String>,
@@ -213,6 +246,7 @@ impl SchedCollector {
     }
 }
 
+/// Which process the off-CPU collector follows, and how often it drains.
 #[derive(Debug, Clone)]
 pub struct OffCpuConfig {
     /// Process (tgid) to follow.
