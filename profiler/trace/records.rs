@@ -12,7 +12,9 @@ use super::error::DecodeError;
 
 /// What every record kind provides to the chunk codec.
 pub trait RecordKind: bytemuck::Pod + Default {
+    /// The kind's id.
     const KIND: Kind;
+    /// The kind's columns, in storage order: one per field.
     const COLUMNS: &'static [ColumnDesc];
     /// The time the record is indexed under (its start).
     fn time_ns(&self) -> u64;
@@ -230,13 +232,14 @@ macro_rules! record_kinds {
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u16)]
         pub enum Kind {
-            $( $name = $id, )*
+            $( #[doc = concat!("[`", stringify!($name), "`] records.")] $name = $id, )*
         }
 
         impl Kind {
             /// Every kind this build knows, in id order.
             pub const ALL: &'static [Kind] = &[ $( Kind::$name, )* ];
 
+            /// The kind with this id, or None for an id this build does not know.
             pub fn from_id(id: u16) -> Option<Kind> {
                 match id {
                     $( $id => Some(Kind::$name), )*
@@ -258,6 +261,7 @@ macro_rules! record_kinds {
                 }
             }
 
+            /// The kind's columns, in storage order.
             pub fn columns(self) -> &'static [ColumnDesc] {
                 match self {
                     $( Kind::$name => <$name as RecordKind>::COLUMNS, )*
@@ -268,22 +272,25 @@ macro_rules! record_kinds {
         /// Any one record, as collectors hand them to the pipeline.
         #[derive(Clone, Copy, Debug, PartialEq)]
         pub enum Record {
-            $( $name($name), )*
+            $( #[doc = concat!("A [`", stringify!($name), "`].")] $name($name), )*
         }
 
         impl Record {
+            /// The record's kind.
             pub fn kind(&self) -> Kind {
                 match self {
                     $( Record::$name(_) => Kind::$name, )*
                 }
             }
 
+            /// The time the record is indexed under (its start), CLOCK_MONOTONIC ns.
             pub fn time_ns(&self) -> u64 {
                 match self {
                     $( Record::$name(r) => r.time_ns(), )*
                 }
             }
 
+            /// Calls `f` with the id of every interned string the record refers to.
             pub fn string_refs(&self, f: &mut dyn FnMut(u32)) {
                 match self {
                     $( Record::$name(r) => r.string_refs(f), )*
@@ -301,10 +308,11 @@ macro_rules! record_kinds {
         /// Records grouped by kind: what a chunk holds, column-friendly.
         #[derive(Clone, Debug, Default, PartialEq)]
         pub struct RecordBatch {
-            $( pub $vec: Vec<$name>, )*
+            $( #[doc = concat!("The [`", stringify!($name), "`] records.")] pub $vec: Vec<$name>, )*
         }
 
         impl RecordBatch {
+            /// Adds one record to the rows of its kind.
             pub fn push(&mut self, rec: Record) {
                 match rec {
                     $( Record::$name(r) => self.$vec.push(r), )*
@@ -324,10 +332,12 @@ macro_rules! record_kinds {
                 0 $( + self.$vec.len() )*
             }
 
+            /// No records of any kind.
             pub fn is_empty(&self) -> bool {
                 self.len() == 0
             }
 
+            /// Records of `kind`.
             pub fn count(&self, kind: Kind) -> usize {
                 match kind {
                     $( Kind::$name => self.$vec.len(), )*
@@ -339,6 +349,7 @@ macro_rules! record_kinds {
                 0 $( + self.$vec.len() * $size )*
             }
 
+            /// Removes every record (keeps the allocations).
             pub fn clear(&mut self) {
                 $( self.$vec.clear(); )*
             }
@@ -364,6 +375,7 @@ macro_rules! record_kinds {
                 (lo <= hi).then_some((lo, hi))
             }
 
+            /// Calls `f` with every string id every record refers to (repeats included).
             pub fn for_each_string_ref(&self, f: &mut dyn FnMut(u32)) {
                 $( for r in &self.$vec { r.string_refs(f); } )*
             }
@@ -397,23 +409,37 @@ macro_rules! record_kinds {
 record_kinds! {
     /// A kernel execution on a device (CUPTI CONCURRENT_KERNEL).
     KernelExec = 1, "kernel", kernels, size 80, time start_ns, end end_ns, strings [name_id] {
+        /// start, CLOCK_MONOTONIC ns
         start_ns: u64 => GapFrom(end_ns),
+        /// end, CLOCK_MONOTONIC ns
         end_ns: u64 => Paired,
+        /// CUPTI stream id
         stream: u64 => Delta,
+        /// CUPTI correlation id: joins the launching API call
         correlation_id: u32 => Delta,
+        /// CUDA device id
         device: u32 => Raw,
+        /// kernel name (string id)
         name_id: u32 => Raw,
+        /// grid size in blocks, x
         grid_x: u32 => Raw,
+        /// grid size in blocks, y
         grid_y: u32 => Raw,
+        /// grid size in blocks, z
         grid_z: u32 => Raw,
+        /// block size in threads, x
         block_x: u32 => Raw,
+        /// block size in threads, y
         block_y: u32 => Raw,
+        /// block size in threads, z
         block_z: u32 => Raw,
+        /// registers per thread
         registers_per_thread: u32 => Raw,
         /// static + dynamic shared memory per block
         shared_mem_bytes: u32 => Raw,
         /// CUDA graph id, 0 when not launched from a graph
         graph_id: u32 => Raw,
+        /// process id
         pid: u32 => Raw,
         /// [`KERNEL_COOPERATIVE`] and friends
         flags: u32 => Raw,
@@ -421,28 +447,44 @@ record_kinds! {
 
     /// A memcpy or memset on a device; `kind` is a [`MemOpKind`].
     MemOp = 2, "memop", memops, size 48, time start_ns, end end_ns, strings [] {
+        /// start, CLOCK_MONOTONIC ns
         start_ns: u64 => Delta,
+        /// end, CLOCK_MONOTONIC ns
         end_ns: u64 => From(start_ns),
+        /// bytes copied or set
         bytes: u64 => Raw,
+        /// CUPTI stream id
         stream: u64 => Delta,
+        /// CUPTI correlation id: joins the API call
         correlation_id: u32 => Delta,
+        /// CUDA device id
         device: u32 => Raw,
+        /// a [`MemOpKind`]
         kind: u32 => Raw,
+        /// process id
         pid: u32 => Raw,
     }
 
     /// A host API call (CUDA driver/runtime or a probed library); `domain` is an [`ApiDomain`],
     /// `call_id` the function within it.
     ApiCall = 3, "api", api_calls, size 56, time start_ns, end end_ns, strings [] {
+        /// start, CLOCK_MONOTONIC ns
         start_ns: u64 => Delta,
+        /// end, CLOCK_MONOTONIC ns
         end_ns: u64 => From(start_ns),
+        /// the stream waited on (a probed stream synchronize), 0 otherwise
         stream: u64 => Delta,
         /// call-specific: bytes of a copy, the event of an event sync, 0 otherwise
         arg: u64 => Raw,
+        /// process id
         pid: u32 => Raw,
+        /// thread id
         tid: u32 => Raw,
+        /// CUPTI correlation id (probed calls: 0, or the rank for ncclCommInitRank)
         correlation_id: u32 => Delta,
+        /// the function within `domain` (CUPTI callback id or [`ProbedApi`])
         call_id: u32 => Raw,
+        /// an [`ApiDomain`]
         domain: u32 => Raw,
         /// return code of the call (CUresult / ncclResult_t), 0 = success
         status: i32 => Raw,
@@ -450,30 +492,49 @@ record_kinds! {
 
     /// An NCCL collective: the host call (`phase` = Host) or its device kernel (`phase` = Device).
     NcclColl = 4, "nccl", nccl, size 88, time start_ns, end end_ns, strings [] {
+        /// start, CLOCK_MONOTONIC ns
         start_ns: u64 => Delta,
+        /// end, CLOCK_MONOTONIC ns
         end_ns: u64 => From(start_ns),
+        /// the communicator (ncclComm_t pointer)
         comm: u64 => Raw,
         /// per-communicator sequence number, matches instances across ranks
         seq: u64 => Delta,
+        /// elements (the call's count argument)
         count: u64 => Raw,
+        /// count × the element size of `dtype`
         bytes: u64 => Raw,
+        /// the CUstream the call was given
         stream: u64 => Delta,
+        /// process id
         pid: u32 => Raw,
+        /// thread id
         tid: u32 => Raw,
+        /// rank in the communicator
         rank: u32 => Raw,
+        /// ranks in the communicator
         nranks: u32 => Raw,
+        /// a [`CollOp`]
         op: u32 => Raw,
+        /// an [`NcclDtype`]
         dtype: u32 => Raw,
+        /// an [`NcclPhase`]
         phase: u32 => Raw,
+        /// CUDA device id (u32::MAX for host calls)
         device: u32 => Raw,
     }
 
     /// A host thread off-CPU for [start_ns, end_ns); `reason` is a [`StallReason`].
     HostStall = 5, "stall", stalls, size 32, time start_ns, end end_ns, strings [] {
+        /// start, CLOCK_MONOTONIC ns
         start_ns: u64 => Delta,
+        /// end, CLOCK_MONOTONIC ns
         end_ns: u64 => From(start_ns),
+        /// process id
         pid: u32 => Raw,
+        /// thread id
         tid: u32 => Raw,
+        /// a [`StallReason`]
         reason: u32 => Raw,
         /// syscall number in progress when the thread left the CPU, -1 if none
         syscall: i32 => Raw,
@@ -481,97 +542,149 @@ record_kinds! {
 
     /// One device sample (NVML, GPM or CUPTI PM sampling); `metric` is a [`Metric`].
     DeviceSample = 6, "sample", samples, size 32, time time_ns, end time_ns, strings [] {
+        /// when it was sampled, CLOCK_MONOTONIC ns
         time_ns: u64 => Delta,
+        /// the reading, in the metric's unit
         value: f64 => Xor,
+        /// device index (NVML index for NVML samples)
         device: u32 => Raw,
+        /// a [`Metric`]
         metric: u32 => Raw,
         /// process whose view of the device this is (CUPTI samples); 0 for host-wide (NVML)
         pid: u32 => Raw,
+        /// padding, 0
         reserved: u32 => Raw,
     }
 
     /// A training step (NVTX range, kernel-name regex or detected period); `source` is a [`StepSource`].
     StepMarker = 7, "step", steps, size 40, time start_ns, end end_ns, strings [name_id] {
+        /// start, CLOCK_MONOTONIC ns
         start_ns: u64 => Delta,
+        /// end, CLOCK_MONOTONIC ns
         end_ns: u64 => From(start_ns),
+        /// step number
         step: u64 => Delta,
+        /// process id
         pid: u32 => Raw,
+        /// range or kernel name it was found by (string id)
         name_id: u32 => Raw,
+        /// a [`StepSource`]
         source: u32 => Raw,
+        /// CUDA device id (0 for NVTX ranges)
         device: u32 => Raw,
     }
 
     /// A process seen during the recording.
     ProcessInfo = 8, "process", processes, size 24, time time_ns, end time_ns, strings [name_id, cmdline_id] {
+        /// when it was seen, CLOCK_MONOTONIC ns
         time_ns: u64 => Delta,
+        /// process id
         pid: u32 => Raw,
+        /// parent process id
         ppid: u32 => Raw,
+        /// process name (string id)
         name_id: u32 => Raw,
+        /// command line (string id)
         cmdline_id: u32 => Raw,
     }
 
     /// A thread seen during the recording.
     ThreadInfo = 9, "thread", threads, size 24, time time_ns, end time_ns, strings [name_id] {
+        /// when it was seen, CLOCK_MONOTONIC ns
         time_ns: u64 => Delta,
+        /// process id
         pid: u32 => Raw,
+        /// thread id
         tid: u32 => Raw,
+        /// thread name (string id)
         name_id: u32 => Raw,
+        /// padding, 0
         reserved: u32 => Raw,
     }
 
     /// A library mapped into a traced process; `lib` is a [`LibKind`].
     LibraryInfo = 10, "library", libraries, size 32, time time_ns, end time_ns, strings [path_id] {
+        /// when it was seen, CLOCK_MONOTONIC ns
         time_ns: u64 => Delta,
+        /// load address (start of its first mapping)
         base: u64 => Raw,
+        /// process id
         pid: u32 => Raw,
+        /// file path (string id)
         path_id: u32 => Raw,
+        /// a [`LibKind`]
         lib: u32 => Raw,
+        /// padding, 0
         reserved: u32 => Raw,
     }
 
     /// A pair of simultaneous readings of CLOCK_MONOTONIC and another clock (`domain`: a
     /// [`ClockDomain`]), used to map device timestamps onto the host clock.
     ClockSync = 11, "clock_sync", clock_syncs, size 32, time monotonic_ns, end monotonic_ns, strings [] {
+        /// the CLOCK_MONOTONIC reading, ns
         monotonic_ns: u64 => Delta,
+        /// the other clock's reading, ns
         other_ns: u64 => Delta,
         /// half the round trip of the two readings: the pair's error bound
         uncertainty_ns: u64 => Raw,
+        /// a [`ClockDomain`]
         domain: u32 => Raw,
+        /// device id of the other clock (0 for the CUPTI clock)
         device: u32 => Raw,
     }
 
     /// Cumulative count of records lost at one place (`source`: [`Source`], `cause`: [`DropCause`]).
     Drops = 12, "drops", drops, size 24, time time_ns, end time_ns, strings [] {
+        /// when the count was taken, CLOCK_MONOTONIC ns
         time_ns: u64 => Delta,
+        /// records lost so far (cumulative)
         count: u64 => Raw,
+        /// a [`Source`]
         source: u32 => Raw,
+        /// a [`DropCause`]
         cause: u32 => Raw,
     }
 
     /// A kernel or graph launch seen on the host (eBPF uprobe at the call's entry); `api` is a
     /// [`ProbedApi`]. Its device execution is a [`KernelExec`] (CUPTI) joined by stream and order.
     KernelLaunch = 13, "launch", launches, size 64, time time_ns, end time_ns, strings [] {
+        /// the call's entry, CLOCK_MONOTONIC ns
         time_ns: u64 => Delta,
         /// CUfunction handle (CUgraphExec for graph launches)
         func: u64 => Raw,
+        /// the CUstream passed to the launch
         stream: u64 => Delta,
+        /// process id
         pid: u32 => Raw,
+        /// thread id
         tid: u32 => Raw,
+        /// grid size in blocks, x
         grid_x: u32 => Raw,
+        /// grid size in blocks, y
         grid_y: u32 => Raw,
+        /// grid size in blocks, z
         grid_z: u32 => Raw,
+        /// block size in threads, x
         block_x: u32 => Raw,
+        /// block size in threads, y
         block_y: u32 => Raw,
+        /// block size in threads, z
         block_z: u32 => Raw,
+        /// dynamic shared memory per block, bytes
         shared_mem_bytes: u32 => Raw,
+        /// a [`ProbedApi`]: the launch function called
         api: u32 => Raw,
     }
 
     /// The name of a CUfunction handle in one process (from cuModuleGetFunction / cuFuncGetName).
     FunctionName = 14, "function", functions, size 24, time time_ns, end time_ns, strings [name_id] {
+        /// when it was seen, CLOCK_MONOTONIC ns
         time_ns: u64 => Delta,
+        /// CUfunction handle
         func: u64 => Raw,
+        /// process id
         pid: u32 => Raw,
+        /// kernel name (string id)
         name_id: u32 => Raw,
     }
 
@@ -579,12 +692,19 @@ record_kinds! {
     /// duration, on-CPU copying included, is time the thread spent in file I/O (data loading,
     /// checkpoints). Off-CPU parts inside it also appear as [`HostStall`]s.
     FileIo = 15, "file_io", file_io, size 40, time start_ns, end end_ns, strings [] {
+        /// start, CLOCK_MONOTONIC ns
         start_ns: u64 => Delta,
+        /// end, CLOCK_MONOTONIC ns
         end_ns: u64 => From(start_ns),
+        /// bytes read or written (0 outside the read and write families)
         bytes: u64 => Raw,
+        /// process id
         pid: u32 => Raw,
+        /// thread id
         tid: u32 => Raw,
+        /// file descriptor
         fd: i32 => Raw,
+        /// syscall number
         syscall: i32 => Raw,
     }
 
@@ -592,8 +712,11 @@ record_kinds! {
     /// off, CUPTI held by another subscriber, PM sampling unavailable): the session's notes,
     /// written when the session ends. `pid` 0: the whole session.
     SessionNote = 16, "note", notes, size 16, time time_ns, end time_ns, strings [text_id] {
+        /// when it was seen, CLOCK_MONOTONIC ns
         time_ns: u64 => Delta,
+        /// process the note is about (0: the whole session)
         pid: u32 => Raw,
+        /// the note (string id)
         text_id: u32 => Raw,
     }
 
@@ -610,7 +733,9 @@ record_kinds! {
         seq: u64 => Delta,
         /// elements (the descriptor's count)
         count: u64 => Raw,
+        /// process id
         pid: u32 => Raw,
+        /// thread id
         tid: u32 => Raw,
         /// rank in the communicator (u32::MAX unknown)
         rank: u32 => Raw,
@@ -624,11 +749,13 @@ record_kinds! {
         algo_id: u32 => Raw,
         /// NCCL's protocol name ("LL", "LL128", "SIMPLE")
         proto_id: u32 => Raw,
+        /// channels NCCL used
         n_channels: u32 => Raw,
         /// warps per channel
         n_warps: u32 => Raw,
         /// the profiler plugin API version NCCL used (1..=4)
         api_version: u32 => Raw,
+        /// padding, 0
         reserved: u32 => Raw,
     }
 }
@@ -646,12 +773,15 @@ macro_rules! u32_enum {
         pub enum $name { $($(#[$vdoc])* $v = $n),* }
 
         impl $name {
+            /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$v),*];
 
+            /// The value stored as `v`, or None for a value this build doesn't know.
             pub fn from_u32(v: u32) -> Option<Self> {
                 match v { $($n => Some($name::$v),)* _ => None }
             }
 
+            /// The value's stable lowercase name (what `name_of` returns).
             pub fn name(self) -> &'static str {
                 match self { $($name::$v => $s,)* }
             }
@@ -667,13 +797,21 @@ macro_rules! u32_enum {
 u32_enum! {
     /// Why a host thread was off-CPU.
     StallReason {
+        /// blocked in another syscall, or none known
         Other = 0 => "other",
+        /// waiting on a futex (locks, condition variables)
         Futex = 1 => "futex",
+        /// in a file read/write/sync syscall
         Io = 2 => "io",
+        /// blocked outside any syscall: a major page fault (or reclaim)
         PageFault = 3 => "page_fault",
+        /// runnable but descheduled (preempted)
         Preempted = 4 => "preempted",
+        /// in nanosleep / clock_nanosleep
         Sleep = 5 => "sleep",
+        /// in poll, select or epoll_wait
         Poll = 6 => "poll",
+        /// woken but waiting in the run queue for a CPU
         RunQueue = 7 => "run_queue",
     }
 }
@@ -681,12 +819,19 @@ u32_enum! {
 u32_enum! {
     /// Memory operation kinds.
     MemOpKind {
+        /// a copy of an unknown direction
         Unknown = 0 => "unknown",
+        /// copy host to device
         HtoD = 1 => "htod",
+        /// copy device to host
         DtoH = 2 => "dtoh",
+        /// copy device to device (same device)
         DtoD = 3 => "dtod",
+        /// copy host to host
         HtoH = 4 => "htoh",
+        /// copy peer to peer (between devices)
         PtoP = 5 => "ptop",
+        /// a memset
         Memset = 8 => "memset",
     }
 }
@@ -695,10 +840,15 @@ u32_enum! {
     /// Which API an [`ApiCall`] belongs to. CUPTI domains use CUPTI callback ids as `call_id`;
     /// `Probe` uses [`ProbedApi`] (the functions ghostprof's uprobes see).
     ApiDomain {
+        /// the CUDA driver API (CUPTI)
         CudaDriver = 1 => "cuda_driver",
+        /// the CUDA runtime API (CUPTI)
         CudaRuntime = 2 => "cuda_runtime",
+        /// NCCL calls
         Nccl = 3 => "nccl",
+        /// NVTX markers and ranges
         Nvtx = 4 => "nvtx",
+        /// functions probed by eBPF (`call_id` is a [`ProbedApi`])
         Probe = 5 => "probe",
     }
 }
@@ -706,31 +856,57 @@ u32_enum! {
 u32_enum! {
     /// Host functions probed by eBPF (mirrors `enum gp_api` in ebpf/ghostprof.h).
     ProbedApi {
+        /// `cuLaunchKernel`
         LaunchKernel = 1 => "cuLaunchKernel",
+        /// `cuLaunchKernel_ptsz`
         LaunchKernelPtsz = 2 => "cuLaunchKernel_ptsz",
+        /// `cuLaunchKernelEx`
         LaunchKernelEx = 3 => "cuLaunchKernelEx",
+        /// `cuLaunchKernelEx_ptsz`
         LaunchKernelExPtsz = 4 => "cuLaunchKernelEx_ptsz",
+        /// `cuLaunchCooperativeKernel`
         LaunchCooperativeKernel = 5 => "cuLaunchCooperativeKernel",
+        /// `cuGraphLaunch`
         GraphLaunch = 6 => "cuGraphLaunch",
+        /// `cuGraphLaunch_ptsz`
         GraphLaunchPtsz = 7 => "cuGraphLaunch_ptsz",
+        /// `cuStreamSynchronize`
         StreamSynchronize = 8 => "cuStreamSynchronize",
+        /// `cuCtxSynchronize`
         CtxSynchronize = 9 => "cuCtxSynchronize",
+        /// `cuEventSynchronize`
         EventSynchronize = 10 => "cuEventSynchronize",
+        /// `cuMemcpyHtoD`
         MemcpyHtoD = 11 => "cuMemcpyHtoD",
+        /// `cuMemcpyDtoH`
         MemcpyDtoH = 12 => "cuMemcpyDtoH",
+        /// `cuMemcpyDtoD`
         MemcpyDtoD = 13 => "cuMemcpyDtoD",
+        /// `cuMemcpy`
         Memcpy = 14 => "cuMemcpy",
+        /// `cuModuleGetFunction`
         ModuleGetFunction = 15 => "cuModuleGetFunction",
+        /// `cuFuncGetName`
         FuncGetName = 16 => "cuFuncGetName",
+        /// `ncclGroupStart`
         NcclGroupStart = 17 => "ncclGroupStart",
+        /// `ncclGroupEnd`
         NcclGroupEnd = 18 => "ncclGroupEnd",
+        /// `ncclCommInitRank`
         NcclCommInitRank = 19 => "ncclCommInitRank",
+        /// `ncclAllReduce`
         NcclAllReduce = 32 => "ncclAllReduce",
+        /// `ncclAllGather`
         NcclAllGather = 33 => "ncclAllGather",
+        /// `ncclReduceScatter`
         NcclReduceScatter = 34 => "ncclReduceScatter",
+        /// `ncclBroadcast`
         NcclBroadcast = 35 => "ncclBroadcast",
+        /// `ncclReduce`
         NcclReduce = 36 => "ncclReduce",
+        /// `ncclSend`
         NcclSend = 37 => "ncclSend",
+        /// `ncclRecv`
         NcclRecv = 38 => "ncclRecv",
     }
 }
@@ -754,13 +930,21 @@ impl ProbedApi {
 u32_enum! {
     /// NCCL collective operations.
     CollOp {
+        /// all-reduce
         AllReduce = 0 => "all_reduce",
+        /// all-gather
         AllGather = 1 => "all_gather",
+        /// reduce-scatter
         ReduceScatter = 2 => "reduce_scatter",
+        /// broadcast
         Broadcast = 3 => "broadcast",
+        /// reduce
         Reduce = 4 => "reduce",
+        /// point-to-point send
         Send = 5 => "send",
+        /// point-to-point receive
         Recv = 6 => "recv",
+        /// all-to-all
         AllToAll = 7 => "all_to_all",
     }
 }
@@ -768,7 +952,9 @@ u32_enum! {
 u32_enum! {
     /// Whether an [`NcclColl`] is the host call or the device kernel.
     NcclPhase {
+        /// the host call
         Host = 0 => "host",
+        /// the device kernel
         Device = 1 => "device",
     }
 }
@@ -776,17 +962,29 @@ u32_enum! {
 u32_enum! {
     /// NCCL data types (values of `ncclDataType_t`).
     NcclDtype {
+        /// `ncclInt8`
         Int8 = 0 => "int8",
+        /// `ncclUint8`
         Uint8 = 1 => "uint8",
+        /// `ncclInt32`
         Int32 = 2 => "int32",
+        /// `ncclUint32`
         Uint32 = 3 => "uint32",
+        /// `ncclInt64`
         Int64 = 4 => "int64",
+        /// `ncclUint64`
         Uint64 = 5 => "uint64",
+        /// `ncclFloat16`
         Float16 = 6 => "float16",
+        /// `ncclFloat32`
         Float32 = 7 => "float32",
+        /// `ncclFloat64`
         Float64 = 8 => "float64",
+        /// `ncclBfloat16`
         Bfloat16 = 9 => "bfloat16",
+        /// `ncclFloat8e4m3`
         Float8e4m3 = 10 => "float8_e4m3",
+        /// `ncclFloat8e5m2`
         Float8e5m2 = 11 => "float8_e5m2",
     }
 }
@@ -806,15 +1004,25 @@ impl NcclDtype {
 u32_enum! {
     /// Device sample metrics.
     Metric {
+        /// NVML GPU utilization, percent
         GpuUtilPercent = 1 => "gpu_util_percent",
+        /// NVML memory utilization, percent
         MemUtilPercent = 2 => "mem_util_percent",
+        /// NVML memory used, bytes
         MemUsedBytes = 3 => "mem_used_bytes",
+        /// SM clock (NVML), MHz
         SmClockMhz = 4 => "sm_clock_mhz",
+        /// power draw (NVML), watts
         PowerWatts = 5 => "power_watts",
+        /// fraction (0-1) of the interval SMs were active
         SmActive = 6 => "sm_active",
+        /// SM occupancy, fraction (0-1)
         SmOccupancy = 7 => "sm_occupancy",
+        /// fraction (0-1) of the interval tensor cores were active
         TensorActive = 8 => "tensor_active",
+        /// DRAM bandwidth used, fraction (0-1) of peak
         DramBandwidth = 9 => "dram_bandwidth",
+        /// fraction (0-1) of the interval FMA pipes were active
         FmaActive = 10 => "fma_active",
         /// length of the PM sample that starts at this time (ns); the sample's other metrics
         /// (fractions of it) share its timestamp
@@ -849,11 +1057,17 @@ impl StepSource {
 u32_enum! {
     /// Which library a [`LibraryInfo`] is.
     LibKind {
+        /// any other library
         Other = 0 => "other",
+        /// libcuda (the driver)
         Cuda = 1 => "libcuda",
+        /// libcudart
         CudaRuntime = 2 => "libcudart",
+        /// libnccl
         Nccl = 3 => "libnccl",
+        /// libcupti
         Cupti = 4 => "libcupti",
+        /// libcublas
         Cublas = 5 => "libcublas",
     }
 }
@@ -861,7 +1075,9 @@ u32_enum! {
 u32_enum! {
     /// Clock domains mapped onto CLOCK_MONOTONIC.
     ClockDomain {
+        /// CUPTI's timestamp clock
         Cupti = 1 => "cupti",
+        /// CLOCK_REALTIME (wall clock)
         Realtime = 2 => "realtime",
     }
 }
@@ -869,11 +1085,17 @@ u32_enum! {
 u32_enum! {
     /// Producers of records; drops are counted per source.
     Source {
+        /// the eBPF collectors (host probes, off-CPU)
         Ebpf = 1 => "ebpf",
+        /// the CUPTI rings of the injection library
         Cupti = 2 => "cupti",
+        /// the NVML sampler
         Nvml = 3 => "nvml",
+        /// CUPTI PM sampling
         PmSampling = 4 => "pm_sampling",
+        /// readings of /proc
         Procfs = 5 => "procfs",
+        /// generated records (benchmarks, tests)
         Synthetic = 6 => "synthetic",
     }
 }
