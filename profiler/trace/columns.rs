@@ -49,15 +49,20 @@ impl Encoding {
 /// One column of a record kind's schema.
 #[derive(Clone, Copy, Debug)]
 pub struct ColumnDesc {
+    /// The field's name.
     pub name: &'static str,
+    /// The field's Rust type, as written (`u64`, `i32`, `f64`…).
     pub ty: &'static str,
+    /// How the column is stored.
     pub encoding: Encoding,
 }
 
 /// A field type that can be carried in a column: widened to u64 losslessly and narrowed back
 /// with a check, so a corrupt value is an error and not a silent truncation.
 pub trait Column: Copy {
+    /// The value widened to u64 (signed values sign-extended to 64 bits, f64 as its bits).
     fn to_u64(self) -> u64;
+    /// The value back from u64, or None if it does not fit the type.
     fn from_u64(v: u64) -> Option<Self>;
 }
 
@@ -106,11 +111,13 @@ impl Column for f64 {
     }
 }
 
+/// Zigzag encoding: small negative and positive numbers both become small unsigned ones.
 #[inline(always)]
 pub fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
+/// The inverse of [`zigzag`].
 #[inline(always)]
 pub fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
@@ -140,6 +147,7 @@ pub fn decode_value(enc_is_xor: bool, enc_is_raw: bool, stored: u64, base: u64) 
     }
 }
 
+/// Appends `v` as a LEB128 varint (7 bits a byte, low bits first).
 #[inline(always)]
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -152,17 +160,21 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// A bounds-checked cursor over a section's bytes. `base_offset` is where the section starts
 /// in the decompressed chunk, so errors can name the byte.
 pub struct Cursor<'a> {
+    /// The bytes read.
     pub buf: &'a [u8],
+    /// Read position in `buf`.
     pub pos: usize,
     /// Offset of `buf` within the enclosing buffer, added to error offsets.
     pub base: usize,
 }
 
 impl<'a> Cursor<'a> {
+    /// A cursor at the start of `buf`, whose offsets are relative to `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
         Cursor { buf, pos: 0, base: 0 }
     }
 
+    /// A cursor at the start of `buf`, which starts at `base` in the enclosing buffer.
     pub fn with_base(buf: &'a [u8], base: usize) -> Self {
         Cursor { buf, pos: 0, base }
     }
@@ -172,6 +184,7 @@ impl<'a> Cursor<'a> {
         self.base + self.pos
     }
 
+    /// Reads a LEB128 varint (at most 10 bytes).
     #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, DecodeError> {
         // Fast paths: one byte (most columns), then two and three (timestamp gaps, durations).
@@ -233,6 +246,7 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Reads the next `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self
             .pos
@@ -244,16 +258,19 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
+    /// Reads a little-endian u16.
     pub fn u16_le(&mut self) -> Result<u16, DecodeError> {
         let b = self.bytes(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
+    /// Reads a little-endian u32.
     pub fn u32_le(&mut self) -> Result<u32, DecodeError> {
         let b = self.bytes(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    /// Reads a little-endian u64.
     pub fn u64_le(&mut self) -> Result<u64, DecodeError> {
         let b = self.bytes(8)?;
         let mut a = [0u8; 8];
@@ -261,6 +278,7 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
+    /// Bytes left to read.
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }

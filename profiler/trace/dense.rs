@@ -24,10 +24,12 @@ impl<V> Default for DenseMap<V> {
 }
 
 impl<V> DenseMap<V> {
+    /// An empty map.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The value of `id`, if any.
     #[inline]
     pub fn get(&self, id: u32) -> Option<&V> {
         if id < DENSE_IDS {
@@ -37,6 +39,7 @@ impl<V> DenseMap<V> {
         }
     }
 
+    /// Whether `id` has a value.
     #[inline]
     pub fn contains(&self, id: u32) -> bool {
         self.get(id).is_some()

@@ -37,10 +37,15 @@ pub const DIGEST_LONG_NS: u64 = 100_000_000;
 /// Kernels and copies of one (process, device) in a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceSpan {
+    /// Process id.
     pub pid: u32,
+    /// CUDA device id.
     pub device: u32,
+    /// First start of its kernels and copies, CLOCK_MONOTONIC ns.
     pub min_start: u64,
+    /// Last start of its kernels and copies, CLOCK_MONOTONIC ns.
     pub max_start: u64,
+    /// Last end of its kernels and copies, CLOCK_MONOTONIC ns.
     pub max_end: u64,
     /// first start of a kernel that is not a collective (`u64::MAX`: none)
     pub min_compute_start: u64,
@@ -49,27 +54,41 @@ pub struct DeviceSpan {
 /// Launches of one (process, thread) in a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaunchSpan {
+    /// Process id.
     pub pid: u32,
+    /// Thread id.
     pub tid: u32,
+    /// Its first launch in the chunk, CLOCK_MONOTONIC ns.
     pub first: u64,
+    /// Its last launch in the chunk, CLOCK_MONOTONIC ns.
     pub last: u64,
 }
 
 /// Total time of one kernel name (not a collective) on one (process, device) in a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NameTime {
+    /// Process id.
     pub pid: u32,
+    /// CUDA device id.
     pub device: u32,
+    /// Kernel name (string id).
     pub name_id: u32,
+    /// Total kernel time, ns.
     pub ns: u64,
 }
 
+/// A chunk's digest section: spans, launches, kernel-name times and the filtered records.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ChunkDigest {
+    /// The [`DIGEST_VERSION`] it was written with.
     pub version: u64,
+    /// Kernels and copies per (process, device).
     pub spans: Vec<DeviceSpan>,
+    /// Launches per (process, thread).
     pub launches: Vec<LaunchSpan>,
+    /// Kernel time per (process, device, kernel name), collectives excepted.
     pub name_times: Vec<NameTime>,
+    /// The records the summary pass needs whole (see the module docs).
     pub records: RecordBatch,
 }
 

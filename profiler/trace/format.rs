@@ -13,18 +13,29 @@ use super::columns::{put_varint, Cursor};
 use super::error::DecodeError;
 use super::records::{Kind, RecordBatch};
 
+/// Major format version: a reader reads only files of its own major version.
 pub const FORMAT_MAJOR: u16 = 1;
+/// Minor format version: minor versions only add record kinds or sections, which readers skip.
 pub const FORMAT_MINOR: u16 = 1;
 
+/// Magic at the start of the header frame's content.
 pub const HEADER_MAGIC: &[u8; 8] = b"GHSTPROF";
+/// Magic at the start of each chunk frame's content.
 pub const CHUNK_MAGIC: &[u8; 8] = b"GPCHUNK1";
+/// Magic at the start of the index frame's content.
 pub const INDEX_MAGIC: &[u8; 8] = b"GPINDEX1";
 
+/// Magic of an ordinary zstd frame (little-endian).
 pub const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+/// Lowest magic of a zstd skippable frame.
 pub const SKIPPABLE_MAGIC_MIN: u32 = 0x184D_2A50;
+/// Highest magic of a zstd skippable frame.
 pub const SKIPPABLE_MAGIC_MAX: u32 = 0x184D_2A5F;
+/// Magic of the skippable frame that holds the seek table.
 pub const SEEK_TABLE_SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
+/// Magic at the end of the seek table's footer.
 pub const SEEKABLE_FOOTER_MAGIC: u32 = 0x8F92_EAB1;
+/// Bytes of the seek table's footer: frame count u32, descriptor u8, magic u32.
 pub const SEEK_FOOTER_BYTES: u64 = 9;
 
 /// Largest decompressed frame a reader accepts; the writer stays far below.
@@ -43,22 +54,32 @@ pub const DIGEST_SECTION: u16 = 0xFFF0;
 /// A decoded chunk: its records and the strings they refer to.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Chunk {
+    /// The chunk's sequence number in the file.
     pub seq: u32,
+    /// Earliest record start in the chunk, CLOCK_MONOTONIC ns.
     pub min_ts: u64,
+    /// Latest record end in the chunk, CLOCK_MONOTONIC ns.
     pub max_ts: u64,
+    /// The strings (id, text) the chunk's records refer to (each chunk carries its own).
     pub strings: Vec<(u32, String)>,
+    /// The chunk's records, by kind.
     pub records: RecordBatch,
 }
 
 /// Where a chunk is and what it holds (from the index, or from a scan).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkMeta {
+    /// The chunk's sequence number in the file.
     pub seq: u32,
     /// file offset of the chunk's zstd frame
     pub offset: u64,
+    /// Length of the chunk's zstd frame, bytes.
     pub compressed_len: u64,
+    /// Decompressed length of the chunk, bytes.
     pub raw_len: u64,
+    /// Earliest record start in the chunk, CLOCK_MONOTONIC ns.
     pub min_ts: u64,
+    /// Latest record end in the chunk, CLOCK_MONOTONIC ns.
     pub max_ts: u64,
     /// rows per kind, in [`Kind::ALL`] order
     pub counts: Vec<u64>,
@@ -310,11 +331,13 @@ pub(crate) fn decode_strings(body: &[u8], n: usize, out: &mut Vec<(u32, String)>
 /// Final totals stored in the index frame.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IndexSummary {
+    /// Every chunk of the file, in file order.
     pub chunks: Vec<ChunkMeta>,
     /// (source, cause) → cumulative records lost
     pub drops: Vec<(u32, u32, u64)>,
 }
 
+/// Encodes the index frame's content (chunk table and drop counters) into `out`.
 pub fn encode_index(summary: &IndexSummary, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(INDEX_MAGIC);

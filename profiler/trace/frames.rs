@@ -14,11 +14,21 @@ pub enum FrameAt {
     /// A whole zstd frame of this many bytes.
     Zstd(u64),
     /// A whole skippable frame of this many bytes (magic in the low nibble range).
-    Skippable { magic: u32, len: u64 },
+    Skippable {
+        /// The frame's magic.
+        magic: u32,
+        /// The frame's length, header included, bytes.
+        len: u64,
+    },
     /// The file ends inside the frame that starts here.
     Truncated,
     /// The bytes here are not a frame; `at` is the offending file offset.
-    Garbage { at: u64, what: String },
+    Garbage {
+        /// The offending file offset.
+        at: u64,
+        /// What is wrong there.
+        what: String,
+    },
 }
 
 fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {

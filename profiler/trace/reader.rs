@@ -52,12 +52,16 @@ pub struct Scratch {
 /// The decoded file header.
 #[derive(Debug, Clone)]
 pub struct TraceHeader {
+    /// The file's major format version.
     pub major: u16,
+    /// The file's minor format version.
     pub minor: u16,
     /// Metadata JSON: tool version, host, command, schema.
     pub meta: serde_json::Value,
 }
 
+/// Reads a trace file: its header, its chunk table (from the index, or by walking the frames of
+/// a file cut short), and its chunks on demand.
 pub struct TraceReader {
     file: File,
     path: PathBuf,
@@ -76,6 +80,7 @@ pub struct TraceReader {
 }
 
 impl TraceReader {
+    /// Opens `path` and reads its header and chunk table (a file without an index is scanned).
     pub fn open(path: &Path) -> Result<Self, TraceError> {
         let file = crate::outfile::open_input(path).map_err(|e| TraceError::io(path, e))?;
         let len = file.metadata().map_err(|e| TraceError::io(path, e))?.len();
@@ -145,10 +150,12 @@ impl TraceReader {
         TraceError::Corrupt { path: self.path.clone(), offset, what: what.into() }
     }
 
+    /// The trace file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The decoded file header.
     pub fn header(&self) -> &TraceHeader {
         &self.header
     }
@@ -158,6 +165,7 @@ impl TraceReader {
         self.len
     }
 
+    /// Every whole chunk, in file order.
     pub fn chunks(&self) -> &[ChunkMeta] {
         &self.chunks
     }

@@ -31,7 +31,9 @@ pub const NAME_LIMIT: &str = "<name limit>";
 /// What one untrusted source (a process) has added to the string table, and what was refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NameBudget {
+    /// Names this source has added.
     pub names: u32,
+    /// Bytes of the names this source has added.
     pub bytes: u64,
     /// Names not added (over a cap): each became [`NAME_LIMIT`].
     pub refused: u64,
@@ -49,6 +51,7 @@ pub struct SourceBudgets {
 }
 
 impl SourceBudgets {
+    /// The budget of `pid` (past [`MAX_SOURCES`] processes, the one shared by the rest).
     pub fn of(&mut self, pid: u32) -> &mut NameBudget {
         if self.by_pid.len() >= MAX_SOURCES && !self.by_pid.contains_key(&pid) {
             return &mut self.rest;
@@ -73,9 +76,13 @@ struct Table {
 /// The caps of [`Interner::intern_bounded`] (the `MAX_*` constants by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NameLimits {
+    /// Names one source may add.
     pub names_per_source: u32,
+    /// Bytes of names one source may add.
     pub bytes_per_source: u64,
+    /// Names all sources together may add.
     pub names_total: u32,
+    /// Bytes of names all sources together may add.
     pub bytes_total: u64,
 }
 
@@ -99,6 +106,7 @@ pub struct Interner {
 }
 
 impl Interner {
+    /// An empty table (id 0 is the empty string) with the default caps.
     pub fn new() -> Self {
         Self::with_limits(NameLimits::default())
     }
@@ -108,6 +116,7 @@ impl Interner {
         Interner { table: Mutex::new(Table::default()), strings: RwLock::new(vec![Arc::from("")]), limits }
     }
 
+    /// The caps on untrusted names.
     pub fn limits(&self) -> NameLimits {
         self.limits
     }
@@ -158,15 +167,18 @@ impl Interner {
         id
     }
 
+    /// The string with id `id`, if assigned.
     pub fn get(&self, id: u32) -> Option<Arc<str>> {
         let strings = self.strings.read().unwrap_or_else(|p| p.into_inner());
         strings.get(id as usize).cloned()
     }
 
+    /// Strings held, the empty string (id 0) included.
     pub fn len(&self) -> usize {
         self.strings.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Holds no string but the empty one (id 0).
     pub fn is_empty(&self) -> bool {
         self.len() <= 1
     }

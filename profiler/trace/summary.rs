@@ -8,20 +8,29 @@ use super::error::TraceError;
 use super::reader::{DamagedChunk, TraceReader};
 use super::records::{DropCause, Kind, Source};
 
+/// Records lost at one (source, cause).
 #[derive(Debug, Clone, Serialize)]
 pub struct DropEntry {
+    /// The [`Source`] name.
     pub source: String,
+    /// The [`DropCause`] name.
     pub cause: String,
+    /// Records lost (cumulative).
     pub count: u64,
 }
 
 /// The facts about one trace file.
 #[derive(Debug, Clone, Serialize)]
 pub struct TraceSummary {
+    /// The trace file's path.
     pub path: String,
+    /// The file's format version, `major.minor`.
     pub format_version: String,
+    /// The recording ghostprof's version, from the header.
     pub ghostprof_version: Option<String>,
+    /// The recording host's name, from the header.
     pub hostname: Option<String>,
+    /// The recorded command line, from the header.
     pub command: Vec<String>,
     /// the file has its index and seek table (recording ended cleanly)
     pub finalized: bool,
@@ -29,13 +38,17 @@ pub struct TraceSummary {
     pub start_ns: u64,
     /// latest record end
     pub end_ns: u64,
+    /// `end_ns - start_ns`.
     pub duration_ns: u64,
+    /// Chunks in the file.
     pub chunks: usize,
     /// kind → records
     pub records: BTreeMap<String, u64>,
+    /// Records of every kind together.
     pub total_records: u64,
     /// source → records lost (all causes)
     pub drops: BTreeMap<String, u64>,
+    /// Records lost per (source, cause).
     pub drops_detail: Vec<DropEntry>,
     /// records as fixed in-memory rows
     pub raw_bytes: u64,
@@ -43,7 +56,9 @@ pub struct TraceSummary {
     pub decoded_bytes: u64,
     /// size of the file
     pub compressed_bytes: u64,
+    /// File bytes per record.
     pub bytes_per_record: f64,
+    /// What the reader found wrong with the file (a missing index, damage).
     pub warnings: Vec<String>,
     /// Bytes after the last whole chunk that were not read: a cut, or the zeros or junk a
     /// crash can leave (0 when none).
@@ -59,6 +74,7 @@ pub struct TraceSummary {
     pub notes: Vec<String>,
 }
 
+/// The summary `ghostprof info` shows, from the reader's index (or scan).
 pub fn summarize(reader: &TraceReader) -> Result<TraceSummary, TraceError> {
     let meta = &reader.header().meta;
     let counts = reader.counts();

@@ -11,10 +11,12 @@ use super::strings::Interner;
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed` (0 becomes 1: xorshift needs a non-zero state).
     pub fn new(seed: u64) -> Self {
         Rng(seed.max(1))
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
@@ -71,6 +73,7 @@ pub struct TrainingStream {
 }
 
 impl TrainingStream {
+    /// A stream seeded with `seed`, its kernel names interned in `interner`.
     pub fn new(seed: u64, interner: &Interner) -> Self {
         let mut rng = Rng::new(seed);
         let mut kinds = Vec::new();

@@ -36,7 +36,9 @@ impl Default for WriterOptions {
 /// What the recording was: goes into the header JSON next to the schema.
 #[derive(Debug, Clone, Default)]
 pub struct TraceInfo {
+    /// The recorded command line (empty when attaching).
     pub command: Vec<String>,
+    /// The processes traced from the start (record: the launched command; attach: the process tree).
     pub target_pids: Vec<u32>,
     /// Anything else worth keeping (collector versions, flags), merged into the header.
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -45,12 +47,17 @@ pub struct TraceInfo {
 /// Totals of a finished (or failed) write.
 #[derive(Debug, Clone, Default)]
 pub struct WriteSummary {
+    /// Records written in whole chunks.
     pub records: u64,
+    /// Chunks written.
     pub chunks: usize,
+    /// Records as fixed in-memory rows, bytes.
     pub raw_bytes: u64,
+    /// Bytes of the file.
     pub compressed_bytes: u64,
 }
 
+/// Writes a trace file: header, chunks as records come, then the index and seek table.
 pub struct TraceWriter {
     file: File,
     path: PathBuf,
@@ -143,6 +150,7 @@ impl TraceWriter {
         Ok(w)
     }
 
+    /// The trace file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -152,6 +160,7 @@ impl TraceWriter {
         self.offset
     }
 
+    /// Records written in whole chunks so far.
     pub fn records_written(&self) -> u64 {
         self.records
     }
@@ -169,6 +178,7 @@ impl TraceWriter {
         Ok(())
     }
 
+    /// Queues every record of `recs` (see [`TraceWriter::append`]).
     pub fn append_all(&mut self, recs: impl IntoIterator<Item = Record>) -> Result<(), TraceError> {
         for r in recs {
             self.append(r)?;
@@ -176,6 +186,7 @@ impl TraceWriter {
         Ok(())
     }
 
+    /// Records queued for the next chunk.
     pub fn pending_records(&self) -> usize {
         self.pending.len()
     }
