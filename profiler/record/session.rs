@@ -510,7 +510,7 @@ fn private_ring_dir() -> std::io::Result<PathBuf> {
 /// Removes the private ring directories (`ghostprof-<pid>-…`) of `record` sessions that were
 /// killed before they could (their ghostprof pid is gone): each holds up to 64 MiB per process.
 /// Only real directories (lstat: a symlink named so is left alone) that are private as
-/// [`private_ring_dir`] makes them; `remove_dir_all` never follows links inside. Returns how
+/// `private_ring_dir` makes them; `remove_dir_all` never follows links inside. Returns how
 /// many were removed.
 pub fn sweep_stale_ring_dirs(base: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;

@@ -1,7 +1,8 @@
 //! The trace file: the event model ([`records`]), its column codecs ([`columns`]), the on-disk
-//! layout ([`format`], spec in docs/trace-format.md), and the [`writer`] and [`reader`]. One
-//! decoder serves live recording and offline review. [`classify`] holds the rules that sort
-//! records (checkpoint syscalls, collective kernel names) for the digest and the analysis.
+//! layout ([`format`](mod@format), spec in docs/trace-format.md), and the [`writer`] and
+//! [`reader`]. One decoder serves live recording and offline review. [`classify`] holds the
+//! rules that sort records (checkpoint syscalls, collective kernel names) for the digest and the
+//! analysis.
 //!
 //! This module imports nothing of the crate above it: only `trace` itself and the base modules
 //! `clock`, `units` and `outfile`.
