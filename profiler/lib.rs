@@ -21,6 +21,5 @@ pub mod outfile;
 pub mod pipeline;
 pub mod record;
 pub mod report;
-#[allow(missing_docs)] // issue #17: documented after the merge, then this line goes
 pub mod trace;
 pub mod units;

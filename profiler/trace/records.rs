@@ -1035,9 +1035,13 @@ u32_enum! {
 u32_enum! {
     /// Where a step boundary came from.
     StepSource {
+        /// an NVTX push/pop range recorded by the job (CUPTI marker activity)
         Nvtx = 1 => "nvtx",
+        /// a kernel whose name matches `--step-regex` starts each step
         KernelRegex = 2 => "kernel_regex",
+        /// the period detected in the kernel sequence when neither NVTX nor a regex found steps
         Periodicity = 3 => "periodicity",
+        /// boundaries written by a tool or test that knows them (no collector produces this value)
         User = 4 => "user",
     }
 }
