@@ -6,6 +6,7 @@
 //! - [`pipeline`]: producers, bounded queues and the writer thread that carry records to the
 //!   trace writer (below both the collectors and the sessions);
 //! - [`collect`]: collectors (eBPF skeletons and their loaders, the CUPTI ring, NVML);
+//! - [`inject`]: live injection of the CUPTI library into a running process (ptrace);
 //! - [`record`]: recording sessions (record / attach), which assemble collectors and pipeline;
 //! - [`analyze`]: the accounting, a pure function of trace records;
 //! - [`report`]: text and JSON reports of the accounting;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod clock;
 pub mod collect;
 pub mod export;
+pub mod inject;
 pub mod outfile;
 pub mod pipeline;
 pub mod record;

@@ -243,6 +243,11 @@ pub struct AttachCliConfig {
     /// No status line or summary; only errors, notes and the report.
     #[arg(long)]
     pub quiet: bool,
+    /// eBPF only (plus the rings of jobs started with CUDA_INJECTION64_PATH): never ptrace the
+    /// job nor load anything into it. Without it, ghostprof loads its CUPTI library into every
+    /// CUDA process of the tree (docs/permissions.md says exactly what that changes).
+    #[arg(long)]
+    pub no_inject: bool,
 }
 
 pub fn run_attach(cfg: &AttachCliConfig) -> anyhow::Result<ExitCode> {
@@ -256,6 +261,9 @@ pub fn run_attach(cfg: &AttachCliConfig) -> anyhow::Result<ExitCode> {
     a.overwrite = cfg.force;
     a.max_duration = duration;
     a.owner = sudo_user();
+    if !cfg.no_inject {
+        a.inject_library = crate::record::session::find_inject_lib();
+    }
     if let Some(dir) = std::env::var_os("GHOSTPROF_RING_DIR") {
         a.ring_dir = PathBuf::from(dir);
     }

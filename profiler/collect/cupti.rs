@@ -256,9 +256,33 @@ impl CuptiCollector {
         self.refused.len()
     }
 
-    /// Path of the ring of `pid`.
-    pub fn ring_path(&self, pid: u32) -> PathBuf {
-        self.dir.join(format!("ghostprof-{pid}.ring"))
+    /// Path of the ring of `pid` as this host sees it: `dir/ghostprof-<pid>.ring` for a process
+    /// of ghostprof's pid and mount namespaces (or one already gone); else, for a process in a
+    /// container, its own ring (named with the pid it knows itself by, NSpid) in the same
+    /// directory of its mount namespace, through `/proc/PID/root`. None when a directory on the
+    /// way inside its root is a symlink: an absolute link there would resolve on this host.
+    pub fn ring_path(&self, pid: u32) -> Option<PathBuf> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let own: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().last()?.parse().ok())
+            .unwrap_or(pid);
+        let same_mnt = match (std::fs::read_link(format!("/proc/{pid}/ns/mnt")), std::fs::read_link("/proc/self/ns/mnt")) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => true,
+        };
+        if own == pid && same_mnt {
+            return Some(self.dir.join(format!("ghostprof-{pid}.ring")));
+        }
+        let mut at = PathBuf::from(format!("/proc/{pid}/root"));
+        for part in self.dir.strip_prefix("/").unwrap_or(&self.dir).components() {
+            at.push(part);
+            if std::fs::symlink_metadata(&at).ok()?.file_type().is_symlink() {
+                return None;
+            }
+        }
+        Some(at.join(format!("ghostprof-{own}.ring")))
     }
 
     /// Opens every ring in the directory (a session's private ring directory holds only its
@@ -315,7 +339,15 @@ impl CuptiCollector {
             if self.rings.contains_key(&pid) || self.refused.contains(&pid) {
                 continue;
             }
-            let path = self.ring_path(pid);
+            let Some(path) = self.ring_path(pid) else {
+                if self.refused.insert(pid) {
+                    self.note(format!(
+                        "ignored the CUPTI ring of process {pid}: {} in its mount namespace goes through a symlink",
+                        self.dir.display()
+                    ));
+                }
+                continue;
+            };
             if std::fs::symlink_metadata(&path).is_err() {
                 continue;
             }

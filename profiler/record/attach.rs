@@ -14,6 +14,7 @@ use super::session::{SessionError, SessionSummary};
 use crate::collect::host::HostCollector;
 use crate::collect::sched::CollectError;
 use crate::collect::{gpu_libraries_of, procmaps};
+use crate::inject::{InjectError, InjectOptions};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::trace::{Source, TraceInfo};
 
@@ -40,6 +41,9 @@ pub struct AttachConfig {
     pub rescan_interval: Duration,
     /// (uid, gid) to give the trace to: the invoking user under sudo (None: root keeps it).
     pub owner: Option<(u32, u32)>,
+    /// The CUPTI library to load into CUDA processes started without it (ptrace, `dlopen`);
+    /// None: `--no-inject`, the job's memory is never touched.
+    pub inject_library: Option<PathBuf>,
 }
 
 impl AttachConfig {
@@ -54,6 +58,7 @@ impl AttachConfig {
             drain_interval: Duration::from_millis(10),
             rescan_interval: Duration::from_millis(200),
             owner: None,
+            inject_library: None,
         }
     }
 }
@@ -124,6 +129,9 @@ pub fn attach(
     }
     let mut producer = pipeline.producer(Source::Ebpf);
     c.start(&pipeline);
+    // The library into every CUDA process of the tree first, so its ring is there for the scan.
+    let mut injector = Injector::new(cfg);
+    injector.visit(&tree);
     // The device timeline first: a dormant injection library polls its ring's control word
     // every 50 ms, so its kernels flow within ~100 ms of the ring being opened. Host probes go
     // on after that, so the window (first launch or kernel to the last) never opens with launches
@@ -154,8 +162,14 @@ pub fn attach(
             rescan_interval: cfg.rescan_interval,
             max_duration: cfg.max_duration,
         };
-        // The job's end: every traced process is gone.
+        // The job's end: every traced process is gone. Ranks that start (or map libcuda)
+        // during the window get the library too, at the rescan interval.
+        let mut last_visit = Instant::now();
         let gone = |targets: &[u32]| {
+            if last_visit.elapsed() >= cfg.rescan_interval {
+                injector.visit(targets);
+                last_visit = Instant::now();
+            }
             (!targets.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())).then_some(())
         };
         c.run(&pipeline, &mut producer, &timers, stop, progress, gone)
@@ -165,6 +179,7 @@ pub fn attach(
     // the collectors go), then the rings dormant again once the last kernels launched have
     // completed and been flushed, so the window never closes on launches whose kernels were
     // not recorded. The rings are switched off whatever happened above.
+    c.cupti.notes.append(&mut injector.notes);
     let drained = c.host.drain(&mut producer).and_then(|_| c.sched.drain(&mut producer));
     stop_host_collection(&c.host);
     drain_cupti_for(&mut c, RING_WAKE, cfg.drain_interval);
@@ -179,6 +194,50 @@ pub fn attach(
         .finish()
         .map_err(|source| SessionError::WriteFailed { source, job: "detached; the job goes on".into() })?;
     Ok(SessionSummary::from_collectors(seen, None, cfg.pid, write, pipeline))
+}
+
+/// Loads the CUPTI library into the CUDA processes of the traced tree (`crate::inject`), once
+/// each; a refusal becomes one note and the process is not tried again.
+struct Injector {
+    opts: Option<InjectOptions>,
+    /// Pids injected, found dormant, or refused.
+    done: BTreeSet<u32>,
+    /// One line per refusal, for the session's notes.
+    notes: Vec<String>,
+}
+
+impl Injector {
+    fn new(cfg: &AttachConfig) -> Self {
+        let opts = cfg.inject_library.clone().map(|lib| {
+            let mut o = InjectOptions::new(lib);
+            o.ring_dir = cfg.ring_dir.clone();
+            o
+        });
+        Injector { opts, done: BTreeSet::new(), notes: Vec::new() }
+    }
+
+    /// Injects into the processes of `pids` not visited yet that map libcuda (one that does
+    /// not yet is looked at again next time).
+    fn visit(&mut self, pids: &[u32]) {
+        let Some(opts) = &self.opts else { return };
+        for &pid in pids {
+            if self.done.contains(&pid) {
+                continue;
+            }
+            match crate::inject::inject(pid, opts) {
+                Ok(_) => {
+                    self.done.insert(pid);
+                }
+                Err(InjectError::NoCuda { .. }) => {}
+                Err(e) => {
+                    self.done.insert(pid);
+                    let line = format!("{e}; process {pid} is recorded with eBPF only");
+                    eprintln!("ghostprof: {line}");
+                    self.notes.push(line);
+                }
+            }
+        }
+    }
 }
 
 /// The processes of `tree` that mapped libnccl and whose environment at exec had no

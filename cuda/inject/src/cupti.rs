@@ -32,9 +32,11 @@ struct State {
     records: Vec<usize>,
 }
 
-static RING: OnceLock<Mutex<Producer>> = OnceLock::new();
-/// Where the ring file is, for its removal at exit.
-static RING_PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
+/// The ring: created by [`start`] for the process's life, or by [`attach`] for one attach
+/// session (taken down again when that session's consumer detaches).
+static RING: Mutex<Option<Producer>> = Mutex::new(None);
+/// Where the ring file is, for its removal at exit or at the end of an attach session.
+static RING_PATH: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static LAST_CLOCK_NS: AtomicU64 = AtomicU64::new(0);
@@ -57,8 +59,8 @@ fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
 
 /// One record into the ring (dropped and counted by the ring when full).
 fn push(kind: u16, payload: &[u8]) {
-    if let Some(ring) = RING.get() {
-        ring.lock().unwrap_or_else(|p| p.into_inner()).push(kind, payload);
+    if let Some(ring) = RING.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        ring.push(kind, payload);
     }
 }
 
@@ -66,9 +68,9 @@ fn push(kind: u16, payload: &[u8]) {
 /// (`ghostprof record`, or an attached ghostprof); false when it was not sent. Reads no
 /// environment (NCCL's threads may race the job's setenv).
 pub(crate) fn push_if_collecting(kind: u16, payload: &[u8]) -> bool {
-    let Some(ring) = RING.get() else { return false };
     let always = CONFIG.get().is_some_and(|c| c.always);
-    let mut ring = ring.lock().unwrap_or_else(|p| p.into_inner());
+    let mut ring = RING.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(ring) = ring.as_mut() else { return false };
     (always || ring.enabled()) && ring.push(kind, payload)
 }
 
@@ -90,8 +92,8 @@ pub fn start() -> Result<(), String> {
     }
     let ring = Producer::create_with(&path, RING_BYTES, prefault)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let _ = RING.set(Mutex::new(ring));
-    let _ = RING_PATH.set(path);
+    *RING.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
+    *RING_PATH.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
     // Registered before anything else can fail, so even a library without CUPTI removes its ring.
     // SAFETY: registering a plain extern "C" function that catches its own panics.
     unsafe { libc::atexit(at_exit) };
@@ -117,30 +119,181 @@ fn control_loop() {
     let always = config().always;
     let mut tick = 0u64;
     loop {
-        let wanted =
-            always || RING.get().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).enabled()).unwrap_or(false);
-        let _ = catch_unwind(|| {
-            if wanted && !ACTIVE.load(Ordering::Acquire) {
-                enable();
-            } else if !wanted && ACTIVE.load(Ordering::Acquire) {
-                disable();
-            }
-            if ACTIVE.load(Ordering::Acquire) {
-                clock_pair();
-                pm_start_pending();
-                pm_collect(false);
-                if tick % FORCED_FLUSH_TICKS == 0 {
-                    // CUPTI's flush period hands over full buffers only: on an H200, 72 kernels
-                    // of a PyTorch job sat ~6 s in a part-filled buffer. A forced flush each
-                    // second bounds how late a device record reaches the trace.
-                    // SAFETY: plain CUPTI call, allowed from any thread.
-                    unsafe { crate::api::cuptiActivityFlushAll(1) };
-                }
-            }
-        });
+        control_tick(always || ring_enabled(), tick);
         tick += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// True when the ring exists and its consumer has switched collection on.
+fn ring_enabled() -> bool {
+    RING.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|r| r.enabled())
+}
+
+/// One 50 ms step of the control thread: CUPTI on or off as `wanted`, and while on, the clock
+/// pair, PM sampling and the forced flush.
+fn control_tick(wanted: bool, tick: u64) {
+    let _ = catch_unwind(|| {
+        if wanted && !ACTIVE.load(Ordering::Acquire) {
+            enable();
+        } else if !wanted && ACTIVE.load(Ordering::Acquire) {
+            disable();
+        }
+        if ACTIVE.load(Ordering::Acquire) {
+            clock_pair();
+            pm_start_pending();
+            pm_collect(false);
+            if tick % FORCED_FLUSH_TICKS == 0 {
+                // CUPTI's flush period hands over full buffers only: on an H200, 72 kernels
+                // of a PyTorch job sat ~6 s in a part-filled buffer. A forced flush each
+                // second bounds how late a device record reaches the trace.
+                // SAFETY: plain CUPTI call, allowed from any thread.
+                unsafe { crate::api::cuptiActivityFlushAll(1) };
+            }
+        }
+    });
+}
+
+/// Removes the ring file if it is still the one this library created (at exit: an attached
+/// ghostprof keeps its own mapping).
+fn remove_ring() {
+    let path = RING_PATH.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let (Some(ring), Some(path)) = (RING.lock().unwrap_or_else(|p| p.into_inner()).as_ref(), path) {
+        ring.remove_if_ours(&path);
+    }
+}
+
+/// An attach session (`ghostprof attach` injected this library, or found it injected) runs:
+/// its thread is alive. A second attach is refused until it ends.
+static SESSION: AtomicBool = AtomicBool::new(false);
+/// How long an attach session waits for ghostprof to open its ring before it ends itself
+/// (ghostprof was killed between the injection and the opening).
+const CONSUMER_WAIT: Duration = Duration::from_secs(10);
+
+/// Why [`attach`] did not start a session; the value is [`crate::ghostprof_attach`]'s return
+/// code, which ghostprof's injector turns into its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachRefused {
+    /// An attach session is still running in this process.
+    Busy = -1,
+    /// The argument was not the key=value text ghostprof passes.
+    BadArgument = -2,
+    /// The ring file could not be created.
+    Ring = -3,
+    /// No libcupti was found.
+    NoCupti = -4,
+    /// The session thread could not be started.
+    Thread = -5,
+}
+
+/// What ghostprof passes to [`crate::ghostprof_attach`]: `key=value` lines. Read from the
+/// argument, never from the environment (the job's threads may be in setenv right now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachArgs {
+    /// The directory of the ring, as this process sees it (absolute).
+    pub ring_dir: std::path::PathBuf,
+    /// Per-call API activity records instead of launch callbacks.
+    pub api_activity: bool,
+    /// PM sampling interval (0: off).
+    pub pm_interval_ns: u64,
+}
+
+impl AttachArgs {
+    /// Parses `ring_dir=/dev/shm\npm_interval_ns=50000\napi_activity=0` (unknown keys are
+    /// ignored, so an older library takes a newer ghostprof's argument).
+    pub fn parse(text: &str) -> Result<Self, AttachRefused> {
+        let mut args =
+            AttachArgs { ring_dir: "/dev/shm".into(), api_activity: false, pm_interval_ns: 50_000 };
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else { continue };
+            match key {
+                "ring_dir" if value.starts_with('/') => args.ring_dir = value.into(),
+                "ring_dir" => return Err(AttachRefused::BadArgument),
+                "api_activity" => args.api_activity = value == "1",
+                "pm_interval_ns" => args.pm_interval_ns = value.parse().map_err(|_| AttachRefused::BadArgument)?,
+                _ => {}
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// Starts an attach session in a running process (this library was just `dlopen`ed into it by
+/// ghostprof, or is still mapped from an earlier session): creates the ring, and starts a
+/// thread that collects while ghostprof has the ring open and then takes everything down
+/// again. Runs on a thread ghostprof borrowed: it does no CUPTI work here (a CUDA lock may be
+/// held by a thread in a synchronize), only the ring and the thread.
+pub fn attach(args: &AttachArgs) -> Result<(), AttachRefused> {
+    if SESSION.swap(true, Ordering::AcqRel) {
+        return Err(AttachRefused::Busy);
+    }
+    let started = (|| {
+        // The first session's settings stay for the process's life (CONFIG is read lock-free
+        // from the callbacks).
+        let _ = CONFIG.set(Config { always: false, api_activity: args.api_activity, pm_interval_ns: args.pm_interval_ns });
+        let path = args.ring_dir.join(format!("ghostprof-{}.ring", std::process::id()));
+        let ring = Producer::create_with(&path, RING_BYTES, false).map_err(|_| AttachRefused::Ring)?;
+        *RING.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
+        *RING_PATH.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
+        // SAFETY: registering a plain extern "C" function that catches its own panics.
+        AT_EXIT.call_once(|| unsafe {
+            libc::atexit(at_exit);
+        });
+        // A fresh name table: the new consumer has seen none of the earlier session's names.
+        *STATE.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(State { pm: None, names: FxHashMap::default(), cupti_dropped: 0, records: Vec::new() });
+        static LOADED: AtomicBool = AtomicBool::new(false);
+        if !LOADED.load(Ordering::Acquire) {
+            crate::api::load().map_err(|_| AttachRefused::NoCupti)?;
+            LOADED.store(true, Ordering::Release);
+        }
+        std::thread::Builder::new().name("ghostprof-attach".into()).spawn(session_loop).map_err(|_| AttachRefused::Thread)?;
+        Ok(())
+    })();
+    if started.is_err() {
+        end_session();
+    }
+    started
+}
+
+/// The attach session's thread: waits for ghostprof to open the ring, collects while the
+/// control word is set, and ends the session when it is cleared.
+fn session_loop() {
+    let began = std::time::Instant::now();
+    while !ring_enabled() {
+        if began.elapsed() >= CONSUMER_WAIT {
+            end_session();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut tick = 0u64;
+    loop {
+        let wanted = ring_enabled();
+        // Off: disables, flushes and unsubscribes.
+        control_tick(wanted, tick);
+        if !wanted {
+            break;
+        }
+        tick += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    end_session();
+}
+
+/// Takes an attach session down: CUPTI off (flushed into the ring first), the ring file removed
+/// and unmapped. The library stays mapped, dormant, for the next attach.
+fn end_session() {
+    let _ = catch_unwind(|| {
+        if ACTIVE.load(Ordering::Acquire) {
+            disable();
+        }
+        remove_ring();
+        *RING.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *RING_PATH.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    });
+    SESSION.store(false, Ordering::Release);
 }
 
 /// Control-loop ticks (50 ms) between forced CUPTI flushes.
@@ -488,9 +641,7 @@ extern "C" fn at_exit() {
         // its name is still the one created here (an attached ghostprof keeps its mapping).
         // Under `record` the file stays for ghostprof to read, if it has not opened it yet.
         if !config().always {
-            if let (Some(ring), Some(path)) = (RING.get(), RING_PATH.get()) {
-                ring.lock().unwrap_or_else(|p| p.into_inner()).remove_if_ours(path);
-            }
+            remove_ring();
         }
     });
 }
@@ -564,7 +715,7 @@ unsafe extern "C" fn buffer_completed(
         let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = guard.as_mut() {
             let mut record: *mut cs::CUpti_Activity = std::ptr::null_mut();
-            let Some(ring_lock) = RING.get() else { return };
+            let ring_lock = &RING;
             // CUPTI's walk of the buffer first, then ghostprof's forwarding (timed alone with
             // GHOSTPROF_SELF_TIME; thread CPU time, as this thread is preempted mid-buffer on a
             // busy machine). The record list is kept between buffers.
@@ -581,10 +732,11 @@ unsafe extern "C" fn buffer_completed(
             // launch callback waits at most one batch.
             const RING_BATCH: usize = 32;
             for batch in records.chunks(RING_BATCH) {
-                let mut ring = ring_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let mut guard = ring_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(ring) = guard.as_mut() else { break };
                 for &r in batch {
                     // SAFETY: CUPTI returned these record pointers.
-                    unsafe { forward(s, &mut ring, r as *const u8) };
+                    unsafe { forward(s, ring, r as *const u8) };
                 }
             }
             if let Some(t0) = t0 {

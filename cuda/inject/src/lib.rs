@@ -12,6 +12,11 @@
 //! untrusted input), except that name pointers, meaningless in another process, are replaced
 //! by ids whose strings go through the ring once.
 //!
+//! `ghostprof attach` can also load it into a job started without it (ptrace, `dlopen`) and call
+//! [`ghostprof_attach`]: one attach session, which ends when ghostprof detaches (CUPTI off,
+//! the session's thread gone, the ring removed); the library stays mapped and dormant, and the
+//! next attach calls the entry point again.
+//!
 //! The library is also NCCL's profiler plugin (`NCCL_PROFILER_PLUGIN`, set by `ghostprof
 //! record`): [`nccl`] sends each collective's algorithm and protocol through the same ring. Nothing here may panic or unwind into the
 //! host: every entry point catches panics, and every failure becomes a status record.
@@ -21,7 +26,7 @@ mod cupti;
 mod nccl;
 mod pm;
 
-use std::ffi::c_int;
+use std::ffi::{c_char, c_int, CStr};
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -40,4 +45,35 @@ pub extern "C" fn InitializeInjection() -> c_int {
         Err(_) => eprintln!("ghostprof-inject: internal error; the job continues without CUPTI collection"),
     }
     1
+}
+
+/// [`ghostprof_attach`]: the library was loaded by the driver (`CUDA_INJECTION64_PATH`) and
+/// its dormant ring is already there: ghostprof opens that ring instead.
+pub const ATTACH_DORMANT: c_int = 1;
+/// [`ghostprof_attach`]: a panic was caught.
+pub const ATTACH_PANIC: c_int = -6;
+
+/// Called by `ghostprof attach` on a thread it borrowed from the job (the library was just
+/// `dlopen`ed, or is still mapped from an earlier attach): starts an attach session configured
+/// by `arg` (`key=value` lines: `ring_dir`, `pm_interval_ns`, `api_activity`), and returns at
+/// once. 0: started; [`ATTACH_DORMANT`]; negative: refused (`cupti::AttachRefused`'s values,
+/// [`ATTACH_PANIC`]). Never unwinds.
+#[no_mangle]
+pub extern "C" fn ghostprof_attach(arg: *const c_char) -> c_int {
+    if INITIALIZED.load(Ordering::Acquire) {
+        return ATTACH_DORMANT;
+    }
+    let run = || {
+        if arg.is_null() {
+            return cupti::AttachRefused::BadArgument as c_int;
+        }
+        // SAFETY: ghostprof passes a NUL-terminated string it wrote into the process.
+        let text = unsafe { CStr::from_ptr(arg) };
+        let Ok(text) = text.to_str() else { return cupti::AttachRefused::BadArgument as c_int };
+        match cupti::AttachArgs::parse(text).and_then(|a| cupti::attach(&a)) {
+            Ok(()) => 0,
+            Err(e) => e as c_int,
+        }
+    };
+    catch_unwind(run).unwrap_or(ATTACH_PANIC)
 }

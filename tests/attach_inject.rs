@@ -1,0 +1,379 @@
+//! Root tier: `ghostprof attach` on CUDA jobs started WITHOUT the injection library: ghostprof
+//! loads it with ptrace (`ghostprof::inject`), records the device timeline of the window, and
+//! leaves the job as an unprofiled run; repeated attach/detach cycles; a job in its own pid and
+//! mount namespace; and the refusals (no libcuda, another tracer, CUPTI held), each one line
+//! with the job running to a normal exit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const ROOT: &str = "root tier: run as root (ptrace, eBPF)";
+
+fn ghostprof() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ghostprof"))
+}
+
+fn stderr(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn truth(dir: &Path, rank: u32) -> Value {
+    let path = dir.join(format!("truth-rank{rank}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+fn spawn_job(cmd: &[String], envs: &[(&str, &str)]) -> Child {
+    let mut c = Command::new(&cmd[0]);
+    c.args(&cmd[1..]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+/// The library next to the test's ghostprof binary.
+fn library() -> PathBuf {
+    crate::gpusim::built().build_dir.join("libghostprof_inject.so")
+}
+
+/// Processes of the tree under `pid` that map libcuda (the ranks), waited for up to 20 s.
+fn cuda_ranks(pid: u32, n: usize) -> Vec<u32> {
+    let t = Instant::now();
+    loop {
+        let ranks: Vec<u32> = ghostprof::record::attach::process_tree(pid)
+            .into_iter()
+            .filter(|p| std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default().contains("libcuda.so"))
+            .collect();
+        if ranks.len() >= n || t.elapsed() > Duration::from_secs(20) {
+            return ranks;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn threads_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+/// A job started plain is attached to for 2 s after 1 s: the window's kernels are exactly the
+/// truth's kernels of the whole steps inside it, each category within 2 % of the truth of
+/// those steps, and the job's exit code, stdout and what it did are those of an unattached run.
+fn window_matches_truth(scenario: &str) {
+    use ghostprof::analyze::{account, AccountOptions, Category};
+    assert!(is_root(), "{ROOT}");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let truth_dir = dir.path().join("truth");
+    let (ranks, steps) = (2u32, 250u64);
+    let cmd = crate::gpusim::train_command(scenario, ranks, steps, &truth_dir);
+    let plain = spawn_job(&cmd, &[]).wait_with_output().unwrap();
+    assert!(plain.status.success(), "{}", stderr(&plain.stderr));
+    let plain_truths: Vec<Value> = (0..ranks).map(|r| truth(&truth_dir, r)).collect();
+    std::fs::remove_dir_all(&truth_dir).unwrap();
+
+    let job = spawn_job(&cmd, &[]);
+    assert_eq!(cuda_ranks(job.id(), ranks as usize).len(), ranks as usize, "the ranks mapped libcuda");
+    std::thread::sleep(Duration::from_millis(800));
+    let trace = dir.path().join("attach.gptrace");
+    let t0 = ghostprof::clock::monotonic_ns();
+    let attached = ghostprof()
+        .args(["attach", "--quiet", "--duration", "2s", "--pid", &job.id().to_string(), "-o"])
+        .arg(&trace)
+        .env("GHOSTPROF_INJECT_LIB", library())
+        .output()
+        .unwrap();
+    let t1 = ghostprof::clock::monotonic_ns();
+    assert!(attached.status.success(), "{}", stderr(&attached.stderr));
+    assert!(!stderr(&attached.stderr).contains("eBPF only"), "no refusal: {}", stderr(&attached.stderr));
+    let job = job.wait_with_output().unwrap();
+    assert_eq!(job.status.code(), plain.status.code(), "exit code");
+    assert_eq!(job.stdout, plain.stdout, "stdout byte-identical");
+    let truths: Vec<Value> = (0..ranks).map(|r| truth(&truth_dir, r)).collect();
+    for (t, p) in truths.iter().zip(&plain_truths) {
+        for key in ["kernels", "launches", "syncs", "collectives", "bytes", "flops", "memcpys"] {
+            assert_eq!(t["totals"][key], p["totals"][key], "rank {}: totals.{key}", t["rank"]);
+        }
+    }
+
+    let ghostprof::analyze::Loaded { batch, names, .. } = ghostprof::analyze::load(&trace).unwrap();
+    let report = ghostprof().args(["report", "--json"]).arg(&trace).output().unwrap();
+    assert!(report.status.success(), "{}", stderr(&report.stderr));
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let devices = report["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), ranks as usize, "one device per rank: {report}");
+    let mut opts = AccountOptions::default();
+    let mut expected = Vec::new();
+    for t in &truths {
+        let pid = t["pid"].as_u64().unwrap() as u32;
+        let d = devices.iter().find(|d| d["pid"].as_u64() == Some(pid as u64)).expect("a device per rank");
+        let (w0, w1) = (d["window_start_ns"].as_u64().unwrap(), d["window_end_ns"].as_u64().unwrap());
+        assert!(w0 >= t0 && w1 <= t1, "inside the attach: {w0}..{w1} vs {t0}..{t1}");
+        let inside: Vec<&Value> = t["step_ranges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["start_ns"].as_u64().unwrap() >= w0 + 50_000_000)
+            .filter(|s| s["end_ns"].as_u64().unwrap() + 50_000_000 <= w1)
+            .collect();
+        assert!(inside.len() >= 30, "rank {}: {} whole steps inside the window", t["rank"], inside.len());
+        let (s0, s1) = (inside[0]["start_ns"].as_u64().unwrap(), inside.last().unwrap()["end_ns"].as_u64().unwrap());
+        opts.windows.insert(pid, ghostprof::analyze::Window::new(s0, s1));
+        let total = t["totals"]["kernels"].as_u64().unwrap();
+        assert_eq!(total % steps, 0, "the scenario runs the same kernels every step");
+        let kernels = batch.kernels.iter().filter(|k| k.pid == pid && k.start_ns >= s0 && k.start_ns < s1).count() as u64;
+        assert_eq!(kernels, total / steps * inside.len() as u64, "rank {}: kernels of {} whole steps", t["rank"], inside.len());
+        let sums: Vec<u64> = Category::NAMES
+            .iter()
+            .map(|c| inside.iter().map(|s| s["categories"][*c].as_u64().unwrap()).sum())
+            .collect();
+        expected.push((pid, t["rank"].clone(), sums));
+    }
+    let accounts = account(&batch, &names, &opts);
+    for (pid, rank, sums) in &expected {
+        let acc = accounts.iter().find(|a| a.pid == *pid).expect("an account per rank");
+        let w = acc.window_ns() as f64;
+        for (name, truth_ns) in Category::NAMES.iter().zip(sums) {
+            let ours = acc.categories.get(name) as f64;
+            let err = (ours - *truth_ns as f64).abs() / w;
+            eprintln!("{scenario} rank {rank}: {name} {:.2}/{:.2} ms ({:.3}%)", ours / 1e6, *truth_ns as f64 / 1e6, err * 100.0);
+            assert!(err <= 0.02, "{scenario} rank {rank}: {name} off by {:.2}% of the window", err * 100.0);
+        }
+    }
+    if scenario == "straggler" {
+        // The straggler's rank, when the cross-rank matching finds it after an attach.
+        let straggler = &report["collectives"]["straggler_rank"];
+        eprintln!("straggler_rank after an injected attach: {straggler}");
+        if !straggler.is_null() {
+            assert_eq!(straggler.as_u64(), Some(1), "straggler rank: {report}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "root tier: ptrace and eBPF need root; tools/test runs it when root"]
+fn root_inject_straggler_window_matches_the_truth_and_the_job_is_unchanged() {
+    window_matches_truth("straggler");
+}
+
+#[test]
+#[ignore = "root tier: ptrace and eBPF need root; tools/test runs it when root"]
+fn root_inject_io_stall_window_matches_the_truth_and_the_job_is_unchanged() {
+    window_matches_truth("io-stall");
+}
+
+/// Attach/detach 20 times on one process through the library API: every session starts (the
+/// first loads the library, the others reuse it: no second dlopen), its records flow, and
+/// afterwards no ghostprof thread is left, fds are back to the baseline, RSS grows < 1 MiB per
+/// cycle.
+#[test]
+#[ignore = "root tier: ptrace needs root; tools/test runs it when root"]
+fn root_inject_twenty_attach_detach_cycles_leave_no_trace_in_the_job() {
+    use ghostprof::collect::cupti::CuptiCollector;
+    use ghostprof::inject::{inject, InjectOptions, Injected};
+    use ghostprof::pipeline::{Pipeline, PipelineOptions};
+    assert!(is_root(), "{ROOT}");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let cmd = crate::gpusim::train_command("balanced", 1, 4000, &dir.path().join("truth"));
+    let mut job = spawn_job(&cmd, &[]);
+    let rank = cuda_ranks(job.id(), 1)[0];
+    std::thread::sleep(Duration::from_millis(300));
+    let (threads0, fds0, rss0) = (threads_of(rank).len(), fd_count(rank), rss_kib(rank));
+    // gpusim's libcuda keeps a log of every device op for its CUPTI: the job's own RSS grows
+    // with time. Its rate unattached, measured first, is allowed for.
+    std::thread::sleep(Duration::from_secs(2));
+    let own_kib_per_s = rss_kib(rank).saturating_sub(rss0) as f64 / 2.0;
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let mut opts = InjectOptions::new(library());
+    opts.ring_dir = rings.clone();
+    opts.pm_interval_ns = 0;
+    let mut rss_after_first = 0;
+    let mut first_done = Instant::now();
+    for cycle in 0..20 {
+        let how = inject(rank, &opts).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        assert_eq!(how, if cycle == 0 { Injected::Loaded } else { Injected::Reused }, "cycle {cycle}");
+        let maps = std::fs::read_to_string(format!("/proc/{rank}/maps")).unwrap();
+        let loads = maps.lines().filter(|l| l.contains("memfd:ghostprof-inject") && l.contains(" 00000000 ")).count();
+        assert_eq!(loads, 1, "cycle {cycle}: the library is mapped once");
+        let trace = dir.path().join(format!("c{cycle}.gptrace"));
+        let pipeline = Pipeline::create(&trace, false, &Default::default(), PipelineOptions::default()).unwrap();
+        let mut producer = pipeline.producer(ghostprof::trace::Source::Cupti);
+        let mut cupti = CuptiCollector::new(&rings, false);
+        let t = Instant::now();
+        while cupti.stats.rings == 0 && t.elapsed() < Duration::from_secs(5) {
+            cupti.scan(&[rank]);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(cupti.stats.rings, 1, "cycle {cycle}: the ring is found");
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(300) {
+            cupti.drain(&mut producer);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        cupti.detach_all();
+        std::thread::sleep(Duration::from_millis(200));
+        cupti.drain(&mut producer);
+        assert!(cupti.stats.records > 0, "cycle {cycle}: records flowed");
+        drop(producer);
+        pipeline.finish().unwrap();
+        // The session ends within its 50 ms period: its thread, its ring file.
+        let t = Instant::now();
+        while threads_of(rank).iter().any(|n| n.starts_with("ghostprof")) && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let names = threads_of(rank);
+        assert!(!names.iter().any(|n| n.starts_with("ghostprof")), "cycle {cycle}: a ghostprof thread is left: {names:?}");
+        // CUPTI's own worker (gpusim's `gpusim-cupti`, as the real CUPTI's) stays once started.
+        let cupti_threads = names.iter().filter(|n| n.starts_with("gpusim-cupti")).count();
+        assert_eq!(names.len() - cupti_threads, threads0, "cycle {cycle}: threads {names:?}");
+        assert_eq!(fd_count(rank), fds0, "cycle {cycle}: open fds");
+        assert!(std::fs::read_dir(&rings).unwrap().next().is_none(), "cycle {cycle}: the ring file is removed");
+        if cycle == 0 {
+            rss_after_first = rss_kib(rank);
+            first_done = Instant::now();
+        }
+    }
+    let own = own_kib_per_s * first_done.elapsed().as_secs_f64();
+    let growth = rss_kib(rank).saturating_sub(rss_after_first) as f64 - own;
+    eprintln!(
+        "RSS {rss0} KiB before, {rss_after_first} after the first cycle, +{growth:.0} KiB over 19 more beyond the job's own {own:.0} KiB ({own_kib_per_s:.0} KiB/s)"
+    );
+    assert!(growth < 19.0 * 1024.0, "RSS grew {growth:.0} KiB over 19 cycles beyond the job's own growth");
+    let _ = job.kill();
+    let _ = job.wait();
+}
+
+/// A job without libcuda: one line naming what it maps, and it goes on.
+#[test]
+#[ignore = "root tier: ptrace needs root; tools/test runs it when root"]
+fn root_inject_refuses_a_process_without_libcuda() {
+    use ghostprof::inject::{inject, InjectError, InjectOptions};
+    assert!(is_root(), "{ROOT}");
+    let mut sleeper = Command::new("sleep").arg("3").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let e = inject(sleeper.id(), &InjectOptions::new(library())).unwrap_err();
+    assert!(matches!(e, InjectError::NoCuda { .. }), "{e}");
+    let line = e.to_string();
+    assert!(line.contains("libc.so"), "names the libraries found: {line}");
+    assert_eq!(line.lines().count(), 1);
+    assert!(sleeper.wait().unwrap().success(), "the process ends normally");
+}
+
+/// A job traced by another tracer (strace): one line naming it; the job ends normally.
+#[test]
+#[ignore = "root tier: ptrace needs root; tools/test runs it when root"]
+fn root_inject_refuses_a_process_that_has_another_tracer() {
+    use ghostprof::inject::{inject, InjectError, InjectOptions};
+    assert!(is_root(), "{ROOT}");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let cmd = crate::gpusim::train_command("balanced", 1, 300, &dir.path().join("truth"));
+    let job = spawn_job(&cmd, &[]);
+    let rank = cuda_ranks(job.id(), 1)[0];
+    let mut strace = Command::new("strace")
+        .args(["-o", "/dev/null", "-p", &rank.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace (apt install strace)");
+    let t = Instant::now();
+    while ghostprof::inject::tracer_of(rank).is_none() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let e = inject(rank, &InjectOptions::new(library())).unwrap_err();
+    assert!(matches!(e, InjectError::Traced { .. }), "{e}");
+    assert!(e.to_string().contains("strace"), "names the tracer: {e}");
+    // SAFETY: SIGINT to the strace this test started: it detaches.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    let _ = strace.wait();
+    let out = job.wait_with_output().unwrap();
+    assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
+}
+
+/// CUPTI held by another subscriber (`GPUSIM_HOLD_CUPTI=1`, as torch.profiler): the attach
+/// records eBPF only with the library's note in the trace, and the job ends normally.
+#[test]
+#[ignore = "root tier: ptrace and eBPF need root; tools/test runs it when root"]
+fn root_inject_with_cupti_held_records_ebpf_only_with_a_note() {
+    assert!(is_root(), "{ROOT}");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let cmd = crate::gpusim::train_command("balanced", 1, 250, &dir.path().join("truth"));
+    let job = spawn_job(&cmd, &[("GPUSIM_HOLD_CUPTI", "1")]);
+    cuda_ranks(job.id(), 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let trace = dir.path().join("held.gptrace");
+    let attached = ghostprof()
+        .args(["attach", "--quiet", "--duration", "1500ms", "--pid", &job.id().to_string(), "-o"])
+        .arg(&trace)
+        .env("GHOSTPROF_INJECT_LIB", library())
+        .output()
+        .unwrap();
+    assert!(attached.status.success(), "{}", stderr(&attached.stderr));
+    let out = job.wait_with_output().unwrap();
+    assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
+    let info = ghostprof().args(["info", "--json"]).arg(&trace).output().unwrap();
+    let text = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(text.contains("CUPTI is held by another subscriber"), "the note is in the trace: {text}");
+    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
+    assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
+    assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
+}
+
+/// A job in its own pid and mount namespace (private /tmp) is injected from the host: its ring
+/// (named with its own pid, in its own /dev/shm) is found through /proc/PID/root, kernels flow.
+#[test]
+#[ignore = "root tier: ptrace, namespaces and eBPF need root; tools/test runs it when root"]
+fn root_inject_into_a_job_in_its_own_pid_and_mount_namespace() {
+    assert!(is_root(), "{ROOT}");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let inner = crate::gpusim::train_command("balanced", 1, 400, Path::new("/tmp/truth"));
+    // A private /tmp: the job's truth and anything it writes there are invisible from here.
+    let script = format!("mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm && exec {}", inner.join(" "));
+    let job = Command::new("unshare")
+        .args(["--pid", "--mount", "--fork", "--propagation", "private", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ranks = cuda_ranks(job.id(), 1);
+    assert_eq!(ranks.len(), 1, "the rank mapped libcuda");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", ranks[0])).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap().to_string();
+    assert!(nspid.split_whitespace().count() == 3, "in its own pid namespace: {nspid}");
+    std::thread::sleep(Duration::from_millis(500));
+    let trace = dir.path().join("ns.gptrace");
+    let attached = ghostprof()
+        .args(["attach", "--quiet", "--duration", "1500ms", "--pid", &job.id().to_string(), "-o"])
+        .arg(&trace)
+        .env("GHOSTPROF_INJECT_LIB", library())
+        .output()
+        .unwrap();
+    assert!(attached.status.success(), "{}", stderr(&attached.stderr));
+    let out = job.wait_with_output().unwrap();
+    assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
+    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
+    eprintln!("{nspid}: {} kernels recorded", batch.kernels.len());
+    assert!(batch.kernels.len() > 50, "kernels recorded: {}", batch.kernels.len());
+}
