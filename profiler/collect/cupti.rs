@@ -268,10 +268,11 @@ impl CuptiCollector {
             .find_map(|l| l.strip_prefix("NSpid:"))
             .and_then(|v| v.split_whitespace().last()?.parse().ok())
             .unwrap_or(pid);
-        let same_mnt = match (std::fs::read_link(format!("/proc/{pid}/ns/mnt")), std::fs::read_link("/proc/self/ns/mnt")) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => true,
-        };
+        let same_mnt =
+            match (std::fs::read_link(format!("/proc/{pid}/ns/mnt")), std::fs::read_link("/proc/self/ns/mnt")) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => true,
+            };
         if own == pid && same_mnt {
             return Some(self.dir.join(format!("ghostprof-{pid}.ring")));
         }

@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-mod target;
 #[cfg(target_arch = "x86_64")]
 mod ptrace;
+mod target;
 
 pub use target::{tracer_of, LibcDlopen};
 
@@ -131,7 +131,9 @@ pub enum InjectError {
         what: String,
     },
     /// A step inside the target failed; the thread was put back and the process goes on.
-    #[error("injection into process {pid} failed: {what}; the process goes on untouched (use --no-inject for eBPF only)")]
+    #[error(
+        "injection into process {pid} failed: {what}; the process goes on untouched (use --no-inject for eBPF only)"
+    )]
     Failed {
         /// The target.
         pid: u32,
@@ -220,5 +222,8 @@ fn run_plan(plan: &Plan<'_>) -> Result<Injected, InjectError> {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn run_plan(plan: &Plan<'_>) -> Result<Injected, InjectError> {
-    Err(InjectError::NotX86_64 { pid: plan.pid, arch: format!("traced by a ghostprof built for {}", std::env::consts::ARCH) })
+    Err(InjectError::NotX86_64 {
+        pid: plan.pid,
+        arch: format!("traced by a ghostprof built for {}", std::env::consts::ARCH),
+    })
 }

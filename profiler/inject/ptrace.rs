@@ -167,12 +167,14 @@ impl Tracee {
     fn regs(&self) -> Result<Regs, InjectError> {
         // SAFETY: user_regs_struct is plain data.
         let mut r: Regs = unsafe { std::mem::zeroed() };
-        self.ptrace(PTRACE_GETREGS, 0, &mut r as *mut Regs as usize).map_err(|e| self.failed(format!("PTRACE_GETREGS: errno {e}")))?;
+        self.ptrace(PTRACE_GETREGS, 0, &mut r as *mut Regs as usize)
+            .map_err(|e| self.failed(format!("PTRACE_GETREGS: errno {e}")))?;
         Ok(r)
     }
 
     fn set_regs(&self, r: &Regs) -> Result<(), InjectError> {
-        self.ptrace(PTRACE_SETREGS, 0, r as *const Regs as usize).map_err(|e| self.failed(format!("PTRACE_SETREGS: errno {e}")))?;
+        self.ptrace(PTRACE_SETREGS, 0, r as *const Regs as usize)
+            .map_err(|e| self.failed(format!("PTRACE_SETREGS: errno {e}")))?;
         Ok(())
     }
 
@@ -251,7 +253,8 @@ impl Tracee {
     }
 
     fn read_mem(&mut self, addr: u64, out: &mut [u8]) -> Result<(), InjectError> {
-        let f = File::open(format!("/proc/{}/mem", self.tid)).map_err(|e| self.failed(format!("/proc/{}/mem: {e}", self.tid)))?;
+        let f = File::open(format!("/proc/{}/mem", self.tid))
+            .map_err(|e| self.failed(format!("/proc/{}/mem: {e}", self.tid)))?;
         f.read_exact_at(out, addr).map_err(|e| self.failed(format!("reading the target's code: {e}")))
     }
 }
@@ -274,10 +277,12 @@ fn save(t: &Tracee, at_entry: &Regs) -> Result<Saved, InjectError> {
         xstate.truncate(iov.iov_len);
     } else {
         xstate.truncate(512);
-        t.ptrace(PTRACE_GETFPREGS, 0, xstate.as_mut_ptr() as usize).map_err(|e| t.failed(format!("PTRACE_GETFPREGS: errno {e}")))?;
+        t.ptrace(PTRACE_GETFPREGS, 0, xstate.as_mut_ptr() as usize)
+            .map_err(|e| t.failed(format!("PTRACE_GETFPREGS: errno {e}")))?;
     }
     let mut sigmask = 0u64;
-    t.ptrace(PTRACE_GETSIGMASK, 8, &mut sigmask as *mut u64 as usize).map_err(|e| t.failed(format!("PTRACE_GETSIGMASK: errno {e}")))?;
+    t.ptrace(PTRACE_GETSIGMASK, 8, &mut sigmask as *mut u64 as usize)
+        .map_err(|e| t.failed(format!("PTRACE_GETSIGMASK: errno {e}")))?;
     let mut replay = *at_entry;
     // Back on the `syscall` instruction with its number: resuming executes the call again.
     replay.rax = at_entry.orig_rax;
@@ -297,9 +302,11 @@ fn restore(t: &Tracee, s: &mut Saved) -> Result<(), InjectError> {
         t.ptrace(PTRACE_SETREGSET, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec as usize)
             .map_err(|e| t.failed(format!("PTRACE_SETREGSET: errno {e}")))?;
     } else {
-        t.ptrace(PTRACE_SETFPREGS, 0, s.xstate.as_ptr() as usize).map_err(|e| t.failed(format!("PTRACE_SETFPREGS: errno {e}")))?;
+        t.ptrace(PTRACE_SETFPREGS, 0, s.xstate.as_ptr() as usize)
+            .map_err(|e| t.failed(format!("PTRACE_SETFPREGS: errno {e}")))?;
     }
-    t.ptrace(PTRACE_SETSIGMASK, 8, &s.sigmask as *const u64 as usize).map_err(|e| t.failed(format!("PTRACE_SETSIGMASK: errno {e}")))?;
+    t.ptrace(PTRACE_SETSIGMASK, 8, &s.sigmask as *const u64 as usize)
+        .map_err(|e| t.failed(format!("PTRACE_SETSIGMASK: errno {e}")))?;
     Ok(())
 }
 
@@ -343,7 +350,9 @@ pub(super) fn run(plan: &Plan<'_>) -> Result<Injected, InjectError> {
     }
     let result = run_seized(&mut t, plan);
     // SAFETY: detaching our own tracee; it runs on from the state restored above.
-    unsafe { libc::ptrace(PTRACE_DETACH, tid, 0usize as *mut libc::c_void, 0usize as *mut libc::c_void) };
+    unsafe {
+        libc::ptrace(PTRACE_DETACH, tid, std::ptr::null_mut::<libc::c_void>(), std::ptr::null_mut::<libc::c_void>())
+    };
     result
 }
 
@@ -423,7 +432,8 @@ fn run_seized(t: &mut Tracee, plan: &Plan<'_>) -> Result<Injected, InjectError> 
     cancel.orig_rax = u64::MAX;
     t.set_regs(&cancel)?;
     let all: u64 = !0;
-    t.ptrace(PTRACE_SETSIGMASK, 8, &all as *const u64 as usize).map_err(|e| t.failed(format!("PTRACE_SETSIGMASK: errno {e}")))?;
+    t.ptrace(PTRACE_SETSIGMASK, 8, &all as *const u64 as usize)
+        .map_err(|e| t.failed(format!("PTRACE_SETSIGMASK: errno {e}")))?;
     let steps = (|| {
         if t.next_syscall(Instant::now() + Duration::from_secs(5))? {
             return Err(t.failed("the cancelled system call did not return"));

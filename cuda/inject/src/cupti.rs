@@ -202,8 +202,7 @@ impl AttachArgs {
     /// Parses `ring_dir=/dev/shm\npm_interval_ns=50000\napi_activity=0` (unknown keys are
     /// ignored, so an older library takes a newer ghostprof's argument).
     pub fn parse(text: &str) -> Result<Self, AttachRefused> {
-        let mut args =
-            AttachArgs { ring_dir: "/dev/shm".into(), api_activity: false, pm_interval_ns: 50_000 };
+        let mut args = AttachArgs { ring_dir: "/dev/shm".into(), api_activity: false, pm_interval_ns: 50_000 };
         for line in text.lines() {
             let Some((key, value)) = line.split_once('=') else { continue };
             match key {
@@ -230,7 +229,8 @@ pub fn attach(args: &AttachArgs) -> Result<(), AttachRefused> {
     let started = (|| {
         // The first session's settings stay for the process's life (CONFIG is read lock-free
         // from the callbacks).
-        let _ = CONFIG.set(Config { always: false, api_activity: args.api_activity, pm_interval_ns: args.pm_interval_ns });
+        let _ =
+            CONFIG.set(Config { always: false, api_activity: args.api_activity, pm_interval_ns: args.pm_interval_ns });
         let path = args.ring_dir.join(format!("ghostprof-{}.ring", std::process::id()));
         let ring = Producer::create_with(&path, RING_BYTES, false).map_err(|_| AttachRefused::Ring)?;
         *RING.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
@@ -248,7 +248,10 @@ pub fn attach(args: &AttachArgs) -> Result<(), AttachRefused> {
             crate::api::load().map_err(|_| AttachRefused::NoCupti)?;
             LOADED.store(true, Ordering::Release);
         }
-        std::thread::Builder::new().name("ghostprof-attach".into()).spawn(session_loop).map_err(|_| AttachRefused::Thread)?;
+        std::thread::Builder::new()
+            .name("ghostprof-attach".into())
+            .spawn(session_loop)
+            .map_err(|_| AttachRefused::Thread)?;
         Ok(())
     })();
     if started.is_err() {

@@ -58,8 +58,11 @@ pub const ATTACH_PANIC: c_int = -6;
 /// by `arg` (`key=value` lines: `ring_dir`, `pm_interval_ns`, `api_activity`), and returns at
 /// once. 0: started; [`ATTACH_DORMANT`]; negative: refused (`cupti::AttachRefused`'s values,
 /// [`ATTACH_PANIC`]). Never unwinds.
+///
+/// # Safety
+/// `arg` is null or a NUL-terminated string (ghostprof writes it into the process).
 #[no_mangle]
-pub extern "C" fn ghostprof_attach(arg: *const c_char) -> c_int {
+pub unsafe extern "C" fn ghostprof_attach(arg: *const c_char) -> c_int {
     if INITIALIZED.load(Ordering::Acquire) {
         return ATTACH_DORMANT;
     }
