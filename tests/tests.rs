@@ -4,6 +4,7 @@
 mod util; // shared helpers: temp dirs, writing synthetic traces, byte-level comparisons
 
 mod analyze; // root tier: the accounting of recorded gpusim runs against the ground truth
+mod attach_cross_rank; // root tier: after an attach, the collectives table, skew and straggler against the truth
 mod bpf; // root tier: the eBPF build chain loads a real program and sees real off-CPU time
 mod cli; // the ghostprof binary: `info` text and JSON, errors, record/attach/demo end to end (root)
 mod cupti; // root tier: the CUPTI injection library and its ring against gpusim's libcupti
