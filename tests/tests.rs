@@ -4,10 +4,12 @@
 mod util; // shared helpers: temp dirs, writing synthetic traces, byte-level comparisons
 
 mod analyze; // root tier: the accounting of recorded gpusim runs against the ground truth
+mod attach_cross_rank; // root tier: after an attach, the collectives table, skew and straggler against the truth
 mod attach_inject; // root tier: `attach` injects the CUPTI library into jobs started without it (ptrace), refusals
 mod bpf; // root tier: the eBPF build chain loads a real program and sees real off-CPU time
 mod cli; // the ghostprof binary: `info` text and JSON, errors, record/attach/demo end to end (root)
 mod cupti; // root tier: the CUPTI injection library and its ring against gpusim's libcupti
+mod cupti_coexist; // root tier: beside another CUPTI client: eBPF only and a note before CUPTI 13.3, every kernel from 13.3
 mod export; // `export --format chrome` (Kineto-shaped JSON, HTA agrees), `report --html` (Chromium draws it)
 mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)
 mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what the ground truth says

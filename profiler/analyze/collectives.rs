@@ -64,12 +64,23 @@ pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollI
         kernels.entry(k.pid).or_default().push((k.start_ns, k.end_ns));
     }
     let algos = super::nccl_algo::algorithms(batch, names);
+    // A process's rank as NCCL's profiler plugin saw it, for calls whose communicator the host
+    // probes did not see created (an attach after ncclCommInitRank).
+    let mut plugin_rank: FastMap<u32, u32> = FastMap::default();
+    for a in batch.nccl_algos.iter().filter(|a| a.rank != UNKNOWN) {
+        plugin_rank.entry(a.pid).or_insert(a.rank);
+    }
     let mut out = Vec::with_capacity(host);
     for (pid, mut calls) in calls {
         calls.sort_by_key(|c| (c.start_ns, c.seq));
         let mut ks = kernels.remove(&pid).unwrap_or_default();
         ks.sort_unstable();
         let mut comms: Vec<u64> = Vec::new();
+        // Calls of unknown communicator come from an attach, whose rings were on before the
+        // host probes: kernels of calls the probes did not see come first, so a call takes the
+        // first free kernel that started after it, not the one of its index.
+        let by_time = calls.iter().all(|c| c.nranks == UNKNOWN);
+        let mut next_kernel = 0usize;
         for (i, c) in calls.iter().enumerate() {
             let comm_index = match comms.iter().position(|&x| x == c.comm) {
                 Some(i) => i,
@@ -78,14 +89,23 @@ pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollI
                     comms.len() - 1
                 }
             } as u32;
-            let kernel = device.get(&(pid, c.comm, c.seq)).copied().or_else(|| ks.get(i).copied());
+            let kernel = device.get(&(pid, c.comm, c.seq)).copied().or_else(|| {
+                if by_time {
+                    next_kernel += ks[next_kernel..].partition_point(|k| k.0 < c.start_ns);
+                    let k = ks.get(next_kernel).copied();
+                    next_kernel = (next_kernel + 1).min(ks.len());
+                    k
+                } else {
+                    ks.get(i).copied()
+                }
+            });
             let size_bytes = match CollOp::from_u32(c.op) {
                 Some(CollOp::AllGather | CollOp::ReduceScatter) => c.bytes.saturating_mul(c.nranks.max(1) as u64),
                 _ => c.bytes,
             };
             out.push(CollInstance {
                 pid,
-                rank: c.rank,
+                rank: if c.rank == UNKNOWN { plugin_rank.get(&pid).copied().unwrap_or(UNKNOWN) } else { c.rank },
                 nranks: c.nranks,
                 comm_index,
                 seq: c.seq,
@@ -99,6 +119,10 @@ pub fn instances(batch: &RecordBatch, names: &HashMap<u32, String>) -> Vec<CollI
     }
     out
 }
+
+/// A rank or rank count the host probes did not learn (the call's communicator was created
+/// before an attach).
+pub const UNKNOWN: u32 = u32::MAX;
 
 /// NCCL's bus-bandwidth factor for an op on `n` ranks.
 pub fn bus_factor(op: u32, n: u32) -> f64 {
@@ -225,7 +249,9 @@ pub struct CrossRank {
     /// One per rank, sorted by rank, file, pid.
     pub skew: Vec<RankSkew>,
     /// Per file, (pid, kernel start) → wait of the collectives whose ranks are in several
-    /// files (a file alone cannot match them): the accounting's `comm.wait` for them.
+    /// files (a file alone cannot match them) or that were matched by their end (unknown
+    /// communicator): the accounting's `comm.wait` for them, over the file's own matching, so
+    /// that the per-device split, the skew and the table are one matching.
     pub spanning_waits: HashMap<String, HashMap<(u32, u64), u64>>,
     /// Index into `skew` of the straggler.
     pub straggler: Option<usize>,
@@ -259,7 +285,7 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
     let mut skew: Vec<RankSkew> = ranks
         .iter()
         .map(|r| RankSkew {
-            rank: r.instances.first().map_or(r.pid, |i| i.rank),
+            rank: r.instances.iter().map(|i| i.rank).find(|&x| x != UNKNOWN).unwrap_or(r.pid),
             pid: r.pid,
             file: r.file.clone(),
             matched: 0,
@@ -269,8 +295,16 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
             late_windows: Vec::new(),
         })
         .collect();
-    let mut skew_sum = vec![0f64; ranks.len()];
-    let mut spanning_waits: HashMap<String, HashMap<(u32, u64), u64>> = HashMap::new();
+    let mut book = Booking {
+        ranks: &ranks,
+        views,
+        first_slot: &first_slot,
+        wait: &mut wait,
+        group_size: vec![0; first_slot.last().copied().unwrap_or(0)],
+        skew: &mut skew,
+        skew_sum: vec![0f64; ranks.len()],
+        spanning_waits: HashMap::new(),
+    };
     let mut distinct: Vec<u32> = Vec::new();
     let mut members: Vec<(usize, usize)> = Vec::new();
     for run in members_of.chunk_by(|x, y| (x.0, x.1, x.2) == (y.0, y.1, y.2)) {
@@ -287,33 +321,30 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
         if distinct.len() != members.len() {
             continue;
         }
-        let at = |&(r, i): &(usize, usize)| ranks[r].instances[i].arrival_ns as i128 + views[r].offset_ns;
-        let first = members.iter().map(at).min().unwrap_or(0);
-        let last = members.iter().map(at).max().unwrap_or(0);
-        let spanning = members.iter().any(|m| ranks[m.0].file != ranks[members[0].0].file);
-        for m in &members {
-            let inst = &ranks[m.0].instances[m.1];
-            let own = at(m);
-            let s = (own - first) as u64;
-            if let Some((ks, ke)) = inst.kernel {
-                let w = ((last - own) as u64).min(ke.saturating_sub(ks));
-                wait[first_slot[m.0] + m.1] = Some(w);
-                if spanning {
-                    spanning_waits.entry(ranks[m.0].file.clone()).or_default().insert((inst.pid, ks), w);
-                }
-            }
-            let rs = &mut skew[m.0];
-            rs.matched += 1;
-            skew_sum[m.0] += s as f64;
-            rs.max_arrival_skew_ns = rs.max_arrival_skew_ns.max(s);
-            if own == last && last > first {
-                rs.late_count += 1;
-                if rs.late_windows.len() < MAX_LATE_WINDOWS {
-                    rs.late_windows.push(Window::new(inst.arrival_ns.saturating_sub(s), inst.arrival_ns));
-                }
+        book.group(&members, false);
+    }
+    // Collectives of unknown communicator (an attach after ncclCommInitRank: no rank count, no
+    // sequence numbers): matched by their kernels' common end on the common clock, by the rule
+    // the per-device comm.wait uses too (inputs::groups_by_end).
+    let mut by_end: Vec<(i128, u32, usize, i128)> = Vec::new();
+    for (r, input) in ranks.iter().enumerate() {
+        for (i, inst) in input.instances.iter().enumerate() {
+            if let (UNKNOWN, Some((ks, ke))) = (inst.nranks, inst.kernel) {
+                let off = views[r].offset_ns;
+                by_end.push((ke as i128 + off, r as u32, i, ks as i128 + off));
             }
         }
     }
+    by_end.sort_unstable();
+    for group in super::inputs::groups_by_end(&by_end, |m| m.1, |m| m.0) {
+        members.clear();
+        members.extend(by_end[group].iter().map(|m| (m.1 as usize, m.2)));
+        book.group(&members, true);
+    }
+    let Booking { skew_sum, spanning_waits, group_size, .. } = book;
+    // An unmatched collective of unknown communicator: taken to span every rank of unknown
+    // communicator (its partners' kernels were not recorded).
+    let unknown_ranks = ranks.iter().filter(|r| r.instances.iter().any(|i| i.nranks == UNKNOWN)).count().max(1) as u32;
     for (rs, sum) in skew.iter_mut().zip(&skew_sum) {
         rs.mean_arrival_skew_ns = if rs.matched > 0 { sum / rs.matched as f64 } else { 0.0 };
         rs.late_windows.sort_unstable();
@@ -356,7 +387,12 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
             st.time_ns += time;
             st.wait_ns += w;
             st.transfer_ns += time - w;
-            st.bus_bytes += inst.size_bytes as f64 * bus_factor(inst.op, inst.nranks);
+            let nranks = match group_size[first_slot[r] + i] {
+                0 if inst.nranks == UNKNOWN => unknown_ranks,
+                0 => inst.nranks,
+                n => n,
+            };
+            st.bus_bytes += inst.size_bytes as f64 * bus_factor(inst.op, nranks);
             if inst.algo != 0 {
                 match st.algos.iter_mut().find(|a| a.0 == inst.algo) {
                     Some(a) => a.1 += 1,
@@ -380,6 +416,57 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
         .collect();
     collectives.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(a.op.cmp(&b.op)));
     CrossRank { collectives, skew, spanning_waits, straggler }
+}
+
+/// The bookkeeping of [`cross_rank`]: each matched collective's waits, skews and late windows.
+struct Booking<'r, 'a> {
+    ranks: &'r [&'a RankInput],
+    views: &'r [RankView<'a>],
+    first_slot: &'r [usize],
+    /// Per instance slot: its wait, when matched.
+    wait: &'r mut [Option<u64>],
+    /// Per instance slot: the ranks of its collective when matched by end (0: its own `nranks`).
+    group_size: Vec<u32>,
+    skew: &'r mut [RankSkew],
+    skew_sum: Vec<f64>,
+    spanning_waits: HashMap<String, HashMap<(u32, u64), u64>>,
+}
+
+impl Booking<'_, '_> {
+    /// Books one collective: `members` are (rank input, instance index), one per rank.
+    fn group(&mut self, members: &[(usize, usize)], by_end: bool) {
+        let (ranks, views) = (self.ranks, self.views);
+        let at = |&(r, i): &(usize, usize)| ranks[r].instances[i].arrival_ns as i128 + views[r].offset_ns;
+        let first = members.iter().map(at).min().unwrap_or(0);
+        let last = members.iter().map(at).max().unwrap_or(0);
+        let spanning = by_end || members.iter().any(|m| ranks[m.0].file != ranks[members[0].0].file);
+        for m in members {
+            let inst = &ranks[m.0].instances[m.1];
+            let own = at(m);
+            let s = (own - first) as u64;
+            let slot = self.first_slot[m.0] + m.1;
+            if inst.nranks == UNKNOWN {
+                self.group_size[slot] = members.len() as u32;
+            }
+            if let Some((ks, ke)) = inst.kernel {
+                let w = ((last - own) as u64).min(ke.saturating_sub(ks));
+                self.wait[slot] = Some(w);
+                if spanning {
+                    self.spanning_waits.entry(ranks[m.0].file.clone()).or_default().insert((inst.pid, ks), w);
+                }
+            }
+            let rs = &mut self.skew[m.0];
+            rs.matched += 1;
+            self.skew_sum[m.0] += s as f64;
+            rs.max_arrival_skew_ns = rs.max_arrival_skew_ns.max(s);
+            if own == last && last > first {
+                rs.late_count += 1;
+                if rs.late_windows.len() < MAX_LATE_WINDOWS {
+                    rs.late_windows.push(Window::new(inst.arrival_ns.saturating_sub(s), inst.arrival_ns));
+                }
+            }
+        }
+    }
 }
 
 /// "RING/SIMPLE", or the algorithms by use with their shares of the recorded instances.
@@ -411,6 +498,57 @@ mod tests {
         assert_eq!(algorithm_label(&mut []), None);
         assert_eq!(algorithm_label(&mut [(ring, 5)]).as_deref(), Some("RING/SIMPLE"));
         assert_eq!(algorithm_label(&mut [(tree, 1), (ring, 3)]).as_deref(), Some("RING/SIMPLE 75%, TREE/LL 25%"));
+    }
+
+    /// Instances of unknown communicator (an attach): matched by their kernels' common end
+    /// across files and clocks; the early rank waits for the late one, the late one is the
+    /// straggler, and busBw uses the matched collective's 2 ranks (factor 1), not `nranks`.
+    #[test]
+    fn unknown_communicators_match_by_their_end() {
+        let inst = |pid: u32, start: u64, end: u64| CollInstance {
+            pid,
+            rank: UNKNOWN,
+            nranks: UNKNOWN,
+            comm_index: 0,
+            seq: 0,
+            op: CollOp::AllReduce as u32,
+            size_bytes: 1_000_000,
+            arrival_ns: start,
+            kernel: Some((start, end)),
+            algo: 0,
+        };
+        // rank B's clock runs 1 ms ahead: offset −1 ms puts it on A's
+        let a = RankInput {
+            file: "a".into(),
+            pid: 10,
+            instances: vec![inst(10, 1_000, 11_000), inst(10, 50_000, 61_000), inst(10, 90_000, 95_000)],
+        };
+        let b = RankInput {
+            file: "b".into(),
+            pid: 20,
+            instances: vec![inst(20, 1_005_000, 1_011_005), inst(20, 1_058_000, 1_061_002)],
+        };
+        let views = [RankView { input: &a, offset_ns: 0 }, RankView { input: &b, offset_ns: -1_000_000 }];
+        let cross = cross_rank(&views);
+        let by_pid = |pid| cross.skew.iter().find(|s| s.pid == pid).unwrap();
+        assert_eq!((by_pid(10).matched, by_pid(20).matched), (2, 2));
+        assert_eq!(by_pid(20).max_arrival_skew_ns, 8_000);
+        assert_eq!(by_pid(20).mean_arrival_skew_ns, 6_000.0);
+        assert_eq!(by_pid(20).late_count, 2);
+        assert_eq!(cross.straggler.map(|i| cross.skew[i].pid), Some(20));
+        // unknown rank: the pid stands for it
+        assert_eq!(by_pid(20).rank, 20);
+        // waits: A 4 µs and 8 µs; the unmatched third kernel is all transfer
+        assert_eq!(cross.spanning_waits["a"][&(10, 1_000)], 4_000);
+        assert_eq!(cross.spanning_waits["a"][&(10, 50_000)], 8_000);
+        assert_eq!(cross.spanning_waits["b"][&(20, 1_058_000)], 0);
+        let st = &cross.collectives[0];
+        assert_eq!((st.count, st.wait_ns), (5, 12_000));
+        assert_eq!(st.time_ns, 10_000 + 11_000 + 5_000 + 6_005 + 3_002);
+        // 5 MB × factor 1 (2 ranks) ÷ transfer
+        let transfer = st.time_ns - 12_000;
+        assert_eq!(st.transfer_ns, transfer);
+        assert!((st.bus_bandwidth_gbps - 5e6 / transfer as f64).abs() < 1e-9, "{}", st.bus_bandwidth_gbps);
     }
 
     #[test]

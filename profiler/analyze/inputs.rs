@@ -147,24 +147,43 @@ pub(crate) fn comm_waits(batch: &RecordBatch, is_comm: &dyn Fn(u32) -> bool) -> 
         .filter(|k| !waits.contains_key(&(k.pid, k.start_ns)))
         .collect();
     rest.sort_unstable_by_key(|k| (k.end_ns, k.pid));
+    for group in groups_by_end(&rest, |k| k.pid, |k| k.end_ns as i128) {
+        let group = &rest[group];
+        let last = group.iter().map(|m| m.start_ns).max().unwrap_or(0);
+        for k in group {
+            waits.insert((k.pid, k.start_ns), k.wait(last));
+        }
+    }
+    waits
+}
+
+/// The collectives among kernels of unknown communicator (an `attach` after
+/// ncclCommInitRank): `items`, sorted by (end, member), are cut into runs of kernels of
+/// different members (processes) that end within [`END_MATCH_NS`] of the run's first; the runs
+/// of two or more are returned. The one rule both the per-device `comm.wait`
+/// ([`comm_waits`]) and the cross-rank view (`collectives::cross_rank`: skew, straggler, the
+/// collectives table) match such kernels by.
+pub(crate) fn groups_by_end<T>(
+    items: &[T],
+    member: impl Fn(&T) -> u32,
+    end: impl Fn(&T) -> i128,
+) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
     let mut i = 0;
-    while i < rest.len() {
+    while i < items.len() {
         let mut j = i + 1;
-        while j < rest.len()
-            && rest[j].end_ns - rest[i].end_ns <= END_MATCH_NS
-            && !rest[i..j].iter().any(|m| m.pid == rest[j].pid)
+        while j < items.len()
+            && end(&items[j]) - end(&items[i]) <= END_MATCH_NS as i128
+            && !items[i..j].iter().any(|m| member(m) == member(&items[j]))
         {
             j += 1;
         }
         if j - i >= 2 {
-            let last = rest[i..j].iter().map(|m| m.start_ns).max().unwrap_or(0);
-            for k in &rest[i..j] {
-                waits.insert((k.pid, k.start_ns), k.wait(last));
-            }
+            out.push(i..j);
         }
         i = j;
     }
-    waits
+    out
 }
 
 /// Kernels of different processes ending within this many ns belong to one collective (when the

@@ -420,8 +420,9 @@ impl SummaryState {
 }
 
 /// Passes 2 and 3: the accounting and details of every device, and the records that came
-/// too late to be swept. `extra_waits`: (pid, kernel start) → wait of collectives matched
-/// with ranks in other files (the file's own matching comes first).
+/// too late to be swept. `extra_waits`: (pid, kernel start) → wait of collectives the
+/// cross-rank matching found with ranks in other files or by their end (these come before the
+/// file's own matching).
 pub fn sweep_file(
     reader: &TraceReader,
     sk: &Skeleton,
@@ -541,8 +542,10 @@ pub fn sweep_file_with_host(
 
     // Pass 3: the sweep.
     let mut waits = comm_waits(&sk.small, &is_comm);
+    // The cross-rank matching's waits first: what it matched, the skew and the collectives
+    // table show too.
     for (k, w) in extra_waits {
-        waits.entry(*k).or_insert(*w);
+        waits.insert(*k, *w);
     }
     let mut sweep = Sweep {
         devices: keys

@@ -56,7 +56,53 @@ macro_rules! cupti_api {
     };
 }
 
+/// `CUpti_SubscriberParams` (cupti_callbacks.h, CUPTI 13.3: 40 bytes; cudarc's 13.0 bindings
+/// lack `allowMultipleSubscribers`).
+#[repr(C)]
+pub struct SubscriberParams {
+    /// The size filled in ([`SUBSCRIBER_PARAMS_SIZE`]).
+    pub struct_size: usize,
+    /// Our name: CUPTI calls us "CUPTI for <name>".
+    pub subscriber_name: *const std::ffi::c_char,
+    /// Where CUPTI writes the holder's name when it refuses us.
+    pub old_subscriber_name: *mut std::ffi::c_char,
+    /// That buffer's size (at least 64, `CUPTI_OLD_SUBSCRIBER_NAME_MIN_LEN`).
+    pub old_subscriber_size: usize,
+    /// 1: let other subscribers share CUPTI with us (and ask to share it with them).
+    pub allow_multiple_subscribers: u8,
+    /// Up to 8-byte alignment.
+    pub padding: [u8; 7],
+}
+
+/// `CUpti_SubscriberParams_STRUCT_SIZE`: up to the end of `padding`.
+pub const SUBSCRIBER_PARAMS_SIZE: usize = 40;
+const _: () = assert!(std::mem::size_of::<SubscriberParams>() == SUBSCRIBER_PARAMS_SIZE);
+const _: () = assert!(std::mem::offset_of!(SubscriberParams, allow_multiple_subscribers) == 32);
+
+/// `CUpti_BuffersCallbackRequestFunc_v2`: (buffer, size, maxNumRecords, request info).
+pub type BufferRequestedV2 = unsafe extern "C" fn(*mut *mut u8, *mut usize, *mut usize, *mut c_void);
+/// `CUpti_BuffersCallbackCompleteFunc_v2`: (buffer, size, validSize, completion info).
+pub type BufferCompletedV2 = unsafe extern "C" fn(*mut u8, usize, usize, *mut c_void);
+
+/// `CUPTI_ACTIVITY_ATTR_THREAD_ID_TYPE` (cupti_activity.h, 13.3): the thread-id type of one
+/// subscriber, where `cuptiSetThreadIdType` is refused once subscribers share CUPTI.
+pub const ATTR_THREAD_ID_TYPE: u32 = 21;
+
+/// The first CUPTI_API_VERSION whose subscribers can share CUPTI (CUDA 13.3): all of them use
+/// `cuptiSubscribe_v2` with `allowMultipleSubscribers`, and the V2 (per-subscriber) activity
+/// API. Found in `cupti_callbacks.h` / `cupti_activity.h` of the 13.3 wheels (13.2 has the
+/// flag as beta) and NVIDIA's CUPTI guide, "Multiple Subscribers".
+pub const MULTI_SUBSCRIBER_VERSION: u32 = 130_300;
+
 cupti_api! {
+    cuptiGetVersion(version: *mut u32);
+    cuptiSubscribe_v2(subscriber: *mut CUpti_SubscriberHandle, callback: CUpti_CallbackFunc, userdata: *mut c_void, params: *mut SubscriberParams);
+    cuptiActivityEnable_v2(subscriber: CUpti_SubscriberHandle, kind: CUpti_ActivityKind, config: *mut c_void);
+    cuptiActivityDisable_v2(subscriber: CUpti_SubscriberHandle, kind: CUpti_ActivityKind, config: *mut c_void);
+    cuptiActivityRegisterCallbacks_v2(subscriber: CUpti_SubscriberHandle, requested: Option<BufferRequestedV2>, completed: Option<BufferCompletedV2>);
+    cuptiActivityGetNextRecord_v2(subscriber: CUpti_SubscriberHandle, buffer: *mut u8, valid: usize, record: *mut *mut CUpti_Activity);
+    cuptiActivityGetNumDroppedRecords_v2(subscriber: CUpti_SubscriberHandle, context: CUcontext, stream: u32, dropped: *mut usize);
+    cuptiActivitySetAttribute_v2(subscriber: CUpti_SubscriberHandle, attr: u32, size: *mut usize, value: *mut c_void);
     cuptiActivityDisable(kind: CUpti_ActivityKind);
     cuptiActivityEnable(kind: CUpti_ActivityKind);
     cuptiActivityFlushAll(flag: u32);
@@ -89,6 +135,23 @@ cupti_api! {
 }
 
 static API: OnceLock<Api> = OnceLock::new();
+
+/// Whether this libcupti lets subscribers share CUPTI: its `cuptiGetVersion` is at least
+/// [`MULTI_SUBSCRIBER_VERSION`] and it has every V2 entry point used. Before [`load`]: false.
+pub fn shares_subscribers() -> bool {
+    let Some(api) = API.get() else { return false };
+    let has_v2 = api.cuptiSubscribe_v2.is_some()
+        && api.cuptiActivityEnable_v2.is_some()
+        && api.cuptiActivityDisable_v2.is_some()
+        && api.cuptiActivityRegisterCallbacks_v2.is_some()
+        && api.cuptiActivityGetNextRecord_v2.is_some()
+        && api.cuptiActivitySetAttribute_v2.is_some();
+    let mut version = 0u32;
+    // SAFETY: writes one u32.
+    has_v2
+        && unsafe { cuptiGetVersion(&mut version) } == CUptiResult::CUPTI_SUCCESS
+        && version >= MULTI_SUBSCRIBER_VERSION
+}
 
 /// The libcupti files mapped into this process (from /proc/self/maps).
 fn mapped_cupti() -> Vec<PathBuf> {

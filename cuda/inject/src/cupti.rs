@@ -480,14 +480,20 @@ fn enable_launch_callbacks() -> bool {
 
 /// Our CUPTI subscriber handle while collecting (0 when none). CUPTI before 13.3 allows one
 /// subscriber per process: holding one tells us nobody else (Kineto, Nsight) is using CUPTI, and
-/// keeps a later profiler from silently taking the activity buffers from under us.
+/// keeps a later profiler from silently taking the activity buffers from under us. From 13.3
+/// ([`crate::api::shares_subscribers`]) we subscribe with `cuptiSubscribe_v2` allowing others,
+/// so a tool that does the same records alongside us, each with its own activity buffers.
 static SUBSCRIBER: AtomicU64 = AtomicU64::new(0);
+/// Whether [`SUBSCRIBER`] is a V2 subscription that shares CUPTI: the activity calls are then
+/// the per-subscriber V2 ones (CUPTI refuses the unversioned ones beside them).
+static SHARED: AtomicBool = AtomicBool::new(false);
 /// `monotonic_ns` of the last refused subscription (0: none), to retry every few seconds.
 static REFUSED_AT: AtomicU64 = AtomicU64::new(0);
 const RETRY_NS: u64 = 2_000_000_000;
 
-/// Takes CUPTI's subscriber slot. False (after one status message per refusal episode) when
-/// another subscriber holds it; retried every [`RETRY_NS`].
+/// Takes CUPTI's subscriber slot, or a share of CUPTI where it allows that (13.3). False
+/// (after one status message per refusal episode) when another subscriber holds it alone;
+/// retried every [`RETRY_NS`].
 fn subscribe() -> bool {
     if SUBSCRIBER.load(Ordering::Acquire) != 0 {
         return true;
@@ -497,23 +503,61 @@ fn subscribe() -> bool {
         return false;
     }
     let mut handle: cs::CUpti_SubscriberHandle = std::ptr::null_mut();
-    // SAFETY: valid out-pointer and a callback that does nothing.
-    let rc = unsafe { crate::api::cuptiSubscribe(&mut handle, Some(launch_callback), std::ptr::null_mut()) };
+    let shared = crate::api::shares_subscribers();
+    // CUPTI writes the holder's name here when it refuses us ("CUPTI for <tool>").
+    let mut holder = [0 as std::ffi::c_char; 64];
+    let rc = if shared {
+        let mut params = crate::api::SubscriberParams {
+            struct_size: crate::api::SUBSCRIBER_PARAMS_SIZE,
+            subscriber_name: c"ghostprof".as_ptr(),
+            old_subscriber_name: holder.as_mut_ptr(),
+            old_subscriber_size: holder.len(),
+            allow_multiple_subscribers: 1,
+            padding: [0; 7],
+        };
+        // SAFETY: valid out-pointer, params and name buffer that outlive the call.
+        unsafe { crate::api::cuptiSubscribe_v2(&mut handle, Some(launch_callback), std::ptr::null_mut(), &mut params) }
+    } else {
+        // SAFETY: valid out-pointer and a callback that does nothing.
+        unsafe { crate::api::cuptiSubscribe(&mut handle, Some(launch_callback), std::ptr::null_mut()) }
+    };
+    // The holder's name is the job's (untrusted) bytes: at most 63, NUL-ended by CUPTI (the
+    // last byte stays 0 whatever it wrote), shown escaped by the collector.
+    holder[holder.len() - 1] = 0;
+    // SAFETY: the buffer ends with a NUL.
+    let holder = unsafe { CStr::from_ptr(holder.as_ptr()) }.to_string_lossy().into_owned();
     match rc {
         cs::CUptiResult::CUPTI_SUCCESS => {
             SUBSCRIBER.store(handle as u64, Ordering::Release);
+            SHARED.store(shared, Ordering::Release);
             if refused != 0 {
                 status("CUPTI was released by the other subscriber: the device timeline starts now");
+            }
+            if shared && !holder.is_empty() && holder != "CUPTI for ghostprof" {
+                status(&format!(
+                    "CUPTI is shared with another subscriber in this process ({holder}; CUPTI 13.3 multiple \
+                     subscribers): recording the device timeline alongside it"
+                ));
             }
             REFUSED_AT.store(0, Ordering::Relaxed);
             true
         }
         cs::CUptiResult::CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED => {
             if refused == 0 {
-                status(
-                    "CUPTI is held by another subscriber in this process (e.g. Kineto / torch.profiler, Nsight): \
-                     no CUPTI device timeline while it does; continuing with eBPF only",
-                );
+                if shared {
+                    let who =
+                        if holder.is_empty() { "e.g. Kineto / torch.profiler, Nsight".to_string() } else { holder };
+                    status(&format!(
+                        "CUPTI is held by another subscriber in this process ({who}) that does not share it \
+                         (CUPTI 13.3 shares it only among tools that all subscribe with cuptiSubscribe_v2 \
+                         allowing it): no CUPTI device timeline while it does; continuing with eBPF only"
+                    ));
+                } else {
+                    status(
+                        "CUPTI is held by another subscriber in this process (e.g. Kineto / torch.profiler, Nsight): \
+                         no CUPTI device timeline while it does; continuing with eBPF only",
+                    );
+                }
             }
             REFUSED_AT.store(monotonic_ns().max(1), Ordering::Relaxed);
             false
@@ -532,9 +576,10 @@ fn subscribe() -> bool {
 fn unsubscribe() {
     let handle = SUBSCRIBER.swap(0, Ordering::AcqRel);
     if handle != 0 {
-        // SAFETY: the handle cuptiSubscribe gave us, released once.
+        // SAFETY: the handle cuptiSubscribe(_v2) gave us, released once.
         unsafe { crate::api::cuptiUnsubscribe(handle as cs::CUpti_SubscriberHandle) };
     }
+    SHARED.store(false, Ordering::Release);
 }
 
 fn enable() {
@@ -545,7 +590,13 @@ fn enable() {
     unsafe {
         // Registered on every enable: another CUPTI user may have replaced them while we were
         // detached (we hold the subscriber slot while collecting, so not while we are attached).
-        let rc = crate::api::cuptiActivityRegisterCallbacks(Some(buffer_requested), Some(buffer_completed));
+        let shared = SHARED.load(Ordering::Acquire);
+        let sub = SUBSCRIBER.load(Ordering::Acquire) as cs::CUpti_SubscriberHandle;
+        let rc = if shared {
+            crate::api::cuptiActivityRegisterCallbacks_v2(sub, Some(buffer_requested_v2), Some(buffer_completed_v2))
+        } else {
+            crate::api::cuptiActivityRegisterCallbacks(Some(buffer_requested), Some(buffer_completed))
+        };
         if rc != cs::CUptiResult::CUPTI_SUCCESS {
             status(&format!("cuptiActivityRegisterCallbacks failed ({rc:?}); continuing with eBPF only"));
             unsubscribe();
@@ -554,7 +605,19 @@ fn enable() {
         }
         // Thread ids as the kernel numbers them (what the eBPF launch records carry), not
         // CUPTI's default pthread_self(): the launch ↔ kernel join depends on it.
-        let rc = crate::api::cuptiSetThreadIdType(cs::CUpti_ActivityThreadIdType::CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM);
+        let system = cs::CUpti_ActivityThreadIdType::CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM;
+        let rc = if shared {
+            // Refused beside other subscribers: an attribute of ours there.
+            let (mut value, mut size) = (system as u32, size_of::<u32>());
+            crate::api::cuptiActivitySetAttribute_v2(
+                sub,
+                crate::api::ATTR_THREAD_ID_TYPE,
+                &mut size,
+                (&mut value as *mut u32).cast(),
+            )
+        } else {
+            crate::api::cuptiSetThreadIdType(system)
+        };
         if rc != cs::CUptiResult::CUPTI_SUCCESS {
             status(&format!("cuptiSetThreadIdType(SYSTEM) failed ({rc:?}): CUPTI thread ids will not match eBPF's"));
         }
@@ -562,7 +625,11 @@ fn enable() {
         API_ACTIVITY.store(api_activity, Ordering::Release);
         let api_kinds: &[K] = if api_activity { &API_KINDS } else { &[] };
         for &kind in KINDS.iter().chain(api_kinds) {
-            let rc = crate::api::cuptiActivityEnable(kind);
+            let rc = if shared {
+                crate::api::cuptiActivityEnable_v2(sub, kind, std::ptr::null_mut())
+            } else {
+                crate::api::cuptiActivityEnable(kind)
+            };
             if rc != cs::CUptiResult::CUPTI_SUCCESS {
                 status(&format!("cuptiActivityEnable({kind:?}) failed: {rc:?}"));
             }
@@ -613,8 +680,13 @@ fn disable() {
     // SAFETY: plain CUPTI calls.
     unsafe {
         let api_kinds: &[K] = if API_ACTIVITY.load(Ordering::Acquire) { &API_KINDS } else { &[] };
+        let sub = SUBSCRIBER.load(Ordering::Acquire) as cs::CUpti_SubscriberHandle;
         for &kind in KINDS.iter().chain(api_kinds) {
-            crate::api::cuptiActivityDisable(kind);
+            if SHARED.load(Ordering::Acquire) {
+                crate::api::cuptiActivityDisable_v2(sub, kind, std::ptr::null_mut());
+            } else {
+                crate::api::cuptiActivityDisable(kind);
+            }
         }
         crate::api::cuptiActivityFlushAll(1);
     }
@@ -704,12 +776,46 @@ unsafe extern "C" fn buffer_requested(buffer: *mut *mut u8, size: *mut usize, ma
 static BUFFERS: Mutex<BTreeMapUsize> = Mutex::new(BTreeMapUsize::new());
 type BTreeMapUsize = std::collections::BTreeMap<usize, usize>;
 
+/// `CUpti_BuffersCallbackRequestFunc_v2` (shared CUPTI): as [`buffer_requested`].
+unsafe extern "C" fn buffer_requested_v2(
+    buffer: *mut *mut u8,
+    size: *mut usize,
+    max_records: *mut usize,
+    _info: *mut std::ffi::c_void,
+) {
+    // SAFETY: CUPTI's out-pointers, as for the unversioned callback.
+    unsafe { buffer_requested(buffer, size, max_records) }
+}
+
+/// `CUpti_BuffersCallbackCompleteFunc_v2` (shared CUPTI): our subscriber's buffer, walked and
+/// counted with the V2 calls.
+unsafe extern "C" fn buffer_completed_v2(buffer: *mut u8, _size: usize, valid: usize, _info: *mut std::ffi::c_void) {
+    let sub = SUBSCRIBER.load(Ordering::Acquire) as cs::CUpti_SubscriberHandle;
+    // SAFETY: CUPTI hands back our buffer with its valid size.
+    unsafe { complete_buffer(buffer, valid, Some(sub), std::ptr::null_mut(), 0) }
+}
+
 unsafe extern "C" fn buffer_completed(
     ctx: cudarc::driver::sys::CUcontext,
     stream: u32,
     buffer: *mut u8,
     _size: usize,
     valid: usize,
+) {
+    // SAFETY: CUPTI hands back our buffer with its valid size.
+    unsafe { complete_buffer(buffer, valid, None, ctx, stream) }
+}
+
+/// Forwards a completed buffer's records and frees it; `shared`: our V2 subscriber handle.
+///
+/// # Safety
+/// `buffer` is one of ours that CUPTI filled with `valid` bytes.
+unsafe fn complete_buffer(
+    buffer: *mut u8,
+    valid: usize,
+    shared: Option<cs::CUpti_SubscriberHandle>,
+    ctx: cudarc::driver::sys::CUcontext,
+    stream: u32,
 ) {
     let _ = catch_unwind(|| {
         if buffer.is_null() {
@@ -725,9 +831,12 @@ unsafe extern "C" fn buffer_completed(
             let mut records = std::mem::take(&mut s.records);
             records.clear();
             // SAFETY: CUPTI iterates its own buffer; the records stay valid until it is freed.
-            while unsafe { crate::api::cuptiActivityGetNextRecord(buffer, valid, &mut record) }
-                == cs::CUptiResult::CUPTI_SUCCESS
-            {
+            let next = |record: &mut *mut cs::CUpti_Activity| match shared {
+                // SAFETY: CUPTI iterates its own buffer.
+                Some(sub) => unsafe { crate::api::cuptiActivityGetNextRecord_v2(sub, buffer, valid, record) },
+                None => unsafe { crate::api::cuptiActivityGetNextRecord(buffer, valid, record) },
+            };
+            while next(&mut record) == cs::CUptiResult::CUPTI_SUCCESS {
                 records.push(record as usize);
             }
             let t0 = SELF_TIME.load(Ordering::Relaxed).then(thread_cpu_ns);
@@ -749,7 +858,12 @@ unsafe extern "C" fn buffer_completed(
             s.records = records;
             let mut dropped = 0usize;
             // SAFETY: writes one usize.
-            unsafe { crate::api::cuptiActivityGetNumDroppedRecords(ctx, stream, &mut dropped) };
+            unsafe {
+                match shared {
+                    Some(sub) => crate::api::cuptiActivityGetNumDroppedRecords_v2(sub, ctx, stream, &mut dropped),
+                    None => crate::api::cuptiActivityGetNumDroppedRecords(ctx, stream, &mut dropped),
+                }
+            };
             if dropped > 0 {
                 s.cupti_dropped += dropped as u64;
                 push(wire::CUPTI_DROPPED, &s.cupti_dropped.to_le_bytes());

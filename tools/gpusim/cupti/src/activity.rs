@@ -53,12 +53,73 @@ impl Default for State {
     }
 }
 
-/// Progress through libcuda's log; only the flushing thread touches it.
+/// Progress through libcuda's log; only the flushing thread touches it. One for the process's
+/// unversioned (V1) client, one per `cuptiSubscribe_v2` subscriber ([`crate::subscribers`]).
 #[derive(Default)]
-struct Cursor {
+pub(crate) struct Cursor {
     next: u64,
     pending: Vec<SimRecord>,
     next_marker_id: u32,
+}
+
+impl Cursor {
+    /// Collection starts now for this client: what libcuda logged before is never delivered.
+    pub(crate) fn skip_to_now(&mut self) {
+        let Some(count) = abi::lookup(abi::RECORD_COUNT) else { return };
+        // SAFETY: the symbol has the signature in gpusim_core::abi.
+        let count = unsafe { std::mem::transmute::<*mut c_void, abi::RecordCountFn>(count) };
+        // SAFETY: a valid function pointer without arguments.
+        self.next = self.next.max(unsafe { count() });
+    }
+
+    /// The records logged since the last call that are ready to deliver (device ops that have
+    /// completed, everything else at once); None without libcuda.
+    fn take_ready(&mut self) -> Option<Vec<SimRecord>> {
+        let (Some(count), Some(read)) = (abi::lookup(abi::RECORD_COUNT), abi::lookup(abi::READ_RECORDS)) else {
+            return None;
+        };
+        // SAFETY: the symbols have the signatures in gpusim_core::abi.
+        let (count, read) = unsafe {
+            (
+                std::mem::transmute::<*mut c_void, abi::RecordCountFn>(count),
+                std::mem::transmute::<*mut c_void, abi::ReadRecordsFn>(read),
+            )
+        };
+        // SAFETY: valid function pointers; the buffer has room for `n` records.
+        unsafe {
+            let total = count();
+            let n = total.saturating_sub(self.next);
+            let mut fresh = vec![SimRecord::new(RecordKind::Api); n as usize];
+            let got = read(self.next, fresh.as_mut_ptr(), n);
+            fresh.truncate(got as usize);
+            self.next += got;
+            self.pending.extend(fresh);
+        }
+        let now = now_ns();
+        let (ready, waiting): (Vec<SimRecord>, Vec<SimRecord>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|r| !is_device_op(r) || r.end_ns <= now);
+        self.pending = waiting;
+        Some(ready)
+    }
+
+    /// Delivers the ready records of the `enabled` kinds through a client's buffer callbacks;
+    /// returns the records dropped for want of a buffer, or None without libcuda.
+    pub(crate) fn deliver(
+        &mut self,
+        enabled: &[bool; 64],
+        request: &mut dyn FnMut() -> (*mut u8, usize),
+        complete: &mut dyn FnMut(*mut u8, usize, usize),
+    ) -> Option<u64> {
+        let ready = self.take_ready()?;
+        let mut writer = Writer { request, complete, buffer: std::ptr::null_mut(), size: 0, used: 0, dropped: 0 };
+        let mut marker_id = self.next_marker_id;
+        for rec in &ready {
+            convert(rec, enabled, &mut marker_id, &mut |bytes| writer.push(bytes));
+        }
+        self.next_marker_id = marker_id;
+        writer.finish();
+        Some(writer.dropped)
+    }
 }
 
 thread_local! {
@@ -102,12 +163,7 @@ fn intern(name: &str) -> *const c_char {
 /// the real CUPTI records only activity that happens while a kind is enabled (an `attach`
 /// mid-run must not receive the job's history).
 pub fn skip_to_now() {
-    let Some(count) = abi::lookup(abi::RECORD_COUNT) else { return };
-    // SAFETY: the symbol has the signature in gpusim_core::abi.
-    let count = unsafe { std::mem::transmute::<*mut c_void, abi::RecordCountFn>(count) };
-    let mut cur = cursor().lock().unwrap_or_else(|p| p.into_inner());
-    // SAFETY: a valid function pointer without arguments.
-    cur.next = cur.next.max(unsafe { count() });
+    cursor().lock().unwrap_or_else(|p| p.into_inner()).skip_to_now();
 }
 
 /// Start the periodic flush thread once.
@@ -135,23 +191,21 @@ pub fn ensure_worker() {
 }
 
 /// Fill client buffers, completing each when full and the last one at the end.
-struct Writer {
-    request: RequestFn,
-    complete: CompleteFn,
+struct Writer<'a> {
+    request: &'a mut dyn FnMut() -> (*mut u8, usize),
+    complete: &'a mut dyn FnMut(*mut u8, usize, usize),
     buffer: *mut u8,
     size: usize,
     used: usize,
     dropped: u64,
 }
 
-impl Writer {
+impl Writer<'_> {
     fn push(&mut self, bytes: &[u8]) {
         let start = self.used.div_ceil(8) * 8;
         if self.buffer.is_null() || start + bytes.len() > self.size {
             self.finish();
-            let (mut buffer, mut size, mut max_records) = (std::ptr::null_mut(), 0usize, 0usize);
-            // SAFETY: the client's callback with valid out-pointers.
-            unsafe { (self.request)(&mut buffer, &mut size, &mut max_records) };
+            let (buffer, size) = (self.request)();
             if buffer.is_null() || size < bytes.len() {
                 self.dropped += 1;
                 return;
@@ -166,8 +220,7 @@ impl Writer {
 
     fn finish(&mut self) {
         if !self.buffer.is_null() {
-            // SAFETY: returning the client's own buffer with the bytes we wrote.
-            unsafe { (self.complete)(std::ptr::null_mut(), 0, self.buffer, self.size, self.used) };
+            (self.complete)(self.buffer, self.size, self.used);
             self.buffer = std::ptr::null_mut();
         }
     }
@@ -288,9 +341,16 @@ fn is_device_op(rec: &SimRecord) -> bool {
     matches!(rec.kind(), Some(RecordKind::Kernel | RecordKind::Memcpy | RecordKind::Memset | RecordKind::Collective))
 }
 
-/// Deliver every completed record of an enabled kind to the client. Returns false when no
-/// libcuda or no callbacks are available.
+/// Deliver every completed record of an enabled kind to every client: the unversioned (V1)
+/// one and each `cuptiSubscribe_v2` subscriber, as `cuptiActivityFlushAll` flushes the buffers
+/// of all subscribers. Returns false when no libcuda or no callbacks are available.
 pub fn flush() -> bool {
+    let v1 = flush_v1();
+    crate::subscribers::flush_all() || v1
+}
+
+/// [`flush`] of the unversioned (V1) client.
+fn flush_v1() -> bool {
     let (enabled, request, complete) = {
         let st = state();
         (st.enabled, st.request, st.complete)
@@ -298,9 +358,9 @@ pub fn flush() -> bool {
     let (Some(request), Some(complete)) = (request, complete) else {
         return false;
     };
-    let (Some(count), Some(read)) = (abi::lookup(abi::RECORD_COUNT), abi::lookup(abi::READ_RECORDS)) else {
+    if abi::lookup(abi::RECORD_COUNT).is_none() || abi::lookup(abi::READ_RECORDS).is_none() {
         return false;
-    };
+    }
     // A flush from inside a completion callback (same thread) would deadlock; the running
     // flush covers it. Other threads wait, so a flush at exit sees everything.
     if IN_FLUSH.with(|f| f.get()) {
@@ -309,35 +369,16 @@ pub fn flush() -> bool {
     let mut cur = cursor().lock().unwrap_or_else(|p| p.into_inner());
     IN_FLUSH.with(|f| f.set(true));
     let _reset = ResetOnDrop;
-    // SAFETY: the symbols have the signatures in gpusim_core::abi.
-    let (count, read) = unsafe {
-        (
-            std::mem::transmute::<*mut c_void, abi::RecordCountFn>(count),
-            std::mem::transmute::<*mut c_void, abi::ReadRecordsFn>(read),
-        )
+    let mut ask = || {
+        let (mut buffer, mut size, mut max_records) = (std::ptr::null_mut(), 0usize, 0usize);
+        // SAFETY: the client's callback with valid out-pointers.
+        unsafe { request(&mut buffer, &mut size, &mut max_records) };
+        (buffer, size)
     };
-    // SAFETY: valid function pointers; the buffer has room for `n` records.
-    unsafe {
-        let total = count();
-        let n = total.saturating_sub(cur.next);
-        let mut fresh = vec![SimRecord::new(RecordKind::Api); n as usize];
-        let got = read(cur.next, fresh.as_mut_ptr(), n);
-        fresh.truncate(got as usize);
-        cur.next += got;
-        cur.pending.extend(fresh);
-    }
-    let now = now_ns();
-    let (ready, waiting): (Vec<SimRecord>, Vec<SimRecord>) =
-        std::mem::take(&mut cur.pending).into_iter().partition(|r| !is_device_op(r) || r.end_ns <= now);
-    cur.pending = waiting;
-    let mut writer = Writer { request, complete, buffer: std::ptr::null_mut(), size: 0, used: 0, dropped: 0 };
-    let mut marker_id = cur.next_marker_id;
-    for rec in &ready {
-        convert(rec, &enabled, &mut marker_id, &mut |bytes| writer.push(bytes));
-    }
-    cur.next_marker_id = marker_id;
-    writer.finish();
-    state().dropped += writer.dropped;
+    // SAFETY: returning the client's own buffer with the bytes written.
+    let mut done = |buffer, size, used| unsafe { complete(std::ptr::null_mut(), 0, buffer, size, used) };
+    let dropped = cur.deliver(&enabled, &mut ask, &mut done).unwrap_or(0);
+    state().dropped += dropped;
     true
 }
 

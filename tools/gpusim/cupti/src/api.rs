@@ -12,15 +12,18 @@ use crate::callbacks::{self, CallbackFn};
 
 /// `CUptiResult`.
 pub type CuptiResult = i32;
-const CUPTI_SUCCESS: CuptiResult = 0;
-const CUPTI_ERROR_INVALID_PARAMETER: CuptiResult = 1;
+pub(crate) const CUPTI_SUCCESS: CuptiResult = 0;
+pub(crate) const CUPTI_ERROR_INVALID_PARAMETER: CuptiResult = 1;
 const CUPTI_ERROR_MAX_LIMIT_REACHED: CuptiResult = 12;
 const CUPTI_ERROR_NOT_INITIALIZED: CuptiResult = 15;
 const CUPTI_ERROR_INVALID_KIND: CuptiResult = 21;
-const CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED: CuptiResult = 39;
-const CUPTI_ERROR_UNKNOWN: CuptiResult = 999;
+pub(crate) const CUPTI_ERROR_NOT_SUPPORTED: CuptiResult = 27;
+pub(crate) const CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED: CuptiResult = 39;
+pub(crate) const CUPTI_ERROR_UNKNOWN: CuptiResult = 999;
 
-/// `CUptiResult cuptiGetVersion(uint32_t *version)`: CUPTI_API_VERSION 28 (CUDA 12.9).
+/// `CUptiResult cuptiGetVersion(uint32_t *version)`: `GPUSIM_CUPTI_VERSION`, default
+/// CUPTI_API_VERSION 28 (CUDA 12.9); 130300 (CUDA 13.3) and later share CUPTI among
+/// subscribers ([`crate::subscribers`]).
 #[no_mangle]
 pub extern "C" fn cuptiGetVersion(version: *mut u32) -> CuptiResult {
     guard(CUPTI_ERROR_UNKNOWN, || {
@@ -28,7 +31,7 @@ pub extern "C" fn cuptiGetVersion(version: *mut u32) -> CuptiResult {
             return CUPTI_ERROR_INVALID_PARAMETER;
         }
         // SAFETY: non-null out-pointer.
-        unsafe { *version = 28 };
+        unsafe { *version = crate::subscribers::version() };
         CUPTI_SUCCESS
     })
 }
@@ -53,6 +56,10 @@ pub extern "C" fn cuptiSetThreadIdType(kind: u32) -> CuptiResult {
     guard(CUPTI_ERROR_UNKNOWN, || {
         if kind > 1 {
             return CUPTI_ERROR_INVALID_PARAMETER;
+        }
+        if crate::subscribers::multi() {
+            // CUPTI 13.3: an attribute of each subscriber then (cuptiActivitySetAttribute_v2).
+            return CUPTI_ERROR_NOT_SUPPORTED;
         }
         activity::THREAD_ID_TYPE.store(kind, std::sync::atomic::Ordering::Relaxed);
         CUPTI_SUCCESS
@@ -83,6 +90,9 @@ pub extern "C" fn cuptiActivityRegisterCallbacks(
         if request.is_none() || complete.is_none() {
             return CUPTI_ERROR_INVALID_PARAMETER;
         }
+        if crate::subscribers::multi() {
+            return CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED;
+        }
         let mut st = activity::state();
         st.request = request;
         st.complete = complete;
@@ -92,6 +102,10 @@ pub extern "C" fn cuptiActivityRegisterCallbacks(
 
 fn set_kind(kind: u32, on: bool) -> CuptiResult {
     guard(CUPTI_ERROR_UNKNOWN, || {
+        if crate::subscribers::multi() {
+            // CUPTI 13.3: the unversioned API cannot be mixed with the subscribers' V2 API.
+            return CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED;
+        }
         if crate::layout::record_size(kind).is_none() {
             return CUPTI_ERROR_INVALID_KIND;
         }
@@ -175,7 +189,8 @@ pub extern "C" fn cuptiActivityGetNumDroppedRecords(
 }
 
 /// `CUptiResult cuptiSubscribe(CUpti_SubscriberHandle *subscriber, CUpti_CallbackFunc callback,
-/// void *userdata)`: one subscriber at a time, as CUPTI before 13.3.
+/// void *userdata)`: the unversioned API takes CUPTI alone: refused while anyone subscribes
+/// (before 13.3, and in 13.3 too, where it cannot be mixed with `cuptiSubscribe_v2`).
 #[no_mangle]
 pub extern "C" fn cuptiSubscribe(
     subscriber: *mut *mut c_void,
@@ -189,54 +204,43 @@ pub extern "C" fn cuptiSubscribe(
         if subscriber.is_null() {
             return CUPTI_ERROR_INVALID_PARAMETER;
         }
-        let mut slot = callbacks::subscriber();
-        if slot.is_some() {
-            return CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED;
+        match crate::subscribers::add(callback, userdata as usize, None) {
+            Ok((handle, _)) => {
+                // SAFETY: non-null out-pointer; the handle is an opaque token.
+                unsafe { *subscriber = handle as *mut c_void };
+                CUPTI_SUCCESS
+            }
+            Err(_) => CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED,
         }
-        *slot = Some(callbacks::Subscriber {
-            callback,
-            userdata: userdata as usize,
-            enabled: Default::default(),
-            all_driver: false,
-        });
-        // SAFETY: non-null out-pointer; the handle is an opaque token.
-        unsafe { *subscriber = SUBSCRIBER_HANDLE as *mut c_void };
-        CUPTI_SUCCESS
     })
 }
-
-/// The one subscriber handle.
-const SUBSCRIBER_HANDLE: usize = 0x5ab5;
 
 /// `CUptiResult cuptiUnsubscribe(CUpti_SubscriberHandle subscriber)`.
 #[no_mangle]
 pub extern "C" fn cuptiUnsubscribe(subscriber: *mut c_void) -> CuptiResult {
     guard(CUPTI_ERROR_UNKNOWN, || {
-        if subscriber as usize != SUBSCRIBER_HANDLE {
+        if !crate::subscribers::remove(subscriber as usize) {
             return CUPTI_ERROR_INVALID_PARAMETER;
         }
-        *callbacks::subscriber() = None;
-        callbacks::install_hook(false);
+        let any = callbacks::subscribers().iter().any(|(_, s)| s.all_driver || !s.enabled.is_empty());
+        callbacks::install_hook(any);
         CUPTI_SUCCESS
     })
 }
 
 /// Apply `change` to the subscriber and (un)install libcuda's hook as needed.
 fn update(subscriber: *mut c_void, domain: u32, change: impl FnOnce(&mut callbacks::Subscriber)) -> CuptiResult {
-    if subscriber as usize != SUBSCRIBER_HANDLE {
-        return CUPTI_ERROR_INVALID_PARAMETER;
-    }
-    if domain != callbacks::DOMAIN_DRIVER_API {
-        // Other domains (runtime, resource, NVTX) are accepted and never fire.
-        return CUPTI_SUCCESS;
-    }
     let wanted = {
-        let mut slot = callbacks::subscriber();
-        let Some(sub) = slot.as_mut() else {
+        let mut subs = callbacks::subscribers();
+        let Some((_, sub)) = subs.iter_mut().find(|(h, _)| *h == subscriber as usize) else {
             return CUPTI_ERROR_INVALID_PARAMETER;
         };
+        if domain != callbacks::DOMAIN_DRIVER_API {
+            // Other domains (runtime, resource, NVTX) are accepted and never fire.
+            return CUPTI_SUCCESS;
+        }
         change(sub);
-        sub.all_driver || !sub.enabled.is_empty()
+        subs.iter().any(|(_, s)| s.all_driver || !s.enabled.is_empty())
     };
     if callbacks::install_hook(wanted) || !wanted {
         CUPTI_SUCCESS

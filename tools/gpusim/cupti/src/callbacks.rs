@@ -1,4 +1,5 @@
-//! The CUPTI callback API for the driver domain: one subscriber (as CUPTI before 13.3), per-cbid
+//! The CUPTI callback API for the driver domain: one subscriber (as CUPTI before 13.3) or several
+//! (CUPTI 13.3's multiple subscribers, [`crate::subscribers`]), per-cbid
 //! or whole-domain enabling, and `CUpti_CallbackData` built from libcuda's API hook at each
 //! enter and exit. Only `CUPTI_CB_DOMAIN_DRIVER_API` fires; gpusim has no runtime library.
 
@@ -59,10 +60,12 @@ pub struct Subscriber {
     pub all_driver: bool,
 }
 
-/// The subscriber slot.
-pub fn subscriber() -> MutexGuard<'static, Option<Subscriber>> {
-    static SUB: OnceLock<Mutex<Option<Subscriber>>> = OnceLock::new();
-    SUB.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner())
+/// The subscribers by handle: one (as CUPTI before 13.3), or several that all subscribed with
+/// `cuptiSubscribe_v2` allowing it (CUPTI 13.3; [`crate::subscribers`]). Each gets the
+/// callbacks it enabled.
+pub fn subscribers() -> MutexGuard<'static, Vec<(usize, Subscriber)>> {
+    static SUBS: OnceLock<Mutex<Vec<(usize, Subscriber)>>> = OnceLock::new();
+    SUBS.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner())
 }
 
 thread_local! {
@@ -91,13 +94,31 @@ unsafe extern "C" fn on_api(
     correlation_id: u32,
 ) {
     guard((), || {
-        let (callback, userdata) = {
-            let sub = subscriber();
-            match sub.as_ref() {
-                Some(s) if s.all_driver || s.enabled.contains(&cbid) => (s.callback, s.userdata),
-                _ => return,
-            }
-        };
+        let wanted: Vec<(CallbackFn, usize)> = subscribers()
+            .iter()
+            .filter(|(_, s)| s.all_driver || s.enabled.contains(&cbid))
+            .map(|(_, s)| (s.callback, s.userdata))
+            .collect();
+        for (callback, userdata) in wanted {
+            call(callback, userdata, site, cbid, name, symbol, params, return_value, correlation_id);
+        }
+    })
+}
+
+/// One subscriber's callback with CUPTI's arguments.
+#[allow(clippy::too_many_arguments)]
+fn call(
+    callback: CallbackFn,
+    userdata: usize,
+    site: u32,
+    cbid: u32,
+    name: *const c_char,
+    symbol: *const c_char,
+    params: *const c_void,
+    return_value: *mut c_void,
+    correlation_id: u32,
+) {
+    {
         CORRELATION_DATA.with(|slot| {
             let mut scratch = slot.get();
             let data = CallbackData {
@@ -122,5 +143,5 @@ unsafe extern "C" fn on_api(
             };
             slot.set(scratch);
         });
-    })
+    }
 }

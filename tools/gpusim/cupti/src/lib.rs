@@ -7,7 +7,9 @@
 //! - [`activity`]: enabled kinds, buffer callbacks, and the flush that converts libcuda's
 //!   records (read through `gpusim_read_records`) into CUPTI records in client buffers.
 //! - [`api`]: the exported activity and callback `cupti*` entry points.
-//! - [`callbacks`]: the callback API's subscriber and the `CUpti_CallbackData` it receives.
+//! - [`callbacks`]: the callback API's subscribers and the `CUpti_CallbackData` they receive.
+//! - [`subscribers`]: who holds CUPTI, by the version reported (`GPUSIM_CUPTI_VERSION`): one
+//!   subscriber before 13.3, shared among V2 subscribers from 13.3, each with its own activity.
 //! - [`pm`], [`pm_metrics`], [`pm_api`]: PM sampling — tensor-pipe activity per sample derived
 //!   from each kernel's FLOPs, the profiler-host metric evaluation, and their entry points.
 //!
@@ -26,3 +28,4 @@ pub mod layout;
 pub mod pm;
 pub mod pm_api;
 pub mod pm_metrics;
+pub mod subscribers;

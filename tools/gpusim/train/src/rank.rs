@@ -95,8 +95,13 @@ fn next_random(state: &mut u64) -> f64 {
 /// Run the rank to completion and write its ground truth.
 pub fn run(cfg: &RankConfig) -> Result<(), String> {
     let s = &cfg.scenario;
-    if std::env::var("GPUSIM_HOLD_CUPTI").as_deref() == Ok("1") {
+    let hold = std::env::var("GPUSIM_HOLD_CUPTI");
+    if hold.as_deref() == Ok("1") {
         hold_cupti()?;
+    }
+    let shared = hold.as_deref() == Ok("shared");
+    if shared {
+        hold_cupti_shared()?;
     }
     let cuda = Cuda::load()?;
     // SAFETY (all unsafe blocks below): calls into the loaded libraries with pointers to live
@@ -247,6 +252,9 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
         // SAFETY: see above.
         unsafe { check("ncclCommDestroy", (nccl.comm_destroy)(comm))? };
     }
+    if shared {
+        held_report()?;
+    }
     Ok(())
 }
 
@@ -330,5 +338,121 @@ fn hold_cupti() -> Result<(), String> {
             return Err(format!("GPUSIM_HOLD_CUPTI: cuptiSubscribe returned {rc}"));
         }
     }
+    Ok(())
+}
+
+/// Kernel records the `GPUSIM_HOLD_CUPTI=shared` subscriber received.
+static HELD_KERNELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `dlsym` in gpusim's libcupti, loaded once.
+fn cupti_symbol(name: &std::ffi::CStr) -> Result<*mut c_void, String> {
+    // SAFETY: dlopen/dlsym with valid C strings.
+    unsafe {
+        let lib = libc::dlopen(c"libcupti.so.12".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        if lib.is_null() {
+            return Err("GPUSIM_HOLD_CUPTI: cannot load libcupti.so.12 (is LD_LIBRARY_PATH the staged dir?)".into());
+        }
+        let f = libc::dlsym(lib, name.as_ptr());
+        if f.is_null() {
+            return Err(format!("GPUSIM_HOLD_CUPTI: libcupti.so.12 has no {}", name.to_string_lossy()));
+        }
+        Ok(f)
+    }
+}
+
+unsafe extern "C" fn held_request(buffer: *mut *mut u8, size: *mut usize, max: *mut usize, _info: *mut c_void) {
+    const BYTES: usize = 1 << 20;
+    // SAFETY: CUPTI's out-pointers; the buffer (8-byte aligned) is freed in held_complete.
+    unsafe {
+        *buffer = std::alloc::alloc(std::alloc::Layout::from_size_align_unchecked(BYTES, 8));
+        *size = BYTES;
+        *max = 0;
+    }
+}
+
+unsafe extern "C" fn held_complete(buffer: *mut u8, size: usize, valid: usize, _info: *mut c_void) {
+    if buffer.is_null() {
+        return;
+    }
+    // Only kernel records were enabled: CUpti_ActivityKernel9s (208 bytes, kind
+    // CONCURRENT_KERNEL = 10) back to back.
+    let mut at = 0usize;
+    // SAFETY: inside the valid part of the buffer gpusim filled.
+    while at + 208 <= valid && unsafe { *(buffer.add(at) as *const u32) } == 10 {
+        HELD_KERNELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        at += 208;
+    }
+    // SAFETY: allocated in held_request with this layout.
+    unsafe { std::alloc::dealloc(buffer, std::alloc::Layout::from_size_align_unchecked(size, 8)) };
+}
+
+/// `CUpti_SubscriberParams` (cupti_callbacks.h, CUPTI 13.3).
+#[repr(C)]
+struct SubscriberParams {
+    struct_size: usize,
+    subscriber_name: *const std::ffi::c_char,
+    old_subscriber_name: *mut std::ffi::c_char,
+    old_subscriber_size: usize,
+    allow_multiple_subscribers: u8,
+    padding: [u8; 7],
+}
+
+/// `GPUSIM_HOLD_CUPTI=shared`: a CUPTI 13.3-aware tool (as a Kineto that uses the V2 API):
+/// `cuptiSubscribe_v2` allowing other subscribers, before the first CUDA call, with its own
+/// activity buffers and kernel records, counted and printed at the end on stderr
+/// (`gpusim-train: CUPTI holder received N kernel records`).
+fn hold_cupti_shared() -> Result<(), String> {
+    type Subscribe = unsafe extern "C" fn(
+        *mut *mut c_void,
+        unsafe extern "C" fn(*mut c_void, u32, u32, *const c_void),
+        *mut c_void,
+        *mut SubscriberParams,
+    ) -> i32;
+    type Register = unsafe extern "C" fn(
+        *mut c_void,
+        unsafe extern "C" fn(*mut *mut u8, *mut usize, *mut usize, *mut c_void),
+        unsafe extern "C" fn(*mut u8, usize, usize, *mut c_void),
+    ) -> i32;
+    type Enable = unsafe extern "C" fn(*mut c_void, u32, *mut c_void) -> i32;
+    // SAFETY: the symbols have the C signatures of cupti_callbacks.h / cupti_activity.h (13.3).
+    unsafe {
+        let subscribe = std::mem::transmute::<*mut c_void, Subscribe>(cupti_symbol(c"cuptiSubscribe_v2")?);
+        let register =
+            std::mem::transmute::<*mut c_void, Register>(cupti_symbol(c"cuptiActivityRegisterCallbacks_v2")?);
+        let enable = std::mem::transmute::<*mut c_void, Enable>(cupti_symbol(c"cuptiActivityEnable_v2")?);
+        let mut params = SubscriberParams {
+            struct_size: std::mem::size_of::<SubscriberParams>(),
+            subscriber_name: c"gpusim-holder".as_ptr(),
+            old_subscriber_name: std::ptr::null_mut(),
+            old_subscriber_size: 0,
+            allow_multiple_subscribers: 1,
+            padding: [0; 7],
+        };
+        let mut handle: *mut c_void = std::ptr::null_mut();
+        let rc = subscribe(&mut handle, ignore_callback, std::ptr::null_mut(), &mut params);
+        if rc != 0 {
+            return Err(format!("GPUSIM_HOLD_CUPTI=shared: cuptiSubscribe_v2 returned {rc}"));
+        }
+        let rc = register(handle, held_request, held_complete);
+        if rc != 0 {
+            return Err(format!("GPUSIM_HOLD_CUPTI=shared: cuptiActivityRegisterCallbacks_v2 returned {rc}"));
+        }
+        let rc = enable(handle, 10, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(format!("GPUSIM_HOLD_CUPTI=shared: cuptiActivityEnable_v2 returned {rc}"));
+        }
+    }
+    Ok(())
+}
+
+/// Flushes CUPTI and prints what the shared holder received.
+fn held_report() -> Result<(), String> {
+    type Flush = unsafe extern "C" fn(u32) -> i32;
+    // SAFETY: cuptiActivityFlushAll's C signature.
+    unsafe { std::mem::transmute::<*mut c_void, Flush>(cupti_symbol(c"cuptiActivityFlushAll")?)(1) };
+    eprintln!(
+        "gpusim-train: CUPTI holder received {} kernel records",
+        HELD_KERNELS.load(std::sync::atomic::Ordering::Relaxed)
+    );
     Ok(())
 }
