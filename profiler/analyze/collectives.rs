@@ -159,13 +159,39 @@ pub struct RankInput {
     pub instances: Vec<CollInstance>,
 }
 
-/// A rank for the matching, with the offset that puts its clock on the common one.
+/// How one trace's clock maps onto the common one: `t + offset_ns + drift × (t − anchor_ns)`
+/// (a constant offset, and a rate difference for long recordings across hosts).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClockMap {
+    /// Added to its times at `anchor_ns`, ns.
+    pub offset_ns: i128,
+    /// Rate difference (20 ppm = 20e-6): the common clock gains this per ns of its own.
+    pub drift: f64,
+    /// Own time at which `offset_ns` holds, ns.
+    pub anchor_ns: u64,
+}
+
+impl ClockMap {
+    /// A constant offset.
+    pub fn offset(offset_ns: i128) -> ClockMap {
+        ClockMap { offset_ns, ..ClockMap::default() }
+    }
+
+    /// `t` on the common clock, ns.
+    pub fn apply(&self, t: u64) -> i128 {
+        let drift =
+            if self.drift == 0.0 { 0 } else { (self.drift * (t as f64 - self.anchor_ns as f64)).round() as i128 };
+        t as i128 + self.offset_ns + drift
+    }
+}
+
+/// A rank for the matching, with the map that puts its clock on the common one.
 #[derive(Debug, Clone, Copy)]
 pub struct RankView<'a> {
     /// The rank.
     pub input: &'a RankInput,
-    /// Added to its times to put them on the common clock, ns.
-    pub offset_ns: i128,
+    /// Puts its times on the common clock.
+    pub clock: ClockMap,
 }
 
 /// Totals of one (op, size bucket).
@@ -287,7 +313,7 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
         if distinct.len() != members.len() {
             continue;
         }
-        let at = |&(r, i): &(usize, usize)| ranks[r].instances[i].arrival_ns as i128 + views[r].offset_ns;
+        let at = |&(r, i): &(usize, usize)| views[r].clock.apply(ranks[r].instances[i].arrival_ns);
         let first = members.iter().map(at).min().unwrap_or(0);
         let last = members.iter().map(at).max().unwrap_or(0);
         let spanning = members.iter().any(|m| ranks[m.0].file != ranks[members[0].0].file);

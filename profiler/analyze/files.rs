@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::account::analyze_with;
-use super::collectives::{self, CrossRank, RankInput, RankView};
+use super::clock_align::{self, AlignInput, ClockChoice, FileClock};
+use super::collectives::{self, ClockMap, CrossRank, RankInput, RankView};
 use super::host::ProcessHost;
 use super::model::{AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows, Window};
 use super::stream::{self, StreamOptions};
@@ -18,6 +19,8 @@ use crate::trace::{RecordBatch, TraceError, TraceReader};
 pub struct ReportOptions {
     /// Steps, bins and the FLOP source.
     pub detail: DetailOptions,
+    /// How several files are put on one timeline (`--clock`).
+    pub clock: ClockChoice,
 }
 
 /// The analysis of one trace file.
@@ -36,6 +39,10 @@ pub struct FileReport {
     pub activity: HashMap<u32, String>,
     /// CLOCK_MONOTONIC → CLOCK_REALTIME, when the trace recorded it.
     pub realtime_offset_ns: Option<i128>,
+    /// The recording host's identity (header `host_id`), when the trace has one.
+    pub host_id: Option<String>,
+    /// How this file's clock was put on the common timeline ([`clock_align`]).
+    pub clock: FileClock,
     /// The reader's warnings (damaged chunks, ...) and records the sweep left out.
     pub warnings: Vec<String>,
     /// The recording session's notes, as stored in the trace (a collector off, CUPTI held…).
@@ -117,7 +124,7 @@ fn analyze_readers(
     let known = readers.iter().map(|r| r.1.damaged_chunks().len()).sum();
     let shells: Vec<FileReport> = files
         .iter()
-        .map(|(path, _, sk)| {
+        .map(|(path, reader, sk)| {
             let mut by_pid: std::collections::BTreeMap<u32, Vec<collectives::CollInstance>> = Default::default();
             for inst in collectives::instances(&sk.small, &sk.names) {
                 by_pid.entry(inst.pid).or_default().push(inst);
@@ -133,6 +140,8 @@ fn analyze_readers(
                     .collect(),
                 activity: HashMap::new(),
                 realtime_offset_ns: collectives::realtime_offset(&sk.small),
+                host_id: host_id(reader),
+                clock: FileClock::default(),
                 warnings: Vec::new(),
                 recording_notes: recording_notes(&sk.small, &sk.names),
                 damaged_chunks: Vec::new(),
@@ -140,6 +149,19 @@ fn analyze_readers(
             }
         })
         .collect();
+    let mut shells = shells;
+    let align_inputs: Vec<AlignInput> = shells
+        .iter()
+        .map(|r| AlignInput {
+            ranks: &r.ranks,
+            host_id: r.host_id.as_deref(),
+            realtime_offset_ns: r.realtime_offset_ns,
+        })
+        .collect();
+    let (clocks, clock_warning) = clock_align::align(&align_inputs, opts.clock);
+    for (r, c) in shells.iter_mut().zip(clocks) {
+        r.clock = c;
+    }
     let cross = cross_rank(&shells);
     let mut out = Vec::new();
     for (mut report, (path, reader, sk)) in shells.into_iter().zip(files) {
@@ -174,7 +196,16 @@ fn analyze_readers(
         }
         out.push(report);
     }
+    if let (Some(w), Some(first)) = (clock_warning, out.first_mut()) {
+        first.warnings.push(w);
+    }
     Ok((out, known))
+}
+
+/// The host identity a trace's header recorded (`host_id`, format 1.2), at most 256 bytes.
+fn host_id(reader: &TraceReader) -> Option<String> {
+    let id = reader.header().meta.get("host_id")?.as_str()?;
+    (!id.is_empty() && id.len() <= 256).then(|| id.to_string())
 }
 
 /// The texts of a trace's session notes, in order, each once.
@@ -222,7 +253,7 @@ pub fn analyze_batch(
     }
     let ranks: Vec<RankInput> =
         by_pid.into_iter().map(|(pid, instances)| RankInput { file: path.clone(), pid, instances }).collect();
-    let views: Vec<RankView> = ranks.iter().map(|input| RankView { input, offset_ns: 0 }).collect();
+    let views: Vec<RankView> = ranks.iter().map(|input| RankView { input, clock: ClockMap::default() }).collect();
     let late = late_windows(&collectives::cross_rank(&views), &path);
     let account_opts = AccountOptions { windows: process_windows(batch), ..AccountOptions::default() };
     let mut accounts = Vec::new();
@@ -248,6 +279,8 @@ pub fn analyze_batch(
         ranks,
         activity,
         realtime_offset_ns: collectives::realtime_offset(batch),
+        host_id: None,
+        clock: FileClock::default(),
         warnings,
         recording_notes: recording_notes(batch, names),
         damaged_chunks: Vec::new(),
@@ -265,17 +298,12 @@ pub fn late_windows(cross: &CrossRank, file: &str) -> LateWindows {
         .collect()
 }
 
-/// The cross-rank view of all files. Several files are put on CLOCK_REALTIME when each
-/// recorded the mapping (ranks on different hosts); otherwise their monotonic clocks are used.
+/// The cross-rank view of all files, each file's clock mapped as [`analyze_files`] aligned it
+/// ([`clock_align::align`]: by the collectives across hosts, else CLOCK_REALTIME when each
+/// recorded the mapping, else their monotonic clocks).
 pub fn cross_rank(reports: &[FileReport]) -> CrossRank {
-    let realtime = reports.len() > 1 && reports.iter().all(|r| r.realtime_offset_ns.is_some());
-    let ranks: Vec<RankView> = reports
-        .iter()
-        .flat_map(|r| {
-            let offset_ns = if realtime { r.realtime_offset_ns.unwrap_or(0) } else { 0 };
-            r.ranks.iter().map(move |input| RankView { input, offset_ns })
-        })
-        .collect();
+    let ranks: Vec<RankView> =
+        reports.iter().flat_map(|r| r.ranks.iter().map(move |input| RankView { input, clock: r.clock.map })).collect();
     collectives::cross_rank(&ranks)
 }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use crate::analyze::clock_align::ClockChoice;
 use crate::analyze::{analyze_files, ReportOptions};
 use crate::analyze::{peak, DetailOptions};
 use crate::report::{html, render_text, write_json, ReportDoc};
@@ -30,6 +31,15 @@ impl Dtype {
             Dtype::Fp8 => "fp8",
         }
     }
+}
+
+/// How several trace files are put on one timeline (`--clock`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// Each trace's CLOCK_REALTIME mapping (NTP across hosts).
+    Realtime,
+    /// The collectives' end times (the ranks of a collective finish together).
+    Collectives,
 }
 
 /// `ghostprof report`'s arguments, used as its configuration.
@@ -65,6 +75,10 @@ pub struct ReportConfig {
     /// Replace an existing HTML file.
     #[arg(long)]
     pub force: bool,
+    /// How to align several files' clocks: realtime or collectives; default: collectives when
+    /// the files come from different hosts, else realtime.
+    #[arg(long, value_enum, ignore_case = true)]
+    pub clock: Option<Clock>,
 }
 
 /// A bin width: a number with a unit (ns, us/µs, ms, s), at least 1 µs.
@@ -129,6 +143,11 @@ impl ReportConfig {
                 flops_per_step: self.flops_per_step,
                 peak_flops,
                 ..DetailOptions::default()
+            },
+            clock: match self.clock {
+                None => ClockChoice::Auto,
+                Some(Clock::Realtime) => ClockChoice::Realtime,
+                Some(Clock::Collectives) => ClockChoice::Collectives,
             },
         })
     }
