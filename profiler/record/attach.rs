@@ -123,6 +123,7 @@ pub fn attach(
         let _ = std::os::unix::fs::lchown(&cfg.output, Some(uid), Some(gid));
     }
     let mut producer = pipeline.producer(Source::Ebpf);
+    producer.push(super::session::realtime_sync());
     c.start(&pipeline);
     // The device timeline first: a dormant injection library polls its ring's control word
     // every 50 ms, so its kernels flow within ~100 ms of the ring being opened. Host probes go
