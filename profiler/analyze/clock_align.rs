@@ -203,11 +203,15 @@ pub fn align(files: &[AlignInput<'_>], choice: ClockChoice) -> (Vec<FileClock>, 
     }
 }
 
+/// A collective: (communicator index, nranks, seq).
+type CollKey = (u32, u32, u64);
+
 /// The end time of each matched collective in each file: (communicator index, nranks, seq) →
 /// per file the median end of its ranks' kernels. A collective counts only when all its ranks
 /// are there with distinct rank numbers (as [`super::collectives::cross_rank`] matches them).
-fn matched_ends(files: &[AlignInput<'_>]) -> BTreeMap<(u32, u32, u64), BTreeMap<usize, u64>> {
-    let mut members: BTreeMap<(u32, u32, u64), Vec<(usize, u32, Option<u64>)>> = BTreeMap::new();
+fn matched_ends(files: &[AlignInput<'_>]) -> BTreeMap<CollKey, BTreeMap<usize, u64>> {
+    // per collective: (file, rank, kernel end)
+    let mut members: BTreeMap<CollKey, Vec<(usize, u32, Option<u64>)>> = BTreeMap::new();
     for (f, file) in files.iter().enumerate() {
         for rank in file.ranks {
             for inst in &rank.instances {
