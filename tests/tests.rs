@@ -11,6 +11,7 @@ mod cupti; // root tier: the CUPTI injection library and its ring against gpusim
 mod export; // `export --format chrome` (Kineto-shaped JSON, HTA agrees), `report --html` (Chromium draws it)
 mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)
 mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what the ground truth says
+mod jobs; // `report --jobs N`: byte-identical reports with any number of threads (chunks, files, damage)
 mod nccl_profiler; // NCCL's algorithm/protocol via its profiler plugin API: wire decoding; gpusim runs (root)
 mod pipeline; // collectors → queues → writer: backpressure counts every dropped record
 mod report; // report detail: steps, bins, top kernels, gaps, checkpoint, collectives, straggler, flags

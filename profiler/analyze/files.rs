@@ -21,6 +21,40 @@ pub struct ReportOptions {
     pub detail: DetailOptions,
     /// How several files are put on one timeline (`--clock`).
     pub clock: ClockChoice,
+    /// Threads (`--jobs`): files analyzed side by side, and each file's chunks decoded ahead
+    /// of its sweep; 0: one per core. The result does not depend on it.
+    pub jobs: usize,
+}
+
+/// The threads `jobs` asks for: 0 is one per core.
+pub fn threads(jobs: usize) -> usize {
+    match jobs {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// `f(0) … f(n − 1)` on up to `threads` threads, the results in index order.
+fn par_map<R: Send>(n: usize, threads: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let threads = threads.clamp(1, n.max(1));
+    if threads == 1 {
+        return (0..n).map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<R>>> = (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let r = f(i);
+                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            });
+        }
+    });
+    slots.into_iter().filter_map(|s| s.into_inner().unwrap_or_else(|p| p.into_inner())).collect()
 }
 
 /// The analysis of one trace file.
@@ -115,11 +149,18 @@ fn analyze_readers(
     readers: &[(String, TraceReader)],
     opts: &ReportOptions,
 ) -> Result<(Vec<FileReport>, usize), TraceError> {
-    let stream_opts = StreamOptions { detail: opts.detail.clone(), ..StreamOptions::default() };
+    // Files side by side first; the threads left over decode each file's chunks ahead.
+    let threads = threads(opts.jobs);
+    let side_by_side = threads.min(readers.len()).max(1);
+    let stream_opts = StreamOptions {
+        detail: opts.detail.clone(),
+        jobs: (threads / side_by_side).max(1),
+        ..StreamOptions::default()
+    };
     let mut files = Vec::new();
-    for (path, reader) in readers {
-        let skeleton = stream::summarize(reader, &stream_opts)?;
-        files.push((path.clone(), reader, skeleton));
+    let skeletons = par_map(readers.len(), side_by_side, |i| stream::summarize(&readers[i].1, &stream_opts));
+    for ((path, reader), skeleton) in readers.iter().zip(skeletons) {
+        files.push((path.clone(), reader, skeleton?));
     }
     let known = readers.iter().map(|r| r.1.damaged_chunks().len()).sum();
     let shells: Vec<FileReport> = files
@@ -164,13 +205,17 @@ fn analyze_readers(
     }
     let cross = cross_rank(&shells);
     let mut out = Vec::new();
-    for (mut report, (path, reader, sk)) in shells.into_iter().zip(files) {
-        let late = late_windows(&cross, &path);
+    let no_waits = HashMap::new();
+    let sweeps = par_map(files.len(), side_by_side, |i| {
+        let (path, reader, sk) = &files[i];
+        let late = late_windows(&cross, path);
         let mut o = stream_opts.clone();
         o.account.windows = sk.windows.clone();
-        let no_waits = HashMap::new();
-        let extra_waits = cross.spanning_waits.get(&path).unwrap_or(&no_waits);
-        let (results, late_records, host) = stream::sweep_file_with_host(reader, &sk, &o, &late, extra_waits)?;
+        let extra_waits = cross.spanning_waits.get(path).unwrap_or(&no_waits);
+        stream::sweep_file_with_host(reader, sk, &o, &late, extra_waits)
+    });
+    for ((mut report, (_, reader, sk)), sweep) in shells.into_iter().zip(files).zip(sweeps) {
+        let (results, late_records, host) = sweep?;
         report.host = host;
         // after the sweep, which decoded every chunk: every damaged one is known
         report.warnings = reader.warnings();
@@ -191,7 +236,7 @@ fn analyze_readers(
         if late_records > 0 {
             report.warnings.push(format!(
                 "{late_records} records arrived more than {} s after newer ones and were left out of the sweep",
-                o.reorder_window_ns as f64 / 1e9
+                stream_opts.reorder_window_ns as f64 / 1e9
             ));
         }
         out.push(report);

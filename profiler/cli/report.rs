@@ -79,6 +79,10 @@ pub struct ReportConfig {
     /// the files come from different hosts, else realtime.
     #[arg(long, value_enum, ignore_case = true)]
     pub clock: Option<Clock>,
+    /// Threads for the analysis (files side by side, chunks decoded ahead); default: one per
+    /// core. The report is the same with any number.
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
 }
 
 /// A bin width: a number with a unit (ns, us/µs, ms, s), at least 1 µs.
@@ -148,6 +152,11 @@ impl ReportConfig {
                 None => ClockChoice::Auto,
                 Some(Clock::Realtime) => ClockChoice::Realtime,
                 Some(Clock::Collectives) => ClockChoice::Collectives,
+            },
+            jobs: match self.jobs {
+                Some(0) => bail!("--jobs 0: give at least 1 thread (default: one per core)"),
+                Some(n) => n.min(1024),
+                None => 0,
             },
         })
     }
