@@ -54,6 +54,6 @@ fn report_is_byte_identical_with_any_number_of_jobs() {
             );
         }
     }
-    let damaged = report_json(&[c.clone()], 1, DetailOptions::default());
+    let damaged = report_json(std::slice::from_ref(&c), 1, DetailOptions::default());
     assert!(damaged.contains("\"damaged_chunks\": [\n    {"), "the flipped byte damaged a chunk");
 }

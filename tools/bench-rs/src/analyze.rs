@@ -54,10 +54,15 @@ fn read_rate(path: &Path, rounds: usize) -> Result<(u64, f64)> {
     Ok((n, best))
 }
 
-/// Runs `analyze-child` on `path` in a child process and returns its JSON line.
+/// Runs `analyze-child` on `path` in a child process (one analysis thread) and returns its JSON line.
 fn child(path: &Path, mode: &str) -> Result<serde_json::Value> {
+    child_jobs(path, mode, 1)
+}
+
+/// [`child`] with `jobs` analysis threads (`report --jobs`).
+fn child_jobs(path: &Path, mode: &str, jobs: usize) -> Result<serde_json::Value> {
     let exe = std::env::current_exe()?;
-    let out = Command::new(exe).args(["analyze-child", mode]).arg(path).output()?;
+    let out = Command::new(exe).args(["analyze-child", mode]).arg(path).arg(jobs.to_string()).output()?;
     if !out.status.success() {
         bail!("analyze-child {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -66,13 +71,15 @@ fn child(path: &Path, mode: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(line)?)
 }
 
-/// `analyze-child {stream|memory} FILE`: one analysis; prints seconds, CPU seconds, peak RSS.
+/// `analyze-child {stream|memory} FILE [JOBS]`: one analysis (JOBS threads, default 1); prints
+/// seconds, CPU seconds (of this thread), peak RSS.
 pub fn bench_analyze_child(args: &[String]) -> Result<()> {
     let (mode, path) = match args {
         [m, p, ..] => (m.as_str(), PathBuf::from(p)),
-        _ => bail!("usage: analyze-child {{stream|memory}} FILE"),
+        _ => bail!("usage: analyze-child {{stream|memory}} FILE [JOBS]"),
     };
-    let opts = ReportOptions::default();
+    let jobs = args.get(2).map(|j| j.parse()).transpose().context("JOBS")?.unwrap_or(1);
+    let opts = ReportOptions { jobs, ..ReportOptions::default() };
     let rss_before = peak_rss_bytes();
     let t = Instant::now();
     let cpu0 = thread_cpu_s();
@@ -168,6 +175,8 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
     // --keep: leave the trace files in --dir (for profiling the analysis on them).
     let keep = args.iter().any(|a| a == "--keep");
     let hta_events: u64 = flag(args, "--hta").map(|s| s.parse()).transpose().context("--hta")?.unwrap_or(250_000);
+    // --jobs N: also the wall-clock rate with N analysis threads against 1, in the same run.
+    let jobs: usize = flag(args, "--jobs").map(|s| s.parse()).transpose().context("--jobs")?.unwrap_or(1);
     std::fs::create_dir_all(&dir)?;
     let mut sizes = Vec::new();
     for (label, n) in [("small", small), ("large", events)] {
@@ -203,6 +212,30 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
             read_n as f64 / stream_s / 1e6,
             stream["peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
         );
+        if jobs > 1 {
+            // Wall time, 1 thread and `jobs` threads alternately in the same run, best of 3
+            // each (the machine's neighbours weigh on both alike).
+            let (mut one, mut many) = (f64::MAX, f64::MAX);
+            let mut rss = 0f64;
+            for _ in 0..3 {
+                one = one.min(child_jobs(&path, "stream", 1)?["seconds"].as_f64().unwrap_or(f64::NAN));
+                let m = child_jobs(&path, "stream", jobs)?;
+                many = many.min(m["seconds"].as_f64().unwrap_or(f64::NAN));
+                rss = rss.max(m["peak_rss_bytes"].as_f64().unwrap_or(0.0));
+            }
+            eprintln!(
+                "{label}: wall, best of 3: 1 thread {:.2} M events/s, {jobs} threads {:.2} M events/s: {:.2}x, peak RSS {:.0} MiB",
+                read_n as f64 / one / 1e6,
+                read_n as f64 / many / 1e6,
+                one / many,
+                rss / (1 << 20) as f64
+            );
+            row["jobs"] = jobs.into();
+            row["wall_events_per_s_1_thread"] = (read_n as f64 / one).round().into();
+            row["wall_events_per_s_jobs"] = (read_n as f64 / many).round().into();
+            row["speedup_jobs"] = (one / many).into();
+            row["peak_rss_bytes_jobs"] = rss.into();
+        }
         if label == "small" {
             let memory = child(&path, "memory")?;
             eprintln!(
