@@ -31,8 +31,12 @@ fn peak_rss_bytes() -> u64 {
 }
 
 fn write_synthetic(path: &Path, events: u64) -> Result<()> {
+    write_synthetic_seed(path, events, 42)
+}
+
+fn write_synthetic_seed(path: &Path, events: u64, seed: u64) -> Result<()> {
     let interner = Arc::new(Interner::new());
-    let stream = TrainingStream::new(42, &interner).with_collective_kernels(&interner).take(events as usize);
+    let stream = TrainingStream::new(seed, &interner).with_collective_kernels(&interner).take(events as usize);
     let info = TraceInfo { command: vec!["tools/bench".into(), "analyze".into()], ..Default::default() };
     let mut w = TraceWriter::create(path, true, &info, interner.clone(), WriterOptions::default())?;
     w.append_all(stream)?;
@@ -72,7 +76,8 @@ fn child_jobs(path: &Path, mode: &str, jobs: usize) -> Result<serde_json::Value>
 }
 
 /// `analyze-child {stream|memory} FILE [JOBS]`: one analysis (JOBS threads, default 1); prints
-/// seconds, CPU seconds (of this thread), peak RSS.
+/// seconds, CPU seconds (of this thread), peak RSS. `stream` takes several files joined by
+/// commas (the ranks of one job, analyzed together).
 pub fn bench_analyze_child(args: &[String]) -> Result<()> {
     let (mode, path) = match args {
         [m, p, ..] => (m.as_str(), PathBuf::from(p)),
@@ -84,7 +89,10 @@ pub fn bench_analyze_child(args: &[String]) -> Result<()> {
     let t = Instant::now();
     let cpu0 = thread_cpu_s();
     let devices = match mode {
-        "stream" => analyze_files(std::slice::from_ref(&path), &opts)?.iter().map(|r| r.accounts.len()).sum::<usize>(),
+        "stream" => {
+            let paths: Vec<PathBuf> = args[1].split(',').map(PathBuf::from).collect();
+            analyze_files(&paths, &opts)?.iter().map(|r| r.accounts.len()).sum::<usize>()
+        }
         "memory" => {
             let l = load(&path)?;
             analyze_batch(path.display().to_string(), &l.batch, &l.names, l.warnings, &opts).accounts.len()
@@ -214,27 +222,43 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
         );
         if jobs > 1 {
             // Wall time, 1 thread and `jobs` threads alternately in the same run, best of 3
-            // each (the machine's neighbours weigh on both alike).
-            let (mut one, mut many) = (f64::MAX, f64::MAX);
-            let mut rss = 0f64;
-            for _ in 0..3 {
-                one = one.min(child_jobs(&path, "stream", 1)?["seconds"].as_f64().unwrap_or(f64::NAN));
-                let m = child_jobs(&path, "stream", jobs)?;
-                many = many.min(m["seconds"].as_f64().unwrap_or(f64::NAN));
-                rss = rss.max(m["peak_rss_bytes"].as_f64().unwrap_or(0.0));
+            // each (the machine's neighbours weigh on both alike): this file alone (its chunks
+            // decoded ahead), then `jobs` ranks' files of this size together (side by side).
+            let ranks: Vec<PathBuf> = (0..jobs).map(|r| dir.join(format!("bench-analyze-{label}-rank{r}.gptrace"))).collect();
+            for (r, p) in ranks.iter().enumerate().skip(1) {
+                write_synthetic_seed(p, n, 42 + r as u64)?;
             }
-            eprintln!(
-                "{label}: wall, best of 3: 1 thread {:.2} M events/s, {jobs} threads {:.2} M events/s: {:.2}x, peak RSS {:.0} MiB",
-                read_n as f64 / one / 1e6,
-                read_n as f64 / many / 1e6,
-                one / many,
-                rss / (1 << 20) as f64
-            );
-            row["jobs"] = jobs.into();
-            row["wall_events_per_s_1_thread"] = (read_n as f64 / one).round().into();
-            row["wall_events_per_s_jobs"] = (read_n as f64 / many).round().into();
-            row["speedup_jobs"] = (one / many).into();
-            row["peak_rss_bytes_jobs"] = rss.into();
+            std::fs::copy(&path, &ranks[0])?;
+            let joined = ranks.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(",");
+            for (what, arg, events) in [("one file", path.clone(), read_n), ("ranks", PathBuf::from(joined), read_n * jobs as u64)] {
+                let (mut one, mut many) = (f64::MAX, f64::MAX);
+                let mut rss = 0f64;
+                for _ in 0..3 {
+                    one = one.min(child_jobs(&arg, "stream", 1)?["seconds"].as_f64().unwrap_or(f64::NAN));
+                    let m = child_jobs(&arg, "stream", jobs)?;
+                    many = many.min(m["seconds"].as_f64().unwrap_or(f64::NAN));
+                    rss = rss.max(m["peak_rss_bytes"].as_f64().unwrap_or(0.0));
+                }
+                eprintln!(
+                    "{label}, {what} ({events} events): wall, best of 3: 1 thread {:.2} M events/s, {jobs} threads {:.2} M events/s: {:.2}x, peak RSS {:.0} MiB",
+                    events as f64 / one / 1e6,
+                    events as f64 / many / 1e6,
+                    one / many,
+                    rss / (1 << 20) as f64
+                );
+                let key = if what == "ranks" { "jobs_ranks" } else { "jobs_one_file" };
+                row[key] = serde_json::json!({
+                    "jobs": jobs,
+                    "events": events,
+                    "wall_events_per_s_1_thread": (events as f64 / one).round(),
+                    "wall_events_per_s_jobs": (events as f64 / many).round(),
+                    "speedup": one / many,
+                    "peak_rss_bytes_jobs": rss,
+                });
+            }
+            for p in &ranks {
+                let _ = std::fs::remove_file(p);
+            }
         }
         if label == "small" {
             let memory = child(&path, "memory")?;
