@@ -268,3 +268,16 @@ fn root_clocks_aligned_by_collectives_recover_offsets_drift_and_the_straggler() 
     assert!(warnings.contains("clocks not aligned by collectives") && warnings.contains("fewer than 8"), "{warnings}");
     assert!(text.contains("warning: clocks not aligned by collectives"), "{text}");
 }
+
+#[test]
+fn clock_and_jobs_flags_refuse_bad_values_in_one_line() {
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_ghostprof")).args(args).output().unwrap();
+    let out = run(&["report", "--clock", "sideways", "x.gptrace"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: realtime, collectives"));
+    let out = run(&["report", "--jobs", "0", "x.gptrace"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--jobs 0: give at least 1 thread"), "{err}");
+}

@@ -33,12 +33,12 @@ impl Dtype {
     }
 }
 
-/// How several trace files are put on one timeline (`--clock`).
+/// How several trace files are put on one timeline (`--clock`): each trace's CLOCK_REALTIME
+/// pair (NTP across hosts), or the collectives' end times (the ranks of a collective finish
+/// together). (No variant docs: clap would print them as a long help.)
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Clock {
-    /// Each trace's CLOCK_REALTIME mapping (NTP across hosts).
     Realtime,
-    /// The collectives' end times (the ranks of a collective finish together).
     Collectives,
 }
 
@@ -75,12 +75,10 @@ pub struct ReportConfig {
     /// Replace an existing HTML file.
     #[arg(long)]
     pub force: bool,
-    /// How to align several files' clocks: realtime or collectives; default: collectives when
-    /// the files come from different hosts, else realtime.
+    /// Align several files' clocks by realtime or collectives (default: collectives across hosts, else realtime).
     #[arg(long, value_enum, ignore_case = true)]
     pub clock: Option<Clock>,
-    /// Threads for the analysis (files side by side, chunks decoded ahead); default: one per
-    /// core. The report is the same with any number.
+    /// Analysis threads, the same report with any number (default: one per core).
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
 }

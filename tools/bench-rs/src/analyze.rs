@@ -224,13 +224,16 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
             // Wall time, 1 thread and `jobs` threads alternately in the same run, best of 3
             // each (the machine's neighbours weigh on both alike): this file alone (its chunks
             // decoded ahead), then `jobs` ranks' files of this size together (side by side).
-            let ranks: Vec<PathBuf> = (0..jobs).map(|r| dir.join(format!("bench-analyze-{label}-rank{r}.gptrace"))).collect();
+            let ranks: Vec<PathBuf> =
+                (0..jobs).map(|r| dir.join(format!("bench-analyze-{label}-rank{r}.gptrace"))).collect();
             for (r, p) in ranks.iter().enumerate().skip(1) {
                 write_synthetic_seed(p, n, 42 + r as u64)?;
             }
             std::fs::copy(&path, &ranks[0])?;
             let joined = ranks.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(",");
-            for (what, arg, events) in [("one file", path.clone(), read_n), ("ranks", PathBuf::from(joined), read_n * jobs as u64)] {
+            for (what, arg, events) in
+                [("one file", path.clone(), read_n), ("ranks", PathBuf::from(joined), read_n * jobs as u64)]
+            {
                 let (mut one, mut many) = (f64::MAX, f64::MAX);
                 let mut rss = 0f64;
                 for _ in 0..3 {
