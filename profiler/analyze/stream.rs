@@ -664,10 +664,38 @@ fn decoded_in_order(
         ready: BTreeMap<usize, Result<Option<Chunk>, TraceError>>,
         /// emptied chunks, their buffers reused
         spare: Vec<Chunk>,
-        /// the consumer stopped (an error): decoders leave
+        /// the consumer stopped (an error, or it unwound): decoders leave
         stop: bool,
+        /// a decoder unwound: the consumer stops waiting for its chunk
+        failed: bool,
     }
-    let shared = Mutex::new(Shared { next: 0, consumed: 0, ready: BTreeMap::new(), spare: Vec::new(), stop: false });
+    /// Sets its flag and wakes the other side when dropped, also while unwinding: neither
+    /// side waits forever for one that is gone.
+    struct Leave<'a> {
+        shared: &'a Mutex<Shared>,
+        wake: &'a Condvar,
+        decoder: bool,
+    }
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            let mut s = lock(self.shared);
+            if self.decoder {
+                s.failed |= std::thread::panicking();
+            } else {
+                s.stop = true;
+            }
+            drop(s);
+            self.wake.notify_all();
+        }
+    }
+    let shared = Mutex::new(Shared {
+        next: 0,
+        consumed: 0,
+        ready: BTreeMap::new(),
+        spare: Vec::new(),
+        stop: false,
+        failed: false,
+    });
     let (work, done) = (Condvar::new(), Condvar::new());
     fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
         m.lock().unwrap_or_else(|p| p.into_inner())
@@ -675,6 +703,7 @@ fn decoded_in_order(
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
+                let _leave = Leave { shared: &shared, wake: &done, decoder: true };
                 let mut scratch = Scratch::default();
                 loop {
                     let (i, mut chunk) = {
@@ -703,6 +732,7 @@ fn decoded_in_order(
                 }
             });
         }
+        let _leave = Leave { shared: &shared, wake: &work, decoder: false };
         let mut out = Ok(());
         for i in 0..n {
             let result = {
@@ -710,6 +740,9 @@ fn decoded_in_order(
                 loop {
                     if let Some(r) = s.ready.remove(&i) {
                         break r;
+                    }
+                    if s.failed {
+                        break Err(TraceError::Writer { what: format!("decoding chunk {i} failed on another thread") });
                     }
                     s = done.wait(s).unwrap_or_else(|p| p.into_inner());
                 }
@@ -729,8 +762,6 @@ fn decoded_in_order(
             }
             work.notify_all();
         }
-        lock(&shared).stop = true;
-        work.notify_all();
         out
     })
 }
