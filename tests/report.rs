@@ -117,7 +117,7 @@ fn write_job(dir: &Path, name: &str, job: &Job) -> std::path::PathBuf {
 }
 
 fn report(path: &Path, detail: DetailOptions) -> FileReport {
-    analyze_file_with(path, &ReportOptions { detail }).expect("analyzing")
+    analyze_file_with(path, &ReportOptions { detail, ..Default::default() }).expect("analyzing")
 }
 
 /// Every step is 10 ms: 6 ms compute (no FLOP source: inefficient), 2 ms all-reduce (one rank:
@@ -397,7 +397,7 @@ fn streaming_equals_in_memory() {
         (&two, DetailOptions::default()),
         (&two, DetailOptions { flops_per_step: Some(2e12), peak_flops: Some(1e15), ..Default::default() }),
     ] {
-        let opts = ReportOptions { detail };
+        let opts = ReportOptions { detail, ..Default::default() };
         let streamed = analyze_files(std::slice::from_ref(p), &opts).unwrap().remove(0);
         let ghostprof::analyze::Loaded { batch, names, warnings } = load(p).unwrap();
         let in_memory = analyze_batch(p.display().to_string(), &batch, &names, warnings, &opts);
@@ -579,7 +579,8 @@ fn random_records_never_panic_the_report() {
         }
         write_trace(&path, &records, &NAMES, 500);
         let detail = DetailOptions { step_regex: Some(gemm.clone()), ..Default::default() };
-        if let Ok(reports) = analyze_files(std::slice::from_ref(&path), &ReportOptions { detail }) {
+        if let Ok(reports) = analyze_files(std::slice::from_ref(&path), &ReportOptions { detail, ..Default::default() })
+        {
             let _ = render_text(&reports);
             let _ = render_json(&reports);
         }
@@ -685,7 +686,7 @@ fn streamed_json_is_the_document_byte_for_byte() {
     let dir = tmpdir();
     let a = write_job(dir.path(), "a.gptrace", &Job { rank: 0, slow_ns: 0, markers: true });
     let b = write_job(dir.path(), "b.gptrace", &Job { rank: 1, slow_ns: MS, markers: false });
-    let opts = ReportOptions { detail: DetailOptions { bin_ns: Some(MS), ..Default::default() } };
+    let opts = ReportOptions { detail: DetailOptions { bin_ns: Some(MS), ..Default::default() }, ..Default::default() };
     let reports = analyze_files(&[a, b], &opts).unwrap();
     let whole = serde_json::to_string_pretty(&render_json(&reports)).unwrap();
     let mut streamed = Vec::new();

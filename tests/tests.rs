@@ -8,11 +8,13 @@ mod attach_cross_rank; // root tier: after an attach, the collectives table, ske
 mod attach_inject; // root tier: `attach` injects the CUPTI library into jobs started without it (ptrace), refusals
 mod bpf; // root tier: the eBPF build chain loads a real program and sees real off-CPU time
 mod cli; // the ghostprof binary: `info` text and JSON, errors, record/attach/demo end to end (root)
+mod clock_align; // many hosts: clocks aligned by the collectives' end times, offsets and drift recovered (root)
 mod cupti; // root tier: the CUPTI injection library and its ring against gpusim's libcupti
 mod cupti_coexist; // root tier: beside another CUPTI client: eBPF only and a note before CUPTI 13.3, every kernel from 13.3
 mod export; // `export --format chrome` (Kineto-shaped JSON, HTA agrees), `report --html` (Chromium draws it)
 mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)
 mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what the ground truth says
+mod jobs; // `report --jobs N`: byte-identical reports with any number of threads (chunks, files, damage)
 mod nccl_profiler; // NCCL's algorithm/protocol via its profiler plugin API: wire decoding; gpusim runs (root)
 mod pipeline; // collectors → queues → writer: backpressure counts every dropped record
 mod report; // report detail: steps, bins, top kernels, gaps, checkpoint, collectives, straggler, flags

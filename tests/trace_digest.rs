@@ -93,7 +93,7 @@ fn fixture(n: usize) -> (Vec<Record>, Vec<String>) {
 }
 
 fn report_text(path: &Path, detail: DetailOptions) -> String {
-    let r = analyze_files(&[path.to_path_buf()], &ReportOptions { detail }).unwrap();
+    let r = analyze_files(&[path.to_path_buf()], &ReportOptions { detail, ..Default::default() }).unwrap();
     render_json(&r).to_string().replace(&path.display().to_string(), "FILE")
 }
 

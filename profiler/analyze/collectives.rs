@@ -183,13 +183,39 @@ pub struct RankInput {
     pub instances: Vec<CollInstance>,
 }
 
-/// A rank for the matching, with the offset that puts its clock on the common one.
+/// How one trace's clock maps onto the common one: `t + offset_ns + drift × (t − anchor_ns)`
+/// (a constant offset, and a rate difference for long recordings across hosts).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClockMap {
+    /// Added to its times at `anchor_ns`, ns.
+    pub offset_ns: i128,
+    /// Rate difference (20 ppm = 20e-6): the common clock gains this per ns of its own.
+    pub drift: f64,
+    /// Own time at which `offset_ns` holds, ns.
+    pub anchor_ns: u64,
+}
+
+impl ClockMap {
+    /// A constant offset.
+    pub fn offset(offset_ns: i128) -> ClockMap {
+        ClockMap { offset_ns, ..ClockMap::default() }
+    }
+
+    /// `t` on the common clock, ns.
+    pub fn apply(&self, t: u64) -> i128 {
+        let drift =
+            if self.drift == 0.0 { 0 } else { (self.drift * (t as f64 - self.anchor_ns as f64)).round() as i128 };
+        t as i128 + self.offset_ns + drift
+    }
+}
+
+/// A rank for the matching, with the map that puts its clock on the common one.
 #[derive(Debug, Clone, Copy)]
 pub struct RankView<'a> {
     /// The rank.
     pub input: &'a RankInput,
-    /// Added to its times to put them on the common clock, ns.
-    pub offset_ns: i128,
+    /// Puts its times on the common clock.
+    pub clock: ClockMap,
 }
 
 /// Totals of one (op, size bucket).
@@ -330,8 +356,8 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
     for (r, input) in ranks.iter().enumerate() {
         for (i, inst) in input.instances.iter().enumerate() {
             if let (UNKNOWN, Some((ks, ke))) = (inst.nranks, inst.kernel) {
-                let off = views[r].offset_ns;
-                by_end.push((ke as i128 + off, r as u32, i, ks as i128 + off));
+                let c = views[r].clock;
+                by_end.push((c.apply(ke), r as u32, i, c.apply(ks)));
             }
         }
     }
@@ -436,7 +462,7 @@ impl Booking<'_, '_> {
     /// Books one collective: `members` are (rank input, instance index), one per rank.
     fn group(&mut self, members: &[(usize, usize)], by_end: bool) {
         let (ranks, views) = (self.ranks, self.views);
-        let at = |&(r, i): &(usize, usize)| ranks[r].instances[i].arrival_ns as i128 + views[r].offset_ns;
+        let at = |&(r, i): &(usize, usize)| views[r].clock.apply(ranks[r].instances[i].arrival_ns);
         let first = members.iter().map(at).min().unwrap_or(0);
         let last = members.iter().map(at).max().unwrap_or(0);
         let spanning = by_end || members.iter().any(|m| ranks[m.0].file != ranks[members[0].0].file);
@@ -528,7 +554,7 @@ mod tests {
             pid: 20,
             instances: vec![inst(20, 1_005_000, 1_011_005), inst(20, 1_058_000, 1_061_002)],
         };
-        let views = [RankView { input: &a, offset_ns: 0 }, RankView { input: &b, offset_ns: -1_000_000 }];
+        let views = [RankView { input: &a, clock: ClockMap::offset(0) }, RankView { input: &b, clock: ClockMap::offset(-1_000_000) }];
         let cross = cross_rank(&views);
         let by_pid = |pid| cross.skew.iter().find(|s| s.pid == pid).unwrap();
         assert_eq!((by_pid(10).matched, by_pid(20).matched), (2, 2));

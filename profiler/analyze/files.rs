@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::account::analyze_with;
-use super::collectives::{self, CrossRank, RankInput, RankView};
+use super::clock_align::{self, AlignInput, ClockChoice, FileClock};
+use super::collectives::{self, ClockMap, CrossRank, RankInput, RankView};
 use super::host::ProcessHost;
 use super::model::{AccountOptions, DetailOptions, DeviceAccount, DeviceDetail, LateWindows, Window};
 use super::stream::{self, StreamOptions};
@@ -18,6 +19,42 @@ use crate::trace::{RecordBatch, TraceError, TraceReader};
 pub struct ReportOptions {
     /// Steps, bins and the FLOP source.
     pub detail: DetailOptions,
+    /// How several files are put on one timeline (`--clock`).
+    pub clock: ClockChoice,
+    /// Threads (`--jobs`): files analyzed side by side, and each file's chunks decoded ahead
+    /// of its sweep; 0: one per core. The result does not depend on it.
+    pub jobs: usize,
+}
+
+/// The threads `jobs` asks for: 0 is one per core.
+pub fn threads(jobs: usize) -> usize {
+    match jobs {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// `f(0) … f(n − 1)` on up to `threads` threads, the results in index order.
+fn par_map<R: Send>(n: usize, threads: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let threads = threads.clamp(1, n.max(1));
+    if threads == 1 {
+        return (0..n).map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<R>>> = (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let r = f(i);
+                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            });
+        }
+    });
+    slots.into_iter().filter_map(|s| s.into_inner().unwrap_or_else(|p| p.into_inner())).collect()
 }
 
 /// The analysis of one trace file.
@@ -36,6 +73,10 @@ pub struct FileReport {
     pub activity: HashMap<u32, String>,
     /// CLOCK_MONOTONIC → CLOCK_REALTIME, when the trace recorded it.
     pub realtime_offset_ns: Option<i128>,
+    /// The recording host's identity (header `host_id`), when the trace has one.
+    pub host_id: Option<String>,
+    /// How this file's clock was put on the common timeline ([`clock_align`]).
+    pub clock: FileClock,
     /// The reader's warnings (damaged chunks, ...) and records the sweep left out.
     pub warnings: Vec<String>,
     /// The recording session's notes, as stored in the trace (a collector off, CUPTI held…).
@@ -108,16 +149,23 @@ fn analyze_readers(
     readers: &[(String, TraceReader)],
     opts: &ReportOptions,
 ) -> Result<(Vec<FileReport>, usize), TraceError> {
-    let stream_opts = StreamOptions { detail: opts.detail.clone(), ..StreamOptions::default() };
+    // Files side by side first; the threads left over decode each file's chunks ahead.
+    let threads = threads(opts.jobs);
+    let side_by_side = threads.min(readers.len()).max(1);
+    let stream_opts = StreamOptions {
+        detail: opts.detail.clone(),
+        jobs: (threads / side_by_side).max(1),
+        ..StreamOptions::default()
+    };
     let mut files = Vec::new();
-    for (path, reader) in readers {
-        let skeleton = stream::summarize(reader, &stream_opts)?;
-        files.push((path.clone(), reader, skeleton));
+    let skeletons = par_map(readers.len(), side_by_side, |i| stream::summarize(&readers[i].1, &stream_opts));
+    for ((path, reader), skeleton) in readers.iter().zip(skeletons) {
+        files.push((path.clone(), reader, skeleton?));
     }
     let known = readers.iter().map(|r| r.1.damaged_chunks().len()).sum();
     let shells: Vec<FileReport> = files
         .iter()
-        .map(|(path, _, sk)| {
+        .map(|(path, reader, sk)| {
             let mut by_pid: std::collections::BTreeMap<u32, Vec<collectives::CollInstance>> = Default::default();
             for inst in collectives::instances(&sk.small, &sk.names) {
                 by_pid.entry(inst.pid).or_default().push(inst);
@@ -133,6 +181,8 @@ fn analyze_readers(
                     .collect(),
                 activity: HashMap::new(),
                 realtime_offset_ns: collectives::realtime_offset(&sk.small),
+                host_id: host_id(reader),
+                clock: FileClock::default(),
                 warnings: Vec::new(),
                 recording_notes: recording_notes(&sk.small, &sk.names),
                 damaged_chunks: Vec::new(),
@@ -140,15 +190,32 @@ fn analyze_readers(
             }
         })
         .collect();
+    let mut shells = shells;
+    let align_inputs: Vec<AlignInput> = shells
+        .iter()
+        .map(|r| AlignInput {
+            ranks: &r.ranks,
+            host_id: r.host_id.as_deref(),
+            realtime_offset_ns: r.realtime_offset_ns,
+        })
+        .collect();
+    let (clocks, clock_warning) = clock_align::align(&align_inputs, opts.clock);
+    for (r, c) in shells.iter_mut().zip(clocks) {
+        r.clock = c;
+    }
     let cross = cross_rank(&shells);
     let mut out = Vec::new();
-    for (mut report, (path, reader, sk)) in shells.into_iter().zip(files) {
-        let late = late_windows(&cross, &path);
+    let no_waits = HashMap::new();
+    let sweeps = par_map(files.len(), side_by_side, |i| {
+        let (path, reader, sk) = &files[i];
+        let late = late_windows(&cross, path);
         let mut o = stream_opts.clone();
         o.account.windows = sk.windows.clone();
-        let no_waits = HashMap::new();
-        let extra_waits = cross.spanning_waits.get(&path).unwrap_or(&no_waits);
-        let (results, late_records, host) = stream::sweep_file_with_host(reader, &sk, &o, &late, extra_waits)?;
+        let extra_waits = cross.spanning_waits.get(path).unwrap_or(&no_waits);
+        stream::sweep_file_with_host(reader, sk, &o, &late, extra_waits)
+    });
+    for ((mut report, (_, reader, sk)), sweep) in shells.into_iter().zip(files).zip(sweeps) {
+        let (results, late_records, host) = sweep?;
         report.host = host;
         // after the sweep, which decoded every chunk: every damaged one is known
         report.warnings = reader.warnings();
@@ -169,12 +236,21 @@ fn analyze_readers(
         if late_records > 0 {
             report.warnings.push(format!(
                 "{late_records} records arrived more than {} s after newer ones and were left out of the sweep",
-                o.reorder_window_ns as f64 / 1e9
+                stream_opts.reorder_window_ns as f64 / 1e9
             ));
         }
         out.push(report);
     }
+    if let (Some(w), Some(first)) = (clock_warning, out.first_mut()) {
+        first.warnings.push(w);
+    }
     Ok((out, known))
+}
+
+/// The host identity a trace's header recorded (`host_id`, format 1.2), at most 256 bytes.
+fn host_id(reader: &TraceReader) -> Option<String> {
+    let id = reader.header().meta.get("host_id")?.as_str()?;
+    (!id.is_empty() && id.len() <= 256).then(|| id.to_string())
 }
 
 /// The texts of a trace's session notes, in order, each once.
@@ -222,7 +298,7 @@ pub fn analyze_batch(
     }
     let ranks: Vec<RankInput> =
         by_pid.into_iter().map(|(pid, instances)| RankInput { file: path.clone(), pid, instances }).collect();
-    let views: Vec<RankView> = ranks.iter().map(|input| RankView { input, offset_ns: 0 }).collect();
+    let views: Vec<RankView> = ranks.iter().map(|input| RankView { input, clock: ClockMap::default() }).collect();
     let late = late_windows(&collectives::cross_rank(&views), &path);
     let account_opts = AccountOptions { windows: process_windows(batch), ..AccountOptions::default() };
     let mut accounts = Vec::new();
@@ -248,6 +324,8 @@ pub fn analyze_batch(
         ranks,
         activity,
         realtime_offset_ns: collectives::realtime_offset(batch),
+        host_id: None,
+        clock: FileClock::default(),
         warnings,
         recording_notes: recording_notes(batch, names),
         damaged_chunks: Vec::new(),
@@ -265,17 +343,12 @@ pub fn late_windows(cross: &CrossRank, file: &str) -> LateWindows {
         .collect()
 }
 
-/// The cross-rank view of all files. Several files are put on CLOCK_REALTIME when each
-/// recorded the mapping (ranks on different hosts); otherwise their monotonic clocks are used.
+/// The cross-rank view of all files, each file's clock mapped as [`analyze_files`] aligned it
+/// ([`clock_align::align`]: by the collectives across hosts, else CLOCK_REALTIME when each
+/// recorded the mapping, else their monotonic clocks).
 pub fn cross_rank(reports: &[FileReport]) -> CrossRank {
-    let realtime = reports.len() > 1 && reports.iter().all(|r| r.realtime_offset_ns.is_some());
-    let ranks: Vec<RankView> = reports
-        .iter()
-        .flat_map(|r| {
-            let offset_ns = if realtime { r.realtime_offset_ns.unwrap_or(0) } else { 0 };
-            r.ranks.iter().map(move |input| RankView { input, offset_ns })
-        })
-        .collect();
+    let ranks: Vec<RankView> =
+        reports.iter().flat_map(|r| r.ranks.iter().map(move |input| RankView { input, clock: r.clock.map })).collect();
     collectives::cross_rank(&ranks)
 }
 

@@ -13,7 +13,8 @@
 //!   both paths below call;
 //! - `account` (records in memory) and [`stream`] (a file chunk by chunk, bounded memory):
 //!   the two paths, same arithmetic;
-//! - [`join`], [`nccl_algo`], then [`collectives`] (cross-rank matching: skew, straggler);
+//! - [`join`], [`nccl_algo`], then [`collectives`] (cross-rank matching: skew, straggler),
+//!   then [`clock_align`] (each file's clock from the collectives' end times);
 //! - [`files`]: whole files ([`FileReport`], what `report/` renders).
 //!
 //! Entry points, and why each remains:
@@ -30,6 +31,7 @@
 //! (A former `analyze`, [`analyze_with`] without late windows, had no caller and is gone.)
 
 pub(crate) mod account;
+pub mod clock_align;
 pub mod collectives;
 pub mod files;
 mod flops;

@@ -45,6 +45,8 @@ pub struct StreamOptions {
     pub detail: DetailOptions,
     /// Records arriving later than this behind the newest record read are counted, not swept.
     pub reorder_window_ns: u64,
+    /// Threads decoding chunks ahead of the sweep (1: none, the sweep decodes them itself).
+    pub jobs: usize,
 }
 
 impl Default for StreamOptions {
@@ -53,6 +55,7 @@ impl Default for StreamOptions {
             account: AccountOptions::default(),
             detail: DetailOptions::default(),
             reorder_window_ns: 5_000_000_000,
+            jobs: 1,
         }
     }
 }
@@ -488,7 +491,7 @@ pub fn sweep_file_with_host(
         for k in &need_steps_compute {
             per_step.insert(*k, vec![0; plans[k].steps.len()]);
         }
-        reader.for_each_chunk_lean(&|k| k == Kind::KernelExec, |c| {
+        decoded_in_order(reader, &|k| k == Kind::KernelExec, opts.jobs, |_, c| {
             for k in c.records.kernels.iter().filter(|k| !is_comm(k.name_id)) {
                 let key = (k.pid, k.device);
                 if let Some(acc) = fraction_acc.get_mut(&key) {
@@ -523,7 +526,7 @@ pub fn sweep_file_with_host(
         for k in &late_steps {
             per_step.insert(*k, vec![0; plans[k].steps.len()]);
         }
-        reader.for_each_chunk_lean(&|k| k == Kind::KernelExec, |c| {
+        decoded_in_order(reader, &|k| k == Kind::KernelExec, opts.jobs, |_, c| {
             for k in c.records.kernels.iter().filter(|k| !is_comm(k.name_id)) {
                 let key = (k.pid, k.device);
                 if let Some(busy) = per_step.get_mut(&key) {
@@ -606,7 +609,7 @@ pub fn sweep_file_with_host(
         )
     };
     let mut host = HostAccumulator::default();
-    reader.for_each_chunk_lean_at(&swept_kinds, |i, c| {
+    decoded_in_order(reader, &swept_kinds, opts.jobs, |i, c| {
         host.add(&c.records);
         sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.stall_policy(), long);
         let next_min = sk.suffix_min_ts.get(i + 1).copied().unwrap_or(u64::MAX);
@@ -629,6 +632,141 @@ pub fn sweep_file_with_host(
         })
         .collect();
     Ok((results, late_records, host.finish()))
+}
+
+/// Chunks decoded ahead of a consumer at most, per decoding thread: bounds the memory the
+/// decoded chunks hold (a chunk is at most 131,072 records by default).
+const AHEAD_PER_THREAD: usize = 2;
+
+/// [`TraceReader::for_each_chunk_lean_at`] with `jobs − 1` threads decoding (decompressing,
+/// decoding the columns) the next chunks while `f` consumes the current one on this thread,
+/// in chunk order: `f` sees exactly the chunks, in the order, of the one-thread call, so the
+/// result does not depend on `jobs`. At most `AHEAD_PER_THREAD` chunks per thread are held
+/// decoded. Damaged chunks are skipped and remembered by the reader, as there.
+fn decoded_in_order(
+    reader: &TraceReader,
+    wanted: &(dyn Fn(Kind) -> bool + Sync),
+    jobs: usize,
+    mut f: impl FnMut(usize, &Chunk),
+) -> Result<(), TraceError> {
+    use std::collections::BTreeMap;
+    use std::sync::{Condvar, Mutex};
+    let n = reader.chunks().len();
+    let workers = jobs.saturating_sub(1).min(n.saturating_sub(1));
+    if workers == 0 {
+        return reader.for_each_chunk_lean_at(wanted, f);
+    }
+    let damaged: HashSet<usize> = reader.damaged_chunks().iter().map(|d| d.chunk).collect();
+    let window = workers * AHEAD_PER_THREAD;
+    struct Shared {
+        /// next chunk to hand to a decoder
+        next: usize,
+        /// next chunk the consumer takes
+        consumed: usize,
+        /// decoded and not yet taken: None for a damaged chunk
+        ready: BTreeMap<usize, Result<Option<Chunk>, TraceError>>,
+        /// emptied chunks, their buffers reused
+        spare: Vec<Chunk>,
+        /// the consumer stopped (an error, or it unwound): decoders leave
+        stop: bool,
+        /// a decoder unwound: the consumer stops waiting for its chunk
+        failed: bool,
+    }
+    /// Sets its flag and wakes the other side when dropped, also while unwinding: neither
+    /// side waits forever for one that is gone.
+    struct Leave<'a> {
+        shared: &'a Mutex<Shared>,
+        wake: &'a Condvar,
+        decoder: bool,
+    }
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            let mut s = lock(self.shared);
+            if self.decoder {
+                s.failed |= std::thread::panicking();
+            } else {
+                s.stop = true;
+            }
+            drop(s);
+            self.wake.notify_all();
+        }
+    }
+    let shared = Mutex::new(Shared {
+        next: 0,
+        consumed: 0,
+        ready: BTreeMap::new(),
+        spare: Vec::new(),
+        stop: false,
+        failed: false,
+    });
+    let (work, done) = (Condvar::new(), Condvar::new());
+    fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let _leave = Leave { shared: &shared, wake: &done, decoder: true };
+                let mut scratch = Scratch::default();
+                loop {
+                    let (i, mut chunk) = {
+                        let mut s = lock(&shared);
+                        while !s.stop && s.next < n && s.next >= s.consumed + window {
+                            s = work.wait(s).unwrap_or_else(|p| p.into_inner());
+                        }
+                        if s.stop || s.next >= n {
+                            return;
+                        }
+                        s.next += 1;
+                        (s.next - 1, s.spare.pop().unwrap_or_default())
+                    };
+                    let result = if damaged.contains(&i) {
+                        Ok(None)
+                    } else {
+                        match reader.read_chunk_decode(i, &mut scratch, &mut chunk, wanted, true) {
+                            Ok(()) => Ok(Some(chunk)),
+                            // remembered by read_chunk_decode
+                            Err(TraceError::Corrupt { .. }) => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    };
+                    lock(&shared).ready.insert(i, result);
+                    done.notify_all();
+                }
+            });
+        }
+        let _leave = Leave { shared: &shared, wake: &work, decoder: false };
+        let mut out = Ok(());
+        for i in 0..n {
+            let result = {
+                let mut s = lock(&shared);
+                loop {
+                    if let Some(r) = s.ready.remove(&i) {
+                        break r;
+                    }
+                    if s.failed {
+                        break Err(TraceError::Writer { what: format!("decoding chunk {i} failed on another thread") });
+                    }
+                    s = done.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            match result {
+                Ok(Some(chunk)) => {
+                    f(i, &chunk);
+                    let mut s = lock(&shared);
+                    s.spare.push(chunk);
+                    s.consumed = i + 1;
+                }
+                Ok(None) => lock(&shared).consumed = i + 1,
+                Err(e) => {
+                    out = Err(e);
+                    break;
+                }
+            }
+            work.notify_all();
+        }
+        out
+    })
 }
 
 fn add_step_compute(steps: &[(u64, u64)], busy: &mut [u64], start: u64, end: u64) {

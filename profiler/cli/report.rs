@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use crate::analyze::clock_align::ClockChoice;
 use crate::analyze::{analyze_files, ReportOptions};
 use crate::analyze::{peak, DetailOptions};
 use crate::report::{html, render_text, write_json, ReportDoc};
@@ -30,6 +31,15 @@ impl Dtype {
             Dtype::Fp8 => "fp8",
         }
     }
+}
+
+/// How several trace files are put on one timeline (`--clock`): each trace's CLOCK_REALTIME
+/// pair (NTP across hosts), or the collectives' end times (the ranks of a collective finish
+/// together). (No variant docs: clap would print them as a long help.)
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    Realtime,
+    Collectives,
 }
 
 /// `ghostprof report`'s arguments, used as its configuration.
@@ -65,6 +75,12 @@ pub struct ReportConfig {
     /// Replace an existing HTML file.
     #[arg(long)]
     pub force: bool,
+    /// Align several files' clocks by realtime or collectives (default: collectives across hosts, else realtime).
+    #[arg(long, value_enum, ignore_case = true)]
+    pub clock: Option<Clock>,
+    /// Analysis threads, the same report with any number (default: one per core).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
 }
 
 /// A bin width: a number with a unit (ns, us/µs, ms, s), at least 1 µs.
@@ -129,6 +145,16 @@ impl ReportConfig {
                 flops_per_step: self.flops_per_step,
                 peak_flops,
                 ..DetailOptions::default()
+            },
+            clock: match self.clock {
+                None => ClockChoice::Auto,
+                Some(Clock::Realtime) => ClockChoice::Realtime,
+                Some(Clock::Collectives) => ClockChoice::Collectives,
+            },
+            jobs: match self.jobs {
+                Some(0) => bail!("--jobs 0: give at least 1 thread (default: one per core)"),
+                Some(n) => n.min(1024),
+                None => 0,
             },
         })
     }

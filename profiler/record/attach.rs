@@ -128,6 +128,7 @@ pub fn attach(
         let _ = std::os::unix::fs::lchown(&cfg.output, Some(uid), Some(gid));
     }
     let mut producer = pipeline.producer(Source::Ebpf);
+    producer.push(super::session::realtime_sync());
     c.start(&pipeline);
     // The library into every CUDA process of the tree first, so its ring is there for the scan.
     let mut injector = Injector::new(cfg);

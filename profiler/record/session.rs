@@ -17,7 +17,14 @@ use crate::collect::nvml::NvmlStats;
 use crate::collect::procmaps;
 use crate::collect::sched::{CollectError, OffCpuStats};
 use crate::pipeline::{Pipeline, PipelineOptions, PipelineStats};
-use crate::trace::{ProcessInfo, Source, TraceError, TraceInfo, WriteSummary};
+use crate::trace::{ClockDomain, ClockSync, ProcessInfo, Source, TraceError, TraceInfo, WriteSummary};
+
+/// This host's CLOCK_MONOTONIC → CLOCK_REALTIME pair, so `report` can put traces of several
+/// hosts on one timeline when their collectives cannot (docs/metrics.md, "Clock alignment").
+pub(crate) fn realtime_sync() -> ClockSync {
+    let (monotonic_ns, other_ns, uncertainty_ns) = crate::clock::realtime_pair();
+    ClockSync { monotonic_ns, other_ns, uncertainty_ns, domain: ClockDomain::Realtime as u32, device: 0 }
+}
 
 /// Why a recording session (record or attach) failed.
 #[derive(Debug, thiserror::Error)]
@@ -428,6 +435,7 @@ pub fn record_command_with_progress(
         name_id: producer.intern(&program),
         cmdline_id: producer.intern(&cfg.command.join(" ")),
     });
+    producer.push(realtime_sync());
     let mut child = held.release();
 
     let timers = LoopOptions {

@@ -26,6 +26,9 @@ pub const SCHEMA: &str = "ghostprof.report.v1";
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ReportDoc<'a> {
+    /// How several files were put on one timeline; absent with one file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_alignment: Option<ClockAlignmentDoc>,
     /// Per (op, size bucket) over all files, most time first.
     pub collectives: Vec<CollectiveDoc>,
     /// Chunks of the files that could not be read and were left out.
@@ -54,6 +57,41 @@ pub struct ReportDoc<'a> {
     /// Not in the JSON: the straggler's index in `skew`.
     #[serde(skip)]
     pub straggler: Option<usize>,
+}
+
+/// `clock_alignment`: how the files' clocks were put on one timeline (docs/metrics.md, "Clock
+/// alignment").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClockAlignmentDoc {
+    /// One per file, in the order given.
+    pub files: Vec<FileClockDoc>,
+    /// `collectives`, `realtime` or `monotonic`.
+    pub method: String,
+}
+
+/// One file's clock: its time t maps to `t + offset_ns + drift_ppm × 1e-6 × (t − anchor_ns)`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileClockDoc {
+    /// Own time at which `offset_ns` holds, ns.
+    pub anchor_ns: u64,
+    /// Rate difference to the common clock, parts per million.
+    pub drift_ppm: f64,
+    /// The trace file's path.
+    pub file: String,
+    /// The recording host's identity, when the trace has one.
+    pub host_id: Option<String>,
+    /// Collectives matched with the reference file (`collectives` only).
+    pub matched: u64,
+    /// Added to the file's times at `anchor_ns`, ns.
+    pub offset_ns: i64,
+    /// Matched collectives left out of the fit as outliers.
+    pub outliers: u64,
+    /// Whether this is the reference file.
+    pub reference: bool,
+    /// Root mean square of the fit's residuals, ns.
+    pub residual_ns: f64,
 }
 
 /// One file of the report (not in the JSON, which lists devices and hosts of all files):
@@ -658,7 +696,25 @@ impl<'a> ReportDoc<'a> {
                 r.recording_notes.iter().map(move |n| RecordingNoteDoc { file: r.path.clone(), note: n.clone() })
             })
             .collect();
+        let clock_alignment = (reports.len() > 1).then(|| ClockAlignmentDoc {
+            files: reports
+                .iter()
+                .map(|r| FileClockDoc {
+                    anchor_ns: r.clock.map.anchor_ns,
+                    drift_ppm: r.clock.map.drift * 1e6,
+                    file: r.path.clone(),
+                    host_id: r.host_id.clone(),
+                    matched: r.clock.matched,
+                    offset_ns: r.clock.map.offset_ns.clamp(i64::MIN as i128, i64::MAX as i128) as i64,
+                    outliers: r.clock.outliers,
+                    reference: r.clock.reference,
+                    residual_ns: r.clock.residual_ns,
+                })
+                .collect(),
+            method: reports[0].clock.method.name().to_string(),
+        });
         ReportDoc {
+            clock_alignment,
             collectives,
             damaged_chunks,
             devices,

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::model::{DeviceDoc, FileIoDoc, OffCpu, PartitionDoc, ProcessHostDoc, ReportDoc};
+use super::model::{ClockAlignmentDoc, DeviceDoc, FileIoDoc, OffCpu, PartitionDoc, ProcessHostDoc, ReportDoc};
 use super::pct;
 use crate::analyze::files::FileReport;
 use crate::analyze::Category;
@@ -180,6 +180,40 @@ pub fn render_text(reports: &[FileReport]) -> String {
 }
 
 /// The terminal summary of a document made by [`ReportDoc::from_reports`].
+/// Which alignment put the files on one timeline, and each file's fit.
+fn clock_section(o: &mut String, a: &ClockAlignmentDoc) {
+    match a.method.as_str() {
+        "collectives" => {
+            let _ = writeln!(
+                o,
+                "clocks aligned by the collectives' end times:   offset ms  drift ppm  residual µs  matched"
+            );
+            for f in &a.files {
+                if f.reference {
+                    let _ = writeln!(o, "  {} (reference)", esc(&f.file));
+                } else {
+                    let _ = writeln!(
+                        o,
+                        "  {} {:>+12.3} {:>+10.2} {:>12.2} {:>8}{}",
+                        esc(&f.file),
+                        f.offset_ns as f64 / 1e6,
+                        f.drift_ppm,
+                        f.residual_ns / 1e3,
+                        f.matched,
+                        if f.outliers > 0 { format!(" ({} outliers)", f.outliers) } else { String::new() }
+                    );
+                }
+            }
+        }
+        "realtime" => {
+            let _ = writeln!(o, "clocks aligned by CLOCK_REALTIME (one host, or NTP's error across hosts)");
+        }
+        _ => {
+            let _ = writeln!(o, "clocks: each file's own CLOCK_MONOTONIC (not every file recorded CLOCK_REALTIME)");
+        }
+    }
+}
+
 pub fn render_doc(doc: &ReportDoc) -> String {
     let mut o = String::new();
     let (mut devices, mut hosts) = (&doc.devices[..], &doc.hosts[..]);
@@ -250,6 +284,9 @@ pub fn render_doc(doc: &ReportDoc) -> String {
                 esc(c.algorithm.as_deref().unwrap_or("-"))
             );
         }
+    }
+    if let Some(a) = &doc.clock_alignment {
+        clock_section(&mut o, a);
     }
     if doc.skew.iter().filter(|s| s.matched > 0).count() >= 2 {
         let _ = writeln!(o, "arrival skew at matched collectives:  mean µs    max µs  last to arrive");

@@ -15,8 +15,9 @@ use super::records::{Kind, RecordBatch};
 
 /// Major format version: a reader reads only files of its own major version.
 pub const FORMAT_MAJOR: u16 = 1;
-/// Minor format version: minor versions only add record kinds or sections, which readers skip.
-pub const FORMAT_MINOR: u16 = 1;
+/// Minor format version: minor versions only add record kinds, sections or header keys, which
+/// readers skip (1.1: the chunk digest; 1.2: the header's `host_id`).
+pub const FORMAT_MINOR: u16 = 2;
 
 /// Magic at the start of the header frame's content.
 pub const HEADER_MAGIC: &[u8; 8] = b"GHSTPROF";

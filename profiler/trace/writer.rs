@@ -414,6 +414,9 @@ fn header_json(info: &TraceInfo) -> serde_json::Value {
     m.insert("created_unix_ns".into(), created_unix_ns.into());
     m.insert("clock".into(), "CLOCK_MONOTONIC".into());
     m.insert("hostname".into(), hostname().into());
+    if let Some(id) = host_id() {
+        m.insert("host_id".into(), id.into());
+    }
     m.insert("command".into(), info.command.clone().into());
     m.insert("target_pids".into(), info.target_pids.clone().into());
     for (k, v) in &info.extra {
@@ -421,6 +424,18 @@ fn header_json(info: &TraceInfo) -> serde_json::Value {
     }
     m.insert("schema".into(), format::schema_json());
     serde_json::Value::Object(m)
+}
+
+/// The host's identity, for aligning the clocks of traces from several hosts: systemd's
+/// `/etc/machine-id`, else this boot's id (a boot id changes at reboot: still one per host and
+/// recording). At most 64 bytes of one line.
+fn host_id() -> Option<String> {
+    ["/etc/machine-id", "/proc/sys/kernel/random/boot_id"].iter().find_map(|p| {
+        let mut buf = [0u8; 64];
+        let n = std::io::Read::read(&mut std::fs::File::open(p).ok()?, &mut buf).ok()?;
+        let id = std::str::from_utf8(&buf[..n]).ok()?.trim();
+        (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')).then(|| id.to_string())
+    })
 }
 
 fn hostname() -> String {

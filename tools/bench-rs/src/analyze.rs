@@ -31,8 +31,12 @@ fn peak_rss_bytes() -> u64 {
 }
 
 fn write_synthetic(path: &Path, events: u64) -> Result<()> {
+    write_synthetic_seed(path, events, 42)
+}
+
+fn write_synthetic_seed(path: &Path, events: u64, seed: u64) -> Result<()> {
     let interner = Arc::new(Interner::new());
-    let stream = TrainingStream::new(42, &interner).with_collective_kernels(&interner).take(events as usize);
+    let stream = TrainingStream::new(seed, &interner).with_collective_kernels(&interner).take(events as usize);
     let info = TraceInfo { command: vec!["tools/bench".into(), "analyze".into()], ..Default::default() };
     let mut w = TraceWriter::create(path, true, &info, interner.clone(), WriterOptions::default())?;
     w.append_all(stream)?;
@@ -54,10 +58,15 @@ fn read_rate(path: &Path, rounds: usize) -> Result<(u64, f64)> {
     Ok((n, best))
 }
 
-/// Runs `analyze-child` on `path` in a child process and returns its JSON line.
+/// Runs `analyze-child` on `path` in a child process (one analysis thread) and returns its JSON line.
 fn child(path: &Path, mode: &str) -> Result<serde_json::Value> {
+    child_jobs(path, mode, 1)
+}
+
+/// [`child`] with `jobs` analysis threads (`report --jobs`).
+fn child_jobs(path: &Path, mode: &str, jobs: usize) -> Result<serde_json::Value> {
     let exe = std::env::current_exe()?;
-    let out = Command::new(exe).args(["analyze-child", mode]).arg(path).output()?;
+    let out = Command::new(exe).args(["analyze-child", mode]).arg(path).arg(jobs.to_string()).output()?;
     if !out.status.success() {
         bail!("analyze-child {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -66,18 +75,24 @@ fn child(path: &Path, mode: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(line)?)
 }
 
-/// `analyze-child {stream|memory} FILE`: one analysis; prints seconds, CPU seconds, peak RSS.
+/// `analyze-child {stream|memory} FILE [JOBS]`: one analysis (JOBS threads, default 1); prints
+/// seconds, CPU seconds (of this thread), peak RSS. `stream` takes several files joined by
+/// commas (the ranks of one job, analyzed together).
 pub fn bench_analyze_child(args: &[String]) -> Result<()> {
     let (mode, path) = match args {
         [m, p, ..] => (m.as_str(), PathBuf::from(p)),
-        _ => bail!("usage: analyze-child {{stream|memory}} FILE"),
+        _ => bail!("usage: analyze-child {{stream|memory}} FILE [JOBS]"),
     };
-    let opts = ReportOptions::default();
+    let jobs = args.get(2).map(|j| j.parse()).transpose().context("JOBS")?.unwrap_or(1);
+    let opts = ReportOptions { jobs, ..ReportOptions::default() };
     let rss_before = peak_rss_bytes();
     let t = Instant::now();
     let cpu0 = thread_cpu_s();
     let devices = match mode {
-        "stream" => analyze_files(std::slice::from_ref(&path), &opts)?.iter().map(|r| r.accounts.len()).sum::<usize>(),
+        "stream" => {
+            let paths: Vec<PathBuf> = args[1].split(',').map(PathBuf::from).collect();
+            analyze_files(&paths, &opts)?.iter().map(|r| r.accounts.len()).sum::<usize>()
+        }
         "memory" => {
             let l = load(&path)?;
             analyze_batch(path.display().to_string(), &l.batch, &l.names, l.warnings, &opts).accounts.len()
@@ -168,6 +183,8 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
     // --keep: leave the trace files in --dir (for profiling the analysis on them).
     let keep = args.iter().any(|a| a == "--keep");
     let hta_events: u64 = flag(args, "--hta").map(|s| s.parse()).transpose().context("--hta")?.unwrap_or(250_000);
+    // --jobs N: also the wall-clock rate with N analysis threads against 1, in the same run.
+    let jobs: usize = flag(args, "--jobs").map(|s| s.parse()).transpose().context("--jobs")?.unwrap_or(1);
     std::fs::create_dir_all(&dir)?;
     let mut sizes = Vec::new();
     for (label, n) in [("small", small), ("large", events)] {
@@ -203,6 +220,49 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
             read_n as f64 / stream_s / 1e6,
             stream["peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
         );
+        if jobs > 1 {
+            // Wall time, 1 thread and `jobs` threads alternately in the same run, best of 3
+            // each (the machine's neighbours weigh on both alike): this file alone (its chunks
+            // decoded ahead), then `jobs` ranks' files of this size together (side by side).
+            let ranks: Vec<PathBuf> =
+                (0..jobs).map(|r| dir.join(format!("bench-analyze-{label}-rank{r}.gptrace"))).collect();
+            for (r, p) in ranks.iter().enumerate().skip(1) {
+                write_synthetic_seed(p, n, 42 + r as u64)?;
+            }
+            std::fs::copy(&path, &ranks[0])?;
+            let joined = ranks.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(",");
+            for (what, arg, events) in
+                [("one file", path.clone(), read_n), ("ranks", PathBuf::from(joined), read_n * jobs as u64)]
+            {
+                let (mut one, mut many) = (f64::MAX, f64::MAX);
+                let mut rss = 0f64;
+                for _ in 0..3 {
+                    one = one.min(child_jobs(&arg, "stream", 1)?["seconds"].as_f64().unwrap_or(f64::NAN));
+                    let m = child_jobs(&arg, "stream", jobs)?;
+                    many = many.min(m["seconds"].as_f64().unwrap_or(f64::NAN));
+                    rss = rss.max(m["peak_rss_bytes"].as_f64().unwrap_or(0.0));
+                }
+                eprintln!(
+                    "{label}, {what} ({events} events): wall, best of 3: 1 thread {:.2} M events/s, {jobs} threads {:.2} M events/s: {:.2}x, peak RSS {:.0} MiB",
+                    events as f64 / one / 1e6,
+                    events as f64 / many / 1e6,
+                    one / many,
+                    rss / (1 << 20) as f64
+                );
+                let key = if what == "ranks" { "jobs_ranks" } else { "jobs_one_file" };
+                row[key] = serde_json::json!({
+                    "jobs": jobs,
+                    "events": events,
+                    "wall_events_per_s_1_thread": (events as f64 / one).round(),
+                    "wall_events_per_s_jobs": (events as f64 / many).round(),
+                    "speedup": one / many,
+                    "peak_rss_bytes_jobs": rss,
+                });
+            }
+            for p in &ranks {
+                let _ = std::fs::remove_file(p);
+            }
+        }
         if label == "small" {
             let memory = child(&path, "memory")?;
             eprintln!(
