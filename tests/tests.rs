@@ -6,6 +6,7 @@ mod util; // shared helpers: temp dirs, writing synthetic traces, byte-level com
 mod analyze; // root tier: the accounting of recorded gpusim runs against the ground truth
 mod bpf; // root tier: the eBPF build chain loads a real program and sees real off-CPU time
 mod cli; // the ghostprof binary: `info` text and JSON, errors, record/attach/demo end to end (root)
+mod cost; // root tier: the injection library's own CPU cost in the job, against a known callback burn
 mod cupti; // root tier: the CUPTI injection library and its ring against gpusim's libcupti
 mod export; // `export --format chrome` (Kineto-shaped JSON, HTA agrees), `report --html` (Chromium draws it)
 mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)

@@ -125,7 +125,9 @@ fn control_loop() {
             } else if !wanted && ACTIVE.load(Ordering::Acquire) {
                 disable();
             }
+            crate::cost::control_tick();
             if ACTIVE.load(Ordering::Acquire) {
+                push(wire::COST, &crate::cost::payload());
                 clock_pair();
                 pm_start_pending();
                 pm_collect(false);
@@ -247,6 +249,7 @@ unsafe extern "C" fn launch_callback(
 ) {
     let timed = SELF_TIME.load(Ordering::Relaxed) && CALLBACKS.fetch_add(1, Ordering::Relaxed) % 16 == 0;
     let t0 = if timed { monotonic_ns() } else { 0 };
+    let cost = crate::cost::callback_enter();
     let _ = catch_unwind(|| {
         if data.is_null() || !ACTIVE.load(Ordering::Relaxed) {
             return;
@@ -289,6 +292,7 @@ unsafe extern "C" fn launch_callback(
         };
         push(wire::ACTIVITY, bytes);
     });
+    crate::cost::callback_exit(cost);
     if timed {
         // Wall time of a ~50 ns body: a sample over 5 µs was preempted, not slow; left out.
         let ns = monotonic_ns().saturating_sub(t0);
@@ -413,6 +417,7 @@ fn enable() {
         }
         crate::api::cuptiActivityFlushPeriod(100);
     }
+    crate::cost::reset();
     ACTIVE.store(true, Ordering::Release);
     clock_pair();
     PM_ATTEMPTS.store(0, Ordering::Release);
@@ -469,10 +474,13 @@ fn disable() {
 extern "C" fn at_exit() {
     let _ = catch_unwind(|| {
         if ACTIVE.load(Ordering::Acquire) {
-            // SAFETY: flushing completed buffers at process exit, as CUPTI's samples do.
-            unsafe { crate::api::cuptiActivityFlushAll(1) };
-            clock_pair();
-            pm_collect(true);
+            crate::cost::timed(true, || {
+                // SAFETY: flushing completed buffers at process exit, as CUPTI's samples do.
+                unsafe { crate::api::cuptiActivityFlushAll(1) };
+                clock_pair();
+                pm_collect(true);
+            });
+            push(wire::COST, &crate::cost::payload());
         }
         if SELF_TIME.load(Ordering::Relaxed) {
             status(&format!(
@@ -557,6 +565,10 @@ unsafe extern "C" fn buffer_completed(
     _size: usize,
     valid: usize,
 ) {
+    crate::cost::timed(false, || buffer_completed_inner(ctx, stream, buffer, valid));
+}
+
+fn buffer_completed_inner(ctx: cudarc::driver::sys::CUcontext, stream: u32, buffer: *mut u8, valid: usize) {
     let _ = catch_unwind(|| {
         if buffer.is_null() {
             return;
