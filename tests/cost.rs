@@ -1,6 +1,6 @@
 //! Root tier: what the CUPTI injection library costs the job, measured inside it
-//! (`GHOSTPROF_TEST_BURN_NS`, a test-only knob, makes each launch callback burn a known amount of
-//! thread CPU): `record` prints it, the trace stores it, `report` shows it.
+//! (`GHOSTPROF_TEST_BURN_NS`, a test-only knob, makes each launch callback spin for a known
+//! time): `record` prints it, the trace stores it, `report` shows it.
 
 use std::process::Command;
 
@@ -8,10 +8,11 @@ use serde_json::Value;
 
 use crate::util::*;
 
-/// Each launch callback burns 100 µs; gpusim's launch-bound scenario launches 420 kernels a step
-/// (two callbacks each: enter and exit), so 10 steps burn 0.84 s. The reported callback time is
-/// within 10% of calls × burn (what it adds on top: the callback's own ~1 µs and the last clock
-/// read), the calls are exactly the launches' enters and exits, and the printed cost covers it.
+/// Each launch callback spins 100 µs; gpusim's launch-bound scenario launches 420 kernels a step
+/// (two callbacks each: enter and exit), so 10 steps spin 0.84 s. The reported callback time is
+/// within 10% of calls × burn (measured: +1% to +4%, the callback's own work in a debug build on
+/// the loaded 2-core VM), the calls are exactly the launches' enters and exits, and the printed
+/// cost covers it.
 #[test]
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_profiler_cost_matches_a_known_callback_burn() {
@@ -47,8 +48,8 @@ fn root_profiler_cost_matches_a_known_callback_burn() {
     let report = ghostprof::analyze::analyze_file(&trace).expect("analyze");
     assert_eq!(report.profiler_cost.len(), 1, "one traced process: {:?}", report.profiler_cost);
     let c = report.profiler_cost[0];
-    // Calls are counted per thread in steps of 128 (one launching thread here).
-    assert!(calls - c.callbacks < 128, "{} callbacks counted, {calls} made", c.callbacks);
+    // Calls are counted per thread in steps of 16 (one launching thread here).
+    assert!(calls - c.callbacks < 16, "{} callbacks counted, {calls} made", c.callbacks);
     let err = (c.callback_ns as f64 - expected as f64).abs() / expected as f64;
     assert!(
         err < 0.10,

@@ -1,10 +1,12 @@
 //! What the library costs the job, measured inside it and sent through the ring
 //! ([`wire::COST`], cumulative since collection started):
 //!
-//! - CPU time in ghostprof's CUPTI callbacks on the job's own threads (the launch callbacks):
-//!   one call in [`SAMPLE_EVERY`] (128) per thread is timed with the thread CPU clock (preemption does
-//!   not count; the clock's own cost is calibrated and subtracted), and the calls are counted;
-//!   the sum is calls × the sampled mean;
+//! - time in ghostprof's CUPTI callbacks on the job's own threads (the launch callbacks): one
+//!   call in [`SAMPLE_EVERY`] (16) per thread is timed with CLOCK_MONOTONIC (vDSO, ~20 ns; the
+//!   thread CPU clock is a syscall, ~600 ns on the 2-core test VM, whose entry and exit also
+//!   slowed the callback it timed), the clock's own cost calibrated and subtracted, a sample
+//!   longer than [`PREEMPTED_NS`] (or 4× the test burn) left out as preempted; the calls are
+//!   counted, and the sum is calls × the sampled mean;
 //! - CPU time of CUPTI's buffer-completion callbacks (the walk and forwarding of each activity
 //!   buffer, on whichever thread CUPTI runs them), each timed whole;
 //! - CPU time of the library's own control thread (clock pairs, PM decode, forced flushes), and
@@ -13,18 +15,18 @@
 //! The job's CPU time over the same interval is `CLOCK_PROCESS_CPUTIME_ID`, read here because
 //! the last report is sent from the exit handler, when `/proc/PID` is about to go.
 //!
-//! `GHOSTPROF_TEST_BURN_NS=N` (**test only**): each launch callback burns N ns of thread CPU
-//! time, so a test can check the reported cost against calls × N.
+//! `GHOSTPROF_TEST_BURN_NS=N` (**test only**): each launch callback spins for N ns, so a test
+//! can check the reported cost against calls × N.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ghostprof_ring::wire;
 
-/// One launch callback in this many (per thread) is timed.
-/// (The thread CPU clock is a syscall, ~600 ns on the 2-core test VM: 1 in 128 keeps the
-/// sampling under 10 ns per callback there, ~2 ns on bare metal.)
-pub const SAMPLE_EVERY: u64 = 128;
+/// One launch callback in this many (per thread) is timed (~2.5 ns per callback on average).
+pub const SAMPLE_EVERY: u64 = 16;
+/// A timed callback longer than this was preempted (the body takes about a microsecond).
+pub const PREEMPTED_NS: u64 = 1_000_000;
 
 static CALLBACKS: AtomicU64 = AtomicU64::new(0);
 static SAMPLED: AtomicU64 = AtomicU64::new(0);
@@ -36,7 +38,7 @@ static OTHER_NS: AtomicU64 = AtomicU64::new(0);
 static CONTROL_NS: AtomicU64 = AtomicU64::new(0);
 static CONTROL_BASE_NS: AtomicU64 = AtomicU64::new(0);
 static PROCESS_BASE_NS: AtomicU64 = AtomicU64::new(0);
-/// The thread CPU clock's cost, read twice back to back (subtracted from each timed sample).
+/// The monotonic clock's cost, read twice back to back (subtracted from each timed sample).
 static CLOCK_NS: AtomicU64 = AtomicU64::new(0);
 static BURN_NS: AtomicU64 = AtomicU64::new(0);
 static STARTUP_NS: AtomicU64 = AtomicU64::new(0);
@@ -63,6 +65,10 @@ pub fn thread_cpu_ns() -> u64 {
     clock(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
+fn monotonic_ns() -> u64 {
+    clock(libc::CLOCK_MONOTONIC)
+}
+
 /// From `InitializeInjection`, on the thread that called cuInit (the only one that may read
 /// the environment): the test knob, the clock's own cost, the start's first instant.
 pub fn init() -> u64 {
@@ -73,8 +79,8 @@ pub fn init() -> u64 {
     );
     let mut best = u64::MAX;
     for _ in 0..16 {
-        let a = thread_cpu_ns();
-        best = best.min(thread_cpu_ns().saturating_sub(a));
+        let a = monotonic_ns();
+        best = best.min(monotonic_ns().saturating_sub(a));
     }
     CLOCK_NS.store(best, Ordering::Relaxed);
     t0
@@ -97,7 +103,7 @@ pub fn reset() {
     PROCESS_BASE_NS.store(clock(libc::CLOCK_PROCESS_CPUTIME_ID), Ordering::Relaxed);
 }
 
-/// At the top of a launch callback: burns the test knob's CPU, and starts a sample one call in
+/// At the top of a launch callback: spins for the test knob's time, and starts a sample one call in
 /// [`SAMPLE_EVERY`].
 #[inline]
 pub fn callback_enter() -> Option<u64> {
@@ -106,11 +112,12 @@ pub fn callback_enter() -> Option<u64> {
         t.set(n);
         n
     });
-    let t0 = (n % SAMPLE_EVERY == 0).then(thread_cpu_ns);
+    let t0 = (n % SAMPLE_EVERY == 0).then(monotonic_ns);
     let burn = BURN_NS.load(Ordering::Relaxed);
     if burn > 0 {
-        let start = thread_cpu_ns();
-        while thread_cpu_ns().saturating_sub(start) < burn {
+        // Spun on the clock the samples use: a preemption inside the spin does not lengthen it.
+        let start = monotonic_ns();
+        while monotonic_ns().saturating_sub(start) < burn {
             std::hint::spin_loop();
         }
     }
@@ -121,9 +128,11 @@ pub fn callback_enter() -> Option<u64> {
 #[inline]
 pub fn callback_exit(t0: Option<u64>) {
     if let Some(t0) = t0 {
-        let ns = thread_cpu_ns().saturating_sub(t0).saturating_sub(CLOCK_NS.load(Ordering::Relaxed));
-        SAMPLED_NS.fetch_add(ns, Ordering::Relaxed);
-        SAMPLED.fetch_add(1, Ordering::Relaxed);
+        let ns = monotonic_ns().saturating_sub(t0).saturating_sub(CLOCK_NS.load(Ordering::Relaxed));
+        if ns <= PREEMPTED_NS.max(BURN_NS.load(Ordering::Relaxed).saturating_mul(4)) {
+            SAMPLED_NS.fetch_add(ns, Ordering::Relaxed);
+            SAMPLED.fetch_add(1, Ordering::Relaxed);
+        }
         CALLBACKS.fetch_add(SAMPLE_EVERY, Ordering::Relaxed);
     }
 }

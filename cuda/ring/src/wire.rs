@@ -29,7 +29,7 @@ pub const COST_BYTES: usize = 40;
 ///
 /// ```text
 ///  0 callbacks        ghostprof's CUPTI callbacks run on the job's threads (launch enter/exit)
-///  8 callback_ns      CPU time in them (sampled one in 128 per thread, scaled to all)
+///  8 callback_ns      CPU time in them (one in 16 per thread timed, scaled to all)
 /// 16 buffer_ns        CPU time in CUPTI's buffer-completion callbacks (walk + forwarding)
 /// 24 thread_ns        CPU time of the library's control thread, its start and its exit handler
 /// 32 process_cpu_ns   CPU time of the whole process (every thread) over the same interval
