@@ -9,6 +9,7 @@ mod attach_inject; // root tier: `attach` injects the CUPTI library into jobs st
 mod bpf; // root tier: the eBPF build chain loads a real program and sees real off-CPU time
 mod cli; // the ghostprof binary: `info` text and JSON, errors, record/attach/demo end to end (root)
 mod clock_align; // many hosts: clocks aligned by the collectives' end times, offsets and drift recovered (root)
+mod cost; // root tier: the injection library's own CPU cost in the job, against a known callback burn
 mod cupti; // root tier: the CUPTI injection library and its ring against gpusim's libcupti
 mod cupti_coexist; // root tier: beside another CUPTI client: eBPF only and a note before CUPTI 13.3, every kernel from 13.3
 mod export; // `export --format chrome` (Kineto-shaped JSON, HTA agrees), `report --html` (Chromium draws it)

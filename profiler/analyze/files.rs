@@ -81,6 +81,9 @@ pub struct FileReport {
     pub warnings: Vec<String>,
     /// The recording session's notes, as stored in the trace (a collector off, CUPTI held…).
     pub recording_notes: Vec<String>,
+    /// What the CUPTI injection library cost each traced process, measured inside it: the
+    /// last (cumulative) record of each process, by pid.
+    pub profiler_cost: Vec<crate::trace::ProfilerCost>,
     /// Chunks of the file that could not be read and were left out (report JSON
     /// `damaged_chunks`).
     pub damaged_chunks: Vec<crate::trace::reader::DamagedChunk>,
@@ -185,6 +188,7 @@ fn analyze_readers(
                 clock: FileClock::default(),
                 warnings: Vec::new(),
                 recording_notes: recording_notes(&sk.small, &sk.names),
+                profiler_cost: profiler_costs(&sk.small),
                 damaged_chunks: Vec::new(),
                 host: Vec::new(),
             }
@@ -251,6 +255,20 @@ fn analyze_readers(
 fn host_id(reader: &TraceReader) -> Option<String> {
     let id = reader.header().meta.get("host_id")?.as_str()?;
     (!id.is_empty() && id.len() <= 256).then(|| id.to_string())
+}
+
+/// Each process's last (cumulative) profiler-cost record, by pid.
+pub fn profiler_costs(batch: &RecordBatch) -> Vec<crate::trace::ProfilerCost> {
+    let mut last: std::collections::BTreeMap<u32, crate::trace::ProfilerCost> = Default::default();
+    for c in &batch.costs {
+        match last.get(&c.pid) {
+            Some(l) if l.time_ns > c.time_ns => {}
+            _ => {
+                last.insert(c.pid, *c);
+            }
+        }
+    }
+    last.into_values().collect()
 }
 
 /// The texts of a trace's session notes, in order, each once.
@@ -328,6 +346,7 @@ pub fn analyze_batch(
         clock: FileClock::default(),
         warnings,
         recording_notes: recording_notes(batch, names),
+        profiler_cost: profiler_costs(batch),
         damaged_chunks: Vec::new(),
         host: super::host::host_figures(batch),
     }

@@ -384,6 +384,7 @@ impl SummaryState {
         sk.small.clock_syncs.extend_from_slice(&r.clock_syncs);
         sk.small.notes.extend_from_slice(&r.notes);
         sk.small.nccl_algos.extend_from_slice(&r.nccl_algos);
+        sk.small.costs.extend_from_slice(&r.costs);
         sk.small.file_io.extend(r.file_io.iter().filter(|f| is_checkpoint_syscall(f.syscall)));
         let long = self.long;
         for st in r.stalls.iter().filter(|st| st.end_ns.saturating_sub(st.start_ns) >= long) {

@@ -35,6 +35,9 @@ pub struct RecordConfig {
     /// Also look for libcuda / libnccl here before the command starts.
     #[arg(long = "lib-dir")]
     pub lib_dir: Vec<PathBuf>,
+    /// eBPF collectors only: no CUPTI injection library in the command (no device timeline).
+    #[arg(long = "no-cupti")]
+    pub no_cupti: bool,
     /// The command to run, after `--`.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -161,6 +164,9 @@ pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
     launch.max_duration = duration;
     launch.run_as = sudo_user();
     launch.library_dirs = cfg.lib_dir.clone();
+    if cfg.no_cupti {
+        launch.inject_lib = None;
+    }
     let summary = with_status_line(cfg.quiet, |progress| record_command_with_progress(&launch, &STOP, progress));
     let summary = summary.map_err(|e| one_line(e, &format!("recording to {}", cfg.output.display())))?;
     print_summary(&summary, &cfg.output, cfg.quiet);

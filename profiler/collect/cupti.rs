@@ -16,7 +16,7 @@ use crate::pipeline::Producer;
 use crate::trace::strings::{truncate_utf8, MAX_NAME_BYTES};
 use crate::trace::{
     ApiCall, ApiDomain, ClockDomain, ClockSync, CollOp, DeviceSample, DropCause, KernelExec, MemOp, MemOpKind, Metric,
-    NameBudget, NcclAlgo, NcclDtype, StepMarker, StepSource, NAME_LIMIT,
+    NameBudget, NcclAlgo, NcclDtype, ProfilerCost, StepMarker, StepSource, NAME_LIMIT,
 };
 
 /// `ApiCall::domain` of CUPTI synchronization records (`call_id` = CUpti_ActivitySynchronizationType).
@@ -651,6 +651,24 @@ impl Ring {
                 Some(c) => {
                     let rec = nccl_algo(&c, self.pid, producer, &mut self.caps.names);
                     producer.push(rec);
+                    true
+                }
+                None => false,
+            },
+            // The job's own account of what the library cost it (cumulative): stored as it
+            // comes; the report reads each process's last one and clamps it to the job's CPU.
+            wire::COST => match wire::Cost::decode(p) {
+                Some(c) => {
+                    producer.push(ProfilerCost {
+                        time_ns: crate::clock::monotonic_ns(),
+                        callbacks: c.callbacks,
+                        callback_ns: c.callback_ns,
+                        buffer_ns: c.buffer_ns,
+                        thread_ns: c.thread_ns,
+                        job_cpu_ns: c.process_cpu_ns,
+                        pid: self.pid,
+                        reserved: 0,
+                    });
                     true
                 }
                 None => false,

@@ -421,7 +421,7 @@ pub fn record_command_with_progress(
             }
         }
         None => c.cupti.notes.push(
-            "libghostprof_inject.so not found (set GHOSTPROF_INJECT_LIB): no CUPTI device timeline, eBPF only".into(),
+            "no CUPTI injection library (--no-cupti, or libghostprof_inject.so not found: set GHOSTPROF_INJECT_LIB): no CUPTI device timeline, eBPF only".into(),
         ),
     }
     let held = HeldChild::spawn(&program, &cfg.command[1.min(cfg.command.len())..], &envs, cfg.run_as, cfg.quiet_child)

@@ -528,6 +528,15 @@ pub fn render(report: &ReportDoc) -> String {
     collectives_section(&mut o, report);
     skew_section(&mut o, report);
     host_section(&mut o, report);
+    if !report.profiler_cost.is_empty() {
+        o.push_str("<h2>Profiler cost</h2><ul>");
+        for f in &report.files {
+            if let Some(line) = super::model::profiler_cost_line(&f.profiler_cost) {
+                let _ = write!(o, "<li>{}: {}</li>", esc(&f.path), esc(&line));
+            }
+        }
+        o.push_str("</ul>\n");
+    }
     if !report.recording_notes.is_empty() {
         o.push_str("<h2>Recording notes</h2><ul>");
         for n in &report.recording_notes {

@@ -37,6 +37,10 @@ pub struct ReportDoc<'a> {
     pub devices: Vec<DeviceDoc<'a>>,
     /// Host figures of every process of every file, with or without devices.
     pub hosts: Vec<ProcessHostDoc>,
+    /// What the CUPTI injection library cost each traced process, measured inside it; absent
+    /// from the JSON when no trace has it (traces recorded before it was measured).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profiler_cost: Vec<ProfilerCostDoc>,
     /// The process ids of the devices' processes, sorted (one per rank in a multi-rank job).
     pub ranks: Vec<u32>,
     /// What each recording session noted in its trace.
@@ -108,6 +112,8 @@ pub struct FileDoc {
     pub warnings: Vec<String>,
     /// What the recording session noted in the trace.
     pub recording_notes: Vec<String>,
+    /// What the injection library cost the file's processes.
+    pub profiler_cost: Vec<ProfilerCostDoc>,
 }
 
 /// One (process, device).
@@ -307,6 +313,66 @@ pub struct RecordingNoteDoc {
     pub file: String,
     /// The note's text.
     pub note: String,
+}
+
+/// What the CUPTI injection library cost one traced process (CPU time inside it, ns).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProfilerCostDoc {
+    /// CPU time in CUPTI's buffer-completion callbacks (walk and forwarding).
+    pub buffer_ns: u64,
+    /// CPU time in ghostprof's callbacks on the job's threads.
+    pub callback_ns: u64,
+    /// ghostprof's CUPTI callbacks run on the job's threads.
+    pub callbacks: u64,
+    /// `callback_ns + buffer_ns + thread_ns`, at most `job_cpu_ns`.
+    pub cost_ns: u64,
+    /// The trace file's path.
+    pub file: String,
+    /// `cost_ns / job_cpu_ns` (0-1); None when the job's CPU time is unknown (0).
+    pub fraction_of_job_cpu: Option<f64>,
+    /// CPU time of the whole process (every thread) while it was traced.
+    pub job_cpu_ns: u64,
+    /// The process.
+    pub pid: u32,
+    /// CPU time of the library's own thread, its start and its exit handler.
+    pub thread_ns: u64,
+}
+
+impl ProfilerCostDoc {
+    /// The document of one process's cost record (the job's own figures: the cost is clamped to
+    /// its CPU time).
+    pub fn of(file: &str, c: &crate::trace::ProfilerCost) -> Self {
+        let cost_ns = if c.job_cpu_ns > 0 { c.total_ns().min(c.job_cpu_ns) } else { c.total_ns() };
+        ProfilerCostDoc {
+            buffer_ns: c.buffer_ns,
+            callback_ns: c.callback_ns,
+            callbacks: c.callbacks,
+            cost_ns,
+            file: file.to_string(),
+            fraction_of_job_cpu: (c.job_cpu_ns > 0).then(|| cost_ns as f64 / c.job_cpu_ns as f64),
+            job_cpu_ns: c.job_cpu_ns,
+            pid: c.pid,
+            thread_ns: c.thread_ns,
+        }
+    }
+}
+
+/// The line `record`, `attach` and `report` print for a file's processes: "profiler cost: X ms
+/// of host CPU in the job (Y% of its CPU time)"; None without cost records.
+pub fn profiler_cost_line(costs: &[ProfilerCostDoc]) -> Option<String> {
+    if costs.is_empty() {
+        return None;
+    }
+    let cost: u64 = costs.iter().fold(0u64, |a, c| a.saturating_add(c.cost_ns));
+    let job: u64 = costs.iter().filter(|c| c.job_cpu_ns > 0).fold(0u64, |a, c| a.saturating_add(c.job_cpu_ns));
+    let share = if job > 0 {
+        format!("{:.2}% of its CPU time", cost as f64 / job as f64 * 100.0)
+    } else {
+        "its CPU time unknown".into()
+    };
+    let procs = if costs.len() > 1 { format!(", {} processes", costs.len()) } else { String::new() };
+    Some(format!("profiler cost: {:.1} ms of host CPU in the job ({share}{procs})", cost as f64 / 1e6))
 }
 
 /// A process's host figures (the sum over its threads) and its threads'.
@@ -713,8 +779,11 @@ impl<'a> ReportDoc<'a> {
                 .collect(),
             method: reports[0].clock.method.name().to_string(),
         });
+        let profiler_cost =
+            reports.iter().flat_map(|r| r.profiler_cost.iter().map(move |c| ProfilerCostDoc::of(&r.path, c))).collect();
         ReportDoc {
             clock_alignment,
+            profiler_cost,
             collectives,
             damaged_chunks,
             devices,
@@ -734,6 +803,7 @@ impl<'a> ReportDoc<'a> {
                     hosts: r.host.len(),
                     warnings: r.warnings.clone(),
                     recording_notes: r.recording_notes.clone(),
+                    profiler_cost: r.profiler_cost.iter().map(|c| ProfilerCostDoc::of(&r.path, c)).collect(),
                 })
                 .collect(),
             straggler: cross.straggler,
@@ -772,6 +842,7 @@ mod tests {
                 ..Default::default()
             }],
             hosts: vec![ProcessHostDoc { threads: vec![host], ..Default::default() }],
+            profiler_cost: vec![ProfilerCostDoc { fraction_of_job_cpu: Some(0.01), ..Default::default() }],
             ranks: vec![1, 2],
             recording_notes: vec![RecordingNoteDoc::default()],
             schema: SCHEMA.into(),
@@ -798,6 +869,41 @@ mod tests {
         // Read back: the same document.
         let read: ReportDoc = serde_json::from_str(&direct).unwrap();
         assert_eq!(serde_json::to_string_pretty(&read).unwrap(), direct);
+    }
+
+    /// The cost line sums a file's processes, clamps each to its CPU time, and says so when
+    /// the job's CPU time is unknown.
+    #[test]
+    fn profiler_cost_line_sums_and_clamps() {
+        let rec = |pid, callback_ns, job_cpu_ns| crate::trace::ProfilerCost {
+            callback_ns,
+            buffer_ns: 1_000_000,
+            thread_ns: 500_000,
+            job_cpu_ns,
+            pid,
+            ..Default::default()
+        };
+        assert_eq!(profiler_cost_line(&[]), None);
+        let one = [ProfilerCostDoc::of("t", &rec(1, 2_500_000, 400_000_000))];
+        assert_eq!(one[0].cost_ns, 4_000_000);
+        assert_eq!(one[0].fraction_of_job_cpu, Some(0.01));
+        assert_eq!(
+            profiler_cost_line(&one).unwrap(),
+            "profiler cost: 4.0 ms of host CPU in the job (1.00% of its CPU time)"
+        );
+        // A job claiming more cost than CPU is clamped to its CPU time.
+        let two = [one[0].clone(), ProfilerCostDoc::of("t", &rec(2, u64::MAX, 100_000_000))];
+        assert_eq!(two[1].cost_ns, 100_000_000);
+        assert_eq!(
+            profiler_cost_line(&two).unwrap(),
+            "profiler cost: 104.0 ms of host CPU in the job (20.80% of its CPU time, 2 processes)"
+        );
+        let unknown = [ProfilerCostDoc::of("t", &rec(3, 0, 0))];
+        assert_eq!(unknown[0].fraction_of_job_cpu, None);
+        assert_eq!(
+            profiler_cost_line(&unknown).unwrap(),
+            "profiler cost: 1.5 ms of host CPU in the job (its CPU time unknown)"
+        );
     }
 
     /// A document of an older build lacks fields: they read as empty.

@@ -264,6 +264,9 @@ pub fn render_doc(doc: &ReportDoc) -> String {
         for note in &file.recording_notes {
             let _ = writeln!(o, "  recording note: {}", esc(note));
         }
+        if let Some(line) = super::model::profiler_cost_line(&file.profiler_cost) {
+            let _ = writeln!(o, "  {line}");
+        }
     }
     if !doc.collectives.is_empty() {
         let _ = writeln!(

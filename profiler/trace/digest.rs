@@ -179,6 +179,7 @@ impl ChunkDigest {
         r.clock_syncs.extend_from_slice(&batch.clock_syncs);
         r.notes.extend_from_slice(&batch.notes);
         r.nccl_algos.extend_from_slice(&batch.nccl_algos);
+        r.costs.extend_from_slice(&batch.costs);
         for s in batch.samples.iter().filter(|s| s.metric == Metric::SampleIntervalNs as u32) {
             pm_devices.insert((s.pid, s.device));
         }

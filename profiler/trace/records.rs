@@ -758,6 +758,34 @@ record_kinds! {
         /// padding, 0
         reserved: u32 => Raw,
     }
+
+    /// What the CUPTI injection library cost one traced process, measured inside it
+    /// (cumulative since collection started in it; the last record of a process is its total).
+    ProfilerCost = 18, "cost", costs, size 56, time time_ns, end time_ns, strings [] {
+        /// when ghostprof received it, CLOCK_MONOTONIC ns
+        time_ns: u64 => Delta,
+        /// ghostprof's CUPTI callbacks run on the job's threads
+        callbacks: u64 => Delta,
+        /// CPU time in those callbacks, ns
+        callback_ns: u64 => Delta,
+        /// CPU time in CUPTI's buffer-completion callbacks (walk and forwarding), ns
+        buffer_ns: u64 => Delta,
+        /// CPU time of the library's own thread, its start and its exit handler, ns
+        thread_ns: u64 => Delta,
+        /// CPU time of the whole process (every thread) over the same interval, ns
+        job_cpu_ns: u64 => Delta,
+        /// process id
+        pid: u32 => Raw,
+        /// padding, 0
+        reserved: u32 => Raw,
+    }
+}
+
+impl ProfilerCost {
+    /// CPU time the library cost the process: callbacks + buffers + its own thread (saturating).
+    pub fn total_ns(&self) -> u64 {
+        self.callback_ns.saturating_add(self.buffer_ns).saturating_add(self.thread_ns)
+    }
 }
 
 /// `KernelExec::flags`: launched with cuLaunchCooperativeKernel.

@@ -22,6 +22,7 @@
 //! host: every entry point catches panics, and every failure becomes a status record.
 
 mod api;
+mod cost;
 mod cupti;
 mod nccl;
 mod pm;
@@ -39,7 +40,10 @@ pub extern "C" fn InitializeInjection() -> c_int {
     if INITIALIZED.swap(true, Ordering::AcqRel) {
         return 1;
     }
-    match catch_unwind(cupti::start) {
+    let t0 = cost::init();
+    let started = catch_unwind(cupti::start);
+    cost::started(t0);
+    match started {
         Ok(Ok(())) => {}
         Ok(Err(e)) => eprintln!("ghostprof-inject: {e}; the job continues without CUPTI collection"),
         Err(_) => eprintln!("ghostprof-inject: internal error; the job continues without CUPTI collection"),

@@ -463,3 +463,18 @@ fn ring_file_names_give_their_pid() {
         assert_eq!(ring_file_pid(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn cost_payload_round_trips_and_rejects_truncation() {
+    use crate::wire::{Cost, COST_BYTES};
+    let c = Cost { callbacks: 25_200, callback_ns: 1 << 40, buffer_ns: 7, thread_ns: u64::MAX, process_cpu_ns: 3 };
+    let p = c.encode();
+    assert_eq!(Cost::decode(&p), Some(c));
+    let mut longer = p.to_vec();
+    longer.extend_from_slice(&[9; 8]);
+    assert_eq!(Cost::decode(&longer), Some(c), "bytes past the known fields are room to grow");
+    for cut in 0..COST_BYTES {
+        assert_eq!(Cost::decode(&p[..cut]), None, "cut at {cut}");
+    }
+    assert_eq!(c.total_ns(), u64::MAX, "saturates");
+}

@@ -18,6 +18,67 @@ pub const PM_SAMPLE: u16 = 6;
 /// injection library is also NCCL's profiler plugin): [`NcclColl`], encoded by
 /// [`NcclColl::encode`] and read back by [`NcclColl::decode`].
 pub const NCCL_COLL: u16 = 7;
+/// What the injection library has cost the job since collection started: [`Cost`], encoded by
+/// [`Cost::encode`] and read back by [`Cost::decode`]; cumulative, sent every 50 ms and at exit.
+pub const COST: u16 = 8;
+
+/// Bytes of a [`COST`] payload.
+pub const COST_BYTES: usize = 40;
+
+/// The payload of a [`COST`] record (all u64, ns unless said):
+///
+/// ```text
+///  0 callbacks        ghostprof's CUPTI callbacks run on the job's threads (launch enter/exit)
+///  8 callback_ns      CPU time in them (one in 16 per thread timed, scaled to all)
+/// 16 buffer_ns        CPU time in CUPTI's buffer-completion callbacks (walk + forwarding)
+/// 24 thread_ns        CPU time of the library's control thread, its start and its exit handler
+/// 32 process_cpu_ns   CPU time of the whole process (every thread) over the same interval
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cost {
+    /// Callbacks run on the job's threads.
+    pub callbacks: u64,
+    /// CPU time in those callbacks, ns.
+    pub callback_ns: u64,
+    /// CPU time in buffer-completion callbacks, ns.
+    pub buffer_ns: u64,
+    /// CPU time of the library's own thread, start and exit handler, ns.
+    pub thread_ns: u64,
+    /// CPU time of the whole process over the same interval, ns.
+    pub process_cpu_ns: u64,
+}
+
+impl Cost {
+    /// The payload.
+    pub fn encode(&self) -> [u8; COST_BYTES] {
+        let mut out = [0u8; COST_BYTES];
+        for (i, v) in [self.callbacks, self.callback_ns, self.buffer_ns, self.thread_ns, self.process_cpu_ns]
+            .into_iter()
+            .enumerate()
+        {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads a payload written by [`Cost::encode`]; None when it is too short (bytes past
+    /// [`COST_BYTES`] are ignored: room to grow).
+    pub fn decode(p: &[u8]) -> Option<Self> {
+        let at = |i: usize| -> Option<u64> { Some(u64::from_le_bytes(p.get(i * 8..i * 8 + 8)?.try_into().ok()?)) };
+        Some(Cost {
+            callbacks: at(0)?,
+            callback_ns: at(1)?,
+            buffer_ns: at(2)?,
+            thread_ns: at(3)?,
+            process_cpu_ns: at(4)?,
+        })
+    }
+
+    /// CPU time the library cost the job: callbacks + buffers + its own thread (saturating).
+    pub fn total_ns(&self) -> u64 {
+        self.callback_ns.saturating_add(self.buffer_ns).saturating_add(self.thread_ns)
+    }
+}
 
 /// Bytes of an [`NCCL_COLL`] payload before its strings.
 pub const NCCL_COLL_FIXED: usize = 48;

@@ -12,6 +12,9 @@
 //!   records/s, on gpusim's libcupti.
 //! - `sort [--events N] [--rounds R] [--dir D] [FILE…]` ([`sort`]): the sweep's run-merging
 //!   stable sort against the library's sorts, on the ops of a synthetic trace and of FILEs.
+//! - `overhead [--reps N] [--steps K] [--scenarios A,B] [--modes M,…]` ([`overhead`]): a gpusim
+//!   job's step time under plain, dormant, eBPF-only, bare-CUPTI, full and full-without-PM modes,
+//!   interleaved, with ratios of medians and 95% bootstrap intervals ([`stats`]) (root).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -19,8 +22,10 @@ use std::time::Instant;
 mod analyze;
 mod cupti;
 mod gpusim_build;
+mod overhead;
 mod probe;
 mod sort;
+mod stats;
 
 use anyhow::{bail, Context, Result};
 use ghostprof::pipeline::{Pipeline, PipelineOptions};
@@ -37,9 +42,11 @@ fn main() -> Result<()> {
         Some("analyze") => analyze::bench_analyze(&args[1..]),
         Some("analyze-child") => analyze::bench_analyze_child(&args[1..]),
         Some("sort") => sort::bench_sort(&args[1..]),
+        Some("overhead") => overhead::bench_overhead(&args[1..]),
         _ => bail!(
             "usage: bench trace [--events N] [--dir DIR] | sort [--events N] [--rounds R] [--dir DIR] [FILE...] | analyze [--events N] [--small N] [--hta N] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] \
-             | cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S] [--pm-interval-ns NS] [--inject LIB]"
+             | cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S] [--pm-interval-ns NS] [--inject LIB] \
+             | overhead [--reps N] [--steps K] [--scenarios A,B] [--modes M,...] [--resamples R] [--dir DIR]"
         ),
     }
 }
