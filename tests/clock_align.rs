@@ -52,6 +52,7 @@ fn shift_record(r: &mut Record, f: &dyn Fn(u64) -> u64) {
         Record::SessionNote(x) => x.time_ns = f(x.time_ns),
         Record::NcclAlgo(x) => x.time_ns = f(x.time_ns),
         Record::Drops(x) => x.time_ns = f(x.time_ns),
+        Record::ProfilerCost(x) => x.time_ns = f(x.time_ns),
         // Both readings move by as much: this host's CLOCK_REALTIME is off by the shift (NTP's error).
         Record::ClockSync(x) => {
             let moved = f(x.monotonic_ns);
@@ -77,6 +78,7 @@ fn pid_of(r: &Record) -> Option<u32> {
         Record::KernelLaunch(x) => x.pid,
         Record::FunctionName(x) => x.pid,
         Record::NcclAlgo(x) => x.pid,
+        Record::ProfilerCost(x) => x.pid,
         Record::SessionNote(_) | Record::Drops(_) | Record::ClockSync(_) => return None,
     })
 }
