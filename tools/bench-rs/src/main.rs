@@ -9,7 +9,7 @@
 //! has the median and a `…_spread` object (min, median, max, spread = (max − min) / median).
 //! - `probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS]` ([`probe`]): per-call cost of
 //!   ghostprof's uprobes on gpusim's cuLaunchKernel against a bare uprobe (root).
-//! - `analyze [--events N] [--small N] [--hta N] [--dir D]` ([`analyze`]): the streaming analysis behind
+//! - `analyze [--events N] [--small N] [--hta N] [--rounds R] [--dir D]` ([`analyze`]): the streaming analysis behind
 //!   `ghostprof report`: events/s on one core against the bare reader, and its peak RSS.
 //! - `cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S]` ([`cupti`]): CPU the
 //!   CUPTI injection library adds to a CUDA program per activity record, and losses at 1 M
@@ -45,7 +45,7 @@ fn main() -> Result<()> {
         Some("analyze-child") => analyze::bench_analyze_child(&args[1..]),
         Some("sort") => sort::bench_sort(&args[1..]),
         _ => bail!(
-            "usage: bench trace [--events N] [--rounds R] [--dir DIR] | sort [--events N] [--rounds R] [--dir DIR] [FILE...] | analyze [--events N] [--small N] [--hta N] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] \
+            "usage: bench trace [--events N] [--rounds R] [--dir DIR] | sort [--events N] [--rounds R] [--dir DIR] [FILE...] | analyze [--events N] [--small N] [--hta N] [--rounds R] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] \
              | cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S] [--pm-interval-ns NS] [--inject LIB]"
         ),
     }
