@@ -364,6 +364,19 @@ impl TraceWriter {
             if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSPC) {
                 break;
             }
+            if bytes > want {
+                // A failed fallocate may have kept part of the range: what lies past the need
+                // goes back at once, not at the end (the job may need that disk).
+                // SAFETY: as above; punching past the end frees preallocated blocks only.
+                unsafe {
+                    libc::fallocate(
+                        fd,
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        (self.offset + want) as i64,
+                        RESERVE_AHEAD as i64,
+                    )
+                };
+            }
         }
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ENOSPC) {
