@@ -44,6 +44,27 @@ fn records_from_several_producers_all_arrive() {
 }
 
 #[test]
+fn a_finished_trace_keeps_none_of_the_space_reserved_ahead() {
+    // The writer keeps 8 MiB of disk reserved past the next chunk (fewer fallocate calls); a
+    // finished file gives it back: its allocated blocks are its bytes, not 8 MiB more.
+    use std::os::unix::fs::MetadataExt;
+    let dir = tmpdir();
+    let path = dir.path().join("r.gptrace");
+    let pipeline = Pipeline::create(&path, false, &TraceInfo::default(), PipelineOptions::default()).unwrap();
+    let mut p = pipeline.producer(Source::Ebpf);
+    for n in 0..400_000u64 {
+        p.push(HostStall { start_ns: n * 1000, end_ns: n * 1000 + 7 * (n % 13), pid: 1, ..Default::default() });
+    }
+    drop(p);
+    let (summary, _) = pipeline.finish().unwrap();
+    assert!(summary.chunks >= 3, "{} chunks", summary.chunks);
+    let meta = std::fs::metadata(&path).unwrap();
+    let allocated = meta.blocks() * 512;
+    assert!(allocated <= meta.len() + (1 << 20), "{allocated} bytes allocated for a {}-byte file", meta.len());
+    assert_eq!(TraceReader::open(&path).unwrap().read_all().unwrap().stalls.len(), 400_000);
+}
+
+#[test]
 fn overflow_is_counted_per_source_and_written_to_the_trace() {
     let dir = tmpdir();
     let path = dir.path().join("overflow.gptrace");

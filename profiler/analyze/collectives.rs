@@ -554,7 +554,10 @@ mod tests {
             pid: 20,
             instances: vec![inst(20, 1_005_000, 1_011_005), inst(20, 1_058_000, 1_061_002)],
         };
-        let views = [RankView { input: &a, clock: ClockMap::offset(0) }, RankView { input: &b, clock: ClockMap::offset(-1_000_000) }];
+        let views = [
+            RankView { input: &a, clock: ClockMap::offset(0) },
+            RankView { input: &b, clock: ClockMap::offset(-1_000_000) },
+        ];
         let cross = cross_rank(&views);
         let by_pid = |pid| cross.skew.iter().find(|s| s.pid == pid).unwrap();
         assert_eq!((by_pid(10).matched, by_pid(20).matched), (2, 2));

@@ -2,7 +2,7 @@
 //! ([`wire::COST`], cumulative since collection started):
 //!
 //! - time in ghostprof's CUPTI callbacks on the job's own threads (the launch callbacks): one
-//!   call in [`SAMPLE_EVERY`] (16) per thread is timed with CLOCK_MONOTONIC (vDSO, ~20 ns; the
+//!   call in [`SAMPLE_EVERY`] (17) per thread is timed with CLOCK_MONOTONIC (vDSO, ~20 ns; the
 //!   thread CPU clock is a syscall, ~600 ns on the 2-core test VM, whose entry and exit also
 //!   slowed the callback it timed), the clock's own cost calibrated and subtracted, a sample
 //!   longer than [`PREEMPTED_NS`] (or 4× the test burn) left out as preempted; the calls are
@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use ghostprof_ring::wire;
 
 /// One launch callback in this many (per thread) is timed (~2.5 ns per callback on average).
-pub const SAMPLE_EVERY: u64 = 16;
+/// Odd: a thread's callbacks come as entry, exit, entry, exit…, and an even period would time
+/// only the cheap entries, never the exits that do the work.
+pub const SAMPLE_EVERY: u64 = 17;
 /// A timed callback longer than this was preempted (the body takes about a microsecond).
 pub const PREEMPTED_NS: u64 = 1_000_000;
 

@@ -1,7 +1,8 @@
 //! `analyze [--events N] [--small N] [--dir D]`: the streaming analysis (`ghostprof report`'s
 //! engine) on synthetic training-step traces. For each size: write the trace, read it back
 //! with the bare reader (the baseline: decoding alone, one core), then analyze it in a child
-//! process (so its peak RSS is the analysis's own) on one core, best CPU time of 3; the small trace is also
+//! process (so its peak RSS is the analysis's own) on one core, `--rounds R` times (5 by
+//! default; median and spread reported); the small trace is also
 //! analyzed in memory (every record loaded, then the same sweep) for the memory comparison.
 //! `--hta N` (default 250 000, 0 to skip; HTA takes minutes per million): a trace of N events is also exported to Chrome trace JSON
 //! (one file per rank) and Holistic Trace Analysis' load + temporal breakdown (`tools/hta-compare`)
@@ -18,7 +19,7 @@ use ghostprof::export::{export_chrome, ChromeOptions};
 use ghostprof::trace::synth::TrainingStream;
 use ghostprof::trace::{Interner, TraceInfo, TraceReader, TraceWriter, WriterOptions};
 
-use crate::{flag, thread_cpu_s};
+use crate::{flag, thread_cpu_s, Spread};
 
 /// Peak resident set of this process (VmHWM), bytes.
 fn peak_rss_bytes() -> u64 {
@@ -44,18 +45,19 @@ fn write_synthetic_seed(path: &Path, events: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// The bare reader over the file: decode every chunk, one thread (best CPU time of `rounds`).
-fn read_rate(path: &Path, rounds: usize) -> Result<(u64, f64)> {
-    let mut best = f64::MAX;
+/// The bare reader over the file: decode every chunk, one thread; events/s (by CPU time) of
+/// each of `rounds` runs.
+fn read_rates(path: &Path, rounds: usize) -> Result<(u64, Vec<f64>)> {
+    let mut rates = Vec::new();
     let mut n = 0u64;
     for _ in 0..rounds {
         let cpu0 = thread_cpu_s();
         let reader = TraceReader::open(path)?;
         n = 0;
         reader.for_each_chunk(|c| n += c.records.len() as u64)?;
-        best = best.min(thread_cpu_s() - cpu0);
+        rates.push(n as f64 / (thread_cpu_s() - cpu0).max(1e-9));
     }
-    Ok((n, best))
+    Ok((n, rates))
 }
 
 /// Runs `analyze-child` on `path` in a child process (one analysis thread) and returns its JSON line.
@@ -183,6 +185,7 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
     // --keep: leave the trace files in --dir (for profiling the analysis on them).
     let keep = args.iter().any(|a| a == "--keep");
     let hta_events: u64 = flag(args, "--hta").map(|s| s.parse()).transpose().context("--hta")?.unwrap_or(250_000);
+    let rounds = crate::rounds_flag(args)?;
     // --jobs N: also the wall-clock rate with N analysis threads against 1, in the same run.
     let jobs: usize = flag(args, "--jobs").map(|s| s.parse()).transpose().context("--jobs")?.unwrap_or(1);
     std::fs::create_dir_all(&dir)?;
@@ -192,34 +195,44 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
         eprintln!("writing {n} synthetic training-step records to {} ...", path.display());
         write_synthetic(&path, n)?;
         let file_bytes = std::fs::metadata(&path)?.len();
-        let (read_n, read_s) = read_rate(&path, 3)?;
+        let (read_n, read_rates) = read_rates(&path, rounds)?;
         // One thread: its CPU time is the time of one core (wall time shares the core with
-        // whatever else runs on the machine). Best of 3 runs: this VM's rate moves by ±25 %
-        // from run to run with its neighbours (the bare reader's too).
-        let mut stream = child(&path, "stream")?;
-        for _ in 1..3 {
-            let again = child(&path, "stream")?;
-            if again["cpu_seconds"].as_f64() < stream["cpu_seconds"].as_f64() {
-                stream = again;
-            }
+        // whatever else runs on the machine). `rounds` runs (5 by default), median and spread
+        // reported: this VM's rate moves by ±25 % from run to run with its neighbours (the bare
+        // reader's too).
+        let mut runs = Vec::new();
+        for _ in 0..rounds {
+            runs.push(child(&path, "stream")?);
         }
-        let stream_s = stream["cpu_seconds"].as_f64().unwrap_or(f64::NAN);
+        let rates: Vec<f64> =
+            runs.iter().map(|r| read_n as f64 / r["cpu_seconds"].as_f64().unwrap_or(f64::NAN)).collect();
+        let (rate, read) = (Spread::of(&rates), Spread::of(&read_rates));
+        // the run whose rate is the median (or nearest it) gives the other figures
+        let stream = runs
+            .iter()
+            .zip(&rates)
+            .min_by(|a, b| (a.1 - rate.median).abs().total_cmp(&(b.1 - rate.median).abs()))
+            .map(|(r, _)| r.clone())
+            .context("no analysis run")?;
+        let stream_s = read_n as f64 / rate.median;
         let mut row = serde_json::json!({
             "events": read_n,
             "file_bytes": file_bytes,
-            "read_events_per_s": (read_n as f64 / read_s).round(),
-            "events_per_s": (read_n as f64 / stream_s).round(),
+            "read_events_per_s": read.median.round(),
+            "read_events_per_s_spread": read.json(0),
+            "events_per_s": rate.median.round(),
+            "events_per_s_spread": rate.json(0),
             "analysis_cpu_seconds": stream_s,
             "analysis_wall_seconds": stream["seconds"],
             "peak_rss_bytes": stream["peak_rss_bytes"],
         });
         eprintln!(
-            "{label}: {read_n} events, {:.1} MiB; bare reader {:.2} M/s; analysis {stream_s:.2} s CPU = {:.2} M events/s, peak RSS {:.0} MiB",
+            "{label}: {read_n} events, {:.1} MiB; peak RSS {:.0} MiB",
             file_bytes as f64 / (1 << 20) as f64,
-            read_n as f64 / read_s / 1e6,
-            read_n as f64 / stream_s / 1e6,
             stream["peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64
         );
+        read.print(&format!("{label}: bare reader (events/s CPU)"), "", rounds);
+        rate.print(&format!("{label}: analysis (events/s CPU)"), "", rounds);
         if jobs > 1 {
             // Wall time, 1 thread and `jobs` threads alternately in the same run, best of 3
             // each (the machine's neighbours weigh on both alike): this file alone (its chunks
@@ -284,9 +297,12 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
     let json = serde_json::json!({
         "bench": "analyze",
         "events": large["events"],
+        "rounds": rounds,
         "events_per_s": large["events_per_s"],
+        "events_per_s_spread": large["events_per_s_spread"],
         "peak_rss_bytes": large["peak_rss_bytes"],
         "read_events_per_s": large["read_events_per_s"],
+        "cpu": crate::cpu_model(),
         "hta_seconds": field("hta_seconds"),
         "ghostprof_seconds": field("ghostprof_seconds"),
         "hta_over_ghostprof": field("hta_over_ghostprof"),

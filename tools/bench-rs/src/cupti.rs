@@ -21,7 +21,7 @@
 //! `tools/bench probe` measures against a bare uprobe. On this 2-core VM the bare runs spread by
 //! ±20%, more than that difference, so `ns_per_record_in_target` is measured inside the target
 //! instead (`GHOSTPROF_SELF_TIME=1`): the library times its forwarding of each buffer (after
-//! CUPTI's own record walk) and one launch callback in 16, and reports the sums at exit.
+//! CUPTI's own record walk) and one launch callback in 17 (entries and exits alike), and reports the sums at exit.
 //!
 //! Last, paced runs set `GPUSIM_LAUNCH_CPU_NS` (bisected, up to 4 tries) so the loop makes
 //! `--rate` records per second (1 M by default) and check that every record reached the trace: ring, CUPTI, pipeline and
@@ -37,9 +37,9 @@ use ghostprof::collect::cupti::CuptiCollector;
 use ghostprof::pipeline::{Pipeline, PipelineOptions};
 use ghostprof::trace::{DropCause, Source, TraceInfo, TraceReader};
 
-use crate::flag;
 use crate::gpusim_build::{build_gpusim, stage, LoopProcess, LoopRun};
 use crate::probe::{machine, process_cpu_s, round1};
+use crate::{clock_gettime, flag, libc_timespec, Spread};
 
 /// Targets from issue 5.
 const TARGET_NS_PER_RECORD: f64 = 50.0;
@@ -88,6 +88,8 @@ struct Setup<'a> {
     inject: PathBuf,
     /// The bare CUPTI client (baseline).
     bare_inject: PathBuf,
+    /// One CLOCK_MONOTONIC read's latency, taken off each timed launch callback.
+    clock_read_ns: f64,
 }
 
 /// One injected loop and what the collector made of it.
@@ -154,7 +156,9 @@ pub fn bench_cupti(args: &[String]) -> Result<()> {
             None => bin_dir.join("libghostprof_inject.so"),
         },
         bare_inject: bin_dir.join("libgpusim_testinject.so"),
+        clock_read_ns: clock_read_ns(),
     };
+    eprintln!("one CLOCK_MONOTONIC read: {:.1} ns (taken off each timed launch callback)", setup.clock_read_ns);
     ensure!(setup.bare_inject.exists(), "{} was not built", setup.bare_inject.display());
     ensure!(setup.inject.exists(), "{} was not built", setup.inject.display());
     let result = measure(&setup);
@@ -221,7 +225,13 @@ fn measure(setup: &Setup) -> Result<()> {
     let mut own: Vec<f64> = injected.iter().filter_map(|r| Some(r.self_ns? / r.written().max(1) as f64)).collect();
     own.sort_by(f64::total_cmp);
     ensure!(!own.is_empty(), "the injection library sent no self-time message (GHOSTPROF_SELF_TIME)");
-    let ns_per_record = own[own.len() / 2];
+    let own_spread = Spread::of(&own);
+    let ns_per_record = own_spread.median;
+    own_spread.print("ghostprof's own ns per record in the target", "ns", own.len());
+    let full_rates: Vec<f64> =
+        injected.iter().map(|r| r.written() as f64 / (r.timing.elapsed_ns as f64 / 1e9).max(1e-9)).collect();
+    let full_rate_spread = Spread::of(&full_rates);
+    full_rate_spread.print("records/s at full speed", "", full_rates.len());
 
     let full_written: u64 = injected.iter().map(|r| r.written()).sum();
     let full_lost: u64 = injected.iter().map(|r| r.drops() + r.mismatch()).sum();
@@ -302,6 +312,9 @@ fn measure(setup: &Setup) -> Result<()> {
         "ns_per_record_including_cupti": round1(ns_per_record_total),
         "ns_per_record_over_bare_client": round1(ns_per_record_over_bare),
         "own_ns_per_record_samples": own.iter().map(|x| round1(*x)).collect::<Vec<_>>(),
+        "ns_per_record_in_target_spread": own_spread.json(1),
+        "full_speed_records_per_s_spread": full_rate_spread.json(0),
+        "clock_read_ns": round1(setup.clock_read_ns),
         "added_ns_per_call": round1(added_ns_per_call),
         "bare_cupti_process_cpu_ns_per_call": round1(bare_ns),
         "baseline_process_cpu_ns_per_call": round1(plain_ns),
@@ -354,15 +367,40 @@ fn run_plain(setup: &Setup, calls: u64, launch_cpu_ns: u64) -> Result<LoopRun> {
 }
 
 /// ghostprof's own nanoseconds from the library's `self-time:` status message: the forwarding
-/// time, plus the sampled launch-callback time scaled to every callback.
-fn parse_self_time(note: &str) -> Option<f64> {
+/// time, plus the sampled launch-callback time scaled to every callback. A sample is the gap
+/// between two CLOCK_MONOTONIC reads around the callback, which holds one read's own latency
+/// (`clock_read_ns`, measured here: ~21 ns on an AMD EPYC VM, as much as an entry callback):
+/// that is taken off each sample's mean.
+fn parse_self_time(note: &str, clock_read_ns: f64) -> Option<f64> {
     let rest = &note[note.find("self-time:")? + "self-time:".len()..];
     let field = |name: &str| -> Option<f64> {
         rest.split_whitespace().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
     };
     let sampled = field("callback_sampled")?;
-    let per_callback = if sampled > 0.0 { field("callback_sampled_ns")? / sampled } else { 0.0 };
+    let per_callback =
+        if sampled > 0.0 { (field("callback_sampled_ns")? / sampled - clock_read_ns).max(0.0) } else { 0.0 };
     Some(field("forward_ns")? + per_callback * field("callbacks")?)
+}
+
+/// What one CLOCK_MONOTONIC read costs on this machine, ns: the fastest of 200 runs of 1,000
+/// back-to-back reads (a run that was preempted or shared its core is slower, never faster,
+/// so the least is the read itself and the correction never takes off more than it should).
+pub(crate) fn clock_read_ns() -> f64 {
+    let now = || {
+        let mut ts = libc_timespec::default();
+        // SAFETY: clock_gettime fills the struct; CLOCK_MONOTONIC (1) exists on Linux.
+        unsafe { clock_gettime(1, &mut ts) };
+        ts.sec as f64 * 1e9 + ts.nsec as f64
+    };
+    (0..200)
+        .map(|_| {
+            let t0 = now();
+            for _ in 0..1_000 {
+                std::hint::black_box(now());
+            }
+            (now() - t0) / 1_001.0
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// The loop under the bare CUPTI client (the baseline of `ns_per_record_in_target`).
@@ -458,7 +496,7 @@ fn run_injected(setup: &Setup, calls: u64, launch_cpu_ns: u64, index: usize) -> 
         pipeline_drops,
         collector_cpu_s,
         trace_bytes: summary.compressed_bytes,
-        self_ns: collector.notes.iter().find_map(|n| parse_self_time(n)),
+        self_ns: collector.notes.iter().find_map(|n| parse_self_time(n, setup.clock_read_ns)),
     };
     if let Some(note) = collector.notes.iter().find(|n| n.contains("self-time:")) {
         eprintln!("  {note}");

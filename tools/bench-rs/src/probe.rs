@@ -25,7 +25,7 @@ use ghostprof::trace::{Source, TraceInfo, TraceReader};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
 use crate::gpusim_build::{build_gpusim, stage, LoopProcess, LoopRun};
-use crate::{clock_gettime, flag, libc_timespec, thread_cpu_s};
+use crate::{clock_gettime, cpu_model, flag, libc_timespec, thread_cpu_s, Spread};
 
 /// What to run, from the command line.
 struct ProbeConfig {
@@ -93,6 +93,7 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
     let point = points.get("cuLaunchKernel").context("the staged libcuda.so.1 has no cuLaunchKernel")?;
     let n = cfg.calls;
     let (mut untraced, mut bare, mut traced) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rates, mut round_ratios) = (Vec::new(), Vec::new());
     for round in 1..=cfg.rounds {
         // The order of the modes rotates, so a drift of the machine over a run (another job
         // starting, memory filling up) does not always land on the same mode.
@@ -106,14 +107,20 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
                 _ => traced.push(run_ghostprof(run, n, libcuda, &cfg.dir.join("probe.gptrace"), cfg.drain_interval)?),
             }
         }
+        // The sustained rate (several loops at once), once per round too.
+        rates.push(rate_phase(cfg, gpusim_train, lib_dir, libcuda)?);
         let (u, b, t) = (&untraced[round - 1], &bare[round - 1], &traced[round - 1]);
+        let (un, bn, gn) = (u.cpu_ns as f64 / n as f64, b.cpu_ns as f64 / n as f64, t.timing.cpu_ns as f64 / n as f64);
+        // Each round's own ratio: its three runs are close in time, so a drift of the machine
+        // between rounds cancels.
+        round_ratios.push((gn - un) / (bn - un));
+        let r = &rates[round - 1];
         eprintln!(
-            "round {round}: CPU per call untraced {:.1} ns, bare uprobe {:.1}, ghostprof {:.1}; {} launches written, {} dropped",
-            u.cpu_ns as f64 / n as f64,
-            b.cpu_ns as f64 / n as f64,
-            t.timing.cpu_ns as f64 / n as f64,
+            "round {round}: CPU per call untraced {un:.1} ns, bare uprobe {bn:.1}, ghostprof {gn:.1} (ratio {:.3}); {} launches written, {} dropped; sustained {:.0} events/s",
+            round_ratios[round - 1],
             t.launches_written,
-            t.drops
+            t.drops,
+            r.0 as f64 / r.2
         );
     }
 
@@ -140,19 +147,29 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
     if bare_ns <= untraced_ns {
         bail!("the bare uprobe cost nothing ({bare_ns:.1} vs {untraced_ns:.1} ns/call untraced): did it attach?");
     }
-    let ratio = (ghostprof_ns - untraced_ns) / (bare_ns - untraced_ns);
+    // The headline ratio is the median of the rounds' own ratios.
+    let ratio_spread = Spread::of(&round_ratios);
+    let ratio = ratio_spread.median;
     let wall_ratio = (ghostprof_wall - untraced_wall) / (bare_wall - untraced_wall);
 
     // The sustained rate: one loop thread is capped near 1 / (call + uprobe) ≈ 0.8 M calls/s
-    // here, so several loop processes (separate gpusim devices: no shared lock) run at once.
-    let rate = rate_phase(cfg, gpusim_train, lib_dir, libcuda)?;
+    // here, so several loop processes (separate gpusim devices: no shared lock) ran at once.
+    let rate_values: Vec<f64> = rates.iter().map(|r| r.0 as f64 / r.2).collect();
+    let rate_spread = Spread::of(&rate_values);
+    let rate = (rates.iter().map(|r| r.0).sum::<u64>(), rates.iter().map(|r| r.1).sum::<u64>());
     eprintln!(
-        "sustained: {} loop processes, {} launches written in {:.3} s = {:.0} events/s, {} dropped",
+        "sustained: {} loop processes per round, {} launches written over {} rounds, {} dropped",
         cfg.rate_procs,
         rate.0,
-        rate.2,
-        rate.0 as f64 / rate.2,
+        rates.len(),
         rate.1
+    );
+    rate_spread.print("sustained events/s", "", rates.len());
+    ratio_spread.print("ratio vs the bare uprobe (per round)", "", round_ratios.len());
+    let (untraced_spread, bare_spread, ghostprof_spread) = (
+        Spread::of(&untraced_runs.iter().map(|r| r.cpu_ns as f64 / n as f64).collect::<Vec<_>>()),
+        Spread::of(&bare_runs.iter().map(|r| r.cpu_ns as f64 / n as f64).collect::<Vec<_>>()),
+        Spread::of(&traced_runs.iter().map(|r| r.cpu_ns as f64 / n as f64).collect::<Vec<_>>()),
     );
     let written: u64 = traced.iter().map(|t| t.launches_written).sum();
     let drops: u64 = traced.iter().map(|t| t.drops).sum();
@@ -187,11 +204,16 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
         "bare_uprobe_cost_ns": round1(bare_ns - untraced_ns),
         "ghostprof_cost_ns": round1(ghostprof_ns - untraced_ns),
         "ratio_vs_bare": (ratio * 1000.0).round() / 1000.0,
+        "ratio_vs_bare_spread": ratio_spread.json(3),
+        "ns_per_call_spread": {
+            "untraced": untraced_spread.json(1), "bare_uprobe": bare_spread.json(1), "ghostprof": ghostprof_spread.json(1),
+        },
         "wall_ns_per_call": {
             "untraced": round1(untraced_wall), "bare_uprobe": round1(bare_wall), "ghostprof": round1(ghostprof_wall),
         },
         "wall_ratio_vs_bare": (wall_ratio * 1000.0).round() / 1000.0,
-        "events_per_s_sustained": (rate.0 as f64 / rate.2).round(),
+        "events_per_s_sustained": rate_spread.median.round(),
+        "events_per_s_sustained_spread": rate_spread.json(0),
         "sustained_loop_processes": cfg.rate_procs,
         "sustained_launches_written": rate.0,
         "events_per_s_one_loop": events_per_s.round(),
@@ -357,21 +379,22 @@ pub(crate) fn round1(v: f64) -> f64 {
 
 /// What the figures were measured on.
 pub(crate) fn machine() -> serde_json::Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
     let kernel =
         std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
     let virtualized = std::fs::read_to_string("/proc/cpuinfo").map(|s| s.contains(" hypervisor")).unwrap_or(false);
+    // What makes a kernel entry, a helper call and a return cost more on one host than another
+    // (docs/performance.md, "AMD vs Intel").
+    let sys = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    let vuln = |name: &str| sys(&format!("/sys/devices/system/cpu/vulnerabilities/{name}"));
     serde_json::json!({
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": kernel,
         "virtualized": virtualized,
+        "clocksource": sys("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
+        "mitigations": {
+            "spectre_v2": vuln("spectre_v2"),
+            "spec_rstack_overflow": vuln("spec_rstack_overflow"),
+        },
     })
 }
