@@ -3,7 +3,7 @@
 //! `InitializeInjection` counts its calls (`gpusim_testinject_calls` reports the count), so a
 //! test can check that gpusim's `cuInit` calls it exactly once per process. With
 //! `GPUSIM_TESTINJECT_OUT=<file>` it also acts as a tiny CUPTI collector: it loads
-//! `libcupti.so.12` by soname, enables kernel, memcpy, driver-API, synchronization and marker
+//! `libcupti.so.12` (else `libcupti.so.13`) by soname, enables kernel, memcpy, driver-API, synchronization and marker
 //! records, flushes at exit and writes per-kind counts. It reads the records by the byte offsets
 //! of the real `cupti_activity.h`, independently of gpusim's own layout structs. It also runs
 //! PM sampling (1 ms samples of tensor-pipe and graphics-busy percentages) and reports the
@@ -166,9 +166,14 @@ extern "C" fn at_exit() {
 fn start_cupti() -> Option<()> {
     // SAFETY: dlopen/dlsym of CUPTI entry points with the signatures of the real headers.
     unsafe {
-        let lib = libc::dlopen(c"libcupti.so.12".as_ptr(), libc::RTLD_NOW);
+        // CUDA 12's soname, else CUDA 13's (the real GPU tier's wheels ship libcupti.so.13).
+        let lib = [c"libcupti.so.12", c"libcupti.so.13"]
+            .iter()
+            .map(|n| libc::dlopen(n.as_ptr(), libc::RTLD_NOW))
+            .find(|l| !l.is_null())
+            .unwrap_or(std::ptr::null_mut());
         if lib.is_null() {
-            eprintln!("gpusim-testinject: cannot load libcupti.so.12");
+            eprintln!("gpusim-testinject: cannot load libcupti.so.12 or libcupti.so.13");
             return None;
         }
         let sym = |name: &std::ffi::CStr| {
