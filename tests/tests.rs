@@ -8,6 +8,7 @@ mod bpf; // root tier: the eBPF build chain loads a real program and sees real o
 mod cli; // the ghostprof binary: `info` text and JSON, errors, record/attach/demo end to end (root)
 mod cupti; // root tier: the CUPTI injection library and its ring against gpusim's libcupti
 mod export; // `export --format chrome` (Kineto-shaped JSON, HTA agrees), `report --html` (Chromium draws it)
+mod export_parquet; // `export --format parquet`: every table read back (parquet crate, pyarrow) equals `report --json`; output rules
 mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)
 mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what the ground truth says
 mod nccl_profiler; // NCCL's algorithm/protocol via its profiler plugin API: wire decoding; gpusim runs (root)
