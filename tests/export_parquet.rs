@@ -353,10 +353,10 @@ fn redo_matching(c: &Table) -> Redone {
                 e.3 += 1;
             }
         }
-        for &r in &rows {
-            if at(r) == last && last > first {
-                *caused_wait.entry(c.i("rank", r).unwrap()).or_insert(0) += total_wait;
-            }
+        // given to the rank that arrived last (split when several arrived at that instant)
+        let late: Vec<usize> = rows.iter().copied().filter(|&r| at(r) == last && last > first).collect();
+        for &r in &late {
+            *caused_wait.entry(c.i("rank", r).unwrap()).or_insert(0) += total_wait / late.len() as u64;
         }
     }
     for e in skew.values_mut() {
@@ -482,6 +482,7 @@ fn parquet_tables_equal_report_json() {
         let rank = c.u("rank", r) as u32;
         assert_eq!(c.u("arrival_common_ns", r), c.u("arrival_ns", r) - base(rank) + REAL0);
         assert_eq!(c.u("end_common_ns", r), ke as u64 - base(rank) + REAL0);
+        assert_eq!(c.i("arrival_realtime_ns", r), c.i("arrival_common_ns", r));
     }
     let jc = json["collectives"].as_array().unwrap();
     assert_eq!(totals.len(), jc.len());

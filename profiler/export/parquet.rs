@@ -217,6 +217,7 @@ pub fn columns(name: &str) -> Vec<Column> {
             col("kernel_end_ns", Int64, true),
             col("arrival_common_ns", Int64, false),
             col("end_common_ns", Int64, true),
+            col("arrival_realtime_ns", Int64, true),
             col("matched", Boolean, false),
             col("wait_ns", Int64, true),
         ]),
@@ -591,6 +592,10 @@ pub fn export_parquet(traces: &[PathBuf], out_dir: &Path, opts: &ParquetOptions)
                     int128(inst.arrival_ns as i128 + offsets[f]),
                     match inst.kernel {
                         Some((_, ke)) => int128(ke as i128 + offsets[f]),
+                        None => Value::I(None),
+                    },
+                    match r.realtime_offset_ns {
+                        Some(o) => int128(inst.arrival_ns as i128 + o),
                         None => Value::I(None),
                     },
                     Value::B(wait.is_some()),

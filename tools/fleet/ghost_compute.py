@@ -1,6 +1,6 @@
 """Fleet analysis of ghostprof's Parquet tables on Apache Spark (docs/fleet.md).
 
-    spark-submit --master spark://HOST:7077 tools/fleet/ghost_compute.py --out result.json DIR...
+    spark-submit --master spark://HOST:7077 tools/fleet/ghost_compute.py [--clock realtime] --out result.json DIR...
 
 Each DIR is the output of `ghostprof export --format parquet DIR TRACE...` (a job, or a host's
 share of one); their tables are read together (a union: every row carries its job, host, trace,
@@ -56,9 +56,15 @@ def shares(devices):
     return devices.groupBy(*IDENTITY).agg(F.sum("window_ns").alias("window_ns"), *sums)
 
 
-def matched_instances(colls):
-    """The instances of matched collectives with their skew, wait and lateness."""
+def matched_instances(colls, clock):
+    """The instances of matched collectives with their skew, wait and lateness, arrivals on
+    `clock`'s column (`arrival_common_ns`, or `arrival_realtime_ns`: instances without one are
+    left out)."""
     key = ["job", "comm", "nranks", "seq"]
+    if clock == "realtime":
+        colls = colls.where(F.col("arrival_realtime_ns").isNotNull()).withColumn(
+            "arrival_common_ns", F.col("arrival_realtime_ns")
+        )
     groups = (
         colls.groupBy(*key)
         .agg(
@@ -128,6 +134,13 @@ def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+", help="directories written by ghostprof export --format parquet")
     p.add_argument("--out", help="write the JSON here (default: stdout)")
+    p.add_argument(
+        "--clock",
+        choices=["common", "realtime"],
+        default="common",
+        help="arrivals on the clock report matched them on (common: exports of whole jobs) or on "
+        "each trace's CLOCK_REALTIME (realtime: one job exported in parts)",
+    )
     args = p.parse_args(argv)
     spark = SparkSession.builder.appName("ghostprof-fleet").getOrCreate()
     try:
@@ -139,7 +152,7 @@ def main(argv):
             if missing:
                 sys.exit(f"ghost_compute: {table} lacks {missing}: not a ghostprof Parquet export")
         share = shares(devices)
-        ranks = per_rank(matched_instances(colls))
+        ranks = per_rank(matched_instances(colls, args.clock))
         straggler = stragglers(ranks)
         rows = share.join(ranks, IDENTITY, "full_outer").collect()
         jobs = {}
@@ -163,6 +176,7 @@ def main(argv):
         doc = {
             "schema": "ghostprof.fleet.v1",
             "master": spark.sparkContext.master,
+            "clock": args.clock,
             "jobs": jobs,
         }
     finally:
