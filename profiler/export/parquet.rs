@@ -427,12 +427,27 @@ pub fn check_job_name(job: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each file's map from its own clock to the common one on which `report` matched the
-/// collectives: the file's CLOCK_REALTIME offset when there are several files and each recorded
-/// one, else 0 (`analyze::files::cross_rank`'s rule).
-fn common_clock_offsets(reports: &[FileReport]) -> Vec<i128> {
+/// A file's own clock → the common clock on which `report` matched the collectives.
+#[derive(Debug, Clone, Copy)]
+struct CommonClock {
+    offset_ns: i128,
+}
+
+impl CommonClock {
+    fn apply(&self, t: u64) -> i128 {
+        t as i128 + self.offset_ns
+    }
+}
+
+/// Each file's [`CommonClock`]: its CLOCK_REALTIME offset when there are several files and each
+/// recorded one, else none (the rule of `analyze::files::cross_rank`, which the export must
+/// follow: the waits and arrivals it writes are those `report` computed).
+fn common_clocks(reports: &[FileReport]) -> Vec<CommonClock> {
     let realtime = reports.len() > 1 && reports.iter().all(|r| r.realtime_offset_ns.is_some());
-    reports.iter().map(|r| if realtime { r.realtime_offset_ns.unwrap_or(0) } else { 0 }).collect()
+    reports
+        .iter()
+        .map(|r| CommonClock { offset_ns: if realtime { r.realtime_offset_ns.unwrap_or(0) } else { 0 } })
+        .collect()
 }
 
 /// Per instance (file, rank input, instance): whether it was matched with every other rank
@@ -440,7 +455,7 @@ fn common_clock_offsets(reports: &[FileReport]) -> Vec<i128> {
 /// at most its kernel's length); the rule of `analyze::collectives::cross_rank`.
 type InstanceKey = (usize, usize, usize);
 
-fn instance_waits(reports: &[FileReport], offsets: &[i128]) -> HashMap<InstanceKey, Option<u64>> {
+fn instance_waits(reports: &[FileReport], clocks: &[CommonClock]) -> HashMap<InstanceKey, Option<u64>> {
     let mut groups: BTreeMap<(u32, u32, u64), Vec<InstanceKey>> = BTreeMap::new();
     for (f, r) in reports.iter().enumerate() {
         for (p, input) in r.ranks.iter().enumerate() {
@@ -458,7 +473,7 @@ fn instance_waits(reports: &[FileReport], offsets: &[i128]) -> HashMap<InstanceK
         if nranks < 2 || members.len() != nranks as usize || ranks.len() != members.len() {
             continue;
         }
-        let at = |k: &InstanceKey| inst(k).arrival_ns as i128 + offsets[k.0];
+        let at = |k: &InstanceKey| clocks[k.0].apply(inst(k).arrival_ns);
         let last = members.iter().map(at).max().unwrap_or(0);
         for k in &members {
             let wait = inst(k).kernel.map(|(ks, ke)| ((last - at(k)) as u64).min(ke.saturating_sub(ks)));
@@ -502,8 +517,8 @@ pub fn export_parquet(traces: &[PathBuf], out_dir: &Path, opts: &ParquetOptions)
     let [devices, steps, bins, kernels, colls, stalls] = &mut writers[..] else {
         anyhow::bail!("internal error: {} table writers", TABLES.len());
     };
-    let offsets = common_clock_offsets(&reports);
-    let waits = instance_waits(&reports, &offsets);
+    let clocks = common_clocks(&reports);
+    let waits = instance_waits(&reports, &clocks);
     let mut warnings = Vec::new();
     for (f, r) in reports.iter().enumerate() {
         let id = &idents[f];
@@ -589,9 +604,9 @@ pub fn export_parquet(traces: &[PathBuf], out_dir: &Path, opts: &ParquetOptions)
                     int(inst.arrival_ns),
                     int_opt(inst.kernel.map(|k| k.0)),
                     int_opt(inst.kernel.map(|k| k.1)),
-                    int128(inst.arrival_ns as i128 + offsets[f]),
+                    int128(clocks[f].apply(inst.arrival_ns)),
                     match inst.kernel {
-                        Some((_, ke)) => int128(ke as i128 + offsets[f]),
+                        Some((_, ke)) => int128(clocks[f].apply(ke)),
                         None => Value::I(None),
                     },
                     match r.realtime_offset_ns {
