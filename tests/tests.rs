@@ -13,6 +13,7 @@ mod cost; // root tier: the injection library's own CPU cost in the job, against
 mod cupti; // root tier: the CUPTI injection library and its ring against gpusim's libcupti
 mod cupti_coexist; // root tier: beside another CUPTI client: eBPF only and a note before CUPTI 13.3, every kernel from 13.3
 mod export; // `export --format chrome` (Kineto-shaped JSON, HTA agrees), `report --html` (Chromium draws it)
+mod export_parquet; // `export --format parquet`: every table read back (parquet crate, pyarrow) equals `report --json`; output rules
 mod gpusim; // the simulated CUDA / CUPTI / NCCL stack (tools/gpusim)
 mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what the ground truth says
 mod jobs; // `report --jobs N`: byte-identical reports with any number of threads (chunks, files, damage)
