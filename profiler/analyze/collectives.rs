@@ -281,6 +281,19 @@ pub struct CrossRank {
     pub spanning_waits: HashMap<String, HashMap<(u32, u64), u64>>,
     /// Index into `skew` of the straggler.
     pub straggler: Option<usize>,
+    /// Per rank view (in the order given to [`cross_rank`]) and instance: how it was matched.
+    /// What `export --format parquet` writes per collective instance, from this one matching.
+    pub instances: Vec<Vec<InstanceMatch>>,
+}
+
+/// How one collective instance came out of the matching.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceMatch {
+    /// Matched with one instance of every other rank of its collective.
+    pub matched: bool,
+    /// Its wait for the last rank (at most its kernel's length), when matched and its kernel
+    /// was recorded: the `comm.wait` the report books for it.
+    pub wait_ns: Option<u64>,
 }
 
 /// Keeps at most this many late windows per rank for the straggler's activity.
@@ -327,6 +340,7 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
         first_slot: &first_slot,
         wait: &mut wait,
         group_size: vec![0; first_slot.last().copied().unwrap_or(0)],
+        matched: vec![false; first_slot.last().copied().unwrap_or(0)],
         skew: &mut skew,
         skew_sum: vec![0f64; ranks.len()],
         spanning_waits: HashMap::new(),
@@ -367,7 +381,7 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
         members.extend(by_end[group].iter().map(|m| (m.1 as usize, m.2)));
         book.group(&members, true);
     }
-    let Booking { skew_sum, spanning_waits, group_size, .. } = book;
+    let Booking { skew_sum, spanning_waits, group_size, matched, .. } = book;
     // An unmatched collective of unknown communicator: taken to span every rank of unknown
     // communicator (its partners' kernels were not recorded).
     let unknown_ranks = ranks.iter().filter(|r| r.instances.iter().any(|i| i.nranks == UNKNOWN)).count().max(1) as u32;
@@ -441,7 +455,14 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
         })
         .collect();
     collectives.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(a.op.cmp(&b.op)));
-    CrossRank { collectives, skew, spanning_waits, straggler }
+    let instances = (0..ranks.len())
+        .map(|r| {
+            (first_slot[r]..first_slot[r + 1])
+                .map(|slot| InstanceMatch { matched: matched[slot], wait_ns: wait[slot] })
+                .collect()
+        })
+        .collect();
+    CrossRank { collectives, skew, spanning_waits, straggler, instances }
 }
 
 /// The bookkeeping of [`cross_rank`]: each matched collective's waits, skews and late windows.
@@ -453,6 +474,8 @@ struct Booking<'r, 'a> {
     wait: &'r mut [Option<u64>],
     /// Per instance slot: the ranks of its collective when matched by end (0: its own `nranks`).
     group_size: Vec<u32>,
+    /// Per instance slot: matched.
+    matched: Vec<bool>,
     skew: &'r mut [RankSkew],
     skew_sum: Vec<f64>,
     spanning_waits: HashMap<String, HashMap<(u32, u64), u64>>,
@@ -471,6 +494,7 @@ impl Booking<'_, '_> {
             let own = at(m);
             let s = (own - first) as u64;
             let slot = self.first_slot[m.0] + m.1;
+            self.matched[slot] = true;
             if inst.nranks == UNKNOWN {
                 self.group_size[slot] = members.len() as u32;
             }

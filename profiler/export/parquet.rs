@@ -15,7 +15,7 @@
 //! Files are written through [`crate::outfile`] (temporary file, then rename; 0600; no
 //! symlinks) with zstd pages.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,7 +29,6 @@ use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringB
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use crate::analyze::collectives::CollInstance;
 use crate::analyze::files::FileReport;
 use crate::analyze::nccl_algo::algo_name;
 use crate::analyze::{analyze_files, Category, Partition, ReportOptions};
@@ -427,62 +426,6 @@ pub fn check_job_name(job: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A file's own clock → the common clock on which `report` matched the collectives.
-#[derive(Debug, Clone, Copy)]
-struct CommonClock {
-    offset_ns: i128,
-}
-
-impl CommonClock {
-    fn apply(&self, t: u64) -> i128 {
-        t as i128 + self.offset_ns
-    }
-}
-
-/// Each file's [`CommonClock`]: its CLOCK_REALTIME offset when there are several files and each
-/// recorded one, else none (the rule of `analyze::files::cross_rank`, which the export must
-/// follow: the waits and arrivals it writes are those `report` computed).
-fn common_clocks(reports: &[FileReport]) -> Vec<CommonClock> {
-    let realtime = reports.len() > 1 && reports.iter().all(|r| r.realtime_offset_ns.is_some());
-    reports
-        .iter()
-        .map(|r| CommonClock { offset_ns: if realtime { r.realtime_offset_ns.unwrap_or(0) } else { 0 } })
-        .collect()
-}
-
-/// Per instance (file, rank input, instance): whether it was matched with every other rank
-/// of its collective, and the wait `report` books for it (time until the last rank arrived,
-/// at most its kernel's length); the rule of `analyze::collectives::cross_rank`.
-type InstanceKey = (usize, usize, usize);
-
-fn instance_waits(reports: &[FileReport], clocks: &[CommonClock]) -> HashMap<InstanceKey, Option<u64>> {
-    let mut groups: BTreeMap<(u32, u32, u64), Vec<InstanceKey>> = BTreeMap::new();
-    for (f, r) in reports.iter().enumerate() {
-        for (p, input) in r.ranks.iter().enumerate() {
-            for (i, inst) in input.instances.iter().enumerate() {
-                groups.entry((inst.comm_index, inst.nranks, inst.seq)).or_default().push((f, p, i));
-            }
-        }
-    }
-    let inst = |k: &InstanceKey| -> &CollInstance { &reports[k.0].ranks[k.1].instances[k.2] };
-    let mut out = HashMap::new();
-    for ((_, nranks, _), members) in groups {
-        let mut ranks: Vec<u32> = members.iter().map(|k| inst(k).rank).collect();
-        ranks.sort_unstable();
-        ranks.dedup();
-        if nranks < 2 || members.len() != nranks as usize || ranks.len() != members.len() {
-            continue;
-        }
-        let at = |k: &InstanceKey| clocks[k.0].apply(inst(k).arrival_ns);
-        let last = members.iter().map(at).max().unwrap_or(0);
-        for k in &members {
-            let wait = inst(k).kernel.map(|(ks, ke)| ((last - at(k)) as u64).min(ke.saturating_sub(ks)));
-            out.insert(*k, wait);
-        }
-    }
-    out
-}
-
 /// A process's rank: its first collective instance's NCCL rank (the rank `report`'s skew
 /// names), None without collectives.
 fn ranks_of(r: &FileReport) -> HashMap<u32, u32> {
@@ -517,8 +460,10 @@ pub fn export_parquet(traces: &[PathBuf], out_dir: &Path, opts: &ParquetOptions)
     let [devices, steps, bins, kernels, colls, stalls] = &mut writers[..] else {
         anyhow::bail!("internal error: {} table writers", TABLES.len());
     };
-    let clocks = common_clocks(&reports);
-    let waits = instance_waits(&reports, &clocks);
+    // The one matching `report` uses (its waits, on each file's aligned clock): rank views go
+    // file by file, process by process, as `analyze::files::cross_rank` builds them.
+    let cross = crate::analyze::files::cross_rank(&reports);
+    let mut view = 0usize;
     let mut warnings = Vec::new();
     for (f, r) in reports.iter().enumerate() {
         let id = &idents[f];
@@ -591,7 +536,8 @@ pub fn export_parquet(traces: &[PathBuf], out_dir: &Path, opts: &ParquetOptions)
             for (i, inst) in input.instances.iter().enumerate() {
                 let op = CollOp::name_of(inst.op);
                 let algorithm = algo_name(inst.algo);
-                let wait = waits.get(&(f, p, i));
+                let m = cross.instances.get(view + p).and_then(|v| v.get(i)).copied().unwrap_or_default();
+                let clock = r.clock.map;
                 let mut row: Vec<Value> = ident(input.pid).to_vec();
                 row.extend([
                     int(inst.comm_index as u64),
@@ -604,21 +550,22 @@ pub fn export_parquet(traces: &[PathBuf], out_dir: &Path, opts: &ParquetOptions)
                     int(inst.arrival_ns),
                     int_opt(inst.kernel.map(|k| k.0)),
                     int_opt(inst.kernel.map(|k| k.1)),
-                    int128(clocks[f].apply(inst.arrival_ns)),
+                    int128(clock.apply(inst.arrival_ns)),
                     match inst.kernel {
-                        Some((_, ke)) => int128(clocks[f].apply(ke)),
+                        Some((_, ke)) => int128(clock.apply(ke)),
                         None => Value::I(None),
                     },
                     match r.realtime_offset_ns {
                         Some(o) => int128(inst.arrival_ns as i128 + o),
                         None => Value::I(None),
                     },
-                    Value::B(wait.is_some()),
-                    int_opt(wait.copied().flatten()),
+                    Value::B(m.matched),
+                    int_opt(m.wait_ns),
                 ]);
                 colls.push(&row)?;
             }
         }
+        view += r.ranks.len();
         for h in &r.host {
             for (tid, t) in &h.threads {
                 for reason in StallReason::ALL {
