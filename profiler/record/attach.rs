@@ -132,8 +132,16 @@ pub fn attach(
     // The library into every CUDA process of the tree first, so its ring is there for the scan.
     let mut injector = Injector::new(cfg);
     injector.visit(&tree);
-    // The device timeline first: a dormant injection library polls its ring's control word
-    // every 50 ms, so its kernels flow within ~100 ms of the ring being opened. Host probes go
+    // The scheduler first: the pids go into the targets map (the sched program follows them;
+    // no library is probed yet, so no launch is recorded), and every thread already blocked
+    // is booked off-CPU from now, as it makes no switch-out (a loader blocked in `read`, a
+    // rank in a synchronize). Stalls in progress when the device timeline starts are seen.
+    for &p in &tree {
+        c.host.add_target(p)?;
+    }
+    c.sched.seed_blocked(&tree);
+    // Then the device timeline: a dormant injection library polls its ring's control word
+    // every 50 ms, so its kernels flow within ~100 ms of the ring being opened. Launch probes go
     // on after that, so the window (first launch or kernel to the last) never opens with launches
     // whose kernels were not being recorded yet, which would look like an idle device.
     c.cupti.scan(&tree);
@@ -150,9 +158,6 @@ pub fn attach(
         }
     }
     let ended = (|| {
-        for &p in &tree {
-            c.host.add_target(p)?;
-        }
         for lib in &gpu_libs {
             c.host.attach_library(lib)?;
         }
@@ -181,10 +186,14 @@ pub fn attach(
     // not recorded. The rings are switched off whatever happened above.
     c.cupti.notes.append(&mut injector.notes);
     let drained = c.host.drain(&mut producer).and_then(|_| c.sched.drain(&mut producer));
+    // The scheduler keeps following the tree until the device timeline ends, as it started
+    // before it: stalls in the window's last ~150 ms are seen.
+    c.sched.hold(&c.host.targets());
     stop_host_collection(&c.host);
     drain_cupti_for(&mut c, RING_WAKE, cfg.drain_interval);
     c.cupti.detach_all();
     std::thread::sleep(RING_WAKE);
+    c.sched.release();
     ended?;
     drained?;
     c.drain(&mut producer)?;
