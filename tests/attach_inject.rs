@@ -399,3 +399,100 @@ fn root_inject_into_a_job_in_its_own_pid_and_mount_namespace() {
     eprintln!("{nspid}: {} kernels recorded", batch.kernels.len());
     assert!(batch.kernels.len() > 50, "kernels recorded: {}", batch.kernels.len());
 }
+
+/// The syscall number each thread of `pid` sits in, by thread name (`None`: running).
+fn syscalls_by_thread(pid: u32) -> Vec<(u32, String, Option<i64>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+        let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
+        let sys = std::fs::read_to_string(e.path().join("syscall")).unwrap_or_default();
+        out.push((tid, name, sys.split_whitespace().next().and_then(|n| n.parse().ok())));
+    }
+    out
+}
+
+/// Attach while rank 0's threads sit in a `read` of a pipe, a `cuStreamSynchronize` and
+/// `ncclCommInitRank` waiting for a late rank 1 (gpusim-train's `GPUSIM_PARK_MS`), and rank 1
+/// sleeps: the library is loaded during the park, every parked call returns what it returns
+/// unattached (rank 0's printed line), the job's stdout and exit code are those of an
+/// unattached run, its kernels after the park are recorded, and the read's stall, which began
+/// before the attach, is in the trace.
+#[test]
+#[ignore = "root tier: ptrace and eBPF need root; tools/test runs it when root"]
+fn root_inject_while_threads_block_in_read_synchronize_and_a_rendezvous() {
+    assert!(is_root(), "{ROOT}");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let truth_dir = dir.path().join("truth");
+    let cmd = crate::gpusim::train_command("balanced", 2, 150, &truth_dir);
+    let park = [("GPUSIM_PARK_MS", "6000")];
+    let plain = spawn_job(&cmd, &park).wait_with_output().unwrap();
+    assert!(plain.status.success(), "{}", stderr(&plain.stderr));
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("read 12 bytes"), "{}", stderr(&plain.stdout));
+    std::fs::remove_dir_all(&truth_dir).unwrap();
+
+    let job = spawn_job(&cmd, &park);
+    let ranks = cuda_ranks(job.id(), 2);
+    assert_eq!(ranks.len(), 2, "the ranks mapped libcuda");
+    let rank0 = *ranks.iter().min().unwrap();
+    // Parked: the read thread in read(2), the synchronize thread and the main thread (the
+    // rendezvous) blocked.
+    let t = Instant::now();
+    let parked = loop {
+        let threads = syscalls_by_thread(rank0);
+        let in_read = threads.iter().any(|(_, n, s)| n == "park-read" && *s == Some(0));
+        let syncing = threads.iter().any(|(_, n, s)| n == "park-sync" && s.is_some_and(|s| s >= 0));
+        let main = threads.iter().any(|(tid, _, s)| *tid == rank0 && s.is_some_and(|s| s >= 0));
+        if in_read && syncing && main {
+            break threads;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "rank 0 never parked: {threads:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    eprintln!("parked (tid, thread, syscall): {parked:?}");
+    let read_tid = parked.iter().find(|(_, n, _)| n == "park-read").unwrap().0;
+    let trace = dir.path().join("parked.gptrace");
+    let attach = ghostprof()
+        .args(["attach", "--quiet", "--duration", "7s", "--pid", &job.id().to_string(), "-o"])
+        .arg(&trace)
+        .env("GHOSTPROF_INJECT_LIB", library())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The library appears while the park lasts (its writer still sleeps, its reader has not
+    // returned; the borrowed thread may be any of the blocked ones, the reader included).
+    let t = Instant::now();
+    loop {
+        let maps = std::fs::read_to_string(format!("/proc/{rank0}/maps")).unwrap_or_default();
+        if maps.contains("memfd:ghostprof-inject") {
+            let threads = syscalls_by_thread(rank0);
+            eprintln!("injected {:.0} ms after the attach began", t.elapsed().as_secs_f64() * 1e3);
+            let alive = |name: &str| threads.iter().any(|(_, n, _)| n == name);
+            assert!(alive("park-read") && alive("park-write"), "injected during the park: {threads:?}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the library was not loaded within 5 s of the park");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let attached = attach.wait_with_output().unwrap();
+    assert!(attached.status.success(), "{}", stderr(&attached.stderr));
+    assert!(!stderr(&attached.stderr).contains("eBPF only"), "no refusal: {}", stderr(&attached.stderr));
+    let out = job.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), plain.status.code(), "exit code: {}", stderr(&out.stderr));
+    assert_eq!(out.stdout, plain.stdout, "stdout byte-identical (the parked calls' results)");
+
+    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
+    for &rank in &ranks {
+        let kernels = batch.kernels.iter().filter(|k| k.pid == rank).count();
+        eprintln!("process {rank}: {kernels} kernels recorded");
+        assert!(kernels > 100, "process {rank}: kernels recorded after the park: {kernels}");
+    }
+    // The read that began before the attach: booked from the attach (seed_blocked), ended by
+    // its switch-in.
+    let stall = batch.stalls.iter().find(|s| s.tid == read_tid && s.syscall == 0);
+    eprintln!("the read thread's stall: {stall:?}");
+    let stall = stall.expect("the read that began before the attach is a host stall in the trace");
+    assert!(stall.end_ns - stall.start_ns >= 500_000_000, "booked from the attach to the write: {stall:?}");
+}
