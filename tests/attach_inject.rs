@@ -496,3 +496,64 @@ fn root_inject_while_threads_block_in_read_synchronize_and_a_rendezvous() {
     let stall = stall.expect("the read that began before the attach is a host stall in the trace");
     assert!(stall.end_ns - stall.start_ns >= 500_000_000, "booked from the attach to the write: {stall:?}");
 }
+
+/// `attach --pid LAUNCHER` where the last rank starts 2 s after the attach began
+/// (`GPUSIM_LATE_RANK_MS`): it is injected when it maps libcuda, and its kernels of the whole
+/// steps inside its device window are exactly the truth's.
+#[test]
+#[ignore = "root tier: ptrace and eBPF need root; tools/test runs it when root"]
+fn root_inject_a_rank_that_starts_after_the_attach() {
+    assert!(is_root(), "{ROOT}");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let truth_dir = dir.path().join("truth");
+    let steps = 250u64;
+    let cmd = crate::gpusim::train_command("balanced", 2, steps, &truth_dir);
+    let job = spawn_job(&cmd, &[("GPUSIM_LATE_RANK_MS", "2500")]);
+    let first = cuda_ranks(job.id(), 1);
+    assert_eq!(first.len(), 1, "rank 0 mapped libcuda");
+    let trace = dir.path().join("late.gptrace");
+    let attach = ghostprof()
+        .args(["attach", "--quiet", "--duration", "6s", "--pid", &job.id().to_string(), "-o"])
+        .arg(&trace)
+        .env("GHOSTPROF_INJECT_LIB", library())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let tree = ghostprof::record::attach::process_tree(job.id());
+    assert_eq!(tree.len(), 2, "only the launcher and rank 0 exist when the attach begins: {tree:?}");
+    let attached = attach.wait_with_output().unwrap();
+    assert!(attached.status.success(), "{}", stderr(&attached.stderr));
+    let out = job.wait_with_output().unwrap();
+    assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
+
+    let late = truth(&truth_dir, 1);
+    let pid = late["pid"].as_u64().unwrap() as u32;
+    assert!(!tree.contains(&pid), "rank 1 started after the attach began");
+    let report = ghostprof().args(["report", "--json"]).arg(&trace).output().unwrap();
+    assert!(report.status.success(), "{}", stderr(&report.stderr));
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let device = report["devices"].as_array().unwrap().iter().find(|d| d["pid"].as_u64() == Some(pid as u64)).cloned();
+    let device = device.unwrap_or_else(|| panic!("the late rank {pid} has a device timeline: {report}"));
+    let (w0, w1) = (device["window_start_ns"].as_u64().unwrap(), device["window_end_ns"].as_u64().unwrap());
+    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
+    // Its device timeline begins when its ring is switched on, after the injection at the next
+    // rescan. (Its launches are probed from its start: the window opens at its first launch,
+    // before that; see the report of this change.)
+    let first = batch.kernels.iter().filter(|k| k.pid == pid).map(|k| k.start_ns).min().expect("its kernels");
+    eprintln!("late rank {pid}: first kernel {:.1} ms after its window opened", (first - w0) as f64 / 1e6);
+    let inside: Vec<&Value> = late["step_ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["start_ns"].as_u64().unwrap() >= first && s["end_ns"].as_u64().unwrap() + 50_000_000 <= w1)
+        .collect();
+    assert!(inside.len() >= 20, "{} whole steps of the late rank inside its window", inside.len());
+    let (s0, s1) = (inside[0]["start_ns"].as_u64().unwrap(), inside.last().unwrap()["end_ns"].as_u64().unwrap());
+    let kernels = batch.kernels.iter().filter(|k| k.pid == pid && k.start_ns >= s0 && k.start_ns < s1).count() as u64;
+    let per_step = late["totals"]["kernels"].as_u64().unwrap() / steps;
+    eprintln!("late rank {pid}: {kernels} kernels in {} whole steps ({per_step} a step)", inside.len());
+    assert_eq!(kernels, per_step * inside.len() as u64, "the late rank's kernels of its whole steps");
+}
