@@ -557,3 +557,114 @@ fn root_inject_a_rank_that_starts_after_the_attach() {
     eprintln!("late rank {pid}: {kernels} kernels in {} whole steps ({per_step} a step)", inside.len());
     assert_eq!(kernels, per_step * inside.len() as u64, "the late rank's kernels of its whole steps");
 }
+
+/// Puts Yama's ptrace_scope back, whatever the test did (also on a panic).
+struct RestoreScope(String);
+
+impl Drop for RestoreScope {
+    fn drop(&mut self) {
+        let _ = std::fs::write(YAMA_SCOPE, &self.0);
+    }
+}
+
+const YAMA_SCOPE: &str = "/proc/sys/kernel/yama/ptrace_scope";
+
+/// Yama's ptrace_scope=2 (only CAP_SYS_PTRACE may attach; 3 is never set: it cannot be undone
+/// without a reboot): ghostprof's attach without CAP_SYS_PTRACE (dropped with setpriv from its
+/// bounding set, and from the job's so that /proc/PID/maps stays readable) is refused with one
+/// line naming Yama's setting, records eBPF only, and the job ends normally. The old value is
+/// restored always. Skipped, saying so, on a kernel without Yama.
+#[test]
+#[ignore = "root tier: ptrace, sysctl and eBPF need root; tools/test runs it when root"]
+fn root_inject_refused_by_yama_ptrace_scope_2() {
+    assert!(is_root(), "{ROOT}");
+    let Ok(old) = std::fs::read_to_string(YAMA_SCOPE) else {
+        eprintln!("SKIPPED: this kernel has no Yama ({YAMA_SCOPE} is missing): the ptrace_scope refusal cannot be produced here");
+        return;
+    };
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let cmd = crate::gpusim::train_command("balanced", 1, 300, &dir.path().join("truth"));
+    let no_ptrace = ["--bounding-set", "-sys_ptrace", "--inh-caps", "-sys_ptrace", "--"];
+    let mut job_cmd = vec!["setpriv".to_string()];
+    job_cmd.extend(no_ptrace.iter().map(|s| s.to_string()));
+    job_cmd.extend(cmd);
+    let job = spawn_job(&job_cmd, &[]);
+    cuda_ranks(job.id(), 1);
+    let _restore = RestoreScope(old.trim().to_string());
+    std::fs::write(YAMA_SCOPE, "2").expect("set ptrace_scope to 2");
+    let trace = dir.path().join("yama.gptrace");
+    let attached = Command::new("setpriv")
+        .args(no_ptrace)
+        .arg(env!("CARGO_BIN_EXE_ghostprof"))
+        .args(["attach", "--quiet", "--duration", "1s", "--pid", &job.id().to_string(), "-o"])
+        .arg(&trace)
+        .env("GHOSTPROF_INJECT_LIB", library())
+        .output()
+        .unwrap();
+    drop(_restore);
+    let err = stderr(&attached.stderr);
+    assert!(attached.status.success(), "the attach goes on with eBPF only: {err}");
+    let line = err.lines().find(|l| l.contains("ptrace")).unwrap_or_else(|| panic!("a refusal line: {err}"));
+    assert!(line.contains("ptrace_scope is 2") && line.contains("eBPF only"), "names Yama's setting: {line}");
+    let out = job.wait_with_output().unwrap();
+    assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
+    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
+    assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
+    assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
+}
+
+/// Installs a seccomp filter denying memfd_create (EPERM) and execs the rest of the command
+/// line: a job confined as some container profiles confine it.
+const DENY_MEMFD: &str = r#"
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def insn(code, k, jt=0, jf=0): return struct.pack("HBBI", code, jt, jf, k)
+# ld [nr]; jeq 319 (memfd_create) ? ret ERRNO(EPERM) : ret ALLOW
+prog = insn(0x20, 0) + insn(0x15, 319, 0, 1) + insn(0x06, 0x00050001) + insn(0x06, 0x7fff0000)
+buf = ctypes.create_string_buffer(prog)
+class Fprog(ctypes.Structure): _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fp = Fprog(len(prog) // 8, ctypes.addressof(buf))
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(fp), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+/// A job under a seccomp filter that denies memfd_create (a filter confines the job's own
+/// system calls, so ptrace itself is allowed; the injection's memfd_create, made by the job's
+/// thread, is what the filter refuses): one line naming the filter, eBPF only, the job ends
+/// normally with the stdout of an unattached run.
+#[test]
+#[ignore = "root tier: ptrace and eBPF need root; tools/test runs it when root"]
+fn root_inject_refused_by_the_jobs_seccomp_filter() {
+    assert!(is_root(), "{ROOT}");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let script = dir.path().join("deny-memfd.py");
+    std::fs::write(&script, DENY_MEMFD).unwrap();
+    let mut cmd = vec!["python3".to_string(), script.display().to_string()];
+    cmd.extend(crate::gpusim::train_command("balanced", 1, 300, &dir.path().join("truth")));
+    let plain = spawn_job(&cmd, &[]).wait_with_output().unwrap();
+    assert!(plain.status.success(), "{}", stderr(&plain.stderr));
+    let job = spawn_job(&cmd, &[]);
+    let rank = cuda_ranks(job.id(), 1)[0];
+    let status = std::fs::read_to_string(format!("/proc/{rank}/status")).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')), "under a filter: {status}");
+    let trace = dir.path().join("seccomp.gptrace");
+    let attached = ghostprof()
+        .args(["attach", "--quiet", "--duration", "1s", "--pid", &job.id().to_string(), "-o"])
+        .arg(&trace)
+        .env("GHOSTPROF_INJECT_LIB", library())
+        .output()
+        .unwrap();
+    let err = stderr(&attached.stderr);
+    assert!(attached.status.success(), "the attach goes on with eBPF only: {err}");
+    let line = err.lines().find(|l| l.contains("memfd_create")).unwrap_or_else(|| panic!("a refusal line: {err}"));
+    assert!(line.contains("seccomp filter denies it") && line.contains("eBPF only"), "names the filter: {line}");
+    let out = job.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), plain.status.code(), "exit code: {}", stderr(&out.stderr));
+    assert_eq!(out.stdout, plain.stdout, "stdout byte-identical");
+    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
+    assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
+    assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
+}

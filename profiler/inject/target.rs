@@ -146,6 +146,12 @@ fn environ_lookup(bytes: &[u8], keys: &[&str]) -> Vec<Option<String>> {
         .collect()
 }
 
+/// Whether `pid` runs under a seccomp filter (mode 2 in /proc/PID/status): the system calls
+/// the injection makes in it may be denied by the job's own filter.
+pub(super) fn under_seccomp_filter(pid: u32) -> bool {
+    status_field(pid, "Seccomp:").is_some_and(|m| m == "2")
+}
+
 /// `pid`'s tracer (pid and command name) if it has one.
 pub fn tracer_of(pid: u32) -> Option<(u32, String)> {
     let tracer: u32 = status_field(pid, "TracerPid:")?.parse().ok()?;
