@@ -73,13 +73,25 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
+/*
+ * Processes this program alone still follows (tgid -> 1): while `attach` detaches, the launch
+ * probes stop (the pids leave `targets`) but the device timeline runs on until CUPTI is off,
+ * and stalls in that tail must still be seen.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GP_MAX_TARGETS);
+	__type(key, __u32);
+	__type(value, __u8);
+} sched_targets SEC(".maps");
+
 static __always_inline bool is_target(__u32 tgid)
 {
 	if (tgid == 0 || tgid == self_tgid)
 		return false;
 	if (target_tgid != 0 && tgid == target_tgid)
 		return true;
-	return bpf_map_lookup_elem(&targets, &tgid) != NULL;
+	return bpf_map_lookup_elem(&targets, &tgid) != NULL || bpf_map_lookup_elem(&sched_targets, &tgid) != NULL;
 }
 
 #define GP_S_IFMT 0170000

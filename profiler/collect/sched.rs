@@ -227,6 +227,69 @@ impl SchedCollector {
         Ok(SchedCollector { skel, _links: links, ring, pending, malformed, stats: OffCpuStats::default(), notes })
     }
 
+    /// Books the threads of `pids` that are blocked right now (state S or D in
+    /// /proc/PID/task/TID/stat) as off-CPU from now, with the system call they sit in: a
+    /// thread that left the CPU before the probes went on makes no switch-out, so without this
+    /// its stall would never be seen (an attach lands in a running job). The switch-in or the
+    /// system call's exit ends the interval as for any other. Called after the pids are in the
+    /// targets map; an entry the program made meanwhile is kept. Returns how many were booked.
+    pub fn seed_blocked(&self, pids: &[u32]) -> usize {
+        let now = crate::clock::monotonic_ns();
+        let mut booked = 0;
+        for &pid in pids {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+            for tid in tasks.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()) {
+                let dir = format!("/proc/{pid}/task/{tid}");
+                let stat = std::fs::read_to_string(format!("{dir}/stat")).unwrap_or_default();
+                let Some(state) = blocked_state(&stat) else { continue };
+                let sys = std::fs::read_to_string(format!("{dir}/syscall")).unwrap_or_default();
+                let (nr, args) = syscall_of(&sys);
+                let key = tid.to_ne_bytes();
+                // struct switch_out: ts_ns, state, syscall_nr, pad, wakeup_ns.
+                let mut out = [0u8; 32];
+                out[0..8].copy_from_slice(&now.to_ne_bytes());
+                out[8..16].copy_from_slice(&state.to_ne_bytes());
+                out[16..20].copy_from_slice(&nr.to_ne_bytes());
+                if self.skel.maps.off_since.update(&key, &out, MapFlags::NO_EXIST).is_ok() {
+                    booked += 1;
+                }
+                if nr >= 0 {
+                    // struct syscall_in: start_ns, nr, fd, open_flags (a read of a file in
+                    // progress gets its file-I/O record at its exit, from now).
+                    let flags = match nr {
+                        2 => args[1],
+                        257 => args[2],
+                        _ => 0,
+                    };
+                    let mut sin = [0u8; 24];
+                    sin[0..8].copy_from_slice(&now.to_ne_bytes());
+                    sin[8..12].copy_from_slice(&nr.to_ne_bytes());
+                    sin[12..16].copy_from_slice(&(args[0] as i32).to_ne_bytes());
+                    sin[16..24].copy_from_slice(&flags.to_ne_bytes());
+                    let _ = self.skel.maps.in_syscall.update(&key, &sin, MapFlags::NO_EXIST);
+                }
+            }
+        }
+        booked
+    }
+
+    /// Keeps following `pids` after they leave the shared targets map (`attach`'s detach: the
+    /// launch probes stop first, the device timeline a little later, and stalls up to its end
+    /// are still wanted) until [`Self::release`].
+    pub fn hold(&self, pids: &[u32]) {
+        for pid in pids {
+            let _ = self.skel.maps.sched_targets.update(&pid.to_ne_bytes(), &[1u8], MapFlags::ANY);
+        }
+    }
+
+    /// Stops following the processes of [`Self::hold`].
+    pub fn release(&self) {
+        let keys: Vec<Vec<u8>> = self.skel.maps.sched_targets.keys().collect();
+        for k in keys {
+            let _ = self.skel.maps.sched_targets.delete(&k);
+        }
+    }
+
     /// Moves everything in the ring buffer into `producer`.
     pub fn drain(&mut self, producer: &mut Producer) -> Result<(), CollectError> {
         self.ring.consume().map_err(bpf_err("draining the sched ring buffer"))?;
@@ -244,6 +307,31 @@ impl SchedCollector {
         producer.flush();
         Ok(())
     }
+}
+
+/// The kernel task state of a blocked thread from its /proc stat line (S: interruptible 1,
+/// D: uninterruptible 2); None for any other state.
+fn blocked_state(stat: &str) -> Option<u64> {
+    // "tid (comm) state ...": comm may contain spaces and parentheses.
+    match stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) {
+        Some("S") => Some(1),
+        Some("D") => Some(2),
+        _ => None,
+    }
+}
+
+/// The system call number and first three arguments from /proc/PID/task/TID/syscall
+/// ("nr a1 … a6 sp pc"; "-1 sp pc" when blocked outside a system call; "running").
+fn syscall_of(text: &str) -> (i32, [u64; 3]) {
+    let mut f = text.split_whitespace();
+    let Some(Ok(nr)) = f.next().map(str::parse::<i32>) else { return (-1, [0; 3]) };
+    let mut args = [0u64; 3];
+    if nr >= 0 {
+        for a in &mut args {
+            *a = f.next().and_then(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
+        }
+    }
+    (nr, args)
 }
 
 /// Which process the off-CPU collector follows, and how often it drains.
@@ -285,5 +373,20 @@ pub(crate) fn read_counter(map: &impl MapCore, idx: u32) -> u64 {
             per_cpu.iter().filter_map(|v| v.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).sum()
         }
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_threads_are_read_from_proc() {
+        assert_eq!(blocked_state("12 (python (x) y) S 1 2"), Some(1));
+        assert_eq!(blocked_state("12 (pt_main_thread) D 1 2"), Some(2));
+        assert_eq!(blocked_state("12 (a) R 1 2"), None);
+        assert_eq!(syscall_of("0 0x5 0x7f00 0x800000 0x0 0x0 0x0 0x7ffd 0x7f12\n"), (0, [5, 0x7f00, 0x800000]));
+        assert_eq!(syscall_of("-1 0x7ffd 0x7f12\n"), (-1, [0; 3]));
+        assert_eq!(syscall_of("running\n"), (-1, [0; 3]));
     }
 }

@@ -188,15 +188,27 @@ pub fn inject(pid: u32, opts: &InjectOptions) -> Result<Injected, InjectError> {
         library: &opts.library,
         entry_offset: entry,
         loaded_base: loaded,
-        arg: format!(
-            "ring_dir={}\npm_interval_ns={}\napi_activity={}\n",
-            opts.ring_dir.display(),
-            opts.pm_interval_ns,
-            u8::from(opts.api_activity)
-        ),
+        arg: entry_argument(opts, &target::environ_values(pid, &["GHOSTPROF_CUPTI_PATH", "CUDA_HOME"])),
         wait: opts.wait,
     };
     run_plan(&plan)
+}
+
+/// The entry point's argument: `key=value` lines (cuda/inject `AttachArgs`). `env` is the
+/// job's GHOSTPROF_CUPTI_PATH and CUDA_HOME, where the library looks for libcupti.
+fn entry_argument(opts: &InjectOptions, env: &[Option<String>]) -> String {
+    let mut arg = format!(
+        "ring_dir={}\npm_interval_ns={}\napi_activity={}\n",
+        opts.ring_dir.display(),
+        opts.pm_interval_ns,
+        u8::from(opts.api_activity)
+    );
+    for (key, value) in ["cupti_path", "cuda_home"].iter().zip(env) {
+        if let Some(v) = value {
+            arg.push_str(&format!("{key}={v}\n"));
+        }
+    }
+    arg
 }
 
 /// What the thread will be made to do.
@@ -226,4 +238,19 @@ fn run_plan(plan: &Plan<'_>) -> Result<Injected, InjectError> {
         pid: plan.pid,
         arch: format!("traced by a ghostprof built for {}", std::env::consts::ARCH),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_argument_carries_where_the_job_keeps_libcupti() {
+        let opts = InjectOptions::new("/x/libghostprof_inject.so".into());
+        let arg = entry_argument(&opts, &[Some("/opt/cupti/libcupti.so.13".into()), None]);
+        assert_eq!(
+            arg,
+            "ring_dir=/dev/shm\npm_interval_ns=50000\napi_activity=0\ncupti_path=/opt/cupti/libcupti.so.13\n"
+        );
+    }
 }

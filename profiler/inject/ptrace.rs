@@ -453,7 +453,7 @@ fn steps(t: &mut Tracee, plan: &Plan<'_>, base: &Regs, insn: u64) -> Result<Inje
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
     let area = t.syscall(base, insn, SYS_MMAP, [0, SCRATCH, prot, flags, u64::MAX, 0])?;
     if area < 0 && area > -4096 {
-        return Err(t.failed(format!("mmap in the target: errno {}", -area)));
+        return Err(t.failed(format!("mmap in the target: errno {}{}", -area, seccomp_hint(t.pid, -area))));
     }
     let area = area as u64;
     let result = (|| {
@@ -467,7 +467,11 @@ fn steps(t: &mut Tracee, plan: &Plan<'_>, base: &Regs, insn: u64) -> Result<Inje
                 t.write_mem(data, format!("{MEMFD_NAME}\0").as_bytes())?;
                 let fd = t.syscall(base, insn, SYS_MEMFD_CREATE, [data, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0])?;
                 if fd < 0 {
-                    return Err(t.failed(format!("memfd_create in the target: errno {}", -fd)));
+                    return Err(t.failed(format!(
+                        "memfd_create in the target: errno {}{}",
+                        -fd,
+                        seccomp_hint(t.pid, -fd)
+                    )));
                 }
                 let loaded = (|| {
                     fill_memfd(t, fd, plan.library)?;
@@ -503,6 +507,17 @@ fn steps(t: &mut Tracee, plan: &Plan<'_>, base: &Regs, insn: u64) -> Result<Inje
     })();
     let _ = t.syscall(base, insn, SYS_MUNMAP, [area, SCRATCH, 0, 0, 0, 0]);
     result
+}
+
+/// Why a system call made in the target was refused, when its seccomp filter is the likely
+/// cause (EPERM, EACCES or ENOSYS under a filter: a container's profile).
+fn seccomp_hint(pid: u32, errno: i64) -> &'static str {
+    let refused = [libc::EPERM, libc::EACCES, libc::ENOSYS].map(i64::from).contains(&errno);
+    if refused && super::target::under_seccomp_filter(pid) {
+        " (the job's seccomp filter denies it: allow mmap and memfd_create in its profile)"
+    } else {
+        ""
+    }
 }
 
 /// Copies the library into the target's memfd `fd` (opened from here through /proc/PID/fd).

@@ -118,6 +118,40 @@ fn status_field(pid: u32, key: &str) -> Option<String> {
     text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string())
 }
 
+/// At most this much of /proc/PID/environ is read.
+const ENVIRON_CAP: u64 = 1 << 20;
+
+/// The values of `keys` in `pid`'s environment as it was at exec (/proc/PID/environ, capped):
+/// what the library would have read with `getenv`, read here instead so that it never calls
+/// `getenv` on the thread borrowed from the job. A value that cannot travel in the entry
+/// point's argument (a newline, over 1 KiB, not UTF-8) is left out.
+pub(super) fn environ_values(pid: u32, keys: &[&str]) -> Vec<Option<String>> {
+    let mut bytes = Vec::new();
+    if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/environ")) {
+        let _ = f.take(ENVIRON_CAP).read_to_end(&mut bytes);
+    }
+    environ_lookup(&bytes, keys)
+}
+
+fn environ_lookup(bytes: &[u8], keys: &[&str]) -> Vec<Option<String>> {
+    keys.iter()
+        .map(|k| {
+            bytes
+                .split(|b| *b == 0)
+                .filter_map(|v| v.strip_prefix(k.as_bytes())?.strip_prefix(b"="))
+                .filter_map(|v| std::str::from_utf8(v).ok())
+                .rfind(|v| !v.is_empty() && v.len() <= 1024 && !v.contains('\n'))
+                .map(String::from)
+        })
+        .collect()
+}
+
+/// Whether `pid` runs under a seccomp filter (mode 2 in /proc/PID/status): the system calls
+/// the injection makes in it may be denied by the job's own filter.
+pub(super) fn under_seccomp_filter(pid: u32) -> bool {
+    status_field(pid, "Seccomp:").is_some_and(|m| m == "2")
+}
+
 /// `pid`'s tracer (pid and command name) if it has one.
 pub fn tracer_of(pid: u32) -> Option<(u32, String)> {
     let tracer: u32 = status_field(pid, "TracerPid:")?.parse().ok()?;
@@ -228,6 +262,13 @@ mod tests {
         let maps = Maps(vec![parse_line("1000-2000 r-xp 00000000 00:01 7 /memfd:ghostprof-inject (deleted)").unwrap()]);
         assert_eq!(maps.memfd_base("ghostprof-inject"), Some(0x1000));
         assert_eq!(maps.memfd_base("other"), None);
+    }
+
+    #[test]
+    fn environ_values_are_exact_keys_and_safe_for_the_argument() {
+        let env = b"CUDA_HOME_X=/no\0CUDA_HOME=/usr/local/cuda-13\0GHOSTPROF_CUPTI_PATH=/a\nb\0";
+        let v = environ_lookup(env, &["CUDA_HOME", "GHOSTPROF_CUPTI_PATH", "PATH"]);
+        assert_eq!(v, vec![Some("/usr/local/cuda-13".to_string()), None, None]);
     }
 
     #[test]

@@ -133,8 +133,17 @@ pub fn attach(
     // The library into every CUDA process of the tree first, so its ring is there for the scan.
     let mut injector = Injector::new(cfg);
     injector.visit(&tree);
-    // The device timeline first: a dormant injection library polls its ring's control word
-    // every 50 ms, so its kernels flow within ~100 ms of the ring being opened. Host probes go
+    let mut newcomers = Newcomers::new(&tree);
+    // The scheduler first: the pids go into the targets map (the sched program follows them;
+    // no library is probed yet, so no launch is recorded), and every thread already blocked
+    // is booked off-CPU from now, as it makes no switch-out (a loader blocked in `read`, a
+    // rank in a synchronize). Stalls in progress when the device timeline starts are seen.
+    for &p in &tree {
+        c.host.add_target(p)?;
+    }
+    c.sched.seed_blocked(&tree);
+    // Then the device timeline: a dormant injection library polls its ring's control word
+    // every 50 ms, so its kernels flow within ~100 ms of the ring being opened. Launch probes go
     // on after that, so the window (first launch or kernel to the last) never opens with launches
     // whose kernels were not being recorded yet, which would look like an idle device.
     c.cupti.scan(&tree);
@@ -151,9 +160,6 @@ pub fn attach(
         }
     }
     let ended = (|| {
-        for &p in &tree {
-            c.host.add_target(p)?;
-        }
         for lib in &gpu_libs {
             c.host.attach_library(lib)?;
         }
@@ -164,14 +170,18 @@ pub fn attach(
             max_duration: cfg.max_duration,
         };
         // The job's end: every traced process is gone. Ranks that start (or map libcuda)
-        // during the window get the library too, at the rescan interval.
+        // during the window get the library too, at the rescan interval; a process new to the
+        // tree is held out of the probes until its device timeline runs (`Newcomers`).
         let mut last_visit = Instant::now();
-        let gone = |targets: &[u32]| {
-            if last_visit.elapsed() >= cfg.rescan_interval {
+        let gone = |c: &mut Collectors, targets: &[u32]| {
+            let rescan = last_visit.elapsed() >= cfg.rescan_interval;
+            newcomers.tick(c, targets, &mut injector, rescan);
+            if rescan {
                 injector.visit(targets);
                 last_visit = Instant::now();
             }
-            (!targets.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())).then_some(())
+            let alive = |p: &u32| std::path::Path::new(&format!("/proc/{p}")).exists();
+            (!targets.iter().chain(newcomers.held.keys()).any(alive)).then_some(())
         };
         c.run(&pipeline, &mut producer, &timers, stop, progress, gone)
     })();
@@ -181,11 +191,16 @@ pub fn attach(
     // completed and been flushed, so the window never closes on launches whose kernels were
     // not recorded. The rings are switched off whatever happened above.
     c.cupti.notes.append(&mut injector.notes);
+    c.cupti.notes.append(&mut newcomers.notes);
     let drained = c.host.drain(&mut producer).and_then(|_| c.sched.drain(&mut producer));
+    // The scheduler keeps following the tree until the device timeline ends, as it started
+    // before it: stalls in the window's last ~150 ms are seen.
+    c.sched.hold(&c.host.targets());
     stop_host_collection(&c.host);
     drain_cupti_for(&mut c, RING_WAKE, cfg.drain_interval);
     c.cupti.detach_all();
     std::thread::sleep(RING_WAKE);
+    c.sched.release();
     ended?;
     drained?;
     c.drain(&mut producer)?;
@@ -195,6 +210,16 @@ pub fn attach(
         .finish()
         .map_err(|source| SessionError::WriteFailed { source, job: "detached; the job goes on".into() })?;
     Ok(SessionSummary::from_collectors(seen, None, cfg.pid, write, pipeline))
+}
+
+/// What [`Injector::visit_one`] did.
+enum Visit {
+    /// Injected now or earlier, or the library was there (dormant): its ring can be opened.
+    Injected,
+    /// No libcuda mapped (yet).
+    NoCuda,
+    /// Refused (a note says why), already tried, or injection is off.
+    Refused,
 }
 
 /// Loads the CUPTI library into the CUDA processes of the traced tree (`crate::inject`), once
@@ -220,22 +245,106 @@ impl Injector {
     /// Injects into the processes of `pids` not visited yet that map libcuda (one that does
     /// not yet is looked at again next time).
     fn visit(&mut self, pids: &[u32]) {
-        let Some(opts) = &self.opts else { return };
         for &pid in pids {
-            if self.done.contains(&pid) {
+            self.visit_one(pid);
+        }
+    }
+
+    /// [`Self::visit`] of one process, saying what happened.
+    fn visit_one(&mut self, pid: u32) -> Visit {
+        let Some(opts) = &self.opts else { return Visit::Refused };
+        if self.done.contains(&pid) {
+            return Visit::Refused;
+        }
+        match crate::inject::inject(pid, opts) {
+            Ok(_) => {
+                self.done.insert(pid);
+                Visit::Injected
+            }
+            Err(InjectError::NoCuda { .. }) => Visit::NoCuda,
+            Err(e) => {
+                self.done.insert(pid);
+                let line = format!("{e}; process {pid} is recorded with eBPF only");
+                eprintln!("ghostprof: {line}");
+                self.notes.push(line);
+                Visit::Refused
+            }
+        }
+    }
+}
+
+/// How long a process new to the tree is held out of the probes waiting for it to map libcuda
+/// (a rank's Python imports its CUDA libraries within this, usually); after that it is traced
+/// as any process, and injected at a rescan if it maps libcuda later.
+const HOLD_MAX: Duration = Duration::from_secs(2);
+
+/// Processes that join the tree during the window (a rank a launcher starts late). Without
+/// care, its launches are probed from its start (the fork tracepoint adds it to the targets)
+/// while its device timeline starts only once it is injected and its ring is on, so its window
+/// would open on launches without kernels (an idle GPU that was not). So a newcomer is taken
+/// out of the targets map at once, injected when it maps libcuda, its ring opened, and put back
+/// (with its threads already blocked booked, and any children it forked meanwhile) once its
+/// kernels flow: its window opens on its device timeline, as the first processes' do.
+struct Newcomers {
+    /// Every pid seen so far.
+    known: BTreeSet<u32>,
+    /// Held out of the targets map: since when, and when its ring was opened.
+    held: std::collections::BTreeMap<u32, (Instant, Option<Instant>)>,
+    notes: Vec<String>,
+}
+
+impl Newcomers {
+    fn new(tree: &[u32]) -> Self {
+        Newcomers { known: tree.iter().copied().collect(), held: Default::default(), notes: Vec::new() }
+    }
+
+    /// Holds the new pids of `targets`; at a rescan, injects the held ones that map libcuda and
+    /// opens their rings; puts back those whose ring has run `RING_WAKE`, or that waited
+    /// `HOLD_MAX` without libcuda, or whose injection was refused.
+    fn tick(&mut self, c: &mut Collectors, targets: &[u32], injector: &mut Injector, rescan: bool) {
+        use libbpf_rs::MapCore;
+        if injector.opts.is_none() {
+            return;
+        }
+        let Ok(map) = c.host.targets_map() else { return };
+        for &p in targets {
+            if self.known.insert(p) && !injector.done.contains(&p) {
+                let _ = map.delete(&p.to_ne_bytes());
+                self.held.insert(p, (Instant::now(), None));
+            }
+        }
+        let mut admit = Vec::new();
+        for (&p, (since, ring)) in self.held.iter_mut() {
+            match ring {
+                Some(at) if at.elapsed() >= RING_WAKE => admit.push(p),
+                Some(_) => {}
+                None if !rescan => {}
+                None => match injector.visit_one(p) {
+                    Visit::Injected => {
+                        let before = c.cupti.stats.rings;
+                        c.cupti.scan(&[p]);
+                        if c.cupti.stats.rings > before {
+                            *ring = Some(Instant::now());
+                        } else {
+                            admit.push(p);
+                        }
+                    }
+                    Visit::NoCuda if since.elapsed() < HOLD_MAX => {}
+                    Visit::NoCuda | Visit::Refused => admit.push(p),
+                },
+            }
+        }
+        for p in admit {
+            self.held.remove(&p);
+            if let Err(e) = c.host.add_target(p) {
+                self.notes.push(format!("process {p} joined the job but could not be traced: {e}"));
                 continue;
             }
-            match crate::inject::inject(pid, opts) {
-                Ok(_) => {
-                    self.done.insert(pid);
-                }
-                Err(InjectError::NoCuda { .. }) => {}
-                Err(e) => {
-                    self.done.insert(pid);
-                    let line = format!("{e}; process {pid} is recorded with eBPF only");
-                    eprintln!("ghostprof: {line}");
-                    self.notes.push(line);
-                }
+            c.sched.seed_blocked(&[p]);
+            // Its children forked while it was held were not followed: added now (and held in
+            // turn, being new).
+            for child in process_tree(p).into_iter().filter(|q| *q != p) {
+                let _ = c.host.add_target(child);
             }
         }
     }

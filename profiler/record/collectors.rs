@@ -95,7 +95,7 @@ impl Collectors {
 
     /// Drains on a timer until `done` returns the job's end, `stop` is set, the duration
     /// elapses or the writer fails. New libraries and CUPTI rings are looked for every
-    /// `rescan_interval`. `done` gets the traced pids.
+    /// `rescan_interval`. `done` gets the collectors and the traced pids.
     pub(crate) fn run<T>(
         &mut self,
         pipeline: &Pipeline,
@@ -103,7 +103,7 @@ impl Collectors {
         timers: &LoopOptions,
         stop: &AtomicBool,
         progress: &mut dyn FnMut(&Progress),
-        mut done: impl FnMut(&[u32]) -> Option<T>,
+        mut done: impl FnMut(&mut Self, &[u32]) -> Option<T>,
     ) -> Result<Ended<T>, CollectError> {
         let started = Instant::now();
         let mut last_scan = Instant::now() - timers.rescan_interval;
@@ -132,7 +132,7 @@ impl Collectors {
                 last_scan = Instant::now();
             }
             self.drain(producer)?;
-            if let Some(end) = done(&targets) {
+            if let Some(end) = done(self, &targets) {
                 return Ok(Ended::Job(end));
             }
             if stop.load(Ordering::Acquire) || timers.max_duration.is_some_and(|d| started.elapsed() >= d) {

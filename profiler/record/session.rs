@@ -444,7 +444,7 @@ pub fn record_command_with_progress(
         rescan_interval: cfg.rescan_interval,
         max_duration: cfg.max_duration,
     };
-    let ended = c.run(&pipeline, &mut producer, &timers, stop, progress, |_| child.try_wait().ok().flatten());
+    let ended = c.run(&pipeline, &mut producer, &timers, stop, progress, |_, _| child.try_wait().ok().flatten());
     let exit_status = match ended {
         Ok(Ended::Job(status)) => Some(status),
         // Ctrl-C, the duration, a full disk or a collector error: the recording ends, the job

@@ -198,22 +198,44 @@ fn cupti_in(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Loads libcupti, best first: `$GHOSTPROF_CUPTI_PATH`; the one the job already mapped; the
-/// library path (`libcupti.so`, `.so.13`, `.so.12`); beside the job's libcudart (pip wheels);
-/// `$CUDA_HOME` and `/usr/local/cuda` `extras/CUPTI/lib64`. Returns the path or name loaded, or
-/// what was tried.
+/// Where [`load_from`] looks besides the job's own mappings and the usual places.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Search {
+    /// `GHOSTPROF_CUPTI_PATH`: the libcupti file to try first.
+    pub cupti_path: Option<String>,
+    /// `CUDA_HOME`: a CUDA install whose `extras/CUPTI/lib64` is tried.
+    pub cuda_home: Option<String>,
+}
+
+impl Search {
+    /// From this process's environment (the library loaded by the driver at `cuInit`, on the
+    /// job's own thread, before the job runs anything of its own).
+    pub fn from_env() -> Self {
+        Search { cupti_path: std::env::var("GHOSTPROF_CUPTI_PATH").ok(), cuda_home: std::env::var("CUDA_HOME").ok() }
+    }
+}
+
+/// [`load_from`] with [`Search::from_env`].
 pub fn load() -> Result<String, String> {
+    load_from(&Search::from_env())
+}
+
+/// Loads libcupti, best first: `search.cupti_path`; the one the job already mapped; the
+/// library path (`libcupti.so`, `.so.13`, `.so.12`); beside the job's libcudart (pip wheels);
+/// `search.cuda_home` and `/usr/local/cuda` `extras/CUPTI/lib64`. Returns the path or name
+/// loaded, or what was tried. Reads no environment variable: an injected attach runs this on
+/// a thread borrowed from the job, where a `setenv` of the job's at that moment could race a
+/// `getenv` (ghostprof passes what it read in /proc/PID/environ instead).
+pub fn load_from(search: &Search) -> Result<String, String> {
     let mut tried: Vec<String> = Vec::new();
     let mut candidates: Vec<String> = Vec::new();
-    if let Ok(p) = std::env::var("GHOSTPROF_CUPTI_PATH") {
-        candidates.push(p);
-    }
+    candidates.extend(search.cupti_path.iter().cloned());
     candidates.extend(mapped_cupti().into_iter().map(|p| p.display().to_string()));
     candidates.extend(["libcupti.so", "libcupti.so.13", "libcupti.so.12"].map(String::from));
     for dir in wheel_dirs() {
         candidates.extend(cupti_in(&dir).into_iter().map(|p| p.display().to_string()));
     }
-    let homes = std::env::var("CUDA_HOME").into_iter().chain(std::iter::once("/usr/local/cuda".to_string()));
+    let homes = search.cuda_home.iter().cloned().chain(std::iter::once("/usr/local/cuda".to_string()));
     for home in homes {
         candidates.extend(
             cupti_in(&Path::new(&home).join("extras/CUPTI/lib64")).into_iter().map(|p| p.display().to_string()),
@@ -238,4 +260,27 @@ pub fn load() -> Result<String, String> {
         }
     }
     Err(format!("tried {}; set GHOSTPROF_CUPTI_PATH to the libcupti.so file", tried.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attach path's search reads no environment variable: a GHOSTPROF_CUPTI_PATH set in
+    /// the process is not tried unless it was passed in.
+    #[test]
+    fn load_from_tries_what_it_is_given_not_the_environment() {
+        let planted = "/nonexistent/ghostprof-test-env/libcupti.so";
+        std::env::set_var("GHOSTPROF_CUPTI_PATH", planted);
+        let given = "/nonexistent/ghostprof-test-arg/libcupti.so";
+        let search = Search { cupti_path: Some(given.into()), cuda_home: Some("/nonexistent/cuda".into()) };
+        match load_from(&search) {
+            Err(tried) => {
+                assert!(tried.contains(given), "{tried}");
+                assert!(!tried.contains(planted), "read the environment: {tried}");
+            }
+            Ok(loaded) => assert_ne!(loaded, planted),
+        }
+        std::env::remove_var("GHOSTPROF_CUPTI_PATH");
+    }
 }

@@ -202,13 +202,21 @@ pub struct AttachArgs {
     pub api_activity: bool,
     /// PM sampling interval (0: off).
     pub pm_interval_ns: u64,
+    /// Where libcupti is looked for (`cupti_path`, `cuda_home`: the job's environment as
+    /// ghostprof read it; never `getenv` on the borrowed thread).
+    pub search: crate::api::Search,
 }
 
 impl AttachArgs {
     /// Parses `ring_dir=/dev/shm\npm_interval_ns=50000\napi_activity=0` (unknown keys are
     /// ignored, so an older library takes a newer ghostprof's argument).
     pub fn parse(text: &str) -> Result<Self, AttachRefused> {
-        let mut args = AttachArgs { ring_dir: "/dev/shm".into(), api_activity: false, pm_interval_ns: 50_000 };
+        let mut args = AttachArgs {
+            ring_dir: "/dev/shm".into(),
+            api_activity: false,
+            pm_interval_ns: 50_000,
+            search: Default::default(),
+        };
         for line in text.lines() {
             let Some((key, value)) = line.split_once('=') else { continue };
             match key {
@@ -216,6 +224,8 @@ impl AttachArgs {
                 "ring_dir" => return Err(AttachRefused::BadArgument),
                 "api_activity" => args.api_activity = value == "1",
                 "pm_interval_ns" => args.pm_interval_ns = value.parse().map_err(|_| AttachRefused::BadArgument)?,
+                "cupti_path" if !value.is_empty() => args.search.cupti_path = Some(value.into()),
+                "cuda_home" if !value.is_empty() => args.search.cuda_home = Some(value.into()),
                 _ => {}
             }
         }
@@ -251,7 +261,7 @@ pub fn attach(args: &AttachArgs) -> Result<(), AttachRefused> {
             Some(State { pm: None, names: FxHashMap::default(), cupti_dropped: 0, records: Vec::new() });
         static LOADED: AtomicBool = AtomicBool::new(false);
         if !LOADED.load(Ordering::Acquire) {
-            crate::api::load().map_err(|_| AttachRefused::NoCupti)?;
+            crate::api::load_from(&args.search).map_err(|_| AttachRefused::NoCupti)?;
             LOADED.store(true, Ordering::Release);
         }
         std::thread::Builder::new()

@@ -84,3 +84,17 @@ pub unsafe extern "C" fn ghostprof_attach(arg: *const c_char) -> c_int {
     };
     catch_unwind(run).unwrap_or(ATTACH_PANIC)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_attach_argument_says_where_libcupti_is() {
+        let a =
+            crate::cupti::AttachArgs::parse("ring_dir=/r\ncupti_path=/c/libcupti.so.13\ncuda_home=/cuda\nnew_key=1\n")
+                .unwrap_or_else(|_| panic!("parses"));
+        assert_eq!(a.search.cupti_path.as_deref(), Some("/c/libcupti.so.13"));
+        assert_eq!(a.search.cuda_home.as_deref(), Some("/cuda"));
+        let b = crate::cupti::AttachArgs::parse("ring_dir=/r\n").unwrap_or_else(|_| panic!("parses"));
+        assert_eq!(b.search, crate::api::Search::default());
+    }
+}

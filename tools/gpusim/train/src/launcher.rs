@@ -54,7 +54,13 @@ pub fn run(launch: &Launch) -> Result<(), String> {
     // A stale id from an earlier run in the same directory would pair ranks with dead peers.
     let _ = std::fs::remove_file(launch.out_dir.join("nccl-unique-id"));
     let mut children: Vec<(u32, Child)> = Vec::new();
+    // `GPUSIM_LATE_RANK_MS=N`: the last rank starts N ms after the others (which wait for it
+    // in `ncclCommInitRank`), as a rank a launcher restarts or starts late.
+    let late = std::env::var("GPUSIM_LATE_RANK_MS").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     for rank in 0..launch.ranks {
+        if rank > 0 && rank + 1 == launch.ranks && late > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(late));
+        }
         let child = Command::new(&exe)
             .arg("worker")
             .args(["--scenario", launch.scenario_arg])

@@ -15,6 +15,7 @@ mod driver;
 mod launch;
 mod launch_loop;
 mod launcher;
+mod park;
 mod rank;
 mod scenario;
 mod stage;

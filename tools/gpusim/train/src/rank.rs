@@ -106,11 +106,11 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
     let cuda = Cuda::load()?;
     // SAFETY (all unsafe blocks below): calls into the loaded libraries with pointers to live
     // locals, following the signatures of cuda.h / nccl.h.
+    let mut ctx: Handle = std::ptr::null_mut();
     unsafe {
         check("cuInit", (cuda.init)(0))?;
         let mut device = 0;
         check("cuDeviceGet", (cuda.device_get)(&mut device, 0))?;
-        let mut ctx: Handle = std::ptr::null_mut();
         check("cuDevicePrimaryCtxRetain", (cuda.primary_ctx_retain)(&mut ctx, device))?;
         check("cuCtxSetCurrent", (cuda.ctx_set_current)(ctx))?;
     }
@@ -154,14 +154,31 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
         check("cuMemAlloc", (cuda.mem_alloc)(&mut grads_ptr, s.allreduce_bytes.max(1) as usize))?;
     }
 
+    // `GPUSIM_PARK_MS` (park.rs): threads parked in blocking calls at a known time.
+    let park_ms = crate::park::park_ms();
+    let parked = match (park_ms, cfg.rank, forward.first()) {
+        (Some(ms), 0, Some(k)) => Some(crate::park::start(ctx, k.function, k.spec.duration_us, ms)?),
+        (Some(ms), _, _) => {
+            std::thread::sleep(Duration::from_millis(ms));
+            None
+        }
+        _ => None,
+    };
     let mut nccl_comm: Option<(Nccl, Handle)> = None;
+    let mut rendezvous = Ok(());
     if s.allreduce_bytes > 0 && cfg.ranks > 0 {
         let nccl = Nccl::load()?;
         let id = unique_id(&nccl, cfg.rank, &cfg.run_dir)?;
         let mut comm: Handle = std::ptr::null_mut();
         // SAFETY: see above.
-        unsafe { check("ncclCommInitRank", (nccl.comm_init_rank)(&mut comm, cfg.ranks as i32, id, cfg.rank as i32))? };
+        rendezvous = unsafe {
+            check("ncclCommInitRank", (nccl.comm_init_rank)(&mut comm, cfg.ranks as i32, id, cfg.rank as i32))
+        };
+        rendezvous.clone()?;
         nccl_comm = Some((nccl, comm));
+    }
+    if let Some(p) = parked {
+        println!("{}", p.finish(&rendezvous)?);
     }
 
     let input_file = prepare_input(cfg)?;
