@@ -179,12 +179,13 @@ fn window_matches_truth(scenario: &str) {
         }
     }
     if scenario == "straggler" {
-        // The straggler's rank, when the cross-rank matching finds it after an attach.
-        let straggler = &report["collectives"]["straggler_rank"];
-        eprintln!("straggler_rank after an injected attach: {straggler}");
-        if !straggler.is_null() {
-            assert_eq!(straggler.as_u64(), Some(1), "straggler rank: {report}");
-        }
+        // The straggler: rank 1 of the truth. Its communicator was created before the attach, so
+        // NCCL's rank number is not known and the pid stands in for it (docs/report-schema.md).
+        let late = truths.iter().find(|t| t["rank"] == 1).unwrap()["pid"].as_u64().unwrap();
+        assert_eq!(report["straggler_rank"].as_u64(), Some(late), "straggler: {}", report["skew"]);
+        let skew = report["skew"].as_array().unwrap();
+        let of = |pid: u64| skew.iter().find(|s| s["pid"].as_u64() == Some(pid)).expect("a skew row per rank");
+        assert!(of(late)["late_count"].as_u64().unwrap() >= 30, "late at most collectives: {}", report["skew"]);
     }
 }
 
