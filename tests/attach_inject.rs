@@ -676,3 +676,35 @@ fn root_inject_refused_by_the_jobs_seccomp_filter() {
     assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
     assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
 }
+
+/// A second attach to the same process samples PM again: the first detach released the PM
+/// sampling object (CUPTI allows one per device: an object that was only stopped refuses the
+/// next enable, and the second window would have no MFU).
+#[test]
+#[ignore = "root tier: ptrace and eBPF need root; tools/test runs it when root"]
+fn root_inject_a_second_attach_samples_pm_again() {
+    assert!(is_root(), "{ROOT}");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let cmd = crate::gpusim::train_command("balanced", 1, 1500, &dir.path().join("truth"));
+    let job = spawn_job(&cmd, &[]);
+    assert_eq!(cuda_ranks(job.id(), 1).len(), 1, "the rank mapped libcuda");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut samples = Vec::new();
+    for round in 0..2 {
+        let trace = dir.path().join(format!("attach-{round}.gptrace"));
+        let attached = ghostprof()
+            .args(["attach", "--quiet", "--duration", "1s", "--pid", &job.id().to_string(), "-o"])
+            .arg(&trace)
+            .env("GHOSTPROF_INJECT_LIB", library())
+            .output()
+            .unwrap();
+        assert!(attached.status.success(), "attach {round}: {}", stderr(&attached.stderr));
+        let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
+        assert!(batch.kernels.len() > 100, "attach {round}: {} kernels", batch.kernels.len());
+        samples.push(batch.samples.len());
+    }
+    let out = job.wait_with_output().unwrap();
+    assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
+    assert!(samples.iter().all(|&n| n > 100), "PM samples in each window: {samples:?}");
+}

@@ -115,6 +115,7 @@ cupti_api! {
     cuptiPmSamplingCounterDataGetSampleInfo(p: *mut CUpti_PmSampling_CounterData_GetSampleInfo_Params);
     cuptiPmSamplingCounterDataImageInitialize(p: *mut CUpti_PmSampling_CounterDataImage_Initialize_Params);
     cuptiPmSamplingDecodeData(p: *mut CUpti_PmSampling_DecodeData_Params);
+    cuptiPmSamplingDisable(p: *mut CUpti_PmSampling_Disable_Params);
     cuptiPmSamplingEnable(p: *mut CUpti_PmSampling_Enable_Params);
     cuptiPmSamplingGetCounterAvailability(p: *mut CUpti_PmSampling_GetCounterAvailability_Params);
     cuptiPmSamplingGetCounterDataInfo(p: *mut CUpti_PmSampling_GetCounterDataInfo_Params);
@@ -126,7 +127,9 @@ cupti_api! {
     cuptiProfilerHostEvaluateToGpuValues(p: *mut CUpti_Profiler_Host_EvaluateToGpuValues_Params);
     cuptiProfilerHostGetConfigImage(p: *mut CUpti_Profiler_Host_GetConfigImage_Params);
     cuptiProfilerHostGetConfigImageSize(p: *mut CUpti_Profiler_Host_GetConfigImageSize_Params);
+    cuptiProfilerHostDeinitialize(p: *mut CUpti_Profiler_Host_Deinitialize_Params);
     cuptiProfilerHostInitialize(p: *mut CUpti_Profiler_Host_Initialize_Params);
+    cuptiProfilerDeInitialize(p: *mut CUpti_Profiler_DeInitialize_Params);
     cuptiProfilerInitialize(p: *mut CUpti_Profiler_Initialize_Params);
     cuptiSubscribe(subscriber: *mut CUpti_SubscriberHandle, callback: CUpti_CallbackFunc, userdata: *mut c_void);
     cuptiUnsubscribe(subscriber: CUpti_SubscriberHandle);

@@ -216,3 +216,22 @@ impl PmSession {
         }
     }
 }
+
+/// The session's end, whichever way it ends (the last decode, an error, a detach): sampling
+/// disabled, the host object and the profiler released, as CUPTI's own PM sampling sample ends.
+/// Stopping alone left the sampling object and the profiler initialized in a job that goes on
+/// after `attach` detaches. Results are ignored: there is nothing left to do on failure.
+impl Drop for PmSession {
+    fn drop(&mut self) {
+        // SAFETY: the live handles of this session, released once.
+        unsafe {
+            crate::api::cuptiPmSamplingDisable(&mut params!(CUpti_PmSampling_Disable_Params {
+                pPmSamplingObject: self.object
+            }));
+            crate::api::cuptiProfilerHostDeinitialize(&mut params!(CUpti_Profiler_Host_Deinitialize_Params {
+                pHostObject: self.host
+            }));
+            crate::api::cuptiProfilerDeInitialize(&mut params!(CUpti_Profiler_DeInitialize_Params {}));
+        }
+    }
+}

@@ -313,12 +313,19 @@ pub struct EnableParams {
     p_pm_sampling_object: *mut c_void,
 }
 
-/// `CUptiResult cuptiPmSamplingEnable(...)`.
+/// `CUptiResult cuptiPmSamplingEnable(...)`. As the real CUPTI, one PM sampling object per
+/// device: enabling a device whose object was not disabled is refused (CUPTI's Python layer
+/// documents it as "PM sampling is already enabled on the device"), so a client that only
+/// stops sampling can never sample that device again in the process.
 #[no_mangle]
 pub extern "C" fn cuptiPmSamplingEnable(p: *mut EnableParams) -> i32 {
     with_params(p, |p| {
+        let mut objects = pm::objects();
+        if objects.values().any(|o| o.device_index == p.device_index) {
+            return INVALID_OPERATION;
+        }
         let handle = NEXT_HANDLE.fetch_add(1, Ordering::SeqCst);
-        pm::objects().insert(handle, PmObject { device_index: p.device_index, ..PmObject::default() });
+        objects.insert(handle, PmObject { device_index: p.device_index, ..PmObject::default() });
         p.p_pm_sampling_object = handle as *mut c_void;
         SUCCESS
     })
