@@ -270,7 +270,7 @@ struct Watch<'a> {
     followed: BTreeSet<u32>,
     followed_total: u64,
     cupti_on: bool,
-    notes_done: [usize; 4],
+    notes_done: [usize; 3],
     log: &'a mut dyn FnMut(&str),
     /// Drops of causes counted per pipeline, summed over closed segments.
     closed_drops: BTreeMap<(String, String), u64>,
@@ -279,6 +279,7 @@ struct Watch<'a> {
     pending: Option<Pending>,
     summary: WatchSummary,
     finder: Finder,
+    said: std::collections::HashSet<String>,
 }
 
 impl Watch<'_> {
@@ -293,13 +294,19 @@ impl Watch<'_> {
     /// Writes the session's new notes into the open segment and the log.
     fn push_notes(&mut self) {
         let now = crate::clock::monotonic_ns();
-        let lists: [&Vec<String>; 4] = [&self.c.host.notes, &self.c.sched.notes, &self.c.cupti.notes, &self.recorder.notes];
+        let lists: [&Vec<String>; 3] = [&self.c.host.notes, &self.c.sched.notes, &self.c.cupti.notes];
         let mut fresh = Vec::new();
         for (i, list) in lists.iter().enumerate() {
             fresh.extend(list.iter().skip(self.notes_done[i]).cloned());
             self.notes_done[i] = list.len();
         }
+        // The recorder's and the service's own notes are taken, so they do not pile up.
+        fresh.append(&mut self.recorder.notes);
         for n in fresh {
+            // The same note from every segment's collectors (NVML missing) is said once.
+            if self.said.len() < 4096 && !self.said.insert(n.clone()) {
+                continue;
+            }
             (self.log)(&n);
             let text_id = self.producer.intern(&n);
             self.producer.push(SessionNote { time_ns: now, pid: 0, text_id });
@@ -556,7 +563,7 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
         followed: BTreeSet::new(),
         followed_total: 0,
         cupti_on: false,
-        notes_done: [0; 4],
+        notes_done: [0; 3],
         log,
         closed_drops: BTreeMap::new(),
         mfu_history: HashMap::new(),
@@ -564,6 +571,7 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
         pending: None,
         summary: WatchSummary { listen: exporter.as_ref().map(|e| e.addr), ..Default::default() },
         finder: Finder { scope: cfg.scope.clone(), scans: 0, not_yet: HashMap::new() },
+        said: Default::default(),
     };
     let started = Instant::now();
     let mut next_window = Instant::now() + cfg.sample.min(Duration::from_secs(1));

@@ -44,9 +44,9 @@ pub struct Recorder {
     interner: Arc<Interner>,
     seq: u64,
     closed: VecDeque<Segment>,
-    /// The open segment: path and when it was opened (None while paused: a pipeline writing
-    /// to /dev/null takes the records).
-    open: Option<(PathBuf, u64)>,
+    /// The open segments, oldest first (a rotation opens the next before it closes the last):
+    /// path and when it was opened (None while paused: a pipeline into /dev/null).
+    open: VecDeque<Option<(PathBuf, u64)>>,
     /// Whether recording is paused for lack of disk space, and why.
     pub paused: Option<String>,
     /// Notes for the session (pauses, deletions that failed), taken by the caller.
@@ -89,7 +89,7 @@ impl Recorder {
             interner,
             seq: 0,
             closed: VecDeque::new(),
-            open: None,
+            open: VecDeque::new(),
             paused: None,
             notes: Vec::new(),
             deleted: 0,
@@ -121,7 +121,7 @@ impl Recorder {
                 self.notes.push(why.clone());
             }
             self.paused = Some(why);
-            self.open = None;
+            self.open.push_back(None);
             return self.null_pipeline(info);
         }
         if self.paused.take().is_some() {
@@ -131,7 +131,7 @@ impl Recorder {
         let path = self.dir.join(format!("{SEGMENT_PREFIX}{:013}-{:06}.gptrace", unix_ms(), self.seq));
         match TraceWriter::create(&path, false, info, self.interner.clone(), WriterOptions::default()) {
             Ok(w) => {
-                self.open = Some((path, crate::clock::monotonic_ns()));
+                self.open.push_back(Some((path, crate::clock::monotonic_ns())));
                 Ok(Pipeline::start(w, self.interner.clone(), PipelineOptions::default()))
             }
             Err(e) => {
@@ -140,7 +140,7 @@ impl Recorder {
                     self.notes.push(why.clone());
                 }
                 self.paused = Some(why);
-                self.open = None;
+                self.open.push_back(None);
                 self.null_pipeline(info)
             }
         }
@@ -154,10 +154,10 @@ impl Recorder {
         Ok(Pipeline::start(w, self.interner.clone(), PipelineOptions::default()))
     }
 
-    /// Finishes `pipeline` (the open segment) and remembers it; None for a paused one.
+    /// Finishes `pipeline` (the oldest open segment) and remembers it; None for a paused one.
     pub fn close(&mut self, pipeline: Pipeline) -> Option<Segment> {
         let finished = pipeline.finish();
-        let (path, start_ns) = self.open.take()?;
+        let (path, start_ns) = self.open.pop_front()??;
         if let Err(e) = finished {
             self.notes.push(format!("segment {} ended with an error: {e}", path.display()));
         }
@@ -205,12 +205,12 @@ impl Recorder {
     /// Applies the caps: files older than `max_age` go, then the oldest until the files and
     /// `headroom` more bytes fit in `max_disk`. The open segment is never deleted.
     pub fn enforce(&mut self, headroom: u64) {
-        let open = self.open.as_ref().map(|o| o.0.clone());
+        let open: Vec<PathBuf> = self.open.iter().flatten().map(|o| o.0.clone()).collect();
         let files = self.files();
         let mut total: u64 = files.iter().map(|f| f.1).sum::<u64>().saturating_add(headroom);
         let now = SystemTime::now();
         for (path, bytes, modified) in files {
-            if Some(&path) == open.as_ref() {
+            if open.contains(&path) {
                 continue;
             }
             let too_old = now.duration_since(modified).is_ok_and(|age| age > self.max_age);
@@ -231,7 +231,7 @@ impl Recorder {
 
     /// Bytes of the open segment on disk (0 when paused).
     pub fn open_bytes(&self) -> u64 {
-        self.open.as_ref().and_then(|o| std::fs::symlink_metadata(&o.0).ok()).map_or(0, |m| disk_bytes(&m))
+        self.open.back().and_then(|o| o.as_ref()).and_then(|o| std::fs::symlink_metadata(&o.0).ok()).map_or(0, |m| disk_bytes(&m))
     }
 
     /// Writes one self-contained trace of the segments that overlap `[from_ns, to_ns]` (at most

@@ -81,7 +81,10 @@ pub fn analyze_window(path: &Path, start_ns: u64, end_ns: u64) -> anyhow::Result
     let instances = collectives::instances(&loaded.batch, &loaded.names);
     let mut rank_of: HashMap<u32, u32> = HashMap::new();
     for i in &instances {
-        rank_of.entry(i.pid).or_insert(i.rank);
+        // u32::MAX: the rank was not seen (the communicator was made before the probes).
+        if i.rank != u32::MAX {
+            rank_of.entry(i.pid).or_insert(i.rank);
+        }
     }
     let devices = analyze::account(&loaded.batch, &loaded.names, &opts)
         .into_iter()
