@@ -142,7 +142,7 @@ pub fn run(cfg: &WatchCliConfig) -> anyhow::Result<ExitCode> {
     }
     w.max_disk = parse_size(&cfg.max_disk)?;
     if w.max_disk < watch::recorder::MIN_MAX_DISK {
-        bail!("--max-disk {} is below the 1MiB minimum", cfg.max_disk);
+        bail!("--max-disk {} is below the 64KiB minimum", cfg.max_disk);
     }
     w.max_age = parse_duration(&cfg.max_age)?;
     w.triggers.before = parse_duration(&cfg.before)?;

@@ -15,7 +15,7 @@ pub const SEGMENT_PREFIX: &str = "ghostprof-seg-";
 /// File name prefix of a trigger's trace.
 pub const TRIGGER_PREFIX: &str = "ghostprof-trigger-";
 /// The smallest `--max-disk` accepted.
-pub const MIN_MAX_DISK: u64 = 1 << 20;
+pub const MIN_MAX_DISK: u64 = 64 << 10;
 /// A segment is cut when it holds this share of `--max-disk`, so deleting whole old segments
 /// keeps the directory under the cap.
 pub const SEGMENT_SHARE: u64 = 16;
@@ -214,7 +214,9 @@ impl Recorder {
                 continue;
             }
             let too_old = now.duration_since(modified).is_ok_and(|age| age > self.max_age);
-            if !too_old && total <= self.max_disk {
+            // Room is kept for the open segment to grow to its limit (and a chunk past it)
+            // before the next check.
+            if !too_old && total.saturating_add(2 * self.segment_limit()) <= self.max_disk {
                 continue;
             }
             match std::fs::remove_file(&path) {
