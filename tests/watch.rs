@@ -214,7 +214,8 @@ fn scrape(port: u16) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
-/// A running `ghostprof watch`, stopped (SIGTERM, then SIGKILL after 20 s) when dropped.
+/// A running `ghostprof watch`, stopped (SIGTERM, then SIGKILL after 90 s: removing the uprobes
+/// of every library it probed takes the kernel seconds) when dropped.
 struct Watcher {
     child: Option<Child>,
     dir: PathBuf,
@@ -274,7 +275,7 @@ impl Watcher {
             if let Ok(Some(status)) = child.try_wait() {
                 return status.success();
             }
-            if t.elapsed() > Duration::from_secs(20) {
+            if t.elapsed() > Duration::from_secs(90) {
                 let _ = child.kill();
                 let _ = child.wait();
                 return false;
@@ -312,6 +313,10 @@ fn start_job(scenario: &str, ranks: u32, seconds: u32, truth: &Path, rings: &Pat
         .env("CUDA_INJECTION64_PATH", built.build_dir.join("libghostprof_inject.so"))
         .env("GHOSTPROF_RING_DIR", rings)
         .env("GPUSIM_STARTUP_MS", startup_ms.to_string())
+        // PM samples every 500 µs, not 50: on a loaded 2-core machine the simulated PM
+        // sampling's CPU slows the ranks only while CUPTI is on, so windows sampled at 50 µs
+        // saw ~2× the run's idle.host_stall (a real GPU samples in hardware).
+        .env("GHOSTPROF_PM_INTERVAL_NS", "500000")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -226,7 +226,12 @@ impl Finder {
                 continue;
             }
             self.not_yet.remove(&pid);
-            found.push((pid, gpu.iter().map(|l| procmaps::host_path(pid, &l.path)).collect()));
+            let mut paths: Vec<PathBuf> = gpu.iter().map(|l| procmaps::host_path(pid, &l.path)).collect();
+            if !gpu.iter().any(|l| procmaps::classify(&l.path) == LibKind::Nccl) {
+                let cuda_dir = gpu.iter().find_map(|l| l.path.parent().map(Path::to_path_buf));
+                paths.extend(nccl_before_it_is_mapped(pid, cuda_dir));
+            }
+            found.push((pid, paths));
         }
         self.not_yet.retain(|p, _| alive.contains(p));
         found
@@ -238,6 +243,20 @@ impl Finder {
         let wait = (*at).saturating_sub(scans).max(1);
         *at = scans + (wait * 2).min(16);
     }
+}
+
+/// The libnccl a process would load (next to its libcuda, or on its LD_LIBRARY_PATH), as a
+/// path this process can open: probed before the process maps it, so that its communicators'
+/// creation (their rank) is seen even when NCCL is loaded just before it, between two scans.
+fn nccl_before_it_is_mapped(pid: u32, cuda_dir: Option<PathBuf>) -> Option<PathBuf> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let ld_path = environ
+        .split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(b"LD_LIBRARY_PATH="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let dirs = cuda_dir.into_iter().chain(ld_path.split(':').filter(|d| d.starts_with('/')).take(32).map(PathBuf::from));
+    dirs.map(|d| procmaps::host_path(pid, &d.join("libnccl.so.2"))).find(|p| p.is_file())
 }
 
 /// The one place a process starts being followed: its pid joins the eBPF targets, its GPU

@@ -68,11 +68,24 @@ pub fn analyze_window(path: &Path, start_ns: u64, end_ns: u64) -> anyhow::Result
             path.display()
         );
     }
-    let loaded = analyze::load(path)?;
+    let mut loaded = analyze::load(path)?;
+    let first_call = drop_kernels_of_earlier_calls(&mut loaded.batch, &loaded.names);
     let clip = Window::new(start_ns, end_ns);
+    // Each process's device records of the window: its library switches CUPTI on and flushes
+    // it off on its own control thread's poll, later than asked on a loaded host, so the
+    // window of a process is also clipped to the span its device records cover (device work
+    // before the first record or after the last is unknown, not idle).
+    let mut device_span: HashMap<u32, Window> = HashMap::new();
+    let b = &loaded.batch;
+    let spans = b.kernels.iter().map(|k| (k.pid, k.start_ns, k.end_ns)).chain(b.memops.iter().map(|m| (m.pid, m.start_ns, m.end_ns)));
+    for (pid, s, e) in spans.filter(|x| x.2 > clip.start_ns && x.1 < clip.end_ns) {
+        device_span.entry(pid).or_insert(Window::new(s, e)).widen(s, e);
+    }
     let mut windows: HashMap<u32, Window> = HashMap::new();
     for (pid, w) in process_windows(&loaded.batch) {
-        let (s, e) = (w.start_ns.max(clip.start_ns), w.end_ns.min(clip.end_ns));
+        let Some(d) = device_span.get(&pid) else { continue };
+        let s = w.start_ns.max(clip.start_ns).max(d.start_ns).max(first_call.get(&pid).copied().unwrap_or(0));
+        let e = w.end_ns.min(clip.end_ns).min(d.end_ns);
         if e > s {
             windows.insert(pid, Window::new(s, e));
         }
@@ -111,6 +124,22 @@ pub fn analyze_window(path: &Path, start_ns: u64, end_ns: u64) -> anyhow::Result
     let cross = collectives::cross_rank(&views);
     let straggler = cross.straggler.map(|i| (cross.skew[i].pid, cross.skew[i].rank));
     Ok(WindowFigures { devices, straggler, late_run: longest_late_run(&instances) })
+}
+
+/// Removes the collective kernels of each process that started before its first NCCL call in
+/// the window: CUPTI was already on when the window's segment began, so the kernels of calls
+/// made just before it are here without their calls, and the analysis pairs a process's k-th
+/// collective kernel with its k-th call (off by one for the whole window otherwise). Returns
+/// each process's first call: its window starts there, so what was removed is outside it.
+fn drop_kernels_of_earlier_calls(batch: &mut crate::trace::RecordBatch, names: &HashMap<u32, String>) -> HashMap<u32, u64> {
+    let mut first_call: HashMap<u32, u64> = HashMap::new();
+    for c in batch.nccl.iter().filter(|c| c.phase == crate::trace::NcclPhase::Host as u32) {
+        let e = first_call.entry(c.pid).or_insert(c.start_ns);
+        *e = (*e).min(c.start_ns);
+    }
+    let is_coll = |id: u32| names.get(&id).is_some_and(|n| crate::trace::is_collective_name(n));
+    batch.kernels.retain(|k| !is_coll(k.name_id) || first_call.get(&k.pid).is_some_and(|t| k.start_ns >= *t));
+    first_call
 }
 
 /// The longest run of consecutive collectives (by sequence number, per communicator size)
