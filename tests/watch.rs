@@ -62,7 +62,8 @@ fn parse_strict(text: &str) -> Result<Vec<Sample>, String> {
                     }
                 }
                 "TYPE" => {
-                    if !["counter", "gauge"].contains(&arg) || types.insert(name.to_string(), arg.to_string()).is_some() {
+                    if !["counter", "gauge"].contains(&arg) || types.insert(name.to_string(), arg.to_string()).is_some()
+                    {
                         return Err(at("bad or repeated TYPE"));
                     }
                     if arg == "counter" && !name.ends_with("_total") {
@@ -404,13 +405,13 @@ fn root_watch_follows_a_straggler_job_started_after_it() {
                 truth * 100.0
             );
         }
-        assert_eq!(samples.iter().find(|s| s.name == "ghostprof_gpu_busy_ratio").unwrap().labels["rank"], t["rank"].to_string());
+        assert_eq!(
+            samples.iter().find(|s| s.name == "ghostprof_gpu_busy_ratio").unwrap().labels["rank"],
+            t["rank"].to_string()
+        );
     }
     // The straggler: the rank the others waited for (least comm.wait in the truth).
-    let slow = truths
-        .iter()
-        .min_by_key(|t| t["devices"][0]["categories"]["comm.wait"].as_u64().unwrap())
-        .unwrap();
+    let slow = truths.iter().min_by_key(|t| t["devices"][0]["categories"]["comm.wait"].as_u64().unwrap()).unwrap();
     let triggers = w_files(dir.path());
     let with_notes: Vec<(PathBuf, Vec<String>)> = triggers.iter().map(|p| (p.clone(), notes_of(p))).collect();
     let straggler = with_notes
@@ -429,7 +430,10 @@ fn root_watch_follows_a_straggler_job_started_after_it() {
         .unwrap_or_else(|| panic!("no SIGUSR1 trigger among {with_notes:?}"));
     let b = ghostprof::trace::TraceReader::open(&usr1.0).unwrap().read_all().unwrap();
     let pids: BTreeSet<u32> = b.launches.iter().map(|l| l.pid).collect();
-    assert!(pids.len() >= 3 && !b.kernels.is_empty(), "the SIGUSR1 trace holds every rank's host and device records: {pids:?}");
+    assert!(
+        pids.len() >= 3 && !b.kernels.is_empty(),
+        "the SIGUSR1 trace holds every rank's host and device records: {pids:?}"
+    );
     let out = ghostprof().arg("report").arg(&usr1.0).output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("busy"), "report reads it");
 }
@@ -529,7 +533,8 @@ fn root_watch_follows_50_short_jobs_with_flat_fd_and_thread_counts() {
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON) and Debian's prometheus; tools/test runs it when root"]
 fn root_watch_is_scraped_by_a_real_prometheus() {
     assert!(is_root(), "run the root tier as root");
-    let Some(prometheus) = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].into_iter().find(|p| Path::new(p).exists())
+    let Some(prometheus) =
+        ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].into_iter().find(|p| Path::new(p).exists())
     else {
         eprintln!("SKIPPED root_watch_is_scraped_by_a_real_prometheus: no prometheus binary (tools/setup installs Debian's `prometheus`)");
         return;
@@ -584,13 +589,21 @@ fn root_watch_is_scraped_by_a_real_prometheus() {
     let query = |q: &str| -> Option<serde_json::Value> {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", prom_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        let q: String = q.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+        let q: String = q
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
         write!(s, "GET /api/v1/query?query={q} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         serde_json::from_str(out.split_once("\r\n\r\n")?.1).ok()
     };
-    let families = ["ghostprof_gpu_busy_ratio", "ghostprof_gpu_mfu_ratio", "ghostprof_gpu_category_ratio", "ghostprof_sample_windows_total"];
+    let families = [
+        "ghostprof_gpu_busy_ratio",
+        "ghostprof_gpu_mfu_ratio",
+        "ghostprof_gpu_category_ratio",
+        "ghostprof_sample_windows_total",
+    ];
     let t = Instant::now();
     for family in families {
         let expected: Vec<&Sample> = served.iter().filter(|s| s.name == family).collect();
@@ -604,7 +617,11 @@ fn root_watch_is_scraped_by_a_real_prometheus() {
                         .find(|r| e.labels.iter().all(|(k, v)| r["metric"][k].as_str() == Some(v.as_str())))
                         .unwrap_or_else(|| panic!("{family} {:?} not in Prometheus: {got:?}", e.labels));
                     let v: f64 = m["value"][1].as_str().unwrap().parse().unwrap();
-                    assert_eq!(v, e.value, "{family} {:?}: Prometheus has {v}, the endpoint served {}", e.labels, e.value);
+                    assert_eq!(
+                        v, e.value,
+                        "{family} {:?}: Prometheus has {v}, the endpoint served {}",
+                        e.labels, e.value
+                    );
                 }
                 break;
             }

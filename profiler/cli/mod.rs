@@ -62,8 +62,10 @@ pub enum Command {
     /// Run a simulated multi-rank training job with a straggler under the profiler (no GPU needed).
     Demo(demo::DemoConfig),
     /// Always on: follow every CUDA process, sample the device timeline, keep a flight recorder, serve Prometheus metrics.
-    #[command(after_help = "EXAMPLES:\n    sudo ghostprof watch --dir /var/lib/ghostprof/watch --max-disk 2GiB --comm-wait-above 20\n    sudo ghostprof watch trigger loss spike")]
-    Watch(watch::WatchCliConfig),
+    #[command(
+        after_help = "EXAMPLES:\n    sudo ghostprof watch --dir /var/lib/ghostprof/watch --max-disk 2GiB --comm-wait-above 20\n    sudo ghostprof watch trigger loss spike"
+    )]
+    Watch(Box<watch::WatchCliConfig>),
 }
 
 /// Exit status when stdout is a pipe whose reader left (`ghostprof info T | head -1`):

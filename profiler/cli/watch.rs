@@ -138,7 +138,11 @@ pub fn run(cfg: &WatchCliConfig) -> anyhow::Result<ExitCode> {
     w.sample = parse_duration(&cfg.sample)?;
     w.period = parse_duration(&cfg.period)?;
     if w.sample > w.period {
-        bail!("--sample ({}) is longer than --period ({}): give a sample window shorter than the period", cfg.sample, cfg.period);
+        bail!(
+            "--sample ({}) is longer than --period ({}): give a sample window shorter than the period",
+            cfg.sample,
+            cfg.period
+        );
     }
     w.max_disk = parse_size(&cfg.max_disk)?;
     if w.max_disk < watch::recorder::MIN_MAX_DISK {

@@ -42,7 +42,12 @@ pub fn take_sigusr1() -> bool {
 /// Makes a request's free text safe for a note and a file name: letters, digits, space, `.-_`,
 /// at most 64 characters.
 pub fn clean_reason(s: &str) -> String {
-    s.chars().filter(|c| c.is_ascii_alphanumeric() || " .-_".contains(*c)).take(64).collect::<String>().trim().to_string()
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || " .-_".contains(*c))
+        .take(64)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 /// The uid of the process at the other end of `s`.
@@ -99,9 +104,8 @@ impl Control {
             while !s.load(Ordering::Acquire) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            answer(stream, &requests, &r)
-                        }));
+                        let _ =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer(stream, &requests, &r)));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }

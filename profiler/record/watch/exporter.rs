@@ -120,20 +120,41 @@ impl State {
         let family = |o: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        family(&mut o, "ghostprof_gpu_busy_ratio", "gauge", "Fraction of the last sample window the GPU ran work (what dashboards call utilization).");
+        family(
+            &mut o,
+            "ghostprof_gpu_busy_ratio",
+            "gauge",
+            "Fraction of the last sample window the GPU ran work (what dashboards call utilization).",
+        );
         for r in self.devices.values() {
             let _ = writeln!(o, "ghostprof_gpu_busy_ratio{{{}}} {}", labels(r), num(r.last.busy()));
         }
-        family(&mut o, "ghostprof_gpu_mfu_ratio", "gauge", "Useful (FLOP-equivalent) fraction of the last sample window; absent without a FLOP source.");
+        family(
+            &mut o,
+            "ghostprof_gpu_mfu_ratio",
+            "gauge",
+            "Useful (FLOP-equivalent) fraction of the last sample window; absent without a FLOP source.",
+        );
         for r in self.devices.values() {
             if let Some(m) = r.last.mfu() {
                 let _ = writeln!(o, "ghostprof_gpu_mfu_ratio{{{}}} {}", labels(r), num(m));
             }
         }
-        family(&mut o, "ghostprof_gpu_category_ratio", "gauge", "Fraction of the last sample window in each of the eight categories (they sum to 1).");
+        family(
+            &mut o,
+            "ghostprof_gpu_category_ratio",
+            "gauge",
+            "Fraction of the last sample window in each of the eight categories (they sum to 1).",
+        );
         for r in self.devices.values() {
             for c in Category::ALL {
-                let _ = writeln!(o, "ghostprof_gpu_category_ratio{{{},category=\"{}\"}} {}", labels(r), c.name(), num(r.last.ratio(c)));
+                let _ = writeln!(
+                    o,
+                    "ghostprof_gpu_category_ratio{{{},category=\"{}\"}} {}",
+                    labels(r),
+                    c.name(),
+                    num(r.last.ratio(c))
+                );
             }
         }
         family(&mut o, "ghostprof_gpu_category_sampled_seconds_total", "counter", "Seconds in each category summed over every sample window of the process (divide by ghostprof_gpu_sampled_seconds_total for the run's fractions).");
@@ -148,31 +169,80 @@ impl State {
                 );
             }
         }
-        family(&mut o, "ghostprof_gpu_sampled_seconds_total", "counter", "Seconds of device timeline analyzed for the process (the sample windows' lengths).");
+        family(
+            &mut o,
+            "ghostprof_gpu_sampled_seconds_total",
+            "counter",
+            "Seconds of device timeline analyzed for the process (the sample windows' lengths).",
+        );
         for r in self.devices.values() {
-            let _ = writeln!(o, "ghostprof_gpu_sampled_seconds_total{{{}}} {}", labels(r), num(r.window_ns as f64 / 1e9));
+            let _ =
+                writeln!(o, "ghostprof_gpu_sampled_seconds_total{{{}}} {}", labels(r), num(r.window_ns as f64 / 1e9));
         }
-        family(&mut o, "ghostprof_gpu_busy_sampled_seconds_total", "counter", "Busy seconds summed over the sample windows of the process.");
+        family(
+            &mut o,
+            "ghostprof_gpu_busy_sampled_seconds_total",
+            "counter",
+            "Busy seconds summed over the sample windows of the process.",
+        );
         for r in self.devices.values() {
-            let _ = writeln!(o, "ghostprof_gpu_busy_sampled_seconds_total{{{}}} {}", labels(r), num(r.busy_ns as f64 / 1e9));
+            let _ = writeln!(
+                o,
+                "ghostprof_gpu_busy_sampled_seconds_total{{{}}} {}",
+                labels(r),
+                num(r.busy_ns as f64 / 1e9)
+            );
         }
-        family(&mut o, "ghostprof_straggler_rank", "gauge", "NCCL rank the other ranks waited for most in the last sample window; -1 when none.");
-        let _ = writeln!(o, "ghostprof_straggler_rank{{host=\"{host}\"}} {}", self.straggler_rank.map_or(-1, |r| r as i64));
-        family(&mut o, "ghostprof_sample_windows_total", "counter", "Sample windows (CUPTI on) analyzed; the figures are sampled, not exact.");
+        family(
+            &mut o,
+            "ghostprof_straggler_rank",
+            "gauge",
+            "NCCL rank the other ranks waited for most in the last sample window; -1 when none.",
+        );
+        let _ =
+            writeln!(o, "ghostprof_straggler_rank{{host=\"{host}\"}} {}", self.straggler_rank.map_or(-1, |r| r as i64));
+        family(
+            &mut o,
+            "ghostprof_sample_windows_total",
+            "counter",
+            "Sample windows (CUPTI on) analyzed; the figures are sampled, not exact.",
+        );
         let _ = writeln!(o, "ghostprof_sample_windows_total{{host=\"{host}\"}} {}", self.windows);
-        family(&mut o, "ghostprof_sample_fraction_ratio", "gauge", "Share of the time watched that the device timeline was sampled.");
-        let _ = writeln!(o, "ghostprof_sample_fraction_ratio{{host=\"{host}\"}} {}", num(self.sampled_seconds / self.watched_seconds.max(1e-9)));
+        family(
+            &mut o,
+            "ghostprof_sample_fraction_ratio",
+            "gauge",
+            "Share of the time watched that the device timeline was sampled.",
+        );
+        let _ = writeln!(
+            o,
+            "ghostprof_sample_fraction_ratio{{host=\"{host}\"}} {}",
+            num(self.sampled_seconds / self.watched_seconds.max(1e-9))
+        );
         family(&mut o, "ghostprof_dropped_records_total", "counter", "Records lost, by collector source and cause.");
         for ((source, cause), n) in &self.drops {
-            let _ = writeln!(o, "ghostprof_dropped_records_total{{host=\"{host}\",source=\"{source}\",cause=\"{cause}\"}} {n}");
+            let _ = writeln!(
+                o,
+                "ghostprof_dropped_records_total{{host=\"{host}\",source=\"{source}\",cause=\"{cause}\"}} {n}"
+            );
         }
-        family(&mut o, "ghostprof_watch_cpu_seconds_total", "counter", "CPU time of the watch service itself (user + system, all threads).");
+        family(
+            &mut o,
+            "ghostprof_watch_cpu_seconds_total",
+            "counter",
+            "CPU time of the watch service itself (user + system, all threads).",
+        );
         let _ = writeln!(o, "ghostprof_watch_cpu_seconds_total{{host=\"{host}\"}} {}", num(self.cpu_seconds));
         family(&mut o, "ghostprof_watch_cpu_ratio", "gauge", "CPU of the watch service over the last second, in CPUs.");
         let _ = writeln!(o, "ghostprof_watch_cpu_ratio{{host=\"{host}\"}} {}", num(self.cpu_ratio));
         family(&mut o, "ghostprof_watch_resident_memory_bytes", "gauge", "Resident memory of the watch service.");
         let _ = writeln!(o, "ghostprof_watch_resident_memory_bytes{{host=\"{host}\"}} {}", self.resident_bytes);
-        family(&mut o, "ghostprof_recorder_disk_bytes", "gauge", "Bytes the flight recorder's files hold (capped by --max-disk).");
+        family(
+            &mut o,
+            "ghostprof_recorder_disk_bytes",
+            "gauge",
+            "Bytes the flight recorder's files hold (capped by --max-disk).",
+        );
         let _ = writeln!(o, "ghostprof_recorder_disk_bytes{{host=\"{host}\"}} {}", self.disk_bytes);
         family(&mut o, "ghostprof_recorder_paused", "gauge", "1 while recording is paused for lack of disk space.");
         let _ = writeln!(o, "ghostprof_recorder_paused{{host=\"{host}\"}} {}", u8::from(self.paused));
@@ -232,7 +302,9 @@ impl Exporter {
                         // A panic here would only end the endpoint; never the service.
                         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(stream, &state)));
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }

@@ -217,10 +217,8 @@ impl Finder {
                 continue;
             }
             let libs = procmaps::mapped_libs(pid).unwrap_or_default();
-            let gpu: Vec<_> = libs
-                .iter()
-                .filter(|l| matches!(procmaps::classify(&l.path), LibKind::Cuda | LibKind::Nccl))
-                .collect();
+            let gpu: Vec<_> =
+                libs.iter().filter(|l| matches!(procmaps::classify(&l.path), LibKind::Cuda | LibKind::Nccl)).collect();
             if !gpu.iter().any(|l| procmaps::classify(&l.path) == LibKind::Cuda) {
                 self.back_off(pid);
                 continue;
@@ -255,7 +253,8 @@ fn nccl_before_it_is_mapped(pid: u32, cuda_dir: Option<PathBuf>) -> Option<PathB
         .find_map(|v| v.strip_prefix(b"LD_LIBRARY_PATH="))
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
-    let dirs = cuda_dir.into_iter().chain(ld_path.split(':').filter(|d| d.starts_with('/')).take(32).map(PathBuf::from));
+    let dirs =
+        cuda_dir.into_iter().chain(ld_path.split(':').filter(|d| d.starts_with('/')).take(32).map(PathBuf::from));
     dirs.map(|d| procmaps::host_path(pid, &d.join("libnccl.so.2"))).find(|p| p.is_file())
 }
 
@@ -263,7 +262,12 @@ fn nccl_before_it_is_mapped(pid: u32, cuda_dir: Option<PathBuf>) -> Option<PathB
 /// libraries are probed, and the CUPTI ring of its dormant injection library (if it carries
 /// one) is opened. Live injection (`ghostprof attach`'s ptrace path, once it lands) goes here:
 /// inject the library, then open its ring as now.
-fn start_following(c: &mut Collectors, pid: u32, libs: &[PathBuf], notes: &mut Vec<String>) -> Result<(), CollectError> {
+fn start_following(
+    c: &mut Collectors,
+    pid: u32,
+    libs: &[PathBuf],
+    notes: &mut Vec<String>,
+) -> Result<(), CollectError> {
     c.host.add_target(pid)?;
     for lib in libs {
         if let Err(e) = c.host.attach_library(lib) {
@@ -390,7 +394,8 @@ impl Watch<'_> {
         for lib in self.c.host.rescan() {
             self.producer.push(lib);
         }
-        let gone: Vec<u32> = self.c.cupti.open_rings().into_iter().chain(self.followed.iter().copied()).filter(|p| !alive(*p)).collect();
+        let gone: Vec<u32> =
+            self.c.cupti.open_rings().into_iter().chain(self.followed.iter().copied()).filter(|p| !alive(*p)).collect();
         Ok(gone)
     }
 
@@ -435,7 +440,13 @@ impl Watch<'_> {
                 if wait > x {
                     out.push((
                         "comm-wait".to_string(),
-                        format!("comm-wait: process {} GPU {} spent {:.1}% of a sample window in comm.wait (above {:.1}%)", d.pid, d.device, wait * 100.0, x * 100.0),
+                        format!(
+                            "comm-wait: process {} GPU {} spent {:.1}% of a sample window in comm.wait (above {:.1}%)",
+                            d.pid,
+                            d.device,
+                            wait * 100.0,
+                            x * 100.0
+                        ),
                     ));
                 }
             }
@@ -448,7 +459,14 @@ impl Watch<'_> {
                     if mfu < frac * median {
                         out.push((
                             "mfu-drop".to_string(),
-                            format!("mfu-drop: process {} GPU {} MFU {:.1}% below {:.0}% of its running median {:.1}%", d.pid, d.device, mfu * 100.0, frac * 100.0, median * 100.0),
+                            format!(
+                                "mfu-drop: process {} GPU {} MFU {:.1}% below {:.0}% of its running median {:.1}%",
+                                d.pid,
+                                d.device,
+                                mfu * 100.0,
+                                frac * 100.0,
+                                median * 100.0
+                            ),
                         ));
                     }
                 }
@@ -556,9 +574,10 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
         .map_err(|e| anyhow::anyhow!("flight recorder directory: {e}"))?;
     let state = Arc::new(Mutex::new(exporter::State::new(hostname())));
     let exporter = match cfg.listen {
-        Some(addr) => Some(exporter::Exporter::start(addr, state.clone()).map_err(|e| {
-            anyhow::anyhow!("cannot listen on {addr}: {e} (give another --listen, or --no-listen)")
-        })?),
+        Some(addr) => Some(
+            exporter::Exporter::start(addr, state.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e} (give another --listen, or --no-listen)"))?,
+        ),
         None => None,
     };
     let (tx, rx) = control::channel();
@@ -693,5 +712,7 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
 
 /// This host's name (the `host` label).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }

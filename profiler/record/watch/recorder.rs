@@ -149,8 +149,9 @@ impl Recorder {
     /// A pipeline whose records go nowhere (a paused recorder).
     fn null_pipeline(&self, info: &TraceInfo) -> std::io::Result<Pipeline> {
         let f = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
-        let w = TraceWriter::from_file(f, Path::new("/dev/null"), info, self.interner.clone(), WriterOptions::default())
-            .map_err(|e| std::io::Error::other(format!("/dev/null: {e}")))?;
+        let w =
+            TraceWriter::from_file(f, Path::new("/dev/null"), info, self.interner.clone(), WriterOptions::default())
+                .map_err(|e| std::io::Error::other(format!("/dev/null: {e}")))?;
         Ok(Pipeline::start(w, self.interner.clone(), PipelineOptions::default()))
     }
 
@@ -233,14 +234,24 @@ impl Recorder {
 
     /// Bytes of the open segment on disk (0 when paused).
     pub fn open_bytes(&self) -> u64 {
-        self.open.back().and_then(|o| o.as_ref()).and_then(|o| std::fs::symlink_metadata(&o.0).ok()).map_or(0, |m| disk_bytes(&m))
+        self.open
+            .back()
+            .and_then(|o| o.as_ref())
+            .and_then(|o| std::fs::symlink_metadata(&o.0).ok())
+            .map_or(0, |m| disk_bytes(&m))
     }
 
     /// Writes one self-contained trace of the segments that overlap `[from_ns, to_ns]` (at most
     /// a quarter of `--max-disk` of them, newest kept), with `reason` as a note record. All
     /// segments share the recorder's string table, so their records' name ids are the same
     /// and every chunk of the new file carries the names it refers to.
-    pub fn write_trigger(&mut self, reason: &str, from_ns: u64, to_ns: u64, info: &TraceInfo) -> anyhow::Result<PathBuf> {
+    pub fn write_trigger(
+        &mut self,
+        reason: &str,
+        from_ns: u64,
+        to_ns: u64,
+        info: &TraceInfo,
+    ) -> anyhow::Result<PathBuf> {
         let mut chosen: Vec<&Segment> = Vec::new();
         let mut bytes = 0u64;
         for s in self.closed.iter().rev() {

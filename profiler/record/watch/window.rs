@@ -77,7 +77,11 @@ pub fn analyze_window(path: &Path, start_ns: u64, end_ns: u64) -> anyhow::Result
     // before the first record or after the last is unknown, not idle).
     let mut device_span: HashMap<u32, Window> = HashMap::new();
     let b = &loaded.batch;
-    let spans = b.kernels.iter().map(|k| (k.pid, k.start_ns, k.end_ns)).chain(b.memops.iter().map(|m| (m.pid, m.start_ns, m.end_ns)));
+    let spans = b
+        .kernels
+        .iter()
+        .map(|k| (k.pid, k.start_ns, k.end_ns))
+        .chain(b.memops.iter().map(|m| (m.pid, m.start_ns, m.end_ns)));
     for (pid, s, e) in spans.filter(|x| x.2 > clip.start_ns && x.1 < clip.end_ns) {
         device_span.entry(pid).or_insert(Window::new(s, e)).widen(s, e);
     }
@@ -120,7 +124,8 @@ pub fn analyze_window(path: &Path, start_ns: u64, end_ns: u64) -> anyhow::Result
         .into_iter()
         .map(|(pid, instances)| collectives::RankInput { file: String::new(), pid, instances })
         .collect();
-    let views: Vec<collectives::RankView> = inputs.iter().map(|input| collectives::RankView { input, offset_ns: 0 }).collect();
+    let views: Vec<collectives::RankView> =
+        inputs.iter().map(|input| collectives::RankView { input, offset_ns: 0 }).collect();
     let cross = collectives::cross_rank(&views);
     let straggler = cross.straggler.map(|i| (cross.skew[i].pid, cross.skew[i].rank));
     Ok(WindowFigures { devices, straggler, late_run: longest_late_run(&instances) })
@@ -131,7 +136,10 @@ pub fn analyze_window(path: &Path, start_ns: u64, end_ns: u64) -> anyhow::Result
 /// made just before it are here without their calls, and the analysis pairs a process's k-th
 /// collective kernel with its k-th call (off by one for the whole window otherwise). Returns
 /// each process's first call: its window starts there, so what was removed is outside it.
-fn drop_kernels_of_earlier_calls(batch: &mut crate::trace::RecordBatch, names: &HashMap<u32, String>) -> HashMap<u32, u64> {
+fn drop_kernels_of_earlier_calls(
+    batch: &mut crate::trace::RecordBatch,
+    names: &HashMap<u32, String>,
+) -> HashMap<u32, u64> {
     let mut first_call: HashMap<u32, u64> = HashMap::new();
     for c in batch.nccl.iter().filter(|c| c.phase == crate::trace::NcclPhase::Host as u32) {
         let e = first_call.entry(c.pid).or_insert(c.start_ns);
