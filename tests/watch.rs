@@ -459,8 +459,8 @@ fn root_watch_disk_cap_holds_over_ten_times_its_size() {
     let rings = dir.path().join("rings");
     std::fs::create_dir(&rings).unwrap();
     let cap: u64 = 128 << 10;
-    let w = Watcher::start(dir.path(), &rings, &["--sample", "2s", "--period", "2s", "--max-disk", "128KiB"]);
-    let mut job = start_job("launch-bound", 1, 25, &dir.path().join("truth"), &rings, 1000);
+    let w = Watcher::start(dir.path(), &rings, &["--sample", "1s", "--period", "2s", "--max-disk", "128KiB"]);
+    let mut job = start_job("straggler", 3, 15, &dir.path().join("truth"), &rings, 1000);
     let mut largest: HashMap<PathBuf, u64> = HashMap::new();
     let mut most = 0u64;
     loop {

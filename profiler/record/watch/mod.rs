@@ -677,8 +677,21 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
             }
             // The caps: a segment is cut at its share of --max-disk or when its writer failed.
             let failed = w.pipeline.stats().writer_error.is_some();
-            if matches!(phase, Phase::Host) && (failed || w.recorder.open_bytes() >= w.recorder.segment_limit()) {
-                w.rotate("host")?;
+            let open_bytes = w.recorder.open_bytes();
+            if failed || open_bytes >= w.recorder.segment_limit() {
+                match phase {
+                    Phase::Host => {
+                        w.rotate("host")?;
+                    }
+                    // A sample window cut in two has figures from its second part only.
+                    Phase::Sampling { until, .. } => {
+                        w.rotate("sample")?;
+                        phase = Phase::Sampling { start_ns: crate::clock::monotonic_ns(), until };
+                    }
+                    // Cut at the window's own rotation, a few hundred ms away.
+                    Phase::Waking(_) | Phase::Flushing { .. } => {}
+                }
+                w.recorder.enforce(0);
             }
             if last_health.0.elapsed() >= Duration::from_secs(1) {
                 w.recorder.enforce(0);

@@ -21,6 +21,9 @@ pub const MIN_MAX_DISK: u64 = 64 << 10;
 pub const SEGMENT_SHARE: u64 = 16;
 /// Free space below which no new segment is started (recording pauses, with a note).
 pub const MIN_FREE_BYTES: u64 = 64 << 20;
+/// Bytes a rotation may add at once: the new segment's header and reserve blocks, the old
+/// one's trailer.
+const ROTATION_SLACK: u64 = 16 << 10;
 /// Closed segments remembered for triggers; older ones are still on disk until the caps
 /// delete them (bounds the recorder's memory).
 const MAX_REMEMBERED: usize = 4096;
@@ -53,6 +56,10 @@ pub struct Recorder {
     pub notes: Vec<String>,
     /// Files deleted by the caps so far.
     pub deleted: u64,
+    /// The largest growth of the open segment seen between two looks (one chunk and its
+    /// preallocation): the caps keep this much room besides the segment's limit.
+    largest_step: u64,
+    last_open_bytes: u64,
 }
 
 /// Bytes a file holds on disk: its length or its allocated blocks (the writer preallocates).
@@ -93,6 +100,8 @@ impl Recorder {
             paused: None,
             notes: Vec::new(),
             deleted: 0,
+            largest_step: 0,
+            last_open_bytes: 0,
         })
     }
 
@@ -131,6 +140,7 @@ impl Recorder {
         let path = self.dir.join(format!("{SEGMENT_PREFIX}{:013}-{:06}.gptrace", unix_ms(), self.seq));
         match TraceWriter::create(&path, false, info, self.interner.clone(), WriterOptions::default()) {
             Ok(w) => {
+                self.last_open_bytes = 0;
                 self.open.push_back(Some((path, crate::clock::monotonic_ns())));
                 Ok(Pipeline::start(w, self.interner.clone(), PipelineOptions::default()))
             }
@@ -215,9 +225,11 @@ impl Recorder {
                 continue;
             }
             let too_old = now.duration_since(modified).is_ok_and(|age| age > self.max_age);
-            // Room is kept for the open segment to grow to its limit (and a chunk past it)
-            // before the next check.
-            if !too_old && total.saturating_add(2 * self.segment_limit()) <= self.max_disk {
+            // Room is kept for the open segment to grow to its limit and one write past it
+            // before the next look, and for the next segment's first blocks and this one's
+            // trailer at a rotation.
+            let room = self.segment_limit().saturating_add(self.largest_step).saturating_add(ROTATION_SLACK);
+            if !too_old && total.saturating_add(room) <= self.max_disk {
                 continue;
             }
             match std::fs::remove_file(&path) {
@@ -232,13 +244,17 @@ impl Recorder {
         }
     }
 
-    /// Bytes of the open segment on disk (0 when paused).
-    pub fn open_bytes(&self) -> u64 {
-        self.open
+    /// Bytes of the open segment on disk (0 when paused); remembers the largest growth seen.
+    pub fn open_bytes(&mut self) -> u64 {
+        let now = self
+            .open
             .back()
             .and_then(|o| o.as_ref())
             .and_then(|o| std::fs::symlink_metadata(&o.0).ok())
-            .map_or(0, |m| disk_bytes(&m))
+            .map_or(0, |m| disk_bytes(&m));
+        self.largest_step = self.largest_step.max(now.saturating_sub(self.last_open_bytes)).min(self.max_disk / 4);
+        self.last_open_bytes = now;
+        now
     }
 
     /// Writes one self-contained trace of the segments that overlap `[from_ns, to_ns]` (at most
