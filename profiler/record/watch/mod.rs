@@ -171,8 +171,8 @@ struct Pending {
 struct Finder {
     scope: Scope,
     scans: u64,
-    /// pid → the scan at which to look again.
-    not_yet: HashMap<u32, u64>,
+    /// pid → (the scan it was first seen at, the scan at which to look again).
+    not_yet: HashMap<u32, (u64, u64)>,
 }
 
 impl Finder {
@@ -209,7 +209,7 @@ impl Finder {
             if pid == me || followed.contains(&pid) {
                 continue;
             }
-            if self.not_yet.get(&pid).is_some_and(|at| *at > self.scans) {
+            if self.not_yet.get(&pid).is_some_and(|(_, at)| *at > self.scans) {
                 continue;
             }
             if !self.in_scope(pid, &tree) {
@@ -237,9 +237,12 @@ impl Finder {
 
     fn back_off(&mut self, pid: u32) {
         let scans = self.scans;
-        let at = self.not_yet.entry(pid).or_insert(scans);
-        let wait = (*at).saturating_sub(scans).max(1);
-        *at = scans + (wait * 2).min(16);
+        let (first, at) = self.not_yet.entry(pid).or_insert((scans, scans));
+        // Looked at every scan for its first 20 (a starting job maps libcuda soon), then
+        // after 2, 4 … 16 scans.
+        let age = scans - *first;
+        let wait = if age < 20 { 1 } else { (2u64 << ((age - 20) / 20).min(3)).min(16) };
+        *at = scans + wait;
     }
 }
 
@@ -278,6 +281,12 @@ fn start_following(
     Ok(())
 }
 
+/// A file's (device, inode), as the host collector keys its probes.
+fn file_key(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -302,6 +311,8 @@ struct Watch<'a> {
     pending: Option<Pending>,
     summary: WatchSummary,
     finder: Finder,
+    /// The library files probed for each followed process (kept while it lives).
+    libs_of: HashMap<u32, Vec<(u64, u64)>>,
     said: std::collections::HashSet<String>,
 }
 
@@ -374,6 +385,7 @@ impl Watch<'_> {
         for (pid, libs) in self.finder.find(&self.followed) {
             match start_following(&mut self.c, pid, &libs, &mut notes) {
                 Ok(()) => {
+                    self.libs_of.insert(pid, libs.iter().filter_map(|l| file_key(l)).collect());
                     self.followed.insert(pid);
                     self.followed_total += 1;
                 }
@@ -399,16 +411,29 @@ impl Watch<'_> {
         Ok(gone)
     }
 
-    /// Forgets processes that are gone (their rings drained first by the caller).
+    /// Forgets processes that are gone (their rings drained first by the caller), and the
+    /// probes of library files no live process maps or was probed for.
     fn let_go(&mut self, gone: &[u32]) {
         for &pid in gone {
             self.c.cupti.forget(pid);
             self.followed.remove(&pid);
+            self.libs_of.remove(&pid);
             self.mfu_history.retain(|k, _| k.0 != pid);
         }
-        if !gone.is_empty() {
-            self.state.lock().unwrap_or_else(|p| p.into_inner()).retain_pids(&alive);
+        if gone.is_empty() {
+            return;
         }
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).retain_pids(&alive);
+        self.libs_of.retain(|p, _| alive(*p));
+        let mut in_use: std::collections::HashSet<(u64, u64)> = self.libs_of.values().flatten().copied().collect();
+        for pid in self.c.host.targets() {
+            for l in procmaps::mapped_libs(pid).unwrap_or_default() {
+                if let Some(k) = file_key(&procmaps::host_path(pid, &l.path)) {
+                    in_use.insert(k);
+                }
+            }
+        }
+        self.c.host.release_libraries(&in_use);
     }
 
     /// The figures of a closed sample window, and the automatic triggers they fire.
@@ -573,13 +598,6 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
     let mut recorder = Recorder::new(&cfg.dir, cfg.max_disk, cfg.max_age, interner)
         .map_err(|e| anyhow::anyhow!("flight recorder directory: {e}"))?;
     let state = Arc::new(Mutex::new(exporter::State::new(hostname())));
-    let exporter = match cfg.listen {
-        Some(addr) => Some(
-            exporter::Exporter::start(addr, state.clone())
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e} (give another --listen, or --no-listen)"))?,
-        ),
-        None => None,
-    };
     let (tx, rx) = control::channel();
     let _control = match &cfg.socket {
         Some(p) => Some(control::Control::start(p, tx)?),
@@ -587,6 +605,15 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
     };
     control::install_sigusr1();
     let mut c = Collectors::load(&cfg.ring_dir, false)?;
+    // The endpoint answers once the probes can be placed: a scraper (or a test) that sees it
+    // up knows processes starting now are followed.
+    let exporter = match cfg.listen {
+        Some(addr) => Some(
+            exporter::Exporter::start(addr, state.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e} (give another --listen, or --no-listen)"))?,
+        ),
+        None => None,
+    };
     let first_info = TraceInfo::default();
     let pipeline = recorder.open(&first_info)?;
     c.start(&pipeline);
@@ -610,6 +637,7 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
         summary: WatchSummary { listen: exporter.as_ref().map(|e| e.addr), ..Default::default() },
         finder: Finder { scope: cfg.scope.clone(), scans: 0, not_yet: HashMap::new() },
         said: Default::default(),
+        libs_of: HashMap::new(),
     };
     let started = Instant::now();
     let mut next_window = Instant::now() + cfg.sample.min(Duration::from_secs(1));
