@@ -8,6 +8,7 @@ mod export;
 mod info;
 mod record;
 mod report;
+mod watch;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -60,6 +61,11 @@ pub enum Command {
     Info(info::InfoConfig),
     /// Run a simulated multi-rank training job with a straggler under the profiler (no GPU needed).
     Demo(demo::DemoConfig),
+    /// Always on: follow every CUDA process, sample the device timeline, keep a flight recorder, serve Prometheus metrics.
+    #[command(
+        after_help = "EXAMPLES:\n    sudo ghostprof watch --dir /var/lib/ghostprof/watch --max-disk 2GiB --comm-wait-above 20\n    sudo ghostprof watch trigger loss spike"
+    )]
+    Watch(Box<watch::WatchCliConfig>),
 }
 
 /// Exit status when stdout is a pipe whose reader left (`ghostprof info T | head -1`):
@@ -166,6 +172,7 @@ pub fn main() -> ExitCode {
         Command::Report(cfg) => report::run(cfg),
         Command::Export(cfg) => export::run(cfg),
         Command::Demo(cfg) => demo::run(cfg),
+        Command::Watch(cfg) => watch::run(cfg),
     };
     match result {
         Ok(code) => code,

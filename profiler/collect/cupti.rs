@@ -462,6 +462,33 @@ impl CuptiCollector {
         producer.flush();
     }
 
+    /// Switches collection on or off in every open ring, which stays open (`watch`'s duty
+    /// cycle: each ring's names stay known).
+    pub fn set_collecting(&mut self, on: bool) {
+        for ring in self.rings.values() {
+            if on {
+                ring.consumer.resume();
+            } else {
+                ring.consumer.detach();
+            }
+        }
+    }
+
+    /// Closes the ring of `pid` (its process is gone and its ring drained) and forgets it was
+    /// refused, so a long-running session's state does not grow with every process it saw.
+    pub fn forget(&mut self, pid: u32) {
+        self.rings.remove(&pid);
+        self.refused.remove(&pid);
+        if let Some(t) = self.traced.as_mut() {
+            t.remove(&pid);
+        }
+    }
+
+    /// Pids whose ring is open.
+    pub fn open_rings(&self) -> Vec<u32> {
+        self.rings.keys().copied().collect()
+    }
+
     /// Switches collection off in every ring (the injection libraries go dormant).
     pub fn detach_all(&mut self) {
         for ring in self.rings.values() {

@@ -7,7 +7,7 @@
 //! every rescan, which catches libraries loaded later with dlopen.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::mem::MaybeUninit;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -141,6 +141,8 @@ pub struct HostCollector {
     malformed: Rc<RefCell<u64>>,
     /// (dev, inode) of library files already probed
     probed: HashSet<(u64, u64)>,
+    /// The uprobe links of each probed library file, so that `watch` can remove them.
+    lib_links: HashMap<(u64, u64), Vec<Link>>,
     /// per traced pid, inodes of its mappings already reported
     seen_maps: BTreeMap<u32, HashSet<u64>>,
     /// Totals so far.
@@ -215,6 +217,7 @@ impl HostCollector {
             pending,
             malformed,
             probed: HashSet::new(),
+            lib_links: HashMap::new(),
             seen_maps: BTreeMap::new(),
             stats: HostStats::default(),
             reports: Vec::new(),
@@ -276,6 +279,7 @@ impl HostCollector {
         }
         let points = probe_points(path, &wanted)
             .map_err(|e| CollectError::Library { path: path.to_path_buf(), what: e.to_string() })?;
+        let first_link = self.links.len();
         for (symbol, api, shape, _) in PROBES.iter().filter(|p| p.3 == kind) {
             let Some(point) = points.get(*symbol) else {
                 report.missing.push(symbol.to_string());
@@ -291,8 +295,22 @@ impl HostCollector {
                 Err(e) => report.failed.push((symbol.to_string(), e.to_string())),
             }
         }
+        let links = self.links.split_off(first_link);
+        self.lib_links.insert((meta.dev(), meta.ino()), links);
         self.reports.push(report.clone());
         Ok(report)
+    }
+
+    /// Removes the probes of every probed library file not in `in_use` ((dev, inode) of the
+    /// files traced processes still map): a long-running `watch` must not keep the probes of
+    /// each job's own copy of a library. Returns how many files were let go.
+    pub fn release_libraries(&mut self, in_use: &HashSet<(u64, u64)>) -> usize {
+        let gone: Vec<(u64, u64)> = self.lib_links.keys().filter(|k| !in_use.contains(k)).copied().collect();
+        for k in &gone {
+            self.lib_links.remove(k);
+            self.probed.remove(k);
+        }
+        gone.len()
     }
 
     fn attach_one(&mut self, path: &Path, point: &ProbePoint, api: ProbedApi, shape: Shape) -> libbpf_rs::Result<()> {

@@ -78,6 +78,21 @@ impl Collectors {
         self.cupti_out = Some(pipeline.producer(Source::Cupti));
     }
 
+    /// Moves NVML sampling and the CUPTI rings' producer to `pipeline` (`watch` rotates trace
+    /// segments); the old producer is flushed into its pipeline first. Returns NVML's notes.
+    pub(crate) fn switch_pipeline(&mut self, pipeline: &Pipeline) -> Vec<String> {
+        let notes = match self.nvml.as_mut() {
+            Some(n) => {
+                n.stop();
+                n.notes()
+            }
+            None => Vec::new(),
+        };
+        self.cupti_out = None;
+        self.start(pipeline);
+        notes
+    }
+
     /// Drains every ring buffer: the host collectors' into `producer`, the CUPTI rings into
     /// their own.
     pub(crate) fn drain(&mut self, producer: &mut Producer) -> Result<(), CollectError> {

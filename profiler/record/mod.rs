@@ -5,3 +5,4 @@ pub mod attach;
 mod collectors;
 pub mod progress;
 pub mod session;
+pub mod watch;

