@@ -125,7 +125,7 @@ pub fn analyze_window(path: &Path, start_ns: u64, end_ns: u64) -> anyhow::Result
         .map(|(pid, instances)| collectives::RankInput { file: String::new(), pid, instances })
         .collect();
     let views: Vec<collectives::RankView> =
-        inputs.iter().map(|input| collectives::RankView { input, offset_ns: 0 }).collect();
+        inputs.iter().map(|input| collectives::RankView { input, clock: collectives::ClockMap::default() }).collect();
     let cross = collectives::cross_rank(&views);
     let straggler = cross.straggler.map(|i| (cross.skew[i].pid, cross.skew[i].rank));
     Ok(WindowFigures { devices, straggler, late_run: longest_late_run(&instances) })
