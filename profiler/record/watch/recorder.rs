@@ -138,7 +138,7 @@ impl Recorder {
         }
         self.seq += 1;
         let path = self.dir.join(format!("{SEGMENT_PREFIX}{:013}-{:06}.gptrace", unix_ms(), self.seq));
-        match TraceWriter::create(&path, false, info, self.interner.clone(), WriterOptions::default()) {
+        match TraceWriter::create(&path, false, info, self.interner.clone(), segment_writer_options()) {
             Ok(w) => {
                 self.last_open_bytes = 0;
                 self.open.push_back(Some((path, crate::clock::monotonic_ns())));
@@ -160,7 +160,7 @@ impl Recorder {
     fn null_pipeline(&self, info: &TraceInfo) -> std::io::Result<Pipeline> {
         let f = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
         let w =
-            TraceWriter::from_file(f, Path::new("/dev/null"), info, self.interner.clone(), WriterOptions::default())
+            TraceWriter::from_file(f, Path::new("/dev/null"), info, self.interner.clone(), segment_writer_options())
                 .map_err(|e| std::io::Error::other(format!("/dev/null: {e}")))?;
         Ok(Pipeline::start(w, self.interner.clone(), PipelineOptions::default()))
     }
@@ -286,7 +286,7 @@ impl Recorder {
         self.enforce(bytes);
         let slug: String = reason.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').take(24).collect();
         let path = self.dir.join(format!("{TRIGGER_PREFIX}{:013}-{slug}.gptrace", unix_ms()));
-        let mut w = TraceWriter::create(&path, false, info, self.interner.clone(), WriterOptions::default())?;
+        let mut w = TraceWriter::create(&path, false, info, self.interner.clone(), segment_writer_options())?;
         for p in &paths {
             // A segment the caps deleted meanwhile is simply missing from the trigger's trace.
             let Ok(r) = TraceReader::open(p) else { continue };
@@ -311,4 +311,11 @@ impl Recorder {
         self.enforce(0);
         Ok(path)
     }
+}
+
+/// The writer's options for the recorder's files: no disk kept allocated ahead of a file's end,
+/// since `--max-disk` counts allocated blocks and the writer's default reserve (8 MiB) would
+/// hold far more than a small cap allows.
+fn segment_writer_options() -> WriterOptions {
+    WriterOptions { reserve_ahead: 0, ..WriterOptions::default() }
 }
