@@ -18,6 +18,9 @@ use crate::util::*;
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_sched_program_sees_a_child_sleep_ten_times() {
     assert!(is_root(), "run the root tier as root (tools/test does when it can)");
+    // Not beside the heavy jobs (watch, attach): under that load one of the ten sleeps once
+    // went missing from the records (9 of 10, no ring-buffer drop), cause not yet found.
+    let _serial = heavy_test_lock();
     let dir = tmpdir();
     let path = dir.path().join("offcpu.gptrace");
     // The child waits for a line on stdin, then sleeps 10 × 50 ms.

@@ -103,10 +103,19 @@ pub extern "C" fn ncclCommInitRank(comm: *mut *mut Comm, nranks: i32, id: NcclUn
             Ok(segment) => {
                 let hash = crate::profiler::comm_hash(&id.internal.map(|c| c as u8));
                 let profiler = crate::profiler::comm_init(hash, nranks as usize, rank as usize);
-                let boxed =
-                    Box::new(Comm { rank: rank as usize, nranks: nranks as usize, sequence: 0, segment, profiler });
+                let made = Comm { rank: rank as usize, nranks: nranks as usize, sequence: 0, segment, profiler };
+                let ptr = match fixed_comm_address() {
+                    Some(at) => match place_at(at, made) {
+                        Ok(p) => p,
+                        Err(err) => {
+                            eprintln!("gpusim libnccl: GPUSIM_COMM_ADDR={at:#x}: {err}");
+                            return NCCL_SYSTEM_ERROR;
+                        }
+                    },
+                    None => Box::into_raw(Box::new(made)),
+                };
                 // SAFETY: non-null out-pointer.
-                unsafe { *comm = Box::into_raw(boxed) };
+                unsafe { *comm = ptr };
                 NCCL_SUCCESS
             }
             Err(err) => {
@@ -117,6 +126,41 @@ pub extern "C" fn ncclCommInitRank(comm: *mut *mut Comm, nranks: i32, id: NcclUn
     })
 }
 
+/// Bytes mapped for a communicator placed at `GPUSIM_COMM_ADDR`.
+const COMM_PAGE: usize = 1 << 16;
+
+/// `GPUSIM_COMM_ADDR=0x…` (tests): the communicator is placed at that address, so that the ranks'
+/// `ncclComm_t` values are equal, as two processes' heap pointers often are (the test of
+/// ghostprof's per-process communicator maps). Without it, a communicator is a heap allocation.
+fn fixed_comm_address() -> Option<usize> {
+    let v = std::env::var("GPUSIM_COMM_ADDR").ok()?;
+    usize::from_str_radix(v.trim_start_matches("0x"), 16).ok().filter(|a| *a != 0 && a % 4096 == 0)
+}
+
+/// Maps one region at exactly `at` (never over an existing mapping) and moves `comm` there.
+fn place_at(at: usize, comm: Comm) -> Result<*mut Comm, std::io::Error> {
+    const _: () = assert!(std::mem::size_of::<Comm>() <= COMM_PAGE);
+    // SAFETY: a new anonymous mapping at a hint that MAP_FIXED_NOREPLACE refuses to put over
+    // anything already mapped.
+    let p = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            COMM_PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED || p as usize != at {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ptr = p as *mut Comm;
+    // SAFETY: a fresh, writable, page-aligned region large enough for one Comm.
+    unsafe { std::ptr::write(ptr, comm) };
+    Ok(ptr)
+}
+
 /// `ncclResult_t ncclCommDestroy(ncclComm_t comm)`.
 #[no_mangle]
 pub extern "C" fn ncclCommDestroy(comm: *mut Comm) -> NcclResult {
@@ -124,10 +168,18 @@ pub extern "C" fn ncclCommDestroy(comm: *mut Comm) -> NcclResult {
         if comm.is_null() {
             return NCCL_INVALID_ARGUMENT;
         }
-        // SAFETY: the pointer came from Box::into_raw in ncclCommInitRank.
-        let mut comm = unsafe { Box::from_raw(comm) };
-        comm.profiler.finalize();
-        drop(comm);
+        let mut owned = if fixed_comm_address() == Some(comm as usize) {
+            // SAFETY: placed by `place_at` in ncclCommInitRank: read out once, then unmapped.
+            let c = unsafe { std::ptr::read(comm) };
+            // SAFETY: the page `place_at` mapped for it.
+            unsafe { libc::munmap(comm.cast(), COMM_PAGE) };
+            Box::new(c)
+        } else {
+            // SAFETY: the pointer came from Box::into_raw in ncclCommInitRank.
+            unsafe { Box::from_raw(comm) }
+        };
+        owned.profiler.finalize();
+        drop(owned);
         NCCL_SUCCESS
     })
 }
