@@ -520,21 +520,80 @@ fn seccomp_hint(pid: u32, errno: i64) -> &'static str {
     }
 }
 
-/// Copies the library into the target's memfd `fd` (opened from here through /proc/PID/fd).
+/// Copies the library into the target's memfd `fd`.
 fn fill_memfd(t: &Tracee, fd: i64, library: &std::path::Path) -> Result<(), InjectError> {
     let bytes = super::target::read_library(library)?;
-    let path = format!("/proc/{}/fd/{fd}", t.pid);
-    // Not O_NOFOLLOW: /proc/PID/fd/N is a magic link, followed to the memfd itself.
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(|e| t.failed(format!("opening the target's memfd: {e}")))?;
+    let mut f = target_memfd(t.pid, fd).map_err(|e| t.failed(e))?;
     f.write_all(&bytes).map_err(|e| t.failed(format!("writing the library into the target's memfd: {e}")))
+}
+
+/// The target's descriptor `fd`, duplicated with `pidfd_getfd`, if it is still the memfd the
+/// borrowed thread made. Only that thread is stopped: another thread of the job may have put any
+/// file at that number meanwhile. Reopening `/proc/PID/fd/N` for writing would open that file
+/// anew with root's rights (a world-readable file the job opened read-only, /etc/passwd, would
+/// be overwritten with the library); the duplicate keeps the job's own access mode, and the
+/// name and link count say whether it is our memfd at all.
+fn target_memfd(pid: u32, fd: i64) -> Result<File, String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain system calls; every returned descriptor is owned once below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if pidfd < 0 {
+        return Err(format!("pidfd_open of the target: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor pidfd_open just returned, owned here.
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
+    use std::os::fd::AsRawFd;
+    // SAFETY: as above.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd as libc::c_int, 0) };
+    if got < 0 {
+        return Err(format!("pidfd_getfd of the target's memfd: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor pidfd_getfd just returned, owned by the File.
+    let f = unsafe { File::from_raw_fd(got as i32) };
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).map_err(|e| e.to_string())?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    use std::os::unix::fs::MetadataExt;
+    if !link.to_string_lossy().starts_with(&format!("/memfd:{MEMFD_NAME}")) || !meta.is_file() || meta.nlink() != 0 {
+        return Err(format!(
+            "the target's descriptor {fd} is no longer the memfd made for the library ({}): refused",
+            crate::units::escape_text(&link.to_string_lossy())
+        ));
+    }
+    Ok(f)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job thread that swaps another file in at the memfd's number gets nothing written into
+    /// it: the old code reopened /proc/PID/fd/N for writing and wrote the library into any file
+    /// the job held, even one it had opened read-only.
+    #[test]
+    fn a_file_swapped_in_at_the_memfds_number_is_refused_and_left_alone() {
+        let dir = std::env::temp_dir().join(format!("ghostprof-memfd-swap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious\n").unwrap();
+        // A child holding the victim read-only at fd 7 (what a job's other thread would dup2 there).
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec 7<'{}'; sleep 5", victim.display()))
+            .spawn()
+            .unwrap();
+        let fd_path = format!("/proc/{}/fd/7", child.id());
+        let t = Instant::now();
+        while std::fs::read_link(&fd_path).is_err() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let r = target_memfd(child.id(), 7);
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = r.expect_err("refused");
+        assert!(err.contains("no longer the memfd"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn refusal_names_yama_and_seccomp() {
