@@ -41,6 +41,22 @@ fn library() -> PathBuf {
     crate::gpusim::built().build_dir.join("libghostprof_inject.so")
 }
 
+/// `ghostprof attach --quiet --duration D --pid PID -o TRACE` with the library under test.
+fn attach_command(pid: u32, duration: &str, trace: &Path) -> Command {
+    let mut cmd = ghostprof();
+    cmd.args(["attach", "--quiet", "--duration", duration, "--pid", &pid.to_string(), "-o"])
+        .arg(trace)
+        .env("GHOSTPROF_INJECT_LIB", library());
+    cmd
+}
+
+/// The trace has eBPF's launches and no CUPTI kernel: the attach went on without the device side.
+fn assert_ebpf_only(trace: &Path) {
+    let batch = ghostprof::trace::TraceReader::open(trace).unwrap().read_all().unwrap();
+    assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
+    assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
+}
+
 /// Processes of the tree under `pid` that map libcuda (the ranks), waited for up to 20 s.
 fn cuda_ranks(pid: u32, n: usize) -> Vec<u32> {
     let t = Instant::now();
@@ -99,12 +115,7 @@ fn window_matches_truth(scenario: &str) {
     std::thread::sleep(Duration::from_millis(800));
     let trace = dir.path().join("attach.gptrace");
     let t0 = ghostprof::clock::monotonic_ns();
-    let attached = ghostprof()
-        .args(["attach", "--quiet", "--duration", "2s", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .output()
-        .unwrap();
+    let attached = attach_command(job.id(), "2s", &trace).output().unwrap();
     let t1 = ghostprof::clock::monotonic_ns();
     assert!(attached.status.success(), "{}", stderr(&attached.stderr));
     assert!(!stderr(&attached.stderr).contains("eBPF only"), "no refusal: {}", stderr(&attached.stderr));
@@ -346,21 +357,14 @@ fn root_inject_with_cupti_held_records_ebpf_only_with_a_note() {
     cuda_ranks(job.id(), 1);
     std::thread::sleep(Duration::from_millis(500));
     let trace = dir.path().join("held.gptrace");
-    let attached = ghostprof()
-        .args(["attach", "--quiet", "--duration", "1500ms", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .output()
-        .unwrap();
+    let attached = attach_command(job.id(), "1500ms", &trace).output().unwrap();
     assert!(attached.status.success(), "{}", stderr(&attached.stderr));
     let out = job.wait_with_output().unwrap();
     assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
     let info = ghostprof().args(["info", "--json"]).arg(&trace).output().unwrap();
     let text = String::from_utf8_lossy(&info.stdout).into_owned();
     assert!(text.contains("CUPTI is held by another subscriber"), "the note is in the trace: {text}");
-    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
-    assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
-    assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
+    assert_ebpf_only(&trace);
 }
 
 /// A job in its own pid and mount namespace (private /tmp) is injected from the host: its ring
@@ -387,12 +391,7 @@ fn root_inject_into_a_job_in_its_own_pid_and_mount_namespace() {
     assert!(nspid.split_whitespace().count() == 3, "in its own pid namespace: {nspid}");
     std::thread::sleep(Duration::from_millis(500));
     let trace = dir.path().join("ns.gptrace");
-    let attached = ghostprof()
-        .args(["attach", "--quiet", "--duration", "1500ms", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .output()
-        .unwrap();
+    let attached = attach_command(job.id(), "1500ms", &trace).output().unwrap();
     assert!(attached.status.success(), "{}", stderr(&attached.stderr));
     let out = job.wait_with_output().unwrap();
     assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
@@ -454,14 +453,7 @@ fn root_inject_while_threads_block_in_read_synchronize_and_a_rendezvous() {
     eprintln!("parked (tid, thread, syscall): {parked:?}");
     let read_tid = parked.iter().find(|(_, n, _)| n == "park-read").unwrap().0;
     let trace = dir.path().join("parked.gptrace");
-    let attach = ghostprof()
-        .args(["attach", "--quiet", "--duration", "7s", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let attach = attach_command(job.id(), "7s", &trace).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // The library appears while the park lasts (its writer still sleeps, its reader has not
     // returned; the borrowed thread may be any of the blocked ones, the reader included).
     let t = Instant::now();
@@ -518,14 +510,7 @@ fn root_inject_a_rank_that_starts_after_the_attach() {
     let first = cuda_ranks(job.id(), 1);
     assert_eq!(first.len(), 1, "rank 0 mapped libcuda");
     let trace = dir.path().join("late.gptrace");
-    let attach = ghostprof()
-        .args(["attach", "--quiet", "--duration", "6s", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let attach = attach_command(job.id(), "6s", &trace).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let tree = ghostprof::record::attach::process_tree(job.id());
     assert_eq!(tree.len(), 2, "only the launcher and rank 0 exist when the attach begins: {tree:?}");
@@ -617,9 +602,7 @@ fn root_inject_refused_by_yama_ptrace_scope_2() {
     assert!(line.contains("ptrace_scope is 2") && line.contains("eBPF only"), "names Yama's setting: {line}");
     let out = job.wait_with_output().unwrap();
     assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
-    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
-    assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
-    assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
+    assert_ebpf_only(&trace);
 }
 
 /// Installs a seccomp filter denying memfd_create (EPERM) and execs the rest of the command
@@ -659,12 +642,7 @@ fn root_inject_refused_by_the_jobs_seccomp_filter() {
     let status = std::fs::read_to_string(format!("/proc/{rank}/status")).unwrap();
     assert!(status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')), "under a filter: {status}");
     let trace = dir.path().join("seccomp.gptrace");
-    let attached = ghostprof()
-        .args(["attach", "--quiet", "--duration", "1s", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .output()
-        .unwrap();
+    let attached = attach_command(job.id(), "1s", &trace).output().unwrap();
     let err = stderr(&attached.stderr);
     assert!(attached.status.success(), "the attach goes on with eBPF only: {err}");
     let line = err.lines().find(|l| l.contains("memfd_create")).unwrap_or_else(|| panic!("a refusal line: {err}"));
@@ -672,9 +650,7 @@ fn root_inject_refused_by_the_jobs_seccomp_filter() {
     let out = job.wait_with_output().unwrap();
     assert_eq!(out.status.code(), plain.status.code(), "exit code: {}", stderr(&out.stderr));
     assert_eq!(out.stdout, plain.stdout, "stdout byte-identical");
-    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
-    assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
-    assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
+    assert_ebpf_only(&trace);
 }
 
 /// A second attach to the same process samples PM again: the first detach released the PM
@@ -693,12 +669,7 @@ fn root_inject_a_second_attach_samples_pm_again() {
     let mut samples = Vec::new();
     for round in 0..2 {
         let trace = dir.path().join(format!("attach-{round}.gptrace"));
-        let attached = ghostprof()
-            .args(["attach", "--quiet", "--duration", "1s", "--pid", &job.id().to_string(), "-o"])
-            .arg(&trace)
-            .env("GHOSTPROF_INJECT_LIB", library())
-            .output()
-            .unwrap();
+        let attached = attach_command(job.id(), "1s", &trace).output().unwrap();
         assert!(attached.status.success(), "attach {round}: {}", stderr(&attached.stderr));
         let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
         assert!(batch.kernels.len() > 100, "attach {round}: {} kernels", batch.kernels.len());
