@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::gpusim::truth;
+
 use crate::util::*;
 
 const ROOT: &str = "root tier: run as root (ptrace, eBPF)";
@@ -20,11 +22,6 @@ fn ghostprof() -> Command {
 
 fn stderr(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn truth(dir: &Path, rank: u32) -> Value {
-    let path = dir.join(format!("truth-rank{rank}.json"));
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
 fn spawn_job(cmd: &[String], envs: &[(&str, &str)]) -> Child {
@@ -146,13 +143,7 @@ fn window_matches_truth(scenario: &str) {
         // did). A stall of the launching thread that began before the attach is booked from
         // the moment the scheduler probes went on, before the device timeline (attach.rs,
         // `seed_blocked`): without that, io-stall's first steps lose their host stall.
-        let inside: Vec<&Value> = t["step_ranges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["start_ns"].as_u64().unwrap() >= w0 + 50_000_000)
-            .filter(|s| s["end_ns"].as_u64().unwrap() + 50_000_000 <= w1)
-            .collect();
+        let inside: Vec<&Value> = crate::gpusim::truth_steps_inside(t, w0, w1, 50_000_000);
         assert!(inside.len() >= 30, "rank {}: {} whole steps inside the window", t["rank"], inside.len());
         let (s0, s1) = (inside[0]["start_ns"].as_u64().unwrap(), inside.last().unwrap()["end_ns"].as_u64().unwrap());
         opts.windows.insert(pid, ghostprof::analyze::Window::new(s0, s1));
