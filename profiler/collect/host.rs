@@ -245,6 +245,17 @@ impl HostCollector {
         self.set_target_bit(pid, false);
     }
 
+    /// Whether the uprobes trace `pid` now: its bit in their copy of `targets` (which fork and
+    /// exit keep up to date in the kernel; tests check that it follows `targets`).
+    pub fn probes_trace(&self, pid: u32) -> bool {
+        let Some(bss) = self.skel.maps.bss_data.as_deref() else { return false };
+        let Some(word) = bss.target_bits.get((pid >> 6) as usize) else { return false };
+        // SAFETY: as in set_target_bit: the kernel changes this word atomically, so it is read
+        // atomically too.
+        let word = unsafe { std::sync::atomic::AtomicU64::from_ptr(word as *const u64 as *mut u64) };
+        word.load(std::sync::atomic::Ordering::SeqCst) >> (pid & 63) & 1 == 1
+    }
+
     /// The uprobes' copy of `targets` (`target_bits` in `ebpf/cuda.bpf.c`: one bit per tgid,
     /// which the probes test instead of looking the hash map up).
     fn set_target_bit(&mut self, pid: u32, on: bool) {
