@@ -5,9 +5,9 @@
  * rank and per-communicator sequence number). Every uprobe carries its function (enum gp_api)
  * as the attach cookie, so one program serves every function of the same shape.
  *
- * Uprobes are attached to library files for every process (pid -1); the `targets` map, kept
+ * Uprobes are attached to library files for every process (pid -1); the `targets` set, kept
  * by user space and by the fork/exit tracepoints below, limits them to the traced job and its
- * descendants, so other processes pay one hash lookup.
+ * descendants, so other processes pay one bit test (`target_bits`).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -52,7 +52,7 @@ struct {
 #include "targets.h"
 
 /* The `targets` set again, as one bit per tgid (2^22 bits: PID_MAX_LIMIT on 64-bit), for the
- * uprobes' filter: a word load from this global instead of a hash lookup, ~30 ns less per
+ * uprobes' filter: a word load from this global instead of a hash lookup, 35-40 ns less per
  * launch on the AMD EPYC VM (bpf_stats, docs/performance.md). Kept equal to `targets` by
  * gp_fork/gp_exit below and by user space (HostCollector::add_target/remove_target, atomic
  * ORs and ANDs on the mmapped .bss); `targets` stays the set user space lists and the
