@@ -71,6 +71,7 @@ impl Op {
 pub(crate) type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// What is decided about a device before its sweep.
+#[derive(Clone)]
 pub(crate) struct DevicePlan {
     pub pid: u32,
     pub device: u32,
@@ -159,6 +160,22 @@ impl DevicePlan {
     pub fn copy_op(start: u64, end: u64) -> Op {
         Op::new(start, end, Class::Other, 0.0, 0, 0, false)
     }
+
+    /// Whether every amount the sweep can add is a whole number of ns below 2^53: the window is
+    /// shorter than that and every compute rate the plan can give is 0 or (capped) 1. Then
+    /// every sum is exact in any order, so the window can be swept in spans on several threads
+    /// and their sums added ([`DeviceSweep::absorb`]) to exactly the one-pass result.
+    pub fn whole_ns(&self) -> bool {
+        let whole = |r: f64| r == 0.0 || r >= 1.0;
+        let compute = |f: f64| f >= self.flop_less_below;
+        self.window.len_ns() < 1 << 53
+            && match self.flop_source {
+                FlopSource::None => true,
+                FlopSource::FlopsPerStep => self.step_rates.iter().all(|&r| whole(r)),
+                // (a fraction below the threshold makes the kernel `other`, at rate 0)
+                _ => self.fractions.values().all(|&f| !compute(f) || whole(f)),
+            }
+    }
 }
 
 /// Accumulates segments into disjoint, sorted partitions (steps or bins).
@@ -204,6 +221,18 @@ impl Partitions {
                 }
                 self.busy[self.cursor] += busy;
             }
+        }
+    }
+
+    /// Adds the sums of `later` (the same partitions, swept over a later span of time).
+    fn absorb(&mut self, later: Partitions) {
+        for (a, b) in self.acc.iter_mut().zip(&later.acc) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        for (a, b) in self.busy.iter_mut().zip(&later.busy) {
+            *a += b;
         }
     }
 
@@ -282,6 +311,11 @@ pub(crate) struct DeviceSweep {
     sort_buf: Vec<u64>,
     op_buf: Vec<Op>,
     active: Vec<usize>,
+    /// a later span of the window ([`DeviceSweep::span`]): its first gap is held in `head`
+    /// whole, not ranked, since it may continue the gap open at the end of the span before
+    hold_first: bool,
+    /// the span's first gap, once another one has begun
+    head: Option<OpenGap>,
 }
 
 impl DeviceSweep {
@@ -315,7 +349,71 @@ impl DeviceSweep {
             sort_buf: Vec::new(),
             op_buf: Vec::new(),
             active: Vec::new(),
+            hold_first: false,
+            head: None,
         }
+    }
+
+    /// The sweep of a later span of the window (one that does not start at its beginning),
+    /// to be added to the sweep of the time before it with [`DeviceSweep::absorb`].
+    pub fn span(plan: DevicePlan) -> Self {
+        DeviceSweep { hold_first: true, ..DeviceSweep::new(plan) }
+    }
+
+    /// Adds `later`, the sweep of the span of the window right after this one's (made by
+    /// [`DeviceSweep::span`], fed the slices the one-pass sweep would have fed it, starting
+    /// where this one stopped), so that this is what one sweep of both spans gives. Exact only
+    /// when the plan is [`DevicePlan::whole_ns`]: every sum is then of whole numbers.
+    pub fn absorb(&mut self, later: DeviceSweep) {
+        let DeviceSweep { acc, busy, steps, bins, gaps, gap, kernels, late_busy, late_reasons, late_blocked, .. } =
+            later;
+        let (integral, hold_first, head) = (later.integral, later.hold_first, later.head);
+        for (a, b) in self.acc.iter_mut().zip(acc) {
+            *a += b;
+        }
+        self.busy += busy;
+        self.steps.absorb(steps);
+        self.bins.absorb(bins);
+        // Gaps: the later span's first one continues this one's open gap when it starts where
+        // that one ends (what `extend_gap` does segment by segment); then every gap closes in
+        // time order, under the same rule.
+        // (the later span's open gap, when its first one has closed)
+        let (first, open) = if hold_first { (gap, None) } else { (head.unwrap_or_default(), Some(gap)) };
+        if first.end > first.start {
+            if self.gap.end > self.gap.start && self.gap.end == first.start {
+                let g = &mut self.gap;
+                for (a, b) in g.split.iter_mut().zip(first.split) {
+                    *a += b;
+                }
+                g.end = first.end;
+                for (r, ns) in first.reasons {
+                    tally(&mut g.reasons, r, ns);
+                }
+            } else {
+                close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+                self.gap = first;
+            }
+        }
+        if let Some(open) = open {
+            close_gap(&mut self.gaps, std::mem::replace(&mut self.gap, open));
+            let mut closed = gaps;
+            closed.sort_by_key(|g| g.start);
+            for g in closed {
+                close_gap(&mut self.gaps, g);
+            }
+        }
+        for (name, (stat, useful)) in kernels.into_map() {
+            let e = self.kernels.get_or_insert_with(name, || (KernelStat { name_id: name, ..Default::default() }, 0.0));
+            e.0.count += stat.count;
+            e.0.total_ns += stat.total_ns;
+            e.1 += useful;
+        }
+        self.late_busy += late_busy;
+        self.late_blocked += late_blocked;
+        for (r, ns) in late_reasons {
+            tally(&mut self.late_reasons, r, ns);
+        }
+        self.integral &= integral;
     }
 
     /// [`DevicePlan::kernel_op`], remembering the class and rate of each name id where they
@@ -724,7 +822,10 @@ impl DeviceSweep {
             // A new gap: the last one is kept only if it is among the 10 longest (most are not:
             // moving it out costs more than the check).
             let len = self.gap.end - self.gap.start;
-            if len > 0 && !(self.gaps.len() == 10 && self.gaps.last().is_some_and(|g| g.end - g.start >= len)) {
+            if len > 0 && self.hold_first {
+                self.head = Some(std::mem::take(&mut self.gap));
+                self.hold_first = false;
+            } else if len > 0 && !(self.gaps.len() == 10 && self.gaps.last().is_some_and(|g| g.end - g.start >= len)) {
                 self.keep_gap();
             } else {
                 self.gap.reasons.clear();
