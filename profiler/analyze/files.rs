@@ -234,7 +234,7 @@ fn analyze_readers(
         report.kernel_names = report
             .details
             .iter()
-            .flat_map(|d| d.top_kernels.iter())
+            .flat_map(|d| d.kernels.iter())
             .map(|k| (k.name_id, sk.names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
             .collect();
         if late_records > 0 {
@@ -331,7 +331,7 @@ pub fn analyze_batch(
     }
     let kernel_names = details
         .iter()
-        .flat_map(|d| d.top_kernels.iter())
+        .flat_map(|d| d.kernels.iter())
         .map(|k| (k.name_id, names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
         .collect();
     FileReport {

@@ -938,6 +938,7 @@ impl DeviceSweep {
             })
             .collect();
         top.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.name_id.cmp(&b.name_id)));
+        let kernels = top.clone();
         top.truncate(10);
         let late_total: u64 = self.plan.late_windows.iter().map(|x| x.overlap(self.plan.window)).sum();
         let activity =
@@ -948,6 +949,7 @@ impl DeviceSweep {
             bin_ns: self.plan.bin_ns,
             bins: self.bins.finish(),
             top_kernels: top,
+            kernels,
             top_idle_gaps,
             checkpoint,
             notes: self.plan.notes,
