@@ -195,10 +195,24 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         }
         e => Err(e),
     };
-    for i in 0..reader.chunks().len() {
+    // With threads to spare, the chunks' heads (decompressing the start of each frame: most of
+    // this pass) are read ahead in batches on every thread, and absorbed here in order.
+    let n = reader.chunks().len();
+    let batch = if digests && opts.jobs > 1 { HEADS_PER_THREAD * opts.jobs } else { 0 };
+    let mut ahead: std::collections::VecDeque<Head> = Default::default();
+    for i in 0..n {
         let meta = &reader.chunks()[i];
-        let head =
-            if digests { reader.read_chunk_head(i, &mut scratch, &mut chunk.strings, &mut digest) } else { Ok(false) };
+        if batch > 0 && ahead.is_empty() {
+            ahead = read_heads(reader, i..n.min(i + batch), opts.jobs).into();
+        }
+        let head = match ahead.pop_front() {
+            Some(h) => {
+                (chunk.strings, digest) = (h.strings, h.digest);
+                h.result
+            }
+            None if digests => reader.read_chunk_head(i, &mut scratch, &mut chunk.strings, &mut digest),
+            None => Ok(false),
+        };
         let has_digest = match head {
             Ok(h) => h,
             Err(e) => {
@@ -239,6 +253,60 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
     sk.suffix_min_ts.reverse();
     sk.chunk_newest = st.chunk_newest;
     Ok(sk)
+}
+
+/// Chunk heads read ahead per thread in one batch of the summary pass.
+const HEADS_PER_THREAD: usize = 8;
+
+/// A chunk's head read ahead: what [`TraceReader::read_chunk_head`] gives.
+struct Head {
+    result: Result<bool, TraceError>,
+    strings: Vec<(u32, String)>,
+    digest: ChunkDigest,
+}
+
+/// The heads of the chunks `range`, in order, read on up to `threads` threads (chunk i on
+/// thread i mod threads).
+fn read_heads(reader: &TraceReader, range: std::ops::Range<usize>, threads: usize) -> Vec<Head> {
+    let threads = threads.clamp(1, range.len().max(1));
+    let read = |t: usize| -> Vec<(usize, Head)> {
+        let mut scratch = Scratch::default();
+        range
+            .clone()
+            .skip(t)
+            .step_by(threads)
+            .map(|i| {
+                let (mut strings, mut digest) = (Vec::new(), ChunkDigest::default());
+                let result = reader.read_chunk_head(i, &mut scratch, &mut strings, &mut digest);
+                (i, Head { result, strings, digest })
+            })
+            .collect()
+    };
+    let mut all: Vec<(usize, Head)> = std::thread::scope(|scope| {
+        let read = &read;
+        let others: Vec<_> = (1..threads).map(|t| scope.spawn(move || read(t))).collect();
+        let mut all = read(0);
+        for h in others {
+            // (a thread that unwound: its chunks are read again below, on this one)
+            all.extend(h.join().unwrap_or_default());
+        }
+        all
+    });
+    all.sort_by_key(|h| h.0);
+    let mut scratch = Scratch::default();
+    range
+        .map(|i| match all.binary_search_by_key(&i, |h| h.0) {
+            Ok(at) => std::mem::replace(
+                &mut all[at].1,
+                Head { result: Ok(false), strings: Vec::new(), digest: ChunkDigest::default() },
+            ),
+            Err(_) => {
+                let (mut strings, mut digest) = (Vec::new(), ChunkDigest::default());
+                let result = reader.read_chunk_head(i, &mut scratch, &mut strings, &mut digest);
+                Head { result, strings, digest }
+            }
+        })
+        .collect()
 }
 
 /// Whether a chunk must be decoded whole although it has a digest: it holds device records
