@@ -18,7 +18,8 @@
 //!    one (the chunk index's minimum timestamps), or once it is more than the reorder window
 //!    older than the newest device record read, which bounds what is held. The late records
 //!    the summary kept are swept in time; any other record older than what was already swept
-//!    is counted (`late_records`) and left out.
+//!    is counted (`late_records`) and left out. With threads (`jobs`), the sweep runs in time
+//!    spans of the chunks, one a thread, added up exactly (`sweep_in_spans`).
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
