@@ -22,6 +22,30 @@ fn synthetic(path: &std::path::Path, seed: u64, events: usize, chunk_records: us
     w.finish().unwrap();
 }
 
+/// [`synthetic`] with PM sampling: each tensor-activity sample (random, 0–40 %) also gets its
+/// 1 ms interval, so kernels get fractional useful rates (the PM FLOP source).
+fn synthetic_pm(path: &std::path::Path, seed: u64, events: usize, chunk_records: usize) {
+    use ghostprof::trace::{Metric, Record};
+    let interner = Arc::new(Interner::new());
+    let stream = TrainingStream::new(seed, &interner).with_collective_kernels(&interner).take(events);
+    let records = stream.flat_map(|r| {
+        let interval = match r {
+            Record::DeviceSample(mut s) if s.metric == Metric::TensorActive as u32 => {
+                s.metric = Metric::SampleIntervalNs as u32;
+                s.value = 1_000_000.0;
+                Some(Record::DeviceSample(s))
+            }
+            _ => None,
+        };
+        std::iter::once(r).chain(interval)
+    });
+    let info = TraceInfo { command: vec!["test".into()], ..Default::default() };
+    let options = WriterOptions { chunk_records, ..Default::default() };
+    let mut w = TraceWriter::create(path, false, &info, interner, options).unwrap();
+    w.append_all(records).unwrap();
+    w.finish().unwrap();
+}
+
 fn report_json(files: &[PathBuf], jobs: usize, detail: DetailOptions) -> String {
     let opts = ReportOptions { detail, jobs, ..Default::default() };
     serde_json::to_string_pretty(&render_json(&analyze_files(files, &opts).unwrap())).unwrap()
@@ -79,6 +103,12 @@ fn spans_and_one_pass(path: &std::path::Path, starts: &[usize], detail: &DetailO
 /// collective running across many chunk boundaries, steps spanning them, an idle gap (with a
 /// host stall) spanning several chunks, short kernels around them. Chunks of 3 records.
 fn awkward(path: &std::path::Path) {
+    awkward_with(path, false)
+}
+
+/// [`awkward`]; `pm`: with PM samples (tensor activity every 10 µs), so that the kernels'
+/// useful fractions are not whole (the sums' fractional part is what the cuts must keep).
+fn awkward_with(path: &std::path::Path, pm: bool) {
     use ghostprof::trace::{HostStall, KernelExec, KernelLaunch, NcclColl, NcclPhase, Record, StallReason};
     use ghostprof::trace::{StepMarker, StepSource};
     const PID: u32 = 7;
@@ -137,6 +167,35 @@ fn awkward(path: &std::path::Path) {
         let s = 150_000 + i * 5_000;
         v.push(kernel(s, s + 4_000, 2 + (i % 2) as u32));
     }
+    if pm {
+        use ghostprof::trace::{DeviceSample, Metric};
+        let sample = |t: u64, metric: Metric, value: f64| -> Record {
+            DeviceSample { time_ns: t, value, device: 0, metric: metric as u32, pid: PID, reserved: 0 }.into()
+        };
+        // tensor activity as if big_gemm were 60 % useful and small_kernel 35 %
+        let fraction = |name: u32| match name {
+            1 => 0.6,
+            2 => 0.35,
+            _ => 0.0,
+        };
+        let kernels: Vec<(u64, u64, u32)> = v
+            .iter()
+            .filter_map(|r| match r {
+                Record::KernelExec(k) => Some((k.start_ns, k.end_ns, k.name_id)),
+                _ => None,
+            })
+            .collect();
+        for i in 0..20u64 {
+            let t = i * 10_000;
+            let active: f64 = kernels
+                .iter()
+                .map(|&(s, e, name)| e.min(t + 10_000).saturating_sub(s.max(t)) as f64 * fraction(name))
+                .sum();
+            v.push(sample(t, Metric::SampleIntervalNs, 10_000.0));
+            v.push(sample(t, Metric::TensorActive, active / 10_000.0));
+        }
+        v.sort_by_key(|r| r.time_ns());
+    }
     write_trace(path, &v, &["big_gemm", "small_kernel", "ncclDevKernel_AllReduce_Sum_bf16", "step"], 3);
 }
 
@@ -173,6 +232,52 @@ fn a_sweep_in_spans_is_the_one_pass_sweep_wherever_the_file_is_cut() {
     assert_eq!((gap.start_ns, gap.end_ns), (58_000, 150_000), "{:?}", d.top_idle_gaps);
     let a = &report[0].accounts[0];
     assert_eq!(a.categories.ns.iter().sum::<u64>(), a.window_end_ns - a.window_start_ns);
+}
+
+#[test]
+fn a_sweep_in_spans_keeps_fractional_useful_time_exact_wherever_the_file_is_cut() {
+    let dir = tmpdir();
+    let path = dir.path().join("pm.gptrace");
+    awkward_with(&path, true);
+    let chunks = ghostprof::trace::TraceReader::open(&path).unwrap().chunks().len();
+    assert!(chunks >= 25, "small chunks: {chunks}");
+    let report = analyze_files(std::slice::from_ref(&path), &ReportOptions { jobs: 1, ..Default::default() }).unwrap();
+    let a = &report[0].accounts[0];
+    assert_eq!(a.flop_source.name(), "pm_sampling");
+    let useful = a.categories.ns[ghostprof::analyze::Category::ComputeUseful.index()];
+    let inefficient = a.categories.ns[ghostprof::analyze::Category::ComputeInefficient.index()];
+    assert!(useful > 0 && inefficient > 0, "a fractional split: useful {useful}, inefficient {inefficient}: {a:?}");
+    let mut cuts: Vec<Vec<usize>> = (1..chunks).map(|c| vec![0, c]).collect();
+    cuts.push((0..chunks).collect());
+    for detail in [DetailOptions::default(), DetailOptions { bin_ns: Some(3_000), ..Default::default() }] {
+        for starts in &cuts {
+            let (spans, one) = spans_and_one_pass(&path, starts, &detail);
+            assert_eq!(spans, one, "spans at {starts:?}");
+        }
+    }
+}
+
+#[test]
+fn a_pm_sampled_job_swept_in_spans_is_the_one_pass_sweep_to_the_last_bit() {
+    let dir = tmpdir();
+    let path = dir.path().join("pm.gptrace");
+    synthetic_pm(&path, 4, 150_000, 1_000);
+    let report = analyze_files(std::slice::from_ref(&path), &ReportOptions { jobs: 1, ..Default::default() }).unwrap();
+    let a = &report[0].accounts[0];
+    assert_eq!(a.flop_source.name(), "pm_sampling");
+    let useful = a.categories.ns[ghostprof::analyze::Category::ComputeUseful.index()];
+    let inefficient = a.categories.ns[ghostprof::analyze::Category::ComputeInefficient.index()];
+    assert!(useful > 0 && inefficient > 0, "a fractional split: useful {useful}, inefficient {inefficient}");
+    let n = ghostprof::trace::TraceReader::open(&path).unwrap().chunks().len();
+    for k in [2usize, 3, 8] {
+        let starts: Vec<usize> = (0..k).map(|i| i * n / k).collect();
+        for detail in [DetailOptions::default(), DetailOptions { bin_ns: Some(1_000_000), ..Default::default() }] {
+            let (spans, one) = spans_and_one_pass(&path, &starts, &detail);
+            assert_eq!(spans, one, "{k} spans");
+        }
+    }
+    let one = report_json(std::slice::from_ref(&path), 1, DetailOptions::default());
+    assert!(one == report_json(std::slice::from_ref(&path), 2, DetailOptions::default()));
 }
 
 #[test]

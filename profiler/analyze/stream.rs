@@ -47,8 +47,8 @@ pub struct StreamOptions {
     /// Records arriving later than this behind the newest record read are counted, not swept.
     pub reorder_window_ns: u64,
     /// Threads for the file's passes: the sweep in that many spans of the file's chunks, one a
-    /// thread, when its sums are whole ns (`DevicePlan::whole_ns`), else chunks decoded ahead
-    /// of the one sweep (1: neither).
+    /// thread (chunks decoded ahead of one sweep when it cannot be split), the summary's chunk
+    /// heads read ahead (1: none of these).
     pub jobs: usize,
     /// Tests only: the first chunk of each span of the sweep (the first is 0), instead of
     /// `jobs` spans of about as many records.
@@ -830,15 +830,17 @@ struct SpanOut {
 }
 
 /// The sweep of one file in time spans, one a thread (`opts.jobs` of them), when every device's
-/// sums are whole ns ([`DevicePlan::whole_ns`]); None when it cannot be split (one span, sums
-/// with fractions, or the file not what its index said), and the one-pass sweep runs instead.
+/// sums are exact in any order ([`DevicePlan::sums_exact`]: a window under 2^53 ns); None when
+/// it cannot be split (one span, or the file not what its index said), and the one-pass sweep
+/// runs instead.
 ///
 /// Exact, the same as one pass: where the one-pass sweep stops after each chunk is known
 /// before it runs (the summary's minimum start of the later chunks and newest start of the
 /// earlier ones); a span starts with what the one pass holds there: the records of earlier
 /// chunks not yet swept, found again in the chunks whose latest record (the index's `max_ts`)
 /// reaches that point, filtered by the same rules. Each span sweeps the same slices, and the
-/// spans' sums (whole ns) are added in order ([`DeviceSweep::absorb`]). What the index and
+/// spans' sums (exact: whole ns, and useful compute in fixed point) are added in order
+/// ([`DeviceSweep::absorb`]). What the index and
 /// summary said is checked on the way (each chunk's latest record, the newest start after it);
 /// a file that lied is swept again in one pass.
 fn sweep_in_spans(
@@ -849,7 +851,7 @@ fn sweep_in_spans(
     let sk = start.sk;
     let n = reader.chunks().len();
     let starts = span_starts(reader, opts);
-    if starts.len() < 2 || sk.chunk_newest.len() != n || !start.keys.iter().all(|k| start.plans[k].whole_ns()) {
+    if starts.len() < 2 || sk.chunk_newest.len() != n || !start.keys.iter().all(|k| start.plans[k].sums_exact()) {
         return Ok(None);
     }
     let damaged: HashSet<usize> = reader.damaged_chunks().iter().map(|d| d.chunk).collect();
