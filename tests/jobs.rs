@@ -315,3 +315,43 @@ fn a_synthetic_job_swept_in_two_three_and_eight_spans_is_the_one_pass_sweep() {
         }
     }
 }
+
+#[test]
+fn a_file_whose_every_chunk_reaches_its_end_is_swept_in_one_pass() {
+    use ghostprof::analyze::stream::{summarize, sweep_file_in_spans, StreamOptions};
+    use ghostprof::trace::{FileIo, Record};
+    // Every 40 records, a read of a thread that launches nothing, from then to the end: each
+    // chunk's latest record is the end, so a later span would read every earlier chunk again.
+    let (records, names) = training_records(20_000);
+    let end = records.iter().map(|r| r.time_ns()).max().unwrap() + 1;
+    let mut v: Vec<Record> = Vec::new();
+    for (i, r) in records.into_iter().enumerate() {
+        if i % 40 == 0 {
+            let t = r.time_ns();
+            v.push(FileIo { start_ns: t, end_ns: end, pid: 1, tid: 999_999, fd: 3, ..Default::default() }.into());
+        }
+        v.push(r);
+    }
+    let dir = tmpdir();
+    let path = dir.path().join("long.gptrace");
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    write_trace(&path, &v, &names, 500);
+    let reader = ghostprof::trace::TraceReader::open(&path).unwrap();
+    assert!(reader.chunks().len() >= 30);
+    let mut opts = StreamOptions { jobs: 4, ..StreamOptions::default() };
+    let sk = summarize(&reader, &opts).unwrap();
+    opts.account.windows = sk.windows.clone();
+    let (late, waits) = (Default::default(), Default::default());
+    assert!(sweep_file_in_spans(&reader, &sk, &opts, &late, &waits).unwrap().is_none(), "one pass");
+    let one = report_json(std::slice::from_ref(&path), 1, DetailOptions::default());
+    assert!(one == report_json(std::slice::from_ref(&path), 4, DetailOptions::default()));
+    // the same job without those reads is split
+    let plain = dir.path().join("plain.gptrace");
+    let v: Vec<Record> = v.into_iter().filter(|r| !matches!(r, Record::FileIo(f) if f.tid == 999_999)).collect();
+    write_trace(&plain, &v, &names, 500);
+    let reader = ghostprof::trace::TraceReader::open(&plain).unwrap();
+    let mut opts = StreamOptions { jobs: 4, ..StreamOptions::default() };
+    let sk = summarize(&reader, &opts).unwrap();
+    opts.account.windows = sk.windows.clone();
+    assert!(sweep_file_in_spans(&reader, &sk, &opts, &late, &waits).unwrap().is_some(), "in spans");
+}

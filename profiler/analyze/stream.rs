@@ -786,7 +786,7 @@ impl SweepStart<'_> {
 
 /// The first chunk of each span of the sweep: `jobs` spans of about as many records (of the
 /// kinds the sweep reads), or the test's own; one span when the file cannot be split.
-fn span_starts(reader: &TraceReader, opts: &StreamOptions) -> Vec<usize> {
+fn span_starts(reader: &TraceReader, opts: &StreamOptions, spans: usize) -> Vec<usize> {
     let n = reader.chunks().len();
     if let Some(starts) = &opts.span_starts {
         let mut v: Vec<usize> = std::iter::once(0).chain(starts.iter().copied().filter(|&c| c < n)).collect();
@@ -794,7 +794,7 @@ fn span_starts(reader: &TraceReader, opts: &StreamOptions) -> Vec<usize> {
         v.dedup();
         return v;
     }
-    let spans = opts.jobs.min(n).max(1);
+    let spans = spans.min(n).max(1);
     if spans == 1 {
         return vec![0];
     }
@@ -820,6 +820,13 @@ fn span_starts(reader: &TraceReader, opts: &StreamOptions) -> Vec<usize> {
     }
     starts
 }
+
+/// The partial sums the spans of a file may hold in all (steps and bins of every device, per
+/// span): 256 MiB.
+const SPAN_PARTS_BYTES: u64 = 256 << 20;
+
+/// Bytes of one step's or bin's partial sums (`sweep::Partitions`: sums, busy, span).
+const PART_BYTES: u64 = 112;
 
 /// One span's sweep: its devices' partial sweeps, records left out, host figures; `exact`
 /// false when the file was not what its index and summary said (then the one-pass sweep runs).
@@ -850,8 +857,15 @@ fn sweep_in_spans(
 ) -> Result<Option<(Sweep, HostAccumulator)>, TraceError> {
     let sk = start.sk;
     let n = reader.chunks().len();
-    let starts = span_starts(reader, opts);
-    if starts.len() < 2 || sk.chunk_newest.len() != n || !start.keys.iter().all(|k| start.plans[k].sums_exact()) {
+    if sk.chunk_newest.len() != n || !start.keys.iter().all(|k| start.plans[k].sums_exact()) {
+        return Ok(None);
+    }
+    // Each span holds its own partial sums of every step and bin: no more spans than keep
+    // those under SPAN_PARTS_BYTES in all (fine bins of long windows on many cores).
+    let parts: u64 = start.plans.values().map(|p| p.partitions()).fold(0, u64::saturating_add);
+    let by_memory = (SPAN_PARTS_BYTES / parts.saturating_mul(PART_BYTES).max(1)).max(1);
+    let starts = span_starts(reader, opts, opts.jobs.min(by_memory.try_into().unwrap_or(usize::MAX)));
+    if starts.len() < 2 {
         return Ok(None);
     }
     let damaged: HashSet<usize> = reader.damaged_chunks().iter().map(|d| d.chunk).collect();
@@ -869,6 +883,16 @@ fn sweep_in_spans(
             cut[i] = Some(to);
             swept_to = to;
         }
+    }
+    // A span reads again the earlier chunks whose latest record reaches its start: when records
+    // are long (or their times damaged) that can be most of the file for every span; then one
+    // pass, decoded ahead, costs less. (Not for the tests' own cuts.)
+    let again: usize = starts[1..]
+        .iter()
+        .map(|&c| reader.chunks()[..c].iter().filter(|m| m.max_ts >= before[c]).count())
+        .fold(0, usize::saturating_add);
+    if opts.span_starts.is_none() && again > n / 4 + starts.len() {
+        return Ok(None);
     }
     let (before, cut, damaged) = (&before, &cut, &damaged);
     let names = &sk.names;

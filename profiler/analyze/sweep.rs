@@ -161,6 +161,12 @@ impl DevicePlan {
         Op::new(start, end, Class::Other, 0.0, 0, 0, false)
     }
 
+    /// Its steps and bins: the partitions a sweep of it adds up.
+    pub fn partitions(&self) -> u64 {
+        let bins = if self.bin_ns > 0 { self.window.len_ns().div_ceil(self.bin_ns) } else { 0 };
+        (self.steps.len() as u64).saturating_add(bins)
+    }
+
     /// Whether the sweep's sums are exact in any order ([`Sums`]: whole ns below 2^53, and the
     /// useful part of compute in fixed point): the window is shorter than 2^53 ns (104 days).
     /// Then the window can be swept in spans on several threads and their sums added
