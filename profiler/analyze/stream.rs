@@ -903,7 +903,7 @@ fn sweep_in_spans(
         let mut comm_cache = CommCache::default();
         let mut is_comm = |id: u32| comm_cache.is_comm(names, id);
         let (mut scratch, mut chunk) = (Scratch::default(), Chunk::default());
-        // Reads chunk i (None: damaged, skipped and remembered as the one pass does).
+        // Reads chunk i (false: damaged, skipped and remembered as the one pass does).
         let mut read = |i: usize, chunk: &mut Chunk| -> Result<bool, TraceError> {
             if damaged.contains(&i) {
                 return Ok(false);
