@@ -235,6 +235,8 @@ impl Watcher {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .env("GHOSTPROF_RING_DIR", rings)
+            // The library live injection loads (into jobs started without it).
+            .env("GHOSTPROF_INJECT_LIB", crate::gpusim::built().build_dir.join("libghostprof_inject.so"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("watch.log")).unwrap())
             .spawn()
@@ -301,18 +303,38 @@ impl Drop for Watcher {
     }
 }
 
-/// A gpusim job with the dormant injection library (injection into a running process is not
-/// there yet), its ranks loading for `startup_ms` before NCCL's init, as real jobs do.
+/// A gpusim job with the dormant injection library, its ranks loading for `startup_ms` before
+/// NCCL's init, as real jobs do.
 fn start_job(scenario: &str, ranks: u32, seconds: u32, truth: &Path, rings: &Path, startup_ms: u32) -> Child {
+    start_job_with(scenario, ranks, seconds, truth, rings, startup_ms, &[])
+}
+
+/// [`start_job`] with more environment; `("CUDA_INJECTION64_PATH", "")` starts it without
+/// the library (watch injects it live).
+fn start_job_with(
+    scenario: &str,
+    ranks: u32,
+    seconds: u32,
+    truth: &Path,
+    rings: &Path,
+    startup_ms: u32,
+    env: &[(&str, &str)],
+) -> Child {
     let built = crate::gpusim::built();
     let mut cmd = crate::gpusim::train_command(scenario, ranks, 1, truth);
     let i = cmd.iter().position(|a| a == "--steps").unwrap();
     cmd[i] = "--seconds".into();
     cmd[i + 1] = seconds.to_string();
-    Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .env("CUDA_INJECTION64_PATH", built.build_dir.join("libghostprof_inject.so"))
-        .env("GHOSTPROF_RING_DIR", rings)
+    let mut c = Command::new(&cmd[0]);
+    c.args(&cmd[1..]).env("CUDA_INJECTION64_PATH", built.build_dir.join("libghostprof_inject.so"));
+    for (k, v) in env {
+        if *k == "CUDA_INJECTION64_PATH" && v.is_empty() {
+            c.env_remove(k);
+        } else {
+            c.env(k, v);
+        }
+    }
+    c.env("GHOSTPROF_RING_DIR", rings)
         .env("GPUSIM_STARTUP_MS", startup_ms.to_string())
         // PM samples every 500 µs, not 50: on a loaded 2-core machine the simulated PM
         // sampling's CPU slows the ranks only while CUPTI is on, so windows sampled at 50 µs
@@ -641,4 +663,131 @@ fn root_watch_is_scraped_by_a_real_prometheus() {
     let _ = job.wait();
     let (ok, log) = w.stop();
     assert!(ok, "{log}");
+}
+
+/// The samples of `name` for `pid` in the exposition `samples`.
+fn of_pid<'a>(samples: &'a [Sample], name: &str, pid: &str) -> Vec<&'a Sample> {
+    samples.iter().filter(|s| s.name == name && s.labels.get("pid").map(String::as_str) == Some(pid)).collect()
+}
+
+/// The value of the host-wide `name` (with `label` = `value` when given).
+fn host_value(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
+    samples
+        .iter()
+        .find(|s| s.name == name && label.is_none_or(|(k, v)| s.labels.get(k).map(String::as_str) == Some(v)))
+        .unwrap_or_else(|| panic!("{name} {label:?} not served"))
+        .value
+}
+
+/// Scrapes `w` every 250 ms until `job` exits, keeping the last samples served while each
+/// rank's pid had figures; sends SIGUSR1 once after `usr1_after`.
+fn scrape_until_exit(
+    w: &Watcher,
+    job: &mut Child,
+    usr1_after: Option<Duration>,
+) -> (Vec<Sample>, HashMap<String, Vec<Sample>>) {
+    let mut last: HashMap<String, Vec<Sample>> = HashMap::new();
+    let mut latest = Vec::new();
+    let t0 = Instant::now();
+    let mut sent = false;
+    loop {
+        if let Some(body) = scrape(w.port) {
+            let samples = parse_strict(&body).unwrap_or_else(|e| panic!("exposition refused: {e}\n{body}"));
+            let mut by_pid: HashMap<String, Vec<Sample>> = HashMap::new();
+            for s in samples.iter().filter(|s| s.labels.contains_key("pid")) {
+                by_pid.entry(s.labels["pid"].clone()).or_default().push(s.clone());
+            }
+            last.extend(by_pid);
+            latest = samples;
+        }
+        if usr1_after.is_some_and(|d| !sent && t0.elapsed() > d) {
+            w.signal(libc::SIGUSR1);
+            sent = true;
+        }
+        if job.try_wait().unwrap().is_some() {
+            return (latest, last);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+#[ignore = "root tier: needs root (ptrace, CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_injects_cupti_into_a_job_started_without_the_library() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    // Scoped to this test's own process tree: watch must not inject into other tests' jobs.
+    let me = std::process::id().to_string();
+    let w = Watcher::start(
+        dir.path(),
+        &rings,
+        &["--pid", &me, "--sample", "1s", "--period", "2s", "--before", "60s", "--after", "1s"],
+    );
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job_with("balanced", 2, 9, &truth_dir, &rings, 1000, &[("CUDA_INJECTION64_PATH", "")]);
+    let (latest, last) = scrape_until_exit(&w, &mut job, Some(Duration::from_secs(6)));
+    assert!(job.wait().unwrap().success(), "the job runs normally under watch");
+    let (ok, log) = w.stop();
+    assert!(ok, "watch stops cleanly: {log}");
+    let truths = truths(&truth_dir, 2);
+    for t in &truths {
+        let pid = t["pid"].to_string();
+        let samples = last.get(&pid).unwrap_or_else(|| panic!("no figures for rank pid {pid}: {log}"));
+        let busy = of_pid(samples, "ghostprof_gpu_busy_ratio", &pid);
+        assert_eq!(busy.len(), 1, "one GPU for {pid}: {busy:?}\n{log}");
+        assert!(busy[0].value > 0.0, "rank {pid} busy from its injected device timeline: {busy:?}");
+        let sampled = of_pid(samples, "ghostprof_gpu_busy_sampled_seconds_total", &pid);
+        assert!(sampled[0].value > 0.0, "busy seconds over the windows: {sampled:?}");
+        let cats: f64 = of_pid(samples, "ghostprof_gpu_category_ratio", &pid).iter().map(|s| s.value).sum();
+        assert!((cats - 1.0).abs() < 1e-6, "the categories of {pid} sum to 1: {cats}");
+    }
+    // One session per rank per window: the job ran ~9 s under a 2 s period.
+    let sessions = host_value(&latest, "ghostprof_inject_sessions_total", None);
+    assert!(sessions >= 4.0, "sessions started by injection: {sessions}\n{log}");
+    for reason in ghostprof::record::watch::exporter::INJECT_REFUSAL_REASONS {
+        let n = host_value(&latest, "ghostprof_inject_refusals_total", Some(("reason", reason)));
+        assert_eq!(n, 0.0, "no refusal ({reason}): {log}");
+    }
+    // The SIGUSR1 trace holds the ranks' kernels (CUPTI on throughout a trigger's after-time).
+    let usr1 = w_files(dir.path())
+        .into_iter()
+        .find(|p| notes_of(p).iter().any(|n| n.contains("sigusr1")))
+        .unwrap_or_else(|| panic!("no SIGUSR1 trigger trace: {log}"));
+    let b = ghostprof::trace::TraceReader::open(&usr1).unwrap().read_all().unwrap();
+    for t in &truths {
+        let pid = t["pid"].as_u64().unwrap() as u32;
+        let kernels = b.kernels.iter().filter(|k| k.pid == pid).count() as u64;
+        let total = t["totals"]["kernels"].as_u64().unwrap();
+        assert!(kernels > 0 && kernels < total, "rank {pid}: {kernels} kernels in the trigger trace, {total} run");
+        assert!(b.launches.iter().any(|l| l.pid == pid), "and its eBPF launches");
+    }
+}
+
+#[test]
+#[ignore = "root tier: needs root (ptrace, CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_no_inject_leaves_a_job_without_the_library_to_ebpf() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let me = std::process::id().to_string();
+    let w = Watcher::start(dir.path(), &rings, &["--pid", &me, "--sample", "1s", "--period", "2s", "--no-inject"]);
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job_with("balanced", 1, 5, &truth_dir, &rings, 500, &[("CUDA_INJECTION64_PATH", "")]);
+    let (latest, last) = scrape_until_exit(&w, &mut job, None);
+    assert!(job.wait().unwrap().success());
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    let pid = truths(&truth_dir, 1)[0]["pid"].to_string();
+    assert!(
+        last.get(&pid).is_none_or(|s| of_pid(s, "ghostprof_gpu_busy_ratio", &pid).is_empty()),
+        "no device figures without injection: {:?}",
+        last.get(&pid)
+    );
+    assert_eq!(host_value(&latest, "ghostprof_inject_sessions_total", None), 0.0);
+    assert!(host_value(&latest, "ghostprof_sample_windows_total", None) >= 1.0, "windows ran: {log}");
 }

@@ -26,6 +26,7 @@ use super::collectors::Collectors;
 use crate::analyze::Category;
 use crate::collect::procmaps;
 use crate::collect::sched::CollectError;
+use crate::inject::{InjectError, InjectOptions, Injected};
 use crate::pipeline::{Pipeline, Producer};
 use crate::trace::{DropCause, Interner, LibKind, NameLimits, SessionNote, Source, TraceInfo};
 use recorder::Recorder;
@@ -101,6 +102,10 @@ pub struct WatchConfig {
     pub scan_interval: Duration,
     /// How long the loop sleeps between drains.
     pub drain_interval: Duration,
+    /// The CUPTI library loaded with ptrace into followed CUDA processes started without it
+    /// (`attach`'s live injection), at each sample window; None: `--no-inject`, eBPF and the
+    /// dormant library's rings only.
+    pub inject_library: Option<PathBuf>,
 }
 
 impl WatchConfig {
@@ -127,6 +132,7 @@ impl WatchConfig {
             max_duration: None,
             scan_interval: Duration::from_millis(500),
             drain_interval: Duration::from_millis(10),
+            inject_library: None,
         }
     }
 }
@@ -263,8 +269,8 @@ fn nccl_before_it_is_mapped(pid: u32, cuda_dir: Option<PathBuf>) -> Option<PathB
 
 /// The one place a process starts being followed: its pid joins the eBPF targets, its GPU
 /// libraries are probed, and the CUPTI ring of its dormant injection library (if it carries
-/// one) is opened. Live injection (`ghostprof attach`'s ptrace path, once it lands) goes here:
-/// inject the library, then open its ring as now.
+/// one) is opened. A process without the library is injected by [`Watch::arm`] at each sample
+/// window instead ([`needs_injection`]).
 fn start_following(
     c: &mut Collectors,
     pid: u32,
@@ -279,6 +285,38 @@ fn start_following(
     }
     c.cupti.scan(&[pid]);
     Ok(())
+}
+
+/// Whether `pid` gets its device timeline from live injection: it maps no ghostprof library
+/// and was not started with one (`CUDA_INJECTION64_PATH` naming it: the driver loads it at
+/// `cuInit`, which may not have happened yet, and two libraries would fight over one ring).
+fn needs_injection(pid: u32) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    if maps.contains("libghostprof_inject.so") {
+        return false;
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    !environ
+        .split(|b| *b == 0)
+        .any(|v| v.strip_prefix(b"CUDA_INJECTION64_PATH=").is_some_and(|p| p.ends_with(b"libghostprof_inject.so")))
+}
+
+/// The `reason` label of an injection refusal (a fixed set: [`exporter::INJECT_REFUSAL_REASONS`]),
+/// and whether the next window tries again (the refusal may not hold then).
+fn refusal_reason(e: &InjectError) -> (&'static str, bool) {
+    match e {
+        InjectError::NotX86_64 { .. } => ("not_x86_64", false),
+        InjectError::NoCuda { .. } => ("no_cuda", true),
+        InjectError::Traced { .. } => ("traced", true),
+        InjectError::PtraceDenied { .. } => ("ptrace_denied", false),
+        InjectError::NoDlopen { .. } => ("no_dlopen", false),
+        InjectError::NoSafeMoment { .. } => ("no_safe_moment", true),
+        InjectError::Gone { .. } => ("gone", false),
+        InjectError::Library { .. } => ("library", false),
+        InjectError::Failed { .. } => ("failed", false),
+        // Busy (an `attach` session of its own runs in it) is the common one: it ends.
+        InjectError::Refused { .. } => ("library_refused", true),
+    }
 }
 
 /// A file's (device, inode), as the host collector keys its probes.
@@ -314,6 +352,12 @@ struct Watch<'a> {
     /// The library files probed for each followed process (kept while it lives).
     libs_of: HashMap<u32, Vec<(u64, u64)>>,
     said: std::collections::HashSet<String>,
+    /// Live injection's options (None: `--no-inject`, or no library found).
+    inject: Option<InjectOptions>,
+    /// Followed processes whose device timeline comes from an attach session started by
+    /// injection: one per sample window, as the library ends a session when its ring is
+    /// switched off.
+    to_inject: BTreeSet<u32>,
 }
 
 impl Watch<'_> {
@@ -337,6 +381,19 @@ impl Watch<'_> {
         // The recorder's and the service's own notes are taken, so they do not pile up.
         fresh.append(&mut self.recorder.notes);
         for n in fresh {
+            // CUPTI held by another tool in a process we injected: no device timeline there.
+            if n.contains("CUPTI is held by another subscriber") {
+                let pid = n.strip_prefix("process ").and_then(|r| r.split(':').next()).and_then(|p| p.parse().ok());
+                if pid.is_some_and(|p: u32| self.to_inject.contains(&p)) {
+                    *self
+                        .state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .inject_refusals
+                        .entry("cupti_held".to_string())
+                        .or_insert(0) += 1;
+                }
+            }
             // The same note from every segment's collectors (NVML missing) is said once.
             if self.said.len() < 4096 && !self.said.insert(n.clone()) {
                 continue;
@@ -375,8 +432,62 @@ impl Watch<'_> {
     fn set_cupti(&mut self, on: bool) {
         if on != self.cupti_on {
             self.cupti_on = on;
+            if on {
+                let pids: Vec<u32> = self.to_inject.iter().copied().collect();
+                self.arm(&pids);
+            }
             self.c.cupti.set_collecting(on);
         }
+    }
+
+    /// Starts an attach session in each of `pids` (injected with ptrace the first time, its
+    /// entry point called again after) and opens its new ring, which switches its CUPTI on.
+    /// The session of the last window ended when its ring was switched off (the library
+    /// removes its ring then): that ring, drained, is closed first. A refusal is a note and a
+    /// count (`ghostprof_inject_refusals_total`), never a failure of watch.
+    fn arm(&mut self, pids: &[u32]) {
+        let Some(opts) = self.inject.clone() else { return };
+        if pids.is_empty() {
+            return;
+        }
+        let _ = self.c.drain(&mut self.producer);
+        let open = self.c.cupti.open_rings();
+        for &pid in pids {
+            if !alive(pid) {
+                continue;
+            }
+            if open.contains(&pid) {
+                self.c.cupti.forget(pid);
+            }
+            match crate::inject::inject(pid, &opts) {
+                Ok(how) => {
+                    if how == Injected::Dormant {
+                        self.to_inject.remove(&pid);
+                    } else {
+                        self.state.lock().unwrap_or_else(|p| p.into_inner()).inject_sessions += 1;
+                    }
+                    self.c.cupti.scan(&[pid]);
+                }
+                Err(e) => {
+                    let (reason, again) = refusal_reason(&e);
+                    *self
+                        .state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .inject_refusals
+                        .entry(reason.to_string())
+                        .or_insert(0) += 1;
+                    if !again {
+                        self.to_inject.remove(&pid);
+                    }
+                    self.recorder.notes.push(format!(
+                        "{e}; process {pid} is followed with eBPF only{}",
+                        if again { " (tried again at the next sample window)" } else { "" }
+                    ));
+                }
+            }
+        }
+        self.push_notes();
     }
 
     /// Follows new processes, lets go of exited ones (after a last drain of their ring).
@@ -388,6 +499,12 @@ impl Watch<'_> {
                     self.libs_of.insert(pid, libs.iter().filter_map(|l| file_key(l)).collect());
                     self.followed.insert(pid);
                     self.followed_total += 1;
+                    if self.inject.is_some() && !self.c.cupti.open_rings().contains(&pid) && needs_injection(pid) {
+                        self.to_inject.insert(pid);
+                        if self.cupti_on {
+                            self.arm(&[pid]);
+                        }
+                    }
                 }
                 Err(e) => notes.push(format!("cannot follow process {pid}: {e}")),
             }
@@ -417,6 +534,7 @@ impl Watch<'_> {
         for &pid in gone {
             self.c.cupti.forget(pid);
             self.followed.remove(&pid);
+            self.to_inject.remove(&pid);
             self.libs_of.remove(&pid);
             self.mfu_history.retain(|k, _| k.0 != pid);
         }
@@ -638,6 +756,15 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
         finder: Finder { scope: cfg.scope.clone(), scans: 0, not_yet: HashMap::new() },
         said: Default::default(),
         libs_of: HashMap::new(),
+        inject: cfg.inject_library.clone().map(|lib| {
+            let mut o = InjectOptions::new(lib);
+            o.ring_dir = cfg.ring_dir.clone();
+            // The loop waits for it: a job that enters no blocking call within this is tried
+            // again at the next window, rather than stalling the other processes' drains.
+            o.wait = Duration::from_secs(1);
+            o
+        }),
+        to_inject: BTreeSet::new(),
     };
     let started = Instant::now();
     let mut next_window = Instant::now() + cfg.sample.min(Duration::from_secs(1));
@@ -662,7 +789,8 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
             phase = match phase {
                 Phase::Host if now >= next_window => {
                     w.set_cupti(true);
-                    Phase::Waking(now + RING_WAKE)
+                    // From the end of the injections, which may take a moment each.
+                    Phase::Waking(Instant::now() + RING_WAKE)
                 }
                 Phase::Waking(t) if now >= t => {
                     w.rotate("sample")?;
