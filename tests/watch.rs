@@ -791,3 +791,229 @@ fn root_watch_no_inject_leaves_a_job_without_the_library_to_ebpf() {
     assert_eq!(host_value(&latest, "ghostprof_inject_sessions_total", None), 0.0);
     assert!(host_value(&latest, "ghostprof_sample_windows_total", None) >= 1.0, "windows ran: {log}");
 }
+
+/// The trigger traces of the watch in `dir` whose notes (as `ghostprof info --json` reads them
+/// back) contain `what`, with those notes.
+fn triggers_with(dir: &Path, what: &str) -> Vec<(PathBuf, Vec<String>)> {
+    w_files(dir)
+        .into_iter()
+        .filter_map(|p| {
+            let out = ghostprof().args(["info", "--json"]).arg(&p).output().unwrap();
+            assert!(out.status.success(), "info reads {}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let notes: Vec<String> =
+                v["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+            notes.iter().any(|n| n.contains(what)).then_some((p, notes))
+        })
+        .collect()
+}
+
+/// The fraction of its window a rank's truth spent in `category`.
+fn truth_ratio(t: &serde_json::Value, category: &str) -> f64 {
+    t["devices"][0]["categories"][category].as_u64().unwrap() as f64
+        / t["window"]["duration_ns"].as_u64().unwrap() as f64
+}
+
+/// The first number after `after` in `text` ("… spent 18.3% …" → 18.3).
+fn number_after(text: &str, after: &str) -> f64 {
+    let rest = &text[text.find(after).unwrap_or_else(|| panic!("{after:?} not in {text:?}")) + after.len()..];
+    rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next().unwrap().parse().unwrap()
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_comm_wait_trigger_fires_once_above_its_threshold_and_not_below() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let me = std::process::id().to_string();
+    let args = [
+        "--pid",
+        &me,
+        "--sample",
+        "1s",
+        "--period",
+        "2s",
+        "--comm-wait-above",
+        "10",
+        "--before",
+        "60s",
+        "--after",
+        "1s",
+    ];
+    // A straggler job: the fast rank waits ~19 % of its time for the slow one.
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let w = Watcher::start(dir.path(), &rings, &args);
+    let mut job = start_job("straggler", 2, 10, &dir.path().join("truth"), &rings, 500);
+    assert!(job.wait().unwrap().success());
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    let straggler_truths = truths(&dir.path().join("truth"), 2);
+    let fired = triggers_with(dir.path(), "comm-wait: ");
+    assert_eq!(fired.len(), 1, "one comm-wait trigger trace (the cooldown holds the rest): {fired:?}\n{log}");
+    assert_eq!(log.matches("trigger: comm-wait: ").count(), 1, "fired once: {log}");
+    let note = fired[0].1.iter().find(|n| n.contains("comm-wait: ")).unwrap();
+    let waiter = straggler_truths
+        .iter()
+        .max_by(|a, b| truth_ratio(a, "comm.wait").total_cmp(&truth_ratio(b, "comm.wait")))
+        .unwrap();
+    assert!(truth_ratio(waiter, "comm.wait") > 0.10, "the truth crosses the threshold: {waiter}");
+    assert!(note.contains(&format!("process {} GPU 0 spent", waiter["pid"])), "the waiting rank: {note}");
+    eprintln!("comm-wait trigger: {note}");
+    let spent = number_after(note, " spent ");
+    assert!(spent > 10.0 && note.contains("(above 10.0%)"), "{note}");
+    assert!(
+        (spent / 100.0 - truth_ratio(waiter, "comm.wait")).abs() < 0.10,
+        "the window's comm.wait {spent}% near the run's {:.1}%",
+        truth_ratio(waiter, "comm.wait") * 100.0
+    );
+    // A balanced job stays far below 10 %: no trigger, though its windows were analyzed.
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let w = Watcher::start(dir.path(), &rings, &args);
+    let mut job = start_job("balanced", 2, 8, &dir.path().join("truth"), &rings, 500);
+    let (latest, _) = scrape_until_exit(&w, &mut job, None);
+    assert!(job.wait().unwrap().success());
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    for t in truths(&dir.path().join("truth"), 2) {
+        assert!(truth_ratio(&t, "comm.wait") < 0.05, "balanced stays below: {t}");
+    }
+    assert!(host_value(&latest, "ghostprof_sample_windows_total", None) >= 3.0, "windows analyzed: {log}");
+    assert!(triggers_with(dir.path(), "comm-wait").is_empty() && !log.contains("trigger:"), "{log}");
+}
+
+/// Runs a 1-rank `balanced` job of `seconds` under a watch with `--mfu-below 0.7`; with
+/// `slow_after`, once the job has had that many sample windows with figures, it is stopped
+/// 300 ms of every 500 (SIGSTOP/SIGCONT) for 6 s: its device idles, its MFU falls to ~40 %
+/// of what it was. Returns the watch's directory, log, the job's pid and the windows it had.
+fn mfu_run(seconds: u32, slow_after: Option<f64>) -> (tempfile::TempDir, String, u32, f64) {
+    let me = std::process::id().to_string();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let w = Watcher::start(
+        dir.path(),
+        &rings,
+        &["--pid", &me, "--sample", "1s", "--period", "2s", "--mfu-below", "0.7", "--before", "60s", "--after", "1s"],
+    );
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job("balanced", 1, seconds, &truth_dir, &rings, 500);
+    // The rank: the process of the tree that maps libcuda.
+    let t0 = Instant::now();
+    let rank = loop {
+        let found = ghostprof::record::attach::process_tree(job.id())
+            .into_iter()
+            .find(|p| std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default().contains("libcuda.so"));
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the rank never mapped libcuda");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut slowed = false;
+    let mut windows = 0.0;
+    while job.try_wait().unwrap().is_none() {
+        if let Some(body) = scrape(w.port) {
+            let samples = parse_strict(&body).unwrap();
+            // Windows of this rank so far: its sampled seconds (~0.9 s each).
+            if let Some(s) = of_pid(&samples, "ghostprof_gpu_sampled_seconds_total", &rank.to_string()).first() {
+                windows = s.value;
+            }
+        }
+        if slow_after.is_some_and(|n| !slowed && windows >= n) {
+            slowed = true;
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(6) {
+                // SAFETY: signals to our own child's rank.
+                unsafe { libc::kill(rank as i32, libc::SIGSTOP) };
+                std::thread::sleep(Duration::from_millis(300));
+                unsafe { libc::kill(rank as i32, libc::SIGCONT) };
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(job.wait().unwrap().success());
+    assert_eq!(slowed, slow_after.is_some(), "the job was slowed as asked (windows {windows})");
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    (dir, log, rank, windows)
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_mfu_drop_trigger_fires_once_below_its_running_median_and_not_on_a_steady_job() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    // Steady: every window's MFU near the median, none below 70 % of it.
+    let (dir, log, _, windows) = mfu_run(12, None);
+    assert!(windows >= 3.5, "enough windows for a running median (3 before the first check): {windows} s\n{log}");
+    assert!(triggers_with(dir.path(), "mfu-drop").is_empty() && !log.contains("trigger:"), "{log}");
+    // Slowed after 4 windows (a median of 3+): one trigger, however many windows are slow.
+    let (dir, log, rank, _) = mfu_run(20, Some(3.5));
+    let fired = triggers_with(dir.path(), "mfu-drop: ");
+    assert_eq!(fired.len(), 1, "one mfu-drop trigger trace: {fired:?}\n{log}");
+    assert_eq!(log.matches("trigger: mfu-drop: ").count(), 1, "fired once (cooldown): {log}");
+    let note = fired[0].1.iter().find(|n| n.contains("mfu-drop: ")).unwrap();
+    assert!(note.contains(&format!("process {rank} GPU 0 MFU ")), "{note}");
+    eprintln!("mfu-drop trigger: {note}");
+    let (mfu, median) = (number_after(note, " MFU "), number_after(note, "running median "));
+    assert!(median > 0.0 && mfu < 0.7 * median, "{note}");
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON, setpriv); tools/test runs it when root"]
+fn root_watch_trigger_socket_refuses_a_peer_that_is_not_root() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let me = std::process::id().to_string();
+    let w = Watcher::start(
+        dir.path(),
+        &rings,
+        &["--pid", &me, "--no-inject", "--sample", "1s", "--period", "1h", "--after", "500ms"],
+    );
+    let socket = dir.path().join("ctl/watch.sock");
+    // nobody, with CAP_DAC_OVERRIDE: it reaches the 0600 socket in its 0700 directory, so only
+    // the SO_PEERCRED check stands between it and a trigger.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["--inh-caps", "+dac_override", "--ambient-caps", "+dac_override", "--"])
+        .arg(env!("CARGO_BIN_EXE_ghostprof"))
+        .args(["watch", "trigger", "--socket"])
+        .arg(&socket)
+        .arg("from nobody")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("only root may ask"), "nobody's trigger refused: {err}");
+    let t = Instant::now();
+    loop {
+        let samples = parse_strict(&scrape(w.port).unwrap()).unwrap();
+        let n = host_value(&samples, "ghostprof_trigger_socket_refusals_total", None);
+        if n == 1.0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the refusal is counted: {n}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Root's request is taken.
+    let out = ghostprof().args(["watch", "trigger", "--socket"]).arg(&socket).arg("from root").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = Instant::now();
+    while w_files(dir.path()).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(15), "root's trigger trace: {}", w.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    let all = triggers_with(dir.path(), "");
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(all[0].1.iter().any(|n| n.contains("manual from root")), "{all:?}");
+    assert!(!all.iter().flat_map(|t| &t.1).any(|n| n.contains("nobody")), "{all:?}");
+}

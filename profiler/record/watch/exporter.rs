@@ -84,6 +84,8 @@ pub struct State {
     pub inject_refusals: BTreeMap<String, u64>,
     /// Attach sessions started by live injection (one per process per sample window).
     pub inject_sessions: u64,
+    /// Trigger socket connections refused because the peer was not root.
+    pub trigger_socket_refusals: u64,
 }
 
 impl State {
@@ -272,6 +274,14 @@ impl State {
         }
         family(&mut o, "ghostprof_processes_followed", "gauge", "CUDA processes followed now.");
         let _ = writeln!(o, "ghostprof_processes_followed{{host=\"{host}\"}} {}", self.followed);
+        family(
+            &mut o,
+            "ghostprof_trigger_socket_refusals_total",
+            "counter",
+            "Connections to the trigger socket refused because the peer was not root.",
+        );
+        let _ =
+            writeln!(o, "ghostprof_trigger_socket_refusals_total{{host=\"{host}\"}} {}", self.trigger_socket_refusals);
         family(
             &mut o,
             "ghostprof_inject_sessions_total",

@@ -358,6 +358,8 @@ struct Watch<'a> {
     /// injection: one per sample window, as the library ends a session when its ring is
     /// switched off.
     to_inject: BTreeSet<u32>,
+    /// Trigger socket connections refused (peer not root), counted by its thread.
+    socket_refused: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Watch<'_> {
@@ -688,6 +690,7 @@ impl Watch<'_> {
         st.disk_bytes = self.recorder.disk_used();
         st.paused = self.recorder.paused.is_some();
         st.followed = self.followed.len();
+        st.trigger_socket_refusals = self.socket_refused.as_ref().map_or(0, |r| r.load(Ordering::Relaxed));
         for ((s, c), n) in &self.closed_drops {
             st.drops.insert((s.clone(), c.clone()), *n);
         }
@@ -765,6 +768,7 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
             o
         }),
         to_inject: BTreeSet::new(),
+        socket_refused: _control.as_ref().map(|c| c.refused.clone()),
     };
     let started = Instant::now();
     let mut next_window = Instant::now() + cfg.sample.min(Duration::from_secs(1));
