@@ -11,6 +11,15 @@
 //! | `bare` | `CUDA_INJECTION64_PATH=libgpusim_testinject.so GPUSIM_TESTINJECT_BARE=1`: the cheapest CUPTI client collecting the same activity kinds (the floor of CUPTI tracing) |
 //! | `full` | `ghostprof record` |
 //! | `full-nopm` | `ghostprof record` with `GHOSTPROF_PM_INTERVAL_NS=0` (no PM sampling) |
+//! | `watch` | `ghostprof watch` running (started before the job, stopped after it), the job started with the dormant library as the service's docs deploy it: eBPF always, CUPTI duty-cycled |
+//!
+//! `watch`'s duty cycle is shortened with the defaults' ratio (`--sample 100ms --period 3s`, as
+//! 2 s of 60 s; `--watch-sample`/`--watch-period` change it), and its runs are
+//! `--watch-steps-factor` (10) times longer than the other modes' (~10 s), so that every run
+//! holds about three windows: a 1 s run under a 60 s period would hit a window in one run of
+//! sixty. Each window also keeps CUPTI on for the ~150 ms the libraries take to notice and the
+//! 50 ms poll after it, so CUPTI is on ~9 % of the time here against ~3.6 % at the defaults: the
+//! figure is an upper bound of the defaults' cost.
 //!
 //! The modes are **interleaved**: repetition r runs every mode once, in an order rotated by r,
 //! so a drift of the machine spreads over all modes. A run's figure is its mean step time from
@@ -34,7 +43,7 @@ use crate::probe::machine;
 use crate::stats::{median, ratio_of_medians_ci, RatioCi};
 
 /// The modes, in their base order.
-const MODES: [&str; 6] = ["plain", "dormant", "ebpf", "bare", "full", "full-nopm"];
+const MODES: [&str; 7] = ["plain", "dormant", "ebpf", "bare", "full", "full-nopm", "watch"];
 
 /// Seed of the bootstrap (fixed: the same runs give the same interval).
 const SEED: u64 = 0x6f76_6572_6865_6164;
@@ -47,6 +56,10 @@ struct Config {
     modes: Vec<String>,
     resamples: usize,
     dir: PathBuf,
+    /// `watch` mode: its --sample and --period, and how many times longer its runs are.
+    watch_sample: String,
+    watch_period: String,
+    watch_steps_factor: u32,
 }
 
 impl Config {
@@ -72,6 +85,9 @@ impl Config {
             modes,
             resamples: num("--resamples")?.unwrap_or(2000).max(100) as usize,
             dir: dir.join(format!("ghostprof-bench-overhead-{}", std::process::id())),
+            watch_sample: flag(args, "--watch-sample").unwrap_or_else(|| "100ms".into()),
+            watch_period: flag(args, "--watch-period").unwrap_or_else(|| "3s".into()),
+            watch_steps_factor: num("--watch-steps-factor")?.unwrap_or(10).clamp(1, 1000) as u32,
         })
     }
 }
@@ -91,11 +107,13 @@ struct Setup {
     pin: Option<(String, String)>,
 }
 
-/// `tools/bench overhead [--reps N] [--steps K] [--scenarios A,B] [--modes M,…] [--resamples R] [--dir D]`.
+/// `tools/bench overhead [--reps N] [--steps K] [--scenarios A,B] [--modes M,…] [--resamples R] [--dir D]
+/// [--watch-sample S] [--watch-period P] [--watch-steps-factor F]`.
 pub fn bench_overhead(args: &[String]) -> Result<()> {
     let cfg = Config::parse(args)?;
     // SAFETY: geteuid has no preconditions.
-    if cfg.modes.iter().any(|m| m == "ebpf" || m.starts_with("full")) && unsafe { libc_geteuid() } != 0 {
+    if cfg.modes.iter().any(|m| m == "ebpf" || m.starts_with("full") || m == "watch") && unsafe { libc_geteuid() } != 0
+    {
         bail!("the record modes load eBPF: run tools/bench overhead as root (or pick --modes plain,dormant,bare)");
     }
     let bin_dir = build_gpusim(&["ghostprof-inject", "gpusim-testinject", "ghostprof"])?;
@@ -132,6 +150,7 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
             for k in 0..cfg.modes.len() {
                 let i = (k + rep) % cfg.modes.len();
                 let mode = &cfg.modes[i];
+                let steps = if mode == "watch" { steps * cfg.watch_steps_factor } else { steps };
                 let step_ns = run_once(cfg, setup, scenario, mode, steps, rep)
                     .with_context(|| format!("{scenario}, mode {mode}, repetition {}", rep + 1))?;
                 samples[i].push(step_ns);
@@ -178,8 +197,10 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
         let (fb, fb_ci) = ci_json(ci("full", "bare"));
         let (ep, ep_ci) = ci_json(ci("ebpf", "plain"));
         let (bp, bp_ci) = ci_json(ci("bare", "plain"));
+        let (wp, wp_ci) = ci_json(ci("watch", "plain"));
         let summary = json!({
             "steps_per_run": steps,
+            "watch_vs_plain_ratio": wp, "watch_vs_plain_ci95": wp_ci,
             "full_vs_bare_ratio": fb, "full_vs_bare_ci95": fb_ci,
             "ebpf_only_vs_plain_ratio": ep, "ebpf_only_vs_plain_ci95": ep_ci,
             "bare_vs_plain_ratio": bp, "bare_vs_plain_ci95": bp_ci,
@@ -203,8 +224,14 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
         "full_vs_bare_ci95": field("full_vs_bare_ci95"),
         "ebpf_only_vs_plain_ratio": field("ebpf_only_vs_plain_ratio"),
         "ebpf_only_vs_plain_ci95": field("ebpf_only_vs_plain_ci95"),
+        "watch_vs_plain_ratio": field("watch_vs_plain_ratio"),
+        "watch_vs_plain_ci95": field("watch_vs_plain_ci95"),
         "median_step_ns": medians,
-        "targets": { "full_vs_bare_ci95_hi": 1.02, "ebpf_only_vs_plain_ci95_hi": 1.01 },
+        "targets": { "full_vs_bare_ci95_hi": 1.02, "ebpf_only_vs_plain_ci95_hi": 1.01, "watch_vs_plain_ci95_hi": 1.01 },
+        "watch_harness": {
+            "sample": cfg.watch_sample, "period": cfg.watch_period, "steps_factor": cfg.watch_steps_factor,
+            "job": "started with the dormant library (CUDA_INJECTION64_PATH), watch following the bench's process tree",
+        },
         "reps": cfg.reps,
         "resamples": cfg.resamples,
         "bootstrap_seed": SEED,
@@ -253,7 +280,7 @@ fn run_once(cfg: &Config, setup: &Setup, scenario: &str, mode: &str, steps: u32,
         let mut c = Command::new(&job[0]);
         c.args(&job[1..]);
         match mode {
-            "dormant" => {
+            "dormant" | "watch" => {
                 c.env("CUDA_INJECTION64_PATH", &inject).env("GHOSTPROF_RING_DIR", &out);
             }
             "bare" => {
@@ -268,10 +295,15 @@ fn run_once(cfg: &Config, setup: &Setup, scenario: &str, mode: &str, steps: u32,
     for k in ["GHOSTPROF_ENABLE", "GPUSIM_TESTINJECT_OUT"] {
         cmd.env_remove(k);
     }
-    if mode != "dormant" && mode != "bare" {
+    if !matches!(mode, "dormant" | "bare" | "watch") {
         cmd.env_remove("CUDA_INJECTION64_PATH");
     }
-    let output = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().context("starting the run")?;
+    let watch = if mode == "watch" { Some(Watch::start(cfg, setup, &out)?) } else { None };
+    let output = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().context("starting the run");
+    if let Some(w) = watch {
+        w.stop()?;
+    }
+    let output = output?;
     ensure!(output.status.success(), "the run failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
     let step_ns = mean_step_ns(&out.join("truth-rank0.json"))?;
     // Traces of the record modes are large next to what is kept: removed run by run.
@@ -290,4 +322,76 @@ pub fn mean_step_ns(truth: &Path) -> Result<f64> {
     let (start, end) = (at(1, "start_ns")?, at(ranges.len() - 1, "end_ns")?);
     ensure!(end > start, "{}: steps end before they start", truth.display());
     Ok((end - start) as f64 / (ranges.len() - 1) as f64)
+}
+
+/// A `ghostprof watch` for one run of the `watch` mode.
+struct Watch {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Watch {
+    /// Starts it (following this process's tree: the job is our child) and waits until its
+    /// endpoint answers, which it does once its probes can be placed.
+    fn start(cfg: &Config, setup: &Setup, out: &Path) -> Result<Watch> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut c = match &setup.pin {
+            Some((_, gp)) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", gp]).arg(setup.bin_dir.join("ghostprof"));
+                c
+            }
+            None => Command::new(setup.bin_dir.join("ghostprof")),
+        };
+        let log = out.join("watch.log");
+        c.arg("watch")
+            .args(["--pid", &std::process::id().to_string(), "--sample", &cfg.watch_sample])
+            .args(["--period", &cfg.watch_period, "--no-socket", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--dir")
+            .arg(out.join("watch"))
+            .env("GHOSTPROF_RING_DIR", out)
+            .env("GHOSTPROF_INJECT_LIB", setup.bin_dir.join("libghostprof_inject.so"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        let mut child = c.spawn().context("starting ghostprof watch")?;
+        let t = std::time::Instant::now();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let mut answer = String::new();
+                if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()
+                    && s.read_to_string(&mut answer).is_ok()
+                    && answer.starts_with("HTTP/1.1 200")
+                {
+                    return Ok(Watch { child, log });
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("ghostprof watch exited ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            if t.elapsed() > std::time::Duration::from_secs(60) {
+                let _ = child.kill();
+                bail!("ghostprof watch did not serve /metrics within 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, and its exit waited for (removing its probes takes the kernel seconds).
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let status = self.child.wait()?;
+        ensure!(
+            status.success(),
+            "ghostprof watch failed ({status}): {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        Ok(())
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
