@@ -358,6 +358,8 @@ struct Watch<'a> {
     /// injection: one per sample window, as the library ends a session when its ring is
     /// switched off.
     to_inject: BTreeSet<u32>,
+    /// Probes let go, removed on a thread of their own (see [`Watch::let_go`]).
+    reaper: std::sync::mpsc::Sender<Vec<libbpf_rs::Link>>,
     /// Trigger socket connections refused (peer not root), counted by its thread.
     socket_refused: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
@@ -553,7 +555,15 @@ impl Watch<'_> {
                 }
             }
         }
-        self.c.host.release_libraries(&in_use);
+        let links = self.c.host.release_libraries(&in_use);
+        if !links.is_empty() {
+            // Removing probes takes the kernel seconds on a loaded host: on the reaper's
+            // thread, so that the loop goes on scanning (a job that started and ended inside
+            // such a pause was never followed: 1 in 50 short jobs).
+            if let Err(e) = self.reaper.send(links) {
+                drop(e.0);
+            }
+        }
     }
 
     /// The figures of a closed sample window, and the automatic triggers they fire.
@@ -735,6 +745,12 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
         ),
         None => None,
     };
+    let (reaper_tx, reaper_rx) = std::sync::mpsc::channel::<Vec<libbpf_rs::Link>>();
+    let reaper = std::thread::Builder::new().name("ghostprof-unprobe".into()).spawn(move || {
+        for links in reaper_rx {
+            drop(links);
+        }
+    })?;
     let first_info = TraceInfo::default();
     let pipeline = recorder.open(&first_info)?;
     c.start(&pipeline);
@@ -769,6 +785,7 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
         }),
         to_inject: BTreeSet::new(),
         socket_refused: _control.as_ref().map(|c| c.refused.clone()),
+        reaper: reaper_tx,
     };
     let started = Instant::now();
     let mut next_window = Instant::now() + cfg.sample.min(Duration::from_secs(1));
@@ -871,7 +888,10 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
     w.c.cupti.detach_all();
     let _ = w.c.drain(&mut w.producer);
     w.push_notes();
-    let Watch { c, mut producer, pipeline, mut recorder, followed_total, mut summary, .. } = w;
+    let Watch { c, mut producer, pipeline, mut recorder, followed_total, mut summary, reaper: reaper_tx, .. } = w;
+    // The probes let go so far are removed before the rest.
+    drop(reaper_tx);
+    let _ = reaper.join();
     let _ = c.finish(&mut producer);
     drop(producer);
     recorder.close(pipeline);
