@@ -183,6 +183,31 @@ fn the_strict_parser_refuses_what_prometheus_would_not_take() {
 }
 
 #[test]
+fn the_injection_refusals_are_served_for_every_reason_of_their_fixed_set() {
+    use ghostprof::record::watch::exporter::{State, INJECT_REFUSAL_REASONS};
+    let mut st = State::new("h\"ost".into());
+    st.inject_refusals.insert("traced".into(), 2);
+    st.inject_refusals.insert("cupti_held".into(), 1);
+    st.inject_sessions = 7;
+    st.trigger_socket_refusals = 3;
+    let samples = parse_strict(&st.render()).unwrap();
+    let refusals: Vec<&Sample> = samples.iter().filter(|s| s.name == "ghostprof_inject_refusals_total").collect();
+    assert_eq!(refusals.len(), INJECT_REFUSAL_REASONS.len(), "one series per reason, bounded: {refusals:?}");
+    for s in &refusals {
+        let want = match s.labels["reason"].as_str() {
+            "traced" => 2.0,
+            "cupti_held" => 1.0,
+            _ => 0.0,
+        };
+        assert_eq!(s.value, want, "{s:?}");
+        assert_eq!(s.labels["host"], "h\"ost");
+    }
+    let one = |name: &str| samples.iter().find(|s| s.name == name).map(|s| s.value);
+    assert_eq!(one("ghostprof_inject_sessions_total"), Some(7.0));
+    assert_eq!(one("ghostprof_trigger_socket_refusals_total"), Some(3.0));
+}
+
+#[test]
 fn watch_refuses_bad_arguments_in_one_line() {
     for (args, says) in [
         (vec!["--sample", "5s", "--period", "1s"], "longer than --period"),
@@ -367,7 +392,20 @@ fn root_watch_follows_a_straggler_job_started_after_it() {
     let w = Watcher::start(
         dir.path(),
         &rings,
-        &["--sample", "1s", "--period", "2s", "--straggler-collectives", "5", "--before", "60s", "--after", "1s"],
+        // Every process of the host, as deployed; no live injection (other jobs on this machine).
+        &[
+            "--no-inject",
+            "--sample",
+            "1s",
+            "--period",
+            "2s",
+            "--straggler-collectives",
+            "5",
+            "--before",
+            "60s",
+            "--after",
+            "1s",
+        ],
     );
     let truth_dir = dir.path().join("truth");
     let mut job = start_job("straggler", 3, 12, &truth_dir, &rings, 1500);
@@ -481,7 +519,11 @@ fn root_watch_disk_cap_holds_over_ten_times_its_size() {
     let rings = dir.path().join("rings");
     std::fs::create_dir(&rings).unwrap();
     let cap: u64 = 128 << 10;
-    let w = Watcher::start(dir.path(), &rings, &["--sample", "1s", "--period", "2s", "--max-disk", "128KiB"]);
+    let w = Watcher::start(
+        dir.path(),
+        &rings,
+        &["--no-inject", "--sample", "1s", "--period", "2s", "--max-disk", "128KiB"],
+    );
     let mut job = start_job("straggler", 3, 15, &dir.path().join("truth"), &rings, 1000);
     let mut largest: HashMap<PathBuf, u64> = HashMap::new();
     let mut most = 0u64;

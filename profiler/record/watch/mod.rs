@@ -32,6 +32,10 @@ use crate::trace::{DropCause, Interner, LibKind, NameLimits, SessionNote, Source
 use recorder::Recorder;
 use window::WindowFigures;
 
+/// Windows in a row a process may refuse live injection for a reason that may pass (no
+/// blocking system call in time, another tracer, the library busy) before watch stops trying:
+/// each try can hold the loop up to the injection's wait.
+const INJECT_TRIES: u32 = 3;
 /// How long a dormant injection library takes at most to notice its ring's control word (it
 /// polls every 50 ms) and switch CUPTI on, with a margin: the sample window starts after it.
 const RING_WAKE: Duration = Duration::from_millis(150);
@@ -358,6 +362,8 @@ struct Watch<'a> {
     /// injection: one per sample window, as the library ends a session when its ring is
     /// switched off.
     to_inject: BTreeSet<u32>,
+    /// Refusals in a row per process (see [`INJECT_TRIES`]).
+    inject_tries: HashMap<u32, u32>,
     /// Probes let go, removed on a thread of their own (see [`Watch::let_go`]).
     reaper: std::sync::mpsc::Sender<Vec<libbpf_rs::Link>>,
     /// Trigger socket connections refused (peer not root), counted by its thread.
@@ -465,6 +471,7 @@ impl Watch<'_> {
             }
             match crate::inject::inject(pid, &opts) {
                 Ok(how) => {
+                    self.inject_tries.remove(&pid);
                     if how == Injected::Dormant {
                         self.to_inject.remove(&pid);
                     } else {
@@ -481,8 +488,12 @@ impl Watch<'_> {
                         .inject_refusals
                         .entry(reason.to_string())
                         .or_insert(0) += 1;
+                    let tries = self.inject_tries.entry(pid).or_insert(0);
+                    *tries += 1;
+                    let again = again && *tries < INJECT_TRIES;
                     if !again {
                         self.to_inject.remove(&pid);
+                        self.inject_tries.remove(&pid);
                     }
                     self.recorder.notes.push(format!(
                         "{e}; process {pid} is followed with eBPF only{}",
@@ -539,6 +550,7 @@ impl Watch<'_> {
             self.c.cupti.forget(pid);
             self.followed.remove(&pid);
             self.to_inject.remove(&pid);
+            self.inject_tries.remove(&pid);
             self.libs_of.remove(&pid);
             self.mfu_history.retain(|k, _| k.0 != pid);
         }
@@ -784,6 +796,7 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
             o
         }),
         to_inject: BTreeSet::new(),
+        inject_tries: HashMap::new(),
         socket_refused: _control.as_ref().map(|c| c.refused.clone()),
         reaper: reaper_tx,
     };
