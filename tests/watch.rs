@@ -1060,3 +1060,39 @@ fn root_watch_trigger_socket_refuses_a_peer_that_is_not_root() {
     assert!(all[0].1.iter().any(|n| n.contains("manual from root")), "{all:?}");
     assert!(!all.iter().flat_map(|t| &t.1).any(|n| n.contains("nobody")), "{all:?}");
 }
+
+#[test]
+#[ignore = "root tier: needs root (ptrace, CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_counts_a_live_injection_into_a_job_whose_cupti_is_held() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let me = std::process::id().to_string();
+    let w = Watcher::start(dir.path(), &rings, &["--pid", &me, "--sample", "1s", "--period", "2s"]);
+    // The job holds CUPTI's one subscriber slot itself (as Kineto would): the library goes in,
+    // cannot subscribe, and says so through its ring.
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job_with(
+        "balanced",
+        1,
+        6,
+        &truth_dir,
+        &rings,
+        500,
+        &[("CUDA_INJECTION64_PATH", ""), ("GPUSIM_HOLD_CUPTI", "1")],
+    );
+    let (latest, last) = scrape_until_exit(&w, &mut job, None);
+    assert!(job.wait().unwrap().success(), "the job runs to its end");
+    let (ok, log) = w.stop();
+    assert!(ok, "a refusal is never a failure of watch: {log}");
+    let held = host_value(&latest, "ghostprof_inject_refusals_total", Some(("reason", "cupti_held")));
+    assert!(held >= 1.0, "counted as cupti_held: {held}\n{log}");
+    assert!(log.contains("CUPTI is held by another subscriber"), "and said: {log}");
+    let pid = truths(&truth_dir, 1)[0]["pid"].to_string();
+    assert!(
+        last.get(&pid).is_none_or(|s| of_pid(s, "ghostprof_gpu_busy_ratio", &pid).is_empty()),
+        "no device figures without a device timeline"
+    );
+}
