@@ -12,6 +12,7 @@
 //! | `full` | `ghostprof record` |
 //! | `full-nopm` | `ghostprof record` with `GHOSTPROF_PM_INTERVAL_NS=0` (no PM sampling) |
 //! | `watch` | `ghostprof watch` running (started before the job, stopped after it), the job started with the dormant library as the service's docs deploy it: eBPF always, CUPTI duty-cycled |
+//! | `watch-inject` | the same, the job started without the library: watch loads it live and starts a session in it at each window (only with `--modes`) |
 //!
 //! `watch`'s duty cycle is shortened with the defaults' ratio (`--sample 100ms --period 3s`, as
 //! 2 s of 60 s; `--watch-sample`/`--watch-period` change it), and its runs are
@@ -43,7 +44,9 @@ use crate::probe::machine;
 use crate::stats::{median, ratio_of_medians_ci, RatioCi};
 
 /// The modes, in their base order.
-const MODES: [&str; 7] = ["plain", "dormant", "ebpf", "bare", "full", "full-nopm", "watch"];
+const MODES: [&str; 8] = ["plain", "dormant", "ebpf", "bare", "full", "full-nopm", "watch", "watch-inject"];
+/// The modes run without `--modes` (`watch-inject` only when asked: its runs are long too).
+const DEFAULT_MODES: [&str; 7] = ["plain", "dormant", "ebpf", "bare", "full", "full-nopm", "watch"];
 
 /// Seed of the bootstrap (fixed: the same runs give the same interval).
 const SEED: u64 = 0x6f76_6572_6865_6164;
@@ -73,7 +76,7 @@ impl Config {
                 |s| s.split(',').map(str::to_string).collect(),
             )
         };
-        let modes = list("--modes", &MODES);
+        let modes = list("--modes", &DEFAULT_MODES);
         for m in &modes {
             ensure!(MODES.contains(&m.as_str()), "unknown mode {m:?}: use some of {}", MODES.join(","));
         }
@@ -112,7 +115,8 @@ struct Setup {
 pub fn bench_overhead(args: &[String]) -> Result<()> {
     let cfg = Config::parse(args)?;
     // SAFETY: geteuid has no preconditions.
-    if cfg.modes.iter().any(|m| m == "ebpf" || m.starts_with("full") || m == "watch") && unsafe { libc_geteuid() } != 0
+    if cfg.modes.iter().any(|m| m == "ebpf" || m.starts_with("full") || m.starts_with("watch"))
+        && unsafe { libc_geteuid() } != 0
     {
         bail!("the record modes load eBPF: run tools/bench overhead as root (or pick --modes plain,dormant,bare)");
     }
@@ -150,7 +154,7 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
             for k in 0..cfg.modes.len() {
                 let i = (k + rep) % cfg.modes.len();
                 let mode = &cfg.modes[i];
-                let steps = if mode == "watch" { steps * cfg.watch_steps_factor } else { steps };
+                let steps = if mode.starts_with("watch") { steps * cfg.watch_steps_factor } else { steps };
                 let step_ns = run_once(cfg, setup, scenario, mode, steps, rep)
                     .with_context(|| format!("{scenario}, mode {mode}, repetition {}", rep + 1))?;
                 samples[i].push(step_ns);
@@ -198,9 +202,11 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
         let (ep, ep_ci) = ci_json(ci("ebpf", "plain"));
         let (bp, bp_ci) = ci_json(ci("bare", "plain"));
         let (wp, wp_ci) = ci_json(ci("watch", "plain"));
+        let (wip, wip_ci) = ci_json(ci("watch-inject", "plain"));
         let summary = json!({
             "steps_per_run": steps,
             "watch_vs_plain_ratio": wp, "watch_vs_plain_ci95": wp_ci,
+            "watch_inject_vs_plain_ratio": wip, "watch_inject_vs_plain_ci95": wip_ci,
             "full_vs_bare_ratio": fb, "full_vs_bare_ci95": fb_ci,
             "ebpf_only_vs_plain_ratio": ep, "ebpf_only_vs_plain_ci95": ep_ci,
             "bare_vs_plain_ratio": bp, "bare_vs_plain_ci95": bp_ci,
@@ -226,6 +232,8 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
         "ebpf_only_vs_plain_ci95": field("ebpf_only_vs_plain_ci95"),
         "watch_vs_plain_ratio": field("watch_vs_plain_ratio"),
         "watch_vs_plain_ci95": field("watch_vs_plain_ci95"),
+        "watch_inject_vs_plain_ratio": field("watch_inject_vs_plain_ratio"),
+        "watch_inject_vs_plain_ci95": field("watch_inject_vs_plain_ci95"),
         "median_step_ns": medians,
         "targets": { "full_vs_bare_ci95_hi": 1.02, "ebpf_only_vs_plain_ci95_hi": 1.01, "watch_vs_plain_ci95_hi": 1.01 },
         "watch_harness": {
@@ -298,7 +306,7 @@ fn run_once(cfg: &Config, setup: &Setup, scenario: &str, mode: &str, steps: u32,
     if !matches!(mode, "dormant" | "bare" | "watch") {
         cmd.env_remove("CUDA_INJECTION64_PATH");
     }
-    let watch = if mode == "watch" { Some(Watch::start(cfg, setup, &out)?) } else { None };
+    let watch = if mode.starts_with("watch") { Some(Watch::start(cfg, setup, &out)?) } else { None };
     let output = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().context("starting the run");
     if let Some(w) = watch {
         w.stop()?;
