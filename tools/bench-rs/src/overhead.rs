@@ -150,14 +150,17 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
         let steps = cfg.steps.unwrap_or_else(|| default_steps(scenario));
         // samples[mode] = mean step time (ns) of each run.
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cfg.modes.len()];
+        // windows[mode] = sample windows watch analyzed in each run (watch modes).
+        let mut windows: Vec<Vec<u64>> = vec![Vec::new(); cfg.modes.len()];
         for rep in 0..cfg.reps {
             for k in 0..cfg.modes.len() {
                 let i = (k + rep) % cfg.modes.len();
                 let mode = &cfg.modes[i];
                 let steps = if mode.starts_with("watch") { steps * cfg.watch_steps_factor } else { steps };
-                let step_ns = run_once(cfg, setup, scenario, mode, steps, rep)
+                let (step_ns, w) = run_once(cfg, setup, scenario, mode, steps, rep)
                     .with_context(|| format!("{scenario}, mode {mode}, repetition {}", rep + 1))?;
                 samples[i].push(step_ns);
+                windows[i].extend(w);
             }
             eprintln!(
                 "{scenario} rep {}: {}",
@@ -178,14 +181,14 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
         };
         let mut modes = serde_json::Map::new();
         println!("{scenario}: {} steps per run, {} repetitions, interleaved", steps, cfg.reps);
-        println!("  {:<10} {:>12} {:>26} {:>26}", "mode", "step ms", "vs plain [95% CI]", "vs bare [95% CI]");
+        println!("  {:<12} {:>12} {:>26} {:>26}", "mode", "step ms", "vs plain [95% CI]", "vs bare [95% CI]");
         for (i, mode) in cfg.modes.iter().enumerate() {
             let med = median(&samples[i]);
             let (vp, vb) = (ci(mode, "plain"), ci(mode, "bare"));
             let show = |r: Option<RatioCi>| {
                 r.map_or_else(|| "-".to_string(), |r| format!("{:.4} [{:.4}, {:.4}]", r.ratio, r.lo, r.hi))
             };
-            println!("  {:<10} {:>12.4} {:>26} {:>26}", mode, med / 1e6, show(vp), show(vb));
+            println!("  {:<12} {:>12.4} {:>26} {:>26}", mode, med / 1e6, show(vp), show(vb));
             let (vp_r, vp_ci) = ci_json(vp);
             let (vb_r, vb_ci) = ci_json(vb);
             modes.insert(
@@ -195,6 +198,7 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
                     "step_ns": samples[i],
                     "vs_plain_ratio": vp_r, "vs_plain_ci95": vp_ci,
                     "vs_bare_ratio": vb_r, "vs_bare_ci95": vb_ci,
+                    "sample_windows": if mode.starts_with("watch") { json!(windows[i]) } else { Value::Null },
                 }),
             );
         }
@@ -251,8 +255,16 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
     Ok(())
 }
 
-/// One run of `scenario` under `mode`: its mean step time (ns) from its ground truth.
-fn run_once(cfg: &Config, setup: &Setup, scenario: &str, mode: &str, steps: u32, rep: usize) -> Result<f64> {
+/// One run of `scenario` under `mode`: its mean step time (ns) from its ground truth, and the
+/// sample windows watch analyzed (watch modes).
+fn run_once(
+    cfg: &Config,
+    setup: &Setup,
+    scenario: &str,
+    mode: &str,
+    steps: u32,
+    rep: usize,
+) -> Result<(f64, Option<u64>)> {
     let out = cfg.dir.join(format!("{scenario}-{mode}-{rep}"));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
@@ -308,15 +320,16 @@ fn run_once(cfg: &Config, setup: &Setup, scenario: &str, mode: &str, steps: u32,
     }
     let watch = if mode.starts_with("watch") { Some(Watch::start(cfg, setup, &out)?) } else { None };
     let output = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().context("starting the run");
-    if let Some(w) = watch {
-        w.stop()?;
-    }
+    let windows = match watch {
+        Some(w) => Some(w.stop()?),
+        None => None,
+    };
     let output = output?;
     ensure!(output.status.success(), "the run failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
     let step_ns = mean_step_ns(&out.join("truth-rank0.json"))?;
     // Traces of the record modes are large next to what is kept: removed run by run.
     let _ = std::fs::remove_dir_all(&out);
-    Ok(step_ns)
+    Ok((step_ns, windows))
 }
 
 /// Mean step time of a run from its ground truth: (last step's end − second step's start) /
@@ -385,8 +398,9 @@ impl Watch {
         }
     }
 
-    /// SIGTERM, and its exit waited for (removing its probes takes the kernel seconds).
-    fn stop(mut self) -> Result<()> {
+    /// SIGTERM, and its exit waited for (removing its probes takes the kernel seconds);
+    /// returns the sample windows it analyzed (its last line says).
+    fn stop(mut self) -> Result<u64> {
         // SAFETY: kill on our own child's pid.
         unsafe { libc_kill(self.child.id() as i32, 15) };
         let status = self.child.wait()?;
@@ -395,7 +409,10 @@ impl Watch {
             "ghostprof watch failed ({status}): {}",
             std::fs::read_to_string(&self.log).unwrap_or_default()
         );
-        Ok(())
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .find_map(|l| l.split("watch stopped: ").nth(1)?.split(' ').next()?.parse().ok())
+            .with_context(|| format!("no summary line from ghostprof watch: {log}"))
     }
 }
 
