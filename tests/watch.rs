@@ -1,7 +1,8 @@
 //! `ghostprof watch`: the exposition format (a strict parser), the command line's refusals, and
 //! (root tier) the service over gpusim jobs started after it: sampled categories against the
-//! ground truth, triggers (straggler, SIGUSR1), the disk cap, 50 short jobs without leaks, and a
-//! real Prometheus server scraping the endpoint.
+//! ground truth, live injection into jobs started without the library (and its refusals),
+//! triggers (straggler, SIGUSR1, comm.wait, MFU drop; the socket's peer check), the disk cap, 50
+//! short jobs all followed without leaks, and a real Prometheus server scraping the endpoint.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
