@@ -1097,3 +1097,56 @@ fn root_watch_counts_a_live_injection_into_a_job_whose_cupti_is_held() {
         "no device figures without a device timeline"
     );
 }
+
+#[test]
+#[ignore = "root tier: needs root (ptrace, CAP_BPF, CAP_PERFMON) and strace; tools/test runs it when root"]
+fn root_watch_gives_up_live_injection_after_three_windows_of_another_tracer() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    // The job first, its rank held by strace before watch starts: every try is refused.
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job_with("balanced", 1, 14, &truth_dir, &rings, 500, &[("CUDA_INJECTION64_PATH", "")]);
+    let t0 = Instant::now();
+    let rank = loop {
+        let found = ghostprof::record::attach::process_tree(job.id())
+            .into_iter()
+            .find(|p| std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default().contains("libcuda.so"));
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the rank never mapped libcuda");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut strace = Command::new("strace")
+        .args(["-o", "/dev/null", "-p", &rank.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace (apt install strace)");
+    while ghostprof::inject::tracer_of(rank).is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "strace did not attach");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let me = std::process::id().to_string();
+    let w = Watcher::start(dir.path(), &rings, &["--pid", &me, "--sample", "500ms", "--period", "1s"]);
+    let (latest, _) = scrape_until_exit(&w, &mut job, None);
+    // SAFETY: SIGINT to the strace this test started: it detaches.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    let _ = strace.wait();
+    assert!(job.wait().unwrap().success(), "the job runs to its end");
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    let windows = host_value(&latest, "ghostprof_sample_windows_total", None);
+    assert!(windows >= 5.0, "enough windows for a fourth try: {windows}\n{log}");
+    let traced = host_value(&latest, "ghostprof_inject_refusals_total", Some(("reason", "traced")));
+    assert_eq!(traced, 3.0, "three tries, then watch stops trying\n{log}");
+    assert_eq!(host_value(&latest, "ghostprof_inject_sessions_total", None), 0.0);
+    let said: Vec<&str> =
+        log.lines().filter(|l| l.contains(&format!("process {rank} is followed with eBPF only"))).collect();
+    // The same note is said once (the retries repeat it), then the last one, without a retry.
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(said[0].contains("strace") && said[0].ends_with("(tried again at the next sample window)"), "{said:?}");
+    assert!(said[1].ends_with("is followed with eBPF only"), "the last says it stops: {said:?}");
+}
