@@ -1154,3 +1154,56 @@ fn root_watch_gives_up_live_injection_after_three_windows_of_another_tracer() {
     assert!(said[0].contains("strace") && said[0].ends_with("(tried again at the next sample window)"), "{said:?}");
     assert!(said[1].ends_with("is followed with eBPF only"), "the last says it stops: {said:?}");
 }
+
+#[test]
+#[ignore = "root tier: needs root (ptrace, CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_restarted_after_a_kill_injects_again_into_a_job_with_a_live_session() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let me = std::process::id().to_string();
+    // The first watch is killed with an attach session of its own running in the job (control
+    // word on, ring present): during a trigger's after-time, which keeps CUPTI on.
+    let a_dir = dir.path().join("a");
+    std::fs::create_dir(&a_dir).unwrap();
+    let a = Watcher::start(&a_dir, &rings, &["--pid", &me, "--sample", "1s", "--period", "2s", "--after", "60s"]);
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job_with("balanced", 1, 18, &truth_dir, &rings, 500, &[("CUDA_INJECTION64_PATH", "")]);
+    let t0 = Instant::now();
+    loop {
+        let samples = parse_strict(&scrape(a.port).unwrap()).unwrap();
+        if host_value(&samples, "ghostprof_inject_sessions_total", None) >= 1.0
+            && samples.iter().any(|s| s.name == "ghostprof_gpu_busy_ratio" && s.value > 0.0)
+        {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the first watch never injected: {}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.signal(libc::SIGUSR1);
+    let ring_there = || std::fs::read_dir(&rings).unwrap().flatten().count() >= 1;
+    let t0 = Instant::now();
+    // The trigger's first drains, then the ring of the session it keeps on.
+    std::thread::sleep(Duration::from_millis(500));
+    while !ring_there() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no session ring under the trigger: {}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.signal(libc::SIGKILL);
+    drop(a);
+    assert!(ring_there(), "the killed watch's session left its ring");
+    // The next watch takes over: its own session at each window, figures again.
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir(&b_dir).unwrap();
+    let b = Watcher::start(&b_dir, &rings, &["--pid", &me, "--sample", "1s", "--period", "2s"]);
+    let (latest, last) = scrape_until_exit(&b, &mut job, None);
+    assert!(job.wait().unwrap().success(), "the job runs to its end");
+    let (ok, log) = b.stop();
+    assert!(ok, "{log}");
+    let pid = truths(&truth_dir, 1)[0]["pid"].to_string();
+    let busy = last.get(&pid).map(|s| of_pid(s, "ghostprof_gpu_busy_ratio", &pid)).unwrap_or_default();
+    assert!(busy.first().is_some_and(|s| s.value > 0.0), "the second watch has figures: {busy:?}\n{log}");
+    assert!(host_value(&latest, "ghostprof_inject_sessions_total", None) >= 1.0, "{log}");
+}

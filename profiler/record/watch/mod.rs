@@ -514,7 +514,10 @@ impl Watch<'_> {
                     self.libs_of.insert(pid, libs.iter().filter_map(|l| file_key(l)).collect());
                     self.followed.insert(pid);
                     self.followed_total += 1;
-                    if self.inject.is_some() && !self.c.cupti.open_rings().contains(&pid) && needs_injection(pid) {
+                    // Even with a ring open: that is an attach session's (the library loaded
+                    // live by a watch that was killed, or by `attach`), which ends at the next
+                    // switch-off; a session of our own is started at each window instead.
+                    if self.inject.is_some() && needs_injection(pid) {
                         self.to_inject.insert(pid);
                         if self.cupti_on {
                             self.arm(&[pid]);
