@@ -30,4 +30,4 @@ mod trace_compat; // plain `zstd -d` and the seekable format's seek table; seeki
 mod trace_damage; // truncation at every byte, bit flips, bad headers: errors name offsets, no panics
 mod trace_digest; // chunk digests: the same report with and without, round trip, damage
 mod trace_roundtrip; // every record kind and the string table round-trip exactly
-mod watch; // ghostprof watch: strict exposition parser, refusals; root: sampled figures vs truth, triggers, disk cap, 50 jobs, real Prometheus
+mod watch; // ghostprof watch: strict exposition parser, refusals; root: sampled figures vs truth, live injection, triggers (straggler, comm.wait, MFU drop, socket peer), disk cap, 50 jobs, real Prometheus

@@ -1,7 +1,8 @@
 //! `ghostprof watch`: the exposition format (a strict parser), the command line's refusals, and
 //! (root tier) the service over gpusim jobs started after it: sampled categories against the
-//! ground truth, triggers (straggler, SIGUSR1), the disk cap, 50 short jobs without leaks, and a
-//! real Prometheus server scraping the endpoint.
+//! ground truth, live injection into jobs started without the library (and its refusals),
+//! triggers (straggler, SIGUSR1, comm.wait, MFU drop; the socket's peer check), the disk cap, 50
+//! short jobs all followed without leaks, and a real Prometheus server scraping the endpoint.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -183,6 +184,31 @@ fn the_strict_parser_refuses_what_prometheus_would_not_take() {
 }
 
 #[test]
+fn the_injection_refusals_are_served_for_every_reason_of_their_fixed_set() {
+    use ghostprof::record::watch::exporter::{State, INJECT_REFUSAL_REASONS};
+    let mut st = State::new("h\"ost".into());
+    st.inject_refusals.insert("traced".into(), 2);
+    st.inject_refusals.insert("cupti_held".into(), 1);
+    st.inject_sessions = 7;
+    st.trigger_socket_refusals = 3;
+    let samples = parse_strict(&st.render()).unwrap();
+    let refusals: Vec<&Sample> = samples.iter().filter(|s| s.name == "ghostprof_inject_refusals_total").collect();
+    assert_eq!(refusals.len(), INJECT_REFUSAL_REASONS.len(), "one series per reason, bounded: {refusals:?}");
+    for s in &refusals {
+        let want = match s.labels["reason"].as_str() {
+            "traced" => 2.0,
+            "cupti_held" => 1.0,
+            _ => 0.0,
+        };
+        assert_eq!(s.value, want, "{s:?}");
+        assert_eq!(s.labels["host"], "h\"ost");
+    }
+    let one = |name: &str| samples.iter().find(|s| s.name == name).map(|s| s.value);
+    assert_eq!(one("ghostprof_inject_sessions_total"), Some(7.0));
+    assert_eq!(one("ghostprof_trigger_socket_refusals_total"), Some(3.0));
+}
+
+#[test]
 fn watch_refuses_bad_arguments_in_one_line() {
     for (args, says) in [
         (vec!["--sample", "5s", "--period", "1s"], "longer than --period"),
@@ -235,6 +261,8 @@ impl Watcher {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .env("GHOSTPROF_RING_DIR", rings)
+            // The library live injection loads (into jobs started without it).
+            .env("GHOSTPROF_INJECT_LIB", crate::gpusim::built().build_dir.join("libghostprof_inject.so"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("watch.log")).unwrap())
             .spawn()
@@ -301,18 +329,38 @@ impl Drop for Watcher {
     }
 }
 
-/// A gpusim job with the dormant injection library (injection into a running process is not
-/// there yet), its ranks loading for `startup_ms` before NCCL's init, as real jobs do.
+/// A gpusim job with the dormant injection library, its ranks loading for `startup_ms` before
+/// NCCL's init, as real jobs do.
 fn start_job(scenario: &str, ranks: u32, seconds: u32, truth: &Path, rings: &Path, startup_ms: u32) -> Child {
+    start_job_with(scenario, ranks, seconds, truth, rings, startup_ms, &[])
+}
+
+/// [`start_job`] with more environment; `("CUDA_INJECTION64_PATH", "")` starts it without
+/// the library (watch injects it live).
+fn start_job_with(
+    scenario: &str,
+    ranks: u32,
+    seconds: u32,
+    truth: &Path,
+    rings: &Path,
+    startup_ms: u32,
+    env: &[(&str, &str)],
+) -> Child {
     let built = crate::gpusim::built();
     let mut cmd = crate::gpusim::train_command(scenario, ranks, 1, truth);
     let i = cmd.iter().position(|a| a == "--steps").unwrap();
     cmd[i] = "--seconds".into();
     cmd[i + 1] = seconds.to_string();
-    Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .env("CUDA_INJECTION64_PATH", built.build_dir.join("libghostprof_inject.so"))
-        .env("GHOSTPROF_RING_DIR", rings)
+    let mut c = Command::new(&cmd[0]);
+    c.args(&cmd[1..]).env("CUDA_INJECTION64_PATH", built.build_dir.join("libghostprof_inject.so"));
+    for (k, v) in env {
+        if *k == "CUDA_INJECTION64_PATH" && v.is_empty() {
+            c.env_remove(k);
+        } else {
+            c.env(k, v);
+        }
+    }
+    c.env("GHOSTPROF_RING_DIR", rings)
         .env("GPUSIM_STARTUP_MS", startup_ms.to_string())
         // PM samples every 500 µs, not 50: on a loaded 2-core machine the simulated PM
         // sampling's CPU slows the ranks only while CUPTI is on, so windows sampled at 50 µs
@@ -345,7 +393,20 @@ fn root_watch_follows_a_straggler_job_started_after_it() {
     let w = Watcher::start(
         dir.path(),
         &rings,
-        &["--sample", "1s", "--period", "2s", "--straggler-collectives", "5", "--before", "60s", "--after", "1s"],
+        // Every process of the host, as deployed; no live injection (other jobs on this machine).
+        &[
+            "--no-inject",
+            "--sample",
+            "1s",
+            "--period",
+            "2s",
+            "--straggler-collectives",
+            "5",
+            "--before",
+            "60s",
+            "--after",
+            "1s",
+        ],
     );
     let truth_dir = dir.path().join("truth");
     let mut job = start_job("straggler", 3, 12, &truth_dir, &rings, 1500);
@@ -459,7 +520,11 @@ fn root_watch_disk_cap_holds_over_ten_times_its_size() {
     let rings = dir.path().join("rings");
     std::fs::create_dir(&rings).unwrap();
     let cap: u64 = 128 << 10;
-    let w = Watcher::start(dir.path(), &rings, &["--sample", "1s", "--period", "2s", "--max-disk", "128KiB"]);
+    let w = Watcher::start(
+        dir.path(),
+        &rings,
+        &["--no-inject", "--sample", "1s", "--period", "2s", "--max-disk", "128KiB"],
+    );
     let mut job = start_job("straggler", 3, 15, &dir.path().join("truth"), &rings, 1000);
     let mut largest: HashMap<PathBuf, u64> = HashMap::new();
     let mut most = 0u64;
@@ -523,9 +588,10 @@ fn root_watch_follows_50_short_jobs_with_flat_fd_and_thread_counts() {
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no summary line: {log}"));
-    // One of the 50 is missed in some runs on this loaded machine (not understood yet: see the
-    // issue's note); the point here is that following and letting go leak nothing.
-    assert!(followed >= 45, "the jobs were followed: {followed}\n{log}");
+    // Every one: removing the probes of an exited job's libraries used to stall the loop for
+    // 4-5 s on this loaded machine, and a job that started and ended inside the stall was
+    // never followed (49 of 50 in a run); they are removed on a thread of their own now.
+    assert_eq!(followed, 50, "every job was followed\n{log}");
     let (fd10, th10) = counts[0];
     let (fd50, th50) = counts[1];
     assert!(fd50 <= fd10 + 2, "file descriptors grow with jobs: {fd10} after 10, {fd50} after 50");
@@ -641,4 +707,503 @@ fn root_watch_is_scraped_by_a_real_prometheus() {
     let _ = job.wait();
     let (ok, log) = w.stop();
     assert!(ok, "{log}");
+}
+
+/// The samples of `name` for `pid` in the exposition `samples`.
+fn of_pid<'a>(samples: &'a [Sample], name: &str, pid: &str) -> Vec<&'a Sample> {
+    samples.iter().filter(|s| s.name == name && s.labels.get("pid").map(String::as_str) == Some(pid)).collect()
+}
+
+/// The value of the host-wide `name` (with `label` = `value` when given).
+fn host_value(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
+    samples
+        .iter()
+        .find(|s| s.name == name && label.is_none_or(|(k, v)| s.labels.get(k).map(String::as_str) == Some(v)))
+        .unwrap_or_else(|| panic!("{name} {label:?} not served"))
+        .value
+}
+
+/// Scrapes `w` every 250 ms until `job` exits, keeping the last samples served while each
+/// rank's pid had figures; sends SIGUSR1 once after `usr1_after`.
+fn scrape_until_exit(
+    w: &Watcher,
+    job: &mut Child,
+    usr1_after: Option<Duration>,
+) -> (Vec<Sample>, HashMap<String, Vec<Sample>>) {
+    let mut last: HashMap<String, Vec<Sample>> = HashMap::new();
+    let mut latest = Vec::new();
+    let t0 = Instant::now();
+    let mut sent = false;
+    loop {
+        if let Some(body) = scrape(w.port) {
+            let samples = parse_strict(&body).unwrap_or_else(|e| panic!("exposition refused: {e}\n{body}"));
+            let mut by_pid: HashMap<String, Vec<Sample>> = HashMap::new();
+            for s in samples.iter().filter(|s| s.labels.contains_key("pid")) {
+                by_pid.entry(s.labels["pid"].clone()).or_default().push(s.clone());
+            }
+            last.extend(by_pid);
+            latest = samples;
+        }
+        if usr1_after.is_some_and(|d| !sent && t0.elapsed() > d) {
+            w.signal(libc::SIGUSR1);
+            sent = true;
+        }
+        if job.try_wait().unwrap().is_some() {
+            return (latest, last);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+#[ignore = "root tier: needs root (ptrace, CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_injects_cupti_into_a_job_started_without_the_library() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    // Scoped to this test's own process tree: watch must not inject into other tests' jobs.
+    let me = std::process::id().to_string();
+    let w = Watcher::start(
+        dir.path(),
+        &rings,
+        &["--pid", &me, "--sample", "1s", "--period", "2s", "--before", "60s", "--after", "1s"],
+    );
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job_with("balanced", 2, 9, &truth_dir, &rings, 1000, &[("CUDA_INJECTION64_PATH", "")]);
+    let (latest, last) = scrape_until_exit(&w, &mut job, Some(Duration::from_secs(6)));
+    assert!(job.wait().unwrap().success(), "the job runs normally under watch");
+    let (ok, log) = w.stop();
+    assert!(ok, "watch stops cleanly: {log}");
+    let truths = truths(&truth_dir, 2);
+    for t in &truths {
+        let pid = t["pid"].to_string();
+        let samples = last.get(&pid).unwrap_or_else(|| panic!("no figures for rank pid {pid}: {log}"));
+        let busy = of_pid(samples, "ghostprof_gpu_busy_ratio", &pid);
+        assert_eq!(busy.len(), 1, "one GPU for {pid}: {busy:?}\n{log}");
+        assert!(busy[0].value > 0.0, "rank {pid} busy from its injected device timeline: {busy:?}");
+        let sampled = of_pid(samples, "ghostprof_gpu_busy_sampled_seconds_total", &pid);
+        assert!(sampled[0].value > 0.0, "busy seconds over the windows: {sampled:?}");
+        let cats: f64 = of_pid(samples, "ghostprof_gpu_category_ratio", &pid).iter().map(|s| s.value).sum();
+        assert!((cats - 1.0).abs() < 1e-6, "the categories of {pid} sum to 1: {cats}");
+    }
+    // One session per rank per window: the job ran ~9 s under a 2 s period.
+    let sessions = host_value(&latest, "ghostprof_inject_sessions_total", None);
+    assert!(sessions >= 4.0, "sessions started by injection: {sessions}\n{log}");
+    for reason in ghostprof::record::watch::exporter::INJECT_REFUSAL_REASONS {
+        let n = host_value(&latest, "ghostprof_inject_refusals_total", Some(("reason", reason)));
+        assert_eq!(n, 0.0, "no refusal ({reason}): {log}");
+    }
+    // The SIGUSR1 trace holds the ranks' kernels (CUPTI on throughout a trigger's after-time).
+    let usr1 = w_files(dir.path())
+        .into_iter()
+        .find(|p| notes_of(p).iter().any(|n| n.contains("sigusr1")))
+        .unwrap_or_else(|| panic!("no SIGUSR1 trigger trace: {log}"));
+    let b = ghostprof::trace::TraceReader::open(&usr1).unwrap().read_all().unwrap();
+    for t in &truths {
+        let pid = t["pid"].as_u64().unwrap() as u32;
+        let kernels = b.kernels.iter().filter(|k| k.pid == pid).count() as u64;
+        let total = t["totals"]["kernels"].as_u64().unwrap();
+        assert!(kernels > 0 && kernels < total, "rank {pid}: {kernels} kernels in the trigger trace, {total} run");
+        assert!(b.launches.iter().any(|l| l.pid == pid), "and its eBPF launches");
+    }
+}
+
+#[test]
+#[ignore = "root tier: needs root (ptrace, CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_no_inject_leaves_a_job_without_the_library_to_ebpf() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let me = std::process::id().to_string();
+    let w = Watcher::start(dir.path(), &rings, &["--pid", &me, "--sample", "1s", "--period", "2s", "--no-inject"]);
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job_with("balanced", 1, 5, &truth_dir, &rings, 500, &[("CUDA_INJECTION64_PATH", "")]);
+    let (latest, last) = scrape_until_exit(&w, &mut job, None);
+    assert!(job.wait().unwrap().success());
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    let pid = truths(&truth_dir, 1)[0]["pid"].to_string();
+    assert!(
+        last.get(&pid).is_none_or(|s| of_pid(s, "ghostprof_gpu_busy_ratio", &pid).is_empty()),
+        "no device figures without injection: {:?}",
+        last.get(&pid)
+    );
+    assert_eq!(host_value(&latest, "ghostprof_inject_sessions_total", None), 0.0);
+    assert!(host_value(&latest, "ghostprof_sample_windows_total", None) >= 1.0, "windows ran: {log}");
+}
+
+/// The trigger traces of the watch in `dir` whose notes (as `ghostprof info --json` reads them
+/// back) contain `what`, with those notes.
+fn triggers_with(dir: &Path, what: &str) -> Vec<(PathBuf, Vec<String>)> {
+    w_files(dir)
+        .into_iter()
+        .filter_map(|p| {
+            let out = ghostprof().args(["info", "--json"]).arg(&p).output().unwrap();
+            assert!(out.status.success(), "info reads {}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let notes: Vec<String> =
+                v["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+            notes.iter().any(|n| n.contains(what)).then_some((p, notes))
+        })
+        .collect()
+}
+
+/// The fraction of its window a rank's truth spent in `category`.
+fn truth_ratio(t: &serde_json::Value, category: &str) -> f64 {
+    t["devices"][0]["categories"][category].as_u64().unwrap() as f64
+        / t["window"]["duration_ns"].as_u64().unwrap() as f64
+}
+
+/// The first number after `after` in `text` ("… spent 18.3% …" → 18.3).
+fn number_after(text: &str, after: &str) -> f64 {
+    let rest = &text[text.find(after).unwrap_or_else(|| panic!("{after:?} not in {text:?}")) + after.len()..];
+    rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next().unwrap().parse().unwrap()
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_comm_wait_trigger_fires_once_above_its_threshold_and_not_below() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let me = std::process::id().to_string();
+    let args = [
+        "--pid",
+        &me,
+        "--sample",
+        "1s",
+        "--period",
+        "2s",
+        "--comm-wait-above",
+        "10",
+        "--before",
+        "60s",
+        "--after",
+        "1s",
+    ];
+    // A straggler job: the fast rank waits ~19 % of its time for the slow one.
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let w = Watcher::start(dir.path(), &rings, &args);
+    let mut job = start_job("straggler", 2, 10, &dir.path().join("truth"), &rings, 500);
+    assert!(job.wait().unwrap().success());
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    let straggler_truths = truths(&dir.path().join("truth"), 2);
+    let fired = triggers_with(dir.path(), "comm-wait: ");
+    assert_eq!(fired.len(), 1, "one comm-wait trigger trace (the cooldown holds the rest): {fired:?}\n{log}");
+    assert_eq!(log.matches("trigger: comm-wait: ").count(), 1, "fired once: {log}");
+    let note = fired[0].1.iter().find(|n| n.contains("comm-wait: ")).unwrap();
+    let waiter = straggler_truths
+        .iter()
+        .max_by(|a, b| truth_ratio(a, "comm.wait").total_cmp(&truth_ratio(b, "comm.wait")))
+        .unwrap();
+    assert!(truth_ratio(waiter, "comm.wait") > 0.10, "the truth crosses the threshold: {waiter}");
+    assert!(note.contains(&format!("process {} GPU 0 spent", waiter["pid"])), "the waiting rank: {note}");
+    eprintln!("comm-wait trigger: {note}");
+    let spent = number_after(note, " spent ");
+    assert!(spent > 10.0 && note.contains("(above 10.0%)"), "{note}");
+    assert!(
+        (spent / 100.0 - truth_ratio(waiter, "comm.wait")).abs() < 0.10,
+        "the window's comm.wait {spent}% near the run's {:.1}%",
+        truth_ratio(waiter, "comm.wait") * 100.0
+    );
+    // A balanced job stays far below 10 %: no trigger, though its windows were analyzed. Watch
+    // starts once its ranks are in their steps: started before them, this part fired once in a
+    // loaded run (not captured; likely a window over the start-up, where one rank can reach the
+    // first all-reduce hundreds of ms after the other: a true trigger, not what is checked here).
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let mut job = start_job("balanced", 2, 12, &dir.path().join("truth"), &rings, 500);
+    std::thread::sleep(Duration::from_secs(3));
+    let w = Watcher::start(dir.path(), &rings, &args);
+    let (latest, _) = scrape_until_exit(&w, &mut job, None);
+    assert!(job.wait().unwrap().success());
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    for t in truths(&dir.path().join("truth"), 2) {
+        assert!(truth_ratio(&t, "comm.wait") < 0.05, "balanced stays below: {t}");
+    }
+    assert!(host_value(&latest, "ghostprof_sample_windows_total", None) >= 3.0, "windows analyzed: {log}");
+    assert!(triggers_with(dir.path(), "comm-wait").is_empty() && !log.contains("trigger:"), "{log}");
+}
+
+/// Runs a 1-rank `balanced` job of `seconds` under a watch with `--mfu-below 0.7`; with
+/// `slow_after`, once the job has had that many sample windows with figures, it is stopped
+/// 300 ms of every 500 (SIGSTOP/SIGCONT) for 6 s: its device idles, its MFU falls to ~40 %
+/// of what it was. Returns the watch's directory, log, the job's pid and the windows it had.
+fn mfu_run(seconds: u32, slow_after: Option<f64>) -> (tempfile::TempDir, String, u32, f64) {
+    let me = std::process::id().to_string();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let w = Watcher::start(
+        dir.path(),
+        &rings,
+        &["--pid", &me, "--sample", "1s", "--period", "2s", "--mfu-below", "0.7", "--before", "60s", "--after", "1s"],
+    );
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job("balanced", 1, seconds, &truth_dir, &rings, 500);
+    // The rank: the process of the tree that maps libcuda.
+    let t0 = Instant::now();
+    let rank = loop {
+        let found = ghostprof::record::attach::process_tree(job.id())
+            .into_iter()
+            .find(|p| std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default().contains("libcuda.so"));
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the rank never mapped libcuda");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut slowed = false;
+    let mut windows = 0.0;
+    while job.try_wait().unwrap().is_none() {
+        if let Some(body) = scrape(w.port) {
+            let samples = parse_strict(&body).unwrap();
+            // Windows of this rank so far: its sampled seconds (~0.9 s each).
+            if let Some(s) = of_pid(&samples, "ghostprof_gpu_sampled_seconds_total", &rank.to_string()).first() {
+                windows = s.value;
+            }
+        }
+        if slow_after.is_some_and(|n| !slowed && windows >= n) {
+            slowed = true;
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(6) {
+                // SAFETY: signals to our own child's rank.
+                unsafe { libc::kill(rank as i32, libc::SIGSTOP) };
+                std::thread::sleep(Duration::from_millis(300));
+                unsafe { libc::kill(rank as i32, libc::SIGCONT) };
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(job.wait().unwrap().success());
+    assert_eq!(slowed, slow_after.is_some(), "the job was slowed as asked (windows {windows})");
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    (dir, log, rank, windows)
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_mfu_drop_trigger_fires_once_below_its_running_median_and_not_on_a_steady_job() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    // Steady: every window's MFU near the median, none below 70 % of it.
+    let (dir, log, _, windows) = mfu_run(12, None);
+    assert!(windows >= 3.5, "enough windows for a running median (3 before the first check): {windows} s\n{log}");
+    assert!(triggers_with(dir.path(), "mfu-drop").is_empty() && !log.contains("trigger:"), "{log}");
+    // Slowed after 4 windows (a median of 3+): one trigger, however many windows are slow.
+    let (dir, log, rank, _) = mfu_run(20, Some(3.5));
+    let fired = triggers_with(dir.path(), "mfu-drop: ");
+    assert_eq!(fired.len(), 1, "one mfu-drop trigger trace: {fired:?}\n{log}");
+    assert_eq!(log.matches("trigger: mfu-drop: ").count(), 1, "fired once (cooldown): {log}");
+    let note = fired[0].1.iter().find(|n| n.contains("mfu-drop: ")).unwrap();
+    assert!(note.contains(&format!("process {rank} GPU 0 MFU ")), "{note}");
+    eprintln!("mfu-drop trigger: {note}");
+    let (mfu, median) = (number_after(note, " MFU "), number_after(note, "running median "));
+    assert!(median > 0.0 && mfu < 0.7 * median, "{note}");
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON, setpriv); tools/test runs it when root"]
+fn root_watch_trigger_socket_refuses_a_peer_that_is_not_root() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let me = std::process::id().to_string();
+    let w = Watcher::start(
+        dir.path(),
+        &rings,
+        &["--pid", &me, "--no-inject", "--sample", "1s", "--period", "1h", "--after", "500ms"],
+    );
+    let socket = dir.path().join("ctl/watch.sock");
+    // nobody, with CAP_DAC_OVERRIDE: it reaches the 0600 socket in its 0700 directory, so only
+    // the SO_PEERCRED check stands between it and a trigger.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["--inh-caps", "+dac_override", "--ambient-caps", "+dac_override", "--"])
+        .arg(env!("CARGO_BIN_EXE_ghostprof"))
+        .args(["watch", "trigger", "--socket"])
+        .arg(&socket)
+        .arg("from nobody")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("only root may ask"), "nobody's trigger refused: {err}");
+    let t = Instant::now();
+    loop {
+        let samples = parse_strict(&scrape(w.port).unwrap()).unwrap();
+        let n = host_value(&samples, "ghostprof_trigger_socket_refusals_total", None);
+        if n == 1.0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the refusal is counted: {n}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Root's request is taken.
+    let out = ghostprof().args(["watch", "trigger", "--socket"]).arg(&socket).arg("from root").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = Instant::now();
+    while w_files(dir.path()).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(15), "root's trigger trace: {}", w.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    let all = triggers_with(dir.path(), "");
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(all[0].1.iter().any(|n| n.contains("manual from root")), "{all:?}");
+    assert!(!all.iter().flat_map(|t| &t.1).any(|n| n.contains("nobody")), "{all:?}");
+}
+
+#[test]
+#[ignore = "root tier: needs root (ptrace, CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_counts_a_live_injection_into_a_job_whose_cupti_is_held() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let me = std::process::id().to_string();
+    let w = Watcher::start(dir.path(), &rings, &["--pid", &me, "--sample", "1s", "--period", "2s"]);
+    // The job holds CUPTI's one subscriber slot itself (as Kineto would): the library goes in,
+    // cannot subscribe, and says so through its ring.
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job_with(
+        "balanced",
+        1,
+        6,
+        &truth_dir,
+        &rings,
+        500,
+        &[("CUDA_INJECTION64_PATH", ""), ("GPUSIM_HOLD_CUPTI", "1")],
+    );
+    let (latest, last) = scrape_until_exit(&w, &mut job, None);
+    assert!(job.wait().unwrap().success(), "the job runs to its end");
+    let (ok, log) = w.stop();
+    assert!(ok, "a refusal is never a failure of watch: {log}");
+    let held = host_value(&latest, "ghostprof_inject_refusals_total", Some(("reason", "cupti_held")));
+    assert!(held >= 1.0, "counted as cupti_held: {held}\n{log}");
+    assert!(log.contains("CUPTI is held by another subscriber"), "and said: {log}");
+    let pid = truths(&truth_dir, 1)[0]["pid"].to_string();
+    assert!(
+        last.get(&pid).is_none_or(|s| of_pid(s, "ghostprof_gpu_busy_ratio", &pid).is_empty()),
+        "no device figures without a device timeline"
+    );
+}
+
+#[test]
+#[ignore = "root tier: needs root (ptrace, CAP_BPF, CAP_PERFMON) and strace; tools/test runs it when root"]
+fn root_watch_gives_up_live_injection_after_three_windows_of_another_tracer() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    // The job first, its rank held by strace before watch starts: every try is refused.
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job_with("balanced", 1, 14, &truth_dir, &rings, 500, &[("CUDA_INJECTION64_PATH", "")]);
+    let t0 = Instant::now();
+    let rank = loop {
+        let found = ghostprof::record::attach::process_tree(job.id())
+            .into_iter()
+            .find(|p| std::fs::read_to_string(format!("/proc/{p}/maps")).unwrap_or_default().contains("libcuda.so"));
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the rank never mapped libcuda");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut strace = Command::new("strace")
+        .args(["-o", "/dev/null", "-p", &rank.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace (apt install strace)");
+    while ghostprof::inject::tracer_of(rank).is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "strace did not attach");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let me = std::process::id().to_string();
+    let w = Watcher::start(dir.path(), &rings, &["--pid", &me, "--sample", "500ms", "--period", "1s"]);
+    let (latest, _) = scrape_until_exit(&w, &mut job, None);
+    // SAFETY: SIGINT to the strace this test started: it detaches.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    let _ = strace.wait();
+    assert!(job.wait().unwrap().success(), "the job runs to its end");
+    let (ok, log) = w.stop();
+    assert!(ok, "{log}");
+    let windows = host_value(&latest, "ghostprof_sample_windows_total", None);
+    assert!(windows >= 5.0, "enough windows for a fourth try: {windows}\n{log}");
+    let traced = host_value(&latest, "ghostprof_inject_refusals_total", Some(("reason", "traced")));
+    assert_eq!(traced, 3.0, "three tries, then watch stops trying\n{log}");
+    assert_eq!(host_value(&latest, "ghostprof_inject_sessions_total", None), 0.0);
+    let said: Vec<&str> =
+        log.lines().filter(|l| l.contains(&format!("process {rank} is followed with eBPF only"))).collect();
+    // The same note is said once (the retries repeat it), then the last one, without a retry.
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(said[0].contains("strace") && said[0].ends_with("(tried again at the next sample window)"), "{said:?}");
+    assert!(said[1].ends_with("is followed with eBPF only"), "the last says it stops: {said:?}");
+}
+
+#[test]
+#[ignore = "root tier: needs root (ptrace, CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_restarted_after_a_kill_injects_again_into_a_job_with_a_live_session() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let rings = dir.path().join("rings");
+    std::fs::create_dir(&rings).unwrap();
+    let me = std::process::id().to_string();
+    // The first watch is killed with an attach session of its own running in the job (control
+    // word on, ring present): during a trigger's after-time, which keeps CUPTI on.
+    let a_dir = dir.path().join("a");
+    std::fs::create_dir(&a_dir).unwrap();
+    let a = Watcher::start(&a_dir, &rings, &["--pid", &me, "--sample", "1s", "--period", "2s", "--after", "60s"]);
+    let truth_dir = dir.path().join("truth");
+    let mut job = start_job_with("balanced", 1, 18, &truth_dir, &rings, 500, &[("CUDA_INJECTION64_PATH", "")]);
+    let t0 = Instant::now();
+    loop {
+        let samples = parse_strict(&scrape(a.port).unwrap()).unwrap();
+        if host_value(&samples, "ghostprof_inject_sessions_total", None) >= 1.0
+            && samples.iter().any(|s| s.name == "ghostprof_gpu_busy_ratio" && s.value > 0.0)
+        {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the first watch never injected: {}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.signal(libc::SIGUSR1);
+    let ring_there = || std::fs::read_dir(&rings).unwrap().flatten().count() >= 1;
+    let t0 = Instant::now();
+    // The trigger's first drains, then the ring of the session it keeps on.
+    std::thread::sleep(Duration::from_millis(500));
+    while !ring_there() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no session ring under the trigger: {}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.signal(libc::SIGKILL);
+    drop(a);
+    assert!(ring_there(), "the killed watch's session left its ring");
+    // The next watch takes over: its own session at each window, figures again.
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir(&b_dir).unwrap();
+    let b = Watcher::start(&b_dir, &rings, &["--pid", &me, "--sample", "1s", "--period", "2s"]);
+    let (latest, last) = scrape_until_exit(&b, &mut job, None);
+    assert!(job.wait().unwrap().success(), "the job runs to its end");
+    let (ok, log) = b.stop();
+    assert!(ok, "{log}");
+    let pid = truths(&truth_dir, 1)[0]["pid"].to_string();
+    let busy = last.get(&pid).map(|s| of_pid(s, "ghostprof_gpu_busy_ratio", &pid)).unwrap_or_default();
+    assert!(busy.first().is_some_and(|s| s.value > 0.0), "the second watch has figures: {busy:?}\n{log}");
+    assert!(host_value(&latest, "ghostprof_inject_sessions_total", None) >= 1.0, "{log}");
 }

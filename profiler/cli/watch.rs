@@ -84,6 +84,11 @@ pub struct WatchCliConfig {
     /// Stop after this long (default: until SIGINT or SIGTERM).
     #[arg(long)]
     pub duration: Option<String>,
+    /// eBPF and the rings of jobs started with CUDA_INJECTION64_PATH only: never ptrace a job
+    /// nor load anything into it. Without it, watch loads its CUPTI library into each followed
+    /// CUDA process started without it, at each sample window (as `attach` does).
+    #[arg(long)]
+    pub no_inject: bool,
     /// No log lines on stderr (triggers, pauses, notes); errors are still printed.
     #[arg(long)]
     pub quiet: bool,
@@ -184,6 +189,9 @@ pub fn run(cfg: &WatchCliConfig) -> anyhow::Result<ExitCode> {
     if let Some(dir) = std::env::var_os("GHOSTPROF_RING_DIR") {
         w.ring_dir = PathBuf::from(dir);
     }
+    if !cfg.no_inject {
+        w.inject_library = crate::record::session::find_inject_lib();
+    }
     require_root()?;
     // SAFETY: installing an async-signal-safe handler (atomics and _exit only).
     unsafe {
@@ -218,6 +226,9 @@ pub fn run(cfg: &WatchCliConfig) -> anyhow::Result<ExitCode> {
             super::say(&format!("ghostprof: {line}"));
         }
     };
+    if !cfg.no_inject && w.inject_library.is_none() {
+        log("no libghostprof_inject.so next to ghostprof (set GHOSTPROF_INJECT_LIB): processes started without CUDA_INJECTION64_PATH are followed with eBPF only");
+    }
     let summary = watch::watch(&w, &STOP, &mut log)?;
     if !quiet {
         super::say(&format!(

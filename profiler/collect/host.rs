@@ -336,16 +336,18 @@ impl HostCollector {
         Ok(report)
     }
 
-    /// Removes the probes of every probed library file not in `in_use` ((dev, inode) of the
-    /// files traced processes still map): a long-running `watch` must not keep the probes of
-    /// each job's own copy of a library. Returns how many files were let go.
-    pub fn release_libraries(&mut self, in_use: &HashSet<(u64, u64)>) -> usize {
+    /// Lets go of every probed library file not in `in_use` ((dev, inode) of the files traced
+    /// processes still map): a long-running `watch` must not keep the probes of each job's own
+    /// copy of a library. Returns their links: dropping them removes the probes, which takes
+    /// the kernel up to seconds, so the caller may drop them on a thread of its own.
+    pub fn release_libraries(&mut self, in_use: &HashSet<(u64, u64)>) -> Vec<Link> {
         let gone: Vec<(u64, u64)> = self.lib_links.keys().filter(|k| !in_use.contains(k)).copied().collect();
+        let mut links = Vec::new();
         for k in &gone {
-            self.lib_links.remove(k);
+            links.extend(self.lib_links.remove(k).unwrap_or_default());
             self.probed.remove(k);
         }
-        gone.len()
+        links
     }
 
     fn attach_one(&mut self, path: &Path, point: &ProbePoint, api: ProbedApi, shape: Shape) -> libbpf_rs::Result<()> {

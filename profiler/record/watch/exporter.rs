@@ -23,6 +23,22 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// thousands of CUDA processes at once): the rest are counted, not exported.
 pub const MAX_EXPORTED_PROCESSES: usize = 1024;
 
+/// The `reason` label values of `ghostprof_inject_refusals_total` (each served, 0 until it
+/// happens): why a followed process got no live injection at a sample window.
+pub const INJECT_REFUSAL_REASONS: [&str; 11] = [
+    "not_x86_64",
+    "no_cuda",
+    "traced",
+    "ptrace_denied",
+    "no_dlopen",
+    "no_safe_moment",
+    "gone",
+    "library",
+    "failed",
+    "library_refused",
+    "cupti_held",
+];
+
 /// The figures of one device, kept from window to window while its process lives.
 #[derive(Debug, Clone)]
 struct DeviceRow {
@@ -64,6 +80,12 @@ pub struct State {
     pub followed: usize,
     /// Processes left out of the figures by [`MAX_EXPORTED_PROCESSES`].
     pub not_exported: u64,
+    /// Live injections refused, per reason (of [`INJECT_REFUSAL_REASONS`]).
+    pub inject_refusals: BTreeMap<String, u64>,
+    /// Attach sessions started by live injection (one per process per sample window).
+    pub inject_sessions: u64,
+    /// Trigger socket connections refused because the peer was not root.
+    pub trigger_socket_refusals: u64,
 }
 
 impl State {
@@ -252,6 +274,31 @@ impl State {
         }
         family(&mut o, "ghostprof_processes_followed", "gauge", "CUDA processes followed now.");
         let _ = writeln!(o, "ghostprof_processes_followed{{host=\"{host}\"}} {}", self.followed);
+        family(
+            &mut o,
+            "ghostprof_trigger_socket_refusals_total",
+            "counter",
+            "Connections to the trigger socket refused because the peer was not root.",
+        );
+        let _ =
+            writeln!(o, "ghostprof_trigger_socket_refusals_total{{host=\"{host}\"}} {}", self.trigger_socket_refusals);
+        family(
+            &mut o,
+            "ghostprof_inject_sessions_total",
+            "counter",
+            "CUPTI sessions started by live injection into processes run without the library (one per process per sample window).",
+        );
+        let _ = writeln!(o, "ghostprof_inject_sessions_total{{host=\"{host}\"}} {}", self.inject_sessions);
+        family(
+            &mut o,
+            "ghostprof_inject_refusals_total",
+            "counter",
+            "Live injections refused (the process is followed with eBPF only), by reason.",
+        );
+        for reason in INJECT_REFUSAL_REASONS {
+            let n = self.inject_refusals.get(reason).copied().unwrap_or(0);
+            let _ = writeln!(o, "ghostprof_inject_refusals_total{{host=\"{host}\",reason=\"{reason}\"}} {n}");
+        }
         o
     }
 }

@@ -26,11 +26,16 @@ use super::collectors::Collectors;
 use crate::analyze::Category;
 use crate::collect::procmaps;
 use crate::collect::sched::CollectError;
+use crate::inject::{InjectError, InjectOptions, Injected};
 use crate::pipeline::{Pipeline, Producer};
 use crate::trace::{DropCause, Interner, LibKind, NameLimits, SessionNote, Source, TraceInfo};
 use recorder::Recorder;
 use window::WindowFigures;
 
+/// Windows in a row a process may refuse live injection for a reason that may pass (no
+/// blocking system call in time, another tracer, the library busy) before watch stops trying:
+/// each try can hold the loop up to the injection's wait.
+const INJECT_TRIES: u32 = 3;
 /// How long a dormant injection library takes at most to notice its ring's control word (it
 /// polls every 50 ms) and switch CUPTI on, with a margin: the sample window starts after it.
 const RING_WAKE: Duration = Duration::from_millis(150);
@@ -101,6 +106,10 @@ pub struct WatchConfig {
     pub scan_interval: Duration,
     /// How long the loop sleeps between drains.
     pub drain_interval: Duration,
+    /// The CUPTI library loaded with ptrace into followed CUDA processes started without it
+    /// (`attach`'s live injection), at each sample window; None: `--no-inject`, eBPF and the
+    /// dormant library's rings only.
+    pub inject_library: Option<PathBuf>,
 }
 
 impl WatchConfig {
@@ -127,6 +136,7 @@ impl WatchConfig {
             max_duration: None,
             scan_interval: Duration::from_millis(500),
             drain_interval: Duration::from_millis(10),
+            inject_library: None,
         }
     }
 }
@@ -263,8 +273,8 @@ fn nccl_before_it_is_mapped(pid: u32, cuda_dir: Option<PathBuf>) -> Option<PathB
 
 /// The one place a process starts being followed: its pid joins the eBPF targets, its GPU
 /// libraries are probed, and the CUPTI ring of its dormant injection library (if it carries
-/// one) is opened. Live injection (`ghostprof attach`'s ptrace path, once it lands) goes here:
-/// inject the library, then open its ring as now.
+/// one) is opened. A process without the library is injected by [`Watch::arm`] at each sample
+/// window instead ([`needs_injection`]).
 fn start_following(
     c: &mut Collectors,
     pid: u32,
@@ -279,6 +289,38 @@ fn start_following(
     }
     c.cupti.scan(&[pid]);
     Ok(())
+}
+
+/// Whether `pid` gets its device timeline from live injection: it maps no ghostprof library
+/// and was not started with one (`CUDA_INJECTION64_PATH` naming it: the driver loads it at
+/// `cuInit`, which may not have happened yet, and two libraries would fight over one ring).
+fn needs_injection(pid: u32) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    if maps.contains("libghostprof_inject.so") {
+        return false;
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    !environ
+        .split(|b| *b == 0)
+        .any(|v| v.strip_prefix(b"CUDA_INJECTION64_PATH=").is_some_and(|p| p.ends_with(b"libghostprof_inject.so")))
+}
+
+/// The `reason` label of an injection refusal (a fixed set: [`exporter::INJECT_REFUSAL_REASONS`]),
+/// and whether the next window tries again (the refusal may not hold then).
+fn refusal_reason(e: &InjectError) -> (&'static str, bool) {
+    match e {
+        InjectError::NotX86_64 { .. } => ("not_x86_64", false),
+        InjectError::NoCuda { .. } => ("no_cuda", true),
+        InjectError::Traced { .. } => ("traced", true),
+        InjectError::PtraceDenied { .. } => ("ptrace_denied", false),
+        InjectError::NoDlopen { .. } => ("no_dlopen", false),
+        InjectError::NoSafeMoment { .. } => ("no_safe_moment", true),
+        InjectError::Gone { .. } => ("gone", false),
+        InjectError::Library { .. } => ("library", false),
+        InjectError::Failed { .. } => ("failed", false),
+        // Busy (an `attach` session of its own runs in it) is the common one: it ends.
+        InjectError::Refused { .. } => ("library_refused", true),
+    }
 }
 
 /// A file's (device, inode), as the host collector keys its probes.
@@ -314,6 +356,18 @@ struct Watch<'a> {
     /// The library files probed for each followed process (kept while it lives).
     libs_of: HashMap<u32, Vec<(u64, u64)>>,
     said: std::collections::HashSet<String>,
+    /// Live injection's options (None: `--no-inject`, or no library found).
+    inject: Option<InjectOptions>,
+    /// Followed processes whose device timeline comes from an attach session started by
+    /// injection: one per sample window, as the library ends a session when its ring is
+    /// switched off.
+    to_inject: BTreeSet<u32>,
+    /// Refusals in a row per process (see [`INJECT_TRIES`]).
+    inject_tries: HashMap<u32, u32>,
+    /// Probes let go, removed on a thread of their own (see [`Watch::let_go`]).
+    reaper: std::sync::mpsc::Sender<Vec<libbpf_rs::Link>>,
+    /// Trigger socket connections refused (peer not root), counted by its thread.
+    socket_refused: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Watch<'_> {
@@ -337,6 +391,19 @@ impl Watch<'_> {
         // The recorder's and the service's own notes are taken, so they do not pile up.
         fresh.append(&mut self.recorder.notes);
         for n in fresh {
+            // CUPTI held by another tool in a process we injected: no device timeline there.
+            if n.contains("CUPTI is held by another subscriber") {
+                let pid = n.strip_prefix("process ").and_then(|r| r.split(':').next()).and_then(|p| p.parse().ok());
+                if pid.is_some_and(|p: u32| self.to_inject.contains(&p)) {
+                    *self
+                        .state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .inject_refusals
+                        .entry("cupti_held".to_string())
+                        .or_insert(0) += 1;
+                }
+            }
             // The same note from every segment's collectors (NVML missing) is said once.
             if self.said.len() < 4096 && !self.said.insert(n.clone()) {
                 continue;
@@ -375,8 +442,67 @@ impl Watch<'_> {
     fn set_cupti(&mut self, on: bool) {
         if on != self.cupti_on {
             self.cupti_on = on;
+            if on {
+                let pids: Vec<u32> = self.to_inject.iter().copied().collect();
+                self.arm(&pids);
+            }
             self.c.cupti.set_collecting(on);
         }
+    }
+
+    /// Starts an attach session in each of `pids` (injected with ptrace the first time, its
+    /// entry point called again after) and opens its new ring, which switches its CUPTI on.
+    /// The session of the last window ended when its ring was switched off (the library
+    /// removes its ring then): that ring, drained, is closed first. A refusal is a note and a
+    /// count (`ghostprof_inject_refusals_total`), never a failure of watch.
+    fn arm(&mut self, pids: &[u32]) {
+        let Some(opts) = self.inject.clone() else { return };
+        if pids.is_empty() {
+            return;
+        }
+        let _ = self.c.drain(&mut self.producer);
+        let open = self.c.cupti.open_rings();
+        for &pid in pids {
+            if !alive(pid) {
+                continue;
+            }
+            if open.contains(&pid) {
+                self.c.cupti.forget(pid);
+            }
+            match crate::inject::inject(pid, &opts) {
+                Ok(how) => {
+                    self.inject_tries.remove(&pid);
+                    if how == Injected::Dormant {
+                        self.to_inject.remove(&pid);
+                    } else {
+                        self.state.lock().unwrap_or_else(|p| p.into_inner()).inject_sessions += 1;
+                    }
+                    self.c.cupti.scan(&[pid]);
+                }
+                Err(e) => {
+                    let (reason, again) = refusal_reason(&e);
+                    *self
+                        .state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .inject_refusals
+                        .entry(reason.to_string())
+                        .or_insert(0) += 1;
+                    let tries = self.inject_tries.entry(pid).or_insert(0);
+                    *tries += 1;
+                    let again = again && *tries < INJECT_TRIES;
+                    if !again {
+                        self.to_inject.remove(&pid);
+                        self.inject_tries.remove(&pid);
+                    }
+                    self.recorder.notes.push(format!(
+                        "{e}; process {pid} is followed with eBPF only{}",
+                        if again { " (tried again at the next sample window)" } else { "" }
+                    ));
+                }
+            }
+        }
+        self.push_notes();
     }
 
     /// Follows new processes, lets go of exited ones (after a last drain of their ring).
@@ -388,6 +514,15 @@ impl Watch<'_> {
                     self.libs_of.insert(pid, libs.iter().filter_map(|l| file_key(l)).collect());
                     self.followed.insert(pid);
                     self.followed_total += 1;
+                    // Even with a ring open: that is an attach session's (the library loaded
+                    // live by a watch that was killed, or by `attach`), which ends at the next
+                    // switch-off; a session of our own is started at each window instead.
+                    if self.inject.is_some() && needs_injection(pid) {
+                        self.to_inject.insert(pid);
+                        if self.cupti_on {
+                            self.arm(&[pid]);
+                        }
+                    }
                 }
                 Err(e) => notes.push(format!("cannot follow process {pid}: {e}")),
             }
@@ -417,6 +552,8 @@ impl Watch<'_> {
         for &pid in gone {
             self.c.cupti.forget(pid);
             self.followed.remove(&pid);
+            self.to_inject.remove(&pid);
+            self.inject_tries.remove(&pid);
             self.libs_of.remove(&pid);
             self.mfu_history.retain(|k, _| k.0 != pid);
         }
@@ -433,7 +570,15 @@ impl Watch<'_> {
                 }
             }
         }
-        self.c.host.release_libraries(&in_use);
+        let links = self.c.host.release_libraries(&in_use);
+        if !links.is_empty() {
+            // Removing probes takes the kernel seconds on a loaded host: on the reaper's
+            // thread, so that the loop goes on scanning (a job that started and ended inside
+            // such a pause was never followed: 1 in 50 short jobs).
+            if let Err(e) = self.reaper.send(links) {
+                drop(e.0);
+            }
+        }
     }
 
     /// The figures of a closed sample window, and the automatic triggers they fire.
@@ -570,6 +715,7 @@ impl Watch<'_> {
         st.disk_bytes = self.recorder.disk_used();
         st.paused = self.recorder.paused.is_some();
         st.followed = self.followed.len();
+        st.trigger_socket_refusals = self.socket_refused.as_ref().map_or(0, |r| r.load(Ordering::Relaxed));
         for ((s, c), n) in &self.closed_drops {
             st.drops.insert((s.clone(), c.clone()), *n);
         }
@@ -614,6 +760,12 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
         ),
         None => None,
     };
+    let (reaper_tx, reaper_rx) = std::sync::mpsc::channel::<Vec<libbpf_rs::Link>>();
+    let reaper = std::thread::Builder::new().name("ghostprof-unprobe".into()).spawn(move || {
+        for links in reaper_rx {
+            drop(links);
+        }
+    })?;
     let first_info = TraceInfo::default();
     let pipeline = recorder.open(&first_info)?;
     c.start(&pipeline);
@@ -638,6 +790,18 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
         finder: Finder { scope: cfg.scope.clone(), scans: 0, not_yet: HashMap::new() },
         said: Default::default(),
         libs_of: HashMap::new(),
+        inject: cfg.inject_library.clone().map(|lib| {
+            let mut o = InjectOptions::new(lib);
+            o.ring_dir = cfg.ring_dir.clone();
+            // The loop waits for it: a job that enters no blocking call within this is tried
+            // again at the next window, rather than stalling the other processes' drains.
+            o.wait = Duration::from_secs(1);
+            o
+        }),
+        to_inject: BTreeSet::new(),
+        inject_tries: HashMap::new(),
+        socket_refused: _control.as_ref().map(|c| c.refused.clone()),
+        reaper: reaper_tx,
     };
     let started = Instant::now();
     let mut next_window = Instant::now() + cfg.sample.min(Duration::from_secs(1));
@@ -662,7 +826,8 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
             phase = match phase {
                 Phase::Host if now >= next_window => {
                     w.set_cupti(true);
-                    Phase::Waking(now + RING_WAKE)
+                    // From the end of the injections, which may take a moment each.
+                    Phase::Waking(Instant::now() + RING_WAKE)
                 }
                 Phase::Waking(t) if now >= t => {
                     w.rotate("sample")?;
@@ -739,7 +904,10 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
     w.c.cupti.detach_all();
     let _ = w.c.drain(&mut w.producer);
     w.push_notes();
-    let Watch { c, mut producer, pipeline, mut recorder, followed_total, mut summary, .. } = w;
+    let Watch { c, mut producer, pipeline, mut recorder, followed_total, mut summary, reaper: reaper_tx, .. } = w;
+    // The probes let go so far are removed before the rest.
+    drop(reaper_tx);
+    let _ = reaper.join();
     let _ = c.finish(&mut producer);
     drop(producer);
     recorder.close(pipeline);

@@ -11,6 +11,16 @@
 //! | `bare` | `CUDA_INJECTION64_PATH=libgpusim_testinject.so GPUSIM_TESTINJECT_BARE=1`: the cheapest CUPTI client collecting the same activity kinds (the floor of CUPTI tracing) |
 //! | `full` | `ghostprof record` |
 //! | `full-nopm` | `ghostprof record` with `GHOSTPROF_PM_INTERVAL_NS=0` (no PM sampling) |
+//! | `watch` | `ghostprof watch` running (started before the job, stopped after it), the job started with the dormant library as the service's docs deploy it: eBPF always, CUPTI duty-cycled |
+//! | `watch-inject` | the same, the job started without the library: watch loads it live and starts a session in it at each window (only with `--modes`) |
+//!
+//! `watch`'s duty cycle is shortened with the defaults' ratio (`--sample 100ms --period 3s`, as
+//! 2 s of 60 s; `--watch-sample`/`--watch-period` change it), and its runs are
+//! `--watch-steps-factor` (10) times longer than the other modes' (~10 s), so that every run
+//! holds about three windows: a 1 s run under a 60 s period would hit a window in one run of
+//! sixty. Each window also keeps CUPTI on for the ~150 ms the libraries take to notice and the
+//! 50 ms poll after it, so CUPTI is on ~9 % of the time here against ~3.6 % at the defaults: the
+//! figure is an upper bound of the defaults' cost.
 //!
 //! The modes are **interleaved**: repetition r runs every mode once, in an order rotated by r,
 //! so a drift of the machine spreads over all modes. A run's figure is its mean step time from
@@ -34,7 +44,9 @@ use crate::probe::machine;
 use crate::stats::{median, ratio_of_medians_ci, RatioCi};
 
 /// The modes, in their base order.
-const MODES: [&str; 6] = ["plain", "dormant", "ebpf", "bare", "full", "full-nopm"];
+const MODES: [&str; 8] = ["plain", "dormant", "ebpf", "bare", "full", "full-nopm", "watch", "watch-inject"];
+/// The modes run without `--modes` (`watch-inject` only when asked: its runs are long too).
+const DEFAULT_MODES: [&str; 7] = ["plain", "dormant", "ebpf", "bare", "full", "full-nopm", "watch"];
 
 /// Seed of the bootstrap (fixed: the same runs give the same interval).
 const SEED: u64 = 0x6f76_6572_6865_6164;
@@ -47,6 +59,10 @@ struct Config {
     modes: Vec<String>,
     resamples: usize,
     dir: PathBuf,
+    /// `watch` mode: its --sample and --period, and how many times longer its runs are.
+    watch_sample: String,
+    watch_period: String,
+    watch_steps_factor: u32,
 }
 
 impl Config {
@@ -60,7 +76,7 @@ impl Config {
                 |s| s.split(',').map(str::to_string).collect(),
             )
         };
-        let modes = list("--modes", &MODES);
+        let modes = list("--modes", &DEFAULT_MODES);
         for m in &modes {
             ensure!(MODES.contains(&m.as_str()), "unknown mode {m:?}: use some of {}", MODES.join(","));
         }
@@ -72,6 +88,9 @@ impl Config {
             modes,
             resamples: num("--resamples")?.unwrap_or(2000).max(100) as usize,
             dir: dir.join(format!("ghostprof-bench-overhead-{}", std::process::id())),
+            watch_sample: flag(args, "--watch-sample").unwrap_or_else(|| "100ms".into()),
+            watch_period: flag(args, "--watch-period").unwrap_or_else(|| "3s".into()),
+            watch_steps_factor: num("--watch-steps-factor")?.unwrap_or(10).clamp(1, 1000) as u32,
         })
     }
 }
@@ -91,11 +110,14 @@ struct Setup {
     pin: Option<(String, String)>,
 }
 
-/// `tools/bench overhead [--reps N] [--steps K] [--scenarios A,B] [--modes M,…] [--resamples R] [--dir D]`.
+/// `tools/bench overhead [--reps N] [--steps K] [--scenarios A,B] [--modes M,…] [--resamples R] [--dir D]
+/// [--watch-sample S] [--watch-period P] [--watch-steps-factor F]`.
 pub fn bench_overhead(args: &[String]) -> Result<()> {
     let cfg = Config::parse(args)?;
     // SAFETY: geteuid has no preconditions.
-    if cfg.modes.iter().any(|m| m == "ebpf" || m.starts_with("full")) && unsafe { libc_geteuid() } != 0 {
+    if cfg.modes.iter().any(|m| m == "ebpf" || m.starts_with("full") || m.starts_with("watch"))
+        && unsafe { libc_geteuid() } != 0
+    {
         bail!("the record modes load eBPF: run tools/bench overhead as root (or pick --modes plain,dormant,bare)");
     }
     let bin_dir = build_gpusim(&["ghostprof-inject", "gpusim-testinject", "ghostprof"])?;
@@ -128,13 +150,17 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
         let steps = cfg.steps.unwrap_or_else(|| default_steps(scenario));
         // samples[mode] = mean step time (ns) of each run.
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cfg.modes.len()];
+        // windows[mode] = sample windows watch analyzed in each run (watch modes).
+        let mut windows: Vec<Vec<u64>> = vec![Vec::new(); cfg.modes.len()];
         for rep in 0..cfg.reps {
             for k in 0..cfg.modes.len() {
                 let i = (k + rep) % cfg.modes.len();
                 let mode = &cfg.modes[i];
-                let step_ns = run_once(cfg, setup, scenario, mode, steps, rep)
+                let steps = if mode.starts_with("watch") { steps * cfg.watch_steps_factor } else { steps };
+                let (step_ns, w) = run_once(cfg, setup, scenario, mode, steps, rep)
                     .with_context(|| format!("{scenario}, mode {mode}, repetition {}", rep + 1))?;
                 samples[i].push(step_ns);
+                windows[i].extend(w);
             }
             eprintln!(
                 "{scenario} rep {}: {}",
@@ -155,14 +181,14 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
         };
         let mut modes = serde_json::Map::new();
         println!("{scenario}: {} steps per run, {} repetitions, interleaved", steps, cfg.reps);
-        println!("  {:<10} {:>12} {:>26} {:>26}", "mode", "step ms", "vs plain [95% CI]", "vs bare [95% CI]");
+        println!("  {:<12} {:>12} {:>26} {:>26}", "mode", "step ms", "vs plain [95% CI]", "vs bare [95% CI]");
         for (i, mode) in cfg.modes.iter().enumerate() {
             let med = median(&samples[i]);
             let (vp, vb) = (ci(mode, "plain"), ci(mode, "bare"));
             let show = |r: Option<RatioCi>| {
                 r.map_or_else(|| "-".to_string(), |r| format!("{:.4} [{:.4}, {:.4}]", r.ratio, r.lo, r.hi))
             };
-            println!("  {:<10} {:>12.4} {:>26} {:>26}", mode, med / 1e6, show(vp), show(vb));
+            println!("  {:<12} {:>12.4} {:>26} {:>26}", mode, med / 1e6, show(vp), show(vb));
             let (vp_r, vp_ci) = ci_json(vp);
             let (vb_r, vb_ci) = ci_json(vb);
             modes.insert(
@@ -172,14 +198,19 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
                     "step_ns": samples[i],
                     "vs_plain_ratio": vp_r, "vs_plain_ci95": vp_ci,
                     "vs_bare_ratio": vb_r, "vs_bare_ci95": vb_ci,
+                    "sample_windows": if mode.starts_with("watch") { json!(windows[i]) } else { Value::Null },
                 }),
             );
         }
         let (fb, fb_ci) = ci_json(ci("full", "bare"));
         let (ep, ep_ci) = ci_json(ci("ebpf", "plain"));
         let (bp, bp_ci) = ci_json(ci("bare", "plain"));
+        let (wp, wp_ci) = ci_json(ci("watch", "plain"));
+        let (wip, wip_ci) = ci_json(ci("watch-inject", "plain"));
         let summary = json!({
             "steps_per_run": steps,
+            "watch_vs_plain_ratio": wp, "watch_vs_plain_ci95": wp_ci,
+            "watch_inject_vs_plain_ratio": wip, "watch_inject_vs_plain_ci95": wip_ci,
             "full_vs_bare_ratio": fb, "full_vs_bare_ci95": fb_ci,
             "ebpf_only_vs_plain_ratio": ep, "ebpf_only_vs_plain_ci95": ep_ci,
             "bare_vs_plain_ratio": bp, "bare_vs_plain_ci95": bp_ci,
@@ -203,8 +234,16 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
         "full_vs_bare_ci95": field("full_vs_bare_ci95"),
         "ebpf_only_vs_plain_ratio": field("ebpf_only_vs_plain_ratio"),
         "ebpf_only_vs_plain_ci95": field("ebpf_only_vs_plain_ci95"),
+        "watch_vs_plain_ratio": field("watch_vs_plain_ratio"),
+        "watch_vs_plain_ci95": field("watch_vs_plain_ci95"),
+        "watch_inject_vs_plain_ratio": field("watch_inject_vs_plain_ratio"),
+        "watch_inject_vs_plain_ci95": field("watch_inject_vs_plain_ci95"),
         "median_step_ns": medians,
-        "targets": { "full_vs_bare_ci95_hi": 1.02, "ebpf_only_vs_plain_ci95_hi": 1.01 },
+        "targets": { "full_vs_bare_ci95_hi": 1.02, "ebpf_only_vs_plain_ci95_hi": 1.01, "watch_vs_plain_ci95_hi": 1.01 },
+        "watch_harness": {
+            "sample": cfg.watch_sample, "period": cfg.watch_period, "steps_factor": cfg.watch_steps_factor,
+            "job": "started with the dormant library (CUDA_INJECTION64_PATH), watch following the bench's process tree",
+        },
         "reps": cfg.reps,
         "resamples": cfg.resamples,
         "bootstrap_seed": SEED,
@@ -216,8 +255,16 @@ fn measure(cfg: &Config, setup: &Setup, cores: usize) -> Result<()> {
     Ok(())
 }
 
-/// One run of `scenario` under `mode`: its mean step time (ns) from its ground truth.
-fn run_once(cfg: &Config, setup: &Setup, scenario: &str, mode: &str, steps: u32, rep: usize) -> Result<f64> {
+/// One run of `scenario` under `mode`: its mean step time (ns) from its ground truth, and the
+/// sample windows watch analyzed (watch modes).
+fn run_once(
+    cfg: &Config,
+    setup: &Setup,
+    scenario: &str,
+    mode: &str,
+    steps: u32,
+    rep: usize,
+) -> Result<(f64, Option<u64>)> {
     let out = cfg.dir.join(format!("{scenario}-{mode}-{rep}"));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
@@ -253,7 +300,7 @@ fn run_once(cfg: &Config, setup: &Setup, scenario: &str, mode: &str, steps: u32,
         let mut c = Command::new(&job[0]);
         c.args(&job[1..]);
         match mode {
-            "dormant" => {
+            "dormant" | "watch" => {
                 c.env("CUDA_INJECTION64_PATH", &inject).env("GHOSTPROF_RING_DIR", &out);
             }
             "bare" => {
@@ -268,15 +315,21 @@ fn run_once(cfg: &Config, setup: &Setup, scenario: &str, mode: &str, steps: u32,
     for k in ["GHOSTPROF_ENABLE", "GPUSIM_TESTINJECT_OUT"] {
         cmd.env_remove(k);
     }
-    if mode != "dormant" && mode != "bare" {
+    if !matches!(mode, "dormant" | "bare" | "watch") {
         cmd.env_remove("CUDA_INJECTION64_PATH");
     }
-    let output = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().context("starting the run")?;
+    let watch = if mode.starts_with("watch") { Some(Watch::start(cfg, setup, &out)?) } else { None };
+    let output = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().context("starting the run");
+    let windows = match watch {
+        Some(w) => Some(w.stop()?),
+        None => None,
+    };
+    let output = output?;
     ensure!(output.status.success(), "the run failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
     let step_ns = mean_step_ns(&out.join("truth-rank0.json"))?;
     // Traces of the record modes are large next to what is kept: removed run by run.
     let _ = std::fs::remove_dir_all(&out);
-    Ok(step_ns)
+    Ok((step_ns, windows))
 }
 
 /// Mean step time of a run from its ground truth: (last step's end − second step's start) /
@@ -290,4 +343,80 @@ pub fn mean_step_ns(truth: &Path) -> Result<f64> {
     let (start, end) = (at(1, "start_ns")?, at(ranges.len() - 1, "end_ns")?);
     ensure!(end > start, "{}: steps end before they start", truth.display());
     Ok((end - start) as f64 / (ranges.len() - 1) as f64)
+}
+
+/// A `ghostprof watch` for one run of the `watch` mode.
+struct Watch {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Watch {
+    /// Starts it (following this process's tree: the job is our child) and waits until its
+    /// endpoint answers, which it does once its probes can be placed.
+    fn start(cfg: &Config, setup: &Setup, out: &Path) -> Result<Watch> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut c = match &setup.pin {
+            Some((_, gp)) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", gp]).arg(setup.bin_dir.join("ghostprof"));
+                c
+            }
+            None => Command::new(setup.bin_dir.join("ghostprof")),
+        };
+        let log = out.join("watch.log");
+        c.arg("watch")
+            .args(["--pid", &std::process::id().to_string(), "--sample", &cfg.watch_sample])
+            .args(["--period", &cfg.watch_period, "--no-socket", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--dir")
+            .arg(out.join("watch"))
+            .env("GHOSTPROF_RING_DIR", out)
+            .env("GHOSTPROF_INJECT_LIB", setup.bin_dir.join("libghostprof_inject.so"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        let mut child = c.spawn().context("starting ghostprof watch")?;
+        let t = std::time::Instant::now();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let mut answer = String::new();
+                if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()
+                    && s.read_to_string(&mut answer).is_ok()
+                    && answer.starts_with("HTTP/1.1 200")
+                {
+                    return Ok(Watch { child, log });
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("ghostprof watch exited ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            if t.elapsed() > std::time::Duration::from_secs(60) {
+                let _ = child.kill();
+                bail!("ghostprof watch did not serve /metrics within 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, and its exit waited for (removing its probes takes the kernel seconds);
+    /// returns the sample windows it analyzed (its last line says).
+    fn stop(mut self) -> Result<u64> {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let status = self.child.wait()?;
+        ensure!(
+            status.success(),
+            "ghostprof watch failed ({status}): {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .find_map(|l| l.split("watch stopped: ").nth(1)?.split(' ').next()?.parse().ok())
+            .with_context(|| format!("no summary line from ghostprof watch: {log}"))
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
