@@ -287,6 +287,8 @@ struct Decoder {
 
 /// The decoders of a session and what they returned.
 pub struct Decoders {
+    /// The executable run as the decoder (None: [`set_decoder_exe`]'s, else this binary).
+    exe: Option<std::path::PathBuf>,
     decoders: HashMap<(u64, u64, u32), Decoder>,
     results_tx: Sender<Outcome>,
     results: Receiver<Outcome>,
@@ -305,6 +307,7 @@ impl Default for Decoders {
     fn default() -> Self {
         let (results_tx, results) = std::sync::mpsc::channel();
         Decoders {
+            exe: None,
             decoders: HashMap::new(),
             results_tx,
             results,
@@ -325,6 +328,13 @@ pub struct Route {
 }
 
 impl Decoders {
+    /// Decoders that run `exe` (a `ghostprof` binary), whatever [`set_decoder_exe`] says.
+    pub fn with_exe(exe: &std::path::Path) -> Self {
+        let mut d = Decoders::default();
+        d.exe = Some(exe.to_path_buf());
+        d
+    }
+
     /// Starts (or reuses) the decoder for `pid`'s libcupti and uid and sends it `setup` (a
     /// `wire::PmSetup` blob); Err is the one-line reason PM stops for the process.
     pub fn setup(&mut self, pid: u32, setup: &[u8]) -> Result<Route, String> {
@@ -345,7 +355,7 @@ impl Decoders {
             if self.decoders.len() >= MAX_DECODERS {
                 return Err(format!("{MAX_DECODERS} decoders already run"));
             }
-            let d = spawn(&file, &creds, self.results_tx.clone())?;
+            let d = spawn(self.exe.as_deref(), &file, &creds, self.results_tx.clone())?;
             self.decoders.insert(key, d);
         }
         let id = self.next_id;
@@ -438,12 +448,21 @@ impl Drop for Decoders {
 const OP_SETUP: u32 = 1;
 const OP_EVAL: u32 = 2;
 
-fn spawn(lib: &File, creds: &Creds, results: Sender<Outcome>) -> Result<Decoder, String> {
-    let exe = DECODER_EXE.get().cloned().unwrap_or_else(|| "/proc/self/exe".into());
+fn spawn(exe: Option<&std::path::Path>, lib: &File, creds: &Creds, results: Sender<Outcome>) -> Result<Decoder, String> {
+    let exe = exe.map(|e| e.to_path_buf()).or_else(|| DECODER_EXE.get().cloned()).unwrap_or_else(|| "/proc/self/exe".into());
     // Opened as root, executed by its descriptor: the job's user may not be able to reach our
     // binary's path (/root/...).
     let exe_file = File::open(&exe).map_err(|e| format!("cannot open {}: {e}", exe.display()))?;
-    let (exe_fd, lib_fd) = (exe_file.as_raw_fd(), lib.as_raw_fd());
+    // Above 3, which the library takes in the child (execveat of fd 3 ran the library).
+    // SAFETY: duplicating a live descriptor; the copy is owned below.
+    let exe_fd = unsafe { libc::fcntl(exe_file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if exe_fd < 0 {
+        return Err(format!("cannot duplicate a descriptor: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: just made, owned here (closed when the spawn is done).
+    let exe_copy = unsafe { OwnedFd::from_raw_fd(exe_fd) };
+    drop(exe_file);
+    let lib_fd = lib.as_raw_fd();
     let creds = creds.clone();
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(DECODER_ARG).env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
@@ -454,6 +473,7 @@ fn spawn(lib: &File, creds: &Creds, results: Sender<Outcome>) -> Result<Decoder,
         cmd.pre_exec(move || drop_privileges(&creds, &groups, lib_fd, exe_fd));
     }
     let mut child = spawn_by_fd(&mut cmd, exe_fd)?;
+    drop(exe_copy);
     let (stdin, stdout) = (child.stdin.take().ok_or("no pipe")?, child.stdout.take().ok_or("no pipe")?);
     let dead = Arc::new(AtomicBool::new(false));
     let cpu_ns = Arc::new(AtomicU64::new(0));
@@ -571,6 +591,7 @@ fn serve(
         .err();
     if failure.is_some() {
         dead.store(true, Ordering::Release);
+        let _ = child.kill();
     }
     for job in jobs.iter() {
         let pid = match &job {
