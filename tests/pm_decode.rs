@@ -79,8 +79,7 @@ fn evaluate_here(lib: *mut c_void, image: &[u8], n: usize) -> Vec<f64> {
             let mut e: cs::CUpti_Profiler_Host_EvaluateToGpuValues_Params = std::mem::zeroed();
             e.structSize = std::mem::size_of_val(&e);
             (e.pHostObject, e.pCounterDataImage, e.counterDataImageSize) = (p.pHostObject, image.as_ptr(), image.len());
-            (e.rangeIndex, e.ppMetricNames, e.numMetrics, e.pMetricValues) =
-                (i, names.as_mut_ptr(), 2, v.as_mut_ptr());
+            (e.rangeIndex, e.ppMetricNames, e.numMetrics, e.pMetricValues) = (i, names.as_mut_ptr(), 2, v.as_mut_ptr());
             assert_eq!(eval(&mut e), 0);
             out.extend(v);
         }
@@ -211,14 +210,22 @@ fn zombie_or_gone(pid: u32) -> bool {
 fn hostile_pm_values_and_times_are_refused_and_counted() {
     let times: Vec<(u64, u64)> = (0..8u64).map(|i| (1_000 + i * 100, 1_100 + i * 100)).collect();
     let values = [
-        50.0, 40.0, // kept
-        f64::NAN, 1.0, // decoder: not finite
-        f64::INFINITY, 1.0, // decoder
-        150.0, 1.0, // decoder: not a percentage
-        -5.0, 1.0, // decoder
-        100.9, -0.9, // kept: within the tolerance
-        1.0, 1e300, // decoder
-        0.0, 0.0, // kept
+        50.0,
+        40.0, // kept
+        f64::NAN,
+        1.0, // decoder: not finite
+        f64::INFINITY,
+        1.0, // decoder
+        150.0,
+        1.0, // decoder: not a percentage
+        -5.0,
+        1.0, // decoder
+        100.9,
+        -0.9, // kept: within the tolerance
+        1.0,
+        1e300, // decoder
+        0.0,
+        0.0, // kept
     ];
     let (mut last, mut refused) = (0, PmRefusals::default());
     let kept = pmdecode::validate(&times, 10, &values, 2, (0, u64::MAX), &mut last, &mut refused);
@@ -437,11 +444,16 @@ fn root_pm_decode_in_ghostprof_gives_the_jobs_figures_and_costs_it_nothing() {
     let in_job = job.evaluations.iter().find(|e| e.0 == job_pid).map_or(0, |e| e.1);
     assert!(in_job as usize >= job_samples, "job mode: {in_job} evaluations for {job_samples} samples");
     let our_pid = ours.truth["pid"].as_u64().unwrap() as u32;
-    assert!(!ours.evaluations.iter().any(|e| e.0 == our_pid), "collector mode evaluated in the job: {:?}", ours.evaluations);
+    assert!(
+        !ours.evaluations.iter().any(|e| e.0 == our_pid),
+        "collector mode evaluated in the job: {:?}",
+        ours.evaluations
+    );
     assert!(job.decoders.is_empty(), "job mode started a decoder");
     assert_eq!(ours.decoders.len(), 1, "one decoder for the job's libcupti and uid");
     let status = &ours.decoders[0].1;
-    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").split_whitespace().collect::<Vec<_>>();
+    let field =
+        |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").split_whitespace().collect::<Vec<_>>();
     assert_eq!(field("Uid:"), vec!["65534"; 4], "{status}");
     assert_eq!(field("Gid:"), vec!["65534"; 4], "{status}");
     assert_eq!(field("Groups:"), vec!["65534"], "{status}");

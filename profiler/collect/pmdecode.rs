@@ -125,7 +125,11 @@ pub fn validate(
     let pct = |v: f64| v.is_finite() && (-PCT_TOLERANCE..=100.0 + PCT_TOLERANCE).contains(&v);
     let mut out = Vec::with_capacity(times.len());
     for (i, &(start, end)) in times.iter().enumerate() {
-        if start >= end || start < *last_end || mono(start) < floor_ns || mono(end) > ceiling_ns || mono(start) > mono(end)
+        if start >= end
+            || start < *last_end
+            || mono(start) < floor_ns
+            || mono(end) > ceiling_ns
+            || mono(start) > mono(end)
         {
             refused.job = refused.job.saturating_add(1);
             continue;
@@ -338,7 +342,8 @@ impl Decoders {
     /// Starts (or reuses) the decoder for `pid`'s libcupti and uid and sends it `setup` (a
     /// `wire::PmSetup` blob); Err is the one-line reason PM stops for the process.
     pub fn setup(&mut self, pid: u32, setup: &[u8]) -> Result<Route, String> {
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| format!("cannot read maps: {e}"))?;
+        let maps =
+            std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| format!("cannot read maps: {e}"))?;
         let lib = find_cupti(&maps).ok_or("no libcupti.so mapped")?;
         let status =
             std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("cannot read status: {e}"))?;
@@ -448,8 +453,14 @@ impl Drop for Decoders {
 const OP_SETUP: u32 = 1;
 const OP_EVAL: u32 = 2;
 
-fn spawn(exe: Option<&std::path::Path>, lib: &File, creds: &Creds, results: Sender<Outcome>) -> Result<Decoder, String> {
-    let exe = exe.map(|e| e.to_path_buf()).or_else(|| DECODER_EXE.get().cloned()).unwrap_or_else(|| "/proc/self/exe".into());
+fn spawn(
+    exe: Option<&std::path::Path>,
+    lib: &File,
+    creds: &Creds,
+    results: Sender<Outcome>,
+) -> Result<Decoder, String> {
+    let exe =
+        exe.map(|e| e.to_path_buf()).or_else(|| DECODER_EXE.get().cloned()).unwrap_or_else(|| "/proc/self/exe".into());
     // Opened as root, executed by its descriptor: the job's user may not be able to reach our
     // binary's path (/root/...).
     let exe_file = File::open(&exe).map_err(|e| format!("cannot open {}: {e}", exe.display()))?;
@@ -503,14 +514,7 @@ fn spawn_by_fd(cmd: &mut Command, exe_fd: RawFd) -> Result<Child, String> {
         cmd.pre_exec(move || {
             let argv = [a0 as *const c_char, a1 as *const c_char, std::ptr::null()];
             let envp = [std::ptr::null::<c_char>()];
-            libc::syscall(
-                libc::SYS_execveat,
-                exe_fd,
-                c"".as_ptr(),
-                argv.as_ptr(),
-                envp.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            );
+            libc::syscall(libc::SYS_execveat, exe_fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
             Err(std::io::Error::last_os_error())
         });
     }
@@ -626,7 +630,9 @@ fn serve(
                         let values = bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
                         Outcome::Values { pid, session, n_metrics, offset_ns, times, values: values.collect() }
                     }
-                    Ok(Err(e)) => Outcome::Failed { pid, why: format!("the job's CUPTI could not evaluate an image: {e}") },
+                    Ok(Err(e)) => {
+                        Outcome::Failed { pid, why: format!("the job's CUPTI could not evaluate an image: {e}") }
+                    }
                     Err(e) => {
                         failure = Some(e.clone());
                         Outcome::Failed { pid, why: e }
@@ -704,7 +710,11 @@ fn read_reply(stdout: &mut ChildStdout, timeout: Duration, expect: usize) -> Res
     }
     let mut body = vec![0u8; len];
     read_by(stdout, &mut body, deadline)?;
-    Ok(if status == 0 { Ok(body) } else { Err(crate::units::escape_text(&String::from_utf8_lossy(&body)).into_owned()) })
+    Ok(if status == 0 {
+        Ok(body)
+    } else {
+        Err(crate::units::escape_text(&String::from_utf8_lossy(&body)).into_owned())
+    })
 }
 
 fn read_by(stdout: &mut ChildStdout, buf: &mut [u8], deadline: Instant) -> Result<(), String> {
@@ -784,7 +794,7 @@ fn reply(out: &mut impl Write, status: u32, body: &[u8]) -> std::io::Result<()> 
 fn decoder_start() -> Result<Cupti, String> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
     let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or("");
-    if field("CapEff:").trim_start_matches('0') != "" || field("CapPrm:").trim_start_matches('0') != "" {
+    if !field("CapEff:").trim_start_matches('0').is_empty() || !field("CapPrm:").trim_start_matches('0').is_empty() {
         return Err("the decoder holds capabilities; refusing to load the job's library".into());
     }
     if field("NoNewPrivs:") != "1" {
@@ -812,9 +822,15 @@ fn decoder_start() -> Result<Cupti, String> {
     // SAFETY: the CUPTI host API's signatures (cupti_profiler_host.h).
     unsafe {
         Ok(Cupti {
-            init: std::mem::transmute::<*mut c_void, _>(sym(c"cuptiProfilerHostInitialize")?),
-            add: std::mem::transmute::<*mut c_void, _>(sym(c"cuptiProfilerHostConfigAddMetrics")?),
-            eval: std::mem::transmute::<*mut c_void, _>(sym(c"cuptiProfilerHostEvaluateToGpuValues")?),
+            init: std::mem::transmute::<*mut c_void, HostFn<cs::CUpti_Profiler_Host_Initialize_Params>>(sym(
+                c"cuptiProfilerHostInitialize",
+            )?),
+            add: std::mem::transmute::<*mut c_void, HostFn<cs::CUpti_Profiler_Host_ConfigAddMetrics_Params>>(sym(
+                c"cuptiProfilerHostConfigAddMetrics",
+            )?),
+            eval: std::mem::transmute::<*mut c_void, HostFn<cs::CUpti_Profiler_Host_EvaluateToGpuValues_Params>>(sym(
+                c"cuptiProfilerHostEvaluateToGpuValues",
+            )?),
         })
     }
 }
@@ -837,7 +853,7 @@ fn decoder_loop(cupti: &Cupti, input: &mut impl Read, out: &mut impl Write) {
         }
         let op = u32::from_le_bytes(head[..4].try_into().unwrap_or_default());
         let len = u32::from_le_bytes(head[4..].try_into().unwrap_or_default()) as usize;
-        if len > wire::PM_IMAGE_MAX + 8 || len < 4 {
+        if !(4..=wire::PM_IMAGE_MAX + 8).contains(&len) {
             return;
         }
         let mut body = vec![0u8; len];

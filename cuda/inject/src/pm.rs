@@ -156,8 +156,11 @@ pub fn start(interval_ns: u64) -> Result<PmSession, String> {
         let collector = COLLECTOR_DECODE.load(Ordering::Acquire);
         // Collector mode ships the image every 50 ms tick: sized for four ticks of samples
         // (a late tick decodes again), not 20,000.
-        let max_samples =
-            if collector { (200_000_000 / interval_ns.max(1)).clamp(64, MAX_SAMPLES as u64) as u32 } else { MAX_SAMPLES };
+        let max_samples = if collector {
+            (200_000_000 / interval_ns.max(1)).clamp(64, MAX_SAMPLES as u64) as u32
+        } else {
+            MAX_SAMPLES
+        };
         let mut data = params!(CUpti_PmSampling_GetCounterDataSize_Params {
             pPmSamplingObject: object,
             pMetricNames: names.as_mut_ptr(),

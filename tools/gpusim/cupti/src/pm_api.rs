@@ -603,6 +603,22 @@ pub extern "C" fn cuptiPmSamplingCounterDataGetSampleInfo(p: *mut GetSampleInfoP
     })
 }
 
+const _: () = {
+    // Sizes of the real parameter structs (CUDA 12.9 headers), as the *_STRUCT_SIZE macros
+    // and a C program built on the headers give them.
+    assert!(std::mem::size_of::<SetConfigParams>() == 64);
+    assert!(std::mem::size_of::<DecodeDataParams>() == 48);
+    assert!(std::mem::size_of::<GetCounterDataSizeParams>() == 56);
+    assert!(std::mem::size_of::<GetSampleInfoParams>() == 64);
+    assert!(std::mem::size_of::<EvaluateParams>() == 72);
+    assert!(std::mem::size_of::<HostInitializeParams>() == 48);
+    assert!(std::mem::size_of::<EnableParams>() == 32);
+    assert!(std::mem::size_of::<GetCounterDataInfoParams>() == 56);
+    assert!(std::mem::size_of::<ConfigAddMetricsParams>() == 40);
+    assert!(std::mem::size_of::<GetChipNameParams>() == 32);
+    assert!(std::mem::size_of::<GetCounterAvailabilityParams>() == 40);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,7 +679,7 @@ mod tests {
         assert!(pm::push_sample(&mut image, &s));
         assert_eq!(evaluate(h, &image, 0, &names), (SUCCESS, [20.0, 80.0]));
         assert_eq!(evaluate(h, &image, 1, &names).0, INVALID_PARAMETER, "past the populated samples");
-        assert_eq!(evaluate(0x1 as *mut c_void, &image, 0, &names).0, INVALID_PARAMETER, "no such host object");
+        assert_eq!(evaluate(0x5 as *mut c_void, &image, 0, &names).0, INVALID_PARAMETER, "no such host object");
         let mut corrupted = image.clone();
         corrupted[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(evaluate(h, &corrupted, 0, &names).0, INVALID_PARAMETER);
@@ -673,19 +689,3 @@ mod tests {
         assert!(pm::objects().is_empty(), "no sampling object was ever made");
     }
 }
-
-const _: () = {
-    // Sizes of the real parameter structs (CUDA 12.9 headers), as the *_STRUCT_SIZE macros
-    // and a C program built on the headers give them.
-    assert!(std::mem::size_of::<SetConfigParams>() == 64);
-    assert!(std::mem::size_of::<DecodeDataParams>() == 48);
-    assert!(std::mem::size_of::<GetCounterDataSizeParams>() == 56);
-    assert!(std::mem::size_of::<GetSampleInfoParams>() == 64);
-    assert!(std::mem::size_of::<EvaluateParams>() == 72);
-    assert!(std::mem::size_of::<HostInitializeParams>() == 48);
-    assert!(std::mem::size_of::<EnableParams>() == 32);
-    assert!(std::mem::size_of::<GetCounterDataInfoParams>() == 56);
-    assert!(std::mem::size_of::<ConfigAddMetricsParams>() == 40);
-    assert!(std::mem::size_of::<GetChipNameParams>() == 32);
-    assert!(std::mem::size_of::<GetCounterAvailabilityParams>() == 40);
-};
