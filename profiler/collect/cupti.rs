@@ -900,7 +900,7 @@ impl Ring {
         let bytes = image.image();
         match decoders.eval(route, self.pid, session, n_metrics, self.offset_ns, image.times, bytes) {
             Ok(true) => {}
-            Ok(false) => self.note("PM images were dropped: ghostprof's decoder fell behind (counted)", notes),
+            Ok(false) => self.note("PM images were dropped: ghostprof's decoder fell behind", notes),
             Err(why) => {
                 self.pm.stopped = true;
                 self.note(&format!("PM sampling stopped: {why}; its PM samples end here"), notes);
