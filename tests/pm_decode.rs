@@ -487,3 +487,59 @@ fn root_pm_decoder_that_dies_stops_pm_with_a_note() {
     assert!((samples as f64) < 0.9 * window / 100_000.0, "{samples} samples: PM went on after the decoder died");
     assert_eq!(run.truth["steps"].as_u64(), Some(250), "the job ran all its steps");
 }
+
+/// A hostile job's PM parts through a real ring and the collector: parts cut short, out of
+/// place, over the blob cap, an image of a session whose setup never came, a setup with one
+/// metric, a blob continued as another: each refused and counted (`malformed`,
+/// `pm_refused.job`), no decoder started, no sample recorded.
+#[test]
+fn hostile_pm_parts_are_refused_and_counted() {
+    use ghostprof::collect::cupti::CuptiCollector;
+    use ghostprof::pipeline::{Pipeline, PipelineOptions};
+    use ghostprof::trace::{Source, TraceInfo, TraceReader};
+    let dir = tmpdir();
+    let pid = std::process::id();
+    let mut ring =
+        ghostprof_ring::Producer::create(&dir.path().join(format!("ghostprof-{pid}.ring")), 1 << 20).unwrap();
+    let trace = dir.path().join("t.gptrace");
+    let pipeline = Pipeline::create(&trace, false, &TraceInfo::default(), PipelineOptions::default()).unwrap();
+    let mut out = pipeline.producer(Source::Cupti);
+    let mut collector = CuptiCollector::new(dir.path(), false);
+    collector.scan(&[pid]);
+    assert_eq!(collector.stats.rings, 1);
+    let part = |session: u32, seq: u32, total: u32, offset: u32, bytes: &[u8]| {
+        let mut p = Vec::new();
+        for v in [session, seq, total, offset] {
+            p.extend_from_slice(&v.to_le_bytes());
+        }
+        p.extend_from_slice(bytes);
+        p
+    };
+    let one_metric =
+        wire::PmSetup { interval_ns: 1, chip: b"GH100", availability: b"x", metrics: vec![b"m".as_slice()] }.encode();
+    let image = wire::PmImage::encode(&[(1, 2)], &[1, 2, 3]);
+    let hostile: Vec<Vec<u8>> = vec![
+        vec![0u8; 15],                                          // shorter than the header
+        part(1, 0, 100, 50, &[0; 10]),                          // a middle part with no start
+        part(1, 0, 10, 0, &[0; 11]),                            // more bytes than its total
+        part(1, 0, (wire::PM_BLOB_MAX + 1) as u32, 0, &[0; 8]), // over the blob cap
+        part(2, 1, image.len() as u32, 0, &image),              // an image of a session with no setup
+        part(3, 0, one_metric.len() as u32, 0, &one_metric),    // a setup with one metric
+        part(4, 0, 20, 0, &[0; 10]),                            // a blob started (taken)...
+        part(4, 1, 20, 10, &[0; 10]),                           // ...and continued as another one
+        part(4, 0, 20, 10, &[0; 10]),                           // its own rest, after that: gone
+    ];
+    for p in &hostile {
+        assert!(ring.push(wire::PM_PART, p));
+    }
+    collector.drain(&mut out);
+    let stats = collector.stats.clone();
+    // Every part but the one start: 8 refused, each once as malformed and once as the job's.
+    assert_eq!(stats.malformed, 8, "{stats:?}");
+    assert_eq!(stats.pm_refused.job, 8, "{stats:?}");
+    assert!(collector.pm_decoders().is_empty());
+    drop(out);
+    pipeline.finish().unwrap();
+    let batch = TraceReader::open(&trace).unwrap().read_all().unwrap();
+    assert!(batch.samples.is_empty());
+}
