@@ -691,10 +691,12 @@ fn request(
     let mut head = [0u8; 8];
     head[..4].copy_from_slice(&op.to_le_bytes());
     head[4..].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    // A full pipe blocks only while the decoder lives and does not read: bounded by its own
-    // timeout on the other side, and a dead decoder gives EPIPE (SIGPIPE is ignored by Rust).
-    stdin.write_all(&head).and_then(|()| stdin.write_all(body)).map_err(|e| format!("the decoder died ({e})"))?;
-    read_reply(stdout, timeout, expect)
+    // The same deadline for writing: a decoder that stops reading must not hold this thread
+    // (and `record`'s end, which joins it) in a full pipe.
+    let deadline = Instant::now() + timeout;
+    write_by(stdin, &head, deadline)?;
+    write_by(stdin, body, deadline)?;
+    read_reply(stdout, deadline.saturating_duration_since(Instant::now()), expect)
 }
 
 /// One reply: status 0 with exactly `expect` bytes, or a refusal of at most
@@ -715,6 +717,33 @@ fn read_reply(stdout: &mut ChildStdout, timeout: Duration, expect: usize) -> Res
     } else {
         Err(crate::units::escape_text(&String::from_utf8_lossy(&body)).into_owned())
     })
+}
+
+/// Writes all of `buf` by `deadline` (the pipe is non-blocking); a dead decoder gives EPIPE
+/// (SIGPIPE is ignored in Rust programs).
+fn write_by(stdin: &mut ChildStdin, buf: &[u8], deadline: Instant) -> Result<(), String> {
+    let fd = stdin.as_raw_fd();
+    // SAFETY: fcntl on our own pipe end.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK) };
+    let mut at = 0;
+    while at < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("the decoder did not read in time (killed)".into());
+        }
+        match stdin.write(&buf[at..]) {
+            Ok(0) => return Err("the decoder died".into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one live pollfd.
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            }
+            Err(e) => return Err(format!("the decoder died ({e})")),
+        }
+    }
+    Ok(())
 }
 
 fn read_by(stdout: &mut ChildStdout, buf: &mut [u8], deadline: Instant) -> Result<(), String> {
