@@ -198,7 +198,23 @@ fn root_pm_decoder_values_equal_in_process_evaluation() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(zombie_or_gone(child), "the hung decoder is killed");
+    // At the session's end a stopped decoder with images queued is given up at once, not after
+    // each image's deadline.
+    let route = d.setup(me, &setup_blob()).expect("a third decoder");
+    let t: Vec<(u64, u64)> = samples.iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(d.eval(route, me, 9, 2, 0, t[..1].to_vec(), image.clone()), Ok(true));
+    assert!(matches!(wait_outcome(&mut d), Outcome::Values { .. }));
+    let child = d.processes()[0].0;
+    // SAFETY: as above.
+    unsafe { libc::kill(child as i32, libc::SIGSTOP) };
+    for _ in 0..3 {
+        assert_eq!(d.eval(route, me, 9, 2, 0, t.clone(), gpusim_image(&samples, 40_000)), Ok(true));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let closing = Instant::now();
     d.close();
+    assert!(closing.elapsed() < pmdecode::EVAL_TIMEOUT, "close took {:?}", closing.elapsed());
+    assert!(zombie_or_gone(child), "the stopped decoder is gone after close");
 }
 
 fn zombie_or_gone(pid: u32) -> bool {

@@ -47,8 +47,13 @@ pub const QUEUE: usize = 16;
 pub const MAX_DECODERS: usize = 32;
 /// How long the decoder may take to load the library and answer a setup.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one image's evaluation may take, plus 1 ms per sample.
+/// How long one image's evaluation may take, plus [`EVAL_PER_SAMPLE`] per sample (44 µs is what
+/// an H200's CUPTI takes).
 pub const EVAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The time allowed per sample on top of [`EVAL_TIMEOUT`].
+pub const EVAL_PER_SAMPLE: Duration = Duration::from_micros(200);
+/// Waits on a decoder's pipes are cut in slices this long (ms), to see [`Decoder::close`].
+const POLL_SLICE_MS: u128 = 100;
 /// A percentage may be this far outside 0–100 (hardware counters overshoot slightly).
 pub const PCT_TOLERANCE: f64 = 1.0;
 /// The longest error text a decoder may send.
@@ -286,6 +291,8 @@ struct Decoder {
     child_pid: u32,
     dead: Arc<AtomicBool>,
     cpu_ns: Arc<AtomicU64>,
+    /// Set by [`Decoder::close`]: the thread gives up what it waits for and fails the rest.
+    closing: Arc<AtomicBool>,
     uid: u32,
 }
 
@@ -433,7 +440,11 @@ impl Decoders {
 }
 
 impl Decoder {
+    /// Ends the decoder now (the session is over: [`super::cupti::CuptiCollector::settle_pm`]
+    /// waited for its answers first): what it is still working on is given up, so a slow or
+    /// hostile decoder cannot hold `record`'s end.
     fn close(&mut self) -> u64 {
+        self.closing.store(true, Ordering::Release);
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -491,11 +502,13 @@ fn spawn(
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     let child_pid = child.id();
     let (d, c) = (dead.clone(), cpu_ns.clone());
+    let closing = Arc::new(AtomicBool::new(false));
+    let stop = closing.clone();
     let thread = std::thread::Builder::new()
         .name("ghostprof-pmdec".into())
-        .spawn(move || serve(child, stdin, stdout, rx, results, d, c))
+        .spawn(move || serve(child, stdin, stdout, rx, results, d, c, stop))
         .map_err(|e| format!("cannot start a thread: {e}"))?;
-    Ok(Decoder { tx: Some(tx), thread: Some(thread), child_pid, dead, cpu_ns, uid: creds_uid_of(child_pid) })
+    Ok(Decoder { tx: Some(tx), thread: Some(thread), child_pid, dead, cpu_ns, closing, uid: creds_uid_of(child_pid) })
 }
 
 fn creds_uid_of(pid: u32) -> u32 {
@@ -581,6 +594,7 @@ fn drop_privileges(creds: &Creds, groups: &[libc::gid_t], lib_fd: RawFd, exe_fd:
 
 /// The decoder's thread: waits for its ready line, then serves each job; on death, a hang or
 /// a broken reply, kills the child and fails this and every later job.
+#[allow(clippy::too_many_arguments)]
 fn serve(
     mut child: Child,
     mut stdin: ChildStdin,
@@ -589,8 +603,10 @@ fn serve(
     results: Sender<Outcome>,
     dead: Arc<AtomicBool>,
     cpu_ns: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
 ) {
-    let mut failure = read_reply(&mut stdout, START_TIMEOUT, 0)
+    let stop = &*stop;
+    let mut failure = read_reply(&mut stdout, START_TIMEOUT, 0, stop)
         .and_then(|r| r.map(|_| ()).map_err(|e| format!("the decoder could not start: {e}")))
         .err();
     if failure.is_some() {
@@ -601,6 +617,9 @@ fn serve(
         let pid = match &job {
             Job::Setup { pid, .. } | Job::Eval { pid, .. } => *pid,
         };
+        if failure.is_none() && stop.load(Ordering::Acquire) {
+            failure = Some("the session ended".into());
+        }
         if let Some(why) = &failure {
             let _ = results.send(Outcome::Failed { pid, why: why.clone() });
             continue;
@@ -609,7 +628,7 @@ fn serve(
             Job::Setup { id, pid, blob } => {
                 let mut body = id.to_le_bytes().to_vec();
                 body.extend_from_slice(&blob);
-                match request(&mut stdin, &mut stdout, OP_SETUP, &body, START_TIMEOUT, 0) {
+                match request(&mut stdin, &mut stdout, OP_SETUP, &body, START_TIMEOUT, 0, stop) {
                     Ok(Ok(_)) => continue, // a setup answers only when it fails
                     Ok(Err(e)) => Outcome::Failed { pid, why: format!("the job's CUPTI refused the setup: {e}") },
                     Err(e) => {
@@ -624,8 +643,8 @@ fn serve(
                 body.extend_from_slice(&(times.len() as u32).to_le_bytes());
                 body.extend_from_slice(&image);
                 let expect = times.len() * n_metrics * 8;
-                let timeout = EVAL_TIMEOUT + Duration::from_millis(times.len() as u64);
-                match request(&mut stdin, &mut stdout, OP_EVAL, &body, timeout, expect) {
+                let timeout = EVAL_TIMEOUT + EVAL_PER_SAMPLE * times.len() as u32;
+                match request(&mut stdin, &mut stdout, OP_EVAL, &body, timeout, expect, stop) {
                     Ok(Ok(bytes)) => {
                         let values = bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
                         Outcome::Values { pid, session, n_metrics, offset_ns, times, values: values.collect() }
@@ -687,6 +706,7 @@ fn request(
     body: &[u8],
     timeout: Duration,
     expect: usize,
+    stop: &AtomicBool,
 ) -> Result<Result<Vec<u8>, String>, String> {
     let mut head = [0u8; 8];
     head[..4].copy_from_slice(&op.to_le_bytes());
@@ -694,24 +714,29 @@ fn request(
     // The same deadline for writing: a decoder that stops reading must not hold this thread
     // (and `record`'s end, which joins it) in a full pipe.
     let deadline = Instant::now() + timeout;
-    write_by(stdin, &head, deadline)?;
-    write_by(stdin, body, deadline)?;
-    read_reply(stdout, deadline.saturating_duration_since(Instant::now()), expect)
+    write_by(stdin, &head, deadline, stop)?;
+    write_by(stdin, body, deadline, stop)?;
+    read_reply(stdout, deadline.saturating_duration_since(Instant::now()), expect, stop)
 }
 
 /// One reply: status 0 with exactly `expect` bytes, or a refusal of at most
 /// [`MAX_ERROR_BYTES`]; anything else is a broken decoder.
-fn read_reply(stdout: &mut ChildStdout, timeout: Duration, expect: usize) -> Result<Result<Vec<u8>, String>, String> {
+fn read_reply(
+    stdout: &mut ChildStdout,
+    timeout: Duration,
+    expect: usize,
+    stop: &AtomicBool,
+) -> Result<Result<Vec<u8>, String>, String> {
     let deadline = Instant::now() + timeout;
     let mut head = [0u8; 8];
-    read_by(stdout, &mut head, deadline)?;
+    read_by(stdout, &mut head, deadline, stop)?;
     let status = u32::from_le_bytes(head[..4].try_into().unwrap_or_default());
     let len = u32::from_le_bytes(head[4..].try_into().unwrap_or_default()) as usize;
     if status == 0 && len != expect || status != 0 && len > MAX_ERROR_BYTES {
         return Err(format!("the decoder answered {len} bytes (status {status}), not the {expect} asked for"));
     }
     let mut body = vec![0u8; len];
-    read_by(stdout, &mut body, deadline)?;
+    read_by(stdout, &mut body, deadline, stop)?;
     Ok(if status == 0 {
         Ok(body)
     } else {
@@ -721,7 +746,7 @@ fn read_reply(stdout: &mut ChildStdout, timeout: Duration, expect: usize) -> Res
 
 /// Writes all of `buf` by `deadline` (the pipe is non-blocking); a dead decoder gives EPIPE
 /// (SIGPIPE is ignored in Rust programs).
-fn write_by(stdin: &mut ChildStdin, buf: &[u8], deadline: Instant) -> Result<(), String> {
+fn write_by(stdin: &mut ChildStdin, buf: &[u8], deadline: Instant, stop: &AtomicBool) -> Result<(), String> {
     let fd = stdin.as_raw_fd();
     // SAFETY: fcntl on our own pipe end.
     unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK) };
@@ -731,6 +756,9 @@ fn write_by(stdin: &mut ChildStdin, buf: &[u8], deadline: Instant) -> Result<(),
         if left.is_zero() {
             return Err("the decoder did not read in time (killed)".into());
         }
+        if stop.load(Ordering::Acquire) {
+            return Err("the session ended".into());
+        }
         match stdin.write(&buf[at..]) {
             Ok(0) => return Err("the decoder died".into()),
             Ok(n) => at += n,
@@ -738,7 +766,7 @@ fn write_by(stdin: &mut ChildStdin, buf: &[u8], deadline: Instant) -> Result<(),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
                 // SAFETY: one live pollfd.
-                unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(POLL_SLICE_MS) as i32) };
             }
             Err(e) => return Err(format!("the decoder died ({e})")),
         }
@@ -746,16 +774,19 @@ fn write_by(stdin: &mut ChildStdin, buf: &[u8], deadline: Instant) -> Result<(),
     Ok(())
 }
 
-fn read_by(stdout: &mut ChildStdout, buf: &mut [u8], deadline: Instant) -> Result<(), String> {
+fn read_by(stdout: &mut ChildStdout, buf: &mut [u8], deadline: Instant, stop: &AtomicBool) -> Result<(), String> {
     let mut at = 0;
     while at < buf.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err("the decoder did not answer in time (killed)".into());
         }
+        if stop.load(Ordering::Acquire) {
+            return Err("the session ended".into());
+        }
         let mut pfd = libc::pollfd { fd: stdout.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one live pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(POLL_SLICE_MS) as i32) };
         if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
             continue;
         }
