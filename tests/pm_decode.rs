@@ -109,10 +109,20 @@ fn ghostprof_exe() -> &'static Path {
 #[ignore = "root tier: the decoder drops its capability bounding set (CAP_SETPCAP)"]
 fn root_pm_decoder_values_equal_in_process_evaluation() {
     assert!(is_root(), "run the root tier as root");
-    let lib_path = crate::gpusim::built().lib_dir.join("libcupti.so.12");
-    let c = std::ffi::CString::new(lib_path.to_str().unwrap()).unwrap();
-    // SAFETY: loading gpusim's libcupti (no constructor beyond Rust's).
-    let lib = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    // gpusim's libcupti with a companion beside it, as CUPTI's libnvperf_host.so is (zlib
+    // stands in: any library), both loaded by this process, the "job".
+    let libs = tmpdir();
+    let lib_path = libs.path().join("libcupti.so.12");
+    std::fs::copy(crate::gpusim::built().lib_dir.join("libcupti.so.12"), &lib_path).unwrap();
+    let companion = libs.path().join("libnvperf_host.so");
+    std::fs::copy("/lib/x86_64-linux-gnu/libz.so.1", &companion).unwrap();
+    let load = |p: &Path| {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: loading gpusim's libcupti (no constructor beyond Rust's) and zlib.
+        unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) }
+    };
+    assert!(!load(&companion).is_null());
+    let lib = load(&lib_path);
     assert!(!lib.is_null());
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
@@ -154,6 +164,15 @@ fn root_pm_decoder_values_equal_in_process_evaluation() {
             assert_eq!((kept.len(), refused), (500, PmRefusals::default()));
         }
         o => panic!("{o:?}"),
+    }
+    // The decoder loaded the job's libcupti and its companion, the files this process maps.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", procs[0].0)).unwrap();
+    for p in [&lib_path, &companion] {
+        assert!(
+            maps.contains(p.canonicalize().unwrap().to_str().unwrap()),
+            "{} not in the decoder's maps",
+            p.display()
+        );
     }
     // A corrupted image (populated > max): refused by the job's CUPTI, the decoder goes on.
     let mut bad = image.clone();

@@ -9,7 +9,8 @@
 //! - ghostprof opens the job's `libcupti.so*` as mapped in `/proc/PID/maps`, through the job's
 //!   root (`/proc/PID/root`, `openat2` with no symlink anywhere on the way) and takes it only if
 //!   it is a regular file with the device and inode of the mapping (`/proc/PID/map_files`);
-//! - it runs its own binary as the decoder ([`DECODER_ARG`]) with that file as fd 3, after
+//! - it runs its own binary as the decoder ([`DECODER_ARG`]) with that file as fd 3 (and the
+//!   `libnvperf*` files the job maps beside it, checked alike, as fds 4, 5, …), after
 //!   dropping to the job's uid, gid and groups (all of its uids must agree), with an empty
 //!   capability bounding set, no capabilities, `PR_SET_NO_NEW_PRIVS`, an empty environment and
 //!   every other descriptor closed; the decoder checks that it holds no capability before it
@@ -181,6 +182,39 @@ pub fn find_cupti(maps: &str) -> Option<JobLibrary> {
         let dev = libc::makedev(u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?);
         Some(JobLibrary { path: path.to_string(), range: range.to_string(), dev, ino: ino.parse().ok()? })
     })
+}
+
+/// Most companion libraries passed to a decoder.
+pub const MAX_COMPANIONS: usize = 4;
+
+/// Files the job maps from `lib`'s directory named `libnvperf*` (CUPTI's perfworks libraries,
+/// which libcupti loads by name), at most [`MAX_COMPANIONS`], one mapping each.
+pub fn find_companions(maps: &str, lib: &JobLibrary) -> Vec<JobLibrary> {
+    let dir = lib.path.rsplit_once('/').map_or("", |(d, _)| d);
+    let mut out: Vec<JobLibrary> = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(_), Some(_), Some(dev), Some(ino), Some(path), None) =
+            (f.next(), f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let Some((d, name)) = path.rsplit_once('/') else { continue };
+        if d != dir || !name.starts_with("libnvperf") || out.iter().any(|c| c.path == path) {
+            continue;
+        }
+        let Some((major, minor)) = dev.split_once(':') else { continue };
+        let (Ok(major), Ok(minor), Ok(ino)) =
+            (u32::from_str_radix(major, 16), u32::from_str_radix(minor, 16), ino.parse::<u64>())
+        else {
+            continue;
+        };
+        out.push(JobLibrary { path: path.into(), range: range.into(), dev: libc::makedev(major, minor), ino });
+        if out.len() == MAX_COMPANIONS {
+            break;
+        }
+    }
+    out
 }
 
 /// Opens the job's library through its root, refusing a symlink anywhere on the way, a file
@@ -356,6 +390,10 @@ impl Decoders {
             std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("cannot read status: {e}"))?;
         let creds = creds_of(&status).ok_or("its uids or gids differ from each other")?;
         let file = open_job_library(pid, &lib)?;
+        // CUPTI's own companions the job maps beside it (libnvperf_host.so: libcupti needs it and
+        // would look for it next to /proc/self/fd/3), taken with the same checks.
+        let companions: Vec<File> =
+            find_companions(&maps, &lib).iter().filter_map(|c| open_job_library(pid, c).ok()).collect();
         use std::os::unix::fs::MetadataExt;
         let meta = file.metadata().map_err(|e| e.to_string())?;
         let key = (meta.dev(), meta.ino(), creds.uid);
@@ -367,7 +405,7 @@ impl Decoders {
             if self.decoders.len() >= MAX_DECODERS {
                 return Err(format!("{MAX_DECODERS} decoders already run"));
             }
-            let d = spawn(self.exe.as_deref(), &file, &creds, self.results_tx.clone())?;
+            let d = spawn(self.exe.as_deref(), &file, &companions, &creds, self.results_tx.clone())?;
             self.decoders.insert(key, d);
         }
         let id = self.next_id;
@@ -464,9 +502,22 @@ impl Drop for Decoders {
 const OP_SETUP: u32 = 1;
 const OP_EVAL: u32 = 2;
 
+/// A copy of `fd` at 64 or above (close-on-exec), so that placing the libraries at 3, 4, … in
+/// the child never overwrites a source (execveat of a clobbered fd 3 once ran the library).
+fn high_copy(fd: RawFd) -> Result<OwnedFd, String> {
+    // SAFETY: duplicating a live descriptor; the copy is owned by the result.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64) };
+    if copy < 0 {
+        return Err(format!("cannot duplicate a descriptor: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: just made.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
 fn spawn(
     exe: Option<&std::path::Path>,
     lib: &File,
+    companions: &[File],
     creds: &Creds,
     results: Sender<Outcome>,
 ) -> Result<Decoder, String> {
@@ -475,16 +526,16 @@ fn spawn(
     // Opened as root, executed by its descriptor: the job's user may not be able to reach our
     // binary's path (/root/...).
     let exe_file = File::open(&exe).map_err(|e| format!("cannot open {}: {e}", exe.display()))?;
-    // Above 3, which the library takes in the child (execveat of fd 3 ran the library).
-    // SAFETY: duplicating a live descriptor; the copy is owned below.
-    let exe_fd = unsafe { libc::fcntl(exe_file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
-    if exe_fd < 0 {
-        return Err(format!("cannot duplicate a descriptor: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: just made, owned here (closed when the spawn is done).
-    let exe_copy = unsafe { OwnedFd::from_raw_fd(exe_fd) };
+    let exe_copy = high_copy(exe_file.as_raw_fd())?;
     drop(exe_file);
-    let lib_fd = lib.as_raw_fd();
+    let exe_fd = exe_copy.as_raw_fd();
+    // The child's fd 3 (libcupti), then 4, 5, … (its companions).
+    let libs: Vec<OwnedFd> = std::iter::once(lib)
+        .chain(companions.iter().take(MAX_COMPANIONS))
+        .map(|f| high_copy(f.as_raw_fd()))
+        .collect::<Result<_, _>>()?;
+    let lib_fds: Vec<RawFd> = libs.iter().map(|f| f.as_raw_fd()).collect();
+    let n_companions = lib_fds.len() - 1;
     let creds = creds.clone();
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(DECODER_ARG).env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
@@ -492,10 +543,10 @@ fn spawn(
     // SAFETY: only async-signal-safe system calls between fork and exec, on memory made before
     // the fork.
     unsafe {
-        cmd.pre_exec(move || drop_privileges(&creds, &groups, lib_fd, exe_fd));
+        cmd.pre_exec(move || drop_privileges(&creds, &groups, &lib_fds));
     }
-    let mut child = spawn_by_fd(&mut cmd, exe_fd)?;
-    drop(exe_copy);
+    let mut child = spawn_by_fd(&mut cmd, exe_fd, n_companions)?;
+    drop((exe_copy, libs));
     let (stdin, stdout) = (child.stdin.take().ok_or("no pipe")?, child.stdout.take().ok_or("no pipe")?);
     let dead = Arc::new(AtomicBool::new(false));
     let cpu_ns = Arc::new(AtomicU64::new(0));
@@ -517,15 +568,16 @@ fn creds_uid_of(pid: u32) -> u32 {
 
 /// `Command` runs `/proc/self/exe`; the pre-exec hook has replaced nothing of that, so the
 /// executable is switched by `execveat(exe_fd, "")` inside the hook instead.
-fn spawn_by_fd(cmd: &mut Command, exe_fd: RawFd) -> Result<Child, String> {
+fn spawn_by_fd(cmd: &mut Command, exe_fd: RawFd, n_companions: usize) -> Result<Child, String> {
     let argv0 = CString::new("ghostprof").map_err(|e| e.to_string())?;
     let arg1 = CString::new(DECODER_ARG).map_err(|e| e.to_string())?;
-    let (a0, a1) = (argv0.into_raw() as usize, arg1.into_raw() as usize);
+    let arg2 = CString::new(n_companions.to_string()).map_err(|e| e.to_string())?;
+    let (a0, a1, a2) = (argv0.into_raw() as usize, arg1.into_raw() as usize, arg2.into_raw() as usize);
     // SAFETY: execveat is async-signal-safe; the argv strings were made before the fork and
     // live as long as this process.
     unsafe {
         cmd.pre_exec(move || {
-            let argv = [a0 as *const c_char, a1 as *const c_char, std::ptr::null()];
+            let argv = [a0 as *const c_char, a1 as *const c_char, a2 as *const c_char, std::ptr::null()];
             let envp = [std::ptr::null::<c_char>()];
             libc::syscall(libc::SYS_execveat, exe_fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
             Err(std::io::Error::last_os_error())
@@ -534,24 +586,22 @@ fn spawn_by_fd(cmd: &mut Command, exe_fd: RawFd) -> Result<Child, String> {
     cmd.spawn().map_err(|e| format!("cannot start the decoder: {e}"))
 }
 
-/// In the forked child: the library at fd 3, every other descriptor above 2 closed at exec,
-/// no capability (bounding, ambient, inheritable, permitted), the job's groups, gid and uid,
-/// and no new privileges. Only raw system calls.
-fn drop_privileges(creds: &Creds, groups: &[libc::gid_t], lib_fd: RawFd, exe_fd: RawFd) -> std::io::Result<()> {
+/// In the forked child: the libraries at fd 3, 4, … (`lib_fds`, all at 64 or above), every
+/// other descriptor above 2 closed at exec (the binary's too: execveat runs it first), no
+/// capability (bounding, ambient, inheritable, permitted), the job's groups, gid and uid, and
+/// no new privileges. Only raw system calls.
+fn drop_privileges(creds: &Creds, groups: &[libc::gid_t], lib_fds: &[RawFd]) -> std::io::Result<()> {
     let err = || Err(std::io::Error::last_os_error());
     // SAFETY (whole fn): raw system calls on this (child) process.
     unsafe {
-        if lib_fd == 3 {
-            if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+        for (i, &fd) in lib_fds.iter().enumerate() {
+            // dup2 to another number clears close-on-exec on the copy.
+            if libc::dup2(fd, 3 + i as i32) < 0 {
                 return err();
             }
-        } else if libc::dup2(lib_fd, 3) < 0 {
-            return err();
         }
-        // Close-on-exec for everything above 3 but the binary, which execveat needs and
-        // closes itself (it is close-on-exec already).
-        let _ = exe_fd;
-        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
+        let first_other = 3 + lib_fds.len() as u32;
+        if libc::syscall(libc::SYS_close_range, first_other, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
             return err();
         }
         if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 {
@@ -826,8 +876,9 @@ pub fn decoder_main() -> Option<std::process::ExitCode> {
     if std::env::args_os().nth(1).as_deref() != Some(std::ffi::OsStr::new(DECODER_ARG)) {
         return None;
     }
+    let companions = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(0usize).min(MAX_COMPANIONS);
     let mut out = std::io::stdout().lock();
-    let code = match decoder_start() {
+    let code = match decoder_start(companions) {
         Ok(cupti) => {
             let _ = reply(&mut out, 0, &[]);
             decoder_loop(&cupti, &mut std::io::stdin().lock(), &mut out);
@@ -851,7 +902,7 @@ fn reply(out: &mut impl Write, status: u32, body: &[u8]) -> std::io::Result<()> 
     out.flush()
 }
 
-fn decoder_start() -> Result<Cupti, String> {
+fn decoder_start(companions: usize) -> Result<Cupti, String> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
     let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or("");
     if !field("CapEff:").trim_start_matches('0').is_empty() || !field("CapPrm:").trim_start_matches('0').is_empty() {
@@ -859,6 +910,17 @@ fn decoder_start() -> Result<Cupti, String> {
     }
     if field("NoNewPrivs:") != "1" {
         return Err("the decoder may gain privileges; refusing to load the job's library".into());
+    }
+    // Companions first, global: libcupti's `libnvperf_host.so` then matches an object already
+    // loaded (by its soname) instead of a search next to /proc/self/fd/3. A failure here shows
+    // as libcupti's own.
+    for fd in 4..4 + companions {
+        let path = CString::new(format!("/proc/self/fd/{fd}")).map_err(|e| e.to_string())?;
+        // SAFETY: dlopen of a descriptor ghostprof checked; this process runs as the job's user.
+        unsafe {
+            libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+            libc::close(fd as i32);
+        }
     }
     // SAFETY: dlopen of the descriptor ghostprof checked; this process runs as the job's user.
     let handle = unsafe { libc::dlopen(c"/proc/self/fd/3".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
@@ -1013,6 +1075,22 @@ mod tests {
         assert_eq!(lib.range, "7f40-7f50");
         assert_eq!((lib.dev, lib.ino), (libc::makedev(0x103, 2), 777));
         assert_eq!(find_cupti("7f00-7f10 r-xp 00000000 fd:01 1234 /usr/lib/libcuptix.so\n"), None);
+    }
+
+    #[test]
+    fn only_cuptis_perfworks_libraries_beside_it_are_companions() {
+        let maps = "1-2 r-xp 0 fd:01 10 /cuda/lib/libcuda.so.1\n\
+                    3-4 r-xp 0 fd:01 11 /cuda/lib/libnvperf_host.so\n\
+                    5-6 r--p 0 fd:01 11 /cuda/lib/libnvperf_host.so\n\
+                    7-8 r-xp 0 fd:01 12 /other/libnvperf_target.so\n\
+                    9-a r-xp 0 fd:01 13 /cuda/lib/libnvperf_target.so (deleted)\n\
+                    b-c r-xp 0 fd:01 14 /cuda/lib/libcupti.so.12\n";
+        let lib = find_cupti(maps).unwrap_or_else(|| panic!("found"));
+        let c = find_companions(maps, &lib);
+        assert_eq!(
+            c.iter().map(|c| (c.path.as_str(), c.ino)).collect::<Vec<_>>(),
+            vec![("/cuda/lib/libnvperf_host.so", 11)]
+        );
     }
 
     #[test]
