@@ -862,6 +862,8 @@ struct Cupti {
     init: HostFn<cs::CUpti_Profiler_Host_Initialize_Params>,
     add: HostFn<cs::CUpti_Profiler_Host_ConfigAddMetrics_Params>,
     eval: HostFn<cs::CUpti_Profiler_Host_EvaluateToGpuValues_Params>,
+    /// `cuptiProfilerInitialize`, tried once if the host API refuses to start without it.
+    profiler_init: Option<HostFn<cs::CUpti_Profiler_Initialize_Params>>,
 }
 
 struct Host {
@@ -953,6 +955,9 @@ fn decoder_start(companions: usize) -> Result<Cupti, String> {
             eval: std::mem::transmute::<*mut c_void, HostFn<cs::CUpti_Profiler_Host_EvaluateToGpuValues_Params>>(sym(
                 c"cuptiProfilerHostEvaluateToGpuValues",
             )?),
+            profiler_init: sym(c"cuptiProfilerInitialize")
+                .ok()
+                .map(|p| std::mem::transmute::<*mut c_void, HostFn<cs::CUpti_Profiler_Initialize_Params>>(p)),
         })
     }
 }
@@ -1016,7 +1021,19 @@ fn setup_host(cupti: &Cupti, blob: &[u8]) -> Result<Host, String> {
     init.pChipName = chip.as_ptr();
     init.pCounterAvailabilityImage = setup.availability.as_ptr();
     // SAFETY: initialized params; the strings and image live through the call.
-    let rc = unsafe { (cupti.init)(&mut init) };
+    let mut rc = unsafe { (cupti.init)(&mut init) };
+    if rc != 0 {
+        // The host API is documented to need no device; should a CUPTI still want the
+        // profiler initialized first, it gets that once.
+        if let Some(profiler_init) = cupti.profiler_init {
+            let mut p = zeroed_params!(CUpti_Profiler_Initialize_Params);
+            // SAFETY: initialized params.
+            if unsafe { profiler_init(&mut p) } == 0 {
+                // SAFETY: as above.
+                rc = unsafe { (cupti.init)(&mut init) };
+            }
+        }
+    }
     if rc != 0 {
         return Err(format!("cuptiProfilerHostInitialize failed ({rc})"));
     }
