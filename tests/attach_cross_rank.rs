@@ -10,17 +10,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::gpusim::truth;
+
 use crate::util::*;
 
 const ROOT: &str = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root";
 
 fn ghostprof() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ghostprof"))
-}
-
-fn truth(dir: &Path, rank: u32) -> Value {
-    let path = dir.join(format!("truth-rank{rank}.json"));
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
 fn spawn_job(cmd: &[String], envs: &[(&str, &Path)]) -> Child {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::gpusim::truth;
+
 use crate::util::*;
 
 const ROOT: &str = "root tier: run as root (ptrace, eBPF)";
@@ -20,11 +22,6 @@ fn ghostprof() -> Command {
 
 fn stderr(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn truth(dir: &Path, rank: u32) -> Value {
-    let path = dir.join(format!("truth-rank{rank}.json"));
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
 fn spawn_job(cmd: &[String], envs: &[(&str, &str)]) -> Child {
@@ -39,6 +36,22 @@ fn spawn_job(cmd: &[String], envs: &[(&str, &str)]) -> Child {
 /// The library next to the test's ghostprof binary.
 fn library() -> PathBuf {
     crate::gpusim::built().build_dir.join("libghostprof_inject.so")
+}
+
+/// `ghostprof attach --quiet --duration D --pid PID -o TRACE` with the library under test.
+fn attach_command(pid: u32, duration: &str, trace: &Path) -> Command {
+    let mut cmd = ghostprof();
+    cmd.args(["attach", "--quiet", "--duration", duration, "--pid", &pid.to_string(), "-o"])
+        .arg(trace)
+        .env("GHOSTPROF_INJECT_LIB", library());
+    cmd
+}
+
+/// The trace has eBPF's launches and no CUPTI kernel: the attach went on without the device side.
+fn assert_ebpf_only(trace: &Path) {
+    let batch = ghostprof::trace::TraceReader::open(trace).unwrap().read_all().unwrap();
+    assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
+    assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
 }
 
 /// Processes of the tree under `pid` that map libcuda (the ranks), waited for up to 20 s.
@@ -99,12 +112,7 @@ fn window_matches_truth(scenario: &str) {
     std::thread::sleep(Duration::from_millis(800));
     let trace = dir.path().join("attach.gptrace");
     let t0 = ghostprof::clock::monotonic_ns();
-    let attached = ghostprof()
-        .args(["attach", "--quiet", "--duration", "2s", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .output()
-        .unwrap();
+    let attached = attach_command(job.id(), "2s", &trace).output().unwrap();
     let t1 = ghostprof::clock::monotonic_ns();
     assert!(attached.status.success(), "{}", stderr(&attached.stderr));
     assert!(!stderr(&attached.stderr).contains("eBPF only"), "no refusal: {}", stderr(&attached.stderr));
@@ -135,13 +143,7 @@ fn window_matches_truth(scenario: &str) {
         // did). A stall of the launching thread that began before the attach is booked from
         // the moment the scheduler probes went on, before the device timeline (attach.rs,
         // `seed_blocked`): without that, io-stall's first steps lose their host stall.
-        let inside: Vec<&Value> = t["step_ranges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["start_ns"].as_u64().unwrap() >= w0 + 50_000_000)
-            .filter(|s| s["end_ns"].as_u64().unwrap() + 50_000_000 <= w1)
-            .collect();
+        let inside: Vec<&Value> = crate::gpusim::truth_steps_inside(t, w0, w1, 50_000_000);
         assert!(inside.len() >= 30, "rank {}: {} whole steps inside the window", t["rank"], inside.len());
         let (s0, s1) = (inside[0]["start_ns"].as_u64().unwrap(), inside.last().unwrap()["end_ns"].as_u64().unwrap());
         opts.windows.insert(pid, ghostprof::analyze::Window::new(s0, s1));
@@ -346,21 +348,14 @@ fn root_inject_with_cupti_held_records_ebpf_only_with_a_note() {
     cuda_ranks(job.id(), 1);
     std::thread::sleep(Duration::from_millis(500));
     let trace = dir.path().join("held.gptrace");
-    let attached = ghostprof()
-        .args(["attach", "--quiet", "--duration", "1500ms", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .output()
-        .unwrap();
+    let attached = attach_command(job.id(), "1500ms", &trace).output().unwrap();
     assert!(attached.status.success(), "{}", stderr(&attached.stderr));
     let out = job.wait_with_output().unwrap();
     assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
     let info = ghostprof().args(["info", "--json"]).arg(&trace).output().unwrap();
     let text = String::from_utf8_lossy(&info.stdout).into_owned();
     assert!(text.contains("CUPTI is held by another subscriber"), "the note is in the trace: {text}");
-    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
-    assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
-    assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
+    assert_ebpf_only(&trace);
 }
 
 /// A job in its own pid and mount namespace (private /tmp) is injected from the host: its ring
@@ -387,12 +382,7 @@ fn root_inject_into_a_job_in_its_own_pid_and_mount_namespace() {
     assert!(nspid.split_whitespace().count() == 3, "in its own pid namespace: {nspid}");
     std::thread::sleep(Duration::from_millis(500));
     let trace = dir.path().join("ns.gptrace");
-    let attached = ghostprof()
-        .args(["attach", "--quiet", "--duration", "1500ms", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .output()
-        .unwrap();
+    let attached = attach_command(job.id(), "1500ms", &trace).output().unwrap();
     assert!(attached.status.success(), "{}", stderr(&attached.stderr));
     let out = job.wait_with_output().unwrap();
     assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
@@ -454,14 +444,7 @@ fn root_inject_while_threads_block_in_read_synchronize_and_a_rendezvous() {
     eprintln!("parked (tid, thread, syscall): {parked:?}");
     let read_tid = parked.iter().find(|(_, n, _)| n == "park-read").unwrap().0;
     let trace = dir.path().join("parked.gptrace");
-    let attach = ghostprof()
-        .args(["attach", "--quiet", "--duration", "7s", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let attach = attach_command(job.id(), "7s", &trace).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // The library appears while the park lasts (its writer still sleeps, its reader has not
     // returned; the borrowed thread may be any of the blocked ones, the reader included).
     let t = Instant::now();
@@ -518,14 +501,7 @@ fn root_inject_a_rank_that_starts_after_the_attach() {
     let first = cuda_ranks(job.id(), 1);
     assert_eq!(first.len(), 1, "rank 0 mapped libcuda");
     let trace = dir.path().join("late.gptrace");
-    let attach = ghostprof()
-        .args(["attach", "--quiet", "--duration", "6s", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let attach = attach_command(job.id(), "6s", &trace).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let tree = ghostprof::record::attach::process_tree(job.id());
     assert_eq!(tree.len(), 2, "only the launcher and rank 0 exist when the attach begins: {tree:?}");
@@ -617,9 +593,7 @@ fn root_inject_refused_by_yama_ptrace_scope_2() {
     assert!(line.contains("ptrace_scope is 2") && line.contains("eBPF only"), "names Yama's setting: {line}");
     let out = job.wait_with_output().unwrap();
     assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
-    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
-    assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
-    assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
+    assert_ebpf_only(&trace);
 }
 
 /// Installs a seccomp filter denying memfd_create (EPERM) and execs the rest of the command
@@ -659,12 +633,7 @@ fn root_inject_refused_by_the_jobs_seccomp_filter() {
     let status = std::fs::read_to_string(format!("/proc/{rank}/status")).unwrap();
     assert!(status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')), "under a filter: {status}");
     let trace = dir.path().join("seccomp.gptrace");
-    let attached = ghostprof()
-        .args(["attach", "--quiet", "--duration", "1s", "--pid", &job.id().to_string(), "-o"])
-        .arg(&trace)
-        .env("GHOSTPROF_INJECT_LIB", library())
-        .output()
-        .unwrap();
+    let attached = attach_command(job.id(), "1s", &trace).output().unwrap();
     let err = stderr(&attached.stderr);
     assert!(attached.status.success(), "the attach goes on with eBPF only: {err}");
     let line = err.lines().find(|l| l.contains("memfd_create")).unwrap_or_else(|| panic!("a refusal line: {err}"));
@@ -672,9 +641,7 @@ fn root_inject_refused_by_the_jobs_seccomp_filter() {
     let out = job.wait_with_output().unwrap();
     assert_eq!(out.status.code(), plain.status.code(), "exit code: {}", stderr(&out.stderr));
     assert_eq!(out.stdout, plain.stdout, "stdout byte-identical");
-    let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
-    assert_eq!(batch.kernels.len(), 0, "no CUPTI kernels");
-    assert!(!batch.api_calls.is_empty(), "eBPF recorded the launches");
+    assert_ebpf_only(&trace);
 }
 
 /// A second attach to the same process samples PM again: the first detach released the PM
@@ -693,12 +660,7 @@ fn root_inject_a_second_attach_samples_pm_again() {
     let mut samples = Vec::new();
     for round in 0..2 {
         let trace = dir.path().join(format!("attach-{round}.gptrace"));
-        let attached = ghostprof()
-            .args(["attach", "--quiet", "--duration", "1s", "--pid", &job.id().to_string(), "-o"])
-            .arg(&trace)
-            .env("GHOSTPROF_INJECT_LIB", library())
-            .output()
-            .unwrap();
+        let attached = attach_command(job.id(), "1s", &trace).output().unwrap();
         assert!(attached.status.success(), "attach {round}: {}", stderr(&attached.stderr));
         let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
         assert!(batch.kernels.len() > 100, "attach {round}: {} kernels", batch.kernels.len());

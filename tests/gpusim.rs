@@ -474,3 +474,21 @@ fn gpusim_every_launch_entry_point_is_counted_through_get_proc_address() {
     }
     assert_eq!(total(truth, "launches"), launches as u64);
 }
+
+/// Rank `rank`'s ground truth (`truth-rankN.json`) that gpusim-train wrote under `dir`.
+pub(crate) fn truth(dir: &Path, rank: u32) -> Value {
+    let path = dir.join(format!("truth-rank{rank}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// The truth's whole steps inside [`w0`, `w1`], `margin_ns` in from each edge (where probes and
+/// rings were switched on and off).
+pub(crate) fn truth_steps_inside(t: &Value, w0: u64, w1: u64, margin_ns: u64) -> Vec<&Value> {
+    t["step_ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["start_ns"].as_u64().unwrap() >= w0 + margin_ns)
+        .filter(|s| s["end_ns"].as_u64().unwrap() + margin_ns <= w1)
+        .collect()
+}

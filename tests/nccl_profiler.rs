@@ -11,7 +11,8 @@ use ghostprof::pipeline::{Pipeline, PipelineOptions};
 use ghostprof::record::session::{record_command, LaunchConfig};
 use ghostprof::trace::*;
 use ghostprof_ring::{wire, Producer};
-use serde_json::Value;
+
+use crate::gpusim::truth;
 
 use crate::util::*;
 
@@ -130,10 +131,6 @@ fn record(
     let mut names = BTreeMap::new();
     reader.for_each_chunk(|c| names.extend(c.strings.iter().cloned())).unwrap();
     (summary, reader.read_all().unwrap(), names)
-}
-
-fn truth(out: &std::path::Path, rank: u32) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(out.join(format!("truth-rank{rank}.json"))).unwrap()).unwrap()
 }
 
 /// The join the analysis uses (docs/trace-format.md): per process, the k-th `nccl_algo` of a

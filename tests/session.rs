@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::gpusim::truth;
+
 use crate::util::*;
 
 const ROOT: &str = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root";
@@ -87,11 +89,6 @@ fn info_json(trace: &Path) -> (Value, String) {
 
 fn stderr(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn truth(dir: &Path, rank: u32) -> Value {
-    let path = dir.join(format!("truth-rank{rank}.json"));
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
 /// SIGKILL to `pid` and every process under it.
@@ -462,13 +459,7 @@ fn root_attach_window_matches_the_truth_of_that_window_and_the_job_ends_as_unpro
         assert!(w1 - w0 >= 1_500_000_000, "about the 2 s asked for: {} ns", w1 - w0);
         // The truth of the whole steps inside the window (50 ms in from each edge, where the
         // probes and rings were switched on and off): the sum of those steps' categories.
-        let inside: Vec<&Value> = t["step_ranges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["start_ns"].as_u64().unwrap() >= w0 + 50_000_000)
-            .filter(|s| s["end_ns"].as_u64().unwrap() + 50_000_000 <= w1)
-            .collect();
+        let inside: Vec<&Value> = crate::gpusim::truth_steps_inside(t, w0, w1, 50_000_000);
         assert!(inside.len() >= 40, "rank {}: {} whole steps inside the window", t["rank"], inside.len());
         let (s0, s1) = (inside[0]["start_ns"].as_u64().unwrap(), inside.last().unwrap()["end_ns"].as_u64().unwrap());
         opts.windows.insert(pid as u32, ghostprof::analyze::Window::new(s0, s1));

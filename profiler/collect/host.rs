@@ -233,8 +233,43 @@ impl HostCollector {
             .targets
             .update(&pid.to_ne_bytes(), &[1u8], MapFlags::ANY)
             .map_err(bpf_err("adding the target pid"))?;
+        self.set_target_bit(pid, true);
         self.seen_maps.entry(pid).or_default();
         Ok(())
+    }
+
+    /// Stops tracing `pid` (its children already traced stay traced).
+    pub fn remove_target(&mut self, pid: u32) {
+        // Absent already (it exited, or was never added): nothing to undo.
+        let _ = self.skel.maps.targets.delete(&pid.to_ne_bytes());
+        self.set_target_bit(pid, false);
+    }
+
+    /// Whether the uprobes trace `pid` now: its bit in their copy of `targets` (which fork and
+    /// exit keep up to date in the kernel; tests check that it follows `targets`).
+    pub fn probes_trace(&self, pid: u32) -> bool {
+        let Some(bss) = self.skel.maps.bss_data.as_deref() else { return false };
+        let Some(word) = bss.target_bits.get((pid >> 6) as usize) else { return false };
+        // SAFETY: as in set_target_bit: the kernel changes this word atomically, so it is read
+        // atomically too.
+        let word = unsafe { std::sync::atomic::AtomicU64::from_ptr(word as *const u64 as *mut u64) };
+        word.load(std::sync::atomic::Ordering::SeqCst) >> (pid & 63) & 1 == 1
+    }
+
+    /// The uprobes' copy of `targets` (`target_bits` in `ebpf/cuda.bpf.c`: one bit per tgid,
+    /// which the probes test instead of looking the hash map up).
+    fn set_target_bit(&mut self, pid: u32, on: bool) {
+        let Some(bss) = self.skel.maps.bss_data.as_deref_mut() else { return };
+        let Some(word) = bss.target_bits.get_mut((pid >> 6) as usize) else { return };
+        // SAFETY: the word lies in the program's mmapped .bss, which the kernel side changes
+        // with atomic operations too (fork/exit): an aligned u64 used only atomically here.
+        let word = unsafe { std::sync::atomic::AtomicU64::from_ptr(word) };
+        let bit = 1u64 << (pid & 63);
+        if on {
+            word.fetch_or(bit, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            word.fetch_and(!bit, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// Attaches to a running process: checks it exists and maps a CUDA or NCCL library, traces

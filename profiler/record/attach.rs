@@ -196,7 +196,7 @@ pub fn attach(
     // The scheduler keeps following the tree until the device timeline ends, as it started
     // before it: stalls in the window's last ~150 ms are seen.
     c.sched.hold(&c.host.targets());
-    stop_host_collection(&c.host);
+    stop_host_collection(&mut c.host);
     drain_cupti_for(&mut c, RING_WAKE, cfg.drain_interval);
     c.cupti.detach_all();
     std::thread::sleep(RING_WAKE);
@@ -303,14 +303,12 @@ impl Newcomers {
     /// opens their rings; puts back those whose ring has run `RING_WAKE`, or that waited
     /// `HOLD_MAX` without libcuda, or whose injection was refused.
     fn tick(&mut self, c: &mut Collectors, targets: &[u32], injector: &mut Injector, rescan: bool) {
-        use libbpf_rs::MapCore;
         if injector.opts.is_none() {
             return;
         }
-        let Ok(map) = c.host.targets_map() else { return };
         for &p in targets {
             if self.known.insert(p) && !injector.done.contains(&p) {
-                let _ = map.delete(&p.to_ne_bytes());
+                c.host.remove_target(p);
                 self.held.insert(p, (Instant::now(), None));
             }
         }
@@ -375,11 +373,8 @@ fn drain_cupti_for(c: &mut Collectors, how_long: Duration, every: Duration) {
 
 /// Takes every traced pid out of the targets map: the host and scheduler programs record
 /// nothing more (their probes stay until the collectors are dropped).
-fn stop_host_collection(host: &HostCollector) {
-    use libbpf_rs::MapCore;
-    if let Ok(map) = host.targets_map() {
-        for pid in host.targets() {
-            let _ = map.delete(&pid.to_ne_bytes());
-        }
+fn stop_host_collection(host: &mut HostCollector) {
+    for pid in host.targets() {
+        host.remove_target(pid);
     }
 }

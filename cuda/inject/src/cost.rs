@@ -6,7 +6,9 @@
 //!   thread CPU clock is a syscall, ~600 ns on the 2-core test VM, whose entry and exit also
 //!   slowed the callback it timed), the clock's own cost calibrated and subtracted, a sample
 //!   longer than [`PREEMPTED_NS`] (or 4× the test burn) left out as preempted; the calls are
-//!   counted, and the sum is calls × the sampled mean;
+//!   counted, and the sum is calls × the sampled mean. This is the launch callback's only
+//!   sampler: `GHOSTPROF_SELF_TIME` (`tools/bench cupti`) reports these samples too
+//!   ([`samples`]);
 //! - CPU time of CUPTI's buffer-completion callbacks (the walk and forwarding of each activity
 //!   buffer, on whichever thread CUPTI runs them), each timed whole;
 //! - CPU time of the library's own control thread (clock pairs, PM decode, forced flushes), and
@@ -27,11 +29,15 @@ use ghostprof_ring::wire;
 /// Odd: a thread's callbacks come as entry, exit, entry, exit…, and an even period would time
 /// only the cheap entries, never the exits that do the work.
 pub const SAMPLE_EVERY: u64 = 17;
-/// A timed callback longer than this was preempted (the body takes about a microsecond).
-pub const PREEMPTED_NS: u64 = 1_000_000;
+/// A timed callback longer than this was preempted, not slow: the body takes ~50 ns on gpusim
+/// and about a microsecond with a real CUPTI (one sample in 17 of a 50 ns callback stretched by
+/// a preemption of 1 ms would double the mean).
+pub const PREEMPTED_NS: u64 = 20_000;
 
 static CALLBACKS: AtomicU64 = AtomicU64::new(0);
 static SAMPLED: AtomicU64 = AtomicU64::new(0);
+/// The kept samples' raw sum, each with its one clock read ([`CLOCK_NS`], taken off in
+/// [`payload`]).
 static SAMPLED_NS: AtomicU64 = AtomicU64::new(0);
 static BUFFER_NS: AtomicU64 = AtomicU64::new(0);
 /// Start and exit handler CPU.
@@ -130,7 +136,7 @@ pub fn callback_enter() -> Option<u64> {
 #[inline]
 pub fn callback_exit(t0: Option<u64>) {
     if let Some(t0) = t0 {
-        let ns = monotonic_ns().saturating_sub(t0).saturating_sub(CLOCK_NS.load(Ordering::Relaxed));
+        let ns = monotonic_ns().saturating_sub(t0);
         if ns <= PREEMPTED_NS.max(BURN_NS.load(Ordering::Relaxed).saturating_mul(4)) {
             SAMPLED_NS.fetch_add(ns, Ordering::Relaxed);
             SAMPLED.fetch_add(1, Ordering::Relaxed);
@@ -161,15 +167,40 @@ pub fn control_tick() {
     CONTROL_NS.store(thread_cpu_ns().saturating_sub(CONTROL_BASE_NS.load(Ordering::Relaxed)), Ordering::Relaxed);
 }
 
+/// The launch callbacks' samples so far (what `GHOSTPROF_SELF_TIME` reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Samples {
+    /// Launch callbacks counted (in steps of [`SAMPLE_EVERY`] per thread).
+    pub callbacks: u64,
+    /// Samples kept (not preempted).
+    pub sampled: u64,
+    /// Their raw sum, ns, one clock read in each.
+    pub raw_ns: u64,
+}
+
+/// The launch callbacks' samples so far.
+pub fn samples() -> Samples {
+    Samples {
+        callbacks: CALLBACKS.load(Ordering::Relaxed),
+        sampled: SAMPLED.load(Ordering::Relaxed),
+        raw_ns: SAMPLED_NS.load(Ordering::Relaxed),
+    }
+}
+
+/// Time in the launch callbacks: the samples' mean, less one clock read, times the calls.
+fn callback_ns(s: Samples, clock_ns: u64) -> u64 {
+    if s.sampled == 0 {
+        return 0;
+    }
+    let net = s.raw_ns.saturating_sub(s.sampled.saturating_mul(clock_ns));
+    (net as u128 * s.callbacks as u128 / s.sampled as u128).min(u64::MAX as u128) as u64
+}
+
 /// The [`wire::COST`] payload: the figures since collection started.
 pub fn payload() -> [u8; wire::COST_BYTES] {
-    let sampled = SAMPLED.load(Ordering::Relaxed);
-    let calls = CALLBACKS.load(Ordering::Relaxed);
-    let callback_ns = if sampled == 0 {
-        0
-    } else {
-        (SAMPLED_NS.load(Ordering::Relaxed) as u128 * calls as u128 / sampled as u128).min(u64::MAX as u128) as u64
-    };
+    let s = samples();
+    let calls = s.callbacks;
+    let callback_ns = callback_ns(s, CLOCK_NS.load(Ordering::Relaxed));
     let startup = if STARTED_COLLECTING.load(Ordering::Relaxed) { STARTUP_NS.load(Ordering::Relaxed) } else { 0 };
     let cost = wire::Cost {
         callbacks: calls,
@@ -184,4 +215,38 @@ pub fn payload() -> [u8; wire::COST_BYTES] {
             .saturating_add(startup),
     };
     cost.encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timed_callbacks_are_entries_and_exits_alike() {
+        // Callbacks come as entry, exit, entry, exit…: count which sites the period picks.
+        let (mut entries, mut exits) = (0u32, 0u32);
+        for n in 1..=100_000u64 {
+            if n % SAMPLE_EVERY == 0 {
+                if n % 2 == 0 {
+                    entries += 1;
+                } else {
+                    exits += 1;
+                }
+            }
+        }
+        let total = entries + exits;
+        assert!(total > 5_000, "{total} samples");
+        // within 1 % of half each
+        assert!(exits.abs_diff(entries) * 100 <= total, "{entries} entries, {exits} exits timed");
+    }
+
+    #[test]
+    fn callback_time_is_the_sampled_mean_less_one_clock_read_times_the_calls() {
+        // 100 samples of 70 ns raw with a 20 ns clock read: 50 ns each, over 1,700 calls.
+        let s = Samples { callbacks: 1_700, sampled: 100, raw_ns: 7_000 };
+        assert_eq!(callback_ns(s, 20), 85_000);
+        assert_eq!(callback_ns(Samples { sampled: 0, ..s }, 20), 0);
+        // A clock read longer than the samples takes them to zero, never below.
+        assert_eq!(callback_ns(s, 100), 0);
+    }
 }

@@ -42,19 +42,13 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 static LAST_CLOCK_NS: AtomicU64 = AtomicU64::new(0);
 
 /// `GHOSTPROF_SELF_TIME=1` (`tools/bench cupti`): time ghostprof's own work in the target: the
-/// forwarding of each activity buffer (thread CPU time, after CUPTI's own record walk) and one
-/// launch callback in 17 (wall time; samples over 5 µs were preempted and are left out);
-/// reported in one status message at exit.
+/// forwarding of each activity buffer (thread CPU time, after CUPTI's own record walk);
+/// reported in one status message at exit with the launch callbacks' samples, which are the
+/// `cost` sampler's (`crate::cost`: one launch callback in 17 per thread, wall time, preempted
+/// samples left out), not a second sampler.
 static SELF_TIME: AtomicBool = AtomicBool::new(false);
 static FORWARD_NS: AtomicU64 = AtomicU64::new(0);
 static FORWARD_RECORDS: AtomicU64 = AtomicU64::new(0);
-static CALLBACKS: AtomicU64 = AtomicU64::new(0);
-/// One launch callback in this many is timed. Odd: entry and exit callbacks alternate, so an
-/// even period (16 before) timed only the cheap entries and left every exit (timestamp, record,
-/// ring push) out of the figure.
-const SAMPLE_EVERY: u64 = 17;
-static CALLBACK_SAMPLED: AtomicU64 = AtomicU64::new(0);
-static CALLBACK_SAMPLED_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `f` on the state (None before `start`).
 fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
@@ -420,8 +414,6 @@ unsafe extern "C" fn launch_callback(
     cbid: cs::CUpti_CallbackId,
     data: *const std::ffi::c_void,
 ) {
-    let timed = SELF_TIME.load(Ordering::Relaxed) && CALLBACKS.fetch_add(1, Ordering::Relaxed) % SAMPLE_EVERY == 0;
-    let t0 = if timed { monotonic_ns() } else { 0 };
     let cost = crate::cost::callback_enter();
     let _ = catch_unwind(|| {
         if data.is_null() || !ACTIVE.load(Ordering::Relaxed) {
@@ -468,14 +460,6 @@ unsafe extern "C" fn launch_callback(
         push(wire::ACTIVITY, bytes);
     });
     crate::cost::callback_exit(cost);
-    if timed {
-        // Wall time of a ~50 ns body: a sample over 5 µs was preempted, not slow; left out.
-        let ns = monotonic_ns().saturating_sub(t0);
-        if ns < 5_000 {
-            CALLBACK_SAMPLED_NS.fetch_add(ns, Ordering::Relaxed);
-            CALLBACK_SAMPLED.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 /// Turns the launch callbacks on (they need our subscriber).
@@ -733,13 +717,16 @@ extern "C" fn at_exit() {
             push(wire::COST, &crate::cost::payload());
         }
         if SELF_TIME.load(Ordering::Relaxed) {
+            // callback_sampled_ns is the samples' raw sum (each holds one clock read, which the
+            // bench takes off with its own measure of it).
+            let s = crate::cost::samples();
             status(&format!(
                 "self-time: forward_ns={} records={} callback_sampled_ns={} callback_sampled={} callbacks={}",
                 FORWARD_NS.load(Ordering::Relaxed),
                 FORWARD_RECORDS.load(Ordering::Relaxed),
-                CALLBACK_SAMPLED_NS.load(Ordering::Relaxed),
-                CALLBACK_SAMPLED.load(Ordering::Relaxed),
-                CALLBACKS.load(Ordering::Relaxed)
+                s.raw_ns,
+                s.sampled,
+                s.callbacks
             ));
         }
         // A dormant ring would stay in /dev/shm (64 MiB) after the job: removed if the file at
@@ -1003,28 +990,4 @@ unsafe fn name_id(s: &mut State, ring: &mut Producer, ptr: usize) -> u32 {
     payload.extend_from_slice(bytes);
     ring.push(wire::NAME, &payload);
     id
-}
-
-#[cfg(test)]
-mod self_time_tests {
-    use super::SAMPLE_EVERY;
-
-    #[test]
-    fn the_timed_callbacks_are_entries_and_exits_alike() {
-        // Callbacks come as entry, exit, entry, exit…: count which sites the period picks.
-        let (mut entries, mut exits) = (0u32, 0u32);
-        for n in 0..100_000u64 {
-            if n % SAMPLE_EVERY == 0 {
-                if n % 2 == 0 {
-                    entries += 1;
-                } else {
-                    exits += 1;
-                }
-            }
-        }
-        let total = entries + exits;
-        assert!(total > 5_000, "{total} samples");
-        // within 1 % of half each
-        assert!(exits.abs_diff(entries) * 100 <= total, "{entries} entries, {exits} exits timed");
-    }
 }

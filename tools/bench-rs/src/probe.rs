@@ -42,6 +42,10 @@ struct ProbeConfig {
     drain_interval: Duration,
     /// Scratch space: staged libraries and the trace file.
     dir: PathBuf,
+    /// Also read the kernel's run-time statistics of the two probes' BPF programs
+    /// (`BPF_ENABLE_STATS`): ns per run of the body alone. They add a clock read pair to every
+    /// run, so the per-call figures of such a run are not the headline's.
+    bpf_stats: bool,
 }
 
 impl ProbeConfig {
@@ -57,6 +61,7 @@ impl ProbeConfig {
             rate_procs: parsed("--rate-procs")?.unwrap_or(2).max(1),
             drain_interval: Duration::from_millis(parsed("--drain-ms")?.unwrap_or(5)),
             dir: dir.join(format!("ghostprof-bench-probe-{}", std::process::id())),
+            bpf_stats: args.iter().any(|a| a == "--bpf-stats"),
         })
     }
 }
@@ -64,6 +69,8 @@ impl ProbeConfig {
 /// The ghostprof mode's extra figures.
 struct TracedRun {
     timing: LoopRun,
+    /// `gp_launch`'s kernel statistics over the run (with `--bpf-stats`).
+    body: Option<BodyStats>,
     launches_written: u64,
     ringbuf_drops: u64,
     drops: u64,
@@ -74,7 +81,44 @@ struct TracedRun {
     trace_bytes: u64,
 }
 
-/// `tools/bench probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] [--dir D]` (root).
+/// A probe program's run count and run time (the kernel's `BPF_ENABLE_STATS` figures).
+#[derive(Clone, Copy)]
+struct BodyStats {
+    runs: u64,
+    run_time_ns: u64,
+}
+
+impl BodyStats {
+    fn ns_per_run(&self) -> f64 {
+        self.run_time_ns as f64 / self.runs.max(1) as f64
+    }
+}
+
+/// Turns the kernel's BPF run-time statistics on for as long as the returned fd is open.
+fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain bpf(BPF_ENABLE_STATS) call; it returns a new fd or a negative error.
+    let fd = unsafe { libbpf_rs::libbpf_sys::bpf_enable_stats(libbpf_rs::libbpf_sys::BPF_STATS_RUN_TIME) };
+    ensure!(fd >= 0, "BPF_ENABLE_STATS failed ({fd}): run as root");
+    // SAFETY: the kernel just handed us this fd.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// The statistics of the loaded program `name` with the highest id above `after` (the one this
+/// bench loaded, not an older copy another tool keeps loaded).
+fn body_stats(name: &str, after: u32) -> Option<BodyStats> {
+    libbpf_rs::query::ProgInfoIter::default()
+        .filter(|p| p.id > after && p.name.to_str() == Some(name))
+        .max_by_key(|p| p.id)
+        .map(|p| BodyStats { runs: p.run_cnt, run_time_ns: p.run_time_ns })
+}
+
+/// The highest id of any loaded BPF program (0 if none).
+fn last_prog_id() -> u32 {
+    libbpf_rs::query::ProgInfoIter::default().map(|p| p.id).max().unwrap_or(0)
+}
+
+/// `tools/bench probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] [--dir D] [--bpf-stats]` (root).
 pub fn bench_probe(args: &[String]) -> Result<()> {
     let cfg = ProbeConfig::parse(args)?;
     let bin_dir = build_gpusim(&[])?;
@@ -92,7 +136,9 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
     let points = probe_points(libcuda, &["cuLaunchKernel"])?;
     let point = points.get("cuLaunchKernel").context("the staged libcuda.so.1 has no cuLaunchKernel")?;
     let n = cfg.calls;
+    let _stats = cfg.bpf_stats.then(enable_bpf_stats).transpose()?;
     let (mut untraced, mut bare, mut traced) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bare_bodies = Vec::new();
     let (mut rates, mut round_ratios) = (Vec::new(), Vec::new());
     for round in 1..=cfg.rounds {
         // The order of the modes rotates, so a drift of the machine over a run (another job
@@ -103,8 +149,19 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
             let run = LoopProcess::spawn(gpusim_train, lib_dir, n, cfg.threads, &env)?;
             match mode {
                 0 => untraced.push(run_untraced(run, n)?),
-                1 => bare.push(run_bare(run, n, libcuda, point.file_offset as usize)?),
-                _ => traced.push(run_ghostprof(run, n, libcuda, &cfg.dir.join("probe.gptrace"), cfg.drain_interval)?),
+                1 => {
+                    let (timing, body) = run_bare(run, n, libcuda, point.file_offset as usize, cfg.bpf_stats)?;
+                    bare.push(timing);
+                    bare_bodies.extend(body);
+                }
+                _ => traced.push(run_ghostprof(
+                    run,
+                    n,
+                    libcuda,
+                    &cfg.dir.join("probe.gptrace"),
+                    cfg.drain_interval,
+                    cfg.bpf_stats,
+                )?),
             }
         }
         // The sustained rate (several loops at once), once per round too.
@@ -114,6 +171,15 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
         // Each round's own ratio: its three runs are close in time, so a drift of the machine
         // between rounds cancels.
         round_ratios.push((gn - un) / (bn - un));
+        if let (Some(bb), Some(gb)) = (bare_bodies.get(round - 1), t.body) {
+            eprintln!(
+                "round {round}: BPF body ns per run: bare {:.1} ({} runs), gp_launch {:.1} ({} runs)",
+                bb.ns_per_run(),
+                bb.runs,
+                gb.ns_per_run(),
+                gb.runs
+            );
+        }
         let r = &rates[round - 1];
         eprintln!(
             "round {round}: CPU per call untraced {un:.1} ns, bare uprobe {bn:.1}, ghostprof {gn:.1} (ratio {:.3}); {} launches written, {} dropped; sustained {:.0} events/s",
@@ -193,8 +259,29 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
         drain_cpu_s * 1e9 / written.max(1) as f64,
         collector_cpu_s * 1e9 / written.max(1) as f64
     );
+    let bodies = |b: &[BodyStats]| Spread::of(&b.iter().map(BodyStats::ns_per_run).collect::<Vec<_>>());
+    let traced_bodies: Vec<BodyStats> = traced.iter().filter_map(|t| t.body).collect();
+    let bpf_stats = cfg.bpf_stats.then(|| {
+        let (b, g) = (bodies(&bare_bodies), bodies(&traced_bodies));
+        eprintln!(
+            "BPF body ns per run (kernel statistics, median of {}): bare {:.1} ({:.1}-{:.1}), gp_launch {:.1} ({:.1}-{:.1})",
+            traced_bodies.len(),
+            b.median,
+            b.min,
+            b.max,
+            g.median,
+            g.min,
+            g.max
+        );
+        serde_json::json!({
+            "bare_ns_per_run": b.json(1),
+            "gp_launch_ns_per_run": g.json(1),
+            "runs": traced_bodies.iter().map(|x| x.runs).sum::<u64>(),
+        })
+    });
     let json = serde_json::json!({
         "bench": "probe",
+        "bpf_stats": bpf_stats,
         "calls": n,
         "threads": cfg.threads,
         "rounds": cfg.rounds,
@@ -240,7 +327,14 @@ fn run_untraced(mut run: LoopProcess, calls: u64) -> Result<LoopRun> {
     run.finish(calls)
 }
 
-fn run_bare(mut run: LoopProcess, calls: u64, libcuda: &Path, offset: usize) -> Result<LoopRun> {
+fn run_bare(
+    mut run: LoopProcess,
+    calls: u64,
+    libcuda: &Path,
+    offset: usize,
+    stats: bool,
+) -> Result<(LoopRun, Option<BodyStats>)> {
+    let before = last_prog_id();
     let mut storage = MaybeUninit::uninit();
     let open = BenchBareSkelBuilder::default().open(&mut storage).context("opening bench_bare")?;
     let skel = open.load().context("loading bench_bare: run as root (CAP_BPF, CAP_PERFMON)")?;
@@ -250,9 +344,10 @@ fn run_bare(mut run: LoopProcess, calls: u64, libcuda: &Path, offset: usize) -> 
         .attach_uprobe(false, -1, libcuda, offset)
         .with_context(|| format!("attaching the bare uprobe to {}+{offset:#x}", libcuda.display()))?;
     run.go()?;
-    let timing = run.finish(calls);
+    let timing = run.finish(calls)?;
+    let body = if stats { body_stats("bare_hit", before) } else { None };
     drop(link);
-    timing
+    Ok((timing, body))
 }
 
 fn run_ghostprof(
@@ -261,7 +356,9 @@ fn run_ghostprof(
     libcuda: &Path,
     trace: &Path,
     drain_interval: Duration,
+    bpf_stats: bool,
 ) -> Result<TracedRun> {
+    let before = last_prog_id();
     let mut collector = HostCollector::load(true)?;
     let report = collector.attach_library(libcuda)?;
     ensure!(
@@ -294,6 +391,7 @@ fn run_ghostprof(
     }
     let pid = run.pid;
     let timing = run.finish(calls)?;
+    let body = if bpf_stats { body_stats("gp_launch", before) } else { None };
 
     let batch = TraceReader::open(trace)?.read_all()?;
     let launches_written = batch.launches.len() as u64;
@@ -309,6 +407,7 @@ fn run_ghostprof(
     );
     Ok(TracedRun {
         timing,
+        body,
         launches_written,
         ringbuf_drops,
         drops,
