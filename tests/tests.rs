@@ -19,6 +19,7 @@ mod host; // root tier: CUDA and NCCL uprobes against gpusim count exactly what 
 mod jobs; // `report --jobs N`: byte-identical reports with any number of threads (chunks, files, damage)
 mod nccl_profiler; // NCCL's algorithm/protocol via its profiler plugin API: wire decoding; gpusim runs (root)
 mod pipeline; // collectors → queues → writer: backpressure counts every dropped record
+mod pm_decode; // PM samples evaluated by ghostprof's decoder (as the job's user): same values, hostile output refused, root: recorded jobs
 mod probe_filter; // root tier: the uprobes' bitmap of traced processes follows targets (add, fork, exit, remove)
 mod report; // report detail: steps, bins, top kernels, gaps, checkpoint, collectives, straggler, flags
 mod security_output; // the job is untrusted: escaped text, safe output files, non-trace inputs, the job's user under sudo

@@ -12,6 +12,7 @@ use cs::CUpti_ActivityKind as K;
 use cudarc::cupti::sys as cs;
 use ghostprof_ring::{wire, Consumer, ConsumerError, Popped};
 
+use super::pmdecode::{self, Decoders, Outcome, Route};
 use crate::pipeline::Producer;
 use crate::trace::strings::{truncate_utf8, MAX_NAME_BYTES};
 use crate::trace::{
@@ -71,6 +72,12 @@ pub struct CuptiStats {
     /// Rings refused at opening (a symlink, another owner, not a regular file, several links,
     /// too large, not a traced process): each is also a note.
     pub rings_refused: usize,
+    /// PM samples evaluated by ghostprof's decoder and kept (PM decode in the collector).
+    pub pm_decoded: u64,
+    /// PM samples refused, by source (also counted in `malformed`).
+    pub pm_refused: pmdecode::PmRefusals,
+    /// PM images dropped because their decoder's queue was full.
+    pub pm_queue_full: u64,
 }
 
 /// Ring name ids one process may map (each needs an entry, even for a name already interned).
@@ -187,6 +194,19 @@ struct Ring {
     steps: u64,
     cupti_drops: u64,
     caps: RingCaps,
+    pm: RingPm,
+}
+
+/// PM decode in the collector, per process: the blob being put together from its parts, where
+/// its images go, and whether PM stopped for it.
+#[derive(Default)]
+struct RingPm {
+    /// (session, seq, total, bytes so far)
+    blob: Option<(u32, u32, u32, Vec<u8>)>,
+    /// (session, route, metrics per sample) once a setup went to a decoder.
+    route: Option<(u32, Route, usize)>,
+    stopped: bool,
+    last_end: u64,
 }
 
 /// Reads the injection libraries' shared-memory rings (one per process) in a directory and
@@ -207,6 +227,10 @@ pub struct CuptiCollector {
     traced: Option<BTreeSet<u32>>,
     /// Pids whose ring was refused (each noted and counted once, not retried).
     refused: BTreeSet<u32>,
+    /// The PM decoders (collector-side evaluation) and what they sent back.
+    pm: Decoders,
+    /// When the collector started (CLOCK_MONOTONIC): no PM sample of this session is older.
+    started_ns: u64,
 }
 
 fn u16_at(p: &[u8], at: usize) -> u16 {
@@ -234,6 +258,8 @@ impl CuptiCollector {
             seen_notes: NoteSet::default(),
             traced: None,
             refused: BTreeSet::new(),
+            pm: Decoders::default(),
+            started_ns: crate::clock::monotonic_ns(),
         }
     }
 
@@ -369,6 +395,7 @@ impl CuptiCollector {
                             steps: 0,
                             cupti_drops: 0,
                             caps: RingCaps::new(),
+                            pm: RingPm::default(),
                         },
                     );
                     self.stats.rings += 1;
@@ -416,7 +443,7 @@ impl CuptiCollector {
             }
             for rec in self.buf.drain(..) {
                 self.stats.records += 1;
-                if !ring.handle(&rec, producer, &mut notes) {
+                if !ring.handle(&rec, producer, &mut notes, &mut self.pm) {
                     self.stats.malformed += 1;
                 }
             }
@@ -444,6 +471,8 @@ impl CuptiCollector {
             note_limit = note_limit.saturating_add(ring.caps.notes_refused);
             refused = refused.saturating_add(ring.caps.counters_refused);
         }
+        let outcomes = self.pm.ready(std::time::Duration::ZERO);
+        self.pm_outcomes(outcomes, producer, &mut notes);
         for n in notes {
             self.note(n);
         }
@@ -460,6 +489,86 @@ impl CuptiCollector {
         producer.set_drops(DropCause::NameLimit, self.stats.name_limit);
         producer.set_drops(DropCause::NoteLimit, self.stats.note_limit);
         producer.flush();
+    }
+
+    /// Turns decoders' answers into PM samples (checked by [`pmdecode::validate`]) or stops PM
+    /// for a process whose decoder failed.
+    fn pm_outcomes(&mut self, outcomes: Vec<Outcome>, producer: &mut Producer, notes: &mut Vec<String>) {
+        let ceiling = crate::clock::monotonic_ns().saturating_add(1_000_000_000);
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Values { pid, session, n_metrics, offset_ns, times, values } => {
+                    let Some(ring) = self.rings.get_mut(&pid) else { continue };
+                    if ring.pm.stopped || ring.pm.route.map(|r| r.0) != Some(session) {
+                        continue;
+                    }
+                    let before = self.pm.refused;
+                    let kept = pmdecode::validate(
+                        &times,
+                        offset_ns,
+                        &values,
+                        n_metrics,
+                        (self.started_ns, ceiling),
+                        &mut ring.pm.last_end,
+                        &mut self.pm.refused,
+                    );
+                    let refused = (self.pm.refused.decoder - before.decoder) + (self.pm.refused.job - before.job);
+                    if refused > 0 {
+                        self.stats.malformed += refused;
+                        ring.note(
+                            "PM samples were refused (out of order, outside the session, or values not a percentage): counted as malformed",
+                            notes,
+                        );
+                    }
+                    self.pm.samples += kept.len() as u64;
+                    for s in kept {
+                        push_pm_sample(producer, pid, s.start_ns, s.end_ns - s.start_ns, s.tensor_pct, s.sm_pct);
+                    }
+                }
+                Outcome::Failed { pid, why } => {
+                    let Some(ring) = self.rings.get_mut(&pid) else { continue };
+                    if !ring.pm.stopped {
+                        ring.pm.stopped = true;
+                        ring.note(&format!("PM sampling stopped: {why}; its PM samples end here"), notes);
+                    }
+                }
+            }
+        }
+        self.stats.pm_decoded = self.pm.samples;
+        self.stats.pm_refused = self.pm.refused;
+        self.stats.pm_queue_full = self.pm.queue_full;
+    }
+
+    /// At the session's end: waits (up to `timeout`) for the images the decoders still hold,
+    /// stores their samples, ends the decoders and notes what they cost ghostprof.
+    pub fn settle_pm(&mut self, producer: &mut Producer, timeout: std::time::Duration) {
+        if !self.pm.any() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut notes = Vec::new();
+        while self.pm.in_flight > 0 && std::time::Instant::now() < deadline {
+            let outcomes = self.pm.ready(std::time::Duration::from_millis(50));
+            self.pm_outcomes(outcomes, producer, &mut notes);
+        }
+        let cpu_ns = self.pm.close();
+        let outcomes = self.pm.ready(std::time::Duration::ZERO);
+        self.pm_outcomes(outcomes, producer, &mut notes);
+        for n in notes {
+            self.note(n);
+        }
+        self.note(format!(
+            "PM samples evaluated by ghostprof's decoder, not in the job: {} samples, {:.1} ms of ghostprof's CPU",
+            self.pm.samples,
+            cpu_ns as f64 / 1e6
+        ));
+        producer.set_drops(DropCause::Malformed, self.stats.malformed);
+        producer.flush();
+    }
+
+    /// The PM decoder processes running now: (pid, uid).
+    pub fn pm_decoders(&self) -> Vec<(u32, u32)> {
+        self.pm.processes()
     }
 
     /// Switches collection on or off in every open ring, which stays open (`watch`'s duty
@@ -556,6 +665,18 @@ pub fn nccl_algo(c: &wire::NcclColl<'_>, pid: u32, producer: &Producer, budget: 
     }
 }
 
+/// One PM sample as trace records (its interval, tensor-pipe and SM activity as fractions):
+/// the same records whether the job or ghostprof's decoder evaluated it.
+fn push_pm_sample(producer: &mut Producer, pid: u32, time_ns: u64, interval_ns: u64, tensor_pct: f64, sm_pct: f64) {
+    for (metric, value) in [
+        (Metric::SampleIntervalNs, interval_ns as f64),
+        (Metric::TensorActive, tensor_pct / 100.0),
+        (Metric::SmActive, sm_pct / 100.0),
+    ] {
+        producer.push(DeviceSample { time_ns, value, device: 0, metric: metric as u32, pid, reserved: 0 });
+    }
+}
+
 /// A [`MemOp`] from a memcpy or memset record of type `$t` (same field names in both).
 macro_rules! memop {
     ($ring:ident, $p:ident, $t:ty, $kind:expr) => {
@@ -610,7 +731,7 @@ impl Ring {
     }
 
     /// One ring record → trace records. False when it is malformed.
-    fn handle(&mut self, rec: &Popped, producer: &mut Producer, notes: &mut Vec<String>) -> bool {
+    fn handle(&mut self, rec: &Popped, producer: &mut Producer, notes: &mut Vec<String>, pm: &mut Decoders) -> bool {
         let p = &rec.payload;
         match rec.kind {
             wire::ACTIVITY => self.activity(p, producer),
@@ -657,23 +778,10 @@ impl Ring {
                 if end < start || !tensor.is_finite() || !sm.is_finite() {
                     return false;
                 }
-                let time_ns = self.mono(start);
-                for (metric, value) in [
-                    (Metric::SampleIntervalNs, (end - start) as f64),
-                    (Metric::TensorActive, tensor / 100.0),
-                    (Metric::SmActive, sm / 100.0),
-                ] {
-                    producer.push(DeviceSample {
-                        time_ns,
-                        value,
-                        device: 0,
-                        metric: metric as u32,
-                        pid: self.pid,
-                        reserved: 0,
-                    });
-                }
+                push_pm_sample(producer, self.pid, self.mono(start), end - start, tensor, sm);
                 true
             }
+            wire::PM_PART => self.pm_part(p, notes, pm),
             wire::NCCL_COLL => match wire::NcclColl::decode(p) {
                 Some(c) => {
                     let rec = nccl_algo(&c, self.pid, producer, &mut self.caps.names);
@@ -726,6 +834,79 @@ impl Ring {
             }
             _ => false,
         }
+    }
+
+    /// One part of a PM blob; a whole setup goes to a decoder, a whole image to evaluation.
+    /// False (malformed) for a part that does not fit the blob being assembled.
+    fn pm_part(&mut self, p: &[u8], notes: &mut Vec<String>, decoders: &mut Decoders) -> bool {
+        let Some((part, bytes)) = wire::PmPart::decode(p) else {
+            decoders.refused.job += 1;
+            return false;
+        };
+        if self.pm.stopped {
+            return true;
+        }
+        if part.total as usize > wire::PM_BLOB_MAX {
+            decoders.refused.job += 1;
+            self.pm.blob = None;
+            return false;
+        }
+        if part.offset == 0 {
+            // A blob cut short by a full ring is dropped when the next one starts.
+            self.pm.blob = Some((part.session, part.seq, part.total, Vec::with_capacity(part.total as usize)));
+        }
+        let fits = matches!(&self.pm.blob, Some((s, q, t, b))
+            if (*s, *q, *t) == (part.session, part.seq, part.total) && b.len() == part.offset as usize);
+        if !fits {
+            self.pm.blob = None;
+            decoders.refused.job += 1;
+            return false;
+        }
+        let Some((session, seq, total, mut blob)) = self.pm.blob.take() else { return false };
+        blob.extend_from_slice(bytes);
+        if blob.len() < total as usize {
+            self.pm.blob = Some((session, seq, total, blob));
+            return true;
+        }
+        if seq == 0 {
+            let Some(setup) = wire::PmSetup::decode(&blob) else {
+                decoders.refused.job += 1;
+                return false;
+            };
+            let n_metrics = setup.metrics.len();
+            if n_metrics < 2 {
+                decoders.refused.job += 1;
+                return false;
+            }
+            match decoders.setup(self.pid, &blob) {
+                Ok(route) => self.pm.route = Some((session, route, n_metrics)),
+                Err(why) => {
+                    self.pm.stopped = true;
+                    self.note(&format!("PM sampling stopped: no decoder ({why}); no PM samples"), notes);
+                }
+            }
+            return true;
+        }
+        let Some((_, route, n_metrics)) = self.pm.route.filter(|r| r.0 == session) else {
+            // An image of a session whose setup never arrived whole.
+            decoders.refused.job += 1;
+            return false;
+        };
+        let Some(image) = wire::PmImage::decode(&blob) else {
+            decoders.refused.job += 1;
+            return false;
+        };
+        // The clock offset of now: the one in-job evaluation's samples would have been mapped by.
+        let bytes = image.image();
+        match decoders.eval(route, self.pid, session, n_metrics, self.offset_ns, image.times, bytes) {
+            Ok(true) => {}
+            Ok(false) => self.note("PM images were dropped: ghostprof's decoder fell behind", notes),
+            Err(why) => {
+                self.pm.stopped = true;
+                self.note(&format!("PM sampling stopped: {why}; its PM samples end here"), notes);
+            }
+        }
+        true
     }
 
     fn activity(&mut self, p: &[u8], producer: &mut Producer) -> bool {

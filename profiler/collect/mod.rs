@@ -6,6 +6,7 @@ pub mod cupti;
 pub mod elf;
 pub mod host;
 pub mod nvml;
+pub mod pmdecode;
 pub mod procmaps;
 pub mod sched;
 

@@ -28,6 +28,9 @@ pub struct InjectOptions {
     pub pm_interval_ns: u64,
     /// Per-call API activity records instead of launch callbacks.
     pub api_activity: bool,
+    /// PM samples evaluated by ghostprof's decoder (`pm_decode=collector`), not in the job
+    /// (false, the default: in the job; `attach` sets it when it can run a decoder).
+    pub pm_decode_collector: bool,
     /// How long one thread of the target may take to enter a blocking system call.
     pub wait: Duration,
 }
@@ -40,6 +43,7 @@ impl InjectOptions {
             ring_dir: PathBuf::from("/dev/shm"),
             pm_interval_ns: 50_000,
             api_activity: false,
+            pm_decode_collector: false,
             wait: Duration::from_secs(2),
         }
     }
@@ -198,10 +202,11 @@ pub fn inject(pid: u32, opts: &InjectOptions) -> Result<Injected, InjectError> {
 /// job's GHOSTPROF_CUPTI_PATH and CUDA_HOME, where the library looks for libcupti.
 fn entry_argument(opts: &InjectOptions, env: &[Option<String>]) -> String {
     let mut arg = format!(
-        "ring_dir={}\npm_interval_ns={}\napi_activity={}\n",
+        "ring_dir={}\npm_interval_ns={}\napi_activity={}\npm_decode={}\n",
         opts.ring_dir.display(),
         opts.pm_interval_ns,
-        u8::from(opts.api_activity)
+        u8::from(opts.api_activity),
+        if opts.pm_decode_collector { "collector" } else { "job" }
     );
     for (key, value) in ["cupti_path", "cuda_home"].iter().zip(env) {
         if let Some(v) = value {
@@ -246,11 +251,13 @@ mod tests {
 
     #[test]
     fn the_argument_carries_where_the_job_keeps_libcupti() {
-        let opts = InjectOptions::new("/x/libghostprof_inject.so".into());
+        let mut opts = InjectOptions::new("/x/libghostprof_inject.so".into());
+        opts.pm_decode_collector = true;
         let arg = entry_argument(&opts, &[Some("/opt/cupti/libcupti.so.13".into()), None]);
         assert_eq!(
             arg,
-            "ring_dir=/dev/shm\npm_interval_ns=50000\napi_activity=0\ncupti_path=/opt/cupti/libcupti.so.13\n"
+            "ring_dir=/dev/shm\npm_interval_ns=50000\napi_activity=0\npm_decode=collector\n\
+             cupti_path=/opt/cupti/libcupti.so.13\n"
         );
     }
 }

@@ -237,6 +237,7 @@ impl Injector {
         let opts = cfg.inject_library.clone().map(|lib| {
             let mut o = InjectOptions::new(lib);
             o.ring_dir = cfg.ring_dir.clone();
+            o.pm_decode_collector = crate::collect::pmdecode::use_collector();
             o
         });
         Injector { opts, done: BTreeSet::new(), notes: Vec::new() }

@@ -168,6 +168,10 @@ impl Collectors {
                 break;
             }
         }
+        // PM images still with ghostprof's decoder (the job's last ones came with its exit).
+        if let Some(out) = self.cupti_out.as_mut() {
+            self.cupti.settle_pm(out, std::time::Duration::from_secs(10));
+        }
     }
 
     /// Stops NVML sampling (before the pipeline finishes) and gathers what every collector saw;

@@ -403,6 +403,11 @@ pub fn record_command_with_progress(
             envs.push(("CUDA_INJECTION64_PATH".to_string(), lib.display().to_string()));
             envs.push(("GHOSTPROF_ENABLE".to_string(), "1".to_string()));
             envs.push(("GHOSTPROF_RING_DIR".to_string(), ring_dir.display().to_string()));
+            // PM samples evaluated by ghostprof's decoder, not in the job (collect/pmdecode.rs),
+            // unless the user asked for the job (`GHOSTPROF_PM_DECODE=job`) or there is no decoder.
+            if crate::collect::pmdecode::use_collector() {
+                envs.push(("GHOSTPROF_PM_DECODE".to_string(), "collector".to_string()));
+            }
             // The same library is NCCL's profiler plugin (NCCL ≥ 2.23): each collective's
             // algorithm and protocol. A plugin of the user's own wins.
             let ours = |own: &str| {

@@ -12,6 +12,10 @@
 //! untrusted input), except that name pointers, meaningless in another process, are replaced
 //! by ids whose strings go through the ring once.
 //!
+//! `GHOSTPROF_PM_DECODE=collector` (set by `ghostprof record`; `pm_decode=collector` in the
+//! attach argument) ships PM sampling's decoded images to ghostprof for evaluation instead of
+//! evaluating them in the job ([`pm`]).
+//!
 //! `ghostprof attach` can also load it into a job started without it (ptrace, `dlopen`) and call
 //! [`ghostprof_attach`]: one attach session, which ends when ghostprof detaches (CUPTI off,
 //! the session's thread gone, the ring removed); the library stays mapped and dormant, and the
@@ -41,6 +45,10 @@ pub extern "C" fn InitializeInjection() -> c_int {
         return 1;
     }
     let t0 = cost::init();
+    // Read here, on the thread that called cuInit (the control thread never calls getenv).
+    if let Some(on) = std::env::var("GHOSTPROF_PM_DECODE").ok().as_deref().and_then(pm::parse_mode) {
+        pm::set_collector_decode(on);
+    }
     let started = catch_unwind(cupti::start);
     cost::started(t0);
     match started {
@@ -59,7 +67,7 @@ pub const ATTACH_PANIC: c_int = -6;
 
 /// Called by `ghostprof attach` on a thread it borrowed from the job (the library was just
 /// `dlopen`ed, or is still mapped from an earlier attach): starts an attach session configured
-/// by `arg` (`key=value` lines: `ring_dir`, `pm_interval_ns`, `api_activity`), and returns at
+/// by `arg` (`key=value` lines: `ring_dir`, `pm_interval_ns`, `pm_decode`, `api_activity`), and returns at
 /// once. 0: started; [`ATTACH_DORMANT`]; negative: refused (`cupti::AttachRefused`'s values,
 /// [`ATTACH_PANIC`]). Never unwinds.
 ///
@@ -77,6 +85,10 @@ pub unsafe extern "C" fn ghostprof_attach(arg: *const c_char) -> c_int {
         // SAFETY: ghostprof passes a NUL-terminated string it wrote into the process.
         let text = unsafe { CStr::from_ptr(arg) };
         let Ok(text) = text.to_str() else { return cupti::AttachRefused::BadArgument as c_int };
+        // `pm_decode=collector|job`: where PM samples are evaluated (cupti's parser ignores
+        // the key; an absent or unknown value keeps evaluation in the job).
+        let mode = text.lines().find_map(|l| l.strip_prefix("pm_decode=")).and_then(pm::parse_mode);
+        pm::set_collector_decode(mode.unwrap_or(false));
         match cupti::AttachArgs::parse(text).and_then(|a| cupti::attach(&a)) {
             Ok(()) => 0,
             Err(e) => e as c_int,

@@ -4,9 +4,21 @@
 //! re-initializes the counter-data image; the last tick stops sampling first, so the final
 //! (partial) sample is included. A device that does not offer the metrics gets a status record
 //! and no sampling.
+//!
+//! Where the samples are evaluated ([`set_collector_decode`]): in the job (the fallback,
+//! `GHOSTPROF_PM_DECODE=job`), one `cuptiProfilerHostEvaluateToGpuValues` per sample (~44 µs
+//! each on an H200: 47 % of a PyTorch job's CPU at 50 µs sampling); or in ghostprof
+//! (`collector`): the job does only what needs the device — `cuptiPmSamplingDecodeData`,
+//! `GetCounterDataInfo` and each sample's timestamps (`CounterDataGetSampleInfo` takes the
+//! sampling object) — and ships the image's filled part through the ring (`wire::PM_PART`
+//! blobs: a `PmSetup` once per session, then a `PmImage` per decode); ghostprof's decoder
+//! process evaluates them.
 
 use std::ffi::{c_char, CStr};
 use std::mem::{size_of, zeroed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use ghostprof_ring::wire;
 
 use cs::CUptiResult::CUPTI_SUCCESS;
 use cudarc::cupti::sys as cs;
@@ -15,11 +27,46 @@ pub const TENSOR: &CStr = c"sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustai
 pub const SM_ACTIVE: &CStr = c"gr__cycles_active.avg.pct_of_peak_sustained_elapsed";
 const MAX_SAMPLES: u32 = 20_000;
 const HW_BUFFER_BYTES: usize = 64 << 20;
+/// Decodes per collect in collector mode while CUPTI says the image filled up (a late tick):
+/// the rest of the samples stay in the hardware buffer for the next decode.
+const MAX_DECODES_PER_COLLECT: usize = 16;
+/// The ring's largest record, for the parts of a PM blob.
+const PART_BYTES: usize = ghostprof_ring::MAX_RECORD_BYTES;
+
+static COLLECTOR_DECODE: AtomicBool = AtomicBool::new(false);
+static SESSIONS: AtomicU32 = AtomicU32::new(0);
+
+/// Where sessions started from now on evaluate: true = ghostprof evaluates (`collector`),
+/// false = here (`job`, the default). Set from `GHOSTPROF_PM_DECODE` by `InitializeInjection`
+/// and from the attach argument's `pm_decode` (never read from the environment here: this runs
+/// on the control thread).
+pub fn set_collector_decode(on: bool) {
+    COLLECTOR_DECODE.store(on, Ordering::Release);
+}
+
+/// `GHOSTPROF_PM_DECODE` / `pm_decode` value → collector mode (None: not a known value).
+pub fn parse_mode(value: &str) -> Option<bool> {
+    match value {
+        "collector" => Some(true),
+        "job" => Some(false),
+        _ => None,
+    }
+}
+
+/// What collector mode ships besides the images (the host API's inputs), sent with the first
+/// blob of the session that goes through.
+struct Shipping {
+    session: u32,
+    seq: u32,
+    setup: Option<Vec<u8>>,
+}
 
 pub struct PmSession {
     host: *mut cs::CUpti_Profiler_Host_Object,
     object: *mut cs::CUpti_PmSampling_Object,
     image: Vec<u8>,
+    /// Some in collector mode.
+    shipping: Option<Shipping>,
 }
 
 // SAFETY: the CUPTI handles are used from one thread at a time (behind the state mutex).
@@ -106,14 +153,32 @@ pub fn start(interval_ns: u64) -> Result<PmSession, String> {
             triggerMode: cs::CUpti_PmSampling_TriggerMode::CUPTI_PM_SAMPLING_TRIGGER_MODE_GPU_TIME_INTERVAL,
         });
         check("cuptiPmSamplingSetConfig", crate::api::cuptiPmSamplingSetConfig(&mut set))?;
+        let collector = COLLECTOR_DECODE.load(Ordering::Acquire);
+        // Collector mode ships the image every 50 ms tick: sized for four ticks of samples
+        // (a late tick decodes again), not 20,000.
+        let max_samples = if collector {
+            (200_000_000 / interval_ns.max(1)).clamp(64, MAX_SAMPLES as u64) as u32
+        } else {
+            MAX_SAMPLES
+        };
         let mut data = params!(CUpti_PmSampling_GetCounterDataSize_Params {
             pPmSamplingObject: object,
             pMetricNames: names.as_mut_ptr(),
             numMetrics: names.len(),
-            maxSamples: MAX_SAMPLES,
+            maxSamples: max_samples,
         });
         check("cuptiPmSamplingGetCounterDataSize", crate::api::cuptiPmSamplingGetCounterDataSize(&mut data))?;
-        let mut session = PmSession { host, object, image: vec![0u8; data.counterDataSize] };
+        let shipping = collector.then(|| {
+            let chip: &[u8] = if chip.pChipName.is_null() { b"" } else { CStr::from_ptr(chip.pChipName).to_bytes() };
+            let setup = wire::PmSetup {
+                interval_ns,
+                chip,
+                availability: &avail_image,
+                metrics: metric_names().iter().map(|&n| CStr::from_ptr(n).to_bytes()).collect(),
+            };
+            Shipping { session: SESSIONS.fetch_add(1, Ordering::AcqRel), seq: 0, setup: Some(setup.encode()) }
+        });
+        let mut session = PmSession { host, object, image: vec![0u8; data.counterDataSize], shipping };
         session.reset_image()?;
         session.start()?;
         Ok(session)
@@ -150,8 +215,99 @@ impl PmSession {
         })
     }
 
-    /// Decodes every sample completed since the last call; `last` stops sampling first.
+    /// Sends one blob of the session in parts; false when the ring refused a part (the
+    /// collector drops a blob it did not get whole).
+    fn ship(shipping: &mut Shipping, blob: &[u8]) -> bool {
+        let seq = shipping.seq;
+        shipping.seq = shipping.seq.wrapping_add(1);
+        wire::PmPart::send(shipping.session, seq, blob, PART_BYTES, |p| {
+            crate::cupti::push_if_collecting(wire::PM_PART, p)
+        })
+    }
+
+    /// Collector mode: decodes what is complete, ships each image (its filled part) with its
+    /// samples' timestamps, evaluates nothing. The setup goes first, until it went through.
+    fn collect_and_ship(&mut self) -> Result<(), String> {
+        let Some(mut shipping) = self.shipping.take() else { return Ok(()) };
+        let result = (|| {
+            if let Some(setup) = shipping.setup.take() {
+                if shipping.seq != 0 || !Self::ship(&mut shipping, &setup) {
+                    // Not sent whole: a new session number, so the collector never pairs
+                    // images with a setup it lacks.
+                    shipping.session = SESSIONS.fetch_add(1, Ordering::AcqRel);
+                    shipping.seq = 0;
+                    shipping.setup = Some(setup);
+                    return Ok(());
+                }
+            }
+            for _ in 0..MAX_DECODES_PER_COLLECT {
+                let (full, times) = self.decode()?;
+                if !times.is_empty() {
+                    Self::ship(&mut shipping, &wire::PmImage::encode(&times, &self.image));
+                }
+                self.reset_image()?;
+                if !full {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        self.shipping = Some(shipping);
+        result
+    }
+
+    /// `cuptiPmSamplingDecodeData` into the image, then each completed sample's [start, end):
+    /// (whether the image filled up before the data ended, the times).
+    fn decode(&mut self) -> Result<(bool, Vec<(u64, u64)>), String> {
+        // SAFETY (whole fn): CUPTI calls on the live session and its image.
+        unsafe {
+            let mut decode = params!(CUpti_PmSampling_DecodeData_Params {
+                pPmSamplingObject: self.object,
+                pCounterDataImage: self.image.as_mut_ptr(),
+                counterDataImageSize: self.image.len(),
+            });
+            decode.structSize = std::mem::offset_of!(cs::CUpti_PmSampling_DecodeData_Params, overflow) + 1;
+            check("cuptiPmSamplingDecodeData", crate::api::cuptiPmSamplingDecodeData(&mut decode))?;
+            // Read as the u32 it is (a value outside the Rust enum must not be UB):
+            // 1 = CUPTI_PM_SAMPLING_DECODE_STOP_REASON_COUNTER_DATA_FULL.
+            let full = *std::ptr::addr_of!(decode.decodeStopReason).cast::<u32>() == 1;
+            let mut info = params!(CUpti_PmSampling_GetCounterDataInfo_Params {
+                pCounterDataImage: self.image.as_ptr(),
+                counterDataImageSize: self.image.len(),
+            });
+            check("cuptiPmSamplingGetCounterDataInfo", crate::api::cuptiPmSamplingGetCounterDataInfo(&mut info))?;
+            let mut times = Vec::with_capacity(info.numCompletedSamples.min(wire::PM_SAMPLES_MAX));
+            for index in 0..info.numCompletedSamples.min(wire::PM_SAMPLES_MAX) {
+                let mut sample = params!(CUpti_PmSampling_CounterData_GetSampleInfo_Params {
+                    pPmSamplingObject: self.object,
+                    pCounterDataImage: self.image.as_ptr(),
+                    counterDataImageSize: self.image.len(),
+                    sampleIndex: index,
+                });
+                check(
+                    "cuptiPmSamplingCounterDataGetSampleInfo",
+                    crate::api::cuptiPmSamplingCounterDataGetSampleInfo(&mut sample),
+                )?;
+                times.push((sample.startTimestamp, sample.endTimestamp));
+            }
+            Ok((full, times))
+        }
+    }
+
+    /// Decodes every sample completed since the last call; `last` stops sampling first. In
+    /// collector mode the samples are shipped, not returned (the list is empty).
     pub fn collect(&mut self, last: bool) -> Result<Vec<Sample>, String> {
+        if self.shipping.is_some() {
+            if last {
+                // SAFETY: a live sampling object.
+                check("cuptiPmSamplingStop", unsafe {
+                    crate::api::cuptiPmSamplingStop(&mut params!(CUpti_PmSampling_Stop_Params {
+                        pPmSamplingObject: self.object
+                    }))
+                })?;
+            }
+            return self.collect_and_ship().map(|()| Vec::new());
+        }
         // SAFETY (whole fn): CUPTI calls on the live session and its image.
         unsafe {
             if last {

@@ -22,6 +22,199 @@ pub const NCCL_COLL: u16 = 7;
 /// [`Cost::encode`] and read back by [`Cost::decode`]; cumulative, sent every 50 ms and at exit.
 pub const COST: u16 = 8;
 
+/// One part of a PM blob (PM decode in the collector: the library ships what the device
+/// decoded, ghostprof evaluates it): a [`PmPart`] header, then bytes `offset..offset + len` of
+/// blob `seq` of PM session `session`. Blob 0 of a session is its [`PmSetup`], every later
+/// one a [`PmImage`]; a blob's parts are sent in order, back to back.
+pub const PM_PART: u16 = 9;
+
+/// Bytes of a [`PM_PART`] header.
+pub const PM_PART_HEADER: usize = 16;
+/// Largest blob the collector accepts (bytes).
+pub const PM_BLOB_MAX: usize = 16 << 20;
+/// Largest counter-data image a [`PmImage`] may declare (bytes; the zeros after its shipped
+/// prefix are put back by the collector).
+pub const PM_IMAGE_MAX: usize = 64 << 20;
+/// Most samples one [`PmImage`] may carry.
+pub const PM_SAMPLES_MAX: usize = 65_536;
+/// Most metrics, and the longest metric name, chip name and availability image a
+/// [`PmSetup`] may carry.
+pub const PM_METRICS_MAX: usize = 8;
+/// Longest metric or chip name (bytes).
+pub const PM_NAME_MAX: usize = 256;
+/// Longest counter-availability image (bytes).
+pub const PM_AVAILABILITY_MAX: usize = 1 << 20;
+
+/// The header of a [`PM_PART`] record: `session u32, seq u32, total u32, offset u32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PmPart {
+    /// The library's PM session (a new one after each start).
+    pub session: u32,
+    /// The blob's number in the session (0: the setup).
+    pub seq: u32,
+    /// The blob's length.
+    pub total: u32,
+    /// Where this part's bytes go in the blob.
+    pub offset: u32,
+}
+
+impl PmPart {
+    /// Splits `blob` into [`PM_PART`] payloads of at most `max_payload` bytes and hands each
+    /// to `push` (false from `push`: the rest is not sent, and false is returned).
+    pub fn send(session: u32, seq: u32, blob: &[u8], max_payload: usize, mut push: impl FnMut(&[u8]) -> bool) -> bool {
+        let step = max_payload.saturating_sub(PM_PART_HEADER).max(1);
+        let mut payload = Vec::with_capacity(max_payload.min(blob.len() + PM_PART_HEADER));
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + step).min(blob.len());
+            payload.clear();
+            for v in [session, seq, blob.len() as u32, offset as u32] {
+                payload.extend_from_slice(&v.to_le_bytes());
+            }
+            payload.extend_from_slice(&blob[offset..end]);
+            if !push(&payload) {
+                return false;
+            }
+            offset = end;
+            if offset >= blob.len() {
+                return true;
+            }
+        }
+    }
+
+    /// The header and the bytes of a [`PM_PART`] payload; None when it is shorter than the
+    /// header or its bytes run past `total`.
+    pub fn decode(p: &[u8]) -> Option<(PmPart, &[u8])> {
+        let at = |i: usize| -> Option<u32> { Some(u32::from_le_bytes(p.get(i * 4..i * 4 + 4)?.try_into().ok()?)) };
+        let part = PmPart { session: at(0)?, seq: at(1)?, total: at(2)?, offset: at(3)? };
+        let bytes = &p[PM_PART_HEADER..];
+        (part.offset as u64 + bytes.len() as u64 <= part.total as u64).then_some((part, bytes))
+    }
+}
+
+/// Reads little-endian fields off the front of a byte slice (None past its end).
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.bytes(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.bytes(8)?.try_into().ok()?))
+    }
+    fn sized(&mut self, max: usize) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return None;
+        }
+        self.bytes(n)
+    }
+}
+
+/// Blob 0 of a PM session: what evaluating its images needs besides the images (the host
+/// API's inputs), `interval_ns u64, chip (len u32 + bytes), availability (len u32 + bytes),
+/// metric count u32, each metric (len u32 + bytes)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PmSetup<'a> {
+    /// The sampling interval (GPU time, ns).
+    pub interval_ns: u64,
+    /// `cuptiDeviceGetChipName`'s name.
+    pub chip: &'a [u8],
+    /// `cuptiPmSamplingGetCounterAvailability`'s image.
+    pub availability: &'a [u8],
+    /// The metrics configured, in the order evaluation returns them.
+    pub metrics: Vec<&'a [u8]>,
+}
+
+impl<'a> PmSetup<'a> {
+    /// The blob.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.chip.len() + self.availability.len());
+        out.extend_from_slice(&self.interval_ns.to_le_bytes());
+        for b in [self.chip, self.availability] {
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        }
+        out.extend_from_slice(&(self.metrics.len() as u32).to_le_bytes());
+        for m in &self.metrics {
+            out.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            out.extend_from_slice(m);
+        }
+        out
+    }
+
+    /// Reads a blob written by [`PmSetup::encode`]; None when it is cut short or over a cap
+    /// ([`PM_NAME_MAX`], [`PM_AVAILABILITY_MAX`], [`PM_METRICS_MAX`]).
+    pub fn decode(blob: &'a [u8]) -> Option<Self> {
+        let mut r = Reader(blob);
+        let interval_ns = r.u64()?;
+        let chip = r.sized(PM_NAME_MAX)?;
+        let availability = r.sized(PM_AVAILABILITY_MAX)?;
+        let n = r.u32()? as usize;
+        if n > PM_METRICS_MAX {
+            return None;
+        }
+        let metrics = (0..n).map(|_| r.sized(PM_NAME_MAX)).collect::<Option<Vec<_>>>()?;
+        Some(PmSetup { interval_ns, chip, availability, metrics })
+    }
+}
+
+/// A later blob of a PM session: the samples one decode completed, `samples u32, image_bytes
+/// u32, samples × (start u64, end u64: CUPTI time, from `cuptiPmSamplingCounterDataGetSampleInfo`,
+/// which needs the job's sampling object), then the counter-data image up to its last non-zero
+/// byte` (the rest of its `image_bytes` are zeros: only the filled part travels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PmImage<'a> {
+    /// Each sample's [start, end) in CUPTI time.
+    pub times: Vec<(u64, u64)>,
+    /// The whole image's size.
+    pub image_bytes: usize,
+    /// The image up to its last non-zero byte.
+    pub prefix: &'a [u8],
+}
+
+impl<'a> PmImage<'a> {
+    /// The blob of `times` and `image` (its trailing zeros left out).
+    pub fn encode(times: &[(u64, u64)], image: &[u8]) -> Vec<u8> {
+        let used = image.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let mut out = Vec::with_capacity(8 + times.len() * 16 + used);
+        out.extend_from_slice(&(times.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(image.len() as u32).to_le_bytes());
+        for (a, b) in times {
+            out.extend_from_slice(&a.to_le_bytes());
+            out.extend_from_slice(&b.to_le_bytes());
+        }
+        out.extend_from_slice(&image[..used]);
+        out
+    }
+
+    /// Reads a blob written by [`PmImage::encode`]; None when it is cut short, over a cap
+    /// ([`PM_SAMPLES_MAX`], [`PM_IMAGE_MAX`]) or its prefix is longer than its image.
+    pub fn decode(blob: &'a [u8]) -> Option<Self> {
+        let mut r = Reader(blob);
+        let n = r.u32()? as usize;
+        let image_bytes = r.u32()? as usize;
+        if n > PM_SAMPLES_MAX || image_bytes > PM_IMAGE_MAX {
+            return None;
+        }
+        let times = (0..n).map(|_| Some((r.u64()?, r.u64()?))).collect::<Option<Vec<_>>>()?;
+        let prefix = r.0;
+        (prefix.len() <= image_bytes).then_some(PmImage { times, image_bytes, prefix })
+    }
+
+    /// The whole image: the prefix and its zeros.
+    pub fn image(&self) -> Vec<u8> {
+        let mut image = vec![0u8; self.image_bytes];
+        image[..self.prefix.len()].copy_from_slice(self.prefix);
+        image
+    }
+}
+
 /// Bytes of a [`COST`] payload.
 pub const COST_BYTES: usize = 40;
 
@@ -189,5 +382,54 @@ impl<'a> NcclColl<'a> {
             algo: strs[2],
             proto: strs[3],
         })
+    }
+}
+
+#[cfg(test)]
+mod pm_tests {
+    use super::*;
+
+    #[test]
+    fn pm_blobs_round_trip_through_parts() {
+        let setup = PmSetup {
+            interval_ns: 50_000,
+            chip: b"GH100",
+            availability: &[7u8; 100_000],
+            metrics: vec![b"a.pct".as_slice(), b"b.pct".as_slice()],
+        };
+        let blob = setup.encode();
+        let mut parts = Vec::new();
+        assert!(PmPart::send(3, 0, &blob, 65_536, |p| {
+            parts.push(p.to_vec());
+            true
+        }));
+        assert_eq!(parts.len(), 2, "100 KB in parts of 64 KiB");
+        let mut whole = Vec::new();
+        for p in &parts {
+            let (h, bytes) = PmPart::decode(p).unwrap_or_else(|| panic!("part"));
+            assert_eq!((h.session, h.seq, h.total as usize, h.offset as usize), (3, 0, blob.len(), whole.len()));
+            whole.extend_from_slice(bytes);
+        }
+        assert_eq!(PmSetup::decode(&whole), Some(setup));
+        let mut image = vec![0u8; 4096];
+        image[..10].copy_from_slice(b"GPSIMPM1\x05\x00");
+        let times = [(10u64, 20u64), (20, 30)];
+        let blob = PmImage::encode(&times, &image);
+        assert_eq!(blob.len(), 8 + 32 + 9, "only the image's filled part travels");
+        let back = PmImage::decode(&blob).unwrap_or_else(|| panic!("image"));
+        assert_eq!(back.times, times);
+        assert_eq!(back.image(), image);
+        for cut in 0..blob.len().min(40) {
+            assert_eq!(PmImage::decode(&blob[..cut]), None, "cut at {cut}");
+        }
+        let mut lying = blob.clone();
+        lying[4..8].copy_from_slice(&2u32.to_le_bytes()); // image smaller than its prefix
+        assert_eq!(PmImage::decode(&lying), None);
+        lying[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(PmImage::decode(&lying), None);
+        let mut part = vec![0u8; 20];
+        part[8..12].copy_from_slice(&3u32.to_le_bytes()); // total 3, 4 bytes at offset 0
+        assert_eq!(PmPart::decode(&part), None);
+        assert_eq!(PmPart::decode(&part[..15]), None);
     }
 }

@@ -65,10 +65,17 @@ pub fn init_image(image: &mut [u8]) -> bool {
     true
 }
 
-/// (max samples, populated samples) of an image, or None if it is not a gpusim image.
+/// (max samples, populated samples) of an image, or None if it is not a well-formed gpusim
+/// image: the magic, at most `max` samples populated and room for `max` in the bytes given.
+/// Images reach the host API from another process (a collector evaluating offline), so a
+/// corrupted one is an error (CUPTI_ERROR_INVALID_PARAMETER), never a read past its end.
 pub fn image_info(image: &[u8]) -> Option<(usize, usize)> {
-    (image.len() >= HEADER_BYTES && &image[..8] == MAGIC)
-        .then(|| (read_u64(image, 8) as usize, read_u64(image, 16) as usize))
+    if image.len() < HEADER_BYTES || &image[..8] != MAGIC {
+        return None;
+    }
+    let (max, populated) = (read_u64(image, 8), read_u64(image, 16));
+    let room = ((image.len() - HEADER_BYTES) / SAMPLE_BYTES) as u64;
+    (max <= room && populated <= max).then_some((max as usize, populated as usize))
 }
 
 /// Sample `index` of an image.
@@ -86,7 +93,8 @@ pub fn sample(image: &[u8], index: usize) -> Option<SampleValues> {
     })
 }
 
-fn push_sample(image: &mut [u8], values: &SampleValues) -> bool {
+/// Appends one sample to an image; false when it is full or not a gpusim image.
+pub fn push_sample(image: &mut [u8], values: &SampleValues) -> bool {
     let Some((max, populated)) = image_info(image) else { return false };
     if populated >= max {
         return false;
@@ -211,5 +219,25 @@ mod tests {
         assert!(!push_sample(&mut image, &s));
         assert_eq!(image_info(&image), Some((2, 2)));
         assert_eq!(sample(&image, 1), Some(s));
+    }
+
+    #[test]
+    fn corrupted_images_are_refused() {
+        let mut image = vec![0u8; image_size(4)];
+        assert!(init_image(&mut image));
+        let s = SampleValues { start_ns: 1, end_ns: 2, tensor_active_ns: 0.5, busy_ns: 1.0 };
+        assert!(push_sample(&mut image, &s));
+        let mut lying = image.clone();
+        lying[16..24].copy_from_slice(&5u64.to_le_bytes()); // populated > max
+        assert_eq!(image_info(&lying), None);
+        assert_eq!(sample(&lying, 4), None);
+        let mut lying = image.clone();
+        lying[8..16].copy_from_slice(&u64::MAX.to_le_bytes()); // max past the bytes
+        assert_eq!(image_info(&lying), None);
+        assert_eq!(image_info(&image[..HEADER_BYTES + SAMPLE_BYTES]), None, "cut short: room for 1 of 4");
+        let mut bad_magic = image.clone();
+        bad_magic[0] ^= 1;
+        assert_eq!(sample(&bad_magic, 0), None);
+        assert_eq!(sample(&image, 0), Some(s));
     }
 }

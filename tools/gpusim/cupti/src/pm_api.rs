@@ -144,10 +144,23 @@ pub struct HostInitializeParams {
     p_host_object: *mut c_void,
 }
 
-/// `CUptiResult cuptiProfilerHostInitialize(...)`.
+/// `CUptiResult cuptiProfilerHostInitialize(...)`: offline, as the real host API: needs no
+/// device, context or libcuda, only the chip name ("GH100") and, if given, gpusim's
+/// counter-availability image; anything else is refused with CUPTI_ERROR_INVALID_PARAMETER.
 #[no_mangle]
 pub extern "C" fn cuptiProfilerHostInitialize(p: *mut HostInitializeParams) -> i32 {
     with_params(p, |p| {
+        // SAFETY: the caller passes a NUL-terminated chip name (or null).
+        if unsafe { gpusim_core::ffi::c_str(p.p_chip_name) }.as_deref() != Some("GH100") {
+            return INVALID_PARAMETER;
+        }
+        if !p.p_counter_availability_image.is_null() {
+            // SAFETY: an availability image is at least as long as the one gpusim hands out.
+            let given = unsafe { std::slice::from_raw_parts(p.p_counter_availability_image, AVAILABILITY.len()) };
+            if given != AVAILABILITY {
+                return INVALID_PARAMETER;
+            }
+        }
         let handle = NEXT_HANDLE.fetch_add(1, Ordering::SeqCst);
         hosts().insert(handle, HostObject::default());
         p.p_host_object = handle as *mut c_void;
@@ -276,12 +289,32 @@ pub struct EvaluateParams {
     p_metric_values: *mut f64,
 }
 
+/// Evaluate calls made in this process, written to `$GPUSIM_PM_EVAL_DIR/evaluate-<pid>` after
+/// each call when that variable is set (tests count where evaluation runs: in the job or in
+/// ghostprof's decoder).
+static EVALUATIONS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_evaluation() {
+    static DIR: OnceLock<Option<String>> = OnceLock::new();
+    let n = EVALUATIONS.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some(dir) = DIR.get_or_init(|| std::env::var("GPUSIM_PM_EVAL_DIR").ok()) {
+        let _ = std::fs::write(format!("{dir}/evaluate-{}", std::process::id()), n.to_string());
+    }
+}
+
 /// `CUptiResult cuptiProfilerHostEvaluateToGpuValues(...)`: for PM sampling, `rangeIndex` is the
-/// sample index.
+/// sample index. Offline, as the real host API: a host object and the image bytes are all it
+/// reads (no context, no sampling object, no libcuda), so a process that never touched the
+/// device can evaluate images another process decoded; a corrupted image is
+/// CUPTI_ERROR_INVALID_PARAMETER.
 #[no_mangle]
 pub extern "C" fn cuptiProfilerHostEvaluateToGpuValues(p: *mut EvaluateParams) -> i32 {
     with_params(p, |p| {
+        count_evaluation();
         if p.p_counter_data_image.is_null() || p.p_metric_values.is_null() {
+            return INVALID_PARAMETER;
+        }
+        if !hosts().contains_key(&(p.p_host_object as usize)) {
             return INVALID_PARAMETER;
         }
         // SAFETY: the caller's image has `counter_data_image_size` bytes.
@@ -585,3 +618,74 @@ const _: () = {
     assert!(std::mem::size_of::<GetChipNameParams>() == 32);
     assert!(std::mem::size_of::<GetCounterAvailabilityParams>() == 40);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    fn host(chip: *const c_char) -> (i32, *mut c_void) {
+        let mut init = HostInitializeParams {
+            struct_size: size_of::<HostInitializeParams>(),
+            p_priv: std::ptr::null_mut(),
+            profiler_type: 1,
+            p_chip_name: chip,
+            p_counter_availability_image: AVAILABILITY.as_ptr(),
+            p_host_object: std::ptr::null_mut(),
+        };
+        (cuptiProfilerHostInitialize(&mut init), init.p_host_object)
+    }
+
+    fn evaluate(host: *mut c_void, image: &[u8], index: usize, names: &[*const c_char]) -> (i32, [f64; 2]) {
+        let mut values = [f64::NAN; 2];
+        let mut p = EvaluateParams {
+            struct_size: size_of::<EvaluateParams>(),
+            p_priv: std::ptr::null_mut(),
+            p_host_object: host,
+            p_counter_data_image: image.as_ptr(),
+            counter_data_image_size: image.len(),
+            range_index: index,
+            pp_metric_names: names.as_ptr(),
+            num_metrics: names.len(),
+            p_metric_values: values.as_mut_ptr(),
+        };
+        (cuptiProfilerHostEvaluateToGpuValues(&mut p), values)
+    }
+
+    /// The test process never loads libcuda, creates a context or enables sampling: evaluation
+    /// works from the chip name, the availability image and the image bytes alone.
+    #[test]
+    fn evaluation_is_offline_and_refuses_corrupted_images() {
+        assert!(pm::objects().is_empty());
+        let (rc, _) = host(c"GA100".as_ptr());
+        assert_eq!(rc, INVALID_PARAMETER, "another chip");
+        let (rc, h) = host(pm_metrics::CHIP_NAME.as_ptr());
+        assert_eq!(rc, SUCCESS);
+        let names = [
+            c"sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_elapsed".as_ptr(),
+            c"gr__cycles_active.avg.pct_of_peak_sustained_elapsed".as_ptr(),
+        ];
+        let mut add = ConfigAddMetricsParams {
+            struct_size: size_of::<ConfigAddMetricsParams>(),
+            p_priv: std::ptr::null_mut(),
+            p_host_object: h,
+            pp_metric_names: names.as_ptr(),
+            num_metrics: 2,
+        };
+        assert_eq!(cuptiProfilerHostConfigAddMetrics(&mut add), SUCCESS);
+        let mut image = vec![0u8; pm::image_size(8)];
+        assert!(pm::init_image(&mut image));
+        let s = pm_metrics::SampleValues { start_ns: 0, end_ns: 50_000, tensor_active_ns: 10_000.0, busy_ns: 40_000.0 };
+        assert!(pm::push_sample(&mut image, &s));
+        assert_eq!(evaluate(h, &image, 0, &names), (SUCCESS, [20.0, 80.0]));
+        assert_eq!(evaluate(h, &image, 1, &names).0, INVALID_PARAMETER, "past the populated samples");
+        assert_eq!(evaluate(0x5 as *mut c_void, &image, 0, &names).0, INVALID_PARAMETER, "no such host object");
+        let mut corrupted = image.clone();
+        corrupted[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(evaluate(h, &corrupted, 0, &names).0, INVALID_PARAMETER);
+        assert_eq!(evaluate(h, &image[..40], 0, &names).0, INVALID_PARAMETER, "cut inside the header");
+        let junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        assert_eq!(evaluate(h, &junk, 0, &names).0, INVALID_PARAMETER);
+        assert!(pm::objects().is_empty(), "no sampling object was ever made");
+    }
+}
