@@ -36,12 +36,14 @@ pub struct InjectOptions {
 }
 
 impl InjectOptions {
-    /// Defaults for `library`: rings in `/dev/shm`, PM sampling every 50 µs, 2 s to find a moment.
+    /// Defaults for `library`: rings in `/dev/shm`, PM sampling every 50 µs (or
+    /// `GHOSTPROF_PM_INTERVAL_NS` of ghostprof's environment, as `record` passes it to its job;
+    /// 0 turns PM off), 2 s to find a moment.
     pub fn new(library: PathBuf) -> Self {
         InjectOptions {
             library,
             ring_dir: PathBuf::from("/dev/shm"),
-            pm_interval_ns: 50_000,
+            pm_interval_ns: std::env::var("GHOSTPROF_PM_INTERVAL_NS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000),
             api_activity: false,
             pm_decode_collector: false,
             wait: Duration::from_secs(2),
