@@ -2,7 +2,9 @@
 //! equal in-process evaluation bit for bit, hostile values and times are refused and counted,
 //! the job's libcupti is taken only as the mapped file (no symlink, same inode), and recorded
 //! gpusim jobs: the same PM figures in both modes, no evaluation in the job, a decoder running
-//! as the job's user with no capability, and a decoder that dies stops PM with a note.
+//! as the job's user with no capability, and a decoder that dies stops PM with a note; a
+//! decoder lives in its job's namespaces, and a hostile libcupti it loads cannot reach the host's
+//! files or network nor create a user namespace.
 
 use std::ffi::{c_void, CStr};
 use std::path::{Path, PathBuf};
@@ -145,11 +147,6 @@ fn root_pm_decoder_values_equal_in_process_evaluation() {
     let route = d.setup(me, &setup_blob()).expect("a decoder for this process's libcupti");
     let procs = d.processes();
     assert_eq!(procs.len(), 1);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", procs[0].0)).unwrap();
-    for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
-        let v = status.lines().find_map(|l| l.strip_prefix(key)).unwrap().trim();
-        assert_eq!(v, "0000000000000000", "{key} of the decoder");
-    }
     let times: Vec<(u64, u64)> = samples.iter().map(|s| (s.0, s.1)).collect();
     assert_eq!(d.eval(route, me, 7, 2, 0, times.clone(), image.clone()), Ok(true));
     match wait_outcome(&mut d) {
@@ -164,6 +161,17 @@ fn root_pm_decoder_values_equal_in_process_evaluation() {
             assert_eq!((kept.len(), refused), (500, PmRefusals::default()));
         }
         o => panic!("{o:?}"),
+    }
+    // It answered: it has dropped its privileges (it does so itself, after exec).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", procs[0].0)).unwrap();
+    for (key, want) in [
+        ("CapEff:", "0000000000000000"),
+        ("CapPrm:", "0000000000000000"),
+        ("CapBnd:", "0000000000000000"),
+        ("Seccomp:", "2"),
+    ] {
+        let v = status.lines().find_map(|l| l.strip_prefix(key)).unwrap().trim();
+        assert_eq!(v, want, "{key} of the decoder");
     }
     // The decoder loaded the job's libcupti and its companion, the files this process maps.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", procs[0].0)).unwrap();
@@ -386,8 +394,10 @@ fn record(dir: &Path, steps: u64, job_mode: bool, as_nobody: bool, kill_decoder_
                 if ppid.as_deref() == Some(&me.to_string())
                     && cmdline.windows(pmdecode::DECODER_ARG.len()).any(|w| w == pmdecode::DECODER_ARG.as_bytes())
                 {
-                    if !decoders.iter().any(|(p, _)| *p == pid) {
-                        decoders.push((pid, status));
+                    // The last status seen: a decoder drops its privileges itself, after exec.
+                    match decoders.iter_mut().find(|(p, _)| *p == pid) {
+                        Some(d) => d.1 = status,
+                        None => decoders.push((pid, status)),
                     }
                     if let Some(after) = kill_decoder_after {
                         if !killed && began.elapsed() >= after {
@@ -580,4 +590,250 @@ fn hostile_pm_parts_are_refused_and_counted() {
     pipeline.finish().unwrap();
     let batch = TraceReader::open(&trace).unwrap().read_all().unwrap();
     assert!(batch.samples.is_empty());
+}
+
+/// A C file compiled with `cc` into `out` (extra arguments after); None (and a message) when
+/// there is no C compiler.
+fn cc(dir: &Path, name: &str, source: &str, args: &[&str]) -> Option<PathBuf> {
+    if Command::new("cc").arg("--version").output().is_err() {
+        eprintln!("skipped: no C compiler (cc) to build the test's {name}");
+        return None;
+    }
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = dir.join(name);
+    let built = Command::new("cc").args(args).arg("-o").arg(&out).arg(&src).output().unwrap();
+    assert!(built.status.success(), "cc {name}: {}", String::from_utf8_lossy(&built.stderr));
+    Some(out)
+}
+
+/// A job that maps the library it is given (dlopen) and waits.
+const JOB_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    void *h = argc > 1 ? dlopen(argv[1], RTLD_NOW | RTLD_LOCAL) : 0;
+    printf("%s\n", h ? "loaded" : dlerror());
+    fflush(stdout);
+    for (;;) pause();
+}
+"#;
+
+/// A child killed when dropped (a failed assertion too); for `unshare --kill-child`, the job
+/// goes with it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A job in its own pid, mount (private /tmp) and network namespaces that maps `lib` as
+/// `/tmp/<name>` (copied into its /tmp) and waits; (unshare's process, the job's pid).
+fn job_in_namespaces(dir: &Path, lib: &Path, name: &str) -> Option<(KillOnDrop, u32)> {
+    let job = cc(dir, "job", JOB_C, &[])?;
+    // The files are read through descriptors opened before /tmp is replaced.
+    let script = format!(
+        "exec 3<\"$0\" 4<\"$1\"; mount -t tmpfs tmpfs /tmp && cat <&3 >/tmp/{name} && cat <&4 >/tmp/job \
+         && chmod +x /tmp/job && exec /tmp/job /tmp/{name}"
+    );
+    let mut child = KillOnDrop(
+        Command::new("unshare")
+            .args([
+                "--pid",
+                "--mount",
+                "--net",
+                "--fork",
+                "--kill-child",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .arg(lib)
+            .arg(&job)
+            .env("GP_HOSTILE_JOB", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.0.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "loaded", "the job maps {name}");
+    let ppid = format!("PPid:\t{}", child.0.id());
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|s| s.lines().any(|l| l == ppid)))
+        .expect("the job under unshare");
+    Some((child, pid))
+}
+
+fn ns_of(pid: &str, name: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{name}")).unwrap().display().to_string()
+}
+
+/// A job in its own mount, network and pid namespaces: its decoder lives in them (its
+/// `/proc/PID/ns/{mnt,net,pid,ipc,uts}` are the job's, not ghostprof's) and still evaluates.
+#[test]
+#[ignore = "root tier: namespaces, and the decoder enters the job's"]
+fn root_pm_decoder_lives_in_the_jobs_namespaces() {
+    assert!(is_root(), "run the root tier as root");
+    let dir = tmpdir();
+    let lib = crate::gpusim::built().lib_dir.join("libcupti.so.12");
+    let Some((_unshare, job)) = job_in_namespaces(dir.path(), &lib, "libcupti.so.12") else { return };
+    let mut d = Decoders::with_exe(ghostprof_exe());
+    let route = d.setup(job, &setup_blob()).expect("a decoder for the job");
+    let image = gpusim_image(&[(1_000, 51_000, 10_000.0, 25_000.0)], 4);
+    assert_eq!(d.eval(route, job, 1, 2, 0, vec![(1_000, 51_000)], image), Ok(true));
+    match wait_outcome(&mut d) {
+        Outcome::Values { values, .. } => assert_eq!(values.len(), 2),
+        o => panic!("{o:?}"),
+    }
+    let decoder = d.processes()[0].0.to_string();
+    let job = job.to_string();
+    for name in ["mnt", "net", "pid", "ipc", "uts"] {
+        assert_eq!(ns_of(&decoder, name), ns_of(&job, name), "the decoder's {name} namespace is the job's");
+    }
+    for name in ["mnt", "net", "pid"] {
+        assert_ne!(ns_of(&decoder, name), ns_of("self", name), "the decoder's {name} namespace is ghostprof's");
+    }
+    d.close();
+}
+
+/// A hostile libcupti: its constructor, run by the decoder, tries to reach outside the job.
+const HOSTILE_C: &str = r#"
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+__attribute__((constructor)) static void hostile(void) {
+    if (getenv("GP_HOSTILE_JOB")) return; /* the job maps it too */
+    char line[256];
+    int n = 0;
+    int fd = open(HOST_FILE, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    n += snprintf(line + n, sizeof line - n, "file=%d ", fd >= 0 ? 0 : errno);
+    int c = -1, s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s >= 0) {
+        struct sockaddr_in a = {0};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(PORT);
+        a.sin_addr.s_addr = htonl(0x7f000001);
+        c = connect(s, (struct sockaddr *)&a, sizeof a);
+    }
+    n += snprintf(line + n, sizeof line - n, "connect=%d ", c == 0 ? 0 : errno);
+    int u = unshare(CLONE_NEWUSER);
+    n += snprintf(line + n, sizeof line - n, "unshare=%d\n", u == 0 ? 0 : errno);
+    int r = open(REPORT, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (r >= 0) { write(r, line, n); close(r); }
+}
+"#;
+
+/// A job in its own namespaces maps a hostile `libcupti.so.13`; its decoder runs the library's
+/// constructor, which tries to create a file in a host directory the job cannot see, connect
+/// to a listener on the host's 127.0.0.1 and create a user namespace: all three fail (no file,
+/// no connection, unshare refused), as the library's own report (in the job's /tmp) says.
+#[test]
+#[ignore = "root tier: namespaces, and the decoder enters the job's"]
+fn root_pm_decoder_confines_a_hostile_libcupti() {
+    assert!(is_root(), "run the root tier as root");
+    let dir = tmpdir();
+    let host_dir = tmpdir();
+    let host_file = host_dir.path().join("written-by-the-job");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let report = format!("/tmp/gp-hostile-report-{}", std::process::id());
+    let defines = [
+        format!("-DHOST_FILE=\"{}\"", host_file.display()),
+        format!("-DPORT={port}"),
+        format!("-DREPORT=\"{report}\""),
+    ];
+    let mut args = vec!["-shared", "-fPIC"];
+    args.extend(defines.iter().map(String::as_str));
+    let Some(lib) = cc(dir.path(), "libcupti.so.13", HOSTILE_C, &args) else { return };
+    let Some((unshare, job)) = job_in_namespaces(dir.path(), &lib, "libcupti.so.13") else { return };
+    let mut d = Decoders::with_exe(ghostprof_exe());
+    let _ = d.setup(job, &setup_blob()).expect("a decoder for the job");
+    match wait_outcome(&mut d) {
+        Outcome::Failed { why, .. } => assert!(why.contains("no cuptiProfilerHostInitialize"), "{why}"),
+        o => panic!("{o:?}"),
+    }
+    d.close();
+    // The report is in the job's /tmp (in ghostprof's /tmp when the decoder ran outside).
+    let in_job = std::fs::read_to_string(format!("/proc/{job}/root{report}"));
+    let on_host = std::fs::read_to_string(&report);
+    let _ = std::fs::remove_file(&report);
+    drop(unshare);
+    let text = in_job.as_ref().or(on_host.as_ref()).expect("the library's constructor ran and reported").clone();
+    eprintln!("the hostile library's report: {text}");
+    assert!(on_host.is_err(), "the decoder wrote to ghostprof's /tmp: {text}");
+    assert!(!host_file.exists(), "the library created a file in a host directory: {text}");
+    assert!(listener.accept().is_err(), "the library connected to the host's 127.0.0.1: {text}");
+    let field = |k: &str| text.split_whitespace().find_map(|w| w.strip_prefix(k)).map(|v| v.parse::<i32>().unwrap());
+    assert!(field("file=").is_some_and(|e| e != 0), "{text}");
+    assert!(field("connect=").is_some_and(|e| e != 0), "{text}");
+    assert_eq!(field("unshare="), Some(libc::EPERM), "unshare(CLONE_NEWUSER) refused: {text}");
+}
+
+/// An attach session's last PM tick: the library decodes it after ghostprof cleared the ring's
+/// control word, and shipped it only while the word was set, so up to 50 ms of samples before
+/// the end were lost in collector mode (gaps of 5.0 and 15.5 ms, 39.1 and 0.0 ms seen). Now the
+/// PM samples reach the last kernels: attached 1 s to each of two jobs, the last tensor sample
+/// is within 10 ms of the last kernel's end (0.0 and 0.0 ms, 0.0 and 2.9 ms seen; the old code
+/// passes with a chance of about (10/50)², its gap being the tick's phase).
+#[test]
+#[ignore = "root tier: attaches to a gpusim job (ptrace, eBPF)"]
+fn root_attach_ships_the_last_partial_pm_tick() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let mut gaps = Vec::new();
+    // One attach per job: a second attach to the same job has ended PM 0.3-0.9 s short of its
+    // last kernels, with and without this fix (not understood yet; not this test's subject).
+    for round in 0..2 {
+        let cmd = crate::gpusim::train_command("balanced", 1, 30_000, &dir.path().join(format!("truth-{round}")));
+        let mut job = KillOnDrop(
+            Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(800));
+        let trace = dir.path().join(format!("attach-{round}.gptrace"));
+        let out = Command::new(ghostprof_exe())
+            .args(["attach", "--quiet", "--duration", "1s", "--pid", &job.0.id().to_string(), "-o"])
+            .arg(&trace)
+            .env("GHOSTPROF_INJECT_LIB", crate::gpusim::built().build_dir.join("libghostprof_inject.so"))
+            .env_remove("GHOSTPROF_PM_DECODE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "attach {round}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(job.0.try_wait().unwrap().is_none(), "the job outlived attach {round}");
+        let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
+        let last_kernel = batch.kernels.iter().map(|k| k.end_ns).max().expect("kernels");
+        let last_sample = batch
+            .samples
+            .iter()
+            .filter(|s| s.metric == ghostprof::trace::Metric::TensorActive as u32)
+            .map(|s| s.time_ns)
+            .max()
+            .expect("PM samples");
+        gaps.push(last_kernel.saturating_sub(last_sample) as f64 / 1e6);
+    }
+    eprintln!("last kernel end - last PM sample, ms: {gaps:?}");
+    assert!(gaps.iter().all(|&g| g < 10.0), "PM samples end before the last kernels: {gaps:?} ms");
 }

@@ -9,12 +9,15 @@
 //! - ghostprof opens the job's `libcupti.so*` as mapped in `/proc/PID/maps`, through the job's
 //!   root (`/proc/PID/root`, `openat2` with no symlink anywhere on the way) and takes it only if
 //!   it is a regular file with the device and inode of the mapping (`/proc/PID/map_files`);
-//! - it runs its own binary as the decoder ([`DECODER_ARG`]) with that file as fd 3 (and the
-//!   `libnvperf*` files the job maps beside it, checked alike, as fds 4, 5, …), after
-//!   dropping to the job's uid, gid and groups (all of its uids must agree), with an empty
-//!   capability bounding set, no capabilities, `PR_SET_NO_NEW_PRIVS`, an empty environment and
-//!   every other descriptor closed; the decoder checks that it holds no capability before it
-//!   `dlopen`s `/proc/self/fd/3`;
+//! - it runs its own binary (from its own filesystem) as the decoder ([`DECODER_ARG`]) with
+//!   that file as fd 3 (and the `libnvperf*` files the job maps beside it, checked alike, as
+//!   fds 4, 5, …), the job's pidfd after them, an empty environment and every other descriptor
+//!   closed, forked inside the job's pid namespace; the decoder enters the job's mount,
+//!   network, IPC, UTS and cgroup namespaces (not its user namespace), drops to the job's uid,
+//!   gid and groups (all of its uids must agree) with an empty capability bounding set, no
+//!   capabilities and `PR_SET_NO_NEW_PRIVS`, installs a seccomp filter (no namespaces, mounts,
+//!   sockets, ptrace, bpf, …: [`DENIED_SYSCALLS`]) and checks all that before it `dlopen`s
+//!   `/proc/self/fd/3`: the job's code runs with the job's view of the machine;
 //! - one decoder serves every process with the same library file (device, inode) and uid,
 //!   fed through a bounded queue by its own thread, which answers each image with its values or
 //!   a failure; a decoder that dies, hangs ([`EVAL_TIMEOUT`]) or answers out of protocol is
@@ -334,7 +337,7 @@ struct Decoder {
 pub struct Decoders {
     /// The executable run as the decoder (None: [`set_decoder_exe`]'s, else this binary).
     exe: Option<std::path::PathBuf>,
-    decoders: HashMap<(u64, u64, u32), Decoder>,
+    decoders: HashMap<Key, Decoder>,
     results_tx: Sender<Outcome>,
     results: Receiver<Outcome>,
     next_id: u32,
@@ -365,10 +368,101 @@ impl Default for Decoders {
     }
 }
 
+/// A decoder serves one library file (device, inode), one uid and one set of namespaces
+/// (their inodes, [`NS_NAMES`]' order): a decoder inside one container never serves another.
+type Key = (u64, u64, u32, [u64; 6]);
+
+/// The job's namespaces the key names (the user namespace is not entered: see [`JOB_NAMESPACES`]).
+const NS_NAMES: [&str; 6] = ["mnt", "net", "pid", "ipc", "uts", "cgroup"];
+
+/// The namespaces the decoder enters besides the pid namespace (entered by forking it there):
+/// all of the job's but its user namespace, since the decoder runs as the job's host uid, and a
+/// user namespace would only give it a uid 0 with capabilities over the job's namespaces.
+const JOB_NAMESPACES: libc::c_int =
+    libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
+
+/// The inodes of `pid`'s namespaces ([`NS_NAMES`]).
+fn namespaces_of(pid: u32) -> Result<[u64; 6], String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = [0u64; 6];
+    for (o, name) in out.iter_mut().zip(NS_NAMES) {
+        *o = std::fs::metadata(format!("/proc/{pid}/ns/{name}"))
+            .map_err(|e| format!("cannot read its {name} namespace: {e}"))?
+            .ino();
+    }
+    Ok(out)
+}
+
+/// A pidfd for `pid`: it pins the process (a pid reused after it is opened is not it).
+fn pidfd_open(pid: u32) -> Result<OwnedFd, String> {
+    // SAFETY: pidfd_open takes a pid and flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(format!("cannot open the process (pidfd_open): {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor just opened, owned by the result.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether the process behind `pidfd` still runs (signal 0).
+fn pidfd_alive(pidfd: RawFd) -> bool {
+    // SAFETY: signal 0 through a pidfd only checks.
+    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, 0, std::ptr::null::<libc::siginfo_t>(), 0) == 0 }
+}
+
+/// Enters one or more of the job's namespaces: through its pidfd (kernel ≥ 5.8, all at once),
+/// else through `/proc/PID/ns/*` (opened from `/proc/PID` without following a symlink on the
+/// way, then the pidfd checked: the pid was still the job's when they were opened).
+fn enter_namespaces(pidfd: RawFd, pid: u32, flags: libc::c_int) -> Result<(), String> {
+    // SAFETY: setns on a pidfd with namespace flags.
+    if unsafe { libc::setns(pidfd, flags) } == 0 {
+        return Ok(());
+    }
+    let first = std::io::Error::last_os_error();
+    let dir = CString::new(format!("/proc/{pid}")).map_err(|e| e.to_string())?;
+    // SAFETY: open of a NUL-terminated path.
+    let dir =
+        unsafe { libc::open(dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if dir < 0 {
+        return Err(format!("cannot enter the job's namespaces ({first}); the job is gone"));
+    }
+    // SAFETY: just opened, owned here.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    let all = [
+        (libc::CLONE_NEWPID, c"ns/pid"),
+        (libc::CLONE_NEWNET, c"ns/net"),
+        (libc::CLONE_NEWIPC, c"ns/ipc"),
+        (libc::CLONE_NEWUTS, c"ns/uts"),
+        (libc::CLONE_NEWCGROUP, c"ns/cgroup"),
+        // Last: /proc is the host's until then.
+        (libc::CLONE_NEWNS, c"ns/mnt"),
+    ];
+    let mut fds = Vec::new();
+    for (flag, name) in all.into_iter().filter(|(f, _)| flags & f != 0) {
+        // SAFETY: openat under a live directory fd.
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("cannot enter the job's namespaces ({first}; {})", std::io::Error::last_os_error()));
+        }
+        // SAFETY: just opened, owned here.
+        fds.push((flag, unsafe { OwnedFd::from_raw_fd(fd) }));
+    }
+    if !pidfd_alive(pidfd) {
+        return Err("the job is gone".into());
+    }
+    for (flag, fd) in &fds {
+        // SAFETY: setns on a namespace fd of the type named.
+        if unsafe { libc::setns(fd.as_raw_fd(), *flag) } != 0 {
+            return Err(format!("cannot enter the job's namespaces: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
 /// Where a process's images go: its decoder and its setup there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
-    key: (u64, u64, u32),
+    key: Key,
     id: u32,
 }
 
@@ -383,6 +477,8 @@ impl Decoders {
     /// Starts (or reuses) the decoder for `pid`'s libcupti and uid and sends it `setup` (a
     /// `wire::PmSetup` blob); Err is the one-line reason PM stops for the process.
     pub fn setup(&mut self, pid: u32, setup: &[u8]) -> Result<Route, String> {
+        // First: whatever is read below is the process this pidfd holds.
+        let pidfd = pidfd_open(pid)?;
         let maps =
             std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| format!("cannot read maps: {e}"))?;
         let lib = find_cupti(&maps).ok_or("no libcupti.so mapped")?;
@@ -396,7 +492,10 @@ impl Decoders {
             find_companions(&maps, &lib).iter().filter_map(|c| open_job_library(pid, c).ok()).collect();
         use std::os::unix::fs::MetadataExt;
         let meta = file.metadata().map_err(|e| e.to_string())?;
-        let key = (meta.dev(), meta.ino(), creds.uid);
+        let key = (meta.dev(), meta.ino(), creds.uid, namespaces_of(pid)?);
+        if !pidfd_alive(pidfd.as_raw_fd()) {
+            return Err("the process is gone".into());
+        }
         let alive = self.decoders.get(&key).is_some_and(|d| !d.dead.load(Ordering::Acquire));
         if !alive {
             if let Some(mut old) = self.decoders.remove(&key) {
@@ -405,7 +504,8 @@ impl Decoders {
             if self.decoders.len() >= MAX_DECODERS {
                 return Err(format!("{MAX_DECODERS} decoders already run"));
             }
-            let d = spawn(self.exe.as_deref(), &file, &companions, &creds, self.results_tx.clone())?;
+            let job = (pid, pidfd.as_raw_fd());
+            let d = spawn(self.exe.as_deref(), &file, &companions, &creds, job, self.results_tx.clone())?;
             self.decoders.insert(key, d);
         }
         let id = self.next_id;
@@ -514,11 +614,17 @@ fn high_copy(fd: RawFd) -> Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
+/// Starts the decoder for the job `(pid, pidfd)`: forked inside the job's pid namespace (by a
+/// thread that entered it for that: `setns(CLONE_NEWPID)` applies to children), run as root
+/// from ghostprof's own filesystem (its loader and libraries are the host's, not the job's),
+/// with the job's pidfd and identity, so that it enters the job's other namespaces and drops
+/// to the job's user itself ([`decoder_confine`]) before it loads anything of the job's.
 fn spawn(
     exe: Option<&std::path::Path>,
     lib: &File,
     companions: &[File],
     creds: &Creds,
+    job: (u32, RawFd),
     results: Sender<Outcome>,
 ) -> Result<Decoder, String> {
     let exe =
@@ -529,24 +635,38 @@ fn spawn(
     let exe_copy = high_copy(exe_file.as_raw_fd())?;
     drop(exe_file);
     let exe_fd = exe_copy.as_raw_fd();
-    // The child's fd 3 (libcupti), then 4, 5, … (its companions).
-    let libs: Vec<OwnedFd> = std::iter::once(lib)
-        .chain(companions.iter().take(MAX_COMPANIONS))
-        .map(|f| high_copy(f.as_raw_fd()))
+    // The child's fd 3 (libcupti), then 4, 5, … (its companions), then the job's pidfd.
+    let fds: Vec<OwnedFd> = std::iter::once(lib.as_raw_fd())
+        .chain(companions.iter().take(MAX_COMPANIONS).map(|f| f.as_raw_fd()))
+        .chain(std::iter::once(job.1))
+        .map(high_copy)
         .collect::<Result<_, _>>()?;
-    let lib_fds: Vec<RawFd> = libs.iter().map(|f| f.as_raw_fd()).collect();
-    let n_companions = lib_fds.len() - 1;
-    let creds = creds.clone();
+    let raw_fds: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let n_companions = raw_fds.len() - 2;
+    let groups = if creds.groups.is_empty() {
+        "-".to_string()
+    } else {
+        creds.groups.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+    };
+    let args = [n_companions.to_string(), job.0.to_string(), creds.uid.to_string(), creds.gid.to_string(), groups];
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(DECODER_ARG).env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
-    let groups: Vec<libc::gid_t> = creds.groups.clone();
     // SAFETY: only async-signal-safe system calls between fork and exec, on memory made before
     // the fork.
     unsafe {
-        cmd.pre_exec(move || drop_privileges(&creds, &groups, &lib_fds));
+        cmd.pre_exec(move || place_fds(&raw_fds));
     }
-    let mut child = spawn_by_fd(&mut cmd, exe_fd, n_companions)?;
-    drop((exe_copy, libs));
+    let (pid, pidfd) = job;
+    let mut child = std::thread::scope(|s| {
+        s.spawn(|| {
+            // This thread's children are born in the job's pid namespace; the thread ends here.
+            enter_namespaces(pidfd, pid, libc::CLONE_NEWPID)?;
+            spawn_by_fd(&mut cmd, exe_fd, &args)
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the decoder's starter panicked".into()))
+    })?;
+    drop((exe_copy, fds));
     let (stdin, stdout) = (child.stdin.take().ok_or("no pipe")?, child.stdout.take().ok_or("no pipe")?);
     let dead = Arc::new(AtomicBool::new(false));
     let cpu_ns = Arc::new(AtomicU64::new(0));
@@ -559,64 +679,70 @@ fn spawn(
         .name("ghostprof-pmdec".into())
         .spawn(move || serve(child, stdin, stdout, rx, results, d, c, stop))
         .map_err(|e| format!("cannot start a thread: {e}"))?;
-    Ok(Decoder { tx: Some(tx), thread: Some(thread), child_pid, dead, cpu_ns, closing, uid: creds_uid_of(child_pid) })
-}
-
-fn creds_uid_of(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| creds_of(&s)).map_or(u32::MAX, |c| c.uid)
+    Ok(Decoder { tx: Some(tx), thread: Some(thread), child_pid, dead, cpu_ns, closing, uid: creds.uid })
 }
 
 /// `Command` runs `/proc/self/exe`; the pre-exec hook has replaced nothing of that, so the
 /// executable is switched by `execveat(exe_fd, "")` inside the hook instead.
-fn spawn_by_fd(cmd: &mut Command, exe_fd: RawFd, n_companions: usize) -> Result<Child, String> {
-    let argv0 = CString::new("ghostprof").map_err(|e| e.to_string())?;
-    let arg1 = CString::new(DECODER_ARG).map_err(|e| e.to_string())?;
-    let arg2 = CString::new(n_companions.to_string()).map_err(|e| e.to_string())?;
-    let (a0, a1, a2) = (argv0.into_raw() as usize, arg1.into_raw() as usize, arg2.into_raw() as usize);
+fn spawn_by_fd(cmd: &mut Command, exe_fd: RawFd, args: &[String]) -> Result<Child, String> {
+    let mut argv: Vec<CString> = vec![c"ghostprof".into(), CString::new(DECODER_ARG).map_err(|e| e.to_string())?];
+    for a in args {
+        argv.push(CString::new(a.as_str()).map_err(|e| e.to_string())?);
+    }
+    // Raw pointers made before the fork, leaked: they live as long as this process.
+    let ptrs: Vec<usize> = argv.into_iter().map(|a| a.into_raw() as usize).chain(std::iter::once(0)).collect();
     // SAFETY: execveat is async-signal-safe; the argv strings were made before the fork and
     // live as long as this process.
     unsafe {
         cmd.pre_exec(move || {
-            let argv = [a0 as *const c_char, a1 as *const c_char, a2 as *const c_char, std::ptr::null()];
             let envp = [std::ptr::null::<c_char>()];
-            libc::syscall(libc::SYS_execveat, exe_fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
+            libc::syscall(libc::SYS_execveat, exe_fd, c"".as_ptr(), ptrs.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
             Err(std::io::Error::last_os_error())
         });
     }
     cmd.spawn().map_err(|e| format!("cannot start the decoder: {e}"))
 }
 
-/// In the forked child: the libraries at fd 3, 4, … (`lib_fds`, all at 64 or above), every
-/// other descriptor above 2 closed at exec (the binary's too: execveat runs it first), no
-/// capability (bounding, ambient, inheritable, permitted), the job's groups, gid and uid, and
-/// no new privileges. Only raw system calls.
-fn drop_privileges(creds: &Creds, groups: &[libc::gid_t], lib_fds: &[RawFd]) -> std::io::Result<()> {
-    let err = || Err(std::io::Error::last_os_error());
-    // SAFETY (whole fn): raw system calls on this (child) process.
+/// In the forked child: the libraries and the job's pidfd at fd 3, 4, … (`fds`, all at 64 or
+/// above), every other descriptor above 2 closed at exec (the binary's too: execveat runs it
+/// first). Only raw system calls.
+fn place_fds(fds: &[RawFd]) -> std::io::Result<()> {
+    // SAFETY: raw system calls on this (child) process.
     unsafe {
-        for (i, &fd) in lib_fds.iter().enumerate() {
+        for (i, &fd) in fds.iter().enumerate() {
             // dup2 to another number clears close-on-exec on the copy.
             if libc::dup2(fd, 3 + i as i32) < 0 {
-                return err();
+                return Err(std::io::Error::last_os_error());
             }
         }
-        let first_other = 3 + lib_fds.len() as u32;
+        let first_other = 3 + fds.len() as u32;
         if libc::syscall(libc::SYS_close_range, first_other, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
-            return err();
+            return Err(std::io::Error::last_os_error());
         }
+    }
+    Ok(())
+}
+
+/// In the decoder, before it loads anything of the job's: no capability (bounding, ambient,
+/// inheritable, permitted), the job's groups, gid and uid, and no new privileges.
+fn drop_privileges(creds: &Creds) -> Result<(), String> {
+    let err = |what: &str| Err(format!("cannot drop privileges ({what}): {}", std::io::Error::last_os_error()));
+    // SAFETY (whole fn): raw system calls on this single-threaded process.
+    unsafe {
         if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 {
-            return err();
+            return err("ambient");
         }
         for cap in 0..64 {
             // EINVAL past the last capability the kernel knows.
             libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
         }
-        if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
-            return err();
+        if libc::syscall(libc::SYS_setgroups, creds.groups.len(), creds.groups.as_ptr()) < 0 {
+            return err("setgroups");
         }
-        if libc::setresgid(creds.gid, creds.gid, creds.gid) < 0 || libc::setresuid(creds.uid, creds.uid, creds.uid) < 0
+        if libc::syscall(libc::SYS_setresgid, creds.gid, creds.gid, creds.gid) < 0
+            || libc::syscall(libc::SYS_setresuid, creds.uid, creds.uid, creds.uid) < 0
         {
-            return err();
+            return err("setresuid");
         }
         #[repr(C)]
         struct CapHeader {
@@ -633,10 +759,10 @@ fn drop_privileges(creds: &Creds, groups: &[libc::gid_t], lib_fds: &[RawFd]) -> 
         let header = CapHeader { version: 0x2008_0522, pid: 0 };
         let data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
         if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) < 0 {
-            return err();
+            return err("capset");
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
-            return err();
+            return err("no_new_privs");
         }
     }
     Ok(())
@@ -878,9 +1004,8 @@ pub fn decoder_main() -> Option<std::process::ExitCode> {
     if std::env::args_os().nth(1).as_deref() != Some(std::ffi::OsStr::new(DECODER_ARG)) {
         return None;
     }
-    let companions = std::env::args().nth(2).and_then(|n| n.parse().ok()).unwrap_or(0usize).min(MAX_COMPANIONS);
     let mut out = std::io::stdout().lock();
-    let code = match decoder_start(companions) {
+    let code = match decoder_confine().and_then(decoder_start) {
         Ok(cupti) => {
             let _ = reply(&mut out, 0, &[]);
             decoder_loop(&cupti, &mut std::io::stdin().lock(), &mut out);
@@ -904,6 +1029,131 @@ fn reply(out: &mut impl Write, status: u32, body: &[u8]) -> std::io::Result<()> 
     out.flush()
 }
 
+/// The decoder's arguments after [`DECODER_ARG`]: companions, the job's pid (ghostprof's
+/// numbering), uid, gid, groups (`a,b,c` or `-`); its fds: 3 libcupti, 4.. companions, then
+/// the job's pidfd. Enters the job's namespaces (it was forked inside its pid namespace),
+/// drops to the job's user and installs [`seccomp_filter`]; returns the companions' count.
+fn decoder_confine() -> Result<usize, String> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let num = |i: usize| -> Result<u32, String> {
+        args.get(i).and_then(|a| a.parse().ok()).ok_or_else(|| "the decoder was started without its job".to_string())
+    };
+    let companions = (num(0)? as usize).min(MAX_COMPANIONS);
+    let (pid, uid, gid) = (num(1)?, num(2)?, num(3)?);
+    let groups = match args.get(4).map(String::as_str) {
+        Some("-") => Vec::new(),
+        Some(g) => g.split(',').map(|v| v.parse().map_err(|_| "bad groups".to_string())).collect::<Result<_, _>>()?,
+        None => return Err("the decoder was started without its job".into()),
+    };
+    let pidfd = 4 + companions as RawFd;
+    enter_namespaces(pidfd, pid, JOB_NAMESPACES)?;
+    // SAFETY: our copy of the job's pidfd, not needed from here on.
+    unsafe { libc::close(pidfd) };
+    drop_privileges(&Creds { uid, gid, groups })?;
+    seccomp_filter()?;
+    Ok(companions)
+}
+
+/// The x86-64 system calls the decoder may not make (EPERM): new namespaces or joining
+/// others, mounts, other processes' memory, kernel objects and modules, sockets (the CUPTI
+/// host API evaluates images in memory and talks to nothing), io_uring (a way around this
+/// filter's view of calls).
+const DENIED_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_fsopen,
+    libc::SYS_fsmount,
+    libc::SYS_fsconfig,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_userfaultfd,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_connect,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_open_by_handle_at,
+];
+
+/// Namespace flags of clone(2): `CLONE_NEWTIME`, `CLONE_NEWNS` and the six at the top.
+const CLONE_NEW_ANY: u32 = (libc::CLONE_NEWTIME
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u32;
+
+/// The decoder's seccomp filter (classic BPF): another architecture or the x32 ABI kills the
+/// process; [`DENIED_SYSCALLS`] and clone with any namespace flag fail with EPERM; clone3 fails
+/// with ENOSYS, which makes glibc fall back to clone for threads (its flags live in memory the
+/// filter cannot read); everything else is allowed.
+fn seccomp_filter() -> Result<(), String> {
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const X32_BIT: u32 = 0x4000_0000;
+    const RET_KILL_PROCESS: u32 = 0x8000_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS
+    const JEQ: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
+    const JGE: u16 = 0x05 | 0x30;
+    const JSET: u16 = 0x05 | 0x40;
+    const RET: u16 = 0x06; // BPF_RET | BPF_K
+                           // seccomp_data: nr at 0, arch at 4, args[0] at 16 (its low half first: little-endian).
+    let op = |code: u16, k: u32| libc::sock_filter { code, jt: 0, jf: 0, k };
+    let jump = |code: u16, k: u32, jt: u8, jf: u8| libc::sock_filter { code, jt, jf, k };
+    let mut f = vec![
+        op(LD_W_ABS, 4),
+        jump(JEQ, AUDIT_ARCH_X86_64, 1, 0),
+        op(RET, RET_KILL_PROCESS),
+        op(LD_W_ABS, 0),
+        jump(JGE, X32_BIT, 0, 1),
+        op(RET, RET_KILL_PROCESS),
+    ];
+    for &nr in DENIED_SYSCALLS {
+        f.push(jump(JEQ, nr as u32, 0, 1));
+        f.push(op(RET, RET_ERRNO | libc::EPERM as u32));
+    }
+    f.push(jump(JEQ, libc::SYS_clone3 as u32, 0, 1));
+    f.push(op(RET, RET_ERRNO | libc::ENOSYS as u32));
+    f.push(jump(JEQ, libc::SYS_clone as u32, 0, 3));
+    f.push(op(LD_W_ABS, 16));
+    f.push(jump(JSET, CLONE_NEW_ANY, 0, 1));
+    f.push(op(RET, RET_ERRNO | libc::EPERM as u32));
+    f.push(op(RET, RET_ALLOW));
+    let prog = libc::sock_fprog { len: f.len() as u16, filter: f.as_mut_ptr() };
+    // SAFETY: a filter program that lives through the call; no new privileges is already set.
+    if unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const libc::sock_fprog) } != 0 {
+        return Err(format!("cannot install the decoder's seccomp filter: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 fn decoder_start(companions: usize) -> Result<Cupti, String> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
     let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or("");
@@ -912,6 +1162,9 @@ fn decoder_start(companions: usize) -> Result<Cupti, String> {
     }
     if field("NoNewPrivs:") != "1" {
         return Err("the decoder may gain privileges; refusing to load the job's library".into());
+    }
+    if field("Seccomp:") != "2" {
+        return Err("the decoder has no seccomp filter; refusing to load the job's library".into());
     }
     // Companions first, global: libcupti's `libnvperf_host.so` then matches an object already
     // loaded (by its soname) instead of a search next to /proc/self/fd/3. A failure here shows

@@ -72,6 +72,12 @@ pub(crate) fn push_if_collecting(kind: u16, payload: &[u8]) -> bool {
     (always || ring.enabled()) && ring.push(kind, payload)
 }
 
+/// One record into the ring whatever its control word says; false when the ring refused it
+/// (full). For the session's final PM decode.
+pub(crate) fn push_always(kind: u16, payload: &[u8]) -> bool {
+    RING.lock().unwrap_or_else(|p| p.into_inner()).as_mut().is_some_and(|ring| ring.push(kind, payload))
+}
+
 fn status(msg: &str) {
     push(wire::STATUS, msg.as_bytes());
 }

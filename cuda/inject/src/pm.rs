@@ -216,22 +216,28 @@ impl PmSession {
     }
 
     /// Sends one blob of the session in parts; false when the ring refused a part (the
-    /// collector drops a blob it did not get whole).
-    fn ship(shipping: &mut Shipping, blob: &[u8]) -> bool {
+    /// collector drops a blob it did not get whole). `last`: the session's final decode, sent
+    /// whatever the control word says (an attach session's ends after ghostprof cleared it,
+    /// and ghostprof still drains the ring, as it does for in-job samples).
+    fn ship(shipping: &mut Shipping, blob: &[u8], last: bool) -> bool {
         let seq = shipping.seq;
         shipping.seq = shipping.seq.wrapping_add(1);
         wire::PmPart::send(shipping.session, seq, blob, PART_BYTES, |p| {
-            crate::cupti::push_if_collecting(wire::PM_PART, p)
+            if last {
+                crate::cupti::push_always(wire::PM_PART, p)
+            } else {
+                crate::cupti::push_if_collecting(wire::PM_PART, p)
+            }
         })
     }
 
     /// Collector mode: decodes what is complete, ships each image (its filled part) with its
     /// samples' timestamps, evaluates nothing. The setup goes first, until it went through.
-    fn collect_and_ship(&mut self) -> Result<(), String> {
+    fn collect_and_ship(&mut self, last: bool) -> Result<(), String> {
         let Some(mut shipping) = self.shipping.take() else { return Ok(()) };
         let result = (|| {
             if let Some(setup) = shipping.setup.take() {
-                if shipping.seq != 0 || !Self::ship(&mut shipping, &setup) {
+                if shipping.seq != 0 || !Self::ship(&mut shipping, &setup, last) {
                     // Not sent whole: a new session number, so the collector never pairs
                     // images with a setup it lacks.
                     shipping.session = SESSIONS.fetch_add(1, Ordering::AcqRel);
@@ -243,7 +249,7 @@ impl PmSession {
             for _ in 0..MAX_DECODES_PER_COLLECT {
                 let (full, times) = self.decode()?;
                 if !times.is_empty() {
-                    Self::ship(&mut shipping, &wire::PmImage::encode(&times, &self.image));
+                    Self::ship(&mut shipping, &wire::PmImage::encode(&times, &self.image), last);
                 }
                 self.reset_image()?;
                 if !full {
@@ -306,7 +312,7 @@ impl PmSession {
                     }))
                 })?;
             }
-            return self.collect_and_ship().map(|()| Vec::new());
+            return self.collect_and_ship(last).map(|()| Vec::new());
         }
         // SAFETY (whole fn): CUPTI calls on the live session and its image.
         unsafe {
