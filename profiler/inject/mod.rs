@@ -43,7 +43,10 @@ impl InjectOptions {
         InjectOptions {
             library,
             ring_dir: PathBuf::from("/dev/shm"),
-            pm_interval_ns: std::env::var("GHOSTPROF_PM_INTERVAL_NS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000),
+            pm_interval_ns: std::env::var("GHOSTPROF_PM_INTERVAL_NS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(50_000),
             api_activity: false,
             pm_decode_collector: false,
             wait: Duration::from_secs(2),
