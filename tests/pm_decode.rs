@@ -372,7 +372,7 @@ fn record(dir: &Path, steps: u64, job_mode: bool, as_nobody: bool, kill_decoder_
     if job_mode {
         cmd.env("GHOSTPROF_PM_DECODE", "job");
     } else {
-        cmd.env_remove("GHOSTPROF_PM_DECODE");
+        cmd.env("GHOSTPROF_PM_DECODE", "collector");
     }
     if as_nobody {
         cmd.env("SUDO_UID", "65534").env("SUDO_GID", "65534");
@@ -818,7 +818,7 @@ fn root_attach_ships_the_last_partial_pm_tick() {
             .args(["attach", "--quiet", "--duration", "1s", "--pid", &job.0.id().to_string(), "-o"])
             .arg(&trace)
             .env("GHOSTPROF_INJECT_LIB", crate::gpusim::built().build_dir.join("libghostprof_inject.so"))
-            .env_remove("GHOSTPROF_PM_DECODE")
+            .env("GHOSTPROF_PM_DECODE", "collector")
             .output()
             .unwrap();
         assert!(out.status.success(), "attach {round}: {}", String::from_utf8_lossy(&out.stderr));

@@ -72,12 +72,14 @@ pub fn set_decoder_exe(exe: &std::path::Path) {
     let _ = DECODER_EXE.set(exe.to_path_buf());
 }
 
-/// Whether PM samples should be evaluated here (collector mode): not when ghostprof's
-/// environment says `GHOSTPROF_PM_DECODE=job`, and only when there is a decoder to run (this
-/// binary is a `ghostprof`, or [`set_decoder_exe`] named one); otherwise the job evaluates, as
-/// before (the fallback).
+/// Whether PM samples should be evaluated here (collector mode): only when ghostprof's
+/// environment says `GHOSTPROF_PM_DECODE=collector` and there is a decoder to run (this binary is
+/// a `ghostprof`, or [`set_decoder_exe`] named one); otherwise the job evaluates. Opt-in, not the
+/// default: the decoder starts from a live process (its namespaces, its libcupti), so a job that
+/// ends before its PM setup is drained loses its samples, and on an H200 at the default 50 µs the
+/// shipped images overran the ring (docs/performance.md, "PM evaluation out of the job").
 pub fn use_collector() -> bool {
-    if std::env::var("GHOSTPROF_PM_DECODE").as_deref() == Ok("job") {
+    if std::env::var("GHOSTPROF_PM_DECODE").as_deref() != Ok("collector") {
         return false;
     }
     DECODER_EXE.get().is_some()
