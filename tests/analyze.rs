@@ -235,8 +235,9 @@ fn root_analysis_recovers_checkpoint() {
 
 /// A CPU-only process (no CUDA): its host figures agree with the kernel's own accounting:
 /// on-CPU with the thread's CPU clock (CLOCK_THREAD_CPUTIME_ID; schedstat's first field lags
-/// by up to a tick for a running task), run-queue wait with `/proc/PID/schedstat`. The job
-/// reads those and CLOCK_MONOTONIC, sleeps, reads a 4 MiB file and spins five times, and reads both again; the
+/// by up to a tick for a running task), run-queue wait with `/proc/PID/schedstat`, and the
+/// number of times it got a CPU with schedstat's third field. The job reads those and
+/// CLOCK_MONOTONIC, sleeps, reads a 4 MiB file and spins five times, and reads them again; the
 /// recorded off-CPU intervals of that stretch give on-CPU = stretch − off-CPU and wait =
 /// run-queue + preempted, compared with the schedstat differences. The report's host figures
 /// of the whole process hold those intervals.
@@ -265,6 +266,7 @@ fn root_host_figures_of_a_cpu_only_process_match_schedstat() {
     let v: Vec<u64> = std::fs::read_to_string(&out).unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect();
     let (t0, t1) = (v[0], v[1]);
     let (kernel_on_cpu, kernel_wait) = ((v[3] - v[2]) as f64, (v[8] - v[5]) as f64);
+    let kernel_arrivals = v[9] - v[6];
     let reader = TraceReader::open(&trace).unwrap();
     let drops = reader.drops().unwrap_or_default();
     assert!(drops.iter().all(|d| d.2 == 0), "records were dropped: {drops:?}");
@@ -294,14 +296,32 @@ fn root_host_figures_of_a_cpu_only_process_match_schedstat() {
         sleep / 1e6,
         host.file_read_bytes
     );
-    // Stated tolerance: 2 % + 2 ms. Quiet: 0.1-0.6 ms off. In a loaded CI run (compilers beside
-    // it) 1.07 ms of run-queue wait that schedstat counted was booked on-CPU (0.44 vs 1.51 ms;
-    // on-CPU 106.68 vs 105.58 ms): a wait the sched program did not see as one, not found yet.
+    // Every time the thread got a CPU ends one recorded interval (one split at its wakeup is
+    // two records: the blocked part, then the run-queue part); the reads of schedstat sit
+    // inside the stretch, so at most the switches around those two reads differ.
+    let arrivals =
+        mine.iter().filter(|s| s.reason != StallReason::RunQueue as u32 && s.end_ns > t0 && s.end_ns <= t1).count()
+            as u64;
+    eprintln!("times on a CPU: {arrivals} recorded vs schedstat {kernel_arrivals}");
+    assert!(arrivals.abs_diff(kernel_arrivals) <= 2, "{arrivals} switches in vs schedstat's {kernel_arrivals}");
+    // Stated tolerance: 2 % + 2 ms; quiet, on-CPU and wait are 0.1-0.6 ms off. Under load the
+    // kernel leaves some time the thread held the CPU (by its own sched_switch tracepoints)
+    // out of the thread's CPU clock, and sometimes books it as run-queue wait in schedstat:
+    // with three CPU hogs beside the job 0-4.3 ms per 210 ms (3.7 ms in one CI run), while
+    // `perf record -e sched:sched_switch,sched:sched_wakeup` of the same run gave the same
+    // intervals as ghostprof to 0.03 ms and the same count as schedstat's. That time only goes
+    // one way, so these bounds are one-sided: ghostprof never shows less on-CPU than the CPU
+    // clock, more wait than schedstat, or more blocked time than both leave.
+    let tol = |x: f64| 0.02 * x + 2e6;
+    let shift = on_cpu - kernel_on_cpu;
+    eprintln!("time on a CPU the thread's CPU clock left out: {:.2} ms", shift / 1e6);
+    assert!(shift >= -tol(kernel_on_cpu), "on-CPU {on_cpu} below the thread's CPU clock {kernel_on_cpu}");
+    assert!(wait <= kernel_wait + tol(kernel_wait), "wait {wait} above schedstat's {kernel_wait}");
+    let (runnable, kernel_runnable) = (on_cpu + wait, kernel_on_cpu + kernel_wait);
     assert!(
-        (on_cpu - kernel_on_cpu).abs() <= 0.02 * kernel_on_cpu + 2e6,
-        "on-CPU {on_cpu} vs the thread's CPU clock {kernel_on_cpu}"
+        runnable >= kernel_runnable - tol(kernel_runnable),
+        "runnable {runnable} below CPU clock + schedstat wait {kernel_runnable}: blocked time too long"
     );
-    assert!((wait - kernel_wait).abs() <= 0.02 * kernel_wait + 2e6, "wait {wait} vs schedstat {kernel_wait}");
     // The report's figures of the whole process hold that stretch.
     assert!(host.on_cpu_ns as f64 >= on_cpu - 1e6, "report on-CPU {} < {on_cpu}", host.on_cpu_ns);
     assert!((150e6..300e6).contains(&sleep), "a 50 ms and five 20 ms sleeps: {sleep}");
