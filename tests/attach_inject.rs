@@ -289,6 +289,51 @@ fn root_inject_twenty_attach_detach_cycles_leave_no_trace_in_the_job() {
     let _ = job.wait();
 }
 
+/// Detach takes CUPTI out of the job's driver calls: CUPTI unsubscribed with every kind off
+/// still sits in each API call until `cuptiFinalize` (on an H200 a loop's steps stayed ~2x
+/// slower after a detach), and gpusim's libcuda records when it sits there. Three attaches to
+/// one job: CUPTI is attached exactly three times, each ending within a second of its
+/// attach's end, and the job's later calls run without it.
+#[test]
+#[ignore = "root tier: ptrace and eBPF need root; tools/test runs it when root"]
+fn root_inject_detach_takes_cupti_out_of_the_jobs_api_calls() {
+    assert!(is_root(), "{ROOT}");
+    let _serial = heavy_test_lock();
+    let dir = tmpdir();
+    let truth_dir = dir.path().join("truth");
+    let cmd = crate::gpusim::train_command("launch-bound", 1, 1200, &truth_dir);
+    let job = spawn_job(&cmd, &[]);
+    let rank = cuda_ranks(job.id(), 1)[0];
+    std::thread::sleep(Duration::from_millis(300));
+    let mut attaches = Vec::new();
+    for i in 0..3 {
+        let trace = dir.path().join(format!("a{i}.gptrace"));
+        let t0 = ghostprof::clock::monotonic_ns();
+        let out = attach_command(rank, "400ms", &trace).env("GHOSTPROF_PM_INTERVAL_NS", "0").output().unwrap();
+        let t1 = ghostprof::clock::monotonic_ns();
+        assert!(out.status.success(), "attach {i}: {}", stderr(&out.stderr));
+        let kernels = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap().kernels.len();
+        assert!(kernels > 0, "attach {i} recorded kernels");
+        attaches.push((t0, t1));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let out = job.wait_with_output().unwrap();
+    assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
+    let t = truth(&truth_dir, 0);
+    let spans = t["cupti_attached"].as_array().expect("gpusim's record of CUPTI in the driver's path");
+    eprintln!("attaches (start, end): {attaches:?}\nCUPTI attached: {spans:?}");
+    assert_eq!(spans.len(), 3, "CUPTI attached once per attach, detached after each: {spans:?}");
+    for (i, (span, (a0, a1))) in spans.iter().zip(&attaches).enumerate() {
+        let start = span["start_ns"].as_u64().unwrap();
+        let end = span["end_ns"].as_u64().unwrap_or_else(|| panic!("span {i} never ended: CUPTI stayed attached"));
+        assert!(start >= *a0 && start <= *a1, "span {i} starts inside attach {i}");
+        assert!(end >= start && end <= a1 + 1_000_000_000, "span {i} ends within 1 s of attach {i}: {end} vs {a1}");
+    }
+    let total: u64 = t["totals"]["launches"].as_u64().unwrap();
+    let attached_calls: u64 = spans.iter().map(|s| s["api_calls"].as_u64().unwrap()).sum();
+    assert!(attached_calls < total, "most of the job's calls ran without CUPTI: {attached_calls} of >= {total}");
+}
+
 /// A job without libcuda: one line naming what it maps, and it goes on.
 #[test]
 #[ignore = "root tier: ptrace needs root; tools/test runs it when root"]

@@ -133,6 +133,7 @@ cupti_api! {
     cuptiProfilerInitialize(p: *mut CUpti_Profiler_Initialize_Params);
     cuptiSubscribe(subscriber: *mut CUpti_SubscriberHandle, callback: CUpti_CallbackFunc, userdata: *mut c_void);
     cuptiUnsubscribe(subscriber: CUpti_SubscriberHandle);
+    cuptiFinalize();
     cuptiSetThreadIdType(kind: CUpti_ActivityThreadIdType);
     cuptiEnableCallback(enable: u32, subscriber: CUpti_SubscriberHandle, domain: CUpti_CallbackDomain, cbid: CUpti_CallbackId);
 }

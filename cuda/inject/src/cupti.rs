@@ -422,11 +422,20 @@ unsafe extern "C" fn launch_callback(
 ) {
     let cost = crate::cost::callback_enter();
     let _ = catch_unwind(|| {
-        if data.is_null() || !ACTIVE.load(Ordering::Relaxed) {
+        if data.is_null() {
             return;
         }
         // SAFETY: for the driver and runtime domains CUPTI passes a CUpti_CallbackData.
         let d = unsafe { &*(data as *const cs::CUpti_CallbackData) };
+        if d.callbackSite == cs::CUpti_ApiCallbackSite::CUPTI_API_EXIT
+            && FINALIZE.load(Ordering::Acquire) == FIN_PENDING
+        {
+            finalize_here();
+            return;
+        }
+        if !ACTIVE.load(Ordering::Relaxed) {
+            return;
+        }
         let kind = match domain {
             cs::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_DRIVER_API => K::CUPTI_ACTIVITY_KIND_DRIVER,
             cs::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_RUNTIME_API => K::CUPTI_ACTIVITY_KIND_RUNTIME,
@@ -596,6 +605,7 @@ fn unsubscribe() {
 }
 
 fn enable() {
+    cancel_finalize();
     if !subscribe() {
         return;
     }
@@ -708,7 +718,54 @@ fn disable() {
     crate::cost::control_tick();
     push(wire::COST, &crate::cost::payload());
     ACTIVE.store(false, Ordering::Release);
-    unsubscribe();
+    if SUBSCRIBER.load(Ordering::Acquire) != 0 && !SHARED.load(Ordering::Acquire) && enable_launch_callbacks() {
+        // Detach CUPTI at the job's next launch exit (see FINALIZE); the subscriber stays
+        // until then, as the callback it needs is ours.
+        FINALIZE.store(FIN_PENDING, Ordering::Release);
+    } else {
+        // Sharing CUPTI (13.3): cuptiFinalize would take the other tools' sessions down too.
+        unsubscribe();
+    }
+}
+
+/// CUPTI's detach after a session (attach, or watch's sample window). Unsubscribed and with
+/// every kind disabled, CUPTI still sits in each driver API call until `cuptiFinalize`: on an
+/// H200 a PyTorch loop's steps went from 8 ms to 15-21 ms after a detach and never came back,
+/// and a third attach crashed it. `cuptiFinalize` tears down state that callbacks running on
+/// other threads use, so it is called where NVIDIA's CUPTI guide says to: inside an API exit
+/// callback, here the first launch exit after the session (a job that launches nothing more
+/// keeps CUPTI attached, idle, until it does). A new session before that cancels it.
+const FIN_NONE: u32 = 0;
+const FIN_PENDING: u32 = 1;
+const FIN_RUNNING: u32 = 2;
+static FINALIZE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(FIN_NONE);
+
+/// In a launch exit callback, with a finalize pending: the one thread that wins it detaches
+/// CUPTI; the subscriber handle dies with it.
+fn finalize_here() {
+    if FINALIZE.compare_exchange(FIN_PENDING, FIN_RUNNING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return;
+    }
+    // SAFETY: the exit callsite of a driver API, as CUPTI requires for cuptiFinalize; the
+    // activity kinds were disabled and flushed when the session ended.
+    let rc = unsafe { crate::api::cuptiFinalize() };
+    SUBSCRIBER.store(0, Ordering::Release);
+    SHARED.store(false, Ordering::Release);
+    if rc != cs::CUptiResult::CUPTI_SUCCESS {
+        status(&format!("cuptiFinalize failed ({rc:?}): CUPTI stays attached, idle"));
+    }
+    FINALIZE.store(FIN_NONE, Ordering::Release);
+}
+
+/// Before a session starts: a pending finalize is cancelled (CUPTI is still attached and our
+/// subscriber valid), one in progress is waited for (then CUPTI attaches again).
+fn cancel_finalize() {
+    loop {
+        match FINALIZE.compare_exchange(FIN_PENDING, FIN_NONE, Ordering::AcqRel, Ordering::Acquire) {
+            Err(FIN_RUNNING) => std::thread::sleep(Duration::from_millis(1)),
+            _ => return,
+        }
+    }
 }
 
 extern "C" fn at_exit() {

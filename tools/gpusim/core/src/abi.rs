@@ -23,6 +23,11 @@ pub const PUSH_HOST: &str = "gpusim_push_host";
 /// `void gpusim_set_api_hook(ApiHookFn hook)`: libcupti's way to see driver API calls as they
 /// happen (enter and exit), for the CUPTI callback API. Null removes the hook.
 pub const SET_API_HOOK: &str = "gpusim_set_api_hook";
+/// `u64 gpusim_cupti_attached(u64 *out, u64 capacity)`: the spans during which CUPTI was
+/// attached to the process (libcupti's hook installed, from CUPTI's first use to
+/// `cuptiFinalize`), as (start_ns, end_ns, driver API calls) triples, `end_ns` 0 while still
+/// attached; writes at most `capacity` triples and returns how many spans there were.
+pub const CUPTI_ATTACHED: &str = "gpusim_cupti_attached";
 
 /// Callback site of [`ApiHookFn`]: `CUPTI_API_ENTER`.
 pub const SITE_ENTER: u32 = 0;

@@ -96,6 +96,8 @@ pub extern "C" fn cuptiActivityRegisterCallbacks(
         let mut st = activity::state();
         st.request = request;
         st.complete = complete;
+        drop(st);
+        callbacks::attach();
         CUPTI_SUCCESS
     })
 }
@@ -117,6 +119,7 @@ fn set_kind(kind: u32, on: bool) -> CuptiResult {
         activity::state().enabled[kind as usize] = on;
         if on {
             activity::ensure_worker();
+            callbacks::attach();
         }
         CUPTI_SUCCESS
     })
@@ -222,8 +225,7 @@ pub extern "C" fn cuptiUnsubscribe(subscriber: *mut c_void) -> CuptiResult {
         if !crate::subscribers::remove(subscriber as usize) {
             return CUPTI_ERROR_INVALID_PARAMETER;
         }
-        let any = callbacks::subscribers().iter().any(|(_, s)| s.all_driver || !s.enabled.is_empty());
-        callbacks::install_hook(any);
+        // CUPTI stays in the driver's call path until cuptiFinalize, subscriber or not.
         CUPTI_SUCCESS
     })
 }
@@ -242,7 +244,7 @@ fn update(subscriber: *mut c_void, domain: u32, change: impl FnOnce(&mut callbac
         change(sub);
         subs.iter().any(|(_, s)| s.all_driver || !s.enabled.is_empty())
     };
-    if callbacks::install_hook(wanted) || !wanted {
+    if callbacks::attach() || !wanted {
         CUPTI_SUCCESS
     } else {
         CUPTI_ERROR_NOT_INITIALIZED
@@ -270,13 +272,22 @@ pub extern "C" fn cuptiEnableDomain(enable: u32, subscriber: *mut c_void, domain
     guard(CUPTI_ERROR_UNKNOWN, || update(subscriber, domain, |sub| sub.all_driver = enable != 0))
 }
 
-/// `CUptiResult cuptiFinalize(void)`: flush and stop delivering.
+/// `CUptiResult cuptiFinalize(void)`: detaches CUPTI from the process: flushes, disables every
+/// kind, drops every subscriber and leaves the driver's call path (until a later CUPTI call
+/// attaches it again). Called outside an API exit callback while callbacks run on other
+/// threads, the real CUPTI crashes the process: so does gpusim, with the reason.
 #[no_mangle]
 pub extern "C" fn cuptiFinalize() -> CuptiResult {
     guard(CUPTI_ERROR_UNKNOWN, || {
+        if let Err(why) = callbacks::finalize_is_safe() {
+            eprintln!("gpusim: {why}");
+            std::process::abort();
+        }
         activity::flush();
-        let mut st = activity::state();
-        st.enabled = [false; 64];
+        crate::subscribers::flush_all();
+        activity::state().enabled = [false; 64];
+        crate::subscribers::clear();
+        callbacks::install_hook(false);
         CUPTI_SUCCESS
     })
 }

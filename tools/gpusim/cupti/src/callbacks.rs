@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use gpusim_core::abi;
@@ -71,6 +72,37 @@ pub fn subscribers() -> MutexGuard<'static, Vec<(usize, Subscriber)>> {
 thread_local! {
     /// `correlationData` scratch of the calling thread: CUPTI keeps it between enter and exit.
     static CORRELATION_DATA: Cell<u64> = const { Cell::new(0) };
+    /// The site of the subscriber callback this thread is in (None: in none).
+    static IN_CALLBACK: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// Subscriber callbacks running now, on all threads.
+static CALLBACKS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a `cuptiFinalize` now is one the real CUPTI survives: called from an API exit
+/// callback (NVIDIA's recommendation, what its cupti_finalize sample does), or with no
+/// callback running on another thread. Err names what a real process would hit: CUPTI tears
+/// down the state another thread's callback is using (a SIGSEGV in Kineto before it moved its
+/// teardown into the exit callback).
+pub fn finalize_is_safe() -> Result<(), String> {
+    let mine = IN_CALLBACK.with(|c| c.get());
+    if mine == Some(abi::SITE_EXIT) {
+        return Ok(());
+    }
+    let others = CALLBACKS_RUNNING.load(Ordering::SeqCst) - usize::from(mine.is_some());
+    if others > 0 {
+        return Err(format!(
+            "cuptiFinalize outside an API exit callback while {others} callback(s) run on other threads: \
+             the real CUPTI frees the state they use (call it from the exit callsite of a driver API)"
+        ));
+    }
+    Ok(())
+}
+
+/// CUPTI's first use in the process: from now until `cuptiFinalize` it sits in every driver
+/// API call (libcuda's hook), whatever is enabled.
+pub fn attach() -> bool {
+    install_hook(true)
 }
 
 /// Install (or remove) the hook in libcuda; false when libcuda is not loaded.
@@ -132,6 +164,8 @@ fn call(
                 correlation_data: &mut scratch,
                 correlation_id,
             };
+            CALLBACKS_RUNNING.fetch_add(1, Ordering::SeqCst);
+            let outer = IN_CALLBACK.with(|c| c.replace(Some(site)));
             // SAFETY: the subscriber's callback with CUPTI's arguments; `data` outlives it.
             unsafe {
                 callback(
@@ -141,6 +175,8 @@ fn call(
                     &data as *const CallbackData as *const c_void,
                 )
             };
+            IN_CALLBACK.with(|c| c.set(outer));
+            CALLBACKS_RUNNING.fetch_sub(1, Ordering::SeqCst);
             slot.set(scratch);
         });
     }

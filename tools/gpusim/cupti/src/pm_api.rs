@@ -76,7 +76,10 @@ pub struct PlainParams {
 /// `CUptiResult cuptiProfilerInitialize(CUpti_Profiler_Initialize_Params*)`.
 #[no_mangle]
 pub extern "C" fn cuptiProfilerInitialize(p: *mut PlainParams) -> i32 {
-    with_params(p, |_| SUCCESS)
+    with_params(p, |_| {
+        crate::callbacks::attach();
+        SUCCESS
+    })
 }
 
 /// `CUptiResult cuptiProfilerDeInitialize(CUpti_Profiler_DeInitialize_Params*)`.

@@ -167,7 +167,20 @@ pub fn add(callback: CallbackFn, userdata: usize, v2: Option<(String, bool)>) ->
     }
     callbacks::subscribers()
         .push((handle, callbacks::Subscriber { callback, userdata, enabled: Default::default(), all_driver: false }));
-    Ok((handle, r.first_name.clone()))
+    let first = r.first_name.clone();
+    drop(r);
+    callbacks::attach();
+    Ok((handle, first))
+}
+
+/// `cuptiFinalize`: every subscriber is gone (their handles are invalid from now on).
+pub fn clear() {
+    callbacks::subscribers().clear();
+    let mut r = registry();
+    let next_handle = r.next_handle;
+    *r = Registry { next_handle, ..Registry::default() };
+    drop(r);
+    cursors().clear();
 }
 
 /// Removes a subscriber; false for an unknown handle.

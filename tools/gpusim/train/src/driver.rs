@@ -84,6 +84,7 @@ api_table!(Cuda, "libcuda.so.1", {
     record_count: "gpusim_record_count" => fn() -> u64;
     read_records: "gpusim_read_records" => fn(u64, *mut SimRecord, u64) -> u64;
     push_host: "gpusim_push_host" => fn(*const SimRecord) -> ();
+    cupti_attached: "gpusim_cupti_attached" => fn(*mut u64, u64) -> u64;
 });
 
 /// `ncclUniqueId`: `struct { char internal[128]; }`, passed by value to `ncclCommInitRank`.
@@ -111,6 +112,25 @@ pub fn check(what: &str, rc: i32) -> Result<(), String> {
 }
 
 impl Cuda {
+    /// The spans CUPTI was attached to this process so far (libcuda's record of its hook).
+    pub fn cupti_attached(&self) -> Vec<crate::truth::CuptiAttached> {
+        // SAFETY: valid entry point; the buffer holds `cap` triples.
+        unsafe {
+            let n = (self.cupti_attached)(std::ptr::null_mut(), 0);
+            let cap = n.min(4096);
+            let mut out = vec![0u64; 3 * cap as usize];
+            let n = (self.cupti_attached)(out.as_mut_ptr(), cap).min(cap);
+            out.chunks_exact(3)
+                .take(n as usize)
+                .map(|t| crate::truth::CuptiAttached {
+                    start_ns: t[0],
+                    end_ns: (t[1] != 0).then_some(t[1]),
+                    api_calls: t[2],
+                })
+                .collect()
+        }
+    }
+
     /// Every record the simulated device logged so far.
     pub fn records(&self) -> Vec<SimRecord> {
         // SAFETY: valid entry points; the buffer has room for `count` records.

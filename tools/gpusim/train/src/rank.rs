@@ -257,7 +257,7 @@ pub fn run(cfg: &RankConfig) -> Result<(), String> {
         window_end_ns,
         checkpoint_bytes,
     };
-    let truth = truth::build(&info, &records);
+    let truth = truth::build(&info, &records, cuda.cupti_attached());
     // Written from a thread that launches nothing: the truth file is not the job's work, and a
     // profiler's window rule (which ends a window at the launching threads' last file write)
     // must not see it.

@@ -153,6 +153,20 @@ pub struct GroundTruth {
     pub step_ranges: Vec<StepTruth>,
     /// Totals.
     pub totals: Totals,
+    /// The spans during which CUPTI was attached to this process (from its first use to
+    /// `cuptiFinalize`), up to when the truth was taken.
+    pub cupti_attached: Vec<CuptiAttached>,
+}
+
+/// One span CUPTI sat in the driver's call path.
+#[derive(Serialize)]
+pub struct CuptiAttached {
+    /// When it attached (CLOCK_MONOTONIC ns).
+    pub start_ns: u64,
+    /// When `cuptiFinalize` detached it; None: still attached when the truth was taken.
+    pub end_ns: Option<u64>,
+    /// Driver API calls made while it was attached.
+    pub api_calls: u64,
 }
 
 /// Host blocking intervals clipped to the window, summed per record name.
@@ -192,7 +206,7 @@ fn busy_ns(records: &[SimRecord], start_ns: u64, end_ns: u64) -> u64 {
 }
 
 /// Build the ground truth from the device's records.
-pub fn build(info: &RunInfo, records: &[SimRecord]) -> GroundTruth {
+pub fn build(info: &RunInfo, records: &[SimRecord], cupti_attached: Vec<CuptiAttached>) -> GroundTruth {
     let s = info.scenario;
     let times = categorize(records, 0, s.peak_flops_per_s, info.window_start_ns, info.window_end_ns);
     let categories = CATEGORIES.iter().zip(times.ns).map(|(c, ns)| (*c, ns)).collect();
@@ -280,6 +294,7 @@ pub fn build(info: &RunInfo, records: &[SimRecord]) -> GroundTruth {
         }],
         step_ranges,
         totals,
+        cupti_attached,
     }
 }
 
