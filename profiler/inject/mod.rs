@@ -191,6 +191,9 @@ pub fn inject(pid: u32, opts: &InjectOptions) -> Result<Injected, InjectError> {
     }
     let entry = target::entry_offset(&opts.library)?;
     let loaded = maps.memfd_base(MEMFD_NAME);
+    if loaded.is_some() {
+        wait_for_session_end(pid, SESSION_END_WAIT);
+    }
     let plan = Plan {
         pid,
         dlopen: if loaded.is_some() { None } else { Some(target::find_dlopen(pid, &maps)?) },
@@ -201,6 +204,27 @@ pub fn inject(pid: u32, opts: &InjectOptions) -> Result<Injected, InjectError> {
         wait: opts.wait,
     };
     run_plan(&plan)
+}
+
+/// How long a new attach waits for the library's previous session to end (its last PM decode,
+/// flush and CUPTI teardown) before asking it for a new one.
+const SESSION_END_WAIT: Duration = Duration::from_secs(3);
+
+/// The library's session thread is named `ghostprof-attach` (the kernel keeps 15 bytes): while
+/// one is alive in `pid`, a new session would be refused, so an attach right after a detach
+/// waits for it (up to `max`) instead of falling back to eBPF only. A job that names a thread
+/// of its own so only delays the attach; the library's own check still decides.
+fn wait_for_session_end(pid: u32, max: Duration) {
+    let started = std::time::Instant::now();
+    let alive = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten().any(|t| {
+            std::fs::read(t.path().join("comm"))
+                .is_ok_and(|c| c.strip_suffix(b"\n").unwrap_or(&c) == b"ghostprof-attac")
+        })
+    };
+    while alive() && started.elapsed() < max {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The entry point's argument: `key=value` lines (cuda/inject `AttachArgs`). `env` is the

@@ -163,6 +163,38 @@ fn records_from(first: u64) -> Option<Vec<SimRecord>> {
     }
 }
 
+/// Where a sampling that starts at `start_ns` needs libcuda's log from: past every leading
+/// record that is no device op or ended by then (read from `first` on, in slices). A second
+/// session of a long job otherwise began its first decode at record 0 and, for each 50 µs
+/// sample, scanned the whole log: the decode spun for minutes (seen in `attach`'s second
+/// session, whose thread then never ended).
+pub fn first_relevant_at(first: u64, start_ns: u64) -> u64 {
+    const SLICE: u64 = 65_536;
+    let (Some(count), Some(read)) = (abi::lookup(abi::RECORD_COUNT), abi::lookup(abi::READ_RECORDS)) else {
+        return first;
+    };
+    // SAFETY: the symbols have the signatures in gpusim_core::abi; the buffer has room for n.
+    unsafe {
+        let count = std::mem::transmute::<*mut c_void, abi::RecordCountFn>(count);
+        let read = std::mem::transmute::<*mut c_void, abi::ReadRecordsFn>(read);
+        let total = count();
+        let mut at = first;
+        let mut buf = vec![SimRecord::new(RecordKind::Api); SLICE as usize];
+        while at < total {
+            let got = read(at, buf.as_mut_ptr(), SLICE.min(total - at)) as usize;
+            if got == 0 {
+                break;
+            }
+            let done = buf[..got].iter().take_while(|r| !is_device_op(r) || r.end_ns <= start_ns).count();
+            at += done as u64;
+            if done < got {
+                break;
+            }
+        }
+        at
+    }
+}
+
 /// Why decoding stopped (`CUpti_PmSampling_DecodeStopReason`).
 pub const STOP_COUNTER_DATA_FULL: u32 = 1;
 /// All completed samples were decoded.
@@ -178,21 +210,40 @@ pub fn decode(obj: &mut PmObject, image: &mut [u8]) -> Option<u32> {
     let limit = obj.stop_ns.unwrap_or_else(now_ns);
     let peak = peak_flops_per_s();
     let device = obj.device_index as u32;
+    // This device's ops by start: each sample looks only at those that can overlap it (a
+    // scan of every record per 50 µs sample made a decode of a few seconds of a busy job
+    // take seconds).
+    let mut ops: Vec<SimRecord> =
+        records.iter().filter(|r| is_device_op(r) && r.device_id == device).copied().collect();
+    ops.sort_by_key(|r| r.start_ns);
+    let mut lo = 0;
     while obj.next_sample_ns < limit {
         let end = (obj.next_sample_ns + obj.interval_ns).min(limit);
         // Only the final sample after a stop may be partial; running samples wait to complete.
         if end < obj.next_sample_ns + obj.interval_ns && obj.stop_ns.is_none() {
             break;
         }
-        let values = sample_values(&records, device, obj.next_sample_ns, end, peak);
+        while lo < ops.len() && ops[lo].end_ns <= obj.next_sample_ns {
+            lo += 1;
+        }
+        let hi = lo + ops[lo..].partition_point(|r| r.start_ns < end);
+        let values = sample_values(&ops[lo..hi], device, obj.next_sample_ns, end, peak);
         if !push_sample(image, &values) {
+            // Advanced here too: a client that keeps filling its image would otherwise
+            // re-read the log from the same place at every decode, for ever longer.
+            advance(obj, &records);
             return Some(STOP_COUNTER_DATA_FULL);
         }
         obj.next_sample_ns = end;
     }
+    advance(obj, &records);
+    Some(STOP_END_OF_RECORDS)
+}
+
+/// Past the leading records no later sample can need (no device op, or ended by the next one).
+fn advance(obj: &mut PmObject, records: &[SimRecord]) {
     let done = records.iter().take_while(|r| !is_device_op(r) || r.end_ns <= obj.next_sample_ns).count();
     obj.first_relevant += done as u64;
-    Some(STOP_END_OF_RECORDS)
 }
 
 #[cfg(test)]

@@ -432,6 +432,7 @@ pub extern "C" fn cuptiPmSamplingStart(p: *mut ObjectParams) -> i32 {
     with_params(p, |p| match pm::objects().get_mut(&(p.p_pm_sampling_object as usize)) {
         Some(obj) if obj.interval_ns > 0 => {
             obj.next_sample_ns = now_ns();
+            obj.first_relevant = pm::first_relevant_at(obj.first_relevant, obj.next_sample_ns);
             obj.stop_ns = None;
             SUCCESS
         }
