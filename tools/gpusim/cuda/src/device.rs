@@ -79,10 +79,33 @@ pub fn lock() -> MutexGuard<'static, Device> {
     }
 }
 
-/// Kernel thread id of the caller (what a uprobe reports as the pid/tid pair's tid).
+thread_local! {
+    /// The caller's kernel thread id, read once (0: not yet).
+    static TID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// A forked child's only thread keeps its parent's cached id otherwise.
+extern "C" fn forget_tid() {
+    TID.with(|t| t.set(0));
+}
+
+/// Kernel thread id of the caller (what a uprobe reports as the pid/tid pair's tid). Cached
+/// per thread, as the real driver does not make a `gettid` system call per launch: two per
+/// launch here made a traced job pay the scheduler program's system-call tracepoints ~850
+/// times a step on the `launch-bound` scenario, a cost real jobs do not have.
 pub fn thread_id() -> u32 {
-    // SAFETY: gettid has no arguments and cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+    TID.with(|t| {
+        if t.get() == 0 {
+            static AT_FORK: std::sync::Once = std::sync::Once::new();
+            // SAFETY: registers a handler that only resets this thread-local.
+            AT_FORK.call_once(|| unsafe {
+                libc::pthread_atfork(None, None, Some(forget_tid));
+            });
+            // SAFETY: gettid has no arguments and cannot fail.
+            t.set(unsafe { libc::syscall(libc::SYS_gettid) as u32 });
+        }
+        t.get()
+    })
 }
 
 /// `pthread_self()` of the caller truncated to 32 bits (CUPTI's default `threadId`).
