@@ -21,8 +21,9 @@ pub struct ReportOptions {
     pub detail: DetailOptions,
     /// How several files are put on one timeline (`--clock`).
     pub clock: ClockChoice,
-    /// Threads (`--jobs`): files analyzed side by side, and each file's chunks decoded ahead
-    /// of its sweep; 0: one per core. The result does not depend on it.
+    /// Threads (`--jobs`): files analyzed side by side, and each file swept in time spans on
+    /// the threads left (or its chunks decoded ahead of one sweep); 0: one per core. The result
+    /// does not depend on it.
     pub jobs: usize,
 }
 
@@ -152,7 +153,8 @@ fn analyze_readers(
     readers: &[(String, TraceReader)],
     opts: &ReportOptions,
 ) -> Result<(Vec<FileReport>, usize), TraceError> {
-    // Files side by side first; the threads left over decode each file's chunks ahead.
+    // Files side by side first; the threads left over sweep each file in spans (or decode its
+    // chunks ahead).
     let threads = threads(opts.jobs);
     let side_by_side = threads.min(readers.len()).max(1);
     let stream_opts = StreamOptions {
@@ -234,7 +236,7 @@ fn analyze_readers(
         report.kernel_names = report
             .details
             .iter()
-            .flat_map(|d| d.top_kernels.iter())
+            .flat_map(|d| d.kernels.iter())
             .map(|k| (k.name_id, sk.names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
             .collect();
         if late_records > 0 {
@@ -331,7 +333,7 @@ pub fn analyze_batch(
     }
     let kernel_names = details
         .iter()
-        .flat_map(|d| d.top_kernels.iter())
+        .flat_map(|d| d.kernels.iter())
         .map(|k| (k.name_id, names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
         .collect();
     FileReport {
