@@ -863,7 +863,12 @@ fn sweep_in_spans(
     // Each span holds its own partial sums of every step and bin: no more spans than keep
     // those under SPAN_PARTS_BYTES in all (fine bins of long windows on many cores).
     let parts: u64 = start.plans.values().map(|p| p.partitions()).fold(0, u64::saturating_add);
-    let by_memory = (SPAN_PARTS_BYTES / parts.saturating_mul(PART_BYTES).max(1)).max(1);
+    // Under a memory limit, no more than the room its threads' buffers leave (`budget`).
+    let cap = super::budget::room().map_or(SPAN_PARTS_BYTES, |r| {
+        let buffers = super::budget::thread_bytes(reader).saturating_mul(opts.jobs as u64);
+        SPAN_PARTS_BYTES.min(r.bytes.saturating_sub(buffers))
+    });
+    let by_memory = (cap / parts.saturating_mul(PART_BYTES).max(1)).max(1);
     let starts = span_starts(reader, opts, opts.jobs.min(by_memory.try_into().unwrap_or(usize::MAX)));
     if starts.len() < 2 {
         return Ok(None);
