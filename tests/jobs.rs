@@ -355,3 +355,43 @@ fn a_file_whose_every_chunk_reaches_its_end_is_swept_in_one_pass() {
     opts.account.windows = sk.windows.clone();
     assert!(sweep_file_in_spans(&reader, &sk, &opts, &late, &waits).unwrap().is_some(), "in spans");
 }
+
+/// The passes that decode chunks ahead of one consumer (the consumer decoding too while its
+/// next chunk is not ready; `analyze::ahead`) give the report of one thread: a PM-sampled job
+/// (its FLOP pass, and the one-pass sweep: fractional rates), and a job without NVTX markers
+/// (steps by periodicity: the anchor pass and the steps' compute pass), with a digest per chunk
+/// (the summary's heads read ahead) and without.
+#[test]
+fn passes_decoded_ahead_give_the_report_of_one_thread() {
+    use ghostprof::trace::Record;
+    let dir = tmpdir();
+    let pm = dir.path().join("pm.gptrace");
+    synthetic_pm(&pm, 7, 150_000, 1_000);
+    for digest in [true, false] {
+        let plain = dir.path().join(format!("plain-{digest}.gptrace"));
+        let interner = Arc::new(Interner::new());
+        let stream = TrainingStream::new(8, &interner).filter(|r| !matches!(r, Record::StepMarker(_))).take(150_000);
+        let info = TraceInfo { command: vec!["test".into()], ..Default::default() };
+        let options = WriterOptions { chunk_records: 1_000, digest, ..Default::default() };
+        let mut w = TraceWriter::create(&plain, false, &info, interner, options).unwrap();
+        w.append_all(stream).unwrap();
+        w.finish().unwrap();
+        for path in [&pm, &plain] {
+            let files = vec![path.clone()];
+            let detail = DetailOptions { bin_ns: Some(1_000_000), ..Default::default() };
+            let one = report_json(&files, 1, detail.clone());
+            let v: serde_json::Value = serde_json::from_str(&one).unwrap();
+            let source = if path == &pm { "flop_source" } else { "step_source" };
+            let want = if path == &pm { "pm_sampling" } else { "periodicity" };
+            assert_eq!(v["devices"][0][source], want, "{}", path.display());
+            assert!(v["devices"][0]["steps"].as_array().is_some_and(|s| s.len() > 10), "steps found");
+            for jobs in [2, 3, 8] {
+                assert!(
+                    one == report_json(&files, jobs, detail.clone()),
+                    "--jobs {jobs} differs on {}",
+                    path.display()
+                );
+            }
+        }
+    }
+}

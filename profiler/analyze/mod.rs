@@ -31,6 +31,7 @@
 //! (A former `analyze`, [`analyze_with`] without late windows, had no caller and is gone.)
 
 pub(crate) mod account;
+mod ahead;
 pub mod budget;
 pub mod clock_align;
 pub mod collectives;

@@ -197,29 +197,25 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         e => Err(e),
     };
     // With threads to spare, the chunks' heads (decompressing the start of each frame: most of
-    // this pass) are read ahead in batches on every thread, and absorbed here in order.
+    // this pass) are read ahead on the other threads, and on this one while the next is not
+    // ready; this one absorbs them in order, and decodes whole the chunks that need it.
     let n = reader.chunks().len();
-    let batch = if digests && opts.jobs > 1 { HEADS_PER_THREAD * opts.jobs } else { 0 };
-    let mut ahead: std::collections::VecDeque<Head> = Default::default();
-    for i in 0..n {
+    let workers = if digests { opts.jobs.saturating_sub(1).min(n) } else { 0 };
+    let read_head = |i: usize, scratch: &mut Scratch, spare: Option<Head>| {
+        let mut h =
+            spare.unwrap_or_else(|| Head { result: Ok(false), strings: Vec::new(), digest: Default::default() });
+        h.result = if digests { reader.read_chunk_head(i, scratch, &mut h.strings, &mut h.digest) } else { Ok(false) };
+        h
+    };
+    super::ahead::in_order(n, workers, HEADS_AHEAD * workers.max(1), &read_head, |i, h| {
         let meta = &reader.chunks()[i];
-        if batch > 0 && ahead.is_empty() {
-            ahead = read_heads(reader, i..n.min(i + batch), opts.jobs).into();
-        }
-        let head = match ahead.pop_front() {
-            Some(h) => {
-                (chunk.strings, digest) = (h.strings, h.digest);
-                h.result
-            }
-            None if digests => reader.read_chunk_head(i, &mut scratch, &mut chunk.strings, &mut digest),
-            None => Ok(false),
-        };
+        // (the head's buffers go back for reuse: the chunk's old ones)
+        std::mem::swap(&mut chunk.strings, &mut h.strings);
+        std::mem::swap(&mut digest, &mut h.digest);
+        let head = std::mem::replace(&mut h.result, Ok(false));
         let has_digest = match head {
             Ok(h) => h,
-            Err(e) => {
-                skip(e, &mut st)?;
-                continue;
-            }
+            Err(e) => return skip(e, &mut st),
         };
         let from_digest =
             has_digest && digest.version == DIGEST_VERSION && !needs_whole(&sk, &st, &digest, opts.reorder_window_ns);
@@ -227,14 +223,14 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
             let n: u64 = Kind::ALL.iter().zip(&meta.counts).filter(|(k, _)| wanted(**k)).map(|(_, n)| n).sum();
             st.absorb_digest(&mut sk, &chunk.strings, &digest, meta.min_ts, n, opts);
             sk.chunks_from_digest += 1;
-            continue;
+            return Ok(());
         }
         if let Err(e) = reader.read_chunk_decode(i, &mut scratch, &mut chunk, &wanted, true) {
-            skip(e, &mut st)?;
-            continue;
+            return skip(e, &mut st);
         }
         st.absorb_chunk(&mut sk, &chunk, opts);
-    }
+        Ok(())
+    })?;
     for d in sk.devices.values_mut() {
         d.fold_times();
     }
@@ -256,58 +252,15 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
     Ok(sk)
 }
 
-/// Chunk heads read ahead per thread in one batch of the summary pass.
-const HEADS_PER_THREAD: usize = 8;
+/// Chunk heads read ahead of the summary pass per reading thread, at most (a head is its
+/// string table and digest: small).
+const HEADS_AHEAD: usize = 16;
 
 /// A chunk's head read ahead: what [`TraceReader::read_chunk_head`] gives.
 struct Head {
     result: Result<bool, TraceError>,
     strings: Vec<(u32, String)>,
     digest: ChunkDigest,
-}
-
-/// The heads of the chunks `range`, in order, read on up to `threads` threads (chunk i on
-/// thread i mod threads).
-fn read_heads(reader: &TraceReader, range: std::ops::Range<usize>, threads: usize) -> Vec<Head> {
-    let threads = threads.clamp(1, range.len().max(1));
-    let read = |t: usize| -> Vec<(usize, Head)> {
-        let mut scratch = Scratch::default();
-        range
-            .clone()
-            .skip(t)
-            .step_by(threads)
-            .map(|i| {
-                let (mut strings, mut digest) = (Vec::new(), ChunkDigest::default());
-                let result = reader.read_chunk_head(i, &mut scratch, &mut strings, &mut digest);
-                (i, Head { result, strings, digest })
-            })
-            .collect()
-    };
-    let mut all: Vec<(usize, Head)> = std::thread::scope(|scope| {
-        let read = &read;
-        let others: Vec<_> = (1..threads).map(|t| scope.spawn(move || read(t))).collect();
-        let mut all = read(0);
-        for h in others {
-            // (a thread that unwound: its chunks are read again below, on this one)
-            all.extend(h.join().unwrap_or_default());
-        }
-        all
-    });
-    all.sort_by_key(|h| h.0);
-    let mut scratch = Scratch::default();
-    range
-        .map(|i| match all.binary_search_by_key(&i, |h| h.0) {
-            Ok(at) => std::mem::replace(
-                &mut all[at].1,
-                Head { result: Ok(false), strings: Vec::new(), digest: ChunkDigest::default() },
-            ),
-            Err(_) => {
-                let (mut strings, mut digest) = (Vec::new(), ChunkDigest::default());
-                let result = reader.read_chunk_head(i, &mut scratch, &mut strings, &mut digest);
-                Head { result, strings, digest }
-            }
-        })
-        .collect()
 }
 
 /// Whether a chunk must be decoded whole although it has a digest: it holds device records
@@ -993,132 +946,42 @@ const AHEAD_PER_THREAD: usize = 2;
 
 /// [`TraceReader::for_each_chunk_lean_at`] with `jobs − 1` threads decoding (decompressing,
 /// decoding the columns) the next chunks while `f` consumes the current one on this thread,
-/// in chunk order: `f` sees exactly the chunks, in the order, of the one-thread call, so the
-/// result does not depend on `jobs`. At most `AHEAD_PER_THREAD` chunks per thread are held
-/// decoded. Damaged chunks are skipped and remembered by the reader, as there.
+/// in chunk order (this thread decodes too while its next chunk is not ready): `f` sees
+/// exactly the chunks, in the order, of the one-thread call, so the result does not depend on
+/// `jobs`. At most `AHEAD_PER_THREAD` chunks per decoding thread are held decoded ahead.
+/// Damaged chunks are skipped and remembered by the reader, as there.
 fn decoded_in_order(
     reader: &TraceReader,
     wanted: &(dyn Fn(Kind) -> bool + Sync),
     jobs: usize,
     mut f: impl FnMut(usize, &Chunk),
 ) -> Result<(), TraceError> {
-    use std::collections::BTreeMap;
-    use std::sync::{Condvar, Mutex};
     let n = reader.chunks().len();
     let workers = jobs.saturating_sub(1).min(n.saturating_sub(1));
     if workers == 0 {
         return reader.for_each_chunk_lean_at(wanted, f);
     }
     let damaged: HashSet<usize> = reader.damaged_chunks().iter().map(|d| d.chunk).collect();
-    let window = workers * AHEAD_PER_THREAD;
-    struct Shared {
-        /// next chunk to hand to a decoder
-        next: usize,
-        /// next chunk the consumer takes
-        consumed: usize,
-        /// decoded and not yet taken: None for a damaged chunk
-        ready: BTreeMap<usize, Result<Option<Chunk>, TraceError>>,
-        /// emptied chunks, their buffers reused
-        spare: Vec<Chunk>,
-        /// the consumer stopped (an error, or it unwound): decoders leave
-        stop: bool,
-        /// a decoder unwound: the consumer stops waiting for its chunk
-        failed: bool,
-    }
-    /// Sets its flag and wakes the other side when dropped, also while unwinding: neither
-    /// side waits forever for one that is gone.
-    struct Leave<'a> {
-        shared: &'a Mutex<Shared>,
-        wake: &'a Condvar,
-        decoder: bool,
-    }
-    impl Drop for Leave<'_> {
-        fn drop(&mut self) {
-            let mut s = lock(self.shared);
-            if self.decoder {
-                s.failed |= std::thread::panicking();
-            } else {
-                s.stop = true;
+    // (the chunk, and false when it is damaged: skipped)
+    let decode = |i: usize, scratch: &mut Scratch, spare: Option<(Chunk, Result<bool, TraceError>)>| {
+        let mut chunk = spare.map(|s| s.0).unwrap_or_default();
+        let result = if damaged.contains(&i) {
+            Ok(false)
+        } else {
+            match reader.read_chunk_decode(i, scratch, &mut chunk, wanted, true) {
+                Ok(()) => Ok(true),
+                // remembered by read_chunk_decode
+                Err(TraceError::Corrupt { .. }) => Ok(false),
+                Err(e) => Err(e),
             }
-            drop(s);
-            self.wake.notify_all();
+        };
+        (chunk, result)
+    };
+    super::ahead::in_order(n, workers, workers * AHEAD_PER_THREAD, &decode, |i, (chunk, result)| {
+        if std::mem::replace(result, Ok(false))? {
+            f(i, chunk);
         }
-    }
-    let shared = Mutex::new(Shared {
-        next: 0,
-        consumed: 0,
-        ready: BTreeMap::new(),
-        spare: Vec::new(),
-        stop: false,
-        failed: false,
-    });
-    let (work, done) = (Condvar::new(), Condvar::new());
-    fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                let _leave = Leave { shared: &shared, wake: &done, decoder: true };
-                let mut scratch = Scratch::default();
-                loop {
-                    let (i, mut chunk) = {
-                        let mut s = lock(&shared);
-                        while !s.stop && s.next < n && s.next >= s.consumed + window {
-                            s = work.wait(s).unwrap_or_else(|p| p.into_inner());
-                        }
-                        if s.stop || s.next >= n {
-                            return;
-                        }
-                        s.next += 1;
-                        (s.next - 1, s.spare.pop().unwrap_or_default())
-                    };
-                    let result = if damaged.contains(&i) {
-                        Ok(None)
-                    } else {
-                        match reader.read_chunk_decode(i, &mut scratch, &mut chunk, wanted, true) {
-                            Ok(()) => Ok(Some(chunk)),
-                            // remembered by read_chunk_decode
-                            Err(TraceError::Corrupt { .. }) => Ok(None),
-                            Err(e) => Err(e),
-                        }
-                    };
-                    lock(&shared).ready.insert(i, result);
-                    done.notify_all();
-                }
-            });
-        }
-        let _leave = Leave { shared: &shared, wake: &work, decoder: false };
-        let mut out = Ok(());
-        for i in 0..n {
-            let result = {
-                let mut s = lock(&shared);
-                loop {
-                    if let Some(r) = s.ready.remove(&i) {
-                        break r;
-                    }
-                    if s.failed {
-                        break Err(TraceError::Writer { what: format!("decoding chunk {i} failed on another thread") });
-                    }
-                    s = done.wait(s).unwrap_or_else(|p| p.into_inner());
-                }
-            };
-            match result {
-                Ok(Some(chunk)) => {
-                    f(i, &chunk);
-                    let mut s = lock(&shared);
-                    s.spare.push(chunk);
-                    s.consumed = i + 1;
-                }
-                Ok(None) => lock(&shared).consumed = i + 1,
-                Err(e) => {
-                    out = Err(e);
-                    break;
-                }
-            }
-            work.notify_all();
-        }
-        out
+        Ok(())
     })
 }
 
