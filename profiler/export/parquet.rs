@@ -50,7 +50,7 @@ pub const MAX_JOB_LEN: usize = 256;
 #[derive(Debug, Clone, Default)]
 pub struct ParquetOptions {
     /// The job's identity in every row; None: derived from the traces' headers (see
-    /// [`default_job_id`]).
+    /// `default_job_id`).
     pub job: Option<String>,
     /// The analysis's options (the same as `report`'s: steps, bins).
     pub report: ReportOptions,
