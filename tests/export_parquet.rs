@@ -714,3 +714,51 @@ fn parquet_output_rules_and_errors() {
     // The bad --job was refused before any output directory was made.
     assert!(!dir.path().join("o2").exists());
 }
+
+/// The `kernels` table has every kernel name of a device, not only report's top 10: 13 names,
+/// name i (1-based) run i times for i µs each (so i² µs in all, the order most time first);
+/// the first 10 rows are report's `top_kernels`, the last 3 the names with the least time.
+#[test]
+fn the_kernels_table_has_every_kernel_name() {
+    let dir = tmpdir();
+    let names: Vec<String> = (1..=13).map(|i| format!("kernel_{i:02}")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut records: Vec<Record> = Vec::new();
+    let mut t = 1_000u64;
+    for i in 1..=13u32 {
+        for _ in 0..i {
+            records.push(
+                KernelExec {
+                    start_ns: t,
+                    end_ns: t + i as u64 * 1_000,
+                    name_id: i,
+                    pid: PID,
+                    device: 0,
+                    ..Default::default()
+                }
+                .into(),
+            );
+            t += i as u64 * 1_000 + 500;
+        }
+    }
+    let trace = dir.path().join("many.gptrace");
+    write_trace(&trace, &records, &name_refs, 40);
+    let out = dir.path().join("tables");
+    run_ok(ghostprof().args(["export", "--format", "parquet"]).arg(&out).arg(&trace));
+    let json: Value = serde_json::from_str(&run_ok(ghostprof().args(["report", "--json"]).arg(&trace))).unwrap();
+    let top = json["devices"][0]["top_kernels"].as_array().unwrap();
+    assert_eq!(top.len(), 10, "report lists 10");
+    let k = Table::read(&out.join("kernels.parquet"));
+    assert_eq!(k.rows, 13, "every name");
+    for r in 0..k.rows {
+        let i = 13 - r as u64; // most time first
+        assert_eq!(k.u("position", r), r as u64);
+        assert_eq!(k.s("name", r), Some(format!("kernel_{i:02}")));
+        assert_eq!((k.u("count", r), k.u("total_ns", r)), (i, i * i * 1_000), "row {r}");
+        assert_f(k.f("mean_ns", r), Some(i as f64 * 1_000.0), "mean");
+        if let Some(j) = top.get(r) {
+            assert_eq!(k.s("name", r).as_deref(), j["name"].as_str());
+            assert_eq!(k.u("total_ns", r), j["total_ns"].as_u64().unwrap());
+        }
+    }
+}

@@ -21,8 +21,9 @@ pub struct ReportOptions {
     pub detail: DetailOptions,
     /// How several files are put on one timeline (`--clock`).
     pub clock: ClockChoice,
-    /// Threads (`--jobs`): files analyzed side by side, and each file's chunks decoded ahead
-    /// of its sweep; 0: one per core. The result does not depend on it.
+    /// Threads (`--jobs`): files analyzed side by side, and each file swept in time spans on
+    /// the threads left (or its chunks decoded ahead of one sweep); 0: one per core. The result
+    /// does not depend on it.
     pub jobs: usize,
 }
 
@@ -152,14 +153,21 @@ fn analyze_readers(
     readers: &[(String, TraceReader)],
     opts: &ReportOptions,
 ) -> Result<(Vec<FileReport>, usize), TraceError> {
-    // Files side by side first; the threads left over decode each file's chunks ahead.
-    let threads = threads(opts.jobs);
-    let side_by_side = threads.min(readers.len()).max(1);
-    let stream_opts = StreamOptions {
-        detail: opts.detail.clone(),
-        jobs: (threads / side_by_side).max(1),
-        ..StreamOptions::default()
+    // Files side by side first; the threads left over sweep each file in spans (or decode its
+    // chunks ahead). No more threads than the memory limit leaves room for (`budget`): asked
+    // before each pass, the summaries held counted.
+    let wanted = threads(opts.jobs);
+    let per_thread = readers.iter().map(|r| super::budget::thread_bytes(&r.1)).max().unwrap_or(0);
+    let split = |threads: usize| {
+        let side_by_side = threads.min(readers.len()).max(1);
+        let o = StreamOptions {
+            detail: opts.detail.clone(),
+            jobs: (threads / side_by_side).max(1),
+            ..StreamOptions::default()
+        };
+        (side_by_side, o)
     };
+    let (side_by_side, stream_opts) = split(super::budget::threads_within(wanted, per_thread, super::budget::room()));
     let mut files = Vec::new();
     let skeletons = par_map(readers.len(), side_by_side, |i| stream::summarize(&readers[i].1, &stream_opts));
     for ((path, reader), skeleton) in readers.iter().zip(skeletons) {
@@ -210,6 +218,7 @@ fn analyze_readers(
     let cross = cross_rank(&shells);
     let mut out = Vec::new();
     let no_waits = HashMap::new();
+    let (side_by_side, stream_opts) = split(super::budget::threads_within(wanted, per_thread, super::budget::room()));
     let sweeps = par_map(files.len(), side_by_side, |i| {
         let (path, reader, sk) = &files[i];
         let late = late_windows(&cross, path);
@@ -234,7 +243,7 @@ fn analyze_readers(
         report.kernel_names = report
             .details
             .iter()
-            .flat_map(|d| d.top_kernels.iter())
+            .flat_map(|d| d.kernels.iter())
             .map(|k| (k.name_id, sk.names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
             .collect();
         if late_records > 0 {
@@ -331,7 +340,7 @@ pub fn analyze_batch(
     }
     let kernel_names = details
         .iter()
-        .flat_map(|d| d.top_kernels.iter())
+        .flat_map(|d| d.kernels.iter())
         .map(|k| (k.name_id, names.get(&k.name_id).cloned().unwrap_or_else(|| format!("kernel#{}", k.name_id))))
         .collect();
     FileReport {

@@ -101,6 +101,25 @@ impl HostAccumulator {
         }
     }
 
+    /// Adds what `other` has added up (records of other chunks: the figures are minima,
+    /// maxima and sums, so the order does not matter).
+    pub fn absorb(&mut self, other: HostAccumulator) {
+        for ((pid, tid), f) in other.threads {
+            let t = self.thread(pid, tid, f.start_ns, f.end_ns);
+            for (a, b) in t.off_cpu_ns.iter_mut().zip(f.off_cpu_ns) {
+                *a = a.saturating_add(b);
+            }
+            t.file_read_bytes = t.file_read_bytes.saturating_add(f.file_read_bytes);
+            t.file_write_bytes = t.file_write_bytes.saturating_add(f.file_write_bytes);
+            t.file_read_ns = t.file_read_ns.saturating_add(f.file_read_ns);
+            t.file_write_ns = t.file_write_ns.saturating_add(f.file_write_ns);
+        }
+        for (pid, at) in other.launched {
+            let a = self.launched.entry(pid).or_insert(at);
+            *a = (*a).min(at);
+        }
+    }
+
     /// Per process, pid order.
     pub fn finish(mut self) -> Vec<ProcessHost> {
         for (pid, at) in std::mem::take(&mut self.launched) {

@@ -12,7 +12,8 @@
 //!   builder of a device's sweep plan (window, steps NVTX > regex > periodicity, bins), which
 //!   both paths below call;
 //! - `account` (records in memory) and [`stream`] (a file chunk by chunk, bounded memory):
-//!   the two paths, same arithmetic;
+//!   the two paths, same arithmetic; `ahead` reads ahead of `stream` on the other threads,
+//!   [`budget`] says how many threads fit under the memory limit;
 //! - [`join`], [`nccl_algo`], then [`collectives`] (cross-rank matching: skew, straggler),
 //!   then [`clock_align`] (each file's clock from the collectives' end times);
 //! - [`files`]: whole files ([`FileReport`], what `report/` renders).
@@ -31,6 +32,8 @@
 //! (A former `analyze`, [`analyze_with`] without late windows, had no caller and is gone.)
 
 pub(crate) mod account;
+mod ahead;
+pub mod budget;
 pub mod clock_align;
 pub mod collectives;
 pub mod files;

@@ -338,6 +338,9 @@ pub struct DeviceDetail {
     pub bins: Vec<Partition>,
     /// Up to 10, most time first.
     pub top_kernels: Vec<KernelStat>,
+    /// Every kernel name that ran in the window, most time first (then by name id): the first
+    /// 10 are `top_kernels`. As many as the trace's names (its string table's caps bound them).
+    pub kernels: Vec<KernelStat>,
     /// Up to 10, longest first.
     pub top_idle_gaps: Vec<IdleGap>,
     /// Checkpoint-like I/O of the device's process in the window.

@@ -18,7 +18,8 @@
 //!    one (the chunk index's minimum timestamps), or once it is more than the reorder window
 //!    older than the newest device record read, which bounds what is held. The late records
 //!    the summary kept are swept in time; any other record older than what was already swept
-//!    is counted (`late_records`) and left out.
+//!    is counted (`late_records`) and left out. With threads (`jobs`), the sweep runs in time
+//!    spans of the chunks, one a thread, added up exactly (`sweep_in_spans`).
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
@@ -45,8 +46,14 @@ pub struct StreamOptions {
     pub detail: DetailOptions,
     /// Records arriving later than this behind the newest record read are counted, not swept.
     pub reorder_window_ns: u64,
-    /// Threads decoding chunks ahead of the sweep (1: none, the sweep decodes them itself).
+    /// Threads for the file's passes: the sweep in that many spans of the file's chunks, one a
+    /// thread (chunks decoded ahead of one sweep when it cannot be split), the summary's chunk
+    /// heads read ahead (1: none of these).
     pub jobs: usize,
+    /// Tests only: the first chunk of each span of the sweep (the first is 0), instead of
+    /// `jobs` spans of about as many records.
+    #[doc(hidden)]
+    pub span_starts: Option<Vec<usize>>,
 }
 
 impl Default for StreamOptions {
@@ -56,6 +63,7 @@ impl Default for StreamOptions {
             detail: DetailOptions::default(),
             reorder_window_ns: 5_000_000_000,
             jobs: 1,
+            span_starts: None,
         }
     }
 }
@@ -100,6 +108,9 @@ pub struct Skeleton {
     devices: FastMap<(u32, u32), DeviceSummary>,
     /// Minimum record time of each chunk and all later ones.
     suffix_min_ts: Vec<u64>,
+    /// The newest device-record start of each chunk and all earlier ones: with
+    /// `suffix_min_ts`, where the sweep stops after each chunk, known before it runs.
+    chunk_newest: Vec<u64>,
     /// Host intervals (off-CPU, file I/O) of at least half the reorder window, of every
     /// thread. A long block is recorded when it ends, so its
     /// record arrives about its length after its start, later than the reorder window allows
@@ -150,6 +161,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         launchers: FastMap::default(),
         devices: FastMap::default(),
         suffix_min_ts: Vec::new(),
+        chunk_newest: Vec::new(),
         long_blocked: Vec::new(),
         late: RecordBatch::default(),
         records: 0,
@@ -161,6 +173,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         regex_match: FastMap::default(),
         comm_cache: CommCache::default(),
         chunk_min: Vec::new(),
+        chunk_newest: Vec::new(),
         pm_devices: HashSet::new(),
     };
     // The index knows how many NCCL records there are: no doubling of that vector.
@@ -178,20 +191,31 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
     let skip = |e: TraceError, st: &mut SummaryState| match e {
         TraceError::Corrupt { .. } => {
             st.chunk_min.push(u64::MAX);
+            st.chunk_newest.push(st.newest);
             Ok(())
         }
         e => Err(e),
     };
-    for i in 0..reader.chunks().len() {
+    // With threads to spare, the chunks' heads (decompressing the start of each frame: most of
+    // this pass) are read ahead on the other threads, and on this one while the next is not
+    // ready; this one absorbs them in order, and decodes whole the chunks that need it.
+    let n = reader.chunks().len();
+    let workers = if digests { opts.jobs.saturating_sub(1).min(n) } else { 0 };
+    let read_head = |i: usize, scratch: &mut Scratch, spare: Option<Head>| {
+        let mut h =
+            spare.unwrap_or_else(|| Head { result: Ok(false), strings: Vec::new(), digest: Default::default() });
+        h.result = if digests { reader.read_chunk_head(i, scratch, &mut h.strings, &mut h.digest) } else { Ok(false) };
+        h
+    };
+    super::ahead::in_order(n, workers, HEADS_AHEAD * workers.max(1), &read_head, |i, h| {
         let meta = &reader.chunks()[i];
-        let head =
-            if digests { reader.read_chunk_head(i, &mut scratch, &mut chunk.strings, &mut digest) } else { Ok(false) };
+        // (the head's buffers go back for reuse: the chunk's old ones)
+        std::mem::swap(&mut chunk.strings, &mut h.strings);
+        std::mem::swap(&mut digest, &mut h.digest);
+        let head = std::mem::replace(&mut h.result, Ok(false));
         let has_digest = match head {
             Ok(h) => h,
-            Err(e) => {
-                skip(e, &mut st)?;
-                continue;
-            }
+            Err(e) => return skip(e, &mut st),
         };
         let from_digest =
             has_digest && digest.version == DIGEST_VERSION && !needs_whole(&sk, &st, &digest, opts.reorder_window_ns);
@@ -199,14 +223,14 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
             let n: u64 = Kind::ALL.iter().zip(&meta.counts).filter(|(k, _)| wanted(**k)).map(|(_, n)| n).sum();
             st.absorb_digest(&mut sk, &chunk.strings, &digest, meta.min_ts, n, opts);
             sk.chunks_from_digest += 1;
-            continue;
+            return Ok(());
         }
         if let Err(e) = reader.read_chunk_decode(i, &mut scratch, &mut chunk, &wanted, true) {
-            skip(e, &mut st)?;
-            continue;
+            return skip(e, &mut st);
         }
         st.absorb_chunk(&mut sk, &chunk, opts);
-    }
+        Ok(())
+    })?;
     for d in sk.devices.values_mut() {
         d.fold_times();
     }
@@ -224,7 +248,19 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         })
         .collect();
     sk.suffix_min_ts.reverse();
+    sk.chunk_newest = st.chunk_newest;
     Ok(sk)
+}
+
+/// Chunk heads read ahead of the summary pass per reading thread, at most (a head is its
+/// string table and digest: small).
+const HEADS_AHEAD: usize = 16;
+
+/// A chunk's head read ahead: what [`TraceReader::read_chunk_head`] gives.
+struct Head {
+    result: Result<bool, TraceError>,
+    strings: Vec<(u32, String)>,
+    digest: ChunkDigest,
 }
 
 /// Whether a chunk must be decoded whole although it has a digest: it holds device records
@@ -255,6 +291,8 @@ struct SummaryState {
     regex_match: FastMap<u32, bool>,
     comm_cache: CommCache,
     chunk_min: Vec<u64>,
+    /// `newest` after each chunk
+    chunk_newest: Vec<u64>,
     pm_devices: HashSet<(u32, u32)>,
 }
 
@@ -297,6 +335,7 @@ impl SummaryState {
             }
         }
         self.newest = newest_start(r, self.newest);
+        self.chunk_newest.push(self.newest);
         let names = &sk.names;
         // Kernels come in runs of one device: the maps are looked up once per run.
         for run in device_runs(&r.kernels) {
@@ -359,6 +398,7 @@ impl SummaryState {
             widen(&mut sk.windows, s.pid, s.min_start, s.max_end);
             device_entry(&mut sk.devices, (s.pid, s.device), s.min_start, s.max_end);
         }
+        self.chunk_newest.push(self.newest);
         for n in &d.name_times {
             if let Some(dev) = sk.devices.get_mut(&(n.pid, n.device)) {
                 dev.add_time(n.name_id, n.ns);
@@ -445,7 +485,35 @@ pub fn sweep_file_with_host(
     opts: &StreamOptions,
     late: &LateWindows,
     extra_waits: &HashMap<(u32, u64), u64>,
-) -> Result<(Vec<DeviceResult>, u64, Vec<ProcessHost>), TraceError> {
+) -> Result<SweptFile, TraceError> {
+    sweep_file_passes(reader, sk, opts, late, extra_waits, false).map(Option::unwrap_or_default)
+}
+
+/// What [`sweep_file_with_host`] gives: each device's result, records left out, host figures.
+pub type SweptFile = (Vec<DeviceResult>, u64, Vec<ProcessHost>);
+
+/// Tests only: [`sweep_file_with_host`] when it sweeps the file in spans (`opts.jobs` or
+/// `opts.span_starts`), None when it would sweep it in one pass.
+#[doc(hidden)]
+pub fn sweep_file_in_spans(
+    reader: &TraceReader,
+    sk: &Skeleton,
+    opts: &StreamOptions,
+    late: &LateWindows,
+    extra_waits: &HashMap<(u32, u64), u64>,
+) -> Result<Option<SweptFile>, TraceError> {
+    sweep_file_passes(reader, sk, opts, late, extra_waits, true)
+}
+
+/// [`sweep_file_with_host`]; `spans_only`: None instead of the one-pass sweep.
+fn sweep_file_passes(
+    reader: &TraceReader,
+    sk: &Skeleton,
+    opts: &StreamOptions,
+    late: &LateWindows,
+    extra_waits: &HashMap<(u32, u64), u64>,
+    spans_only: bool,
+) -> Result<Option<SweptFile>, TraceError> {
     let names = &sk.names;
     let is_comm = |id: u32| is_comm_name(names, id);
     let detail = &opts.detail;
@@ -551,76 +619,30 @@ pub fn sweep_file_with_host(
     for (k, w) in extra_waits {
         waits.insert(*k, *w);
     }
-    let mut sweep = Sweep {
-        devices: keys
-            .iter()
-            .map(|k| {
-                let plan = plans.remove(k).expect("a plan per device");
-                (*k, DeviceState { sweep: DeviceSweep::new(plan), carry: Vec::new(), incoming: Vec::new() })
-            })
-            .collect(),
-        pids: HashMap::new(),
-        swept_to: 0,
-        newest: 0,
-        late_records: 0,
-    };
     let long = opts.reorder_window_ns / 2;
-    let mut comm_cache = CommCache::default();
-    // Late device records, kept by the summary pass: in time now, skipped when read again.
-    for k in &sk.late.kernels {
-        let Some(d) = sweep.devices.get_mut(&(k.pid, k.device)) else { continue };
-        let comm = comm_cache.is_comm(names, k.name_id);
-        let wait = if comm { waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) } else { 0 };
-        d.incoming.push(d.sweep.kernel_op_cached(k.start_ns, k.end_ns, k.name_id, comm, wait));
-    }
-    for m in &sk.late.memops {
-        if let Some(d) = sweep.devices.get_mut(&(m.pid, m.device)) {
-            d.incoming.push(DevicePlan::copy_op(m.start_ns, m.end_ns));
+    let start = SweepStart { keys: &keys, plans: &plans, sk, waits: &waits, long };
+    let swept = match sweep_in_spans(reader, &start, opts)? {
+        Some(swept) => swept,
+        None if spans_only => return Ok(None),
+        None => {
+            let mut sweep = start.sweep(false);
+            let mut comm_cache = CommCache::default();
+            let mut host = HostAccumulator::default();
+            decoded_in_order(reader, &swept_kinds, opts.jobs, |i, c| {
+                host.add(&c.records);
+                sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.stall_policy(), long);
+                let next_min = sk.suffix_min_ts.get(i + 1).copied().unwrap_or(u64::MAX);
+                let bound = sweep.newest.saturating_sub(opts.reorder_window_ns);
+                let to = next_min.max(bound);
+                if to != u64::MAX && to > sweep.swept_to {
+                    sweep.advance(to);
+                }
+            })?;
+            sweep.advance(u64::MAX);
+            (sweep, host)
         }
-    }
-    for (pid, launchers) in &sk.launchers {
-        // Synchronizing calls are few: the summary kept them all; so are long blocks, which
-        // the summary kept because their records arrive late (see `Skeleton::long_blocked`).
-        let incoming = sk
-            .small
-            .api_calls
-            .iter()
-            .filter(|a| a.pid == *pid && launchers.contains(&a.tid))
-            .map(|a| Reasoned::new(a.start_ns, a.end_ns, "sync call"))
-            .chain(sk.long_blocked.iter().filter(|b| b.pid == *pid && launchers.contains(&b.tid)).map(|b| b.block))
-            .chain(
-                sk.small
-                    .nccl
-                    .iter()
-                    .filter(|n| {
-                        n.pid == *pid
-                            && n.phase == NcclPhase::Host as u32
-                            && launchers.contains(&n.tid)
-                            && n.end_ns.saturating_sub(n.start_ns) >= long
-                    })
-                    .map(|n| Reasoned::new(n.start_ns, n.end_ns, "NCCL call")),
-            )
-            .collect();
-        sweep.pids.insert(*pid, PidState { launchers: launchers.clone(), incoming, ..Default::default() });
-    }
-    let swept_kinds = |k: Kind| {
-        matches!(
-            k,
-            Kind::KernelExec | Kind::MemOp | Kind::HostStall | Kind::FileIo | Kind::NcclColl | Kind::ProcessInfo
-        )
     };
-    let mut host = HostAccumulator::default();
-    decoded_in_order(reader, &swept_kinds, opts.jobs, |i, c| {
-        host.add(&c.records);
-        sweep.ingest(c, &mut |id| comm_cache.is_comm(names, id), &waits, opts.account.stall_policy(), long);
-        let next_min = sk.suffix_min_ts.get(i + 1).copied().unwrap_or(u64::MAX);
-        let bound = sweep.newest.saturating_sub(opts.reorder_window_ns);
-        let to = next_min.max(bound);
-        if to != u64::MAX && to > sweep.swept_to {
-            sweep.advance(to);
-        }
-    })?;
-    sweep.advance(u64::MAX);
+    let (mut sweep, host) = swept;
     // Those the summary kept were counted again when read: only the rest was left out.
     // (saturating: a chunk found damaged only now held some of those; the caller reruns)
     let late_records = sweep.late_records.saturating_sub((sk.late.kernels.len() + sk.late.memops.len()) as u64);
@@ -632,7 +654,290 @@ pub fn sweep_file_with_host(
             state.sweep.finish(checkpoint_of(&sk.small, k.0, window))
         })
         .collect();
-    Ok((results, late_records, host.finish()))
+    Ok(Some((results, late_records, host.finish())))
+}
+
+/// The record kinds the sweep reads.
+fn swept_kinds(k: Kind) -> bool {
+    matches!(k, Kind::KernelExec | Kind::MemOp | Kind::HostStall | Kind::FileIo | Kind::NcclColl | Kind::ProcessInfo)
+}
+
+/// What every sweep of a file starts from: its devices' plans, the summary, the waits.
+struct SweepStart<'a> {
+    keys: &'a [(u32, u32)],
+    plans: &'a HashMap<(u32, u32), DevicePlan>,
+    sk: &'a Skeleton,
+    waits: &'a HashMap<(u32, u64), u64>,
+    /// host blocks at least this long come from the summary
+    long: u64,
+}
+
+impl SweepStart<'_> {
+    /// The sweep before its first chunk: the late device records the summary kept and the
+    /// launching threads' synchronizing calls and long blocks are in. `span`: for a later span
+    /// of the file ([`DeviceSweep::span`]).
+    fn sweep(&self, span: bool) -> Sweep {
+        let sk = self.sk;
+        let names = &sk.names;
+        let mut sweep = Sweep {
+            devices: self
+                .keys
+                .iter()
+                .map(|k| {
+                    let plan = self.plans[k].clone();
+                    let sweep = if span { DeviceSweep::span(plan) } else { DeviceSweep::new(plan) };
+                    (*k, DeviceState { sweep, carry: Vec::new(), incoming: Vec::new() })
+                })
+                .collect(),
+            pids: HashMap::new(),
+            swept_to: 0,
+            newest: 0,
+            late_records: 0,
+        };
+        let mut comm_cache = CommCache::default();
+        // Late device records, kept by the summary pass: in time now, skipped when read again.
+        for k in &sk.late.kernels {
+            let Some(d) = sweep.devices.get_mut(&(k.pid, k.device)) else { continue };
+            let comm = comm_cache.is_comm(names, k.name_id);
+            let wait = if comm { self.waits.get(&(k.pid, k.start_ns)).copied().unwrap_or(0) } else { 0 };
+            d.incoming.push(d.sweep.kernel_op_cached(k.start_ns, k.end_ns, k.name_id, comm, wait));
+        }
+        for m in &sk.late.memops {
+            if let Some(d) = sweep.devices.get_mut(&(m.pid, m.device)) {
+                d.incoming.push(DevicePlan::copy_op(m.start_ns, m.end_ns));
+            }
+        }
+        let long = self.long;
+        for (pid, launchers) in &sk.launchers {
+            // Synchronizing calls are few: the summary kept them all; so are long blocks, which
+            // the summary kept because their records arrive late (see `Skeleton::long_blocked`).
+            let incoming = sk
+                .small
+                .api_calls
+                .iter()
+                .filter(|a| a.pid == *pid && launchers.contains(&a.tid))
+                .map(|a| Reasoned::new(a.start_ns, a.end_ns, "sync call"))
+                .chain(sk.long_blocked.iter().filter(|b| b.pid == *pid && launchers.contains(&b.tid)).map(|b| b.block))
+                .chain(
+                    sk.small
+                        .nccl
+                        .iter()
+                        .filter(|n| {
+                            n.pid == *pid
+                                && n.phase == NcclPhase::Host as u32
+                                && launchers.contains(&n.tid)
+                                && n.end_ns.saturating_sub(n.start_ns) >= long
+                        })
+                        .map(|n| Reasoned::new(n.start_ns, n.end_ns, "NCCL call")),
+                )
+                .collect();
+            sweep.pids.insert(*pid, PidState { launchers: launchers.clone(), incoming, ..Default::default() });
+        }
+        sweep
+    }
+}
+
+/// The first chunk of each span of the sweep: `jobs` spans of about as many records (of the
+/// kinds the sweep reads), or the test's own; one span when the file cannot be split.
+fn span_starts(reader: &TraceReader, opts: &StreamOptions, spans: usize) -> Vec<usize> {
+    let n = reader.chunks().len();
+    if let Some(starts) = &opts.span_starts {
+        let mut v: Vec<usize> = std::iter::once(0).chain(starts.iter().copied().filter(|&c| c < n)).collect();
+        v.sort_unstable();
+        v.dedup();
+        return v;
+    }
+    let spans = spans.min(n).max(1);
+    if spans == 1 {
+        return vec![0];
+    }
+    let weight = |i: usize| -> u64 {
+        let c = &reader.chunks()[i].counts;
+        Kind::ALL
+            .iter()
+            .zip(c)
+            .filter(|(k, _)| swept_kinds(**k))
+            .map(|(_, n)| *n)
+            .fold(0u64, u64::saturating_add)
+            .max(1)
+    };
+    let total = (0..n).map(weight).fold(0u64, u64::saturating_add);
+    let (mut starts, mut sum) = (vec![0], 0u64);
+    for i in 0..n {
+        // a span begins at the first chunk past its share of the records
+        let k = starts.len() as u128;
+        if k < spans as u128 && i > 0 && sum as u128 * spans as u128 >= k * total as u128 {
+            starts.push(i);
+        }
+        sum = sum.saturating_add(weight(i));
+    }
+    starts
+}
+
+/// The partial sums the spans of a file may hold in all (steps and bins of every device, per
+/// span): 256 MiB.
+const SPAN_PARTS_BYTES: u64 = 256 << 20;
+
+/// Bytes of one step's or bin's partial sums (`sweep::Partitions`: sums, busy, span).
+const PART_BYTES: u64 = 112;
+
+/// One span's sweep: its devices' partial sweeps, records left out, host figures; `exact`
+/// false when the file was not what its index and summary said (then the one-pass sweep runs).
+struct SpanOut {
+    sweep: Sweep,
+    host: HostAccumulator,
+    exact: bool,
+}
+
+/// The sweep of one file in time spans, one a thread (`opts.jobs` of them), when every device's
+/// sums are exact in any order ([`DevicePlan::sums_exact`]: a window under 2^53 ns); None when
+/// it cannot be split (one span, or the file not what its index said), and the one-pass sweep
+/// runs instead.
+///
+/// Exact, the same as one pass: where the one-pass sweep stops after each chunk is known
+/// before it runs (the summary's minimum start of the later chunks and newest start of the
+/// earlier ones); a span starts with what the one pass holds there: the records of earlier
+/// chunks not yet swept, found again in the chunks whose latest record (the index's `max_ts`)
+/// reaches that point, filtered by the same rules. Each span sweeps the same slices, and the
+/// spans' sums (exact: whole ns, and useful compute in fixed point) are added in order
+/// ([`DeviceSweep::absorb`]). What the index and
+/// summary said is checked on the way (each chunk's latest record, the newest start after it);
+/// a file that lied is swept again in one pass.
+fn sweep_in_spans(
+    reader: &TraceReader,
+    start: &SweepStart<'_>,
+    opts: &StreamOptions,
+) -> Result<Option<(Sweep, HostAccumulator)>, TraceError> {
+    let sk = start.sk;
+    let n = reader.chunks().len();
+    if sk.chunk_newest.len() != n || !start.keys.iter().all(|k| start.plans[k].sums_exact()) {
+        return Ok(None);
+    }
+    // Each span holds its own partial sums of every step and bin: no more spans than keep
+    // those under SPAN_PARTS_BYTES in all (fine bins of long windows on many cores).
+    let parts: u64 = start.plans.values().map(|p| p.partitions()).fold(0, u64::saturating_add);
+    // Under a memory limit, no more than the room its threads' buffers leave (`budget`).
+    let cap = super::budget::room().map_or(SPAN_PARTS_BYTES, |r| {
+        let buffers = super::budget::thread_bytes(reader).saturating_mul(opts.jobs as u64);
+        SPAN_PARTS_BYTES.min(r.bytes.saturating_sub(buffers))
+    });
+    let by_memory = (cap / parts.saturating_mul(PART_BYTES).max(1)).max(1);
+    let starts = span_starts(reader, opts, opts.jobs.min(by_memory.try_into().unwrap_or(usize::MAX)));
+    if starts.len() < 2 {
+        return Ok(None);
+    }
+    let damaged: HashSet<usize> = reader.damaged_chunks().iter().map(|d| d.chunk).collect();
+    // Where the one-pass sweep stands before each chunk, and where it goes after it.
+    let (mut before, mut cut) = (vec![0u64; n], vec![None; n]);
+    let mut swept_to = 0u64;
+    for i in 0..n {
+        before[i] = swept_to;
+        if damaged.contains(&i) {
+            continue;
+        }
+        let next_min = sk.suffix_min_ts.get(i + 1).copied().unwrap_or(u64::MAX);
+        let to = next_min.max(sk.chunk_newest[i].saturating_sub(opts.reorder_window_ns));
+        if to != u64::MAX && to > swept_to {
+            cut[i] = Some(to);
+            swept_to = to;
+        }
+    }
+    // A span reads again the earlier chunks whose latest record reaches its start: when records
+    // are long (or their times damaged) that can be most of the file for every span; then one
+    // pass, decoded ahead, costs less. (Not for the tests' own cuts.)
+    let again: usize = starts[1..]
+        .iter()
+        .map(|&c| reader.chunks()[..c].iter().filter(|m| m.max_ts >= before[c]).count())
+        .fold(0, usize::saturating_add);
+    if opts.span_starts.is_none() && again > n / 4 + starts.len() {
+        return Ok(None);
+    }
+    let (before, cut, damaged) = (&before, &cut, &damaged);
+    let names = &sk.names;
+    let policy = opts.account.stall_policy();
+    let span = |k: usize| -> Result<SpanOut, TraceError> {
+        let (first, end) = (starts[k], starts.get(k + 1).copied().unwrap_or(n));
+        let mut sweep = start.sweep(k > 0);
+        let mut comm_cache = CommCache::default();
+        let mut is_comm = |id: u32| comm_cache.is_comm(names, id);
+        let (mut scratch, mut chunk) = (Scratch::default(), Chunk::default());
+        // Reads chunk i (false: damaged, skipped and remembered as the one pass does).
+        let mut read = |i: usize, chunk: &mut Chunk| -> Result<bool, TraceError> {
+            if damaged.contains(&i) {
+                return Ok(false);
+            }
+            match reader.read_chunk_decode(i, &mut scratch, chunk, &swept_kinds, true) {
+                Ok(()) => Ok(true),
+                Err(TraceError::Corrupt { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        if k > 0 {
+            // What the one pass holds at this span's start: the records of earlier chunks it
+            // has not swept yet (those ending after that point, or starting at or after it).
+            let t = before[first];
+            for (j, &at) in before.iter().enumerate().take(first) {
+                if reader.chunks()[j].max_ts < t || !read(j, &mut chunk)? {
+                    continue;
+                }
+                sweep.swept_to = at;
+                sweep.ingest(&chunk, &mut is_comm, start.waits, policy, start.long);
+            }
+            sweep.keep_unswept(t);
+            (sweep.swept_to, sweep.newest, sweep.late_records) = (t, sk.chunk_newest[first - 1], 0);
+        }
+        let mut host = HostAccumulator::default();
+        let mut exact = true;
+        for (i, &to) in cut.iter().enumerate().take(end).skip(first) {
+            if !read(i, &mut chunk)? {
+                continue;
+            }
+            // The index's latest record of the chunk chose the chunks read again above.
+            exact &= chunk.records.time_range().is_none_or(|(_, hi)| hi <= reader.chunks()[i].max_ts);
+            host.add(&chunk.records);
+            sweep.ingest(&chunk, &mut is_comm, start.waits, policy, start.long);
+            // The summary's newest start chose where the sweep stops.
+            exact &= sweep.newest == sk.chunk_newest[i];
+            if let Some(to) = to {
+                sweep.advance(to);
+            }
+        }
+        if end == n {
+            sweep.advance(u64::MAX);
+        }
+        Ok(SpanOut { sweep, host, exact })
+    };
+    let span = &span;
+    let outs: Vec<Result<SpanOut, TraceError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..starts.len()).map(|k| scope.spawn(move || span(k))).collect();
+        let mut outs = vec![span(0)];
+        for h in handles {
+            outs.push(h.join().unwrap_or_else(|_| {
+                Err(TraceError::Writer { what: "sweeping a span of the file failed on another thread".into() })
+            }));
+        }
+        outs
+    });
+    let mut merged: Option<(Sweep, HostAccumulator)> = None;
+    for out in outs {
+        let out = out?;
+        if !out.exact {
+            return Ok(None);
+        }
+        match &mut merged {
+            None => merged = Some((out.sweep, out.host)),
+            Some((sweep, host)) => {
+                sweep.late_records += out.sweep.late_records;
+                for (key, d) in out.sweep.devices {
+                    if let Some(m) = sweep.devices.get_mut(&key) {
+                        m.sweep.absorb(d.sweep);
+                    }
+                }
+                host.absorb(out.host);
+            }
+        }
+    }
+    Ok(merged)
 }
 
 /// Chunks decoded ahead of a consumer at most, per decoding thread: bounds the memory the
@@ -641,132 +946,42 @@ const AHEAD_PER_THREAD: usize = 2;
 
 /// [`TraceReader::for_each_chunk_lean_at`] with `jobs − 1` threads decoding (decompressing,
 /// decoding the columns) the next chunks while `f` consumes the current one on this thread,
-/// in chunk order: `f` sees exactly the chunks, in the order, of the one-thread call, so the
-/// result does not depend on `jobs`. At most `AHEAD_PER_THREAD` chunks per thread are held
-/// decoded. Damaged chunks are skipped and remembered by the reader, as there.
+/// in chunk order (this thread decodes too while its next chunk is not ready): `f` sees
+/// exactly the chunks, in the order, of the one-thread call, so the result does not depend on
+/// `jobs`. At most `AHEAD_PER_THREAD` chunks per decoding thread are held decoded ahead.
+/// Damaged chunks are skipped and remembered by the reader, as there.
 fn decoded_in_order(
     reader: &TraceReader,
     wanted: &(dyn Fn(Kind) -> bool + Sync),
     jobs: usize,
     mut f: impl FnMut(usize, &Chunk),
 ) -> Result<(), TraceError> {
-    use std::collections::BTreeMap;
-    use std::sync::{Condvar, Mutex};
     let n = reader.chunks().len();
     let workers = jobs.saturating_sub(1).min(n.saturating_sub(1));
     if workers == 0 {
         return reader.for_each_chunk_lean_at(wanted, f);
     }
     let damaged: HashSet<usize> = reader.damaged_chunks().iter().map(|d| d.chunk).collect();
-    let window = workers * AHEAD_PER_THREAD;
-    struct Shared {
-        /// next chunk to hand to a decoder
-        next: usize,
-        /// next chunk the consumer takes
-        consumed: usize,
-        /// decoded and not yet taken: None for a damaged chunk
-        ready: BTreeMap<usize, Result<Option<Chunk>, TraceError>>,
-        /// emptied chunks, their buffers reused
-        spare: Vec<Chunk>,
-        /// the consumer stopped (an error, or it unwound): decoders leave
-        stop: bool,
-        /// a decoder unwound: the consumer stops waiting for its chunk
-        failed: bool,
-    }
-    /// Sets its flag and wakes the other side when dropped, also while unwinding: neither
-    /// side waits forever for one that is gone.
-    struct Leave<'a> {
-        shared: &'a Mutex<Shared>,
-        wake: &'a Condvar,
-        decoder: bool,
-    }
-    impl Drop for Leave<'_> {
-        fn drop(&mut self) {
-            let mut s = lock(self.shared);
-            if self.decoder {
-                s.failed |= std::thread::panicking();
-            } else {
-                s.stop = true;
+    // (the chunk, and false when it is damaged: skipped)
+    let decode = |i: usize, scratch: &mut Scratch, spare: Option<(Chunk, Result<bool, TraceError>)>| {
+        let mut chunk = spare.map(|s| s.0).unwrap_or_default();
+        let result = if damaged.contains(&i) {
+            Ok(false)
+        } else {
+            match reader.read_chunk_decode(i, scratch, &mut chunk, wanted, true) {
+                Ok(()) => Ok(true),
+                // remembered by read_chunk_decode
+                Err(TraceError::Corrupt { .. }) => Ok(false),
+                Err(e) => Err(e),
             }
-            drop(s);
-            self.wake.notify_all();
+        };
+        (chunk, result)
+    };
+    super::ahead::in_order(n, workers, workers * AHEAD_PER_THREAD, &decode, |i, (chunk, result)| {
+        if std::mem::replace(result, Ok(false))? {
+            f(i, chunk);
         }
-    }
-    let shared = Mutex::new(Shared {
-        next: 0,
-        consumed: 0,
-        ready: BTreeMap::new(),
-        spare: Vec::new(),
-        stop: false,
-        failed: false,
-    });
-    let (work, done) = (Condvar::new(), Condvar::new());
-    fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                let _leave = Leave { shared: &shared, wake: &done, decoder: true };
-                let mut scratch = Scratch::default();
-                loop {
-                    let (i, mut chunk) = {
-                        let mut s = lock(&shared);
-                        while !s.stop && s.next < n && s.next >= s.consumed + window {
-                            s = work.wait(s).unwrap_or_else(|p| p.into_inner());
-                        }
-                        if s.stop || s.next >= n {
-                            return;
-                        }
-                        s.next += 1;
-                        (s.next - 1, s.spare.pop().unwrap_or_default())
-                    };
-                    let result = if damaged.contains(&i) {
-                        Ok(None)
-                    } else {
-                        match reader.read_chunk_decode(i, &mut scratch, &mut chunk, wanted, true) {
-                            Ok(()) => Ok(Some(chunk)),
-                            // remembered by read_chunk_decode
-                            Err(TraceError::Corrupt { .. }) => Ok(None),
-                            Err(e) => Err(e),
-                        }
-                    };
-                    lock(&shared).ready.insert(i, result);
-                    done.notify_all();
-                }
-            });
-        }
-        let _leave = Leave { shared: &shared, wake: &work, decoder: false };
-        let mut out = Ok(());
-        for i in 0..n {
-            let result = {
-                let mut s = lock(&shared);
-                loop {
-                    if let Some(r) = s.ready.remove(&i) {
-                        break r;
-                    }
-                    if s.failed {
-                        break Err(TraceError::Writer { what: format!("decoding chunk {i} failed on another thread") });
-                    }
-                    s = done.wait(s).unwrap_or_else(|p| p.into_inner());
-                }
-            };
-            match result {
-                Ok(Some(chunk)) => {
-                    f(i, &chunk);
-                    let mut s = lock(&shared);
-                    s.spare.push(chunk);
-                    s.consumed = i + 1;
-                }
-                Ok(None) => lock(&shared).consumed = i + 1,
-                Err(e) => {
-                    out = Err(e);
-                    break;
-                }
-            }
-            work.notify_all();
-        }
-        out
+        Ok(())
     })
 }
 
@@ -922,6 +1137,17 @@ impl Sweep {
         self.newest = new_newest;
     }
 
+    /// Keeps only what a sweep that has reached `t` still holds: records ending after it or
+    /// starting at or after it (nothing has been swept yet: all are incoming).
+    fn keep_unswept(&mut self, t: u64) {
+        for d in self.devices.values_mut() {
+            d.incoming.retain(|o| o.start >= t || o.end > t);
+        }
+        for p in self.pids.values_mut() {
+            p.incoming.retain(|iv| iv.start_ns >= t || iv.end_ns > t);
+        }
+    }
+
     /// Sweeps every device from `swept_to` to `to`.
     fn advance(&mut self, to: u64) {
         let from = self.swept_to;
@@ -935,7 +1161,9 @@ impl Sweep {
                 }
                 !now
             });
-            p.carry.sort_unstable_by_key(|x| (x.start_ns, x.end_ns));
+            // (the reason too: the order is the content's alone, however the intervals came in,
+            // as a sweep in spans needs)
+            p.carry.sort_unstable_by(|x, y| (x.start_ns, x.end_ns, x.reason).cmp(&(y.start_ns, y.end_ns, y.reason)));
             let merged = merge(p.carry.iter().map(|x| (x.start_ns, x.end_ns)));
             reasons_of.insert(*pid, Blocked { merged, reasons: p.carry.clone() });
             p.carry.retain(|iv| iv.end_ns > to);

@@ -71,6 +71,7 @@ impl Op {
 pub(crate) type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// What is decided about a device before its sweep.
+#[derive(Clone)]
 pub(crate) struct DevicePlan {
     pub pid: u32,
     pub device: u32,
@@ -159,12 +160,76 @@ impl DevicePlan {
     pub fn copy_op(start: u64, end: u64) -> Op {
         Op::new(start, end, Class::Other, 0.0, 0, 0, false)
     }
+
+    /// Its steps and bins: the partitions a sweep of it adds up.
+    pub fn partitions(&self) -> u64 {
+        let bins = if self.bin_ns > 0 { self.window.len_ns().div_ceil(self.bin_ns) } else { 0 };
+        (self.steps.len() as u64).saturating_add(bins)
+    }
+
+    /// Whether the sweep's sums are exact in any order ([`Sums`]: whole ns below 2^53, and the
+    /// useful part of compute in fixed point): the window is shorter than 2^53 ns (104 days).
+    /// Then the window can be swept in spans on several threads and their sums added
+    /// ([`DeviceSweep::absorb`]) to exactly the one-pass result.
+    pub fn sums_exact(&self) -> bool {
+        self.window.len_ns() < 1 << 53
+    }
+}
+
+/// One ns in the fixed point of [`Sums::useful`] (2^64).
+const FIXED_ONE: f64 = 18_446_744_073_709_551_616.0;
+
+/// `x` ns (≥ 0, below 2^53) in fixed point, truncated to 2^-64 ns: whole ns exactly.
+#[inline]
+fn fixed(x: f64) -> u128 {
+    // (a product by a power of two is exact; the cast truncates, saturating, NaN to 0)
+    (x * FIXED_ONE) as u128
+}
+
+/// ns by category, added up exactly, so that any order of the same amounts gives the same
+/// sums (what lets a window be swept in spans on several threads, [`DeviceSweep::absorb`]).
+/// Every amount is a whole number of ns (below 2^53 in all: exact as `f64`) except the split of
+/// compute time into useful and inefficient by a fractional rate: compute ns are kept whole in
+/// `ns[ComputeInefficient]` and the useful part apart, in fixed point (2^-64 ns, truncated);
+/// [`Sums::categories`] splits them at the end.
+#[derive(Clone, Copy, Default)]
+struct Sums {
+    ns: [f64; 8],
+    useful: u128,
+}
+
+impl Sums {
+    #[inline]
+    fn add(&mut self, other: &Sums) {
+        for (a, b) in self.ns.iter_mut().zip(other.ns) {
+            *a += b;
+        }
+        self.useful += other.useful;
+    }
+
+    /// The eight categories, compute split into useful and inefficient.
+    fn categories(&self) -> [f64; 8] {
+        let (u, i) = (Category::ComputeUseful.index(), Category::ComputeInefficient.index());
+        let mut c = self.ns;
+        c[u] = self.useful as f64 / FIXED_ONE;
+        c[i] = self.ns[i] - c[u];
+        c
+    }
+
+    /// Whole-ns sums by category (compute useful and inefficient apart).
+    fn of_whole(sums: &[u64; 8]) -> Sums {
+        let (u, i) = (Category::ComputeUseful.index(), Category::ComputeInefficient.index());
+        let mut ns = sums.map(|x| x as f64);
+        ns[i] = (sums[u] + sums[i]) as f64;
+        ns[u] = 0.0;
+        Sums { ns, useful: (sums[u] as u128) << 64 }
+    }
 }
 
 /// Accumulates segments into disjoint, sorted partitions (steps or bins).
 struct Partitions {
     spans: Vec<(u64, u64)>,
-    acc: Vec<[f64; 8]>,
+    acc: Vec<Sums>,
     busy: Vec<u64>,
     cursor: usize,
 }
@@ -172,7 +237,7 @@ struct Partitions {
 impl Partitions {
     fn new(spans: Vec<(u64, u64)>) -> Self {
         let n = spans.len();
-        Partitions { spans, acc: vec![[0.0; 8]; n], busy: vec![0; n], cursor: 0 }
+        Partitions { spans, acc: vec![Sums::default(); n], busy: vec![0; n], cursor: 0 }
     }
 
     /// Adds segment [a, b), which never straddles a boundary; segments come in time order.
@@ -193,17 +258,25 @@ impl Partitions {
 
     /// Adds the sums of [a, b), which lies inside one partition or none (whole ns: see
     /// [`DeviceSweep::walk_integral`]).
-    fn add_sums(&mut self, a: u64, b: u64, sums: &[f64; 8], busy: u64) {
+    fn add_sums(&mut self, a: u64, b: u64, sums: &Sums, busy: u64) {
         while self.cursor < self.spans.len() && self.spans[self.cursor].1 <= a {
             self.cursor += 1;
         }
         if let Some(&(s, e)) = self.spans.get(self.cursor) {
             if s <= a && b <= e {
-                for (acc, x) in self.acc[self.cursor].iter_mut().zip(sums) {
-                    *acc += x;
-                }
+                self.acc[self.cursor].add(sums);
                 self.busy[self.cursor] += busy;
             }
+        }
+    }
+
+    /// Adds the sums of `later` (the same partitions, swept over a later span of time).
+    fn absorb(&mut self, later: Partitions) {
+        for (a, b) in self.acc.iter_mut().zip(&later.acc) {
+            a.add(b);
+        }
+        for (a, b) in self.busy.iter_mut().zip(&later.busy) {
+            *a += b;
         }
     }
 
@@ -215,22 +288,24 @@ impl Partitions {
                 start_ns: s,
                 end_ns: e,
                 busy_ns: busy,
-                categories: Categories { ns: round_to_total(*acc, e - s) },
+                categories: Categories { ns: round_to_total(acc.categories(), e - s) },
             })
             .collect()
     }
 }
 
 /// One elementary segment's ns by category: at most two categories are not zero (the others'
-/// additions of 0 would change no sum: every amount is ≥ 0).
-struct Seg([(usize, f64); 2]);
+/// additions of 0 would change no sum: every amount is ≥ 0), and its useful compute ns in
+/// fixed point ([`Sums`]: a compute segment's whole ns go to `ComputeInefficient`).
+struct Seg([(usize, f64); 2], u128);
 
 impl Seg {
     #[inline]
-    fn add_to(&self, acc: &mut [f64; 8]) {
+    fn add_to(&self, acc: &mut Sums) {
         for &(i, ns) in &self.0 {
-            acc[i] += ns;
+            acc.ns[i] += ns;
         }
+        acc.useful += self.1;
     }
 }
 
@@ -255,14 +330,14 @@ fn tally(v: &mut Vec<(&'static str, u64)>, r: &'static str, ns: u64) {
 /// The sweep state of one device.
 pub(crate) struct DeviceSweep {
     plan: DevicePlan,
-    acc: [f64; 8],
+    acc: Sums,
     busy: u64,
     steps: Partitions,
     bins: Partitions,
     gaps: Vec<OpenGap>,
     gap: OpenGap,
-    /// per kernel name id: its figures and useful ns
-    kernels: DenseMap<(KernelStat, f64)>,
+    /// per kernel name id: its figures and useful ns (fixed point, [`Sums`])
+    kernels: DenseMap<(KernelStat, u128)>,
     /// class and rate per name id ([`DeviceSweep::kernel_op_cached`])
     class_of: DenseMap<(Class, f64)>,
     late_cursor: usize,
@@ -282,6 +357,11 @@ pub(crate) struct DeviceSweep {
     sort_buf: Vec<u64>,
     op_buf: Vec<Op>,
     active: Vec<usize>,
+    /// a later span of the window ([`DeviceSweep::span`]): its first gap is held in `head`
+    /// whole, not ranked, since it may continue the gap open at the end of the span before
+    hold_first: bool,
+    /// the span's first gap, once another one has begun
+    head: Option<OpenGap>,
 }
 
 impl DeviceSweep {
@@ -297,7 +377,7 @@ impl DeviceSweep {
             steps: Partitions::new(plan.steps.clone()),
             bins: Partitions::new(bins),
             plan,
-            acc: [0.0; 8],
+            acc: Sums::default(),
             busy: 0,
             gaps: Vec::new(),
             gap: OpenGap::default(),
@@ -315,7 +395,69 @@ impl DeviceSweep {
             sort_buf: Vec::new(),
             op_buf: Vec::new(),
             active: Vec::new(),
+            hold_first: false,
+            head: None,
         }
+    }
+
+    /// The sweep of a later span of the window (one that does not start at its beginning),
+    /// to be added to the sweep of the time before it with [`DeviceSweep::absorb`].
+    pub fn span(plan: DevicePlan) -> Self {
+        DeviceSweep { hold_first: true, ..DeviceSweep::new(plan) }
+    }
+
+    /// Adds `later`, the sweep of the span of the window right after this one's (made by
+    /// [`DeviceSweep::span`], fed the slices the one-pass sweep would have fed it, starting
+    /// where this one stopped), so that this is what one sweep of both spans gives. Exact only
+    /// when the plan's sums are exact in any order ([`DevicePlan::sums_exact`]).
+    pub fn absorb(&mut self, later: DeviceSweep) {
+        let DeviceSweep { acc, busy, steps, bins, gaps, gap, kernels, late_busy, late_reasons, late_blocked, .. } =
+            later;
+        let (integral, hold_first, head) = (later.integral, later.hold_first, later.head);
+        self.acc.add(&acc);
+        self.busy += busy;
+        self.steps.absorb(steps);
+        self.bins.absorb(bins);
+        // Gaps: the later span's first one continues this one's open gap when it starts where
+        // that one ends (what `extend_gap` does segment by segment); then every gap closes in
+        // time order, under the same rule.
+        // (the later span's open gap, when its first one has closed)
+        let (first, open) = if hold_first { (gap, None) } else { (head.unwrap_or_default(), Some(gap)) };
+        if first.end > first.start {
+            if self.gap.end > self.gap.start && self.gap.end == first.start {
+                let g = &mut self.gap;
+                for (a, b) in g.split.iter_mut().zip(first.split) {
+                    *a += b;
+                }
+                g.end = first.end;
+                for (r, ns) in first.reasons {
+                    tally(&mut g.reasons, r, ns);
+                }
+            } else {
+                close_gap(&mut self.gaps, std::mem::take(&mut self.gap));
+                self.gap = first;
+            }
+        }
+        if let Some(open) = open {
+            close_gap(&mut self.gaps, std::mem::replace(&mut self.gap, open));
+            let mut closed = gaps;
+            closed.sort_by_key(|g| g.start);
+            for g in closed {
+                close_gap(&mut self.gaps, g);
+            }
+        }
+        for (name, (stat, useful)) in kernels.into_map() {
+            let e = self.kernels.get_or_insert_with(name, || (KernelStat { name_id: name, ..Default::default() }, 0));
+            e.0.count += stat.count;
+            e.0.total_ns += stat.total_ns;
+            e.1 += useful;
+        }
+        self.late_busy += late_busy;
+        self.late_blocked += late_blocked;
+        for (r, ns) in late_reasons {
+            tally(&mut self.late_reasons, r, ns);
+        }
+        self.integral &= integral;
     }
 
     /// [`DevicePlan::kernel_op`], remembering the class and rate of each name id where they
@@ -557,10 +699,8 @@ impl DeviceSweep {
 
     /// Adds the sums of [a, b) (whole ns, between two side cuts) to the totals, its step and bin.
     fn add_stretch(&mut self, a: u64, b: u64, sums: &[u64; 8], busy: u64) {
-        let seg = sums.map(|x| x as f64);
-        for (acc, x) in self.acc.iter_mut().zip(seg) {
-            *acc += x;
-        }
+        let seg = Sums::of_whole(sums);
+        self.acc.add(&seg);
         self.busy += busy;
         if self.plan.detail {
             self.steps.add_sums(a, b, &seg, busy);
@@ -653,11 +793,12 @@ impl DeviceSweep {
             None => {
                 let stalled = if self.plan.has_launcher { stalled(a, b) } else { 0 };
                 let split = if !self.plan.has_launcher {
-                    seg = Seg([(Category::IdleOther.index(), dt), (Category::IdleHostStall.index(), 0.0)]);
+                    seg = Seg([(Category::IdleOther.index(), dt), (Category::IdleHostStall.index(), 0.0)], 0);
                     (0.0, 0.0, dt)
                 } else {
                     let (stall, launch) = (stalled as f64, dt - stalled as f64);
-                    seg = Seg([(Category::IdleHostStall.index(), stall), (Category::IdleLaunchBound.index(), launch)]);
+                    seg =
+                        Seg([(Category::IdleHostStall.index(), stall), (Category::IdleLaunchBound.index(), launch)], 0);
                     (launch, stall, 0.0)
                 };
                 if detail {
@@ -672,16 +813,23 @@ impl DeviceSweep {
                         if rate != 0.0 && rate != 1.0 {
                             self.integral = false;
                         }
-                        Seg([
-                            (Category::ComputeUseful.index(), rate * dt),
-                            (Category::ComputeInefficient.index(), (1.0 - rate) * dt),
-                        ])
+                        // (whole ns to inefficient, the useful part apart: `Sums`)
+                        Seg(
+                            [(Category::ComputeInefficient.index(), dt), (Category::ComputeUseful.index(), 0.0)],
+                            fixed(rate * dt),
+                        )
                     }
-                    Class::Comm => Seg([
-                        (if transferring { Category::CommTransfer.index() } else { Category::CommWait.index() }, dt),
-                        (Category::OtherBusy.index(), 0.0),
-                    ]),
-                    Class::Other => Seg([(Category::OtherBusy.index(), dt), (Category::ComputeUseful.index(), 0.0)]),
+                    Class::Comm => Seg(
+                        [
+                            (
+                                if transferring { Category::CommTransfer.index() } else { Category::CommWait.index() },
+                                dt,
+                            ),
+                            (Category::OtherBusy.index(), 0.0),
+                        ],
+                        0,
+                    ),
+                    Class::Other => Seg([(Category::OtherBusy.index(), dt), (Category::ComputeUseful.index(), 0.0)], 0),
                 };
                 if detail && !self.plan.late_windows.is_empty() {
                     self.late_busy_add(a, b);
@@ -707,12 +855,12 @@ impl DeviceSweep {
         if at < a || at >= b || (clipped == 0 && o.start < w0) {
             return;
         }
-        let fresh = || (KernelStat { name_id: name, ..Default::default() }, 0.0);
+        let fresh = || (KernelStat { name_id: name, ..Default::default() }, 0);
         let e = self.kernels.get_or_insert_with(name, fresh);
         e.0.count += 1;
         e.0.total_ns += clipped;
         if o.class != Class::Comm {
-            e.1 += o.rate().min(1.0) * clipped as f64;
+            e.1 += fixed(o.rate().min(1.0) * clipped as f64);
         }
     }
 
@@ -724,7 +872,10 @@ impl DeviceSweep {
             // A new gap: the last one is kept only if it is among the 10 longest (most are not:
             // moving it out costs more than the check).
             let len = self.gap.end - self.gap.start;
-            if len > 0 && !(self.gaps.len() == 10 && self.gaps.last().is_some_and(|g| g.end - g.start >= len)) {
+            if len > 0 && self.hold_first {
+                self.head = Some(std::mem::take(&mut self.gap));
+                self.hold_first = false;
+            } else if len > 0 && !(self.gaps.len() == 10 && self.gaps.last().is_some_and(|g| g.end - g.start >= len)) {
                 self.keep_gap();
             } else {
                 self.gap.reasons.clear();
@@ -806,7 +957,7 @@ impl DeviceSweep {
             window_start_ns: w0,
             window_end_ns: w1,
             busy_ns: self.busy,
-            categories: Categories { ns: round_to_total(self.acc, w1.saturating_sub(w0)) },
+            categories: Categories { ns: round_to_total(self.acc.categories(), w1.saturating_sub(w0)) },
             flop_source: self.plan.flop_source,
         };
         if !self.plan.detail {
@@ -832,11 +983,12 @@ impl DeviceSweep {
             .kernels
             .into_values()
             .map(|(mut s, useful)| {
-                s.useful_ns = useful.round() as u64;
+                s.useful_ns = (useful as f64 / FIXED_ONE).round() as u64;
                 s
             })
             .collect();
         top.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.name_id.cmp(&b.name_id)));
+        let kernels = top.clone();
         top.truncate(10);
         let late_total: u64 = self.plan.late_windows.iter().map(|x| x.overlap(self.plan.window)).sum();
         let activity =
@@ -847,6 +999,7 @@ impl DeviceSweep {
             bin_ns: self.plan.bin_ns,
             bins: self.bins.finish(),
             top_kernels: top,
+            kernels,
             top_idle_gaps,
             checkpoint,
             notes: self.plan.notes,
@@ -1115,13 +1268,14 @@ impl DeviceSweep {
     /// Everything the sweep has added up, floats as bits.
     fn state(&self) -> String {
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let parts = |p: &Partitions| p.acc.iter().map(|a| bits(a)).zip(p.busy.clone()).collect::<Vec<_>>();
+        let sums = |a: &Sums| (bits(&a.ns), a.useful);
+        let parts = |p: &Partitions| p.acc.iter().map(sums).zip(p.busy.clone()).collect::<Vec<_>>();
         let gap = |g: &OpenGap| (g.start, g.end, bits(&g.split), g.reasons.clone());
-        let kernels: Vec<_> = self.kernels.values().map(|(k, u)| (k.clone(), u.to_bits())).collect();
+        let kernels: Vec<_> = self.kernels.values().map(|(k, u)| (k.clone(), *u)).collect();
         format!(
             "{:?}",
             (
-                bits(&self.acc),
+                sums(&self.acc),
                 self.busy,
                 parts(&self.steps),
                 parts(&self.bins),
@@ -1137,6 +1291,31 @@ impl DeviceSweep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_of_fractional_useful_time_do_not_depend_on_the_order() {
+        // Compute segments at rate 0.1 (each 0.1 × 1, 3, 7 … ns useful), added in time order and
+        // as two spans added up: the same bits, where plain f64 sums differ in the last bit.
+        let segs: Vec<(f64, f64)> = (0..40).map(|i| (0.1 + i as f64 * 0.013, (1 + 2 * i) as f64)).collect();
+        let add = |acc: &mut Sums, &(rate, dt): &(f64, f64)| {
+            Seg([(Category::ComputeInefficient.index(), dt), (Category::ComputeUseful.index(), 0.0)], fixed(rate * dt))
+                .add_to(acc)
+        };
+        let mut one = Sums::default();
+        segs.iter().for_each(|s| add(&mut one, s));
+        let (mut a, mut b) = (Sums::default(), Sums::default());
+        segs[..17].iter().for_each(|s| add(&mut a, s));
+        segs[17..].iter().for_each(|s| add(&mut b, s));
+        a.add(&b);
+        assert_eq!(one.categories().map(f64::to_bits), a.categories().map(f64::to_bits));
+        let total: f64 = segs.iter().map(|&(_, dt)| dt).sum();
+        let c = one.categories();
+        assert_eq!(c[Category::ComputeInefficient.index()] + c[Category::ComputeUseful.index()], total);
+        // (what the f64 sums did: order-dependent)
+        let f = |v: &[(f64, f64)]| v.iter().fold(0.0, |acc, &(r, dt)| acc + r * dt);
+        let halves = f(&segs[..17]) + f(&segs[17..]);
+        assert_ne!(f(&segs).to_bits(), halves.to_bits(), "these amounts round differently in two orders as f64");
+    }
 
     #[test]
     fn sort_displaced_is_the_stable_sort() {

@@ -50,7 +50,7 @@ pub const MAX_JOB_LEN: usize = 256;
 #[derive(Debug, Clone, Default)]
 pub struct ParquetOptions {
     /// The job's identity in every row; None: derived from the traces' headers (see
-    /// [`default_job_id`]).
+    /// `default_job_id`).
     pub job: Option<String>,
     /// The analysis's options (the same as `report`'s: steps, bins).
     pub report: ReportOptions,
@@ -516,7 +516,8 @@ pub fn export_parquet(traces: &[PathBuf], out_dir: &Path, opts: &ParquetOptions)
                 }
             }
             let w = a.window_ns().max(1) as f64;
-            for (n, k) in d.top_kernels.iter().enumerate() {
+            // every name (report shows the first 10)
+            for (n, k) in d.kernels.iter().enumerate() {
                 let name = r.kernel_names.get(&k.name_id).map(String::as_str).unwrap_or("");
                 let mut row: Vec<Value> = ident(a.pid).to_vec();
                 row.extend([

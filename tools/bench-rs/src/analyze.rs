@@ -7,6 +7,9 @@
 //! `--hta N` (default 250 000, 0 to skip; HTA takes minutes per million): a trace of N events is also exported to Chrome trace JSON
 //! (one file per rank) and Holistic Trace Analysis' load + temporal breakdown (`tools/hta-compare`)
 //! is timed against ghostprof's analysis of the same trace (wall seconds, same run).
+//! `--jobs N`: also the wall-clock events/s with N analysis threads and with 1, alternately,
+//! `--rounds` runs each: medians, spreads and the ratio of the medians, for one file and for N
+//! ranks' files together.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -234,9 +237,11 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
         read.print(&format!("{label}: bare reader (events/s CPU)"), "", rounds);
         rate.print(&format!("{label}: analysis (events/s CPU)"), "", rounds);
         if jobs > 1 {
-            // Wall time, 1 thread and `jobs` threads alternately in the same run, best of 3
-            // each (the machine's neighbours weigh on both alike): this file alone (its chunks
-            // decoded ahead), then `jobs` ranks' files of this size together (side by side).
+            // Wall time, 1 thread and `jobs` threads alternately in the same run, `rounds` runs
+            // each (5 by default), median and spread (the machine's neighbours weigh on both
+            // alike): this file alone (swept in `jobs` time spans when its sums are whole ns,
+            // else its chunks decoded ahead), then `jobs` ranks' files of this size together
+            // (side by side). The speedup is of the medians.
             let ranks: Vec<PathBuf> =
                 (0..jobs).map(|r| dir.join(format!("bench-analyze-{label}-rank{r}.gptrace"))).collect();
             for (r, p) in ranks.iter().enumerate().skip(1) {
@@ -247,28 +252,33 @@ pub fn bench_analyze(args: &[String]) -> Result<()> {
             for (what, arg, events) in
                 [("one file", path.clone(), read_n), ("ranks", PathBuf::from(joined), read_n * jobs as u64)]
             {
-                let (mut one, mut many) = (f64::MAX, f64::MAX);
+                let (mut one, mut many) = (Vec::new(), Vec::new());
                 let mut rss = 0f64;
-                for _ in 0..3 {
-                    one = one.min(child_jobs(&arg, "stream", 1)?["seconds"].as_f64().unwrap_or(f64::NAN));
+                for _ in 0..rounds {
+                    let s = child_jobs(&arg, "stream", 1)?["seconds"].as_f64().unwrap_or(f64::NAN);
+                    one.push(events as f64 / s);
                     let m = child_jobs(&arg, "stream", jobs)?;
-                    many = many.min(m["seconds"].as_f64().unwrap_or(f64::NAN));
+                    many.push(events as f64 / m["seconds"].as_f64().unwrap_or(f64::NAN));
                     rss = rss.max(m["peak_rss_bytes"].as_f64().unwrap_or(0.0));
                 }
+                let (one, many) = (Spread::of(&one), Spread::of(&many));
+                let speedup = many.median / one.median;
+                one.print(&format!("{label}, {what}: wall events/s, 1 thread"), "", rounds);
+                many.print(&format!("{label}, {what}: wall events/s, {jobs} threads"), "", rounds);
                 eprintln!(
-                    "{label}, {what} ({events} events): wall, best of 3: 1 thread {:.2} M events/s, {jobs} threads {:.2} M events/s: {:.2}x, peak RSS {:.0} MiB",
-                    events as f64 / one / 1e6,
-                    events as f64 / many / 1e6,
-                    one / many,
+                    "{label}, {what} ({events} events): {jobs} threads / 1 thread = {speedup:.2}x (medians of {rounds}), peak RSS {:.0} MiB",
                     rss / (1 << 20) as f64
                 );
                 let key = if what == "ranks" { "jobs_ranks" } else { "jobs_one_file" };
                 row[key] = serde_json::json!({
                     "jobs": jobs,
                     "events": events,
-                    "wall_events_per_s_1_thread": (events as f64 / one).round(),
-                    "wall_events_per_s_jobs": (events as f64 / many).round(),
-                    "speedup": one / many,
+                    "rounds": rounds,
+                    "wall_events_per_s_1_thread": one.median.round(),
+                    "wall_events_per_s_1_thread_spread": one.json(0),
+                    "wall_events_per_s_jobs": many.median.round(),
+                    "wall_events_per_s_jobs_spread": many.json(0),
+                    "speedup": speedup,
                     "peak_rss_bytes_jobs": rss,
                 });
             }
