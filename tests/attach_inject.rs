@@ -285,8 +285,7 @@ fn root_inject_twenty_attach_detach_cycles_leave_no_trace_in_the_job() {
         "RSS {rss0} KiB before, {rss_after_first} after the first cycle, +{growth:.0} KiB over 19 more beyond the job's own {own:.0} KiB ({own_kib_per_s:.0} KiB/s)"
     );
     assert!(growth < 19.0 * 1024.0, "RSS grew {growth:.0} KiB over 19 cycles beyond the job's own growth");
-    let _ = job.kill();
-    let _ = job.wait();
+    kill_tree(&mut job);
 }
 
 /// Detach takes CUPTI out of the job's driver calls: CUPTI unsubscribed with every kind off

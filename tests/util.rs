@@ -72,3 +72,16 @@ pub fn heavy_test_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Kills `child` and every process under it, and reaps `child`. gpusim-train's launcher forks
+/// its ranks: killing the launcher alone left them running (two 30,000-step ranks ran on for
+/// half an hour beside the next tests, which then failed on timing).
+pub fn kill_tree(child: &mut std::process::Child) {
+    let tree = ghostprof::record::attach::process_tree(child.id());
+    for pid in tree.iter().filter(|&&p| p != child.id()) {
+        // SAFETY: kill has no memory preconditions; a pid that already exited is ESRCH.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

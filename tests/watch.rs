@@ -703,8 +703,7 @@ fn root_watch_is_scraped_by_a_real_prometheus() {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-    let _ = job.kill();
-    let _ = job.wait();
+    crate::util::kill_tree(&mut job);
     let (ok, log) = w.stop();
     assert!(ok, "{log}");
 }
