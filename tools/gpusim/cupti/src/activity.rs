@@ -3,9 +3,13 @@
 //!
 //! Like CUPTI, a device op is delivered only once it has completed on the (simulated) device;
 //! records still running stay pending for a later flush. Buffers are requested from the client,
-//! filled with 8-byte aligned records, and handed back through the completion callback at each
-//! flush (`cuptiActivityFlushAll`, the `cuptiActivityFlushPeriod` timer, or every 500 ms when
-//! no period is set). A failed buffer request drops records and counts them
+//! filled with 8-byte aligned records, and handed back through the completion callback when
+//! full. As in CUPTI, the periodic flush (the `cuptiActivityFlushPeriod` timer, or every 500 ms
+//! when no period is set) and `cuptiActivityFlushAll(0)` hand over full buffers only: records
+//! that do not fill one wait in the part-filled buffer until it fills or a forced flush
+//! (`cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED)`, `cuptiFinalize`) completes it.
+//! (On an H200, 72 kernels of a PyTorch job sat ~6 s in a part-filled buffer until a forced
+//! flush.) A failed buffer request drops records and counts them
 //! (`cuptiActivityGetNumDroppedRecords`).
 
 use std::collections::HashMap;
@@ -60,6 +64,8 @@ pub(crate) struct Cursor {
     next: u64,
     pending: Vec<SimRecord>,
     next_marker_id: u32,
+    /// The part-filled buffer a flush that was not forced left open: (buffer, size, used).
+    open: Option<(usize, usize, usize)>,
 }
 
 impl Cursor {
@@ -102,22 +108,30 @@ impl Cursor {
         Some(ready)
     }
 
-    /// Delivers the ready records of the `enabled` kinds through a client's buffer callbacks;
-    /// returns the records dropped for want of a buffer, or None without libcuda.
+    /// Delivers the ready records of the `enabled` kinds through a client's buffer callbacks:
+    /// full buffers always, the last part-filled one only when `forced` (else it stays open
+    /// for the next flush); returns the records dropped for want of a buffer, or None without
+    /// libcuda.
     pub(crate) fn deliver(
         &mut self,
         enabled: &[bool; 64],
         request: &mut dyn FnMut() -> (*mut u8, usize),
         complete: &mut dyn FnMut(*mut u8, usize, usize),
+        forced: bool,
     ) -> Option<u64> {
         let ready = self.take_ready()?;
-        let mut writer = Writer { request, complete, buffer: std::ptr::null_mut(), size: 0, used: 0, dropped: 0 };
+        let (buffer, size, used) = self.open.take().unwrap_or((0, 0, 0));
+        let mut writer = Writer { request, complete, buffer: buffer as *mut u8, size, used, dropped: 0 };
         let mut marker_id = self.next_marker_id;
         for rec in &ready {
             convert(rec, enabled, &mut marker_id, &mut |bytes| writer.push(bytes));
         }
         self.next_marker_id = marker_id;
-        writer.finish();
+        if forced {
+            writer.finish();
+        } else if !writer.buffer.is_null() {
+            self.open = Some((writer.buffer as usize, writer.size, writer.used));
+        }
         Some(writer.dropped)
     }
 }
@@ -184,7 +198,7 @@ pub fn ensure_worker() {
             };
             if now_ns() - last >= period_ms * 1_000_000 {
                 last = now_ns();
-                let _ = std::panic::catch_unwind(flush);
+                let _ = std::panic::catch_unwind(|| flush(false));
             }
         }
     });
@@ -344,13 +358,13 @@ fn is_device_op(rec: &SimRecord) -> bool {
 /// Deliver every completed record of an enabled kind to every client: the unversioned (V1)
 /// one and each `cuptiSubscribe_v2` subscriber, as `cuptiActivityFlushAll` flushes the buffers
 /// of all subscribers. Returns false when no libcuda or no callbacks are available.
-pub fn flush() -> bool {
-    let v1 = flush_v1();
-    crate::subscribers::flush_all() || v1
+pub fn flush(forced: bool) -> bool {
+    let v1 = flush_v1(forced);
+    crate::subscribers::flush_all(forced) || v1
 }
 
 /// [`flush`] of the unversioned (V1) client.
-fn flush_v1() -> bool {
+fn flush_v1(forced: bool) -> bool {
     let (enabled, request, complete) = {
         let st = state();
         (st.enabled, st.request, st.complete)
@@ -377,7 +391,7 @@ fn flush_v1() -> bool {
     };
     // SAFETY: returning the client's own buffer with the bytes written.
     let mut done = |buffer, size, used| unsafe { complete(std::ptr::null_mut(), 0, buffer, size, used) };
-    let dropped = cur.deliver(&enabled, &mut ask, &mut done).unwrap_or(0);
+    let dropped = cur.deliver(&enabled, &mut ask, &mut done, forced).unwrap_or(0);
     state().dropped += dropped;
     true
 }

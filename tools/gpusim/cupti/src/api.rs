@@ -138,10 +138,14 @@ pub extern "C" fn cuptiActivityDisable(kind: u32) -> CuptiResult {
     set_kind(kind, false)
 }
 
-/// `CUptiResult cuptiActivityFlushAll(uint32_t flag)`.
+/// `CUptiResult cuptiActivityFlushAll(uint32_t flag)`: with `CUPTI_ACTIVITY_FLAG_FLUSH_FORCED`
+/// (1) part-filled buffers are completed too; without it only full ones.
 #[no_mangle]
-pub extern "C" fn cuptiActivityFlushAll(_flag: u32) -> CuptiResult {
-    guard(CUPTI_ERROR_UNKNOWN, || if activity::flush() { CUPTI_SUCCESS } else { CUPTI_ERROR_NOT_INITIALIZED })
+pub extern "C" fn cuptiActivityFlushAll(flag: u32) -> CuptiResult {
+    guard(
+        CUPTI_ERROR_UNKNOWN,
+        || if activity::flush(flag & 1 != 0) { CUPTI_SUCCESS } else { CUPTI_ERROR_NOT_INITIALIZED },
+    )
 }
 
 /// `CUptiResult cuptiActivityFlushPeriod(uint32_t time)`: ms between periodic flushes.
@@ -283,8 +287,8 @@ pub extern "C" fn cuptiFinalize() -> CuptiResult {
             eprintln!("gpusim: {why}");
             std::process::abort();
         }
-        activity::flush();
-        crate::subscribers::flush_all();
+        activity::flush(true);
+        crate::subscribers::flush_all(true);
         activity::state().enabled = [false; 64];
         crate::subscribers::clear();
         callbacks::install_hook(false);

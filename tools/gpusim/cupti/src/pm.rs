@@ -217,6 +217,8 @@ pub fn decode(obj: &mut PmObject, image: &mut [u8]) -> Option<u32> {
         records.iter().filter(|r| is_device_op(r) && r.device_id == device).copied().collect();
     ops.sort_by_key(|r| r.start_ns);
     let mut lo = 0;
+    let mut decoded = 0u64;
+    let cost = DecodeCost(&mut decoded);
     while obj.next_sample_ns < limit {
         let end = (obj.next_sample_ns + obj.interval_ns).min(limit);
         // Only the final sample after a stop may be partial; running samples wait to complete.
@@ -235,9 +237,39 @@ pub fn decode(obj: &mut PmObject, image: &mut [u8]) -> Option<u32> {
             return Some(STOP_COUNTER_DATA_FULL);
         }
         obj.next_sample_ns = end;
+        *cost.0 += 1;
     }
     advance(obj, &records);
     Some(STOP_END_OF_RECORDS)
+}
+
+/// The CPU a real decode costs the calling thread: `GPUSIM_PM_DECODE_NS_PER_SAMPLE` of thread
+/// CPU per sample decoded (default 0). On an H200 (CUPTI 13.0) the decode path of a PyTorch
+/// job sampled every 50 µs kept the collecting thread ~90 % busy, ~45 µs per sample; this lets
+/// a test put a library's control thread under that load. Burnt when the decode returns.
+struct DecodeCost<'a>(&'a mut u64);
+
+impl Drop for DecodeCost<'_> {
+    fn drop(&mut self) {
+        static NS: OnceLock<u64> = OnceLock::new();
+        let per = *NS.get_or_init(|| {
+            std::env::var("GPUSIM_PM_DECODE_NS_PER_SAMPLE").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        });
+        let want = per.saturating_mul(*self.0);
+        if want == 0 {
+            return;
+        }
+        let cpu = || {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: a valid timespec out-pointer.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        };
+        let t0 = cpu();
+        while cpu().saturating_sub(t0) < want {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 /// Past the leading records no later sample can need (no device op, or ended by the next one).

@@ -201,8 +201,9 @@ thread_local! {
     static IN_FLUSH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Delivers every V2 subscriber's records; false when there is none with callbacks.
-pub fn flush_all() -> bool {
+/// Delivers every V2 subscriber's records (the part-filled buffers too when `forced`); false
+/// when there is none with callbacks.
+pub fn flush_all(forced: bool) -> bool {
     let clients: Vec<(usize, [bool; 64], RequestV2, CompleteV2)> =
         registry().subs.iter().filter_map(|s| Some((s.handle, s.enabled, s.request?, s.complete?))).collect();
     if clients.is_empty() {
@@ -233,7 +234,7 @@ pub fn flush_all() -> bool {
             // SAFETY: returning the subscriber's own buffer with the bytes written.
             unsafe { complete(buffer, size, used, (&mut info as *mut CompleteInfo).cast()) };
         };
-        if let Some(d) = cur.deliver(&enabled, &mut ask, &mut done) {
+        if let Some(d) = cur.deliver(&enabled, &mut ask, &mut done, forced) {
             dropped_by.push((handle, d));
         }
     }
