@@ -36,9 +36,12 @@ pub struct InjectOptions {
 }
 
 impl InjectOptions {
-    /// Defaults for `library`: rings in `/dev/shm`, PM sampling every 50 µs (or
-    /// `GHOSTPROF_PM_INTERVAL_NS` of ghostprof's environment, as `record` passes it to its job;
-    /// 0 turns PM off), 2 s to find a moment.
+    /// Defaults for `library`: rings in `/dev/shm`, PM sampling every 1 ms (or
+    /// `GHOSTPROF_PM_INTERVAL_NS` of ghostprof's environment; 0 turns PM off), 2 s to find a
+    /// moment. Not `record`'s 50 µs: the job pays for the PM decode per sample (~45 µs of CPU
+    /// per sample on an H200 with CUPTI 13.0, even with evaluation in ghostprof's decoder), so
+    /// at 50 µs an attach cost a PyTorch job 48 % of its CPU; a job attached in production
+    /// gets 1 kHz, which still gives MFU and the per-window categories.
     pub fn new(library: PathBuf) -> Self {
         InjectOptions {
             library,
@@ -46,13 +49,16 @@ impl InjectOptions {
             pm_interval_ns: std::env::var("GHOSTPROF_PM_INTERVAL_NS")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(50_000),
+                .unwrap_or(DEFAULT_PM_INTERVAL_NS),
             api_activity: false,
             pm_decode_collector: false,
             wait: Duration::from_secs(2),
         }
     }
 }
+
+/// `attach`'s and `watch`'s PM sampling interval (ns) unless `GHOSTPROF_PM_INTERVAL_NS` says.
+pub const DEFAULT_PM_INTERVAL_NS: u64 = 1_000_000;
 
 /// What an injection did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,7 +291,7 @@ mod tests {
         let arg = entry_argument(&opts, &[Some("/opt/cupti/libcupti.so.13".into()), None]);
         assert_eq!(
             arg,
-            "ring_dir=/dev/shm\npm_interval_ns=50000\napi_activity=0\npm_decode=collector\n\
+            "ring_dir=/dev/shm\npm_interval_ns=1000000\napi_activity=0\npm_decode=collector\n\
              cupti_path=/opt/cupti/libcupti.so.13\n"
         );
     }
