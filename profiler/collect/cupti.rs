@@ -195,6 +195,8 @@ struct Ring {
     cupti_drops: u64,
     caps: RingCaps,
     pm: RingPm,
+    /// [`wire::SESSION_END`] records seen: collection sessions the library has closed.
+    ends: u64,
 }
 
 /// PM decode in the collector, per process: the blob being put together from its parts, where
@@ -396,6 +398,7 @@ impl CuptiCollector {
                             cupti_drops: 0,
                             caps: RingCaps::new(),
                             pm: RingPm::default(),
+                            ends: 0,
                         },
                     );
                     self.stats.rings += 1;
@@ -598,6 +601,12 @@ impl CuptiCollector {
         self.rings.keys().copied().collect()
     }
 
+    /// Per open ring, the collection sessions its library has closed so far
+    /// ([`wire::SESSION_END`] records drained).
+    pub fn session_ends(&self) -> BTreeMap<u32, u64> {
+        self.rings.iter().map(|(&pid, r)| (pid, r.ends)).collect()
+    }
+
     /// Switches collection off in every ring (the injection libraries go dormant).
     pub fn detach_all(&mut self) {
         for ring in self.rings.values() {
@@ -782,6 +791,10 @@ impl Ring {
                 true
             }
             wire::PM_PART => self.pm_part(p, notes, pm),
+            wire::SESSION_END => {
+                self.ends = self.ends.saturating_add(1);
+                true
+            }
             wire::NCCL_COLL => match wire::NcclColl::decode(p) {
                 Some(c) => {
                     let rec = nccl_algo(&c, self.pid, producer, &mut self.caps.names);

@@ -21,6 +21,9 @@ use crate::trace::{Source, TraceInfo};
 /// How long a dormant injection library takes at most to notice its ring's control word (it
 /// polls every 50 ms) and switch CUPTI on or off, with a margin.
 const RING_WAKE: Duration = Duration::from_millis(120);
+/// How long a detach waits for each injection library to confirm that its session ended
+/// (CUPTI flushed into the ring); a library of an older ghostprof never does.
+const SESSION_END_WAIT: Duration = Duration::from_secs(5);
 
 /// What `ghostprof attach` needs: the job's pid, the output file, and the session's timers.
 #[derive(Debug, Clone)]
@@ -198,8 +201,7 @@ pub fn attach(
     c.sched.hold(&c.host.targets());
     stop_host_collection(&mut c.host);
     drain_cupti_for(&mut c, RING_WAKE, cfg.drain_interval);
-    c.cupti.detach_all();
-    std::thread::sleep(RING_WAKE);
+    c.detach_cupti(SESSION_END_WAIT, cfg.drain_interval);
     c.sched.release();
     ended?;
     drained?;

@@ -143,6 +143,14 @@ fn control_tick(wanted: bool, tick: u64) {
         } else if !wanted && ACTIVE.load(Ordering::Acquire) {
             disable();
         }
+        if wanted {
+            WANTED.store(true, Ordering::Release);
+        } else if WANTED.swap(false, Ordering::AcqRel) {
+            // Collection just ended (CUPTI disabled and flushed above, or never on): every
+            // record of the session is in the ring before this one, so ghostprof drains until
+            // it sees it instead of guessing how long the flush takes.
+            push(wire::SESSION_END, &monotonic_ns().to_le_bytes());
+        }
         crate::cost::control_tick();
         if ACTIVE.load(Ordering::Acquire) {
             push(wire::COST, &crate::cost::payload());
@@ -159,6 +167,10 @@ fn control_tick(wanted: bool, tick: u64) {
         }
     });
 }
+
+/// Whether the last control tick collected (its consumer wanted it): a tick that finds the
+/// word cleared after one that found it set ends the session with [`wire::SESSION_END`].
+static WANTED: AtomicBool = AtomicBool::new(false);
 
 /// Removes the ring file if it is still the one this library created (at exit: an attached
 /// ghostprof keeps its own mapping).
@@ -243,10 +255,15 @@ pub fn attach(args: &AttachArgs) -> Result<(), AttachRefused> {
         return Err(AttachRefused::Busy);
     }
     let started = (|| {
-        // The first session's settings stay for the process's life (CONFIG is read lock-free
-        // from the callbacks).
+        // `always` stays for the process's life (CONFIG is read lock-free from the callbacks);
+        // the PM interval and the API activity choice are this session's (an attach with PM off
+        // followed by one with PM on samples in the second: on an H200 the first attach's
+        // settings held for every later one).
         let _ =
             CONFIG.set(Config { always: false, api_activity: args.api_activity, pm_interval_ns: args.pm_interval_ns });
+        SESSION_PM_INTERVAL_NS.store(args.pm_interval_ns, Ordering::Release);
+        SESSION_API_ACTIVITY.store(args.api_activity, Ordering::Release);
+        ATTACHED.store(true, Ordering::Release);
         let path = args.ring_dir.join(format!("ghostprof-{}.ring", std::process::id()));
         let ring = Producer::create_with(&path, RING_BYTES, false).map_err(|_| AttachRefused::Ring)?;
         *RING.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
@@ -378,8 +395,20 @@ const LAUNCH_RUNTIME_CBIDS: [u32; 8] = [211, 214, 430, 431, 269, 270, 311, 312];
 static API_ACTIVITY: AtomicBool = AtomicBool::new(false);
 
 fn want_api_activity() -> bool {
-    config().api_activity
+    if ATTACHED.load(Ordering::Acquire) {
+        SESSION_API_ACTIVITY.load(Ordering::Acquire)
+    } else {
+        config().api_activity
+    }
 }
+
+/// Set by the first [`attach`]: from then on each attach session's own settings
+/// ([`SESSION_PM_INTERVAL_NS`], [`SESSION_API_ACTIVITY`]) apply, not the first one's.
+static ATTACHED: AtomicBool = AtomicBool::new(false);
+/// The PM sampling interval of the current attach session (0: off).
+static SESSION_PM_INTERVAL_NS: AtomicU64 = AtomicU64::new(0);
+/// Whether the current attach session wants per-call API activity records.
+static SESSION_API_ACTIVITY: AtomicBool = AtomicBool::new(false);
 
 /// The environment, read once in [`start`] (from the thread that called cuInit): the control
 /// thread never calls getenv, which can crash when it races the job's setenv (Python's
@@ -668,7 +697,11 @@ fn enable() {
 
 /// PM sampling interval: `GHOSTPROF_PM_INTERVAL_NS` (0 switches it off), default 50 µs.
 fn pm_interval_ns() -> u64 {
-    config().pm_interval_ns
+    if ATTACHED.load(Ordering::Acquire) {
+        SESSION_PM_INTERVAL_NS.load(Ordering::Acquire)
+    } else {
+        config().pm_interval_ns
+    }
 }
 
 /// Sends the PM samples gathered since the last call; `last` ends the session.

@@ -22,6 +22,12 @@ pub const NCCL_COLL: u16 = 7;
 /// [`Cost::encode`] and read back by [`Cost::decode`]; cumulative, sent every 50 ms and at exit.
 pub const COST: u16 = 8;
 
+/// `time_ns u64` (CLOCK_MONOTONIC): a collection session ended (its consumer cleared the
+/// control word): CUPTI's activity kinds are disabled and flushed, the PM session's last
+/// samples decoded, and every record of the session is in the ring before this one. Sent once
+/// per session, by the library's control thread.
+pub const SESSION_END: u16 = 10;
+
 /// One part of a PM blob (PM decode in the collector: the library ships what the device
 /// decoded, ghostprof evaluates it): a [`PmPart`] header, then bytes `offset..offset + len` of
 /// blob `seq` of PM session `session`. Blob 0 of a session is its [`PmSetup`], every later

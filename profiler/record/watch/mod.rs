@@ -39,9 +39,10 @@ const INJECT_TRIES: u32 = 3;
 /// How long a dormant injection library takes at most to notice its ring's control word (it
 /// polls every 50 ms) and switch CUPTI on, with a margin: the sample window starts after it.
 const RING_WAKE: Duration = Duration::from_millis(150);
-/// How long the rings are drained after CUPTI is switched off (the library flushes CUPTI's
-/// buffers as it goes dormant), before the sample window's segment is closed.
-const RING_FLUSH: Duration = Duration::from_millis(250);
+/// How long the rings are drained at most after CUPTI is switched off, before the sample
+/// window's segment is closed: the segment closes sooner once every library has said its
+/// session ended (`SESSION_END`: CUPTI's buffers flushed into the ring as it goes dormant).
+const RING_FLUSH: Duration = Duration::from_secs(3);
 /// MFU values per device kept for the running median.
 const MFU_HISTORY: usize = 15;
 /// The names every segment's records may refer to, all segments together (they share one
@@ -344,6 +345,9 @@ struct Watch<'a> {
     followed: BTreeSet<u32>,
     followed_total: u64,
     cupti_on: bool,
+    /// Each ring's closed sessions when CUPTI was last switched off: the window's segment is
+    /// closed once every library still alive has closed one more (its last records are in).
+    ends_at_off: BTreeMap<u32, u64>,
     notes_done: [usize; 3],
     log: &'a mut dyn FnMut(&str),
     /// Drops of causes counted per pipeline, summed over closed segments.
@@ -446,8 +450,18 @@ impl Watch<'_> {
                 let pids: Vec<u32> = self.to_inject.iter().copied().collect();
                 self.arm(&pids);
             }
+            if !on {
+                self.ends_at_off = self.c.cupti.session_ends();
+            }
             self.c.cupti.set_collecting(on);
         }
+    }
+
+    /// Whether every library still alive has closed the session that the last switch-off
+    /// ended ([`crate::collect::cupti::CuptiCollector::session_ends`]).
+    fn sessions_closed(&self) -> bool {
+        let now = self.c.cupti.session_ends();
+        self.ends_at_off.iter().all(|(pid, n)| now.get(pid).is_none_or(|m| m > n) || !alive(*pid))
     }
 
     /// Starts an attach session in each of `pids` (injected with ptrace the first time, its
@@ -780,6 +794,7 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
         followed: BTreeSet::new(),
         followed_total: 0,
         cupti_on: false,
+        ends_at_off: BTreeMap::new(),
         notes_done: [0; 3],
         log,
         closed_drops: BTreeMap::new(),
@@ -840,7 +855,7 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
                     }
                     Phase::Flushing { start_ns, end_ns, until: now + RING_FLUSH }
                 }
-                Phase::Flushing { start_ns, end_ns, until } if now >= until => {
+                Phase::Flushing { start_ns, end_ns, until } if now >= until || w.sessions_closed() => {
                     if let Some(seg) = w.rotate("host")? {
                         w.window_done(&seg, start_ns, end_ns);
                     }
