@@ -5,9 +5,9 @@
  * rank and per-communicator sequence number). Every uprobe carries its function (enum gp_api)
  * as the attach cookie, so one program serves every function of the same shape.
  *
- * Uprobes are attached to library files for every process (pid -1); the `targets` set, kept
+ * Uprobes are attached to library files for every process (pid -1); the traced set, kept
  * by user space and by the fork/exit tracepoints below, limits them to the traced job and its
- * descendants, so other processes pay one bit test (`target_bits`).
+ * descendants, so other processes pay one bit test (`target_words`, targets.h).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -49,16 +49,17 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-#include "targets.h"
+/* The traced processes (tgid -> 1), the set user space lists (`HostCollector::targets`); kept
+ * equal to the bitmap of targets.h, which is what the programs test, by gp_fork/gp_exit below
+ * and by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} targets SEC(".maps");
 
-/* The `targets` set again, as one bit per tgid (2^22 bits: PID_MAX_LIMIT on 64-bit), for the
- * uprobes' filter: a word load from this global instead of a hash lookup, 35-40 ns less per
- * launch on the AMD EPYC VM (bpf_stats, docs/performance.md). Kept equal to `targets` by
- * gp_fork/gp_exit below and by user space (HostCollector::add_target/remove_target, atomic
- * ORs and ANDs on the mmapped .bss); `targets` stays the set user space lists and the
- * scheduler program shares. */
-#define GP_TARGET_WORDS (1 << 16)
-__u64 target_bits[GP_TARGET_WORDS] = {};
+#include "targets.h"
 
 struct inflight {
 	__u64 start_ns;
@@ -109,32 +110,22 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
-/* The word of `tgid`'s bit, masked where it is used: clang drops a mask that a bounds check
- * already implies and indexes from a register the verifier has no bound for. */
-static __always_inline __u32 target_word(__u32 tgid)
-{
-	__u32 word = tgid >> 6;
-	barrier_var(word);
-	return word & (GP_TARGET_WORDS - 1);
-}
-
 static __always_inline bool traced(__u32 tgid)
 {
-	if (tgid == self_tgid || tgid >= GP_TARGET_WORDS * 64)
-		return false;
-	return (target_bits[target_word(tgid)] >> (tgid & 63)) & 1;
+	return tgid != self_tgid && in_targets(tgid);
 }
 
 static __always_inline void set_target_bit(__u32 tgid, bool on)
 {
-	if (tgid >= GP_TARGET_WORDS * 64)
+	struct gp_target_words *t = target_bitmap();
+	if (!t || tgid >= GP_TARGET_WORDS * 64)
 		return;
 	__u32 word = target_word(tgid);
 	__u64 bit = 1ULL << (tgid & 63);
 	if (on)
-		__sync_fetch_and_or(&target_bits[word], bit);
+		__sync_fetch_and_or(&t->w[word], bit);
 	else
-		__sync_fetch_and_and(&target_bits[word], ~bit);
+		__sync_fetch_and_and(&t->w[word], ~bit);
 }
 
 /* Argument n (1-based) of a function at its first instruction. */

@@ -12,7 +12,7 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Set through rodata before load: a process (tgid) to follow besides those in `targets`. */
+/* Set through rodata before load: a process (tgid) to follow besides the traced set. */
 const volatile __u32 target_tgid = 0;
 /* ghostprof's own pid, never traced (its drain loop would feed back on itself). */
 const volatile __u32 self_tgid = 0;
@@ -74,24 +74,22 @@ static __always_inline void count(__u32 idx)
 }
 
 /*
- * Processes this program alone still follows (tgid -> 1): while `attach` detaches, the launch
- * probes stop (the pids leave `targets`) but the device timeline runs on until CUPTI is off,
- * and stalls in that tail must still be seen.
+ * Processes this program alone still follows, one bit per tgid as in targets.h: while `attach`
+ * detaches, the launch probes stop (the pids leave the traced set) but the device timeline
+ * runs on until CUPTI is off, and stalls in that tail must still be seen. Set and cleared by
+ * user space (SchedCollector::hold/release) through the mmapped .bss.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, GP_MAX_TARGETS);
-	__type(key, __u32);
-	__type(value, __u8);
-} sched_targets SEC(".maps");
+__u64 held_bits[GP_TARGET_WORDS] = {};
 
+/* Run for every system call, context switch and wakeup on the host: two bit tests (the
+ * traced set's, then the held one's), no hash lookup, for the processes it does not follow. */
 static __always_inline bool is_target(__u32 tgid)
 {
 	if (tgid == 0 || tgid == self_tgid)
 		return false;
 	if (target_tgid != 0 && tgid == target_tgid)
 		return true;
-	return bpf_map_lookup_elem(&targets, &tgid) != NULL || bpf_map_lookup_elem(&sched_targets, &tgid) != NULL;
+	return in_targets(tgid) || bit_of(held_bits, tgid);
 }
 
 #define GP_S_IFMT 0170000
@@ -248,11 +246,14 @@ int BPF_PROG(gp_sched_wakeup, struct task_struct *p)
 SEC("tp_btf/sched_switch")
 int BPF_PROG(gp_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
-	__u64 now = bpf_ktime_get_ns();
 	__u32 prev_tgid = BPF_CORE_READ(prev, tgid);
 	__u32 next_tgid = BPF_CORE_READ(next, tgid);
+	bool prev_target = is_target(prev_tgid), next_target = is_target(next_tgid);
+	if (!prev_target && !next_target)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
 
-	if (is_target(prev_tgid)) {
+	if (prev_target) {
 		__u32 tid = BPF_CORE_READ(prev, pid);
 		struct switch_out out = {};
 		struct syscall_in *in = bpf_map_lookup_elem(&in_syscall, &tid);
@@ -263,7 +264,7 @@ int BPF_PROG(gp_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		count(GP_CNT_SWITCHES);
 	}
 
-	if (is_target(next_tgid)) {
+	if (next_target) {
 		__u32 tid = BPF_CORE_READ(next, pid);
 		struct switch_out *out = bpf_map_lookup_elem(&off_since, &tid);
 		if (!out)

@@ -153,6 +153,74 @@ pub struct HostCollector {
     pub notes: Vec<String>,
     /// Kernel names read from each process's memory, capped per process (the job is untrusted).
     names: SourceBudgets,
+    /// The programs' traced set, one bit per tgid (`target_words`, ebpf/targets.h), mapped.
+    bits: TargetBits,
+}
+
+/// The mmapped value of a `target_words` map (ebpf/targets.h): one bit per tgid, which the
+/// kernel side changes with atomic ORs and ANDs (fork/exit), so this side only uses the words
+/// atomically too.
+pub struct TargetBits {
+    words: std::ptr::NonNull<u64>,
+}
+
+// SAFETY: the mapping is process-wide shared memory used only through atomics.
+unsafe impl Send for TargetBits {}
+
+impl TargetBits {
+    /// Words in the map's value.
+    const WORDS: usize = 1 << 16;
+
+    /// Maps the value of the `target_words` map behind `fd` (created BPF_F_MMAPABLE).
+    pub fn map(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let len = Self::WORDS * 8;
+        // SAFETY: a fresh shared mapping of the map's value; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let words = std::ptr::NonNull::new(p.cast::<u64>()).ok_or_else(std::io::Error::last_os_error)?;
+        Ok(TargetBits { words })
+    }
+
+    fn word(&self, pid: u32) -> Option<&std::sync::atomic::AtomicU64> {
+        let i = (pid >> 6) as usize;
+        // SAFETY: in bounds of the mapping, aligned, shared with the kernel, used atomically.
+        (i < Self::WORDS).then(|| unsafe { std::sync::atomic::AtomicU64::from_ptr(self.words.as_ptr().add(i)) })
+    }
+
+    /// Whether `pid`'s bit is set.
+    pub fn get(&self, pid: u32) -> bool {
+        self.word(pid).is_some_and(|w| w.load(std::sync::atomic::Ordering::SeqCst) >> (pid & 63) & 1 == 1)
+    }
+
+    /// Sets or clears `pid`'s bit.
+    pub fn set(&self, pid: u32, on: bool) {
+        let Some(w) = self.word(pid) else { return };
+        let bit = 1u64 << (pid & 63);
+        if on {
+            w.fetch_or(bit, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            w.fetch_and(!bit, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for TargetBits {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.words.as_ptr().cast(), Self::WORDS * 8) };
+    }
 }
 
 /// Opens and loads the cuda program; `with_forks` = false leaves the fork/exit programs out.
@@ -210,7 +278,10 @@ impl HostCollector {
             })
             .map_err(bpf_err("registering the ring buffer"))?;
         let ring = builder.build().map_err(bpf_err("creating the ring buffer reader"))?;
+        let bits = TargetBits::map(std::os::fd::AsFd::as_fd(&skel.maps.target_words))
+            .map_err(|e| CollectError::Bpf { what: "mapping the target_words map".into(), source: e.into() })?;
         Ok(HostCollector {
+            bits,
             skel,
             links,
             ring,
@@ -245,31 +316,16 @@ impl HostCollector {
         self.set_target_bit(pid, false);
     }
 
-    /// Whether the uprobes trace `pid` now: its bit in their copy of `targets` (which fork and
-    /// exit keep up to date in the kernel; tests check that it follows `targets`).
+    /// Whether the programs trace `pid` now: its bit in `target_words` (which fork and exit
+    /// keep up to date in the kernel; tests check that it follows `targets`).
     pub fn probes_trace(&self, pid: u32) -> bool {
-        let Some(bss) = self.skel.maps.bss_data.as_deref() else { return false };
-        let Some(word) = bss.target_bits.get((pid >> 6) as usize) else { return false };
-        // SAFETY: as in set_target_bit: the kernel changes this word atomically, so it is read
-        // atomically too.
-        let word = unsafe { std::sync::atomic::AtomicU64::from_ptr(word as *const u64 as *mut u64) };
-        word.load(std::sync::atomic::Ordering::SeqCst) >> (pid & 63) & 1 == 1
+        self.bits.get(pid)
     }
 
-    /// The uprobes' copy of `targets` (`target_bits` in `ebpf/cuda.bpf.c`: one bit per tgid,
-    /// which the probes test instead of looking the hash map up).
+    /// The programs' traced set (`target_words`, ebpf/targets.h: one bit per tgid, which they
+    /// test instead of looking the `targets` hash map up).
     fn set_target_bit(&mut self, pid: u32, on: bool) {
-        let Some(bss) = self.skel.maps.bss_data.as_deref_mut() else { return };
-        let Some(word) = bss.target_bits.get_mut((pid >> 6) as usize) else { return };
-        // SAFETY: the word lies in the program's mmapped .bss, which the kernel side changes
-        // with atomic operations too (fork/exit): an aligned u64 used only atomically here.
-        let word = unsafe { std::sync::atomic::AtomicU64::from_ptr(word) };
-        let bit = 1u64 << (pid & 63);
-        if on {
-            word.fetch_or(bit, std::sync::atomic::Ordering::SeqCst);
-        } else {
-            word.fetch_and(!bit, std::sync::atomic::Ordering::SeqCst);
-        }
+        self.bits.set(pid, on);
     }
 
     /// Attaches to a running process: checks it exists and maps a CUDA or NCCL library, traces
@@ -284,9 +340,10 @@ impl HostCollector {
         Ok(reports)
     }
 
-    /// A handle on the `targets` map, for other programs to follow the same processes.
+    /// A handle on the `target_words` map (the traced set's bits), for other programs to follow
+    /// the same processes.
     pub fn targets_map(&self) -> Result<libbpf_rs::MapHandle, CollectError> {
-        libbpf_rs::MapHandle::try_from(&self.skel.maps.targets).map_err(bpf_err("sharing the targets map"))
+        libbpf_rs::MapHandle::try_from(&self.skel.maps.target_words).map_err(bpf_err("sharing the target_words map"))
     }
 
     /// Pids currently traced (the target and the descendants the kernel side added).

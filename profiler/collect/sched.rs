@@ -162,6 +162,8 @@ pub struct SchedCollector {
     pub stats: OffCpuStats,
     /// Optional parts that could not be used, with the reason.
     pub notes: Vec<String>,
+    /// Pids of [`SchedCollector::hold`].
+    held: Vec<u32>,
 }
 
 fn open_sched(
@@ -177,7 +179,7 @@ fn open_sched(
         ro.self_tgid = std::process::id();
     }
     if let Some(map) = targets {
-        open.maps.targets.reuse_fd(map.as_fd()).map_err(bpf_err("sharing the targets map"))?;
+        open.maps.target_words.reuse_fd(map.as_fd()).map_err(bpf_err("sharing the target_words map"))?;
     }
     if !with_wakeup {
         open.progs.gp_sched_wakeup.set_autoload(false);
@@ -186,8 +188,8 @@ fn open_sched(
 }
 
 impl SchedCollector {
-    /// Loads and attaches the program. With `targets`, it follows the processes in that map
-    /// (the cuda program's); `target_tgid` (non-zero) is followed in any case.
+    /// Loads and attaches the program. With `targets` (the cuda program's `target_words`), it
+    /// follows the processes traced there; `target_tgid` (non-zero) is followed in any case.
     pub fn load(target_tgid: u32, targets: Option<&libbpf_rs::MapHandle>) -> Result<Self, CollectError> {
         let mut notes = Vec::new();
         // Run-queue delay needs sched_wakeup; without it off-CPU intervals stay whole.
@@ -224,7 +226,16 @@ impl SchedCollector {
             })
             .map_err(bpf_err("registering the ring buffer"))?;
         let ring = builder.build().map_err(bpf_err("creating the ring buffer reader"))?;
-        Ok(SchedCollector { skel, _links: links, ring, pending, malformed, stats: OffCpuStats::default(), notes })
+        Ok(SchedCollector {
+            skel,
+            _links: links,
+            ring,
+            pending,
+            malformed,
+            stats: OffCpuStats::default(),
+            notes,
+            held: Vec::new(),
+        })
     }
 
     /// Books the threads of `pids` that are blocked right now (state S or D in
@@ -276,17 +287,32 @@ impl SchedCollector {
     /// Keeps following `pids` after they leave the shared targets map (`attach`'s detach: the
     /// launch probes stop first, the device timeline a little later, and stalls up to its end
     /// are still wanted) until [`Self::release`].
-    pub fn hold(&self, pids: &[u32]) {
-        for pid in pids {
-            let _ = self.skel.maps.sched_targets.update(&pid.to_ne_bytes(), &[1u8], MapFlags::ANY);
+    pub fn hold(&mut self, pids: &[u32]) {
+        for &pid in pids {
+            self.set_held(pid, true);
+            self.held.push(pid);
         }
     }
 
     /// Stops following the processes of [`Self::hold`].
-    pub fn release(&self) {
-        let keys: Vec<Vec<u8>> = self.skel.maps.sched_targets.keys().collect();
-        for k in keys {
-            let _ = self.skel.maps.sched_targets.delete(&k);
+    pub fn release(&mut self) {
+        for pid in std::mem::take(&mut self.held) {
+            self.set_held(pid, false);
+        }
+    }
+
+    /// `pid`'s bit in `held_bits` (ebpf/sched.bpf.c), in the program's mmapped .bss.
+    fn set_held(&mut self, pid: u32, on: bool) {
+        let Some(bss) = self.skel.maps.bss_data.as_deref_mut() else { return };
+        let Some(word) = bss.held_bits.get_mut((pid >> 6) as usize) else { return };
+        // SAFETY: an aligned u64 of the mmapped .bss, which only user space writes; atomic, as
+        // the program reads it concurrently.
+        let word = unsafe { std::sync::atomic::AtomicU64::from_ptr(word) };
+        let bit = 1u64 << (pid & 63);
+        if on {
+            word.fetch_or(bit, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            word.fetch_and(!bit, std::sync::atomic::Ordering::SeqCst);
         }
     }
 

@@ -19,6 +19,9 @@
 //! - `overhead [--reps N] [--steps K] [--scenarios A,B] [--modes M,…]` ([`overhead`]): a gpusim
 //!   job's step time under plain, dormant, eBPF-only, bare-CUPTI, full and full-without-PM modes,
 //!   interleaved, with ratios of medians and 95% bootstrap intervals ([`stats`]) (root).
+//! - `host [--calls N] [--trips N] [--rounds R]` ([`host`]): what the host-wide eBPF programs cost
+//!   processes ghostprof does not trace, per system call and per context-switching round trip,
+//!   programs off and on alternating (root).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,6 +29,7 @@ use std::time::Instant;
 mod analyze;
 mod cupti;
 mod gpusim_build;
+mod host;
 mod overhead;
 mod probe;
 mod sort;
@@ -38,7 +42,7 @@ use ghostprof::trace::{Interner, Kind, Record, Source, TraceInfo, TraceReader, T
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if !matches!(args.first().map(String::as_str), Some("analyze-child") | None) {
+    if !matches!(args.first().map(String::as_str), Some("analyze-child" | "host-child") | None) {
         eprintln!("CPU: {} ({} CPUs)", cpu_model(), std::thread::available_parallelism().map_or(0, |n| n.get()));
     }
     match args.first().map(String::as_str) {
@@ -50,10 +54,13 @@ fn main() -> Result<()> {
         Some("analyze-child") => analyze::bench_analyze_child(&args[1..]),
         Some("sort") => sort::bench_sort(&args[1..]),
         Some("overhead") => overhead::bench_overhead(&args[1..]),
+        Some("host") => host::bench_host(&args[1..]),
+        Some("host-child") => host::bench_host_child(&args[1..]),
         _ => bail!(
             "usage: bench trace [--events N] [--rounds R] [--dir DIR] | sort [--events N] [--rounds R] [--dir DIR] [FILE...] | analyze [--events N] [--small N] [--hta N] [--rounds R] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] [--bpf-stats] \
              | cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S] [--pm-interval-ns NS] [--inject LIB] \
-             | overhead [--reps N] [--steps K] [--scenarios A,B] [--modes M,...] [--resamples R] [--dir DIR]"
+             | overhead [--reps N] [--steps K] [--scenarios A,B] [--modes M,...] [--resamples R] [--dir DIR] \
+             | host [--calls N] [--trips N] [--rounds R]"
         ),
     }
 }
