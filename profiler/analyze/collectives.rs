@@ -313,7 +313,10 @@ pub fn cross_rank(views: &[RankView<'_>]) -> CrossRank {
             members_of.push((inst.comm_index, inst.nranks, inst.seq, r as u32, i as u32));
         }
     }
-    members_of.sort_unstable();
+    // Stable (run-detecting) sort: each rank's instances are one run already when it uses one
+    // communicator, so two ranks are one merge; the keys are distinct (rank input, index), so
+    // the order is the unstable sort's.
+    members_of.sort();
     // Where each rank's instances start in `wait` (one slot per instance).
     let mut first_slot = Vec::with_capacity(ranks.len() + 1);
     first_slot.push(0usize);
