@@ -170,12 +170,28 @@ fn analyze_readers(
     let (side_by_side, stream_opts) = split(super::budget::threads_within(wanted, per_thread, super::budget::room()));
     // Each file's collective instances on its own thread too: on one thread they were most of
     // the serial stretch between the two passes (two 20 M-event files: ~35 of 55 ms).
+    // With threads to spare (one file, `--jobs` ≥ 2), its per-device collective waits are made
+    // beside them, on this thread.
     let skeletons = par_map(readers.len(), side_by_side, |i| {
-        let sk = stream::summarize(&readers[i].1, &stream_opts)?;
-        let mut by_pid: std::collections::BTreeMap<u32, Vec<collectives::CollInstance>> = Default::default();
-        for inst in collectives::instances(&sk.small, &sk.names) {
-            by_pid.entry(inst.pid).or_default().push(inst);
-        }
+        let mut sk = stream::summarize(&readers[i].1, &stream_opts)?;
+        let group = |sk: &stream::Skeleton| {
+            let mut by_pid: std::collections::BTreeMap<u32, Vec<collectives::CollInstance>> = Default::default();
+            for inst in collectives::instances(&sk.small, &sk.names) {
+                by_pid.entry(inst.pid).or_default().push(inst);
+            }
+            by_pid
+        };
+        let by_pid = if stream_opts.jobs >= 2 {
+            let (by_pid, waits) = std::thread::scope(|scope| {
+                let beside = scope.spawn(|| group(&sk));
+                let waits = stream::skeleton_comm_waits(&sk);
+                (beside.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), waits)
+            });
+            sk.comm_waits = Some(waits);
+            by_pid
+        } else {
+            group(&sk)
+        };
         Ok::<_, TraceError>((sk, by_pid))
     });
     let mut files = Vec::new();

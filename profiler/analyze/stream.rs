@@ -124,6 +124,15 @@ pub struct Skeleton {
     pub records: u64,
     /// Chunks the summary read from their digest alone (the others were decoded whole).
     pub chunks_from_digest: u64,
+    /// The per-device collective waits of this file ([`skeleton_comm_waits`]) when they were
+    /// made beside its collective instances (`report --jobs` ≥ 2); else the sweep makes them.
+    pub(crate) comm_waits: Option<HashMap<(u32, u64), u64>>,
+}
+
+/// The per-device collective waits of a file from its summary (`inputs::comm_waits` over the
+/// small records).
+pub(crate) fn skeleton_comm_waits(sk: &Skeleton) -> HashMap<(u32, u64), u64> {
+    comm_waits(&sk.small, &|id| is_comm_name(&sk.names, id))
 }
 
 /// A host interval of a thread long enough to reach the sweep late ([`Skeleton`]).
@@ -166,6 +175,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         late: RecordBatch::default(),
         records: 0,
         chunks_from_digest: 0,
+        comm_waits: None,
     };
     let mut st = SummaryState {
         long: opts.reorder_window_ns / 2,
@@ -613,7 +623,10 @@ fn sweep_file_passes(
     }
 
     // Pass 3: the sweep.
-    let mut waits = comm_waits(&sk.small, &is_comm);
+    let mut waits = match &sk.comm_waits {
+        Some(w) => w.clone(),
+        None => comm_waits(&sk.small, &is_comm),
+    };
     // The cross-rank matching's waits first: what it matched, the skew and the collectives
     // table show too.
     for (k, w) in extra_waits {
