@@ -716,12 +716,10 @@ fn root_inject_refused_by_the_jobs_seccomp_filter() {
     assert_ebpf_only(&trace);
 }
 
-/// A second attach to the same process samples PM again: the first detach released the PM
-/// sampling object (CUPTI allows one per device: an object that was only stopped refuses the
-/// next enable, and the second window would have no MFU).
-#[test]
-#[ignore = "root tier: ptrace and eBPF need root; tools/test runs it when root"]
-fn root_inject_a_second_attach_samples_pm_again() {
+/// Attaches to one running `balanced` rank once per entry of `intervals` (1 s each; the entry,
+/// when given, as `GHOSTPROF_PM_INTERVAL_NS`), checks each window has kernels and the job ends
+/// normally, and returns each window's PM sample count.
+fn pm_samples_of_attaches(intervals: &[Option<&str>]) -> Vec<usize> {
     assert!(is_root(), "{ROOT}");
     let _serial = heavy_test_lock();
     let dir = tmpdir();
@@ -730,9 +728,13 @@ fn root_inject_a_second_attach_samples_pm_again() {
     assert_eq!(cuda_ranks(job.id(), 1).len(), 1, "the rank mapped libcuda");
     std::thread::sleep(Duration::from_millis(500));
     let mut samples = Vec::new();
-    for round in 0..2 {
+    for (round, interval) in intervals.iter().enumerate() {
         let trace = dir.path().join(format!("attach-{round}.gptrace"));
-        let attached = attach_command(job.id(), "1s", &trace).output().unwrap();
+        let mut attach = attach_command(job.id(), "1s", &trace);
+        if let Some(ns) = interval {
+            attach.env("GHOSTPROF_PM_INTERVAL_NS", ns);
+        }
+        let attached = attach.output().unwrap();
         assert!(attached.status.success(), "attach {round}: {}", stderr(&attached.stderr));
         let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
         assert!(batch.kernels.len() > 100, "attach {round}: {} kernels", batch.kernels.len());
@@ -740,6 +742,17 @@ fn root_inject_a_second_attach_samples_pm_again() {
     }
     let out = job.wait_with_output().unwrap();
     assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
+    samples
+}
+
+/// A second attach to the same process samples PM again: the first detach released the PM
+/// sampling object (CUPTI allows one per device: an object that was only stopped refuses the
+/// next enable, and the second window would have no MFU).
+#[test]
+#[ignore = "root tier: ptrace and eBPF need root; tools/test runs it when root"]
+fn root_inject_a_second_attach_samples_pm_again() {
+    let samples = pm_samples_of_attaches(&[None, None]);
+    // 1 s at attach's default 1 ms: ~1,000 samples each.
     assert!(samples.iter().all(|&n| n > 100), "PM samples in each window: {samples:?}");
 }
 
@@ -749,25 +762,7 @@ fn root_inject_a_second_attach_samples_pm_again() {
 #[test]
 #[ignore = "root tier: ptrace and eBPF need root; tools/test runs it when root"]
 fn root_inject_each_attach_takes_its_own_pm_interval() {
-    assert!(is_root(), "{ROOT}");
-    let _serial = heavy_test_lock();
-    let dir = tmpdir();
-    let cmd = crate::gpusim::train_command("balanced", 1, 1500, &dir.path().join("truth"));
-    let job = spawn_job(&cmd, &[]);
-    assert_eq!(cuda_ranks(job.id(), 1).len(), 1, "the rank mapped libcuda");
-    std::thread::sleep(Duration::from_millis(500));
-    let mut got = Vec::new();
-    for (round, interval) in ["0", "100000", "0"].iter().enumerate() {
-        let trace = dir.path().join(format!("attach-{round}.gptrace"));
-        let attached =
-            attach_command(job.id(), "1s", &trace).env("GHOSTPROF_PM_INTERVAL_NS", interval).output().unwrap();
-        assert!(attached.status.success(), "attach {round}: {}", stderr(&attached.stderr));
-        let batch = ghostprof::trace::TraceReader::open(&trace).unwrap().read_all().unwrap();
-        assert!(batch.kernels.len() > 100, "attach {round}: {} kernels", batch.kernels.len());
-        got.push(batch.samples.len());
-    }
-    let out = job.wait_with_output().unwrap();
-    assert!(out.status.success(), "the job ends normally: {}", stderr(&out.stderr));
+    let got = pm_samples_of_attaches(&[Some("0"), Some("100000"), Some("0")]);
     assert_eq!(got[0], 0, "PM off in the first attach: {got:?}");
     // 1 s at 100 µs: ~10,000 samples (the window's edges and the decode's ticks take some).
     assert!(got[1] > 5_000, "PM on in the second attach: {got:?}");
