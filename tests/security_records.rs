@@ -450,3 +450,32 @@ fn info_and_report_survive_huge_and_unknown_drop_counters() {
     assert_eq!(json["drops"]["cupti"], u64::MAX, "{json}");
     run(&["report"]);
 }
+
+/// The end of a collection session is the job's word too, and bounded: a library that never
+/// sends `SESSION_END` (an older one, or a hostile job holding a detach open) keeps the collector
+/// draining only until the timeout, then it goes on with a note; an end record with a junk payload
+/// counts once and ends the wait at once.
+#[test]
+fn a_session_end_the_job_never_sends_holds_a_detach_only_until_the_timeout() {
+    use std::time::Duration;
+    let mut r = rig(1 << 20);
+    let pid = std::process::id();
+    let before = r.collector.session_ends();
+    assert_eq!(before.get(&pid), Some(&0), "the ring is open, no session closed yet");
+    let waiting =
+        r.collector.wait_session_ends(&mut r.out, &before, Duration::from_millis(200), Duration::from_millis(10));
+    assert_eq!(waiting, vec![pid], "gave up on the silent library");
+    assert!(
+        r.collector.notes.iter().any(|n| n.contains("did not confirm the end of collection")),
+        "{:?}",
+        r.collector.notes
+    );
+    r.push(wire::SESSION_END, &[0xff; 100]);
+    // A wait that did not see it would run 60 s and return the pid.
+    let waiting =
+        r.collector.wait_session_ends(&mut r.out, &before, Duration::from_secs(60), Duration::from_millis(10));
+    assert!(waiting.is_empty(), "the end record ended the wait: {waiting:?}");
+    assert_eq!(r.collector.session_ends().get(&pid), Some(&1));
+    let f = r.finish();
+    assert_eq!(f.collector.stats.malformed, 0, "an end record is never malformed, whatever its payload");
+}

@@ -607,6 +607,46 @@ impl CuptiCollector {
         self.rings.iter().map(|(&pid, r)| (pid, r.ends)).collect()
     }
 
+    /// Drains into `producer` until every ring of `before` (its closed-session count then)
+    /// whose process is alive has closed one more session (its library's `SESSION_END`: CUPTI
+    /// disabled and flushed, PM's last samples decoded), for at most `timeout`, draining every
+    /// `every`. A library that has not by then (an older one, or a job that will not) gets a
+    /// note: its last device records may be missing. Returns those pids.
+    pub fn wait_session_ends(
+        &mut self,
+        producer: &mut Producer,
+        before: &BTreeMap<u32, u64>,
+        timeout: std::time::Duration,
+        every: std::time::Duration,
+    ) -> Vec<u32> {
+        let t = std::time::Instant::now();
+        loop {
+            self.drain(producer);
+            let waiting: Vec<u32> = before
+                .iter()
+                .filter(|&(pid, n)| {
+                    self.rings.get(pid).is_some_and(|r| r.ends <= *n)
+                        && std::path::Path::new(&format!("/proc/{pid}")).exists()
+                })
+                .map(|(&pid, _)| pid)
+                .collect();
+            if waiting.is_empty() {
+                return waiting;
+            }
+            if t.elapsed() >= timeout {
+                for pid in &waiting {
+                    self.note(format!(
+                        "process {pid}: its injection library did not confirm the end of collection within {:.1} s: \
+                         device records it flushed after that are not in the trace",
+                        timeout.as_secs_f64()
+                    ));
+                }
+                return waiting;
+            }
+            std::thread::sleep(every);
+        }
+    }
+
     /// Switches collection off in every ring (the injection libraries go dormant).
     pub fn detach_all(&mut self) {
         for ring in self.rings.values() {

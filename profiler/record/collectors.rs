@@ -109,9 +109,8 @@ impl Collectors {
     }
 
     /// Switches collection off in every CUPTI ring and drains them until each library whose
-    /// process is alive has closed its session (its `SESSION_END` record: CUPTI disabled and
-    /// flushed, PM's last samples decoded), for at most `timeout`; a library that has not by
-    /// then gets a note (its last device records may be missing). Returns those pids.
+    /// process is alive has closed its session ([`CuptiCollector::wait_session_ends`]), for at
+    /// most `timeout`. Returns the pids that did not.
     ///
     /// A fixed wait lost the tail on an H200: with PM sampling keeping the library's thread
     /// busy, its final flush reached the ring after the last drain, and 1.46 s of kernels of
@@ -119,31 +118,9 @@ impl Collectors {
     pub(crate) fn detach_cupti(&mut self, timeout: Duration, every: Duration) -> Vec<u32> {
         let before = self.cupti.session_ends();
         self.cupti.detach_all();
-        let t = Instant::now();
-        loop {
-            self.drain_cupti();
-            let now = self.cupti.session_ends();
-            let waiting: Vec<u32> = before
-                .iter()
-                .filter(|&(pid, n)| {
-                    now.get(pid).is_some_and(|m| m <= n) && std::path::Path::new(&format!("/proc/{pid}")).exists()
-                })
-                .map(|(&pid, _)| pid)
-                .collect();
-            if waiting.is_empty() {
-                return waiting;
-            }
-            if t.elapsed() >= timeout {
-                for pid in &waiting {
-                    self.cupti.notes.push(format!(
-                        "process {pid}: its injection library did not confirm the end of collection within {:.1} s: \
-                         device records it flushed after that are not in the trace",
-                        timeout.as_secs_f64()
-                    ));
-                }
-                return waiting;
-            }
-            std::thread::sleep(every);
+        match self.cupti_out.as_mut() {
+            Some(out) => self.cupti.wait_session_ends(out, &before, timeout, every),
+            None => Vec::new(),
         }
     }
 
