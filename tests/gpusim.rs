@@ -156,7 +156,12 @@ fn gpusim_every_scenario_sums_to_its_window() {
             "launch-bound" => assert!(share("idle.launch_bound") > 0.5, "{t}"),
             "io-stall" => assert!(share("idle.host_stall") > 0.3, "{t}"),
             "checkpoint" => {
-                assert!(share("idle.host_stall") > 0.2, "{t}");
+                // On the rank whose checkpoint took longer: with the disk loaded (a CI run), one
+                // rank's slow fsync made rank 0 wait for it at the next all-reduce (232 ms of
+                // comm.wait), and rank 0's host stall share fell to 0.18.
+                let stall = |t: &Value| category(t, "idle.host_stall") as f64 / window_ns(t) as f64;
+                let most = truths.iter().map(stall).fold(0.0, f64::max);
+                assert!(most > 0.2, "{truths:?}");
                 assert_eq!(total(t, "checkpoint_bytes"), 2 * 64 * 1024 * 1024);
             }
             // balanced: compute ~83% of the window, almost no waiting.
