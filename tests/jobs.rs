@@ -1,7 +1,7 @@
 //! `report --jobs N`: files analyzed side by side and chunks decoded ahead of the sweep give the
 //! report of one thread, byte for byte — many chunks, several files, a damaged chunk.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ghostprof::analyze::{analyze_files, DetailOptions, ReportOptions};
@@ -234,6 +234,19 @@ fn a_sweep_in_spans_is_the_one_pass_sweep_wherever_the_file_is_cut() {
     assert_eq!(a.categories.ns.iter().sum::<u64>(), a.window_end_ns - a.window_start_ns);
 }
 
+/// The one-thread analysis of `path` takes its FLOPs from PM sampling and splits compute time
+/// between useful and inefficient (the fractional case the spans must keep exact).
+fn assert_fractional_pm_split(path: &Path) {
+    let report =
+        analyze_files(std::slice::from_ref(&path.to_path_buf()), &ReportOptions { jobs: 1, ..Default::default() })
+            .unwrap();
+    let a = &report[0].accounts[0];
+    assert_eq!(a.flop_source.name(), "pm_sampling");
+    let useful = a.categories.ns[ghostprof::analyze::Category::ComputeUseful.index()];
+    let inefficient = a.categories.ns[ghostprof::analyze::Category::ComputeInefficient.index()];
+    assert!(useful > 0 && inefficient > 0, "a fractional split: useful {useful}, inefficient {inefficient}: {a:?}");
+}
+
 #[test]
 fn a_sweep_in_spans_keeps_fractional_useful_time_exact_wherever_the_file_is_cut() {
     let dir = tmpdir();
@@ -241,12 +254,7 @@ fn a_sweep_in_spans_keeps_fractional_useful_time_exact_wherever_the_file_is_cut(
     awkward_with(&path, true);
     let chunks = ghostprof::trace::TraceReader::open(&path).unwrap().chunks().len();
     assert!(chunks >= 25, "small chunks: {chunks}");
-    let report = analyze_files(std::slice::from_ref(&path), &ReportOptions { jobs: 1, ..Default::default() }).unwrap();
-    let a = &report[0].accounts[0];
-    assert_eq!(a.flop_source.name(), "pm_sampling");
-    let useful = a.categories.ns[ghostprof::analyze::Category::ComputeUseful.index()];
-    let inefficient = a.categories.ns[ghostprof::analyze::Category::ComputeInefficient.index()];
-    assert!(useful > 0 && inefficient > 0, "a fractional split: useful {useful}, inefficient {inefficient}: {a:?}");
+    assert_fractional_pm_split(&path);
     let mut cuts: Vec<Vec<usize>> = (1..chunks).map(|c| vec![0, c]).collect();
     cuts.push((0..chunks).collect());
     for detail in [DetailOptions::default(), DetailOptions { bin_ns: Some(3_000), ..Default::default() }] {
@@ -257,25 +265,26 @@ fn a_sweep_in_spans_keeps_fractional_useful_time_exact_wherever_the_file_is_cut(
     }
 }
 
+/// `path` swept in 2, 3 and 8 spans of equal chunk counts, with and without 1 ms bins, gives
+/// the one-pass sweep's results exactly.
+fn assert_even_spans_are_the_one_pass(path: &Path) {
+    let n = ghostprof::trace::TraceReader::open(path).unwrap().chunks().len();
+    for k in [2usize, 3, 8] {
+        let starts: Vec<usize> = (0..k).map(|i| i * n / k).collect();
+        for detail in [DetailOptions::default(), DetailOptions { bin_ns: Some(1_000_000), ..Default::default() }] {
+            let (spans, one) = spans_and_one_pass(path, &starts, &detail);
+            assert_eq!(spans, one, "{k} spans");
+        }
+    }
+}
+
 #[test]
 fn a_pm_sampled_job_swept_in_spans_is_the_one_pass_sweep_to_the_last_bit() {
     let dir = tmpdir();
     let path = dir.path().join("pm.gptrace");
     synthetic_pm(&path, 4, 150_000, 1_000);
-    let report = analyze_files(std::slice::from_ref(&path), &ReportOptions { jobs: 1, ..Default::default() }).unwrap();
-    let a = &report[0].accounts[0];
-    assert_eq!(a.flop_source.name(), "pm_sampling");
-    let useful = a.categories.ns[ghostprof::analyze::Category::ComputeUseful.index()];
-    let inefficient = a.categories.ns[ghostprof::analyze::Category::ComputeInefficient.index()];
-    assert!(useful > 0 && inefficient > 0, "a fractional split: useful {useful}, inefficient {inefficient}");
-    let n = ghostprof::trace::TraceReader::open(&path).unwrap().chunks().len();
-    for k in [2usize, 3, 8] {
-        let starts: Vec<usize> = (0..k).map(|i| i * n / k).collect();
-        for detail in [DetailOptions::default(), DetailOptions { bin_ns: Some(1_000_000), ..Default::default() }] {
-            let (spans, one) = spans_and_one_pass(&path, &starts, &detail);
-            assert_eq!(spans, one, "{k} spans");
-        }
-    }
+    assert_fractional_pm_split(&path);
+    assert_even_spans_are_the_one_pass(&path);
     let one = report_json(std::slice::from_ref(&path), 1, DetailOptions::default());
     assert!(one == report_json(std::slice::from_ref(&path), 2, DetailOptions::default()));
 }
@@ -306,14 +315,7 @@ fn a_synthetic_job_swept_in_two_three_and_eight_spans_is_the_one_pass_sweep() {
     let dir = tmpdir();
     let path = dir.path().join("s.gptrace");
     synthetic(&path, 9, 150_000, 1_000);
-    let n = ghostprof::trace::TraceReader::open(&path).unwrap().chunks().len();
-    for k in [2usize, 3, 8] {
-        let starts: Vec<usize> = (0..k).map(|i| i * n / k).collect();
-        for detail in [DetailOptions::default(), DetailOptions { bin_ns: Some(1_000_000), ..Default::default() }] {
-            let (spans, one) = spans_and_one_pass(&path, &starts, &detail);
-            assert_eq!(spans, one, "{k} spans");
-        }
-    }
+    assert_even_spans_are_the_one_pass(&path);
 }
 
 #[test]
