@@ -607,6 +607,19 @@ impl CuptiCollector {
         self.rings.iter().map(|(&pid, r)| (pid, r.ends)).collect()
     }
 
+    /// The rings of `before` (each ring's closed-session count then) whose library has not closed
+    /// a session since, of processes still alive.
+    pub fn sessions_open(&self, before: &BTreeMap<u32, u64>) -> Vec<u32> {
+        before
+            .iter()
+            .filter(|&(pid, n)| {
+                self.rings.get(pid).is_some_and(|r| r.ends <= *n)
+                    && std::path::Path::new(&format!("/proc/{pid}")).exists()
+            })
+            .map(|(&pid, _)| pid)
+            .collect()
+    }
+
     /// Drains into `producer` until every ring of `before` (its closed-session count then)
     /// whose process is alive has closed one more session (its library's `SESSION_END`: CUPTI
     /// disabled and flushed, PM's last samples decoded), for at most `timeout`, draining every
@@ -622,14 +635,7 @@ impl CuptiCollector {
         let t = std::time::Instant::now();
         loop {
             self.drain(producer);
-            let waiting: Vec<u32> = before
-                .iter()
-                .filter(|&(pid, n)| {
-                    self.rings.get(pid).is_some_and(|r| r.ends <= *n)
-                        && std::path::Path::new(&format!("/proc/{pid}")).exists()
-                })
-                .map(|(&pid, _)| pid)
-                .collect();
+            let waiting = self.sessions_open(before);
             if waiting.is_empty() {
                 return waiting;
             }

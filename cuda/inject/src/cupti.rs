@@ -85,6 +85,9 @@ fn status(msg: &str) {
 pub fn start() -> Result<(), String> {
     let dir = std::env::var("GHOSTPROF_RING_DIR").unwrap_or_else(|_| "/dev/shm".into());
     let path = std::path::Path::new(&dir).join(format!("ghostprof-{}.ring", std::process::id()));
+    // This process's settings, read from its environment (an attach replaces them with its own).
+    SESSION_PM_INTERVAL_NS.store(config().pm_interval_ns, Ordering::Release);
+    SESSION_API_ACTIVITY.store(config().api_activity, Ordering::Release);
     // Recording from the start (`ghostprof record`): fault the ring in now, not push by push.
     let prefault = config().always;
     if !config().always {
@@ -263,7 +266,6 @@ pub fn attach(args: &AttachArgs) -> Result<(), AttachRefused> {
             CONFIG.set(Config { always: false, api_activity: args.api_activity, pm_interval_ns: args.pm_interval_ns });
         SESSION_PM_INTERVAL_NS.store(args.pm_interval_ns, Ordering::Release);
         SESSION_API_ACTIVITY.store(args.api_activity, Ordering::Release);
-        ATTACHED.store(true, Ordering::Release);
         let path = args.ring_dir.join(format!("ghostprof-{}.ring", std::process::id()));
         let ring = Producer::create_with(&path, RING_BYTES, false).map_err(|_| AttachRefused::Ring)?;
         *RING.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
@@ -395,19 +397,13 @@ const LAUNCH_RUNTIME_CBIDS: [u32; 8] = [211, 214, 430, 431, 269, 270, 311, 312];
 static API_ACTIVITY: AtomicBool = AtomicBool::new(false);
 
 fn want_api_activity() -> bool {
-    if ATTACHED.load(Ordering::Acquire) {
-        SESSION_API_ACTIVITY.load(Ordering::Acquire)
-    } else {
-        config().api_activity
-    }
+    SESSION_API_ACTIVITY.load(Ordering::Acquire)
 }
 
-/// Set by the first [`attach`]: from then on each attach session's own settings
-/// ([`SESSION_PM_INTERVAL_NS`], [`SESSION_API_ACTIVITY`]) apply, not the first one's.
-static ATTACHED: AtomicBool = AtomicBool::new(false);
-/// The PM sampling interval of the current attach session (0: off).
+/// The PM sampling interval of the current session (0: off): the environment's ([`start`]),
+/// or the current attach's (each attach its own, not the first one's).
 static SESSION_PM_INTERVAL_NS: AtomicU64 = AtomicU64::new(0);
-/// Whether the current attach session wants per-call API activity records.
+/// Whether the current session wants per-call API activity records (set as the interval).
 static SESSION_API_ACTIVITY: AtomicBool = AtomicBool::new(false);
 
 /// The environment, read once in [`start`] (from the thread that called cuInit): the control
@@ -695,13 +691,9 @@ fn enable() {
     PM_STATE.store(PM_PENDING, Ordering::Release);
 }
 
-/// PM sampling interval: `GHOSTPROF_PM_INTERVAL_NS` (0 switches it off), default 50 µs.
+/// PM sampling interval of the current session (0 switches it off).
 fn pm_interval_ns() -> u64 {
-    if ATTACHED.load(Ordering::Acquire) {
-        SESSION_PM_INTERVAL_NS.load(Ordering::Acquire)
-    } else {
-        config().pm_interval_ns
-    }
+    SESSION_PM_INTERVAL_NS.load(Ordering::Acquire)
 }
 
 /// Sends the PM samples gathered since the last call; `last` ends the session.

@@ -458,10 +458,9 @@ impl Watch<'_> {
     }
 
     /// Whether every library still alive has closed the session that the last switch-off
-    /// ended ([`crate::collect::cupti::CuptiCollector::session_ends`]).
+    /// ended ([`crate::collect::cupti::CuptiCollector::sessions_open`]).
     fn sessions_closed(&self) -> bool {
-        let now = self.c.cupti.session_ends();
-        self.ends_at_off.iter().all(|(pid, n)| now.get(pid).is_none_or(|m| m > n) || !alive(*pid))
+        self.c.cupti.sessions_open(&self.ends_at_off).is_empty()
     }
 
     /// Starts an attach session in each of `pids` (injected with ptrace the first time, its
