@@ -809,6 +809,78 @@ fn root_watch_injects_cupti_into_a_job_started_without_the_library() {
     }
 }
 
+/// Launches and kernels of `pid` in the watch's segments of each kind ("host", "sample").
+fn launches_by_segment_kind(w: &Watcher, pid: u32) -> BTreeMap<String, (usize, usize)> {
+    let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for seg in w.files(ghostprof::record::watch::recorder::SEGMENT_PREFIX) {
+        let r = ghostprof::trace::TraceReader::open(&seg).unwrap();
+        let kind = r.header().meta["watch_segment"].as_str().unwrap_or("host").to_string();
+        let b = r.read_all().unwrap();
+        let e = out.entry(kind).or_default();
+        e.0 += b.launches.iter().filter(|l| l.pid == pid).count();
+        e.1 += b.kernels.iter().filter(|k| k.pid == pid).count();
+    }
+    out
+}
+
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_watch_probes_launches_only_for_its_sample_windows() {
+    assert!(is_root(), "run the root tier as root");
+    let _serial = heavy_test_lock();
+    let mut seen = Vec::new();
+    for always in [false, true] {
+        let dir = tmpdir();
+        let rings = dir.path().join("rings");
+        std::fs::create_dir(&rings).unwrap();
+        let me = std::process::id().to_string();
+        let mut args = vec!["--pid", &me, "--sample", "500ms", "--period", "2s", "--no-inject", "--max-age", "1h"];
+        if always {
+            args.push("--launches-always");
+        }
+        let w = Watcher::start(dir.path(), &rings, &args);
+        let truth_dir = dir.path().join("truth");
+        let mut job = start_job("launch-bound", 1, 7, &truth_dir, &rings, 300);
+        assert!(job.wait().unwrap().success(), "the job runs normally under watch");
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = truths(&truth_dir, 1)[0]["pid"].as_u64().unwrap() as u32;
+        let launched = truths(&truth_dir, 1)[0]["totals"]["kernels"].as_u64().unwrap() as usize;
+        let (ok, log) = {
+            let by_kind = launches_by_segment_kind(&w, pid);
+            let (ok, log) = w.stop();
+            seen.push((always, launched, by_kind));
+            (ok, log)
+        };
+        assert!(ok, "watch stops cleanly: {log}");
+    }
+    for (always, launched, by_kind) in &seen {
+        eprintln!("launches-always {always}: {launched} launched; (launches, kernels) by segment kind {by_kind:?}");
+        let (host_launches, host_kernels) = by_kind.get("host").copied().unwrap_or_default();
+        let (sample_launches, sample_kernels) = by_kind.get("sample").copied().unwrap_or_default();
+        let (launches, kernels) = (host_launches + sample_launches, host_kernels + sample_kernels);
+        assert!(sample_kernels > 1000, "the windows collected kernels ({always}): {by_kind:?}");
+        // Every kernel CUPTI collected has its launch: the probes are placed before CUPTI is
+        // switched on and removed once its last records are in. (A kernel's launch may sit in
+        // the segment before its own: its record comes with CUPTI's next buffer.)
+        assert!(launches >= kernels, "launches ({always}): {launches} for {kernels} kernels collected: {by_kind:?}");
+        if *always {
+            // Between windows (3/4 of the time) every launch is probed too.
+            assert!(
+                launches as f64 > 0.95 * *launched as f64,
+                "--launches-always: {launches} of {launched} launches probed: {by_kind:?}"
+            );
+            assert!(host_launches > sample_launches, "{by_kind:?}");
+        } else {
+            // Only around the windows: 500 ms of each 2 s, the libraries' wake (150 ms) and
+            // flush included.
+            assert!(
+                (launches as f64) < 0.6 * *launched as f64,
+                "probed {launches} of {launched} launches: {by_kind:?}"
+            );
+        }
+    }
+}
+
 #[test]
 #[ignore = "root tier: needs root (ptrace, CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_watch_no_inject_leaves_a_job_without_the_library_to_ebpf() {

@@ -89,6 +89,12 @@ pub struct WatchCliConfig {
     /// CUDA process started without it, at each sample window (as `attach` does).
     #[arg(long)]
     pub no_inject: bool,
+    /// Keep the per-launch probes (`cuLaunchKernel` and its kin) placed between sample windows
+    /// too, so that the flight recorder's host segments hold every launch. By default they are
+    /// placed only for the sample windows and triggers: each costs a launch a kernel trap
+    /// (~0.6-0.8 µs), 3% of a launch-bound job's step (docs/performance.md).
+    #[arg(long)]
+    pub launches_always: bool,
     /// No log lines on stderr (triggers, pauses, notes); errors are still printed.
     #[arg(long)]
     pub quiet: bool,
@@ -189,6 +195,7 @@ pub fn run(cfg: &WatchCliConfig) -> anyhow::Result<ExitCode> {
     if let Some(dir) = std::env::var_os("GHOSTPROF_RING_DIR") {
         w.ring_dir = PathBuf::from(dir);
     }
+    w.launches_always = cfg.launches_always;
     if !cfg.no_inject {
         w.inject_library = crate::record::session::find_inject_lib();
     }

@@ -39,6 +39,13 @@ enum Shape {
     Bracketed,
 }
 
+impl Shape {
+    /// Whether the probe fires once per kernel launch (or graph launch).
+    fn per_launch(self) -> bool {
+        !matches!(self, Shape::Bracketed)
+    }
+}
+
 /// Every function the collector probes: (symbol, api, shape, library).
 const PROBES: &[(&str, ProbedApi, Shape, LibKind)] = &[
     ("cuLaunchKernel", ProbedApi::LaunchKernel, Shape::Launch, LibKind::Cuda),
@@ -131,11 +138,21 @@ pub struct HostStats {
     pub name_limit: u64,
 }
 
+/// One library file's per-launch probe points (`cuLaunchKernel` and its kin: the probes that
+/// fire once per kernel, and so cost a launch-bound job the most), kept so that they can be
+/// removed and placed again.
+struct LaunchProbes {
+    path: PathBuf,
+    points: Vec<(ProbePoint, ProbedApi, Shape)>,
+    links: Vec<Link>,
+}
+
 /// The host collector: the `cuda` eBPF program, its uprobes on the GPU libraries and its ring
 /// buffer, drained into trace records.
 pub struct HostCollector {
     skel: CudaSkel<'static>,
-    links: Vec<Link>,
+    /// The fork/exit tracepoints, held for as long as the collector lives.
+    _forks: Vec<Link>,
     ring: RingBuffer<'static>,
     pending: Rc<RefCell<Vec<HostEvent>>>,
     malformed: Rc<RefCell<u64>>,
@@ -143,6 +160,10 @@ pub struct HostCollector {
     probed: HashSet<(u64, u64)>,
     /// The uprobe links of each probed library file, so that `watch` can remove them.
     lib_links: HashMap<(u64, u64), Vec<Link>>,
+    /// Whether the per-launch probes are placed ([`HostCollector::set_launch_probes`]).
+    launch_probes: bool,
+    /// The per-launch probe points of each probed library file, and their links while placed.
+    lib_launch: HashMap<(u64, u64), LaunchProbes>,
     /// per traced pid, inodes of its mappings already reported
     seen_maps: BTreeMap<u32, HashSet<u64>>,
     /// Totals so far.
@@ -283,12 +304,14 @@ impl HostCollector {
         Ok(HostCollector {
             bits,
             skel,
-            links,
+            _forks: links,
             ring,
             pending,
             malformed,
             probed: HashSet::new(),
             lib_links: HashMap::new(),
+            launch_probes: true,
+            lib_launch: HashMap::new(),
             seen_maps: BTreeMap::new(),
             stats: HostStats::default(),
             reports: Vec::new(),
@@ -371,14 +394,25 @@ impl HostCollector {
         }
         let points = probe_points(path, &wanted)
             .map_err(|e| CollectError::Library { path: path.to_path_buf(), what: e.to_string() })?;
-        let first_link = self.links.len();
+        let mut links = Vec::new();
+        let mut launch = LaunchProbes { path: path.to_path_buf(), points: Vec::new(), links: Vec::new() };
         for (symbol, api, shape, _) in PROBES.iter().filter(|p| p.3 == kind) {
             let Some(point) = points.get(*symbol) else {
                 report.missing.push(symbol.to_string());
                 continue;
             };
-            match self.attach_one(path, point, *api, *shape) {
-                Ok(()) => {
+            let per_launch = shape.per_launch();
+            if per_launch {
+                launch.points.push((point.clone(), *api, *shape));
+                // Switched off: placed when they are switched on again.
+                if !self.launch_probes {
+                    report.attached.push(symbol.to_string());
+                    continue;
+                }
+            }
+            match place(&self.skel, path, point, *api, *shape) {
+                Ok(placed) => {
+                    if per_launch { &mut launch.links } else { &mut links }.extend(placed);
                     report.attached.push(symbol.to_string());
                     if point.skipped_endbr64 {
                         report.past_endbr64.push(symbol.to_string());
@@ -387,8 +421,8 @@ impl HostCollector {
                 Err(e) => report.failed.push((symbol.to_string(), e.to_string())),
             }
         }
-        let links = self.links.split_off(first_link);
         self.lib_links.insert((meta.dev(), meta.ino()), links);
+        self.lib_launch.insert((meta.dev(), meta.ino()), launch);
         self.reports.push(report.clone());
         Ok(report)
     }
@@ -402,31 +436,43 @@ impl HostCollector {
         let mut links = Vec::new();
         for k in &gone {
             links.extend(self.lib_links.remove(k).unwrap_or_default());
+            links.extend(self.lib_launch.remove(k).map(|l| l.links).unwrap_or_default());
             self.probed.remove(k);
         }
         links
     }
 
-    fn attach_one(&mut self, path: &Path, point: &ProbePoint, api: ProbedApi, shape: Shape) -> libbpf_rs::Result<()> {
-        let opts = |retprobe| UprobeOpts { cookie: api as u64, retprobe, ..Default::default() };
-        let offset = point.file_offset as usize;
-        let progs = &self.skel.progs;
-        match shape {
-            Shape::Launch => self.links.push(progs.gp_launch.attach_uprobe_with_opts(-1, path, offset, opts(false))?),
-            Shape::LaunchEx => {
-                self.links.push(progs.gp_launch_ex.attach_uprobe_with_opts(-1, path, offset, opts(false))?)
+    /// Places (`on`) or removes the per-launch probes (`cuLaunchKernel` and its kin) of every
+    /// probed library, and of libraries probed from now on; the other probes stay. `watch`
+    /// places them only while a sample window collects the device timeline: between windows
+    /// nothing uses them, and a uprobe costs each launch a kernel trap (docs/performance.md).
+    /// Returns the links removed (dropping them takes the kernel a while, see
+    /// [`HostCollector::release_libraries`]) and a note per probe that could not be placed.
+    pub fn set_launch_probes(&mut self, on: bool) -> (Vec<Link>, Vec<String>) {
+        self.launch_probes = on;
+        let mut removed = Vec::new();
+        let mut failed = Vec::new();
+        for lib in self.lib_launch.values_mut() {
+            if !on {
+                removed.append(&mut lib.links);
+                continue;
             }
-            Shape::GraphLaunch => {
-                self.links.push(progs.gp_graph_launch.attach_uprobe_with_opts(-1, path, offset, opts(false))?)
+            if !lib.links.is_empty() {
+                continue;
             }
-            Shape::Bracketed => {
-                let enter = progs.gp_call_enter.attach_uprobe_with_opts(-1, path, offset, opts(false))?;
-                let exit = progs.gp_call_exit.attach_uprobe_with_opts(-1, path, offset, opts(true))?;
-                self.links.push(enter);
-                self.links.push(exit);
+            for (point, api, shape) in &lib.points {
+                match place(&self.skel, &lib.path, point, *api, *shape) {
+                    Ok(placed) => lib.links.extend(placed),
+                    Err(e) => failed.push(format!("cannot probe {api:?} in {}: {e}", lib.path.display())),
+                }
             }
         }
-        Ok(())
+        (removed, failed)
+    }
+
+    /// Whether the per-launch probes are placed (see [`HostCollector::set_launch_probes`]).
+    pub fn launch_probes(&self) -> bool {
+        self.launch_probes
     }
 
     /// Reads the maps of every traced process, probes GPU libraries not seen before, and
@@ -476,6 +522,29 @@ impl HostCollector {
         producer.flush();
         Ok(())
     }
+}
+
+/// Places one function's probes; returns their links.
+fn place(
+    skel: &CudaSkel<'static>,
+    path: &Path,
+    point: &ProbePoint,
+    api: ProbedApi,
+    shape: Shape,
+) -> libbpf_rs::Result<Vec<Link>> {
+    let opts = |retprobe| UprobeOpts { cookie: api as u64, retprobe, ..Default::default() };
+    let offset = point.file_offset as usize;
+    let progs = &skel.progs;
+    Ok(match shape {
+        Shape::Launch => vec![progs.gp_launch.attach_uprobe_with_opts(-1, path, offset, opts(false))?],
+        Shape::LaunchEx => vec![progs.gp_launch_ex.attach_uprobe_with_opts(-1, path, offset, opts(false))?],
+        Shape::GraphLaunch => vec![progs.gp_graph_launch.attach_uprobe_with_opts(-1, path, offset, opts(false))?],
+        Shape::Bracketed => {
+            let enter = progs.gp_call_enter.attach_uprobe_with_opts(-1, path, offset, opts(false))?;
+            let exit = progs.gp_call_exit.attach_uprobe_with_opts(-1, path, offset, opts(true))?;
+            vec![enter, exit]
+        }
+    })
 }
 
 fn to_record(e: HostEvent, producer: &Producer, names: &mut SourceBudgets) -> Option<Record> {

@@ -111,6 +111,9 @@ pub struct WatchConfig {
     /// (`attach`'s live injection), at each sample window; None: `--no-inject`, eBPF and the
     /// dormant library's rings only.
     pub inject_library: Option<PathBuf>,
+    /// The per-launch probes stay placed between sample windows (false: placed only while
+    /// CUPTI is on, see [`crate::collect::host::HostCollector::set_launch_probes`]).
+    pub launches_always: bool,
 }
 
 impl WatchConfig {
@@ -138,6 +141,7 @@ impl WatchConfig {
             scan_interval: Duration::from_millis(500),
             drain_interval: Duration::from_millis(10),
             inject_library: None,
+            launches_always: false,
         }
     }
 }
@@ -447,6 +451,9 @@ impl Watch<'_> {
         if on != self.cupti_on {
             self.cupti_on = on;
             if on {
+                self.want_launch_probes(true);
+            }
+            if on {
                 let pids: Vec<u32> = self.to_inject.iter().copied().collect();
                 self.arm(&pids);
             }
@@ -455,6 +462,21 @@ impl Watch<'_> {
             }
             self.c.cupti.set_collecting(on);
         }
+    }
+
+    /// Places or removes the per-launch probes (unless `--launches-always`); removed ones go
+    /// to the reaper thread. They are placed before the libraries switch CUPTI on, and removed
+    /// once the window's segment is closed (CUPTI's last records are in): every kernel a
+    /// window's segment holds has its launch.
+    fn want_launch_probes(&mut self, on: bool) {
+        if self.cfg.launches_always || self.c.host.launch_probes() == on {
+            return;
+        }
+        let (removed, failed) = self.c.host.set_launch_probes(on);
+        if !removed.is_empty() {
+            let _ = self.reaper.send(removed);
+        }
+        self.recorder.notes.extend(failed);
     }
 
     /// Whether every library still alive has closed the session that the last switch-off
@@ -779,6 +801,11 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
             drop(links);
         }
     })?;
+    if !cfg.launches_always {
+        // Nothing is probed yet: this only says that libraries probed from now on get their
+        // per-launch probes at the sample windows.
+        let _ = c.host.set_launch_probes(false);
+    }
     let first_info = TraceInfo::default();
     let pipeline = recorder.open(&first_info)?;
     c.start(&pipeline);
@@ -866,6 +893,8 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
                 }
                 p => p,
             };
+            // Per-launch probes: while CUPTI is on and until its window's segment closes.
+            w.want_launch_probes(w.cupti_on || !matches!(phase, Phase::Host));
             // Triggers: a signal, the socket, then the pending one's end.
             if control::take_sigusr1() {
                 w.trigger("sigusr1".into(), "sigusr1: SIGUSR1 received".into(), false);
