@@ -418,11 +418,20 @@ struct Config {
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
 fn config() -> &'static Config {
-    CONFIG.get_or_init(|| Config {
-        always: std::env::var("GHOSTPROF_ENABLE").as_deref() == Ok("1"),
-        api_activity: std::env::var("GHOSTPROF_API_ACTIVITY").as_deref() == Ok("1"),
-        // `GHOSTPROF_PM_INTERVAL_NS` (0 switches PM sampling off), default 50 µs.
-        pm_interval_ns: std::env::var("GHOSTPROF_PM_INTERVAL_NS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000),
+    CONFIG.get_or_init(|| {
+        let always = std::env::var("GHOSTPROF_ENABLE").as_deref() == Ok("1");
+        Config {
+            always,
+            api_activity: std::env::var("GHOSTPROF_API_ACTIVITY").as_deref() == Ok("1"),
+            // `GHOSTPROF_PM_INTERVAL_NS` (0 switches PM sampling off); default 50 µs under
+            // `record`, 1 ms in a dormant library (its sessions are `watch`'s sample windows
+            // and `attach`es, which sample every 1 ms too: on an H200 a sample costs the job
+            // ~45 µs of CPU, so 50 µs would take most of a core).
+            pm_interval_ns: std::env::var("GHOSTPROF_PM_INTERVAL_NS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(if always { 50_000 } else { 1_000_000 }),
+        }
     })
 }
 
