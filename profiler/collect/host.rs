@@ -2,6 +2,10 @@
 //! library files (so a library is probed before the process maps it), limited to the traced
 //! processes by the `targets` map, drained on a timer into trace records.
 //!
+//! The per-launch probes (`cuLaunchKernel` and its kin) can be removed and placed again while
+//! the others stay ([`HostCollector::set_launch_probes`]): `watch` places them only for its
+//! sample windows.
+//!
 //! Libraries are found three ways: by path for a process about to be launched
 //! ([`procmaps::find_libraries`]), in `/proc/PID/maps` of every traced process, and again on
 //! every rescan, which catches libraries loaded later with dlopen.
