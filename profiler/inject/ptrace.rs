@@ -342,18 +342,38 @@ pub(super) fn run(plan: &Plan<'_>) -> Result<Injected, InjectError> {
     let pid = plan.pid;
     let tid = pick_thread(pid);
     let mut t = Tracee { pid, tid, mem: None };
-    if let Err(e) = t.ptrace(PTRACE_SEIZE, 0, PTRACE_O_TRACESYSGOOD as usize) {
-        return Err(match e {
-            libc::ESRCH => InjectError::Gone { pid },
-            _ => InjectError::PtraceDenied { pid, why: denied_because(pid, e) },
-        });
-    }
+    seize(&t)?;
     let result = run_seized(&mut t, plan);
     // SAFETY: detaching our own tracee; it runs on from the state restored above.
     unsafe {
         libc::ptrace(PTRACE_DETACH, tid, std::ptr::null_mut::<libc::c_void>(), std::ptr::null_mut::<libc::c_void>())
     };
     result
+}
+
+/// PTRACE_SEIZE of the chosen thread. The kernel refuses a thread that has exited (a zombie)
+/// with EPERM, as it refuses a forbidden one: a process ending as its injection starts is gone,
+/// not a denial (`watch` met it at the end of a job).
+fn seize(t: &Tracee) -> Result<(), InjectError> {
+    let pid = t.pid;
+    t.ptrace(PTRACE_SEIZE, 0, PTRACE_O_TRACESYSGOOD as usize).map(|_| ()).map_err(|e| match e {
+        libc::ESRCH => InjectError::Gone { pid },
+        _ if has_exited(pid, t.tid) => InjectError::Gone { pid },
+        _ => InjectError::PtraceDenied { pid, why: denied_because(pid, e) },
+    })
+}
+
+/// Whether thread `tid` of `pid`, or the whole process, has exited (gone from /proc, or a
+/// zombie or dead in its `stat`).
+fn has_exited(pid: u32, tid: i32) -> bool {
+    let dead = |path: String| match std::fs::read_to_string(path) {
+        // The state is the first field after the command's closing parenthesis.
+        Ok(stat) => {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+        }
+        Err(_) => true,
+    };
+    dead(format!("/proc/{pid}/task/{tid}/stat")) || dead(format!("/proc/{pid}/stat"))
 }
 
 /// Why PTRACE_SEIZE failed with `errno`: Yama, seccomp, or the errno.
@@ -593,6 +613,40 @@ mod tests {
         assert!(err.contains("no longer the memfd"), "{err}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An exited process (a zombie: PTRACE_SEIZE answers EPERM, as for a forbidden one) is
+    /// gone, not a ptrace denial.
+    #[test]
+    #[ignore = "root tier: needs root (CAP_SYS_PTRACE); tools/test runs it when root"]
+    fn root_seizing_an_exited_process_is_gone_not_denied() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let t = Instant::now();
+        // Not reaped: it stays a zombie until the wait below.
+        while !has_exited(pid, pid as i32) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let r = seize(&Tracee { pid, tid: pid as i32, mem: None });
+        let _ = child.wait();
+        assert!(matches!(r, Err(InjectError::Gone { .. })), "{r:?}");
+        // A live process is seized (and let go).
+        let mut live = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let t = Tracee { pid: live.id(), tid: live.id() as i32, mem: None };
+        let r = seize(&t);
+        // SAFETY: detaching our own tracee.
+        unsafe {
+            libc::ptrace(
+                PTRACE_DETACH,
+                t.tid,
+                std::ptr::null_mut::<libc::c_void>(),
+                std::ptr::null_mut::<libc::c_void>(),
+            )
+        };
+        let _ = live.kill();
+        let _ = live.wait();
+        assert!(r.is_ok(), "{r:?}");
+        assert!(!has_exited(std::process::id(), std::process::id() as i32));
     }
 
     #[test]

@@ -25,14 +25,13 @@ pub const MAX_EXPORTED_PROCESSES: usize = 1024;
 
 /// The `reason` label values of `ghostprof_inject_refusals_total` (each served, 0 until it
 /// happens): why a followed process got no live injection at a sample window.
-pub const INJECT_REFUSAL_REASONS: [&str; 11] = [
+pub const INJECT_REFUSAL_REASONS: [&str; 10] = [
     "not_x86_64",
     "no_cuda",
     "traced",
     "ptrace_denied",
     "no_dlopen",
     "no_safe_moment",
-    "gone",
     "library",
     "failed",
     "library_refused",

@@ -320,7 +320,8 @@ fn refusal_reason(e: &InjectError) -> (&'static str, bool) {
         InjectError::PtraceDenied { .. } => ("ptrace_denied", false),
         InjectError::NoDlopen { .. } => ("no_dlopen", false),
         InjectError::NoSafeMoment { .. } => ("no_safe_moment", true),
-        InjectError::Gone { .. } => ("gone", false),
+        // (not a refusal: `arm` lets it go)
+        InjectError::Gone { .. } => ("failed", false),
         InjectError::Library { .. } => ("library", false),
         InjectError::Failed { .. } => ("failed", false),
         // Busy (an `attach` session of its own runs in it) is the common one: it ends.
@@ -513,6 +514,11 @@ impl Watch<'_> {
                         self.state.lock().unwrap_or_else(|p| p.into_inner()).inject_sessions += 1;
                     }
                     self.c.cupti.scan(&[pid]);
+                }
+                // It exited as its window began: let go at the next scan, not a refusal.
+                Err(InjectError::Gone { .. }) => {
+                    self.to_inject.remove(&pid);
+                    self.inject_tries.remove(&pid);
                 }
                 Err(e) => {
                     let (reason, again) = refusal_reason(&e);
