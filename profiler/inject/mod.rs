@@ -182,6 +182,16 @@ pub fn refusal_text(code: i32) -> String {
 /// appears as `ghostprof-<its own pid>.ring` in `opts.ring_dir` of its mount namespace
 /// (`nspid`, `/proc/PID/root`). Every refusal leaves the process as it was.
 pub fn inject(pid: u32, opts: &InjectOptions) -> Result<Injected, InjectError> {
+    // A process that ends while it is looked at fails any step (its maps read empty, ptrace
+    // answers EPERM): it is gone, not a refusal (`watch` meets it at the end of a job).
+    inject_into(pid, opts).map_err(|e| match e {
+        InjectError::Gone { .. } => e,
+        _ if ptrace::exiting(&format!("/proc/{pid}/stat")) => InjectError::Gone { pid },
+        e => e,
+    })
+}
+
+fn inject_into(pid: u32, opts: &InjectOptions) -> Result<Injected, InjectError> {
     let maps = target::Maps::read(pid).map_err(|_| InjectError::Gone { pid })?;
     if maps.has_file_named("libghostprof_inject.so") {
         return Ok(Injected::Dormant);

@@ -363,17 +363,23 @@ fn seize(t: &Tracee) -> Result<(), InjectError> {
     })
 }
 
-/// Whether thread `tid` of `pid`, or the whole process, has exited (gone from /proc, or a
-/// zombie or dead in its `stat`).
+/// Whether thread `tid` of `pid`, or the whole process, has exited or is exiting.
 fn has_exited(pid: u32, tid: i32) -> bool {
-    let dead = |path: String| match std::fs::read_to_string(path) {
-        // The state is the first field after the command's closing parenthesis.
-        Ok(stat) => {
-            stat.rsplit_once(')').is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
-        }
-        Err(_) => true,
-    };
-    dead(format!("/proc/{pid}/task/{tid}/stat")) || dead(format!("/proc/{pid}/stat"))
+    exiting(&format!("/proc/{pid}/task/{tid}/stat")) || exiting(&format!("/proc/{pid}/stat"))
+}
+
+/// Whether the task of a `stat` file is gone, a zombie or dead, or exiting (the kernel's
+/// PF_EXITING flag: set before the process lets go of its memory, when its maps read empty).
+pub(super) fn exiting(stat_path: &str) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(stat_path) else { return true };
+    // The fields after the command's closing parenthesis: state, ppid, pgrp, session, tty,
+    // tpgid, flags, …
+    let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+    let mut f = rest.split_whitespace();
+    let state = f.next().and_then(|s| s.chars().next());
+    let flags = f.nth(5).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    matches!(state, Some('Z' | 'X')) || flags & PF_EXITING != 0
 }
 
 /// Why PTRACE_SEIZE failed with `errno`: Yama, seccomp, or the errno.
@@ -628,8 +634,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         let r = seize(&Tracee { pid, tid: pid as i32, mem: None });
+        // The whole injection too: its maps read empty ("no libcuda") and it is gone.
+        let whole = super::super::inject(pid, &super::super::InjectOptions::new("/nonexistent/lib.so".into()));
         let _ = child.wait();
         assert!(matches!(r, Err(InjectError::Gone { .. })), "{r:?}");
+        assert!(matches!(whole, Err(InjectError::Gone { .. })), "{whole:?}");
         // A live process is seized (and let go).
         let mut live = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let t = Tracee { pid: live.id(), tid: live.id() as i32, mem: None };

@@ -515,11 +515,9 @@ impl Watch<'_> {
                     }
                     self.c.cupti.scan(&[pid]);
                 }
-                // It exited as its window began: let go at the next scan, not a refusal.
-                Err(InjectError::Gone { .. }) => {
-                    self.to_inject.remove(&pid);
-                    self.inject_tries.remove(&pid);
-                }
+                // It is exiting as its window begins: not a refusal; the scan lets it go (and
+                // a process still there is tried again at the next window).
+                Err(InjectError::Gone { .. }) => {}
                 Err(e) => {
                     let (reason, again) = refusal_reason(&e);
                     *self
