@@ -186,9 +186,15 @@ pub fn inject(pid: u32, opts: &InjectOptions) -> Result<Injected, InjectError> {
     // answers EPERM): it is gone, not a refusal (`watch` meets it at the end of a job).
     inject_into(pid, opts).map_err(|e| match e {
         InjectError::Gone { .. } => e,
-        _ if ptrace::exiting(&format!("/proc/{pid}/stat")) => InjectError::Gone { pid },
+        _ if process_exiting(pid) => InjectError::Gone { pid },
         e => e,
     })
+}
+
+/// Whether process `pid` has exited or is exiting (gone from /proc, a zombie, or past the
+/// point where it lets go of its memory): nothing can be injected into it any more.
+pub fn process_exiting(pid: u32) -> bool {
+    ptrace::exiting(&format!("/proc/{pid}/stat"))
 }
 
 fn inject_into(pid: u32, opts: &InjectOptions) -> Result<Injected, InjectError> {

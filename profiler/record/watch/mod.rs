@@ -335,8 +335,10 @@ fn file_key(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Whether `pid` still runs: a zombie (exited, not yet reaped by its parent) or a process
+/// already exiting does not, though /proc still lists it.
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    !crate::inject::process_exiting(pid)
 }
 
 /// The running service's state.
