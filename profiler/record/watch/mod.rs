@@ -454,9 +454,8 @@ impl Watch<'_> {
         if on != self.cupti_on {
             self.cupti_on = on;
             if on {
+                // Probes first: the window's first launches come once the rings switch on.
                 self.want_launch_probes(true);
-            }
-            if on {
                 let pids: Vec<u32> = self.to_inject.iter().copied().collect();
                 self.arm(&pids);
             }
