@@ -34,6 +34,9 @@ fn record_scenario_under(prefix: &[&str], scenario: &str, ranks: u32, steps: u32
     command.extend(crate::gpusim::train_command(scenario, ranks, steps.into(), &out));
     let mut cfg = LaunchConfig::new(command, trace.clone());
     cfg.library_dirs.push(built.lib_dir.clone());
+    // These tests count what the uprobes see: keep the per-launch ones where CUPTI sees the
+    // launches too.
+    cfg.launches_always = true;
     let summary = record_command(&cfg, &AtomicBool::new(false)).expect("recording gpusim-train");
     assert!(summary.exit_status.is_some_and(|s| s.success()), "gpusim-train failed: {:?}", summary.exit_status);
     let reader = TraceReader::open(&trace).unwrap();
@@ -229,7 +232,9 @@ assert cu.cuCtxSynchronize() == 0
 "#;
     let trace = dir.path().join("late.gptrace");
     let command = vec!["python3".to_string(), "-c".into(), script.into(), lib.display().to_string()];
-    let summary = record_command(&LaunchConfig::new(command, trace.clone()), &AtomicBool::new(false)).unwrap();
+    let mut cfg = LaunchConfig::new(command, trace.clone());
+    cfg.launches_always = true;
+    let summary = record_command(&cfg, &AtomicBool::new(false)).unwrap();
     assert!(summary.exit_status.is_some_and(|s| s.success()), "{:?}", summary.exit_status);
     let report = summary.libraries.iter().find(|r| r.path.ends_with("libcuda.so.1")).expect("libcuda found by rescan");
     assert!(report.attached.iter().any(|s| s == "cuLaunchKernel"), "{report:?}");

@@ -707,9 +707,41 @@ fn streamed_json_is_the_document_byte_for_byte() {
 /// the launching thread and a write of a thread that launches nothing, both later, do not.
 #[test]
 fn the_window_ends_with_the_launching_threads_last_blocking_interval() {
+    window_ends_with_the_launching_threads_last_blocking_interval(false);
+}
+
+/// The same where CUPTI, not eBPF, saw the launches: `record` leaves the per-launch uprobes
+/// off for a process whose CUPTI sees its launches, and the injection library's launch
+/// callback records (driver API, exit time) name the launching thread instead.
+#[test]
+fn cupti_launch_records_name_the_launching_thread_as_uprobes_do() {
+    window_ends_with_the_launching_threads_last_blocking_interval(true);
+}
+
+fn window_ends_with_the_launching_threads_last_blocking_interval(cupti_launches: bool) {
     let dir = tmpdir();
     let path = dir.path().join("edge.gptrace");
     let mut records = job_records(&Job { rank: 0, slow_ns: 0, markers: false });
+    if cupti_launches {
+        let mut n = 0;
+        for r in records.iter_mut() {
+            if let Record::KernelLaunch(l) = *r {
+                n += 1;
+                *r = ApiCall {
+                    start_ns: l.time_ns,
+                    end_ns: l.time_ns,
+                    pid: l.pid,
+                    tid: l.tid,
+                    correlation_id: n,
+                    call_id: 307, // cuLaunchKernel
+                    domain: ApiDomain::CudaDriver as u32,
+                    ..Default::default()
+                }
+                .into();
+            }
+        }
+        assert!(n > 0, "the job has launches");
+    }
     let end = T0 + 10 * STEP;
     let io = |start: u64, stop: u64, bytes: u64, tid: u32, syscall: i32| -> Record {
         FileIo { start_ns: start, end_ns: stop, bytes, pid: PID, tid, fd: 9, syscall }.into()

@@ -324,11 +324,12 @@ pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, Window> {
         .iter()
         .map(|k| (k.pid, k.start_ns, k.end_ns))
         .chain(batch.memops.iter().map(|m| (m.pid, m.start_ns, m.end_ns)))
-        .chain(batch.launches.iter().map(|l| (l.pid, l.time_ns, l.time_ns)));
+        .chain(crate::trace::digest::launch_times(batch).map(|(pid, _, t)| (pid, t, t)));
     for (pid, s, e) in spans {
         windows.entry(pid).or_insert(Window::new(s, e)).widen(s, e);
     }
-    let launchers: std::collections::HashSet<(u32, u32)> = batch.launches.iter().map(|l| (l.pid, l.tid)).collect();
+    let launchers: std::collections::HashSet<(u32, u32)> =
+        crate::trace::digest::launch_times(batch).map(|(pid, tid, _)| (pid, tid)).collect();
     super::inputs::extend_windows_to_blocking(&mut windows, batch, &|p, t| launchers.contains(&(p, t)));
     windows
 }

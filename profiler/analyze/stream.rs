@@ -381,9 +381,9 @@ impl SummaryState {
             widen(&mut sk.windows, m.pid, m.start_ns, m.end_ns);
             device_entry(&mut sk.devices, (m.pid, m.device), m.start_ns, m.end_ns);
         }
-        for l in &r.launches {
-            widen(&mut sk.windows, l.pid, l.time_ns, l.time_ns);
-            sk.launchers.entry(l.pid).or_default().insert(l.tid);
+        for (pid, tid, t) in crate::trace::digest::launch_times(r) {
+            widen(&mut sk.windows, pid, t, t);
+            sk.launchers.entry(pid).or_default().insert(tid);
         }
         self.absorb_small(sk, r, opts.account.stall_policy());
     }

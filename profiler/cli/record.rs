@@ -38,6 +38,12 @@ pub struct RecordConfig {
     /// eBPF collectors only: no CUPTI injection library in the command (no device timeline).
     #[arg(long = "no-cupti")]
     pub no_cupti: bool,
+    /// Keep the per-launch uprobes (`cuLaunchKernel` and its kin) placed throughout. By
+    /// default they are removed while every process using the GPU has CUPTI reporting its
+    /// launches (its launch records stand for them): each probe costs a launch a kernel trap,
+    /// 3% of a launch-bound job's step (docs/performance.md).
+    #[arg(long)]
+    pub launches_always: bool,
     /// The command to run, after `--`.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -167,6 +173,7 @@ pub fn run(cfg: &RecordConfig) -> anyhow::Result<ExitCode> {
     if cfg.no_cupti {
         launch.inject_lib = None;
     }
+    launch.launches_always = cfg.launches_always;
     let summary = with_status_line(cfg.quiet, |progress| record_command_with_progress(&launch, &STOP, progress));
     let summary = summary.map_err(|e| one_line(e, &format!("recording to {}", cfg.output.display())))?;
     print_summary(&summary, &cfg.output, cfg.quiet);

@@ -197,6 +197,8 @@ struct Ring {
     pm: RingPm,
     /// [`wire::SESSION_END`] records seen: collection sessions the library has closed.
     ends: u64,
+    /// Kernel and graph launches CUPTI reported ([`ApiCall::is_launch`]).
+    launches: u64,
 }
 
 /// PM decode in the collector, per process: the blob being put together from its parts, where
@@ -269,6 +271,13 @@ impl CuptiCollector {
     /// [`CuptiCollector::add_traced`]: a ring named after any other process is refused.
     pub fn only_traced(&mut self) {
         self.traced.get_or_insert_with(BTreeSet::new);
+    }
+
+    /// Per ring (pid), the kernel and graph launches its CUPTI reported so far
+    /// ([`crate::trace::ApiCall::is_launch`]): a process whose count is above 0 has CUPTI
+    /// seeing its launches (the launch callbacks, or API activity).
+    pub fn launches_seen(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.rings.iter().map(|(pid, r)| (*pid, r.launches))
     }
 
     /// Pids that are (or were) in the traced tree.
@@ -399,6 +408,7 @@ impl CuptiCollector {
                             caps: RingCaps::new(),
                             pm: RingPm::default(),
                             ends: 0,
+                            launches: 0,
                         },
                     );
                     self.stats.rings += 1;
@@ -1035,7 +1045,7 @@ impl Ring {
             } else {
                 ApiDomain::CudaRuntime
             };
-            producer.push(ApiCall {
+            let call = ApiCall {
                 start_ns: self.mono(u64_at(p, offset_of!(T, start))),
                 end_ns: self.mono(u64_at(p, offset_of!(T, end))),
                 stream: 0,
@@ -1048,7 +1058,11 @@ impl Ring {
                 call_id: u32_at(p, offset_of!(T, cbid)),
                 domain: domain as u32,
                 status: u32_at(p, offset_of!(T, returnValue)) as i32,
-            });
+            };
+            if call.is_launch() {
+                self.launches = self.launches.saturating_add(1);
+            }
+            producer.push(call);
         } else if kind == K::CUPTI_ACTIVITY_KIND_SYNCHRONIZATION as u32 {
             type T = cs::CUpti_ActivitySynchronization;
             if p.len() < size_of::<T>() {

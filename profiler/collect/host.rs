@@ -168,6 +168,9 @@ pub struct HostCollector {
     launch_probes: bool,
     /// The per-launch probe points of each probed library file, and their links while placed.
     lib_launch: HashMap<(u64, u64), LaunchProbes>,
+    /// Pids seen making a probed CUDA or NCCL call (a launch, a synchronization, a copy, a
+    /// collective): processes using the GPU, whatever their CUPTI ring says.
+    cuda_pids: HashSet<u32>,
     /// per traced pid, inodes of its mappings already reported
     seen_maps: BTreeMap<u32, HashSet<u64>>,
     /// Totals so far.
@@ -316,6 +319,7 @@ impl HostCollector {
             lib_links: HashMap::new(),
             launch_probes: true,
             lib_launch: HashMap::new(),
+            cuda_pids: HashSet::new(),
             seen_maps: BTreeMap::new(),
             stats: HostStats::default(),
             reports: Vec::new(),
@@ -474,6 +478,12 @@ impl HostCollector {
         (removed, failed)
     }
 
+    /// Pids seen making a probed CUDA or NCCL call so far (launches only while the per-launch
+    /// probes are placed).
+    pub fn cuda_pids(&self) -> &HashSet<u32> {
+        &self.cuda_pids
+    }
+
     /// Whether the per-launch probes are placed (see [`HostCollector::set_launch_probes`]).
     pub fn launch_probes(&self) -> bool {
         self.launch_probes
@@ -511,9 +521,20 @@ impl HostCollector {
     pub fn drain(&mut self, producer: &mut Producer) -> Result<(), CollectError> {
         self.ring.consume().map_err(bpf_err("draining the ring buffer"))?;
         let events: Vec<HostEvent> = std::mem::take(&mut *self.pending.borrow_mut());
+        let mut last_pid = 0;
         for e in events {
             self.stats.events += 1;
             if let Some(r) = to_record(e, producer, &mut self.names) {
+                let pid = match &r {
+                    Record::KernelLaunch(l) => l.pid,
+                    Record::ApiCall(a) => a.pid,
+                    Record::NcclColl(n) => n.pid,
+                    _ => 0,
+                };
+                if pid != 0 && pid != last_pid {
+                    self.cuda_pids.insert(pid);
+                    last_pid = pid;
+                }
                 producer.push(r);
             }
         }

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use super::collectors::{Collectors, LoopOptions, Rings};
+use super::launch_probes::LaunchProbes;
 use super::progress::Progress;
 use super::session::{SessionError, SessionSummary};
 use crate::collect::host::HostCollector;
@@ -171,6 +172,8 @@ pub fn attach(
             drain_interval: cfg.drain_interval,
             rescan_interval: cfg.rescan_interval,
             max_duration: cfg.max_duration,
+            // CUPTI starts mid-run, after the launches of the moment of attach.
+            launch_probes: LaunchProbes::Always,
         };
         // The job's end: every traced process is gone. Ranks that start (or map libcuda)
         // during the window get the library too, at the rescan interval; a process new to the

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::launch_probes::{LaunchProbeSwitch, LaunchProbes};
 use super::progress::{Progress, Ticker};
 use crate::collect::cupti::{CuptiCollector, CuptiStats};
 use crate::collect::host::{AttachReport, HostCollector, HostStats};
@@ -23,6 +24,9 @@ pub(crate) struct Collectors {
     /// `cupti`, not under the host collectors' `ebpf`. PM samples come through the same rings
     /// and share its loss counters, so they stay under `cupti` too.
     cupti_out: Option<Producer>,
+    /// `record`'s per-launch probes, removed while CUPTI sees every launch (None: placed
+    /// throughout).
+    launch_switch: Option<LaunchProbeSwitch>,
 }
 
 /// Where the CUPTI rings of the traced processes are found.
@@ -40,6 +44,8 @@ pub(crate) struct LoopOptions {
     pub(crate) drain_interval: Duration,
     pub(crate) rescan_interval: Duration,
     pub(crate) max_duration: Option<Duration>,
+    /// When the per-launch probes are placed.
+    pub(crate) launch_probes: LaunchProbes,
 }
 
 /// Why the drain loop ended.
@@ -68,7 +74,14 @@ impl Collectors {
     pub(crate) fn load(ring_dir: &Path, unlink: bool) -> Result<Self, CollectError> {
         let host = HostCollector::load(true)?;
         let sched = SchedCollector::load(0, Some(&host.targets_map()?))?;
-        Ok(Collectors { host, sched, cupti: CuptiCollector::new(ring_dir, unlink), nvml: None, cupti_out: None })
+        Ok(Collectors {
+            host,
+            sched,
+            cupti: CuptiCollector::new(ring_dir, unlink),
+            nvml: None,
+            cupti_out: None,
+            launch_switch: None,
+        })
     }
 
     /// Starts NVML sampling into the pipeline (its own thread) and gives the CUPTI rings their
@@ -139,6 +152,9 @@ impl Collectors {
         let started = Instant::now();
         let mut last_scan = Instant::now() - timers.rescan_interval;
         let mut ticker = Ticker::new();
+        if timers.launch_probes == LaunchProbes::WhereCuptiMisses {
+            self.launch_switch.get_or_insert_with(LaunchProbeSwitch::new);
+        }
         if let Rings::InDir = timers.rings {
             // The directory may hold rings named after any pid: only the traced tree's count.
             self.cupti.only_traced();
@@ -161,8 +177,19 @@ impl Collectors {
                     Rings::OfTargets => self.cupti.scan(&targets),
                 }
                 last_scan = Instant::now();
+            } else if let (Rings::InDir, false, Some(_)) =
+                (timers.rings, self.host.launch_probes(), self.launch_switch.as_ref())
+            {
+                // While the per-launch probes are off, a new ring (a process starting CUDA)
+                // is looked for every turn, not every rescan: if its CUPTI turns out not to
+                // see its launches, the probes are back within a turn. The directory is the
+                // session's own and holds only rings not yet opened: a cheap read.
+                self.cupti.scan_dir();
             }
             self.drain(producer)?;
+            if let Some(switch) = self.launch_switch.as_mut() {
+                switch.update(&mut self.host, &self.cupti);
+            }
             if let Some(end) = done(self, &targets) {
                 return Ok(Ended::Job(end));
             }
@@ -201,6 +228,7 @@ impl Collectors {
             }
             None => (NvmlStats::default(), Vec::new()),
         };
+        let launch_notes = self.launch_switch.as_ref().map(|s| s.notes(&self.cupti)).unwrap_or_default();
         let notes: Vec<String> = self
             .host
             .notes
@@ -208,6 +236,7 @@ impl Collectors {
             .chain(&self.sched.notes)
             .chain(&self.cupti.notes)
             .cloned()
+            .chain(launch_notes)
             .chain(nvml_notes)
             .collect();
         let now = crate::clock::monotonic_ns();

@@ -3,6 +3,7 @@
 
 pub mod attach;
 mod collectors;
+mod launch_probes;
 pub mod progress;
 pub mod session;
 pub mod watch;

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use super::collectors::{Collectors, CollectorsSummary, Ended, LoopOptions, Rings};
+use super::launch_probes::LaunchProbes;
 use super::progress::Progress;
 use crate::collect::cupti::CuptiStats;
 use crate::collect::host::{AttachReport, HostStats};
@@ -90,6 +91,10 @@ pub struct LaunchConfig {
     /// are off (a session note says so); otherwise the job gets the injection library as its NCCL
     /// profiler plugin.
     pub user_nccl_profiler: Option<String>,
+    /// Keep the per-launch uprobes placed throughout. By default they are removed while every
+    /// process using the GPU has CUPTI reporting its launches (its launch records stand for
+    /// them: profiler/record/launch_probes.rs), which saves each launch a kernel trap.
+    pub launches_always: bool,
 }
 
 impl LaunchConfig {
@@ -109,6 +114,7 @@ impl LaunchConfig {
             run_as: None,
             quiet_child: false,
             user_nccl_profiler: std::env::var("NCCL_PROFILER_PLUGIN").ok().filter(|v| !v.is_empty()),
+            launches_always: false,
         }
     }
 }
@@ -448,6 +454,7 @@ pub fn record_command_with_progress(
         drain_interval: cfg.drain_interval,
         rescan_interval: cfg.rescan_interval,
         max_duration: cfg.max_duration,
+        launch_probes: if cfg.launches_always { LaunchProbes::Always } else { LaunchProbes::WhereCuptiMisses },
     };
     let ended = c.run(&pipeline, &mut producer, &timers, stop, progress, |_, _| child.try_wait().ok().flatten());
     let exit_status = match ended {

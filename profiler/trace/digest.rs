@@ -28,8 +28,9 @@ use super::format::{decode_sections, encode_record_sections};
 use super::records::*;
 
 pub use super::format::DIGEST_SECTION;
-/// Bumped whenever what a digest holds, or the collective-name rule, changes.
-pub const DIGEST_VERSION: u64 = 1;
+/// Bumped whenever what a digest holds, or the collective-name rule, changes (2: launch spans
+/// take CUPTI's launch records too).
+pub const DIGEST_VERSION: u64 = 2;
 /// Host stalls and file I/O at least this long are in the digest (the summary keeps blocks of
 /// at least half the reorder window: a reader with a window under twice this ignores digests).
 pub const DIGEST_LONG_NS: u64 = 100_000_000;
@@ -49,6 +50,18 @@ pub struct DeviceSpan {
     pub max_end: u64,
     /// first start of a kernel that is not a collective (`u64::MAX`: none)
     pub min_compute_start: u64,
+}
+
+/// Every launch of `batch` as (pid, tid, time): the eBPF uprobe's [`KernelLaunch`] records and
+/// CUPTI's launch records ([`ApiCall::is_launch`]; `record` leaves the launch uprobes off for a
+/// process whose CUPTI sees its launches). Where both saw a launch it counts twice, which
+/// changes neither a window's edges nor the set of launching threads.
+pub fn launch_times(batch: &RecordBatch) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
+    batch
+        .launches
+        .iter()
+        .map(|l| (l.pid, l.tid, l.time_ns))
+        .chain(batch.api_calls.iter().filter(|a| a.is_launch()).map(|a| (a.pid, a.tid, a.start_ns)))
 }
 
 /// Launches of one (process, thread) in a chunk.
@@ -161,14 +174,14 @@ impl ChunkDigest {
             x.max_end = x.max_end.max(m.end_ns);
         }
         let mut launch_at: HashMap<(u32, u32), usize> = HashMap::new();
-        for l in &batch.launches {
-            let i = *launch_at.entry((l.pid, l.tid)).or_insert_with(|| {
-                d.launches.push(LaunchSpan { pid: l.pid, tid: l.tid, first: l.time_ns, last: l.time_ns });
+        for (pid, tid, t) in launch_times(batch) {
+            let i = *launch_at.entry((pid, tid)).or_insert_with(|| {
+                d.launches.push(LaunchSpan { pid, tid, first: t, last: t });
                 d.launches.len() - 1
             });
             let x = &mut d.launches[i];
-            x.first = x.first.min(l.time_ns);
-            x.last = x.last.max(l.time_ns);
+            x.first = x.first.min(t);
+            x.last = x.last.max(t);
         }
         let r = &mut d.records;
         r.nccl.extend_from_slice(&batch.nccl);

@@ -461,8 +461,9 @@ pub fn encode_seek_table(frames: &[(u32, u32)], out: &mut Vec<u8>) {
 /// The kernel columns a lean decode reads: start_ns/end_ns, device, name_id, pid.
 pub const LEAN_KERNEL_COLUMNS: &[&str] = &["start_ns", "device", "name_id", "pid"];
 /// The API call columns a lean decode reads: call_id and domain; start_ns, end_ns, pid and tid
-/// only in sections holding a probed call ([`super::records::ApiDomain::Probe`]: the only calls the analysis
-/// reads whole).
+/// only in sections holding a probed call ([`super::records::ApiDomain::Probe`]) or a launch
+/// seen by CUPTI ([`super::records::ApiCall::is_launch`]): the only calls the analysis reads
+/// whole.
 pub const LEAN_API_COLUMNS: &[&str] = &["start_ns", "end_ns", "pid", "tid", "call_id", "domain"];
 
 fn column_index(kind: Kind, name: &str, encoding: super::columns::Encoding) -> Option<usize> {
@@ -558,10 +559,11 @@ fn decode_lean(kind: Kind, cols: &mut [Cursor<'_>], n: usize, out: &mut RecordBa
             let mut probed = false;
             for r in rows.iter_mut() {
                 r.domain = lean_u32(&mut cols[dom], kind, "domain")?;
-                probed |= r.domain == ApiDomain::Probe as u32;
+                probed |= r.domain == ApiDomain::Probe as u32 || r.is_launch();
             }
             if !probed {
-                // Only probed calls are used whole: the other columns of this section are not read.
+                // Only probed calls and CUPTI's launches are used whole: the other columns of
+                // this section are not read.
                 for i in [call, dom] {
                     all_read(&cols[i], kind)?;
                 }

@@ -939,6 +939,18 @@ u32_enum! {
     }
 }
 
+impl ApiCall {
+    /// True for a kernel or graph launch seen by CUPTI (the injection library's launch
+    /// callbacks, or CUPTI's API activity): the same evidence of a launching thread as a
+    /// [`KernelLaunch`], where `record` left the per-launch uprobes off for a process whose
+    /// CUPTI sees its launches.
+    pub fn is_launch(&self) -> bool {
+        let driver = self.domain == ApiDomain::CudaDriver as u32;
+        (driver || self.domain == ApiDomain::CudaRuntime as u32)
+            && ghostprof_ring::wire::is_launch_cbid(driver, self.call_id)
+    }
+}
+
 impl ProbedApi {
     /// True for the calls that block the host until the device catches up.
     pub fn is_sync(self) -> bool {

@@ -385,14 +385,6 @@ const KINDS: [K; 5] = [
 /// per kernel, so this costs far more than the launch callbacks.
 const API_KINDS: [K; 2] = [K::CUPTI_ACTIVITY_KIND_DRIVER, K::CUPTI_ACTIVITY_KIND_RUNTIME];
 
-/// Driver launch entry points (`CUpti_driver_api_trace_cbid`): cuLaunchKernel(_ptsz),
-/// cuLaunchKernelEx(_ptsz), cuLaunchCooperativeKernel(_ptsz), cuGraphLaunch(_ptsz).
-const LAUNCH_DRIVER_CBIDS: [u32; 8] = [307, 442, 652, 653, 477, 478, 514, 515];
-/// Runtime launch entry points (`CUpti_runtime_api_trace_cbid`): cudaLaunchKernel(_ptsz),
-/// cudaLaunchKernelExC(_ptsz), cudaLaunchCooperativeKernel(_ptsz), cudaGraphLaunch(_ptsz). A
-/// kernel launched through the runtime carries the runtime call's correlation id.
-const LAUNCH_RUNTIME_CBIDS: [u32; 8] = [211, 214, 430, 431, 269, 270, 311, 312];
-
 /// Whether the API activity kinds are on (else launch callbacks give the correlation ids).
 static API_ACTIVITY: AtomicBool = AtomicBool::new(false);
 
@@ -519,8 +511,8 @@ fn enable_launch_callbacks() -> bool {
     }
     let sub = handle as cs::CUpti_SubscriberHandle;
     let domains = [
-        (cs::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_DRIVER_API, &LAUNCH_DRIVER_CBIDS),
-        (cs::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_RUNTIME_API, &LAUNCH_RUNTIME_CBIDS),
+        (cs::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_DRIVER_API, &wire::LAUNCH_DRIVER_CBIDS),
+        (cs::CUpti_CallbackDomain::CUPTI_CB_DOMAIN_RUNTIME_API, &wire::LAUNCH_RUNTIME_CBIDS),
     ];
     let mut on = 0;
     for (domain, cbids) in domains {

@@ -22,6 +22,24 @@ pub const NCCL_COLL: u16 = 7;
 /// [`Cost::encode`] and read back by [`Cost::decode`]; cumulative, sent every 50 ms and at exit.
 pub const COST: u16 = 8;
 
+/// Driver launch entry points (`CUpti_driver_api_trace_cbid`): cuLaunchKernel(_ptsz),
+/// cuLaunchKernelEx(_ptsz), cuLaunchCooperativeKernel(_ptsz), cuGraphLaunch(_ptsz). The library
+/// records each at its exit (a `CUpti_ActivityAPI`-shaped [`ACTIVITY`] record, kind DRIVER).
+pub const LAUNCH_DRIVER_CBIDS: [u32; 8] = [307, 442, 652, 653, 477, 478, 514, 515];
+/// Runtime launch entry points (`CUpti_runtime_api_trace_cbid`): cudaLaunchKernel(_ptsz),
+/// cudaLaunchKernelExC(_ptsz), cudaLaunchCooperativeKernel(_ptsz), cudaGraphLaunch(_ptsz). A
+/// kernel launched through the runtime carries the runtime call's correlation id.
+pub const LAUNCH_RUNTIME_CBIDS: [u32; 8] = [211, 214, 430, 431, 269, 270, 311, 312];
+
+/// Whether callback id `cbid` of the driver (`driver`) or runtime API is a kernel or graph launch.
+pub fn is_launch_cbid(driver: bool, cbid: u32) -> bool {
+    if driver {
+        LAUNCH_DRIVER_CBIDS.contains(&cbid)
+    } else {
+        LAUNCH_RUNTIME_CBIDS.contains(&cbid)
+    }
+}
+
 /// `time_ns u64` (CLOCK_MONOTONIC): a collection session ended (its consumer cleared the
 /// control word): CUPTI's activity kinds are disabled and flushed, the PM session's last
 /// samples decoded, and every record of the session is in the ring before this one. Sent once
