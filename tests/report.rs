@@ -743,6 +743,25 @@ fn window_ends_with_the_launching_threads_last_blocking_interval(cupti_launches:
         assert!(n > 0, "the job has launches");
     }
     let end = T0 + 10 * STEP;
+    if cupti_launches {
+        // A launch CUPTI reported after the last kernel it recorded (CUPTI switched off before
+        // that kernel ran, as at a detach): it must not end the window (it ended 12 ms late).
+        let pid = records.iter().find_map(|r| if let Record::ApiCall(a) = r { Some((a.pid, a.tid)) } else { None });
+        let (pid, tid) = pid.unwrap();
+        records.push(
+            ApiCall {
+                start_ns: end + 30 * MS,
+                end_ns: end + 30 * MS,
+                pid,
+                tid,
+                correlation_id: 1 << 30,
+                call_id: 307,
+                domain: ApiDomain::CudaDriver as u32,
+                ..Default::default()
+            }
+            .into(),
+        );
+    }
     let io = |start: u64, stop: u64, bytes: u64, tid: u32, syscall: i32| -> Record {
         FileIo { start_ns: start, end_ns: stop, bytes, pid: PID, tid, fd: 9, syscall }.into()
     };

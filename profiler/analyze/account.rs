@@ -94,7 +94,7 @@ fn analyze_device(
     let first_op = kernels.iter().map(|k| k.start_ns).chain(memops.iter().map(|m| m.start_ns)).min().unwrap_or(0);
     let last_op = kernels.iter().map(|k| k.end_ns).chain(memops.iter().map(|m| m.end_ns)).max().unwrap_or(first_op);
     let launchers: HashSet<u32> =
-        crate::trace::digest::launch_times(batch).filter(|l| l.0 == pid).map(|(_, tid, _)| tid).collect();
+        crate::trace::digest::launch_times(batch).filter(|l| l.0 == pid).map(|(_, tid, _, _)| tid).collect();
 
     let dev = DeviceInputs { pid, device, first_op, last_op, flop_source, has_launcher: !launchers.is_empty() };
     let markers = batch

@@ -324,12 +324,16 @@ pub fn process_windows(batch: &RecordBatch) -> HashMap<u32, Window> {
         .iter()
         .map(|k| (k.pid, k.start_ns, k.end_ns))
         .chain(batch.memops.iter().map(|m| (m.pid, m.start_ns, m.end_ns)))
-        .chain(crate::trace::digest::launch_times(batch).map(|(pid, _, t)| (pid, t, t)));
+        .chain(batch.launches.iter().map(|l| (l.pid, l.time_ns, l.time_ns)));
     for (pid, s, e) in spans {
         windows.entry(pid).or_insert(Window::new(s, e)).widen(s, e);
     }
+    // CUPTI's launch records open a window, never end one (`launch_times`).
+    for (pid, _, t, _) in crate::trace::digest::launch_times(batch).filter(|l| l.3) {
+        super::stream::widen_start(&mut windows, pid, t);
+    }
     let launchers: std::collections::HashSet<(u32, u32)> =
-        crate::trace::digest::launch_times(batch).map(|(pid, tid, _)| (pid, tid)).collect();
+        crate::trace::digest::launch_times(batch).map(|(pid, tid, _, _)| (pid, tid)).collect();
     super::inputs::extend_windows_to_blocking(&mut windows, batch, &|p, t| launchers.contains(&(p, t)));
     windows
 }

@@ -105,6 +105,9 @@ pub struct Skeleton {
     /// one and the launching threads' last blocking interval (docs/metrics.md, "Window").
     pub windows: HashMap<u32, Window>,
     launchers: FastMap<u32, HashSet<u32>>,
+    /// Each process's first CUPTI launch record: it opens the window, never ends it
+    /// ([`crate::trace::digest::launch_times`]).
+    cupti_launch_first: FastMap<u32, u64>,
     devices: FastMap<(u32, u32), DeviceSummary>,
     /// Minimum record time of each chunk and all later ones.
     suffix_min_ts: Vec<u64>,
@@ -168,6 +171,7 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
         small: RecordBatch::default(),
         windows: HashMap::new(),
         launchers: FastMap::default(),
+        cupti_launch_first: FastMap::default(),
         devices: FastMap::default(),
         suffix_min_ts: Vec::new(),
         chunk_newest: Vec::new(),
@@ -244,6 +248,9 @@ pub fn summarize(reader: &TraceReader, opts: &StreamOptions) -> Result<Skeleton,
     for d in sk.devices.values_mut() {
         d.fold_times();
     }
+    for (&pid, &t) in &sk.cupti_launch_first {
+        widen_start(&mut sk.windows, pid, t);
+    }
     let launchers = &sk.launchers;
     let is_launcher = |pid: u32, tid: u32| launchers.get(&pid).is_some_and(|t| t.contains(&tid));
     super::inputs::extend_windows_to_blocking(&mut sk.windows, &sk.small, &is_launcher);
@@ -308,6 +315,22 @@ struct SummaryState {
 
 fn widen(w: &mut HashMap<u32, Window>, pid: u32, s: u64, e: u64) {
     w.entry(pid).or_insert(Window::new(s, e)).widen(s, e);
+}
+
+/// Opens `pid`'s window at `t` at the latest, leaving its end (a CUPTI launch's rule).
+pub(crate) fn widen_start(w: &mut HashMap<u32, Window>, pid: u32, t: u64) {
+    let x = w.entry(pid).or_insert(Window::new(t, t));
+    x.start_ns = x.start_ns.min(t);
+}
+
+fn launch_seen(sk: &mut Skeleton, pid: u32, tid: u32, first: u64, last: u64, cupti: bool) {
+    if cupti {
+        let f = sk.cupti_launch_first.entry(pid).or_insert(first);
+        *f = (*f).min(first);
+    } else {
+        widen(&mut sk.windows, pid, first, last);
+    }
+    sk.launchers.entry(pid).or_default().insert(tid);
 }
 
 fn device_entry(
@@ -381,9 +404,8 @@ impl SummaryState {
             widen(&mut sk.windows, m.pid, m.start_ns, m.end_ns);
             device_entry(&mut sk.devices, (m.pid, m.device), m.start_ns, m.end_ns);
         }
-        for (pid, tid, t) in crate::trace::digest::launch_times(r) {
-            widen(&mut sk.windows, pid, t, t);
-            sk.launchers.entry(pid).or_default().insert(tid);
+        for (pid, tid, t, cupti) in crate::trace::digest::launch_times(r) {
+            launch_seen(sk, pid, tid, t, t, cupti);
         }
         self.absorb_small(sk, r, opts.account.stall_policy());
     }
@@ -415,8 +437,7 @@ impl SummaryState {
             }
         }
         for l in &d.launches {
-            widen(&mut sk.windows, l.pid, l.first, l.last);
-            sk.launchers.entry(l.pid).or_default().insert(l.tid);
+            launch_seen(sk, l.pid, l.tid, l.first, l.last, l.cupti);
         }
         sk.small.kernels.extend_from_slice(&d.records.kernels);
         // (the digest's records are a superset of what absorb_small keeps)

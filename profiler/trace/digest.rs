@@ -52,16 +52,22 @@ pub struct DeviceSpan {
     pub min_compute_start: u64,
 }
 
-/// Every launch of `batch` as (pid, tid, time): the eBPF uprobe's [`KernelLaunch`] records and
-/// CUPTI's launch records ([`ApiCall::is_launch`]; `record` leaves the launch uprobes off for a
-/// process whose CUPTI sees its launches). Where both saw a launch it counts twice, which
-/// changes neither a window's edges nor the set of launching threads.
-pub fn launch_times(batch: &RecordBatch) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
+/// Every launch of `batch` as (pid, tid, time, by CUPTI): the eBPF uprobe's [`KernelLaunch`]
+/// records (false) and CUPTI's launch records ([`ApiCall::is_launch`], true; `record` leaves the
+/// launch uprobes off for a process whose CUPTI sees its launches). Where both saw a launch it
+/// counts twice, which changes neither a window's edges nor the set of launching threads.
+///
+/// A CUPTI launch can open a window but never end one: CUPTI keeps reporting launches after
+/// the uprobes stop (`attach` detaches the host side first), and the last of them may have no
+/// kernel record (CUPTI was switched off before they ran), so a window ended by them would
+/// hold launched work it never recorded. Every launch whose kernel was recorded ends before
+/// that kernel does, so nothing else is lost.
+pub fn launch_times(batch: &RecordBatch) -> impl Iterator<Item = (u32, u32, u64, bool)> + '_ {
     batch
         .launches
         .iter()
-        .map(|l| (l.pid, l.tid, l.time_ns))
-        .chain(batch.api_calls.iter().filter(|a| a.is_launch()).map(|a| (a.pid, a.tid, a.start_ns)))
+        .map(|l| (l.pid, l.tid, l.time_ns, false))
+        .chain(batch.api_calls.iter().filter(|a| a.is_launch()).map(|a| (a.pid, a.tid, a.start_ns, true)))
 }
 
 /// Launches of one (process, thread) in a chunk.
@@ -75,6 +81,9 @@ pub struct LaunchSpan {
     pub first: u64,
     /// Its last launch in the chunk, CLOCK_MONOTONIC ns.
     pub last: u64,
+    /// CUPTI's launch records, not the uprobe's: they open a window, never end one
+    /// ([`launch_times`]). Stored as bit 32 of the tid.
+    pub cupti: bool,
 }
 
 /// Total time of one kernel name (not a collective) on one (process, device) in a chunk.
@@ -173,10 +182,10 @@ impl ChunkDigest {
             x.max_start = x.max_start.max(m.start_ns);
             x.max_end = x.max_end.max(m.end_ns);
         }
-        let mut launch_at: HashMap<(u32, u32), usize> = HashMap::new();
-        for (pid, tid, t) in launch_times(batch) {
-            let i = *launch_at.entry((pid, tid)).or_insert_with(|| {
-                d.launches.push(LaunchSpan { pid, tid, first: t, last: t });
+        let mut launch_at: HashMap<(u32, u32, bool), usize> = HashMap::new();
+        for (pid, tid, t, cupti) in launch_times(batch) {
+            let i = *launch_at.entry((pid, tid, cupti)).or_insert_with(|| {
+                d.launches.push(LaunchSpan { pid, tid, first: t, last: t, cupti });
                 d.launches.len() - 1
             });
             let x = &mut d.launches[i];
@@ -224,7 +233,7 @@ impl ChunkDigest {
         }
         put_varint(out, self.launches.len() as u64);
         for l in &self.launches {
-            for v in [l.pid as u64, l.tid as u64, l.first, l.last - l.first] {
+            for v in [l.pid as u64, l.tid as u64 | (l.cupti as u64) << 32, l.first, l.last - l.first] {
                 put_varint(out, v);
             }
         }
@@ -264,7 +273,17 @@ impl ChunkDigest {
             });
         }
         for [pid, tid, first, len] in table::<4>(&mut cur)? {
-            d.launches.push(LaunchSpan { pid: narrow(pid)?, tid: narrow(tid)?, first, last: first.wrapping_add(len) });
+            d.launches.push(LaunchSpan {
+                pid: narrow(pid)?,
+                tid: narrow(tid & 0xffff_ffff)?,
+                first,
+                last: first.wrapping_add(len),
+                cupti: match tid >> 32 {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::new(at, "digest launch tid out of range")),
+                },
+            });
         }
         for [pid, device, name, ns] in table::<4>(&mut cur)? {
             d.name_times.push(NameTime { pid: narrow(pid)?, device: narrow(device)?, name_id: narrow(name)?, ns });
