@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
+use ghostprof::collect::host::UprobeLinks;
 use ghostprof::record::session::{record_command, LaunchConfig};
 use ghostprof::trace::*;
 use serde_json::Value;
@@ -24,6 +25,11 @@ fn record_scenario(scenario: &str, ranks: u32, steps: u32) -> Recorded {
 
 /// [`record_scenario`] with the job started through `prefix` (e.g. `setarch -R`).
 fn record_scenario_under(prefix: &[&str], scenario: &str, ranks: u32, steps: u32) -> Recorded {
+    record_scenario_with(prefix, scenario, ranks, steps, UprobeLinks::detect())
+}
+
+/// [`record_scenario_under`] with the uprobes placed as `links` says.
+fn record_scenario_with(prefix: &[&str], scenario: &str, ranks: u32, steps: u32, links: UprobeLinks) -> Recorded {
     assert!(is_root(), "run the root tier as root (tools/test does when it can)");
     let _serial = heavy_test_lock();
     let built = crate::gpusim::built();
@@ -37,6 +43,7 @@ fn record_scenario_under(prefix: &[&str], scenario: &str, ranks: u32, steps: u32
     // These tests count what the uprobes see: keep the per-launch ones where CUPTI sees the
     // launches too.
     cfg.launches_always = true;
+    cfg.uprobe_links = links;
     let summary = record_command(&cfg, &AtomicBool::new(false)).expect("recording gpusim-train");
     assert!(summary.exit_status.is_some_and(|s| s.success()), "gpusim-train failed: {:?}", summary.exit_status);
     let reader = TraceReader::open(&trace).unwrap();
@@ -68,8 +75,12 @@ fn is_sync(call: &ApiCall) -> bool {
 }
 
 fn check_exact_counts(scenario: &str) {
+    check_exact_counts_with(scenario, UprobeLinks::detect());
+}
+
+fn check_exact_counts_with(scenario: &str, links: UprobeLinks) {
     let ranks = 2;
-    let rec = record_scenario(scenario, ranks, 12);
+    let rec = record_scenario_with(&[], scenario, ranks, 12, links);
     assert_eq!(rec.summary.host.ringbuf_drops, 0, "{scenario}: ring buffer drops");
     assert_eq!(rec.summary.pipeline.drops, vec![], "{scenario}: pipeline drops");
     for truth in &rec.truths {
@@ -118,6 +129,14 @@ fn root_host_counts_balanced_exactly() {
 #[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
 fn root_host_counts_straggler_exactly() {
     check_exact_counts("straggler");
+}
+
+/// The fallback for kernels without `uprobe_multi` links (before 6.6): one perf-event uprobe per
+/// function counts the same (the other tests use the kernel's choice, `uprobe_multi` here).
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_host_counts_straggler_exactly_with_a_uprobe_per_function() {
+    check_exact_counts_with("straggler", UprobeLinks::PerFunction);
 }
 
 /// Union length of `intervals` clipped to [lo, hi].

@@ -50,3 +50,48 @@ fn root_probe_filter_follows_targets_through_fork_exit_and_removal() {
     let _ = c.kill();
     let _ = c.wait();
 }
+
+/// Where the kernel has `uprobe_multi` links, a library's probes are one link per program (so
+/// removing them waits for one grace period per link, not one per function, one after another:
+/// 4.3 s for the 40 probes of libcuda and libnccl at the end of every `attach` before); without
+/// them, one perf event per probe. Either way the same functions are probed, and removing and
+/// placing the per-launch ones again changes only their links.
+#[test]
+#[ignore = "root tier: needs root (CAP_BPF, CAP_PERFMON); tools/test runs it when root"]
+fn root_a_librarys_uprobes_are_one_link_per_program() {
+    use ghostprof::collect::host::UprobeLinks;
+    assert!(is_root(), "run the root tier as root (tools/test does when it can)");
+    if UprobeLinks::detect() != UprobeLinks::Multi {
+        eprintln!("SKIPPED: this kernel has no uprobe_multi links (6.6 or later): the per-function fallback only");
+        return;
+    }
+    let libcuda = crate::gpusim::built().lib_dir.join("libcuda.so.1");
+    let mut attached = Vec::new();
+    for (links, kind) in [(UprobeLinks::Multi, "probe_multi"), (UprobeLinks::PerFunction, "perf")] {
+        let mut host = HostCollector::load_with(false, links).expect("load the cuda program");
+        let report = host.attach_library(&libcuda).expect("probe gpusim's libcuda");
+        assert!(report.failed.is_empty(), "{links:?}: {:?}", report.failed);
+        let per_launch =
+            report.attached.iter().filter(|f| f.starts_with("cuLaunch") || f.starts_with("cuGraphLaunch")).count();
+        let bracketed = report.attached.len() - per_launch;
+        // gpusim's libcuda exports the three launch shapes and the bracketed calls.
+        assert!(per_launch >= 3 && bracketed >= 3, "{links:?}: {:?}", report.attached);
+        let held = host.uprobe_link_types();
+        let want = if links == UprobeLinks::Multi { 3 + 2 } else { per_launch + 2 * bracketed };
+        assert_eq!(held.len(), want, "{links:?}: links held ({held:?})");
+        // `uprobe_multi` and `uretprobe_multi` (the return probes' link), or `perf`.
+        assert!(held.iter().all(|k| k.ends_with(kind)), "{links:?}: every link a *{kind} ({held:?})");
+        let (removed, failed) = host.set_launch_probes(false);
+        assert!(failed.is_empty());
+        let want_removed = if links == UprobeLinks::Multi { 3 } else { per_launch };
+        assert_eq!(removed.len(), want_removed, "{links:?}: the per-launch links");
+        ghostprof::collect::host::drop_links(removed);
+        assert_eq!(host.uprobe_link_types().len(), want - want_removed);
+        let (_, failed) = host.set_launch_probes(true);
+        assert!(failed.is_empty());
+        assert_eq!(host.uprobe_link_types(), held, "{links:?}: the per-launch probes placed again");
+        attached.push(report.attached);
+    }
+    assert_eq!(attached[0], attached[1], "the same functions probed both ways");
+    eprintln!("{} functions probed: 5 uprobe_multi links, or one perf event per probe", attached[0].len());
+}

@@ -147,8 +147,84 @@ pub struct HostStats {
 /// removed and placed again.
 struct LaunchProbes {
     path: PathBuf,
-    points: Vec<(ProbePoint, ProbedApi, Shape)>,
+    points: Vec<Probe>,
     links: Vec<Link>,
+}
+
+/// One function to probe in one library file.
+#[derive(Clone)]
+struct Probe {
+    symbol: &'static str,
+    point: ProbePoint,
+    api: ProbedApi,
+    shape: Shape,
+}
+
+/// How the uprobes are placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UprobeLinks {
+    /// One `uprobe_multi` link per program and library file (kernel 6.6 or later): the
+    /// kernel removes all of a link's probes after one grace period.
+    Multi,
+    /// One perf-event uprobe per function (any kernel): each one removed waits for its own
+    /// grace period, under a lock that makes them wait one after another (~105 ms each on the
+    /// development VM, kernel 6.18: 4.3 s for libcuda's and libnccl's 40 probes).
+    PerFunction,
+}
+
+impl UprobeLinks {
+    /// `Multi` where the kernel has `uprobe_multi` links, else `PerFunction`.
+    pub fn detect() -> Self {
+        static MULTI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *MULTI.get_or_init(kernel_has_uprobe_multi) {
+            UprobeLinks::Multi
+        } else {
+            UprobeLinks::PerFunction
+        }
+    }
+}
+
+/// Whether the kernel makes `uprobe_multi` links: a two-instruction program of that attach
+/// type is loaded and linked to offset 0 of `/`. A kernel with such links gets as far as
+/// opening the path and refuses a directory with EBADF; one without them refuses the attach
+/// type or the link type first (EINVAL and others). Nothing is ever attached.
+fn kernel_has_uprobe_multi() -> bool {
+    use libbpf_sys as sys;
+    let mut insns = [sys::bpf_insn::default(), sys::bpf_insn::default()];
+    insns[0].code = 0xb7; // r0 = 0 (BPF_ALU64 | BPF_MOV | BPF_K)
+    insns[1].code = 0x95; // exit (BPF_JMP | BPF_EXIT)
+    let mut load = sys::bpf_prog_load_opts {
+        sz: std::mem::size_of::<sys::bpf_prog_load_opts>() as _,
+        expected_attach_type: sys::BPF_TRACE_UPROBE_MULTI,
+        ..Default::default()
+    };
+    // SAFETY: valid instructions and options of the sizes given; the license is a C string.
+    let prog = unsafe {
+        sys::bpf_prog_load(sys::BPF_PROG_TYPE_KPROBE, std::ptr::null(), c"GPL".as_ptr(), insns.as_ptr(), 2, &mut load)
+    };
+    if prog < 0 {
+        return false;
+    }
+    let offset: std::os::raw::c_ulong = 0;
+    let mut opts =
+        sys::bpf_link_create_opts { sz: std::mem::size_of::<sys::bpf_link_create_opts>() as _, ..Default::default() };
+    opts.__bindgen_anon_1.uprobe_multi = sys::bpf_link_create_opts__bindgen_ty_1__bindgen_ty_3 {
+        path: c"/".as_ptr(),
+        offsets: &offset,
+        cnt: 1,
+        ..Default::default()
+    };
+    // SAFETY: `prog` is our program's fd; the options point at live locals.
+    let link = unsafe { sys::bpf_link_create(prog, -1, sys::BPF_TRACE_UPROBE_MULTI, &opts) };
+    let err = std::io::Error::last_os_error().raw_os_error();
+    // SAFETY: fds this function opened, closed once.
+    unsafe {
+        if link >= 0 {
+            libc::close(link);
+        }
+        libc::close(prog);
+    }
+    link < 0 && err == Some(libc::EBADF)
 }
 
 /// The host collector: the `cuda` eBPF program, its uprobes on the GPU libraries and its ring
@@ -166,6 +242,8 @@ pub struct HostCollector {
     lib_links: HashMap<(u64, u64), Vec<Link>>,
     /// Whether the per-launch probes are placed ([`HostCollector::set_launch_probes`]).
     launch_probes: bool,
+    /// How the uprobes are placed.
+    links: UprobeLinks,
     /// The per-launch probe points of each probed library file, and their links while placed.
     lib_launch: HashMap<(u64, u64), LaunchProbes>,
     /// Pids seen making a probed CUDA or NCCL call (a launch, a synchronization, a copy, a
@@ -251,8 +329,40 @@ impl Drop for TargetBits {
     }
 }
 
+/// Drops eBPF links (uprobes, tracepoints) all at once and returns when every one is gone.
+///
+/// Removing a uprobe makes the kernel wait for a grace period (`uprobe_unregister_sync`):
+/// ~105 ms per probe on the development VM, so the 40 probes of libcuda and libnccl took 4.3 s
+/// to let go of one by one at the end of every `attach` (strace: one slow `close` per probe).
+/// Callers that wait at the same time share their grace periods, so each link is dropped on a
+/// thread of its own (at most [`MAX_DROPPERS`] at once); a thread that cannot be started drops
+/// its link on the caller's.
+pub fn drop_links(links: Vec<Link>) {
+    if links.len() < 2 {
+        drop(links);
+        return;
+    }
+    let mut rest = links;
+    while !rest.is_empty() {
+        let batch: Vec<Link> = rest.drain(..rest.len().min(MAX_DROPPERS)).collect();
+        std::thread::scope(|s| {
+            for link in batch {
+                let spawned = std::thread::Builder::new()
+                    .name("ghostprof-unprobe".into())
+                    .stack_size(64 * 1024)
+                    .spawn_scoped(s, move || drop(link));
+                // On failure the closure, and with it the link, has been dropped here.
+                drop(spawned);
+            }
+        });
+    }
+}
+
+/// The most links [`drop_links`] drops at once (one thread each).
+pub const MAX_DROPPERS: usize = 64;
+
 /// Opens and loads the cuda program; `with_forks` = false leaves the fork/exit programs out.
-fn open_cuda(follow_forks: bool, with_forks: bool) -> Result<CudaSkel<'static>, CollectError> {
+fn open_cuda(follow_forks: bool, with_forks: bool, links: UprobeLinks) -> Result<CudaSkel<'static>, CollectError> {
     // The skeleton borrows its object storage for its whole life: one small leak per load.
     let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
     let mut open = CudaSkelBuilder::default().open(storage).map_err(bpf_err("opening the cuda eBPF program"))?;
@@ -264,32 +374,54 @@ fn open_cuda(follow_forks: bool, with_forks: bool) -> Result<CudaSkel<'static>, 
         open.progs.gp_fork.set_autoload(false);
         open.progs.gp_exit.set_autoload(false);
     }
+    if links == UprobeLinks::Multi {
+        let p = &mut open.progs;
+        for prog in
+            [&mut p.gp_launch, &mut p.gp_launch_ex, &mut p.gp_graph_launch, &mut p.gp_call_enter, &mut p.gp_call_exit]
+        {
+            prog.set_attach_type(libbpf_rs::ProgramAttachType::TraceUprobeMulti);
+        }
+    }
     open.load().map_err(bpf_err("loading the cuda eBPF program"))
+}
+
+impl Drop for HostCollector {
+    fn drop(&mut self) {
+        let mut links = std::mem::take(&mut self._forks);
+        links.extend(self.lib_links.drain().flat_map(|(_, l)| l));
+        links.extend(self.lib_launch.drain().flat_map(|(_, l)| l.links));
+        drop_links(links);
+    }
 }
 
 impl HostCollector {
     /// Loads the program and attaches the fork/exit tracepoints. No process is traced until
     /// [`HostCollector::add_target`].
     pub fn load(follow_forks: bool) -> Result<Self, CollectError> {
+        Self::load_with(follow_forks, UprobeLinks::detect())
+    }
+
+    /// [`HostCollector::load`] with the uprobes placed as `links` says (tests compare both).
+    pub fn load_with(follow_forks: bool, links: UprobeLinks) -> Result<Self, CollectError> {
         let mut notes = Vec::new();
         // Following forks needs the sched_process_fork/exit BTF tracepoints; a kernel that
         // cannot load them still gets the uprobes, tracing exactly the pids it is given.
-        let (skel, forks) = match open_cuda(follow_forks, true) {
+        let (skel, forks) = match open_cuda(follow_forks, true, links) {
             Ok(skel) => (skel, follow_forks),
             Err(CollectError::Bpf { source, .. }) if follow_forks => {
                 notes.push(format!(
                     "following child processes is off: the fork/exit tracepoints did not load ({source})"
                 ));
-                (open_cuda(false, false)?, false)
+                (open_cuda(false, false, links)?, false)
             }
             Err(e) => return Err(e),
         };
-        let mut links = Vec::new();
+        let mut fork_links = Vec::new();
         if forks {
             for (prog, what) in
                 [(&skel.progs.gp_fork, "sched_process_fork"), (&skel.progs.gp_exit, "sched_process_exit")]
             {
-                links.push(prog.attach().map_err(bpf_err(what))?);
+                fork_links.push(prog.attach().map_err(bpf_err(what))?);
             }
         }
         let pending: Rc<RefCell<Vec<HostEvent>>> = Rc::default();
@@ -311,13 +443,14 @@ impl HostCollector {
         Ok(HostCollector {
             bits,
             skel,
-            _forks: links,
+            _forks: fork_links,
             ring,
             pending,
             malformed,
             probed: HashSet::new(),
             lib_links: HashMap::new(),
             launch_probes: true,
+            links,
             lib_launch: HashMap::new(),
             cuda_pids: HashSet::new(),
             seen_maps: BTreeMap::new(),
@@ -402,37 +535,59 @@ impl HostCollector {
         }
         let points = probe_points(path, &wanted)
             .map_err(|e| CollectError::Library { path: path.to_path_buf(), what: e.to_string() })?;
-        let mut links = Vec::new();
         let mut launch = LaunchProbes { path: path.to_path_buf(), points: Vec::new(), links: Vec::new() };
+        let mut others = Vec::new();
+        let mut found = Vec::new();
         for (symbol, api, shape, _) in PROBES.iter().filter(|p| p.3 == kind) {
             let Some(point) = points.get(*symbol) else {
                 report.missing.push(symbol.to_string());
                 continue;
             };
-            let per_launch = shape.per_launch();
-            if per_launch {
-                launch.points.push((point.clone(), *api, *shape));
-                // Switched off: placed when they are switched on again.
-                if !self.launch_probes {
-                    report.attached.push(symbol.to_string());
-                    continue;
-                }
+            let probe = Probe { symbol, point: point.clone(), api: *api, shape: *shape };
+            found.push(probe.clone());
+            if shape.per_launch() {
+                launch.points.push(probe);
+            } else {
+                others.push(probe);
             }
-            match place(&self.skel, path, point, *api, *shape) {
-                Ok(placed) => {
-                    if per_launch { &mut launch.links } else { &mut links }.extend(placed);
-                    report.attached.push(symbol.to_string());
-                    if point.skipped_endbr64 {
-                        report.past_endbr64.push(symbol.to_string());
-                    }
-                }
-                Err(e) => report.failed.push((symbol.to_string(), e.to_string())),
+        }
+        // Per-launch probes switched off are placed when they are switched on again.
+        let (launch_links, mut failed) = if self.launch_probes {
+            place_all(&self.skel, path, &launch.points, self.links)
+        } else {
+            Default::default()
+        };
+        launch.links = launch_links;
+        let (links, failed_others) = place_all(&self.skel, path, &others, self.links);
+        failed.extend(failed_others);
+        for probe in &found {
+            if let Some((_, e)) = failed.iter().find(|(s, _)| *s == probe.symbol) {
+                report.failed.push((probe.symbol.to_string(), e.clone()));
+                continue;
+            }
+            report.attached.push(probe.symbol.to_string());
+            if probe.point.skipped_endbr64 && (self.launch_probes || !probe.shape.per_launch()) {
+                report.past_endbr64.push(probe.symbol.to_string());
             }
         }
         self.lib_links.insert((meta.dev(), meta.ino()), links);
         self.lib_launch.insert((meta.dev(), meta.ino()), launch);
         self.reports.push(report.clone());
         Ok(report)
+    }
+
+    /// The kernel's type of each uprobe link held (`link_type` in its fdinfo: `uprobe_multi` or
+    /// `uretprobe_multi`, or `perf` for a perf-event uprobe; empty where the kernel does not say): what
+    /// removing them will cost (see [`UprobeLinks`]).
+    pub fn uprobe_link_types(&self) -> Vec<String> {
+        let held = self.lib_links.values().flatten().chain(self.lib_launch.values().flat_map(|l| &l.links));
+        held.map(|link| {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(link));
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+            let kind = info.lines().find_map(|l| l.strip_prefix("link_type:")).unwrap_or_default();
+            kind.trim().to_string()
+        })
+        .collect()
     }
 
     /// Lets go of every probed library file not in `in_use` ((dev, inode) of the files traced
@@ -468,12 +623,9 @@ impl HostCollector {
             if !lib.links.is_empty() {
                 continue;
             }
-            for (point, api, shape) in &lib.points {
-                match place(&self.skel, &lib.path, point, *api, *shape) {
-                    Ok(placed) => lib.links.extend(placed),
-                    Err(e) => failed.push(format!("cannot probe {api:?} in {}: {e}", lib.path.display())),
-                }
-            }
+            let (placed, refused) = place_all(&self.skel, &lib.path, &lib.points, self.links);
+            lib.links = placed;
+            failed.extend(refused.into_iter().map(|(s, e)| format!("cannot probe {s} in {}: {e}", lib.path.display())));
         }
         (removed, failed)
     }
@@ -547,6 +699,72 @@ impl HostCollector {
         producer.flush();
         Ok(())
     }
+}
+
+/// Places `probes` in the library file at `path`; returns their links and each function that
+/// could not be probed, with the reason. With `uprobe_multi` links, one link per program holds
+/// the functions of a shape; if the kernel refuses one, its functions are placed one by one so
+/// that the others are still probed and the refused one is named.
+fn place_all(
+    skel: &CudaSkel<'static>,
+    path: &Path,
+    probes: &[Probe],
+    links: UprobeLinks,
+) -> (Vec<Link>, Vec<(&'static str, String)>) {
+    let mut placed = Vec::new();
+    let mut failed = Vec::new();
+    if links == UprobeLinks::PerFunction {
+        for p in probes {
+            match place(skel, path, &p.point, p.api, p.shape) {
+                Ok(l) => placed.extend(l),
+                Err(e) => failed.push((p.symbol, e.to_string())),
+            }
+        }
+        return (placed, failed);
+    }
+    for shape in [Shape::Launch, Shape::LaunchEx, Shape::GraphLaunch, Shape::Bracketed] {
+        let group: Vec<&Probe> = probes.iter().filter(|p| p.shape == shape).collect();
+        if group.is_empty() {
+            continue;
+        }
+        match place_multi(skel, path, shape, &group) {
+            Ok(l) => placed.extend(l),
+            Err(_) => {
+                for p in group {
+                    match place_multi(skel, path, shape, &[p]) {
+                        Ok(l) => placed.extend(l),
+                        Err(e) => failed.push((p.symbol, e.to_string())),
+                    }
+                }
+            }
+        }
+    }
+    (placed, failed)
+}
+
+/// Places the functions of one shape with one `uprobe_multi` link per program (two for
+/// entry + return); each function's api is its probe's cookie.
+fn place_multi(skel: &CudaSkel<'static>, path: &Path, shape: Shape, probes: &[&Probe]) -> libbpf_rs::Result<Vec<Link>> {
+    let opts = |retprobe| libbpf_rs::UprobeMultiOpts {
+        offsets: probes.iter().map(|p| p.point.file_offset as usize).collect(),
+        cookies: probes.iter().map(|p| p.api as u64).collect(),
+        retprobe,
+        ..Default::default()
+    };
+    let progs = &skel.progs;
+    let one = |prog: &libbpf_rs::ProgramMut<'static>, retprobe| {
+        prog.attach_uprobe_multi_with_opts(-1, path, "", opts(retprobe))
+    };
+    Ok(match shape {
+        Shape::Launch => vec![one(&progs.gp_launch, false)?],
+        Shape::LaunchEx => vec![one(&progs.gp_launch_ex, false)?],
+        Shape::GraphLaunch => vec![one(&progs.gp_graph_launch, false)?],
+        Shape::Bracketed => {
+            let enter = one(&progs.gp_call_enter, false)?;
+            let exit = one(&progs.gp_call_exit, true)?;
+            vec![enter, exit]
+        }
+    })
 }
 
 /// Places one function's probes; returns their links.

@@ -12,7 +12,7 @@ use super::collectors::{Collectors, LoopOptions, Rings};
 use super::launch_probes::LaunchProbes;
 use super::progress::Progress;
 use super::session::{SessionError, SessionSummary};
-use crate::collect::host::HostCollector;
+use crate::collect::host::{HostCollector, UprobeLinks};
 use crate::collect::sched::CollectError;
 use crate::collect::{gpu_libraries_of, procmaps};
 use crate::inject::{InjectError, InjectOptions};
@@ -124,7 +124,7 @@ pub fn attach(
     if gpu_libs.is_empty() {
         return Err(first_error.unwrap_or(CollectError::NoSuchProcess { pid: cfg.pid }).into());
     }
-    let mut c = Collectors::load(&cfg.ring_dir, false)?;
+    let mut c = Collectors::load(&cfg.ring_dir, false, UprobeLinks::detect())?;
     let info = TraceInfo { target_pids: tree.clone(), ..Default::default() };
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
     if let Some((uid, gid)) = cfg.owner {

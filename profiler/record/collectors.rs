@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::launch_probes::{LaunchProbeSwitch, LaunchProbes};
 use super::progress::{Progress, Ticker};
 use crate::collect::cupti::{CuptiCollector, CuptiStats};
-use crate::collect::host::{AttachReport, HostCollector, HostStats};
+use crate::collect::host::{AttachReport, HostCollector, HostStats, UprobeLinks};
 use crate::collect::nvml::{NvmlSampler, NvmlStats};
 use crate::collect::sched::{CollectError, OffCpuStats, SchedCollector};
 use crate::pipeline::{Pipeline, Producer};
@@ -70,9 +70,9 @@ pub(crate) struct CollectorsSummary {
 
 impl Collectors {
     /// Loads the eBPF programs (nothing traced yet) and prepares the CUPTI ring reader over
-    /// `ring_dir` (`unlink`: remove ring files once open).
-    pub(crate) fn load(ring_dir: &Path, unlink: bool) -> Result<Self, CollectError> {
-        let host = HostCollector::load(true)?;
+    /// `ring_dir` (`unlink`: remove ring files once open), with the uprobes placed as `links` says.
+    pub(crate) fn load(ring_dir: &Path, unlink: bool, links: UprobeLinks) -> Result<Self, CollectError> {
+        let host = HostCollector::load_with(true, links)?;
         let sched = SchedCollector::load(0, Some(&host.targets_map()?))?;
         Ok(Collectors {
             host,

@@ -120,7 +120,7 @@ impl LaunchProbeSwitch {
         if !removed.is_empty() {
             // The kernel takes up to seconds to remove uprobes on a loaded host: not on the
             // loop's thread, which must go on draining the rings.
-            std::thread::spawn(move || drop(removed));
+            std::thread::spawn(move || crate::collect::host::drop_links(removed));
         }
     }
 

@@ -13,7 +13,7 @@ use super::collectors::{Collectors, CollectorsSummary, Ended, LoopOptions, Rings
 use super::launch_probes::LaunchProbes;
 use super::progress::Progress;
 use crate::collect::cupti::CuptiStats;
-use crate::collect::host::{AttachReport, HostStats};
+use crate::collect::host::{AttachReport, HostStats, UprobeLinks};
 use crate::collect::nvml::NvmlStats;
 use crate::collect::procmaps;
 use crate::collect::sched::{CollectError, OffCpuStats};
@@ -95,6 +95,9 @@ pub struct LaunchConfig {
     /// process using the GPU has CUPTI reporting its launches (its launch records stand for
     /// them: profiler/record/launch_probes.rs), which saves each launch a kernel trap.
     pub launches_always: bool,
+    /// How the uprobes are placed: by default one `uprobe_multi` link per program where the
+    /// kernel has them (removed in one grace period at the end), else one per function.
+    pub uprobe_links: UprobeLinks,
 }
 
 impl LaunchConfig {
@@ -115,6 +118,7 @@ impl LaunchConfig {
             quiet_child: false,
             user_nccl_profiler: std::env::var("NCCL_PROFILER_PLUGIN").ok().filter(|v| !v.is_empty()),
             launches_always: false,
+            uprobe_links: UprobeLinks::detect(),
         }
     }
 }
@@ -382,7 +386,7 @@ pub fn record_command_with_progress(
     // Removes the private ring directory however the session ends.
     let _rings_cleanup = RemoveDir(private_dir.clone());
     let ring_dir = cfg.ring_dir.clone().or_else(|| private_dir.clone()).unwrap_or_default();
-    let mut c = Collectors::load(&ring_dir, true)?;
+    let mut c = Collectors::load(&ring_dir, true, cfg.uprobe_links)?;
     let pipeline = Pipeline::create(&cfg.output, cfg.overwrite, &info, PipelineOptions::default())?;
     let mut producer = pipeline.producer(Source::Ebpf);
     c.start(&pipeline);

@@ -790,7 +790,7 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
         None => None,
     };
     control::install_sigusr1();
-    let mut c = Collectors::load(&cfg.ring_dir, false)?;
+    let mut c = Collectors::load(&cfg.ring_dir, false, crate::collect::host::UprobeLinks::detect())?;
     // The endpoint answers once the probes can be placed: a scraper (or a test) that sees it
     // up knows processes starting now are followed.
     let exporter = match cfg.listen {
@@ -803,7 +803,7 @@ pub fn watch(cfg: &WatchConfig, stop: &AtomicBool, log: &mut dyn FnMut(&str)) ->
     let (reaper_tx, reaper_rx) = std::sync::mpsc::channel::<Vec<libbpf_rs::Link>>();
     let reaper = std::thread::Builder::new().name("ghostprof-unprobe".into()).spawn(move || {
         for links in reaper_rx {
-            drop(links);
+            crate::collect::host::drop_links(links);
         }
     })?;
     if !cfg.launches_always {

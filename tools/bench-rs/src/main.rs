@@ -7,7 +7,7 @@
 //! Every bench prints the CPU model first and runs 5 rounds by default (`--rounds R`): each
 //! figure is the median of the rounds, printed with its min and max, and its final JSON line
 //! has the median and a `…_spread` object (min, median, max, spread = (max − min) / median).
-//! - `probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] [--bpf-stats]` ([`probe`]): per-call cost of
+//! - `probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] [--bpf-stats] [--uprobe-links multi|per-function]` ([`probe`]): per-call cost of
 //!   ghostprof's uprobes on gpusim's cuLaunchKernel against a bare uprobe (root).
 //! - `analyze [--events N] [--small N] [--hta N] [--rounds R] [--dir D]` ([`analyze`]): the streaming analysis behind
 //!   `ghostprof report`: events/s on one core against the bare reader, and its peak RSS.
@@ -57,7 +57,7 @@ fn main() -> Result<()> {
         Some("host") => host::bench_host(&args[1..]),
         Some("host-child") => host::bench_host_child(&args[1..]),
         _ => bail!(
-            "usage: bench trace [--events N] [--rounds R] [--dir DIR] | sort [--events N] [--rounds R] [--dir DIR] [FILE...] | analyze [--events N] [--small N] [--hta N] [--rounds R] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] [--bpf-stats] \
+            "usage: bench trace [--events N] [--rounds R] [--dir DIR] | sort [--events N] [--rounds R] [--dir DIR] [FILE...] | analyze [--events N] [--small N] [--hta N] [--rounds R] [--dir DIR] | probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] [--bpf-stats] [--uprobe-links multi|per-function] \
              | cupti [--calls N] [--rounds R] [--drain-ms MS] [--rate RECORDS_PER_S] [--pm-interval-ns NS] [--inject LIB] \
              | overhead [--reps N] [--steps K] [--scenarios A,B] [--modes M,...] [--resamples R] [--dir DIR] \
              | host [--calls N] [--trips N] [--rounds R]"

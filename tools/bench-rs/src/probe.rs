@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use ghostprof::collect::bpf::bench_bare::BenchBareSkelBuilder;
 use ghostprof::collect::elf::probe_points;
-use ghostprof::collect::host::HostCollector;
+use ghostprof::collect::host::{HostCollector, UprobeLinks};
 use ghostprof::pipeline::{Pipeline, PipelineOptions};
 use ghostprof::trace::{Source, TraceInfo, TraceReader};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -46,6 +46,9 @@ struct ProbeConfig {
     /// (`BPF_ENABLE_STATS`): ns per run of the body alone. They add a clock read pair to every
     /// run, so the per-call figures of such a run are not the headline's.
     bpf_stats: bool,
+    /// How both the bare uprobe and ghostprof's are placed (`--uprobe-links multi|per-function`;
+    /// default: as `ghostprof` places them on this kernel).
+    links: UprobeLinks,
 }
 
 impl ProbeConfig {
@@ -62,6 +65,12 @@ impl ProbeConfig {
             drain_interval: Duration::from_millis(parsed("--drain-ms")?.unwrap_or(5)),
             dir: dir.join(format!("ghostprof-bench-probe-{}", std::process::id())),
             bpf_stats: args.iter().any(|a| a == "--bpf-stats"),
+            links: match flag(args, "--uprobe-links").as_deref() {
+                None => UprobeLinks::detect(),
+                Some("multi") => UprobeLinks::Multi,
+                Some("per-function") => UprobeLinks::PerFunction,
+                Some(other) => bail!("--uprobe-links {other:?}: multi or per-function"),
+            },
         })
     }
 }
@@ -118,7 +127,7 @@ fn last_prog_id() -> u32 {
     libbpf_rs::query::ProgInfoIter::default().map(|p| p.id).max().unwrap_or(0)
 }
 
-/// `tools/bench probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] [--dir D] [--bpf-stats]` (root).
+/// `tools/bench probe [--calls N] [--threads T] [--rounds R] [--drain-ms MS] [--dir D] [--bpf-stats] [--uprobe-links multi|per-function]` (root).
 pub fn bench_probe(args: &[String]) -> Result<()> {
     let cfg = ProbeConfig::parse(args)?;
     let bin_dir = build_gpusim(&[])?;
@@ -150,7 +159,8 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
             match mode {
                 0 => untraced.push(run_untraced(run, n)?),
                 1 => {
-                    let (timing, body) = run_bare(run, n, libcuda, point.file_offset as usize, cfg.bpf_stats)?;
+                    let (timing, body) =
+                        run_bare(run, n, libcuda, point.file_offset as usize, cfg.bpf_stats, cfg.links)?;
                     bare.push(timing);
                     bare_bodies.extend(body);
                 }
@@ -161,6 +171,7 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
                     &cfg.dir.join("probe.gptrace"),
                     cfg.drain_interval,
                     cfg.bpf_stats,
+                    cfg.links,
                 )?),
             }
         }
@@ -284,6 +295,7 @@ fn measure(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &Pat
         "bpf_stats": bpf_stats,
         "calls": n,
         "threads": cfg.threads,
+        "uprobe_links": format!("{:?}", cfg.links),
         "rounds": cfg.rounds,
         "untraced_ns_per_call": round1(untraced_ns),
         "bare_uprobe_ns_per_call": round1(bare_ns),
@@ -333,16 +345,25 @@ fn run_bare(
     libcuda: &Path,
     offset: usize,
     stats: bool,
+    links: UprobeLinks,
 ) -> Result<(LoopRun, Option<BodyStats>)> {
     let before = last_prog_id();
     let mut storage = MaybeUninit::uninit();
-    let open = BenchBareSkelBuilder::default().open(&mut storage).context("opening bench_bare")?;
+    let mut open = BenchBareSkelBuilder::default().open(&mut storage).context("opening bench_bare")?;
+    if links == UprobeLinks::Multi {
+        open.progs.bare_hit.set_attach_type(libbpf_rs::ProgramAttachType::TraceUprobeMulti);
+    }
     let skel = open.load().context("loading bench_bare: run as root (CAP_BPF, CAP_PERFMON)")?;
-    let link = skel
-        .progs
-        .bare_hit
-        .attach_uprobe(false, -1, libcuda, offset)
-        .with_context(|| format!("attaching the bare uprobe to {}+{offset:#x}", libcuda.display()))?;
+    let link = match links {
+        UprobeLinks::Multi => skel.progs.bare_hit.attach_uprobe_multi_with_opts(
+            -1,
+            libcuda,
+            "",
+            libbpf_rs::UprobeMultiOpts { offsets: vec![offset], ..Default::default() },
+        ),
+        UprobeLinks::PerFunction => skel.progs.bare_hit.attach_uprobe(false, -1, libcuda, offset),
+    }
+    .with_context(|| format!("attaching the bare uprobe ({links:?}) to {}+{offset:#x}", libcuda.display()))?;
     run.go()?;
     let timing = run.finish(calls)?;
     let body = if stats { body_stats("bare_hit", before) } else { None };
@@ -357,9 +378,10 @@ fn run_ghostprof(
     trace: &Path,
     drain_interval: Duration,
     bpf_stats: bool,
+    links: UprobeLinks,
 ) -> Result<TracedRun> {
     let before = last_prog_id();
-    let mut collector = HostCollector::load(true)?;
+    let mut collector = HostCollector::load_with(true, links)?;
     let report = collector.attach_library(libcuda)?;
     ensure!(
         report.attached.iter().any(|f| f == "cuLaunchKernel"),
@@ -426,7 +448,7 @@ fn rate_phase(cfg: &ProbeConfig, gpusim_train: &Path, lib_dir: &Path, libcuda: &
     for _ in 0..cfg.rate_procs {
         runs.push(LoopProcess::spawn(gpusim_train, lib_dir, cfg.calls, 1, &env)?);
     }
-    let mut collector = HostCollector::load(true)?;
+    let mut collector = HostCollector::load_with(true, cfg.links)?;
     collector.attach_library(libcuda)?;
     let trace = cfg.dir.join("probe-rate.gptrace");
     let info = TraceInfo { command: vec!["tools/bench".into(), "probe".into()], ..Default::default() };
