@@ -152,7 +152,6 @@ struct LaunchProbes {
 }
 
 /// One function to probe in one library file.
-#[derive(Clone)]
 struct Probe {
     symbol: &'static str,
     point: ProbePoint,
@@ -331,12 +330,12 @@ impl Drop for TargetBits {
 
 /// Drops eBPF links (uprobes, tracepoints) all at once and returns when every one is gone.
 ///
-/// Removing a uprobe makes the kernel wait for a grace period (`uprobe_unregister_sync`):
-/// ~105 ms per probe on the development VM, so the 40 probes of libcuda and libnccl took 4.3 s
-/// to let go of one by one at the end of every `attach` (strace: one slow `close` per probe).
-/// Callers that wait at the same time share their grace periods, so each link is dropped on a
-/// thread of its own (at most [`MAX_DROPPERS`] at once); a thread that cannot be started drops
-/// its link on the caller's.
+/// Removing a uprobe link makes the kernel wait for a grace period (`uprobe_unregister_sync`,
+/// ~105 ms on the development VM). `uprobe_multi` links dropped at the same time share it (the
+/// 9 links of libcuda and libnccl: all gone within 70 ms of each other, strace), so each link is
+/// dropped on a thread of its own (at most [`MAX_DROPPERS`] at once); a thread that cannot be
+/// started drops its link on the caller's. Perf-event uprobes gain little: the kernel removes
+/// them under a lock, one grace period after another ([`UprobeLinks::PerFunction`]).
 pub fn drop_links(links: Vec<Link>) {
     if links.len() < 2 {
         drop(links);
@@ -359,7 +358,7 @@ pub fn drop_links(links: Vec<Link>) {
 }
 
 /// The most links [`drop_links`] drops at once (one thread each).
-pub const MAX_DROPPERS: usize = 64;
+const MAX_DROPPERS: usize = 64;
 
 /// Opens and loads the cuda program; `with_forks` = false leaves the fork/exit programs out.
 fn open_cuda(follow_forks: bool, with_forks: bool, links: UprobeLinks) -> Result<CudaSkel<'static>, CollectError> {
@@ -537,14 +536,12 @@ impl HostCollector {
             .map_err(|e| CollectError::Library { path: path.to_path_buf(), what: e.to_string() })?;
         let mut launch = LaunchProbes { path: path.to_path_buf(), points: Vec::new(), links: Vec::new() };
         let mut others = Vec::new();
-        let mut found = Vec::new();
         for (symbol, api, shape, _) in PROBES.iter().filter(|p| p.3 == kind) {
             let Some(point) = points.get(*symbol) else {
                 report.missing.push(symbol.to_string());
                 continue;
             };
             let probe = Probe { symbol, point: point.clone(), api: *api, shape: *shape };
-            found.push(probe.clone());
             if shape.per_launch() {
                 launch.points.push(probe);
             } else {
@@ -560,7 +557,8 @@ impl HostCollector {
         launch.links = launch_links;
         let (links, failed_others) = place_all(&self.skel, path, &others, self.links);
         failed.extend(failed_others);
-        for probe in &found {
+        // In PROBES order: its per-launch functions come first.
+        for probe in launch.points.iter().chain(&others) {
             if let Some((_, e)) = failed.iter().find(|(s, _)| *s == probe.symbol) {
                 report.failed.push((probe.symbol.to_string(), e.clone()));
                 continue;
@@ -715,7 +713,7 @@ fn place_all(
     let mut failed = Vec::new();
     if links == UprobeLinks::PerFunction {
         for p in probes {
-            match place(skel, path, &p.point, p.api, p.shape) {
+            match place(skel, path, p) {
                 Ok(l) => placed.extend(l),
                 Err(e) => failed.push((p.symbol, e.to_string())),
             }
@@ -742,52 +740,47 @@ fn place_all(
     (placed, failed)
 }
 
-/// Places the functions of one shape with one `uprobe_multi` link per program (two for
-/// entry + return); each function's api is its probe's cookie.
-fn place_multi(skel: &CudaSkel<'static>, path: &Path, shape: Shape, probes: &[&Probe]) -> libbpf_rs::Result<Vec<Link>> {
-    let opts = |retprobe| libbpf_rs::UprobeMultiOpts {
-        offsets: probes.iter().map(|p| p.point.file_offset as usize).collect(),
-        cookies: probes.iter().map(|p| p.api as u64).collect(),
-        retprobe,
-        ..Default::default()
-    };
-    let progs = &skel.progs;
-    let one = |prog: &libbpf_rs::ProgramMut<'static>, retprobe| {
-        prog.attach_uprobe_multi_with_opts(-1, path, "", opts(retprobe))
-    };
-    Ok(match shape {
-        Shape::Launch => vec![one(&progs.gp_launch, false)?],
-        Shape::LaunchEx => vec![one(&progs.gp_launch_ex, false)?],
-        Shape::GraphLaunch => vec![one(&progs.gp_graph_launch, false)?],
-        Shape::Bracketed => {
-            let enter = one(&progs.gp_call_enter, false)?;
-            let exit = one(&progs.gp_call_exit, true)?;
-            vec![enter, exit]
-        }
-    })
+/// The programs a function of `shape` is probed with, each with whether it is a return probe:
+/// one for the launch shapes, entry and return for the bracketed calls.
+fn shape_programs<'a>(skel: &'a CudaSkel<'static>, shape: Shape) -> Vec<(&'a libbpf_rs::ProgramMut<'static>, bool)> {
+    let p = &skel.progs;
+    match shape {
+        Shape::Launch => vec![(&p.gp_launch, false)],
+        Shape::LaunchEx => vec![(&p.gp_launch_ex, false)],
+        Shape::GraphLaunch => vec![(&p.gp_graph_launch, false)],
+        Shape::Bracketed => vec![(&p.gp_call_enter, false), (&p.gp_call_exit, true)],
+    }
 }
 
-/// Places one function's probes; returns their links.
-fn place(
-    skel: &CudaSkel<'static>,
-    path: &Path,
-    point: &ProbePoint,
-    api: ProbedApi,
-    shape: Shape,
-) -> libbpf_rs::Result<Vec<Link>> {
-    let opts = |retprobe| UprobeOpts { cookie: api as u64, retprobe, ..Default::default() };
-    let offset = point.file_offset as usize;
-    let progs = &skel.progs;
-    Ok(match shape {
-        Shape::Launch => vec![progs.gp_launch.attach_uprobe_with_opts(-1, path, offset, opts(false))?],
-        Shape::LaunchEx => vec![progs.gp_launch_ex.attach_uprobe_with_opts(-1, path, offset, opts(false))?],
-        Shape::GraphLaunch => vec![progs.gp_graph_launch.attach_uprobe_with_opts(-1, path, offset, opts(false))?],
-        Shape::Bracketed => {
-            let enter = progs.gp_call_enter.attach_uprobe_with_opts(-1, path, offset, opts(false))?;
-            let exit = progs.gp_call_exit.attach_uprobe_with_opts(-1, path, offset, opts(true))?;
-            vec![enter, exit]
-        }
-    })
+/// Places the functions of one shape with one `uprobe_multi` link per program; each
+/// function's api is its probe's cookie.
+fn place_multi(skel: &CudaSkel<'static>, path: &Path, shape: Shape, probes: &[&Probe]) -> libbpf_rs::Result<Vec<Link>> {
+    let offsets: Vec<usize> = probes.iter().map(|p| p.point.file_offset as usize).collect();
+    let cookies: Vec<u64> = probes.iter().map(|p| p.api as u64).collect();
+    shape_programs(skel, shape)
+        .into_iter()
+        .map(|(prog, retprobe)| {
+            let opts = libbpf_rs::UprobeMultiOpts {
+                offsets: offsets.clone(),
+                cookies: cookies.clone(),
+                retprobe,
+                ..Default::default()
+            };
+            prog.attach_uprobe_multi_with_opts(-1, path, "", opts)
+        })
+        .collect()
+}
+
+/// Places one function's probes (a perf-event uprobe each); returns their links.
+fn place(skel: &CudaSkel<'static>, path: &Path, probe: &Probe) -> libbpf_rs::Result<Vec<Link>> {
+    let offset = probe.point.file_offset as usize;
+    shape_programs(skel, probe.shape)
+        .into_iter()
+        .map(|(prog, retprobe)| {
+            let opts = UprobeOpts { cookie: probe.api as u64, retprobe, ..Default::default() };
+            prog.attach_uprobe_with_opts(-1, path, offset, opts)
+        })
+        .collect()
 }
 
 fn to_record(e: HostEvent, producer: &Producer, names: &mut SourceBudgets) -> Option<Record> {
